@@ -1,0 +1,192 @@
+//! The access decision, as a capability.
+//!
+//! A handler holds a [`Caller`] (a verified credential). To reach a store operation it must ask
+//! the caller for a [`Grant`] of the permission that operation names in its signature; a grant can
+//! only be made here, by [`Caller::require`], so a forgotten check does not compile. The grant also
+//! carries the tenant the request acts in, which is what the store scopes its queries to.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::Timestamp;
+use crate::id::{CredentialId, EventId, TenantId};
+use crate::model::{Actor, AuditEvent, Outcome, Target};
+use crate::verify::{TenantSummary, Verified};
+
+/// Permissions named as types, for operations whose permission is fixed.
+pub mod perm {
+    /// A permission that a store operation can demand in its signature.
+    pub trait Required: Send + Sync + 'static {
+        const NAME: &'static str;
+    }
+
+    macro_rules! required {
+        ($($name:ident = $text:literal),* $(,)?) => {
+            $(
+                #[doc = concat!("`", $text, "`")]
+                #[derive(Debug)]
+                pub struct $name;
+                impl Required for $name {
+                    const NAME: &'static str = $text;
+                }
+            )*
+            #[cfg(test)]
+            pub(crate) const ALL_NAMES: &[&str] = &[$($text),*];
+        };
+    }
+
+    required! {
+        TenantsRead = "tenants:read",
+        TenantsWrite = "tenants:write",
+        TenantsImpersonate = "tenants:impersonate",
+        UsersRead = "users:read",
+        UsersWrite = "users:write",
+        RolesRead = "roles:read",
+        RolesWrite = "roles:write",
+        TokensRead = "tokens:read",
+        TokensWrite = "tokens:write",
+        KeysRead = "keys:read",
+        KeysWrite = "keys:write",
+        IpRestrictionRead = "ip_restriction:read",
+        IpRestrictionWrite = "ip_restriction:write",
+        OauthClientsRead = "oauth_clients:read",
+        OauthClientsWrite = "oauth_clients:write",
+        AuditRead = "audit:read",
+        CredentialsVerify = "credentials:verify",
+    }
+}
+
+/// The credential lacks permissions; lists which.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("missing permissions: {}", missing.join(", "))]
+pub struct Forbidden {
+    pub missing: Vec<String>,
+}
+
+/// Where a request comes from, for the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// An authenticated request's identity: the verified credential and the tenant it acts in.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    verified: Arc<Verified>,
+    acting_as: Option<TenantSummary>,
+}
+
+impl Caller {
+    pub fn new(verified: Arc<Verified>) -> Self {
+        Self {
+            verified,
+            acting_as: None,
+        }
+    }
+
+    pub fn verified(&self) -> &Verified {
+        &self.verified
+    }
+
+    /// The tenant acted for with `as-tenant`, if any.
+    pub fn acting_as(&self) -> Option<&TenantSummary> {
+        self.acting_as.as_ref()
+    }
+
+    /// The tenant this request's objects belong to.
+    pub fn scope(&self) -> &TenantId {
+        self.acting_as
+            .as_ref()
+            .map_or(&self.verified.tenant.id, |t| &t.id)
+    }
+
+    /// A grant of `P` if the credential holds it.
+    pub fn require<P: perm::Required>(&self) -> Result<Grant<P>, Forbidden> {
+        self.require_all(&[P::NAME])?;
+        Ok(Grant {
+            caller: self.clone(),
+            _permission: PhantomData,
+        })
+    }
+
+    /// Checks permissions named at run time (operator-declared ones, `X-Keygate-Require`).
+    pub fn require_all<S: AsRef<str>>(&self, permissions: &[S]) -> Result<(), Forbidden> {
+        let missing = self.verified.permissions.missing(permissions);
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Forbidden {
+                missing: missing.into_iter().map(str::to_owned).collect(),
+            })
+        }
+    }
+}
+
+/// Proof that the caller holds `P`, scoped to the tenant the request acts in.
+#[derive(Debug)]
+pub struct Grant<P> {
+    caller: Caller,
+    _permission: PhantomData<fn() -> P>,
+}
+
+impl<P: perm::Required> Grant<P> {
+    /// The tenant whose objects this grant reaches.
+    pub fn tenant_id(&self) -> &TenantId {
+        self.caller.scope()
+    }
+
+    pub fn caller(&self) -> &Caller {
+        &self.caller
+    }
+
+    /// A successful audit event for `action` by this caller, to be written with the change.
+    pub fn event(
+        &self,
+        action: &'static str,
+        target: Option<Target>,
+        time: Timestamp,
+        meta: &RequestMeta,
+    ) -> Result<AuditEvent, getrandom::Error> {
+        let verified = &self.caller.verified;
+        Ok(AuditEvent {
+            id: EventId::generate(time)?,
+            time,
+            tenant_id: verified.tenant.id.clone(),
+            acting_tenant_id: self.caller.acting_as.as_ref().map(|t| t.id.clone()),
+            actor: Actor {
+                kind: verified.principal.kind.as_str(),
+                id: verified.principal.id.clone(),
+            },
+            token_id: Some(verified.credential.id.clone()),
+            action,
+            target,
+            outcome: Outcome::Success,
+            status: 200,
+            ip: meta.ip.clone(),
+            user_agent: meta.user_agent.clone(),
+            request_id: meta.request_id.clone(),
+        })
+    }
+
+    /// The id of the credential acting.
+    pub fn credential_id(&self) -> &CredentialId {
+        &self.caller.verified.credential.id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::permission::BUILTIN;
+
+    #[test]
+    fn every_builtin_permission_has_a_type_and_back() {
+        let mut names = perm::ALL_NAMES.to_vec();
+        names.sort_unstable();
+        let mut builtin = BUILTIN.to_vec();
+        builtin.sort_unstable();
+        assert_eq!(names, builtin);
+    }
+}

@@ -1,0 +1,116 @@
+//! The in-process cache of verified credentials, keyed by credential hash.
+//!
+//! A std `RwLock`, not an async one: nothing awaits while it is held, and reads (every request)
+//! vastly outnumber writes (cache misses and changes). Entries are dropped by the store's change
+//! notifications ([`ChangeListener`]) in the same code path as the change, so the very next request
+//! sees it. A miss that raced with a change must not re-insert what it read before the change:
+//! every change bumps a generation, and a miss only inserts if the generation it started with is
+//! still current.
+//!
+//! The cache only holds credentials that exist in the store, so it is bounded by the store's size;
+//! unknown credentials are never cached (an attacker cannot grow it).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::credential::CredentialHash;
+use crate::store::{Change, ChangeListener};
+use crate::verify::Verified;
+
+/// Keys are SHA-256 outputs of credentials that exist: already uniform, and not chosen by an
+/// attacker (unknown credentials are never inserted), so their first eight bytes are the hash.
+#[derive(Default)]
+struct PrehashedHasher(u64);
+
+impl Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
+}
+
+type Map = HashMap<[u8; 32], Arc<Verified>, BuildHasherDefault<PrehashedHasher>>;
+
+#[derive(Default)]
+pub struct CredentialCache {
+    entries: RwLock<Map>,
+    generation: AtomicU64,
+}
+
+impl CredentialCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, hash: &CredentialHash) -> Option<Arc<Verified>> {
+        self.read().get(hash.as_bytes()).cloned()
+    }
+
+    /// The current generation, to be passed back to [`Self::insert_unless_changed_since`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Caches `verified` unless a change happened since `generation` was read.
+    pub fn insert_unless_changed_since(
+        &self,
+        generation: u64,
+        hash: CredentialHash,
+        verified: Arc<Verified>,
+    ) {
+        let mut entries = self.write();
+        // Changes bump the generation while holding the write lock, so this check cannot race.
+        if self.generation.load(Ordering::Acquire) == generation {
+            entries.insert(*hash.as_bytes(), verified);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops every entry: the safe answer when it is unknown what changed.
+    pub fn clear(&self) {
+        let mut entries = self.write();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries.clear();
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Map> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Map> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl ChangeListener for CredentialCache {
+    fn changed(&self, change: &Change) {
+        let affected = |v: &Verified| match change {
+            Change::Credential(id) => v.credential.id == *id,
+            Change::User(id) => v.user_id.as_ref() == Some(id),
+            Change::Role(id) => v.role_id.as_ref() == Some(id),
+            Change::Tenant(id) => v.tenant_line.contains(id),
+        };
+        let mut entries = self.write();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        entries.retain(|key, v| {
+            debug_assert_eq!(key, v.hash().as_bytes());
+            !affected(v)
+        });
+    }
+}

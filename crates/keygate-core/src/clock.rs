@@ -1,0 +1,153 @@
+//! Time as a parameter: every rule that depends on "now" reads a [`Clock`], so tests move time
+//! instead of sleeping. Nothing else in keygate reads the system clock.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// An instant with whole-second precision, written as RFC 3339 in UTC with `Z`
+/// (`2026-11-22T10:00:00Z`), the only time format on keygate's wire.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    pub const fn from_unix(seconds: i64) -> Self {
+        Self(seconds)
+    }
+
+    pub const fn unix(self) -> i64 {
+        self.0
+    }
+
+    pub fn saturating_add(self, duration: Duration) -> Self {
+        let secs = i64::try_from(duration.as_secs()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_add(secs))
+    }
+
+    /// Parses RFC 3339 with any offset, normalised to UTC and truncated to the second.
+    pub fn parse(text: &str) -> Result<Self, time::error::Parse> {
+        OffsetDateTime::parse(text, &Rfc3339).map(|t| Self(t.unix_timestamp()))
+    }
+
+    fn to_datetime(self) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(self.0).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = self.to_datetime();
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    }
+}
+
+impl fmt::Debug for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        Timestamp::parse(&text).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not an RFC 3339 time such as 2026-11-22T10:00:00Z"
+            ))
+        })
+    }
+}
+
+/// The source of "now".
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> Timestamp;
+}
+
+/// The real clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp(OffsetDateTime::now_utc().unix_timestamp())
+    }
+}
+
+/// A clock that only moves when told to; for tests.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<Timestamp>);
+
+impl ManualClock {
+    pub fn new(start: Timestamp) -> Self {
+        Self(Mutex::new(start))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        let mut now = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *now = now.saturating_add(by);
+    }
+
+    pub fn set(&self, to: Timestamp) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = to;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_with_z_and_parses_offsets() {
+        let t = Timestamp::parse("2026-11-22T11:00:00.750+01:00").unwrap();
+        assert_eq!(t.to_string(), "2026-11-22T10:00:00Z");
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            "\"2026-11-22T10:00:00Z\""
+        );
+        let back: Timestamp = serde_json::from_str("\"2026-11-22T10:00:00Z\"").unwrap();
+        assert_eq!(back, t);
+        assert!(serde_json::from_str::<Timestamp>("\"yesterday\"").is_err());
+    }
+
+    #[test]
+    fn manual_clock_moves_only_when_told() {
+        let clock = ManualClock::new(Timestamp::from_unix(1000));
+        assert_eq!(clock.now().unix(), 1000);
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(clock.now().unix(), 1060);
+    }
+}

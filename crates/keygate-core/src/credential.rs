@@ -1,0 +1,419 @@
+//! The opaque credential format (API.md §2): `<prefix>_<kind>_<env>_<body>`, where the body is 30
+//! random base62 characters and 6 base62 characters of a CRC32 over everything before them.
+//!
+//! The checksum lets a mistyped or truncated credential be refused without a store access, and lets
+//! secret scanners recognise keygate credentials with few false positives. It is not a secret and
+//! gives no security by itself: the 30 random characters (178 bits) do. Only the SHA-256 of a
+//! credential is ever stored; the full value exists in memory while it is created or checked.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::base62;
+
+const RANDOM_LEN: usize = 30;
+const CHECKSUM_LEN: usize = 6;
+const BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;
+/// Far above any credential this format produces; longer input is refused before any work.
+pub const MAX_LEN: usize = 128;
+/// How many trailing characters of a credential lists show to tell credentials apart.
+pub const HINT_LEN: usize = 4;
+
+/// `live` or `test`: a server accepts only its own environment's credentials, so a test key pasted
+/// into production fails loudly instead of working against the wrong data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Live,
+    Test,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Live => "live",
+            Environment::Test => "test",
+        }
+    }
+
+    fn from_segment(segment: &str) -> Option<Self> {
+        match segment {
+            "live" => Some(Environment::Live),
+            "test" => Some(Environment::Test),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a credential is, which decides who it acts for and where it is accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// A user's own token; acts with the user's role at request time.
+    Personal,
+    /// A tenant's token for automation; acts with an explicit role and outlives its creator.
+    Service,
+    /// One of a tenant's (at most two) account keys; acts with the `admin` role.
+    AccountKey,
+    /// A user's signed-in browser session.
+    Session,
+    /// An OAuth client's secret; only accepted at the token endpoint.
+    OauthSecret,
+    /// An OAuth refresh token; only accepted at the token endpoint.
+    Refresh,
+}
+
+impl CredentialKind {
+    pub const ALL: [CredentialKind; 6] = [
+        CredentialKind::Personal,
+        CredentialKind::Service,
+        CredentialKind::AccountKey,
+        CredentialKind::Session,
+        CredentialKind::OauthSecret,
+        CredentialKind::Refresh,
+    ];
+
+    /// The `<kind>` segment of the credential text; personal tokens have none.
+    pub fn segment(self) -> Option<&'static str> {
+        match self {
+            CredentialKind::Personal => None,
+            CredentialKind::Service => Some("service"),
+            CredentialKind::AccountKey => Some("key"),
+            CredentialKind::Session => Some("session"),
+            CredentialKind::OauthSecret => Some("secret"),
+            CredentialKind::Refresh => Some("refresh"),
+        }
+    }
+
+    /// The prefix of this kind's ids (API.md §1).
+    pub fn id_prefix(self) -> &'static str {
+        match self {
+            CredentialKind::Personal | CredentialKind::Service => "tok",
+            CredentialKind::AccountKey => "key",
+            CredentialKind::Session => "ses",
+            CredentialKind::OauthSecret => "cli",
+            CredentialKind::Refresh => "rft",
+        }
+    }
+
+    /// The name used on the wire and in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Personal => "personal",
+            CredentialKind::Service => "service",
+            CredentialKind::AccountKey => "account_key",
+            CredentialKind::Session => "session",
+            CredentialKind::OauthSecret => "oauth_secret",
+            CredentialKind::Refresh => "refresh",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+
+    fn from_segment(segment: Option<&str>) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.segment() == segment)
+    }
+}
+
+/// Why a presented credential was refused before any store access.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("the credential is not in keygate's format")]
+    Malformed,
+    #[error("the credential's checksum does not match: it was mistyped, truncated or altered")]
+    BadChecksum,
+    #[error("the credential was not issued by this deployment")]
+    ForeignPrefix,
+    #[error("this is a {credential} credential and this server only accepts {server} credentials")]
+    WrongEnvironment {
+        credential: Environment,
+        server: Environment,
+    },
+}
+
+/// The deployment's credential format: its brand prefix and its environment.
+#[derive(Debug, Clone)]
+pub struct CredentialFormat {
+    prefix: String,
+    environment: Environment,
+}
+
+/// Why a configured prefix cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("token_prefix must be 1 to 16 lowercase ASCII letters or digits, got `{0}`")]
+pub struct BadPrefix(pub String);
+
+impl CredentialFormat {
+    pub fn new(prefix: &str, environment: Environment) -> Result<Self, BadPrefix> {
+        let valid = (1..=16).contains(&prefix.len())
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !valid {
+            return Err(BadPrefix(prefix.to_owned()));
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+            environment,
+        })
+    }
+
+    pub fn environment(&self) -> Environment {
+        self.environment
+    }
+
+    /// A new credential of `kind`, from the operating system's randomness.
+    pub fn generate(&self, kind: CredentialKind) -> Result<Secret, getrandom::Error> {
+        let mut text = String::with_capacity(self.prefix.len() + 16 + BODY_LEN);
+        text.push_str(&self.prefix);
+        text.push('_');
+        if let Some(segment) = kind.segment() {
+            text.push_str(segment);
+            text.push('_');
+        }
+        text.push_str(self.environment.as_str());
+        text.push('_');
+        base62::push_random(&mut text, RANDOM_LEN)?;
+        let mut checksum = [0u8; CHECKSUM_LEN];
+        base62::encode_fixed(u64::from(crc32fast::hash(text.as_bytes())), &mut checksum);
+        text.extend(checksum.iter().map(|&b| b as char));
+        Ok(Secret(text))
+    }
+
+    /// Checks the shape, checksum, prefix and environment of `text`, without any store access and
+    /// without allocating.
+    pub fn parse(&self, text: &str) -> Result<CredentialKind, FormatError> {
+        if text.len() > MAX_LEN || !text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(FormatError::Malformed);
+        }
+        let (head, body) = text.rsplit_once('_').ok_or(FormatError::Malformed)?;
+        if body.len() != BODY_LEN {
+            return Err(FormatError::Malformed);
+        }
+        let mut segments = head.split('_');
+        let (Some(prefix), Some(second)) = (segments.next(), segments.next()) else {
+            return Err(FormatError::Malformed);
+        };
+        let (kind_segment, env_segment) = match (segments.next(), segments.next()) {
+            (None, _) => (None, second),
+            (Some(third), None) => (Some(second), third),
+            (Some(_), Some(_)) => return Err(FormatError::Malformed),
+        };
+
+        let (signed, checksum) = text.split_at(text.len() - CHECKSUM_LEN);
+        let mut expected = [0u8; CHECKSUM_LEN];
+        base62::encode_fixed(u64::from(crc32fast::hash(signed.as_bytes())), &mut expected);
+        if checksum.as_bytes() != expected {
+            return Err(FormatError::BadChecksum);
+        }
+        if prefix != self.prefix {
+            return Err(FormatError::ForeignPrefix);
+        }
+        let environment = Environment::from_segment(env_segment).ok_or(FormatError::Malformed)?;
+        if environment != self.environment {
+            return Err(FormatError::WrongEnvironment {
+                credential: environment,
+                server: self.environment,
+            });
+        }
+        CredentialKind::from_segment(kind_segment).ok_or(FormatError::Malformed)
+    }
+}
+
+/// A credential's full value, held only while it is being handed out. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The full value, for the one response that shows it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_exposed(self) -> String {
+        self.0
+    }
+
+    pub fn hash(&self) -> CredentialHash {
+        CredentialHash::of(&self.0)
+    }
+
+    pub fn hint(&self) -> String {
+        hint(&self.0)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret(…{})", hint(&self.0))
+    }
+}
+
+/// The last characters of a credential, shown in lists so people can tell their credentials apart.
+pub fn hint(text: &str) -> String {
+    let start = text
+        .char_indices()
+        .rev()
+        .nth(HINT_LEN - 1)
+        .map_or(0, |(index, _)| index);
+    text[start..].to_owned()
+}
+
+/// The SHA-256 of a credential: all the store keeps of it, and the key it is looked up by.
+///
+/// A fast hash is right here, unlike for passwords: credentials carry 178 random bits, so there is
+/// nothing to brute-force, and verification must stay cheap.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CredentialHash([u8; 32]);
+
+impl CredentialHash {
+    pub fn of(text: &str) -> Self {
+        Self(Sha256::digest(text.as_bytes()).into())
+    }
+
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Equality that takes the same time wherever the hashes differ.
+    pub fn ct_eq(&self, other: &CredentialHash) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Debug for CredentialHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CredentialHash({:02x}{:02x}…)", self.0[0], self.0[1])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live() -> CredentialFormat {
+        CredentialFormat::new("kg", Environment::Live).unwrap()
+    }
+
+    #[test]
+    fn generated_credentials_have_the_documented_shape() {
+        let format = live();
+        let personal = format.generate(CredentialKind::Personal).unwrap();
+        let service = format.generate(CredentialKind::Service).unwrap();
+        assert!(personal.expose().starts_with("kg_live_"));
+        assert!(service.expose().starts_with("kg_service_live_"));
+        assert_eq!(personal.expose().len(), "kg_live_".len() + BODY_LEN);
+        let lynk = CredentialFormat::new("lynk", Environment::Test).unwrap();
+        let key = lynk.generate(CredentialKind::AccountKey).unwrap();
+        assert!(key.expose().starts_with("lynk_key_test_"));
+        assert_ne!(personal, format.generate(CredentialKind::Personal).unwrap());
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        let format = live();
+        for kind in CredentialKind::ALL {
+            let secret = format.generate(kind).unwrap();
+            assert_eq!(format.parse(secret.expose()), Ok(kind), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn any_single_changed_character_fails_the_checksum_or_shape() {
+        let format = live();
+        let secret = format.generate(CredentialKind::Service).unwrap();
+        let text = secret.expose();
+        for index in 0..text.len() {
+            let mut bytes = text.as_bytes().to_vec();
+            bytes[index] = if bytes[index] == b'x' { b'y' } else { b'x' };
+            let altered = String::from_utf8(bytes).unwrap();
+            assert!(format.parse(&altered).is_err(), "accepted {altered}");
+        }
+        let mut flipped = text.to_owned();
+        let last_random = flipped.len() - CHECKSUM_LEN - 1;
+        let replacement = if &text[last_random..=last_random] == "A" {
+            "B"
+        } else {
+            "A"
+        };
+        flipped.replace_range(last_random..=last_random, replacement);
+        assert_eq!(format.parse(&flipped), Err(FormatError::BadChecksum));
+    }
+
+    #[test]
+    fn the_other_environment_is_refused_with_a_reason() {
+        let test = CredentialFormat::new("kg", Environment::Test).unwrap();
+        let secret = test.generate(CredentialKind::Personal).unwrap();
+        let error = live().parse(secret.expose()).unwrap_err();
+        assert_eq!(
+            error,
+            FormatError::WrongEnvironment {
+                credential: Environment::Test,
+                server: Environment::Live
+            }
+        );
+        assert!(error.to_string().contains("test credential"));
+    }
+
+    #[test]
+    fn foreign_prefix_and_garbage_are_refused() {
+        let other = CredentialFormat::new("lynk", Environment::Live).unwrap();
+        let secret = other.generate(CredentialKind::Personal).unwrap();
+        assert_eq!(
+            live().parse(secret.expose()),
+            Err(FormatError::ForeignPrefix)
+        );
+        for garbage in [
+            "",
+            "kg",
+            "kg_live_",
+            "kg_live_short",
+            "kg__live_x",
+            "kg_live_ünï",
+        ] {
+            assert!(live().parse(garbage).is_err(), "{garbage}");
+        }
+        assert_eq!(
+            live().parse(&"a".repeat(10_000)),
+            Err(FormatError::Malformed)
+        );
+        assert_eq!(
+            live().parse(&format!("kg_a_b_live_{}", "0".repeat(BODY_LEN))),
+            Err(FormatError::Malformed)
+        );
+    }
+
+    #[test]
+    fn prefixes_are_validated() {
+        assert!(CredentialFormat::new("", Environment::Live).is_err());
+        assert!(CredentialFormat::new("a_b", Environment::Live).is_err());
+        assert!(CredentialFormat::new("KG", Environment::Live).is_err());
+        assert!(CredentialFormat::new("lynk2", Environment::Live).is_ok());
+    }
+
+    #[test]
+    fn secrets_do_not_leak_through_debug_and_hints_are_the_tail() {
+        let secret = live().generate(CredentialKind::Personal).unwrap();
+        let debug = format!("{secret:?}");
+        assert!(!debug.contains(secret.expose()));
+        assert_eq!(secret.hint(), &secret.expose()[secret.expose().len() - 4..]);
+        assert_eq!(hint("ab"), "ab");
+        assert!(secret.hash().ct_eq(&CredentialHash::of(secret.expose())));
+        assert!(!secret.hash().ct_eq(&CredentialHash::of("other")));
+    }
+}

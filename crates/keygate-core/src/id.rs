@@ -1,0 +1,162 @@
+//! Typed, prefixed object ids (`tnt_…`, `usr_…`): the prefix tells a reader what an id names, and
+//! the newtypes stop a `UserId` from being passed where a `TenantId` is meant.
+//!
+//! An id is the type prefix, `_`, eight base62 digits of the creation time in milliseconds (so ids
+//! sort by creation, which cursors rely on) and fourteen random base62 digits (83 bits, so ids
+//! cannot be guessed or enumerated).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::base62;
+
+const TIME_DIGITS: usize = 8;
+const RANDOM_DIGITS: usize = 14;
+
+fn generate(prefix: &str, now_millis: u64) -> Result<String, getrandom::Error> {
+    let mut id = String::with_capacity(prefix.len() + 1 + TIME_DIGITS + RANDOM_DIGITS);
+    id.push_str(prefix);
+    id.push('_');
+    let mut time = [0u8; TIME_DIGITS];
+    base62::encode_fixed(now_millis, &mut time);
+    id.extend(time.iter().map(|&b| b as char));
+    base62::push_random(&mut id, RANDOM_DIGITS)?;
+    Ok(id)
+}
+
+/// Whether `text` is shaped like an id with this prefix. Generated ids always are; fixed ids of
+/// built-in objects (`rol_owner`) are too.
+fn well_formed(prefix: &str, text: &str) -> bool {
+    text.len() <= 64
+        && text
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('_'))
+            .is_some_and(|body| !body.is_empty() && body.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+macro_rules! define_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A new, unique id whose order follows `now`.
+            pub fn generate(now: crate::Timestamp) -> Result<Self, getrandom::Error> {
+                let millis = u64::try_from(now.unix()).unwrap_or(0).saturating_mul(1000);
+                generate($prefix, millis).map(Self)
+            }
+
+            /// Accepts `text` if it is shaped like an id of this type; says nothing about existence.
+            pub fn parse(text: &str) -> Option<Self> {
+                well_formed($prefix, text).then(|| Self(text.to_owned()))
+            }
+
+            /// Wraps a value read back from the store, which only ever holds ids it was given.
+            pub fn from_trusted(text: String) -> Self {
+                Self(text)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+define_id!(
+    /// A tenant: a customer, or a reseller's sub-customer.
+    TenantId,
+    "tnt"
+);
+define_id!(
+    /// A user who signs in with email and password.
+    UserId,
+    "usr"
+);
+define_id!(
+    /// A role: a named set of permissions.
+    RoleId,
+    "rol"
+);
+define_id!(
+    /// Any stored credential (tokens, sessions, account keys, …). Its prefix is the one of its kind:
+    /// see [`crate::credential::CredentialKind::id_prefix`].
+    CredentialId,
+    "tok"
+);
+define_id!(
+    /// An audit event.
+    EventId,
+    "evt"
+);
+
+impl CredentialId {
+    /// A new id for a credential of `kind`, with that kind's prefix (`tok_`, `key_`, `cli_`, …).
+    pub fn generate_for(
+        kind: crate::credential::CredentialKind,
+        now: crate::Timestamp,
+    ) -> Result<Self, getrandom::Error> {
+        let millis = u64::try_from(now.unix()).unwrap_or(0).saturating_mul(1000);
+        generate(kind.id_prefix(), millis).map(Self)
+    }
+
+    /// Accepts an id of any credential kind.
+    pub fn parse_any(text: &str) -> Option<Self> {
+        crate::credential::CredentialKind::ALL
+            .iter()
+            .any(|kind| well_formed(kind.id_prefix(), text))
+            .then(|| Self(text.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Timestamp;
+
+    #[test]
+    fn ids_carry_their_prefix_and_sort_by_time() {
+        let a = TenantId::generate(Timestamp::from_unix(1_800_000_000)).unwrap();
+        let b = TenantId::generate(Timestamp::from_unix(1_800_000_001)).unwrap();
+        assert!(a.as_str().starts_with("tnt_"));
+        assert_eq!(a.as_str().len(), 4 + TIME_DIGITS + RANDOM_DIGITS);
+        assert!(a < b);
+        assert_ne!(
+            TenantId::generate(Timestamp::from_unix(0)).unwrap(),
+            TenantId::generate(Timestamp::from_unix(0)).unwrap()
+        );
+    }
+
+    #[test]
+    fn parse_checks_the_prefix_and_alphabet() {
+        assert!(TenantId::parse("tnt_abc123").is_some());
+        assert!(RoleId::parse("rol_owner").is_some());
+        assert!(TenantId::parse("usr_abc123").is_none());
+        assert!(TenantId::parse("tnt_").is_none());
+        assert!(TenantId::parse("tnt_a/b").is_none());
+        assert!(TenantId::parse(&format!("tnt_{}", "a".repeat(100))).is_none());
+    }
+}

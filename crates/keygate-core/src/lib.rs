@@ -1,0 +1,22 @@
+//! keygate's domain, free of HTTP and SQL.
+//!
+//! Everything a rule can be decided on lives here, so that a unit test reaches it without a server
+//! or a database: the credential format, permissions and roles, the access decision, the cache of
+//! verified credentials, and the storage traits the store crate implements. This crate must never
+//! depend on a web framework or a database driver.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod access;
+pub mod base62;
+pub mod cache;
+pub mod clock;
+pub mod credential;
+pub mod id;
+pub mod model;
+pub mod password;
+pub mod permission;
+pub mod store;
+pub mod verify;
+
+pub use clock::{Clock, ManualClock, SystemClock, Timestamp};

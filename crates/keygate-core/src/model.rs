@@ -1,0 +1,242 @@
+//! The records keygate keeps: tenants, users, roles, credentials and audit events.
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+use crate::credential::{CredentialHash, CredentialKind};
+use crate::id::{CredentialId, EventId, RoleId, TenantId, UserId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantStatus {
+    Active,
+    Suspended,
+}
+
+impl TenantStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TenantStatus::Active => "active",
+            TenantStatus::Suspended => "suspended",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "active" => Some(TenantStatus::Active),
+            "suspended" => Some(TenantStatus::Suspended),
+            _ => None,
+        }
+    }
+}
+
+/// A customer, or a reseller's sub-customer (a child tenant). The root tenant has no parent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub parent_id: Option<TenantId>,
+    pub name: String,
+    pub slug: Slug,
+    pub status: TenantStatus,
+    pub created_at: Timestamp,
+}
+
+/// A tenant's slug: its realm in `Basic` auth and `Realm` headers, so it must be safe there:
+/// 1 to 63 lowercase ASCII letters, digits and inner `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Slug(String);
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "`{0}` is not a valid slug: use 1 to 63 lowercase letters, digits and `-`, not at either end"
+)]
+pub struct BadSlug(pub String);
+
+impl Slug {
+    pub fn parse(text: &str) -> Result<Self, BadSlug> {
+        let valid = (1..=63).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !text.starts_with('-')
+            && !text.ends_with('-');
+        if valid {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(BadSlug(text.to_owned()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Slug {
+    type Error = BadSlug;
+    fn try_from(text: String) -> Result<Self, BadSlug> {
+        Slug::parse(&text)
+    }
+}
+
+impl From<Slug> for String {
+    fn from(slug: Slug) -> String {
+        slug.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserStatus {
+    Active,
+    Disabled,
+}
+
+impl UserStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UserStatus::Active => "active",
+            UserStatus::Disabled => "disabled",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "active" => Some(UserStatus::Active),
+            "disabled" => Some(UserStatus::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// A person who signs in with email and password.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: UserId,
+    pub tenant_id: TenantId,
+    pub email: String,
+    pub name: String,
+    pub role_id: RoleId,
+    pub status: UserStatus,
+    pub created_at: Timestamp,
+}
+
+/// A named set of permission patterns. Built-in roles (`tenant_id` none) have no stored patterns:
+/// what they grant is computed from the catalog (see `Catalog::builtin_role`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    pub id: RoleId,
+    pub tenant_id: Option<TenantId>,
+    pub name: String,
+    pub permissions: Vec<String>,
+    pub created_at: Timestamp,
+}
+
+/// A per-credential rate limit: `requests` per `per_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per_seconds: u32,
+}
+
+/// A stored credential: everything about it but its value, of which only the hash is kept.
+#[derive(Debug, Clone)]
+pub struct Credential {
+    pub id: CredentialId,
+    pub tenant_id: TenantId,
+    pub kind: CredentialKind,
+    pub hash: CredentialHash,
+    pub hint: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// The user a personal token or session belongs to.
+    pub user_id: Option<UserId>,
+    /// Who created it (a user or credential id); kept after the creator is gone.
+    pub created_by: Option<String>,
+    /// The explicit role of a service token or OAuth client.
+    pub role_id: Option<RoleId>,
+    /// Patterns narrowing what the credential's role grants.
+    pub permissions: Option<Vec<String>>,
+    pub allowed_ips: Option<Vec<IpNet>>,
+    pub rate_limit: Option<RateLimit>,
+    pub created_at: Timestamp,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Denied,
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Denied => "denied",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// Who did something: a principal type (`user`, `service_token`, `system`, …) and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub kind: &'static str,
+    pub id: String,
+}
+
+/// A typed reference to the object an event is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub kind: &'static str,
+    pub id: String,
+}
+
+/// One audit record (API.md §8). Written in the same transaction as the change it records.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub id: EventId,
+    pub time: Timestamp,
+    pub tenant_id: TenantId,
+    pub acting_tenant_id: Option<TenantId>,
+    pub actor: Actor,
+    pub token_id: Option<CredentialId>,
+    pub action: &'static str,
+    pub target: Option<Target>,
+    pub outcome: Outcome,
+    pub status: u16,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_are_realm_safe() {
+        for good in ["root", "acme-corp", "a", "x1"] {
+            assert!(Slug::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "Root",
+            "-acme",
+            "acme-",
+            "a_b",
+            "a b",
+            "ä",
+            &"a".repeat(64),
+        ] {
+            assert!(Slug::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! Verification: from the text a client presented to a [`Verified`] credential, or a refusal.
+//!
+//! The hot path: parse and checksum (no allocation), one SHA-256, one map lookup. Only a cache miss
+//! reaches the store. What is cached is the credential's resolved state (tenant line, user, role,
+//! permissions), and the checks that depend on time (expiry) run on every request.
+
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::Clock;
+use crate::Timestamp;
+use crate::cache::CredentialCache;
+use crate::credential::{CredentialFormat, CredentialHash, CredentialKind, FormatError};
+use crate::id::{CredentialId, RoleId, TenantId, UserId};
+use crate::model::{RateLimit, Tenant, TenantStatus, UserStatus};
+use crate::permission::{BuiltinRole, Catalog, PermissionSet};
+use crate::store::{CredentialRecord, DynStore, StoreError};
+
+/// What kind of party a credential acts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    User,
+    ServiceToken,
+    AccountKey,
+    OauthClient,
+}
+
+impl PrincipalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::User => "user",
+            PrincipalKind::ServiceToken => "service_token",
+            PrincipalKind::AccountKey => "account_key",
+            PrincipalKind::OauthClient => "oauth_client",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub kind: PrincipalKind,
+    pub id: String,
+    pub name: String,
+    pub email: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSummary {
+    pub id: TenantId,
+    pub name: String,
+    pub slug: String,
+}
+
+impl From<&Tenant> for TenantSummary {
+    fn from(tenant: &Tenant) -> Self {
+        Self {
+            id: tenant.id.clone(),
+            name: tenant.name.clone(),
+            slug: tenant.slug.as_str().to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialSummary {
+    pub id: CredentialId,
+    pub kind: CredentialKind,
+    pub name: String,
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Why a credential that exists cannot be used, decided when it is read from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    Usable,
+    Revoked,
+    TenantSuspended,
+    UserDisabled,
+}
+
+/// A credential as verification resolved it; shared by the cache and the requests using it.
+#[derive(Debug)]
+pub struct Verified {
+    pub credential: CredentialSummary,
+    pub tenant: TenantSummary,
+    pub principal: Principal,
+    pub permissions: PermissionSet,
+    pub allowed_ips: Option<Vec<IpNet>>,
+    pub rate_limit: Option<RateLimit>,
+    standing: Standing,
+    hash: CredentialHash,
+    /// The credential's tenant and its ancestors: a change to any of them affects it.
+    pub(crate) tenant_line: Vec<TenantId>,
+    pub(crate) user_id: Option<UserId>,
+    pub(crate) role_id: Option<RoleId>,
+}
+
+impl Verified {
+    /// Resolves a stored credential against the catalog: its principal, its effective permissions
+    /// (role narrowed by the credential's own list) and whether it can be used at all.
+    pub fn resolve(record: &CredentialRecord, catalog: &Catalog) -> Self {
+        let credential = &record.credential;
+        let role_permissions = match (&record.role, credential.kind) {
+            (_, CredentialKind::AccountKey) => catalog.builtin_role(BuiltinRole::Admin),
+            (Some(role), _) => match BuiltinRole::from_id(&role.id) {
+                Some(builtin) => catalog.builtin_role(builtin),
+                None => catalog.expand(&role.permissions),
+            },
+            (None, _) => PermissionSet::default(),
+        };
+        let permissions = match &credential.permissions {
+            Some(narrowing) => role_permissions.intersect(&catalog.expand(narrowing)),
+            None => role_permissions,
+        };
+
+        let principal = match (credential.kind, &record.user) {
+            (CredentialKind::Personal | CredentialKind::Session, Some(user)) => Principal {
+                kind: PrincipalKind::User,
+                id: user.id.to_string(),
+                name: user.name.clone(),
+                email: Some(user.email.clone()),
+            },
+            (CredentialKind::AccountKey, _) => Principal {
+                kind: PrincipalKind::AccountKey,
+                id: credential.id.to_string(),
+                name: credential.name.clone(),
+                email: None,
+            },
+            (CredentialKind::OauthSecret, _) => Principal {
+                kind: PrincipalKind::OauthClient,
+                id: credential.id.to_string(),
+                name: credential.name.clone(),
+                email: None,
+            },
+            _ => Principal {
+                kind: PrincipalKind::ServiceToken,
+                id: credential.id.to_string(),
+                name: credential.name.clone(),
+                email: None,
+            },
+        };
+
+        let suspended = std::iter::once(&record.tenant)
+            .chain(&record.ancestors)
+            .any(|t| t.status == TenantStatus::Suspended);
+        let user_disabled = record
+            .user
+            .as_ref()
+            .is_some_and(|u| u.status != UserStatus::Active)
+            || (matches!(
+                credential.kind,
+                CredentialKind::Personal | CredentialKind::Session
+            ) && record.user.is_none());
+        let standing = if credential.revoked_at.is_some() {
+            Standing::Revoked
+        } else if suspended {
+            Standing::TenantSuspended
+        } else if user_disabled {
+            Standing::UserDisabled
+        } else {
+            Standing::Usable
+        };
+
+        Self {
+            credential: CredentialSummary {
+                id: credential.id.clone(),
+                kind: credential.kind,
+                name: credential.name.clone(),
+                expires_at: credential.expires_at,
+            },
+            tenant: TenantSummary::from(&record.tenant),
+            principal,
+            permissions,
+            allowed_ips: credential.allowed_ips.clone(),
+            rate_limit: credential.rate_limit,
+            standing,
+            hash: credential.hash,
+            tenant_line: std::iter::once(&record.tenant)
+                .chain(&record.ancestors)
+                .map(|t| t.id.clone())
+                .collect(),
+            user_id: record.user.as_ref().map(|u| u.id.clone()),
+            role_id: record.role.as_ref().map(|r| r.id.clone()),
+        }
+    }
+
+    /// Whether the credential may be used at `now`.
+    fn check(&self, now: Timestamp) -> Result<(), Refusal> {
+        match self.standing {
+            Standing::Revoked => return Err(Refusal::Revoked),
+            Standing::TenantSuspended => return Err(Refusal::TenantSuspended),
+            Standing::UserDisabled => return Err(Refusal::UserDisabled),
+            Standing::Usable => {}
+        }
+        match self.credential.expires_at {
+            Some(expires_at) if expires_at <= now => Err(Refusal::Expired),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Why a presented credential was refused. Each variant's message is safe to show the client.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0}")]
+    Format(#[from] FormatError),
+    #[error("the credential is not known")]
+    NotFound,
+    #[error("the credential has expired")]
+    Expired,
+    #[error("the credential has been revoked")]
+    Revoked,
+    #[error("the account is suspended")]
+    TenantSuspended,
+    #[error("the user this credential belongs to is disabled")]
+    UserDisabled,
+    #[error("{} credentials are only accepted at the OAuth token endpoint", .0.as_str())]
+    WrongPlace(CredentialKind),
+    /// Not the client's fault: the store could not answer.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Verifies presented credentials, through the cache, against the store.
+pub struct Verifier {
+    format: CredentialFormat,
+    catalog: Arc<Catalog>,
+    store: DynStore,
+    cache: Arc<CredentialCache>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Verifier {
+    pub fn new(
+        format: CredentialFormat,
+        catalog: Arc<Catalog>,
+        store: DynStore,
+        cache: Arc<CredentialCache>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            format,
+            catalog,
+            store,
+            cache,
+            clock,
+        }
+    }
+
+    pub fn format(&self) -> &CredentialFormat {
+        &self.format
+    }
+
+    /// Verifies an opaque credential usable on the API (not an OAuth secret or refresh token).
+    pub async fn verify(&self, text: &str) -> Result<Arc<Verified>, Refusal> {
+        let kind = self.format.parse(text)?;
+        if matches!(kind, CredentialKind::OauthSecret | CredentialKind::Refresh) {
+            return Err(Refusal::WrongPlace(kind));
+        }
+        let hash = CredentialHash::of(text);
+        let verified = match self.cache.get(&hash) {
+            Some(hit) => hit,
+            None => self.load(hash).await?,
+        };
+        verified.check(self.clock.now())?;
+        Ok(verified)
+    }
+
+    async fn load(&self, hash: CredentialHash) -> Result<Arc<Verified>, Refusal> {
+        let generation = self.cache.generation();
+        let record = self
+            .store
+            .find_credential(&hash)
+            .await?
+            .ok_or(Refusal::NotFound)?;
+        // The store looked the hash up through an index; compare the whole hash in constant time
+        // all the same, so nothing about a near miss can show in timing.
+        if !record.credential.hash.ct_eq(&hash) {
+            return Err(Refusal::NotFound);
+        }
+        let verified = Arc::new(Verified::resolve(&record, &self.catalog));
+        self.cache
+            .insert_unless_changed_since(generation, hash, Arc::clone(&verified));
+        Ok(verified)
+    }
+}
+
+impl Verified {
+    pub(crate) fn hash(&self) -> &CredentialHash {
+        &self.hash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::access::{Grant, perm};
+    use crate::credential::Environment;
+    use crate::id::RoleId;
+    use crate::model::{AuditEvent, Credential, Role, Slug, User};
+    use crate::store::{Bootstrap, Change, ChangeListener, Store};
+    use crate::{ManualClock, Timestamp};
+
+    /// A store in a map, counting how often verification reaches it.
+    #[derive(Default)]
+    struct MapStore {
+        records: Mutex<HashMap<[u8; 32], CredentialRecord>>,
+        finds: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Store for MapStore {
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        async fn is_initialized(&self) -> Result<bool, StoreError> {
+            Ok(true)
+        }
+        async fn bootstrap(&self, _: &Bootstrap) -> Result<(), StoreError> {
+            Err(StoreError::AlreadyInitialized)
+        }
+        async fn find_credential(
+            &self,
+            hash: &CredentialHash,
+        ) -> Result<Option<CredentialRecord>, StoreError> {
+            self.finds.fetch_add(1, Ordering::SeqCst);
+            Ok(self.records.lock().unwrap().get(hash.as_bytes()).cloned())
+        }
+        async fn revoke_credential(
+            &self,
+            _: &Grant<perm::TokensWrite>,
+            _: &CredentialId,
+            _: Timestamp,
+            _: &AuditEvent,
+        ) -> Result<Option<()>, StoreError> {
+            Ok(None)
+        }
+        async fn record_last_used(
+            &self,
+            _: &[(CredentialId, Timestamp)],
+        ) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    const NOW: Timestamp = Timestamp::from_unix(1_800_000_000);
+
+    fn tenant(slug: &str, parent: Option<&Tenant>) -> Tenant {
+        Tenant {
+            id: TenantId::generate(NOW).unwrap(),
+            parent_id: parent.map(|p| p.id.clone()),
+            name: slug.to_uppercase(),
+            slug: Slug::parse(slug).unwrap(),
+            status: TenantStatus::Active,
+            created_at: NOW,
+        }
+    }
+
+    struct Fixture {
+        store: Arc<MapStore>,
+        cache: Arc<CredentialCache>,
+        clock: Arc<ManualClock>,
+        verifier: Verifier,
+        format: CredentialFormat,
+    }
+
+    fn fixture() -> Fixture {
+        let format = CredentialFormat::new("kg", Environment::Live).unwrap();
+        let store = Arc::new(MapStore::default());
+        let cache = Arc::new(CredentialCache::new());
+        let clock = Arc::new(ManualClock::new(NOW));
+        let verifier = Verifier::new(
+            format.clone(),
+            Arc::new(Catalog::new(&["zones:read"]).unwrap()),
+            store.clone(),
+            cache.clone(),
+            clock.clone(),
+        );
+        Fixture {
+            store,
+            cache,
+            clock,
+            verifier,
+            format,
+        }
+    }
+
+    impl Fixture {
+        /// Stores a credential of `kind` in a child tenant of a root tenant; returns its text.
+        fn add(
+            &self,
+            kind: CredentialKind,
+            role: Option<Role>,
+            user: Option<User>,
+            expires_at: Option<Timestamp>,
+        ) -> (String, CredentialRecord) {
+            let root = tenant("root", None);
+            let child = tenant("acme", Some(&root));
+            let secret = self.format.generate(kind).unwrap();
+            let record = CredentialRecord {
+                credential: Credential {
+                    id: CredentialId::generate_for(kind, NOW).unwrap(),
+                    tenant_id: child.id.clone(),
+                    kind,
+                    hash: secret.hash(),
+                    hint: secret.hint(),
+                    name: "ci".into(),
+                    description: None,
+                    user_id: user.as_ref().map(|u| u.id.clone()),
+                    created_by: None,
+                    role_id: role.as_ref().map(|r| r.id.clone()),
+                    permissions: None,
+                    allowed_ips: None,
+                    rate_limit: None,
+                    created_at: NOW,
+                    expires_at,
+                    revoked_at: None,
+                    last_used_at: None,
+                },
+                tenant: child,
+                ancestors: vec![root],
+                user,
+                role,
+            };
+            self.store
+                .records
+                .lock()
+                .unwrap()
+                .insert(*secret.hash().as_bytes(), record.clone());
+            (secret.into_exposed(), record)
+        }
+
+        fn update(&self, text: &str, change: impl FnOnce(&mut CredentialRecord)) {
+            let mut records = self.store.records.lock().unwrap();
+            change(
+                records
+                    .get_mut(CredentialHash::of(text).as_bytes())
+                    .unwrap(),
+            );
+        }
+
+        fn finds(&self) -> usize {
+            self.store.finds.load(Ordering::SeqCst)
+        }
+    }
+
+    fn custom_role(patterns: &[&str]) -> Role {
+        Role {
+            id: RoleId::generate(NOW).unwrap(),
+            tenant_id: None,
+            name: "deployer".into(),
+            permissions: patterns.iter().map(|p| p.to_string()).collect(),
+            created_at: NOW,
+        }
+    }
+
+    fn builtin(role: BuiltinRole) -> Role {
+        Role {
+            id: role.id(),
+            tenant_id: None,
+            name: role.name().into(),
+            permissions: vec![],
+            created_at: NOW,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_warm_cache_answers_without_the_store() {
+        let f = fixture();
+        let (text, _) = f.add(
+            CredentialKind::Service,
+            Some(builtin(BuiltinRole::Viewer)),
+            None,
+            None,
+        );
+        let first = f.verifier.verify(&text).await.unwrap();
+        assert_eq!(f.finds(), 1);
+        for _ in 0..10 {
+            let again = f.verifier.verify(&text).await.unwrap();
+            assert!(Arc::ptr_eq(&first, &again));
+        }
+        assert_eq!(f.finds(), 1);
+        assert_eq!(first.principal.kind, PrincipalKind::ServiceToken);
+        assert!(first.permissions.contains("zones:read"));
+        assert!(!first.permissions.contains("tokens:write"));
+    }
+
+    #[tokio::test]
+    async fn bad_checksums_and_unknown_credentials() {
+        let f = fixture();
+        let (text, _) = f.add(CredentialKind::Personal, None, None, None);
+        let mut flipped = text.clone();
+        let i = flipped.len() - 7;
+        let c = if &flipped[i..=i] == "a" { "b" } else { "a" };
+        flipped.replace_range(i..=i, c);
+        assert!(matches!(
+            f.verifier.verify(&flipped).await,
+            Err(Refusal::Format(FormatError::BadChecksum))
+        ));
+        assert_eq!(f.finds(), 0, "a bad checksum must not reach the store");
+        let unknown = f.format.generate(CredentialKind::Service).unwrap();
+        assert!(matches!(
+            f.verifier.verify(unknown.expose()).await,
+            Err(Refusal::NotFound)
+        ));
+        assert!(matches!(
+            f.verifier.verify(unknown.expose()).await,
+            Err(Refusal::NotFound)
+        ));
+        assert_eq!(f.finds(), 2, "unknown credentials are never cached");
+        assert!(f.cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn expiry_is_checked_on_every_request_against_the_clock() {
+        let f = fixture();
+        let expires = NOW.saturating_add(Duration::from_secs(60));
+        let (text, _) = f.add(CredentialKind::Service, None, None, Some(expires));
+        assert!(f.verifier.verify(&text).await.is_ok());
+        f.clock.advance(Duration::from_secs(59));
+        assert!(f.verifier.verify(&text).await.is_ok());
+        f.clock.advance(Duration::from_secs(1));
+        assert!(matches!(
+            f.verifier.verify(&text).await,
+            Err(Refusal::Expired)
+        ));
+    }
+
+    #[tokio::test]
+    async fn changes_drop_exactly_the_affected_entries() {
+        let f = fixture();
+        let role = custom_role(&["tokens:*"]);
+        let (a, rec_a) = f.add(CredentialKind::Service, Some(role.clone()), None, None);
+        let (b, rec_b) = f.add(CredentialKind::Service, None, None, None);
+        f.verifier.verify(&a).await.unwrap();
+        f.verifier.verify(&b).await.unwrap();
+        assert_eq!(f.cache.len(), 2);
+
+        f.update(&a, |r| r.credential.revoked_at = Some(NOW));
+        assert!(
+            f.verifier.verify(&a).await.is_ok(),
+            "cached until told of the change"
+        );
+        f.cache
+            .changed(&Change::Credential(rec_a.credential.id.clone()));
+        assert!(matches!(f.verifier.verify(&a).await, Err(Refusal::Revoked)));
+        assert!(f.verifier.verify(&b).await.is_ok());
+
+        f.cache.changed(&Change::Role(role.id.clone()));
+        f.cache
+            .changed(&Change::User(crate::id::UserId::generate(NOW).unwrap()));
+        assert_eq!(
+            f.cache.len(),
+            1,
+            "the revoked entry went with its role; b stays"
+        );
+
+        // Suspending the root tenant reaches the credential of its child.
+        f.update(&b, |r| r.ancestors[0].status = TenantStatus::Suspended);
+        f.cache
+            .changed(&Change::Tenant(rec_b.ancestors[0].id.clone()));
+        assert!(matches!(
+            f.verifier.verify(&b).await,
+            Err(Refusal::TenantSuspended)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_miss_that_raced_a_change_is_not_cached() {
+        let f = fixture();
+        let (text, record) = f.add(CredentialKind::Service, None, None, None);
+        let generation = f.cache.generation();
+        let stale = Arc::new(Verified::resolve(
+            &record,
+            &Catalog::new::<&str>(&[]).unwrap(),
+        ));
+        f.cache
+            .changed(&Change::Credential(record.credential.id.clone()));
+        f.cache
+            .insert_unless_changed_since(generation, record.credential.hash, stale);
+        assert!(f.cache.is_empty());
+        assert!(f.verifier.verify(&text).await.is_ok());
+        assert_eq!(f.cache.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn personal_tokens_follow_their_user_and_narrowing() {
+        let f = fixture();
+        let user = User {
+            id: crate::id::UserId::generate(NOW).unwrap(),
+            tenant_id: TenantId::generate(NOW).unwrap(),
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            role_id: BuiltinRole::Member.id(),
+            status: UserStatus::Active,
+            created_at: NOW,
+        };
+        let (text, _) = f.add(
+            CredentialKind::Personal,
+            Some(builtin(BuiltinRole::Member)),
+            Some(user.clone()),
+            None,
+        );
+        f.update(&text, |r| {
+            r.credential.permissions = Some(vec!["tokens:*".into(), "users:write".into()])
+        });
+        let verified = f.verifier.verify(&text).await.unwrap();
+        assert_eq!(verified.principal.kind, PrincipalKind::User);
+        assert_eq!(verified.principal.email.as_deref(), Some("ada@example.com"));
+        let granted: Vec<&str> = verified.permissions.iter().map(|p| p.as_str()).collect();
+        assert_eq!(
+            granted,
+            ["tokens:read", "tokens:write"],
+            "narrowed, never widened"
+        );
+
+        f.update(&text, |r| {
+            r.user.as_mut().unwrap().status = UserStatus::Disabled
+        });
+        f.cache.changed(&Change::User(user.id.clone()));
+        assert!(matches!(
+            f.verifier.verify(&text).await,
+            Err(Refusal::UserDisabled)
+        ));
+    }
+
+    #[tokio::test]
+    async fn oauth_secrets_are_not_api_credentials_and_account_keys_act_as_admin() {
+        let f = fixture();
+        let (secret, _) = f.add(CredentialKind::OauthSecret, None, None, None);
+        assert!(matches!(
+            f.verifier.verify(&secret).await,
+            Err(Refusal::WrongPlace(CredentialKind::OauthSecret))
+        ));
+        let (key, _) = f.add(CredentialKind::AccountKey, None, None, None);
+        let verified = f.verifier.verify(&key).await.unwrap();
+        assert_eq!(verified.principal.kind, PrincipalKind::AccountKey);
+        assert!(verified.permissions.contains("users:write"));
+        assert!(!verified.permissions.contains("tenants:write"));
+    }
+}
