@@ -9,6 +9,7 @@
 
 pub mod access;
 pub mod base62;
+pub mod bootstrap;
 pub mod cache;
 pub mod clock;
 pub mod credential;

@@ -55,6 +55,11 @@ pub struct Slug(String);
 pub struct BadSlug(pub String);
 
 impl Slug {
+    /// The root tenant's slug.
+    pub fn root() -> Self {
+        Self("root".to_owned())
+    }
+
     pub fn parse(text: &str) -> Result<Self, BadSlug> {
         let valid = (1..=63).contains(&text.len())
             && text
@@ -109,6 +114,12 @@ impl UserStatus {
             _ => None,
         }
     }
+}
+
+/// The form of an email address that uniqueness and sign-in compare: emails are unique
+/// case-insensitively (API.md §3), so `Ada@Example.com` and `ada@example.com` are one address.
+pub fn email_key(email: &str) -> String {
+    email.trim().to_lowercase()
 }
 
 /// A person who signs in with email and password.

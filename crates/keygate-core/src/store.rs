@@ -76,6 +76,9 @@ pub trait Store: Send + Sync + 'static {
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// Waits for in-flight work and closes every connection; later calls fail as unavailable.
+    async fn close(&self);
+
     /// Whether the store already holds a root tenant.
     async fn is_initialized(&self) -> Result<bool, StoreError>;
 

@@ -323,6 +323,7 @@ mod tests {
         async fn ping(&self) -> Result<(), StoreError> {
             Ok(())
         }
+        async fn close(&self) {}
         async fn is_initialized(&self) -> Result<bool, StoreError> {
             Ok(true)
         }

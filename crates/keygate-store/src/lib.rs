@@ -1,1 +1,67 @@
+//! keygate's storage: the [`keygate_core::store::Store`] trait implemented per database.
+//!
+//! Each backend keeps all of its SQL in its own module and its migrations in its own folder
+//! (`migrations/<backend>`), embedded in the binary and run when the store is opened. Which backend
+//! is used follows from the database URL's scheme.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use keygate_core::store::{ChangeListener, DynStore};
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+/// How to reach the database.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    /// How long a request waits for a connection before the store counts as unavailable.
+    pub acquire_timeout: Duration,
+    /// How long SQLite waits on a lock held by another connection or process.
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            max_connections: 8,
+            acquire_timeout: Duration::from_secs(5),
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "unsupported database URL `{0}`: use sqlite://PATH (PostgreSQL support is not built yet)"
+    )]
+    UnsupportedScheme(String),
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+    #[error("cannot open the database: {0}")]
+    Connect(String),
+    #[error("cannot apply the database migrations: {0}")]
+    Migrate(String),
+}
+
+/// Opens the store named by `url` and brings its schema up to date.
+pub async fn open(
+    url: &str,
+    options: &StoreOptions,
+    listener: Arc<dyn ChangeListener>,
+) -> Result<DynStore, OpenError> {
+    if url.starts_with("sqlite:") {
+        let store = SqliteStore::open(url, options, listener).await?;
+        return Ok(Arc::new(store));
+    }
+    let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
+    Err(OpenError::UnsupportedScheme(scheme.to_owned()))
+}
+
+#[cfg(test)]
+mod tests;

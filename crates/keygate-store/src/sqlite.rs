@@ -1,0 +1,521 @@
+//! The SQLite store: the embedded default, one file beside the binary.
+//!
+//! WAL mode so readers never wait for the writer; foreign keys on (SQLite has them off by
+//! default); a busy timeout so concurrent writers queue instead of failing. Write transactions
+//! start with `BEGIN IMMEDIATE`, which takes the write lock up front: a deferred transaction that
+//! reads and then writes can fail with SQLITE_BUSY when another writer committed in between.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use keygate_core::Timestamp;
+use keygate_core::access::{Grant, perm};
+use keygate_core::credential::{CredentialHash, CredentialKind};
+use keygate_core::id::{CredentialId, RoleId, TenantId, UserId};
+use keygate_core::model::{
+    AuditEvent, Credential, RateLimit, Role, Slug, Tenant, TenantStatus, User, UserStatus,
+    email_key,
+};
+use keygate_core::password::PasswordHashString;
+use keygate_core::store::{Bootstrap, Change, ChangeListener, CredentialRecord, Store, StoreError};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use crate::{OpenError, StoreOptions};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+    listener: Arc<dyn ChangeListener>,
+}
+
+impl SqliteStore {
+    pub async fn open(
+        url: &str,
+        options: &StoreOptions,
+        listener: Arc<dyn ChangeListener>,
+    ) -> Result<Self, OpenError> {
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|e| OpenError::InvalidUrl(e.to_string()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(options.busy_timeout);
+        if let Some(dir) = connect.get_filename().parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    OpenError::Connect(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| OpenError::Migrate(e.to_string()))?;
+        Ok(Self { pool, listener })
+    }
+
+    /// The journal mode and whether foreign keys are enforced, as SQLite reports them.
+    pub async fn pragmas(&self) -> Result<(String, bool), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(store_error)?;
+        let foreign_keys: bool = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(store_error)?;
+        Ok((mode, foreign_keys))
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(store_error)
+    }
+
+    /// Commits, then tells the listener what changed: after the commit, so a reader that misses the
+    /// cache right after the notification reads the new state.
+    async fn commit(
+        &self,
+        tx: Transaction<'static, Sqlite>,
+        changes: &[Change],
+    ) -> Result<(), StoreError> {
+        tx.commit().await.map_err(store_error)?;
+        for change in changes {
+            self.listener.changed(change);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn is_initialized(&self) -> Result<bool, StoreError> {
+        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tenants)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn bootstrap(&self, b: &Bootstrap) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let initialized: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants)")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if initialized {
+            return Err(StoreError::AlreadyInitialized);
+        }
+        insert_tenant(&mut tx, &b.tenant).await?;
+        insert_user(&mut tx, &b.user, &b.password_hash).await?;
+        insert_credential(&mut tx, &b.token).await?;
+        insert_event(&mut tx, &b.event).await?;
+        self.commit(tx, &[]).await
+    }
+
+    async fn find_credential(
+        &self,
+        hash: &CredentialHash,
+    ) -> Result<Option<CredentialRecord>, StoreError> {
+        // One read transaction, so the credential, its tenant line, user and role are one snapshot.
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let Some(row) = sqlx::query("SELECT * FROM credentials WHERE secret_hash = ?")
+            .bind(hash.as_bytes().as_slice())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(store_error)?
+        else {
+            return Ok(None);
+        };
+        let credential = credential_from_row(&row)?;
+
+        let mut line = sqlx::query(
+            "WITH RECURSIVE line (id, parent_id, name, slug, status, created_at, depth) AS (
+                 SELECT id, parent_id, name, slug, status, created_at, 0
+                 FROM tenants WHERE id = ?
+                 UNION ALL
+                 SELECT t.id, t.parent_id, t.name, t.slug, t.status, t.created_at, line.depth + 1
+                 FROM tenants t JOIN line ON t.id = line.parent_id
+             )
+             SELECT * FROM line ORDER BY depth",
+        )
+        .bind(credential.tenant_id.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(tenant_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        if line.is_empty() {
+            return Err(StoreError::Internal(format!(
+                "credential {} has no tenant",
+                credential.id
+            )));
+        }
+        let tenant = line.remove(0);
+
+        let user = match &credential.user_id {
+            Some(user_id) => sqlx::query("SELECT * FROM users WHERE id = ?")
+                .bind(user_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .map(|row| user_from_row(&row))
+                .transpose()?,
+            None => None,
+        };
+        let role_id = match (&credential.role_id, &user) {
+            (Some(role_id), _) => Some(role_id.clone()),
+            (None, Some(user)) => Some(user.role_id.clone()),
+            (None, None) => None,
+        };
+        let role = match role_id {
+            Some(role_id) => sqlx::query("SELECT * FROM roles WHERE id = ?")
+                .bind(role_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .map(|row| role_from_row(&row))
+                .transpose()?,
+            None => None,
+        };
+        tx.commit().await.map_err(store_error)?;
+        Ok(Some(CredentialRecord {
+            credential,
+            tenant,
+            ancestors: line,
+            user,
+            role,
+        }))
+    }
+
+    async fn revoke_credential(
+        &self,
+        grant: &Grant<perm::TokensWrite>,
+        id: &CredentialId,
+        at: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let revoked = sqlx::query(
+            "UPDATE credentials SET revoked_at = ?
+             WHERE id = ? AND tenant_id = ? AND revoked_at IS NULL
+               AND kind IN ('personal', 'service')",
+        )
+        .bind(at.unix())
+        .bind(id.as_str())
+        .bind(grant.tenant_id().as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        if revoked == 0 {
+            return Ok(None);
+        }
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[Change::Credential(id.clone())]).await?;
+        Ok(Some(()))
+    }
+
+    async fn record_last_used(&self, uses: &[(CredentialId, Timestamp)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for (id, at) in uses {
+            sqlx::query(
+                "UPDATE credentials SET last_used_at = max(ifnull(last_used_at, 0), ?) WHERE id = ?",
+            )
+            .bind(at.unix())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        }
+        // Not a change verification depends on: nothing to drop from caches.
+        self.commit(tx, &[]).await
+    }
+}
+
+async fn insert_tenant(tx: &mut Transaction<'_, Sqlite>, t: &Tenant) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO tenants (id, parent_id, name, slug, status, created_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(t.id.as_str())
+    .bind(t.parent_id.as_ref().map(TenantId::as_str))
+    .bind(&t.name)
+    .bind(t.slug.as_str())
+    .bind(t.status.as_str())
+    .bind(t.created_at.unix())
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+    .map_err(store_error)
+}
+
+async fn insert_user(
+    tx: &mut Transaction<'_, Sqlite>,
+    u: &User,
+    password_hash: &PasswordHashString,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO users (id, tenant_id, email, email_key, name, role_id, password_hash, status, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(u.id.as_str())
+    .bind(u.tenant_id.as_str())
+    .bind(&u.email)
+    .bind(email_key(&u.email))
+    .bind(&u.name)
+    .bind(u.role_id.as_str())
+    .bind(password_hash.as_str())
+    .bind(u.status.as_str())
+    .bind(u.created_at.unix())
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+    .map_err(store_error)
+}
+
+async fn insert_credential(
+    tx: &mut Transaction<'_, Sqlite>,
+    c: &Credential,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO credentials (id, tenant_id, kind, secret_hash, hint, name, description, user_id,
+             created_by, role_id, permissions, allowed_ips, rate_limit_requests,
+             rate_limit_per_seconds, created_at, expires_at, revoked_at, last_used_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(c.id.as_str())
+    .bind(c.tenant_id.as_str())
+    .bind(c.kind.as_str())
+    .bind(c.hash.as_bytes().as_slice())
+    .bind(&c.hint)
+    .bind(&c.name)
+    .bind(&c.description)
+    .bind(c.user_id.as_ref().map(UserId::as_str))
+    .bind(&c.created_by)
+    .bind(c.role_id.as_ref().map(RoleId::as_str))
+    .bind(c.permissions.as_ref().map(to_json).transpose()?)
+    .bind(c.allowed_ips.as_ref().map(to_json).transpose()?)
+    .bind(c.rate_limit.map(|r| i64::from(r.requests)))
+    .bind(c.rate_limit.map(|r| i64::from(r.per_seconds)))
+    .bind(c.created_at.unix())
+    .bind(c.expires_at.map(Timestamp::unix))
+    .bind(c.revoked_at.map(Timestamp::unix))
+    .bind(c.last_used_at.map(Timestamp::unix))
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+    .map_err(store_error)
+}
+
+async fn insert_event(tx: &mut Transaction<'_, Sqlite>, e: &AuditEvent) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_events (id, time, tenant_id, acting_tenant_id, actor_type, actor_id,
+             token_id, action, target_type, target_id, outcome, status, ip, user_agent, request_id)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(e.id.as_str())
+    .bind(e.time.unix())
+    .bind(e.tenant_id.as_str())
+    .bind(e.acting_tenant_id.as_ref().map(TenantId::as_str))
+    .bind(e.actor.kind)
+    .bind(&e.actor.id)
+    .bind(e.token_id.as_ref().map(CredentialId::as_str))
+    .bind(e.action)
+    .bind(e.target.as_ref().map(|t| t.kind))
+    .bind(e.target.as_ref().map(|t| t.id.as_str()))
+    .bind(e.outcome.as_str())
+    .bind(i64::from(e.status))
+    .bind(&e.ip)
+    .bind(&e.user_agent)
+    .bind(&e.request_id)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+    .map_err(store_error)
+}
+
+fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Internal(format!("stored JSON: {e}")))
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Internal(format!("unexpected stored {what} `{value}`"))
+}
+
+fn tenant_from_row(row: &SqliteRow) -> Result<Tenant, StoreError> {
+    let slug: String = row.try_get("slug").map_err(store_error)?;
+    let status: String = row.try_get("status").map_err(store_error)?;
+    Ok(Tenant {
+        id: TenantId::from_trusted(row.try_get("id").map_err(store_error)?),
+        parent_id: row
+            .try_get::<Option<String>, _>("parent_id")
+            .map_err(store_error)?
+            .map(TenantId::from_trusted),
+        name: row.try_get("name").map_err(store_error)?,
+        slug: Slug::parse(&slug).map_err(|_| corrupt("slug", &slug))?,
+        status: TenantStatus::from_name(&status).ok_or_else(|| corrupt("status", &status))?,
+        created_at: timestamp(row, "created_at")?,
+    })
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<User, StoreError> {
+    let status: String = row.try_get("status").map_err(store_error)?;
+    Ok(User {
+        id: UserId::from_trusted(row.try_get("id").map_err(store_error)?),
+        tenant_id: TenantId::from_trusted(row.try_get("tenant_id").map_err(store_error)?),
+        email: row.try_get("email").map_err(store_error)?,
+        name: row.try_get("name").map_err(store_error)?,
+        role_id: RoleId::from_trusted(row.try_get("role_id").map_err(store_error)?),
+        status: UserStatus::from_name(&status).ok_or_else(|| corrupt("status", &status))?,
+        created_at: timestamp(row, "created_at")?,
+    })
+}
+
+fn role_from_row(row: &SqliteRow) -> Result<Role, StoreError> {
+    let permissions: String = row.try_get("permissions").map_err(store_error)?;
+    Ok(Role {
+        id: RoleId::from_trusted(row.try_get("id").map_err(store_error)?),
+        tenant_id: row
+            .try_get::<Option<String>, _>("tenant_id")
+            .map_err(store_error)?
+            .map(TenantId::from_trusted),
+        name: row.try_get("name").map_err(store_error)?,
+        permissions: from_json(&permissions)?,
+        created_at: timestamp(row, "created_at")?,
+    })
+}
+
+fn credential_from_row(row: &SqliteRow) -> Result<Credential, StoreError> {
+    let kind: String = row.try_get("kind").map_err(store_error)?;
+    let hash: Vec<u8> = row.try_get("secret_hash").map_err(store_error)?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Internal("stored credential hash is not 32 bytes".into()))?;
+    let requests: Option<i64> = row.try_get("rate_limit_requests").map_err(store_error)?;
+    let per_seconds: Option<i64> = row.try_get("rate_limit_per_seconds").map_err(store_error)?;
+    let rate_limit = match (requests, per_seconds) {
+        (Some(requests), Some(per_seconds)) => Some(RateLimit {
+            requests: u32::try_from(requests).map_err(|_| corrupt("rate limit", "requests"))?,
+            per_seconds: u32::try_from(per_seconds)
+                .map_err(|_| corrupt("rate limit", "per_seconds"))?,
+        }),
+        _ => None,
+    };
+    Ok(Credential {
+        id: CredentialId::from_trusted(row.try_get("id").map_err(store_error)?),
+        tenant_id: TenantId::from_trusted(row.try_get("tenant_id").map_err(store_error)?),
+        kind: CredentialKind::from_name(&kind).ok_or_else(|| corrupt("kind", &kind))?,
+        hash: CredentialHash::from_bytes(hash),
+        hint: row.try_get("hint").map_err(store_error)?,
+        name: row.try_get("name").map_err(store_error)?,
+        description: row.try_get("description").map_err(store_error)?,
+        user_id: row
+            .try_get::<Option<String>, _>("user_id")
+            .map_err(store_error)?
+            .map(UserId::from_trusted),
+        created_by: row.try_get("created_by").map_err(store_error)?,
+        role_id: row
+            .try_get::<Option<String>, _>("role_id")
+            .map_err(store_error)?
+            .map(RoleId::from_trusted),
+        permissions: optional_json(row, "permissions")?,
+        allowed_ips: optional_json(row, "allowed_ips")?,
+        rate_limit,
+        created_at: timestamp(row, "created_at")?,
+        expires_at: optional_timestamp(row, "expires_at")?,
+        revoked_at: optional_timestamp(row, "revoked_at")?,
+        last_used_at: optional_timestamp(row, "last_used_at")?,
+    })
+}
+
+fn optional_json<T: serde::de::DeserializeOwned>(
+    row: &SqliteRow,
+    column: &str,
+) -> Result<Option<T>, StoreError> {
+    row.try_get::<Option<String>, _>(column)
+        .map_err(store_error)?
+        .map(|text| from_json(&text))
+        .transpose()
+}
+
+fn timestamp(row: &SqliteRow, column: &str) -> Result<Timestamp, StoreError> {
+    row.try_get::<i64, _>(column)
+        .map(Timestamp::from_unix)
+        .map_err(store_error)
+}
+
+fn optional_timestamp(row: &SqliteRow, column: &str) -> Result<Option<Timestamp>, StoreError> {
+    row.try_get::<Option<i64>, _>(column)
+        .map(|t| t.map(Timestamp::from_unix))
+        .map_err(store_error)
+}
+
+/// Maps a driver error: a taken unique value names its column, an unreachable or locked database
+/// is `Unavailable` (the client may retry), anything else is internal.
+fn store_error(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            // SQLite says "UNIQUE constraint failed: tenants.slug".
+            let column = db.message().rsplit('.').next().unwrap_or("value");
+            StoreError::AlreadyExists(match column {
+                "slug" => "slug",
+                "email_key" => "email",
+                "name" => "name",
+                _ => "value",
+            })
+        }
+        sqlx::Error::Database(db) => {
+            // Primary result codes: BUSY 5, LOCKED 6, NOMEM 7, READONLY 8, IOERR 10, FULL 13,
+            // CANTOPEN 14. Extended codes keep the primary code in their low byte.
+            let code = db
+                .code()
+                .and_then(|c| c.parse::<i64>().ok())
+                .map(|c| c & 0xff);
+            match code {
+                Some(5 | 6 | 7 | 8 | 10 | 13 | 14) => StoreError::Unavailable(error.to_string()),
+                _ => StoreError::Internal(error.to_string()),
+            }
+        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error.to_string()),
+        _ => StoreError::Internal(error.to_string()),
+    }
+}
