@@ -289,6 +289,11 @@ impl Verifier {
 }
 
 impl Verified {
+    /// Whether the credential belongs to `tenant` or one of its descendants.
+    pub fn is_within(&self, tenant: &TenantId) -> bool {
+        self.tenant_line.contains(tenant)
+    }
+
     pub(crate) fn hash(&self) -> &CredentialHash {
         &self.hash
     }

@@ -1,1 +1,98 @@
+//! keygate's HTTP server and command line.
+//!
+//! A request flows one way: [`middleware::finish`] (request id, header limit, problem rendering)
+//! → body limit → router → [`auth::Authenticated`] (extraction, verification) → the access
+//! decision (`Caller::require`) → handler → store → response. Nothing calls back up that line.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod auth;
+pub mod bootstrap;
+pub mod cli;
+pub mod config;
+pub mod json;
+pub mod middleware;
+pub mod openapi;
+pub mod problem;
+pub mod routes;
+pub mod state;
+pub mod views;
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use tokio::net::TcpListener;
+use tower_http::limit::RequestBodyLimitLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::problem::ApiError;
+pub use crate::state::AppState;
+
+/// The API's routes with their OpenAPI document.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(routes::ops::healthz))
+        .routes(routes!(routes::ops::readyz))
+        .routes(routes!(routes::whoami::whoami))
+        .routes(routes!(routes::verify::verify))
+        .split_for_parts()
+}
+
+/// The whole application: API, explorer, limits and the outer middleware.
+pub fn router(state: AppState) -> Router {
+    let (api, document) = api();
+    let body_limit = state.config().limits.body_bytes;
+    api.merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+        .fallback(|| async { ApiError::not_found("there is no such route; see /openapi.json") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyLimitLayer::new(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::finish,
+        ))
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting, lets in-flight requests
+/// finish (for at most `shutdown_grace_seconds`) and closes the store.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let grace = Duration::from_secs(state.config().shutdown_grace_seconds);
+    let (stopping_tx, mut stopping_rx) = tokio::sync::watch::channel(false);
+    let signalled = {
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            state.begin_shutdown();
+            tracing::info!("shutting down: no new connections, finishing requests in flight");
+            let _ = stopping_tx.send(true);
+        }
+    };
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let serve = axum::serve(listener, app)
+        .with_graceful_shutdown(signalled)
+        .into_future();
+    let grace_over = async move {
+        let _ = stopping_rx.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        result = serve => result,
+        () = grace_over => {
+            tracing::warn!(seconds = grace.as_secs(), "grace period over; dropping requests still in flight");
+            Ok(())
+        }
+    };
+    state.store().close().await;
+    tracing::info!("stopped");
+    result
+}

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `keygate` binary.
+
+fn main() -> std::process::ExitCode {
+    keygate_server::cli::main()
+}

@@ -1,0 +1,263 @@
+//! Credential extraction (API.md §2): the five places a credential may be, the ambiguity rule,
+//! Basic's realm and the `Realm` header, then verification.
+//!
+//! Extraction borrows from the request's headers; only `Basic` allocates (it must decode). A
+//! request that holds two *different* credentials is refused, so a proxy adding its own credential
+//! can never silently change who a request acts as.
+
+use std::borrow::Cow;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderName, header};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use keygate_core::access::Caller;
+
+use crate::problem::{ApiError, ProblemCode};
+use crate::state::AppState;
+
+const APIKEY: HeaderName = HeaderName::from_static("apikey");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const REALM: HeaderName = HeaderName::from_static("realm");
+pub const COOKIE_NAME: &str = "api_access_token";
+
+/// A credential as found in a request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Presented<'a> {
+    pub credential: Cow<'a, str>,
+    /// The username of `Basic`, which must be the credential's tenant slug.
+    pub basic_username: Option<String>,
+    /// The `Realm` header, which must name the credential's tenant.
+    pub realm: Option<&'a str>,
+}
+
+fn unreadable(place: &str) -> ApiError {
+    ApiError::unauthenticated(format!("the {place} header is not readable text"))
+}
+
+/// Finds the request's credential. `Ok(None)` when there is none at all.
+pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
+    let mut found: Vec<Cow<'_, str>> = Vec::with_capacity(1);
+    let mut basic_username = None;
+
+    for value in headers.get_all(header::AUTHORIZATION) {
+        let value = value.to_str().map_err(|_| unreadable("Authorization"))?;
+        let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+        let rest = rest.trim();
+        if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
+            if rest.is_empty() {
+                return Err(ApiError::unauthenticated(format!(
+                    "the {scheme} scheme needs a credential after it"
+                )));
+            }
+            found.push(Cow::Borrowed(rest));
+        } else if scheme.eq_ignore_ascii_case("basic") {
+            let (username, credential) = decode_basic(rest)?;
+            basic_username = Some(username);
+            found.push(Cow::Owned(credential));
+        } else {
+            return Err(ApiError::unauthenticated(format!(
+                "the Authorization scheme `{}` is not supported; use Bearer, Token or Basic",
+                scheme.chars().take(32).collect::<String>()
+            )));
+        }
+    }
+    for name in [APIKEY, X_API_KEY] {
+        for value in headers.get_all(&name) {
+            let value = value
+                .to_str()
+                .map_err(|_| unreadable(name.as_str()))?
+                .trim();
+            if value.is_empty() {
+                return Err(ApiError::unauthenticated(format!(
+                    "the {name} header is empty"
+                )));
+            }
+            found.push(Cow::Borrowed(value));
+        }
+    }
+    for value in headers.get_all(header::COOKIE) {
+        // Other cookies are not ours to judge: a cookie header we cannot read as text, or pairs
+        // that are not `name=value`, are skipped rather than refused.
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            if let Some((name, credential)) = pair.trim().split_once('=') {
+                if name.trim() == COOKIE_NAME {
+                    let credential = credential.trim().trim_matches('"');
+                    if !credential.is_empty() {
+                        found.push(Cow::Borrowed(credential));
+                    }
+                }
+            }
+        }
+    }
+
+    let Some(first) = found.first() else {
+        return Ok(None);
+    };
+    if found.iter().any(|other| other != first) {
+        return Err(ApiError::new(
+            ProblemCode::AmbiguousCredentials,
+            "the request carries different credentials in different places; send exactly one",
+        ));
+    }
+    let realm = match headers.get(REALM) {
+        Some(value) => Some(value.to_str().map_err(|_| unreadable("Realm"))?.trim()),
+        None => None,
+    };
+    let credential = found.swap_remove(0);
+    Ok(Some(Presented {
+        credential,
+        basic_username,
+        realm,
+    }))
+}
+
+fn decode_basic(encoded: &str) -> Result<(String, String), ApiError> {
+    let invalid = || {
+        ApiError::unauthenticated(
+            "Basic credentials must be base64 of `<tenant slug>:<credential>`",
+        )
+    };
+    let bytes = STANDARD.decode(encoded).map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (username, credential) = text.split_once(':').ok_or_else(invalid)?;
+    if credential.is_empty() {
+        return Err(invalid());
+    }
+    Ok((username.to_owned(), credential.to_owned()))
+}
+
+/// Verifies what [`extract`] found and checks the realm it was presented for.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let presented = extract(headers)?.ok_or_else(|| {
+        ApiError::unauthenticated(
+            "no credential: send `Authorization: Bearer <token>` (or see /docs for the other ways)",
+        )
+    })?;
+    let verified = state.verifier().verify(&presented.credential).await?;
+    let caller = Caller::new(verified);
+    let slug = caller.verified().tenant.slug.as_str();
+    if let Some(username) = &presented.basic_username {
+        if username != slug {
+            return Err(ApiError::unauthenticated(
+                "the Basic username must be the slug of the credential's tenant (its realm)",
+            ));
+        }
+    }
+    if let Some(realm) = presented.realm {
+        if realm != slug {
+            return Err(ApiError::unauthenticated(
+                "the Realm header names a different tenant than the credential's",
+            ));
+        }
+    }
+    Ok(caller)
+}
+
+/// An authenticated request: the extractor every protected handler takes.
+pub struct Authenticated(pub Caller);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authenticate(state, &parts.headers).await.map(Authenticated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn credential(pairs: &[(&str, &[u8])]) -> Result<Option<String>, ProblemCode> {
+        extract(&headers(pairs))
+            .map(|p| p.map(|p| p.credential.into_owned()))
+            .map_err(|e| e.code)
+    }
+
+    #[test]
+    fn every_place_and_scheme_spelling() {
+        let basic = format!("Basic {}", STANDARD.encode("root:kg_live_x"));
+        for pairs in [
+            vec![("authorization", &b"Bearer kg_live_x"[..])],
+            vec![("authorization", b"bearer kg_live_x")],
+            vec![("authorization", b"TOKEN   kg_live_x ")],
+            vec![("authorization", basic.as_bytes())],
+            vec![("apikey", b"kg_live_x")],
+            vec![("x-api-key", b"kg_live_x")],
+            vec![("cookie", b"theme=dark; api_access_token=kg_live_x; x=1")],
+            vec![
+                ("authorization", b"Bearer kg_live_x"),
+                ("apikey", b"kg_live_x"),
+            ],
+        ] {
+            assert_eq!(
+                credential(&pairs),
+                Ok(Some("kg_live_x".into())),
+                "{pairs:?}"
+            );
+        }
+        assert_eq!(credential(&[]), Ok(None));
+        assert_eq!(credential(&[("cookie", b"theme=dark")]), Ok(None));
+    }
+
+    #[test]
+    fn different_credentials_are_ambiguous() {
+        assert_eq!(
+            credential(&[("authorization", b"Bearer a"), ("x-api-key", b"b")]),
+            Err(ProblemCode::AmbiguousCredentials)
+        );
+        assert_eq!(
+            credential(&[
+                ("cookie", b"api_access_token=a"),
+                ("cookie", b"api_access_token=b")
+            ]),
+            Err(ProblemCode::AmbiguousCredentials)
+        );
+    }
+
+    #[test]
+    fn garbage_is_refused_not_panicked_on() {
+        for pairs in [
+            vec![("authorization", &b"Bearer"[..])],
+            vec![("authorization", b"Bearer   ")],
+            vec![("authorization", b"Basic !!!not-base64")],
+            vec![("authorization", b"Basic bm9jb2xvbg==")],
+            vec![("authorization", b"Digest abc")],
+            vec![("authorization", b"Bearer \xff\xfe")],
+            vec![("apikey", b"")],
+        ] {
+            assert_eq!(
+                credential(&pairs),
+                Err(ProblemCode::Unauthenticated),
+                "{pairs:?}"
+            );
+        }
+        // Someone else's unreadable cookie does not stop the request.
+        assert_eq!(credential(&[("cookie", b"x=\xff")]), Ok(None));
+    }
+
+    #[test]
+    fn basic_keeps_its_username_and_the_realm_header_is_read() {
+        let basic = format!("basic {}", STANDARD.encode("acme:kg_live_x"));
+        let map = headers(&[("authorization", basic.as_bytes()), ("realm", b"acme")]);
+        let presented = extract(&map).unwrap().unwrap();
+        assert_eq!(presented.basic_username.as_deref(), Some("acme"));
+        assert_eq!(presented.realm, Some("acme"));
+    }
+}

@@ -1,0 +1,198 @@
+//! The command line: `keygate serve | init [--json] | migrate | config check`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use keygate_core::SystemClock;
+use tracing_subscriber::EnvFilter;
+
+use crate::bootstrap::BootstrapError;
+use crate::config::{Config, LogFormat, Overrides};
+use crate::state::AppState;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "keygate",
+    version,
+    about = "The front door for your API: credentials, tenants, verification."
+)]
+pub struct Cli {
+    /// A TOML configuration file.
+    #[arg(long, global = true, env = "KEYGATE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (config `listen`).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Database URL (config `database_url`): sqlite://PATH or postgres://…
+    #[arg(long, global = true, value_name = "URL")]
+    pub database: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server; on an empty store, bootstrap it first and print the credentials on stderr.
+    Serve {
+        /// The first user's email, if this start bootstraps the store.
+        #[arg(long, default_value = DEFAULT_EMAIL)]
+        email: String,
+    },
+    /// Create the root tenant, its owner and an owner token; refuses on a non-empty store.
+    Init {
+        /// Print exactly the bootstrap JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// The first user's email.
+        #[arg(long, default_value = DEFAULT_EMAIL)]
+        email: String,
+    },
+    /// Apply the database migrations and exit.
+    Migrate,
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the configuration, then print it (secrets masked).
+    Check,
+}
+
+const DEFAULT_EMAIL: &str = "admin@keygate.local";
+
+/// Runs the command line; the exit code says how it went (2: configuration, 1: anything else).
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        listen: cli.listen.clone(),
+        database: cli.database.clone(),
+    };
+    let config = match Config::load(cli.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("keygate: configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("keygate: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command, config)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("keygate: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match config.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            print!("{}", config.to_redacted_toml());
+            eprintln!("keygate: configuration is valid");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            AppState::open(config, Arc::new(SystemClock)).await?;
+            eprintln!("keygate: the database schema is up to date");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Init { json, email } => {
+            let state = AppState::open(config, Arc::new(SystemClock)).await?;
+            let outcome = crate::bootstrap::run(
+                state.store(),
+                state.verifier().format(),
+                &email,
+                state.clock().now(),
+            )
+            .await;
+            state.store().close().await;
+            match outcome {
+                Ok(report) if json => println!("{}", report.to_json()),
+                Ok(report) => print!("{}", report.to_text()),
+                Err(BootstrapError::AlreadyInitialized) => {
+                    eprintln!(
+                        "keygate init: this store is already initialised (it holds a root \
+                         tenant); nothing was changed"
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(error) => return Err(error.into()),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { email } => serve(config, &email).await,
+    }
+}
+
+async fn serve(config: Config, email: &str) -> anyhow::Result<ExitCode> {
+    let listen = config.listen;
+    let state = AppState::open(config, Arc::new(SystemClock)).await?;
+    if let Some(report) = state.bootstrap_if_empty(email).await? {
+        // Printed straight to stderr, not logged: log pipelines keep what they receive.
+        eprintln!("{}", report.to_text());
+        eprintln!("{}", report.to_json());
+    }
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    tracing::info!(address = %listener.local_addr()?, "keygate is listening");
+    crate::run(listener, state, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

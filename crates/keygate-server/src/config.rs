@@ -1,0 +1,440 @@
+//! Configuration, layered as API.md §10 says: defaults < a TOML file (`--config`) < `KEYGATE_*`
+//! environment variables (nested keys joined with `__`) < `KEYGATE_*_FILE` secrets read from files
+//! < command-line flags. Unknown keys are an error that names the key and where it came from, so a
+//! typo never silently falls back to a default.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
+use keygate_core::credential::{CredentialFormat, Environment};
+use keygate_core::permission::Catalog;
+use serde::{Deserialize, Deserializer, Serialize};
+
+const ENV_PREFIX: &str = "KEYGATE_";
+const FILE_SUFFIX: &str = "_FILE";
+/// Read by the command line itself (`--config`), not a configuration key.
+const CONFIG_PATH_VAR: &str = "KEYGATE_CONFIG";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address and port the HTTP server listens on.
+    pub listen: SocketAddr,
+    /// `sqlite://PATH` (the embedded default) or `postgres://…`.
+    pub database_url: String,
+    /// The brand prefix of every credential (`kg_live_…`).
+    pub token_prefix: String,
+    /// Which credentials this server accepts: `live` or `test`.
+    pub environment: Environment,
+    /// Proxies whose `X-Forwarded-For`/`Forwarded` headers are believed.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub trusted_proxies: Vec<Network>,
+    pub limits: Limits,
+    /// Extra permissions for the APIs keygate protects (`zones:read`).
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub permissions: Vec<String>,
+    /// The default per-credential rate limit; unlimited when unset.
+    pub rate_limit: RateLimitConfig,
+    pub tokens: TokensConfig,
+    pub log: LogConfig,
+    /// How long a shutdown waits for in-flight requests before closing them.
+    pub shutdown_grace_seconds: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: "sqlite://keygate-data/keygate.db".to_owned(),
+            token_prefix: "kg".to_owned(),
+            environment: Environment::Live,
+            trusted_proxies: Vec::new(),
+            limits: Limits::default(),
+            permissions: Vec::new(),
+            rate_limit: RateLimitConfig::default(),
+            tokens: TokensConfig::default(),
+            log: LogConfig::default(),
+            shutdown_grace_seconds: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request body accepted (413 above).
+    pub body_bytes: usize,
+    /// Largest total size of a request's header names and values (431 above).
+    pub header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            body_bytes: 1024 * 1024,
+            header_bytes: 8 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub requests: Option<u32>,
+    pub per_seconds: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    /// The longest lifetime a personal token may be given.
+    pub personal_max_days: u32,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        Self {
+            personal_max_days: 366,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter (`info`, `keygate=debug,warn`); `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A network in config: CIDR, or a bare address meaning just that address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct Network(pub IpNet);
+
+impl From<Network> for String {
+    fn from(network: Network) -> String {
+        network.0.to_string()
+    }
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        text.parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            .map(|net| Network(net.trunc()))
+            .map_err(|_| format!("`{text}` is not an IP address or network"))
+    }
+}
+
+/// Command-line flags, the last layer.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(rename = "database_url", skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    #[error("cannot read {var} ({path}): {source}")]
+    SecretFile {
+        var: String,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads the layers, reading `KEYGATE_*` from this process's environment.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "the config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX)
+                .filter(|key| {
+                    let key = key.as_str().to_ascii_uppercase();
+                    !key.ends_with(FILE_SUFFIX) && key != CONFIG_PATH_VAR[ENV_PREFIX.len()..]
+                })
+                .split("__"),
+        );
+        for (var, path) in std::env::vars().filter(|(k, _)| {
+            k.starts_with(ENV_PREFIX) && k.ends_with(FILE_SUFFIX) && k != CONFIG_PATH_VAR
+        }) {
+            let key = var[ENV_PREFIX.len()..var.len() - FILE_SUFFIX.len()]
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            let value =
+                std::fs::read_to_string(&path).map_err(|source| ConfigError::SecretFile {
+                    var: var.clone(),
+                    path: path.clone(),
+                    source,
+                })?;
+            figment = figment.merge(Serialized::default(
+                &key,
+                value.trim_end_matches(['\n', '\r']),
+            ));
+        }
+        figment = figment.merge(Serialized::defaults(overrides));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: that the prefix, permissions and limits make sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.credential_format()?;
+        self.catalog()?;
+        if self.limits.body_bytes == 0 || self.limits.header_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.body_bytes must be positive and limits.header_bytes at least 1024".into(),
+            ));
+        }
+        match (self.rate_limit.requests, self.rate_limit.per_seconds) {
+            (None, None) => {}
+            (Some(r), Some(s)) if r > 0 && s > 0 => {}
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "rate_limit needs both requests and per_seconds, each positive".into(),
+                ));
+            }
+        }
+        if self.tokens.personal_max_days == 0 {
+            return Err(ConfigError::Invalid(
+                "tokens.personal_max_days must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn credential_format(&self) -> Result<CredentialFormat, ConfigError> {
+        CredentialFormat::new(&self.token_prefix, self.environment)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    pub fn catalog(&self) -> Result<Catalog, ConfigError> {
+        Catalog::new(&self.permissions)
+            .map_err(|e| ConfigError::Invalid(format!("permissions: {e}")))
+    }
+
+    /// The configuration as TOML, with any password in the database URL masked.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database_url = redact_url(&self.database_url);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Accepts a list (TOML) or one comma-separated string (environment variables).
+fn list_or_comma_separated<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        One(String),
+    }
+    let items = match Raw::deserialize(deserializer)? {
+        Raw::List(items) => items,
+        Raw::One(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    };
+    items
+        .iter()
+        .map(|item| item.parse::<T>().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Jail;
+
+    use super::*;
+
+    fn load(jail: &Jail, file: Option<&str>, flags: &Overrides) -> Result<Config, String> {
+        let path = file.map(|f| jail.directory().join(f));
+        Config::load(path.as_deref(), flags).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        Jail::expect_with(|jail| {
+            let config = load(jail, None, &Overrides::default())?;
+            assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(config.database_url, "sqlite://keygate-data/keygate.db");
+            assert_eq!(config.token_prefix, "kg");
+            assert_eq!(config.environment, Environment::Live);
+            assert_eq!(config.limits.body_bytes, 1_048_576);
+            assert_eq!(config.limits.header_bytes, 8192);
+            assert!(config.trusted_proxies.is_empty() && config.permissions.is_empty());
+            assert_eq!(config.rate_limit.requests, None);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "keygate.toml",
+                "listen = \"0.0.0.0:9000\"\ntoken_prefix = \"lynk\"\n\
+                 permissions = [\"zones:read\"]\n\
+                 [limits]\nbody_bytes = 10\n[rate_limit]\nrequests = 5\nper_seconds = 1\n",
+            )?;
+            jail.create_file("db-url", "sqlite:///from/file.db\n")?;
+            jail.set_env("KEYGATE_TOKEN_PREFIX", "env");
+            jail.set_env("KEYGATE_LIMITS__BODY_BYTES", "20");
+            jail.set_env(
+                "KEYGATE_TRUSTED_PROXIES",
+                "10.0.0.1, 192.168.0.0/16,2001:db8::/32",
+            );
+            jail.set_env(
+                "KEYGATE_DATABASE_URL_FILE",
+                jail.directory().join("db-url").display(),
+            );
+            jail.set_env("KEYGATE_CONFIG", "read by the command line, not a key");
+            let flags = Overrides {
+                listen: Some("127.0.0.1:7000".into()),
+                database: None,
+            };
+            let config = load(jail, Some("keygate.toml"), &flags)?;
+            assert_eq!(
+                config.listen.to_string(),
+                "127.0.0.1:7000",
+                "flag beats file"
+            );
+            assert_eq!(config.token_prefix, "env", "env beats file");
+            assert_eq!(config.limits.body_bytes, 20);
+            assert_eq!(
+                config.limits.header_bytes, 8192,
+                "untouched keys keep defaults"
+            );
+            assert_eq!(config.permissions, ["zones:read"]);
+            assert_eq!(config.rate_limit.requests, Some(5));
+            assert_eq!(
+                config.database_url, "sqlite:///from/file.db",
+                "secret file beats env"
+            );
+            let proxies: Vec<String> = config
+                .trusted_proxies
+                .iter()
+                .map(|n| n.0.to_string())
+                .collect();
+            assert_eq!(proxies, ["10.0.0.1/32", "192.168.0.0/16", "2001:db8::/32"]);
+
+            jail.set_env("KEYGATE_DATABASE_URL", "sqlite://env.db");
+            let flag_db = Overrides {
+                listen: None,
+                database: Some("sqlite://flag.db".into()),
+            };
+            assert_eq!(load(jail, None, &flag_db)?.database_url, "sqlite://flag.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        Jail::expect_with(|jail| {
+            jail.set_env("KEYGATE_LISTN", "x");
+            let error = load(jail, None, &Overrides::default()).unwrap_err();
+            assert!(error.contains("listn"), "{error}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("k.toml", "[limits]\nbody_byte = 1\n")?;
+            let error = load(jail, Some("k.toml"), &Overrides::default()).unwrap_err();
+            assert!(error.contains("body_byte"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_reasons() {
+        for (var, value, needle) in [
+            ("KEYGATE_TOKEN_PREFIX", "Bad_Prefix", "token_prefix"),
+            ("KEYGATE_PERMISSIONS", "zones", "zones"),
+            ("KEYGATE_TRUSTED_PROXIES", "10.0.0.0/99", "10.0.0.0/99"),
+            ("KEYGATE_ENVIRONMENT", "staging", "staging"),
+            ("KEYGATE_RATE_LIMIT__REQUESTS", "10", "rate_limit"),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(var, value);
+                let error = load(jail, None, &Overrides::default()).unwrap_err();
+                assert!(error.contains(needle), "{var}={value}: {error}");
+                Ok(())
+            });
+        }
+        Jail::expect_with(|jail| {
+            let error = load(jail, Some("missing.toml"), &Overrides::default()).unwrap_err();
+            assert!(error.contains("does not exist"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn redaction_hides_database_passwords() {
+        assert_eq!(
+            redact_url("postgres://kg:hunter2@db:5432/kg"),
+            "postgres://kg:***@db:5432/kg"
+        );
+        assert_eq!(redact_url("sqlite://a/b.db"), "sqlite://a/b.db");
+    }
+}

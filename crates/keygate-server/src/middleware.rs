@@ -1,0 +1,166 @@
+//! The outermost layer: request ids, the header-size limit, problem rendering and the access log.
+//!
+//! Every response leaves through here, so every response has `X-Request-Id`, and every error,
+//! whether a handler's [`ApiError`] or a bare status from the router or a limit layer, leaves as an
+//! `application/problem+json` body whose `instance` is the request id. The access log records the
+//! path only, never the query string or headers: a query may carry a key (`?key=…`) and headers
+//! carry credentials.
+
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use keygate_core::base62;
+use tracing::Instrument;
+
+use crate::problem::{ApiError, PROBLEM_JSON, ProblemCode};
+use crate::state::AppState;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The id of the request being served, for handlers that need it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The caller's id if it is sane (1–128 characters of `A-Za-z0-9._:-`), else a new one.
+fn request_id(request: &Request) -> String {
+    let sane = |id: &str| {
+        (1..=128).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+    };
+    match request.headers().get(REQUEST_ID).map(HeaderValue::to_str) {
+        Some(Ok(id)) if sane(id) => id.to_owned(),
+        _ => {
+            let mut id = String::from("req_");
+            // Randomness failing is not a reason to refuse a request; the id is for correlation.
+            if base62::push_random(&mut id, 20).is_err() {
+                id.push_str("unavailable");
+            }
+            id
+        }
+    }
+}
+
+/// The size of the request's header section, as the limit counts it: names and values.
+fn header_bytes(request: &Request) -> usize {
+    request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum()
+}
+
+pub async fn finish(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request_id(&request);
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!("request", id = %id, %method, %path);
+
+    let limit = state.config().limits.header_bytes;
+    let response = if header_bytes(&request) > limit {
+        ApiError::new(
+            ProblemCode::HeadersTooLarge,
+            format!("the request headers exceed {limit} bytes in total"),
+        )
+        .into_response()
+    } else {
+        request.extensions_mut().insert(RequestId(id.clone()));
+        next.run(request).instrument(span.clone()).await
+    };
+
+    let mut response = render(response, &id, &method, &state);
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    let status = response.status().as_u16();
+    let micros = started.elapsed().as_micros();
+    span.in_scope(|| tracing::info!(status, micros, "served"));
+    response
+}
+
+/// Writes the problem body of an error response, with the request id as `instance`.
+fn render(mut response: Response, id: &str, method: &Method, state: &AppState) -> Response {
+    let error = match response.extensions_mut().remove::<ApiError>() {
+        Some(error) => error,
+        None if response.status().is_client_error() || response.status().is_server_error() => {
+            let is_problem = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+            if is_problem {
+                return response;
+            }
+            bare_status_error(response.status(), method, state)
+        }
+        None => return response,
+    };
+    if let Some(internal) = &error.internal {
+        tracing::error!(request_id = id, error = %internal, "request failed");
+    }
+    let body = match serde_json::to_vec(&error.problem(id)) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(request_id = id, error = %e, "cannot render a problem");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.status = error.code.status();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    Response::from_parts(parts, Body::from(body))
+}
+
+fn bare_status_error(status: StatusCode, method: &Method, state: &AppState) -> ApiError {
+    let code = ProblemCode::for_status(status);
+    match code {
+        ProblemCode::NotFound => ApiError::not_found("there is no such route; see /openapi.json"),
+        ProblemCode::MethodNotAllowed => ApiError::new(
+            code,
+            format!("this path does not accept {method}; the Allow header lists what it does"),
+        ),
+        ProblemCode::PayloadTooLarge => ApiError::new(
+            code,
+            format!(
+                "the request body exceeds {} bytes",
+                state.config().limits.body_bytes
+            ),
+        ),
+        ProblemCode::Internal => ApiError::internal(format!("bare {status} response")),
+        _ => ApiError::new(
+            code,
+            status.canonical_reason().unwrap_or("error").to_owned(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_header(value: &[u8]) -> Request {
+        let mut request = Request::new(Body::empty());
+        request
+            .headers_mut()
+            .insert(REQUEST_ID, HeaderValue::from_bytes(value).unwrap());
+        request
+    }
+
+    #[test]
+    fn sane_request_ids_are_kept_and_others_replaced() {
+        assert_eq!(request_id(&with_header(b"abc-123_x.y:z")), "abc-123_x.y:z");
+        for insane in [&b"has space"[..], b"quote\"", &[b'a'; 129], b"caf\xc3\xa9"] {
+            let id = request_id(&with_header(insane));
+            assert!(id.starts_with("req_") && id.len() == 24, "{id}");
+        }
+        assert!(request_id(&Request::new(Body::empty())).starts_with("req_"));
+    }
+}

@@ -1,0 +1,362 @@
+//! One error type and one mapping to RFC 9457 problem responses (API.md §1).
+//!
+//! Handlers return [`ApiError`]. Turning it into a response does not write the body yet: the
+//! request id is only known to the outermost middleware ([`crate::middleware`]), which renders the
+//! problem with `instance` set, logs 5xx detail with that id, and never sends that detail out.
+
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keygate_core::access::Forbidden;
+use keygate_core::store::StoreError;
+use keygate_core::verify::Refusal;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The stable, machine-readable problem codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemCode {
+    InvalidRequest,
+    AmbiguousCredentials,
+    Unauthenticated,
+    Forbidden,
+    IpNotAllowed,
+    PrivilegeEscalation,
+    NotFound,
+    MethodNotAllowed,
+    KeyLimitReached,
+    CannotDeleteCurrentKey,
+    WouldLockOutCaller,
+    AlreadyExists,
+    TenantHasChildren,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    RateLimited,
+    HeadersTooLarge,
+    NotImplemented,
+    Unavailable,
+    Internal,
+}
+
+impl ProblemCode {
+    pub fn status(self) -> StatusCode {
+        use ProblemCode::*;
+        match self {
+            InvalidRequest | AmbiguousCredentials => StatusCode::BAD_REQUEST,
+            Unauthenticated => StatusCode::UNAUTHORIZED,
+            Forbidden | IpNotAllowed | PrivilegeEscalation => StatusCode::FORBIDDEN,
+            NotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            KeyLimitReached
+            | CannotDeleteCurrentKey
+            | WouldLockOutCaller
+            | AlreadyExists
+            | TenantHasChildren => StatusCode::CONFLICT,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        use ProblemCode::*;
+        match self {
+            InvalidRequest => "invalid-request",
+            AmbiguousCredentials => "ambiguous-credentials",
+            Unauthenticated => "unauthenticated",
+            Forbidden => "forbidden",
+            IpNotAllowed => "ip-not-allowed",
+            PrivilegeEscalation => "privilege-escalation",
+            NotFound => "not-found",
+            MethodNotAllowed => "method-not-allowed",
+            KeyLimitReached => "key-limit-reached",
+            CannotDeleteCurrentKey => "cannot-delete-current-key",
+            WouldLockOutCaller => "would-lock-out-caller",
+            AlreadyExists => "already-exists",
+            TenantHasChildren => "tenant-has-children",
+            PayloadTooLarge => "payload-too-large",
+            UnsupportedMediaType => "unsupported-media-type",
+            RateLimited => "rate-limited",
+            HeadersTooLarge => "headers-too-large",
+            NotImplemented => "not-implemented",
+            Unavailable => "unavailable",
+            Internal => "internal",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        use ProblemCode::*;
+        match self {
+            InvalidRequest => "The request is invalid",
+            AmbiguousCredentials => "The request carries more than one credential",
+            Unauthenticated => "Authentication is required",
+            Forbidden => "The credential lacks a permission",
+            IpNotAllowed => "The caller's address is not allowed",
+            PrivilegeEscalation => "That would grant more than the caller holds",
+            NotFound => "Not found",
+            MethodNotAllowed => "Method not allowed",
+            KeyLimitReached => "The account already has two keys",
+            CannotDeleteCurrentKey => "The key authenticating this request cannot be deleted",
+            WouldLockOutCaller => "That allowlist would lock the caller out",
+            AlreadyExists => "It already exists",
+            TenantHasChildren => "The tenant still has child tenants",
+            PayloadTooLarge => "The request body is too large",
+            UnsupportedMediaType => "Unsupported media type",
+            RateLimited => "Too many requests",
+            HeadersTooLarge => "The request headers are too large",
+            NotImplemented => "Not implemented yet",
+            Unavailable => "Service unavailable",
+            Internal => "Internal error",
+        }
+    }
+
+    /// The problem's `type`, a URI made from its code.
+    pub fn type_uri(self) -> String {
+        format!("urn:keygate:problem:{}", self.as_str())
+    }
+
+    /// The code a bare status stands for, for responses made outside keygate's handlers (a route
+    /// that does not exist, a method not routed, a body over the limit).
+    pub fn for_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::NOT_FOUND => ProblemCode::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => ProblemCode::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ProblemCode::PayloadTooLarge,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ProblemCode::UnsupportedMediaType,
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ProblemCode::HeadersTooLarge,
+            StatusCode::UNAUTHORIZED => ProblemCode::Unauthenticated,
+            StatusCode::FORBIDDEN => ProblemCode::Forbidden,
+            StatusCode::TOO_MANY_REQUESTS => ProblemCode::RateLimited,
+            StatusCode::NOT_IMPLEMENTED => ProblemCode::NotImplemented,
+            StatusCode::SERVICE_UNAVAILABLE => ProblemCode::Unavailable,
+            s if s.is_client_error() => ProblemCode::InvalidRequest,
+            _ => ProblemCode::Internal,
+        }
+    }
+}
+
+/// One invalid field of a request.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FieldError {
+    /// Where in the request: `allowlist[2]`, `permissions[0]`, `email`.
+    #[schema(example = "permissions[0]")]
+    pub field: String,
+    pub message: String,
+}
+
+/// An RFC 9457 problem, as every non-2xx response carries it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({
+    "type": "urn:keygate:problem:unauthenticated",
+    "title": "Authentication is required",
+    "status": 401,
+    "detail": "the credential has been revoked",
+    "instance": "req_0f3kQ2mW9xYbN4",
+    "code": "unauthenticated"
+}))]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// The request id (also in the `X-Request-Id` header).
+    pub instance: String,
+    /// The stable, machine-readable name of the problem.
+    pub code: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_permissions: Vec<String>,
+}
+
+/// Every error a handler or extractor can return.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: ProblemCode,
+    /// Shown to the client; never set for 5xx.
+    pub detail: Option<String>,
+    pub errors: Vec<FieldError>,
+    pub missing_permissions: Vec<String>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Logged with the request id, never shown: what went wrong inside.
+    pub internal: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: Some(detail.into()),
+            errors: Vec::new(),
+            missing_permissions: Vec::new(),
+            headers: Vec::new(),
+            internal: None,
+        }
+    }
+
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(ProblemCode::InvalidRequest, detail)
+    }
+
+    pub fn invalid_fields(errors: Vec<FieldError>) -> Self {
+        let detail = match errors.as_slice() {
+            [one] => format!("{}: {}", one.field, one.message),
+            _ => format!("{} fields are invalid", errors.len()),
+        };
+        Self {
+            errors,
+            ..Self::new(ProblemCode::InvalidRequest, detail)
+        }
+    }
+
+    /// A 401 with the challenge RFC 6750 asks for. Only `Bearer` is offered, not `Basic`: a
+    /// `Basic` challenge makes browsers (and the API explorer) pop up a login dialog.
+    pub fn unauthenticated(detail: impl Into<String>) -> Self {
+        let mut error = Self::new(ProblemCode::Unauthenticated, detail);
+        error.headers.push((
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"keygate\""),
+        ));
+        error
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(ProblemCode::NotFound, detail)
+    }
+
+    /// A failure the client cannot fix: logged in full, answered without detail.
+    pub fn internal(what: impl Into<String>) -> Self {
+        Self {
+            detail: None,
+            internal: Some(what.into()),
+            ..Self::new(ProblemCode::Internal, "")
+        }
+    }
+
+    pub fn unavailable(what: impl Into<String>) -> Self {
+        Self {
+            detail: Some("the store is unreachable; retry later".into()),
+            internal: Some(what.into()),
+            ..Self::new(ProblemCode::Unavailable, "")
+        }
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// The problem body, for a request with this id.
+    pub fn problem(&self, request_id: &str) -> Problem {
+        Problem {
+            kind: self.code.type_uri(),
+            title: self.code.title(),
+            status: self.code.status().as_u16(),
+            detail: self.detail.clone(),
+            instance: request_id.to_owned(),
+            code: self.code.as_str(),
+            errors: self.errors.clone(),
+            missing_permissions: self.missing_permissions.clone(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = self.code.status().into_response();
+        for (name, value) in &self.headers {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Unavailable(what) => ApiError::unavailable(what),
+            StoreError::AlreadyExists(field) => ApiError {
+                errors: vec![FieldError {
+                    field: field.to_owned(),
+                    message: "is already taken".into(),
+                }],
+                ..ApiError::new(
+                    ProblemCode::AlreadyExists,
+                    format!("that {field} is already taken"),
+                )
+            },
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<Forbidden> for ApiError {
+    fn from(forbidden: Forbidden) -> Self {
+        ApiError {
+            missing_permissions: forbidden.missing.clone(),
+            ..ApiError::new(ProblemCode::Forbidden, forbidden.to_string())
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Store(error) => error.into(),
+            other => ApiError::unauthenticated(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_have_their_documented_statuses() {
+        for (code, status) in [
+            (ProblemCode::AmbiguousCredentials, 400),
+            (ProblemCode::IpNotAllowed, 403),
+            (ProblemCode::WouldLockOutCaller, 409),
+            (ProblemCode::HeadersTooLarge, 431),
+            (ProblemCode::NotImplemented, 501),
+        ] {
+            assert_eq!(code.status().as_u16(), status, "{}", code.as_str());
+        }
+        assert_eq!(
+            ProblemCode::for_status(StatusCode::METHOD_NOT_ALLOWED),
+            ProblemCode::MethodNotAllowed
+        );
+        assert_eq!(
+            ProblemCode::for_status(StatusCode::IM_A_TEAPOT),
+            ProblemCode::InvalidRequest
+        );
+    }
+
+    #[test]
+    fn store_outages_are_503_and_internal_detail_stays_inside() {
+        let unavailable = ApiError::from(StoreError::Unavailable("connection refused".into()));
+        assert_eq!(unavailable.code, ProblemCode::Unavailable);
+        let problem = unavailable.problem("req_1");
+        assert!(!problem.detail.unwrap_or_default().contains("refused"));
+
+        let internal = ApiError::from(StoreError::Internal("SELECT failed near x".into()));
+        assert_eq!(internal.code, ProblemCode::Internal);
+        assert!(internal.problem("req_1").detail.is_none());
+        assert_eq!(
+            internal.internal.as_deref(),
+            Some("store failure: SELECT failed near x")
+        );
+
+        let taken = ApiError::from(StoreError::AlreadyExists("slug"));
+        assert_eq!(taken.code, ProblemCode::AlreadyExists);
+    }
+}

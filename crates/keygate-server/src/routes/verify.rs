@@ -1,0 +1,209 @@
+//! `POST /v1/verify` (API.md §9): other services ask whether a credential is good and may do
+//! something. The answer is a 200 whatever the verdict; only the caller's own problems (its
+//! credential, its permission, a malformed request) are errors.
+//!
+//! A caller only learns about credentials of its own tenant and its descendants; anything else is
+//! `NOT_FOUND`, exactly as if it did not exist.
+
+use std::net::IpAddr;
+
+use axum::extract::State;
+use keygate_core::Timestamp;
+use keygate_core::access::perm;
+use keygate_core::verify::Refusal;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::Authenticated;
+use crate::json::Json;
+use crate::problem::{ApiError, FieldError, Problem};
+use crate::state::AppState;
+use crate::views::{OrganizationView, PrincipalView};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// The credential to check, exactly as the client presented it.
+    #[schema(example = "kg_live_…")]
+    pub credential: String,
+    /// Permissions the credential must hold for the answer to be `VALID`.
+    #[serde(default)]
+    #[schema(example = json!(["zones:read"]))]
+    pub permissions: Vec<String>,
+    /// The address the client connected from, checked against the credential's allowed networks.
+    #[schema(value_type = Option<String>, example = "203.0.113.7")]
+    pub ip: Option<String>,
+}
+
+/// The verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum VerifyCode {
+    Valid,
+    Malformed,
+    NotFound,
+    Expired,
+    Revoked,
+    IpNotAllowed,
+    Forbidden,
+    RateLimited,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyResponse {
+    pub valid: bool,
+    pub code: VerifyCode,
+    /// Why, in words, when not valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    pub tenant: Option<OrganizationView>,
+    pub acting_tenant: Option<OrganizationView>,
+    pub principal: Option<PrincipalView>,
+    pub credential_id: Option<String>,
+    pub permissions: Vec<String>,
+    /// With `FORBIDDEN`: the requested permissions the credential lacks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_permissions: Vec<String>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+}
+
+impl VerifyResponse {
+    fn refused(code: VerifyCode, detail: String) -> Self {
+        Self {
+            valid: false,
+            code,
+            detail: Some(detail),
+            tenant: None,
+            acting_tenant: None,
+            principal: None,
+            credential_id: None,
+            permissions: Vec::new(),
+            missing_permissions: Vec::new(),
+            expires_at: None,
+        }
+    }
+}
+
+/// Verify a credential for another service. Needs `credentials:verify`.
+#[utoipa::path(post, path = "/v1/verify", tag = "verification", operation_id = "verifyCredential",
+    request_body = VerifyRequest,
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The verdict, valid or not", body = VerifyResponse),
+        (status = 400, description = "Malformed request, unknown permission or invalid ip",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "The caller's own credential is not valid",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller lacks credentials:verify",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unreachable",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn verify(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Json(request): Json<VerifyRequest>,
+) -> Result<axum::Json<VerifyResponse>, ApiError> {
+    let grant = caller.require::<perm::CredentialsVerify>()?;
+    let ip = validate(&state, &request)?;
+
+    let verified = match state.verifier().verify(&request.credential).await {
+        Ok(verified) if verified.is_within(grant.tenant_id()) => verified,
+        Ok(_) => {
+            return Ok(axum::Json(VerifyResponse::refused(
+                VerifyCode::NotFound,
+                Refusal::NotFound.to_string(),
+            )));
+        }
+        Err(Refusal::Store(error)) => return Err(error.into()),
+        Err(refusal) => {
+            let code = match refusal {
+                Refusal::NotFound => VerifyCode::NotFound,
+                Refusal::Expired => VerifyCode::Expired,
+                Refusal::Revoked | Refusal::TenantSuspended | Refusal::UserDisabled => {
+                    VerifyCode::Revoked
+                }
+                Refusal::Format(_) | Refusal::WrongPlace(_) | Refusal::Store(_) => {
+                    VerifyCode::Malformed
+                }
+            };
+            return Ok(axum::Json(VerifyResponse::refused(
+                code,
+                refusal.to_string(),
+            )));
+        }
+    };
+
+    let allowed_ip = match (&verified.allowed_ips, ip) {
+        (None, _) => true,
+        (Some(networks), Some(ip)) => networks.iter().any(|n| n.contains(&ip)),
+        // The credential is restricted to some networks and the caller did not say where the
+        // client is: refuse rather than guess.
+        (Some(_), None) => false,
+    };
+    let missing = verified.permissions.missing(&request.permissions);
+    let (code, detail) = if !allowed_ip {
+        (
+            VerifyCode::IpNotAllowed,
+            Some("the client address is outside the credential's allowed networks".to_owned()),
+        )
+    } else if !missing.is_empty() {
+        (
+            VerifyCode::Forbidden,
+            Some(format!("missing permissions: {}", missing.join(", "))),
+        )
+    } else {
+        (VerifyCode::Valid, None)
+    };
+    Ok(axum::Json(VerifyResponse {
+        valid: code == VerifyCode::Valid,
+        code,
+        detail,
+        tenant: Some(OrganizationView::from(&verified.tenant)),
+        acting_tenant: None,
+        principal: Some(PrincipalView::from(&verified.principal)),
+        credential_id: Some(verified.credential.id.to_string()),
+        permissions: verified
+            .permissions
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect(),
+        missing_permissions: missing.into_iter().map(str::to_owned).collect(),
+        expires_at: verified.credential.expires_at,
+    }))
+}
+
+/// Unknown permissions and unparsable addresses are the caller's bug: a 400 naming each.
+fn validate(state: &AppState, request: &VerifyRequest) -> Result<Option<IpAddr>, ApiError> {
+    let mut errors: Vec<FieldError> = request
+        .permissions
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !state.catalog().contains(p))
+        .map(|(i, p)| FieldError {
+            field: format!("permissions[{i}]"),
+            message: format!("`{p}` is not a known permission"),
+        })
+        .collect();
+    let ip = match request.ip.as_deref().map(str::parse::<IpAddr>) {
+        None => None,
+        Some(Ok(ip)) => Some(ip),
+        Some(Err(_)) => {
+            errors.push(FieldError {
+                field: "ip".into(),
+                message: "is not an IPv4 or IPv6 address".into(),
+            });
+            None
+        }
+    };
+    if errors.is_empty() {
+        Ok(ip)
+    } else {
+        Err(ApiError::invalid_fields(errors))
+    }
+}

@@ -1,0 +1,67 @@
+//! `GET /v1/whoami` (API.md §3): what the presented credential is and may do.
+
+use axum::Json;
+use keygate_core::Timestamp;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::auth::Authenticated;
+use crate::problem::Problem;
+use crate::views::{OrganizationView, PrincipalView};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CredentialView {
+    #[schema(example = "tok_0MqX1z8a9bCdEfGhIjKlMn")]
+    pub id: String,
+    /// `personal`, `service`, `account_key`, `session` or `oauth_secret`.
+    #[schema(example = "service")]
+    pub kind: &'static str,
+    pub name: String,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhoAmI {
+    /// The credential's tenant.
+    pub organization: OrganizationView,
+    pub principal: PrincipalView,
+    pub credential: CredentialView,
+    /// Everything the credential may do, expanded from its role.
+    #[schema(example = json!(["tokens:read", "tokens:write"]))]
+    pub permissions: Vec<String>,
+    /// The tenant acted for with `as-tenant`, if any.
+    pub acting_as: Option<OrganizationView>,
+}
+
+/// Who am I? Answers for any valid credential.
+#[utoipa::path(get, path = "/v1/whoami", tag = "identity", operation_id = "whoami",
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The credential and what it may do", body = WhoAmI),
+        (status = 400, description = "Two different credentials in one request",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No valid credential",
+            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unreachable",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn whoami(Authenticated(caller): Authenticated) -> Json<WhoAmI> {
+    let verified = caller.verified();
+    Json(WhoAmI {
+        organization: OrganizationView::from(&verified.tenant),
+        principal: PrincipalView::from(&verified.principal),
+        credential: CredentialView {
+            id: verified.credential.id.to_string(),
+            kind: verified.credential.kind.as_str(),
+            name: verified.credential.name.clone(),
+            expires_at: verified.credential.expires_at,
+        },
+        permissions: verified
+            .permissions
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect(),
+        acting_as: caller.acting_as().map(OrganizationView::from),
+    })
+}

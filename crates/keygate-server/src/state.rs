@@ -1,0 +1,104 @@
+//! What every handler shares: the configuration, the store, the verifier and the clock.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use keygate_core::Clock;
+use keygate_core::cache::CredentialCache;
+use keygate_core::permission::Catalog;
+use keygate_core::store::DynStore;
+use keygate_core::verify::Verifier;
+
+use crate::config::{Config, ConfigError};
+
+/// Cheap to clone: one `Arc`.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+struct Inner {
+    config: Config,
+    catalog: Arc<Catalog>,
+    store: DynStore,
+    verifier: Verifier,
+    clock: Arc<dyn Clock>,
+    shutting_down: AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] keygate_store::OpenError),
+}
+
+impl AppState {
+    /// Opens the configured store (running its migrations) and wires the verifier to it.
+    pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
+        let format = config.credential_format()?;
+        let catalog = Arc::new(config.catalog()?);
+        let cache = Arc::new(CredentialCache::new());
+        let store = keygate_store::open(
+            &config.database_url,
+            &keygate_store::StoreOptions::default(),
+            cache.clone(),
+        )
+        .await?;
+        let verifier = Verifier::new(format, catalog.clone(), store.clone(), cache, clock.clone());
+        Ok(Self(Arc::new(Inner {
+            config,
+            catalog,
+            store,
+            verifier,
+            clock,
+            shutting_down: AtomicBool::new(false),
+        })))
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.0.config
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.0.catalog
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.0.store
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.0.verifier
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.0.clock
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.0.shutting_down.store(true, Ordering::Release);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.0.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Bootstraps an empty store; `None` if it already holds a root tenant.
+    pub async fn bootstrap_if_empty(
+        &self,
+        email: &str,
+    ) -> Result<Option<crate::bootstrap::Report>, crate::bootstrap::BootstrapError> {
+        crate::bootstrap::run(
+            self.store(),
+            self.verifier().format(),
+            email,
+            self.clock().now(),
+        )
+        .await
+        .map(Some)
+        .or_else(|e| match e {
+            crate::bootstrap::BootstrapError::AlreadyInitialized => Ok(None),
+            other => Err(other),
+        })
+    }
+}

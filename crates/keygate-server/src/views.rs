@@ -1,0 +1,79 @@
+//! JSON shapes shared by several endpoints. Typed structs, never `serde_json::Value`, so the
+//! OpenAPI document is generated from the same types the server writes.
+
+use keygate_core::model::Tenant;
+use keygate_core::verify::{Principal, TenantSummary};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A tenant (API.md §3).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TenantView {
+    #[schema(example = "tnt_0MqX1z8a9bCdEfGhIjKlMn")]
+    pub id: String,
+    pub name: String,
+    #[schema(example = "acme")]
+    pub slug: String,
+    pub parent_id: Option<String>,
+    #[schema(example = "active")]
+    pub status: &'static str,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-22T10:00:00Z")]
+    pub created_at: keygate_core::Timestamp,
+}
+
+impl From<&Tenant> for TenantView {
+    fn from(tenant: &Tenant) -> Self {
+        Self {
+            id: tenant.id.to_string(),
+            name: tenant.name.clone(),
+            slug: tenant.slug.as_str().to_owned(),
+            parent_id: tenant.parent_id.as_ref().map(ToString::to_string),
+            status: tenant.status.as_str(),
+            created_at: tenant.created_at,
+        }
+    }
+}
+
+/// A tenant as a credential's organization: id, name and slug.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct OrganizationView {
+    #[schema(example = "tnt_0MqX1z8a9bCdEfGhIjKlMn")]
+    pub id: String,
+    pub name: String,
+    #[schema(example = "root")]
+    pub slug: String,
+}
+
+impl From<&TenantSummary> for OrganizationView {
+    fn from(tenant: &TenantSummary) -> Self {
+        Self {
+            id: tenant.id.to_string(),
+            name: tenant.name.clone(),
+            slug: tenant.slug.clone(),
+        }
+    }
+}
+
+/// Who a credential acts for.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PrincipalView {
+    /// `user`, `service_token`, `account_key` or `oauth_client`.
+    #[serde(rename = "type")]
+    #[schema(example = "service_token")]
+    pub kind: &'static str,
+    pub id: String,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+impl From<&Principal> for PrincipalView {
+    fn from(principal: &Principal) -> Self {
+        Self {
+            kind: principal.kind.as_str(),
+            id: principal.id.clone(),
+            name: principal.name.clone(),
+            email: principal.email.clone(),
+        }
+    }
+}
