@@ -82,13 +82,12 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
         // that are not `name=value`, are skipped rather than refused.
         let Ok(value) = value.to_str() else { continue };
         for pair in value.split(';') {
-            if let Some((name, credential)) = pair.trim().split_once('=') {
-                if name.trim() == COOKIE_NAME {
-                    let credential = credential.trim().trim_matches('"');
-                    if !credential.is_empty() {
-                        found.push(Cow::Borrowed(credential));
-                    }
-                }
+            let Some((name, credential)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            let credential = credential.trim().trim_matches('"');
+            if name.trim() == COOKIE_NAME && !credential.is_empty() {
+                found.push(Cow::Borrowed(credential));
             }
         }
     }
@@ -139,19 +138,19 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
     let verified = state.verifier().verify(&presented.credential).await?;
     let caller = Caller::new(verified);
     let slug = caller.verified().tenant.slug.as_str();
-    if let Some(username) = &presented.basic_username {
-        if username != slug {
-            return Err(ApiError::unauthenticated(
-                "the Basic username must be the slug of the credential's tenant (its realm)",
-            ));
-        }
+    if presented
+        .basic_username
+        .as_deref()
+        .is_some_and(|u| u != slug)
+    {
+        return Err(ApiError::unauthenticated(
+            "the Basic username must be the slug of the credential's tenant (its realm)",
+        ));
     }
-    if let Some(realm) = presented.realm {
-        if realm != slug {
-            return Err(ApiError::unauthenticated(
-                "the Realm header names a different tenant than the credential's",
-            ));
-        }
+    if presented.realm.is_some_and(|realm| realm != slug) {
+        return Err(ApiError::unauthenticated(
+            "the Realm header names a different tenant than the credential's",
+        ));
     }
     Ok(caller)
 }

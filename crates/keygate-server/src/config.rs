@@ -304,6 +304,8 @@ where
 }
 
 #[cfg(test)]
+// figment's Jail fixes the closures' error type to its own (large) one.
+#[allow(clippy::result_large_err)]
 mod tests {
     use figment::Jail;
 

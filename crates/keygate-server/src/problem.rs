@@ -176,9 +176,13 @@ pub struct Problem {
     pub missing_permissions: Vec<String>,
 }
 
-/// Every error a handler or extractor can return.
+/// Every error a handler or extractor can return. Boxed, so the `Result`s of the hot path stay
+/// one pointer wide on the error side.
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub struct ApiError(Box<ErrorParts>);
+
+#[derive(Debug, Clone)]
+pub struct ErrorParts {
     pub code: ProblemCode,
     /// Shown to the client; never set for 5xx.
     pub detail: Option<String>,
@@ -189,16 +193,23 @@ pub struct ApiError {
     pub internal: Option<String>,
 }
 
+impl std::ops::Deref for ApiError {
+    type Target = ErrorParts;
+    fn deref(&self) -> &ErrorParts {
+        &self.0
+    }
+}
+
 impl ApiError {
     pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
-        Self {
+        Self(Box::new(ErrorParts {
             code,
             detail: Some(detail.into()),
             errors: Vec::new(),
             missing_permissions: Vec::new(),
             headers: Vec::new(),
             internal: None,
-        }
+        }))
     }
 
     pub fn invalid(detail: impl Into<String>) -> Self {
@@ -210,21 +221,18 @@ impl ApiError {
             [one] => format!("{}: {}", one.field, one.message),
             _ => format!("{} fields are invalid", errors.len()),
         };
-        Self {
-            errors,
-            ..Self::new(ProblemCode::InvalidRequest, detail)
-        }
+        let mut error = Self::new(ProblemCode::InvalidRequest, detail);
+        error.0.errors = errors;
+        error
     }
 
     /// A 401 with the challenge RFC 6750 asks for. Only `Bearer` is offered, not `Basic`: a
     /// `Basic` challenge makes browsers (and the API explorer) pop up a login dialog.
     pub fn unauthenticated(detail: impl Into<String>) -> Self {
-        let mut error = Self::new(ProblemCode::Unauthenticated, detail);
-        error.headers.push((
+        Self::new(ProblemCode::Unauthenticated, detail).with_header(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"keygate\""),
-        ));
-        error
+        )
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
@@ -233,23 +241,28 @@ impl ApiError {
 
     /// A failure the client cannot fix: logged in full, answered without detail.
     pub fn internal(what: impl Into<String>) -> Self {
-        Self {
-            detail: None,
-            internal: Some(what.into()),
-            ..Self::new(ProblemCode::Internal, "")
-        }
+        let mut error = Self::new(ProblemCode::Internal, "");
+        error.0.detail = None;
+        error.0.internal = Some(what.into());
+        error
     }
 
     pub fn unavailable(what: impl Into<String>) -> Self {
-        Self {
-            detail: Some("the store is unreachable; retry later".into()),
-            internal: Some(what.into()),
-            ..Self::new(ProblemCode::Unavailable, "")
-        }
+        let mut error = Self::new(
+            ProblemCode::Unavailable,
+            "the store is unreachable; retry later",
+        );
+        error.0.internal = Some(what.into());
+        error
+    }
+
+    pub fn with_code(mut self, code: ProblemCode) -> Self {
+        self.0.code = code;
+        self
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.push((name, value));
+        self.0.headers.push((name, value));
         self
     }
 
@@ -283,16 +296,11 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Unavailable(what) => ApiError::unavailable(what),
-            StoreError::AlreadyExists(field) => ApiError {
-                errors: vec![FieldError {
-                    field: field.to_owned(),
-                    message: "is already taken".into(),
-                }],
-                ..ApiError::new(
-                    ProblemCode::AlreadyExists,
-                    format!("that {field} is already taken"),
-                )
-            },
+            StoreError::AlreadyExists(field) => ApiError::invalid_fields(vec![FieldError {
+                field: field.to_owned(),
+                message: "is already taken".into(),
+            }])
+            .with_code(ProblemCode::AlreadyExists),
             other => ApiError::internal(other.to_string()),
         }
     }
@@ -300,10 +308,9 @@ impl From<StoreError> for ApiError {
 
 impl From<Forbidden> for ApiError {
     fn from(forbidden: Forbidden) -> Self {
-        ApiError {
-            missing_permissions: forbidden.missing.clone(),
-            ..ApiError::new(ProblemCode::Forbidden, forbidden.to_string())
-        }
+        let mut error = ApiError::new(ProblemCode::Forbidden, forbidden.to_string());
+        error.0.missing_permissions = forbidden.missing;
+        error
     }
 }
 

@@ -4,8 +4,6 @@
 //! (`migrations/<backend>`), embedded in the binary and run when the store is opened. Which backend
 //! is used follows from the database URL's scheme.
 
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::sync::Arc;
 use std::time::Duration;
 

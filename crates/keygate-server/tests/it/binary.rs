@@ -1,0 +1,265 @@
+//! The real `keygate` binary: init, the first serve, restarts, signals, and what reaches the log.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::client;
+
+struct Dir(tempfile::TempDir);
+
+impl Dir {
+    fn new() -> Self {
+        Self(tempfile::tempdir().unwrap())
+    }
+
+    fn keygate(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        command
+            .current_dir(self.0.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KEYGATE_DATABASE_URL", "sqlite://data/keygate.db")
+            .env("KEYGATE_LISTEN", "127.0.0.1:0");
+        command
+    }
+
+    /// Every byte keygate wrote to its data directory.
+    fn stored_bytes(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for entry in std::fs::read_dir(self.0.path().join("data")).unwrap() {
+            bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
+        }
+        bytes
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// A running `keygate serve`, its address read from its log.
+struct Serve {
+    child: Child,
+    base: String,
+    stderr: BufReader<std::process::ChildStderr>,
+    log: String,
+}
+
+impl Serve {
+    fn start(dir: &Dir, extra_env: &[(&str, &str)]) -> Self {
+        let mut child = dir
+            .keygate()
+            .envs(extra_env.iter().copied())
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut log = String::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            assert!(Instant::now() < deadline, "keygate did not start:\n{log}");
+            let mut line = String::new();
+            assert!(
+                stderr.read_line(&mut line).unwrap() > 0,
+                "keygate exited:\n{log}"
+            );
+            log.push_str(&line);
+            if let Some(at) = line.find("address=") {
+                let address = line[at + "address=".len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap();
+                break format!("http://{}", address.trim_matches('"'));
+            }
+        };
+        Self {
+            child,
+            base,
+            stderr,
+            log,
+        }
+    }
+
+    /// SIGTERM, then the exit status and everything logged.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = self.child.wait().unwrap();
+        self.stderr.read_to_string(&mut self.log).unwrap();
+        (exit, self.log)
+    }
+}
+
+#[test]
+fn init_prints_the_bootstrap_json_once_and_refuses_a_second_time() {
+    let dir = Dir::new();
+    let output = dir.keygate().args(["init", "--json"]).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("stdout is exactly JSON");
+    assert_eq!(report["tenant"]["slug"], "root");
+    assert!(report["tenant"]["id"].as_str().unwrap().starts_with("tnt_"));
+    assert!(report["tenant"]["parent_id"].is_null());
+    assert_eq!(report["tenant"]["status"], "active");
+    assert!(report["user"]["id"].as_str().unwrap().starts_with("usr_"));
+    assert_eq!(report["user"]["email"], "admin@keygate.local");
+    assert!(report["password"].as_str().unwrap().len() >= 12);
+    assert!(
+        report["token"]
+            .as_str()
+            .unwrap()
+            .starts_with("kg_service_live_")
+    );
+
+    let again = dir.keygate().args(["init", "--json"]).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(again.stdout.is_empty(), "no second set of credentials");
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert!(message.contains("already initialised"), "{message}");
+    assert!(message.contains("nothing was changed"), "{message}");
+}
+
+#[test]
+fn the_first_serve_bootstraps_on_stderr_and_the_next_does_not() {
+    let dir = Dir::new();
+    let serve = Serve::start(&dir, &[]);
+    let (status, log) = serve.stop();
+    assert!(status.success(), "SIGTERM is a clean stop:\n{log}");
+    assert!(log.contains("\"token\": \"kg_service_live_"), "{log}");
+    assert!(log.contains("\"password\""), "{log}");
+    assert!(log.contains("stopped"), "{log}");
+
+    let serve = Serve::start(&dir, &[]);
+    let (status, log) = serve.stop();
+    assert!(status.success());
+    assert!(
+        !log.contains("kg_service_live_"),
+        "bootstrap happens once:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn neither_the_log_nor_the_store_ever_holds_a_credential_or_the_password() {
+    let dir = Dir::new();
+    let init = dir.keygate().args(["init", "--json"]).output().unwrap();
+    let report: Value = serde_json::from_slice(&init.stdout).unwrap();
+    let token = report["token"].as_str().unwrap().to_owned();
+    let password = report["password"].as_str().unwrap().to_owned();
+
+    let serve = Serve::start(&dir, &[("RUST_LOG", "trace")]);
+    let http = client();
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("root:{token}")
+        )
+    );
+    let mut flipped = token.clone();
+    flipped.replace_range(20..21, if &token[20..21] == "A" { "B" } else { "A" });
+    for (name, value) in [
+        ("authorization", format!("Bearer {token}")),
+        ("authorization", basic),
+        ("apikey", token.clone()),
+        ("x-api-key", token.clone()),
+        ("cookie", format!("api_access_token={token}")),
+        ("authorization", format!("Bearer {flipped}")),
+    ] {
+        let response = http
+            .get(format!("{}/v1/whoami?key={token}", serve.base))
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success() || response.status() == 401);
+    }
+    let verify = http
+        .post(format!("{}/v1/verify", serve.base))
+        .header("apikey", &token)
+        .json(&serde_json::json!({"credential": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verify.status(), 200);
+
+    let (status, log) = serve.stop();
+    assert!(status.success());
+    assert!(
+        log.contains("/v1/whoami"),
+        "the requests were logged:\n{log}"
+    );
+    let body = &token[token.len() - 36..];
+    for (what, secret) in [
+        ("token", token.as_str()),
+        ("token body", body),
+        ("password", &password),
+    ] {
+        assert!(!log.contains(secret), "the log holds the {what}:\n{log}");
+    }
+    assert!(
+        !log.contains(&flipped[flipped.len() - 36..]),
+        "nor a refused credential"
+    );
+
+    let stored = dir.stored_bytes();
+    assert!(
+        contains(&stored, "admin@keygate.local"),
+        "the check reads real data"
+    );
+    for secret in [token.as_str(), body, &password] {
+        assert!(!contains(&stored, secret));
+    }
+}
+
+#[test]
+fn config_check_names_unknown_keys_and_masks_secrets() {
+    let dir = Dir::new();
+    let bad = dir
+        .keygate()
+        .env("KEYGATE_LISTN", "x")
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&bad.stderr);
+    assert!(message.contains("listn"), "{message}");
+
+    let good = dir
+        .keygate()
+        .env("KEYGATE_DATABASE_URL", "postgres://kg:hunter2@db/kg")
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert!(good.status.success());
+    let shown = String::from_utf8_lossy(&good.stdout);
+    assert!(shown.contains("postgres://kg:***@db/kg"), "{shown}");
+    assert!(!shown.contains("hunter2"));
+}
+
+#[test]
+fn migrate_brings_an_empty_database_up_to_date() {
+    let dir = Dir::new();
+    let output = dir.keygate().arg("migrate").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(dir.0.path().join("data/keygate.db").exists());
+    // Migrating does not bootstrap: init still can.
+    let init = dir.keygate().args(["init", "--json"]).output().unwrap();
+    assert!(init.status.success());
+}

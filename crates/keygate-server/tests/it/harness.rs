@@ -1,0 +1,182 @@
+//! Boots keygate on port 0 over a temporary SQLite file, with a clock the test controls.
+
+use std::sync::Arc;
+
+use keygate_core::{ManualClock, Timestamp};
+use keygate_server::AppState;
+use keygate_server::config::Config;
+use reqwest::{Client, Method, RequestBuilder, Response};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const START: Timestamp = Timestamp::from_unix(1_795_000_000);
+
+pub struct TestServer {
+    pub base: String,
+    pub client: Client,
+    pub clock: Arc<ManualClock>,
+    pub state: AppState,
+    /// The bootstrap owner token.
+    pub token: String,
+    pub password: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+    dir: Arc<tempfile::TempDir>,
+}
+
+pub fn client() -> Client {
+    Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts with the default configuration changed by `configure`.
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut config = test_config(&dir.path().join("keygate.db"));
+        configure(&mut config);
+        let mut server = Self::boot(config, dir, Arc::new(ManualClock::new(START))).await;
+        let report = server
+            .state
+            .bootstrap_if_empty("owner@example.com")
+            .await
+            .unwrap()
+            .unwrap();
+        server.token = report.token;
+        server.password = report.password;
+        server
+    }
+
+    async fn boot(config: Config, dir: Arc<tempfile::TempDir>, clock: Arc<ManualClock>) -> Self {
+        let state = AppState::open(config, clock.clone()).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(keygate_server::run(listener, state.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self {
+            base,
+            client: client(),
+            clock,
+            state,
+            token: String::new(),
+            password: String::new(),
+            stop: Some(stop),
+            task: Some(task),
+            dir,
+        }
+    }
+
+    /// Stops this server gracefully and starts a new one on the same database file.
+    pub async fn restart(mut self) -> Self {
+        let config = self.state.config().clone();
+        self.shutdown().await;
+        let mut server = Self::boot(config, self.dir.clone(), self.clock.clone()).await;
+        server.token = std::mem::take(&mut self.token);
+        server.password = std::mem::take(&mut self.password);
+        server
+    }
+
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base))
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.request(Method::GET, path)
+    }
+
+    pub fn post(&self, path: &str) -> RequestBuilder {
+        self.request(Method::POST, path)
+    }
+
+    /// `GET /v1/whoami` with the given headers.
+    pub async fn whoami(&self, headers: &[(&str, &str)]) -> Response {
+        let mut request = self.get("/v1/whoami");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub fn test_config(db: &std::path::Path) -> Config {
+    Config {
+        database_url: format!("sqlite://{}", db.display()),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shutdown_grace_seconds: 5,
+        ..Config::default()
+    }
+}
+
+/// Reads a problem response and checks what every problem must have.
+pub async fn problem(response: Response, status: u16, code: &str) -> Value {
+    assert_eq!(
+        response.status().as_u16(),
+        status,
+        "status of a `{code}` problem"
+    );
+    let headers = response.headers().clone();
+    assert_eq!(
+        headers.get("content-type").unwrap(),
+        "application/problem+json"
+    );
+    let request_id = headers
+        .get("x-request-id")
+        .expect("every response has X-Request-Id")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status);
+    assert_eq!(body["instance"], request_id.as_str());
+    assert_eq!(body["type"], format!("urn:keygate:problem:{code}"));
+    assert!(body["title"].is_string());
+    if status == 401 {
+        assert!(
+            headers.get("www-authenticate").is_some(),
+            "a 401 carries WWW-Authenticate"
+        );
+    }
+    if status >= 500 {
+        assert!(
+            body.get("detail").is_none() || status == 503,
+            "5xx leaks no detail: {body}"
+        );
+    }
+    body
+}
+
+/// Asserts a 200 with a JSON body and returns it.
+pub async fn ok_json(response: Response) -> Value {
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status.as_u16(), 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}

@@ -1,0 +1,13 @@
+//! keygate's one integration-test binary: every module boots the real server and speaks HTTP to
+//! it (or runs the real binary). One binary, because each extra one costs a link.
+
+// A test binary: panicking is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod harness;
+
+mod auth;
+mod binary;
+mod ops;
+mod problems;
+mod verify;

@@ -1,0 +1,161 @@
+//! Health, readiness, store outages, restarts, the OpenAPI document and the explorer.
+
+use keygate_core::credential::{CredentialFormat, CredentialKind, Environment};
+use serde_json::Value;
+
+use crate::harness::{TestServer, ok_json, problem};
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let server = TestServer::start().await;
+    assert_eq!(
+        ok_json(server.get("/healthz").send().await.unwrap()).await["status"],
+        "ok"
+    );
+    assert_eq!(
+        ok_json(server.get("/readyz").send().await.unwrap()).await["status"],
+        "ready"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_store_is_503_while_health_stays_up() {
+    let server = TestServer::start().await;
+    // Warm the cache with the bootstrap token before the store goes away.
+    ok_json(server.whoami(&[("apikey", &server.token)]).await).await;
+    server.state.store().close().await;
+
+    problem(
+        server.get("/readyz").send().await.unwrap(),
+        503,
+        "unavailable",
+    )
+    .await;
+    assert_eq!(server.get("/healthz").send().await.unwrap().status(), 200);
+    // A credential that is not cached needs the store: 503, not 401 and not 500.
+    let format = CredentialFormat::new("kg", Environment::Live).unwrap();
+    let uncached = format.generate(CredentialKind::Service).unwrap();
+    let body = problem(
+        server.whoami(&[("apikey", uncached.expose())]).await,
+        503,
+        "unavailable",
+    )
+    .await;
+    assert!(
+        !body["detail"].as_str().unwrap_or("").contains("pool"),
+        "no internals: {body}"
+    );
+    // A warm cache answers without the store.
+    ok_json(server.whoami(&[("apikey", &server.token)]).await).await;
+}
+
+#[tokio::test]
+async fn data_survives_a_restart() {
+    let server = TestServer::start().await;
+    let before = ok_json(server.whoami(&[("apikey", &server.token)]).await).await;
+    let server = server.restart().await;
+    assert!(server.state.store().is_initialized().await.unwrap());
+    let after = ok_json(server.whoami(&[("apikey", &server.token)]).await).await;
+    assert_eq!(before, after);
+    // The restarted server did not bootstrap again.
+    assert!(
+        server
+            .state
+            .bootstrap_if_empty("x@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_when_sane_and_made_up_otherwise() {
+    let server = TestServer::start().await;
+    let response = server
+        .get("/healthz")
+        .header("x-request-id", "trace-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-42");
+    let response = server
+        .get("/healthz")
+        .header("x-request-id", "no spaces allowed")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("req_")
+    );
+    let body = problem(
+        server
+            .get("/v1/whoami")
+            .header("x-request-id", "trace-43")
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert_eq!(body["instance"], "trace-43");
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_the_four_credential_schemes() {
+    let server = TestServer::start().await;
+    let doc: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for (path, method) in [
+        ("/v1/whoami", "get"),
+        ("/v1/verify", "post"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+    ] {
+        let operation = &doc["paths"][path][method];
+        assert!(
+            operation["operationId"].is_string(),
+            "{method} {path} is documented"
+        );
+    }
+    let schemes = doc["components"]["securitySchemes"].as_object().unwrap();
+    let mut names: Vec<&str> = schemes.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["apikey", "basic", "bearer", "cookie"]);
+    assert_eq!(schemes["apikey"]["in"], "header");
+    assert_eq!(schemes["apikey"]["name"], "apikey");
+    assert_eq!(schemes["cookie"]["in"], "cookie");
+    assert_eq!(schemes["cookie"]["name"], "api_access_token");
+    assert_eq!(schemes["bearer"]["scheme"], "bearer");
+    assert_eq!(schemes["basic"]["scheme"], "basic");
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+
+    // Routes and document come from one source; check the router serves each documented path.
+    let (_, generated) = keygate_server::api();
+    assert_eq!(
+        generated.paths.paths.len(),
+        doc["paths"].as_object().unwrap().len()
+    );
+}
+
+#[tokio::test]
+async fn the_explorer_is_served_offline() {
+    let server = TestServer::start().await;
+    let response = server.get("/docs/").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let html = response.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "{html}");
+    assert!(
+        !html.contains("cdn."),
+        "no CDN: the explorer must work offline"
+    );
+    let response = server
+        .get("/docs/swagger-ui-bundle.js")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
