@@ -36,9 +36,29 @@ fn unreadable(place: &str) -> ApiError {
     ApiError::unauthenticated(format!("the {place} header is not readable text"))
 }
 
+/// The one credential seen so far; a different second one makes the request ambiguous.
+#[derive(Default)]
+struct Found<'a>(Option<Cow<'a, str>>);
+
+impl<'a> Found<'a> {
+    fn push(&mut self, credential: Cow<'a, str>) -> Result<(), ApiError> {
+        match &self.0 {
+            None => self.0 = Some(credential),
+            Some(first) if *first == credential => {}
+            Some(_) => {
+                return Err(ApiError::new(
+                    ProblemCode::AmbiguousCredentials,
+                    "the request carries different credentials in different places; send exactly one",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Finds the request's credential. `Ok(None)` when there is none at all.
 pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
-    let mut found: Vec<Cow<'_, str>> = Vec::with_capacity(1);
+    let mut found = Found::default();
     let mut basic_username = None;
 
     for value in headers.get_all(header::AUTHORIZATION) {
@@ -51,11 +71,11 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
                     "the {scheme} scheme needs a credential after it"
                 )));
             }
-            found.push(Cow::Borrowed(rest));
+            found.push(Cow::Borrowed(rest))?;
         } else if scheme.eq_ignore_ascii_case("basic") {
             let (username, credential) = decode_basic(rest)?;
             basic_username = Some(username);
-            found.push(Cow::Owned(credential));
+            found.push(Cow::Owned(credential))?;
         } else {
             return Err(ApiError::unauthenticated(format!(
                 "the Authorization scheme `{}` is not supported; use Bearer, Token or Basic",
@@ -74,7 +94,7 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
                     "the {name} header is empty"
                 )));
             }
-            found.push(Cow::Borrowed(value));
+            found.push(Cow::Borrowed(value))?;
         }
     }
     for value in headers.get_all(header::COOKIE) {
@@ -87,25 +107,18 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
             };
             let credential = credential.trim().trim_matches('"');
             if name.trim() == COOKIE_NAME && !credential.is_empty() {
-                found.push(Cow::Borrowed(credential));
+                found.push(Cow::Borrowed(credential))?;
             }
         }
     }
 
-    let Some(first) = found.first() else {
+    let Some(credential) = found.0 else {
         return Ok(None);
     };
-    if found.iter().any(|other| other != first) {
-        return Err(ApiError::new(
-            ProblemCode::AmbiguousCredentials,
-            "the request carries different credentials in different places; send exactly one",
-        ));
-    }
     let realm = match headers.get(REALM) {
         Some(value) => Some(value.to_str().map_err(|_| unreadable("Realm"))?.trim()),
         None => None,
     };
-    let credential = found.swap_remove(0);
     Ok(Some(Presented {
         credential,
         basic_username,

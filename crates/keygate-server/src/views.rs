@@ -2,6 +2,7 @@
 //! OpenAPI document is generated from the same types the server writes.
 
 use keygate_core::model::Tenant;
+use keygate_core::permission::PermissionSet;
 use keygate_core::verify::{Principal, TenantSummary};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -76,4 +77,9 @@ impl From<&Principal> for PrincipalView {
             email: principal.email.clone(),
         }
     }
+}
+
+/// A permission set as the wire shows it: sorted names.
+pub fn permission_names(permissions: &PermissionSet) -> Vec<String> {
+    permissions.iter().map(|p| p.as_str().to_owned()).collect()
 }

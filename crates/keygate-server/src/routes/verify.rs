@@ -18,7 +18,7 @@ use crate::auth::Authenticated;
 use crate::json::Json;
 use crate::problem::{ApiError, FieldError, Problem};
 use crate::state::AppState;
-use crate::views::{OrganizationView, PrincipalView};
+use crate::views::{OrganizationView, PrincipalView, permission_names};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -168,11 +168,7 @@ pub async fn verify(
         acting_tenant: None,
         principal: Some(PrincipalView::from(&verified.principal)),
         credential_id: Some(verified.credential.id.to_string()),
-        permissions: verified
-            .permissions
-            .iter()
-            .map(|p| p.as_str().to_owned())
-            .collect(),
+        permissions: permission_names(&verified.permissions),
         missing_permissions: missing.into_iter().map(str::to_owned).collect(),
         expires_at: verified.credential.expires_at,
     }))

@@ -7,7 +7,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Authenticated;
 use crate::problem::Problem;
-use crate::views::{OrganizationView, PrincipalView};
+use crate::views::{OrganizationView, PrincipalView, permission_names};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct CredentialView {
@@ -57,11 +57,7 @@ pub async fn whoami(Authenticated(caller): Authenticated) -> Json<WhoAmI> {
             name: verified.credential.name.clone(),
             expires_at: verified.credential.expires_at,
         },
-        permissions: verified
-            .permissions
-            .iter()
-            .map(|p| p.as_str().to_owned())
-            .collect(),
+        permissions: permission_names(&verified.permissions),
         acting_as: caller.acting_as().map(OrganizationView::from),
     })
 }
