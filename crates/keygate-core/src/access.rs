@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::Timestamp;
 use crate::id::{CredentialId, EventId, TenantId};
 use crate::model::{Actor, AuditEvent, Outcome, Target};
+use crate::permission::PermissionSet;
 use crate::verify::{TenantSummary, Verified};
 
 /// Permissions named as types, for operations whose permission is fixed.
@@ -124,6 +125,24 @@ impl Caller {
     }
 }
 
+/// The tenant a request acts in, as only a [`Grant`] can vouch for it. Store reads take a scope,
+/// store writes take the grant itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope(TenantId);
+
+impl Scope {
+    pub fn tenant_id(&self) -> &TenantId {
+        &self.0
+    }
+}
+
+/// Why a request may not do what it asks, beyond a missing permission.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("that would grant permissions the caller does not hold: {}", beyond.join(", "))]
+pub struct Escalation {
+    pub beyond: Vec<String>,
+}
+
 /// Proof that the caller holds `P`, scoped to the tenant the request acts in.
 #[derive(Debug)]
 pub struct Grant<P> {
@@ -173,6 +192,33 @@ impl<P: perm::Required> Grant<P> {
     /// The id of the credential acting.
     pub fn credential_id(&self) -> &CredentialId {
         &self.caller.verified.credential.id
+    }
+
+    /// The scope reads of this request are confined to.
+    pub fn scope(&self) -> Scope {
+        Scope(self.caller.scope().clone())
+    }
+}
+
+impl Caller {
+    /// Least privilege: nothing the caller creates may grant what the caller does not hold.
+    pub fn check_no_escalation(&self, granted: &PermissionSet) -> Result<(), Escalation> {
+        let beyond: Vec<String> = granted
+            .iter()
+            .filter(|p| !self.verified.permissions.contains(p.as_str()))
+            .map(|p| p.as_str().to_owned())
+            .collect();
+        if beyond.is_empty() {
+            Ok(())
+        } else {
+            Err(Escalation { beyond })
+        }
+    }
+
+    /// Who is acting, for `created_by` fields: the user behind a session or personal token, else
+    /// the credential itself.
+    pub fn actor_id(&self) -> String {
+        self.verified.principal.id.clone()
     }
 }
 

@@ -15,7 +15,12 @@ pub mod id;
 pub mod model;
 pub mod password;
 pub mod permission;
+pub mod roles;
+pub mod rule;
 pub mod store;
+pub mod tokens;
+pub mod users;
+pub mod validate;
 pub mod verify;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};

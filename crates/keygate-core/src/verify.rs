@@ -14,7 +14,7 @@ use crate::Timestamp;
 use crate::cache::CredentialCache;
 use crate::credential::{CredentialFormat, CredentialHash, CredentialKind, FormatError};
 use crate::id::{CredentialId, RoleId, TenantId, UserId};
-use crate::model::{RateLimit, Tenant, TenantStatus, UserStatus};
+use crate::model::{RateLimit, Role, Tenant, TenantStatus, UserStatus};
 use crate::permission::{BuiltinRole, Catalog, PermissionSet};
 use crate::store::{CredentialRecord, DynStore, StoreError};
 
@@ -87,7 +87,10 @@ pub struct Verified {
     pub credential: CredentialSummary,
     pub tenant: TenantSummary,
     pub principal: Principal,
+    /// What the credential may do: its role's permissions, narrowed by its own list.
     pub permissions: PermissionSet,
+    /// What its role grants before narrowing (for a personal token, the user's role).
+    pub role_permissions: PermissionSet,
     pub allowed_ips: Option<Vec<IpNet>>,
     pub rate_limit: Option<RateLimit>,
     standing: Standing,
@@ -105,15 +108,12 @@ impl Verified {
         let credential = &record.credential;
         let role_permissions = match (&record.role, credential.kind) {
             (_, CredentialKind::AccountKey) => catalog.builtin_role(BuiltinRole::Admin),
-            (Some(role), _) => match BuiltinRole::from_id(&role.id) {
-                Some(builtin) => catalog.builtin_role(builtin),
-                None => catalog.expand(&role.permissions),
-            },
+            (Some(role), _) => role_permissions(role, catalog),
             (None, _) => PermissionSet::default(),
         };
         let permissions = match &credential.permissions {
             Some(narrowing) => role_permissions.intersect(&catalog.expand(narrowing)),
-            None => role_permissions,
+            None => role_permissions.clone(),
         };
 
         let principal = match (credential.kind, &record.user) {
@@ -174,6 +174,7 @@ impl Verified {
             tenant: TenantSummary::from(&record.tenant),
             principal,
             permissions,
+            role_permissions,
             allowed_ips: credential.allowed_ips.clone(),
             rate_limit: credential.rate_limit,
             standing,
@@ -199,6 +200,15 @@ impl Verified {
             Some(expires_at) if expires_at <= now => Err(Refusal::Expired),
             _ => Ok(()),
         }
+    }
+}
+
+/// What a role grants in this catalog: built-in roles follow the catalog, custom roles expand
+/// their patterns.
+pub fn role_permissions(role: &Role, catalog: &Catalog) -> PermissionSet {
+    match BuiltinRole::from_id(&role.id) {
+        Some(builtin) => catalog.builtin_role(builtin),
+        None => catalog.expand(&role.permissions),
     }
 }
 

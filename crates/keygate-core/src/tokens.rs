@@ -1,0 +1,216 @@
+//! Personal and service tokens (API.md §4).
+//!
+//! A personal token belongs to a user and acts with that user's role *at request time*, narrowed
+//! by its own list; only a signed-in user (a session or one of their personal tokens) creates one,
+//! for themselves, and it must expire. A service token belongs to the tenant, acts with an explicit
+//! role, and outlives whoever created it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::Timestamp;
+use crate::access::{Grant, perm};
+use crate::credential::{CredentialFormat, CredentialKind, Secret};
+use crate::id::{CredentialId, UserId};
+use crate::model::{Credential, RateLimit, Role};
+use crate::permission::Catalog;
+use crate::rule::RuleError;
+use crate::validate::{self, Errors};
+use crate::verify::{PrincipalKind, role_permissions};
+
+/// The most networks one token may be restricted to.
+pub const MAX_ALLOWED_IPS: usize = 100;
+
+/// A token as a client asks for it.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub kind: CredentialKind,
+    pub name: String,
+    pub description: Option<String>,
+    pub permissions: Option<Vec<String>>,
+    pub expires_at: Option<Timestamp>,
+    pub expires_in: Option<u64>,
+    pub allowed_ips: Option<Vec<String>>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// The deployment's limits on tokens.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenPolicy {
+    pub personal_max_lifetime: Duration,
+}
+
+/// Checks a new token against the rules and the caller's own permissions. `role` is the resolved
+/// role of a service token (`None` for personal tokens).
+pub fn plan(
+    grant: &Grant<perm::TokensWrite>,
+    catalog: &Catalog,
+    format: &CredentialFormat,
+    policy: TokenPolicy,
+    input: NewToken,
+    role: Option<&Role>,
+    now: Timestamp,
+) -> Result<(Credential, Secret), RuleError> {
+    let caller = grant.caller();
+    let verified = caller.verified();
+    let mut errors = Errors::default();
+    let name = errors.check(validate::name("name", &input.name));
+    let description = input
+        .description
+        .as_deref()
+        .and_then(|d| errors.check(validate::text("description", d, validate::DESCRIPTION_MAX)));
+
+    let expires_at = match (input.expires_at, input.expires_in) {
+        (Some(_), Some(_)) => {
+            errors.push("expires_in", "give expires_at or expires_in, not both");
+            None
+        }
+        (Some(at), None) if at <= now => {
+            errors.push("expires_at", "must be in the future");
+            None
+        }
+        (Some(at), None) => Some(at),
+        (None, Some(0)) => {
+            errors.push("expires_in", "must be at least 1 second");
+            None
+        }
+        (None, Some(seconds)) => Some(now.saturating_add(Duration::from_secs(seconds))),
+        (None, None) => None,
+    };
+
+    let narrowing = input.permissions.map(|patterns| {
+        if patterns.is_empty() {
+            errors.push(
+                "permissions",
+                "must list at least one permission, or be left out",
+            );
+        }
+        for (i, pattern) in patterns.iter().enumerate() {
+            if let Err(e) = catalog.check_pattern(pattern) {
+                errors.push(format!("permissions[{i}]"), e.to_string());
+            }
+        }
+        patterns
+    });
+    let allowed_ips = input
+        .allowed_ips
+        .map(|entries| parse_networks(&entries, "allowed_ips", &mut errors));
+    if let Some(limit) = input.rate_limit {
+        if limit.requests == 0 || limit.per_seconds == 0 {
+            errors.push(
+                "rate_limit",
+                "requests and per_seconds must both be at least 1",
+            );
+        }
+    }
+
+    let (user_id, role_permissions) = match input.kind {
+        CredentialKind::Personal => {
+            if verified.principal.kind != PrincipalKind::User {
+                return Err(RuleError::forbidden(
+                    "only a signed-in user (a session or a personal token) can create personal tokens",
+                ));
+            }
+            match expires_at {
+                None if input.expires_at.is_none() && input.expires_in.is_none() => errors.push(
+                    "expires_at",
+                    "personal tokens must expire: give expires_at or expires_in",
+                ),
+                Some(at) if at > now.saturating_add(policy.personal_max_lifetime) => errors.push(
+                    if input.expires_in.is_some() {
+                        "expires_in"
+                    } else {
+                        "expires_at"
+                    },
+                    format!(
+                        "personal tokens may live at most {} days",
+                        policy.personal_max_lifetime.as_secs() / 86_400
+                    ),
+                ),
+                _ => {}
+            }
+            let user_id = UserId::parse(&verified.principal.id)
+                .ok_or_else(|| RuleError::Internal("a user principal without a user id".into()))?;
+            (Some(user_id), verified.role_permissions.clone())
+        }
+        CredentialKind::Service => match role {
+            Some(role) => (None, role_permissions(role, catalog)),
+            None => {
+                errors.push("role", "service tokens need a role");
+                (None, Default::default())
+            }
+        },
+        other => {
+            return Err(RuleError::invalid(
+                "kind",
+                format!("`{}` tokens cannot be created here", other.as_str()),
+            ));
+        }
+    };
+    errors.into_result()?;
+
+    let effective = match &narrowing {
+        Some(patterns) => role_permissions.intersect(&catalog.expand(patterns)),
+        None => role_permissions,
+    };
+    caller.check_no_escalation(&effective)?;
+
+    let secret = format.generate(input.kind)?;
+    let credential = Credential {
+        id: CredentialId::generate_for(input.kind, now)?,
+        tenant_id: grant.tenant_id().clone(),
+        kind: input.kind,
+        hash: secret.hash(),
+        hint: secret.hint(),
+        name: name.unwrap_or_default(),
+        description,
+        user_id,
+        created_by: Some(caller.actor_id()),
+        role_id: role.map(|r| r.id.clone()),
+        permissions: narrowing,
+        allowed_ips,
+        rate_limit: input.rate_limit,
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+        last_used_at: None,
+    };
+    Ok((credential, secret))
+}
+
+/// Parses IPv4/IPv6 networks; a bare address is a /32 or /128, host bits are cleared.
+pub fn parse_networks(entries: &[String], field: &str, errors: &mut Errors) -> Vec<IpNet> {
+    if entries.len() > MAX_ALLOWED_IPS {
+        errors.push(field, format!("at most {MAX_ALLOWED_IPS} entries"));
+    }
+    let mut networks = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let text = entry.trim();
+        match text
+            .parse::<IpNet>()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        {
+            Ok(network) => networks.push(network.trunc()),
+            Err(_) => errors.push(
+                format!("{field}[{i}]"),
+                format!("`{text}` is not an IPv4 or IPv6 address or network"),
+            ),
+        }
+    }
+    networks.sort();
+    networks.dedup();
+    networks
+}
+
+/// A token's status, computed from its dates.
+pub fn status(credential: &Credential, now: Timestamp) -> &'static str {
+    if credential.revoked_at.is_some() {
+        "revoked"
+    } else if credential.expires_at.is_some_and(|at| at <= now) {
+        "expired"
+    } else {
+        "active"
+    }
+}
