@@ -11,8 +11,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::Timestamp;
-use crate::access::{Grant, perm};
-use crate::credential::CredentialHash;
+use crate::access::{Grant, Scope, perm};
+use crate::credential::{CredentialHash, CredentialKind};
 use crate::id::{CredentialId, RoleId, TenantId, UserId};
 use crate::model::{AuditEvent, Credential, Role, Tenant, User};
 use crate::password::PasswordHashString;
@@ -71,8 +71,68 @@ pub struct Bootstrap {
     pub event: AuditEvent,
 }
 
+/// A page request: at most `limit` items older than `cursor` (an id), newest first.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+impl Page {
+    pub const DEFAULT_LIMIT: u32 = 50;
+    pub const MAX_LIMIT: u32 = 500;
+}
+
+/// One page of a list, and the cursor of the next page if there is one.
+#[derive(Debug, Clone)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<String>,
+}
+
+/// Which tokens a list shows.
+#[derive(Debug, Clone, Default)]
+pub struct TokenFilter {
+    pub kinds: Vec<CredentialKind>,
+    /// `active`, `expired`, `revoked`.
+    pub statuses: Vec<String>,
+    pub user_ids: Vec<UserId>,
+    pub ids: Vec<CredentialId>,
+    /// Only personal tokens of this user, plus service tokens (for callers who may not see other
+    /// users' tokens).
+    pub personal_only_of: Option<UserId>,
+}
+
+/// A user as sign-in needs it: the user, their password hash, and whether their tenant line is
+/// active.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub user: User,
+    pub password_hash: PasswordHashString,
+    pub tenant_active: bool,
+}
+
+/// The outcome of deleting something that others may depend on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletion {
+    Deleted,
+    NotFound,
+    /// Still referenced (a role held by users or tokens).
+    InUse,
+}
+
+/// What verification reads: the one operation on the hot path's cold side.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait CredentialSource: Send + Sync + 'static {
+    /// The credential with this hash, with its tenant line, user and role.
+    async fn find_credential(
+        &self,
+        hash: &CredentialHash,
+    ) -> Result<Option<CredentialRecord>, StoreError>;
+}
+
+#[async_trait]
+pub trait Store: CredentialSource {
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
 
@@ -86,17 +146,116 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::AlreadyInitialized`] and changes nothing if the store is not empty.
     async fn bootstrap(&self, bootstrap: &Bootstrap) -> Result<(), StoreError>;
 
-    /// The credential with this hash, with its tenant line, user and role.
-    async fn find_credential(
-        &self,
-        hash: &CredentialHash,
-    ) -> Result<Option<CredentialRecord>, StoreError>;
+    // Roles. Built-in roles are visible in every tenant.
 
-    /// Marks a credential of the grant's tenant revoked. `None` if there is no such credential in
-    /// that tenant (or it was already revoked).
-    async fn revoke_credential(
+    async fn list_roles(&self, scope: &Scope, page: &Page) -> Result<Paged<Role>, StoreError>;
+
+    /// A built-in role, or a custom role of the scope's tenant.
+    async fn get_role(&self, scope: &Scope, id: &RoleId) -> Result<Option<Role>, StoreError>;
+
+    /// Fails with `AlreadyExists("name")` if the tenant has a role of that name.
+    async fn create_role(
+        &self,
+        grant: &Grant<perm::RolesWrite>,
+        role: &Role,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Replaces a custom role's name and permissions; `None` if the tenant has no such role.
+    async fn replace_role(
+        &self,
+        grant: &Grant<perm::RolesWrite>,
+        role: &Role,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError>;
+
+    async fn delete_role(
+        &self,
+        grant: &Grant<perm::RolesWrite>,
+        id: &RoleId,
+        event: &AuditEvent,
+    ) -> Result<Deletion, StoreError>;
+
+    // Users.
+
+    async fn list_users(&self, scope: &Scope, page: &Page) -> Result<Paged<User>, StoreError>;
+
+    async fn get_user(&self, scope: &Scope, id: &UserId) -> Result<Option<User>, StoreError>;
+
+    /// Fails with `AlreadyExists("email")` if the email is taken (case-insensitively).
+    async fn create_user(
+        &self,
+        grant: &Grant<perm::UsersWrite>,
+        user: &User,
+        password_hash: &PasswordHashString,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Writes a user's name, role and status (and password, if given); `None` if not in scope.
+    async fn update_user(
+        &self,
+        grant: &Grant<perm::UsersWrite>,
+        user: &User,
+        password_hash: Option<&PasswordHashString>,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError>;
+
+    /// Deletes a user with their personal tokens and sessions; service tokens they created stay.
+    async fn delete_user(
+        &self,
+        grant: &Grant<perm::UsersWrite>,
+        id: &UserId,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError>;
+
+    /// The user signing in with this email (compared case-insensitively). No grant: this is how a
+    /// person gets a credential in the first place.
+    async fn find_login(&self, email: &str) -> Result<Option<Login>, StoreError>;
+
+    // Tokens and sessions.
+
+    async fn create_token(
         &self,
         grant: &Grant<perm::TokensWrite>,
+        token: &Credential,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Stores a session made by signing in.
+    async fn create_session(
+        &self,
+        session: &Credential,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Personal and service tokens of the scope's tenant, filtered; statuses are judged at `now`.
+    async fn list_tokens(
+        &self,
+        scope: &Scope,
+        filter: &TokenFilter,
+        page: &Page,
+        now: Timestamp,
+    ) -> Result<Paged<Credential>, StoreError>;
+
+    async fn get_token(
+        &self,
+        scope: &Scope,
+        id: &CredentialId,
+    ) -> Result<Option<Credential>, StoreError>;
+
+    /// Revokes these tokens of the grant's tenant in one transaction, one event each (events
+    /// pair with ids by position). Returns the ids that were active and are now revoked.
+    async fn revoke_tokens(
+        &self,
+        grant: &Grant<perm::TokensWrite>,
+        ids: &[CredentialId],
+        at: Timestamp,
+        events: &[AuditEvent],
+    ) -> Result<Vec<CredentialId>, StoreError>;
+
+    /// Ends a session (signing out). `None` if it was not an active session.
+    async fn end_session(
+        &self,
         id: &CredentialId,
         at: Timestamp,
         event: &AuditEvent,

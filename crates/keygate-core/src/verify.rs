@@ -16,7 +16,7 @@ use crate::credential::{CredentialFormat, CredentialHash, CredentialKind, Format
 use crate::id::{CredentialId, RoleId, TenantId, UserId};
 use crate::model::{RateLimit, Role, Tenant, TenantStatus, UserStatus};
 use crate::permission::{BuiltinRole, Catalog, PermissionSet};
-use crate::store::{CredentialRecord, DynStore, StoreError};
+use crate::store::{CredentialRecord, CredentialSource, StoreError};
 
 /// What kind of party a credential acts for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -238,7 +238,7 @@ pub enum Refusal {
 pub struct Verifier {
     format: CredentialFormat,
     catalog: Arc<Catalog>,
-    store: DynStore,
+    store: Arc<dyn CredentialSource>,
     cache: Arc<CredentialCache>,
     clock: Arc<dyn Clock>,
 }
@@ -247,7 +247,7 @@ impl Verifier {
     pub fn new(
         format: CredentialFormat,
         catalog: Arc<Catalog>,
-        store: DynStore,
+        store: Arc<dyn CredentialSource>,
         cache: Arc<CredentialCache>,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -319,11 +319,10 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::access::{Grant, perm};
     use crate::credential::Environment;
     use crate::id::RoleId;
-    use crate::model::{AuditEvent, Credential, Role, Slug, User};
-    use crate::store::{Bootstrap, Change, ChangeListener, Store};
+    use crate::model::{Credential, Role, Slug, User};
+    use crate::store::{Change, ChangeListener};
     use crate::{ManualClock, Timestamp};
 
     /// A store in a map, counting how often verification reaches it.
@@ -334,38 +333,13 @@ mod tests {
     }
 
     #[async_trait]
-    impl Store for MapStore {
-        async fn ping(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        async fn close(&self) {}
-        async fn is_initialized(&self) -> Result<bool, StoreError> {
-            Ok(true)
-        }
-        async fn bootstrap(&self, _: &Bootstrap) -> Result<(), StoreError> {
-            Err(StoreError::AlreadyInitialized)
-        }
+    impl CredentialSource for MapStore {
         async fn find_credential(
             &self,
             hash: &CredentialHash,
         ) -> Result<Option<CredentialRecord>, StoreError> {
             self.finds.fetch_add(1, Ordering::SeqCst);
             Ok(self.records.lock().unwrap().get(hash.as_bytes()).cloned())
-        }
-        async fn revoke_credential(
-            &self,
-            _: &Grant<perm::TokensWrite>,
-            _: &CredentialId,
-            _: Timestamp,
-            _: &AuditEvent,
-        ) -> Result<Option<()>, StoreError> {
-            Ok(None)
-        }
-        async fn record_last_used(
-            &self,
-            _: &[(CredentialId, Timestamp)],
-        ) -> Result<(), StoreError> {
-            Ok(())
         }
     }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use keygate_core::Timestamp;
-use keygate_core::access::{Grant, perm};
+use keygate_core::access::{Grant, Scope, perm};
 use keygate_core::credential::{CredentialHash, CredentialKind};
 use keygate_core::id::{CredentialId, RoleId, TenantId, UserId};
 use keygate_core::model::{
@@ -18,16 +18,31 @@ use keygate_core::model::{
     email_key,
 };
 use keygate_core::password::PasswordHashString;
-use keygate_core::store::{Bootstrap, Change, ChangeListener, CredentialRecord, Store, StoreError};
+use keygate_core::store::{
+    Bootstrap, Change, ChangeListener, CredentialRecord, CredentialSource, Deletion, Login, Page,
+    Paged, Store, StoreError, TokenFilter,
+};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
 use crate::{OpenError, StoreOptions};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// A tenant and its ancestors (`line`, nearest first by `depth`), from the tenant bound first.
+macro_rules! tenant_line {
+    () => {
+        "WITH RECURSIVE line (id, parent_id, name, slug, status, created_at, depth) AS (
+            SELECT id, parent_id, name, slug, status, created_at, 0 FROM tenants WHERE id = ?
+            UNION ALL
+            SELECT t.id, t.parent_id, t.name, t.slug, t.status, t.created_at, line.depth + 1
+            FROM tenants t JOIN line ON t.id = line.parent_id
+        )"
+    };
+}
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -105,42 +120,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
-    async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(store_error)
-    }
-
-    async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    async fn is_initialized(&self) -> Result<bool, StoreError> {
-        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tenants)")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(store_error)
-    }
-
-    async fn bootstrap(&self, b: &Bootstrap) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
-        let initialized: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants)")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        if initialized {
-            return Err(StoreError::AlreadyInitialized);
-        }
-        insert_tenant(&mut tx, &b.tenant).await?;
-        insert_user(&mut tx, &b.user, &b.password_hash).await?;
-        insert_credential(&mut tx, &b.token).await?;
-        insert_event(&mut tx, &b.event).await?;
-        self.commit(tx, &[]).await
-    }
-
+impl CredentialSource for SqliteStore {
     async fn find_credential(
         &self,
         hash: &CredentialHash,
@@ -157,16 +137,10 @@ impl Store for SqliteStore {
         };
         let credential = credential_from_row(&row)?;
 
-        let mut line = sqlx::query(
-            "WITH RECURSIVE line (id, parent_id, name, slug, status, created_at, depth) AS (
-                 SELECT id, parent_id, name, slug, status, created_at, 0
-                 FROM tenants WHERE id = ?
-                 UNION ALL
-                 SELECT t.id, t.parent_id, t.name, t.slug, t.status, t.created_at, line.depth + 1
-                 FROM tenants t JOIN line ON t.id = line.parent_id
-             )
-             SELECT * FROM line ORDER BY depth",
-        )
+        let mut line = sqlx::query(concat!(
+            tenant_line!(),
+            " SELECT * FROM line ORDER BY depth"
+        ))
         .bind(credential.tenant_id.as_str())
         .fetch_all(&mut *tx)
         .await
@@ -216,28 +190,462 @@ impl Store for SqliteStore {
             role,
         }))
     }
+}
 
-    async fn revoke_credential(
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn is_initialized(&self) -> Result<bool, StoreError> {
+        sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tenants)")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(store_error)
+    }
+
+    async fn bootstrap(&self, b: &Bootstrap) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        let initialized: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants)")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        if initialized {
+            return Err(StoreError::AlreadyInitialized);
+        }
+        insert_tenant(&mut tx, &b.tenant).await?;
+        insert_user(&mut tx, &b.user, &b.password_hash).await?;
+        insert_credential(&mut tx, &b.token).await?;
+        insert_event(&mut tx, &b.event).await?;
+        self.commit(tx, &[]).await
+    }
+
+    async fn list_roles(&self, scope: &Scope, page: &Page) -> Result<Paged<Role>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM roles WHERE (tenant_id IS NULL OR tenant_id = ?)
+               AND (? IS NULL OR id < ?)
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(scope.tenant_id().as_str())
+        .bind(page.cursor.as_deref())
+        .bind(page.cursor.as_deref())
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        paged(&rows, page, role_from_row, |r| r.id.to_string())
+    }
+
+    async fn get_role(&self, scope: &Scope, id: &RoleId) -> Result<Option<Role>, StoreError> {
+        sqlx::query("SELECT * FROM roles WHERE id = ? AND (tenant_id IS NULL OR tenant_id = ?)")
+            .bind(id.as_str())
+            .bind(scope.tenant_id().as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?
+            .map(|row| role_from_row(&row))
+            .transpose()
+    }
+
+    async fn create_role(
         &self,
-        grant: &Grant<perm::TokensWrite>,
-        id: &CredentialId,
-        at: Timestamp,
+        grant: &Grant<perm::RolesWrite>,
+        role: &Role,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO roles (id, tenant_id, name, permissions, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(role.id.as_str())
+        .bind(grant.tenant_id().as_str())
+        .bind(&role.name)
+        .bind(to_json(&role.permissions)?)
+        .bind(role.created_at.unix())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[]).await
+    }
+
+    async fn replace_role(
+        &self,
+        grant: &Grant<perm::RolesWrite>,
+        role: &Role,
         event: &AuditEvent,
     ) -> Result<Option<()>, StoreError> {
         let mut tx = self.begin_write().await?;
-        let revoked = sqlx::query(
-            "UPDATE credentials SET revoked_at = ?
-             WHERE id = ? AND tenant_id = ? AND revoked_at IS NULL
-               AND kind IN ('personal', 'service')",
+        let updated = sqlx::query(
+            "UPDATE roles SET name = ?, permissions = ? WHERE id = ? AND tenant_id = ?",
         )
-        .bind(at.unix())
-        .bind(id.as_str())
+        .bind(&role.name)
+        .bind(to_json(&role.permissions)?)
+        .bind(role.id.as_str())
         .bind(grant.tenant_id().as_str())
         .execute(&mut *tx)
         .await
         .map_err(store_error)?
         .rows_affected();
-        if revoked == 0 {
+        if updated == 0 {
+            return Ok(None);
+        }
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[Change::Role(role.id.clone())]).await?;
+        Ok(Some(()))
+    }
+
+    async fn delete_role(
+        &self,
+        grant: &Grant<perm::RolesWrite>,
+        id: &RoleId,
+        event: &AuditEvent,
+    ) -> Result<Deletion, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM roles WHERE id = ? AND tenant_id = ?)",
+        )
+        .bind(id.as_str())
+        .bind(grant.tenant_id().as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if !exists {
+            return Ok(Deletion::NotFound);
+        }
+        // Held by a user or by a credential that can still be used: in use. Revoked and expired
+        // credentials only remember it, and let go.
+        let in_use: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE role_id = ?1)
+                 OR EXISTS (SELECT 1 FROM credentials WHERE role_id = ?1 AND revoked_at IS NULL
+                                AND (expires_at IS NULL OR expires_at > ?2))",
+        )
+        .bind(id.as_str())
+        .bind(event.time.unix())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        if in_use {
+            return Ok(Deletion::InUse);
+        }
+        sqlx::query("UPDATE credentials SET role_id = NULL WHERE role_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        sqlx::query("DELETE FROM roles WHERE id = ? AND tenant_id = ?")
+            .bind(id.as_str())
+            .bind(grant.tenant_id().as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[Change::Role(id.clone())]).await?;
+        Ok(Deletion::Deleted)
+    }
+
+    async fn list_users(&self, scope: &Scope, page: &Page) -> Result<Paged<User>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM users WHERE tenant_id = ? AND (? IS NULL OR id < ?)
+             ORDER BY id DESC LIMIT ?",
+        )
+        .bind(scope.tenant_id().as_str())
+        .bind(page.cursor.as_deref())
+        .bind(page.cursor.as_deref())
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        paged(&rows, page, user_from_row, |u| u.id.to_string())
+    }
+
+    async fn get_user(&self, scope: &Scope, id: &UserId) -> Result<Option<User>, StoreError> {
+        sqlx::query("SELECT * FROM users WHERE id = ? AND tenant_id = ?")
+            .bind(id.as_str())
+            .bind(scope.tenant_id().as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?
+            .map(|row| user_from_row(&row))
+            .transpose()
+    }
+
+    async fn create_user(
+        &self,
+        grant: &Grant<perm::UsersWrite>,
+        user: &User,
+        password_hash: &PasswordHashString,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        if user.tenant_id != *grant.tenant_id() {
+            return Err(StoreError::Internal(
+                "a user outside the grant's tenant".into(),
+            ));
+        }
+        let mut tx = self.begin_write().await?;
+        insert_user(&mut tx, user, password_hash).await?;
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[]).await
+    }
+
+    async fn update_user(
+        &self,
+        grant: &Grant<perm::UsersWrite>,
+        user: &User,
+        password_hash: Option<&PasswordHashString>,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE users SET name = ?, role_id = ?, status = ?,
+                              password_hash = ifnull(?, password_hash)
+             WHERE id = ? AND tenant_id = ?",
+        )
+        .bind(&user.name)
+        .bind(user.role_id.as_str())
+        .bind(user.status.as_str())
+        .bind(password_hash.map(PasswordHashString::as_str))
+        .bind(user.id.as_str())
+        .bind(grant.tenant_id().as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(None);
+        }
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[Change::User(user.id.clone())]).await?;
+        Ok(Some(()))
+    }
+
+    async fn delete_user(
+        &self,
+        grant: &Grant<perm::UsersWrite>,
+        id: &UserId,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // Personal tokens and sessions go with the user (ON DELETE CASCADE).
+        let deleted = sqlx::query("DELETE FROM users WHERE id = ? AND tenant_id = ?")
+            .bind(id.as_str())
+            .bind(grant.tenant_id().as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(None);
+        }
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[Change::User(id.clone())]).await?;
+        Ok(Some(()))
+    }
+
+    async fn find_login(&self, email: &str) -> Result<Option<Login>, StoreError> {
+        let Some(row) = sqlx::query("SELECT * FROM users WHERE email_key = ?")
+            .bind(email_key(email))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(store_error)?
+        else {
+            return Ok(None);
+        };
+        let user = user_from_row(&row)?;
+        let password_hash: String = row.try_get("password_hash").map_err(store_error)?;
+        let suspended: bool = sqlx::query_scalar(concat!(
+            tenant_line!(),
+            " SELECT EXISTS (SELECT 1 FROM line WHERE status = 'suspended')"
+        ))
+        .bind(user.tenant_id.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(Some(Login {
+            user,
+            password_hash: PasswordHashString::from_stored(password_hash),
+            tenant_active: !suspended,
+        }))
+    }
+
+    async fn create_token(
+        &self,
+        grant: &Grant<perm::TokensWrite>,
+        token: &Credential,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        if token.tenant_id != *grant.tenant_id() {
+            return Err(StoreError::Internal(
+                "a token outside the grant's tenant".into(),
+            ));
+        }
+        let mut tx = self.begin_write().await?;
+        insert_credential(&mut tx, token).await?;
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[]).await
+    }
+
+    async fn create_session(
+        &self,
+        session: &Credential,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        insert_credential(&mut tx, session).await?;
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[]).await
+    }
+
+    async fn list_tokens(
+        &self,
+        scope: &Scope,
+        filter: &TokenFilter,
+        page: &Page,
+        now: Timestamp,
+    ) -> Result<Paged<Credential>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "SELECT * FROM credentials WHERE kind IN ('personal', 'service') AND tenant_id = ",
+        );
+        query.push_bind(scope.tenant_id().as_str());
+        if !filter.kinds.is_empty() {
+            query.push(" AND kind IN (");
+            let mut list = query.separated(", ");
+            for kind in &filter.kinds {
+                list.push_bind(kind.as_str());
+            }
+            query.push(")");
+        }
+        if !filter.statuses.is_empty() {
+            query.push(" AND (0");
+            for status in &filter.statuses {
+                match status.as_str() {
+                    "active" => query
+                        .push(" OR (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ")
+                        .push_bind(now.unix())
+                        .push("))"),
+                    "expired" => query
+                        .push(" OR (revoked_at IS NULL AND expires_at <= ")
+                        .push_bind(now.unix())
+                        .push(")"),
+                    "revoked" => query.push(" OR revoked_at IS NOT NULL"),
+                    _ => &mut query,
+                };
+            }
+            query.push(")");
+        }
+        if !filter.user_ids.is_empty() {
+            query.push(" AND user_id IN (");
+            let mut list = query.separated(", ");
+            for id in &filter.user_ids {
+                list.push_bind(id.as_str());
+            }
+            query.push(")");
+        }
+        if !filter.ids.is_empty() {
+            query.push(" AND id IN (");
+            let mut list = query.separated(", ");
+            for id in &filter.ids {
+                list.push_bind(id.as_str());
+            }
+            query.push(")");
+        }
+        if let Some(user) = &filter.personal_only_of {
+            query
+                .push(" AND (kind = 'service' OR user_id = ")
+                .push_bind(user.as_str())
+                .push(")");
+        }
+        if let Some(cursor) = &page.cursor {
+            query.push(" AND id < ").push_bind(cursor.as_str());
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(page.limit) + 1);
+        let rows = query
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        paged(&rows, page, credential_from_row, |c| c.id.to_string())
+    }
+
+    async fn get_token(
+        &self,
+        scope: &Scope,
+        id: &CredentialId,
+    ) -> Result<Option<Credential>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM credentials
+             WHERE id = ? AND tenant_id = ? AND kind IN ('personal', 'service')",
+        )
+        .bind(id.as_str())
+        .bind(scope.tenant_id().as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?
+        .map(|row| credential_from_row(&row))
+        .transpose()
+    }
+
+    async fn revoke_tokens(
+        &self,
+        grant: &Grant<perm::TokensWrite>,
+        ids: &[CredentialId],
+        at: Timestamp,
+        events: &[AuditEvent],
+    ) -> Result<Vec<CredentialId>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut revoked = Vec::with_capacity(ids.len());
+        for (id, event) in ids.iter().zip(events) {
+            let changed = sqlx::query(
+                "UPDATE credentials SET revoked_at = ?
+                 WHERE id = ? AND tenant_id = ? AND revoked_at IS NULL
+                   AND kind IN ('personal', 'service')",
+            )
+            .bind(at.unix())
+            .bind(id.as_str())
+            .bind(grant.tenant_id().as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?
+            .rows_affected();
+            if changed > 0 {
+                insert_event(&mut tx, event).await?;
+                revoked.push(id.clone());
+            }
+        }
+        let changes: Vec<Change> = revoked.iter().cloned().map(Change::Credential).collect();
+        self.commit(tx, &changes).await?;
+        Ok(revoked)
+    }
+
+    async fn end_session(
+        &self,
+        id: &CredentialId,
+        at: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let ended = sqlx::query(
+            "UPDATE credentials SET revoked_at = ?
+             WHERE id = ? AND kind = 'session' AND revoked_at IS NULL",
+        )
+        .bind(at.unix())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        if ended == 0 {
             return Ok(None);
         }
         insert_event(&mut tx, event).await?;
@@ -365,6 +773,28 @@ async fn insert_event(tx: &mut Transaction<'_, Sqlite>, e: &AuditEvent) -> Resul
     .await
     .map(drop)
     .map_err(store_error)
+}
+
+/// Maps the rows of a `LIMIT page.limit + 1` query: the extra row only says there is a next page.
+fn paged<T>(
+    rows: &[SqliteRow],
+    page: &Page,
+    map: fn(&SqliteRow) -> Result<T, StoreError>,
+    id: fn(&T) -> String,
+) -> Result<Paged<T>, StoreError> {
+    let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+    let mut items = rows
+        .iter()
+        .take(limit)
+        .map(map)
+        .collect::<Result<Vec<T>, _>>()?;
+    let next_cursor = if rows.len() > limit {
+        items.last().map(id)
+    } else {
+        None
+    };
+    items.truncate(limit);
+    Ok(Paged { items, next_cursor })
 }
 
 fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {

@@ -2,12 +2,15 @@
 
 use std::sync::{Arc, Mutex};
 
-use keygate_core::access::{Caller, perm};
+use keygate_core::access::{Caller, Grant, perm};
 use keygate_core::bootstrap;
-use keygate_core::credential::{CredentialFormat, CredentialHash, Environment};
-use keygate_core::id::CredentialId;
-use keygate_core::permission::Catalog;
-use keygate_core::store::{Change, ChangeListener, DynStore, StoreError};
+use keygate_core::credential::{CredentialFormat, CredentialHash, CredentialKind, Environment};
+use keygate_core::id::{CredentialId, RoleId, UserId};
+use keygate_core::model::{AuditEvent, Role, User, UserStatus};
+use keygate_core::permission::{BuiltinRole, Catalog};
+use keygate_core::store::{
+    Change, ChangeListener, Deletion, DynStore, Page, StoreError, TokenFilter,
+};
 use keygate_core::verify::Verified;
 use keygate_core::{Timestamp, access::RequestMeta};
 
@@ -127,15 +130,21 @@ async fn data_survives_reopening_and_secrets_never_reach_the_file() {
     assert!(!contains(&secrets.password));
 }
 
-#[tokio::test]
-async fn revocation_is_scoped_to_the_grant_and_announced_after_commit() {
+/// A store with the bootstrap applied, and a caller acting as its owner token.
+struct Owned {
+    store: DynStore,
+    recorder: Arc<Recorder>,
+    caller: Caller,
+    plan: keygate_core::store::Bootstrap,
+    _db: Sqlite,
+}
+
+async fn owned() -> Owned {
     let db = Sqlite::new();
     let recorder = Arc::new(Recorder::default());
     let store = db.open(recorder.clone()).await;
     let (plan, secrets) = bootstrap::plan(&format(), "owner@example.com", NOW).unwrap();
     store.bootstrap(&plan).await.unwrap();
-    assert!(recorder.0.lock().unwrap().is_empty());
-
     let record = store
         .find_credential(&secrets.token.hash())
         .await
@@ -143,48 +152,264 @@ async fn revocation_is_scoped_to_the_grant_and_announced_after_commit() {
         .unwrap();
     let catalog = Catalog::new::<&str>(&[]).unwrap();
     let caller = Caller::new(Arc::new(Verified::resolve(&record, &catalog)));
-    let grant = caller.require::<perm::TokensWrite>().unwrap();
-    let event = grant
-        .event("token.delete", None, NOW, &RequestMeta::default())
-        .unwrap();
+    Owned {
+        store,
+        recorder,
+        caller,
+        plan,
+        _db: db,
+    }
+}
 
-    let unknown = CredentialId::generate_for(record.credential.kind, NOW).unwrap();
+fn event<P: perm::Required>(grant: &Grant<P>, action: &'static str) -> AuditEvent {
+    grant
+        .event(action, None, NOW, &RequestMeta::default())
+        .unwrap()
+}
+
+fn changes(recorder: &Recorder) -> Vec<Change> {
+    std::mem::take(&mut *recorder.0.lock().unwrap())
+}
+
+#[tokio::test]
+async fn revocation_is_scoped_to_the_grant_and_announced_after_commit() {
+    let o = owned().await;
+    let grant = o.caller.require::<perm::TokensWrite>().unwrap();
+    let e = event(&grant, "token.delete");
+    let id = o.plan.token.id.clone();
+    let unknown = CredentialId::generate_for(CredentialKind::Service, NOW).unwrap();
+
+    let revoked = o
+        .store
+        .revoke_tokens(&grant, &[unknown, id.clone()], NOW, &[e.clone(), e.clone()])
+        .await
+        .unwrap();
+    assert_eq!(revoked, [id.clone()]);
+    assert_eq!(changes(&o.recorder), [Change::Credential(id.clone())]);
+    let stored = o
+        .store
+        .get_token(&grant.scope(), &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.revoked_at, Some(NOW));
+    // Revoking twice changes nothing and announces nothing.
+    let again = o
+        .store
+        .revoke_tokens(&grant, &[id], NOW, &[e])
+        .await
+        .unwrap();
+    assert!(again.is_empty());
+    assert!(changes(&o.recorder).is_empty());
+}
+
+#[tokio::test]
+async fn roles_in_use_cannot_be_deleted_and_changes_are_announced() {
+    let o = owned().await;
+    let roles = o.caller.require::<perm::RolesWrite>().unwrap();
+    let role = Role {
+        id: RoleId::generate(NOW).unwrap(),
+        tenant_id: Some(roles.tenant_id().clone()),
+        name: "deployer".into(),
+        permissions: vec!["tokens:*".into()],
+        created_at: NOW,
+    };
+    o.store
+        .create_role(&roles, &role, &event(&roles, "role.create"))
+        .await
+        .unwrap();
+    let duplicate = Role {
+        id: RoleId::generate(NOW).unwrap(),
+        ..role.clone()
+    };
+    assert!(matches!(
+        o.store
+            .create_role(&roles, &duplicate, &event(&roles, "role.create"))
+            .await,
+        Err(StoreError::AlreadyExists("name"))
+    ));
+    let listed = o.store.list_roles(&roles.scope(), &page(50)).await.unwrap();
+    assert_eq!(listed.items.len(), 5, "four built-ins and the custom role");
+
+    let users = o.caller.require::<perm::UsersWrite>().unwrap();
+    let user = User {
+        id: UserId::generate(NOW).unwrap(),
+        tenant_id: users.tenant_id().clone(),
+        email: "Ada@Example.com".into(),
+        name: "Ada".into(),
+        role_id: role.id.clone(),
+        status: UserStatus::Active,
+        created_at: NOW,
+    };
+    let hash = keygate_core::password::hash("correct horse battery").unwrap();
+    o.store
+        .create_user(&users, &user, &hash, &event(&users, "user.create"))
+        .await
+        .unwrap();
+    let twin = User {
+        id: UserId::generate(NOW).unwrap(),
+        email: "ada@example.COM".into(),
+        ..user.clone()
+    };
+    assert!(matches!(
+        o.store
+            .create_user(&users, &twin, &hash, &event(&users, "user.create"))
+            .await,
+        Err(StoreError::AlreadyExists("email"))
+    ));
+    let login = o
+        .store
+        .find_login("ADA@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(login.user.id, user.id);
+    assert!(login.tenant_active);
+
     assert_eq!(
-        store
-            .revoke_credential(&grant, &unknown, NOW, &event)
+        o.store
+            .delete_role(&roles, &role.id, &event(&roles, "role.delete"))
             .await
             .unwrap(),
-        None
+        Deletion::InUse
     );
-    assert!(recorder.0.lock().unwrap().is_empty());
-
-    let id = record.credential.id.clone();
+    let mut replaced = role.clone();
+    replaced.permissions = vec!["tokens:read".into()];
+    changes(&o.recorder);
     assert_eq!(
-        store
-            .revoke_credential(&grant, &id, NOW, &event)
+        o.store
+            .replace_role(&roles, &replaced, &event(&roles, "role.update"))
             .await
             .unwrap(),
         Some(())
     );
+    assert_eq!(changes(&o.recorder), [Change::Role(role.id.clone())]);
+
+    let mut moved = user.clone();
+    moved.role_id = BuiltinRole::Viewer.id();
+    o.store
+        .update_user(&users, &moved, None, &event(&users, "user.update"))
+        .await
+        .unwrap();
+    assert_eq!(changes(&o.recorder), [Change::User(user.id.clone())]);
     assert_eq!(
-        *recorder.0.lock().unwrap(),
-        [Change::Credential(id.clone())]
+        o.store
+            .delete_role(&roles, &role.id, &event(&roles, "role.delete"))
+            .await
+            .unwrap(),
+        Deletion::Deleted
     );
-    let revoked = store
-        .find_credential(&secrets.token.hash())
+    assert_eq!(
+        o.store
+            .delete_role(
+                &roles,
+                &BuiltinRole::Owner.id(),
+                &event(&roles, "role.delete")
+            )
+            .await
+            .unwrap(),
+        Deletion::NotFound,
+        "built-in roles belong to no tenant"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they_made() {
+    let o = owned().await;
+    let users = o.caller.require::<perm::UsersWrite>().unwrap();
+    let tokens = o.caller.require::<perm::TokensWrite>().unwrap();
+    let user = User {
+        id: UserId::generate(NOW).unwrap(),
+        tenant_id: users.tenant_id().clone(),
+        email: "bob@example.com".into(),
+        name: "Bob".into(),
+        role_id: BuiltinRole::Member.id(),
+        status: UserStatus::Active,
+        created_at: NOW,
+    };
+    let hash = keygate_core::password::hash("correct horse battery").unwrap();
+    o.store
+        .create_user(&users, &user, &hash, &event(&users, "user.create"))
+        .await
+        .unwrap();
+    let mut personal = o.plan.token.clone();
+    let secret = format().generate(CredentialKind::Personal).unwrap();
+    personal.id = CredentialId::generate_for(CredentialKind::Personal, NOW).unwrap();
+    personal.kind = CredentialKind::Personal;
+    personal.hash = secret.hash();
+    personal.user_id = Some(user.id.clone());
+    personal.role_id = None;
+    let mut service = o.plan.token.clone();
+    let service_secret = format().generate(CredentialKind::Service).unwrap();
+    service.id = CredentialId::generate_for(CredentialKind::Service, NOW).unwrap();
+    service.hash = service_secret.hash();
+    service.created_by = Some(user.id.to_string());
+    for token in [&personal, &service] {
+        o.store
+            .create_token(&tokens, token, &event(&tokens, "token.create"))
+            .await
+            .unwrap();
+    }
+    let listed = o
+        .store
+        .list_tokens(&tokens.scope(), &TokenFilter::default(), &page(2), NOW)
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 2);
+    let rest = o
+        .store
+        .list_tokens(
+            &tokens.scope(),
+            &TokenFilter::default(),
+            &Page {
+                limit: 2,
+                cursor: listed.next_cursor.clone(),
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1, "three tokens in pages of two");
+    assert!(rest.next_cursor.is_none());
+
+    o.store
+        .delete_user(&users, &user.id, &event(&users, "user.delete"))
+        .await
+        .unwrap();
+    assert!(
+        o.store
+            .find_credential(&secret.hash())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let kept = o
+        .store
+        .find_credential(&service_secret.hash())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(revoked.credential.revoked_at, Some(NOW));
-    // Revoking twice changes nothing and announces nothing.
     assert_eq!(
-        store
-            .revoke_credential(&grant, &id, NOW, &event)
-            .await
-            .unwrap(),
-        None
+        kept.credential.created_by.as_deref(),
+        Some(user.id.as_str())
     );
-    assert_eq!(recorder.0.lock().unwrap().len(), 1);
+    let filter = TokenFilter {
+        kinds: vec![CredentialKind::Personal],
+        ..TokenFilter::default()
+    };
+    let personal_left = o
+        .store
+        .list_tokens(&tokens.scope(), &filter, &page(50), NOW)
+        .await
+        .unwrap();
+    assert!(personal_left.items.is_empty());
+}
+
+fn page(limit: u32) -> Page {
+    Page {
+        limit,
+        cursor: None,
+    }
 }
 
 #[tokio::test]

@@ -24,7 +24,8 @@ CREATE TABLE roles (
     permissions TEXT NOT NULL DEFAULT '[]', -- JSON array of patterns (`tokens:*`)
     created_at  INTEGER NOT NULL
 ) STRICT;
-CREATE UNIQUE INDEX roles_by_tenant_and_name ON roles (ifnull(tenant_id, ''), name);
+-- Built-in roles (NULL tenant) are fixed rows; custom role names are unique within their tenant.
+CREATE UNIQUE INDEX roles_by_tenant_and_name ON roles (tenant_id, name);
 
 INSERT INTO roles (id, tenant_id, name, permissions, created_at) VALUES
     ('rol_owner', NULL, 'owner', '[]', 0),
