@@ -24,3 +24,6 @@ pub mod validate;
 pub mod verify;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
+
+/// Drawing from the operating system's randomness failed (ids, credentials, passwords).
+pub use getrandom::Error as RandomError;

@@ -60,10 +60,10 @@ pub fn plan(
     }
     let mut errors = Errors::default();
     let name = errors.check(validate::name("name", &input.name));
-    if let Some(name) = &name {
-        if BuiltinRole::from_name(&name.to_lowercase()).is_some() {
-            errors.push("name", "is the name of a built-in role");
-        }
+    if let Some(name) = &name
+        && BuiltinRole::from_name(&name.to_lowercase()).is_some()
+    {
+        errors.push("name", "is the name of a built-in role");
     }
     if input.permissions.is_empty() {
         errors.push("permissions", "must list at least one permission");

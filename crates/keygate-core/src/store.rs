@@ -98,9 +98,19 @@ pub struct TokenFilter {
     pub statuses: Vec<String>,
     pub user_ids: Vec<UserId>,
     pub ids: Vec<CredentialId>,
-    /// Only personal tokens of this user, plus service tokens (for callers who may not see other
-    /// users' tokens).
-    pub personal_only_of: Option<UserId>,
+    /// Which users' personal tokens the caller may see.
+    pub personal: PersonalTokens,
+}
+
+/// Whose personal tokens a list may show.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PersonalTokens {
+    #[default]
+    All,
+    /// Only this user's (the caller's own).
+    OfUser(UserId),
+    /// None: the caller is not a user and may not see users' tokens.
+    Hidden,
 }
 
 /// A user as sign-in needs it: the user, their password hash, and whether their tenant line is

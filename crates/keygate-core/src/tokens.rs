@@ -80,7 +80,7 @@ pub fn plan(
         (None, None) => None,
     };
 
-    let narrowing = input.permissions.map(|patterns| {
+    let narrowing = input.permissions.inspect(|patterns| {
         if patterns.is_empty() {
             errors.push(
                 "permissions",
@@ -92,18 +92,17 @@ pub fn plan(
                 errors.push(format!("permissions[{i}]"), e.to_string());
             }
         }
-        patterns
     });
     let allowed_ips = input
         .allowed_ips
         .map(|entries| parse_networks(&entries, "allowed_ips", &mut errors));
-    if let Some(limit) = input.rate_limit {
-        if limit.requests == 0 || limit.per_seconds == 0 {
-            errors.push(
-                "rate_limit",
-                "requests and per_seconds must both be at least 1",
-            );
-        }
+    if let Some(limit) = input.rate_limit
+        && (limit.requests == 0 || limit.per_seconds == 0)
+    {
+        errors.push(
+            "rate_limit",
+            "requests and per_seconds must both be at least 1",
+        );
     }
 
     let (user_id, role_permissions) = match input.kind {
@@ -212,5 +211,40 @@ pub fn status(credential: &Credential, now: Timestamp) -> &'static str {
         "expired"
     } else {
         "active"
+    }
+}
+
+/// Whether the caller may revoke this token: their own personal tokens always; another user's
+/// personal token with `users:write`; a service token only if they hold everything it grants, so
+/// a member cannot cut off the owner's automation. `role` is a service token's role.
+pub fn check_revoke(
+    grant: &Grant<perm::TokensWrite>,
+    catalog: &Catalog,
+    token: &Credential,
+    role: Option<&Role>,
+) -> Result<(), RuleError> {
+    let caller = grant.caller();
+    match token.kind {
+        CredentialKind::Personal => {
+            let own = token
+                .user_id
+                .as_ref()
+                .is_some_and(|user| user.as_str() == caller.verified().principal.id);
+            if !own {
+                caller.require::<perm::UsersWrite>()?;
+            }
+            Ok(())
+        }
+        _ => {
+            let granted = role
+                .map(|r| role_permissions(r, catalog))
+                .unwrap_or_default();
+            let effective = match &token.permissions {
+                Some(patterns) => granted.intersect(&catalog.expand(patterns)),
+                None => granted,
+            };
+            caller.check_no_escalation(&effective)?;
+            Ok(())
+        }
     }
 }

@@ -35,10 +35,8 @@ pub fn plan_new(
     let mut errors = Errors::default();
     let email = errors.check(validate::email("email", &input.email));
     let name = errors.check(validate::name("name", &input.name));
-    if let Some(password) = &input.password {
-        if let Err(e) = password::validate(password) {
-            errors.push("password", e.to_string());
-        }
+    if let Some(Err(e)) = input.password.as_deref().map(password::validate) {
+        errors.push("password", e.to_string());
     }
     errors.into_result()?;
     grant
@@ -86,10 +84,8 @@ pub fn plan_change(
         .name
         .as_deref()
         .and_then(|name| errors.check(validate::name("name", name)));
-    if let Some(password) = &change.password {
-        if let Err(e) = password::validate(password) {
-            errors.push("password", e.to_string());
-        }
+    if let Some(Err(e)) = change.password.as_deref().map(password::validate) {
+        errors.push("password", e.to_string());
     }
     errors.into_result()?;
     let caller = grant.caller();

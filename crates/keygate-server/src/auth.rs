@@ -21,6 +21,8 @@ const APIKEY: HeaderName = HeaderName::from_static("apikey");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const REALM: HeaderName = HeaderName::from_static("realm");
 pub const COOKIE_NAME: &str = "api_access_token";
+/// The cookie a signed-in browser session travels in.
+pub const SESSION_COOKIE: &str = "keygate_session";
 
 /// A credential as found in a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -106,7 +108,8 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
                 continue;
             };
             let credential = credential.trim().trim_matches('"');
-            if name.trim() == COOKIE_NAME && !credential.is_empty() {
+            let name = name.trim();
+            if (name == COOKIE_NAME || name == SESSION_COOKIE) && !credential.is_empty() {
                 found.push(Cow::Borrowed(credential))?;
             }
         }
@@ -165,6 +168,9 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
             "the Realm header names a different tenant than the credential's",
         ));
     }
+    state
+        .usage()
+        .record(&caller.verified().credential.id, state.clock().now());
     Ok(caller)
 }
 

@@ -39,6 +39,7 @@ pub struct Config {
     /// The default per-credential rate limit; unlimited when unset.
     pub rate_limit: RateLimitConfig,
     pub tokens: TokensConfig,
+    pub session: SessionConfig,
     pub log: LogConfig,
     /// How long a shutdown waits for in-flight requests before closing them.
     pub shutdown_grace_seconds: u64,
@@ -56,6 +57,7 @@ impl Default for Config {
             permissions: Vec::new(),
             rate_limit: RateLimitConfig::default(),
             tokens: TokensConfig::default(),
+            session: SessionConfig::default(),
             log: LogConfig::default(),
             shutdown_grace_seconds: 30,
         }
@@ -99,6 +101,19 @@ impl Default for TokensConfig {
         Self {
             personal_max_days: 366,
         }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// How long a signed-in session lasts.
+    pub lifetime_hours: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { lifetime_hours: 12 }
     }
 }
 
@@ -235,9 +250,9 @@ impl Config {
                 ));
             }
         }
-        if self.tokens.personal_max_days == 0 {
+        if self.tokens.personal_max_days == 0 || self.session.lifetime_hours == 0 {
             return Err(ConfigError::Invalid(
-                "tokens.personal_max_days must be positive".into(),
+                "tokens.personal_max_days and session.lifetime_hours must be positive".into(),
             ));
         }
         Ok(())

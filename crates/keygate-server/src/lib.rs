@@ -12,8 +12,11 @@ pub mod json;
 pub mod middleware;
 pub mod openapi;
 pub mod problem;
+pub mod request;
 pub mod routes;
 pub mod state;
+pub mod throttle;
+pub mod usage;
 pub mod views;
 
 use std::future::{Future, IntoFuture};
@@ -39,6 +42,27 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::ops::readyz))
         .routes(routes!(routes::whoami::whoami))
         .routes(routes!(routes::verify::verify))
+        .routes(routes!(routes::roles::permissions))
+        .routes(routes!(routes::roles::list, routes::roles::create))
+        .routes(routes!(
+            routes::roles::get,
+            routes::roles::replace,
+            routes::roles::delete
+        ))
+        .routes(routes!(routes::users::list, routes::users::create))
+        .routes(routes!(
+            routes::users::get,
+            routes::users::update,
+            routes::users::delete
+        ))
+        .routes(routes!(
+            routes::tokens::list,
+            routes::tokens::create,
+            routes::tokens::delete_many
+        ))
+        .routes(routes!(routes::tokens::get, routes::tokens::delete))
+        .routes(routes!(routes::sessions::login))
+        .routes(routes!(routes::sessions::logout))
         .split_for_parts()
 }
 
@@ -75,6 +99,16 @@ pub async fn run(
             let _ = stopping_tx.send(true);
         }
     };
+    let flusher = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(usage::FLUSH_EVERY);
+            loop {
+                every.tick().await;
+                state.flush_usage().await;
+            }
+        })
+    };
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let serve = axum::serve(listener, app)
         .with_graceful_shutdown(signalled)
@@ -90,6 +124,8 @@ pub async fn run(
             Ok(())
         }
     };
+    flusher.abort();
+    state.flush_usage().await;
     state.store().close().await;
     tracing::info!("stopped");
     result

@@ -17,6 +17,10 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
     modifiers(&SecuritySchemes),
     tags(
         (name = "identity", description = "Who a credential is and what it may do"),
+        (name = "sessions", description = "Signing in and out with email and password"),
+        (name = "users", description = "People who sign in, each with one role"),
+        (name = "roles", description = "Named sets of permissions, and the permission catalog"),
+        (name = "tokens", description = "Personal and service tokens"),
         (name = "verification", description = "Checking credentials for other services"),
         (name = "operations", description = "Health and readiness"),
     ),

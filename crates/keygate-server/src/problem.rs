@@ -7,6 +7,7 @@
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keygate_core::access::Forbidden;
+use keygate_core::rule::RuleError;
 use keygate_core::store::StoreError;
 use keygate_core::verify::Refusal;
 use serde::Serialize;
@@ -30,6 +31,8 @@ pub enum ProblemCode {
     WouldLockOutCaller,
     AlreadyExists,
     TenantHasChildren,
+    RoleInUse,
+    BuiltinRole,
     PayloadTooLarge,
     UnsupportedMediaType,
     RateLimited,
@@ -52,7 +55,9 @@ impl ProblemCode {
             | CannotDeleteCurrentKey
             | WouldLockOutCaller
             | AlreadyExists
-            | TenantHasChildren => StatusCode::CONFLICT,
+            | TenantHasChildren
+            | RoleInUse
+            | BuiltinRole => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -79,6 +84,8 @@ impl ProblemCode {
             WouldLockOutCaller => "would-lock-out-caller",
             AlreadyExists => "already-exists",
             TenantHasChildren => "tenant-has-children",
+            RoleInUse => "role-in-use",
+            BuiltinRole => "builtin-role",
             PayloadTooLarge => "payload-too-large",
             UnsupportedMediaType => "unsupported-media-type",
             RateLimited => "rate-limited",
@@ -105,6 +112,8 @@ impl ProblemCode {
             WouldLockOutCaller => "That allowlist would lock the caller out",
             AlreadyExists => "It already exists",
             TenantHasChildren => "The tenant still has child tenants",
+            RoleInUse => "The role is still held by users or tokens",
+            BuiltinRole => "Built-in roles cannot be changed",
             PayloadTooLarge => "The request body is too large",
             UnsupportedMediaType => "Unsupported media type",
             RateLimited => "Too many requests",
@@ -311,6 +320,49 @@ impl From<Forbidden> for ApiError {
         let mut error = ApiError::new(ProblemCode::Forbidden, forbidden.to_string());
         error.0.missing_permissions = forbidden.missing;
         error
+    }
+}
+
+impl From<keygate_core::RandomError> for ApiError {
+    fn from(error: keygate_core::RandomError) -> Self {
+        ApiError::internal(format!("no randomness: {error}"))
+    }
+}
+
+impl From<RuleError> for ApiError {
+    fn from(error: RuleError) -> Self {
+        match error {
+            RuleError::Invalid(errors) => ApiError::invalid_fields(
+                errors
+                    .into_iter()
+                    .map(|e| FieldError {
+                        field: e.field,
+                        message: e.message,
+                    })
+                    .collect(),
+            ),
+            RuleError::Escalation(escalation) => {
+                let mut error =
+                    ApiError::new(ProblemCode::PrivilegeEscalation, escalation.to_string());
+                error.0.missing_permissions = escalation.beyond;
+                error
+            }
+            RuleError::Forbidden { detail, missing } => {
+                let mut error = ApiError::new(ProblemCode::Forbidden, detail);
+                error.0.missing_permissions = missing;
+                error
+            }
+            RuleError::NotFound(detail) => ApiError::not_found(detail),
+            RuleError::Conflict { code, detail } => {
+                let code = match code {
+                    "role-in-use" => ProblemCode::RoleInUse,
+                    "builtin-role" => ProblemCode::BuiltinRole,
+                    _ => ProblemCode::AlreadyExists,
+                };
+                ApiError::new(code, detail)
+            }
+            RuleError::Internal(what) => ApiError::internal(what),
+        }
     }
 }
 

@@ -10,6 +10,8 @@ use keygate_core::store::DynStore;
 use keygate_core::verify::Verifier;
 
 use crate::config::{Config, ConfigError};
+use crate::throttle::LoginThrottle;
+use crate::usage::UsageRecorder;
 
 /// Cheap to clone: one `Arc`.
 #[derive(Clone)]
@@ -21,6 +23,8 @@ struct Inner {
     store: DynStore,
     verifier: Verifier,
     clock: Arc<dyn Clock>,
+    login_throttle: LoginThrottle,
+    usage: UsageRecorder,
     shutting_down: AtomicBool,
 }
 
@@ -51,6 +55,8 @@ impl AppState {
             store,
             verifier,
             clock,
+            login_throttle: LoginThrottle::default(),
+            usage: UsageRecorder::default(),
             shutting_down: AtomicBool::new(false),
         })))
     }
@@ -73,6 +79,21 @@ impl AppState {
 
     pub fn clock(&self) -> &dyn Clock {
         &*self.0.clock
+    }
+
+    pub fn login_throttle(&self) -> &LoginThrottle {
+        &self.0.login_throttle
+    }
+
+    pub fn usage(&self) -> &UsageRecorder {
+        &self.0.usage
+    }
+
+    /// Writes pending `last_used_at` times now (also done every few seconds and at shutdown).
+    pub async fn flush_usage(&self) {
+        if let Err(error) = self.0.usage.flush(&self.0.store).await {
+            tracing::warn!(%error, "could not record when credentials were last used; will retry");
+        }
     }
 
     pub fn begin_shutdown(&self) {

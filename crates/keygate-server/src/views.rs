@@ -83,3 +83,28 @@ impl From<&Principal> for PrincipalView {
 pub fn permission_names(permissions: &PermissionSet) -> Vec<String> {
     permissions.iter().map(|p| p.as_str().to_owned()).collect()
 }
+
+/// Every list answers `{"data": [...], "next_cursor": …}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct List<T: ToSchema> {
+    pub data: Vec<T>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+impl<T: ToSchema> List<T> {
+    pub fn from_paged<S>(paged: keygate_core::store::Paged<S>, view: impl Fn(S) -> T) -> Self {
+        Self {
+            data: paged.items.into_iter().map(view).collect(),
+            next_cursor: paged.next_cursor,
+        }
+    }
+}
+
+/// A non-critical remark on a 2xx response (API.md §1).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Warning {
+    #[schema(example = "not-found")]
+    pub code: &'static str,
+    pub detail: String,
+}

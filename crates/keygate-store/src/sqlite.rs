@@ -20,7 +20,7 @@ use keygate_core::model::{
 use keygate_core::password::PasswordHashString;
 use keygate_core::store::{
     Bootstrap, Change, ChangeListener, CredentialRecord, CredentialSource, Deletion, Login, Page,
-    Paged, Store, StoreError, TokenFilter,
+    Paged, PersonalTokens, Store, StoreError, TokenFilter,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -558,11 +558,17 @@ impl Store for SqliteStore {
             }
             query.push(")");
         }
-        if let Some(user) = &filter.personal_only_of {
-            query
-                .push(" AND (kind = 'service' OR user_id = ")
-                .push_bind(user.as_str())
-                .push(")");
+        match &filter.personal {
+            PersonalTokens::All => {}
+            PersonalTokens::OfUser(user) => {
+                query
+                    .push(" AND (kind = 'service' OR user_id = ")
+                    .push_bind(user.as_str())
+                    .push(")");
+            }
+            PersonalTokens::Hidden => {
+                query.push(" AND kind = 'service'");
+            }
         }
         if let Some(cursor) = &page.cursor {
             query.push(" AND id < ").push_bind(cursor.as_str());

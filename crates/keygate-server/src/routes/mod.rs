@@ -1,5 +1,9 @@
 //! One module per resource. Handlers are thin: extract, make one domain call, map the result.
 
 pub mod ops;
+pub mod roles;
+pub mod sessions;
+pub mod tokens;
+pub mod users;
 pub mod verify;
 pub mod whoami;

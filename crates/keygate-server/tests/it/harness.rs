@@ -107,6 +107,62 @@ impl TestServer {
         self.request(Method::POST, path)
     }
 
+    /// A JSON request authenticated with `token` (as a Bearer token).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Response {
+        let mut request = self.request(method, path).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap()
+    }
+
+    /// Like [`Self::call`], expecting `status` and returning the JSON body.
+    pub async fn expect(
+        &self,
+        status: u16,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> Value {
+        let response = self.call(method.clone(), path, token, body).await;
+        let got = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        assert_eq!(got, status, "{method} {path}: {text}");
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        }
+    }
+
+    /// Signs in; returns the session cookie's value.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let response = self
+            .post("/v1/auth/login")
+            .json(&serde_json::json!({"email": email, "password": password}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "login as {email}");
+        let cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        cookie
+            .split(';')
+            .next()
+            .and_then(|pair| pair.strip_prefix("keygate_session="))
+            .unwrap()
+            .to_owned()
+    }
+
     /// `GET /v1/whoami` with the given headers.
     pub async fn whoami(&self, headers: &[(&str, &str)]) -> Response {
         let mut request = self.get("/v1/whoami");

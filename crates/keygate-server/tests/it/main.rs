@@ -8,6 +8,7 @@ mod harness;
 
 mod auth;
 mod binary;
+mod identity;
 mod ops;
 mod problems;
 mod verify;

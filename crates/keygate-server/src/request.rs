@@ -1,0 +1,74 @@
+//! What handlers take from a request besides its credential and body: where it came from (for the
+//! audit log), query strings (strict, repeated keys allowed) and list paging.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
+use keygate_core::access::RequestMeta;
+use keygate_core::store::Page;
+use serde::de::DeserializeOwned;
+
+use crate::middleware::RequestId;
+use crate::problem::{ApiError, FieldError};
+
+/// The request's origin, for audit events.
+pub struct Meta(pub RequestMeta);
+
+impl<S: Send + Sync> FromRequestParts<S> for Meta {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let ip = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| peer.ip().to_string());
+        let user_agent = parts
+            .headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.chars().take(256).collect());
+        let request_id = parts.extensions.get::<RequestId>().map(|id| id.0.clone());
+        Ok(Meta(RequestMeta {
+            ip,
+            user_agent,
+            request_id,
+        }))
+    }
+}
+
+/// A query string parsed strictly: unknown keys are a 400 (a typo in a filter must not silently
+/// list everything), repeated keys fill lists (`?id=a&id=b`).
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        serde_html_form::from_str(query)
+            .map(Query)
+            .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))
+    }
+}
+
+/// The page a list asks for with `limit` (default 50, at most 500) and `cursor`.
+pub fn page(limit: Option<u32>, cursor: Option<String>) -> Result<Page, ApiError> {
+    let limit = limit.unwrap_or(Page::DEFAULT_LIMIT);
+    if !(1..=Page::MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid_fields(vec![FieldError {
+            field: "limit".into(),
+            message: format!("must be between 1 and {}", Page::MAX_LIMIT),
+        }]));
+    }
+    let cursor = cursor.filter(|c| !c.is_empty());
+    let sane = |c: &str| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if cursor.as_deref().is_some_and(|c| !sane(c)) {
+        return Err(ApiError::invalid_fields(vec![FieldError {
+            field: "cursor".into(),
+            message: "is not a cursor this API returned".into(),
+        }]));
+    }
+    Ok(Page { limit, cursor })
+}

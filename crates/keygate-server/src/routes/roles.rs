@@ -1,0 +1,286 @@
+//! Roles and the permission catalog (API.md §2, §3).
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use keygate_core::Timestamp;
+use keygate_core::access::{Scope, perm};
+use keygate_core::id::RoleId;
+use keygate_core::model::{Role, Target};
+use keygate_core::permission::{BUILTIN, Catalog};
+use keygate_core::roles::{self, RoleInput, RoleRef};
+use keygate_core::rule::RuleError;
+use keygate_core::store::Deletion;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::Authenticated;
+use crate::json::Json;
+use crate::problem::{ApiError, Problem};
+use crate::request::{Meta, Query, page};
+use crate::state::AppState;
+use crate::views::{List, permission_names};
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RoleView {
+    #[schema(example = "rol_0MqX1z8a9bCdEfGhIjKlMn")]
+    pub id: String,
+    #[schema(example = "deployer")]
+    pub name: String,
+    /// What the role grants: a custom role's patterns as defined (`tokens:*`), a built-in role's
+    /// permissions as the catalog expands them.
+    #[schema(example = json!(["tokens:*", "zones:read"]))]
+    pub permissions: Vec<String>,
+    pub builtin: bool,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+impl RoleView {
+    fn new(role: Role, catalog: &Catalog) -> Self {
+        let builtin = role.tenant_id.is_none();
+        let permissions = if builtin {
+            permission_names(&keygate_core::verify::role_permissions(&role, catalog))
+        } else {
+            role.permissions
+        };
+        Self {
+            id: role.id.to_string(),
+            name: role.name,
+            permissions,
+            builtin,
+            created_at: role.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRequest {
+    #[schema(example = "deployer")]
+    pub name: String,
+    /// Permissions or wildcards (`*`, `tokens:*`) from the catalog.
+    #[schema(example = json!(["tokens:*", "zones:read"]))]
+    pub permissions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// A role named by id or built-in name, in the caller's scope; 404 otherwise.
+pub async fn resolve(state: &AppState, scope: &Scope, text: &str) -> Result<Role, ApiError> {
+    let missing = || ApiError::not_found(format!("there is no role `{text}` in this tenant"));
+    match RoleRef::parse(text).ok_or_else(missing)? {
+        RoleRef::Builtin(builtin) => Ok(roles::builtin(builtin)),
+        RoleRef::Id(id) => state
+            .store()
+            .get_role(scope, &id)
+            .await?
+            .ok_or_else(missing),
+    }
+}
+
+fn role_id(text: &str) -> Result<RoleId, ApiError> {
+    RoleId::parse(text).ok_or_else(|| ApiError::not_found(format!("there is no role `{text}`")))
+}
+
+/// List roles: the built-ins, then the tenant's own. Needs `roles:read`.
+#[utoipa::path(get, path = "/v1/roles", tag = "roles", operation_id = "listRoles",
+    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = List<RoleView>),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<List<RoleView>>, ApiError> {
+    let grant = caller.require::<perm::RolesRead>()?;
+    let page = page(query.limit, query.cursor)?;
+    let roles = state.store().list_roles(&grant.scope(), &page).await?;
+    Ok(axum::Json(List::from_paged(roles, |r| {
+        RoleView::new(r, state.catalog())
+    })))
+}
+
+/// Create a custom role. Needs `roles:write`, and every permission it grants.
+#[utoipa::path(post, path = "/v1/roles", tag = "roles", operation_id = "createRole",
+    request_body = RoleRequest,
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 201, body = RoleView),
+        (status = 400, description = "Invalid name or unknown permission", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing roles:write, or privilege-escalation", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "already-exists", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Json(request): Json<RoleRequest>,
+) -> Result<(StatusCode, axum::Json<RoleView>), ApiError> {
+    let grant = caller.require::<perm::RolesWrite>()?;
+    let now = state.clock().now();
+    let input = RoleInput {
+        name: request.name,
+        permissions: request.permissions,
+    };
+    let role = roles::plan(&grant, state.catalog(), input, None, now)?;
+    let event = grant.event("role.create", Some(target(&role)), now, &meta)?;
+    state.store().create_role(&grant, &role, &event).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(RoleView::new(role, state.catalog())),
+    ))
+}
+
+/// Get a role. Needs `roles:read`.
+#[utoipa::path(get, path = "/v1/roles/{id}", tag = "roles", operation_id = "getRole",
+    params(("id" = String, Path, description = "A role id")),
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = RoleView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RoleView>, ApiError> {
+    let grant = caller.require::<perm::RolesRead>()?;
+    let role = state
+        .store()
+        .get_role(&grant.scope(), &role_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("there is no role `{id}`")))?;
+    Ok(axum::Json(RoleView::new(role, state.catalog())))
+}
+
+/// Replace a custom role's name and permissions; applies to the very next request of everyone
+/// holding it. Needs `roles:write`, and every permission the role grants before and after.
+#[utoipa::path(put, path = "/v1/roles/{id}", tag = "roles", operation_id = "replaceRole",
+    params(("id" = String, Path, description = "A role id")),
+    request_body = RoleRequest,
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = RoleView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "builtin-role or already-exists", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn replace(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    Json(request): Json<RoleRequest>,
+) -> Result<axum::Json<RoleView>, ApiError> {
+    let grant = caller.require::<perm::RolesWrite>()?;
+    let now = state.clock().now();
+    let existing = state
+        .store()
+        .get_role(&grant.scope(), &role_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("there is no role `{id}`")))?;
+    let input = RoleInput {
+        name: request.name,
+        permissions: request.permissions,
+    };
+    let role = roles::plan(&grant, state.catalog(), input, Some(&existing), now)?;
+    let event = grant.event("role.update", Some(target(&role)), now, &meta)?;
+    state
+        .store()
+        .replace_role(&grant, &role, &event)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("there is no role `{id}`")))?;
+    Ok(axum::Json(RoleView::new(role, state.catalog())))
+}
+
+/// Delete a custom role nobody holds. Needs `roles:write`.
+#[utoipa::path(delete, path = "/v1/roles/{id}", tag = "roles", operation_id = "deleteRole",
+    params(("id" = String, Path, description = "A role id")),
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "role-in-use (users or usable tokens hold it) or builtin-role", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let grant = caller.require::<perm::RolesWrite>()?;
+    let now = state.clock().now();
+    let role = state
+        .store()
+        .get_role(&grant.scope(), &role_id(&id)?)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("there is no role `{id}`")))?;
+    roles::check_may_change(&grant, state.catalog(), &role)?;
+    let event = grant.event("role.delete", Some(target(&role)), now, &meta)?;
+    match state.store().delete_role(&grant, &role.id, &event).await? {
+        Deletion::Deleted => Ok(StatusCode::NO_CONTENT),
+        Deletion::NotFound => Err(ApiError::not_found(format!("there is no role `{id}`"))),
+        Deletion::InUse => Err(RuleError::Conflict {
+            code: "role-in-use",
+            detail: "users or usable tokens still hold this role; move them to another first"
+                .into(),
+        }
+        .into()),
+    }
+}
+
+fn target(role: &Role) -> Target {
+    Target {
+        kind: "role",
+        id: role.id.to_string(),
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PermissionView {
+    #[schema(example = "tokens:read")]
+    pub name: String,
+    /// `false` for the permissions the operator declared for the APIs keygate protects.
+    pub builtin: bool,
+}
+
+/// The permission catalog: keygate's own permissions and the operator's. Any valid credential.
+#[utoipa::path(get, path = "/v1/permissions", tag = "roles", operation_id = "listPermissions",
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = List<PermissionView>),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn permissions(
+    State(state): State<AppState>,
+    Authenticated(_caller): Authenticated,
+) -> axum::Json<List<PermissionView>> {
+    axum::Json(List {
+        data: state
+            .catalog()
+            .iter()
+            .map(|p| PermissionView {
+                name: p.as_str().to_owned(),
+                builtin: BUILTIN.contains(&p.as_str()),
+            })
+            .collect(),
+        next_cursor: None,
+    })
+}

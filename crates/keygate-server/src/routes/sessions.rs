@@ -1,0 +1,210 @@
+//! Signing in and out (API.md §2). A session is a credential of kind `session`, carried in the
+//! `keygate_session` cookie (HttpOnly, SameSite=Strict), and verified like any other.
+//!
+//! A wrong email and a wrong password are one and the same 401, and take the same time: an unknown
+//! email is checked against a dummy hash. Repeated failures are slowed down with 429.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keygate_core::Timestamp;
+use keygate_core::credential::CredentialKind;
+use keygate_core::id::{CredentialId, EventId};
+use keygate_core::model::{Actor, AuditEvent, Credential, Outcome, Target, UserStatus};
+use keygate_core::password;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::{Authenticated, SESSION_COOKIE};
+use crate::json::Json;
+use crate::problem::{ApiError, Problem, ProblemCode};
+use crate::request::Meta;
+use crate::routes::users::UserView;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginResponse {
+    pub user: UserView,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: Timestamp,
+}
+
+fn wrong_credentials() -> ApiError {
+    ApiError::unauthenticated("wrong email or password")
+}
+
+/// Sign in with email and password; the session comes back in the `keygate_session` cookie.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "sessions", operation_id = "login",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in; `Set-Cookie: keygate_session=…`", body = LoginResponse),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Wrong email or password (one answer for both)", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Too many failures for this email or address; see Retry-After", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn login(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    Json(request): Json<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let now = state.clock().now();
+    let address = meta.ip.as_deref();
+    if let Err(wait) = state.login_throttle().check(&request.email, address, now) {
+        return Err(ApiError::new(
+            ProblemCode::RateLimited,
+            "too many failed sign-ins; wait before trying again",
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from(wait)));
+    }
+
+    let login = state.store().find_login(&request.email).await?;
+    // argon2 takes tens of milliseconds of CPU: off the async workers.
+    let candidate = request.password.clone();
+    let stored = login.as_ref().map(|l| l.password_hash.clone());
+    let matches = tokio::task::spawn_blocking(move || match stored {
+        Some(hash) => password::verify(&candidate, &hash),
+        None => password::verify_against_dummy(&candidate),
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("password check panicked: {e}")))?;
+
+    let Some(login) = login.filter(|_| matches) else {
+        state.login_throttle().failed(&request.email, address, now);
+        return Err(wrong_credentials());
+    };
+    // The password was right, so saying why the account cannot sign in leaks nothing.
+    if login.user.status != UserStatus::Active {
+        return Err(ApiError::unauthenticated("this user is disabled"));
+    }
+    if !login.tenant_active {
+        return Err(ApiError::unauthenticated("the account is suspended"));
+    }
+    state.login_throttle().succeeded(&request.email);
+
+    let lifetime = Duration::from_secs(u64::from(state.config().session.lifetime_hours) * 3600);
+    let expires_at = now.saturating_add(lifetime);
+    let secret = state
+        .verifier()
+        .format()
+        .generate(CredentialKind::Session)?;
+    let session = Credential {
+        id: CredentialId::generate_for(CredentialKind::Session, now)?,
+        tenant_id: login.user.tenant_id.clone(),
+        kind: CredentialKind::Session,
+        hash: secret.hash(),
+        hint: secret.hint(),
+        name: "session".to_owned(),
+        description: meta.user_agent.clone(),
+        user_id: Some(login.user.id.clone()),
+        created_by: Some(login.user.id.to_string()),
+        role_id: None,
+        permissions: None,
+        allowed_ips: None,
+        rate_limit: None,
+        created_at: now,
+        expires_at: Some(expires_at),
+        revoked_at: None,
+        last_used_at: None,
+    };
+    let event = AuditEvent {
+        id: EventId::generate(now)?,
+        time: now,
+        tenant_id: login.user.tenant_id.clone(),
+        acting_tenant_id: None,
+        actor: Actor {
+            kind: "user",
+            id: login.user.id.to_string(),
+        },
+        token_id: Some(session.id.clone()),
+        action: "session.create",
+        target: Some(Target {
+            kind: "session",
+            id: session.id.to_string(),
+        }),
+        outcome: Outcome::Success,
+        status: 200,
+        ip: meta.ip.clone(),
+        user_agent: meta.user_agent.clone(),
+        request_id: meta.request_id.clone(),
+    };
+    state.store().create_session(&session, &event).await?;
+
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        secret.expose(),
+        lifetime.as_secs()
+    );
+    let mut response = axum::Json(LoginResponse {
+        user: login.user.into(),
+        expires_at,
+    })
+    .into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    Ok(response)
+}
+
+/// Sign out: ends the session this request carries and clears its cookie.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "sessions", operation_id = "logout",
+    security(("cookie" = []), ("bearer" = [])),
+    responses(
+        (status = 204, description = "Signed out"),
+        (status = 400, description = "The credential is not a session", body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn logout(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+) -> Result<Response, ApiError> {
+    let verified = caller.verified();
+    if verified.credential.kind != CredentialKind::Session {
+        return Err(ApiError::invalid(
+            "only a session signs out; revoke tokens with DELETE /v1/tokens/{id}",
+        ));
+    }
+    let now = state.clock().now();
+    let event = AuditEvent {
+        id: EventId::generate(now)?,
+        time: now,
+        tenant_id: verified.tenant.id.clone(),
+        acting_tenant_id: None,
+        actor: Actor {
+            kind: "user",
+            id: verified.principal.id.clone(),
+        },
+        token_id: Some(verified.credential.id.clone()),
+        action: "session.delete",
+        target: Some(Target {
+            kind: "session",
+            id: verified.credential.id.to_string(),
+        }),
+        outcome: Outcome::Success,
+        status: 204,
+        ip: meta.ip,
+        user_agent: meta.user_agent,
+        request_id: meta.request_id,
+    };
+    state
+        .store()
+        .end_session(&verified.credential.id, now, &event)
+        .await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("keygate_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    Ok(response)
+}

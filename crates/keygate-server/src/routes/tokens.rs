@@ -1,0 +1,481 @@
+//! Personal and service tokens (API.md §4). The secret is in the create response and nowhere
+//! else; lists show its `hint`. Revocation applies to the very next request.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use keygate_core::Timestamp;
+use keygate_core::access::{Caller, perm};
+use keygate_core::credential::CredentialKind;
+use keygate_core::id::{CredentialId, UserId};
+use keygate_core::model::{Credential, RateLimit, Target};
+use keygate_core::store::{PersonalTokens, TokenFilter};
+use keygate_core::tokens::{self, NewToken, TokenPolicy};
+use keygate_core::verify::PrincipalKind;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::Authenticated;
+use crate::json::Json;
+use crate::problem::{ApiError, FieldError, Problem};
+use crate::request::{Meta, Query, page};
+use crate::routes::roles;
+use crate::state::AppState;
+use crate::views::{List, Warning};
+
+/// The most ids one bulk delete takes.
+const MAX_BULK: usize = 500;
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenKind {
+    Personal,
+    Service,
+}
+
+impl TokenKind {
+    fn credential_kind(self) -> CredentialKind {
+        match self {
+            TokenKind::Personal => CredentialKind::Personal,
+            TokenKind::Service => CredentialKind::Service,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitBody {
+    #[schema(example = 100)]
+    pub requests: u32,
+    #[schema(example = 60)]
+    pub per_seconds: u32,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub kind: TokenKind,
+    #[schema(example = "CI deploy")]
+    pub name: String,
+    pub description: Option<String>,
+    /// Service tokens: a role id or built-in role name. Personal tokens take their user's role.
+    #[schema(example = "member")]
+    pub role: Option<String>,
+    /// Narrows the role to these permissions (wildcards allowed).
+    #[schema(example = json!(["tokens:read"]))]
+    pub permissions: Option<Vec<String>>,
+    #[schema(value_type = Option<String>, format = DateTime, example = "2027-01-01T00:00:00Z")]
+    pub expires_at: Option<Timestamp>,
+    /// Seconds from now; instead of `expires_at`.
+    #[schema(example = 2_592_000)]
+    pub expires_in: Option<u64>,
+    /// Networks the token may be used from (CIDR or bare addresses).
+    #[schema(example = json!(["203.0.113.0/24"]))]
+    pub allowed_ips: Option<Vec<String>>,
+    pub rate_limit: Option<RateLimitBody>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    #[schema(example = "tok_0MqX1z8a9bCdEfGhIjKlMn")]
+    pub id: String,
+    pub kind: TokenKind,
+    pub name: String,
+    pub description: Option<String>,
+    /// A service token's role id; `null` for personal tokens (they act with their user's role).
+    pub role: Option<String>,
+    /// The narrowing list, if any.
+    pub permissions: Option<Vec<String>>,
+    pub user_id: Option<String>,
+    pub created_by: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<Timestamp>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<Timestamp>,
+    /// `active`, `expired` or `revoked`.
+    #[schema(example = "active")]
+    pub status: &'static str,
+    /// The secret's last four characters.
+    #[schema(example = "x9Qa")]
+    pub hint: String,
+    pub allowed_ips: Option<Vec<String>>,
+    pub rate_limit: Option<RateLimitBody>,
+}
+
+impl TokenView {
+    fn new(token: Credential, now: Timestamp) -> Self {
+        Self {
+            status: tokens::status(&token, now),
+            id: token.id.to_string(),
+            kind: match token.kind {
+                CredentialKind::Personal => TokenKind::Personal,
+                _ => TokenKind::Service,
+            },
+            name: token.name,
+            description: token.description,
+            role: token.role_id.map(|r| r.to_string()),
+            permissions: token.permissions,
+            user_id: token.user_id.map(|u| u.to_string()),
+            created_by: token.created_by,
+            created_at: token.created_at,
+            expires_at: token.expires_at,
+            last_used_at: token.last_used_at,
+            hint: token.hint,
+            allowed_ips: token
+                .allowed_ips
+                .map(|ips| ips.iter().map(ToString::to_string).collect()),
+            rate_limit: token.rate_limit.map(|r| RateLimitBody {
+                requests: r.requests,
+                per_seconds: r.per_seconds,
+            }),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub token: TokenView,
+    /// The full token. Shown this once: keygate keeps only its hash.
+    #[schema(example = "kg_service_live_…")]
+    pub secret: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    #[serde(default)]
+    kind: Vec<TokenKind>,
+    #[serde(default)]
+    status: Vec<String>,
+    #[serde(default)]
+    user_id: Vec<String>,
+    #[serde(default)]
+    id: Vec<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkQuery {
+    #[serde(default)]
+    id: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkDeleted {
+    /// The ids revoked by this request.
+    pub deleted: Vec<String>,
+    /// One `not-found` per id that is unknown, not visible or already revoked.
+    pub warnings: Vec<Warning>,
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("there is no token `{id}`"))
+}
+
+fn target(id: &CredentialId) -> Target {
+    Target {
+        kind: "token",
+        id: id.to_string(),
+    }
+}
+
+/// Whose personal tokens this caller may see: all with `users:read`, else only their own.
+fn personal_visibility(caller: &Caller) -> PersonalTokens {
+    let principal = &caller.verified().principal;
+    if caller.require_all(&["users:read"]).is_ok() {
+        PersonalTokens::All
+    } else if principal.kind == PrincipalKind::User {
+        UserId::parse(&principal.id).map_or(PersonalTokens::Hidden, PersonalTokens::OfUser)
+    } else {
+        PersonalTokens::Hidden
+    }
+}
+
+fn visible(token: &Credential, visibility: &PersonalTokens) -> bool {
+    match (token.kind, visibility) {
+        (CredentialKind::Personal, PersonalTokens::Hidden) => false,
+        (CredentialKind::Personal, PersonalTokens::OfUser(user)) => {
+            token.user_id.as_ref() == Some(user)
+        }
+        _ => true,
+    }
+}
+
+/// Create a personal or service token. Needs `tokens:write`, and every permission it grants.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", operation_id = "createToken",
+    request_body = CreateToken,
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 201, description = "Created; `secret` is shown only here", body = CreatedToken),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden (e.g. a service token creating a personal one) or privilege-escalation", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such role in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Json(request): Json<CreateToken>,
+) -> Result<(StatusCode, axum::Json<CreatedToken>), ApiError> {
+    let grant = caller.require::<perm::TokensWrite>()?;
+    let now = state.clock().now();
+    let role = match (request.kind, &request.role) {
+        (TokenKind::Personal, Some(_)) => {
+            return Err(ApiError::invalid_fields(vec![FieldError {
+                field: "role".into(),
+                message:
+                    "personal tokens act with their user's role; narrow them with `permissions`"
+                        .into(),
+            }]));
+        }
+        (TokenKind::Service, Some(role)) => {
+            Some(roles::resolve(&state, &grant.scope(), role).await?)
+        }
+        _ => None,
+    };
+    let input = NewToken {
+        kind: request.kind.credential_kind(),
+        name: request.name,
+        description: request.description,
+        permissions: request.permissions,
+        expires_at: request.expires_at,
+        expires_in: request.expires_in,
+        allowed_ips: request.allowed_ips,
+        rate_limit: request.rate_limit.map(|r| RateLimit {
+            requests: r.requests,
+            per_seconds: r.per_seconds,
+        }),
+    };
+    let policy = TokenPolicy {
+        personal_max_lifetime: Duration::from_secs(
+            u64::from(state.config().tokens.personal_max_days) * 86_400,
+        ),
+    };
+    let (token, secret) = tokens::plan(
+        &grant,
+        state.catalog(),
+        state.verifier().format(),
+        policy,
+        input,
+        role.as_ref(),
+        now,
+    )?;
+    let event = grant.event("token.create", Some(target(&token.id)), now, &meta)?;
+    state.store().create_token(&grant, &token, &event).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedToken {
+            token: TokenView::new(token, now),
+            secret: secret.into_exposed(),
+        }),
+    ))
+}
+
+/// List tokens, newest first; filters repeat (`?status=active&status=expired`). Needs
+/// `tokens:read`; other users' personal tokens also need `users:read`.
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", operation_id = "listTokens",
+    params(
+        ("kind" = Option<Vec<String>>, Query, description = "personal, service"),
+        ("status" = Option<Vec<String>>, Query, description = "active, expired, revoked"),
+        ("user_id" = Option<Vec<String>>, Query),
+        ("id" = Option<Vec<String>>, Query),
+        ("limit" = Option<u32>, Query),
+        ("cursor" = Option<String>, Query),
+    ),
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = List<TokenView>),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<List<TokenView>>, ApiError> {
+    let grant = caller.require::<perm::TokensRead>()?;
+    let now = state.clock().now();
+    let mut errors = Vec::new();
+    for (i, status) in query.status.iter().enumerate() {
+        if !matches!(status.as_str(), "active" | "expired" | "revoked") {
+            errors.push(FieldError {
+                field: format!("status[{i}]"),
+                message: "must be `active`, `expired` or `revoked`".into(),
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid_fields(errors));
+    }
+    let filter = TokenFilter {
+        kinds: query.kind.iter().map(|k| k.credential_kind()).collect(),
+        statuses: query.status,
+        // Ids that cannot exist match nothing, as they would in the store.
+        user_ids: query
+            .user_id
+            .iter()
+            .map(|u| UserId::parse(u).unwrap_or_else(|| UserId::from_trusted(u.clone())))
+            .collect(),
+        ids: query
+            .id
+            .iter()
+            .map(|i| CredentialId::from_trusted(i.clone()))
+            .collect(),
+        personal: personal_visibility(grant.caller()),
+    };
+    let page = page(query.limit, query.cursor)?;
+    let tokens = state
+        .store()
+        .list_tokens(&grant.scope(), &filter, &page, now)
+        .await?;
+    Ok(axum::Json(List::from_paged(tokens, |t| {
+        TokenView::new(t, now)
+    })))
+}
+
+/// Get a token (never its secret). Needs `tokens:read`.
+#[utoipa::path(get, path = "/v1/tokens/{id}", tag = "tokens", operation_id = "getToken",
+    params(("id" = String, Path, description = "A token id")),
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = TokenView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<axum::Json<TokenView>, ApiError> {
+    let grant = caller.require::<perm::TokensRead>()?;
+    let token_id = CredentialId::parse_any(&id).ok_or_else(|| not_found(&id))?;
+    let token = state
+        .store()
+        .get_token(&grant.scope(), &token_id)
+        .await?
+        .filter(|t| visible(t, &personal_visibility(grant.caller())))
+        .ok_or_else(|| not_found(&id))?;
+    Ok(axum::Json(TokenView::new(token, state.clock().now())))
+}
+
+/// Revoke a token, from the very next request on. Needs `tokens:write` (another user's personal
+/// token also `users:write`; a service token, every permission it grants).
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", operation_id = "deleteToken",
+    params(("id" = String, Path, description = "A token id")),
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown, not visible, or already revoked", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (deleted, _) = revoke(&state, &caller, &meta, std::slice::from_ref(&id)).await?;
+    if deleted.is_empty() {
+        return Err(not_found(&id));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revoke several tokens at once (`?id=a&id=b`). Unknown ids are warnings, not errors; if any
+/// token may not be revoked by the caller, nothing is.
+#[utoipa::path(delete, path = "/v1/tokens", tag = "tokens", operation_id = "deleteTokens",
+    params(("id" = Vec<String>, Query, description = "Token ids; repeat the key")),
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = BulkDeleted),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete_many(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Query(query): Query<BulkQuery>,
+) -> Result<axum::Json<BulkDeleted>, ApiError> {
+    if query.id.is_empty() || query.id.len() > MAX_BULK {
+        return Err(ApiError::invalid_fields(vec![FieldError {
+            field: "id".into(),
+            message: format!("give 1 to {MAX_BULK} token ids: ?id=tok_…&id=tok_…"),
+        }]));
+    }
+    let (deleted, missing) = revoke(&state, &caller, &meta, &query.id).await?;
+    Ok(axum::Json(BulkDeleted {
+        deleted: deleted.iter().map(ToString::to_string).collect(),
+        warnings: missing
+            .into_iter()
+            .map(|id| Warning {
+                code: "not-found",
+                detail: id,
+            })
+            .collect(),
+    }))
+}
+
+/// Checks every id first and revokes the allowed ones in one transaction. Returns what was
+/// revoked and the ids that were not found (or not visible, or already revoked).
+async fn revoke(
+    state: &AppState,
+    caller: &Caller,
+    meta: &keygate_core::access::RequestMeta,
+    ids: &[String],
+) -> Result<(Vec<CredentialId>, Vec<String>), ApiError> {
+    let grant = caller.require::<perm::TokensWrite>()?;
+    let now = state.clock().now();
+    let scope = grant.scope();
+    let visibility = personal_visibility(caller);
+    let mut targets = Vec::new();
+    let mut missing = Vec::new();
+    for id in ids {
+        let token = match CredentialId::parse_any(id) {
+            Some(token_id) => state.store().get_token(&scope, &token_id).await?,
+            None => None,
+        };
+        match token.filter(|t| t.revoked_at.is_none() && visible(t, &visibility)) {
+            Some(token) => {
+                let role = match &token.role_id {
+                    Some(role) => state.store().get_role(&scope, role).await?,
+                    None => None,
+                };
+                tokens::check_revoke(&grant, state.catalog(), &token, role.as_ref())?;
+                if !targets.contains(&token.id) {
+                    targets.push(token.id);
+                }
+            }
+            None => missing.push(id.clone()),
+        }
+    }
+    let events = targets
+        .iter()
+        .map(|id| grant.event("token.delete", Some(target(id)), now, meta))
+        .collect::<Result<Vec<_>, _>>()?;
+    let revoked = state
+        .store()
+        .revoke_tokens(&grant, &targets, now, &events)
+        .await?;
+    // Revoked meanwhile by someone else: as good as not found.
+    missing.extend(
+        targets
+            .iter()
+            .filter(|id| !revoked.contains(id))
+            .map(ToString::to_string),
+    );
+    Ok((revoked, missing))
+}

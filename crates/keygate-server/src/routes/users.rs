@@ -1,0 +1,295 @@
+//! Users (API.md §3): people who sign in, each with one role. Disabling or deleting a user, or
+//! changing their role, applies to their sessions and personal tokens on the very next request.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use keygate_core::Timestamp;
+use keygate_core::access::perm;
+use keygate_core::id::UserId;
+use keygate_core::model::{Target, User, UserStatus};
+use keygate_core::users::{self, NewUser, UserChange};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::Authenticated;
+use crate::json::Json;
+use crate::problem::{ApiError, FieldError, Problem};
+use crate::request::{Meta, Query, page};
+use crate::routes::roles;
+use crate::state::AppState;
+use crate::views::List;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserView {
+    #[schema(example = "usr_0MqX1z8a9bCdEfGhIjKlMn")]
+    pub id: String,
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+    pub name: String,
+    /// The role's id (`rol_admin` for the built-in admin role).
+    #[schema(example = "rol_member")]
+    pub role: String,
+    /// `active` or `disabled`.
+    #[schema(example = "active")]
+    pub status: &'static str,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+}
+
+impl From<User> for UserView {
+    fn from(user: User) -> Self {
+        Self {
+            id: user.id.to_string(),
+            email: user.email,
+            name: user.name,
+            role: user.role_id.to_string(),
+            status: user.status.as_str(),
+            created_at: user.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    #[schema(example = "ada@example.com")]
+    pub email: String,
+    #[schema(example = "Ada Lovelace")]
+    pub name: String,
+    /// A role id, or a built-in role's name (`owner`, `admin`, `member`, `viewer`).
+    #[schema(example = "member")]
+    pub role: String,
+    /// At least 12 characters; one is generated and returned once if left out.
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedUser {
+    #[serde(flatten)]
+    pub user: UserView,
+    /// The generated password, shown this once, when none was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_password: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUser {
+    pub name: Option<String>,
+    /// A role id or built-in role name.
+    pub role: Option<String>,
+    /// `active` or `disabled`.
+    #[schema(example = "disabled")]
+    pub status: Option<String>,
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+fn user_id(text: &str) -> Result<UserId, ApiError> {
+    UserId::parse(text).ok_or_else(|| not_found(text))
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("there is no user `{id}`"))
+}
+
+fn target(id: &UserId) -> Target {
+    Target {
+        kind: "user",
+        id: id.to_string(),
+    }
+}
+
+/// List the tenant's users. Needs `users:read`.
+#[utoipa::path(get, path = "/v1/users", tag = "users", operation_id = "listUsers",
+    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = List<UserView>),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<List<UserView>>, ApiError> {
+    let grant = caller.require::<perm::UsersRead>()?;
+    let users = state
+        .store()
+        .list_users(&grant.scope(), &page(query.limit, query.cursor)?)
+        .await?;
+    Ok(axum::Json(List::from_paged(users, UserView::from)))
+}
+
+/// Create a user. Needs `users:write`, and every permission the user's role grants.
+#[utoipa::path(post, path = "/v1/users", tag = "users", operation_id = "createUser",
+    request_body = CreateUser,
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 201, body = CreatedUser),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing users:write, or privilege-escalation", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such role in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The email is taken", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Json(request): Json<CreateUser>,
+) -> Result<(StatusCode, axum::Json<CreatedUser>), ApiError> {
+    let grant = caller.require::<perm::UsersWrite>()?;
+    let now = state.clock().now();
+    let role = roles::resolve(&state, &grant.scope(), &request.role).await?;
+    let input = NewUser {
+        email: request.email,
+        name: request.name,
+        password: request.password,
+    };
+    let planned = users::plan_new(&grant, state.catalog(), input, &role, now)?;
+    let event = grant.event("user.create", Some(target(&planned.user.id)), now, &meta)?;
+    state
+        .store()
+        .create_user(&grant, &planned.user, &planned.password_hash, &event)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedUser {
+            user: planned.user.into(),
+            initial_password: planned.generated_password,
+        }),
+    ))
+}
+
+/// Get a user. Needs `users:read`.
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "users", operation_id = "getUser",
+    params(("id" = String, Path, description = "A user id")),
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = UserView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<axum::Json<UserView>, ApiError> {
+    let grant = caller.require::<perm::UsersRead>()?;
+    let user = state
+        .store()
+        .get_user(&grant.scope(), &user_id(&id)?)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(axum::Json(user.into()))
+}
+
+/// Change a user's name, role, status or password. Needs `users:write`, and every permission of
+/// the user's current and new role.
+#[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", operation_id = "updateUser",
+    params(("id" = String, Path, description = "A user id")),
+    request_body = UpdateUser,
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = UserView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    Json(request): Json<UpdateUser>,
+) -> Result<axum::Json<UserView>, ApiError> {
+    let grant = caller.require::<perm::UsersWrite>()?;
+    let now = state.clock().now();
+    let scope = grant.scope();
+    let status = match request.status.as_deref() {
+        None => None,
+        Some(text) => Some(UserStatus::from_name(text).ok_or_else(|| {
+            ApiError::invalid_fields(vec![FieldError {
+                field: "status".into(),
+                message: "must be `active` or `disabled`".into(),
+            }])
+        })?),
+    };
+    let user = state
+        .store()
+        .get_user(&scope, &user_id(&id)?)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let current_role = roles::resolve(&state, &scope, user.role_id.as_str()).await?;
+    let new_role = match &request.role {
+        Some(role) => Some(roles::resolve(&state, &scope, role).await?),
+        None => None,
+    };
+    let change = UserChange {
+        name: request.name,
+        status,
+        password: request.password,
+    };
+    let (changed, password_hash) = users::plan_change(
+        &grant,
+        state.catalog(),
+        &user,
+        &current_role,
+        change,
+        new_role.as_ref(),
+    )?;
+    let event = grant.event("user.update", Some(target(&user.id)), now, &meta)?;
+    state
+        .store()
+        .update_user(&grant, &changed, password_hash.as_ref(), &event)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(axum::Json(changed.into()))
+}
+
+/// Delete a user with their sessions and personal tokens; service tokens they created keep
+/// working. Needs `users:write`, and every permission of the user's role.
+#[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", operation_id = "deleteUser",
+    params(("id" = String, Path, description = "A user id")),
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let grant = caller.require::<perm::UsersWrite>()?;
+    let now = state.clock().now();
+    let scope = grant.scope();
+    let user = state
+        .store()
+        .get_user(&scope, &user_id(&id)?)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let role = roles::resolve(&state, &scope, user.role_id.as_str()).await?;
+    users::check_delete(&grant, state.catalog(), &role)?;
+    let event = grant.event("user.delete", Some(target(&user.id)), now, &meta)?;
+    state
+        .store()
+        .delete_user(&grant, &user.id, &event)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(StatusCode::NO_CONTENT)
+}

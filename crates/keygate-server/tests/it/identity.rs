@@ -1,0 +1,909 @@
+//! Users, roles, sign-in, personal and service tokens (API.md §2–§4), through HTTP.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, ok_json, problem};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Creates a user with `role` as the owner; returns their id.
+async fn create_user(server: &TestServer, email: &str, role: &str) -> String {
+    let body = json!({"email": email, "name": "Ada", "role": role, "password": PASSWORD});
+    let user = server
+        .expect(201, Method::POST, "/v1/users", &server.token, Some(body))
+        .await;
+    user["id"].as_str().unwrap().to_owned()
+}
+
+async fn whoami_permissions(server: &TestServer, token: &str) -> Vec<String> {
+    let body = ok_json(
+        server
+            .whoami(&[("authorization", &format!("Bearer {token}"))])
+            .await,
+    )
+    .await;
+    body["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn token_count(server: &TestServer) -> usize {
+    let list = server
+        .expect(200, Method::GET, "/v1/tokens", &server.token, None)
+        .await;
+    list["data"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn the_personal_token_story() {
+    let server = TestServer::start().await;
+    let user_id = create_user(&server, "ada@example.com", "member").await;
+
+    // Sign in; the session is a credential like any other.
+    let session = server.login("ADA@example.com", PASSWORD).await;
+    let cookie = format!("keygate_session={session}");
+    let me = ok_json(server.whoami(&[("cookie", &cookie)]).await).await;
+    assert_eq!(me["principal"]["type"], "user");
+    assert_eq!(me["principal"]["id"], user_id.as_str());
+    assert_eq!(me["principal"]["email"], "ada@example.com");
+    assert_eq!(me["credential"]["kind"], "session");
+
+    // The session creates a personal token for its user.
+    let created = server
+        .request(Method::POST, "/v1/tokens")
+        .header("cookie", &cookie)
+        .json(&json!({"kind": "personal", "name": "laptop", "expires_in": 86_400}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.unwrap();
+    let personal = created["secret"].as_str().unwrap().to_owned();
+    assert!(personal.starts_with("kg_live_"));
+    assert_eq!(created["user_id"], user_id.as_str());
+    assert_eq!(created["status"], "active");
+    assert!(created["role"].is_null());
+    assert_eq!(created["hint"], &personal[personal.len() - 4..]);
+
+    // It acts with the user's role: member.
+    let permissions = whoami_permissions(&server, &personal).await;
+    assert!(permissions.contains(&"tokens:write".to_owned()));
+    assert!(!permissions.contains(&"users:write".to_owned()));
+
+    // The user also makes a service token, which must outlive them.
+    let service = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &personal,
+            Some(json!({"kind": "service", "name": "ci", "role": "viewer"})),
+        )
+        .await;
+    let service_secret = service["secret"].as_str().unwrap().to_owned();
+    assert_eq!(service["created_by"], user_id.as_str());
+
+    // Change the user's role: the token follows on the very next request.
+    let path = format!("/v1/users/{user_id}");
+    server
+        .expect(
+            200,
+            Method::PATCH,
+            &path,
+            &server.token,
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    let permissions = whoami_permissions(&server, &personal).await;
+    assert!(
+        !permissions.contains(&"tokens:write".to_owned()),
+        "{permissions:?}"
+    );
+    assert!(permissions.contains(&"tokens:read".to_owned()));
+
+    // Disable the user: refused at once; enable again: back.
+    server
+        .expect(
+            200,
+            Method::PATCH,
+            &path,
+            &server.token,
+            Some(json!({"status": "disabled"})),
+        )
+        .await;
+    let refused = server
+        .whoami(&[("authorization", &format!("Bearer {personal}"))])
+        .await;
+    let body = problem(refused, 401, "unauthenticated").await;
+    assert!(body["detail"].as_str().unwrap().contains("disabled"));
+    server
+        .expect(
+            200,
+            Method::PATCH,
+            &path,
+            &server.token,
+            Some(json!({"status": "active"})),
+        )
+        .await;
+    whoami_permissions(&server, &personal).await;
+
+    // Delete the user: their token and session die, their service token lives on.
+    server
+        .expect(204, Method::DELETE, &path, &server.token, None)
+        .await;
+    let refused = server
+        .whoami(&[("authorization", &format!("Bearer {personal}"))])
+        .await;
+    problem(refused, 401, "unauthenticated").await;
+    problem(
+        server.whoami(&[("cookie", &cookie)]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let still = whoami_permissions(&server, &service_secret).await;
+    assert!(still.contains(&"tokens:read".to_owned()));
+    server
+        .expect(404, Method::GET, &path, &server.token, None)
+        .await;
+}
+
+#[tokio::test]
+async fn narrowed_personal_tokens_never_widen() {
+    let server = TestServer::start().await;
+    create_user(&server, "bob@example.com", "admin").await;
+    let session = server.login("bob@example.com", PASSWORD).await;
+    let cookie = format!("keygate_session={session}");
+    let create = |body: Value| {
+        server
+            .request(Method::POST, "/v1/tokens")
+            .header("cookie", cookie.clone())
+            .json(&body)
+            .send()
+    };
+    let narrowed: Value = create(
+        json!({"kind": "personal", "name": "read-only", "expires_in": 3600,
+        "permissions": ["tokens:read", "users:read"]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let narrowed = narrowed["secret"].as_str().unwrap().to_owned();
+    let mut permissions = whoami_permissions(&server, &narrowed).await;
+    permissions.sort();
+    assert_eq!(permissions, ["tokens:read", "users:read"]);
+
+    // The narrowed token cannot create a wider one: not even an un-narrowed personal token.
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &narrowed,
+            Some(json!({"kind": "personal", "name": "wider", "expires_in": 60})),
+        )
+        .await;
+    // It lacks tokens:write in the first place.
+    problem(response, 403, "forbidden").await;
+
+    let writer: Value = create(
+        json!({"kind": "personal", "name": "writer", "expires_in": 3600,
+        "permissions": ["tokens:*"]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let writer = writer["secret"].as_str().unwrap().to_owned();
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &writer,
+            Some(json!({"kind": "personal", "name": "wider", "expires_in": 60})),
+        )
+        .await;
+    let body = problem(response, 403, "privilege-escalation").await;
+    assert!(
+        body["missing_permissions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("users:write"))
+    );
+    server
+        .expect(201, Method::POST, "/v1/tokens", &writer,
+            Some(json!({"kind": "personal", "name": "same", "expires_in": 60, "permissions": ["tokens:read"]})))
+        .await;
+}
+
+#[tokio::test]
+async fn tokens_expire_on_the_test_clock() {
+    let server = TestServer::start().await;
+    let created = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "short", "role": "viewer", "expires_in": 60})),
+        )
+        .await;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    whoami_permissions(&server, &secret).await;
+    server.clock.advance(Duration::from_secs(60));
+    let body = problem(
+        server.whoami(&[("apikey", &secret)]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("expired"));
+    let token = server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/tokens/{id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    assert_eq!(token["status"], "expired");
+    let expired = server
+        .expect(
+            200,
+            Method::GET,
+            "/v1/tokens?status=expired",
+            &server.token,
+            None,
+        )
+        .await;
+    assert_eq!(expired["data"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn personal_tokens_need_a_user_an_expiry_within_the_cap_and_no_role() {
+    let server = TestServer::start_with(|c| c.tokens.personal_max_days = 30).await;
+    // The owner token is a service token: it cannot make personal tokens.
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "personal", "name": "x", "expires_in": 60})),
+        )
+        .await;
+    problem(response, 403, "forbidden").await;
+
+    create_user(&server, "cy@example.com", "member").await;
+    let session = server.login("cy@example.com", PASSWORD).await;
+    let post = |body: Value| {
+        server
+            .request(Method::POST, "/v1/tokens")
+            .header("cookie", format!("keygate_session={session}"))
+            .json(&body)
+            .send()
+    };
+    for (body, field) in [
+        (json!({"kind": "personal", "name": "x"}), "expires_at"),
+        (
+            json!({"kind": "personal", "name": "x", "expires_in": 31 * 86_400}),
+            "expires_in",
+        ),
+        (
+            json!({"kind": "personal", "name": "x", "expires_in": 60, "role": "member"}),
+            "role",
+        ),
+        (
+            json!({"kind": "personal", "name": "x", "expires_at": "2001-01-01T00:00:00Z"}),
+            "expires_at",
+        ),
+        (
+            json!({"kind": "personal", "name": " ", "expires_in": 60}),
+            "name",
+        ),
+        (
+            json!({"kind": "personal", "name": "x", "expires_in": 60, "permissions": ["nope:read"]}),
+            "permissions[0]",
+        ),
+        (
+            json!({"kind": "personal", "name": "x", "expires_in": 60, "allowed_ips": ["10.0.0.0/8", "banana"]}),
+            "allowed_ips[1]",
+        ),
+    ] {
+        let body = problem(post(body.clone()).await.unwrap(), 400, "invalid-request").await;
+        let fields: Vec<&str> = body["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert!(fields.contains(&field), "{field}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn privilege_escalation_is_refused_everywhere() {
+    let server = TestServer::start().await;
+    create_user(&server, "mia@example.com", "member").await;
+    let member = server.login("mia@example.com", PASSWORD).await;
+    let member: Value = server
+        .request(Method::POST, "/v1/tokens")
+        .header("cookie", format!("keygate_session={member}"))
+        .json(&json!({"kind": "personal", "name": "m", "expires_in": 3600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let member = member["secret"].as_str().unwrap().to_owned();
+
+    // A service token with more than a member holds.
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &member,
+            Some(json!({"kind": "service", "name": "x", "role": "admin"})),
+        )
+        .await;
+    let body = problem(response, 403, "privilege-escalation").await;
+    assert!(
+        body["missing_permissions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("users:write"))
+    );
+
+    // An admin cannot make an owner, nor a role with tenants:write.
+    let admin = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "admin", "role": "admin"})),
+        )
+        .await;
+    let admin = admin["secret"].as_str().unwrap().to_owned();
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/users",
+            &admin,
+            Some(json!({"email": "o@example.com", "name": "O", "role": "owner"})),
+        )
+        .await;
+    problem(response, 403, "privilege-escalation").await;
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/roles",
+            &admin,
+            Some(json!({"name": "tenant-maker", "permissions": ["tenants:*"]})),
+        )
+        .await;
+    problem(response, 403, "privilege-escalation").await;
+    // Nor strip the owner's own token of its power.
+    let owner_token_id =
+        ok_json(server.whoami(&[("apikey", &server.token)]).await).await["credential"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    let response = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/tokens/{owner_token_id}"),
+            &admin,
+            None,
+        )
+        .await;
+    problem(response, 403, "privilege-escalation").await;
+    whoami_permissions(&server, &server.token).await;
+}
+
+#[tokio::test]
+async fn revocation_single_and_bulk_with_warnings() {
+    let server = TestServer::start().await;
+    let mut ids = Vec::new();
+    let mut secrets = Vec::new();
+    for name in ["a", "b", "c"] {
+        let token = server
+            .expect(
+                201,
+                Method::POST,
+                "/v1/tokens",
+                &server.token,
+                Some(json!({"kind": "service", "name": name, "role": "viewer"})),
+            )
+            .await;
+        ids.push(token["id"].as_str().unwrap().to_owned());
+        secrets.push(token["secret"].as_str().unwrap().to_owned());
+    }
+    for secret in &secrets {
+        whoami_permissions(&server, secret).await;
+    }
+    server
+        .expect(
+            204,
+            Method::DELETE,
+            &format!("/v1/tokens/{}", ids[0]),
+            &server.token,
+            None,
+        )
+        .await;
+    problem(
+        server.whoami(&[("apikey", &secrets[0])]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    server
+        .expect(
+            404,
+            Method::DELETE,
+            &format!("/v1/tokens/{}", ids[0]),
+            &server.token,
+            None,
+        )
+        .await;
+
+    let path = format!("/v1/tokens?id={}&id=tok_doesnotexist&id={}", ids[1], ids[2]);
+    let body = server
+        .expect(200, Method::DELETE, &path, &server.token, None)
+        .await;
+    assert_eq!(body["deleted"], json!([ids[1], ids[2]]));
+    assert_eq!(
+        body["warnings"],
+        json!([{"code": "not-found", "detail": "tok_doesnotexist"}])
+    );
+    for secret in &secrets[1..] {
+        problem(
+            server.whoami(&[("apikey", secret)]).await,
+            401,
+            "unauthenticated",
+        )
+        .await;
+    }
+    let revoked = server
+        .expect(
+            200,
+            Method::GET,
+            "/v1/tokens?status=revoked",
+            &server.token,
+            None,
+        )
+        .await;
+    assert_eq!(revoked["data"].as_array().unwrap().len(), 3);
+    problem(
+        server
+            .call(Method::DELETE, "/v1/tokens", &server.token, None)
+            .await,
+        400,
+        "invalid-request",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn secrets_appear_only_in_the_create_response() {
+    let server = TestServer::start().await;
+    let created = server
+        .expect(201, Method::POST, "/v1/tokens", &server.token,
+            Some(json!({"kind": "service", "name": "ci", "role": "member", "description": "deploys"})))
+        .await;
+    let secret = created["secret"].as_str().unwrap();
+    let id = created["id"].as_str().unwrap();
+    for path in [
+        "/v1/tokens".to_owned(),
+        format!("/v1/tokens/{id}"),
+        format!("/v1/tokens?id={id}"),
+    ] {
+        let text = server
+            .call(Method::GET, &path, &server.token, None)
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(!text.contains(secret), "{path}: {text}");
+        assert!(!text.contains(&secret[..secret.len() - 4]), "{path}");
+        assert!(!text.contains("\"secret\""), "{path}");
+        assert!(
+            text.contains(&secret[secret.len() - 4..]),
+            "the hint is shown: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn last_use_is_recorded_in_batches() {
+    let server = TestServer::start().await;
+    let created = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "ci", "role": "viewer"})),
+        )
+        .await;
+    let path = format!("/v1/tokens/{}", created["id"].as_str().unwrap());
+    assert!(created["last_used_at"].is_null());
+    server.clock.advance(Duration::from_secs(90));
+    whoami_permissions(&server, created["secret"].as_str().unwrap()).await;
+    server.state.flush_usage().await;
+    let token = server
+        .expect(200, Method::GET, &path, &server.token, None)
+        .await;
+    let expected = keygate_core::Timestamp::from_unix(crate::harness::START.unix() + 90);
+    assert_eq!(token["last_used_at"], expected.to_string());
+}
+
+#[tokio::test]
+async fn sign_in_failures_are_uniform_and_throttled() {
+    let server = TestServer::start().await;
+    create_user(&server, "dee@example.com", "viewer").await;
+    let attempt = |email: &'static str, password: &'static str| {
+        server
+            .post("/v1/auth/login")
+            .json(&json!({"email": email, "password": password}))
+            .send()
+    };
+    let unknown = problem(
+        attempt("nobody@example.com", PASSWORD).await.unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let wrong = problem(
+        attempt("dee@example.com", "wrong password!!")
+            .await
+            .unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert_eq!(unknown["detail"], wrong["detail"]);
+    assert_eq!(unknown["title"], wrong["title"]);
+
+    for _ in 0..4 {
+        attempt("dee@example.com", "wrong password!!")
+            .await
+            .unwrap();
+    }
+    let throttled = attempt("dee@example.com", PASSWORD).await.unwrap();
+    let retry_after: u64 = throttled.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after > 0 && retry_after <= 900, "{retry_after}");
+    problem(throttled, 429, "rate-limited").await;
+    server.clock.advance(Duration::from_secs(15 * 60));
+    server.login("dee@example.com", PASSWORD).await;
+}
+
+#[tokio::test]
+async fn logout_ends_the_session() {
+    let server = TestServer::start().await;
+    create_user(&server, "eve@example.com", "viewer").await;
+    let session = server.login("eve@example.com", PASSWORD).await;
+    let cookie = format!("keygate_session={session}");
+    ok_json(server.whoami(&[("cookie", &cookie)]).await).await;
+    let response = server
+        .post("/v1/auth/logout")
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert!(
+        response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    problem(
+        server.whoami(&[("cookie", &cookie)]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let response = server
+        .call(Method::POST, "/v1/auth/logout", &server.token, None)
+        .await;
+    problem(response, 400, "invalid-request").await;
+}
+
+#[tokio::test]
+async fn roles_define_permissions_and_changes_apply_at_once() {
+    let server =
+        TestServer::start_with(|c| c.permissions = vec!["zones:read".into(), "zones:write".into()])
+            .await;
+    let catalog = server
+        .expect(200, Method::GET, "/v1/permissions", &server.token, None)
+        .await;
+    assert!(
+        catalog["data"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "zones:write", "builtin": false}))
+    );
+
+    let role = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/roles",
+            &server.token,
+            Some(json!({"name": "zone-editor", "permissions": ["zones:*", "tokens:read"]})),
+        )
+        .await;
+    let role_id = role["id"].as_str().unwrap().to_owned();
+    assert_eq!(role["builtin"], false);
+    let token = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "zones", "role": role_id})),
+        )
+        .await;
+    let secret = token["secret"].as_str().unwrap().to_owned();
+    let mut permissions = whoami_permissions(&server, &secret).await;
+    permissions.sort();
+    assert_eq!(permissions, ["tokens:read", "zones:read", "zones:write"]);
+
+    let path = format!("/v1/roles/{role_id}");
+    server
+        .expect(
+            200,
+            Method::PUT,
+            &path,
+            &server.token,
+            Some(json!({"name": "zone-reader", "permissions": ["zones:read"]})),
+        )
+        .await;
+    assert_eq!(whoami_permissions(&server, &secret).await, ["zones:read"]);
+
+    let body = problem(
+        server
+            .call(Method::DELETE, &path, &server.token, None)
+            .await,
+        409,
+        "role-in-use",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("hold"));
+    server
+        .expect(
+            204,
+            Method::DELETE,
+            &format!("/v1/tokens/{}", token["id"].as_str().unwrap()),
+            &server.token,
+            None,
+        )
+        .await;
+    server
+        .expect(204, Method::DELETE, &path, &server.token, None)
+        .await;
+    server
+        .expect(404, Method::GET, &path, &server.token, None)
+        .await;
+
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/roles",
+            &server.token,
+            Some(json!({"name": "bad", "permissions": ["zones:read", "zone:*", "tokens:explode"]})),
+        )
+        .await;
+    let body = problem(response, 400, "invalid-request").await;
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["permissions[1]", "permissions[2]"]);
+    let response = server
+        .call(
+            Method::PUT,
+            "/v1/roles/rol_admin",
+            &server.token,
+            Some(json!({"name": "mine", "permissions": ["*"]})),
+        )
+        .await;
+    problem(response, 409, "builtin-role").await;
+    let roles = server
+        .expect(200, Method::GET, "/v1/roles", &server.token, None)
+        .await;
+    assert_eq!(roles["data"].as_array().unwrap().len(), 4);
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "x", "role": "rol_0VbgSomeoneElses"})),
+        )
+        .await;
+    problem(response, 404, "not-found").await;
+}
+
+#[tokio::test]
+async fn bad_input_changes_nothing() {
+    let server = TestServer::start().await;
+    let before = token_count(&server).await;
+    let post = |body: String, content_type: &'static str| {
+        server
+            .post("/v1/tokens")
+            .bearer_auth(&server.token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let valid = r#"{"kind": "service", "name": "x", "role": "viewer"}"#;
+    for (body, code) in [
+        (
+            r#"{"kind": "service", "name": "x", "role": "viewer", "colour": "red"}"#.to_owned(),
+            "invalid-request",
+        ),
+        (
+            r#"{"kind": "service", "name": 7, "role": "viewer"}"#.to_owned(),
+            "invalid-request",
+        ),
+        (
+            r#"{"kind": "sometimes", "name": "x", "role": "viewer"}"#.to_owned(),
+            "invalid-request",
+        ),
+        (
+            r#"{"kind": "service", "name": "x", "role": "viewer", "expires_at": "next tuesday"}"#
+                .to_owned(),
+            "invalid-request",
+        ),
+        (
+            r#"{"kind": "service", "name": "x", "role": "viewer", "expires_in": -5}"#.to_owned(),
+            "invalid-request",
+        ),
+        (
+            format!(
+                r#"{{"kind": "service", "name": "{}", "role": "viewer"}}"#,
+                "x".repeat(2 * 1024 * 1024)
+            ),
+            "payload-too-large",
+        ),
+    ] {
+        let status = if code == "payload-too-large" {
+            413
+        } else {
+            400
+        };
+        problem(post(body, "application/json").await.unwrap(), status, code).await;
+    }
+    problem(
+        post(valid.to_owned(), "text/plain").await.unwrap(),
+        415,
+        "unsupported-media-type",
+    )
+    .await;
+    let response = server
+        .call(Method::POST, "/v1/users", &server.token,
+            Some(json!({"email": "not an email", "name": "a\u{0}b", "role": "viewer", "password": "short"})))
+        .await;
+    let body = problem(response, 400, "invalid-request").await;
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["email", "name", "password"]);
+    assert_eq!(token_count(&server).await, before);
+    let users = server
+        .expect(200, Method::GET, "/v1/users", &server.token, None)
+        .await;
+    assert_eq!(
+        users["data"].as_array().unwrap().len(),
+        1,
+        "only the bootstrap owner"
+    );
+
+    create_user(&server, "dup@example.com", "viewer").await;
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/users",
+            &server.token,
+            Some(json!({"email": "DUP@example.com", "name": "Dup", "role": "viewer"})),
+        )
+        .await;
+    problem(response, 409, "already-exists").await;
+    problem(
+        server
+            .call(Method::GET, "/v1/tokens?stauts=active", &server.token, None)
+            .await,
+        400,
+        "invalid-request",
+    )
+    .await;
+    problem(
+        server
+            .call(Method::GET, "/v1/tokens?limit=0", &server.token, None)
+            .await,
+        400,
+        "invalid-request",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn users_without_a_password_get_one_generated_once_and_lists_page() {
+    let server = TestServer::start().await;
+    let created = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/users",
+            &server.token,
+            Some(json!({"email": "gen@example.com", "name": "Gen", "role": "viewer"})),
+        )
+        .await;
+    let password = created["initial_password"].as_str().unwrap().to_owned();
+    server.login("gen@example.com", &password).await;
+    let id = created["id"].as_str().unwrap();
+    let fetched = server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/users/{id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    assert!(fetched.get("initial_password").is_none());
+    assert!(fetched.get("password_hash").is_none());
+
+    for i in 0..3 {
+        create_user(&server, &format!("p{i}@example.com"), "viewer").await;
+    }
+    let first = server
+        .expect(200, Method::GET, "/v1/users?limit=2", &server.token, None)
+        .await;
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let second = server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/users?limit=2&cursor={cursor}"),
+            &server.token,
+            None,
+        )
+        .await;
+    let third_cursor = second["next_cursor"].as_str().unwrap();
+    let last = server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/users?limit=2&cursor={third_cursor}"),
+            &server.token,
+            None,
+        )
+        .await;
+    let total = [&first, &second, &last]
+        .iter()
+        .map(|p| p["data"].as_array().unwrap().len())
+        .sum::<usize>();
+    assert_eq!(total, 5, "bootstrap owner + gen + three");
+    assert!(last["next_cursor"].is_null());
+}
