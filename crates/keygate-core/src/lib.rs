@@ -18,6 +18,8 @@ pub mod permission;
 pub mod roles;
 pub mod rule;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod tokens;
 pub mod users;
 pub mod validate;

@@ -111,3 +111,88 @@ pub fn check_may_change(
         .check_no_escalation(&role_permissions(role, catalog))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::CredentialKind;
+    use crate::testing::{NOW, caller, catalog, custom_role};
+
+    fn plan_as(
+        role: BuiltinRole,
+        input: RoleInput,
+        existing: Option<&Role>,
+    ) -> Result<Role, RuleError> {
+        let who = caller(CredentialKind::Service, role, None);
+        let grant = who.require::<perm::RolesWrite>().unwrap();
+        plan(&grant, &catalog(), input, existing, NOW)
+    }
+
+    fn input(name: &str, permissions: &[&str]) -> RoleInput {
+        RoleInput {
+            name: name.into(),
+            permissions: permissions.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn roles_are_checked_against_the_catalog_and_the_caller() {
+        let role = plan_as(
+            BuiltinRole::Admin,
+            input("zones", &["zones:*", "tokens:read", "zones:*"]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(role.permissions, ["tokens:read", "zones:*"]);
+        let Err(RuleError::Invalid(errors)) =
+            plan_as(BuiltinRole::Admin, input("Admin", &["zone:*", "*"]), None)
+        else {
+            panic!("expected invalid fields")
+        };
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["name", "permissions[0]"]);
+        assert!(matches!(
+            plan_as(BuiltinRole::Admin, input("all", &["*"]), None),
+            Err(RuleError::Escalation(_))
+        ));
+    }
+
+    #[test]
+    fn built_in_roles_and_roles_above_the_caller_cannot_change() {
+        let builtin = builtin(BuiltinRole::Viewer);
+        assert!(matches!(
+            plan_as(BuiltinRole::Owner, input("mine", &["*"]), Some(&builtin)),
+            Err(RuleError::Conflict {
+                code: "builtin-role",
+                ..
+            })
+        ));
+        // A role editor without users:write cannot touch a role that grants it.
+        let editor = caller(
+            CredentialKind::Service,
+            BuiltinRole::Admin,
+            Some(&["roles:*", "tokens:read"]),
+        );
+        let grant = editor.require::<perm::RolesWrite>().unwrap();
+        let above = custom_role(&["users:write"]);
+        assert!(matches!(
+            plan(
+                &grant,
+                &catalog(),
+                input("less", &["tokens:read"]),
+                Some(&above),
+                NOW
+            ),
+            Err(RuleError::Escalation(_))
+        ));
+        assert!(matches!(
+            check_may_change(&grant, &catalog(), &above),
+            Err(RuleError::Escalation(_))
+        ));
+        assert_eq!(
+            RoleRef::parse("rol_admin").map(|r| matches!(r, RoleRef::Builtin(BuiltinRole::Admin))),
+            Some(true)
+        );
+        assert!(RoleRef::parse("administrator").is_none());
+    }
+}

@@ -248,3 +248,195 @@ pub fn check_revoke(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::permission::BuiltinRole;
+    use crate::roles;
+    use crate::testing::{NOW, caller, catalog, custom_role, format};
+
+    const POLICY: TokenPolicy = TokenPolicy {
+        personal_max_lifetime: Duration::from_secs(30 * 86_400),
+    };
+
+    fn input(kind: CredentialKind) -> NewToken {
+        NewToken {
+            kind,
+            name: "ci".into(),
+            description: None,
+            permissions: None,
+            expires_at: None,
+            expires_in: Some(3600),
+            allowed_ips: None,
+            rate_limit: None,
+        }
+    }
+
+    fn plan_as(
+        who: &crate::access::Caller,
+        input: NewToken,
+        role: Option<&Role>,
+    ) -> Result<(Credential, Secret), RuleError> {
+        let grant = who.require::<perm::TokensWrite>().unwrap();
+        plan(&grant, &catalog(), &format(), POLICY, input, role, NOW)
+    }
+
+    fn fields(error: RuleError) -> Vec<String> {
+        match error {
+            RuleError::Invalid(errors) => errors.into_iter().map(|e| e.field).collect(),
+            other => panic!("expected invalid fields, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn personal_tokens_belong_to_the_user_and_must_expire_within_the_cap() {
+        let user = caller(CredentialKind::Session, BuiltinRole::Member, None);
+        let (token, secret) = plan_as(&user, input(CredentialKind::Personal), None).unwrap();
+        assert_eq!(
+            token.user_id.as_ref().unwrap().as_str(),
+            user.verified().principal.id
+        );
+        assert!(token.role_id.is_none());
+        assert_eq!(
+            token.expires_at,
+            Some(NOW.saturating_add(Duration::from_secs(3600)))
+        );
+        assert!(secret.expose().starts_with("kg_live_"));
+        assert_eq!(token.hash, secret.hash());
+
+        let never = NewToken {
+            expires_in: None,
+            ..input(CredentialKind::Personal)
+        };
+        assert_eq!(
+            fields(plan_as(&user, never, None).unwrap_err()),
+            ["expires_at"]
+        );
+        let too_long = NewToken {
+            expires_in: Some(31 * 86_400),
+            ..input(CredentialKind::Personal)
+        };
+        assert_eq!(
+            fields(plan_as(&user, too_long, None).unwrap_err()),
+            ["expires_in"]
+        );
+        let both = NewToken {
+            expires_at: Some(NOW),
+            ..input(CredentialKind::Personal)
+        };
+        assert!(fields(plan_as(&user, both, None).unwrap_err()).contains(&"expires_in".to_owned()));
+    }
+
+    #[test]
+    fn only_users_create_personal_tokens() {
+        let service = caller(CredentialKind::Service, BuiltinRole::Owner, None);
+        assert!(matches!(
+            plan_as(&service, input(CredentialKind::Personal), None),
+            Err(RuleError::Forbidden { .. })
+        ));
+        let key = caller(CredentialKind::AccountKey, BuiltinRole::Admin, None);
+        assert!(matches!(
+            plan_as(&key, input(CredentialKind::Personal), None),
+            Err(RuleError::Forbidden { .. })
+        ));
+    }
+
+    #[test]
+    fn nothing_grants_more_than_its_creator_holds() {
+        let member = caller(CredentialKind::Session, BuiltinRole::Member, None);
+        let admin = roles::builtin(BuiltinRole::Admin);
+        let error = plan_as(&member, input(CredentialKind::Service), Some(&admin)).unwrap_err();
+        let RuleError::Escalation(escalation) = error else {
+            panic!("{error:?}")
+        };
+        assert!(escalation.beyond.contains(&"users:write".to_owned()));
+
+        // Narrowed below the creator: fine, even on a wider role.
+        let narrowed = NewToken {
+            permissions: Some(vec!["tokens:read".into()]),
+            ..input(CredentialKind::Service)
+        };
+        assert!(plan_as(&member, narrowed, Some(&admin)).is_ok());
+
+        // A narrowed personal token cannot mint an un-narrowed one.
+        let narrow_user = caller(
+            CredentialKind::Personal,
+            BuiltinRole::Admin,
+            Some(&["tokens:*"]),
+        );
+        assert!(matches!(
+            plan_as(&narrow_user, input(CredentialKind::Personal), None),
+            Err(RuleError::Escalation(_))
+        ));
+        let zones = custom_role(&["zones:*"]);
+        assert!(matches!(
+            plan_as(&narrow_user, input(CredentialKind::Service), Some(&zones)),
+            Err(RuleError::Escalation(_))
+        ));
+    }
+
+    #[test]
+    fn networks_are_normalised_and_bad_ones_named() {
+        let mut errors = Errors::default();
+        let networks = parse_networks(
+            &[
+                "10.1.2.3/8".into(),
+                "2001:db8::1".into(),
+                "10.0.0.0/8".into(),
+                "x".into(),
+            ],
+            "allowed_ips",
+            &mut errors,
+        );
+        let shown: Vec<String> = networks.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "2001:db8::1/128"]);
+        assert_eq!(errors.0.len(), 1);
+        assert_eq!(errors.0[0].field, "allowed_ips[3]");
+    }
+
+    #[test]
+    fn revoking_follows_ownership_and_least_privilege() {
+        let owner = caller(CredentialKind::Service, BuiltinRole::Owner, None);
+        let (owner_token, _) = plan_as(
+            &owner,
+            input(CredentialKind::Service),
+            Some(&roles::builtin(BuiltinRole::Owner)),
+        )
+        .unwrap();
+        let member = caller(CredentialKind::Session, BuiltinRole::Member, None);
+        let grant = member.require::<perm::TokensWrite>().unwrap();
+        let owner_role = roles::builtin(BuiltinRole::Owner);
+        assert!(matches!(
+            check_revoke(&grant, &catalog(), &owner_token, Some(&owner_role)),
+            Err(RuleError::Escalation(_))
+        ));
+        let (own, _) = plan_as(&member, input(CredentialKind::Personal), None).unwrap();
+        assert!(check_revoke(&grant, &catalog(), &own, None).is_ok());
+        let other = caller(CredentialKind::Session, BuiltinRole::Viewer, None);
+        let mut theirs = own.clone();
+        theirs.user_id = UserId::parse(&other.verified().principal.id);
+        assert!(matches!(
+            check_revoke(&grant, &catalog(), &theirs, None),
+            Err(RuleError::Forbidden { .. })
+        ));
+    }
+
+    #[test]
+    fn status_is_computed_from_the_dates() {
+        let owner = caller(CredentialKind::Service, BuiltinRole::Owner, None);
+        let (mut token, _) = plan_as(
+            &owner,
+            input(CredentialKind::Service),
+            Some(&roles::builtin(BuiltinRole::Viewer)),
+        )
+        .unwrap();
+        assert_eq!(status(&token, NOW), "active");
+        assert_eq!(
+            status(&token, NOW.saturating_add(Duration::from_secs(3600))),
+            "expired"
+        );
+        token.revoked_at = Some(NOW);
+        assert_eq!(status(&token, NOW), "revoked");
+    }
+}

@@ -1,0 +1,84 @@
+//! Callers for unit tests of the rules: a verified credential of a given kind and role, without a
+//! store.
+
+use std::sync::Arc;
+
+use crate::Timestamp;
+use crate::access::Caller;
+use crate::credential::{CredentialFormat, CredentialKind, Environment};
+use crate::id::{CredentialId, TenantId, UserId};
+use crate::model::{Credential, Role, Slug, Tenant, TenantStatus, User, UserStatus};
+use crate::permission::{BuiltinRole, Catalog};
+use crate::roles;
+use crate::store::CredentialRecord;
+use crate::verify::Verified;
+
+pub const NOW: Timestamp = Timestamp::from_unix(1_800_000_000);
+
+pub fn format() -> CredentialFormat {
+    CredentialFormat::new("kg", Environment::Live).unwrap()
+}
+
+pub fn catalog() -> Catalog {
+    Catalog::new(&["zones:read", "zones:write"]).unwrap()
+}
+
+/// A caller holding `kind` credential with `role` (a user's role for personal tokens and
+/// sessions), optionally narrowed.
+pub fn caller(kind: CredentialKind, role: BuiltinRole, narrowing: Option<&[&str]>) -> Caller {
+    let tenant = Tenant {
+        id: TenantId::generate(NOW).unwrap(),
+        parent_id: None,
+        name: "Acme".into(),
+        slug: Slug::parse("acme").unwrap(),
+        status: TenantStatus::Active,
+        created_at: NOW,
+    };
+    let is_user = matches!(kind, CredentialKind::Personal | CredentialKind::Session);
+    let user = is_user.then(|| User {
+        id: UserId::generate(NOW).unwrap(),
+        tenant_id: tenant.id.clone(),
+        email: "ada@example.com".into(),
+        name: "Ada".into(),
+        role_id: role.id(),
+        status: UserStatus::Active,
+        created_at: NOW,
+    });
+    let secret = format().generate(kind).unwrap();
+    let record = CredentialRecord {
+        credential: Credential {
+            id: CredentialId::generate_for(kind, NOW).unwrap(),
+            tenant_id: tenant.id.clone(),
+            kind,
+            hash: secret.hash(),
+            hint: secret.hint(),
+            name: "test".into(),
+            description: None,
+            user_id: user.as_ref().map(|u| u.id.clone()),
+            created_by: None,
+            role_id: (!is_user).then(|| role.id()),
+            permissions: narrowing.map(|n| n.iter().map(|p| p.to_string()).collect()),
+            allowed_ips: None,
+            rate_limit: None,
+            created_at: NOW,
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        },
+        tenant,
+        ancestors: vec![],
+        user,
+        role: Some(roles::builtin(role)),
+    };
+    Caller::new(Arc::new(Verified::resolve(&record, &catalog())))
+}
+
+pub fn custom_role(patterns: &[&str]) -> Role {
+    Role {
+        id: crate::id::RoleId::generate(NOW).unwrap(),
+        tenant_id: Some(TenantId::generate(NOW).unwrap()),
+        name: "custom".into(),
+        permissions: patterns.iter().map(|p| p.to_string()).collect(),
+        created_at: NOW,
+    }
+}
