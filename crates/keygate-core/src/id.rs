@@ -6,6 +6,7 @@
 //! cannot be guessed or enumerated).
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +15,25 @@ use crate::base62;
 const TIME_DIGITS: usize = 8;
 const RANDOM_DIGITS: usize = 14;
 
+/// The time part of the last id this process made. Clocks here have whole seconds, so ids made
+/// within one second would sort at random; instead each id takes at least the previous one's time
+/// part plus one (in the manner of monotonic ULIDs), so a process's ids sort in creation order.
+static LAST_TIME_PART: AtomicU64 = AtomicU64::new(0);
+
+fn next_time_part(now_millis: u64) -> u64 {
+    let mut last = LAST_TIME_PART.load(Ordering::Relaxed);
+    loop {
+        let next = now_millis.max(last + 1);
+        match LAST_TIME_PART.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => return next,
+            Err(current) => last = current,
+        }
+    }
+}
+
 fn generate(prefix: &str, now_millis: u64) -> Result<String, getrandom::Error> {
+    let now_millis = next_time_part(now_millis);
     let mut id = String::with_capacity(prefix.len() + 1 + TIME_DIGITS + RANDOM_DIGITS);
     id.push_str(prefix);
     id.push('_');
@@ -148,6 +167,15 @@ mod tests {
             TenantId::generate(Timestamp::from_unix(0)).unwrap(),
             TenantId::generate(Timestamp::from_unix(0)).unwrap()
         );
+    }
+
+    #[test]
+    fn ids_made_in_the_same_second_keep_their_order() {
+        let now = Timestamp::from_unix(1_900_000_000);
+        let ids: Vec<UserId> = (0..500).map(|_| UserId::generate(now).unwrap()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
     }
 
     #[test]

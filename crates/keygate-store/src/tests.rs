@@ -466,10 +466,11 @@ async fn unknown_schemes_are_refused_with_the_scheme_named() {
 /// The audit log as stored: (action, token_id, target_id), oldest first.
 async fn stored_events(db: &Sqlite) -> Vec<(String, Option<String>, Option<String>)> {
     let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
-    let rows = sqlx::query_as("SELECT action, token_id, target_id FROM audit_events ORDER BY rowid")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let rows =
+        sqlx::query_as("SELECT action, token_id, target_id FROM audit_events ORDER BY rowid")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     pool.close().await;
     rows
 }
@@ -482,27 +483,64 @@ async fn every_change_writes_its_event_with_the_acting_credential() {
     let mut token = o.plan.token.clone();
     token.id = CredentialId::generate_for(CredentialKind::Service, NOW).unwrap();
     token.hash = format().generate(CredentialKind::Service).unwrap().hash();
-    let target = keygate_core::model::Target { kind: "token", id: token.id.to_string() };
-    let created = tokens.event("token.create", Some(target.clone()), NOW, &RequestMeta::default()).unwrap();
-    o.store.create_token(&tokens, &token, &created).await.unwrap();
-    let deleted = tokens.event("token.delete", Some(target), NOW, &RequestMeta::default()).unwrap();
-    o.store.revoke_tokens(&tokens, &[token.id.clone()], NOW, &[deleted]).await.unwrap();
+    let target = keygate_core::model::Target {
+        kind: "token",
+        id: token.id.to_string(),
+    };
+    let created = tokens
+        .event(
+            "token.create",
+            Some(target.clone()),
+            NOW,
+            &RequestMeta::default(),
+        )
+        .unwrap();
+    o.store
+        .create_token(&tokens, &token, &created)
+        .await
+        .unwrap();
+    let deleted = tokens
+        .event("token.delete", Some(target), NOW, &RequestMeta::default())
+        .unwrap();
+    o.store
+        .revoke_tokens(&tokens, &[token.id.clone()], NOW, &[deleted])
+        .await
+        .unwrap();
 
     // A change whose event cannot be written does not happen: a duplicate event id fails the
     // insert, and the token stays active.
     let mut another = token.clone();
     another.id = CredentialId::generate_for(CredentialKind::Service, NOW).unwrap();
     another.hash = format().generate(CredentialKind::Service).unwrap().hash();
-    assert!(o.store.create_token(&tokens, &another, &created).await.is_err());
-    assert!(o.store.get_token(&tokens.scope(), &another.id).await.unwrap().is_none());
+    assert!(
+        o.store
+            .create_token(&tokens, &another, &created)
+            .await
+            .is_err()
+    );
+    assert!(
+        o.store
+            .get_token(&tokens.scope(), &another.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let events = stored_events(&o._db).await;
     let token_id = Some(token.id.to_string());
     assert_eq!(
         events,
         [
-            ("system.bootstrap".to_owned(), None, Some(o.plan.tenant.id.to_string())),
-            ("token.create".to_owned(), Some(acting.clone()), token_id.clone()),
+            (
+                "system.bootstrap".to_owned(),
+                None,
+                Some(o.plan.tenant.id.to_string())
+            ),
+            (
+                "token.create".to_owned(),
+                Some(acting.clone()),
+                token_id.clone()
+            ),
             ("token.delete".to_owned(), Some(acting), token_id),
         ]
     );
