@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use keygate_core::store::{ChangeListener, DynStore};
 
+mod sql;
 mod sqlite;
 
 pub use sqlite::SqliteStore;

@@ -1,0 +1,865 @@
+//! The SQL both backends share, written once.
+//!
+//! SQLite and PostgreSQL agree on almost all of keygate's SQL: `$n` parameters (sqlx maps them for
+//! SQLite too), recursive CTEs, `coalesce`, `EXISTS`. What differs lives in each backend's module:
+//! connecting, how a write transaction begins, how changes reach other nodes, and how driver
+//! errors map to [`StoreError`](keygate_core::store::StoreError). [`sql_store!`] writes the
+//! storage traits for a backend from that shared SQL; the backend module provides `begin_write`,
+//! `commit` and `store_error`.
+
+/// A tenant and its ancestors (`line`, nearest first by `depth`), from the tenant bound as `$1`.
+macro_rules! tenant_line {
+    () => {
+        "WITH RECURSIVE line (id, parent_id, name, slug, status, created_at, depth) AS (
+            SELECT id, parent_id, name, slug, status, created_at, 0 FROM tenants WHERE id = $1
+            UNION ALL
+            SELECT t.id, t.parent_id, t.name, t.slug, t.status, t.created_at, line.depth + 1
+            FROM tenants t JOIN line ON t.id = line.parent_id
+        )"
+    };
+}
+pub(crate) use tenant_line;
+
+/// What the shared code names; each backend module imports it whole.
+pub(crate) mod prelude {
+    pub use async_trait::async_trait;
+    pub use keygate_core::Timestamp;
+    pub use keygate_core::access::{Grant, Scope, perm};
+    pub use keygate_core::credential::{CredentialHash, CredentialKind};
+    pub use keygate_core::id::{CredentialId, RoleId, TenantId, UserId};
+    pub use keygate_core::model::{
+        AuditEvent, Credential, RateLimit, Role, Slug, Tenant, TenantStatus, User, UserStatus,
+        email_key,
+    };
+    pub use keygate_core::password::PasswordHashString;
+    pub use keygate_core::store::{
+        Bootstrap, Change, ChangeListener, CredentialRecord, CredentialSource, Deletion, Login,
+        Page, Paged, PersonalTokens, Store, StoreError, TokenFilter,
+    };
+    pub use sqlx::{QueryBuilder, Row, Transaction};
+}
+
+/// Which unique value a violated constraint or index protects, from its name or message.
+pub(crate) fn unique_field(name: &str) -> &'static str {
+    if name.contains("slug") {
+        "slug"
+    } else if name.contains("email") {
+        "email"
+    } else if name.contains("name") {
+        "name"
+    } else {
+        "value"
+    }
+}
+
+/// Implements `CredentialSource` and `Store` for `$store` over database `$db` with rows `$row`.
+macro_rules! sql_store {
+    ($store:ident, $db:ty, $row:ty) => {
+        #[async_trait]
+        impl CredentialSource for $store {
+            async fn find_credential(
+                &self,
+                hash: &CredentialHash,
+            ) -> Result<Option<CredentialRecord>, StoreError> {
+                // One read transaction, so the credential, its tenant line, user and role are one snapshot.
+                let mut tx = self.pool.begin().await.map_err(store_error)?;
+                let Some(row) = sqlx::query("SELECT * FROM credentials WHERE secret_hash = $1")
+                    .bind(hash.as_bytes().as_slice())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(store_error)?
+                else {
+                    return Ok(None);
+                };
+                let credential = credential_from_row(&row)?;
+
+                let mut line = sqlx::query(concat!(
+                    $crate::sql::tenant_line!(),
+                    " SELECT * FROM line ORDER BY depth"
+                ))
+                .bind(credential.tenant_id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .iter()
+                .map(tenant_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+                if line.is_empty() {
+                    return Err(StoreError::Internal(format!(
+                        "credential {} has no tenant",
+                        credential.id
+                    )));
+                }
+                let tenant = line.remove(0);
+
+                let user = match &credential.user_id {
+                    Some(user_id) => sqlx::query("SELECT * FROM users WHERE id = $1")
+                        .bind(user_id.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(store_error)?
+                        .map(|row| user_from_row(&row))
+                        .transpose()?,
+                    None => None,
+                };
+                let role_id = match (&credential.role_id, &user) {
+                    (Some(role_id), _) => Some(role_id.clone()),
+                    (None, Some(user)) => Some(user.role_id.clone()),
+                    (None, None) => None,
+                };
+                let role = match role_id {
+                    Some(role_id) => sqlx::query("SELECT * FROM roles WHERE id = $1")
+                        .bind(role_id.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(store_error)?
+                        .map(|row| role_from_row(&row))
+                        .transpose()?,
+                    None => None,
+                };
+                tx.commit().await.map_err(store_error)?;
+                Ok(Some(CredentialRecord {
+                    credential,
+                    tenant,
+                    ancestors: line,
+                    user,
+                    role,
+                }))
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map(drop)
+                    .map_err(store_error)
+            }
+
+            async fn close(&self) {
+                self.pool.close().await;
+            }
+
+            async fn is_initialized(&self) -> Result<bool, StoreError> {
+                sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM tenants)")
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(store_error)
+            }
+
+            async fn bootstrap(&self, b: &Bootstrap) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                let initialized: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants)")
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                if initialized {
+                    return Err(StoreError::AlreadyInitialized);
+                }
+                insert_tenant(&mut tx, &b.tenant).await?;
+                insert_user(&mut tx, &b.user, &b.password_hash).await?;
+                insert_credential(&mut tx, &b.token).await?;
+                insert_event(&mut tx, &b.event).await?;
+                self.commit(tx, &[]).await
+            }
+
+            async fn list_roles(&self, scope: &Scope, page: &Page) -> Result<Paged<Role>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM roles WHERE (tenant_id IS NULL OR tenant_id = $1)
+                       AND ($2 IS NULL OR id < $3)
+                     ORDER BY id DESC LIMIT $4",
+                )
+                .bind(scope.tenant_id().as_str())
+                .bind(page.cursor.as_deref())
+                .bind(page.cursor.as_deref())
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?;
+                paged(&rows, page, role_from_row, |r| r.id.to_string())
+            }
+
+            async fn get_role(&self, scope: &Scope, id: &RoleId) -> Result<Option<Role>, StoreError> {
+                sqlx::query("SELECT * FROM roles WHERE id = $1 AND (tenant_id IS NULL OR tenant_id = $2)")
+                    .bind(id.as_str())
+                    .bind(scope.tenant_id().as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(store_error)?
+                    .map(|row| role_from_row(&row))
+                    .transpose()
+            }
+
+            async fn create_role(
+                &self,
+                grant: &Grant<perm::RolesWrite>,
+                role: &Role,
+                event: &AuditEvent,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query(
+                    "INSERT INTO roles (id, tenant_id, name, permissions, created_at) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(role.id.as_str())
+                .bind(grant.tenant_id().as_str())
+                .bind(&role.name)
+                .bind(to_json(&role.permissions)?)
+                .bind(role.created_at.unix())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[]).await
+            }
+
+            async fn replace_role(
+                &self,
+                grant: &Grant<perm::RolesWrite>,
+                role: &Role,
+                event: &AuditEvent,
+            ) -> Result<Option<()>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let updated = sqlx::query(
+                    "UPDATE roles SET name = $1, permissions = $2 WHERE id = $3 AND tenant_id = $4",
+                )
+                .bind(&role.name)
+                .bind(to_json(&role.permissions)?)
+                .bind(role.id.as_str())
+                .bind(grant.tenant_id().as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .rows_affected();
+                if updated == 0 {
+                    return Ok(None);
+                }
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[Change::Role(role.id.clone())]).await?;
+                Ok(Some(()))
+            }
+
+            async fn delete_role(
+                &self,
+                grant: &Grant<perm::RolesWrite>,
+                id: &RoleId,
+                event: &AuditEvent,
+            ) -> Result<Deletion, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM roles WHERE id = $1 AND tenant_id = $2)",
+                )
+                .bind(id.as_str())
+                .bind(grant.tenant_id().as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+                if !exists {
+                    return Ok(Deletion::NotFound);
+                }
+                // Held by a user or by a credential that can still be used: in use. Revoked and expired
+                // credentials only remember it, and let go.
+                let in_use: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM users WHERE role_id = $1)
+                         OR EXISTS (SELECT 1 FROM credentials WHERE role_id = $1 AND revoked_at IS NULL
+                                        AND (expires_at IS NULL OR expires_at > $2))",
+                )
+                .bind(id.as_str())
+                .bind(event.time.unix())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+                if in_use {
+                    return Ok(Deletion::InUse);
+                }
+                sqlx::query("UPDATE credentials SET role_id = NULL WHERE role_id = $1")
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                sqlx::query("DELETE FROM roles WHERE id = $1 AND tenant_id = $2")
+                    .bind(id.as_str())
+                    .bind(grant.tenant_id().as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[Change::Role(id.clone())]).await?;
+                Ok(Deletion::Deleted)
+            }
+
+            async fn list_users(&self, scope: &Scope, page: &Page) -> Result<Paged<User>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM users WHERE tenant_id = $1 AND ($2 IS NULL OR id < $3)
+                     ORDER BY id DESC LIMIT $4",
+                )
+                .bind(scope.tenant_id().as_str())
+                .bind(page.cursor.as_deref())
+                .bind(page.cursor.as_deref())
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?;
+                paged(&rows, page, user_from_row, |u| u.id.to_string())
+            }
+
+            async fn get_user(&self, scope: &Scope, id: &UserId) -> Result<Option<User>, StoreError> {
+                sqlx::query("SELECT * FROM users WHERE id = $1 AND tenant_id = $2")
+                    .bind(id.as_str())
+                    .bind(scope.tenant_id().as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(store_error)?
+                    .map(|row| user_from_row(&row))
+                    .transpose()
+            }
+
+            async fn create_user(
+                &self,
+                grant: &Grant<perm::UsersWrite>,
+                user: &User,
+                password_hash: &PasswordHashString,
+                event: &AuditEvent,
+            ) -> Result<(), StoreError> {
+                if user.tenant_id != *grant.tenant_id() {
+                    return Err(StoreError::Internal(
+                        "a user outside the grant's tenant".into(),
+                    ));
+                }
+                let mut tx = self.begin_write().await?;
+                insert_user(&mut tx, user, password_hash).await?;
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[]).await
+            }
+
+            async fn update_user(
+                &self,
+                grant: &Grant<perm::UsersWrite>,
+                user: &User,
+                password_hash: Option<&PasswordHashString>,
+                event: &AuditEvent,
+            ) -> Result<Option<()>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let updated = sqlx::query(
+                    "UPDATE users SET name = $1, role_id = $2, status = $3,
+                                      password_hash = coalesce($4, password_hash)
+                     WHERE id = $5 AND tenant_id = $6",
+                )
+                .bind(&user.name)
+                .bind(user.role_id.as_str())
+                .bind(user.status.as_str())
+                .bind(password_hash.map(PasswordHashString::as_str))
+                .bind(user.id.as_str())
+                .bind(grant.tenant_id().as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .rows_affected();
+                if updated == 0 {
+                    return Ok(None);
+                }
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[Change::User(user.id.clone())]).await?;
+                Ok(Some(()))
+            }
+
+            async fn delete_user(
+                &self,
+                grant: &Grant<perm::UsersWrite>,
+                id: &UserId,
+                event: &AuditEvent,
+            ) -> Result<Option<()>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                // Personal tokens and sessions go with the user (ON DELETE CASCADE).
+                let deleted = sqlx::query("DELETE FROM users WHERE id = $1 AND tenant_id = $2")
+                    .bind(id.as_str())
+                    .bind(grant.tenant_id().as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?
+                    .rows_affected();
+                if deleted == 0 {
+                    return Ok(None);
+                }
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[Change::User(id.clone())]).await?;
+                Ok(Some(()))
+            }
+
+            async fn find_login(&self, email: &str) -> Result<Option<Login>, StoreError> {
+                let Some(row) = sqlx::query("SELECT * FROM users WHERE email_key = $1")
+                    .bind(email_key(email))
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(store_error)?
+                else {
+                    return Ok(None);
+                };
+                let user = user_from_row(&row)?;
+                let password_hash: String = row.try_get("password_hash").map_err(store_error)?;
+                let suspended: bool = sqlx::query_scalar(concat!(
+                    $crate::sql::tenant_line!(),
+                    " SELECT EXISTS (SELECT 1 FROM line WHERE status = 'suspended')"
+                ))
+                .bind(user.tenant_id.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(store_error)?;
+                Ok(Some(Login {
+                    user,
+                    password_hash: PasswordHashString::from_stored(password_hash),
+                    tenant_active: !suspended,
+                }))
+            }
+
+            async fn create_token(
+                &self,
+                grant: &Grant<perm::TokensWrite>,
+                token: &Credential,
+                event: &AuditEvent,
+            ) -> Result<(), StoreError> {
+                if token.tenant_id != *grant.tenant_id() {
+                    return Err(StoreError::Internal(
+                        "a token outside the grant's tenant".into(),
+                    ));
+                }
+                let mut tx = self.begin_write().await?;
+                insert_credential(&mut tx, token).await?;
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[]).await
+            }
+
+            async fn create_session(
+                &self,
+                session: &Credential,
+                event: &AuditEvent,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                insert_credential(&mut tx, session).await?;
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[]).await
+            }
+
+            async fn list_tokens(
+                &self,
+                scope: &Scope,
+                filter: &TokenFilter,
+                page: &Page,
+                now: Timestamp,
+            ) -> Result<Paged<Credential>, StoreError> {
+                let mut query = QueryBuilder::<$db>::new(
+                    "SELECT * FROM credentials WHERE kind IN ('personal', 'service') AND tenant_id = ",
+                );
+                query.push_bind(scope.tenant_id().as_str());
+                if !filter.kinds.is_empty() {
+                    query.push(" AND kind IN (");
+                    let mut list = query.separated(", ");
+                    for kind in &filter.kinds {
+                        list.push_bind(kind.as_str());
+                    }
+                    query.push(")");
+                }
+                if !filter.statuses.is_empty() {
+                    query.push(" AND (FALSE");
+                    for status in &filter.statuses {
+                        match status.as_str() {
+                            "active" => query
+                                .push(" OR (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ")
+                                .push_bind(now.unix())
+                                .push("))"),
+                            "expired" => query
+                                .push(" OR (revoked_at IS NULL AND expires_at <= ")
+                                .push_bind(now.unix())
+                                .push(")"),
+                            "revoked" => query.push(" OR revoked_at IS NOT NULL"),
+                            _ => &mut query,
+                        };
+                    }
+                    query.push(")");
+                }
+                if !filter.user_ids.is_empty() {
+                    query.push(" AND user_id IN (");
+                    let mut list = query.separated(", ");
+                    for id in &filter.user_ids {
+                        list.push_bind(id.as_str());
+                    }
+                    query.push(")");
+                }
+                if !filter.ids.is_empty() {
+                    query.push(" AND id IN (");
+                    let mut list = query.separated(", ");
+                    for id in &filter.ids {
+                        list.push_bind(id.as_str());
+                    }
+                    query.push(")");
+                }
+                match &filter.personal {
+                    PersonalTokens::All => {}
+                    PersonalTokens::OfUser(user) => {
+                        query
+                            .push(" AND (kind = 'service' OR user_id = ")
+                            .push_bind(user.as_str())
+                            .push(")");
+                    }
+                    PersonalTokens::Hidden => {
+                        query.push(" AND kind = 'service'");
+                    }
+                }
+                if let Some(cursor) = &page.cursor {
+                    query.push(" AND id < ").push_bind(cursor.as_str());
+                }
+                query
+                    .push(" ORDER BY id DESC LIMIT ")
+                    .push_bind(i64::from(page.limit) + 1);
+                let rows = query
+                    .build()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                paged(&rows, page, credential_from_row, |c| c.id.to_string())
+            }
+
+            async fn get_token(
+                &self,
+                scope: &Scope,
+                id: &CredentialId,
+            ) -> Result<Option<Credential>, StoreError> {
+                sqlx::query(
+                    "SELECT * FROM credentials
+                     WHERE id = $1 AND tenant_id = $2 AND kind IN ('personal', 'service')",
+                )
+                .bind(id.as_str())
+                .bind(scope.tenant_id().as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(store_error)?
+                .map(|row| credential_from_row(&row))
+                .transpose()
+            }
+
+            async fn revoke_tokens(
+                &self,
+                grant: &Grant<perm::TokensWrite>,
+                ids: &[CredentialId],
+                at: Timestamp,
+                events: &[AuditEvent],
+            ) -> Result<Vec<CredentialId>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let mut revoked = Vec::with_capacity(ids.len());
+                for (id, event) in ids.iter().zip(events) {
+                    let changed = sqlx::query(
+                        "UPDATE credentials SET revoked_at = $1
+                         WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL
+                           AND kind IN ('personal', 'service')",
+                    )
+                    .bind(at.unix())
+                    .bind(id.as_str())
+                    .bind(grant.tenant_id().as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?
+                    .rows_affected();
+                    if changed > 0 {
+                        insert_event(&mut tx, event).await?;
+                        revoked.push(id.clone());
+                    }
+                }
+                let changes: Vec<Change> = revoked.iter().cloned().map(Change::Credential).collect();
+                self.commit(tx, &changes).await?;
+                Ok(revoked)
+            }
+
+            async fn end_session(
+                &self,
+                id: &CredentialId,
+                at: Timestamp,
+                event: &AuditEvent,
+            ) -> Result<Option<()>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let ended = sqlx::query(
+                    "UPDATE credentials SET revoked_at = $1
+                     WHERE id = $2 AND kind = 'session' AND revoked_at IS NULL",
+                )
+                .bind(at.unix())
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .rows_affected();
+                if ended == 0 {
+                    return Ok(None);
+                }
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[Change::Credential(id.clone())]).await?;
+                Ok(Some(()))
+            }
+
+            async fn record_last_used(&self, uses: &[(CredentialId, Timestamp)]) -> Result<(), StoreError> {
+                if uses.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.begin_write().await?;
+                for (id, at) in uses {
+                    sqlx::query(
+                        "UPDATE credentials SET last_used_at = $1
+                         WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+                    )
+                    .bind(at.unix())
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                }
+                // Not a change verification depends on: nothing to drop from caches.
+                self.commit(tx, &[]).await
+            }
+        }
+
+        async fn insert_tenant(tx: &mut Transaction<'_, $db>, t: &Tenant) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO tenants (id, parent_id, name, slug, status, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(t.id.as_str())
+            .bind(t.parent_id.as_ref().map(TenantId::as_str))
+            .bind(&t.name)
+            .bind(t.slug.as_str())
+            .bind(t.status.as_str())
+            .bind(t.created_at.unix())
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+            .map_err(store_error)
+        }
+
+        async fn insert_user(
+            tx: &mut Transaction<'_, $db>,
+            u: &User,
+            password_hash: &PasswordHashString,
+        ) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO users (id, tenant_id, email, email_key, name, role_id, password_hash, status, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(u.id.as_str())
+            .bind(u.tenant_id.as_str())
+            .bind(&u.email)
+            .bind(email_key(&u.email))
+            .bind(&u.name)
+            .bind(u.role_id.as_str())
+            .bind(password_hash.as_str())
+            .bind(u.status.as_str())
+            .bind(u.created_at.unix())
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+            .map_err(store_error)
+        }
+
+        async fn insert_credential(
+            tx: &mut Transaction<'_, $db>,
+            c: &Credential,
+        ) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO credentials (id, tenant_id, kind, secret_hash, hint, name, description, user_id,
+                     created_by, role_id, permissions, allowed_ips, rate_limit_requests,
+                     rate_limit_per_seconds, created_at, expires_at, revoked_at, last_used_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            )
+            .bind(c.id.as_str())
+            .bind(c.tenant_id.as_str())
+            .bind(c.kind.as_str())
+            .bind(c.hash.as_bytes().as_slice())
+            .bind(&c.hint)
+            .bind(&c.name)
+            .bind(&c.description)
+            .bind(c.user_id.as_ref().map(UserId::as_str))
+            .bind(&c.created_by)
+            .bind(c.role_id.as_ref().map(RoleId::as_str))
+            .bind(c.permissions.as_ref().map(to_json).transpose()?)
+            .bind(c.allowed_ips.as_ref().map(to_json).transpose()?)
+            .bind(c.rate_limit.map(|r| i64::from(r.requests)))
+            .bind(c.rate_limit.map(|r| i64::from(r.per_seconds)))
+            .bind(c.created_at.unix())
+            .bind(c.expires_at.map(Timestamp::unix))
+            .bind(c.revoked_at.map(Timestamp::unix))
+            .bind(c.last_used_at.map(Timestamp::unix))
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+            .map_err(store_error)
+        }
+
+        async fn insert_event(tx: &mut Transaction<'_, $db>, e: &AuditEvent) -> Result<(), StoreError> {
+            sqlx::query(
+                "INSERT INTO audit_events (id, time, tenant_id, acting_tenant_id, actor_type, actor_id,
+                     token_id, action, target_type, target_id, outcome, status, ip, user_agent, request_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+            )
+            .bind(e.id.as_str())
+            .bind(e.time.unix())
+            .bind(e.tenant_id.as_str())
+            .bind(e.acting_tenant_id.as_ref().map(TenantId::as_str))
+            .bind(e.actor.kind)
+            .bind(&e.actor.id)
+            .bind(e.token_id.as_ref().map(CredentialId::as_str))
+            .bind(e.action)
+            .bind(e.target.as_ref().map(|t| t.kind))
+            .bind(e.target.as_ref().map(|t| t.id.as_str()))
+            .bind(e.outcome.as_str())
+            .bind(i64::from(e.status))
+            .bind(&e.ip)
+            .bind(&e.user_agent)
+            .bind(&e.request_id)
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+            .map_err(store_error)
+        }
+
+        /// Maps the rows of a `LIMIT page.limit + 1` query: the extra row only says there is a next page.
+        fn paged<T>(
+            rows: &[$row],
+            page: &Page,
+            map: fn(&$row) -> Result<T, StoreError>,
+            id: fn(&T) -> String,
+        ) -> Result<Paged<T>, StoreError> {
+            let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+            let mut items = rows
+                .iter()
+                .take(limit)
+                .map(map)
+                .collect::<Result<Vec<T>, _>>()?;
+            let next_cursor = if rows.len() > limit {
+                items.last().map(id)
+            } else {
+                None
+            };
+            items.truncate(limit);
+            Ok(Paged { items, next_cursor })
+        }
+
+        fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+            serde_json::to_string(value).map_err(|e| StoreError::Internal(e.to_string()))
+        }
+
+        fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+            serde_json::from_str(text).map_err(|e| StoreError::Internal(format!("stored JSON: {e}")))
+        }
+
+        fn corrupt(what: &str, value: &str) -> StoreError {
+            StoreError::Internal(format!("unexpected stored {what} `{value}`"))
+        }
+
+        fn tenant_from_row(row: &$row) -> Result<Tenant, StoreError> {
+            let slug: String = row.try_get("slug").map_err(store_error)?;
+            let status: String = row.try_get("status").map_err(store_error)?;
+            Ok(Tenant {
+                id: TenantId::from_trusted(row.try_get("id").map_err(store_error)?),
+                parent_id: row
+                    .try_get::<Option<String>, _>("parent_id")
+                    .map_err(store_error)?
+                    .map(TenantId::from_trusted),
+                name: row.try_get("name").map_err(store_error)?,
+                slug: Slug::parse(&slug).map_err(|_| corrupt("slug", &slug))?,
+                status: TenantStatus::from_name(&status).ok_or_else(|| corrupt("status", &status))?,
+                created_at: timestamp(row, "created_at")?,
+            })
+        }
+
+        fn user_from_row(row: &$row) -> Result<User, StoreError> {
+            let status: String = row.try_get("status").map_err(store_error)?;
+            Ok(User {
+                id: UserId::from_trusted(row.try_get("id").map_err(store_error)?),
+                tenant_id: TenantId::from_trusted(row.try_get("tenant_id").map_err(store_error)?),
+                email: row.try_get("email").map_err(store_error)?,
+                name: row.try_get("name").map_err(store_error)?,
+                role_id: RoleId::from_trusted(row.try_get("role_id").map_err(store_error)?),
+                status: UserStatus::from_name(&status).ok_or_else(|| corrupt("status", &status))?,
+                created_at: timestamp(row, "created_at")?,
+            })
+        }
+
+        fn role_from_row(row: &$row) -> Result<Role, StoreError> {
+            let permissions: String = row.try_get("permissions").map_err(store_error)?;
+            Ok(Role {
+                id: RoleId::from_trusted(row.try_get("id").map_err(store_error)?),
+                tenant_id: row
+                    .try_get::<Option<String>, _>("tenant_id")
+                    .map_err(store_error)?
+                    .map(TenantId::from_trusted),
+                name: row.try_get("name").map_err(store_error)?,
+                permissions: from_json(&permissions)?,
+                created_at: timestamp(row, "created_at")?,
+            })
+        }
+
+        fn credential_from_row(row: &$row) -> Result<Credential, StoreError> {
+            let kind: String = row.try_get("kind").map_err(store_error)?;
+            let hash: Vec<u8> = row.try_get("secret_hash").map_err(store_error)?;
+            let hash: [u8; 32] = hash
+                .try_into()
+                .map_err(|_| StoreError::Internal("stored credential hash is not 32 bytes".into()))?;
+            let requests: Option<i64> = row.try_get("rate_limit_requests").map_err(store_error)?;
+            let per_seconds: Option<i64> = row.try_get("rate_limit_per_seconds").map_err(store_error)?;
+            let rate_limit = match (requests, per_seconds) {
+                (Some(requests), Some(per_seconds)) => Some(RateLimit {
+                    requests: u32::try_from(requests).map_err(|_| corrupt("rate limit", "requests"))?,
+                    per_seconds: u32::try_from(per_seconds)
+                        .map_err(|_| corrupt("rate limit", "per_seconds"))?,
+                }),
+                _ => None,
+            };
+            Ok(Credential {
+                id: CredentialId::from_trusted(row.try_get("id").map_err(store_error)?),
+                tenant_id: TenantId::from_trusted(row.try_get("tenant_id").map_err(store_error)?),
+                kind: CredentialKind::from_name(&kind).ok_or_else(|| corrupt("kind", &kind))?,
+                hash: CredentialHash::from_bytes(hash),
+                hint: row.try_get("hint").map_err(store_error)?,
+                name: row.try_get("name").map_err(store_error)?,
+                description: row.try_get("description").map_err(store_error)?,
+                user_id: row
+                    .try_get::<Option<String>, _>("user_id")
+                    .map_err(store_error)?
+                    .map(UserId::from_trusted),
+                created_by: row.try_get("created_by").map_err(store_error)?,
+                role_id: row
+                    .try_get::<Option<String>, _>("role_id")
+                    .map_err(store_error)?
+                    .map(RoleId::from_trusted),
+                permissions: optional_json(row, "permissions")?,
+                allowed_ips: optional_json(row, "allowed_ips")?,
+                rate_limit,
+                created_at: timestamp(row, "created_at")?,
+                expires_at: optional_timestamp(row, "expires_at")?,
+                revoked_at: optional_timestamp(row, "revoked_at")?,
+                last_used_at: optional_timestamp(row, "last_used_at")?,
+            })
+        }
+
+        fn optional_json<T: serde::de::DeserializeOwned>(
+            row: &$row,
+            column: &str,
+        ) -> Result<Option<T>, StoreError> {
+            row.try_get::<Option<String>, _>(column)
+                .map_err(store_error)?
+                .map(|text| from_json(&text))
+                .transpose()
+        }
+
+        fn timestamp(row: &$row, column: &str) -> Result<Timestamp, StoreError> {
+            row.try_get::<i64, _>(column)
+                .map(Timestamp::from_unix)
+                .map_err(store_error)
+        }
+
+        fn optional_timestamp(row: &$row, column: &str) -> Result<Option<Timestamp>, StoreError> {
+            row.try_get::<Option<i64>, _>(column)
+                .map(|t| t.map(Timestamp::from_unix))
+                .map_err(store_error)
+        }
+
+    };
+}
+pub(crate) use sql_store;
