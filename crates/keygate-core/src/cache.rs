@@ -7,12 +7,18 @@
 //! every change bumps a generation, and a miss only inserts if the generation it started with is
 //! still current.
 //!
+//! When changes made elsewhere may be going unseen (another node's notifications cannot reach this
+//! one), the cache is *untrusted*: lookups miss, so every verification reads the store, while the
+//! entries stay for one purpose only: to answer if the store is down too and the operator chose
+//! availability over freshness (`cache.serve_stale_on_store_outage`). When the channel is back, the
+//! cache starts again from empty.
+//!
 //! The cache only holds credentials that exist in the store, so it is bounded by the store's size;
 //! unknown credentials are never cached (an attacker cannot grow it).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::credential::CredentialHash;
@@ -40,10 +46,20 @@ impl Hasher for PrehashedHasher {
 
 type Map = HashMap<[u8; 32], Arc<Verified>, BuildHasherDefault<PrehashedHasher>>;
 
-#[derive(Default)]
 pub struct CredentialCache {
     entries: RwLock<Map>,
     generation: AtomicU64,
+    trusted: AtomicBool,
+}
+
+impl Default for CredentialCache {
+    fn default() -> Self {
+        Self {
+            entries: RwLock::default(),
+            generation: AtomicU64::new(0),
+            trusted: AtomicBool::new(true),
+        }
+    }
 }
 
 impl CredentialCache {
@@ -51,8 +67,21 @@ impl CredentialCache {
         Self::default()
     }
 
+    /// The cached verification, unless the cache is untrusted.
     pub fn get(&self, hash: &CredentialHash) -> Option<Arc<Verified>> {
+        if !self.trusted.load(Ordering::Acquire) {
+            return None;
+        }
         self.read().get(hash.as_bytes()).cloned()
+    }
+
+    /// The cached verification even when untrusted: only for answering during a store outage.
+    pub fn get_stale(&self, hash: &CredentialHash) -> Option<Arc<Verified>> {
+        self.read().get(hash.as_bytes()).cloned()
+    }
+
+    pub fn is_trusted(&self) -> bool {
+        self.trusted.load(Ordering::Acquire)
     }
 
     /// The current generation, to be passed back to [`Self::insert_unless_changed_since`].
@@ -99,6 +128,15 @@ impl CredentialCache {
 }
 
 impl ChangeListener for CredentialCache {
+    fn may_have_missed_changes(&self) {
+        self.trusted.store(false, Ordering::Release);
+    }
+
+    fn resynced(&self) {
+        self.clear();
+        self.trusted.store(true, Ordering::Release);
+    }
+
     fn changed(&self, change: &Change) {
         let affected = |v: &Verified| match change {
             Change::Credential(id) => v.credential.id == *id,

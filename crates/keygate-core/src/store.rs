@@ -42,9 +42,39 @@ pub enum Change {
     Tenant(TenantId),
 }
 
+impl Change {
+    /// The change as a short message for other nodes (`c:tok_…`, `u:usr_…`, `r:rol_…`, `t:tnt_…`).
+    pub fn to_message(&self) -> String {
+        match self {
+            Change::Credential(id) => format!("c:{id}"),
+            Change::User(id) => format!("u:{id}"),
+            Change::Role(id) => format!("r:{id}"),
+            Change::Tenant(id) => format!("t:{id}"),
+        }
+    }
+
+    pub fn from_message(message: &str) -> Option<Self> {
+        let (kind, id) = message.split_once(':')?;
+        match kind {
+            "c" => CredentialId::parse_any(id).map(Change::Credential),
+            "u" => UserId::parse(id).map(Change::User),
+            "r" => RoleId::parse(id).map(Change::Role),
+            "t" => TenantId::parse(id).map(Change::Tenant),
+            _ => None,
+        }
+    }
+}
+
 /// Told of every committed change; implemented by the verification cache.
 pub trait ChangeListener: Send + Sync {
     fn changed(&self, change: &Change);
+
+    /// Changes made on other nodes may be going unseen (the channel that carries them is down):
+    /// stop trusting what was cached until [`Self::resynced`].
+    fn may_have_missed_changes(&self) {}
+
+    /// The channel is back: forget what was cached before it broke, and trust the cache again.
+    fn resynced(&self) {}
 }
 
 /// Everything verification needs to know about a credential, read in one go on a cache miss.
@@ -278,3 +308,25 @@ pub trait Store: CredentialSource {
 
 /// A shared handle to whichever store is configured.
 pub type DynStore = Arc<dyn Store>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::CredentialKind;
+
+    #[test]
+    fn changes_travel_as_short_messages() {
+        let now = Timestamp::from_unix(1_800_000_000);
+        for change in [
+            Change::Credential(CredentialId::generate_for(CredentialKind::Session, now).unwrap()),
+            Change::User(UserId::generate(now).unwrap()),
+            Change::Role(RoleId::generate(now).unwrap()),
+            Change::Tenant(TenantId::generate(now).unwrap()),
+        ] {
+            assert_eq!(Change::from_message(&change.to_message()), Some(change));
+        }
+        for junk in ["", "heartbeat", "x:tok_1", "c:usr_1", "u:"] {
+            assert_eq!(Change::from_message(junk), None, "{junk}");
+        }
+    }
+}

@@ -241,6 +241,7 @@ pub struct Verifier {
     store: Arc<dyn CredentialSource>,
     cache: Arc<CredentialCache>,
     clock: Arc<dyn Clock>,
+    serve_stale_on_store_outage: bool,
 }
 
 impl Verifier {
@@ -257,7 +258,15 @@ impl Verifier {
             store,
             cache,
             clock,
+            serve_stale_on_store_outage: false,
         }
+    }
+
+    /// While the store is unreachable, answer from cache entries that can no longer be
+    /// confirmed: availability over freshness (a revocation made meanwhile is not seen).
+    pub fn serve_stale_on_store_outage(mut self, serve: bool) -> Self {
+        self.serve_stale_on_store_outage = serve;
+        self
     }
 
     pub fn format(&self) -> &CredentialFormat {
@@ -273,7 +282,17 @@ impl Verifier {
         let hash = CredentialHash::of(text);
         let verified = match self.cache.get(&hash) {
             Some(hit) => hit,
-            None => self.load(hash).await?,
+            None => match self.load(hash).await {
+                Ok(loaded) => loaded,
+                Err(Refusal::Store(StoreError::Unavailable(why)))
+                    if self.serve_stale_on_store_outage =>
+                {
+                    self.cache
+                        .get_stale(&hash)
+                        .ok_or(Refusal::Store(StoreError::Unavailable(why)))?
+                }
+                Err(refusal) => return Err(refusal),
+            },
         };
         verified.check(self.clock.now())?;
         Ok(verified)
@@ -581,6 +600,65 @@ mod tests {
         assert!(f.cache.is_empty());
         assert!(f.verifier.verify(&text).await.is_ok());
         assert_eq!(f.cache.len(), 1);
+    }
+
+    /// A source that can be switched off, as a database goes down.
+    struct Flaky {
+        inner: Arc<MapStore>,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl CredentialSource for Flaky {
+        async fn find_credential(
+            &self,
+            hash: &CredentialHash,
+        ) -> Result<Option<CredentialRecord>, StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            self.inner.find_credential(hash).await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_untrusted_cache_reads_the_store_and_serves_stale_only_if_allowed() {
+        let f = fixture();
+        let (text, record) = f.add(CredentialKind::Service, None, None, None);
+        for serve_stale in [false, true] {
+            let flaky = Arc::new(Flaky {
+                inner: f.store.clone(),
+                down: false.into(),
+            });
+            let cache = Arc::new(CredentialCache::new());
+            let verifier = Verifier::new(
+                f.format.clone(),
+                Arc::new(Catalog::new::<&str>(&[]).unwrap()),
+                flaky.clone(),
+                cache.clone(),
+                f.clock.clone(),
+            )
+            .serve_stale_on_store_outage(serve_stale);
+            verifier.verify(&text).await.unwrap();
+            let finds = f.finds();
+            verifier.verify(&text).await.unwrap();
+            assert_eq!(f.finds(), finds, "trusted: answered from the cache");
+
+            cache.may_have_missed_changes();
+            verifier.verify(&text).await.unwrap();
+            assert_eq!(f.finds(), finds + 1, "untrusted: confirmed with the store");
+
+            flaky.down.store(true, Ordering::SeqCst);
+            let outcome = verifier.verify(&text).await;
+            assert_eq!(outcome.is_ok(), serve_stale, "serve_stale = {serve_stale}");
+
+            flaky.down.store(false, Ordering::SeqCst);
+            cache.resynced();
+            assert!(cache.is_empty(), "a resync starts from nothing");
+            verifier.verify(&text).await.unwrap();
+            assert_eq!(cache.len(), 1);
+        }
+        let _ = record;
     }
 
     #[tokio::test]

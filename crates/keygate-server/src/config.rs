@@ -40,6 +40,8 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub tokens: TokensConfig,
     pub session: SessionConfig,
+    pub store: StoreConfig,
+    pub cache: CacheConfig,
     pub log: LogConfig,
     /// How long a shutdown waits for in-flight requests before closing them.
     pub shutdown_grace_seconds: u64,
@@ -58,6 +60,8 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             tokens: TokensConfig::default(),
             session: SessionConfig::default(),
+            store: StoreConfig::default(),
+            cache: CacheConfig::default(),
             log: LogConfig::default(),
             shutdown_grace_seconds: 30,
         }
@@ -115,6 +119,47 @@ impl Default for SessionConfig {
     fn default() -> Self {
         Self { lifetime_hours: 12 }
     }
+}
+
+/// How keygate uses its database connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// Connections in the pool.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before answering 503.
+    pub acquire_timeout_ms: u64,
+    /// How long a PostgreSQL statement may run before it is cancelled (and answered 503).
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            acquire_timeout_ms: 5000,
+            statement_timeout_ms: 5000,
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn options(&self) -> keygate_store::StoreOptions {
+        keygate_store::StoreOptions {
+            max_connections: self.max_connections,
+            acquire_timeout: std::time::Duration::from_millis(self.acquire_timeout_ms),
+            statement_timeout: std::time::Duration::from_millis(self.statement_timeout_ms),
+            ..keygate_store::StoreOptions::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// While the database is unreachable, keep answering verifications of credentials already
+    /// cached. Off by default: a credential revoked during the outage would keep working.
+    pub serve_stale_on_store_outage: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -249,6 +294,11 @@ impl Config {
                     "rate_limit needs both requests and per_seconds, each positive".into(),
                 ));
             }
+        }
+        if self.store.max_connections == 0 || self.store.acquire_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "store.max_connections and store.acquire_timeout_ms must be positive".into(),
+            ));
         }
         if self.tokens.personal_max_days == 0 || self.session.lifetime_hours == 0 {
             return Err(ConfigError::Invalid(

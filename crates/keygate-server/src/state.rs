@@ -42,13 +42,11 @@ impl AppState {
         let format = config.credential_format()?;
         let catalog = Arc::new(config.catalog()?);
         let cache = Arc::new(CredentialCache::new());
-        let store = keygate_store::open(
-            &config.database_url,
-            &keygate_store::StoreOptions::default(),
-            cache.clone(),
-        )
-        .await?;
-        let verifier = Verifier::new(format, catalog.clone(), store.clone(), cache, clock.clone());
+        let store =
+            keygate_store::open(&config.database_url, &config.store.options(), cache.clone())
+                .await?;
+        let verifier = Verifier::new(format, catalog.clone(), store.clone(), cache, clock.clone())
+            .serve_stale_on_store_outage(config.cache.serve_stale_on_store_outage);
         Ok(Self(Arc::new(Inner {
             config,
             catalog,

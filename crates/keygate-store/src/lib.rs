@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use keygate_core::store::{ChangeListener, DynStore};
 
+mod postgres;
 mod sql;
 mod sqlite;
 
+pub use postgres::{CHANNEL, HEARTBEAT, PgStore, SILENCE_LIMIT};
 pub use sqlite::SqliteStore;
 
 /// How to reach the database.
@@ -22,6 +24,8 @@ pub struct StoreOptions {
     pub acquire_timeout: Duration,
     /// How long SQLite waits on a lock held by another connection or process.
     pub busy_timeout: Duration,
+    /// The longest a PostgreSQL statement may run before it is cancelled.
+    pub statement_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -30,15 +34,14 @@ impl Default for StoreOptions {
             max_connections: 8,
             acquire_timeout: Duration::from_secs(5),
             busy_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error(
-        "unsupported database URL `{0}`: use sqlite://PATH (PostgreSQL support is not built yet)"
-    )]
+    #[error("unsupported database URL scheme `{0}`: use sqlite://PATH or postgres://…")]
     UnsupportedScheme(String),
     #[error("invalid database URL: {0}")]
     InvalidUrl(String),
@@ -56,6 +59,10 @@ pub async fn open(
 ) -> Result<DynStore, OpenError> {
     if url.starts_with("sqlite:") {
         let store = SqliteStore::open(url, options, listener).await?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let store = PgStore::open(url, options, listener).await?;
         return Ok(Arc::new(store));
     }
     let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);

@@ -27,19 +27,34 @@ impl ChangeListener for Recorder {
 
 const NOW: Timestamp = Timestamp::from_unix(1_800_000_000);
 
-struct Sqlite {
-    dir: tempfile::TempDir,
+/// A fresh, empty database on one backend.
+struct TestDb {
+    url: String,
+    dir: Option<tempfile::TempDir>,
 }
 
-impl Sqlite {
-    fn new() -> Self {
+impl TestDb {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
         Self {
-            dir: tempfile::tempdir().unwrap(),
+            url: format!("sqlite://{}/nested/keygate.db", dir.path().display()),
+            dir: Some(dir),
+        }
+    }
+
+    async fn postgres() -> Self {
+        Self {
+            url: keygate_testkit::PgCluster::shared().create_database().await,
+            dir: None,
         }
     }
 
     fn url(&self) -> String {
-        format!("sqlite://{}/nested/keygate.db", self.dir.path().display())
+        self.url.clone()
+    }
+
+    fn dir(&self) -> &std::path::Path {
+        self.dir.as_ref().unwrap().path()
     }
 
     async fn open(&self, recorder: Arc<Recorder>) -> DynStore {
@@ -49,13 +64,40 @@ impl Sqlite {
     }
 }
 
+/// Runs each named test once per backend: `name::sqlite` and `name::postgres`.
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$test(super::TestDb::sqlite()).await
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    super::$test(super::TestDb::postgres().await).await
+                }
+            }
+        )*
+    };
+}
+
+on_every_backend!(
+    bootstrap_is_all_or_nothing_and_only_once,
+    revocation_is_scoped_to_the_grant_and_announced_after_commit,
+    roles_in_use_cannot_be_deleted_and_changes_are_announced,
+    deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they_made,
+    last_use_only_moves_forward,
+    every_change_writes_its_event_with_the_acting_credential,
+    data_survives_reopening,
+);
+
 fn format() -> CredentialFormat {
     CredentialFormat::new("kg", Environment::Live).unwrap()
 }
 
-#[tokio::test]
-async fn bootstrap_is_all_or_nothing_and_only_once() {
-    let db = Sqlite::new();
+async fn bootstrap_is_all_or_nothing_and_only_once(db: TestDb) {
     let store = db.open(Arc::default()).await;
     assert!(!store.is_initialized().await.unwrap());
     let (plan, secrets) = bootstrap::plan(&format(), "owner@example.com", NOW).unwrap();
@@ -94,9 +136,7 @@ async fn bootstrap_is_all_or_nothing_and_only_once() {
     );
 }
 
-#[tokio::test]
-async fn data_survives_reopening_and_secrets_never_reach_the_file() {
-    let db = Sqlite::new();
+async fn data_survives_reopening(db: TestDb) {
     let store = db.open(Arc::default()).await;
     let (plan, secrets) = bootstrap::plan(&format(), "owner@example.com", NOW).unwrap();
     store.bootstrap(&plan).await.unwrap();
@@ -105,20 +145,26 @@ async fn data_survives_reopening_and_secrets_never_reach_the_file() {
         store.ping().await,
         Err(StoreError::Unavailable(_))
     ));
-
     let reopened = db.open(Arc::default()).await;
     assert!(reopened.is_initialized().await.unwrap());
-    assert!(
-        reopened
-            .find_credential(&secrets.token.hash())
-            .await
-            .unwrap()
-            .is_some()
-    );
-    reopened.close().await;
+    let record = reopened
+        .find_credential(&secrets.token.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.credential.id, plan.token.id);
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_sqlite_file() {
+    let db = TestDb::sqlite();
+    let store = db.open(Arc::default()).await;
+    let (plan, secrets) = bootstrap::plan(&format(), "owner@example.com", NOW).unwrap();
+    store.bootstrap(&plan).await.unwrap();
+    store.close().await;
 
     let mut bytes = Vec::new();
-    for entry in std::fs::read_dir(db.dir.path().join("nested")).unwrap() {
+    for entry in std::fs::read_dir(db.dir().join("nested")).unwrap() {
         bytes.extend(std::fs::read(entry.unwrap().path()).unwrap());
     }
     let contains = |needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
@@ -136,11 +182,10 @@ struct Owned {
     recorder: Arc<Recorder>,
     caller: Caller,
     plan: keygate_core::store::Bootstrap,
-    _db: Sqlite,
+    _db: TestDb,
 }
 
-async fn owned() -> Owned {
-    let db = Sqlite::new();
+async fn owned(db: TestDb) -> Owned {
     let recorder = Arc::new(Recorder::default());
     let store = db.open(recorder.clone()).await;
     let (plan, secrets) = bootstrap::plan(&format(), "owner@example.com", NOW).unwrap();
@@ -171,9 +216,8 @@ fn changes(recorder: &Recorder) -> Vec<Change> {
     std::mem::take(&mut *recorder.0.lock().unwrap())
 }
 
-#[tokio::test]
-async fn revocation_is_scoped_to_the_grant_and_announced_after_commit() {
-    let o = owned().await;
+async fn revocation_is_scoped_to_the_grant_and_announced_after_commit(db: TestDb) {
+    let o = owned(db).await;
     let grant = o.caller.require::<perm::TokensWrite>().unwrap();
     let e = event(&grant, "token.delete");
     let id = o.plan.token.id.clone();
@@ -203,9 +247,8 @@ async fn revocation_is_scoped_to_the_grant_and_announced_after_commit() {
     assert!(changes(&o.recorder).is_empty());
 }
 
-#[tokio::test]
-async fn roles_in_use_cannot_be_deleted_and_changes_are_announced() {
-    let o = owned().await;
+async fn roles_in_use_cannot_be_deleted_and_changes_are_announced(db: TestDb) {
+    let o = owned(db).await;
     let roles = o.caller.require::<perm::RolesWrite>().unwrap();
     let role = Role {
         id: RoleId::generate(NOW).unwrap(),
@@ -313,9 +356,8 @@ async fn roles_in_use_cannot_be_deleted_and_changes_are_announced() {
     );
 }
 
-#[tokio::test]
-async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they_made() {
-    let o = owned().await;
+async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they_made(db: TestDb) {
+    let o = owned(db).await;
     let users = o.caller.require::<perm::UsersWrite>().unwrap();
     let tokens = o.caller.require::<perm::TokensWrite>().unwrap();
     let user = User {
@@ -412,9 +454,7 @@ fn page(limit: u32) -> Page {
     }
 }
 
-#[tokio::test]
-async fn last_use_only_moves_forward() {
-    let db = Sqlite::new();
+async fn last_use_only_moves_forward(db: TestDb) {
     let store = db.open(Arc::default()).await;
     let (plan, secrets) = bootstrap::plan(&format(), "owner@example.com", NOW).unwrap();
     store.bootstrap(&plan).await.unwrap();
@@ -435,7 +475,7 @@ async fn last_use_only_moves_forward() {
 
 #[tokio::test]
 async fn sqlite_runs_in_wal_mode_with_foreign_keys() {
-    let db = Sqlite::new();
+    let db = TestDb::sqlite();
     let store = crate::SqliteStore::open(
         &db.url(),
         &StoreOptions::default(),
@@ -464,20 +504,23 @@ async fn unknown_schemes_are_refused_with_the_scheme_named() {
 }
 
 /// The audit log as stored: (action, token_id, target_id), oldest first.
-async fn stored_events(db: &Sqlite) -> Vec<(String, Option<String>, Option<String>)> {
-    let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
-    let rows =
-        sqlx::query_as("SELECT action, token_id, target_id FROM audit_events ORDER BY rowid")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
-    pool.close().await;
-    rows
+async fn stored_events(db: &TestDb) -> Vec<(String, Option<String>, Option<String>)> {
+    const SQL: &str = "SELECT action, token_id, target_id FROM audit_events ORDER BY id";
+    if db.url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+        let rows = sqlx::query_as(SQL).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows
+    } else {
+        let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
+        let rows = sqlx::query_as(SQL).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        rows
+    }
 }
 
-#[tokio::test]
-async fn every_change_writes_its_event_with_the_acting_credential() {
-    let o = owned().await;
+async fn every_change_writes_its_event_with_the_acting_credential(db: TestDb) {
+    let o = owned(db).await;
     let tokens = o.caller.require::<perm::TokensWrite>().unwrap();
     let acting = o.plan.token.id.to_string();
     let mut token = o.plan.token.clone();

@@ -25,6 +25,8 @@ pub struct PgCluster {
     _temp: Option<tempfile::TempDir>,
 }
 
+/// A test kit fails the test that uses it: panicking is how.
+#[allow(clippy::panic)]
 fn fail(what: impl std::fmt::Display) -> ! {
     panic!(
         "PostgreSQL test cluster: {what}\n\
@@ -282,6 +284,19 @@ impl PgCluster {
         let _ = admin.close().await;
         self.url(&name)
     }
+}
+
+/// Runs `sql` on the database at `url`: for tests that act behind keygate's back.
+pub async fn execute(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url)
+        .await
+        .unwrap_or_else(|e| fail(format!("cannot connect: {e}")));
+    sqlx::raw_sql(sql)
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| fail(format!("`{sql}` failed: {e}")));
+    let _ = conn.close().await;
 }
 
 fn postmaster_pid(data: &Path) -> Option<String> {

@@ -1,8 +1,11 @@
+// Shared by both test binaries; each uses only part of it.
+#![allow(dead_code)]
+
 //! Boots keygate on port 0 over a temporary SQLite file, with a clock the test controls.
 
 use std::sync::Arc;
 
-use keygate_core::{ManualClock, Timestamp};
+use keygate_core::{Clock, ManualClock, Timestamp};
 use keygate_server::AppState;
 use keygate_server::config::Config;
 use reqwest::{Client, Method, RequestBuilder, Response};
@@ -11,6 +14,21 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const START: Timestamp = Timestamp::from_unix(1_795_000_000);
+
+/// Which store a test binary runs the suite on (`crate::BACKEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh database on this binary's backend; the directory keeps a SQLite file alive.
+pub async fn database(dir: &std::path::Path) -> String {
+    match crate::BACKEND {
+        Backend::Sqlite => format!("sqlite://{}", dir.join("keygate.db").display()),
+        Backend::Postgres => keygate_testkit::PgCluster::shared().create_database().await,
+    }
+}
 
 pub struct TestServer {
     pub base: String,
@@ -40,8 +58,19 @@ impl TestServer {
 
     /// Starts with the default configuration changed by `configure`.
     pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
-        let dir = Arc::new(tempfile::tempdir().unwrap());
-        let mut config = test_config(&dir.path().join("keygate.db"));
+        let dir = tempfile::tempdir().unwrap();
+        let url = database(dir.path()).await;
+        Self::start_at(url, dir, configure).await
+    }
+
+    /// Starts on the database at `url` (bootstrapping it).
+    pub async fn start_at(
+        url: String,
+        dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
+        let dir = Arc::new(dir);
+        let mut config = test_config(url);
         configure(&mut config);
         let mut server = Self::boot(config, dir, Arc::new(ManualClock::new(START))).await;
         let report = server
@@ -53,6 +82,19 @@ impl TestServer {
         server.token = report.token;
         server.password = report.password;
         server
+    }
+
+    /// Another node on the same database, with its own cache and clock.
+    pub async fn join(&self) -> Self {
+        let mut node = Self::boot(
+            self.state.config().clone(),
+            self.dir.clone(),
+            Arc::new(ManualClock::new(self.clock.now())),
+        )
+        .await;
+        node.token = self.token.clone();
+        node.password = self.password.clone();
+        node
     }
 
     async fn boot(config: Config, dir: Arc<tempfile::TempDir>, clock: Arc<ManualClock>) -> Self {
@@ -181,9 +223,9 @@ impl Drop for TestServer {
     }
 }
 
-pub fn test_config(db: &std::path::Path) -> Config {
+pub fn test_config(database_url: String) -> Config {
     Config {
-        database_url: format!("sqlite://{}", db.display()),
+        database_url,
         listen: "127.0.0.1:0".parse().unwrap(),
         shutdown_grace_seconds: 5,
         ..Config::default()

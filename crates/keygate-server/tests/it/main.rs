@@ -6,6 +6,9 @@
 
 mod harness;
 
+/// The store this binary runs the suite on; `tests/pg` runs it again on PostgreSQL.
+pub const BACKEND: harness::Backend = harness::Backend::Sqlite;
+
 mod auth;
 mod binary;
 mod identity;

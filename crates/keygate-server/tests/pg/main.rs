@@ -1,0 +1,23 @@
+//! The integration suite again, on PostgreSQL, and what only several nodes sharing one database
+//! can show. A second binary, compiled from the same modules, so every test runs on both stores
+//! in one `cargo test`.
+
+// A test binary: panicking is how it reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../it/harness.rs"]
+mod harness;
+
+pub const BACKEND: harness::Backend = harness::Backend::Postgres;
+
+#[path = "../it/auth.rs"]
+mod auth;
+#[path = "../it/identity.rs"]
+mod identity;
+mod nodes;
+#[path = "../it/ops.rs"]
+mod ops;
+#[path = "../it/problems.rs"]
+mod problems;
+#[path = "../it/verify.rs"]
+mod verify;

@@ -1,0 +1,361 @@
+//! Several keygate nodes on one PostgreSQL: changes made on one are seen on the others at once,
+//! a node whose change channel breaks stops trusting its cache, and a database outage is answered
+//! with 503s and recovered from without a restart.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use keygate_testkit::PgCluster;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, ok_json, problem};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// Far above the expected few milliseconds, and the bound the silence detection guarantees.
+const PROPAGATION_LIMIT: Duration = keygate_store::SILENCE_LIMIT;
+
+/// Polls `check` until it holds; returns how long that took.
+async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what}: not seen within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn status(node: &TestServer, token: &str) -> u16 {
+    node.whoami(&[("apikey", token)]).await.status().as_u16()
+}
+
+async fn permissions(node: &TestServer, token: &str) -> Vec<String> {
+    let body = ok_json(node.whoami(&[("apikey", token)]).await).await;
+    let mut permissions: Vec<String> = body["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    permissions.sort();
+    permissions
+}
+
+async fn service_token(node: &TestServer, role: &str) -> (String, String) {
+    let body = node
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &node.token,
+            Some(json!({"kind": "service", "name": "probe", "role": role})),
+        )
+        .await;
+    (
+        body["id"].as_str().unwrap().to_owned(),
+        body["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn every_change_on_one_node_is_seen_on_the_other_at_once() {
+    let a = TestServer::start().await;
+    let b = a.join().await;
+    let mut seen = Vec::new();
+
+    // A token revoked on A.
+    let (id, secret) = service_token(&a, "viewer").await;
+    assert_eq!(status(&b, &secret).await, 200, "B has it cached now");
+    a.expect(
+        204,
+        Method::DELETE,
+        &format!("/v1/tokens/{id}"),
+        &a.token,
+        None,
+    )
+    .await;
+    seen.push((
+        "token revoked",
+        within(PROPAGATION_LIMIT, "revocation", || async {
+            status(&b, &secret).await == 401
+        })
+        .await,
+    ));
+
+    // A role's permissions changed on A.
+    let role = a
+        .expect(
+            201,
+            Method::POST,
+            "/v1/roles",
+            &a.token,
+            Some(json!({"name": "probe", "permissions": ["tokens:*"]})),
+        )
+        .await;
+    let role_path = format!("/v1/roles/{}", role["id"].as_str().unwrap());
+    let (_, secret) = service_token(&a, role["id"].as_str().unwrap()).await;
+    assert_eq!(
+        permissions(&b, &secret).await,
+        ["tokens:read", "tokens:write"]
+    );
+    a.expect(
+        200,
+        Method::PUT,
+        &role_path,
+        &a.token,
+        Some(json!({"name": "probe", "permissions": ["tokens:read"]})),
+    )
+    .await;
+    seen.push((
+        "role changed",
+        within(PROPAGATION_LIMIT, "role change", || async {
+            permissions(&b, &secret).await == ["tokens:read"]
+        })
+        .await,
+    ));
+
+    // A user's role changed, the user disabled, then deleted, on A; their token used on B.
+    let user = a
+        .expect(201, Method::POST, "/v1/users", &a.token,
+            Some(json!({"email": "node@example.com", "name": "N", "role": "member", "password": PASSWORD})))
+        .await;
+    let user_path = format!("/v1/users/{}", user["id"].as_str().unwrap());
+    let session = a.login("node@example.com", PASSWORD).await;
+    let personal: Value = a
+        .request(Method::POST, "/v1/tokens")
+        .header("cookie", format!("keygate_session={session}"))
+        .json(&json!({"kind": "personal", "name": "p", "expires_in": 3600}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let personal = personal["secret"].as_str().unwrap().to_owned();
+    assert!(
+        permissions(&b, &personal)
+            .await
+            .contains(&"tokens:write".to_owned())
+    );
+    a.expect(
+        200,
+        Method::PATCH,
+        &user_path,
+        &a.token,
+        Some(json!({"role": "viewer"})),
+    )
+    .await;
+    seen.push((
+        "user's role changed",
+        within(PROPAGATION_LIMIT, "user role", || async {
+            !permissions(&b, &personal)
+                .await
+                .contains(&"tokens:write".to_owned())
+        })
+        .await,
+    ));
+    a.expect(
+        200,
+        Method::PATCH,
+        &user_path,
+        &a.token,
+        Some(json!({"status": "disabled"})),
+    )
+    .await;
+    seen.push((
+        "user disabled",
+        within(PROPAGATION_LIMIT, "user disabled", || async {
+            status(&b, &personal).await == 401
+        })
+        .await,
+    ));
+    a.expect(
+        200,
+        Method::PATCH,
+        &user_path,
+        &a.token,
+        Some(json!({"status": "active"})),
+    )
+    .await;
+    within(PROPAGATION_LIMIT, "user enabled", || async {
+        status(&b, &personal).await == 200
+    })
+    .await;
+    a.expect(204, Method::DELETE, &user_path, &a.token, None)
+        .await;
+    seen.push((
+        "user deleted",
+        within(PROPAGATION_LIMIT, "user deleted", || async {
+            status(&b, &personal).await == 401
+        })
+        .await,
+    ));
+
+    // And the other way round: B's changes reach A.
+    let (id, secret) = service_token(&b, "viewer").await;
+    assert_eq!(status(&a, &secret).await, 200);
+    b.expect(
+        204,
+        Method::DELETE,
+        &format!("/v1/tokens/{id}"),
+        &b.token,
+        None,
+    )
+    .await;
+    seen.push((
+        "token revoked on B",
+        within(PROPAGATION_LIMIT, "revocation on B", || async {
+            status(&a, &secret).await == 401
+        })
+        .await,
+    ));
+
+    for (change, took) in &seen {
+        println!("{change}: seen on the other node after {took:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_node_that_loses_its_change_channel_stops_trusting_its_cache() {
+    let a = TestServer::start().await;
+    let (id, secret) = service_token(&a, "viewer").await;
+    assert_eq!(status(&a, &secret).await, 200);
+
+    // Revoked behind keygate's back: no notification, so a healthy node keeps its cached answer.
+    let url = a.state.config().database_url.clone();
+    keygate_testkit::execute(
+        &url,
+        &format!("UPDATE credentials SET revoked_at = 1 WHERE id = '{id}'"),
+    )
+    .await;
+    assert_eq!(
+        status(&a, &secret).await,
+        200,
+        "cached, and nothing said otherwise"
+    );
+
+    // Cut the node's listening connection: it must not go on trusting its cache.
+    keygate_testkit::execute(
+        &url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE application_name = 'keygate' AND query LIKE 'LISTEN%'",
+    )
+    .await;
+    let took = within(
+        PROPAGATION_LIMIT,
+        "revalidation after losing the channel",
+        || async { status(&a, &secret).await == 401 },
+    )
+    .await;
+    println!("a lost channel was noticed after {took:?}");
+    // And it listens again: a change on another node still arrives.
+    let b = a.join().await;
+    let (id, secret) = service_token(&a, "viewer").await;
+    assert_eq!(status(&a, &secret).await, 200);
+    b.expect(
+        204,
+        Method::DELETE,
+        &format!("/v1/tokens/{id}"),
+        &b.token,
+        None,
+    )
+    .await;
+    within(
+        PROPAGATION_LIMIT * 2,
+        "revocation after reconnecting",
+        || async { status(&a, &secret).await == 401 },
+    )
+    .await;
+}
+
+async fn outage(serve_stale: bool) {
+    let cluster = PgCluster::start();
+    let url = cluster.create_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_at(url, dir, |c| {
+        c.store.acquire_timeout_ms = 1000;
+        c.cache.serve_stale_on_store_outage = serve_stale;
+    })
+    .await;
+    let (kept_id, cached) = service_token(&server, "viewer").await;
+    assert_eq!(status(&server, &cached).await, 200);
+
+    cluster.stop();
+    let started = Instant::now();
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "during", "role": "viewer"})),
+        )
+        .await;
+    problem(response, 503, "unavailable").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered within the timeout"
+    );
+    problem(
+        server.get("/readyz").send().await.unwrap(),
+        503,
+        "unavailable",
+    )
+    .await;
+    // The cached credential: answered only if the operator chose to serve stale entries.
+    let expected = if serve_stale { 200 } else { 503 };
+    within(
+        PROPAGATION_LIMIT * 3,
+        "the outage noticed by the cache",
+        || async { status(&server, &cached).await == expected },
+    )
+    .await;
+
+    cluster.start_server();
+    within(
+        Duration::from_secs(10),
+        "readiness after the outage",
+        || async { server.get("/readyz").send().await.unwrap().status() == 200 },
+    )
+    .await;
+    let (_, after) = service_token(&server, "viewer").await;
+    assert_eq!(status(&server, &after).await, 200);
+    assert_eq!(status(&server, &cached).await, 200);
+    // Acknowledged writes survived; refused ones left nothing behind.
+    let tokens = server
+        .expect(200, Method::GET, "/v1/tokens", &server.token, None)
+        .await;
+    let names: Vec<&str> = tokens["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"during"), "{names:?}");
+    let ids: Vec<&str> = tokens["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&kept_id.as_str()));
+}
+
+#[tokio::test]
+async fn a_database_outage_is_503_and_recovery_needs_no_restart() {
+    outage(false).await;
+}
+
+#[tokio::test]
+async fn serving_stale_entries_during_an_outage_is_the_operators_choice() {
+    outage(true).await;
+}

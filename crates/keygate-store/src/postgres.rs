@@ -1,0 +1,211 @@
+//! The PostgreSQL store: for several keygate nodes sharing one database.
+//!
+//! Coherence across nodes: every write transaction that changes something verification depends on
+//! also sends `pg_notify('keygate_changes', …)`, which PostgreSQL delivers only if, and as soon as,
+//! the transaction commits. Each node listens on its own connection and drops the affected cache
+//! entries, so a revocation on one node is seen by the others within milliseconds, not after a TTL.
+//!
+//! A notification channel can break without anyone saying so. Each node therefore sends itself a
+//! heartbeat through the same channel every [`HEARTBEAT`]; if nothing at all arrives for
+//! [`SILENCE_LIMIT`], or the connection reports an error, the node stops trusting its cache (every
+//! verification goes to the database) until it has listened again, and then starts from an empty
+//! cache, since notifications sent meanwhile are lost. A node thus serves a stale cache entry for
+//! at most [`SILENCE_LIMIT`] after its channel silently dies.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Postgres;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+
+use crate::sql::prelude::*;
+use crate::sql::unique_field;
+use crate::{OpenError, StoreOptions};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The channel changes travel on.
+pub const CHANNEL: &str = "keygate_changes";
+/// How often a node checks its own channel.
+pub const HEARTBEAT: Duration = Duration::from_millis(250);
+/// How long a silent channel is trusted.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(1);
+const HEARTBEAT_MESSAGE: &str = "heartbeat";
+
+pub struct PgStore {
+    pool: PgPool,
+    listener: Arc<dyn ChangeListener>,
+    watcher: tokio::task::JoinHandle<()>,
+    /// Tags this node's notifications, so it skips its own (it applied them at commit).
+    node: Arc<str>,
+}
+
+impl PgStore {
+    pub async fn open(
+        url: &str,
+        options: &StoreOptions,
+        listener: Arc<dyn ChangeListener>,
+    ) -> Result<Self, OpenError> {
+        let statement_timeout = format!("{}", options.statement_timeout.as_millis());
+        let connect = PgConnectOptions::from_str(url)
+            .map_err(|e| OpenError::InvalidUrl(e.to_string()))?
+            .application_name("keygate")
+            .options([("statement_timeout", statement_timeout.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        // The migrator holds an advisory lock, so nodes starting together migrate once.
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| OpenError::Migrate(e.to_string()))?;
+        let mut node = String::new();
+        keygate_core::base62::push_random(&mut node, 12)
+            .map_err(|e| OpenError::Connect(format!("no randomness for a node id: {e}")))?;
+        let node: Arc<str> = node.into();
+        let watcher = tokio::spawn(watch(pool.clone(), listener.clone(), node.clone()));
+        Ok(Self {
+            pool,
+            listener,
+            watcher,
+            node,
+        })
+    }
+
+    async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(store_error)
+    }
+
+    /// Announces the changes to every node (delivered at commit), commits, then applies them
+    /// here at once rather than waiting for the notification to come back.
+    async fn commit(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        changes: &[Change],
+    ) -> Result<(), StoreError> {
+        for change in changes {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(format!("{} {}", self.node, change.to_message()))
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
+        tx.commit().await.map_err(store_error)?;
+        for change in changes {
+            self.listener.changed(change);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
+}
+
+crate::sql::sql_store!(PgStore, Postgres, sqlx::postgres::PgRow);
+
+/// Listens for other nodes' changes for as long as the store lives, reconnecting as needed.
+async fn watch(pool: PgPool, cache: Arc<dyn ChangeListener>, node: Arc<str>) {
+    let mut healthy_before = true;
+    loop {
+        match listen(&pool, &cache, &node).await {
+            Ok(()) => {}
+            Err(error) => {
+                if healthy_before {
+                    tracing::warn!(%error, "lost the change channel; verifying against the database until it is back");
+                }
+            }
+        }
+        cache.may_have_missed_changes();
+        healthy_before = false;
+        tokio::time::sleep(HEARTBEAT).await;
+        if pool.is_closed() {
+            return;
+        }
+    }
+}
+
+/// One listening session: returns when the channel fails or goes silent.
+async fn listen(
+    pool: &PgPool,
+    cache: &Arc<dyn ChangeListener>,
+    node: &str,
+) -> Result<(), sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.ignore_pool_close_event(true);
+    listener.listen(CHANNEL).await?;
+    // Listening again: whatever was cached may have missed changes sent while we were away.
+    cache.resynced();
+    tracing::info!("listening for changes from other nodes");
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            received = listener.try_recv() => match received? {
+                Some(notification) => {
+                    last_heard = tokio::time::Instant::now();
+                    match notification.payload().split_once(' ') {
+                        Some((from, _)) if from == node => {}
+                        Some((_, message)) => match Change::from_message(message) {
+                            Some(change) => cache.changed(&change),
+                            // Unknown news: the safe reading is that anything may have changed.
+                            None => cache.resynced(),
+                        },
+                        None => {} // a heartbeat
+                    }
+                }
+                None => return Err(sqlx::Error::Protocol("the listening connection closed".into())),
+            },
+            _ = heartbeat.tick() => {
+                if last_heard.elapsed() > SILENCE_LIMIT {
+                    return Err(sqlx::Error::Protocol("the change channel went silent".into()));
+                }
+                // Sent through the pool, received on the listening connection: proves both ends.
+                let _ = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(HEARTBEAT_MESSAGE)
+                    .execute(pool)
+                    .await;
+            }
+        }
+    }
+}
+
+/// Maps a driver error: a taken unique value names what it protects, anything that says the
+/// database is unreachable, overloaded, shutting down or timed out is `Unavailable` (the client may
+/// retry), anything else is internal.
+fn store_error(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::AlreadyExists(unique_field(db.constraint().unwrap_or(db.message())))
+        }
+        sqlx::Error::Database(db) => {
+            // SQLSTATE classes: 08 connection, 53 resources, 57 operator intervention (shutdown,
+            // statement timeout); 40001/40P01 serialization failure and deadlock; 25006 read-only.
+            let code = db.code().unwrap_or_default();
+            let transient = ["08", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || matches!(code.as_ref(), "40001" | "40P01" | "25006");
+            if transient {
+                StoreError::Unavailable(error.to_string())
+            } else {
+                StoreError::Internal(error.to_string())
+            }
+        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error.to_string()),
+        _ => StoreError::Internal(error.to_string()),
+    }
+}
