@@ -29,6 +29,7 @@ pub fn plan(
         name: "Root".to_owned(),
         slug: Slug::root(),
         status: TenantStatus::Active,
+        ip_restriction: Default::default(),
         created_at: now,
     };
     let user = User {

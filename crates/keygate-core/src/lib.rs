@@ -6,6 +6,8 @@
 //! depend on a web framework or a database driver.
 
 pub mod access;
+pub mod account;
+pub mod allowlist;
 pub mod base62;
 pub mod bootstrap;
 pub mod cache;

@@ -4,6 +4,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
+use crate::allowlist::IpAllowlist;
 use crate::credential::{CredentialHash, CredentialKind};
 use crate::id::{CredentialId, EventId, RoleId, TenantId, UserId};
 
@@ -39,7 +40,23 @@ pub struct Tenant {
     pub name: String,
     pub slug: Slug,
     pub status: TenantStatus,
+    pub ip_restriction: IpRestriction,
     pub created_at: Timestamp,
+}
+
+/// A tenant's IP restriction (API.md §6): when enabled, its credentials only work from addresses
+/// its allowlist covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IpRestriction {
+    pub enabled: bool,
+    pub allowlist: IpAllowlist,
+}
+
+impl IpRestriction {
+    /// The allowlist, if it is enforced.
+    pub fn enforced(&self) -> Option<&IpAllowlist> {
+        self.enabled.then_some(&self.allowlist)
+    }
 }
 
 /// A tenant's slug: its realm in `Basic` auth and `Realm` headers, so it must be safe there:

@@ -14,7 +14,7 @@ use crate::Timestamp;
 use crate::access::{Grant, Scope, perm};
 use crate::credential::{CredentialHash, CredentialKind};
 use crate::id::{CredentialId, RoleId, TenantId, UserId};
-use crate::model::{AuditEvent, Credential, Role, Tenant, User};
+use crate::model::{AuditEvent, Credential, IpRestriction, Role, Tenant, User};
 use crate::password::PasswordHashString;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -300,6 +300,38 @@ pub trait Store: CredentialSource {
         at: Timestamp,
         event: &AuditEvent,
     ) -> Result<Option<()>, StoreError>;
+
+    // Account keys and the IP restriction.
+
+    /// The tenant's account keys, oldest first.
+    async fn list_account_keys(&self, scope: &Scope) -> Result<Vec<Credential>, StoreError>;
+
+    /// Adds a key unless the tenant already has `limit`; `false` if it has. Safe against
+    /// concurrent creates: the tenant is locked while counting.
+    async fn create_account_key(
+        &self,
+        grant: &Grant<perm::KeysWrite>,
+        key: &Credential,
+        limit: usize,
+        event: &AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes a key at once and for good; `None` if the tenant has no such key.
+    async fn delete_account_key(
+        &self,
+        grant: &Grant<perm::KeysWrite>,
+        id: &CredentialId,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError>;
+
+    async fn get_ip_restriction(&self, scope: &Scope) -> Result<IpRestriction, StoreError>;
+
+    async fn set_ip_restriction(
+        &self,
+        grant: &Grant<perm::IpRestrictionWrite>,
+        restriction: &IpRestriction,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError>;
 
     /// Records when credentials were last used, in one batch, off the request path. Timestamps only
     /// move forward.

@@ -32,6 +32,7 @@ pub fn caller(kind: CredentialKind, role: BuiltinRole, narrowing: Option<&[&str]
         name: "Acme".into(),
         slug: Slug::parse("acme").unwrap(),
         status: TenantStatus::Active,
+        ip_restriction: Default::default(),
         created_at: NOW,
     };
     let is_user = matches!(kind, CredentialKind::Personal | CredentialKind::Session);

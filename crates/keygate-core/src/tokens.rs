@@ -5,13 +5,11 @@
 //! for themselves, and it must expire. A service token belongs to the tenant, acts with an explicit
 //! role, and outlives whoever created it.
 
-use std::net::IpAddr;
 use std::time::Duration;
-
-use ipnet::IpNet;
 
 use crate::Timestamp;
 use crate::access::{Grant, perm};
+use crate::allowlist::{IpAllowlist, Normalised};
 use crate::credential::{CredentialFormat, CredentialKind, Secret};
 use crate::id::{CredentialId, UserId};
 use crate::model::{Credential, RateLimit, Role};
@@ -19,9 +17,6 @@ use crate::permission::Catalog;
 use crate::rule::RuleError;
 use crate::validate::{self, Errors};
 use crate::verify::{PrincipalKind, role_permissions};
-
-/// The most networks one token may be restricted to.
-pub const MAX_ALLOWED_IPS: usize = 100;
 
 /// A token as a client asks for it.
 #[derive(Debug, Clone)]
@@ -42,6 +37,13 @@ pub struct TokenPolicy {
     pub personal_max_lifetime: Duration,
 }
 
+/// A token ready to store, its secret, and the `allowed_ips` entries stored in another form.
+pub struct PlannedToken {
+    pub credential: Credential,
+    pub secret: Secret,
+    pub normalised: Vec<Normalised>,
+}
+
 /// Checks a new token against the rules and the caller's own permissions. `role` is the resolved
 /// role of a service token (`None` for personal tokens).
 pub fn plan(
@@ -52,7 +54,7 @@ pub fn plan(
     input: NewToken,
     role: Option<&Role>,
     now: Timestamp,
-) -> Result<(Credential, Secret), RuleError> {
+) -> Result<PlannedToken, RuleError> {
     let caller = grant.caller();
     let verified = caller.verified();
     let mut errors = Errors::default();
@@ -93,9 +95,22 @@ pub fn plan(
             }
         }
     });
-    let allowed_ips = input
+    let mut normalised = Vec::new();
+    let allowed_ips = match input
         .allowed_ips
-        .map(|entries| parse_networks(&entries, "allowed_ips", &mut errors));
+        .as_deref()
+        .map(|entries| IpAllowlist::parse(entries, "allowed_ips"))
+    {
+        None => None,
+        Some(Ok((list, remarks))) => {
+            normalised = remarks;
+            Some(list.into_networks())
+        }
+        Some(Err(invalid)) => {
+            errors.0.extend(invalid);
+            None
+        }
+    };
     if let Some(limit) = input.rate_limit
         && (limit.requests == 0 || limit.per_seconds == 0)
     {
@@ -176,31 +191,11 @@ pub fn plan(
         revoked_at: None,
         last_used_at: None,
     };
-    Ok((credential, secret))
-}
-
-/// Parses IPv4/IPv6 networks; a bare address is a /32 or /128, host bits are cleared.
-pub fn parse_networks(entries: &[String], field: &str, errors: &mut Errors) -> Vec<IpNet> {
-    if entries.len() > MAX_ALLOWED_IPS {
-        errors.push(field, format!("at most {MAX_ALLOWED_IPS} entries"));
-    }
-    let mut networks = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        let text = entry.trim();
-        match text
-            .parse::<IpNet>()
-            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        {
-            Ok(network) => networks.push(network.trunc()),
-            Err(_) => errors.push(
-                format!("{field}[{i}]"),
-                format!("`{text}` is not an IPv4 or IPv6 address or network"),
-            ),
-        }
-    }
-    networks.sort();
-    networks.dedup();
-    networks
+    Ok(PlannedToken {
+        credential,
+        secret,
+        normalised,
+    })
 }
 
 /// A token's status, computed from its dates.
@@ -280,6 +275,7 @@ mod tests {
     ) -> Result<(Credential, Secret), RuleError> {
         let grant = who.require::<perm::TokensWrite>().unwrap();
         plan(&grant, &catalog(), &format(), POLICY, input, role, NOW)
+            .map(|planned| (planned.credential, planned.secret))
     }
 
     fn fields(error: RuleError) -> Vec<String> {
@@ -377,22 +373,43 @@ mod tests {
     }
 
     #[test]
-    fn networks_are_normalised_and_bad_ones_named() {
-        let mut errors = Errors::default();
-        let networks = parse_networks(
-            &[
-                "10.1.2.3/8".into(),
-                "2001:db8::1".into(),
-                "10.0.0.0/8".into(),
-                "x".into(),
-            ],
-            "allowed_ips",
-            &mut errors,
-        );
-        let shown: Vec<String> = networks.iter().map(ToString::to_string).collect();
+    fn allowed_networks_are_normalised_and_bad_ones_named() {
+        let owner = caller(CredentialKind::Service, BuiltinRole::Owner, None);
+        let grant = owner.require::<perm::TokensWrite>().unwrap();
+        let viewer = roles::builtin(BuiltinRole::Viewer);
+        let with_ips = |ips: &[&str]| NewToken {
+            allowed_ips: Some(ips.iter().map(|i| i.to_string()).collect()),
+            ..input(CredentialKind::Service)
+        };
+        let planned = plan(
+            &grant,
+            &catalog(),
+            &format(),
+            POLICY,
+            with_ips(&["10.1.2.3/8", "2001:db8::1"]),
+            Some(&viewer),
+            NOW,
+        )
+        .unwrap();
+        let shown: Vec<String> = planned
+            .credential
+            .allowed_ips
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         assert_eq!(shown, ["10.0.0.0/8", "2001:db8::1/128"]);
-        assert_eq!(errors.0.len(), 1);
-        assert_eq!(errors.0[0].field, "allowed_ips[3]");
+        assert_eq!(planned.normalised.len(), 1);
+        let error = plan(
+            &grant,
+            &catalog(),
+            &format(),
+            POLICY,
+            with_ips(&["10.0.0.0/8", "x"]),
+            Some(&viewer),
+            NOW,
+        );
+        assert_eq!(fields(error.err().unwrap()), ["allowed_ips[1]"]);
     }
 
     #[test]

@@ -6,11 +6,13 @@
 
 use std::sync::Arc;
 
-use ipnet::IpNet;
+use std::net::IpAddr;
+
 use serde::Serialize;
 
 use crate::Clock;
 use crate::Timestamp;
+use crate::allowlist::IpAllowlist;
 use crate::cache::CredentialCache;
 use crate::credential::{CredentialFormat, CredentialHash, CredentialKind, FormatError};
 use crate::id::{CredentialId, RoleId, TenantId, UserId};
@@ -91,7 +93,10 @@ pub struct Verified {
     pub permissions: PermissionSet,
     /// What its role grants before narrowing (for a personal token, the user's role).
     pub role_permissions: PermissionSet,
-    pub allowed_ips: Option<Vec<IpNet>>,
+    /// The token's own networks, if it is restricted.
+    pub allowed_ips: Option<IpAllowlist>,
+    /// The tenant's allowlist, if enabled.
+    pub tenant_allowlist: Option<IpAllowlist>,
     pub rate_limit: Option<RateLimit>,
     standing: Standing,
     hash: CredentialHash,
@@ -175,7 +180,8 @@ impl Verified {
             principal,
             permissions,
             role_permissions,
-            allowed_ips: credential.allowed_ips.clone(),
+            allowed_ips: credential.allowed_ips.clone().map(IpAllowlist::new),
+            tenant_allowlist: record.tenant.ip_restriction.enforced().cloned(),
             rate_limit: credential.rate_limit,
             standing,
             hash: credential.hash,
@@ -318,6 +324,15 @@ impl Verifier {
 }
 
 impl Verified {
+    /// Whether a request from `ip` may use this credential: inside the tenant's allowlist if it
+    /// is enabled, and inside the token's own networks if it has any.
+    pub fn allows_address(&self, ip: IpAddr) -> bool {
+        self.tenant_allowlist
+            .as_ref()
+            .is_none_or(|list| list.covers(ip))
+            && self.allowed_ips.as_ref().is_none_or(|list| list.covers(ip))
+    }
+
     /// Whether the credential belongs to `tenant` or one of its descendants.
     pub fn is_within(&self, tenant: &TenantId) -> bool {
         self.tenant_line.contains(tenant)
@@ -371,6 +386,7 @@ mod tests {
             name: slug.to_uppercase(),
             slug: Slug::parse(slug).unwrap(),
             status: TenantStatus::Active,
+            ip_restriction: Default::default(),
             created_at: NOW,
         }
     }

@@ -10,10 +10,13 @@
 /// A tenant and its ancestors (`line`, nearest first by `depth`), from the tenant bound as `$1`.
 macro_rules! tenant_line {
     () => {
-        "WITH RECURSIVE line (id, parent_id, name, slug, status, created_at, depth) AS (
-            SELECT id, parent_id, name, slug, status, created_at, 0 FROM tenants WHERE id = $1
+        "WITH RECURSIVE line (id, parent_id, name, slug, status, allowlist_enabled, allowlist,
+                              created_at, depth) AS (
+            SELECT id, parent_id, name, slug, status, allowlist_enabled, allowlist, created_at, 0
+            FROM tenants WHERE id = $1
             UNION ALL
-            SELECT t.id, t.parent_id, t.name, t.slug, t.status, t.created_at, line.depth + 1
+            SELECT t.id, t.parent_id, t.name, t.slug, t.status, t.allowlist_enabled, t.allowlist,
+                   t.created_at, line.depth + 1
             FROM tenants t JOIN line ON t.id = line.parent_id
         )"
     };
@@ -25,11 +28,12 @@ pub(crate) mod prelude {
     pub use async_trait::async_trait;
     pub use keygate_core::Timestamp;
     pub use keygate_core::access::{Grant, Scope, perm};
+    pub use keygate_core::allowlist::IpAllowlist;
     pub use keygate_core::credential::{CredentialHash, CredentialKind};
     pub use keygate_core::id::{CredentialId, RoleId, TenantId, UserId};
     pub use keygate_core::model::{
-        AuditEvent, Credential, RateLimit, Role, Slug, Tenant, TenantStatus, User, UserStatus,
-        email_key,
+        AuditEvent, Credential, IpRestriction, RateLimit, Role, Slug, Tenant, TenantStatus, User,
+        UserStatus, email_key,
     };
     pub use keygate_core::password::PasswordHashString;
     pub use keygate_core::store::{
@@ -595,6 +599,100 @@ macro_rules! sql_store {
                 Ok(Some(()))
             }
 
+            async fn list_account_keys(&self, scope: &Scope) -> Result<Vec<Credential>, StoreError> {
+                sqlx::query(
+                    "SELECT * FROM credentials WHERE tenant_id = $1 AND kind = 'account_key' ORDER BY id",
+                )
+                .bind(scope.tenant_id().as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?
+                .iter()
+                .map(credential_from_row)
+                .collect()
+            }
+
+            async fn create_account_key(
+                &self,
+                grant: &Grant<perm::KeysWrite>,
+                key: &Credential,
+                limit: usize,
+                event: &AuditEvent,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.begin_write().await?;
+                // Lock the tenant row, so two creates cannot both count one key and both add one.
+                sqlx::query("UPDATE tenants SET id = id WHERE id = $1")
+                    .bind(grant.tenant_id().as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                let count: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM credentials WHERE tenant_id = $1 AND kind = 'account_key'",
+                )
+                .bind(grant.tenant_id().as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+                if usize::try_from(count).unwrap_or(usize::MAX) >= limit {
+                    return Ok(false);
+                }
+                insert_credential(&mut tx, key).await?;
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[]).await?;
+                Ok(true)
+            }
+
+            async fn delete_account_key(
+                &self,
+                grant: &Grant<perm::KeysWrite>,
+                id: &CredentialId,
+                event: &AuditEvent,
+            ) -> Result<Option<()>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let deleted = sqlx::query(
+                    "DELETE FROM credentials WHERE id = $1 AND tenant_id = $2 AND kind = 'account_key'",
+                )
+                .bind(id.as_str())
+                .bind(grant.tenant_id().as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .rows_affected();
+                if deleted == 0 {
+                    return Ok(None);
+                }
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[Change::Credential(id.clone())]).await?;
+                Ok(Some(()))
+            }
+
+            async fn get_ip_restriction(&self, scope: &Scope) -> Result<IpRestriction, StoreError> {
+                let row = sqlx::query("SELECT * FROM tenants WHERE id = $1")
+                    .bind(scope.tenant_id().as_str())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                Ok(tenant_from_row(&row)?.ip_restriction)
+            }
+
+            async fn set_ip_restriction(
+                &self,
+                grant: &Grant<perm::IpRestrictionWrite>,
+                restriction: &IpRestriction,
+                event: &AuditEvent,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                sqlx::query("UPDATE tenants SET allowlist_enabled = $1, allowlist = $2 WHERE id = $3")
+                    .bind(restriction.enabled)
+                    .bind(to_json(&restriction.allowlist.to_strings())?)
+                    .bind(grant.tenant_id().as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[Change::Tenant(grant.tenant_id().clone())]).await
+            }
+
             async fn record_last_used(&self, uses: &[(CredentialId, Timestamp)]) -> Result<(), StoreError> {
                 if uses.is_empty() {
                     return Ok(());
@@ -618,14 +716,17 @@ macro_rules! sql_store {
 
         async fn insert_tenant(tx: &mut Transaction<'_, $db>, t: &Tenant) -> Result<(), StoreError> {
             sqlx::query(
-                "INSERT INTO tenants (id, parent_id, name, slug, status, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO tenants (id, parent_id, name, slug, status, allowlist_enabled, allowlist,
+                                      created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(t.id.as_str())
             .bind(t.parent_id.as_ref().map(TenantId::as_str))
             .bind(&t.name)
             .bind(t.slug.as_str())
             .bind(t.status.as_str())
+            .bind(t.ip_restriction.enabled)
+            .bind(to_json(&t.ip_restriction.allowlist.to_strings())?)
             .bind(t.created_at.unix())
             .execute(&mut **tx)
             .await
@@ -764,6 +865,12 @@ macro_rules! sql_store {
                 name: row.try_get("name").map_err(store_error)?,
                 slug: Slug::parse(&slug).map_err(|_| corrupt("slug", &slug))?,
                 status: TenantStatus::from_name(&status).ok_or_else(|| corrupt("status", &status))?,
+                ip_restriction: IpRestriction {
+                    enabled: row.try_get("allowlist_enabled").map_err(store_error)?,
+                    allowlist: IpAllowlist::new(
+                        optional_json::<Vec<ipnet::IpNet>>(row, "allowlist")?.unwrap_or_default(),
+                    ),
+                },
                 created_at: timestamp(row, "created_at")?,
             })
         }

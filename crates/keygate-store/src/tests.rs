@@ -91,6 +91,8 @@ on_every_backend!(
     last_use_only_moves_forward,
     every_change_writes_its_event_with_the_acting_credential,
     data_survives_reopening,
+    two_keys_at_most_even_when_created_at_once,
+    the_ip_restriction_is_stored_and_announced,
 );
 
 fn format() -> CredentialFormat {
@@ -587,4 +589,118 @@ async fn every_change_writes_its_event_with_the_acting_credential(db: TestDb) {
             ("token.delete".to_owned(), Some(acting), token_id),
         ]
     );
+}
+
+async fn two_keys_at_most_even_when_created_at_once(db: TestDb) {
+    let o = owned(db).await;
+    let keys = Arc::new(o.caller.require::<perm::KeysWrite>().unwrap());
+    let store = o.store.clone();
+    let attempts: Vec<_> = (0..6)
+        .map(|_| {
+            let (store, keys) = (store.clone(), keys.clone());
+            tokio::spawn(async move {
+                let mut key = o_key(&keys);
+                key.name = "race".into();
+                let event = event(&*keys, "account_key.create");
+                store
+                    .create_account_key(&keys, &key, 2, &event)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for attempt in attempts {
+        created += usize::from(attempt.await.unwrap());
+    }
+    assert_eq!(created, 2);
+    let listed = o.store.list_account_keys(&keys.scope()).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    let gone = listed[0].id.clone();
+    changes(&o.recorder);
+    assert_eq!(
+        o.store
+            .delete_account_key(&keys, &gone, &event(&*keys, "account_key.delete"))
+            .await
+            .unwrap(),
+        Some(())
+    );
+    assert_eq!(changes(&o.recorder), [Change::Credential(gone.clone())]);
+    assert!(
+        o.store
+            .find_credential(&listed[0].hash)
+            .await
+            .unwrap()
+            .is_none(),
+        "deleted for good"
+    );
+    assert_eq!(
+        o.store
+            .delete_account_key(&keys, &gone, &event(&*keys, "account_key.delete"))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+fn o_key(keys: &Grant<perm::KeysWrite>) -> keygate_core::model::Credential {
+    let secret = format().generate(CredentialKind::AccountKey).unwrap();
+    keygate_core::model::Credential {
+        id: CredentialId::generate_for(CredentialKind::AccountKey, NOW).unwrap(),
+        tenant_id: keys.tenant_id().clone(),
+        kind: CredentialKind::AccountKey,
+        hash: secret.hash(),
+        hint: secret.hint(),
+        name: "key".into(),
+        description: None,
+        user_id: None,
+        created_by: None,
+        role_id: None,
+        permissions: None,
+        allowed_ips: None,
+        rate_limit: None,
+        created_at: NOW,
+        expires_at: None,
+        revoked_at: None,
+        last_used_at: None,
+    }
+}
+
+async fn the_ip_restriction_is_stored_and_announced(db: TestDb) {
+    let o = owned(db).await;
+    let grant = o.caller.require::<perm::IpRestrictionWrite>().unwrap();
+    let before = o.store.get_ip_restriction(&grant.scope()).await.unwrap();
+    assert!(!before.enabled && before.allowlist.is_empty());
+    let entries = vec!["10.0.0.0/8".to_owned(), "2001:db8::/32".to_owned()];
+    let restriction = keygate_core::model::IpRestriction {
+        enabled: true,
+        allowlist: keygate_core::allowlist::IpAllowlist::parse(&entries, "allowlist")
+            .unwrap()
+            .0,
+    };
+    changes(&o.recorder);
+    o.store
+        .set_ip_restriction(
+            &grant,
+            &restriction,
+            &event(&grant, "ip_restriction.update"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        changes(&o.recorder),
+        [Change::Tenant(grant.tenant_id().clone())]
+    );
+    assert_eq!(
+        o.store.get_ip_restriction(&grant.scope()).await.unwrap(),
+        restriction
+    );
+    // Verification reads it with the credential.
+    let record = o
+        .store
+        .find_credential(&o.plan.token.hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.tenant.ip_restriction, restriction);
 }
