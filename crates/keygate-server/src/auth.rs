@@ -14,6 +14,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use keygate_core::access::Caller;
 
+use crate::middleware::ClientIp;
 use crate::problem::{ApiError, ProblemCode};
 use crate::state::AppState;
 
@@ -144,8 +145,10 @@ fn decode_basic(encoded: &str) -> Result<(String, String), ApiError> {
     Ok((username.to_owned(), credential.to_owned()))
 }
 
-/// Verifies what [`extract`] found and checks the realm it was presented for.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+/// Verifies what [`extract`] found, checks the realm it was presented for and the address it was
+/// presented from.
+pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
+    let headers = &parts.headers;
     let presented = extract(headers)?.ok_or_else(|| {
         ApiError::unauthenticated(
             "no credential: send `Authorization: Bearer <token>` (or see /docs for the other ways)",
@@ -168,6 +171,14 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
             "the Realm header names a different tenant than the credential's",
         ));
     }
+    if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>()
+        && !caller.verified().allows_address(*ip)
+    {
+        return Err(ApiError::new(
+            ProblemCode::IpNotAllowed,
+            format!("requests from {ip} are not allowed for this credential"),
+        ));
+    }
     state
         .usage()
         .record(&caller.verified().credential.id, state.clock().now());
@@ -181,7 +192,7 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(state, &parts.headers).await.map(Authenticated)
+        authenticate(state, parts).await.map(Authenticated)
     }
 }
 

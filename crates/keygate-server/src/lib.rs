@@ -61,6 +61,17 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             routes::tokens::delete_many
         ))
         .routes(routes!(routes::tokens::get, routes::tokens::delete))
+        .routes(routes!(
+            routes::account::list,
+            routes::account::create,
+            routes::account::delete_by_query
+        ))
+        .routes(routes!(routes::account::delete))
+        .routes(routes!(
+            routes::account::get_ip_restriction,
+            routes::account::put_ip_restriction,
+            routes::account::post_ip_restriction
+        ))
         .routes(routes!(routes::sessions::login))
         .routes(routes!(routes::sessions::logout))
         .split_for_parts()

@@ -6,13 +6,15 @@
 //! path only, never the query string or headers: a query may carry a key (`?key=…`) and headers
 //! carry credentials.
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use keygate_core::allowlist::client_address;
 use keygate_core::base62;
 use tracing::Instrument;
 
@@ -24,6 +26,31 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// The id of the request being served, for handlers that need it.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
+
+/// The client's address as keygate judges it (API.md §6): what allowlists are checked against,
+/// and what the log and the audit record.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+fn client_ip(request: &Request, state: &AppState) -> IpAddr {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(peer)| peer.ip());
+    let headers = request.headers();
+    let values = |name: &'static str| {
+        headers
+            .get_all(name)
+            .into_iter()
+            .filter_map(|value| value.to_str().ok())
+    };
+    client_address(
+        peer,
+        state.trusted_proxies(),
+        values("x-forwarded-for"),
+        values("forwarded"),
+    )
+}
 
 /// The caller's id if it is sane (1–128 characters of `A-Za-z0-9._:-`), else a new one.
 fn request_id(request: &Request) -> String {
@@ -60,7 +87,8 @@ pub async fn finish(State(state): State<AppState>, mut request: Request, next: N
     let id = request_id(&request);
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let span = tracing::info_span!("request", id = %id, %method, %path);
+    let ip = client_ip(&request, &state);
+    let span = tracing::info_span!("request", id = %id, %ip, %method, %path);
 
     let limit = state.config().limits.header_bytes;
     let response = if header_bytes(&request) > limit {
@@ -71,6 +99,7 @@ pub async fn finish(State(state): State<AppState>, mut request: Request, next: N
         .into_response()
     } else {
         request.extensions_mut().insert(RequestId(id.clone()));
+        request.extensions_mut().insert(ClientIp(ip));
         next.run(request).instrument(span.clone()).await
     };
 

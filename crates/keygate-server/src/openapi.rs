@@ -21,6 +21,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         (name = "users", description = "People who sign in, each with one role"),
         (name = "roles", description = "Named sets of permissions, and the permission catalog"),
         (name = "tokens", description = "Personal and service tokens"),
+        (name = "account", description = "Account keys (rotation) and the IP restriction"),
         (name = "verification", description = "Checking credentials for other services"),
         (name = "operations", description = "Health and readiness"),
     ),

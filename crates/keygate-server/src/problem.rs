@@ -357,6 +357,9 @@ impl From<RuleError> for ApiError {
                 let code = match code {
                     "role-in-use" => ProblemCode::RoleInUse,
                     "builtin-role" => ProblemCode::BuiltinRole,
+                    "cannot-delete-current-key" => ProblemCode::CannotDeleteCurrentKey,
+                    "would-lock-out-caller" => ProblemCode::WouldLockOutCaller,
+                    "key-limit-reached" => ProblemCode::KeyLimitReached,
                     _ => ProblemCode::AlreadyExists,
                 };
                 ApiError::new(code, detail)

@@ -1,16 +1,14 @@
 //! What handlers take from a request besides its credential and body: where it came from (for the
 //! audit log), query strings (strict, repeated keys allowed) and list paging.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use keygate_core::access::RequestMeta;
 use keygate_core::store::Page;
 use serde::de::DeserializeOwned;
 
-use crate::middleware::RequestId;
+use crate::middleware::{ClientIp, RequestId};
 use crate::problem::{ApiError, FieldError};
 
 /// The request's origin, for audit events.
@@ -22,8 +20,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let ip = parts
             .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| peer.ip().to_string());
+            .get::<ClientIp>()
+            .map(|ClientIp(ip)| ip.to_string());
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)

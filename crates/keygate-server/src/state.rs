@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use keygate_core::Clock;
+use keygate_core::allowlist::IpAllowlist;
 use keygate_core::cache::CredentialCache;
 use keygate_core::permission::Catalog;
 use keygate_core::store::DynStore;
@@ -23,6 +24,7 @@ struct Inner {
     store: DynStore,
     verifier: Verifier,
     clock: Arc<dyn Clock>,
+    trusted_proxies: IpAllowlist,
     login_throttle: LoginThrottle,
     usage: UsageRecorder,
     shutting_down: AtomicBool,
@@ -47,7 +49,10 @@ impl AppState {
                 .await?;
         let verifier = Verifier::new(format, catalog.clone(), store.clone(), cache, clock.clone())
             .serve_stale_on_store_outage(config.cache.serve_stale_on_store_outage);
+        let trusted_proxies =
+            IpAllowlist::new(config.trusted_proxies.iter().map(|n| n.0).collect());
         Ok(Self(Arc::new(Inner {
+            trusted_proxies,
             config,
             catalog,
             store,
@@ -77,6 +82,11 @@ impl AppState {
 
     pub fn clock(&self) -> &dyn Clock {
         &*self.0.clock
+    }
+
+    /// The proxies whose forwarding headers are believed (config `trusted_proxies`).
+    pub fn trusted_proxies(&self) -> &IpAllowlist {
+        &self.0.trusted_proxies
     }
 
     pub fn login_throttle(&self) -> &LoginThrottle {

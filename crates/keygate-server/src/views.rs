@@ -104,7 +104,20 @@ impl<T: ToSchema> List<T> {
 /// A non-critical remark on a 2xx response (API.md §1).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Warning {
-    #[schema(example = "not-found")]
+    #[schema(example = "normalised")]
     pub code: &'static str,
     pub detail: String,
+}
+
+impl Warning {
+    /// An allowlist entry stored as its network.
+    pub fn normalised(remark: &keygate_core::allowlist::Normalised) -> Self {
+        Self {
+            code: "normalised",
+            detail: format!(
+                "{}: `{}` has host bits set and is stored as {}",
+                remark.field, remark.given, remark.stored
+            ),
+        }
+    }
 }

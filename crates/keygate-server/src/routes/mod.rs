@@ -1,5 +1,6 @@
 //! One module per resource. Handlers are thin: extract, make one domain call, map the result.
 
+pub mod account;
 pub mod ops;
 pub mod roles;
 pub mod sessions;

@@ -142,6 +142,9 @@ pub struct CreatedToken {
     /// The full token. Shown this once: keygate keeps only its hash.
     #[schema(example = "kg_service_live_…")]
     pub secret: String,
+    /// `allowed_ips` entries stored in another form than given (host bits cleared).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,7 +263,7 @@ pub async fn create(
             u64::from(state.config().tokens.personal_max_days) * 86_400,
         ),
     };
-    let (token, secret) = tokens::plan(
+    let planned = tokens::plan(
         &grant,
         state.catalog(),
         state.verifier().format(),
@@ -269,13 +272,15 @@ pub async fn create(
         role.as_ref(),
         now,
     )?;
+    let token = planned.credential;
     let event = grant.event("token.create", Some(target(&token.id)), now, &meta)?;
     state.store().create_token(&grant, &token, &event).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(CreatedToken {
             token: TokenView::new(token, now),
-            secret: secret.into_exposed(),
+            secret: planned.secret.into_exposed(),
+            warnings: planned.normalised.iter().map(Warning::normalised).collect(),
         }),
     ))
 }

@@ -139,12 +139,12 @@ pub async fn verify(
         }
     };
 
-    let allowed_ip = match (&verified.allowed_ips, ip) {
-        (None, _) => true,
-        (Some(networks), Some(ip)) => networks.iter().any(|n| n.contains(&ip)),
-        // The credential is restricted to some networks and the caller did not say where the
+    let restricted = verified.allowed_ips.is_some() || verified.tenant_allowlist.is_some();
+    let allowed_ip = match ip {
+        Some(ip) => verified.allows_address(ip),
+        // The credential only works from some networks and the caller did not say where the
         // client is: refuse rather than guess.
-        (Some(_), None) => false,
+        None => !restricted,
     };
     let missing = verified.permissions.missing(&request.permissions);
     let (code, detail) = if !allowed_ip {

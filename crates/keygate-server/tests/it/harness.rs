@@ -51,6 +51,15 @@ pub fn client() -> Client {
         .unwrap()
 }
 
+/// A client whose connections come from `address` (all of 127.0.0.0/8 is loopback on Linux).
+pub fn client_from(address: &str) -> Client {
+    Client::builder()
+        .no_proxy()
+        .local_address(address.parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
 impl TestServer {
     pub async fn start() -> Self {
         Self::start_with(|_| {}).await
@@ -98,8 +107,9 @@ impl TestServer {
     }
 
     async fn boot(config: Config, dir: Arc<tempfile::TempDir>, clock: Arc<ManualClock>) -> Self {
+        let address = std::net::SocketAddr::new(config.listen.ip(), 0);
         let state = AppState::open(config, clock.clone()).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(keygate_server::run(listener, state.clone(), async {

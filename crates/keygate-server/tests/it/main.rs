@@ -9,6 +9,7 @@ mod harness;
 /// The store this binary runs the suite on; `tests/pg` runs it again on PostgreSQL.
 pub const BACKEND: harness::Backend = harness::Backend::Sqlite;
 
+mod account;
 mod auth;
 mod binary;
 mod identity;

@@ -10,6 +10,8 @@ mod harness;
 
 pub const BACKEND: harness::Backend = harness::Backend::Postgres;
 
+#[path = "../it/account.rs"]
+mod account;
 #[path = "../it/auth.rs"]
 mod auth;
 #[path = "../it/identity.rs"]
