@@ -150,6 +150,8 @@ pub struct Login {
     pub user: User,
     pub password_hash: PasswordHashString,
     pub tenant_active: bool,
+    /// The user's tenant's allowlist, if enabled: a session from elsewhere would be useless.
+    pub tenant_allowlist: Option<crate::allowlist::IpAllowlist>,
 }
 
 /// The outcome of deleting something that others may depend on.

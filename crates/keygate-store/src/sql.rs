@@ -410,10 +410,17 @@ macro_rules! sql_store {
                 .fetch_one(&self.pool)
                 .await
                 .map_err(store_error)?;
+                let tenant = sqlx::query("SELECT * FROM tenants WHERE id = $1")
+                    .bind(user.tenant_id.as_str())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                let tenant_allowlist = tenant_from_row(&tenant)?.ip_restriction.enforced().cloned();
                 Ok(Some(Login {
                     user,
                     password_hash: PasswordHashString::from_stored(password_hash),
                     tenant_active: !suspended,
+                    tenant_allowlist,
                 }))
             }
 

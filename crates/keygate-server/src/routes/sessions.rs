@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 
 use crate::auth::{Authenticated, SESSION_COOKIE};
 use crate::json::Json;
+use crate::middleware::ClientIp;
 use crate::problem::{ApiError, Problem, ProblemCode};
 use crate::request::Meta;
 use crate::routes::users::UserView;
@@ -50,13 +51,16 @@ fn wrong_credentials() -> ApiError {
         (status = 200, description = "Signed in; `Set-Cookie: keygate_session=…`", body = LoginResponse),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Wrong email or password (one answer for both)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "ip-not-allowed: the account's allowlist does not cover this address", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Too many failures for this email or address; see Retry-After", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn login(
     State(state): State<AppState>,
     Meta(meta): Meta,
+    client: Option<axum::Extension<ClientIp>>,
     Json(request): Json<LoginRequest>,
 ) -> Result<Response, ApiError> {
+    let client_ip = client.map(|axum::Extension(ClientIp(ip))| ip);
     let now = state.clock().now();
     let address = meta.ip.as_deref();
     if let Err(wait) = state.login_throttle().check(&request.email, address, now) {
@@ -88,6 +92,14 @@ pub async fn login(
     }
     if !login.tenant_active {
         return Err(ApiError::unauthenticated("the account is suspended"));
+    }
+    if let (Some(list), Some(ip)) = (&login.tenant_allowlist, client_ip)
+        && !list.covers(ip)
+    {
+        return Err(ApiError::new(
+            ProblemCode::IpNotAllowed,
+            format!("signing in from {ip} is not allowed for this account"),
+        ));
     }
     state.login_throttle().succeeded(&request.email);
 

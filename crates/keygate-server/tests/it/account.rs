@@ -395,6 +395,22 @@ async fn the_list_is_enforced_from_the_very_next_request() {
     let (_, key) = create_key(&server, &server.token).await;
     assert_eq!(status(&server, &elsewhere, &key).await, 403);
 
+    // Signing in from outside the list is refused too (after the password proved who it is).
+    let user = json!({"email": "ip@example.com", "name": "Ip", "role": "viewer", "password": "correct horse battery"});
+    server
+        .expect(201, Method::POST, "/v1/users", &server.token, Some(user))
+        .await;
+    let login = elsewhere
+        .post(format!("{}/v1/auth/login", server.base))
+        .json(&json!({"email": "ip@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    problem(login, 403, "ip-not-allowed").await;
+    server
+        .login("ip@example.com", "correct horse battery")
+        .await;
+
     // Disabling is always allowed, and applies at once.
     ok_json(
         restrict(
