@@ -201,6 +201,58 @@ async fn every_change_on_one_node_is_seen_on_the_other_at_once() {
         .await,
     ));
 
+    // An account key deleted on A.
+    let key = a
+        .expect(201, Method::POST, "/v1/account/keys", &a.token, None)
+        .await;
+    let key_secret = key["key"].as_str().unwrap().to_owned();
+    assert_eq!(status(&b, &key_secret).await, 200);
+    let key_path = format!("/v1/account/keys/{}", key["id"].as_str().unwrap());
+    a.expect(200, Method::DELETE, &key_path, &a.token, None)
+        .await;
+    seen.push((
+        "account key deleted",
+        within(PROPAGATION_LIMIT, "key deletion", || async {
+            status(&b, &key_secret).await == 401
+        })
+        .await,
+    ));
+
+    // The allowlist enabled on A: B refuses the same credential from outside it.
+    let (_, secret) = service_token(&a, "viewer").await;
+    assert_eq!(status(&b, &secret).await, 200);
+    a.expect(
+        200,
+        Method::PUT,
+        "/v1/account/ip-restriction",
+        &a.token,
+        Some(json!({"enabled": true, "allowlist": ["127.0.0.1", "10.0.0.0/8"]})),
+    )
+    .await;
+    let elsewhere = crate::harness::client_from("127.0.0.2");
+    seen.push((
+        "allowlist enabled",
+        within(PROPAGATION_LIMIT, "allowlist", || async {
+            elsewhere
+                .get(format!("{}/v1/whoami", b.base))
+                .bearer_auth(&secret)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                == 403
+        })
+        .await,
+    ));
+    a.expect(
+        200,
+        Method::PUT,
+        "/v1/account/ip-restriction",
+        &a.token,
+        Some(json!({"enabled": false, "allowlist": []})),
+    )
+    .await;
+
     // And the other way round: B's changes reach A.
     let (id, secret) = service_token(&b, "viewer").await;
     assert_eq!(status(&a, &secret).await, 200);
