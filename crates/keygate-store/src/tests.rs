@@ -230,7 +230,7 @@ async fn revocation_is_scoped_to_the_grant_and_announced_after_commit(db: TestDb
         .revoke_tokens(&grant, &[unknown, id.clone()], NOW, &[e.clone(), e.clone()])
         .await
         .unwrap();
-    assert_eq!(revoked, [id.clone()]);
+    assert_eq!(revoked, std::slice::from_ref(&id));
     assert_eq!(changes(&o.recorder), [Change::Credential(id.clone())]);
     let stored = o
         .store
