@@ -103,6 +103,22 @@ impl Caller {
             .map_or(&self.verified.tenant.id, |t| &t.id)
     }
 
+    /// The scope of the credential's own tenant, whatever the request acts in: for resolving
+    /// `as-tenant`, which must name a descendant of it.
+    pub fn home_scope(&self) -> Scope {
+        Scope(self.verified.tenant.id.clone())
+    }
+
+    /// The same caller acting inside `target`, a strict descendant of its own tenant (the caller
+    /// checked that). Needs `tenants:impersonate`.
+    pub fn acting_for(self, target: TenantSummary) -> Result<Caller, Forbidden> {
+        self.require_all(&[<perm::TenantsImpersonate as perm::Required>::NAME])?;
+        Ok(Caller {
+            verified: self.verified,
+            acting_as: Some(target),
+        })
+    }
+
     /// A grant of `P` if the credential holds it.
     pub fn require<P: perm::Required>(&self) -> Result<Grant<P>, Forbidden> {
         self.require_all(&[P::NAME])?;

@@ -23,8 +23,10 @@ pub fn plan(
     email: &str,
     now: Timestamp,
 ) -> Result<(Bootstrap, BootstrapSecrets), PasswordError> {
+    let id = TenantId::generate(now)?;
     let tenant = Tenant {
-        id: TenantId::generate(now)?,
+        path: crate::model::TenantPath::root(&id),
+        id,
         parent_id: None,
         name: "Root".to_owned(),
         slug: Slug::root(),

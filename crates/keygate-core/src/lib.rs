@@ -20,6 +20,7 @@ pub mod permission;
 pub mod roles;
 pub mod rule;
 pub mod store;
+pub mod tenants;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod tokens;

@@ -41,7 +41,65 @@ pub struct Tenant {
     pub slug: Slug,
     pub status: TenantStatus,
     pub ip_restriction: IpRestriction,
+    /// The tenant's place in the tree: every ancestor's id, readable in one step.
+    pub path: TenantPath,
     pub created_at: Timestamp,
+}
+
+/// The deepest a reseller tree may go (the root is depth 1).
+pub const MAX_TENANT_DEPTH: usize = 16;
+
+/// The ids from the root down to a tenant, as `/tnt_root/tnt_child/`. Kept on the tenant's row, so
+/// verification learns a credential's whole tenant line without walking the tree, and a subtree is
+/// one index range (see [`TenantPath::subtree`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TenantPath(String);
+
+impl TenantPath {
+    pub fn root(id: &TenantId) -> Self {
+        Self(format!("/{id}/"))
+    }
+
+    pub fn child(&self, id: &TenantId) -> Self {
+        Self(format!("{}{id}/", self.0))
+    }
+
+    pub fn from_stored(text: String) -> Self {
+        Self(text)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The ids on the path, root first, this tenant last.
+    pub fn ids(&self) -> impl Iterator<Item = TenantId> + '_ {
+        self.0
+            .split('/')
+            .filter(|part| !part.is_empty())
+            .map(|part| TenantId::from_trusted(part.to_owned()))
+    }
+
+    pub fn depth(&self) -> usize {
+        self.ids().count()
+    }
+
+    /// Whether this tenant is `ancestor` or below it.
+    pub fn is_within(&self, ancestor: &TenantPath) -> bool {
+        self.0.starts_with(&ancestor.0)
+    }
+
+    /// Whether this tenant is strictly below `ancestor` (a child, grandchild, …).
+    pub fn is_strictly_below(&self, ancestor: &TenantPath) -> bool {
+        self.is_within(ancestor) && self.0.len() > ancestor.0.len()
+    }
+
+    /// The half-open range of paths in this tenant's subtree (itself included): `path` up to the
+    /// same with its final `/` replaced by the next character, `0`.
+    pub fn subtree(&self) -> (String, String) {
+        let upper = format!("{}0", &self.0[..self.0.len().saturating_sub(1)]);
+        (self.0.clone(), upper)
+    }
 }
 
 /// A tenant's IP restriction (API.md §6): when enabled, its credentials only work from addresses
@@ -266,5 +324,35 @@ mod tests {
         ] {
             assert!(Slug::parse(bad).is_err(), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+
+    #[test]
+    fn paths_know_their_ancestry_and_subtree() {
+        let now = Timestamp::from_unix(1_800_000_000);
+        let root_id = TenantId::generate(now).unwrap();
+        let child_id = TenantId::generate(now).unwrap();
+        let other_id = TenantId::generate(now).unwrap();
+        let root = TenantPath::root(&root_id);
+        let child = root.child(&child_id);
+        let other = root.child(&other_id);
+        assert_eq!(
+            child.ids().collect::<Vec<_>>(),
+            [root_id.clone(), child_id.clone()]
+        );
+        assert_eq!(child.depth(), 2);
+        assert!(child.is_strictly_below(&root) && child.is_within(&root));
+        assert!(root.is_within(&root) && !root.is_strictly_below(&root));
+        assert!(!child.is_within(&other) && !root.is_within(&child));
+        let (low, high) = root.subtree();
+        for inside in [&root, &child, &other] {
+            assert!(inside.as_str() >= low.as_str() && inside.as_str() < high.as_str());
+        }
+        let (low, high) = child.subtree();
+        assert!(!(other.as_str() >= low.as_str() && other.as_str() < high.as_str()));
     }
 }

@@ -26,8 +26,10 @@ pub fn catalog() -> Catalog {
 /// A caller holding `kind` credential with `role` (a user's role for personal tokens and
 /// sessions), optionally narrowed.
 pub fn caller(kind: CredentialKind, role: BuiltinRole, narrowing: Option<&[&str]>) -> Caller {
+    let id = TenantId::generate(NOW).unwrap();
     let tenant = Tenant {
-        id: TenantId::generate(NOW).unwrap(),
+        path: crate::model::TenantPath::root(&id),
+        id,
         parent_id: None,
         name: "Acme".into(),
         slug: Slug::parse("acme").unwrap(),

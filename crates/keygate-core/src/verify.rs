@@ -185,10 +185,7 @@ impl Verified {
             rate_limit: credential.rate_limit,
             standing,
             hash: credential.hash,
-            tenant_line: std::iter::once(&record.tenant)
-                .chain(&record.ancestors)
-                .map(|t| t.id.clone())
-                .collect(),
+            tenant_line: record.tenant.path.ids().collect(),
             user_id: record.user.as_ref().map(|u| u.id.clone()),
             role_id: record.role.as_ref().map(|r| r.id.clone()),
         }
@@ -380,8 +377,13 @@ mod tests {
     const NOW: Timestamp = Timestamp::from_unix(1_800_000_000);
 
     fn tenant(slug: &str, parent: Option<&Tenant>) -> Tenant {
+        let id = TenantId::generate(NOW).unwrap();
         Tenant {
-            id: TenantId::generate(NOW).unwrap(),
+            path: match parent {
+                Some(parent) => parent.path.child(&id),
+                None => crate::model::TenantPath::root(&id),
+            },
+            id,
             parent_id: parent.map(|p| p.id.clone()),
             name: slug.to_uppercase(),
             slug: Slug::parse(slug).unwrap(),

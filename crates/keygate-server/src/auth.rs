@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderName, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use keygate_core::access::Caller;
+use keygate_core::verify::TenantSummary;
 
 use crate::middleware::ClientIp;
 use crate::problem::{ApiError, ProblemCode};
@@ -21,6 +22,7 @@ use crate::state::AppState;
 const APIKEY: HeaderName = HeaderName::from_static("apikey");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const REALM: HeaderName = HeaderName::from_static("realm");
+const AS_TENANT: HeaderName = HeaderName::from_static("as-tenant");
 pub const COOKIE_NAME: &str = "api_access_token";
 /// The cookie a signed-in browser session travels in.
 pub const SESSION_COOKIE: &str = "keygate_session";
@@ -155,18 +157,25 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, Api
         )
     })?;
     let verified = state.verifier().verify(&presented.credential).await?;
-    let caller = Caller::new(verified);
-    let slug = caller.verified().tenant.slug.as_str();
+    let mut caller = Caller::new(verified);
     if presented
         .basic_username
         .as_deref()
-        .is_some_and(|u| u != slug)
+        .is_some_and(|u| u != caller.verified().tenant.slug)
     {
         return Err(ApiError::unauthenticated(
             "the Basic username must be the slug of the credential's tenant (its realm)",
         ));
     }
-    if presented.realm.is_some_and(|realm| realm != slug) {
+    if let Some(value) = headers.get(AS_TENANT) {
+        caller = act_for(state, caller, value).await?;
+    }
+    let own = caller.verified().tenant.slug.as_str();
+    let acting = caller.acting_as().map(|t| t.slug.as_str());
+    if presented
+        .realm
+        .is_some_and(|realm| realm != own && Some(realm) != acting)
+    {
         return Err(ApiError::unauthenticated(
             "the Realm header names a different tenant than the credential's",
         ));
@@ -183,6 +192,31 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, Api
         .usage()
         .record(&caller.verified().credential.id, state.clock().now());
     Ok(caller)
+}
+
+/// `as-tenant: <id or slug>`: act inside a strict descendant of the credential's own tenant.
+/// Without `tenants:impersonate` a 403; a target that is unknown, not below, or the caller's own
+/// tenant a 404 (whether it exists elsewhere is not the caller's business).
+async fn act_for(
+    state: &AppState,
+    caller: Caller,
+    value: &axum::http::HeaderValue,
+) -> Result<Caller, ApiError> {
+    caller.require::<keygate_core::access::perm::TenantsImpersonate>()?;
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 64)
+        .ok_or_else(|| ApiError::invalid("the as-tenant header must be a tenant id or slug"))?;
+    let missing = || ApiError::not_found(format!("there is no tenant `{key}` below yours"));
+    let target = state
+        .store()
+        .get_tenant(&caller.home_scope(), key)
+        .await?
+        .filter(|t| t.id != caller.verified().tenant.id)
+        .ok_or_else(missing)?;
+    Ok(caller.acting_for(TenantSummary::from(&target))?)
 }
 
 /// An authenticated request: the extractor every protected handler takes.

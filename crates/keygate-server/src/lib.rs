@@ -72,6 +72,12 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             routes::account::put_ip_restriction,
             routes::account::post_ip_restriction
         ))
+        .routes(routes!(routes::tenants::list, routes::tenants::create))
+        .routes(routes!(
+            routes::tenants::get,
+            routes::tenants::update,
+            routes::tenants::delete
+        ))
         .routes(routes!(routes::sessions::login))
         .routes(routes!(routes::sessions::logout))
         .split_for_parts()

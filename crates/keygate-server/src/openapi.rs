@@ -18,6 +18,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
     tags(
         (name = "identity", description = "Who a credential is and what it may do"),
         (name = "sessions", description = "Signing in and out with email and password"),
+        (name = "tenants", description = "Customers and a reseller's sub-customers; act in one with `as-tenant`"),
         (name = "users", description = "People who sign in, each with one role"),
         (name = "roles", description = "Named sets of permissions, and the permission catalog"),
         (name = "tokens", description = "Personal and service tokens"),

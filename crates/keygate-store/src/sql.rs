@@ -7,21 +7,26 @@
 //! storage traits for a backend from that shared SQL; the backend module provides `begin_write`,
 //! `commit` and `store_error`.
 
-/// A tenant and its ancestors (`line`, nearest first by `depth`), from the tenant bound as `$1`.
-macro_rules! tenant_line {
-    () => {
-        "WITH RECURSIVE line (id, parent_id, name, slug, status, allowlist_enabled, allowlist,
-                              created_at, depth) AS (
-            SELECT id, parent_id, name, slug, status, allowlist_enabled, allowlist, created_at, 0
-            FROM tenants WHERE id = $1
-            UNION ALL
-            SELECT t.id, t.parent_id, t.name, t.slug, t.status, t.allowlist_enabled, t.allowlist,
-                   t.created_at, line.depth + 1
-            FROM tenants t JOIN line ON t.id = line.parent_id
-        )"
+/// SQL saying tenant `$t` is tenant `$s` or below it: its path is in `$s`'s subtree range (see
+/// `TenantPath::subtree`), which an index on `path` answers.
+macro_rules! in_subtree {
+    ($t:literal, $s:literal) => {
+        concat!(
+            "(",
+            $t,
+            ".path >= ",
+            $s,
+            ".path AND ",
+            $t,
+            ".path < substr(",
+            $s,
+            ".path, 1, length(",
+            $s,
+            ".path) - 1) || '0')"
+        )
     };
 }
-pub(crate) use tenant_line;
+pub(crate) use in_subtree;
 
 /// What the shared code names; each backend module imports it whole.
 pub(crate) mod prelude {
@@ -32,8 +37,8 @@ pub(crate) mod prelude {
     pub use keygate_core::credential::{CredentialHash, CredentialKind};
     pub use keygate_core::id::{CredentialId, RoleId, TenantId, UserId};
     pub use keygate_core::model::{
-        AuditEvent, Credential, IpRestriction, RateLimit, Role, Slug, Tenant, TenantStatus, User,
-        UserStatus, email_key,
+        AuditEvent, Credential, IpRestriction, RateLimit, Role, Slug, Tenant, TenantPath,
+        TenantStatus, User, UserStatus, email_key,
     };
     pub use keygate_core::password::PasswordHashString;
     pub use keygate_core::store::{
@@ -67,28 +72,39 @@ macro_rules! sql_store {
             ) -> Result<Option<CredentialRecord>, StoreError> {
                 // One read transaction, so the credential, its tenant line, user and role are one snapshot.
                 let mut tx = self.pool.begin().await.map_err(store_error)?;
-                let Some(row) = sqlx::query("SELECT * FROM credentials WHERE secret_hash = $1")
-                    .bind(hash.as_bytes().as_slice())
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(store_error)?
+                let Some(row) = sqlx::query(
+                    "SELECT c.*, t.path AS tenant_path FROM credentials c
+                     JOIN tenants t ON t.id = c.tenant_id WHERE c.secret_hash = $1",
+                )
+                .bind(hash.as_bytes().as_slice())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?
                 else {
                     return Ok(None);
                 };
                 let credential = credential_from_row(&row)?;
-
-                let mut line = sqlx::query(concat!(
-                    $crate::sql::tenant_line!(),
-                    " SELECT * FROM line ORDER BY depth"
-                ))
-                .bind(credential.tenant_id.as_str())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(store_error)?
-                .iter()
-                .map(tenant_from_row)
-                .collect::<Result<Vec<_>, _>>()?;
-                if line.is_empty() {
+                // The tenant and all its ancestors, in one query whatever the depth: their ids
+                // are on the tenant's path.
+                let path = TenantPath::from_stored(row.try_get("tenant_path").map_err(store_error)?);
+                let ids: Vec<TenantId> = path.ids().collect();
+                let mut query = QueryBuilder::<$db>::new("SELECT * FROM tenants WHERE id IN (");
+                let mut list = query.separated(", ");
+                for id in &ids {
+                    list.push_bind(id.as_str());
+                }
+                query.push(")");
+                let mut line = query
+                    .build()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(store_error)?
+                    .iter()
+                    .map(tenant_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                // Nearest first: the credential's own tenant, then its parent, …
+                line.sort_by_key(|t| std::cmp::Reverse(t.path.depth()));
+                if line.first().map(|t| &t.id) != Some(&credential.tenant_id) {
                     return Err(StoreError::Internal(format!(
                         "credential {} has no tenant",
                         credential.id
@@ -167,6 +183,145 @@ macro_rules! sql_store {
                 insert_credential(&mut tx, &b.token).await?;
                 insert_event(&mut tx, &b.event).await?;
                 self.commit(tx, &[]).await
+            }
+
+            async fn get_tenant(
+                &self,
+                scope: &Scope,
+                id_or_slug: &str,
+            ) -> Result<Option<Tenant>, StoreError> {
+                sqlx::query(concat!(
+                    "SELECT t.* FROM tenants t JOIN tenants s ON s.id = $1
+                     WHERE (t.id = $2 OR t.slug = $2) AND ",
+                    $crate::sql::in_subtree!("t", "s")
+                ))
+                .bind(scope.tenant_id().as_str())
+                .bind(id_or_slug)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(store_error)?
+                .map(|row| tenant_from_row(&row))
+                .transpose()
+            }
+
+            async fn list_tenants(
+                &self,
+                scope: &Scope,
+                parent: &TenantId,
+                page: &Page,
+            ) -> Result<Paged<Tenant>, StoreError> {
+                let rows = sqlx::query(concat!(
+                    "SELECT t.* FROM tenants t JOIN tenants s ON s.id = $1
+                     WHERE t.parent_id = $2 AND ($3 IS NULL OR t.id < $3) AND ",
+                    $crate::sql::in_subtree!("t", "s"),
+                    " ORDER BY t.id DESC LIMIT $4"
+                ))
+                .bind(scope.tenant_id().as_str())
+                .bind(parent.as_str())
+                .bind(page.cursor.as_deref())
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?;
+                paged(&rows, page, tenant_from_row, |t| t.id.to_string())
+            }
+
+            async fn create_tenant(
+                &self,
+                grant: &Grant<perm::TenantsWrite>,
+                tenant: &Tenant,
+                first_user: Option<(&User, &PasswordHashString)>,
+                events: &[AuditEvent],
+            ) -> Result<(), StoreError> {
+                if tenant.parent_id.as_ref() != Some(grant.tenant_id()) {
+                    return Err(StoreError::Internal("a tenant outside the grant's tenant".into()));
+                }
+                let mut tx = self.begin_write().await?;
+                insert_tenant(&mut tx, tenant).await?;
+                if let Some((user, password_hash)) = first_user {
+                    insert_user(&mut tx, user, password_hash).await?;
+                }
+                for event in events {
+                    insert_event(&mut tx, event).await?;
+                }
+                self.commit(tx, &[]).await
+            }
+
+            async fn update_tenant(
+                &self,
+                grant: &Grant<perm::TenantsWrite>,
+                tenant: &Tenant,
+                event: &AuditEvent,
+            ) -> Result<Option<()>, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let updated = sqlx::query(concat!(
+                    "UPDATE tenants SET name = $1, status = $2
+                     WHERE id = $3 AND EXISTS (SELECT 1 FROM tenants s WHERE s.id = $4 AND ",
+                    $crate::sql::in_subtree!("tenants", "s"),
+                    ")"
+                ))
+                .bind(&tenant.name)
+                .bind(tenant.status.as_str())
+                .bind(tenant.id.as_str())
+                .bind(grant.tenant_id().as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .rows_affected();
+                if updated == 0 {
+                    return Ok(None);
+                }
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[Change::Tenant(tenant.id.clone())]).await?;
+                Ok(Some(()))
+            }
+
+            async fn delete_tenant(
+                &self,
+                grant: &Grant<perm::TenantsWrite>,
+                id: &TenantId,
+                event: &AuditEvent,
+            ) -> Result<Deletion, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let found: bool = sqlx::query_scalar(concat!(
+                    "SELECT EXISTS (SELECT 1 FROM tenants t JOIN tenants s ON s.id = $1
+                                    WHERE t.id = $2 AND ",
+                    $crate::sql::in_subtree!("t", "s"),
+                    ")"
+                ))
+                .bind(grant.tenant_id().as_str())
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+                if !found {
+                    return Ok(Deletion::NotFound);
+                }
+                let has_children: bool =
+                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE parent_id = $1)")
+                        .bind(id.as_str())
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(store_error)?;
+                if has_children {
+                    return Ok(Deletion::InUse);
+                }
+                // In this order, so no foreign key is left pointing at a deleted row.
+                for sql in [
+                    "DELETE FROM credentials WHERE tenant_id = $1",
+                    "DELETE FROM users WHERE tenant_id = $1",
+                    "DELETE FROM roles WHERE tenant_id = $1",
+                    "DELETE FROM tenants WHERE id = $1",
+                ] {
+                    sqlx::query(sql)
+                        .bind(id.as_str())
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(store_error)?;
+                }
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[Change::Tenant(id.clone())]).await?;
+                Ok(Deletion::Deleted)
             }
 
             async fn list_roles(&self, scope: &Scope, page: &Page) -> Result<Paged<Role>, StoreError> {
@@ -402,24 +557,30 @@ macro_rules! sql_store {
                 };
                 let user = user_from_row(&row)?;
                 let password_hash: String = row.try_get("password_hash").map_err(store_error)?;
-                let suspended: bool = sqlx::query_scalar(concat!(
-                    $crate::sql::tenant_line!(),
-                    " SELECT EXISTS (SELECT 1 FROM line WHERE status = 'suspended')"
-                ))
-                .bind(user.tenant_id.as_str())
-                .fetch_one(&self.pool)
-                .await
-                .map_err(store_error)?;
                 let tenant = sqlx::query("SELECT * FROM tenants WHERE id = $1")
                     .bind(user.tenant_id.as_str())
                     .fetch_one(&self.pool)
                     .await
                     .map_err(store_error)?;
-                let tenant_allowlist = tenant_from_row(&tenant)?.ip_restriction.enforced().cloned();
+                let tenant = tenant_from_row(&tenant)?;
+                let mut query = QueryBuilder::<$db>::new(
+                    "SELECT count(*) FROM tenants WHERE status = 'suspended' AND id IN (",
+                );
+                let mut list = query.separated(", ");
+                for id in tenant.path.ids() {
+                    list.push_bind(id.to_string());
+                }
+                query.push(")");
+                let suspended: i64 = query
+                    .build_query_scalar()
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                let tenant_allowlist = tenant.ip_restriction.enforced().cloned();
                 Ok(Some(Login {
                     user,
                     password_hash: PasswordHashString::from_stored(password_hash),
-                    tenant_active: !suspended,
+                    tenant_active: suspended == 0,
                     tenant_allowlist,
                 }))
             }
@@ -724,8 +885,8 @@ macro_rules! sql_store {
         async fn insert_tenant(tx: &mut Transaction<'_, $db>, t: &Tenant) -> Result<(), StoreError> {
             sqlx::query(
                 "INSERT INTO tenants (id, parent_id, name, slug, status, allowlist_enabled, allowlist,
-                                      created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                                      path, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(t.id.as_str())
             .bind(t.parent_id.as_ref().map(TenantId::as_str))
@@ -734,6 +895,7 @@ macro_rules! sql_store {
             .bind(t.status.as_str())
             .bind(t.ip_restriction.enabled)
             .bind(to_json(&t.ip_restriction.allowlist.to_strings())?)
+            .bind(t.path.as_str())
             .bind(t.created_at.unix())
             .execute(&mut **tx)
             .await
@@ -878,6 +1040,7 @@ macro_rules! sql_store {
                         optional_json::<Vec<ipnet::IpNet>>(row, "allowlist")?.unwrap_or_default(),
                     ),
                 },
+                path: TenantPath::from_stored(row.try_get("path").map_err(store_error)?),
                 created_at: timestamp(row, "created_at")?,
             })
         }

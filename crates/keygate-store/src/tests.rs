@@ -93,6 +93,7 @@ on_every_backend!(
     data_survives_reopening,
     two_keys_at_most_even_when_created_at_once,
     the_ip_restriction_is_stored_and_announced,
+    tenants_are_scoped_to_their_subtree,
 );
 
 fn format() -> CredentialFormat {
@@ -703,4 +704,162 @@ async fn the_ip_restriction_is_stored_and_announced(db: TestDb) {
         .unwrap()
         .unwrap();
     assert_eq!(record.tenant.ip_restriction, restriction);
+}
+
+/// A chain of `depth` tenants below the bootstrap root, each created by the owner acting in the
+/// level above, and a service token in the deepest; returns that tenant and the token's hash.
+async fn chain(o: &Owned, depth: usize) -> (keygate_core::model::Tenant, CredentialHash) {
+    let mut parent = o.plan.tenant.clone();
+    let mut acting = o.caller.clone();
+    for level in 0..depth {
+        let grant = acting.require::<perm::TenantsWrite>().unwrap();
+        let id = keygate_core::id::TenantId::generate(NOW).unwrap();
+        let child = keygate_core::model::Tenant {
+            path: parent.path.child(&id),
+            id,
+            parent_id: Some(parent.id.clone()),
+            name: format!("level {level}"),
+            slug: keygate_core::model::Slug::parse(&format!("d{depth}-level-{level}")).unwrap(),
+            status: keygate_core::model::TenantStatus::Active,
+            ip_restriction: Default::default(),
+            created_at: NOW,
+        };
+        let created = event(&grant, "tenant.create");
+        o.store
+            .create_tenant(&grant, &child, None, &[created])
+            .await
+            .unwrap();
+        acting = o
+            .caller
+            .clone()
+            .acting_for(keygate_core::verify::TenantSummary::from(&child))
+            .unwrap();
+        parent = child;
+    }
+    let tokens = acting.require::<perm::TokensWrite>().unwrap();
+    let mut token = o.plan.token.clone();
+    let secret = format().generate(CredentialKind::Service).unwrap();
+    token.id = CredentialId::generate_for(CredentialKind::Service, NOW).unwrap();
+    token.tenant_id = parent.id.clone();
+    token.hash = secret.hash();
+    o.store
+        .create_token(&tokens, &token, &event(&tokens, "token.create"))
+        .await
+        .unwrap();
+    (parent, secret.hash())
+}
+
+async fn tenants_are_scoped_to_their_subtree(db: TestDb) {
+    let o = owned(db).await;
+    let (deep, hash) = chain(&o, 10).await;
+    let record = o.store.find_credential(&hash).await.unwrap().unwrap();
+    assert_eq!(record.tenant.id, deep.id);
+    assert_eq!(
+        record.ancestors.len(),
+        10,
+        "nine levels above it, and the root"
+    );
+    assert_eq!(
+        record.ancestors[0].id,
+        *deep.parent_id.as_ref().unwrap(),
+        "nearest first"
+    );
+    assert_eq!(record.ancestors[9].id, o.plan.tenant.id);
+
+    // A scope sees itself and below, never above or beside.
+    let root_scope = o.caller.require::<perm::TenantsRead>().unwrap().scope();
+    let seen = o
+        .store
+        .get_tenant(&root_scope, deep.slug.as_str())
+        .await
+        .unwrap();
+    assert_eq!(seen.map(|t| t.id), Some(deep.id.clone()));
+    let deep_scope = o
+        .caller
+        .clone()
+        .acting_for(keygate_core::verify::TenantSummary::from(&deep))
+        .unwrap()
+        .require::<perm::TenantsRead>()
+        .unwrap()
+        .scope();
+    assert!(
+        o.store
+            .get_tenant(&deep_scope, o.plan.tenant.id.as_str())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        o.store
+            .get_tenant(&deep_scope, deep.id.as_str())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let children = o
+        .store
+        .list_tenants(&root_scope, &o.plan.tenant.id, &page(50))
+        .await
+        .unwrap();
+    assert_eq!(children.items.len(), 1);
+
+    // Deleting a tenant with children is refused; a leaf goes, with its credentials.
+    let tenants = o.caller.require::<perm::TenantsWrite>().unwrap();
+    let middle = record.ancestors[4].id.clone();
+    assert_eq!(
+        o.store
+            .delete_tenant(&tenants, &middle, &event(&tenants, "tenant.delete"))
+            .await
+            .unwrap(),
+        Deletion::InUse
+    );
+    changes(&o.recorder);
+    assert_eq!(
+        o.store
+            .delete_tenant(&tenants, &deep.id, &event(&tenants, "tenant.delete"))
+            .await
+            .unwrap(),
+        Deletion::Deleted
+    );
+    assert_eq!(changes(&o.recorder), [Change::Tenant(deep.id.clone())]);
+    assert!(o.store.find_credential(&hash).await.unwrap().is_none());
+}
+
+/// Counts the SQL statements sqlx runs on this thread.
+#[derive(Clone, Default)]
+struct Statements(Arc<std::sync::atomic::AtomicUsize>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Statements {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() == "sqlx::query" {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+/// A credential ten tenants deep is verified with as many statements as one in the root: the
+/// ancestry comes from the tenant's path, not from a walk up the tree. (PostgreSQL runs its
+/// statements on the calling thread, where a test can count them; SQLite runs the same SQL.)
+#[tokio::test]
+async fn verification_reads_a_deep_tenant_line_in_as_many_statements_as_a_root_one() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let o = owned(TestDb::postgres().await).await;
+    let (_, deep) = chain(&o, 10).await;
+    let root = o.plan.token.hash;
+    let statements = Statements::default();
+    let subscriber = tracing_subscriber::registry().with(statements.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let count = |hash| {
+        let store = o.store.clone();
+        let statements = statements.clone();
+        async move {
+            let before = statements.0.load(std::sync::atomic::Ordering::SeqCst);
+            store.find_credential(&hash).await.unwrap().unwrap();
+            statements.0.load(std::sync::atomic::Ordering::SeqCst) - before
+        }
+    };
+    let at_root = count(root).await;
+    let ten_deep = count(deep).await;
+    assert!(at_root > 0, "statements are counted");
+    assert_eq!(ten_deep, at_root);
 }

@@ -4,6 +4,7 @@ pub mod account;
 pub mod ops;
 pub mod roles;
 pub mod sessions;
+pub mod tenants;
 pub mod tokens;
 pub mod users;
 pub mod verify;

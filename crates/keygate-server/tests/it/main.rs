@@ -15,4 +15,5 @@ mod binary;
 mod identity;
 mod ops;
 mod problems;
+mod tenants;
 mod verify;

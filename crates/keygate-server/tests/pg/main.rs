@@ -21,5 +21,7 @@ mod nodes;
 mod ops;
 #[path = "../it/problems.rs"]
 mod problems;
+#[path = "../it/tenants.rs"]
+mod tenants;
 #[path = "../it/verify.rs"]
 mod verify;

@@ -253,6 +253,45 @@ async fn every_change_on_one_node_is_seen_on_the_other_at_once() {
     )
     .await;
 
+    // A tenant suspended on A: its credentials are refused on B.
+    let child = a
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tenants",
+            &a.token,
+            Some(json!({"name": "Child"})),
+        )
+        .await;
+    let child_id = child["tenant"]["id"].as_str().unwrap().to_owned();
+    let in_child = a
+        .request(Method::POST, "/v1/tokens")
+        .bearer_auth(&a.token)
+        .header("as-tenant", &child_id)
+        .json(&json!({"kind": "service", "name": "c", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    let in_child: Value = in_child.json().await.unwrap();
+    let child_secret = in_child["secret"].as_str().unwrap().to_owned();
+    assert_eq!(status(&b, &child_secret).await, 200);
+    let tenant_path = format!("/v1/tenants/{child_id}");
+    a.expect(
+        200,
+        Method::PATCH,
+        &tenant_path,
+        &a.token,
+        Some(json!({"status": "suspended"})),
+    )
+    .await;
+    seen.push((
+        "tenant suspended",
+        within(PROPAGATION_LIMIT, "suspension", || async {
+            status(&b, &child_secret).await == 401
+        })
+        .await,
+    ));
+
     // And the other way round: B's changes reach A.
     let (id, secret) = service_token(&b, "viewer").await;
     assert_eq!(status(&a, &secret).await, 200);

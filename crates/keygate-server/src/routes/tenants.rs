@@ -1,0 +1,328 @@
+//! Tenants (API.md §3): a reseller creates its sub-customers, with their first user in the same
+//! request, and manages them, or acts inside them with `as-tenant`. A tenant sees itself and what
+//! is below it; anything else is a 404, never a 403.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use keygate_core::access::perm;
+use keygate_core::id::TenantId;
+use keygate_core::model::{Target, Tenant, TenantStatus};
+use keygate_core::store::Deletion;
+use keygate_core::tenants::{self, NewTenant, TenantChange};
+use keygate_core::users::NewUser;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::Authenticated;
+use crate::json::Json;
+use crate::problem::{ApiError, FieldError, Problem, ProblemCode};
+use crate::request::{Meta, Query, page};
+use crate::routes::users::UserView;
+use crate::state::AppState;
+use crate::views::{List, TenantView};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FirstUser {
+    #[schema(example = "owner@acme.example")]
+    pub email: String,
+    pub name: String,
+    /// Generated and returned once if left out.
+    pub password: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    #[schema(example = "Acme Corp")]
+    pub name: String,
+    /// Lowercase letters, digits and `-`; derived from the name when left out.
+    #[schema(example = "acme")]
+    pub slug: Option<String>,
+    /// The new tenant's first user, with the `owner` role.
+    pub first_user: Option<FirstUser>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedTenant {
+    pub tenant: TenantView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_user: Option<UserView>,
+    /// The first user's generated password, shown this once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_password: Option<String>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    pub name: Option<String>,
+    /// `active` or `suspended`; only an ancestor may change it.
+    #[schema(example = "suspended")]
+    pub status: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    parent_id: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("there is no tenant `{id}` here"))
+}
+
+fn target(id: &TenantId) -> Target {
+    Target {
+        kind: "tenant",
+        id: id.to_string(),
+    }
+}
+
+/// The tenant a grant acts in, as the store has it.
+async fn home(state: &AppState, scope: &keygate_core::access::Scope) -> Result<Tenant, ApiError> {
+    state
+        .store()
+        .get_tenant(scope, scope.tenant_id().as_str())
+        .await?
+        .ok_or_else(|| ApiError::internal("the acting tenant is gone"))
+}
+
+/// Create a child tenant, optionally with its first (owner) user. Needs `tenants:write`, and with
+/// a first user `users:write` and everything an owner holds.
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", operation_id = "createTenant",
+    request_body = CreateTenant,
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 201, body = CreatedTenant),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The slug or the first user's email is taken", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Json(request): Json<CreateTenant>,
+) -> Result<(StatusCode, axum::Json<CreatedTenant>), ApiError> {
+    let grant = caller.require::<perm::TenantsWrite>()?;
+    // Creating the first user is creating a user: it takes `users:write` too.
+    let users_grant = match &request.first_user {
+        Some(_) => Some(caller.require::<perm::UsersWrite>()?),
+        None => None,
+    };
+    let now = state.clock().now();
+    let parent = home(&state, &grant.scope()).await?;
+    let input = NewTenant {
+        name: request.name,
+        slug: request.slug,
+        first_user: request.first_user.map(|u| NewUser {
+            email: u.email,
+            name: u.name,
+            password: u.password,
+        }),
+    };
+    let planned = tenants::plan(
+        &grant,
+        users_grant.as_ref(),
+        state.catalog(),
+        &parent,
+        input,
+        now,
+    )?;
+    let mut events = vec![grant.event(
+        "tenant.create",
+        Some(target(&planned.tenant.id)),
+        now,
+        &meta,
+    )?];
+    if let Some(user) = &planned.first_user {
+        let user_target = Target {
+            kind: "user",
+            id: user.user.id.to_string(),
+        };
+        events.push(grant.event("user.create", Some(user_target), now, &meta)?);
+    }
+    let first_user = planned
+        .first_user
+        .as_ref()
+        .map(|u| (&u.user, &u.password_hash));
+    state
+        .store()
+        .create_tenant(&grant, &planned.tenant, first_user, &events)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedTenant {
+            tenant: TenantView::from(&planned.tenant),
+            initial_password: planned
+                .first_user
+                .as_ref()
+                .and_then(|u| u.generated_password.clone()),
+            first_user: planned.first_user.map(|u| u.user.into()),
+        }),
+    ))
+}
+
+/// The children of the tenant the request acts in, or of `parent_id` below it. Needs
+/// `tenants:read`.
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants", operation_id = "listTenants",
+    params(
+        ("parent_id" = Option<String>, Query, description = "A tenant at or below yours; default yours"),
+        ("limit" = Option<u32>, Query),
+        ("cursor" = Option<String>, Query),
+    ),
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = List<TenantView>),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "parent_id is not at or below your tenant", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<List<TenantView>>, ApiError> {
+    let grant = caller.require::<perm::TenantsRead>()?;
+    let scope = grant.scope();
+    let parent = match &query.parent_id {
+        Some(id) => {
+            state
+                .store()
+                .get_tenant(&scope, id)
+                .await?
+                .ok_or_else(|| not_found(id))?
+                .id
+        }
+        None => scope.tenant_id().clone(),
+    };
+    let tenants = state
+        .store()
+        .list_tenants(&scope, &parent, &page(query.limit, query.cursor)?)
+        .await?;
+    Ok(axum::Json(List::from_paged(tenants, |t| {
+        TenantView::from(&t)
+    })))
+}
+
+/// A tenant: yours or one below it. Needs `tenants:read`.
+#[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", operation_id = "getTenant",
+    params(("id" = String, Path, description = "A tenant id or slug")),
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = TenantView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<axum::Json<TenantView>, ApiError> {
+    let grant = caller.require::<perm::TenantsRead>()?;
+    let tenant = state
+        .store()
+        .get_tenant(&grant.scope(), &id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(axum::Json(TenantView::from(&tenant)))
+}
+
+/// Rename a tenant (yours or below), or suspend or reactivate one below yours. Suspension refuses
+/// the tenant's credentials and its descendants' from the next request. Needs `tenants:write`.
+#[utoipa::path(patch, path = "/v1/tenants/{id}", tag = "tenants", operation_id = "updateTenant",
+    params(("id" = String, Path, description = "A tenant id or slug")),
+    request_body = UpdateTenant,
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 200, body = TenantView),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Changing your own tenant's status, or a missing permission", body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    Json(request): Json<UpdateTenant>,
+) -> Result<axum::Json<TenantView>, ApiError> {
+    let grant = caller.require::<perm::TenantsWrite>()?;
+    let scope = grant.scope();
+    let status = match request.status.as_deref() {
+        None => None,
+        Some(text) => Some(TenantStatus::from_name(text).ok_or_else(|| {
+            ApiError::invalid_fields(vec![FieldError {
+                field: "status".into(),
+                message: "must be `active` or `suspended`".into(),
+            }])
+        })?),
+    };
+    let tenant = state
+        .store()
+        .get_tenant(&scope, &id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let home = home(&state, &scope).await?;
+    let change = TenantChange {
+        name: request.name,
+        status,
+    };
+    let changed = tenants::plan_change(&home, &tenant, change)?;
+    let now = state.clock().now();
+    let event = grant.event("tenant.update", Some(target(&tenant.id)), now, &meta)?;
+    state
+        .store()
+        .update_tenant(&grant, &changed, &event)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(axum::Json(TenantView::from(&changed)))
+}
+
+/// Delete a tenant below yours, with its users, roles and credentials. Needs `tenants:write`.
+#[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", operation_id = "deleteTenant",
+    params(("id" = String, Path, description = "A tenant id or slug")),
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Deleting your own tenant, or a missing permission", body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "tenant-has-children", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let grant = caller.require::<perm::TenantsWrite>()?;
+    let scope = grant.scope();
+    let tenant = state
+        .store()
+        .get_tenant(&scope, &id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    tenants::check_delete(&home(&state, &scope).await?, &tenant)?;
+    let now = state.clock().now();
+    let event = grant.event("tenant.delete", Some(target(&tenant.id)), now, &meta)?;
+    match state
+        .store()
+        .delete_tenant(&grant, &tenant.id, &event)
+        .await?
+    {
+        Deletion::Deleted => Ok(StatusCode::NO_CONTENT),
+        Deletion::NotFound => Err(not_found(&id)),
+        Deletion::InUse => Err(ApiError::new(
+            ProblemCode::TenantHasChildren,
+            "the tenant still has child tenants; delete them first",
+        )),
+    }
+}
