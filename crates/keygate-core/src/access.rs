@@ -244,6 +244,41 @@ mod tests {
     use crate::permission::BUILTIN;
 
     #[test]
+    fn events_record_the_credentials_tenant_and_the_one_acted_for() {
+        use crate::credential::CredentialKind;
+        use crate::permission::BuiltinRole;
+        use crate::testing::{NOW, caller};
+        let owner = caller(CredentialKind::Service, BuiltinRole::Owner, None);
+        let child = TenantSummary {
+            id: TenantId::generate(NOW).unwrap(),
+            name: "Child".into(),
+            slug: "child".into(),
+        };
+        let own_tenant = owner.verified().tenant.id.clone();
+        let acting = owner.clone().acting_for(child.clone()).unwrap();
+        assert_eq!(acting.scope(), &child.id);
+        let grant = acting.require::<perm::UsersWrite>().unwrap();
+        assert_eq!(
+            grant.tenant_id(),
+            &child.id,
+            "objects land in the tenant acted for"
+        );
+        let event = grant
+            .event("user.create", None, NOW, &RequestMeta::default())
+            .unwrap();
+        assert_eq!(event.tenant_id, own_tenant);
+        assert_eq!(event.acting_tenant_id, Some(child.id.clone()));
+        assert_eq!(
+            event.token_id.as_ref(),
+            Some(&owner.verified().credential.id)
+        );
+
+        let viewer = caller(CredentialKind::Service, BuiltinRole::Viewer, None);
+        let refused = viewer.acting_for(child).unwrap_err();
+        assert_eq!(refused.missing, ["tenants:impersonate"]);
+    }
+
+    #[test]
     fn every_builtin_permission_has_a_type_and_back() {
         let mut names = perm::ALL_NAMES.to_vec();
         names.sort_unstable();
