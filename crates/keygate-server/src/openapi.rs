@@ -15,6 +15,8 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         license(name = "Apache-2.0"),
     ),
     modifiers(&SecuritySchemes),
+    // Every operation takes a credential in any of the four places, unless it says otherwise.
+    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     tags(
         (name = "identity", description = "Who a credential is and what it may do"),
         (name = "sessions", description = "Signing in and out with email and password"),

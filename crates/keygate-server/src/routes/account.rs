@@ -81,7 +81,6 @@ async fn keys_view(state: &AppState, caller: &Caller) -> Result<AccountKeys, Api
 
 /// List the account keys. Needs `keys:read`.
 #[utoipa::path(get, path = "/v1/account/keys", tag = "account", operation_id = "listAccountKeys",
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = AccountKeys),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -96,7 +95,6 @@ pub async fn list(
 
 /// Create an account key (it acts as `admin`); at most two exist. Needs `keys:write`.
 #[utoipa::path(post, path = "/v1/account/keys", tag = "account", operation_id = "createAccountKey",
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 201, description = "Created; `key` is shown only here", body = CreatedKey),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -139,7 +137,6 @@ pub async fn create(
 /// Delete an account key by id; answers the keys that remain. Needs `keys:write`.
 #[utoipa::path(delete, path = "/v1/account/keys/{id}", tag = "account", operation_id = "deleteAccountKey",
     params(("id" = String, Path, description = "An account key id")),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Deleted at once and for good; the remaining keys", body = AccountKeys),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -164,7 +161,6 @@ pub async fn delete(
         ("id" = Option<String>, Query, description = "The key's id (or `deleteApiKeyId`)"),
         ("key" = Option<String>, Query, description = "The full key (or `deleteApiKey`)"),
     ),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "Deleted at once and for good; the remaining keys", body = AccountKeys),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -268,7 +264,6 @@ pub struct IpRestrictionRequest {
 
 /// The account's IP restriction. Needs `ip_restriction:read`.
 #[utoipa::path(get, path = "/v1/account/ip-restriction", tag = "account", operation_id = "getIpRestriction",
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = IpRestrictionView),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -287,7 +282,6 @@ pub async fn get_ip_restriction(
 /// list that does not cover your own address is refused. Needs `ip_restriction:write`.
 #[utoipa::path(put, path = "/v1/account/ip-restriction", tag = "account", operation_id = "setIpRestriction",
     request_body = IpRestrictionRequest,
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The setting as stored, normalised", body = IpRestrictionView),
         (status = 400, description = "A bad entry, named as `allowlist[i]`", body = Problem, content_type = "application/problem+json"),
@@ -308,7 +302,6 @@ pub async fn put_ip_restriction(
 /// The same as `PUT`, for clients that only send `POST`.
 #[utoipa::path(post, path = "/v1/account/ip-restriction", tag = "account", operation_id = "postIpRestriction",
     request_body = IpRestrictionRequest,
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The setting as stored, normalised", body = IpRestrictionView),
         (status = 400, description = "A bad entry, named as `allowlist[i]`", body = Problem, content_type = "application/problem+json"),

@@ -16,6 +16,7 @@ pub struct Health {
 
 /// Whether the process is alive. Never touches the store.
 #[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz",
+    security(()),
     responses((status = 200, description = "The process is alive", body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
@@ -23,6 +24,7 @@ pub async fn healthz() -> Json<Health> {
 
 /// Whether this node can serve requests: the store answers and it is not shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz",
+    security(()),
     responses(
         (status = 200, description = "Ready", body = Health),
         (status = 503, description = "The store is unreachable or the server is shutting down",

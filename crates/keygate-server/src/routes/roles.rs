@@ -90,7 +90,6 @@ fn role_id(text: &str) -> Result<RoleId, ApiError> {
 /// List roles: the built-ins, then the tenant's own. Needs `roles:read`.
 #[utoipa::path(get, path = "/v1/roles", tag = "roles", operation_id = "listRoles",
     params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = List<RoleView>),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -113,7 +112,6 @@ pub async fn list(
 /// Create a custom role. Needs `roles:write`, and every permission it grants.
 #[utoipa::path(post, path = "/v1/roles", tag = "roles", operation_id = "createRole",
     request_body = RoleRequest,
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 201, body = RoleView),
         (status = 400, description = "Invalid name or unknown permission", body = Problem, content_type = "application/problem+json"),
@@ -145,7 +143,6 @@ pub async fn create(
 /// Get a role. Needs `roles:read`.
 #[utoipa::path(get, path = "/v1/roles/{id}", tag = "roles", operation_id = "getRole",
     params(("id" = String, Path, description = "A role id")),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = RoleView),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -171,7 +168,6 @@ pub async fn get(
 #[utoipa::path(put, path = "/v1/roles/{id}", tag = "roles", operation_id = "replaceRole",
     params(("id" = String, Path, description = "A role id")),
     request_body = RoleRequest,
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = RoleView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -211,7 +207,6 @@ pub async fn replace(
 /// Delete a custom role nobody holds. Needs `roles:write`.
 #[utoipa::path(delete, path = "/v1/roles/{id}", tag = "roles", operation_id = "deleteRole",
     params(("id" = String, Path, description = "A role id")),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -263,7 +258,6 @@ pub struct PermissionView {
 
 /// The permission catalog: keygate's own permissions and the operator's. Any valid credential.
 #[utoipa::path(get, path = "/v1/permissions", tag = "roles", operation_id = "listPermissions",
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = List<PermissionView>),
         (status = 401, body = Problem, content_type = "application/problem+json"),

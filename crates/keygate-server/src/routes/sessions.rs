@@ -47,6 +47,7 @@ fn wrong_credentials() -> ApiError {
 /// Sign in with email and password; the session comes back in the `keygate_session` cookie.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "sessions", operation_id = "login",
     request_body = LoginRequest,
+    security(()),
     responses(
         (status = 200, description = "Signed in; `Set-Cookie: keygate_session=…`", body = LoginResponse),
         (status = 400, body = Problem, content_type = "application/problem+json"),

@@ -94,7 +94,6 @@ async fn home(state: &AppState, scope: &keygate_core::access::Scope) -> Result<T
 /// a first user `users:write` and everything an owner holds.
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", operation_id = "createTenant",
     request_body = CreateTenant,
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 201, body = CreatedTenant),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -175,7 +174,6 @@ pub async fn create(
         ("limit" = Option<u32>, Query),
         ("cursor" = Option<String>, Query),
     ),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = List<TenantView>),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -213,7 +211,6 @@ pub async fn list(
 /// A tenant: yours or one below it. Needs `tenants:read`.
 #[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", operation_id = "getTenant",
     params(("id" = String, Path, description = "A tenant id or slug")),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = TenantView),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -239,7 +236,6 @@ pub async fn get(
 #[utoipa::path(patch, path = "/v1/tenants/{id}", tag = "tenants", operation_id = "updateTenant",
     params(("id" = String, Path, description = "A tenant id or slug")),
     request_body = UpdateTenant,
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = TenantView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -289,7 +285,6 @@ pub async fn update(
 /// Delete a tenant below yours, with its users, roles and credentials. Needs `tenants:write`.
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", operation_id = "deleteTenant",
     params(("id" = String, Path, description = "A tenant id or slug")),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, body = Problem, content_type = "application/problem+json"),

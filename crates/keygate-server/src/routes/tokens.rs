@@ -213,7 +213,6 @@ fn visible(token: &Credential, visibility: &PersonalTokens) -> bool {
 /// Create a personal or service token. Needs `tokens:write`, and every permission it grants.
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", operation_id = "createToken",
     request_body = CreateToken,
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 201, description = "Created; `secret` is shown only here", body = CreatedToken),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -296,7 +295,6 @@ pub async fn create(
         ("limit" = Option<u32>, Query),
         ("cursor" = Option<String>, Query),
     ),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = List<TokenView>),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -351,7 +349,6 @@ pub async fn list(
 /// Get a token (never its secret). Needs `tokens:read`.
 #[utoipa::path(get, path = "/v1/tokens/{id}", tag = "tokens", operation_id = "getToken",
     params(("id" = String, Path, description = "A token id")),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = TokenView),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -378,7 +375,6 @@ pub async fn get(
 /// token also `users:write`; a service token, every permission it grants).
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", operation_id = "deleteToken",
     params(("id" = String, Path, description = "A token id")),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 204, description = "Revoked"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -402,7 +398,6 @@ pub async fn delete(
 /// token may not be revoked by the caller, nothing is.
 #[utoipa::path(delete, path = "/v1/tokens", tag = "tokens", operation_id = "deleteTokens",
     params(("id" = Vec<String>, Query, description = "Token ids; repeat the key")),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = BulkDeleted),
         (status = 400, body = Problem, content_type = "application/problem+json"),

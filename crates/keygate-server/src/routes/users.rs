@@ -109,7 +109,6 @@ fn target(id: &UserId) -> Target {
 /// List the tenant's users. Needs `users:read`.
 #[utoipa::path(get, path = "/v1/users", tag = "users", operation_id = "listUsers",
     params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = List<UserView>),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -132,7 +131,6 @@ pub async fn list(
 /// Create a user. Needs `users:write`, and every permission the user's role grants.
 #[utoipa::path(post, path = "/v1/users", tag = "users", operation_id = "createUser",
     request_body = CreateUser,
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 201, body = CreatedUser),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -173,7 +171,6 @@ pub async fn create(
 /// Get a user. Needs `users:read`.
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "users", operation_id = "getUser",
     params(("id" = String, Path, description = "A user id")),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = UserView),
         (status = 401, body = Problem, content_type = "application/problem+json"),
@@ -199,7 +196,6 @@ pub async fn get(
 #[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", operation_id = "updateUser",
     params(("id" = String, Path, description = "A user id")),
     request_body = UpdateUser,
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, body = UserView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -262,7 +258,6 @@ pub async fn update(
 /// working. Needs `users:write`, and every permission of the user's role.
 #[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", operation_id = "deleteUser",
     params(("id" = String, Path, description = "A user id")),
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 204, description = "Deleted"),
         (status = 401, body = Problem, content_type = "application/problem+json"),

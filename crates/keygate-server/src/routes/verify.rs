@@ -88,7 +88,6 @@ impl VerifyResponse {
 /// Verify a credential for another service. Needs `credentials:verify`.
 #[utoipa::path(post, path = "/v1/verify", tag = "verification", operation_id = "verifyCredential",
     request_body = VerifyRequest,
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The verdict, valid or not", body = VerifyResponse),
         (status = 400, description = "Malformed request, unknown permission or invalid ip",

@@ -36,7 +36,6 @@ pub struct WhoAmI {
 
 /// Who am I? Answers for any valid credential.
 #[utoipa::path(get, path = "/v1/whoami", tag = "identity", operation_id = "whoami",
-    security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),
     responses(
         (status = 200, description = "The credential and what it may do", body = WhoAmI),
         (status = 400, description = "Two different credentials in one request",

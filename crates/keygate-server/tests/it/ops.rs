@@ -132,6 +132,24 @@ async fn the_openapi_document_lists_every_route_and_the_four_credential_schemes(
     assert_eq!(schemes["bearer"]["scheme"], "bearer");
     assert_eq!(schemes["basic"]["scheme"], "basic");
     assert!(doc["components"]["schemas"]["Problem"].is_object());
+    // Every operation takes any of the four schemes, unless it is public.
+    assert_eq!(doc["security"].as_array().unwrap().len(), 4);
+    assert!(
+        doc["paths"]["/v1/whoami"]["get"].get("security").is_none(),
+        "inherits the four"
+    );
+    for public in ["/healthz", "/readyz", "/v1/auth/login"] {
+        let method = if public.ends_with("login") {
+            "post"
+        } else {
+            "get"
+        };
+        assert_eq!(
+            doc["paths"][public][method]["security"],
+            serde_json::json!([{}]),
+            "{public}"
+        );
+    }
 
     // Routes and document come from one source; check the router serves each documented path.
     let (_, generated) = keygate_server::api();
