@@ -79,7 +79,13 @@ impl<'de> Deserialize<'de> for Timestamp {
 
 /// The source of "now".
 pub trait Clock: Send + Sync + 'static {
-    fn now(&self) -> Timestamp;
+    /// Now, to the second: what expiry and every stored time use.
+    fn now(&self) -> Timestamp {
+        Timestamp(self.now_millis().div_euclid(1000))
+    }
+
+    /// Now in milliseconds since the epoch: for rate limits, which count within a second.
+    fn now_millis(&self) -> i64;
 }
 
 /// The real clock.
@@ -87,38 +93,40 @@ pub trait Clock: Send + Sync + 'static {
 pub struct SystemClock;
 
 impl Clock for SystemClock {
-    fn now(&self) -> Timestamp {
-        Timestamp(OffsetDateTime::now_utc().unix_timestamp())
+    fn now_millis(&self) -> i64 {
+        let now = OffsetDateTime::now_utc();
+        now.unix_timestamp() * 1000 + i64::from(now.millisecond())
     }
 }
 
 /// A clock that only moves when told to; for tests.
 #[derive(Debug)]
-pub struct ManualClock(Mutex<Timestamp>);
+pub struct ManualClock(Mutex<i64>);
 
 impl ManualClock {
     pub fn new(start: Timestamp) -> Self {
-        Self(Mutex::new(start))
+        Self(Mutex::new(start.unix().saturating_mul(1000)))
     }
 
     pub fn advance(&self, by: Duration) {
+        let millis = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
         let mut now = self
             .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *now = now.saturating_add(by);
+        *now = now.saturating_add(millis);
     }
 
     pub fn set(&self, to: Timestamp) {
         *self
             .0
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = to;
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = to.unix().saturating_mul(1000);
     }
 }
 
 impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
+    fn now_millis(&self) -> i64 {
         *self
             .0
             .lock()
@@ -149,5 +157,10 @@ mod tests {
         assert_eq!(clock.now().unix(), 1000);
         clock.advance(Duration::from_secs(60));
         assert_eq!(clock.now().unix(), 1060);
+        clock.advance(Duration::from_millis(999));
+        assert_eq!(clock.now().unix(), 1060);
+        assert_eq!(clock.now_millis(), 1_060_999);
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(clock.now().unix(), 1061);
     }
 }

@@ -17,6 +17,7 @@ pub mod id;
 pub mod model;
 pub mod password;
 pub mod permission;
+pub mod ratelimit;
 pub mod roles;
 pub mod rule;
 pub mod store;

@@ -9,10 +9,11 @@ use std::borrow::Cow;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderName, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use keygate_core::access::Caller;
+use keygate_core::ratelimit::RateLimitStatus;
 use keygate_core::verify::TenantSummary;
 
 use crate::middleware::ClientIp;
@@ -188,6 +189,14 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, Api
             format!("requests from {ip} are not allowed for this credential"),
         ));
     }
+    if let Some(status) = state.count_request(caller.verified()) {
+        if let Some(slot) = parts.extensions.get::<RateLimitSlot>() {
+            let _ = slot.0.set(status);
+        }
+        if !status.allowed() {
+            return Err(rate_limited(status));
+        }
+    }
     state
         .usage()
         .record(&caller.verified().credential.id, state.clock().now());
@@ -217,6 +226,40 @@ async fn act_for(
         .filter(|t| t.id != caller.verified().tenant.id)
         .ok_or_else(missing)?;
     Ok(caller.acting_for(TenantSummary::from(&target))?)
+}
+
+/// Where the credential's rate-limit status is left for the response's `RateLimit-*` headers.
+#[derive(Clone, Default)]
+pub struct RateLimitSlot(pub std::sync::Arc<std::sync::OnceLock<RateLimitStatus>>);
+
+fn rate_limited(status: RateLimitStatus) -> ApiError {
+    let wait = status.retry_after_seconds.unwrap_or(1);
+    ApiError::new(
+        ProblemCode::RateLimited,
+        format!(
+            "this credential may make {} requests in its window; retry in {wait} s",
+            status.limit
+        ),
+    )
+    .with_header(header::RETRY_AFTER, HeaderValue::from(wait))
+}
+
+/// The `RateLimit-*` headers (IETF draft `ratelimit-headers`) for a status.
+pub fn rate_limit_headers(status: &RateLimitStatus) -> [(HeaderName, HeaderValue); 3] {
+    [
+        (
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderValue::from(status.limit),
+        ),
+        (
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderValue::from(status.remaining),
+        ),
+        (
+            HeaderName::from_static("ratelimit-reset"),
+            HeaderValue::from(status.reset_seconds),
+        ),
+    ]
 }
 
 /// An authenticated request: the extractor every protected handler takes.

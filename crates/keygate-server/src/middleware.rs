@@ -18,6 +18,7 @@ use keygate_core::allowlist::client_address;
 use keygate_core::base62;
 use tracing::Instrument;
 
+use crate::auth::{RateLimitSlot, rate_limit_headers};
 use crate::problem::{ApiError, PROBLEM_JSON, ProblemCode};
 use crate::state::AppState;
 
@@ -100,7 +101,15 @@ pub async fn finish(State(state): State<AppState>, mut request: Request, next: N
     } else {
         request.extensions_mut().insert(RequestId(id.clone()));
         request.extensions_mut().insert(ClientIp(ip));
-        next.run(request).instrument(span.clone()).await
+        let slot = RateLimitSlot::default();
+        request.extensions_mut().insert(slot.clone());
+        let mut response = next.run(request).instrument(span.clone()).await;
+        if let Some(status) = slot.0.get() {
+            for (name, value) in rate_limit_headers(status) {
+                response.headers_mut().insert(name, value);
+            }
+        }
+        response
     };
 
     let mut response = render(response, &id, &method, &state);

@@ -6,8 +6,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use keygate_core::Clock;
 use keygate_core::allowlist::IpAllowlist;
 use keygate_core::cache::CredentialCache;
+use keygate_core::model::RateLimit;
 use keygate_core::permission::Catalog;
+use keygate_core::ratelimit::{RateLimitStatus, RateLimiter};
 use keygate_core::store::DynStore;
+use keygate_core::verify::Verified;
 use keygate_core::verify::Verifier;
 
 use crate::config::{Config, ConfigError};
@@ -25,6 +28,8 @@ struct Inner {
     verifier: Verifier,
     clock: Arc<dyn Clock>,
     trusted_proxies: IpAllowlist,
+    rate_limiter: RateLimiter,
+    default_rate_limit: Option<RateLimit>,
     login_throttle: LoginThrottle,
     usage: UsageRecorder,
     shutting_down: AtomicBool,
@@ -51,8 +56,17 @@ impl AppState {
             .serve_stale_on_store_outage(config.cache.serve_stale_on_store_outage);
         let trusted_proxies =
             IpAllowlist::new(config.trusted_proxies.iter().map(|n| n.0).collect());
+        let default_rate_limit = match (config.rate_limit.requests, config.rate_limit.per_seconds) {
+            (Some(requests), Some(per_seconds)) => Some(RateLimit {
+                requests,
+                per_seconds,
+            }),
+            _ => None,
+        };
         Ok(Self(Arc::new(Inner {
             trusted_proxies,
+            rate_limiter: RateLimiter::new(),
+            default_rate_limit,
             config,
             catalog,
             store,
@@ -87,6 +101,17 @@ impl AppState {
     /// The proxies whose forwarding headers are believed (config `trusted_proxies`).
     pub fn trusted_proxies(&self) -> &IpAllowlist {
         &self.0.trusted_proxies
+    }
+
+    /// Counts a request of a credential against its limit (its own, else the configured
+    /// default); `None` when no limit applies.
+    pub fn count_request(&self, verified: &Verified) -> Option<RateLimitStatus> {
+        let limit = verified.rate_limit.or(self.0.default_rate_limit)?;
+        Some(
+            self.0
+                .rate_limiter
+                .check(&verified.credential.id, limit, self.0.clock.now_millis()),
+        )
     }
 
     pub fn login_throttle(&self) -> &LoginThrottle {

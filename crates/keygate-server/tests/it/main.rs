@@ -13,6 +13,7 @@ mod account;
 mod auth;
 mod binary;
 mod identity;
+mod limits;
 mod ops;
 mod problems;
 mod tenants;

@@ -16,6 +16,8 @@ mod account;
 mod auth;
 #[path = "../it/identity.rs"]
 mod identity;
+#[path = "../it/limits.rs"]
+mod limits;
 mod nodes;
 #[path = "../it/ops.rs"]
 mod ops;
