@@ -42,6 +42,15 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::ops::readyz))
         .routes(routes!(routes::whoami::whoami))
         .routes(routes!(routes::verify::verify))
+        .routes(routes!(
+            routes::forward_auth::get,
+            routes::forward_auth::post,
+            routes::forward_auth::put,
+            routes::forward_auth::patch,
+            routes::forward_auth::delete,
+            routes::forward_auth::head,
+            routes::forward_auth::options
+        ))
         .routes(routes!(routes::roles::permissions))
         .routes(routes!(routes::roles::list, routes::roles::create))
         .routes(routes!(

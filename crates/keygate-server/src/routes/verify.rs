@@ -156,6 +156,12 @@ pub async fn verify(
             VerifyCode::Forbidden,
             Some(format!("missing permissions: {}", missing.join(", "))),
         )
+    } else if state.count_request(&verified).is_some_and(|s| !s.allowed()) {
+        // The verified credential's own request, made through the asking service: counted.
+        (
+            VerifyCode::RateLimited,
+            Some("the credential is over its rate limit".to_owned()),
+        )
     } else {
         (VerifyCode::Valid, None)
     };

@@ -108,3 +108,137 @@ async fn the_caller_needs_a_valid_credential() {
         .unwrap();
     problem(response, 401, "unauthenticated").await;
 }
+
+async fn forward(
+    server: &TestServer,
+    method: reqwest::Method,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = server.request(method, "/v1/forward-auth");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn forward_auth_allows_with_identity_headers_and_an_empty_body() {
+    let server = TestServer::start_with(|c| c.permissions = vec!["zones:read".into()]).await;
+    let me = ok_json(server.whoami(&[("apikey", &server.token)]).await).await;
+    let bearer = format!("Bearer {}", server.token);
+    for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
+        let response = forward(
+            &server,
+            method.parse().unwrap(),
+            &[
+                ("authorization", &bearer),
+                ("x-forwarded-method", "DELETE"),
+                ("x-forwarded-uri", "/zones/42"),
+                ("x-keygate-require", "zones:read, tokens:read"),
+            ],
+        )
+        .await;
+        assert_eq!(response.status(), 200, "{method}");
+        let headers = response.headers().clone();
+        assert_eq!(
+            headers["x-keygate-tenant-id"],
+            me["organization"]["id"].as_str().unwrap()
+        );
+        assert_eq!(
+            headers["x-keygate-acting-tenant-id"],
+            me["organization"]["id"].as_str().unwrap()
+        );
+        assert_eq!(
+            headers["x-keygate-principal-id"],
+            me["principal"]["id"].as_str().unwrap()
+        );
+        assert_eq!(
+            headers["x-keygate-credential-id"],
+            me["credential"]["id"].as_str().unwrap()
+        );
+        assert!(
+            headers["x-keygate-permissions"]
+                .to_str()
+                .unwrap()
+                .contains("zones:read")
+        );
+        assert!(
+            response.bytes().await.unwrap().is_empty(),
+            "an empty body for {method}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn forward_auth_refuses_with_problems() {
+    let server = TestServer::start_with(|c| c.permissions = vec!["zones:write".into()]).await;
+    problem(
+        forward(&server, reqwest::Method::GET, &[]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let viewer = server
+        .expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "v", "role": "viewer",
+                "rate_limit": {"requests": 2, "per_seconds": 60}})),
+        )
+        .await;
+    let viewer = viewer["secret"].as_str().unwrap();
+    let body = problem(
+        forward(
+            &server,
+            reqwest::Method::GET,
+            &[("apikey", viewer), ("x-keygate-require", "zones:write")],
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(body["missing_permissions"], json!(["zones:write"]));
+    let body = problem(
+        forward(
+            &server,
+            reqwest::Method::GET,
+            &[("apikey", viewer), ("x-keygate-require", "zones:typo")],
+        )
+        .await,
+        403,
+        "forbidden",
+    )
+    .await;
+    assert_eq!(body["missing_permissions"], json!(["zones:typo"]));
+    problem(
+        forward(&server, reqwest::Method::GET, &[("apikey", viewer)]).await,
+        429,
+        "rate-limited",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn verification_counts_the_verified_credentials_rate_limit() {
+    let server = TestServer::start().await;
+    let limited = server
+        .expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "l", "role": "viewer",
+                "rate_limit": {"requests": 1, "per_seconds": 60}})),
+        )
+        .await;
+    let limited = limited["secret"].as_str().unwrap();
+    let first = ok_json(verify(&server, &server.token, json!({"credential": limited})).await).await;
+    assert_eq!(first["code"], "VALID");
+    let second =
+        ok_json(verify(&server, &server.token, json!({"credential": limited})).await).await;
+    assert_eq!(second["code"], "RATE_LIMITED");
+    assert_eq!(second["valid"], false);
+}
