@@ -37,7 +37,7 @@ pub use crate::state::AppState;
 
 /// The API's routes with their OpenAPI document.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let (router, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(routes::ops::healthz))
         .routes(routes!(routes::ops::readyz))
         .routes(routes!(routes::whoami::whoami))
@@ -89,7 +89,15 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(routes::sessions::login))
         .routes(routes!(routes::sessions::logout))
-        .split_for_parts()
+        .split_for_parts();
+    // Envoy appends the original path to the check's: every path below forward-auth is the same
+    // check. Registered by hand because axum spells the catch-all `{*path}` and OpenAPI `{path}`;
+    // documented under the latter (openapi.rs).
+    let router = router.route(
+        "/v1/forward-auth/{*path}",
+        axum::routing::any(routes::forward_auth::get_below),
+    );
+    (router, document)
 }
 
 /// The whole application: API, explorer, limits and the outer middleware.

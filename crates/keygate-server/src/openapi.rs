@@ -14,6 +14,15 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
             Every error is an RFC 9457 problem (`application/problem+json`) with a stable `code`.",
         license(name = "Apache-2.0"),
     ),
+    paths(
+        crate::routes::forward_auth::get_below,
+        crate::routes::forward_auth::post_below,
+        crate::routes::forward_auth::put_below,
+        crate::routes::forward_auth::patch_below,
+        crate::routes::forward_auth::delete_below,
+        crate::routes::forward_auth::head_below,
+        crate::routes::forward_auth::options_below,
+    ),
     modifiers(&SecuritySchemes),
     // Every operation takes a credential in any of the four places, unless it says otherwise.
     security(("bearer" = []), ("basic" = []), ("apikey" = []), ("cookie" = [])),

@@ -14,6 +14,7 @@ mod auth;
 mod binary;
 mod identity;
 mod limits;
+mod nginx;
 mod ops;
 mod problems;
 mod tenants;

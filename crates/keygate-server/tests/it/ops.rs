@@ -132,6 +132,13 @@ async fn the_openapi_document_lists_every_route_and_the_four_credential_schemes(
     assert_eq!(schemes["bearer"]["scheme"], "bearer");
     assert_eq!(schemes["basic"]["scheme"], "basic");
     assert!(doc["components"]["schemas"]["Problem"].is_object());
+    for path in doc["paths"].as_object().unwrap().keys() {
+        assert!(
+            !path.contains('*'),
+            "{path} is not an OpenAPI path template"
+        );
+    }
+    assert!(doc["paths"]["/v1/forward-auth/{path}"]["get"]["operationId"].is_string());
     // Every operation takes any of the four schemes, unless it is public.
     assert_eq!(doc["security"].as_array().unwrap().len(), 4);
     assert!(

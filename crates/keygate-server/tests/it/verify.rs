@@ -242,3 +242,58 @@ async fn verification_counts_the_verified_credentials_rate_limit() {
     assert_eq!(second["code"], "RATE_LIMITED");
     assert_eq!(second["valid"], false);
 }
+
+#[tokio::test]
+async fn forward_auth_takes_require_as_a_query_and_any_path_below_it() {
+    let server = TestServer::start_with(|c| c.permissions = vec!["zones:write".into()]).await;
+    let viewer = server
+        .expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "v", "role": "viewer"})),
+        )
+        .await;
+    let viewer = viewer["secret"].as_str().unwrap();
+    let at = |path: &str, token: &str| server.get(path).header("apikey", token).send();
+    // Traefik cannot add a header to its check, so the permission can be in the address.
+    let refused = at("/v1/forward-auth?require=zones:write", viewer)
+        .await
+        .unwrap();
+    let body = problem(refused, 403, "forbidden").await;
+    assert_eq!(body["missing_permissions"], json!(["zones:write"]));
+    assert_eq!(
+        at("/v1/forward-auth?require=zones:write", &server.token)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Envoy appends the original path to its check's.
+    assert_eq!(
+        at("/v1/forward-auth/zones/42?x=1", viewer)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    problem(
+        at("/v1/forward-auth/zones/42?require=zones:write", viewer)
+            .await
+            .unwrap(),
+        403,
+        "forbidden",
+    )
+    .await;
+    problem(
+        server
+            .get("/v1/forward-auth/anything")
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+}
