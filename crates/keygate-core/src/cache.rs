@@ -13,8 +13,12 @@
 //! availability over freshness (`cache.serve_stale_on_store_outage`). When the channel is back, the
 //! cache starts again from empty.
 //!
-//! The cache only holds credentials that exist in the store, so it is bounded by the store's size;
-//! unknown credentials are never cached (an attacker cannot grow it).
+//! The cache holds credentials that exist in the store, so it is bounded by the store's size. It
+//! also remembers hashes the store did not know (a well-formed credential with a valid checksum is
+//! easy to forge, so a flood of them must not reach the store once each): a set capped at
+//! [`MAX_UNKNOWN`] entries, emptied when full, so an attacker can neither grow it without bound
+//! nor make it answer wrongly. A remembered unknown hash could only turn stale if that exact
+//! credential were issued later, which its 178 random bits rule out.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -45,9 +49,14 @@ impl Hasher for PrehashedHasher {
 }
 
 type Map = HashMap<[u8; 32], Arc<Verified>, BuildHasherDefault<PrehashedHasher>>;
+type Unknown = std::collections::HashSet<[u8; 32], BuildHasherDefault<PrehashedHasher>>;
+
+/// How many unknown hashes are remembered before the set starts over.
+pub const MAX_UNKNOWN: usize = 65_536;
 
 pub struct CredentialCache {
     entries: RwLock<Map>,
+    unknown: RwLock<Unknown>,
     generation: AtomicU64,
     trusted: AtomicBool,
 }
@@ -56,6 +65,7 @@ impl Default for CredentialCache {
     fn default() -> Self {
         Self {
             entries: RwLock::default(),
+            unknown: RwLock::default(),
             generation: AtomicU64::new(0),
             trusted: AtomicBool::new(true),
         }
@@ -73,6 +83,25 @@ impl CredentialCache {
             return None;
         }
         self.read().get(hash.as_bytes()).cloned()
+    }
+
+    /// Whether the store said it does not know this hash (and the cache is trusted).
+    pub fn is_known_unknown(&self, hash: &CredentialHash) -> bool {
+        self.trusted.load(Ordering::Acquire)
+            && self
+                .unknown
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(hash.as_bytes())
+    }
+
+    /// Remembers that the store does not know this hash.
+    pub fn remember_unknown(&self, hash: &CredentialHash) {
+        let mut unknown = self.unknown.write().unwrap_or_else(|p| p.into_inner());
+        if unknown.len() >= MAX_UNKNOWN {
+            unknown.clear();
+        }
+        unknown.insert(*hash.as_bytes());
     }
 
     /// The cached verification even when untrusted: only for answering during a store outage.
@@ -116,6 +145,10 @@ impl CredentialCache {
         let mut entries = self.write();
         self.generation.fetch_add(1, Ordering::AcqRel);
         entries.clear();
+        self.unknown
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Map> {
@@ -150,5 +183,30 @@ impl ChangeListener for CredentialCache {
             debug_assert_eq!(key, v.hash().as_bytes());
             !affected(v)
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_hashes_are_remembered_up_to_a_cap() {
+        let cache = CredentialCache::new();
+        let first = CredentialHash::of("kg_live_first");
+        cache.remember_unknown(&first);
+        assert!(cache.is_known_unknown(&first));
+        for i in 1..MAX_UNKNOWN {
+            cache.remember_unknown(&CredentialHash::of(&format!("kg_live_{i}")));
+        }
+        assert!(cache.is_known_unknown(&first));
+        cache.remember_unknown(&CredentialHash::of("kg_live_one_more"));
+        assert!(!cache.is_known_unknown(&first), "a full set starts over");
+        // An untrusted cache answers nothing from memory, and a resync forgets.
+        cache.remember_unknown(&first);
+        cache.may_have_missed_changes();
+        assert!(!cache.is_known_unknown(&first));
+        cache.resynced();
+        assert!(!cache.is_known_unknown(&first));
     }
 }
