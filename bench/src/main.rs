@@ -49,6 +49,17 @@ fn args() -> Args {
 
 #[tokio::main]
 async fn main() {
+    match std::env::args().nth(1).as_deref() {
+        Some("floor") => return floor().await,
+        Some("fill") => return fill_command().await,
+        Some("forge") => {
+            // A well-formed credential with a valid checksum that was never issued.
+            let format = CredentialFormat::new("kg", Environment::Live).unwrap();
+            println!("{}", format.generate(CredentialKind::Service).unwrap().expose());
+            return;
+        }
+        _ => {}
+    }
     let args = args();
     let dir = tempfile::tempdir().unwrap();
     let _cluster;
@@ -240,4 +251,35 @@ fn which(program: &str) -> bool {
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
+}
+
+/// `keygate-bench floor ADDR`: the floor, a bare hyper server answering every request with an
+/// empty 200, on the same runtime keygate uses.
+async fn floor() {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    let address = std::env::args().nth(2).unwrap_or_else(|| "127.0.0.1:9999".into());
+    let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = service_fn(|_request| async {
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                    http_body_util::Empty::<hyper::body::Bytes>::new(),
+                ))
+            });
+            let _ = http1::Builder::new().serve_connection(io, service).await;
+        });
+    }
+}
+
+/// `keygate-bench fill URL TENANT N`: stores N service tokens; prints one of them.
+async fn fill_command() {
+    let mut it = std::env::args().skip(2);
+    let url = it.next().unwrap();
+    let tenant = it.next().unwrap();
+    let n: usize = it.next().unwrap().parse().unwrap();
+    let secrets = fill(&url, &tenant, n).await;
+    println!("{}", secrets[n / 2]);
 }
