@@ -91,6 +91,11 @@ impl Caller {
         &self.verified
     }
 
+    /// The shared verification, for keeping beyond the request (the `last_used_at` batch).
+    pub fn verified_shared(&self) -> &Arc<Verified> {
+        &self.verified
+    }
+
     /// The tenant acted for with `as-tenant`, if any.
     pub fn acting_as(&self) -> Option<&TenantSummary> {
         self.acting_as.as_ref()

@@ -98,6 +98,8 @@ pub struct Verified {
     /// The tenant's allowlist, if enabled.
     pub tenant_allowlist: Option<IpAllowlist>,
     pub rate_limit: Option<RateLimit>,
+    /// When it was last used, kept here (two atomics per request) until written in a batch.
+    pub usage: Usage,
     standing: Standing,
     hash: CredentialHash,
     /// The credential's tenant and its ancestors: a change to any of them affects it.
@@ -183,6 +185,7 @@ impl Verified {
             allowed_ips: credential.allowed_ips.clone().map(IpAllowlist::new),
             tenant_allowlist: record.tenant.ip_restriction.enforced().cloned(),
             rate_limit: credential.rate_limit,
+            usage: Usage::default(),
             standing,
             hash: credential.hash,
             tenant_line: record.tenant.path.ids().collect(),
@@ -212,6 +215,31 @@ pub fn role_permissions(role: &Role, catalog: &Catalog) -> PermissionSet {
     match BuiltinRole::from_id(&role.id) {
         Some(builtin) => catalog.builtin_role(builtin),
         None => catalog.expand(&role.permissions),
+    }
+}
+
+/// A credential's last use, noted on every request and taken by the batch that writes
+/// `last_used_at`.
+#[derive(Debug, Default)]
+pub struct Usage {
+    last_used: std::sync::atomic::AtomicI64,
+    pending: std::sync::atomic::AtomicBool,
+}
+
+impl Usage {
+    /// Notes a use at `now` (unix seconds); `true` if the credential was not yet waiting to be
+    /// written, so the caller should queue it.
+    pub fn note(&self, now: i64) -> bool {
+        use std::sync::atomic::Ordering;
+        self.last_used.fetch_max(now, Ordering::Relaxed);
+        !self.pending.swap(true, Ordering::AcqRel)
+    }
+
+    /// The latest use, no longer waiting to be written.
+    pub fn take(&self) -> Timestamp {
+        use std::sync::atomic::Ordering;
+        self.pending.store(false, Ordering::Release);
+        Timestamp::from_unix(self.last_used.load(Ordering::Relaxed))
     }
 }
 

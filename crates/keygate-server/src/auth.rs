@@ -190,16 +190,15 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, Api
         ));
     }
     if let Some(status) = state.count_request(caller.verified()) {
-        if let Some(slot) = parts.extensions.get::<RateLimitSlot>() {
-            let _ = slot.0.set(status);
-        }
+        // Left for the outer middleware, which adds the RateLimit-* headers to the response.
+        let _ = RATE_LIMIT.try_with(|slot| slot.set(Some(status)));
         if !status.allowed() {
             return Err(rate_limited(status));
         }
     }
     state
         .usage()
-        .record(&caller.verified().credential.id, state.clock().now());
+        .record(caller.verified_shared(), state.clock().now());
     Ok(caller)
 }
 
@@ -228,9 +227,11 @@ async fn act_for(
     Ok(caller.acting_for(TenantSummary::from(&target))?)
 }
 
-/// Where the credential's rate-limit status is left for the response's `RateLimit-*` headers.
-#[derive(Clone, Default)]
-pub struct RateLimitSlot(pub std::sync::Arc<std::sync::OnceLock<RateLimitStatus>>);
+tokio::task_local! {
+    /// Where the credential's rate-limit status is left for the response's `RateLimit-*`
+    /// headers: a task-local, so the hot path allocates nothing for it.
+    pub static RATE_LIMIT: std::cell::Cell<Option<RateLimitStatus>>;
+}
 
 fn rate_limited(status: RateLimitStatus) -> ApiError {
     let wait = status.retry_after_seconds.unwrap_or(1);

@@ -18,7 +18,7 @@ use keygate_core::allowlist::client_address;
 use keygate_core::base62;
 use tracing::Instrument;
 
-use crate::auth::{RateLimitSlot, rate_limit_headers};
+use crate::auth::{RATE_LIMIT, rate_limit_headers};
 use crate::problem::{ApiError, PROBLEM_JSON, ProblemCode};
 use crate::state::AppState;
 
@@ -63,15 +63,32 @@ fn request_id(request: &Request) -> String {
     };
     match request.headers().get(REQUEST_ID).map(HeaderValue::to_str) {
         Some(Ok(id)) if sane(id) => id.to_owned(),
-        _ => {
-            let mut id = String::from("req_");
-            // Randomness failing is not a reason to refuse a request; the id is for correlation.
-            if base62::push_random(&mut id, 20).is_err() {
-                id.push_str("unavailable");
-            }
-            id
-        }
+        _ => new_request_id(),
     }
+}
+
+/// `req_` + 12 random characters drawn once per process + a counter: unique, unguessable
+/// across restarts, and without a system call per request.
+fn new_request_id() -> String {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut prefix = String::from("req_");
+        // Randomness failing is not a reason to refuse requests; the id is for correlation.
+        if base62::push_random(&mut prefix, 12).is_err() {
+            prefix.push_str("000000000000");
+        }
+        prefix
+    });
+    let mut count = [0u8; 8];
+    base62::encode_fixed(
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        &mut count,
+    );
+    let mut id = String::with_capacity(prefix.len() + count.len());
+    id.push_str(prefix);
+    id.extend(count.iter().map(|&b| b as char));
+    id
 }
 
 /// The size of the request's header section, as the limit counts it: names and values.
@@ -101,11 +118,15 @@ pub async fn finish(State(state): State<AppState>, mut request: Request, next: N
     } else {
         request.extensions_mut().insert(RequestId(id.clone()));
         request.extensions_mut().insert(ClientIp(ip));
-        let slot = RateLimitSlot::default();
-        request.extensions_mut().insert(slot.clone());
-        let mut response = next.run(request).instrument(span.clone()).await;
-        if let Some(status) = slot.0.get() {
-            for (name, value) in rate_limit_headers(status) {
+        let (mut response, limit) = RATE_LIMIT
+            .scope(std::cell::Cell::new(None), async {
+                let response = next.run(request).await;
+                (response, RATE_LIMIT.with(std::cell::Cell::get))
+            })
+            .instrument(span.clone())
+            .await;
+        if let Some(status) = limit {
+            for (name, value) in rate_limit_headers(&status) {
                 response.headers_mut().insert(name, value);
             }
         }

@@ -1,43 +1,43 @@
-//! `last_used_at` without a store write per request: uses are noted in memory and written in one
-//! batch every few seconds (and at shutdown). A crash loses at most one interval of timestamps,
-//! which is the trade this field can afford.
+//! `last_used_at` without a store write per request, and nearly without a lock: each use is noted
+//! on the cached verification itself (two atomic operations); a credential joins the queue only
+//! on its first use since the last batch. Batches are written every few seconds and at shutdown. A
+//! crash loses at most one interval of timestamps, which is the trade this field can afford.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keygate_core::Timestamp;
-use keygate_core::id::CredentialId;
 use keygate_core::store::{DynStore, StoreError};
+use keygate_core::verify::Verified;
 
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
-    pending: Mutex<HashMap<CredentialId, Timestamp>>,
+    queued: Mutex<Vec<Arc<Verified>>>,
 }
 
 impl UsageRecorder {
-    /// Notes a use. Allocates only for the first use of a credential in an interval.
-    pub fn record(&self, id: &CredentialId, at: Timestamp) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        match pending.get_mut(id) {
-            Some(last) => *last = (*last).max(at),
-            None => {
-                pending.insert(id.clone(), at);
-            }
+    /// Notes a use of `verified` at `at`.
+    pub fn record(&self, verified: &Arc<Verified>, at: Timestamp) {
+        if verified.usage.note(at.unix()) {
+            self.queued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::clone(verified));
         }
     }
 
-    /// Writes what was noted; on failure the uses are kept for the next attempt.
+    /// Writes what was noted; on failure the uses are queued again for the next attempt.
     pub async fn flush(&self, store: &DynStore) -> Result<(), StoreError> {
-        let batch: Vec<(CredentialId, Timestamp)> = {
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending.drain().collect()
-        };
+        let queued = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()));
+        let batch: Vec<_> = queued
+            .iter()
+            .map(|v| (v.credential.id.clone(), v.usage.take()))
+            .collect();
         if let Err(error) = store.record_last_used(&batch).await {
-            for (id, at) in batch {
-                self.record(&id, at);
+            for (verified, (_, at)) in queued.iter().zip(&batch) {
+                self.record(verified, *at);
             }
             return Err(error);
         }
