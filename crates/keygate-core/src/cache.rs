@@ -59,6 +59,9 @@ pub struct CredentialCache {
     unknown: RwLock<Unknown>,
     generation: AtomicU64,
     trusted: AtomicBool,
+    /// Lookups answered from memory, and lookups that had to go to the store.
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
 }
 
 impl Default for CredentialCache {
@@ -68,6 +71,8 @@ impl Default for CredentialCache {
             unknown: RwLock::default(),
             generation: AtomicU64::new(0),
             trusted: AtomicBool::new(true),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 }
@@ -79,10 +84,18 @@ impl CredentialCache {
 
     /// The cached verification, unless the cache is untrusted.
     pub fn get(&self, hash: &CredentialHash) -> Option<Arc<Verified>> {
-        if !self.trusted.load(Ordering::Acquire) {
-            return None;
-        }
-        self.read().get(hash.as_bytes()).cloned()
+        let found = if self.trusted.load(Ordering::Acquire) {
+            self.read().get(hash.as_bytes()).cloned()
+        } else {
+            None
+        };
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
     }
 
     /// Whether the store said it does not know this hash (and the cache is trusted).

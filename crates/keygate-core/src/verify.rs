@@ -273,6 +273,52 @@ pub struct Verifier {
     cache: Arc<CredentialCache>,
     clock: Arc<dyn Clock>,
     serve_stale_on_store_outage: bool,
+    store_latency: LatencyHistogram,
+}
+
+/// Upper bounds, in seconds, of the store-latency histogram's buckets.
+pub const LATENCY_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
+/// A Prometheus-style histogram of durations, lock-free.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Observations at or below each bound of [`LATENCY_BUCKETS`] (not cumulative), then above.
+    buckets: [std::sync::atomic::AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: std::sync::atomic::AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, duration: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        let seconds = duration.as_secs_f64();
+        let index = LATENCY_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (the last is +Inf, the total) and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<u64>, f64) {
+        use std::sync::atomic::Ordering;
+        let mut total = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Ordering::Relaxed);
+                total
+            })
+            .collect();
+        (
+            cumulative,
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
 }
 
 impl Verifier {
@@ -290,7 +336,17 @@ impl Verifier {
             cache,
             clock,
             serve_stale_on_store_outage: false,
+            store_latency: LatencyHistogram::default(),
         }
+    }
+
+    /// How long verification's store reads take.
+    pub fn store_latency(&self) -> &LatencyHistogram {
+        &self.store_latency
+    }
+
+    pub fn cache(&self) -> &CredentialCache {
+        &self.cache
     }
 
     /// While the store is unreachable, answer from cache entries that can no longer be
@@ -334,7 +390,10 @@ impl Verifier {
 
     async fn load(&self, hash: CredentialHash) -> Result<Arc<Verified>, Refusal> {
         let generation = self.cache.generation();
-        let Some(record) = self.store.find_credential(&hash).await? else {
+        let started = std::time::Instant::now();
+        let found = self.store.find_credential(&hash).await;
+        self.store_latency.observe(started.elapsed());
+        let Some(record) = found? else {
             self.cache.remember_unknown(&hash);
             return Err(Refusal::NotFound);
         };

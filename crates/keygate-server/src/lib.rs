@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod json;
+pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod problem;
@@ -40,6 +41,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(routes::ops::healthz))
         .routes(routes!(routes::ops::readyz))
+        .routes(routes!(metrics::metrics))
         .routes(routes!(routes::whoami::whoami))
         .routes(routes!(routes::verify::verify))
         .routes(routes!(
@@ -104,6 +106,10 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 pub fn router(state: AppState) -> Router {
     let (api, document) = api();
     let body_limit = state.config().limits.body_bytes;
+    let api = api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        metrics::count,
+    ));
     api.merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(|| async { ApiError::not_found("there is no such route; see /openapi.json") })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -14,6 +14,7 @@ use keygate_core::verify::Verified;
 use keygate_core::verify::Verifier;
 
 use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::throttle::LoginThrottle;
 use crate::usage::UsageRecorder;
 
@@ -32,6 +33,7 @@ struct Inner {
     default_rate_limit: Option<RateLimit>,
     login_throttle: LoginThrottle,
     usage: UsageRecorder,
+    metrics: Metrics,
     shutting_down: AtomicBool,
 }
 
@@ -74,6 +76,7 @@ impl AppState {
             clock,
             login_throttle: LoginThrottle::default(),
             usage: UsageRecorder::default(),
+            metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
         })))
     }
@@ -116,6 +119,10 @@ impl AppState {
 
     pub fn login_throttle(&self) -> &LoginThrottle {
         &self.0.login_throttle
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
     }
 
     pub fn usage(&self) -> &UsageRecorder {

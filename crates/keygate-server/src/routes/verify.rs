@@ -38,6 +38,7 @@ pub struct VerifyRequest {
 /// The verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[repr(usize)]
 pub enum VerifyCode {
     Valid,
     Malformed,
@@ -66,6 +67,32 @@ pub struct VerifyResponse {
     pub missing_permissions: Vec<String>,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
+}
+
+impl VerifyCode {
+    pub const ALL: [VerifyCode; 8] = [
+        VerifyCode::Valid,
+        VerifyCode::Malformed,
+        VerifyCode::NotFound,
+        VerifyCode::Expired,
+        VerifyCode::Revoked,
+        VerifyCode::IpNotAllowed,
+        VerifyCode::Forbidden,
+        VerifyCode::RateLimited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyCode::Valid => "VALID",
+            VerifyCode::Malformed => "MALFORMED",
+            VerifyCode::NotFound => "NOT_FOUND",
+            VerifyCode::Expired => "EXPIRED",
+            VerifyCode::Revoked => "REVOKED",
+            VerifyCode::IpNotAllowed => "IP_NOT_ALLOWED",
+            VerifyCode::Forbidden => "FORBIDDEN",
+            VerifyCode::RateLimited => "RATE_LIMITED",
+        }
+    }
 }
 
 impl VerifyResponse {
@@ -104,6 +131,16 @@ impl VerifyResponse {
             body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn verify(
+    State(state): State<AppState>,
+    caller: Authenticated,
+    request: Json<VerifyRequest>,
+) -> Result<axum::Json<VerifyResponse>, ApiError> {
+    let verdict = decide(State(state.clone()), caller, request).await?;
+    state.metrics().count_verification(verdict.0.code);
+    Ok(verdict)
+}
+
+async fn decide(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     Json(request): Json<VerifyRequest>,

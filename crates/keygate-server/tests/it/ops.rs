@@ -184,3 +184,59 @@ async fn the_explorer_is_served_offline() {
         .unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn metrics_count_requests_verdicts_and_the_cache() {
+    let server = TestServer::start().await;
+    ok_json(server.whoami(&[("apikey", &server.token)]).await).await;
+    ok_json(server.whoami(&[("apikey", &server.token)]).await).await;
+    problem(server.whoami(&[]).await, 401, "unauthenticated").await;
+    let verdict = server
+        .post("/v1/verify")
+        .header("apikey", &server.token)
+        .json(&serde_json::json!({"credential": "kg_live_nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok_json(verdict).await["code"], "MALFORMED");
+
+    let response = server.get("/metrics").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = response.text().await.unwrap();
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(
+        line(r#"keygate_http_requests_total{route="/v1/whoami",status="200"}"#),
+        2.0
+    );
+    assert_eq!(
+        line(r#"keygate_http_requests_total{route="/v1/whoami",status="401"}"#),
+        1.0
+    );
+    assert_eq!(
+        line(r#"keygate_verifications_total{code="MALFORMED"}"#),
+        1.0
+    );
+    assert_eq!(line(r#"keygate_verifications_total{code="VALID"}"#), 0.0);
+    assert!(
+        line(r#"keygate_cache_lookups_total{result="hit"}"#) >= 2.0,
+        "warm whoami and verify"
+    );
+    // The bootstrap token was read from the store once: one observation in the histogram.
+    assert_eq!(line(r#"keygate_store_read_seconds_count"#), 1.0);
+    assert_eq!(line(r#"keygate_store_read_seconds_bucket{le="+Inf"}"#), 1.0);
+}
