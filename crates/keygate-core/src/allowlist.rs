@@ -75,10 +75,6 @@ impl IpAllowlist {
         self.0.iter().any(|network| network.contains(&ip))
     }
 
-    pub fn networks(&self) -> &[IpNet] {
-        &self.0
-    }
-
     pub fn into_networks(self) -> Vec<IpNet> {
         self.0
     }

@@ -122,10 +122,6 @@ impl CredentialCache {
         self.read().get(hash.as_bytes()).cloned()
     }
 
-    pub fn is_trusted(&self) -> bool {
-        self.trusted.load(Ordering::Acquire)
-    }
-
     /// The current generation, to be passed back to [`Self::insert_unless_changed_since`].
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
