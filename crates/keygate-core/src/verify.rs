@@ -4,7 +4,8 @@
 //! reaches the store. What is cached is the credential's resolved state (tenant line, user, role,
 //! permissions), and the checks that depend on time (expiry) run on every request.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
 
 use std::net::IpAddr;
 
@@ -100,6 +101,9 @@ pub struct Verified {
     pub rate_limit: Option<RateLimit>,
     /// When it was last used, kept here (two atomics per request) until written in a batch.
     pub usage: Usage,
+    /// What a front end derives from this verification for its answers (forward-auth's identity
+    /// headers), made on first use and kept as long as the verification is cached.
+    rendered: OnceLock<Box<dyn Any + Send + Sync>>,
     standing: Standing,
     hash: CredentialHash,
     /// The credential's tenant and its ancestors: a change to any of them affects it.
@@ -186,12 +190,21 @@ impl Verified {
             tenant_allowlist: record.tenant.ip_restriction.enforced().cloned(),
             rate_limit: credential.rate_limit,
             usage: Usage::default(),
+            rendered: OnceLock::new(),
             standing,
             hash: credential.hash,
             tenant_line: record.tenant.path.ids().collect(),
             user_id: record.user.as_ref().map(|u| u.id.clone()),
             role_id: record.role.as_ref().map(|r| r.id.clone()),
         }
+    }
+
+    /// What `make` derives from this verification, made on the first call and kept with it.
+    /// One type per program: `None` if a different type was kept first.
+    pub fn rendered<T: Any + Send + Sync>(&self, make: impl FnOnce(&Self) -> T) -> Option<&T> {
+        self.rendered
+            .get_or_init(|| Box::new(make(self)))
+            .downcast_ref()
     }
 
     /// Whether the credential may be used at `now`.
@@ -362,6 +375,11 @@ impl Verifier {
 
     /// Verifies an opaque credential usable on the API (not an OAuth secret or refresh token).
     pub async fn verify(&self, text: &str) -> Result<Arc<Verified>, Refusal> {
+        self.verify_at(text, self.clock.now()).await
+    }
+
+    /// [`Verifier::verify`] at `now`, for a caller that has read the clock already.
+    pub async fn verify_at(&self, text: &str, now: Timestamp) -> Result<Arc<Verified>, Refusal> {
         let kind = self.format.parse(text)?;
         if matches!(kind, CredentialKind::OauthSecret | CredentialKind::Refresh) {
             return Err(Refusal::WrongPlace(kind));
@@ -384,7 +402,7 @@ impl Verifier {
                 Err(refusal) => return Err(refusal),
             },
         };
-        verified.check(self.clock.now())?;
+        verified.check(now)?;
         Ok(verified)
     }
 

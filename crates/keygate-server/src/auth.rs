@@ -6,12 +6,14 @@
 //! can never silently change who a request acts as.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use keygate_core::Timestamp;
 use keygate_core::access::Caller;
 use keygate_core::ratelimit::RateLimitStatus;
 use keygate_core::verify::TenantSummary;
@@ -36,6 +38,8 @@ pub struct Presented<'a> {
     pub basic_username: Option<String>,
     /// The `Realm` header, which must name the credential's tenant.
     pub realm: Option<&'a str>,
+    /// The `as-tenant` header: the tenant to act in, below the credential's own.
+    pub as_tenant: Option<&'a HeaderValue>,
 }
 
 fn unreadable(place: &str) -> ApiError {
@@ -62,35 +66,36 @@ impl<'a> Found<'a> {
     }
 }
 
-/// Finds the request's credential. `Ok(None)` when there is none at all.
+/// Finds the request's credential, in one pass over the headers. `Ok(None)` when there is none.
 pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
     let mut found = Found::default();
     let mut basic_username = None;
+    let mut realm = None;
+    let mut as_tenant = None;
 
-    for value in headers.get_all(header::AUTHORIZATION) {
-        let value = value.to_str().map_err(|_| unreadable("Authorization"))?;
-        let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
-        let rest = rest.trim();
-        if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
-            if rest.is_empty() {
+    for (name, value) in headers {
+        if name == header::AUTHORIZATION {
+            let value = value.to_str().map_err(|_| unreadable("Authorization"))?;
+            let (scheme, rest) = value.trim().split_once(' ').unwrap_or((value.trim(), ""));
+            let rest = rest.trim();
+            if scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token") {
+                if rest.is_empty() {
+                    return Err(ApiError::unauthenticated(format!(
+                        "the {scheme} scheme needs a credential after it"
+                    )));
+                }
+                found.push(Cow::Borrowed(rest))?;
+            } else if scheme.eq_ignore_ascii_case("basic") {
+                let (username, credential) = decode_basic(rest)?;
+                basic_username = Some(username);
+                found.push(Cow::Owned(credential))?;
+            } else {
                 return Err(ApiError::unauthenticated(format!(
-                    "the {scheme} scheme needs a credential after it"
+                    "the Authorization scheme `{}` is not supported; use Bearer, Token or Basic",
+                    scheme.chars().take(32).collect::<String>()
                 )));
             }
-            found.push(Cow::Borrowed(rest))?;
-        } else if scheme.eq_ignore_ascii_case("basic") {
-            let (username, credential) = decode_basic(rest)?;
-            basic_username = Some(username);
-            found.push(Cow::Owned(credential))?;
-        } else {
-            return Err(ApiError::unauthenticated(format!(
-                "the Authorization scheme `{}` is not supported; use Bearer, Token or Basic",
-                scheme.chars().take(32).collect::<String>()
-            )));
-        }
-    }
-    for name in [APIKEY, X_API_KEY] {
-        for value in headers.get_all(&name) {
+        } else if name == APIKEY || name == X_API_KEY {
             let value = value
                 .to_str()
                 .map_err(|_| unreadable(name.as_str()))?
@@ -101,28 +106,31 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
                 )));
             }
             found.push(Cow::Borrowed(value))?;
-        }
-    }
-    for value in headers.get_all(header::COOKIE) {
-        // Other cookies are not ours to judge: a cookie header we cannot read as text, or pairs
-        // that are not `name=value`, are skipped rather than refused.
-        let Ok(value) = value.to_str() else { continue };
-        for pair in value.split(';') {
-            let Some((name, credential)) = pair.trim().split_once('=') else {
-                continue;
-            };
-            let credential = credential.trim().trim_matches('"');
-            let name = name.trim();
-            if (name == COOKIE_NAME || name == SESSION_COOKIE) && !credential.is_empty() {
-                found.push(Cow::Borrowed(credential))?;
+        } else if name == header::COOKIE {
+            // Other cookies are not ours to judge: a cookie header we cannot read as text, or
+            // pairs that are not `name=value`, are skipped rather than refused.
+            let Ok(value) = value.to_str() else { continue };
+            for pair in value.split(';') {
+                let Some((name, credential)) = pair.trim().split_once('=') else {
+                    continue;
+                };
+                let credential = credential.trim().trim_matches('"');
+                let name = name.trim();
+                if (name == COOKIE_NAME || name == SESSION_COOKIE) && !credential.is_empty() {
+                    found.push(Cow::Borrowed(credential))?;
+                }
             }
+        } else if name == REALM {
+            realm.get_or_insert(value);
+        } else if name == AS_TENANT {
+            as_tenant.get_or_insert(value);
         }
     }
 
     let Some(credential) = found.0 else {
         return Ok(None);
     };
-    let realm = match headers.get(REALM) {
+    let realm = match realm {
         Some(value) => Some(value.to_str().map_err(|_| unreadable("Realm"))?.trim()),
         None => None,
     };
@@ -130,6 +138,7 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
         credential,
         basic_username,
         realm,
+        as_tenant,
     }))
 }
 
@@ -150,14 +159,23 @@ fn decode_basic(encoded: &str) -> Result<(String, String), ApiError> {
 
 /// Verifies what [`extract`] found, checks the realm it was presented for and the address it was
 /// presented from.
-pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, ApiError> {
-    let headers = &parts.headers;
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: Option<IpAddr>,
+) -> Result<Caller, ApiError> {
     let presented = extract(headers)?.ok_or_else(|| {
         ApiError::unauthenticated(
             "no credential: send `Authorization: Bearer <token>` (or see /docs for the other ways)",
         )
     })?;
-    let verified = state.verifier().verify(&presented.credential).await?;
+    // One clock read for the whole request: expiry, rate limit and last use.
+    let millis = state.clock().now_millis();
+    let now = Timestamp::from_unix(millis.div_euclid(1000));
+    let verified = state
+        .verifier()
+        .verify_at(&presented.credential, now)
+        .await?;
     let mut caller = Caller::new(verified);
     if presented
         .basic_username
@@ -168,7 +186,7 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, Api
             "the Basic username must be the slug of the credential's tenant (its realm)",
         ));
     }
-    if let Some(value) = headers.get(AS_TENANT) {
+    if let Some(value) = presented.as_tenant {
         caller = act_for(state, caller, value).await?;
     }
     let own = caller.verified().tenant.slug.as_str();
@@ -181,24 +199,22 @@ pub async fn authenticate(state: &AppState, parts: &Parts) -> Result<Caller, Api
             "the Realm header names a different tenant than the credential's",
         ));
     }
-    if let Some(ClientIp(ip)) = parts.extensions.get::<ClientIp>()
-        && !caller.verified().allows_address(*ip)
+    if let Some(ip) = client
+        && !caller.verified().allows_address(ip)
     {
         return Err(ApiError::new(
             ProblemCode::IpNotAllowed,
             format!("requests from {ip} are not allowed for this credential"),
         ));
     }
-    if let Some(status) = state.count_request(caller.verified()) {
+    if let Some(status) = state.count_request(caller.verified(), millis) {
         // Left for the outer middleware, which adds the RateLimit-* headers to the response.
         let _ = RATE_LIMIT.try_with(|slot| slot.set(Some(status)));
         if !status.allowed() {
             return Err(rate_limited(status));
         }
     }
-    state
-        .usage()
-        .record(caller.verified_shared(), state.clock().now());
+    state.usage().record(caller.verified_shared(), now);
     Ok(caller)
 }
 
@@ -270,7 +286,10 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        authenticate(state, parts).await.map(Authenticated)
+        let client = parts.extensions.get::<ClientIp>().map(|ClientIp(ip)| *ip);
+        authenticate(state, &parts.headers, client)
+            .await
+            .map(Authenticated)
     }
 }
 

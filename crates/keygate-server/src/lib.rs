@@ -1,6 +1,6 @@
 //! keygate's HTTP server and command line.
 //!
-//! A request flows one way: [`middleware::finish`] (request id, header limit, problem rendering)
+//! A request flows one way: [`middleware::Front`] (request id, header limit, problem rendering)
 //! → body limit → router → [`auth::Authenticated`] (extraction, verification) → the access
 //! decision (`Caller::require`) → handler → store → response. Nothing calls back up that line.
 
@@ -21,7 +21,6 @@ pub mod usage;
 pub mod views;
 
 use std::future::{Future, IntoFuture};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
@@ -102,23 +101,18 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, document)
 }
 
-/// The whole application: API, explorer, limits and the outer middleware.
-pub fn router(state: AppState) -> Router {
+/// The whole application: the outer service around the API, the explorer and the body limits.
+pub fn app(state: AppState) -> middleware::Front {
     let (api, document) = api();
     let body_limit = state.config().limits.body_bytes;
-    let api = api.route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        metrics::count,
-    ));
-    api.merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+    let router = api
+        .route_layer(metrics::CountLayer::new(state.clone()))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(|| async { ApiError::not_found("there is no such route; see /openapi.json") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::finish,
-        ))
-        .with_state(state)
+        .with_state(state.clone());
+    middleware::Front::new(state, router)
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting, lets in-flight requests
@@ -149,7 +143,7 @@ pub async fn run(
             }
         })
     };
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let app = app(state.clone());
     let serve = axum::serve(listener, app)
         .with_graceful_shutdown(signalled)
         .into_future();

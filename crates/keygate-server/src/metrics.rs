@@ -1,39 +1,73 @@
 //! `/metrics` in the Prometheus text format: requests by route and status, verifications by
 //! verdict, the verification cache's hits and misses, and how long its store reads take.
 //!
-//! Counting is cheap on the request path: one short lock per request for the (route, status)
-//! table, whose keys share the router's own route strings; everything else is atomic.
+//! Counting is cheap on the request path: a read lock on the route table (written once per route,
+//! the first time it is served) and an atomic add; everything else is atomic too.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
+use std::convert::Infallible;
 use std::fmt::Write;
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::header;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use keygate_core::verify::LATENCY_BUCKETS;
+use tower::{Layer, Service};
 
 use crate::routes::verify::VerifyCode;
 use crate::state::AppState;
 
-#[derive(Debug, Default)]
+/// One counter per status code, 100 to 599.
+struct StatusCounts([AtomicU64; 500]);
+
+impl StatusCounts {
+    fn new() -> Box<Self> {
+        Box::new(Self(std::array::from_fn(|_| AtomicU64::new(0))))
+    }
+
+    fn add(&self, status: u16) {
+        if let Some(count) = status
+            .checked_sub(100)
+            .and_then(|i| self.0.get(usize::from(i)))
+        {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `(status, count)` for every status seen.
+    fn seen(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        (100..)
+            .zip(&self.0)
+            .map(|(status, count)| (status, count.load(Ordering::Relaxed)))
+            .filter(|&(_, count)| count > 0)
+    }
+}
+
+#[derive(Default)]
 pub struct Metrics {
-    /// Route template → status → count. Looked up by `&str`: a route's key is allocated once.
-    requests: Mutex<HashMap<Arc<str>, BTreeMap<u16, u64>>>,
+    /// Route template → counts by status.
+    requests: RwLock<HashMap<Box<str>, Box<StatusCounts>>>,
     verifications: [AtomicU64; VerifyCode::ALL.len()],
 }
 
 impl Metrics {
-    pub fn count_request(&self, route: &MatchedPath, status: u16) {
-        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        let statuses = match requests.get_mut(route.as_str()) {
-            Some(statuses) => statuses,
-            None => requests.entry(Arc::from(route.as_str())).or_default(),
-        };
-        *statuses.entry(status).or_insert(0) += 1;
+    pub fn count_request(&self, route: &str, status: u16) {
+        let requests = self.requests.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(counts) = requests.get(route) {
+            return counts.add(status);
+        }
+        drop(requests);
+        self.requests
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(route.into())
+            .or_insert_with(StatusCounts::new)
+            .add(status);
     }
 
     pub fn count_verification(&self, code: VerifyCode) {
@@ -41,16 +75,62 @@ impl Metrics {
     }
 }
 
-/// Counts each routed request by its route template and final status.
-pub async fn count(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let response = next.run(request).await;
-    if let Some(route) = route {
-        state
-            .metrics()
-            .count_request(&route, response.status().as_u16());
+/// Counts each routed request by its route template and final status: a route layer, where the
+/// router has set [`MatchedPath`]. Written out rather than `from_fn`, which would clone the
+/// route's boxed service for every request.
+#[derive(Clone)]
+pub struct CountLayer(AppState);
+
+impl CountLayer {
+    pub fn new(state: AppState) -> Self {
+        Self(state)
     }
-    response
+}
+
+impl<S> Layer<S> for CountLayer {
+    type Service = Count<S>;
+
+    fn layer(&self, inner: S) -> Count<S> {
+        Count {
+            inner,
+            state: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Count<S> {
+    inner: S,
+    state: AppState,
+}
+
+impl<S> Service<Request> for Count<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let response = self.inner.call(request);
+        let state = self.state.clone();
+        Box::pin(async move {
+            let response = response.await?;
+            if let Some(route) = route {
+                state
+                    .metrics()
+                    .count_request(route.as_str(), response.status().as_u16());
+            }
+            Ok(response)
+        })
+    }
 }
 
 /// Metrics for Prometheus. Public, like `/healthz`: aggregate counts only.
@@ -65,19 +145,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "# HELP keygate_http_requests_total Requests by route template and status."
     );
     let _ = writeln!(out, "# TYPE keygate_http_requests_total counter");
-    let requests = metrics
-        .requests
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let mut routes: Vec<_> = requests.into_iter().collect();
-    routes.sort();
-    for (route, statuses) in routes {
-        for (status, count) in statuses {
-            let _ = writeln!(
-                out,
-                "keygate_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
-            );
+    {
+        let requests = metrics.requests.read().unwrap_or_else(|p| p.into_inner());
+        let mut routes: Vec<_> = requests.iter().collect();
+        routes.sort_by_key(|(route, _)| *route);
+        for (route, counts) in routes {
+            for (status, count) in counts.seen() {
+                let _ = writeln!(
+                    out,
+                    "keygate_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+                );
+            }
         }
     }
     let _ = writeln!(

@@ -6,23 +6,33 @@
 //! path only, never the query string or headers: a query may carry a key (`?key=…`) and headers
 //! carry credentials.
 
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
+use axum::extract::Request;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::serve::IncomingStream;
 use keygate_core::allowlist::client_address;
 use keygate_core::base62;
-use tracing::Instrument;
+use tokio::net::TcpListener;
+use tower::Service;
+use tracing::{Instrument, Level};
 
 use crate::auth::{RATE_LIMIT, rate_limit_headers};
 use crate::problem::{ApiError, PROBLEM_JSON, ProblemCode};
+use crate::routes::forward_auth;
 use crate::state::AppState;
 
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The id of the request being served, for handlers that need it.
 #[derive(Debug, Clone)]
@@ -33,23 +43,20 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
-fn client_ip(request: &Request, state: &AppState) -> IpAddr {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |ConnectInfo(peer)| peer.ip());
+fn client_ip(request: &Request, peer: IpAddr, state: &AppState) -> IpAddr {
     let headers = request.headers();
-    let values = |name: &'static str| {
-        headers
-            .get_all(name)
+    // Looked up only if read, which is only when the peer is a trusted proxy.
+    let values = |name: &'static HeaderName| {
+        [name]
             .into_iter()
+            .flat_map(|name| headers.get_all(name))
             .filter_map(|value| value.to_str().ok())
     };
     client_address(
         peer,
         state.trusted_proxies(),
-        values("x-forwarded-for"),
-        values("forwarded"),
+        values(&X_FORWARDED_FOR),
+        values(&header::FORWARDED),
     )
 }
 
@@ -61,7 +68,7 @@ fn request_id(request: &Request) -> String {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
     };
-    match request.headers().get(REQUEST_ID).map(HeaderValue::to_str) {
+    match request.headers().get(&REQUEST_ID).map(HeaderValue::to_str) {
         Some(Ok(id)) if sane(id) => id.to_owned(),
         _ => new_request_id(),
     }
@@ -100,47 +107,130 @@ fn header_bytes(request: &Request) -> usize {
         .sum()
 }
 
-pub async fn finish(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let id = request_id(&request);
-    let method = request.method().clone();
-    let path = request.uri().path().to_owned();
-    let ip = client_ip(&request, &state);
-    let span = tracing::info_span!("request", id = %id, %ip, %method, %path);
+/// The outermost service: every request enters here and every response leaves through here.
+///
+/// Forward-auth, the path proxies call for every request they pass on, is answered directly;
+/// everything else goes through the router. The hot path thus skips route matching and the
+/// router's per-route layers (it reads no body, so the body limits have nothing to do), and
+/// gets everything else a request gets here: request id, header limit, client address,
+/// rate-limit headers, problem rendering, metrics and the access log.
+#[derive(Clone)]
+pub struct Front {
+    state: AppState,
+    router: Router,
+    /// The connection's peer, set per connection by [`Front::for_connection`].
+    peer: IpAddr,
+}
 
-    let limit = state.config().limits.header_bytes;
-    let response = if header_bytes(&request) > limit {
-        ApiError::new(
-            ProblemCode::HeadersTooLarge,
-            format!("the request headers exceed {limit} bytes in total"),
-        )
-        .into_response()
-    } else {
-        request.extensions_mut().insert(RequestId(id.clone()));
-        request.extensions_mut().insert(ClientIp(ip));
-        let (mut response, limit) = RATE_LIMIT
-            .scope(std::cell::Cell::new(None), async {
-                let response = next.run(request).await;
-                (response, RATE_LIMIT.with(std::cell::Cell::get))
-            })
-            .instrument(span.clone())
-            .await;
-        if let Some(status) = limit {
-            for (name, value) in rate_limit_headers(&status) {
-                response.headers_mut().insert(name, value);
+impl Front {
+    pub fn new(state: AppState, router: Router) -> Self {
+        Self {
+            state,
+            router,
+            peer: IpAddr::from([0, 0, 0, 0]),
+        }
+    }
+
+    /// The service for one connection from `peer`.
+    pub fn for_connection(&self, peer: SocketAddr) -> Self {
+        Self {
+            peer: peer.ip(),
+            ..self.clone()
+        }
+    }
+
+    async fn serve(self, request: Request) -> Response {
+        // The access log's timing costs two clock reads; only taken when the line is written.
+        let started = tracing::enabled!(Level::INFO).then(Instant::now);
+        let id = request_id(&request);
+        let method = request.method().clone();
+        let ip = client_ip(&request, self.peer, &self.state);
+        let span =
+            tracing::info_span!("request", id = %id, %ip, %method, path = request.uri().path());
+
+        let limit = self.state.config().limits.header_bytes;
+        let response = if header_bytes(&request) > limit {
+            ApiError::new(
+                ProblemCode::HeadersTooLarge,
+                format!("the request headers exceed {limit} bytes in total"),
+            )
+            .into_response()
+        } else {
+            let (mut response, limit) = RATE_LIMIT
+                .scope(Cell::new(None), async {
+                    let response = self.dispatch(request, &id, ip).await;
+                    (response, RATE_LIMIT.with(Cell::get))
+                })
+                .instrument(span.clone())
+                .await;
+            if let Some(status) = limit {
+                for (name, value) in rate_limit_headers(&status) {
+                    response.headers_mut().insert(name, value);
+                }
             }
+            response
+        };
+
+        let mut response = render(response, &id, &method, &self.state);
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            response.headers_mut().insert(REQUEST_ID, value);
+        }
+        if let Some(started) = started {
+            let status = response.status().as_u16();
+            let micros = started.elapsed().as_micros();
+            span.in_scope(|| tracing::info!(status, micros, "served"));
         }
         response
-    };
-
-    let mut response = render(response, &id, &method, &state);
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, value);
     }
-    let status = response.status().as_u16();
-    let micros = started.elapsed().as_micros();
-    span.in_scope(|| tracing::info!(status, micros, "served"));
-    response
+
+    async fn dispatch(&self, mut request: Request, id: &str, ip: IpAddr) -> Response {
+        let path = request.uri().path();
+        if let Some(route) = forward_auth::route(path) {
+            let response = forward_auth::answer(&self.state, request.headers(), request.uri(), ip)
+                .await
+                .into_response();
+            self.state
+                .metrics()
+                .count_request(route, response.status().as_u16());
+            return response;
+        }
+        request.extensions_mut().insert(RequestId(id.to_owned()));
+        request.extensions_mut().insert(ClientIp(ip));
+        match self.router.clone().call(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
+/// Makes the service for each accepted connection, knowing its peer.
+impl Service<IncomingStream<'_, TcpListener>> for Front {
+    type Response = Front;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Front, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, stream: IncomingStream<'_, TcpListener>) -> Self::Future {
+        std::future::ready(Ok(self.for_connection(*stream.remote_addr())))
+    }
+}
+
+impl Service<Request> for Front {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let front = self.clone();
+        Box::pin(async move { Ok(front.serve(request).await) })
+    }
 }
 
 /// Writes the problem body of an error response, with the request id as `instance`.

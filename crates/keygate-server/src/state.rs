@@ -108,12 +108,12 @@ impl AppState {
 
     /// Counts a request of a credential against its limit (its own, else the configured
     /// default); `None` when no limit applies.
-    pub fn count_request(&self, verified: &Verified) -> Option<RateLimitStatus> {
+    pub fn count_request(&self, verified: &Verified, now_millis: i64) -> Option<RateLimitStatus> {
         let limit = verified.rate_limit.or(self.0.default_rate_limit)?;
         Some(
             self.0
                 .rate_limiter
-                .check(&verified.credential.id, limit, self.0.clock.now_millis()),
+                .check(&verified.credential.id, limit, now_millis),
         )
     }
 

@@ -8,12 +8,20 @@
 //! connection alive only for an empty answer) and identity headers for the upstream; a refused one
 //! the problem response (401, 403 or 429) the proxy passes on.
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
-use keygate_core::access::Caller;
+use axum::body::Body;
+use std::net::IpAddr;
 
-use crate::auth::Authenticated;
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use axum::response::Response;
+use keygate_core::access::Caller;
+use keygate_core::verify::Verified;
+
+use crate::auth::authenticate;
+use crate::middleware::ClientIp;
 use crate::problem::{ApiError, Problem};
+use crate::state::AppState;
 
 const REQUIRE: HeaderName = HeaderName::from_static("x-keygate-require");
 
@@ -38,36 +46,94 @@ fn required(headers: &HeaderMap, query: Option<&str>) -> Result<Vec<String>, Api
     Ok(permissions)
 }
 
-fn identity_headers(caller: &Caller) -> Vec<(&'static str, String)> {
-    let verified = caller.verified();
-    let permissions: Vec<&str> = verified.permissions.iter().map(|p| p.as_str()).collect();
-    vec![
-        ("x-keygate-tenant-id", verified.tenant.id.to_string()),
-        ("x-keygate-acting-tenant-id", caller.scope().to_string()),
-        ("x-keygate-principal-id", verified.principal.id.clone()),
-        (
-            "x-keygate-credential-id",
-            verified.credential.id.to_string(),
-        ),
-        ("x-keygate-permissions", permissions.join(",")),
-    ]
+/// The route template a path is counted under, when it is a forward-auth path.
+pub fn route(path: &str) -> Option<&'static str> {
+    match path.strip_prefix(PATH)? {
+        "" => Some(PATH),
+        below if below.starts_with('/') => Some(BELOW),
+        _ => None,
+    }
 }
 
-async fn check(
-    Authenticated(caller): Authenticated,
-    headers: HeaderMap,
-    uri: Uri,
+const PATH: &str = "/v1/forward-auth";
+const BELOW: &str = "/v1/forward-auth/{*path}";
+
+/// The check itself, for any method and any path [`route`] accepts.
+pub async fn answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+    client: IpAddr,
 ) -> Result<Response, ApiError> {
+    let caller = authenticate(state, headers, Some(client)).await?;
     // A permission the catalog does not know is one no credential holds: refused, naming it.
-    caller.require_all(&required(&headers, uri.query())?)?;
-    let mut response = StatusCode::OK.into_response();
-    for (name, value) in identity_headers(&caller) {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response.headers_mut().insert(name, value);
+    caller.require_all(&required(headers, uri.query())?)?;
+    Ok(allowed(&caller))
+}
+
+/// The identity headers of a credential, made once per cached verification: the permission list
+/// alone can be hundreds of bytes, joined and validated.
+struct Identity {
+    tenant_id: HeaderValue,
+    principal_id: HeaderValue,
+    credential_id: HeaderValue,
+    permissions: HeaderValue,
+}
+
+impl Identity {
+    fn of(verified: &Verified) -> Self {
+        let mut permissions = String::with_capacity(verified.permissions.iter().count() * 24);
+        for permission in verified.permissions.iter() {
+            if !permissions.is_empty() {
+                permissions.push(',');
+            }
+            permissions.push_str(permission.as_str());
+        }
+        Self {
+            tenant_id: header_value(verified.tenant.id.as_str()),
+            principal_id: header_value(&verified.principal.id),
+            credential_id: header_value(verified.credential.id.as_str()),
+            permissions: header_value(&permissions),
         }
     }
-    Ok(response)
 }
+
+/// Ids and permission names are header-safe by construction; anything else is left empty.
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// 200, an empty body and the identity headers.
+fn allowed(caller: &Caller) -> Response {
+    let verified = caller.verified();
+    let made;
+    let identity = match verified.rendered(Identity::of) {
+        Some(identity) => identity,
+        None => {
+            made = Identity::of(verified);
+            &made
+        }
+    };
+    let acting = match caller.acting_as() {
+        Some(tenant) => header_value(tenant.id.as_str()),
+        None => identity.tenant_id.clone(),
+    };
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    headers.reserve(8);
+    headers.insert(TENANT_ID, identity.tenant_id.clone());
+    headers.insert(ACTING_TENANT_ID, acting);
+    headers.insert(PRINCIPAL_ID, identity.principal_id.clone());
+    headers.insert(CREDENTIAL_ID, identity.credential_id.clone());
+    headers.insert(PERMISSIONS, identity.permissions.clone());
+    response
+}
+
+const TENANT_ID: HeaderName = HeaderName::from_static("x-keygate-tenant-id");
+const ACTING_TENANT_ID: HeaderName = HeaderName::from_static("x-keygate-acting-tenant-id");
+const PRINCIPAL_ID: HeaderName = HeaderName::from_static("x-keygate-principal-id");
+const CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-keygate-credential-id");
+const PERMISSIONS: HeaderName = HeaderName::from_static("x-keygate-permissions");
 
 macro_rules! forward_auth {
     ($($method:ident => $handler:ident, $operation:literal, $path:literal $(, $extra:tt)?;)*) => {
@@ -94,8 +160,9 @@ macro_rules! forward_auth {
                     (status = 403, description = "forbidden (a required permission) or ip-not-allowed", body = Problem, content_type = "application/problem+json"),
                     (status = 429, description = "rate-limited", body = Problem, content_type = "application/problem+json"),
                 ))]
-            pub async fn $handler(caller: Authenticated, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
-                check(caller, headers, uri).await
+            pub async fn $handler(State(state): State<AppState>, client: Option<Extension<ClientIp>>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
+                let client = client.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(ClientIp(ip))| ip);
+                answer(&state, &headers, &uri, client).await
             }
         )*
     };

@@ -193,7 +193,10 @@ async fn decide(
             VerifyCode::Forbidden,
             Some(format!("missing permissions: {}", missing.join(", "))),
         )
-    } else if state.count_request(&verified).is_some_and(|s| !s.allowed()) {
+    } else if state
+        .count_request(&verified, state.clock().now_millis())
+        .is_some_and(|s| !s.allowed())
+    {
         // The verified credential's own request, made through the asking service: counted.
         (
             VerifyCode::RateLimited,

@@ -191,6 +191,14 @@ async fn metrics_count_requests_verdicts_and_the_cache() {
     ok_json(server.whoami(&[("apikey", &server.token)]).await).await;
     ok_json(server.whoami(&[("apikey", &server.token)]).await).await;
     problem(server.whoami(&[]).await, 401, "unauthenticated").await;
+    for path in [
+        "/v1/forward-auth",
+        "/v1/forward-auth/zones/1",
+        "/v1/forward-auth/x",
+    ] {
+        let response = server.get(path).header("apikey", &server.token).send();
+        assert_eq!(response.await.unwrap().status(), 200);
+    }
     let verdict = server
         .post("/v1/verify")
         .header("apikey", &server.token)
@@ -226,6 +234,14 @@ async fn metrics_count_requests_verdicts_and_the_cache() {
     assert_eq!(
         line(r#"keygate_http_requests_total{route="/v1/whoami",status="401"}"#),
         1.0
+    );
+    assert_eq!(
+        line(r#"keygate_http_requests_total{route="/v1/forward-auth",status="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        line(r#"keygate_http_requests_total{route="/v1/forward-auth/{*path}",status="200"}"#),
+        2.0
     );
     assert_eq!(
         line(r#"keygate_verifications_total{code="MALFORMED"}"#),

@@ -297,3 +297,62 @@ async fn forward_auth_takes_require_as_a_query_and_any_path_below_it() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn forward_auth_answers_every_method_and_only_its_own_paths() {
+    let server = TestServer::start().await;
+    for method in ["TRACE", "PROPFIND"] {
+        let response = forward(
+            &server,
+            method.parse().unwrap(),
+            &[("apikey", &server.token)],
+        )
+        .await;
+        assert_eq!(response.status(), 200, "{method}");
+        assert!(
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .starts_with("req_")
+        );
+    }
+    // A path that merely starts with the same letters is not the check.
+    let response = server
+        .get("/v1/forward-authority")
+        .header("apikey", &server.token)
+        .send()
+        .await
+        .unwrap();
+    problem(response, 404, "not-found").await;
+}
+
+#[tokio::test]
+async fn forward_auth_names_the_tenant_acted_for() {
+    let server = TestServer::start().await;
+    let created = server
+        .expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/tenants",
+            &server.token,
+            Some(json!({"name": "Child"})),
+        )
+        .await;
+    let child = created["tenant"]["id"].as_str().unwrap();
+    let me = ok_json(server.whoami(&[("apikey", &server.token)]).await).await;
+    let own = me["organization"]["id"].as_str().unwrap();
+    // Twice: the second answer comes from what the first left with the cached verification.
+    for _ in 0..2 {
+        let acting = forward(
+            &server,
+            reqwest::Method::GET,
+            &[("apikey", &server.token), ("as-tenant", child)],
+        )
+        .await;
+        assert_eq!(acting.status(), 200);
+        assert_eq!(acting.headers()["x-keygate-tenant-id"], own);
+        assert_eq!(acting.headers()["x-keygate-acting-tenant-id"], child);
+        let plain = forward(&server, reqwest::Method::GET, &[("apikey", &server.token)]).await;
+        assert_eq!(plain.headers()["x-keygate-acting-tenant-id"], own);
+    }
+}
