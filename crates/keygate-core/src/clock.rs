@@ -28,6 +28,11 @@ impl Timestamp {
         Self(self.0.saturating_add(secs))
     }
 
+    pub fn saturating_sub(self, duration: Duration) -> Self {
+        let secs = i64::try_from(duration.as_secs()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_sub(secs))
+    }
+
     /// Parses RFC 3339 with any offset, normalised to UTC and truncated to the second.
     pub fn parse(text: &str) -> Result<Self, time::error::Parse> {
         OffsetDateTime::parse(text, &Rfc3339).map(|t| Self(t.unix_timestamp()))

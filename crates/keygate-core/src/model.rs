@@ -303,6 +303,47 @@ pub struct AuditEvent {
     pub request_id: Option<String>,
 }
 
+impl AuditEvent {
+    /// The status the request answers with, when it is not 200.
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+}
+
+impl Outcome {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "success" => Some(Outcome::Success),
+            "denied" => Some(Outcome::Denied),
+            "failed" => Some(Outcome::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// An audit event as the store gives it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub id: String,
+    pub time: Timestamp,
+    pub tenant_id: String,
+    pub acting_tenant_id: Option<String>,
+    pub actor_type: String,
+    pub actor_id: String,
+    pub token_id: Option<String>,
+    pub action: String,
+    /// `(type, id)`.
+    pub target: Option<(String, String)>,
+    pub outcome: Outcome,
+    pub status: u16,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+    /// How many identical refusals this event stands for (1 for every change).
+    pub count: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

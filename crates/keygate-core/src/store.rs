@@ -9,12 +9,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_core::stream::BoxStream;
 
 use crate::Timestamp;
 use crate::access::{Grant, Scope, perm};
 use crate::credential::{CredentialHash, CredentialKind};
 use crate::id::{CredentialId, RoleId, TenantId, UserId};
-use crate::model::{AuditEvent, Credential, IpRestriction, Role, Tenant, User};
+use crate::model::{
+    AuditEvent, Credential, IpRestriction, Outcome, Role, StoredEvent, Tenant, User,
+};
 use crate::password::PasswordHashString;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -120,6 +123,18 @@ pub struct Paged<T> {
     pub next_cursor: Option<String>,
 }
 
+/// Which audit events a list shows: an event matches when it matches one value of every list
+/// that is not empty, and `since <= time < until`.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub token_ids: Vec<String>,
+    pub actions: Vec<String>,
+    pub actor_ids: Vec<String>,
+    pub outcomes: Vec<Outcome>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+}
+
 /// Which tokens a list shows.
 #[derive(Debug, Clone, Default)]
 pub struct TokenFilter {
@@ -180,6 +195,31 @@ pub trait Store: CredentialSource {
 
     /// Waits for in-flight work and closes every connection; later calls fail as unavailable.
     async fn close(&self);
+
+    // The audit log. Changes write their events themselves, in their own transactions.
+
+    /// Events that happened in the scope's tenant or below it, newest first.
+    async fn list_events(
+        &self,
+        scope: &Scope,
+        filter: &EventFilter,
+        page: &Page,
+    ) -> Result<Paged<StoredEvent>, StoreError>;
+
+    /// The same selection as [`Store::list_events`], all of it, newest first, read as it is
+    /// consumed rather than held in memory.
+    fn export_events(
+        &self,
+        scope: &Scope,
+        filter: &EventFilter,
+    ) -> BoxStream<'static, Result<StoredEvent, StoreError>>;
+
+    /// Writes refused requests, each with the number of identical refusals it stands for. Not a
+    /// change: there is nothing to roll back with them.
+    async fn record_refusals(&self, events: &[(AuditEvent, u32)]) -> Result<(), StoreError>;
+
+    /// Deletes at most `limit` of the oldest events from before `before`; returns how many.
+    async fn prune_events(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
 
     /// Whether the store already holds a root tenant.
     async fn is_initialized(&self) -> Result<bool, StoreError>;

@@ -406,6 +406,12 @@ impl Verifier {
         Ok(verified)
     }
 
+    /// Who a credential that was just refused (expired, revoked, suspended) belongs to, from the
+    /// cache, for the audit log. Never a reason to let a request through.
+    pub fn known(&self, text: &str) -> Option<Arc<Verified>> {
+        self.cache.get_stale(&CredentialHash::of(text))
+    }
+
     async fn load(&self, hash: CredentialHash) -> Result<Arc<Verified>, Refusal> {
         let generation = self.cache.generation();
         let started = std::time::Instant::now();

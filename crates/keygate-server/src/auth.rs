@@ -6,7 +6,9 @@
 //! can never silently change who a request acts as.
 
 use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -15,8 +17,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use keygate_core::Timestamp;
 use keygate_core::access::Caller;
+use keygate_core::id::TenantId;
 use keygate_core::ratelimit::RateLimitStatus;
-use keygate_core::verify::TenantSummary;
+use keygate_core::verify::{Refusal, TenantSummary, Verified};
 
 use crate::middleware::ClientIp;
 use crate::problem::{ApiError, ProblemCode};
@@ -172,10 +175,23 @@ pub async fn authenticate(
     // One clock read for the whole request: expiry, rate limit and last use.
     let millis = state.clock().now_millis();
     let now = Timestamp::from_unix(millis.div_euclid(1000));
-    let verified = state
-        .verifier()
-        .verify_at(&presented.credential, now)
-        .await?;
+    let verified = match state.verifier().verify_at(&presented.credential, now).await {
+        Ok(verified) => verified,
+        Err(refusal) => {
+            if matches!(
+                refusal,
+                Refusal::Expired
+                    | Refusal::Revoked
+                    | Refusal::TenantSuspended
+                    | Refusal::UserDisabled
+            ) && let Some(known) = state.verifier().known(&presented.credential)
+            {
+                note_caller(known, None);
+            }
+            return Err(refusal.into());
+        }
+    };
+    note_caller(Arc::clone(&verified), None);
     let mut caller = Caller::new(verified);
     if presented
         .basic_username
@@ -188,6 +204,10 @@ pub async fn authenticate(
     }
     if let Some(value) = presented.as_tenant {
         caller = act_for(state, caller, value).await?;
+        note_caller(
+            Arc::clone(caller.verified_shared()),
+            Some(caller.scope().clone()),
+        );
     }
     let own = caller.verified().tenant.slug.as_str();
     let acting = caller.acting_as().map(|t| t.slug.as_str());
@@ -209,7 +229,7 @@ pub async fn authenticate(
     }
     if let Some(status) = state.count_request(caller.verified(), millis) {
         // Left for the outer middleware, which adds the RateLimit-* headers to the response.
-        let _ = RATE_LIMIT.try_with(|slot| slot.set(Some(status)));
+        let _ = NOTES.try_with(|notes| notes.rate_limit.set(Some(status)));
         if !status.allowed() {
             return Err(rate_limited(status));
         }
@@ -243,10 +263,22 @@ async fn act_for(
     Ok(caller.acting_for(TenantSummary::from(&target))?)
 }
 
+/// What authentication learned about a request, left for the outer middleware: the rate-limit
+/// status for the response's `RateLimit-*` headers, and the known credential behind the request
+/// (with the tenant it acted in) for the audit log, should the request be refused.
+#[derive(Default)]
+pub struct Notes {
+    pub rate_limit: Cell<Option<RateLimitStatus>>,
+    pub caller: RefCell<Option<(Arc<Verified>, Option<TenantId>)>>,
+}
+
 tokio::task_local! {
-    /// Where the credential's rate-limit status is left for the response's `RateLimit-*`
-    /// headers: a task-local, so the hot path allocates nothing for it.
-    pub static RATE_LIMIT: std::cell::Cell<Option<RateLimitStatus>>;
+    /// A task-local, so the hot path allocates nothing for it.
+    pub static NOTES: Notes;
+}
+
+fn note_caller(verified: Arc<Verified>, acting: Option<TenantId>) {
+    let _ = NOTES.try_with(|notes| notes.caller.replace(Some((verified, acting))));
 }
 
 fn rate_limited(status: RateLimitStatus) -> ApiError {

@@ -40,6 +40,7 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub tokens: TokensConfig,
     pub session: SessionConfig,
+    pub audit: AuditConfig,
     pub store: StoreConfig,
     pub cache: CacheConfig,
     pub log: LogConfig,
@@ -60,6 +61,7 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             tokens: TokensConfig::default(),
             session: SessionConfig::default(),
+            audit: AuditConfig::default(),
             store: StoreConfig::default(),
             cache: CacheConfig::default(),
             log: LogConfig::default(),
@@ -118,6 +120,21 @@ pub struct SessionConfig {
 impl Default for SessionConfig {
     fn default() -> Self {
         Self { lifetime_hours: 12 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events older than this are deleted, in small batches in the background.
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            retention_days: 365,
+        }
     }
 }
 
@@ -300,9 +317,12 @@ impl Config {
                 "store.max_connections and store.acquire_timeout_ms must be positive".into(),
             ));
         }
-        if self.tokens.personal_max_days == 0 || self.session.lifetime_hours == 0 {
+        if self.tokens.personal_max_days == 0
+            || self.session.lifetime_hours == 0
+            || self.audit.retention_days == 0
+        {
             return Err(ConfigError::Invalid(
-                "tokens.personal_max_days and session.lifetime_hours must be positive".into(),
+                "tokens.personal_max_days, session.lifetime_hours and audit.retention_days must be positive".into(),
             ));
         }
         Ok(())

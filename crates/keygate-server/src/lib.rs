@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod openapi;
 pub mod problem;
+pub mod refusals;
 pub mod request;
 pub mod routes;
 pub mod state;
@@ -88,6 +89,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             routes::tenants::update,
             routes::tenants::delete
         ))
+        .routes(routes!(routes::audit::list))
+        .routes(routes!(routes::audit::export))
         .routes(routes!(routes::sessions::login))
         .routes(routes!(routes::sessions::logout))
         .split_for_parts();
@@ -115,6 +118,9 @@ pub fn app(state: AppState) -> middleware::Front {
     middleware::Front::new(state, router)
 }
 
+/// How often events past `audit.retention_days` are looked for.
+const PRUNE_AUDIT_EVERY: Duration = Duration::from_secs(15 * 60);
+
 /// Serves on `listener` until `shutdown` resolves, then stops accepting, lets in-flight requests
 /// finish (for at most `shutdown_grace_seconds`) and closes the store.
 pub async fn run(
@@ -140,6 +146,23 @@ pub async fn run(
             loop {
                 every.tick().await;
                 state.flush_usage().await;
+                state.flush_refusals().await;
+            }
+        })
+    };
+    let pruner = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRUNE_AUDIT_EVERY);
+            loop {
+                every.tick().await;
+                match state.prune_audit().await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, "pruned audit events past retention"),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not prune the audit log; will retry")
+                    }
+                }
             }
         })
     };
@@ -159,7 +182,9 @@ pub async fn run(
         }
     };
     flusher.abort();
+    pruner.abort();
     state.flush_usage().await;
+    state.flush_refusals().await;
     state.store().close().await;
     tracing::info!("stopped");
     result

@@ -6,7 +6,6 @@
 //! path only, never the query string or headers: a query may carry a key (`?key=…`) and headers
 //! carry credentials.
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -26,8 +25,9 @@ use tokio::net::TcpListener;
 use tower::Service;
 use tracing::{Instrument, Level};
 
-use crate::auth::{RATE_LIMIT, rate_limit_headers};
+use crate::auth::{NOTES, Notes, rate_limit_headers};
 use crate::problem::{ApiError, PROBLEM_JSON, ProblemCode};
+use crate::refusals::Refused;
 use crate::routes::forward_auth;
 use crate::state::AppState;
 
@@ -151,6 +151,10 @@ impl Front {
         let span =
             tracing::info_span!("request", id = %id, %ip, %method, path = request.uri().path());
 
+        // For the audit record of a refusal; each clone shares the request's bytes.
+        let uri = request.uri().clone();
+        let user_agent = request.headers().get(header::USER_AGENT).cloned();
+
         let limit = self.state.config().limits.header_bytes;
         let response = if header_bytes(&request) > limit {
             ApiError::new(
@@ -159,10 +163,11 @@ impl Front {
             )
             .into_response()
         } else {
-            let (mut response, limit) = RATE_LIMIT
-                .scope(Cell::new(None), async {
+            let (mut response, limit, caller) = NOTES
+                .scope(Notes::default(), async {
                     let response = self.dispatch(request, id, ip).await;
-                    (response, RATE_LIMIT.with(Cell::get))
+                    let (limit, caller) = NOTES.with(|n| (n.rate_limit.get(), n.caller.take()));
+                    (response, limit, caller)
                 })
                 .instrument(span.clone())
                 .await;
@@ -170,6 +175,22 @@ impl Front {
                 for (name, value) in rate_limit_headers(&status) {
                     response.headers_mut().insert(name, value);
                 }
+            }
+            let status = response.status().as_u16();
+            if let (401 | 403, Some((verified, acting))) = (status, caller) {
+                let refused = Refused {
+                    verified: &verified,
+                    acting: acting.as_ref(),
+                    status,
+                    method: method.as_str(),
+                    path: uri.path(),
+                    ip: Some(ip),
+                    user_agent: user_agent.as_ref().and_then(|a| a.to_str().ok()),
+                    request_id: id,
+                };
+                self.state
+                    .refusals()
+                    .note(&refused, self.state.clock().now());
             }
             response
         };

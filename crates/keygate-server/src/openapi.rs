@@ -34,6 +34,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         (name = "roles", description = "Named sets of permissions, and the permission catalog"),
         (name = "tokens", description = "Personal and service tokens"),
         (name = "account", description = "Account keys (rotation) and the IP restriction"),
+        (name = "audit", description = "What every credential did: the audit log and its export"),
         (name = "verification", description = "Checking credentials for other services"),
         (name = "operations", description = "Health and readiness"),
     ),

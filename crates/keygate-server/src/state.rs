@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use keygate_core::Clock;
 use keygate_core::allowlist::IpAllowlist;
@@ -9,12 +10,13 @@ use keygate_core::cache::CredentialCache;
 use keygate_core::model::RateLimit;
 use keygate_core::permission::Catalog;
 use keygate_core::ratelimit::{RateLimitStatus, RateLimiter};
-use keygate_core::store::DynStore;
+use keygate_core::store::{DynStore, StoreError};
 use keygate_core::verify::Verified;
 use keygate_core::verify::Verifier;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::refusals::RefusalLog;
 use crate::throttle::LoginThrottle;
 use crate::usage::UsageRecorder;
 
@@ -33,6 +35,7 @@ struct Inner {
     default_rate_limit: Option<RateLimit>,
     login_throttle: LoginThrottle,
     usage: UsageRecorder,
+    refusals: RefusalLog,
     metrics: Metrics,
     shutting_down: AtomicBool,
 }
@@ -76,6 +79,7 @@ impl AppState {
             clock,
             login_throttle: LoginThrottle::default(),
             usage: UsageRecorder::default(),
+            refusals: RefusalLog::default(),
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
         })))
@@ -133,6 +137,38 @@ impl AppState {
     pub async fn flush_usage(&self) {
         if let Err(error) = self.0.usage.flush(&self.0.store).await {
             tracing::warn!(%error, "could not record when credentials were last used; will retry");
+        }
+    }
+
+    pub fn refusals(&self) -> &RefusalLog {
+        &self.0.refusals
+    }
+
+    /// Writes the refusals counted since the last call to the audit log.
+    pub async fn flush_refusals(&self) {
+        if let Err(error) = self.0.refusals.flush(&self.0.store).await {
+            tracing::warn!(%error, "could not record refused requests in the audit log; will retry");
+        }
+    }
+
+    /// Deletes the audit events older than `audit.retention_days`, a small batch at a time with a
+    /// pause between batches, so requests writing events never wait long on it. Returns how many.
+    pub async fn prune_audit(&self) -> Result<u64, StoreError> {
+        const BATCH: u32 = 500;
+        let days = u64::from(self.0.config.audit.retention_days);
+        let before = self
+            .0
+            .clock
+            .now()
+            .saturating_sub(Duration::from_secs(days * 24 * 60 * 60));
+        let mut deleted = 0;
+        loop {
+            let batch = self.0.store.prune_events(before, BATCH).await?;
+            deleted += batch;
+            if batch < u64::from(BATCH) {
+                return Ok(deleted);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

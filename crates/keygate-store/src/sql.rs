@@ -31,19 +31,21 @@ pub(crate) use in_subtree;
 /// What the shared code names; each backend module imports it whole.
 pub(crate) mod prelude {
     pub use async_trait::async_trait;
+    pub use futures_core::stream::BoxStream;
+    pub use futures_util::TryStreamExt;
     pub use keygate_core::Timestamp;
     pub use keygate_core::access::{Grant, Scope, perm};
     pub use keygate_core::allowlist::IpAllowlist;
     pub use keygate_core::credential::{CredentialHash, CredentialKind};
     pub use keygate_core::id::{CredentialId, RoleId, TenantId, UserId};
     pub use keygate_core::model::{
-        AuditEvent, Credential, IpRestriction, RateLimit, Role, Slug, Tenant, TenantPath,
-        TenantStatus, User, UserStatus, email_key,
+        AuditEvent, Credential, IpRestriction, Outcome, RateLimit, Role, Slug, StoredEvent, Tenant,
+        TenantPath, TenantStatus, User, UserStatus, email_key,
     };
     pub use keygate_core::password::PasswordHashString;
     pub use keygate_core::store::{
-        Bootstrap, Change, ChangeListener, CredentialRecord, CredentialSource, Deletion, Login,
-        Page, Paged, PersonalTokens, Store, StoreError, TokenFilter,
+        Bootstrap, Change, ChangeListener, CredentialRecord, CredentialSource, Deletion,
+        EventFilter, Login, Page, Paged, PersonalTokens, Store, StoreError, TokenFilter,
     };
     pub use sqlx::{QueryBuilder, Row, Transaction};
 }
@@ -861,6 +863,63 @@ macro_rules! sql_store {
                 self.commit(tx, &[Change::Tenant(grant.tenant_id().clone())]).await
             }
 
+            async fn list_events(
+                &self,
+                scope: &Scope,
+                filter: &EventFilter,
+                page: &Page,
+            ) -> Result<Paged<StoredEvent>, StoreError> {
+                let mut query = select_events(scope, filter, page.cursor.as_deref());
+                query.push(" LIMIT ").push_bind(i64::from(page.limit) + 1);
+                let rows = query
+                    .build()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(store_error)?;
+                paged(&rows, page, event_from_row, |e| e.id.clone())
+            }
+
+            fn export_events(
+                &self,
+                scope: &Scope,
+                filter: &EventFilter,
+            ) -> BoxStream<'static, Result<StoredEvent, StoreError>> {
+                let pool = self.pool.clone();
+                let scope = scope.clone();
+                let filter = filter.clone();
+                Box::pin(async_stream::try_stream! {
+                    let mut query = select_events(&scope, &filter, None);
+                    let mut rows = query.build().fetch(&pool);
+                    while let Some(row) = rows.try_next().await.map_err(store_error)? {
+                        yield event_from_row(&row)?;
+                    }
+                })
+            }
+
+            async fn record_refusals(&self, events: &[(AuditEvent, u32)]) -> Result<(), StoreError> {
+                if events.is_empty() {
+                    return Ok(());
+                }
+                let mut tx = self.pool.begin().await.map_err(store_error)?;
+                for (event, count) in events {
+                    insert_event_counted(&mut *tx, event, *count).await?;
+                }
+                tx.commit().await.map_err(store_error)
+            }
+
+            async fn prune_events(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+                sqlx::query(
+                    "DELETE FROM audit_events WHERE id IN
+                         (SELECT id FROM audit_events WHERE time < $1 ORDER BY time LIMIT $2)",
+                )
+                .bind(before.unix())
+                .bind(i64::from(limit))
+                .execute(&self.pool)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(store_error)
+            }
+
             async fn record_last_used(&self, uses: &[(CredentialId, Timestamp)]) -> Result<(), StoreError> {
                 if uses.is_empty() {
                     return Ok(());
@@ -961,11 +1020,29 @@ macro_rules! sql_store {
             .map_err(store_error)
         }
 
+        /// A change's event, in the change's transaction. A change that cannot be recorded does
+        /// not happen: the failure rolls it back, and is reported as the store being unavailable
+        /// (a retry may succeed), whatever the database said.
         async fn insert_event(tx: &mut Transaction<'_, $db>, e: &AuditEvent) -> Result<(), StoreError> {
+            insert_event_counted(&mut **tx, e, 1).await.map_err(|error| match error {
+                StoreError::Unavailable(why) | StoreError::Internal(why) => {
+                    StoreError::Unavailable(format!("the audit event could not be written: {why}"))
+                }
+                other => other,
+            })
+        }
+
+        async fn insert_event_counted<'c, E>(executor: E, e: &AuditEvent, count: u32) -> Result<(), StoreError>
+        where
+            E: sqlx::Executor<'c, Database = $db>,
+        {
             sqlx::query(
                 "INSERT INTO audit_events (id, time, tenant_id, acting_tenant_id, actor_type, actor_id,
-                     token_id, action, target_type, target_id, outcome, status, ip, user_agent, request_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                     token_id, action, target_type, target_id, outcome, status, ip, user_agent, request_id,
+                     count, scope_path)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                     COALESCE((SELECT path FROM tenants WHERE id = COALESCE($4, $3)),
+                              '/' || COALESCE($4, $3) || '/'))",
             )
             .bind(e.id.as_str())
             .bind(e.time.unix())
@@ -982,10 +1059,84 @@ macro_rules! sql_store {
             .bind(&e.ip)
             .bind(&e.user_agent)
             .bind(&e.request_id)
-            .execute(&mut **tx)
+            .bind(i64::from(count))
+            .execute(executor)
             .await
             .map(drop)
             .map_err(store_error)
+        }
+
+        /// `SELECT * FROM audit_events` for a scope and filter, newest first, from `cursor` on.
+        fn select_events<'q>(
+            scope: &'q Scope,
+            filter: &'q EventFilter,
+            cursor: Option<&'q str>,
+        ) -> QueryBuilder<'q, $db> {
+            let mut query = QueryBuilder::<$db>::new(
+                "SELECT e.* FROM audit_events e, tenants s WHERE s.id = ",
+            );
+            query.push_bind(scope.tenant_id().as_str()).push(concat!(
+                " AND e.scope_path >= s.path",
+                " AND e.scope_path < substr(s.path, 1, length(s.path) - 1) || '0'"
+            ));
+            for (column, values) in [
+                ("e.token_id", &filter.token_ids),
+                ("e.action", &filter.actions),
+                ("e.actor_id", &filter.actor_ids),
+            ] {
+                if !values.is_empty() {
+                    query.push(format_args!(" AND {column} IN ("));
+                    let mut list = query.separated(", ");
+                    for value in values {
+                        list.push_bind(value.as_str());
+                    }
+                    query.push(")");
+                }
+            }
+            if !filter.outcomes.is_empty() {
+                query.push(" AND e.outcome IN (");
+                let mut list = query.separated(", ");
+                for outcome in &filter.outcomes {
+                    list.push_bind(outcome.as_str());
+                }
+                query.push(")");
+            }
+            if let Some(since) = filter.since {
+                query.push(" AND e.time >= ").push_bind(since.unix());
+            }
+            if let Some(until) = filter.until {
+                query.push(" AND e.time < ").push_bind(until.unix());
+            }
+            if let Some(cursor) = cursor {
+                query.push(" AND e.id < ").push_bind(cursor);
+            }
+            query.push(" ORDER BY e.id DESC");
+            query
+        }
+
+        fn event_from_row(row: &$row) -> Result<StoredEvent, StoreError> {
+            let outcome: String = row.try_get("outcome").map_err(store_error)?;
+            let target_type: Option<String> = row.try_get("target_type").map_err(store_error)?;
+            let target_id: Option<String> = row.try_get("target_id").map_err(store_error)?;
+            let status: i64 = row.try_get("status").map_err(store_error)?;
+            let count: i64 = row.try_get("count").map_err(store_error)?;
+            Ok(StoredEvent {
+                id: row.try_get("id").map_err(store_error)?,
+                time: timestamp(row, "time")?,
+                tenant_id: row.try_get("tenant_id").map_err(store_error)?,
+                acting_tenant_id: row.try_get("acting_tenant_id").map_err(store_error)?,
+                actor_type: row.try_get("actor_type").map_err(store_error)?,
+                actor_id: row.try_get("actor_id").map_err(store_error)?,
+                token_id: row.try_get("token_id").map_err(store_error)?,
+                action: row.try_get("action").map_err(store_error)?,
+                target: target_type.zip(target_id),
+                outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
+                status: u16::try_from(status).map_err(|_| corrupt("status", &status.to_string()))?,
+                ip: row.try_get("ip").map_err(store_error)?,
+                user_agent: row.try_get("user_agent").map_err(store_error)?,
+                request_id: row.try_get("request_id").map_err(store_error)?,
+                count: u32::try_from(count).unwrap_or(u32::MAX),
+            })
         }
 
         /// Maps the rows of a `LIMIT page.limit + 1` query: the extra row only says there is a next page.

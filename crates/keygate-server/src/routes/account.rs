@@ -113,7 +113,9 @@ pub async fn create(
         kind: "account_key",
         id: key.id.to_string(),
     };
-    let event = grant.event("account_key.create", Some(target), now, &meta)?;
+    let event = grant
+        .event("account_key.create", Some(target), now, &meta)?
+        .with_status(201);
     if !state
         .store()
         .create_account_key(&grant, &key, MAX_KEYS, &event)

@@ -1,6 +1,7 @@
 //! One module per resource. Handlers are thin: extract, make one domain call, map the result.
 
 pub mod account;
+pub mod audit;
 pub mod forward_auth;
 pub mod ops;
 pub mod roles;

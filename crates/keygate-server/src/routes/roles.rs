@@ -132,7 +132,9 @@ pub async fn create(
         permissions: request.permissions,
     };
     let role = roles::plan(&grant, state.catalog(), input, None, now)?;
-    let event = grant.event("role.create", Some(target(&role)), now, &meta)?;
+    let event = grant
+        .event("role.create", Some(target(&role)), now, &meta)?
+        .with_status(201);
     state.store().create_role(&grant, &role, &event).await?;
     Ok((
         StatusCode::CREATED,
@@ -228,7 +230,9 @@ pub async fn delete(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no role `{id}`")))?;
     roles::check_may_change(&grant, state.catalog(), &role)?;
-    let event = grant.event("role.delete", Some(target(&role)), now, &meta)?;
+    let event = grant
+        .event("role.delete", Some(target(&role)), now, &meta)?
+        .with_status(204);
     match state.store().delete_role(&grant, &role.id, &event).await? {
         Deletion::Deleted => Ok(StatusCode::NO_CONTENT),
         Deletion::NotFound => Err(ApiError::not_found(format!("there is no role `{id}`"))),

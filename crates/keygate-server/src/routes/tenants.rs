@@ -132,18 +132,26 @@ pub async fn create(
         input,
         now,
     )?;
-    let mut events = vec![grant.event(
-        "tenant.create",
-        Some(target(&planned.tenant.id)),
-        now,
-        &meta,
-    )?];
+    let mut events = vec![
+        grant
+            .event(
+                "tenant.create",
+                Some(target(&planned.tenant.id)),
+                now,
+                &meta,
+            )?
+            .with_status(201),
+    ];
     if let Some(user) = &planned.first_user {
         let user_target = Target {
             kind: "user",
             id: user.user.id.to_string(),
         };
-        events.push(grant.event("user.create", Some(user_target), now, &meta)?);
+        events.push(
+            grant
+                .event("user.create", Some(user_target), now, &meta)?
+                .with_status(201),
+        );
     }
     let first_user = planned
         .first_user
@@ -307,7 +315,9 @@ pub async fn delete(
         .ok_or_else(|| not_found(&id))?;
     tenants::check_delete(&home(&state, &scope).await?, &tenant)?;
     let now = state.clock().now();
-    let event = grant.event("tenant.delete", Some(target(&tenant.id)), now, &meta)?;
+    let event = grant
+        .event("tenant.delete", Some(target(&tenant.id)), now, &meta)?
+        .with_status(204);
     match state
         .store()
         .delete_tenant(&grant, &tenant.id, &event)

@@ -272,7 +272,9 @@ pub async fn create(
         now,
     )?;
     let token = planned.credential;
-    let event = grant.event("token.create", Some(target(&token.id)), now, &meta)?;
+    let event = grant
+        .event("token.create", Some(target(&token.id)), now, &meta)?
+        .with_status(201);
     state.store().create_token(&grant, &token, &event).await?;
     Ok((
         StatusCode::CREATED,
@@ -387,7 +389,7 @@ pub async fn delete(
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let (deleted, _) = revoke(&state, &caller, &meta, std::slice::from_ref(&id)).await?;
+    let (deleted, _) = revoke(&state, &caller, &meta, std::slice::from_ref(&id), 204).await?;
     if deleted.is_empty() {
         return Err(not_found(&id));
     }
@@ -416,7 +418,7 @@ pub async fn delete_many(
             message: format!("give 1 to {MAX_BULK} token ids: ?id=tok_…&id=tok_…"),
         }]));
     }
-    let (deleted, missing) = revoke(&state, &caller, &meta, &query.id).await?;
+    let (deleted, missing) = revoke(&state, &caller, &meta, &query.id, 200).await?;
     Ok(axum::Json(BulkDeleted {
         deleted: deleted.iter().map(ToString::to_string).collect(),
         warnings: missing
@@ -436,6 +438,7 @@ async fn revoke(
     caller: &Caller,
     meta: &keygate_core::access::RequestMeta,
     ids: &[String],
+    status: u16,
 ) -> Result<(Vec<CredentialId>, Vec<String>), ApiError> {
     let grant = caller.require::<perm::TokensWrite>()?;
     let now = state.clock().now();
@@ -464,7 +467,11 @@ async fn revoke(
     }
     let events = targets
         .iter()
-        .map(|id| grant.event("token.delete", Some(target(id)), now, meta))
+        .map(|id| {
+            grant
+                .event("token.delete", Some(target(id)), now, meta)
+                .map(|e| e.with_status(status))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let revoked = state
         .store()

@@ -154,7 +154,9 @@ pub async fn create(
         password: request.password,
     };
     let planned = users::plan_new(&grant, state.catalog(), input, &role, now)?;
-    let event = grant.event("user.create", Some(target(&planned.user.id)), now, &meta)?;
+    let event = grant
+        .event("user.create", Some(target(&planned.user.id)), now, &meta)?
+        .with_status(201);
     state
         .store()
         .create_user(&grant, &planned.user, &planned.password_hash, &event)
@@ -280,7 +282,9 @@ pub async fn delete(
         .ok_or_else(|| not_found(&id))?;
     let role = roles::resolve(&state, &scope, user.role_id.as_str()).await?;
     users::check_delete(&grant, state.catalog(), &role)?;
-    let event = grant.event("user.delete", Some(target(&user.id)), now, &meta)?;
+    let event = grant
+        .event("user.delete", Some(target(&user.id)), now, &meta)?
+        .with_status(204);
     state
         .store()
         .delete_user(&grant, &user.id, &event)
