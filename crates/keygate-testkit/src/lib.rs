@@ -289,14 +289,23 @@ impl PgCluster {
 /// Runs `sql` on the database at `url`: for tests that act behind keygate's back.
 pub async fn execute(url: &str, sql: &str) {
     use sqlx::Connection;
-    let mut conn = sqlx::PgConnection::connect(url)
-        .await
-        .unwrap_or_else(|e| fail(format!("cannot connect: {e}")));
-    sqlx::raw_sql(sql)
-        .execute(&mut conn)
-        .await
-        .unwrap_or_else(|e| fail(format!("`{sql}` failed: {e}")));
-    let _ = conn.close().await;
+    macro_rules! run_on {
+        ($connection:ty) => {{
+            let mut conn = <$connection>::connect(url)
+                .await
+                .unwrap_or_else(|e| fail(format!("cannot connect: {e}")));
+            sqlx::raw_sql(sql)
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| fail(format!("`{sql}` failed: {e}")));
+            let _ = conn.close().await;
+        }};
+    }
+    if url.starts_with("sqlite:") {
+        run_on!(sqlx::SqliteConnection)
+    } else {
+        run_on!(sqlx::PgConnection)
+    }
 }
 
 fn postmaster_pid(data: &Path) -> Option<String> {

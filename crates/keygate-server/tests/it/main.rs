@@ -10,6 +10,7 @@ mod harness;
 pub const BACKEND: harness::Backend = harness::Backend::Sqlite;
 
 mod account;
+mod audit;
 mod auth;
 mod binary;
 mod identity;

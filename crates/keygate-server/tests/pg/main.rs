@@ -12,6 +12,8 @@ pub const BACKEND: harness::Backend = harness::Backend::Postgres;
 
 #[path = "../it/account.rs"]
 mod account;
+#[path = "../it/audit.rs"]
+mod audit;
 #[path = "../it/auth.rs"]
 mod auth;
 #[path = "../it/identity.rs"]
