@@ -263,3 +263,74 @@ fn migrate_brings_an_empty_database_up_to_date() {
     let init = dir.keygate().args(["init", "--json"]).output().unwrap();
     assert!(init.status.success());
 }
+
+/// The peak resident memory of a process so far, in bytes (`VmHWM`).
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
+}
+
+#[tokio::test]
+async fn the_audit_export_streams_100_000_events_in_bounded_memory() {
+    let dir = Dir::new();
+    let init = dir.keygate().args(["init", "--json"]).output().unwrap();
+    let report: Value = serde_json::from_slice(&init.stdout).unwrap();
+    let token = report["token"].as_str().unwrap();
+    let tenant = report["tenant"]["id"].as_str().unwrap();
+    let url = format!("sqlite://{}/data/keygate.db", dir.0.path().display());
+    // 100 000 events of about 600 bytes each once exported: ~60 MB.
+    keygate_testkit::execute(
+        &url,
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
+             INSERT INTO audit_events (id, time, tenant_id, actor_type, actor_id, token_id, action,
+                 target_type, target_id, outcome, status, ip, user_agent, request_id, scope_path)
+             SELECT printf('evt_0000%018d', i), 1795000000 + i, '{tenant}', 'service_token',
+                 'tok_x', 'tok_x', 'token.create', 'token', 'tok_' || i, 'success', 201,
+                 '203.0.113.7', printf('%.300c', 'a'), 'req_' || i, '/{tenant}/'
+             FROM n"
+        ),
+    )
+    .await;
+
+    let serve = Serve::start(&dir, &[]);
+    let pid = serve.child.id();
+    let client = client();
+    let export = |client: &reqwest::Client| {
+        client
+            .get(format!("{}/v1/audit-events/export", serve.base))
+            .bearer_auth(token)
+            .send()
+    };
+    // A first, small request so the baseline includes what any request costs.
+    let response = client
+        .get(format!("{}/v1/audit-events?limit=1", serve.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let before = peak_memory(pid);
+
+    let mut response = export(&client).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let (mut lines, mut bytes) = (0u64, 0u64);
+    let mut last = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        bytes += chunk.len() as u64;
+        lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+        last = chunk.to_vec();
+    }
+    let grown = peak_memory(pid).saturating_sub(before);
+    // The bootstrap's own event and the 100 000, oldest last.
+    assert_eq!(lines, 100_001);
+    assert!(String::from_utf8_lossy(&last).contains("\"action\":\"token.create\""));
+    assert!(bytes > 50_000_000, "{bytes} bytes exported");
+    assert!(
+        grown < 16 * 1024 * 1024,
+        "the server grew by {grown} bytes exporting {bytes}: the export is not streamed"
+    );
+    serve.stop();
+}
