@@ -178,7 +178,16 @@ impl Front {
             }
             let status = response.status().as_u16();
             if let (401 | 403, Some((verified, acting))) = (status, caller) {
+                // The credential itself refused (expired, revoked, wrong address), or refused
+                // something it may not do.
+                let code = response.extensions().get::<ApiError>().map(|e| e.code);
+                let action = if status == 401 || code == Some(ProblemCode::IpNotAllowed) {
+                    "auth.denied"
+                } else {
+                    "access.denied"
+                };
                 let refused = Refused {
+                    action,
                     verified: &verified,
                     acting: acting.as_ref(),
                     status,

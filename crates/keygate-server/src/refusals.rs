@@ -36,6 +36,8 @@ struct Key {
 
 /// A refused request, as the outer middleware saw it.
 pub struct Refused<'a> {
+    /// `auth.denied` (the credential itself was refused) or `access.denied` (it may not do this).
+    pub action: &'static str,
     pub verified: &'a Verified,
     pub acting: Option<&'a TenantId>,
     pub status: u16,
@@ -86,11 +88,7 @@ impl RefusalLog {
                 id: verified.principal.id.clone(),
             },
             token_id: Some(verified.credential.id.clone()),
-            action: if refused.status == 401 {
-                "auth.denied"
-            } else {
-                "access.denied"
-            },
+            action: refused.action,
             target: Some(Target {
                 kind: "request",
                 id: key.request.clone(),

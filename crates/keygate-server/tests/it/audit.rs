@@ -566,6 +566,23 @@ async fn refusals_of_known_credentials_are_recorded_once_with_a_count() {
             .unwrap();
         problem(response, 403, "forbidden").await;
     }
+    // A token pinned elsewhere, used from here: the credential itself is refused.
+    let (_, _, made) = change(
+        &server,
+        &root,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"kind": "service", "name": "pinned", "role": "viewer", "allowed_ips": ["10.0.0.0/8"]})),
+    )
+    .await;
+    let pinned = made["secret"].as_str().unwrap().to_owned();
+    let pinned_id = made["id"].as_str().unwrap().to_owned();
+    problem(
+        server.whoami(&[("apikey", &pinned)]).await,
+        403,
+        "ip-not-allowed",
+    )
+    .await;
     let forged = "kg_live_000000000000000000000000000000AAAAAA";
     problem(
         server.whoami(&[("apikey", forged)]).await,
@@ -577,7 +594,14 @@ async fn refusals_of_known_credentials_are_recorded_once_with_a_count() {
     server.state.flush_refusals().await;
     let denied = events(&server, &root, "?outcome=denied").await;
     let denied = denied["data"].as_array().unwrap();
-    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert_eq!(denied.len(), 3, "{denied:?}");
+    let elsewhere = denied
+        .iter()
+        .find(|e| e["token_id"] == pinned_id.as_str())
+        .unwrap();
+    assert_eq!(elsewhere["action"], "auth.denied");
+    assert_eq!(elsewhere["status"], 403);
+    assert_eq!(elsewhere["ip"], "127.0.0.1");
     let revoked = denied
         .iter()
         .find(|e| e["token_id"] == doomed_id.as_str())
