@@ -43,6 +43,8 @@ pub struct Presented<'a> {
     pub realm: Option<&'a str>,
     /// The `as-tenant` header: the tenant to act in, below the credential's own.
     pub as_tenant: Option<&'a HeaderValue>,
+    /// For the audit record, should the request be refused.
+    pub user_agent: Option<&'a HeaderValue>,
 }
 
 fn unreadable(place: &str) -> ApiError {
@@ -75,6 +77,7 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
     let mut basic_username = None;
     let mut realm = None;
     let mut as_tenant = None;
+    let mut user_agent = None;
 
     for (name, value) in headers {
         if name == header::AUTHORIZATION {
@@ -127,6 +130,8 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
             realm.get_or_insert(value);
         } else if name == AS_TENANT {
             as_tenant.get_or_insert(value);
+        } else if name == header::USER_AGENT {
+            user_agent.get_or_insert(value);
         }
     }
 
@@ -142,6 +147,7 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
         basic_username,
         realm,
         as_tenant,
+        user_agent,
     }))
 }
 
@@ -186,12 +192,12 @@ pub async fn authenticate(
                     | Refusal::UserDisabled
             ) && let Some(known) = state.verifier().known(&presented.credential)
             {
-                note_caller(known, None);
+                note_caller(&presented, known, None);
             }
             return Err(refusal.into());
         }
     };
-    note_caller(Arc::clone(&verified), None);
+    note_caller(&presented, Arc::clone(&verified), None);
     let mut caller = Caller::new(verified);
     if presented
         .basic_username
@@ -205,6 +211,7 @@ pub async fn authenticate(
     if let Some(value) = presented.as_tenant {
         caller = act_for(state, caller, value).await?;
         note_caller(
+            &presented,
             Arc::clone(caller.verified_shared()),
             Some(caller.scope().clone()),
         );
@@ -269,7 +276,15 @@ async fn act_for(
 #[derive(Default)]
 pub struct Notes {
     pub rate_limit: Cell<Option<RateLimitStatus>>,
-    pub caller: RefCell<Option<(Arc<Verified>, Option<TenantId>)>>,
+    pub caller: RefCell<Option<KnownCaller>>,
+}
+
+/// The credential behind a request, as far as authentication got.
+pub struct KnownCaller {
+    pub verified: Arc<Verified>,
+    /// The tenant it acted in (`as-tenant`), if not its own.
+    pub acting: Option<TenantId>,
+    pub user_agent: Option<HeaderValue>,
 }
 
 tokio::task_local! {
@@ -277,8 +292,13 @@ tokio::task_local! {
     pub static NOTES: Notes;
 }
 
-fn note_caller(verified: Arc<Verified>, acting: Option<TenantId>) {
-    let _ = NOTES.try_with(|notes| notes.caller.replace(Some((verified, acting))));
+fn note_caller(presented: &Presented<'_>, verified: Arc<Verified>, acting: Option<TenantId>) {
+    let known = KnownCaller {
+        verified,
+        acting,
+        user_agent: presented.user_agent.cloned(),
+    };
+    let _ = NOTES.try_with(|notes| notes.caller.replace(Some(known)));
 }
 
 fn rate_limited(status: RateLimitStatus) -> ApiError {

@@ -151,9 +151,8 @@ impl Front {
         let span =
             tracing::info_span!("request", id = %id, %ip, %method, path = request.uri().path());
 
-        // For the audit record of a refusal; each clone shares the request's bytes.
+        // For the audit record of a refusal; the clone shares the request's bytes.
         let uri = request.uri().clone();
-        let user_agent = request.headers().get(header::USER_AGENT).cloned();
 
         let limit = self.state.config().limits.header_bytes;
         let response = if header_bytes(&request) > limit {
@@ -177,7 +176,7 @@ impl Front {
                 }
             }
             let status = response.status().as_u16();
-            if let (401 | 403, Some((verified, acting))) = (status, caller) {
+            if let (401 | 403, Some(caller)) = (status, caller) {
                 // The credential itself refused (expired, revoked, wrong address), or refused
                 // something it may not do.
                 let code = response.extensions().get::<ApiError>().map(|e| e.code);
@@ -188,13 +187,13 @@ impl Front {
                 };
                 let refused = Refused {
                     action,
-                    verified: &verified,
-                    acting: acting.as_ref(),
+                    verified: &caller.verified,
+                    acting: caller.acting.as_ref(),
                     status,
                     method: method.as_str(),
                     path: uri.path(),
                     ip: Some(ip),
-                    user_agent: user_agent.as_ref().and_then(|a| a.to_str().ok()),
+                    user_agent: caller.user_agent.as_ref().and_then(|a| a.to_str().ok()),
                     request_id: id,
                 };
                 self.state
