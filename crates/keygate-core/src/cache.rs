@@ -180,11 +180,16 @@ impl ChangeListener for CredentialCache {
     }
 
     fn changed(&self, change: &Change) {
+        if *change == Change::SigningKeys {
+            // Cached verifications are of tokens whose signature was already checked.
+            return;
+        }
         let affected = |v: &Verified| match change {
-            Change::Credential(id) => v.credential.id == *id,
+            Change::Credential(id) => v.depends_on(id),
             Change::User(id) => v.user_id.as_ref() == Some(id),
             Change::Role(id) => v.role_id.as_ref() == Some(id),
             Change::Tenant(id) => v.tenant_line.contains(id),
+            Change::SigningKeys => false,
         };
         let mut entries = self.write();
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -3,6 +3,11 @@
 //! The hot path: parse and checksum (no allocation), one SHA-256, one map lookup. Only a cache miss
 //! reaches the store. What is cached is the credential's resolved state (tenant line, user, role,
 //! permissions), and the checks that depend on time (expiry) run on every request.
+//!
+//! OAuth access tokens (JWTs) take the same path, keyed by the SHA-256 of the token's text: the
+//! signature is checked once per node, on the miss, which also reads the token's client from the
+//! store. The cached entry goes when its client changes or is deleted, so a deleted client's tokens
+//! stop at once, on every node, without a store access per request.
 
 use std::sync::Arc;
 
@@ -16,9 +21,10 @@ use crate::allowlist::IpAllowlist;
 use crate::cache::CredentialCache;
 use crate::credential::{CredentialFormat, CredentialHash, CredentialKind, FormatError};
 use crate::id::{CredentialId, RoleId, TenantId, UserId};
+use crate::jwt::{self, AccessClaims, JwtRefusal, KeyRing};
 use crate::model::{RateLimit, Role, Tenant, TenantStatus, UserStatus};
 use crate::permission::{BuiltinRole, Catalog, PermissionSet};
-use crate::store::{CredentialRecord, CredentialSource, StoreError};
+use crate::store::{AccessTokenRecord, CredentialRecord, CredentialSource, StoreError};
 
 /// What kind of party a credential acts for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -106,6 +112,8 @@ pub struct Verified {
     pub(crate) tenant_line: Vec<TenantId>,
     pub(crate) user_id: Option<UserId>,
     pub(crate) role_id: Option<RoleId>,
+    /// An access token's client: a change to it affects the token.
+    pub(crate) client_id: Option<CredentialId>,
 }
 
 impl Verified {
@@ -191,7 +199,50 @@ impl Verified {
             tenant_line: record.tenant.path.ids().collect(),
             user_id: record.user.as_ref().map(|u| u.id.clone()),
             role_id: record.role.as_ref().map(|r| r.id.clone()),
+            client_id: None,
         }
+    }
+
+    /// Resolves an access token whose signature was checked: it acts as its client, with the
+    /// client's permissions *now* narrowed to the token's scope, and lives until its `exp`.
+    pub fn resolve_access_token(
+        record: &AccessTokenRecord,
+        claims: &AccessClaims,
+        jti: CredentialId,
+        hash: CredentialHash,
+        catalog: &Catalog,
+    ) -> Self {
+        let client = Self::resolve(&record.client, catalog);
+        let scope: Vec<&str> = claims.scope_items().collect();
+        Self {
+            credential: CredentialSummary {
+                id: jti,
+                kind: CredentialKind::AccessToken,
+                name: client.credential.name.clone(),
+                expires_at: Some(Timestamp::from_unix(claims.exp)),
+            },
+            permissions: client.permissions.only(&scope),
+            standing: if record.revoked {
+                Standing::Revoked
+            } else {
+                client.standing
+            },
+            hash,
+            client_id: Some(client.credential.id.clone()),
+            usage: Usage::default(),
+            ..client
+        }
+    }
+
+    /// The stored credential this one stands for, which rate limits and `last_used_at` count
+    /// against: an access token's client, else the credential itself.
+    pub fn owner_id(&self) -> &CredentialId {
+        self.client_id.as_ref().unwrap_or(&self.credential.id)
+    }
+
+    /// Whether a change to `credential` affects this verification.
+    pub(crate) fn depends_on(&self, credential: &CredentialId) -> bool {
+        self.credential.id == *credential || self.client_id.as_ref() == Some(credential)
     }
 
     /// Whether the credential may be used at `now`.
@@ -260,6 +311,9 @@ pub enum Refusal {
     UserDisabled,
     #[error("{} credentials are only accepted at the OAuth token endpoint", .0.as_str())]
     WrongPlace(CredentialKind),
+    /// An access token that is not one keygate issued, signed, and still vouches for.
+    #[error("{0}")]
+    AccessToken(JwtRefusal),
     /// Not the client's fault: the store could not answer.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -274,6 +328,7 @@ pub struct Verifier {
     clock: Arc<dyn Clock>,
     serve_stale_on_store_outage: bool,
     store_latency: LatencyHistogram,
+    keys: Option<Arc<KeyRing>>,
 }
 
 /// Upper bounds, in seconds, of the store-latency histogram's buckets.
@@ -337,7 +392,19 @@ impl Verifier {
             clock,
             serve_stale_on_store_outage: false,
             store_latency: LatencyHistogram::default(),
+            keys: None,
         }
+    }
+
+    /// Accepts OAuth access tokens signed with these keys.
+    pub fn with_access_tokens(mut self, keys: Arc<KeyRing>) -> Self {
+        self.keys = Some(keys);
+        self
+    }
+
+    /// The keys access tokens are signed with, if this verifier accepts them.
+    pub fn keys(&self) -> Option<&Arc<KeyRing>> {
+        self.keys.as_ref()
     }
 
     /// How long verification's store reads take.
@@ -360,19 +427,35 @@ impl Verifier {
         &self.format
     }
 
-    /// Verifies an opaque credential usable on the API (not an OAuth secret or refresh token).
+    /// Verifies a credential usable on the API: an opaque one (not an OAuth secret or refresh
+    /// token), or an OAuth access token.
     pub async fn verify(&self, text: &str) -> Result<Arc<Verified>, Refusal> {
+        if jwt::looks_like_jwt(text) {
+            return self.verify_cached(text, Lookup::AccessToken).await;
+        }
         let kind = self.format.parse(text)?;
         if matches!(kind, CredentialKind::OauthSecret | CredentialKind::Refresh) {
             return Err(Refusal::WrongPlace(kind));
         }
+        self.verify_cached(text, Lookup::Stored).await
+    }
+
+    /// Verifies an OAuth client's secret, for the token endpoint.
+    pub async fn verify_client_secret(&self, text: &str) -> Result<Arc<Verified>, Refusal> {
+        if self.format.parse(text)? != CredentialKind::OauthSecret {
+            return Err(Refusal::NotFound);
+        }
+        self.verify_cached(text, Lookup::Stored).await
+    }
+
+    async fn verify_cached(&self, text: &str, lookup: Lookup) -> Result<Arc<Verified>, Refusal> {
         let hash = CredentialHash::of(text);
         if self.cache.is_known_unknown(&hash) {
             return Err(Refusal::NotFound);
         }
         let verified = match self.cache.get(&hash) {
             Some(hit) => hit,
-            None => match self.load(hash).await {
+            None => match lookup.load(self, text, hash).await {
                 Ok(loaded) => loaded,
                 Err(Refusal::Store(StoreError::Unavailable(why)))
                     if self.serve_stale_on_store_outage =>
@@ -406,6 +489,88 @@ impl Verifier {
         self.cache
             .insert_unless_changed_since(generation, hash, Arc::clone(&verified));
         Ok(verified)
+    }
+
+    /// An access token the cache does not hold: its signature, issuer and expiry first (no store
+    /// access for a forged or expired one), then its client and revocation from the store.
+    async fn load_access_token(
+        &self,
+        text: &str,
+        hash: CredentialHash,
+    ) -> Result<Arc<Verified>, Refusal> {
+        let keys = self
+            .keys
+            .as_ref()
+            .ok_or(Refusal::AccessToken(JwtRefusal::Malformed))?;
+        let now = self.clock.now();
+        let claims = match keys.decode(text, now) {
+            // A key this node has not read yet (another node rotated): read the set, once.
+            Err(JwtRefusal::UnknownKey) if keys.may_be_behind() => {
+                keys.reload(&*self.store, now)
+                    .await
+                    .map_err(|error| match error {
+                        crate::jwt::KeyError::Store(error) => Refusal::Store(error),
+                        other => Refusal::Store(StoreError::Internal(other.to_string())),
+                    })?;
+                keys.decode(text, now)
+            }
+            decoded => decoded,
+        }
+        .map_err(|refusal| match refusal {
+            JwtRefusal::Expired => Refusal::Expired,
+            other => Refusal::AccessToken(other),
+        })?;
+        let (Some(client), Some(jti)) = (
+            CredentialId::parse_any(&claims.sub).filter(|id| id.as_str().starts_with("cli_")),
+            CredentialId::parse_any(&claims.jti).filter(|id| id.as_str().starts_with("atk_")),
+        ) else {
+            return Err(Refusal::AccessToken(JwtRefusal::Malformed));
+        };
+        let generation = self.cache.generation();
+        let started = std::time::Instant::now();
+        let found = self.store.find_access_token(&client, &jti).await;
+        self.store_latency.observe(started.elapsed());
+        let record = match found? {
+            Some(record) if record.client.tenant.id.as_str() == claims.tenant => record,
+            // The client was deleted (ids are never reused, so it stays unknown).
+            _ => {
+                self.cache.remember_unknown(&hash);
+                return Err(Refusal::NotFound);
+            }
+        };
+        let verified = Arc::new(Verified::resolve_access_token(
+            &record,
+            &claims,
+            jti,
+            hash,
+            &self.catalog,
+        ));
+        self.cache
+            .insert_unless_changed_since(generation, hash, Arc::clone(&verified));
+        Ok(verified)
+    }
+}
+
+/// Where a cache miss reads a credential from.
+#[derive(Debug, Clone, Copy)]
+enum Lookup {
+    /// The store, by the credential's hash.
+    Stored,
+    /// The token's own signature, then its client in the store.
+    AccessToken,
+}
+
+impl Lookup {
+    async fn load(
+        self,
+        verifier: &Verifier,
+        text: &str,
+        hash: CredentialHash,
+    ) -> Result<Arc<Verified>, Refusal> {
+        match self {
+            Lookup::Stored => verifier.load(hash).await,
+            Lookup::AccessToken => verifier.load_access_token(text, hash).await,
+        }
     }
 }
 
@@ -449,6 +614,8 @@ mod tests {
     #[derive(Default)]
     struct MapStore {
         records: Mutex<HashMap<[u8; 32], CredentialRecord>>,
+        revoked: Mutex<Vec<CredentialId>>,
+        keys: Mutex<Vec<crate::jwt::StoredSigningKey>>,
         finds: AtomicUsize,
     }
 
@@ -460,6 +627,29 @@ mod tests {
         ) -> Result<Option<CredentialRecord>, StoreError> {
             self.finds.fetch_add(1, Ordering::SeqCst);
             Ok(self.records.lock().unwrap().get(hash.as_bytes()).cloned())
+        }
+
+        async fn find_access_token(
+            &self,
+            client: &CredentialId,
+            jti: &CredentialId,
+        ) -> Result<Option<AccessTokenRecord>, StoreError> {
+            self.finds.fetch_add(1, Ordering::SeqCst);
+            let records = self.records.lock().unwrap();
+            let client = records
+                .values()
+                .find(|r| {
+                    r.credential.id == *client && r.credential.kind == CredentialKind::OauthSecret
+                })
+                .cloned();
+            Ok(client.map(|client| AccessTokenRecord {
+                client,
+                revoked: self.revoked.lock().unwrap().contains(jti),
+            }))
+        }
+
+        async fn signing_keys(&self) -> Result<Vec<crate::jwt::StoredSigningKey>, StoreError> {
+            Ok(self.keys.lock().unwrap().clone())
         }
     }
 
@@ -724,6 +914,18 @@ mod tests {
             }
             self.inner.find_credential(hash).await
         }
+
+        async fn find_access_token(
+            &self,
+            client: &CredentialId,
+            jti: &CredentialId,
+        ) -> Result<Option<AccessTokenRecord>, StoreError> {
+            self.inner.find_access_token(client, jti).await
+        }
+
+        async fn signing_keys(&self) -> Result<Vec<crate::jwt::StoredSigningKey>, StoreError> {
+            self.inner.signing_keys().await
+        }
     }
 
     #[tokio::test]
@@ -820,5 +1022,179 @@ mod tests {
         assert_eq!(verified.principal.kind, PrincipalKind::AccountKey);
         assert!(verified.permissions.contains("users:write"));
         assert!(!verified.permissions.contains("tenants:write"));
+    }
+
+    /// A verifier that accepts access tokens, one signing key, and an OAuth client in the store.
+    struct Oauth {
+        f: Fixture,
+        keys: Arc<KeyRing>,
+        verifier: Verifier,
+        client: CredentialRecord,
+    }
+
+    const ISSUER: &str = "https://keygate.example";
+
+    async fn oauth() -> Oauth {
+        let f = fixture();
+        let keys = Arc::new(KeyRing::new(
+            crate::jwt::KeyPolicy {
+                issuer: ISSUER.into(),
+                access_ttl: Duration::from_secs(900),
+                rotate_after: None,
+            },
+            None,
+        ));
+        f.store
+            .keys
+            .lock()
+            .unwrap()
+            .push(crate::jwt::generate_key(1, NOW, None).unwrap());
+        keys.reload(&*f.store, NOW).await.unwrap();
+        let verifier = Verifier::new(
+            f.format.clone(),
+            Arc::new(Catalog::new(&["zones:read", "zones:write"]).unwrap()),
+            f.store.clone(),
+            f.cache.clone(),
+            f.clock.clone(),
+        )
+        .with_access_tokens(keys.clone());
+        let role = custom_role(&["zones:*", "tokens:read"]);
+        let (_, client) = f.add(CredentialKind::OauthSecret, Some(role), None, None);
+        Oauth {
+            f,
+            keys,
+            verifier,
+            client,
+        }
+    }
+
+    impl Oauth {
+        fn token(&self, scope: &str, lifetime: u64) -> (String, AccessClaims) {
+            let claims = AccessClaims {
+                iss: ISSUER.into(),
+                sub: self.client.credential.id.to_string(),
+                client_id: self.client.credential.id.to_string(),
+                tenant: self.client.tenant.id.to_string(),
+                scope: scope.into(),
+                iat: NOW.unix(),
+                exp: NOW.unix() + i64::try_from(lifetime).unwrap(),
+                jti: CredentialId::generate_for(CredentialKind::AccessToken, NOW)
+                    .unwrap()
+                    .to_string(),
+            };
+            (self.keys.sign(&claims).unwrap(), claims)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_access_token_is_checked_once_then_answered_from_the_cache() {
+        let o = oauth().await;
+        let (token, claims) = o.token("zones:read tokens:read", 900);
+        let verified = o.verifier.verify(&token).await.unwrap();
+        assert_eq!(verified.principal.kind, PrincipalKind::OauthClient);
+        assert_eq!(verified.principal.id, claims.sub);
+        assert_eq!(verified.credential.kind, CredentialKind::AccessToken);
+        assert_eq!(verified.credential.id.as_str(), claims.jti);
+        assert_eq!(verified.owner_id(), &o.client.credential.id);
+        let granted: Vec<&str> = verified.permissions.iter().map(|p| p.as_str()).collect();
+        assert_eq!(
+            granted,
+            ["tokens:read", "zones:read"],
+            "the scope, not the role"
+        );
+        let finds = o.f.finds();
+        for _ in 0..5 {
+            assert!(Arc::ptr_eq(
+                &verified,
+                &o.verifier.verify(&token).await.unwrap()
+            ));
+        }
+        assert_eq!(o.f.finds(), finds, "a warm token never reaches the store");
+
+        o.f.clock.advance(Duration::from_secs(900));
+        assert!(matches!(
+            o.verifier.verify(&token).await,
+            Err(Refusal::Expired)
+        ));
+    }
+
+    #[tokio::test]
+    async fn deleting_the_client_stops_its_tokens_at_once() {
+        let o = oauth().await;
+        let (token, _) = o.token("zones:read", 900);
+        o.verifier.verify(&token).await.unwrap();
+        o.f.store.records.lock().unwrap().clear();
+        assert!(o.verifier.verify(&token).await.is_ok(), "until told");
+        o.f.cache
+            .changed(&Change::Credential(o.client.credential.id.clone()));
+        assert!(matches!(
+            o.verifier.verify(&token).await,
+            Err(Refusal::NotFound)
+        ));
+        let finds = o.f.finds();
+        assert!(o.verifier.verify(&token).await.is_err());
+        assert_eq!(
+            o.f.finds(),
+            finds,
+            "a deleted client's token is remembered as unknown"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revoked_token_is_refused_and_its_neighbours_are_not() {
+        let o = oauth().await;
+        let (token, claims) = o.token("zones:read", 900);
+        let (other, _) = o.token("zones:read", 900);
+        o.verifier.verify(&token).await.unwrap();
+        o.verifier.verify(&other).await.unwrap();
+        let jti = CredentialId::parse_any(&claims.jti).unwrap();
+        o.f.store.revoked.lock().unwrap().push(jti.clone());
+        o.f.cache.changed(&Change::Credential(jti));
+        assert!(matches!(
+            o.verifier.verify(&token).await,
+            Err(Refusal::Revoked)
+        ));
+        assert!(o.verifier.verify(&other).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn forged_tampered_and_foreign_tokens_never_reach_the_store() {
+        let o = oauth().await;
+        let (token, _) = o.token("zones:read", 900);
+        let (head, rest) = token.split_once('.').unwrap();
+        let (_, signature) = rest.split_once('.').unwrap();
+        // The same header and signature over claims widened to everything.
+        let widened = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            br#"{"scope":"zones:write"}"#,
+        );
+        let tampered = format!("{head}.{widened}.{signature}");
+        let finds = o.f.finds();
+        assert!(matches!(
+            o.verifier.verify(&tampered).await,
+            Err(Refusal::AccessToken(
+                JwtRefusal::BadSignature | JwtRefusal::Malformed
+            ))
+        ));
+        let stranger = KeyRing::new(o.keys.policy().clone(), None);
+        let store = MapStore::default();
+        store
+            .keys
+            .lock()
+            .unwrap()
+            .push(crate::jwt::generate_key(1, NOW, None).unwrap());
+        stranger.reload(&store, NOW).await.unwrap();
+        let (_, claims) = o.token("zones:read", 900);
+        let foreign = stranger.sign(&claims).unwrap();
+        assert!(matches!(
+            o.verifier.verify(&foreign).await,
+            Err(Refusal::AccessToken(JwtRefusal::UnknownKey))
+        ));
+        let expired = o.token("zones:read", 0).0;
+        assert!(matches!(
+            o.verifier.verify(&expired).await,
+            Err(Refusal::Expired)
+        ));
+        assert_eq!(o.f.finds(), finds);
     }
 }
