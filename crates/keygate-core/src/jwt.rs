@@ -416,13 +416,7 @@ impl KeyRing {
     /// Makes sure this node signs with the current key: rereads the set if it changed or is old,
     /// creates the first key, and rotates one older than the policy allows.
     pub async fn prepare(&self, store: &dyn Store, now: Timestamp) -> Result<(), KeyError> {
-        let due = |set: &KeySet| {
-            set.loaded_at
-                .is_none_or(|at| now >= at.saturating_add(RELOAD_EVERY) || now < at)
-        };
-        if self.stale.load(Ordering::Acquire) || due(&self.current()) {
-            self.reload(store, now).await?;
-        }
+        self.refresh_if_stale(store, now).await?;
         let set = self.current();
         let rotate = match (&set.signer, self.policy.rotate_after) {
             (None, _) => true,
@@ -509,9 +503,27 @@ impl KeyRing {
         Ok(data.claims)
     }
 
-    /// Whether an unknown `kid` might be a key this node has not read yet.
-    pub fn may_be_behind(&self) -> bool {
-        self.stale.load(Ordering::Acquire)
+    /// Whether an unknown `kid` might be a key this node has not read yet: a change was
+    /// announced, or the set was read in an earlier second (a token signed with a new key can
+    /// arrive before the announcement of that key; a forged `kid` costs a read a second at most).
+    pub fn may_be_behind(&self, now: Timestamp) -> bool {
+        self.stale.load(Ordering::Acquire) || self.current().loaded_at.is_none_or(|at| at < now)
+    }
+
+    /// Rereads the set if a change was announced or it is older than [`RELOAD_EVERY`].
+    pub async fn refresh_if_stale(
+        &self,
+        source: &dyn CredentialSource,
+        now: Timestamp,
+    ) -> Result<(), KeyError> {
+        let due = self
+            .current()
+            .loaded_at
+            .is_none_or(|at| now >= at.saturating_add(RELOAD_EVERY) || now < at);
+        if self.stale.load(Ordering::Acquire) || due {
+            self.reload(source, now).await?;
+        }
+        Ok(())
     }
 
     /// The keys to publish at `now`: the signing key, and replaced ones whose tokens may still be

@@ -342,6 +342,24 @@ mod tests {
         set.iter().map(|p| p.as_str()).collect()
     }
 
+    fn issue_for(
+        client: &AuthenticatedClient,
+        scope: &[&str],
+        previous: Option<&RefreshToken>,
+    ) -> Issued {
+        let scope = catalog().expand(scope);
+        issue(
+            client,
+            &scope,
+            previous,
+            &format(),
+            "https://kg",
+            LIFETIMES,
+            NOW,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn scope_narrows_and_never_widens() {
         let available = catalog().expand(&["tokens:read", "zones:read", "users:read"]);
@@ -374,17 +392,7 @@ mod tests {
     #[test]
     fn refresh_tokens_carry_their_family_and_keep_their_scope() {
         let client = client(None);
-        let scope = catalog().expand(&["tokens:read", "zones:read"]);
-        let first = issue(
-            &client,
-            &scope,
-            None,
-            &format(),
-            "https://kg",
-            LIFETIMES,
-            NOW,
-        )
-        .unwrap();
+        let first = issue_for(&client, &["tokens:read", "zones:read"], None);
         assert!(
             first
                 .refresh_secret
@@ -398,17 +406,7 @@ mod tests {
         assert!(first.claims.jti.starts_with("atk_"));
         assert_eq!(first.claims.sub, client.id().as_str());
 
-        let narrower = catalog().expand(&["zones:read"]);
-        let second = issue(
-            &client,
-            &narrower,
-            Some(&first.refresh),
-            &format(),
-            "https://kg",
-            LIFETIMES,
-            NOW,
-        )
-        .unwrap();
+        let second = issue_for(&client, &["zones:read"], Some(&first.refresh));
         assert_eq!(second.refresh.family_id, first.refresh.credential.id);
         assert_ne!(second.refresh.credential.id, first.refresh.credential.id);
         assert_eq!(second.claims.scope, "zones:read");
@@ -422,18 +420,7 @@ mod tests {
     #[test]
     fn a_spent_token_burns_its_family_and_nothing_else_does() {
         let client = client(None);
-        let scope = catalog().expand(&["zones:read"]);
-        let issued = issue(
-            &client,
-            &scope,
-            None,
-            &format(),
-            "https://kg",
-            LIFETIMES,
-            NOW,
-        )
-        .unwrap();
-        let fresh = issued.refresh;
+        let fresh = issue_for(&client, &["zones:read"], None).refresh;
         assert_eq!(judge_refresh(&fresh, &client, NOW), RefreshVerdict::Redeem);
 
         let spent = RefreshToken {

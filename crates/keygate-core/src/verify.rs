@@ -505,7 +505,7 @@ impl Verifier {
         let now = self.clock.now();
         let claims = match keys.decode(text, now) {
             // A key this node has not read yet (another node rotated): read the set, once.
-            Err(JwtRefusal::UnknownKey) if keys.may_be_behind() => {
+            Err(JwtRefusal::UnknownKey) if keys.may_be_behind(now) => {
                 keys.reload(&*self.store, now)
                     .await
                     .map_err(|error| match error {
@@ -582,6 +582,11 @@ impl Verified {
             .as_ref()
             .is_none_or(|list| list.covers(ip))
             && self.allowed_ips.as_ref().is_none_or(|list| list.covers(ip))
+    }
+
+    /// Whether the credential may be used at `now`: not revoked, suspended, disabled or expired.
+    pub fn is_usable(&self, now: Timestamp) -> bool {
+        self.check(now).is_ok()
     }
 
     /// Whether the credential belongs to `tenant` or one of its descendants.

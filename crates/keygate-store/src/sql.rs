@@ -802,22 +802,7 @@ macro_rules! sql_store {
                 id: &CredentialId,
                 event: &AuditEvent,
             ) -> Result<Option<()>, StoreError> {
-                let mut tx = self.begin_write().await?;
-                let deleted = sqlx::query(
-                    "DELETE FROM credentials WHERE id = $1 AND tenant_id = $2 AND kind = 'account_key'",
-                )
-                .bind(id.as_str())
-                .bind(grant.tenant_id().as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?
-                .rows_affected();
-                if deleted == 0 {
-                    return Ok(None);
-                }
-                insert_event(&mut tx, event).await?;
-                self.commit(tx, &[Change::Credential(id.clone())]).await?;
-                Ok(Some(()))
+                delete_credential(self, grant.tenant_id(), id, CredentialKind::AccountKey, event).await
             }
 
             async fn get_ip_restriction(&self, scope: &Scope) -> Result<IpRestriction, StoreError> {
@@ -920,23 +905,8 @@ macro_rules! sql_store {
                 id: &CredentialId,
                 event: &AuditEvent,
             ) -> Result<Option<()>, StoreError> {
-                let mut tx = self.begin_write().await?;
                 // Its refresh tokens and revoked access tokens go with it (ON DELETE CASCADE).
-                let deleted = sqlx::query(
-                    "DELETE FROM credentials WHERE id = $1 AND tenant_id = $2 AND kind = 'oauth_secret'",
-                )
-                .bind(id.as_str())
-                .bind(grant.tenant_id().as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?
-                .rows_affected();
-                if deleted == 0 {
-                    return Ok(None);
-                }
-                insert_event(&mut tx, event).await?;
-                self.commit(tx, &[Change::Credential(id.clone())]).await?;
-                Ok(Some(()))
+                delete_credential(self, grant.tenant_id(), id, CredentialKind::OauthSecret, event).await
             }
 
             async fn issue_refresh_token(
@@ -1090,6 +1060,32 @@ macro_rules! sql_store {
                 self.commit(tx, &[Change::SigningKeys]).await?;
                 Ok(true)
             }
+        }
+
+        /// Deletes `tenant`'s credential `id` of `kind` for good, recording `event`, and drops it
+        /// from every node's cache; `None` if the tenant has no such credential.
+        async fn delete_credential(
+            store: &$store,
+            tenant: &TenantId,
+            id: &CredentialId,
+            kind: CredentialKind,
+            event: &AuditEvent,
+        ) -> Result<Option<()>, StoreError> {
+            let mut tx = store.begin_write().await?;
+            let deleted = sqlx::query("DELETE FROM credentials WHERE id = $1 AND tenant_id = $2 AND kind = $3")
+                .bind(id.as_str())
+                .bind(tenant.as_str())
+                .bind(kind.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .rows_affected();
+            if deleted == 0 {
+                return Ok(None);
+            }
+            insert_event(&mut tx, event).await?;
+            store.commit(tx, &[Change::Credential(id.clone())]).await?;
+            Ok(Some(()))
         }
 
         /// A refresh token must belong to the client that stores it, in the client's tenant.

@@ -916,6 +916,20 @@ fn issue(
     (issued.refresh, issued.refresh_secret.hash())
 }
 
+fn client_event(
+    client: &AuthenticatedClient,
+    action: &'static str,
+    outcome: Outcome,
+) -> AuditEvent {
+    client
+        .event(action, outcome, 200, None, NOW, &RequestMeta::default())
+        .unwrap()
+}
+
+fn denied(client: &AuthenticatedClient) -> AuditEvent {
+    client_event(client, "oauth.token", Outcome::Denied)
+}
+
 async fn clients_are_scoped_and_take_their_tokens_with_them(db: TestDb) {
     let o = owned(db).await;
     let (client, hash) = client(&o, "billing").await;
@@ -1038,16 +1052,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     );
     assert!(found.spent_at.is_none());
 
-    let refused = client
-        .event(
-            "oauth.token",
-            Outcome::Denied,
-            400,
-            None,
-            NOW,
-            &RequestMeta::default(),
-        )
-        .unwrap();
+    let refused = denied(&client);
     let (second, second_hash) = issue(&client, Some(&found));
     assert_eq!(
         o.store
@@ -1102,16 +1107,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     // A family revoked explicitly: every token of it, and nothing of another family.
     let (other, other_hash) = issue(&client, None);
     o.store.issue_refresh_token(&client, &other).await.unwrap();
-    let burn = client
-        .event(
-            "oauth.token",
-            Outcome::Denied,
-            400,
-            None,
-            NOW,
-            &RequestMeta::default(),
-        )
-        .unwrap();
+    let burn = denied(&client);
     let revoked = o
         .store
         .revoke_refresh_family(&client, &other.family_id, NOW, &burn)
@@ -1155,16 +1151,7 @@ async fn access_token_revocations_are_remembered_and_announced(db: TestDb) {
     let (client_record, hash) = client(&o, "revoker").await;
     let client = authenticated(&o, &hash).await;
     let jti = CredentialId::generate_for(CredentialKind::AccessToken, NOW).unwrap();
-    let event = client
-        .event(
-            "oauth.revoke",
-            Outcome::Success,
-            200,
-            None,
-            NOW,
-            &RequestMeta::default(),
-        )
-        .unwrap();
+    let event = client_event(&client, "oauth.revoke", Outcome::Success);
     changes(&o.recorder);
     let expires = NOW.saturating_add(std::time::Duration::from_secs(900));
     o.store
@@ -1191,16 +1178,7 @@ async fn access_token_revocations_are_remembered_and_announced(db: TestDb) {
             .revoked
     );
     // Revoking twice is fine.
-    let again = client
-        .event(
-            "oauth.revoke",
-            Outcome::Success,
-            200,
-            None,
-            NOW,
-            &RequestMeta::default(),
-        )
-        .unwrap();
+    let again = client_event(&client, "oauth.revoke", Outcome::Success);
     o.store
         .revoke_access_token(&client, &jti, expires, &again)
         .await
