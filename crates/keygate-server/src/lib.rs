@@ -91,6 +91,19 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(routes::sessions::login))
         .routes(routes!(routes::sessions::logout))
+        .routes(routes!(
+            routes::oauth::clients::list,
+            routes::oauth::clients::create
+        ))
+        .routes(routes!(
+            routes::oauth::clients::get,
+            routes::oauth::clients::delete
+        ))
+        .routes(routes!(routes::oauth::token::token))
+        .routes(routes!(routes::oauth::revocation::revoke))
+        .routes(routes!(routes::oauth::revocation::introspect))
+        .routes(routes!(routes::oauth::discovery::jwks))
+        .routes(routes!(routes::oauth::discovery::metadata))
         .split_for_parts();
     // Envoy appends the original path to the check's: every path below forward-auth is the same
     // check. Registered by hand because axum spells the catch-all `{*path}` and OpenAPI `{path}`;

@@ -28,6 +28,11 @@ pub const REQUEST_ID: &str = "x-request-id";
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// Marks a response that carries an error body of its own (the OAuth endpoints answer RFC 6749
+/// errors, which OAuth clients expect instead of problems): it leaves as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnErrorBody;
+
 /// The client's address as keygate judges it (API.md §6): what allowlists are checked against,
 /// and what the log and the audit record.
 #[derive(Debug, Clone, Copy)]
@@ -147,6 +152,7 @@ pub async fn finish(State(state): State<AppState>, mut request: Request, next: N
 fn render(mut response: Response, id: &str, method: &Method, state: &AppState) -> Response {
     let error = match response.extensions_mut().remove::<ApiError>() {
         Some(error) => error,
+        None if response.extensions().get::<OwnErrorBody>().is_some() => return response,
         None if response.status().is_client_error() || response.status().is_server_error() => {
             let is_problem = response
                 .headers()

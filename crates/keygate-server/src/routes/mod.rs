@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod forward_auth;
+pub mod oauth;
 pub mod ops;
 pub mod roles;
 pub mod sessions;
