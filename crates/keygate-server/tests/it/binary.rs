@@ -263,3 +263,27 @@ fn migrate_brings_an_empty_database_up_to_date() {
     let init = dir.keygate().args(["init", "--json"]).output().unwrap();
     assert!(init.status.success());
 }
+
+#[test]
+fn oauth_rotate_key_prints_the_new_key_and_keeps_the_old_one() {
+    let dir = Dir::new();
+    let init = dir.keygate().args(["init", "--json"]).output().unwrap();
+    assert!(init.status.success());
+    let rotate = || {
+        let output = dir
+            .keygate()
+            .args(["oauth", "rotate-key"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let first = rotate();
+    let second = rotate();
+    assert_eq!(first.len(), 43, "an RFC 7638 thumbprint: {first}");
+    assert_ne!(first, second);
+}
