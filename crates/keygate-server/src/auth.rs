@@ -233,7 +233,7 @@ tokio::task_local! {
     pub static RATE_LIMIT: std::cell::Cell<Option<RateLimitStatus>>;
 }
 
-fn rate_limited(status: RateLimitStatus) -> ApiError {
+pub fn rate_limited(status: RateLimitStatus) -> ApiError {
     let wait = status.retry_after_seconds.unwrap_or(1);
     ApiError::new(
         ProblemCode::RateLimited,

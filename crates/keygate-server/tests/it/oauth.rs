@@ -1281,3 +1281,33 @@ async fn creating_deleting_and_refused_grants_are_audited() {
         ]
     );
 }
+
+#[tokio::test]
+async fn a_client_and_its_tokens_share_one_rate_limit() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit.requests = Some(3);
+        c.rate_limit.per_seconds = Some(60);
+    })
+    .await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    let issued = tokens(&server, &id, &secret, None).await;
+    let jwt = issued["access_token"].as_str().unwrap();
+    assert_eq!(whoami_status(&server, jwt).await, 200);
+    let second = tokens(&server, &id, &secret, None).await;
+    let other_jwt = second["access_token"].as_str().unwrap();
+    // A fresh token does not come with a fresh allowance.
+    let limited = bearer(&server, other_jwt).send().await.unwrap();
+    assert!(limited.headers().contains_key("retry-after"));
+    problem(limited, 429, "rate-limited").await;
+    let limited = grant(
+        &server,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ],
+    )
+    .await;
+    assert_eq!(limited.headers()["ratelimit-remaining"], "0");
+    problem(limited, 429, "rate-limited").await;
+}

@@ -227,7 +227,8 @@ fn form_decode(text: &str) -> Option<String> {
 }
 
 /// Authenticates the client of a token-endpoint request: its secret, that it is the client named,
-/// the `Realm` header and the tenant's allowlist. A refusal once the client is known is recorded.
+/// the `Realm` header, the tenant's allowlist and the rate limit. A refusal once the client is
+/// known is recorded (a rate limit's is not: recording each would be the load it limits).
 pub async fn authenticate_client(
     state: &AppState,
     headers: &HeaderMap,
@@ -272,6 +273,13 @@ pub async fn authenticate_client(
             format!("requests from {ip} are not allowed for this client"),
         );
         return Err(refuse(state, &client, error, meta).await);
+    }
+    // A client's requests here count against its rate limit like any credential's anywhere.
+    if let Some(status) = state.count_request(client.verified()) {
+        let _ = crate::auth::RATE_LIMIT.try_with(|slot| slot.set(Some(status)));
+        if !status.allowed() {
+            return Err(crate::auth::rate_limited(status).into());
+        }
     }
     state.usage().record(client.verified(), state.clock().now());
     Ok(client)

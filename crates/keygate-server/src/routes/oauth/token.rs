@@ -70,6 +70,7 @@ pub struct TokenResponse {
         (status = 400, description = "invalid_request, invalid_grant, unauthorized_client, unsupported_grant_type or invalid_scope", body = OauthErrorBody),
         (status = 401, description = "invalid_client, with WWW-Authenticate: Basic", body = OauthErrorBody),
         (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "rate-limited: the client is over its rate limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn token(
