@@ -450,19 +450,12 @@ impl KeyRing {
     ) -> Result<(), KeyError> {
         let key = generate_key(generation, now, self.sealer.as_ref())?;
         // Keys retired longer ago than any token they signed can live are of no more use.
-        let expired_before = Timestamp::from_unix(
-            now.unix()
-                - i64::try_from((self.policy.access_ttl + RELOAD_EVERY).as_secs())
-                    .unwrap_or(i64::MAX),
-        );
+        let keep = i64::try_from((self.policy.access_ttl + RELOAD_EVERY).as_secs());
+        let expired_before =
+            Timestamp::from_unix(now.unix().saturating_sub(keep.unwrap_or(i64::MAX)));
         // `false`: another node took this generation first; its key is the one to use.
         store.add_signing_key(&key, now, expired_before).await?;
         self.reload(store, now).await
-    }
-
-    /// The current signing key's id, if there is one.
-    pub fn signing_kid(&self) -> Option<String> {
-        self.current().signer.as_ref().map(|s| s.kid.clone())
     }
 
     /// Signs `claims` with the current key ([`Self::prepare`] first).

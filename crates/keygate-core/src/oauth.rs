@@ -197,6 +197,20 @@ pub fn grant_scope(
     Ok(available.only(&items))
 }
 
+/// The scope an exchange of `presented` gets: the grant's scope, less whatever the client has
+/// lost since, narrowed to what is `requested` (RFC 6749 §6: never beyond the grant).
+pub fn refresh_scope(
+    presented: &RefreshToken,
+    client: &AuthenticatedClient,
+    catalog: &Catalog,
+    requested: Option<&str>,
+) -> Result<PermissionSet, OauthError> {
+    let ceiling = presented
+        .scope(catalog)
+        .intersect(&client.verified().permissions);
+    grant_scope(&ceiling, requested)
+}
+
 /// A scope as the wire writes it.
 pub fn scope_text(scope: &PermissionSet) -> String {
     scope
@@ -415,6 +429,22 @@ mod tests {
             ["tokens:read", "zones:read"],
             "the refresh token keeps the scope of the grant"
         );
+    }
+
+    #[test]
+    fn a_refresh_never_widens_the_grant_and_follows_what_the_client_lost() {
+        let wide = client(None);
+        let grant = issue_for(&wide, &["tokens:read", "users:read"], None).refresh;
+        let all = refresh_scope(&grant, &wide, &catalog(), None).unwrap();
+        assert_eq!(names(&all), ["tokens:read", "users:read"]);
+        let narrowed = refresh_scope(&grant, &wide, &catalog(), Some("users:read")).unwrap();
+        assert_eq!(names(&narrowed), ["users:read"]);
+        let beyond = refresh_scope(&grant, &wide, &catalog(), Some("zones:read"));
+        assert_eq!(beyond.unwrap_err().code, ErrorCode::InvalidScope);
+        // The same grant presented by a client since narrowed to tokens:read.
+        let narrow = client(Some(&["tokens:*"]));
+        let left = refresh_scope(&grant, &narrow, &catalog(), None).unwrap();
+        assert_eq!(names(&left), ["tokens:read"]);
     }
 
     #[test]

@@ -402,11 +402,6 @@ impl Verifier {
         self
     }
 
-    /// The keys access tokens are signed with, if this verifier accepts them.
-    pub fn keys(&self) -> Option<&Arc<KeyRing>> {
-        self.keys.as_ref()
-    }
-
     /// How long verification's store reads take.
     pub fn store_latency(&self) -> &LatencyHistogram {
         &self.store_latency

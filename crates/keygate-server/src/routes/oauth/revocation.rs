@@ -18,7 +18,7 @@ use keygate_core::credential::{CredentialHash, CredentialKind};
 use keygate_core::id::CredentialId;
 use keygate_core::jwt::{self, AccessClaims, JwtRefusal};
 use keygate_core::model::{Outcome, Target};
-use keygate_core::oauth::{AuthenticatedClient, RefreshToken};
+use keygate_core::oauth::{self, AuthenticatedClient, RefreshToken};
 use keygate_core::verify::{Refusal, Verified};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -286,13 +286,12 @@ async fn refresh_token(
     else {
         return Ok(None);
     };
-    let client = Arc::new(Verified::resolve(&record.client, state.catalog()));
-    if !client.is_usable(now) || !asker.sees(&client) {
+    let verified = Arc::new(Verified::resolve(&record.client, state.catalog()));
+    if !verified.is_usable(now) || !asker.sees(&verified) {
         return Ok(None);
     }
-    let scope = refresh
-        .scope(state.catalog())
-        .intersect(&client.permissions);
+    let client = AuthenticatedClient::new(verified, None)?;
+    let scope = oauth::refresh_scope(&refresh, &client, state.catalog(), None)?;
     Ok(Some(Introspection {
         active: true,
         scope: Some(crate::views::permission_names(&scope).join(" ")),

@@ -155,11 +155,7 @@ async fn refresh_grant(
         }
         RefreshVerdict::Redeem => {}
     }
-    // The grant's scope, less whatever the client has lost since.
-    let ceiling = presented
-        .scope(state.catalog())
-        .intersect(&client.verified().permissions);
-    let scope = oauth::grant_scope(&ceiling, params.get("scope"))?;
+    let scope = oauth::refresh_scope(&presented, client, state.catalog(), params.get("scope"))?;
     let (response, replacement) = issue(state, client, &scope, Some(&presented)).await?;
     match state
         .store()
