@@ -540,8 +540,12 @@ impl Verifier {
             hash,
             &self.catalog,
         ));
-        self.cache
-            .insert_unless_changed_since(generation, hash, Arc::clone(&verified));
+        self.cache.insert_access_token_unless_changed_since(
+            generation,
+            hash,
+            Arc::clone(&verified),
+            now,
+        );
         Ok(verified)
     }
 }
@@ -681,9 +685,13 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(CredentialCache::new())
+    }
+
+    fn fixture_with(cache: CredentialCache) -> Fixture {
         let format = CredentialFormat::new("kg", Environment::Live).unwrap();
         let store = Arc::new(MapStore::default());
-        let cache = Arc::new(CredentialCache::new());
+        let cache = Arc::new(cache);
         let clock = Arc::new(ManualClock::new(NOW));
         let verifier = Verifier::new(
             format.clone(),
@@ -1035,7 +1043,10 @@ mod tests {
     const ISSUER: &str = "https://keygate.example";
 
     async fn oauth() -> Oauth {
-        let f = fixture();
+        oauth_with(fixture()).await
+    }
+
+    async fn oauth_with(f: Fixture) -> Oauth {
         let keys = Arc::new(KeyRing::new(
             crate::jwt::KeyPolicy {
                 issuer: ISSUER.into(),
@@ -1196,5 +1207,31 @@ mod tests {
             Err(Refusal::Expired)
         ));
         assert_eq!(o.f.finds(), finds);
+    }
+
+    #[tokio::test]
+    async fn expired_access_tokens_do_not_pile_up_in_the_cache() {
+        let o = oauth_with(fixture_with(CredentialCache::with_access_token_limit(3))).await;
+        let cached_before = o.f.cache.len();
+        let (short, _) = o.token("zones:read", 60);
+        let (long, _) = o.token("zones:read", 900);
+        o.verifier.verify(&short).await.unwrap();
+        o.verifier.verify(&long).await.unwrap();
+        assert_eq!(o.f.cache.len(), cached_before + 2);
+        o.f.clock.advance(Duration::from_secs(60));
+        // The third insert sweeps: the expired token goes, the live one stays.
+        let (third, _) = o.token("zones:read", 900);
+        o.verifier.verify(&third).await.unwrap();
+        assert_eq!(o.f.cache.len(), cached_before + 2);
+        let finds = o.f.finds();
+        o.verifier.verify(&long).await.unwrap();
+        assert_eq!(o.f.finds(), finds, "the live one is still cached");
+        // As many live ones as the limit: they all go, and come back on their next use.
+        for _ in 0..3 {
+            let (token, _) = o.token("zones:read", 900);
+            o.verifier.verify(&token).await.unwrap();
+        }
+        assert!(o.f.cache.len() <= cached_before + 3);
+        o.verifier.verify(&long).await.unwrap();
     }
 }
