@@ -503,6 +503,10 @@ pub trait Store: CredentialSource {
         event: &AuditEvent,
     ) -> Result<(), StoreError>;
 
+    /// Deletes refresh tokens that expired before `before`; returns how many. Each grant stores
+    /// one, so without this they would pile up for as long as the deployment lives.
+    async fn delete_expired_refresh_tokens(&self, before: Timestamp) -> Result<u64, StoreError>;
+
     /// Records a refusal that changed nothing (a grant refused to an authenticated client).
     async fn record_refusal(&self, event: &AuditEvent) -> Result<(), StoreError>;
 

@@ -134,6 +134,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// How often what has expired for good (refresh tokens) is deleted.
+pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
+
 /// Serves on `listener` until `shutdown` resolves, then stops accepting, lets in-flight requests
 /// finish (for at most `shutdown_grace_seconds`) and closes the store.
 pub async fn run(
@@ -162,6 +165,16 @@ pub async fn run(
             }
         })
     };
+    let housekeeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
+            loop {
+                every.tick().await;
+                state.delete_expired().await;
+            }
+        })
+    };
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let serve = axum::serve(listener, app)
         .with_graceful_shutdown(signalled)
@@ -178,6 +191,7 @@ pub async fn run(
         }
     };
     flusher.abort();
+    housekeeper.abort();
     state.flush_usage().await;
     state.store().close().await;
     tracing::info!("stopped");

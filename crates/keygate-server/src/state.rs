@@ -179,6 +179,22 @@ impl AppState {
         }
     }
 
+    /// Deletes refresh tokens that have expired (every hour, off the request path).
+    pub async fn delete_expired(&self) {
+        match self
+            .0
+            .store
+            .delete_expired_refresh_tokens(self.0.clock.now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted expired refresh tokens"),
+            Err(error) => {
+                tracing::warn!(%error, "could not delete expired refresh tokens; will retry")
+            }
+        }
+    }
+
     pub fn begin_shutdown(&self) {
         self.0.shutting_down.store(true, Ordering::Release);
     }

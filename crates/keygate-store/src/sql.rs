@@ -1010,6 +1010,19 @@ macro_rules! sql_store {
                 self.commit(tx, &[Change::Credential(jti.clone())]).await
             }
 
+            async fn delete_expired_refresh_tokens(&self, before: Timestamp) -> Result<u64, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let deleted = sqlx::query("DELETE FROM credentials WHERE kind = 'refresh' AND expires_at < $1")
+                    .bind(before.unix())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?
+                    .rows_affected();
+                // Never cached, and refused already: nothing to announce.
+                self.commit(tx, &[]).await?;
+                Ok(deleted)
+            }
+
             async fn record_refusal(&self, event: &AuditEvent) -> Result<(), StoreError> {
                 let mut tx = self.begin_write().await?;
                 insert_event(&mut tx, event).await?;

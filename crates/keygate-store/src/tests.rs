@@ -1135,6 +1135,29 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
         Some(NOW),
         "the reuse burnt the spent token too"
     );
+
+    // Housekeeping deletes what expired, whatever its state, and nothing else.
+    let expiry = other.credential.expires_at.unwrap();
+    assert_eq!(
+        o.store.delete_expired_refresh_tokens(expiry).await.unwrap(),
+        0
+    );
+    let after = Timestamp::from_unix(expiry.unix() + 1);
+    assert_eq!(
+        o.store.delete_expired_refresh_tokens(after).await.unwrap(),
+        3
+    );
+    assert!(
+        o.store
+            .find_refresh_token(&other_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        o.store.find_credential(&hash).await.unwrap().is_some(),
+        "the client stays"
+    );
     let denied = stored_events(&o._db)
         .await
         .into_iter()

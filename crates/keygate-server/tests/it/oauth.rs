@@ -879,6 +879,26 @@ async fn tokens_expire_by_the_clock() {
             .unwrap()
             .contains("expired")
     );
+    // The hourly housekeeping deletes it; it stays refused.
+    server.state.delete_expired().await;
+    let body = oauth_error(
+        exchange(
+            &server,
+            &id,
+            &secret,
+            issued["refresh_token"].as_str().unwrap(),
+        )
+        .await,
+        400,
+        "invalid_grant",
+    )
+    .await;
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not known")
+    );
 }
 
 fn kid(jwt: &str) -> String {

@@ -10,6 +10,8 @@ ALTER TABLE credentials ADD COLUMN family_id TEXT;
 ALTER TABLE credentials ADD COLUMN spent_at BIGINT;
 CREATE INDEX credentials_by_client ON credentials (client_id);
 CREATE INDEX credentials_by_family ON credentials (family_id);
+-- Expired refresh tokens are deleted every hour; an expired one is refused whatever its state.
+CREATE INDEX credentials_refresh_by_expiry ON credentials (expires_at) WHERE kind = 'refresh';
 
 -- Access tokens are JWTs and never stored; one revoked before it expires (RFC 7009) is remembered
 -- until then, by its jti.
