@@ -45,22 +45,9 @@ pub fn plan(
 ) -> Result<(Credential, Secret), RuleError> {
     let mut errors = Errors::default();
     let name = errors.check(validate::name("name", &input.name));
-    let description = input
-        .description
-        .as_deref()
-        .and_then(|d| errors.check(validate::text("description", d, validate::DESCRIPTION_MAX)));
+    let description = validate::description(&mut errors, input.description.as_deref());
     if let Some(patterns) = &input.permissions {
-        if patterns.is_empty() {
-            errors.push(
-                "permissions",
-                "must list at least one permission, or be left out",
-            );
-        }
-        for (i, pattern) in patterns.iter().enumerate() {
-            if let Err(e) = catalog.check_pattern(pattern) {
-                errors.push(format!("permissions[{i}]"), e.to_string());
-            }
-        }
+        validate::narrowing(&mut errors, catalog, patterns);
     }
     errors.into_result()?;
 

@@ -861,44 +861,20 @@ async fn tokens_expire_by_the_clock() {
     .await;
 
     server.clock.advance(Duration::from_secs(86_400));
-    let body = oauth_error(
-        exchange(
-            &server,
-            &id,
-            &secret,
-            issued["refresh_token"].as_str().unwrap(),
+    let refused = || async {
+        let refresh = issued["refresh_token"].as_str().unwrap();
+        let body = oauth_error(
+            exchange(&server, &id, &secret, refresh).await,
+            400,
+            "invalid_grant",
         )
-        .await,
-        400,
-        "invalid_grant",
-    )
-    .await;
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("expired")
-    );
+        .await;
+        body["error_description"].as_str().unwrap().to_owned()
+    };
+    assert!(refused().await.contains("expired"));
     // The hourly housekeeping deletes it; it stays refused.
     server.state.delete_expired().await;
-    let body = oauth_error(
-        exchange(
-            &server,
-            &id,
-            &secret,
-            issued["refresh_token"].as_str().unwrap(),
-        )
-        .await,
-        400,
-        "invalid_grant",
-    )
-    .await;
-    assert!(
-        body["error_description"]
-            .as_str()
-            .unwrap()
-            .contains("not known")
-    );
+    assert!(refused().await.contains("not known"));
 }
 
 fn kid(jwt: &str) -> String {
