@@ -1,4 +1,4 @@
--- OAuth 2.0 client credentials (API.md §7); the same as migrations/sqlite/0004_oauth.sql in
+-- OAuth 2.0 client credentials (API.md §7); the same as migrations/sqlite/0005_oauth.sql in
 -- PostgreSQL's types.
 --
 -- A client is a credential of kind `oauth_secret` (its id is the client_id). A refresh token is a
