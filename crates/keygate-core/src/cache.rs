@@ -19,13 +19,19 @@
 //! [`MAX_UNKNOWN`] entries, emptied when full, so an attacker can neither grow it without bound
 //! nor make it answer wrongly. A remembered unknown hash could only turn stale if that exact
 //! credential were issued later, which its 178 random bits rule out.
+//!
+//! OAuth access tokens are the exception to "bounded by the store": they are never stored, and a
+//! client may mint many. Every [`MAX_ACCESS_TOKENS`] inserts of them, the expired ones are swept;
+//! if as many are still alive, they all go (each is verified again on its next use), so they never
+//! take more than about twice that.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::credential::CredentialHash;
+use crate::Timestamp;
+use crate::credential::{CredentialHash, CredentialKind};
 use crate::store::{Change, ChangeListener};
 use crate::verify::Verified;
 
@@ -53,12 +59,17 @@ type Unknown = std::collections::HashSet<[u8; 32], BuildHasherDefault<PrehashedH
 
 /// How many unknown hashes are remembered before the set starts over.
 pub const MAX_UNKNOWN: usize = 65_536;
+/// How many access tokens are inserted between two sweeps of the expired ones.
+pub const MAX_ACCESS_TOKENS: usize = 100_000;
 
 pub struct CredentialCache {
     entries: RwLock<Map>,
     unknown: RwLock<Unknown>,
     generation: AtomicU64,
     trusted: AtomicBool,
+    /// Access tokens inserted since the last sweep, and how many make a sweep.
+    access_token_inserts: AtomicUsize,
+    access_token_limit: usize,
     /// Lookups answered from memory, and lookups that had to go to the store.
     pub hits: AtomicU64,
     pub misses: AtomicU64,
@@ -71,6 +82,8 @@ impl Default for CredentialCache {
             unknown: RwLock::default(),
             generation: AtomicU64::new(0),
             trusted: AtomicBool::new(true),
+            access_token_inserts: AtomicUsize::new(0),
+            access_token_limit: MAX_ACCESS_TOKENS,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -80,6 +93,14 @@ impl Default for CredentialCache {
 impl CredentialCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_access_token_limit(limit: usize) -> Self {
+        Self {
+            access_token_limit: limit,
+            ..Self::default()
+        }
     }
 
     /// The cached verification, unless the cache is untrusted.
@@ -141,6 +162,33 @@ impl CredentialCache {
         }
     }
 
+    /// Caches a verified access token like [`Self::insert_unless_changed_since`], sweeping out
+    /// expired ones (at `now`) once enough were added since the last sweep.
+    pub fn insert_access_token_unless_changed_since(
+        &self,
+        generation: u64,
+        hash: CredentialHash,
+        verified: Arc<Verified>,
+        now: Timestamp,
+    ) {
+        let is_access_token = |v: &Verified| v.credential.kind == CredentialKind::AccessToken;
+        let mut entries = self.write();
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if self.access_token_inserts.fetch_add(1, Ordering::Relaxed) + 1 >= self.access_token_limit
+        {
+            self.access_token_inserts.store(0, Ordering::Relaxed);
+            entries.retain(|_, v| {
+                !is_access_token(v) || v.credential.expires_at.is_some_and(|at| at > now)
+            });
+            if entries.values().filter(|v| is_access_token(v)).count() >= self.access_token_limit {
+                entries.retain(|_, v| !is_access_token(v));
+            }
+        }
+        entries.insert(*hash.as_bytes(), verified);
+    }
+
     pub fn len(&self) -> usize {
         self.read().len()
     }
@@ -180,11 +228,16 @@ impl ChangeListener for CredentialCache {
     }
 
     fn changed(&self, change: &Change) {
+        if *change == Change::SigningKeys {
+            // Cached verifications are of tokens whose signature was already checked.
+            return;
+        }
         let affected = |v: &Verified| match change {
-            Change::Credential(id) => v.credential.id == *id,
+            Change::Credential(id) => v.depends_on(id),
             Change::User(id) => v.user_id.as_ref() == Some(id),
             Change::Role(id) => v.role_id.as_ref() == Some(id),
             Change::Tenant(id) => v.tenant_line.contains(id),
+            Change::SigningKeys => false,
         };
         let mut entries = self.write();
         self.generation.fetch_add(1, Ordering::AcqRel);

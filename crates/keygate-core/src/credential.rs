@@ -70,17 +70,26 @@ pub enum CredentialKind {
     OauthSecret,
     /// An OAuth refresh token; only accepted at the token endpoint.
     Refresh,
+    /// An OAuth access token: a JWT signed by keygate (see [`crate::jwt`]), never stored and never
+    /// in the opaque format; its id is the token's `jti`.
+    AccessToken,
 }
 
 impl CredentialKind {
-    pub const ALL: [CredentialKind; 6] = [
+    pub const ALL: [CredentialKind; 7] = [
         CredentialKind::Personal,
         CredentialKind::Service,
         CredentialKind::AccountKey,
         CredentialKind::Session,
         CredentialKind::OauthSecret,
         CredentialKind::Refresh,
+        CredentialKind::AccessToken,
     ];
+
+    /// Whether credentials of this kind are in the opaque format (everything but access tokens).
+    pub fn is_opaque(self) -> bool {
+        self != CredentialKind::AccessToken
+    }
 
     /// The `<kind>` segment of the credential text; personal tokens have none.
     pub fn segment(self) -> Option<&'static str> {
@@ -91,6 +100,7 @@ impl CredentialKind {
             CredentialKind::Session => Some("session"),
             CredentialKind::OauthSecret => Some("secret"),
             CredentialKind::Refresh => Some("refresh"),
+            CredentialKind::AccessToken => Some("access"),
         }
     }
 
@@ -102,6 +112,7 @@ impl CredentialKind {
             CredentialKind::Session => "ses",
             CredentialKind::OauthSecret => "cli",
             CredentialKind::Refresh => "rft",
+            CredentialKind::AccessToken => "atk",
         }
     }
 
@@ -114,6 +125,7 @@ impl CredentialKind {
             CredentialKind::Session => "session",
             CredentialKind::OauthSecret => "oauth_secret",
             CredentialKind::Refresh => "refresh",
+            CredentialKind::AccessToken => "access_token",
         }
     }
 
@@ -122,7 +134,9 @@ impl CredentialKind {
     }
 
     fn from_segment(segment: Option<&str>) -> Option<Self> {
-        Self::ALL.into_iter().find(|kind| kind.segment() == segment)
+        Self::ALL
+            .into_iter()
+            .find(|kind| kind.is_opaque() && kind.segment() == segment)
     }
 }
 
@@ -327,10 +341,13 @@ mod tests {
     #[test]
     fn every_kind_round_trips() {
         let format = live();
-        for kind in CredentialKind::ALL {
+        for kind in CredentialKind::ALL.into_iter().filter(|k| k.is_opaque()) {
             let secret = format.generate(kind).unwrap();
             assert_eq!(format.parse(secret.expose()), Ok(kind), "{kind:?}");
         }
+        // Access tokens are JWTs: the opaque shape of that kind means nothing.
+        let access = format.generate(CredentialKind::AccessToken).unwrap();
+        assert_eq!(format.parse(access.expose()), Err(FormatError::Malformed));
     }
 
     #[test]

@@ -304,6 +304,17 @@ impl PermissionSet {
             .collect()
     }
 
+    /// Those of this set named in `names`.
+    pub fn only<S: AsRef<str>>(&self, names: &[S]) -> PermissionSet {
+        PermissionSet(
+            self.0
+                .iter()
+                .filter(|p| names.iter().any(|n| n.as_ref() == p.as_str()))
+                .cloned()
+                .collect(),
+        )
+    }
+
     pub fn is_subset_of(&self, other: &PermissionSet) -> bool {
         self.0.iter().all(|p| other.contains(p.as_str()))
     }

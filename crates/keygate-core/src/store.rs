@@ -15,9 +15,11 @@ use crate::Timestamp;
 use crate::access::{Grant, Scope, perm};
 use crate::credential::{CredentialHash, CredentialKind};
 use crate::id::{CredentialId, RoleId, TenantId, UserId};
+use crate::jwt::StoredSigningKey;
 use crate::model::{
     AuditEvent, Credential, IpRestriction, Outcome, Role, StoredEvent, Tenant, User,
 };
+use crate::oauth::{AuthenticatedClient, RefreshToken, Rotation};
 use crate::password::PasswordHashString;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -43,16 +45,20 @@ pub enum Change {
     Role(RoleId),
     /// A tenant and, through it, every descendant.
     Tenant(TenantId),
+    /// The keys access tokens are signed with (a key added, or one retired).
+    SigningKeys,
 }
 
 impl Change {
-    /// The change as a short message for other nodes (`c:tok_…`, `u:usr_…`, `r:rol_…`, `t:tnt_…`).
+    /// The change as a short message for other nodes (`c:tok_…`, `u:usr_…`, `r:rol_…`, `t:tnt_…`,
+    /// `k:keys`).
     pub fn to_message(&self) -> String {
         match self {
             Change::Credential(id) => format!("c:{id}"),
             Change::User(id) => format!("u:{id}"),
             Change::Role(id) => format!("r:{id}"),
             Change::Tenant(id) => format!("t:{id}"),
+            Change::SigningKeys => "k:keys".to_owned(),
         }
     }
 
@@ -63,6 +69,7 @@ impl Change {
             "u" => UserId::parse(id).map(Change::User),
             "r" => RoleId::parse(id).map(Change::Role),
             "t" => TenantId::parse(id).map(Change::Tenant),
+            "k" if id == "keys" => Some(Change::SigningKeys),
             _ => None,
         }
     }
@@ -80,6 +87,23 @@ pub trait ChangeListener: Send + Sync {
     fn resynced(&self) {}
 }
 
+/// Several listeners told of the same changes: the credential cache and the signing keys.
+pub struct Listeners(pub Vec<Arc<dyn ChangeListener>>);
+
+impl ChangeListener for Listeners {
+    fn changed(&self, change: &Change) {
+        self.0.iter().for_each(|l| l.changed(change));
+    }
+
+    fn may_have_missed_changes(&self) {
+        self.0.iter().for_each(|l| l.may_have_missed_changes());
+    }
+
+    fn resynced(&self) {
+        self.0.iter().for_each(|l| l.resynced());
+    }
+}
+
 /// Everything verification needs to know about a credential, read in one go on a cache miss.
 #[derive(Debug, Clone)]
 pub struct CredentialRecord {
@@ -92,6 +116,14 @@ pub struct CredentialRecord {
     /// The role the credential acts with: the user's for personal tokens and sessions, the
     /// credential's own otherwise; none for account keys (they act as `admin`).
     pub role: Option<Role>,
+}
+
+/// What verifying an access token needs beyond its signature: its client, as
+/// [`CredentialSource::find_credential`] reads a credential, and whether the token was revoked.
+#[derive(Debug, Clone)]
+pub struct AccessTokenRecord {
+    pub client: CredentialRecord,
+    pub revoked: bool,
 }
 
 /// The first tenant, its owner and its first service token, created together or not at all.
@@ -178,7 +210,7 @@ pub enum Deletion {
     InUse,
 }
 
-/// What verification reads: the one operation on the hot path's cold side.
+/// What verification reads: the operations on the hot path's cold side.
 #[async_trait]
 pub trait CredentialSource: Send + Sync + 'static {
     /// The credential with this hash, with its tenant line, user and role.
@@ -186,6 +218,17 @@ pub trait CredentialSource: Send + Sync + 'static {
         &self,
         hash: &CredentialHash,
     ) -> Result<Option<CredentialRecord>, StoreError>;
+
+    /// The OAuth client `client` as [`Self::find_credential`] reads it, and whether the access
+    /// token `jti` was revoked; `None` if there is no such client.
+    async fn find_access_token(
+        &self,
+        client: &CredentialId,
+        jti: &CredentialId,
+    ) -> Result<Option<AccessTokenRecord>, StoreError>;
+
+    /// Every signing key, oldest first.
+    async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError>;
 }
 
 #[async_trait]
@@ -422,6 +465,99 @@ pub trait Store: CredentialSource {
     /// Records when credentials were last used, in one batch, off the request path. Timestamps only
     /// move forward.
     async fn record_last_used(&self, uses: &[(CredentialId, Timestamp)]) -> Result<(), StoreError>;
+
+    // OAuth clients.
+
+    async fn create_client(
+        &self,
+        grant: &Grant<perm::OauthClientsWrite>,
+        client: &Credential,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// The tenant's clients, newest first.
+    async fn list_clients(
+        &self,
+        scope: &Scope,
+        page: &Page,
+    ) -> Result<Paged<Credential>, StoreError>;
+
+    async fn get_client(
+        &self,
+        scope: &Scope,
+        id: &CredentialId,
+    ) -> Result<Option<Credential>, StoreError>;
+
+    /// Deletes a client for good, with its refresh tokens; its access tokens stop at once.
+    /// `None` if the tenant has no such client.
+    async fn delete_client(
+        &self,
+        grant: &Grant<perm::OauthClientsWrite>,
+        id: &CredentialId,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError>;
+
+    // The token endpoint. The authenticated client scopes each operation to its own tokens.
+
+    /// Stores the refresh token of a new grant.
+    async fn issue_refresh_token(
+        &self,
+        client: &AuthenticatedClient,
+        token: &RefreshToken,
+    ) -> Result<(), StoreError>;
+
+    /// The refresh token with this hash, whoever it belongs to.
+    async fn find_refresh_token(
+        &self,
+        hash: &CredentialHash,
+    ) -> Result<Option<RefreshToken>, StoreError>;
+
+    /// Spends the client's refresh token `spent` and stores `replacement`, in one transaction. If
+    /// `spent` can no longer be spent (a concurrent request spent it first), revokes its family
+    /// instead, recording `refused`.
+    async fn rotate_refresh_token(
+        &self,
+        client: &AuthenticatedClient,
+        spent: &CredentialId,
+        replacement: &RefreshToken,
+        refused: &AuditEvent,
+    ) -> Result<Rotation, StoreError>;
+
+    /// Revokes every refresh token of the client's `family` that is not revoked yet, recording
+    /// `event`; returns how many.
+    async fn revoke_refresh_family(
+        &self,
+        client: &AuthenticatedClient,
+        family: &CredentialId,
+        at: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<u64, StoreError>;
+
+    /// Remembers that the client's access token `jti` is revoked until it expires, and drops it
+    /// from every node's cache.
+    async fn revoke_access_token(
+        &self,
+        client: &AuthenticatedClient,
+        jti: &CredentialId,
+        expires_at: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes refresh tokens that expired before `before`; returns how many. Each grant stores
+    /// one, so without this they would pile up for as long as the deployment lives.
+    async fn delete_expired_refresh_tokens(&self, before: Timestamp) -> Result<u64, StoreError>;
+
+    // Signing keys.
+
+    /// Adds `key` as the newest signing key, retiring the others at `now` and deleting keys
+    /// retired before `expired_before`. `false` (and nothing changed) if another key already has
+    /// its generation: another node rotated first.
+    async fn add_signing_key(
+        &self,
+        key: &StoredSigningKey,
+        now: Timestamp,
+        expired_before: Timestamp,
+    ) -> Result<bool, StoreError>;
 }
 
 /// A shared handle to whichever store is configured.
@@ -440,10 +576,14 @@ mod tests {
             Change::User(UserId::generate(now).unwrap()),
             Change::Role(RoleId::generate(now).unwrap()),
             Change::Tenant(TenantId::generate(now).unwrap()),
+            Change::SigningKeys,
+            Change::Credential(
+                CredentialId::generate_for(CredentialKind::AccessToken, now).unwrap(),
+            ),
         ] {
             assert_eq!(Change::from_message(&change.to_message()), Some(change));
         }
-        for junk in ["", "heartbeat", "x:tok_1", "c:usr_1", "u:"] {
+        for junk in ["", "heartbeat", "x:tok_1", "c:usr_1", "u:", "k:tok_1"] {
             assert_eq!(Change::from_message(junk), None, "{junk}");
         }
     }

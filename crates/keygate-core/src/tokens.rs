@@ -59,10 +59,7 @@ pub fn plan(
     let verified = caller.verified();
     let mut errors = Errors::default();
     let name = errors.check(validate::name("name", &input.name));
-    let description = input
-        .description
-        .as_deref()
-        .and_then(|d| errors.check(validate::text("description", d, validate::DESCRIPTION_MAX)));
+    let description = validate::description(&mut errors, input.description.as_deref());
 
     let expires_at = match (input.expires_at, input.expires_in) {
         (Some(_), Some(_)) => {
@@ -82,19 +79,9 @@ pub fn plan(
         (None, None) => None,
     };
 
-    let narrowing = input.permissions.inspect(|patterns| {
-        if patterns.is_empty() {
-            errors.push(
-                "permissions",
-                "must list at least one permission, or be left out",
-            );
-        }
-        for (i, pattern) in patterns.iter().enumerate() {
-            if let Err(e) = catalog.check_pattern(pattern) {
-                errors.push(format!("permissions[{i}]"), e.to_string());
-            }
-        }
-    });
+    let narrowing = input
+        .permissions
+        .inspect(|patterns| validate::narrowing(&mut errors, catalog, patterns));
     let mut normalised = Vec::new();
     let allowed_ips = match input
         .allowed_ips

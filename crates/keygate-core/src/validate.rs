@@ -68,6 +68,27 @@ pub fn email(field: &str, value: &str) -> Result<String, Invalid> {
     }
 }
 
+/// A role narrowed by a list of `permissions`: the list is left out, or holds at least one
+/// pattern the catalog knows; each bad one is named (`permissions[2]`).
+pub fn narrowing(errors: &mut Errors, catalog: &crate::permission::Catalog, patterns: &[String]) {
+    if patterns.is_empty() {
+        errors.push(
+            "permissions",
+            "must list at least one permission, or be left out",
+        );
+    }
+    for (i, pattern) in patterns.iter().enumerate() {
+        if let Err(e) = catalog.check_pattern(pattern) {
+            errors.push(format!("permissions[{i}]"), e.to_string());
+        }
+    }
+}
+
+/// An optional `description`, trimmed and bounded.
+pub fn description(errors: &mut Errors, value: Option<&str>) -> Option<String> {
+    value.and_then(|d| errors.check(text("description", d, DESCRIPTION_MAX)))
+}
+
 /// Collects the errors of several checks so a request hears about all its bad fields at once.
 #[derive(Debug, Default)]
 pub struct Errors(pub Vec<Invalid>);

@@ -3,6 +3,11 @@
 //! The hot path: parse and checksum (no allocation), one SHA-256, one map lookup. Only a cache miss
 //! reaches the store. What is cached is the credential's resolved state (tenant line, user, role,
 //! permissions), and the checks that depend on time (expiry) run on every request.
+//!
+//! OAuth access tokens (JWTs) take the same path, keyed by the SHA-256 of the token's text: the
+//! signature is checked once per node, on the miss, which also reads the token's client from the
+//! store. The cached entry goes when its client changes or is deleted, so a deleted client's tokens
+//! stop at once, on every node, without a store access per request.
 
 use std::any::Any;
 use std::sync::{Arc, OnceLock};
@@ -17,9 +22,10 @@ use crate::allowlist::IpAllowlist;
 use crate::cache::CredentialCache;
 use crate::credential::{CredentialFormat, CredentialHash, CredentialKind, FormatError};
 use crate::id::{CredentialId, RoleId, TenantId, UserId};
+use crate::jwt::{self, AccessClaims, JwtRefusal, KeyRing};
 use crate::model::{RateLimit, Role, Tenant, TenantStatus, UserStatus};
 use crate::permission::{BuiltinRole, Catalog, PermissionSet};
-use crate::store::{CredentialRecord, CredentialSource, StoreError};
+use crate::store::{AccessTokenRecord, CredentialRecord, CredentialSource, StoreError};
 
 /// What kind of party a credential acts for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -110,6 +116,8 @@ pub struct Verified {
     pub(crate) tenant_line: Vec<TenantId>,
     pub(crate) user_id: Option<UserId>,
     pub(crate) role_id: Option<RoleId>,
+    /// An access token's client: a change to it affects the token.
+    pub(crate) client_id: Option<CredentialId>,
 }
 
 impl Verified {
@@ -196,6 +204,7 @@ impl Verified {
             tenant_line: record.tenant.path.ids().collect(),
             user_id: record.user.as_ref().map(|u| u.id.clone()),
             role_id: record.role.as_ref().map(|r| r.id.clone()),
+            client_id: None,
         }
     }
 
@@ -205,6 +214,48 @@ impl Verified {
         self.rendered
             .get_or_init(|| Box::new(make(self)))
             .downcast_ref()
+    }
+
+    /// Resolves an access token whose signature was checked: it acts as its client, with the
+    /// client's permissions *now* narrowed to the token's scope, and lives until its `exp`.
+    pub fn resolve_access_token(
+        record: &AccessTokenRecord,
+        claims: &AccessClaims,
+        jti: CredentialId,
+        hash: CredentialHash,
+        catalog: &Catalog,
+    ) -> Self {
+        let client = Self::resolve(&record.client, catalog);
+        let scope: Vec<&str> = claims.scope_items().collect();
+        Self {
+            credential: CredentialSummary {
+                id: jti,
+                kind: CredentialKind::AccessToken,
+                name: client.credential.name.clone(),
+                expires_at: Some(Timestamp::from_unix(claims.exp)),
+            },
+            permissions: client.permissions.only(&scope),
+            standing: if record.revoked {
+                Standing::Revoked
+            } else {
+                client.standing
+            },
+            hash,
+            client_id: Some(client.credential.id.clone()),
+            usage: Usage::default(),
+            ..client
+        }
+    }
+
+    /// The stored credential this one stands for, which rate limits and `last_used_at` count
+    /// against: an access token's client, else the credential itself.
+    pub fn owner_id(&self) -> &CredentialId {
+        self.client_id.as_ref().unwrap_or(&self.credential.id)
+    }
+
+    /// Whether a change to `credential` affects this verification.
+    pub(crate) fn depends_on(&self, credential: &CredentialId) -> bool {
+        self.credential.id == *credential || self.client_id.as_ref() == Some(credential)
     }
 
     /// Whether the credential may be used at `now`.
@@ -273,6 +324,9 @@ pub enum Refusal {
     UserDisabled,
     #[error("{} credentials are only accepted at the OAuth token endpoint", .0.as_str())]
     WrongPlace(CredentialKind),
+    /// An access token that is not one keygate issued, signed, and still vouches for.
+    #[error("{0}")]
+    AccessToken(JwtRefusal),
     /// Not the client's fault: the store could not answer.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -287,6 +341,7 @@ pub struct Verifier {
     clock: Arc<dyn Clock>,
     serve_stale_on_store_outage: bool,
     store_latency: LatencyHistogram,
+    keys: Option<Arc<KeyRing>>,
 }
 
 /// Upper bounds, in seconds, of the store-latency histogram's buckets.
@@ -350,7 +405,14 @@ impl Verifier {
             clock,
             serve_stale_on_store_outage: false,
             store_latency: LatencyHistogram::default(),
+            keys: None,
         }
+    }
+
+    /// Accepts OAuth access tokens signed with these keys.
+    pub fn with_access_tokens(mut self, keys: Arc<KeyRing>) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     /// How long verification's store reads take.
@@ -373,24 +435,46 @@ impl Verifier {
         &self.format
     }
 
-    /// Verifies an opaque credential usable on the API (not an OAuth secret or refresh token).
+    /// Verifies a credential usable on the API: an opaque one (not an OAuth secret or refresh
+    /// token), or an OAuth access token.
     pub async fn verify(&self, text: &str) -> Result<Arc<Verified>, Refusal> {
         self.verify_at(text, self.clock.now()).await
     }
 
     /// [`Verifier::verify`] at `now`, for a caller that has read the clock already.
     pub async fn verify_at(&self, text: &str, now: Timestamp) -> Result<Arc<Verified>, Refusal> {
+        if jwt::looks_like_jwt(text) {
+            return self.verify_cached(text, Lookup::AccessToken, now).await;
+        }
         let kind = self.format.parse(text)?;
         if matches!(kind, CredentialKind::OauthSecret | CredentialKind::Refresh) {
             return Err(Refusal::WrongPlace(kind));
         }
+        self.verify_cached(text, Lookup::Stored, now).await
+    }
+
+    /// Verifies an OAuth client's secret, for the token endpoint.
+    pub async fn verify_client_secret(&self, text: &str) -> Result<Arc<Verified>, Refusal> {
+        if self.format.parse(text)? != CredentialKind::OauthSecret {
+            return Err(Refusal::NotFound);
+        }
+        self.verify_cached(text, Lookup::Stored, self.clock.now())
+            .await
+    }
+
+    async fn verify_cached(
+        &self,
+        text: &str,
+        lookup: Lookup,
+        now: Timestamp,
+    ) -> Result<Arc<Verified>, Refusal> {
         let hash = CredentialHash::of(text);
         if self.cache.is_known_unknown(&hash) {
             return Err(Refusal::NotFound);
         }
         let verified = match self.cache.get(&hash) {
             Some(hit) => hit,
-            None => match self.load(hash).await {
+            None => match lookup.load(self, text, hash).await {
                 Ok(loaded) => loaded,
                 Err(Refusal::Store(StoreError::Unavailable(why)))
                     if self.serve_stale_on_store_outage =>
@@ -431,6 +515,92 @@ impl Verifier {
             .insert_unless_changed_since(generation, hash, Arc::clone(&verified));
         Ok(verified)
     }
+
+    /// An access token the cache does not hold: its signature, issuer and expiry first (no store
+    /// access for a forged or expired one), then its client and revocation from the store.
+    async fn load_access_token(
+        &self,
+        text: &str,
+        hash: CredentialHash,
+    ) -> Result<Arc<Verified>, Refusal> {
+        let keys = self
+            .keys
+            .as_ref()
+            .ok_or(Refusal::AccessToken(JwtRefusal::Malformed))?;
+        let now = self.clock.now();
+        let claims = match keys.decode(text, now) {
+            // A key this node has not read yet (another node rotated): read the set, once.
+            Err(JwtRefusal::UnknownKey) if keys.may_be_behind(now) => {
+                keys.reload(&*self.store, now)
+                    .await
+                    .map_err(|error| match error {
+                        crate::jwt::KeyError::Store(error) => Refusal::Store(error),
+                        other => Refusal::Store(StoreError::Internal(other.to_string())),
+                    })?;
+                keys.decode(text, now)
+            }
+            decoded => decoded,
+        }
+        .map_err(|refusal| match refusal {
+            JwtRefusal::Expired => Refusal::Expired,
+            other => Refusal::AccessToken(other),
+        })?;
+        let (Some(client), Some(jti)) = (
+            CredentialId::parse_any(&claims.sub).filter(|id| id.as_str().starts_with("cli_")),
+            CredentialId::parse_any(&claims.jti).filter(|id| id.as_str().starts_with("atk_")),
+        ) else {
+            return Err(Refusal::AccessToken(JwtRefusal::Malformed));
+        };
+        let generation = self.cache.generation();
+        let started = std::time::Instant::now();
+        let found = self.store.find_access_token(&client, &jti).await;
+        self.store_latency.observe(started.elapsed());
+        let record = match found? {
+            Some(record) if record.client.tenant.id.as_str() == claims.tenant => record,
+            // The client was deleted (ids are never reused, so it stays unknown).
+            _ => {
+                self.cache.remember_unknown(&hash);
+                return Err(Refusal::NotFound);
+            }
+        };
+        let verified = Arc::new(Verified::resolve_access_token(
+            &record,
+            &claims,
+            jti,
+            hash,
+            &self.catalog,
+        ));
+        self.cache.insert_access_token_unless_changed_since(
+            generation,
+            hash,
+            Arc::clone(&verified),
+            now,
+        );
+        Ok(verified)
+    }
+}
+
+/// Where a cache miss reads a credential from.
+#[derive(Debug, Clone, Copy)]
+enum Lookup {
+    /// The store, by the credential's hash.
+    Stored,
+    /// The token's own signature, then its client in the store.
+    AccessToken,
+}
+
+impl Lookup {
+    async fn load(
+        self,
+        verifier: &Verifier,
+        text: &str,
+        hash: CredentialHash,
+    ) -> Result<Arc<Verified>, Refusal> {
+        match self {
+            Lookup::Stored => verifier.load(hash).await,
+            Lookup::AccessToken => verifier.load_access_token(text, hash).await,
+        }
+    }
 }
 
 impl Verified {
@@ -441,6 +611,11 @@ impl Verified {
             .as_ref()
             .is_none_or(|list| list.covers(ip))
             && self.allowed_ips.as_ref().is_none_or(|list| list.covers(ip))
+    }
+
+    /// Whether the credential may be used at `now`: not revoked, suspended, disabled or expired.
+    pub fn is_usable(&self, now: Timestamp) -> bool {
+        self.check(now).is_ok()
     }
 
     /// Whether the credential belongs to `tenant` or one of its descendants.
@@ -473,6 +648,8 @@ mod tests {
     #[derive(Default)]
     struct MapStore {
         records: Mutex<HashMap<[u8; 32], CredentialRecord>>,
+        revoked: Mutex<Vec<CredentialId>>,
+        keys: Mutex<Vec<crate::jwt::StoredSigningKey>>,
         finds: AtomicUsize,
     }
 
@@ -484,6 +661,29 @@ mod tests {
         ) -> Result<Option<CredentialRecord>, StoreError> {
             self.finds.fetch_add(1, Ordering::SeqCst);
             Ok(self.records.lock().unwrap().get(hash.as_bytes()).cloned())
+        }
+
+        async fn find_access_token(
+            &self,
+            client: &CredentialId,
+            jti: &CredentialId,
+        ) -> Result<Option<AccessTokenRecord>, StoreError> {
+            self.finds.fetch_add(1, Ordering::SeqCst);
+            let records = self.records.lock().unwrap();
+            let client = records
+                .values()
+                .find(|r| {
+                    r.credential.id == *client && r.credential.kind == CredentialKind::OauthSecret
+                })
+                .cloned();
+            Ok(client.map(|client| AccessTokenRecord {
+                client,
+                revoked: self.revoked.lock().unwrap().contains(jti),
+            }))
+        }
+
+        async fn signing_keys(&self) -> Result<Vec<crate::jwt::StoredSigningKey>, StoreError> {
+            Ok(self.keys.lock().unwrap().clone())
         }
     }
 
@@ -515,9 +715,13 @@ mod tests {
     }
 
     fn fixture() -> Fixture {
+        fixture_with(CredentialCache::new())
+    }
+
+    fn fixture_with(cache: CredentialCache) -> Fixture {
         let format = CredentialFormat::new("kg", Environment::Live).unwrap();
         let store = Arc::new(MapStore::default());
-        let cache = Arc::new(CredentialCache::new());
+        let cache = Arc::new(cache);
         let clock = Arc::new(ManualClock::new(NOW));
         let verifier = Verifier::new(
             format.clone(),
@@ -748,6 +952,18 @@ mod tests {
             }
             self.inner.find_credential(hash).await
         }
+
+        async fn find_access_token(
+            &self,
+            client: &CredentialId,
+            jti: &CredentialId,
+        ) -> Result<Option<AccessTokenRecord>, StoreError> {
+            self.inner.find_access_token(client, jti).await
+        }
+
+        async fn signing_keys(&self) -> Result<Vec<crate::jwt::StoredSigningKey>, StoreError> {
+            self.inner.signing_keys().await
+        }
     }
 
     #[tokio::test]
@@ -844,5 +1060,208 @@ mod tests {
         assert_eq!(verified.principal.kind, PrincipalKind::AccountKey);
         assert!(verified.permissions.contains("users:write"));
         assert!(!verified.permissions.contains("tenants:write"));
+    }
+
+    /// A verifier that accepts access tokens, one signing key, and an OAuth client in the store.
+    struct Oauth {
+        f: Fixture,
+        keys: Arc<KeyRing>,
+        verifier: Verifier,
+        client: CredentialRecord,
+    }
+
+    const ISSUER: &str = "https://keygate.example";
+
+    async fn oauth() -> Oauth {
+        oauth_with(fixture()).await
+    }
+
+    async fn oauth_with(f: Fixture) -> Oauth {
+        let keys = Arc::new(KeyRing::new(
+            crate::jwt::KeyPolicy {
+                issuer: ISSUER.into(),
+                access_ttl: Duration::from_secs(900),
+                rotate_after: None,
+            },
+            None,
+        ));
+        f.store
+            .keys
+            .lock()
+            .unwrap()
+            .push(crate::jwt::generate_key(1, NOW, None).unwrap());
+        keys.reload(&*f.store, NOW).await.unwrap();
+        let verifier = Verifier::new(
+            f.format.clone(),
+            Arc::new(Catalog::new(&["zones:read", "zones:write"]).unwrap()),
+            f.store.clone(),
+            f.cache.clone(),
+            f.clock.clone(),
+        )
+        .with_access_tokens(keys.clone());
+        let role = custom_role(&["zones:*", "tokens:read"]);
+        let (_, client) = f.add(CredentialKind::OauthSecret, Some(role), None, None);
+        Oauth {
+            f,
+            keys,
+            verifier,
+            client,
+        }
+    }
+
+    impl Oauth {
+        fn token(&self, scope: &str, lifetime: u64) -> (String, AccessClaims) {
+            let claims = AccessClaims {
+                iss: ISSUER.into(),
+                sub: self.client.credential.id.to_string(),
+                client_id: self.client.credential.id.to_string(),
+                tenant: self.client.tenant.id.to_string(),
+                scope: scope.into(),
+                iat: NOW.unix(),
+                exp: NOW.unix() + i64::try_from(lifetime).unwrap(),
+                jti: CredentialId::generate_for(CredentialKind::AccessToken, NOW)
+                    .unwrap()
+                    .to_string(),
+            };
+            (self.keys.sign(&claims).unwrap(), claims)
+        }
+    }
+
+    #[tokio::test]
+    async fn an_access_token_is_checked_once_then_answered_from_the_cache() {
+        let o = oauth().await;
+        let (token, claims) = o.token("zones:read tokens:read", 900);
+        let verified = o.verifier.verify(&token).await.unwrap();
+        assert_eq!(verified.principal.kind, PrincipalKind::OauthClient);
+        assert_eq!(verified.principal.id, claims.sub);
+        assert_eq!(verified.credential.kind, CredentialKind::AccessToken);
+        assert_eq!(verified.credential.id.as_str(), claims.jti);
+        assert_eq!(verified.owner_id(), &o.client.credential.id);
+        let granted: Vec<&str> = verified.permissions.iter().map(|p| p.as_str()).collect();
+        assert_eq!(
+            granted,
+            ["tokens:read", "zones:read"],
+            "the scope, not the role"
+        );
+        let finds = o.f.finds();
+        for _ in 0..5 {
+            assert!(Arc::ptr_eq(
+                &verified,
+                &o.verifier.verify(&token).await.unwrap()
+            ));
+        }
+        assert_eq!(o.f.finds(), finds, "a warm token never reaches the store");
+
+        o.f.clock.advance(Duration::from_secs(900));
+        assert!(matches!(
+            o.verifier.verify(&token).await,
+            Err(Refusal::Expired)
+        ));
+    }
+
+    #[tokio::test]
+    async fn deleting_the_client_stops_its_tokens_at_once() {
+        let o = oauth().await;
+        let (token, _) = o.token("zones:read", 900);
+        o.verifier.verify(&token).await.unwrap();
+        o.f.store.records.lock().unwrap().clear();
+        assert!(o.verifier.verify(&token).await.is_ok(), "until told");
+        o.f.cache
+            .changed(&Change::Credential(o.client.credential.id.clone()));
+        assert!(matches!(
+            o.verifier.verify(&token).await,
+            Err(Refusal::NotFound)
+        ));
+        let finds = o.f.finds();
+        assert!(o.verifier.verify(&token).await.is_err());
+        assert_eq!(
+            o.f.finds(),
+            finds,
+            "a deleted client's token is remembered as unknown"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revoked_token_is_refused_and_its_neighbours_are_not() {
+        let o = oauth().await;
+        let (token, claims) = o.token("zones:read", 900);
+        let (other, _) = o.token("zones:read", 900);
+        o.verifier.verify(&token).await.unwrap();
+        o.verifier.verify(&other).await.unwrap();
+        let jti = CredentialId::parse_any(&claims.jti).unwrap();
+        o.f.store.revoked.lock().unwrap().push(jti.clone());
+        o.f.cache.changed(&Change::Credential(jti));
+        assert!(matches!(
+            o.verifier.verify(&token).await,
+            Err(Refusal::Revoked)
+        ));
+        assert!(o.verifier.verify(&other).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn forged_tampered_and_foreign_tokens_never_reach_the_store() {
+        let o = oauth().await;
+        let (token, _) = o.token("zones:read", 900);
+        let (head, rest) = token.split_once('.').unwrap();
+        let (_, signature) = rest.split_once('.').unwrap();
+        // The same header and signature over claims widened to everything.
+        let widened = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            br#"{"scope":"zones:write"}"#,
+        );
+        let tampered = format!("{head}.{widened}.{signature}");
+        let finds = o.f.finds();
+        assert!(matches!(
+            o.verifier.verify(&tampered).await,
+            Err(Refusal::AccessToken(
+                JwtRefusal::BadSignature | JwtRefusal::Malformed
+            ))
+        ));
+        let stranger = KeyRing::new(o.keys.policy().clone(), None);
+        let store = MapStore::default();
+        store
+            .keys
+            .lock()
+            .unwrap()
+            .push(crate::jwt::generate_key(1, NOW, None).unwrap());
+        stranger.reload(&store, NOW).await.unwrap();
+        let (_, claims) = o.token("zones:read", 900);
+        let foreign = stranger.sign(&claims).unwrap();
+        assert!(matches!(
+            o.verifier.verify(&foreign).await,
+            Err(Refusal::AccessToken(JwtRefusal::UnknownKey))
+        ));
+        let expired = o.token("zones:read", 0).0;
+        assert!(matches!(
+            o.verifier.verify(&expired).await,
+            Err(Refusal::Expired)
+        ));
+        assert_eq!(o.f.finds(), finds);
+    }
+
+    #[tokio::test]
+    async fn expired_access_tokens_do_not_pile_up_in_the_cache() {
+        let o = oauth_with(fixture_with(CredentialCache::with_access_token_limit(3))).await;
+        let cached_before = o.f.cache.len();
+        let (short, _) = o.token("zones:read", 60);
+        let (long, _) = o.token("zones:read", 900);
+        o.verifier.verify(&short).await.unwrap();
+        o.verifier.verify(&long).await.unwrap();
+        assert_eq!(o.f.cache.len(), cached_before + 2);
+        o.f.clock.advance(Duration::from_secs(60));
+        // The third insert sweeps: the expired token goes, the live one stays.
+        let (third, _) = o.token("zones:read", 900);
+        o.verifier.verify(&third).await.unwrap();
+        assert_eq!(o.f.cache.len(), cached_before + 2);
+        let finds = o.f.finds();
+        o.verifier.verify(&long).await.unwrap();
+        assert_eq!(o.f.finds(), finds, "the live one is still cached");
+        // As many live ones as the limit: they all go, and come back on their next use.
+        for _ in 0..3 {
+            let (token, _) = o.token("zones:read", 900);
+            o.verifier.verify(&token).await.unwrap();
+        }
+        assert!(o.f.cache.len() <= cached_before + 3);
+        o.verifier.verify(&long).await.unwrap();
     }
 }

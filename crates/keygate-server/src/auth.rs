@@ -301,7 +301,7 @@ fn note_caller(presented: &Presented<'_>, verified: Arc<Verified>, acting: Optio
     let _ = NOTES.try_with(|notes| notes.caller.replace(Some(known)));
 }
 
-fn rate_limited(status: RateLimitStatus) -> ApiError {
+pub fn rate_limited(status: RateLimitStatus) -> ApiError {
     let wait = status.retry_after_seconds.unwrap_or(1);
     ApiError::new(
         ProblemCode::RateLimited,

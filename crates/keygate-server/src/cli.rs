@@ -1,4 +1,4 @@
-//! The command line: `keygate serve | init [--json] | migrate | config check`.
+//! The command line: `keygate serve | init [--json] | migrate | config check | oauth rotate-key`.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -58,6 +58,18 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Manage OAuth.
+    Oauth {
+        #[command(subcommand)]
+        command: OauthCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OauthCommand {
+    /// Sign new access tokens with a new key from now on. The previous key stays published, and
+    /// its tokens valid, until they expire; running nodes switch within a minute.
+    RotateKey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +172,22 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
                 }
                 Err(error) => return Err(error.into()),
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Oauth {
+            command: OauthCommand::RotateKey,
+        } => {
+            let state = AppState::open(config, Arc::new(SystemClock)).await?;
+            let kid = state
+                .keys()
+                .rotate(&**state.store(), state.clock().now())
+                .await;
+            state.store().close().await;
+            println!("{}", kid?);
+            eprintln!(
+                "keygate: access tokens are signed with this key from now on; the previous key \
+                 stays published until its tokens have expired"
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { email } => serve(config, &email).await,

@@ -43,6 +43,7 @@ pub struct Config {
     pub audit: AuditConfig,
     pub store: StoreConfig,
     pub cache: CacheConfig,
+    pub oauth: OauthConfig,
     pub log: LogConfig,
     /// How long a shutdown waits for in-flight requests before closing them.
     pub shutdown_grace_seconds: u64,
@@ -64,6 +65,7 @@ impl Default for Config {
             audit: AuditConfig::default(),
             store: StoreConfig::default(),
             cache: CacheConfig::default(),
+            oauth: OauthConfig::default(),
             log: LogConfig::default(),
             shutdown_grace_seconds: 30,
         }
@@ -177,6 +179,46 @@ pub struct CacheConfig {
     /// While the database is unreachable, keep answering verifications of credentials already
     /// cached. Off by default: a credential revoked during the outage would keep working.
     pub serve_stale_on_store_outage: bool,
+}
+
+/// OAuth 2.0 client credentials (API.md §7).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OauthConfig {
+    /// The `iss` of access tokens and the base of the metadata's URLs; `http://<listen>` if unset.
+    pub issuer: Option<String>,
+    /// How long an access token (a JWT) lives.
+    pub access_token_ttl_seconds: u64,
+    /// How long a refresh token lives, from the grant or refresh that issued it.
+    pub refresh_token_ttl_days: u32,
+    /// Replace the signing key once it is this old (the old one stays published until its tokens
+    /// have expired); 0 never replaces it but by `keygate oauth rotate-key`.
+    pub signing_key_rotation_days: u32,
+    /// Seals the signing keys in the store; without it they are stored as they are.
+    pub key_encryption_secret: Option<SecretText>,
+}
+
+impl Default for OauthConfig {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            access_token_ttl_seconds: 900,
+            refresh_token_ttl_days: 30,
+            signing_key_rotation_days: 90,
+            key_encryption_secret: None,
+        }
+    }
+}
+
+/// A secret in the configuration: its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretText(pub String);
+
+impl std::fmt::Debug for SecretText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -325,7 +367,33 @@ impl Config {
                 "tokens.personal_max_days, session.lifetime_hours and audit.retention_days must be positive".into(),
             ));
         }
+        if self.oauth.access_token_ttl_seconds == 0 || self.oauth.refresh_token_ttl_days == 0 {
+            return Err(ConfigError::Invalid(
+                "oauth.access_token_ttl_seconds and oauth.refresh_token_ttl_days must be positive"
+                    .into(),
+            ));
+        }
+        if let Some(issuer) = &self.oauth.issuer
+            && !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "oauth.issuer must be an http(s) URL, got `{issuer}`"
+            )));
+        }
+        if let Some(secret) = &self.oauth.key_encryption_secret {
+            keygate_core::jwt::KeySealer::new(&secret.0)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         Ok(())
+    }
+
+    /// The issuer of access tokens: configured, or this server's own address; without a trailing
+    /// `/`, so endpoint URLs are made by appending paths.
+    pub fn issuer(&self) -> String {
+        match &self.oauth.issuer {
+            Some(issuer) => issuer.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
     }
 
     pub fn credential_format(&self) -> Result<CredentialFormat, ConfigError> {
@@ -342,6 +410,9 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         let mut shown = self.clone();
         shown.database_url = redact_url(&self.database_url);
+        if shown.oauth.key_encryption_secret.is_some() {
+            shown.oauth.key_encryption_secret = Some(SecretText("***".to_owned()));
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
 }
@@ -512,6 +583,55 @@ mod tests {
         Jail::expect_with(|jail| {
             let error = load(jail, Some("missing.toml"), &Overrides::default()).unwrap_err();
             assert!(error.contains("does not exist"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn oauth_settings_have_defaults_and_the_secret_can_come_from_a_file() {
+        Jail::expect_with(|jail| {
+            let config = load(jail, None, &Overrides::default())?;
+            assert_eq!(config.oauth.access_token_ttl_seconds, 900);
+            assert_eq!(config.oauth.refresh_token_ttl_days, 30);
+            assert_eq!(config.issuer(), "http://127.0.0.1:8080");
+            assert!(config.oauth.key_encryption_secret.is_none());
+
+            jail.create_file("kek", "a long enough key-encryption secret\n")?;
+            jail.set_env(
+                "KEYGATE_OAUTH__KEY_ENCRYPTION_SECRET_FILE",
+                jail.directory().join("kek").display(),
+            );
+            jail.set_env("KEYGATE_OAUTH__ISSUER", "https://auth.example.com/");
+            jail.set_env("KEYGATE_OAUTH__ACCESS_TOKEN_TTL_SECONDS", "3600");
+            let config = load(jail, None, &Overrides::default())?;
+            assert_eq!(
+                config
+                    .oauth
+                    .key_encryption_secret
+                    .as_ref()
+                    .map(|s| s.0.as_str()),
+                Some("a long enough key-encryption secret")
+            );
+            assert_eq!(config.issuer(), "https://auth.example.com");
+            assert_eq!(config.oauth.access_token_ttl_seconds, 3600);
+            assert!(!format!("{config:?}").contains("long enough"));
+            assert!(!config.to_redacted_toml().contains("long enough"));
+
+            jail.set_env(
+                "KEYGATE_OAUTH__KEY_ENCRYPTION_SECRET_FILE",
+                "/nonexistent/kek",
+            );
+            let error = load(jail, None, &Overrides::default()).unwrap_err();
+            assert!(
+                error.contains("KEYGATE_OAUTH__KEY_ENCRYPTION_SECRET_FILE"),
+                "{error}"
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("KEYGATE_OAUTH__KEY_ENCRYPTION_SECRET", "short");
+            let error = load(jail, None, &Overrides::default()).unwrap_err();
+            assert!(error.contains("at least 16"), "{error}");
             Ok(())
         });
     }

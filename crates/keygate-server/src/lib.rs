@@ -93,6 +93,19 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::audit::export))
         .routes(routes!(routes::sessions::login))
         .routes(routes!(routes::sessions::logout))
+        .routes(routes!(
+            routes::oauth::clients::list,
+            routes::oauth::clients::create
+        ))
+        .routes(routes!(
+            routes::oauth::clients::get,
+            routes::oauth::clients::delete
+        ))
+        .routes(routes!(routes::oauth::token::token))
+        .routes(routes!(routes::oauth::revocation::revoke))
+        .routes(routes!(routes::oauth::revocation::introspect))
+        .routes(routes!(routes::oauth::discovery::jwks))
+        .routes(routes!(routes::oauth::discovery::metadata))
         .split_for_parts();
     // Envoy appends the original path to the check's: every path below forward-auth is the same
     // check. Registered by hand because axum spells the catch-all `{*path}` and OpenAPI `{path}`;
@@ -120,6 +133,9 @@ pub fn app(state: AppState) -> middleware::Front {
 
 /// How often events past `audit.retention_days` are looked for.
 const PRUNE_AUDIT_EVERY: Duration = Duration::from_secs(15 * 60);
+
+/// How often what has expired for good (refresh tokens) is deleted.
+pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting, lets in-flight requests
 /// finish (for at most `shutdown_grace_seconds`) and closes the store.
@@ -166,6 +182,16 @@ pub async fn run(
             }
         })
     };
+    let housekeeper = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
+            loop {
+                every.tick().await;
+                state.delete_expired().await;
+            }
+        })
+    };
     let app = app(state.clone());
     let serve = axum::serve(listener, app)
         .with_graceful_shutdown(signalled)
@@ -183,6 +209,7 @@ pub async fn run(
     };
     flusher.abort();
     pruner.abort();
+    housekeeper.abort();
     state.flush_usage().await;
     state.flush_refusals().await;
     state.store().close().await;

@@ -38,6 +38,11 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
+/// Marks a response that carries an error body of its own (the OAuth endpoints answer RFC 6749
+/// errors, which OAuth clients expect instead of problems): it leaves as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnErrorBody;
+
 /// The client's address as keygate judges it (API.md §6): what allowlists are checked against,
 /// and what the log and the audit record.
 #[derive(Debug, Clone, Copy)]
@@ -196,9 +201,9 @@ impl Front {
                     user_agent: caller.user_agent.as_ref().and_then(|a| a.to_str().ok()),
                     request_id: id,
                 };
-                self.state
-                    .refusals()
-                    .note(&refused, self.state.clock().now());
+                if let Some(event) = refused.event(self.state.clock().now()) {
+                    self.state.refusals().note(event);
+                }
             }
             response
         };
@@ -267,6 +272,7 @@ impl Service<Request> for Front {
 fn render(mut response: Response, id: &str, method: &Method, state: &AppState) -> Response {
     let error = match response.extensions_mut().remove::<ApiError>() {
         Some(error) => error,
+        None if response.extensions().get::<OwnErrorBody>().is_some() => return response,
         None if response.status().is_client_error() || response.status().is_server_error() => {
             let is_problem = response
                 .headers()

@@ -35,6 +35,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
         (name = "tokens", description = "Personal and service tokens"),
         (name = "account", description = "Account keys (rotation) and the IP restriction"),
         (name = "audit", description = "What every credential did: the audit log and its export"),
+        (name = "oauth", description = "OAuth 2.0 client credentials: clients, the token endpoint (form-encoded, RFC 6749 errors), revocation, introspection, keys and metadata"),
         (name = "verification", description = "Checking credentials for other services"),
         (name = "operations", description = "Health and readiness"),
     ),

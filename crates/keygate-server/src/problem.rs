@@ -323,6 +323,15 @@ impl From<Forbidden> for ApiError {
     }
 }
 
+impl From<keygate_core::jwt::KeyError> for ApiError {
+    fn from(error: keygate_core::jwt::KeyError) -> Self {
+        match error {
+            keygate_core::jwt::KeyError::Store(error) => error.into(),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
 impl From<keygate_core::RandomError> for ApiError {
     fn from(error: keygate_core::RandomError) -> Self {
         ApiError::internal(format!("no randomness: {error}"))

@@ -27,11 +27,25 @@ const MAX_PENDING: usize = 10_000;
 /// What makes two refusals the same event.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
-    credential: CredentialId,
+    credential: Option<CredentialId>,
     acting: Option<TenantId>,
-    ip: Option<IpAddr>,
+    ip: Option<String>,
     status: u16,
-    request: String,
+    action: &'static str,
+    target: Option<String>,
+}
+
+impl Key {
+    fn of(event: &AuditEvent) -> Self {
+        Self {
+            credential: event.token_id.clone(),
+            acting: event.acting_tenant_id.clone(),
+            ip: event.ip.clone(),
+            status: event.status,
+            action: event.action,
+            target: event.target.as_ref().map(|t| t.id.clone()),
+        }
+    }
 }
 
 /// A refused request, as the outer middleware saw it.
@@ -48,21 +62,43 @@ pub struct Refused<'a> {
     pub request_id: &'a str,
 }
 
+impl Refused<'_> {
+    /// The event recording this refusal (none if the system has no randomness for its id).
+    pub fn event(&self, now: Timestamp) -> Option<AuditEvent> {
+        let verified = self.verified;
+        Some(AuditEvent {
+            id: EventId::generate(now).ok()?,
+            time: now,
+            tenant_id: verified.tenant.id.clone(),
+            acting_tenant_id: self.acting.cloned(),
+            actor: Actor {
+                kind: verified.principal.kind.as_str(),
+                id: verified.principal.id.clone(),
+            },
+            token_id: Some(verified.credential.id.clone()),
+            action: self.action,
+            target: Some(Target {
+                kind: "request",
+                id: format!("{} {}", self.method, self.path),
+            }),
+            outcome: Outcome::Denied,
+            status: self.status,
+            ip: self.ip.map(|ip| ip.to_string()),
+            user_agent: self.user_agent.map(|a| a.chars().take(256).collect()),
+            request_id: Some(self.request_id.to_owned()),
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct RefusalLog {
     pending: Mutex<HashMap<Key, (AuditEvent, u32)>>,
 }
 
 impl RefusalLog {
-    /// Counts a refusal: the first of its kind since the last write becomes the event.
-    pub fn note(&self, refused: &Refused<'_>, now: Timestamp) {
-        let key = Key {
-            credential: refused.verified.credential.id.clone(),
-            acting: refused.acting.cloned(),
-            ip: refused.ip,
-            status: refused.status,
-            request: format!("{} {}", refused.method, refused.path),
-        };
+    /// Counts a refusal: the first of its kind since the last write is the event written.
+    pub fn note(&self, event: AuditEvent) {
+        let key = Key::of(&event);
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, count)) = pending.get_mut(&key) {
             *count = count.saturating_add(1);
@@ -74,31 +110,6 @@ impl RefusalLog {
             );
             return;
         }
-        let Ok(id) = EventId::generate(now) else {
-            return;
-        };
-        let verified = refused.verified;
-        let event = AuditEvent {
-            id,
-            time: now,
-            tenant_id: verified.tenant.id.clone(),
-            acting_tenant_id: refused.acting.cloned(),
-            actor: Actor {
-                kind: verified.principal.kind.as_str(),
-                id: verified.principal.id.clone(),
-            },
-            token_id: Some(verified.credential.id.clone()),
-            action: refused.action,
-            target: Some(Target {
-                kind: "request",
-                id: key.request.clone(),
-            }),
-            outcome: Outcome::Denied,
-            status: refused.status,
-            ip: refused.ip.map(|ip| ip.to_string()),
-            user_agent: refused.user_agent.map(|a| a.chars().take(256).collect()),
-            request_id: Some(refused.request_id.to_owned()),
-        };
         pending.insert(key, (event, 1));
     }
 

@@ -7,10 +7,12 @@ use std::time::Duration;
 use keygate_core::Clock;
 use keygate_core::allowlist::IpAllowlist;
 use keygate_core::cache::CredentialCache;
+use keygate_core::jwt::{KeyError, KeyPolicy, KeyRing, KeySealer};
 use keygate_core::model::RateLimit;
+use keygate_core::oauth::Lifetimes;
 use keygate_core::permission::Catalog;
 use keygate_core::ratelimit::{RateLimitStatus, RateLimiter};
-use keygate_core::store::{DynStore, StoreError};
+use keygate_core::store::{ChangeListener, DynStore, Listeners, StoreError};
 use keygate_core::verify::Verified;
 use keygate_core::verify::Verifier;
 
@@ -29,6 +31,7 @@ struct Inner {
     catalog: Arc<Catalog>,
     store: DynStore,
     verifier: Verifier,
+    keys: Arc<KeyRing>,
     clock: Arc<dyn Clock>,
     trusted_proxies: IpAllowlist,
     rate_limiter: RateLimiter,
@@ -46,6 +49,8 @@ pub enum StartError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Store(#[from] keygate_store::OpenError),
+    #[error("OAuth signing keys: {0}")]
+    Keys(#[from] KeyError),
 }
 
 impl AppState {
@@ -54,11 +59,33 @@ impl AppState {
         let format = config.credential_format()?;
         let catalog = Arc::new(config.catalog()?);
         let cache = Arc::new(CredentialCache::new());
-        let store =
-            keygate_store::open(&config.database_url, &config.store.options(), cache.clone())
-                .await?;
+        let sealer = match &config.oauth.key_encryption_secret {
+            Some(secret) => Some(KeySealer::new(&secret.0)?),
+            None => None,
+        };
+        let keys = Arc::new(KeyRing::new(
+            KeyPolicy {
+                issuer: config.issuer(),
+                access_ttl: Duration::from_secs(config.oauth.access_token_ttl_seconds),
+                rotate_after: match config.oauth.signing_key_rotation_days {
+                    0 => None,
+                    days => Some(Duration::from_secs(u64::from(days) * 86_400)),
+                },
+            },
+            sealer,
+        ));
+        let listeners: Vec<Arc<dyn ChangeListener>> = vec![cache.clone(), keys.clone()];
+        let store = keygate_store::open(
+            &config.database_url,
+            &config.store.options(),
+            Arc::new(Listeners(listeners)),
+        )
+        .await?;
+        // The first start makes the first signing key, so the key set is never empty.
+        keys.prepare(&*store, clock.now()).await?;
         let verifier = Verifier::new(format, catalog.clone(), store.clone(), cache, clock.clone())
-            .serve_stale_on_store_outage(config.cache.serve_stale_on_store_outage);
+            .serve_stale_on_store_outage(config.cache.serve_stale_on_store_outage)
+            .with_access_tokens(keys.clone());
         let trusted_proxies =
             IpAllowlist::new(config.trusted_proxies.iter().map(|n| n.0).collect());
         let default_rate_limit = match (config.rate_limit.requests, config.rate_limit.per_seconds) {
@@ -76,6 +103,7 @@ impl AppState {
             catalog,
             store,
             verifier,
+            keys,
             clock,
             login_throttle: LoginThrottle::default(),
             usage: UsageRecorder::default(),
@@ -105,6 +133,20 @@ impl AppState {
         &*self.0.clock
     }
 
+    /// The keys OAuth access tokens are signed with.
+    pub fn keys(&self) -> &KeyRing {
+        &self.0.keys
+    }
+
+    /// How long what the token endpoint issues lives.
+    pub fn oauth_lifetimes(&self) -> Lifetimes {
+        let oauth = &self.0.config.oauth;
+        Lifetimes {
+            access: Duration::from_secs(oauth.access_token_ttl_seconds),
+            refresh: Duration::from_secs(u64::from(oauth.refresh_token_ttl_days) * 86_400),
+        }
+    }
+
     /// The proxies whose forwarding headers are believed (config `trusted_proxies`).
     pub fn trusted_proxies(&self) -> &IpAllowlist {
         &self.0.trusted_proxies
@@ -117,7 +159,7 @@ impl AppState {
         Some(
             self.0
                 .rate_limiter
-                .check(&verified.credential.id, limit, now_millis),
+                .check(verified.owner_id(), limit, now_millis),
         )
     }
 
@@ -169,6 +211,22 @@ impl AppState {
                 return Ok(deleted);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Deletes refresh tokens that have expired (every hour, off the request path).
+    pub async fn delete_expired(&self) {
+        match self
+            .0
+            .store
+            .delete_expired_refresh_tokens(self.0.clock.now())
+            .await
+        {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted expired refresh tokens"),
+            Err(error) => {
+                tracing::warn!(%error, "could not delete expired refresh tokens; will retry")
+            }
         }
     }
 

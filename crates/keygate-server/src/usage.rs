@@ -33,7 +33,7 @@ impl UsageRecorder {
         let queued = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()));
         let batch: Vec<_> = queued
             .iter()
-            .map(|v| (v.credential.id.clone(), v.usage.take()))
+            .map(|v| (v.owner_id().clone(), v.usage.take()))
             .collect();
         if let Err(error) = store.record_last_used(&batch).await {
             for (verified, (_, at)) in queued.iter().zip(&batch) {

@@ -38,14 +38,16 @@ pub(crate) mod prelude {
     pub use keygate_core::allowlist::IpAllowlist;
     pub use keygate_core::credential::{CredentialHash, CredentialKind};
     pub use keygate_core::id::{CredentialId, RoleId, TenantId, UserId};
+    pub use keygate_core::jwt::{SEALING_SCHEME, Sealing, StoredSigningKey};
     pub use keygate_core::model::{
         AuditEvent, Credential, IpRestriction, Outcome, RateLimit, Role, Slug, StoredEvent, Tenant,
         TenantPath, TenantStatus, User, UserStatus, email_key,
     };
+    pub use keygate_core::oauth::{AuthenticatedClient, RefreshToken, Rotation};
     pub use keygate_core::password::PasswordHashString;
     pub use keygate_core::store::{
-        Bootstrap, Change, ChangeListener, CredentialRecord, CredentialSource, Deletion,
-        EventFilter, Login, Page, Paged, PersonalTokens, Store, StoreError, TokenFilter,
+        AccessTokenRecord, Bootstrap, Change, ChangeListener, CredentialRecord, CredentialSource,
+        Deletion, EventFilter, Login, Page, Paged, PersonalTokens, Store, StoreError, TokenFilter,
     };
     pub use sqlx::{QueryBuilder, Row, Transaction};
 }
@@ -85,68 +87,52 @@ macro_rules! sql_store {
                 else {
                     return Ok(None);
                 };
-                let credential = credential_from_row(&row)?;
-                // The tenant and all its ancestors, in one query whatever the depth: their ids
-                // are on the tenant's path.
-                let path = TenantPath::from_stored(row.try_get("tenant_path").map_err(store_error)?);
-                let ids: Vec<TenantId> = path.ids().collect();
-                let mut query = QueryBuilder::<$db>::new("SELECT * FROM tenants WHERE id IN (");
-                let mut list = query.separated(", ");
-                for id in &ids {
-                    list.push_bind(id.as_str());
-                }
-                query.push(")");
-                let mut line = query
-                    .build()
-                    .fetch_all(&mut *tx)
+                let record = credential_record(&mut tx, &row).await?;
+                tx.commit().await.map_err(store_error)?;
+                Ok(Some(record))
+            }
+
+            async fn find_access_token(
+                &self,
+                client: &CredentialId,
+                jti: &CredentialId,
+            ) -> Result<Option<AccessTokenRecord>, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(store_error)?;
+                let Some(row) = sqlx::query(
+                    "SELECT c.*, t.path AS tenant_path FROM credentials c
+                     JOIN tenants t ON t.id = c.tenant_id WHERE c.id = $1 AND c.kind = 'oauth_secret'",
+                )
+                .bind(client.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(store_error)?
+                else {
+                    return Ok(None);
+                };
+                let client_record = credential_record(&mut tx, &row).await?;
+                let revoked: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM revoked_access_tokens WHERE jti = $1 AND client_id = $2)",
+                )
+                .bind(jti.as_str())
+                .bind(client.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+                tx.commit().await.map_err(store_error)?;
+                Ok(Some(AccessTokenRecord {
+                    client: client_record,
+                    revoked,
+                }))
+            }
+
+            async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
+                sqlx::query("SELECT * FROM signing_keys ORDER BY generation")
+                    .fetch_all(&self.pool)
                     .await
                     .map_err(store_error)?
                     .iter()
-                    .map(tenant_from_row)
-                    .collect::<Result<Vec<_>, _>>()?;
-                // Nearest first: the credential's own tenant, then its parent, …
-                line.sort_by_key(|t| std::cmp::Reverse(t.path.depth()));
-                if line.first().map(|t| &t.id) != Some(&credential.tenant_id) {
-                    return Err(StoreError::Internal(format!(
-                        "credential {} has no tenant",
-                        credential.id
-                    )));
-                }
-                let tenant = line.remove(0);
-
-                let user = match &credential.user_id {
-                    Some(user_id) => sqlx::query("SELECT * FROM users WHERE id = $1")
-                        .bind(user_id.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(store_error)?
-                        .map(|row| user_from_row(&row))
-                        .transpose()?,
-                    None => None,
-                };
-                let role_id = match (&credential.role_id, &user) {
-                    (Some(role_id), _) => Some(role_id.clone()),
-                    (None, Some(user)) => Some(user.role_id.clone()),
-                    (None, None) => None,
-                };
-                let role = match role_id {
-                    Some(role_id) => sqlx::query("SELECT * FROM roles WHERE id = $1")
-                        .bind(role_id.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await
-                        .map_err(store_error)?
-                        .map(|row| role_from_row(&row))
-                        .transpose()?,
-                    None => None,
-                };
-                tx.commit().await.map_err(store_error)?;
-                Ok(Some(CredentialRecord {
-                    credential,
-                    tenant,
-                    ancestors: line,
-                    user,
-                    role,
-                }))
+                    .map(signing_key_from_row)
+                    .collect()
             }
         }
 
@@ -818,22 +804,7 @@ macro_rules! sql_store {
                 id: &CredentialId,
                 event: &AuditEvent,
             ) -> Result<Option<()>, StoreError> {
-                let mut tx = self.begin_write().await?;
-                let deleted = sqlx::query(
-                    "DELETE FROM credentials WHERE id = $1 AND tenant_id = $2 AND kind = 'account_key'",
-                )
-                .bind(id.as_str())
-                .bind(grant.tenant_id().as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?
-                .rows_affected();
-                if deleted == 0 {
-                    return Ok(None);
-                }
-                insert_event(&mut tx, event).await?;
-                self.commit(tx, &[Change::Credential(id.clone())]).await?;
-                Ok(Some(()))
+                delete_credential(self, grant.tenant_id(), id, CredentialKind::AccountKey, event).await
             }
 
             async fn get_ip_restriction(&self, scope: &Scope) -> Result<IpRestriction, StoreError> {
@@ -939,6 +910,390 @@ macro_rules! sql_store {
                 // Not a change verification depends on: nothing to drop from caches.
                 self.commit(tx, &[]).await
             }
+
+            async fn create_client(
+                &self,
+                grant: &Grant<perm::OauthClientsWrite>,
+                client: &Credential,
+                event: &AuditEvent,
+            ) -> Result<(), StoreError> {
+                if client.tenant_id != *grant.tenant_id() || client.kind != CredentialKind::OauthSecret {
+                    return Err(StoreError::Internal("a client outside the grant's tenant".into()));
+                }
+                let mut tx = self.begin_write().await?;
+                insert_credential(&mut tx, client).await?;
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[]).await
+            }
+
+            async fn list_clients(&self, scope: &Scope, page: &Page) -> Result<Paged<Credential>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT * FROM credentials WHERE tenant_id = $1 AND kind = 'oauth_secret'
+                       AND ($2 IS NULL OR id < $2)
+                     ORDER BY id DESC LIMIT $3",
+                )
+                .bind(scope.tenant_id().as_str())
+                .bind(page.cursor.as_deref())
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?;
+                paged(&rows, page, credential_from_row, |c| c.id.to_string())
+            }
+
+            async fn get_client(
+                &self,
+                scope: &Scope,
+                id: &CredentialId,
+            ) -> Result<Option<Credential>, StoreError> {
+                sqlx::query(
+                    "SELECT * FROM credentials WHERE id = $1 AND tenant_id = $2 AND kind = 'oauth_secret'",
+                )
+                .bind(id.as_str())
+                .bind(scope.tenant_id().as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(store_error)?
+                .map(|row| credential_from_row(&row))
+                .transpose()
+            }
+
+            async fn delete_client(
+                &self,
+                grant: &Grant<perm::OauthClientsWrite>,
+                id: &CredentialId,
+                event: &AuditEvent,
+            ) -> Result<Option<()>, StoreError> {
+                // Its refresh tokens and revoked access tokens go with it (ON DELETE CASCADE).
+                delete_credential(self, grant.tenant_id(), id, CredentialKind::OauthSecret, event).await
+            }
+
+            async fn issue_refresh_token(
+                &self,
+                client: &AuthenticatedClient,
+                token: &RefreshToken,
+            ) -> Result<(), StoreError> {
+                check_lineage(client, token)?;
+                let mut tx = self.begin_write().await?;
+                insert_refresh_token(&mut tx, token).await?;
+                // A refresh token is never cached: nothing to announce.
+                self.commit(tx, &[]).await
+            }
+
+            async fn find_refresh_token(
+                &self,
+                hash: &CredentialHash,
+            ) -> Result<Option<RefreshToken>, StoreError> {
+                sqlx::query("SELECT * FROM credentials WHERE secret_hash = $1 AND kind = 'refresh'")
+                    .bind(hash.as_bytes().as_slice())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(store_error)?
+                    .map(|row| refresh_from_row(&row))
+                    .transpose()
+            }
+
+            async fn rotate_refresh_token(
+                &self,
+                client: &AuthenticatedClient,
+                spent: &CredentialId,
+                replacement: &RefreshToken,
+                refused: &AuditEvent,
+            ) -> Result<Rotation, StoreError> {
+                check_lineage(client, replacement)?;
+                let at = replacement.credential.created_at;
+                let mut tx = self.begin_write().await?;
+                let spendable = sqlx::query(
+                    "UPDATE credentials SET spent_at = $1
+                     WHERE id = $2 AND client_id = $3 AND kind = 'refresh'
+                       AND spent_at IS NULL AND revoked_at IS NULL",
+                )
+                .bind(at.unix())
+                .bind(spent.as_str())
+                .bind(client.id().as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .rows_affected();
+                if spendable == 0 {
+                    // Spent by a request that got here first: two parties hold this token.
+                    revoke_family(&mut tx, client, &replacement.family_id, at).await?;
+                    insert_event(&mut tx, refused).await?;
+                    self.commit(tx, &[]).await?;
+                    return Ok(Rotation::Reused);
+                }
+                insert_refresh_token(&mut tx, replacement).await?;
+                self.commit(tx, &[]).await?;
+                Ok(Rotation::Rotated)
+            }
+
+            async fn revoke_refresh_family(
+                &self,
+                client: &AuthenticatedClient,
+                family: &CredentialId,
+                at: Timestamp,
+                event: &AuditEvent,
+            ) -> Result<u64, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let revoked = revoke_family(&mut tx, client, family, at).await?;
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[]).await?;
+                Ok(revoked)
+            }
+
+            async fn revoke_access_token(
+                &self,
+                client: &AuthenticatedClient,
+                jti: &CredentialId,
+                expires_at: Timestamp,
+                event: &AuditEvent,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.begin_write().await?;
+                // Revocations of tokens that have expired since are of no more use.
+                sqlx::query("DELETE FROM revoked_access_tokens WHERE expires_at <= $1")
+                    .bind(event.time.unix())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                sqlx::query(
+                    "INSERT INTO revoked_access_tokens (jti, client_id, expires_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (jti) DO NOTHING",
+                )
+                .bind(jti.as_str())
+                .bind(client.id().as_str())
+                .bind(expires_at.unix())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+                insert_event(&mut tx, event).await?;
+                self.commit(tx, &[Change::Credential(jti.clone())]).await
+            }
+
+            async fn delete_expired_refresh_tokens(&self, before: Timestamp) -> Result<u64, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let deleted = sqlx::query("DELETE FROM credentials WHERE kind = 'refresh' AND expires_at < $1")
+                    .bind(before.unix())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?
+                    .rows_affected();
+                // Never cached, and refused already: nothing to announce.
+                self.commit(tx, &[]).await?;
+                Ok(deleted)
+            }
+
+            async fn add_signing_key(
+                &self,
+                key: &StoredSigningKey,
+                now: Timestamp,
+                expired_before: Timestamp,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.begin_write().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO signing_keys (kid, generation, algorithm, public_key, private_key,
+                                               encryption, salt, nonce, created_at, retired_at)
+                     VALUES ($1, $2, 'EdDSA', $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&key.kid)
+                .bind(key.generation)
+                .bind(key.public_key.as_slice())
+                .bind(key.private_key.as_slice())
+                .bind(key.sealing.as_ref().map(|_| SEALING_SCHEME))
+                .bind(key.sealing.as_ref().map(|s| s.salt.as_slice()))
+                .bind(key.sealing.as_ref().map(|s| s.nonce.as_slice()))
+                .bind(key.created_at.unix())
+                .bind(key.retired_at.map(Timestamp::unix))
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error);
+                match inserted {
+                    Ok(_) => {}
+                    // Another node rotated first; the transaction is dropped, changing nothing.
+                    Err(StoreError::AlreadyExists(_)) => return Ok(false),
+                    Err(error) => return Err(error),
+                }
+                sqlx::query("UPDATE signing_keys SET retired_at = $1 WHERE kid <> $2 AND retired_at IS NULL")
+                    .bind(now.unix())
+                    .bind(&key.kid)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                sqlx::query("DELETE FROM signing_keys WHERE retired_at < $1")
+                    .bind(expired_before.unix())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                self.commit(tx, &[Change::SigningKeys]).await?;
+                Ok(true)
+            }
+        }
+
+        /// Deletes `tenant`'s credential `id` of `kind` for good, recording `event`, and drops it
+        /// from every node's cache; `None` if the tenant has no such credential.
+        async fn delete_credential(
+            store: &$store,
+            tenant: &TenantId,
+            id: &CredentialId,
+            kind: CredentialKind,
+            event: &AuditEvent,
+        ) -> Result<Option<()>, StoreError> {
+            let mut tx = store.begin_write().await?;
+            let deleted = sqlx::query("DELETE FROM credentials WHERE id = $1 AND tenant_id = $2 AND kind = $3")
+                .bind(id.as_str())
+                .bind(tenant.as_str())
+                .bind(kind.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?
+                .rows_affected();
+            if deleted == 0 {
+                return Ok(None);
+            }
+            insert_event(&mut tx, event).await?;
+            store.commit(tx, &[Change::Credential(id.clone())]).await?;
+            Ok(Some(()))
+        }
+
+        /// A refresh token must belong to the client that stores it, in the client's tenant.
+        fn check_lineage(client: &AuthenticatedClient, token: &RefreshToken) -> Result<(), StoreError> {
+            if token.client_id != *client.id()
+                || token.credential.tenant_id != *client.tenant_id()
+                || token.credential.kind != CredentialKind::Refresh
+            {
+                return Err(StoreError::Internal("a refresh token of another client".into()));
+            }
+            Ok(())
+        }
+
+        async fn revoke_family(
+            tx: &mut Transaction<'_, $db>,
+            client: &AuthenticatedClient,
+            family: &CredentialId,
+            at: Timestamp,
+        ) -> Result<u64, StoreError> {
+            sqlx::query(
+                "UPDATE credentials SET revoked_at = $1
+                 WHERE family_id = $2 AND client_id = $3 AND kind = 'refresh' AND revoked_at IS NULL",
+            )
+            .bind(at.unix())
+            .bind(family.as_str())
+            .bind(client.id().as_str())
+            .execute(&mut **tx)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(store_error)
+        }
+
+        async fn insert_refresh_token(
+            tx: &mut Transaction<'_, $db>,
+            token: &RefreshToken,
+        ) -> Result<(), StoreError> {
+            insert_row(tx, &token.credential, Some((&token.client_id, &token.family_id))).await
+        }
+
+        fn refresh_from_row(row: &$row) -> Result<RefreshToken, StoreError> {
+            let credential = credential_from_row(row)?;
+            let client_id: Option<String> = row.try_get("client_id").map_err(store_error)?;
+            let family_id: Option<String> = row.try_get("family_id").map_err(store_error)?;
+            let (Some(client_id), Some(family_id)) = (client_id, family_id) else {
+                return Err(corrupt("refresh token lineage", credential.id.as_str()));
+            };
+            Ok(RefreshToken {
+                credential,
+                client_id: CredentialId::from_trusted(client_id),
+                family_id: CredentialId::from_trusted(family_id),
+                spent_at: optional_timestamp(row, "spent_at")?,
+            })
+        }
+
+        fn signing_key_from_row(row: &$row) -> Result<StoredSigningKey, StoreError> {
+            let kid: String = row.try_get("kid").map_err(store_error)?;
+            let encryption: Option<String> = row.try_get("encryption").map_err(store_error)?;
+            let salt: Option<Vec<u8>> = row.try_get("salt").map_err(store_error)?;
+            let nonce: Option<Vec<u8>> = row.try_get("nonce").map_err(store_error)?;
+            let sealing = match (encryption.as_deref(), salt, nonce) {
+                (None, _, _) => None,
+                (Some(SEALING_SCHEME), Some(salt), Some(nonce)) => Some(Sealing { salt, nonce }),
+                (Some(other), _, _) => return Err(corrupt("key sealing", other)),
+            };
+            Ok(StoredSigningKey {
+                generation: row.try_get("generation").map_err(store_error)?,
+                public_key: row.try_get("public_key").map_err(store_error)?,
+                private_key: row.try_get("private_key").map_err(store_error)?,
+                sealing,
+                created_at: timestamp(row, "created_at")?,
+                retired_at: optional_timestamp(row, "retired_at")?,
+                kid,
+            })
+        }
+
+        /// A credential's row (with its tenant's path as `tenant_path`) as verification needs it:
+        /// with its tenant line, user and role, read in the transaction `tx`.
+        async fn credential_record(
+            tx: &mut Transaction<'_, $db>,
+            row: &$row,
+        ) -> Result<CredentialRecord, StoreError> {
+            let credential = credential_from_row(row)?;
+            // The tenant and all its ancestors, in one query whatever the depth: their ids
+            // are on the tenant's path.
+            let path = TenantPath::from_stored(row.try_get("tenant_path").map_err(store_error)?);
+            let ids: Vec<TenantId> = path.ids().collect();
+            let mut query = QueryBuilder::<$db>::new("SELECT * FROM tenants WHERE id IN (");
+            let mut list = query.separated(", ");
+            for id in &ids {
+                list.push_bind(id.as_str());
+            }
+            query.push(")");
+            let mut line = query
+                .build()
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(store_error)?
+                .iter()
+                .map(tenant_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            // Nearest first: the credential's own tenant, then its parent, …
+            line.sort_by_key(|t| std::cmp::Reverse(t.path.depth()));
+            if line.first().map(|t| &t.id) != Some(&credential.tenant_id) {
+                return Err(StoreError::Internal(format!(
+                    "credential {} has no tenant",
+                    credential.id
+                )));
+            }
+            let tenant = line.remove(0);
+
+            let user = match &credential.user_id {
+                Some(user_id) => sqlx::query("SELECT * FROM users WHERE id = $1")
+                    .bind(user_id.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(store_error)?
+                    .map(|row| user_from_row(&row))
+                    .transpose()?,
+                None => None,
+            };
+            let role_id = match (&credential.role_id, &user) {
+                (Some(role_id), _) => Some(role_id.clone()),
+                (None, Some(user)) => Some(user.role_id.clone()),
+                (None, None) => None,
+            };
+            let role = match role_id {
+                Some(role_id) => sqlx::query("SELECT * FROM roles WHERE id = $1")
+                    .bind(role_id.as_str())
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(store_error)?
+                    .map(|row| role_from_row(&row))
+                    .transpose()?,
+                None => None,
+            };
+            Ok(CredentialRecord {
+                credential,
+                tenant,
+                ancestors: line,
+                user,
+                role,
+            })
         }
 
         async fn insert_tenant(tx: &mut Transaction<'_, $db>, t: &Tenant) -> Result<(), StoreError> {
@@ -990,11 +1345,22 @@ macro_rules! sql_store {
             tx: &mut Transaction<'_, $db>,
             c: &Credential,
         ) -> Result<(), StoreError> {
+            insert_row(tx, c, None).await
+        }
+
+        /// Inserts a credential; `lineage` is a refresh token's client and family.
+        async fn insert_row(
+            tx: &mut Transaction<'_, $db>,
+            c: &Credential,
+            lineage: Option<(&CredentialId, &CredentialId)>,
+        ) -> Result<(), StoreError> {
             sqlx::query(
                 "INSERT INTO credentials (id, tenant_id, kind, secret_hash, hint, name, description, user_id,
                      created_by, role_id, permissions, allowed_ips, rate_limit_requests,
-                     rate_limit_per_seconds, created_at, expires_at, revoked_at, last_used_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+                     rate_limit_per_seconds, created_at, expires_at, revoked_at, last_used_at,
+                     client_id, family_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                         $19, $20)",
             )
             .bind(c.id.as_str())
             .bind(c.tenant_id.as_str())
@@ -1014,6 +1380,8 @@ macro_rules! sql_store {
             .bind(c.expires_at.map(Timestamp::unix))
             .bind(c.revoked_at.map(Timestamp::unix))
             .bind(c.last_used_at.map(Timestamp::unix))
+            .bind(lineage.map(|(client, _)| client.as_str()))
+            .bind(lineage.map(|(_, family)| family.as_str()))
             .execute(&mut **tx)
             .await
             .map(drop)

@@ -6,7 +6,8 @@ use keygate_core::access::{Caller, Grant, perm};
 use keygate_core::bootstrap;
 use keygate_core::credential::{CredentialFormat, CredentialHash, CredentialKind, Environment};
 use keygate_core::id::{CredentialId, RoleId, UserId};
-use keygate_core::model::{AuditEvent, Role, User, UserStatus};
+use keygate_core::model::{AuditEvent, Outcome, Role, User, UserStatus};
+use keygate_core::oauth::{AuthenticatedClient, Lifetimes, RefreshToken, Rotation};
 use keygate_core::permission::{BuiltinRole, Catalog};
 use keygate_core::store::{
     Change, ChangeListener, Deletion, DynStore, Page, StoreError, TokenFilter,
@@ -94,6 +95,10 @@ on_every_backend!(
     two_keys_at_most_even_when_created_at_once,
     the_ip_restriction_is_stored_and_announced,
     tenants_are_scoped_to_their_subtree,
+    clients_are_scoped_and_take_their_tokens_with_them,
+    a_refresh_token_is_spent_once_and_reuse_burns_its_family,
+    access_token_revocations_are_remembered_and_announced,
+    signing_keys_rotate_one_generation_at_a_time,
 );
 
 fn format() -> CredentialFormat {
@@ -862,4 +867,402 @@ async fn verification_reads_a_deep_tenant_line_in_as_many_statements_as_a_root_o
     let ten_deep = count(deep).await;
     assert!(at_root > 0, "statements are counted");
     assert_eq!(ten_deep, at_root);
+}
+
+/// An OAuth client of the bootstrap tenant, created by its owner, with its secret's hash.
+async fn client(o: &Owned, name: &str) -> (keygate_core::model::Credential, CredentialHash) {
+    let grant = o.caller.require::<perm::OauthClientsWrite>().unwrap();
+    let secret = format().generate(CredentialKind::OauthSecret).unwrap();
+    let mut client = o.plan.token.clone();
+    client.id = CredentialId::generate_for(CredentialKind::OauthSecret, NOW).unwrap();
+    client.kind = CredentialKind::OauthSecret;
+    client.hash = secret.hash();
+    client.name = name.into();
+    client.role_id = Some(BuiltinRole::Viewer.id());
+    o.store
+        .create_client(&grant, &client, &event(&grant, "oauth_client.create"))
+        .await
+        .unwrap();
+    (client, secret.hash())
+}
+
+/// The client with this secret hash, authenticated as the token endpoint would.
+async fn authenticated(o: &Owned, hash: &CredentialHash) -> AuthenticatedClient {
+    let record = o.store.find_credential(hash).await.unwrap().unwrap();
+    let catalog = Catalog::new::<&str>(&[]).unwrap();
+    AuthenticatedClient::new(Arc::new(Verified::resolve(&record, &catalog)), None).unwrap()
+}
+
+const LIFETIMES: Lifetimes = Lifetimes {
+    access: std::time::Duration::from_secs(900),
+    refresh: std::time::Duration::from_secs(86_400),
+};
+
+fn issue(
+    client: &AuthenticatedClient,
+    previous: Option<&RefreshToken>,
+) -> (RefreshToken, CredentialHash) {
+    let scope = Catalog::new::<&str>(&[]).unwrap().expand(&["tokens:read"]);
+    let issued = keygate_core::oauth::issue(
+        client,
+        &scope,
+        previous,
+        &format(),
+        "https://kg",
+        LIFETIMES,
+        NOW,
+    )
+    .unwrap();
+    (issued.refresh, issued.refresh_secret.hash())
+}
+
+fn client_event(
+    client: &AuthenticatedClient,
+    action: &'static str,
+    outcome: Outcome,
+) -> AuditEvent {
+    client
+        .event(action, outcome, 200, None, NOW, &RequestMeta::default())
+        .unwrap()
+}
+
+fn denied(client: &AuthenticatedClient) -> AuditEvent {
+    client_event(client, "oauth.token", Outcome::Denied)
+}
+
+async fn clients_are_scoped_and_take_their_tokens_with_them(db: TestDb) {
+    let o = owned(db).await;
+    let (client, hash) = client(&o, "billing").await;
+    let grant = o.caller.require::<perm::OauthClientsWrite>().unwrap();
+    let listed = o
+        .store
+        .list_clients(&grant.scope(), &page(50))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].id, client.id);
+    assert!(
+        o.store
+            .list_tokens(&grant.scope(), &TokenFilter::default(), &page(50), NOW)
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .all(|t| t.id != client.id),
+        "a client is not a token"
+    );
+    assert_eq!(
+        o.store
+            .get_client(&grant.scope(), &client.id)
+            .await
+            .unwrap()
+            .map(|c| c.name),
+        Some("billing".to_owned())
+    );
+    // Another tenant's scope does not see it.
+    let (child, _) = chain(&o, 1).await;
+    let child_scope = o
+        .caller
+        .clone()
+        .acting_for(keygate_core::verify::TenantSummary::from(&child))
+        .unwrap()
+        .require::<perm::OauthClientsWrite>()
+        .unwrap();
+    assert!(
+        o.store
+            .get_client(&child_scope.scope(), &client.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        o.store
+            .delete_client(
+                &child_scope,
+                &client.id,
+                &event(&child_scope, "oauth_client.delete")
+            )
+            .await
+            .unwrap(),
+        None
+    );
+
+    let authenticated = authenticated(&o, &hash).await;
+    let (refresh, refresh_hash) = issue(&authenticated, None);
+    o.store
+        .issue_refresh_token(&authenticated, &refresh)
+        .await
+        .unwrap();
+    let jti = CredentialId::generate_for(CredentialKind::AccessToken, NOW).unwrap();
+    assert!(
+        o.store
+            .find_access_token(&client.id, &jti)
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    changes(&o.recorder);
+    assert_eq!(
+        o.store
+            .delete_client(&grant, &client.id, &event(&grant, "oauth_client.delete"))
+            .await
+            .unwrap(),
+        Some(())
+    );
+    assert_eq!(
+        changes(&o.recorder),
+        [Change::Credential(client.id.clone())]
+    );
+    assert!(o.store.find_credential(&hash).await.unwrap().is_none());
+    assert!(
+        o.store
+            .find_refresh_token(&refresh_hash)
+            .await
+            .unwrap()
+            .is_none(),
+        "its refresh tokens went with it"
+    );
+    assert!(
+        o.store
+            .find_access_token(&client.id, &jti)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
+    let o = owned(db).await;
+    let (_, hash) = client(&o, "ci").await;
+    let client = authenticated(&o, &hash).await;
+    let (first, first_hash) = issue(&client, None);
+    o.store.issue_refresh_token(&client, &first).await.unwrap();
+    let found = o
+        .store
+        .find_refresh_token(&first_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.family_id, first.credential.id);
+    assert_eq!(found.client_id, *client.id());
+    assert_eq!(
+        found.credential.permissions,
+        Some(vec!["tokens:read".to_owned()])
+    );
+    assert!(found.spent_at.is_none());
+
+    let refused = denied(&client);
+    let (second, second_hash) = issue(&client, Some(&found));
+    assert_eq!(
+        o.store
+            .rotate_refresh_token(&client, &found.credential.id, &second, &refused)
+            .await
+            .unwrap(),
+        Rotation::Rotated
+    );
+    assert_eq!(
+        o.store
+            .find_refresh_token(&first_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .spent_at,
+        Some(NOW)
+    );
+    let live = o
+        .store
+        .find_refresh_token(&second_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(live.family_id, first.credential.id, "the same family");
+    assert!(live.credential.revoked_at.is_none());
+
+    // The first token again, racing: it cannot be spent twice, and its family burns.
+    let (third, third_hash) = issue(&client, Some(&found));
+    assert_eq!(
+        o.store
+            .rotate_refresh_token(&client, &found.credential.id, &third, &refused)
+            .await
+            .unwrap(),
+        Rotation::Reused
+    );
+    assert!(
+        o.store
+            .find_refresh_token(&third_hash)
+            .await
+            .unwrap()
+            .is_none(),
+        "no successor"
+    );
+    let burnt = o
+        .store
+        .find_refresh_token(&second_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(burnt.credential.revoked_at, Some(NOW));
+
+    // A family revoked explicitly: every token of it, and nothing of another family.
+    let (other, other_hash) = issue(&client, None);
+    o.store.issue_refresh_token(&client, &other).await.unwrap();
+    let burn = denied(&client);
+    let revoked = o
+        .store
+        .revoke_refresh_family(&client, &other.family_id, NOW, &burn)
+        .await
+        .unwrap();
+    assert_eq!(revoked, 1);
+    assert!(
+        o.store
+            .find_refresh_token(&other_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .credential
+            .revoked_at
+            .is_some()
+    );
+    let spent_first = o
+        .store
+        .find_refresh_token(&first_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        spent_first.credential.revoked_at,
+        Some(NOW),
+        "the reuse burnt the spent token too"
+    );
+
+    // Housekeeping deletes what expired, whatever its state, and nothing else.
+    let expiry = other.credential.expires_at.unwrap();
+    assert_eq!(
+        o.store.delete_expired_refresh_tokens(expiry).await.unwrap(),
+        0
+    );
+    let after = Timestamp::from_unix(expiry.unix() + 1);
+    assert_eq!(
+        o.store.delete_expired_refresh_tokens(after).await.unwrap(),
+        3
+    );
+    assert!(
+        o.store
+            .find_refresh_token(&other_hash)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        o.store.find_credential(&hash).await.unwrap().is_some(),
+        "the client stays"
+    );
+    let denied = stored_events(&o._db)
+        .await
+        .into_iter()
+        .filter(|(action, _, _)| action == "oauth.token")
+        .count();
+    assert_eq!(
+        denied, 2,
+        "the race and the explicit revocation were both recorded"
+    );
+}
+
+async fn access_token_revocations_are_remembered_and_announced(db: TestDb) {
+    let o = owned(db).await;
+    let (client_record, hash) = client(&o, "revoker").await;
+    let client = authenticated(&o, &hash).await;
+    let jti = CredentialId::generate_for(CredentialKind::AccessToken, NOW).unwrap();
+    let event = client_event(&client, "oauth.revoke", Outcome::Success);
+    changes(&o.recorder);
+    let expires = NOW.saturating_add(std::time::Duration::from_secs(900));
+    o.store
+        .revoke_access_token(&client, &jti, expires, &event)
+        .await
+        .unwrap();
+    assert_eq!(changes(&o.recorder), [Change::Credential(jti.clone())]);
+    let record = o
+        .store
+        .find_access_token(&client_record.id, &jti)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(record.revoked);
+    assert_eq!(record.client.credential.id, client_record.id);
+    assert_eq!(record.client.role.unwrap().name, "viewer");
+    let other = CredentialId::generate_for(CredentialKind::AccessToken, NOW).unwrap();
+    assert!(
+        !o.store
+            .find_access_token(&client_record.id, &other)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    // Revoking twice is fine.
+    let again = client_event(&client, "oauth.revoke", Outcome::Success);
+    o.store
+        .revoke_access_token(&client, &jti, expires, &again)
+        .await
+        .unwrap();
+}
+
+async fn signing_keys_rotate_one_generation_at_a_time(db: TestDb) {
+    let o = owned(db).await;
+    assert!(o.store.signing_keys().await.unwrap().is_empty());
+    let sealer = keygate_core::jwt::KeySealer::new("a secret of sixteen+ characters").unwrap();
+    let first = keygate_core::jwt::generate_key(1, NOW, Some(&sealer)).unwrap();
+    let never = Timestamp::from_unix(0);
+    changes(&o.recorder);
+    assert!(o.store.add_signing_key(&first, NOW, never).await.unwrap());
+    assert_eq!(changes(&o.recorder), [Change::SigningKeys]);
+    assert_eq!(
+        o.store.signing_keys().await.unwrap(),
+        std::slice::from_ref(&first),
+        "stored as given, sealed"
+    );
+
+    // A second node rotating from the same view loses, changing nothing.
+    let rival = keygate_core::jwt::generate_key(1, NOW, None).unwrap();
+    assert!(!o.store.add_signing_key(&rival, NOW, never).await.unwrap());
+    assert!(changes(&o.recorder).is_empty());
+
+    let later = Timestamp::from_unix(NOW.unix() + 60);
+    let second = keygate_core::jwt::generate_key(2, later, None).unwrap();
+    assert!(
+        o.store
+            .add_signing_key(&second, later, never)
+            .await
+            .unwrap()
+    );
+    let keys = o.store.signing_keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    assert_eq!(
+        (keys[0].kid.as_str(), keys[0].retired_at),
+        (first.kid.as_str(), Some(later))
+    );
+    assert_eq!(
+        (keys[1].kid.as_str(), keys[1].retired_at),
+        (second.kid.as_str(), None)
+    );
+
+    // Keys retired before the given time are deleted with the next rotation.
+    let latest = Timestamp::from_unix(later.unix() + 60);
+    let third = keygate_core::jwt::generate_key(3, latest, None).unwrap();
+    assert!(
+        o.store
+            .add_signing_key(&third, latest, Timestamp::from_unix(later.unix() + 1))
+            .await
+            .unwrap()
+    );
+    let kids: Vec<String> = o
+        .store
+        .signing_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(kids, [second.kid.clone(), third.kid.clone()]);
 }

@@ -164,9 +164,10 @@ async fn decide(
                 Refusal::Revoked | Refusal::TenantSuspended | Refusal::UserDisabled => {
                     VerifyCode::Revoked
                 }
-                Refusal::Format(_) | Refusal::WrongPlace(_) | Refusal::Store(_) => {
-                    VerifyCode::Malformed
-                }
+                Refusal::Format(_)
+                | Refusal::WrongPlace(_)
+                | Refusal::AccessToken(_)
+                | Refusal::Store(_) => VerifyCode::Malformed,
             };
             return Ok(axum::Json(VerifyResponse::refused(
                 code,

@@ -13,7 +13,8 @@ use crate::views::{OrganizationView, PrincipalView, permission_names};
 pub struct CredentialView {
     #[schema(example = "tok_0MqX1z8a9bCdEfGhIjKlMn")]
     pub id: String,
-    /// `personal`, `service`, `account_key`, `session` or `oauth_secret`.
+    /// `personal`, `service`, `account_key`, `session` or `access_token` (an OAuth access token,
+    /// whose id is its `jti`).
     #[schema(example = "service")]
     pub kind: &'static str,
     pub name: String,

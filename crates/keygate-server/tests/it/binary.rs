@@ -194,6 +194,54 @@ async fn neither_the_log_nor_the_store_ever_holds_a_credential_or_the_password()
         .await
         .unwrap();
     assert_eq!(verify.status(), 200);
+    // An OAuth client's secret, and what it is issued, by each way they travel.
+    let client: Value = http
+        .post(format!("{}/v1/oauth/clients", serve.base))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"name": "c", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (id, client_secret) = (
+        client["client_id"].as_str().unwrap(),
+        client["client_secret"].as_str().unwrap().to_owned(),
+    );
+    let issued: Value = http
+        .post(format!("{}/v1/oauth/token", serve.base))
+        .basic_auth(id, Some(&client_secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refresh = issued["refresh_token"].as_str().unwrap().to_owned();
+    let renewed: Value = http
+        .post(format!("{}/v1/oauth/token", serve.base))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", &refresh),
+            ("client_id", id),
+            ("client_secret", &client_secret),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = renewed["access_token"].as_str().unwrap().to_owned();
+    let whoami = http
+        .get(format!("{}/v1/whoami", serve.base))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whoami.status(), 200);
 
     let (status, log) = serve.stop();
     assert!(status.success());
@@ -202,10 +250,14 @@ async fn neither_the_log_nor_the_store_ever_holds_a_credential_or_the_password()
         "the requests were logged:\n{log}"
     );
     let body = &token[token.len() - 36..];
+    let signature = access.rsplit('.').next().unwrap();
     for (what, secret) in [
         ("token", token.as_str()),
         ("token body", body),
         ("password", &password),
+        ("client secret", &client_secret),
+        ("refresh token", &refresh),
+        ("access token signature", signature),
     ] {
         assert!(!log.contains(secret), "the log holds the {what}:\n{log}");
     }
@@ -219,7 +271,14 @@ async fn neither_the_log_nor_the_store_ever_holds_a_credential_or_the_password()
         contains(&stored, "admin@keygate.local"),
         "the check reads real data"
     );
-    for secret in [token.as_str(), body, &password] {
+    for secret in [
+        token.as_str(),
+        body,
+        &password,
+        &client_secret,
+        &refresh,
+        signature,
+    ] {
         assert!(!contains(&stored, secret));
     }
 }
@@ -333,4 +392,28 @@ async fn the_audit_export_streams_100_000_events_in_bounded_memory() {
         "the server grew by {grown} bytes exporting {bytes}: the export is not streamed"
     );
     serve.stop();
+}
+
+#[test]
+fn oauth_rotate_key_prints_the_new_key_and_keeps_the_old_one() {
+    let dir = Dir::new();
+    let init = dir.keygate().args(["init", "--json"]).output().unwrap();
+    assert!(init.status.success());
+    let rotate = || {
+        let output = dir
+            .keygate()
+            .args(["oauth", "rotate-key"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    let first = rotate();
+    let second = rotate();
+    assert_eq!(first.len(), 43, "an RFC 7638 thumbprint: {first}");
+    assert_ne!(first, second);
 }

@@ -16,6 +16,7 @@ mod binary;
 mod identity;
 mod limits;
 mod nginx;
+mod oauth;
 mod ops;
 mod problems;
 mod tenants;

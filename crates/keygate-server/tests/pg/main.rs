@@ -21,6 +21,8 @@ mod identity;
 #[path = "../it/limits.rs"]
 mod limits;
 mod nodes;
+#[path = "../it/oauth.rs"]
+mod oauth;
 #[path = "../it/ops.rs"]
 mod ops;
 #[path = "../it/problems.rs"]

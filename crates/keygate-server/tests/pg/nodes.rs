@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use keygate_core::Clock;
 use keygate_testkit::PgCluster;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -292,6 +293,27 @@ async fn every_change_on_one_node_is_seen_on_the_other_at_once() {
         .await,
     ));
 
+    // An OAuth client deleted on A: its unexpired access token, cached on B, is refused there.
+    let (client_id, client_secret) = crate::oauth::create_client(&a, "viewer", None).await;
+    let issued = crate::oauth::tokens(&a, &client_id, &client_secret, None).await;
+    let jwt = issued["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(status(&b, &jwt).await, 200, "B has verified and cached it");
+    a.expect(
+        204,
+        Method::DELETE,
+        &format!("/v1/oauth/clients/{client_id}"),
+        &a.token,
+        None,
+    )
+    .await;
+    seen.push((
+        "OAuth client deleted",
+        within(PROPAGATION_LIMIT, "client deletion", || async {
+            status(&b, &jwt).await == 401
+        })
+        .await,
+    ));
+
     // And the other way round: B's changes reach A.
     let (id, secret) = service_token(&b, "viewer").await;
     assert_eq!(status(&a, &secret).await, 200);
@@ -449,4 +471,50 @@ async fn a_database_outage_is_503_and_recovery_needs_no_restart() {
 #[tokio::test]
 async fn serving_stale_entries_during_an_outage_is_the_operators_choice() {
     outage(true).await;
+}
+
+#[tokio::test]
+async fn a_signing_key_rotated_on_one_node_signs_and_verifies_on_the_other() {
+    let a = TestServer::start().await;
+    let b = a.join().await;
+    let (client_id, client_secret) = crate::oauth::create_client(&a, "viewer", None).await;
+    let kid = |jwt: &str| {
+        let header = jwt.split('.').next().unwrap();
+        let header: Value = serde_json::from_slice(
+            &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+                .unwrap(),
+        )
+        .unwrap();
+        header["kid"].as_str().unwrap().to_owned()
+    };
+    let before = crate::oauth::tokens(&b, &client_id, &client_secret, None).await;
+    let before = before["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(status(&a, &before).await, 200);
+
+    let rotated = a
+        .state
+        .keys()
+        .rotate(&**a.state.store(), a.clock.now())
+        .await
+        .unwrap();
+    // Signed on A with the new key: B accepts it straight away.
+    let after_a = crate::oauth::tokens(&a, &client_id, &client_secret, None).await;
+    let after_a = after_a["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(kid(&after_a), rotated);
+    assert_eq!(status(&b, &after_a).await, 200);
+    // B signs with it too, once it heard; the token signed before the rotation stays good.
+    within(PROPAGATION_LIMIT, "the new key signing on B", || async {
+        let token = crate::oauth::tokens(&b, &client_id, &client_secret, None).await;
+        kid(token["access_token"].as_str().unwrap()) == rotated
+    })
+    .await;
+    assert_eq!(status(&b, &before).await, 200);
+    let published = ok_json(b.get("/.well-known/jwks.json").send().await.unwrap()).await;
+    let kids: Vec<&str> = published["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, [rotated.as_str(), kid(&before).as_str()]);
 }

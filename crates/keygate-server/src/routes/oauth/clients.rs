@@ -1,0 +1,240 @@
+//! `/v1/oauth/clients`: a tenant's OAuth clients. The secret is in the create response and nowhere
+//! else; deleting a client stops its access tokens at once, on every node.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use keygate_core::Timestamp;
+use keygate_core::access::perm;
+use keygate_core::clients::{self, NewClient};
+use keygate_core::id::CredentialId;
+use keygate_core::model::Credential;
+use keygate_core::oauth::client_target;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::auth::Authenticated;
+use crate::json::Json;
+use crate::problem::{ApiError, Problem};
+use crate::request::{Meta, Query, page};
+use crate::routes::roles;
+use crate::state::AppState;
+use crate::views::List;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClient {
+    #[schema(example = "billing sync")]
+    pub name: String,
+    pub description: Option<String>,
+    /// A role id or built-in role name: what the client acts with.
+    #[schema(example = "viewer")]
+    pub role: String,
+    /// Narrows the role to these permissions (wildcards allowed).
+    #[schema(example = json!(["zones:read"]))]
+    pub permissions: Option<Vec<String>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ClientView {
+    #[schema(example = "cli_0MqX1z8a9bCdEfGhIjKlMn")]
+    pub client_id: String,
+    pub name: String,
+    pub description: Option<String>,
+    /// The role id the client acts with.
+    #[schema(example = "rol_viewer")]
+    pub role: Option<String>,
+    /// The narrowing list, if any.
+    pub permissions: Option<Vec<String>>,
+    pub created_by: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    /// When it last authenticated or one of its access tokens was last used.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<Timestamp>,
+    /// The secret's last four characters.
+    #[schema(example = "x9Qa")]
+    pub hint: String,
+}
+
+impl From<Credential> for ClientView {
+    fn from(client: Credential) -> Self {
+        Self {
+            client_id: client.id.to_string(),
+            name: client.name,
+            description: client.description,
+            role: client.role_id.map(|r| r.to_string()),
+            permissions: client.permissions,
+            created_by: client.created_by,
+            created_at: client.created_at,
+            last_used_at: client.last_used_at,
+            hint: client.hint,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedClient {
+    #[serde(flatten)]
+    pub client: ClientView,
+    /// The full secret. Shown this once: keygate keeps only its hash.
+    #[schema(example = "kg_secret_live_…")]
+    pub client_secret: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("there is no OAuth client `{id}`"))
+}
+
+fn client_id(id: &str) -> Result<CredentialId, ApiError> {
+    CredentialId::parse_any(id)
+        .filter(|id| id.as_str().starts_with("cli_"))
+        .ok_or_else(|| not_found(id))
+}
+
+/// Create a client. Needs `oauth_clients:write`, and every permission the client would grant.
+#[utoipa::path(post, path = "/v1/oauth/clients", tag = "oauth", operation_id = "createOauthClient",
+    request_body = CreateClient,
+    responses(
+        (status = 201, description = "Created; `client_secret` is shown only here", body = CreatedClient),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden or privilege-escalation", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such role in this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Json(request): Json<CreateClient>,
+) -> Result<(StatusCode, axum::Json<CreatedClient>), ApiError> {
+    let grant = caller.require::<perm::OauthClientsWrite>()?;
+    let now = state.clock().now();
+    let role = roles::resolve(&state, &grant.scope(), &request.role).await?;
+    let input = NewClient {
+        name: request.name,
+        description: request.description,
+        permissions: request.permissions,
+    };
+    let (client, secret) = clients::plan(
+        &grant,
+        state.catalog(),
+        state.verifier().format(),
+        input,
+        &role,
+        now,
+    )?;
+    let event = grant
+        .event(
+            "oauth_client.create",
+            Some(client_target(&client.id)),
+            now,
+            &meta,
+        )?
+        .with_status(201);
+    state.store().create_client(&grant, &client, &event).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedClient {
+            client: ClientView::from(client),
+            client_secret: secret.into_exposed(),
+        }),
+    ))
+}
+
+/// List the tenant's clients, newest first (never their secrets). Needs `oauth_clients:read`.
+#[utoipa::path(get, path = "/v1/oauth/clients", tag = "oauth", operation_id = "listOauthClients",
+    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    responses(
+        (status = 200, body = List<ClientView>),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Query(query): Query<ListQuery>,
+) -> Result<axum::Json<List<ClientView>>, ApiError> {
+    let grant = caller.require::<perm::OauthClientsRead>()?;
+    let page = page(query.limit, query.cursor)?;
+    let clients = state.store().list_clients(&grant.scope(), &page).await?;
+    Ok(axum::Json(List::from_paged(clients, ClientView::from)))
+}
+
+/// Get a client (never its secret). Needs `oauth_clients:read`.
+#[utoipa::path(get, path = "/v1/oauth/clients/{id}", tag = "oauth", operation_id = "getOauthClient",
+    params(("id" = String, Path, description = "A client id")),
+    responses(
+        (status = 200, body = ClientView),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Path(id): Path<String>,
+) -> Result<axum::Json<ClientView>, ApiError> {
+    let grant = caller.require::<perm::OauthClientsRead>()?;
+    let client = state
+        .store()
+        .get_client(&grant.scope(), &client_id(&id)?)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(axum::Json(ClientView::from(client)))
+}
+
+/// Delete a client for good: its secret, refresh tokens and access tokens stop at once. Needs
+/// `oauth_clients:write`, and every permission the client grants.
+#[utoipa::path(delete, path = "/v1/oauth/clients/{id}", tag = "oauth", operation_id = "deleteOauthClient",
+    params(("id" = String, Path, description = "A client id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let grant = caller.require::<perm::OauthClientsWrite>()?;
+    let scope = grant.scope();
+    let client_id = client_id(&id)?;
+    let client = state
+        .store()
+        .get_client(&scope, &client_id)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    let role = match &client.role_id {
+        Some(role) => state.store().get_role(&scope, role).await?,
+        None => None,
+    };
+    clients::check_delete(&grant, state.catalog(), &client, role.as_ref())?;
+    let now = state.clock().now();
+    let event = grant
+        .event(
+            "oauth_client.delete",
+            Some(client_target(&client_id)),
+            now,
+            &meta,
+        )?
+        .with_status(204);
+    state
+        .store()
+        .delete_client(&grant, &client_id, &event)
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,1323 @@
+//! OAuth 2.0 client credentials (API.md §7), driven by a real OAuth client library (`oauth2`), and
+//! the access tokens checked with an implementation of Ed25519 that is not keygate's (`ring`).
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use keygate_core::Clock;
+use oauth2::basic::BasicClient;
+use oauth2::{AuthType, ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::{TestServer, ok_json, problem};
+
+/// A client of the bootstrap tenant, made by its owner: (client_id, client_secret).
+pub async fn create_client(
+    server: &TestServer,
+    role: &str,
+    permissions: Option<&[&str]>,
+) -> (String, String) {
+    let mut body = json!({"name": "billing sync", "role": role});
+    if let Some(permissions) = permissions {
+        body["permissions"] = json!(permissions);
+    }
+    let created = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/oauth/clients",
+            &server.token,
+            Some(body),
+        )
+        .await;
+    (
+        created["client_id"].as_str().unwrap().to_owned(),
+        created["client_secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The token endpoint, asked with form `params` and the client in the body.
+pub async fn grant(server: &TestServer, params: &[(&str, &str)]) -> reqwest::Response {
+    server
+        .post("/v1/oauth/token")
+        .form(params)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A client credentials grant that must succeed; returns the token response.
+pub async fn tokens(server: &TestServer, id: &str, secret: &str, scope: Option<&str>) -> Value {
+    let mut params = vec![
+        ("grant_type", "client_credentials"),
+        ("client_id", id),
+        ("client_secret", secret),
+    ];
+    if let Some(scope) = scope {
+        params.push(("scope", scope));
+    }
+    ok_json(grant(server, &params).await).await
+}
+
+/// Exchanges a refresh token, the client in the body.
+pub async fn exchange(
+    server: &TestServer,
+    id: &str,
+    secret: &str,
+    token: &str,
+) -> reqwest::Response {
+    grant(
+        server,
+        &[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", token),
+            ("client_id", id),
+            ("client_secret", secret),
+        ],
+    )
+    .await
+}
+
+/// Reads an RFC 6749 error response: status, code, and that nothing was issued or cached.
+async fn oauth_error(response: reqwest::Response, status: u16, error: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "status of `{error}`");
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "application/json");
+    assert_eq!(headers["cache-control"], "no-store");
+    assert_eq!(headers["pragma"], "no-cache");
+    if status == 401 {
+        assert!(
+            headers["www-authenticate"]
+                .to_str()
+                .unwrap()
+                .starts_with("Basic realm=")
+        );
+    }
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"], error, "{body}");
+    assert!(body["error_description"].is_string());
+    assert!(body.get("access_token").is_none(), "no token with an error");
+    body
+}
+
+fn bearer(server: &TestServer, token: &str) -> reqwest::RequestBuilder {
+    server.get("/v1/whoami").bearer_auth(token)
+}
+
+async fn whoami_status(server: &TestServer, token: &str) -> u16 {
+    bearer(server, token)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_real_oauth_client_gets_refreshes_and_uses_tokens() {
+    let server = TestServer::start().await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    assert!(id.starts_with("cli_"));
+    assert!(secret.starts_with("kg_secret_live_"));
+    let http = http();
+    for auth in [AuthType::BasicAuth, AuthType::RequestBody] {
+        let client = BasicClient::new(ClientId::new(id.clone()))
+            .set_client_secret(ClientSecret::new(secret.clone()))
+            .set_token_uri(TokenUrl::new(format!("{}/v1/oauth/token", server.base)).unwrap())
+            .set_auth_type(auth.clone());
+        let token = client
+            .exchange_client_credentials()
+            .add_scope(Scope::new("tokens:read".into()))
+            .add_scope(Scope::new("users:read".into()))
+            .request_async(&http)
+            .await
+            .unwrap_or_else(|e| panic!("{auth:?}: {e:?}"));
+        assert!(token.token_type().as_ref().eq_ignore_ascii_case("bearer"));
+        assert_eq!(token.expires_in(), Some(Duration::from_secs(900)));
+        let scopes: Vec<&str> = token.scopes().unwrap().iter().map(|s| s.as_str()).collect();
+        assert_eq!(scopes, ["tokens:read", "users:read"]);
+
+        // The access token is a credential like any other.
+        let jwt = token.access_token().secret().clone();
+        let me = ok_json(bearer(&server, &jwt).send().await.unwrap()).await;
+        assert_eq!(me["principal"]["type"], "oauth_client");
+        assert_eq!(me["principal"]["id"], id.as_str());
+        assert_eq!(me["credential"]["kind"], "access_token");
+        assert!(me["credential"]["id"].as_str().unwrap().starts_with("atk_"));
+        assert_eq!(me["permissions"], json!(["tokens:read", "users:read"]));
+        assert_eq!(me["organization"]["slug"], "root");
+        // In every place a credential may travel.
+        for (name, value) in [
+            ("apikey", jwt.clone()),
+            ("cookie", format!("api_access_token={jwt}")),
+            (
+                "authorization",
+                format!("Basic {}", STANDARD.encode(format!("root:{jwt}"))),
+            ),
+        ] {
+            ok_json(server.whoami(&[(name, &value)]).await).await;
+        }
+
+        // Refresh: a new pair, the old refresh token spent.
+        let refresh = token.refresh_token().unwrap().clone();
+        let renewed = client
+            .exchange_refresh_token(&refresh)
+            .add_scope(Scope::new("tokens:read".into()))
+            .request_async(&http)
+            .await
+            .unwrap();
+        let renewed_scopes: Vec<&str> = renewed
+            .scopes()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(renewed_scopes, ["tokens:read"]);
+        assert_ne!(renewed.access_token().secret(), &jwt);
+        let next = renewed.refresh_token().unwrap().clone();
+        assert_ne!(next.secret(), refresh.secret());
+        // The narrower access token does not narrow the grant: the next refresh may ask for all.
+        let again = client
+            .exchange_refresh_token(&next)
+            .request_async(&http)
+            .await
+            .unwrap();
+        let all: Vec<&str> = again.scopes().unwrap().iter().map(|s| s.as_str()).collect();
+        assert_eq!(all, ["tokens:read", "users:read"]);
+    }
+}
+
+/// The JWT's three parts, decoded by hand.
+fn parts(jwt: &str) -> (Value, Value, Vec<u8>, String) {
+    let pieces: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(pieces.len(), 3);
+    let header = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(pieces[0]).unwrap()).unwrap();
+    let claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(pieces[1]).unwrap()).unwrap();
+    let signature = URL_SAFE_NO_PAD.decode(pieces[2]).unwrap();
+    (
+        header,
+        claims,
+        signature,
+        format!("{}.{}", pieces[0], pieces[1]),
+    )
+}
+
+/// Checks `jwt`'s signature against the published key its `kid` names, with `ring`'s Ed25519
+/// (not the code keygate signs and verifies with); returns the header and claims.
+async fn verify_independently(server: &TestServer, jwt: &str) -> (Value, Value) {
+    let (header, claims, signature, signed) = parts(jwt);
+    let jwks = ok_json(server.get("/.well-known/jwks.json").send().await.unwrap()).await;
+    let kid = header["kid"].as_str().unwrap();
+    let key = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == kid)
+        .unwrap_or_else(|| panic!("{kid} is not published: {jwks}"));
+    assert_eq!(
+        (key["kty"].as_str(), key["crv"].as_str()),
+        (Some("OKP"), Some("Ed25519"))
+    );
+    assert_eq!(key["alg"], "EdDSA");
+    assert_eq!(key["use"], "sig");
+    let x = URL_SAFE_NO_PAD.decode(key["x"].as_str().unwrap()).unwrap();
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &x)
+        .verify(signed.as_bytes(), &signature)
+        .expect("the signature verifies with the published key");
+    let mut tampered = signed.into_bytes();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 1;
+    assert!(
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &x)
+            .verify(&tampered, &signature)
+            .is_err()
+    );
+    (header, claims)
+}
+
+#[tokio::test]
+async fn access_tokens_are_jwts_anyone_can_check_with_the_published_keys() {
+    let server = TestServer::start_with(|c| {
+        c.oauth.issuer = Some("https://auth.example.com/".into());
+        c.permissions = vec!["zones:read".into(), "zones:write".into()];
+    })
+    .await;
+    let (id, secret) = create_client(&server, "viewer", Some(&["tokens:read", "zones:*"])).await;
+    let issued = tokens(&server, &id, &secret, None).await;
+    assert_eq!(issued["token_type"], "Bearer");
+    assert_eq!(issued["expires_in"], 900);
+    assert_eq!(issued["refresh_token_expires_in"], 30 * 86_400);
+    assert_eq!(
+        issued["scope"], "tokens:read zones:read",
+        "the role narrowed by the client's list"
+    );
+    assert!(
+        issued["refresh_token"]
+            .as_str()
+            .unwrap()
+            .starts_with("kg_refresh_live_")
+    );
+    let jwt = issued["access_token"].as_str().unwrap();
+    let (header, claims) = verify_independently(&server, jwt).await;
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["typ"], "at+jwt");
+    let me = ok_json(server.whoami(&[("apikey", &server.token)]).await).await;
+    assert_eq!(claims["iss"], "https://auth.example.com");
+    assert_eq!(claims["sub"], id.as_str());
+    assert_eq!(claims["client_id"], id.as_str());
+    assert_eq!(claims["tenant"], me["organization"]["id"]);
+    assert_eq!(claims["scope"], "tokens:read zones:read");
+    let start = crate::harness::START.unix();
+    assert_eq!(claims["iat"], start);
+    assert_eq!(claims["exp"], start + 900);
+    assert!(claims["jti"].as_str().unwrap().starts_with("atk_"));
+
+    let metadata = ok_json(
+        server
+            .get("/.well-known/oauth-authorization-server")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(metadata["issuer"], "https://auth.example.com");
+    assert_eq!(
+        metadata["token_endpoint"],
+        "https://auth.example.com/v1/oauth/token"
+    );
+    assert_eq!(
+        metadata["jwks_uri"],
+        "https://auth.example.com/.well-known/jwks.json"
+    );
+    assert_eq!(
+        metadata["revocation_endpoint"],
+        "https://auth.example.com/v1/oauth/revoke"
+    );
+    assert_eq!(
+        metadata["introspection_endpoint"],
+        "https://auth.example.com/v1/oauth/introspect"
+    );
+    assert_eq!(
+        metadata["grant_types_supported"],
+        json!(["client_credentials", "refresh_token"])
+    );
+    assert_eq!(
+        metadata["token_endpoint_auth_methods_supported"],
+        json!(["client_secret_basic", "client_secret_post"])
+    );
+    let scopes = metadata["scopes_supported"].as_array().unwrap();
+    assert!(scopes.contains(&json!("oauth_clients:write")));
+}
+
+#[tokio::test]
+async fn a_spent_refresh_token_revokes_every_token_of_its_grant() {
+    let server = TestServer::start().await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    let first = tokens(&server, &id, &secret, Some("tokens:read")).await;
+    let spent = first["refresh_token"].as_str().unwrap().to_owned();
+    let second = ok_json(exchange(&server, &id, &secret, &spent).await).await;
+    let live = second["refresh_token"].as_str().unwrap().to_owned();
+    let live_access = second["access_token"].as_str().unwrap().to_owned();
+
+    // The spent token again: refused, and the family burns with it.
+    let body = oauth_error(
+        exchange(&server, &id, &secret, &spent).await,
+        400,
+        "invalid_grant",
+    )
+    .await;
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("already used")
+    );
+    oauth_error(
+        exchange(&server, &id, &secret, &live).await,
+        400,
+        "invalid_grant",
+    )
+    .await;
+    oauth_error(
+        exchange(&server, &id, &secret, &spent).await,
+        400,
+        "invalid_grant",
+    )
+    .await;
+    // Access tokens already issued live out their short lives; only refreshing is over.
+    assert_eq!(whoami_status(&server, &live_access).await, 200);
+    // Another grant of the same client is untouched.
+    let other = tokens(&server, &id, &secret, None).await;
+    ok_json(
+        exchange(
+            &server,
+            &id,
+            &secret,
+            other["refresh_token"].as_str().unwrap(),
+        )
+        .await,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_a_client_stops_its_unexpired_tokens_at_once() {
+    let server = TestServer::start().await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    let issued = tokens(&server, &id, &secret, None).await;
+    let jwt = issued["access_token"].as_str().unwrap();
+    assert_eq!(whoami_status(&server, jwt).await, 200);
+    let verify = |credential: &str| {
+        server
+            .post("/v1/verify")
+            .bearer_auth(&server.token)
+            .json(&json!({"credential": credential, "permissions": ["tokens:read"]}))
+            .send()
+    };
+    let verdict = ok_json(verify(jwt).await.unwrap()).await;
+    assert_eq!(verdict["code"], "VALID");
+    assert_eq!(verdict["principal"]["type"], "oauth_client");
+    assert_eq!(verdict["principal"]["id"], id.as_str());
+
+    server
+        .expect(
+            204,
+            Method::DELETE,
+            &format!("/v1/oauth/clients/{id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    problem(
+        bearer(&server, jwt).send().await.unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let verdict = ok_json(verify(jwt).await.unwrap()).await;
+    assert_eq!(
+        (verdict["valid"].clone(), verdict["code"].clone()),
+        (json!(false), json!("NOT_FOUND"))
+    );
+    oauth_error(
+        exchange(
+            &server,
+            &id,
+            &secret,
+            issued["refresh_token"].as_str().unwrap(),
+        )
+        .await,
+        401,
+        "invalid_client",
+    )
+    .await;
+    server
+        .expect(
+            404,
+            Method::GET,
+            &format!("/v1/oauth/clients/{id}"),
+            &server.token,
+            None,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn every_bad_token_request_gets_its_rfc_6749_error() {
+    let server = TestServer::start().await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    let cc = "client_credentials";
+    let unknown = keygate_core::credential::CredentialFormat::new(
+        "kg",
+        keygate_core::credential::Environment::Live,
+    )
+    .unwrap()
+    .generate(keygate_core::credential::CredentialKind::OauthSecret)
+    .unwrap();
+    let mut wrong = secret.clone();
+    wrong.replace_range(20..21, if &secret[20..21] == "A" { "B" } else { "A" });
+    let (id, secret, wrong, owner) = (
+        id.as_str(),
+        secret.as_str(),
+        wrong.as_str(),
+        server.token.as_str(),
+    );
+    for (params, status, error) in [
+        (
+            vec![
+                ("grant_type", cc),
+                ("client_id", id),
+                ("client_secret", wrong),
+            ],
+            401,
+            "invalid_client",
+        ),
+        (
+            vec![
+                ("grant_type", cc),
+                ("client_id", id),
+                ("client_secret", unknown.expose()),
+            ],
+            401,
+            "invalid_client",
+        ),
+        (
+            vec![
+                ("grant_type", cc),
+                ("client_id", "cli_nobody"),
+                ("client_secret", secret),
+            ],
+            401,
+            "invalid_client",
+        ),
+        (
+            vec![
+                ("grant_type", cc),
+                ("client_id", id),
+                ("client_secret", owner),
+            ],
+            401,
+            "invalid_client",
+        ),
+        (vec![("grant_type", cc)], 401, "invalid_client"),
+        (
+            vec![("grant_type", cc), ("client_secret", secret)],
+            401,
+            "invalid_client",
+        ),
+        (
+            vec![("client_id", id), ("client_secret", secret)],
+            400,
+            "invalid_request",
+        ),
+        (
+            vec![
+                ("grant_type", "password"),
+                ("client_id", id),
+                ("client_secret", secret),
+            ],
+            400,
+            "unsupported_grant_type",
+        ),
+        (
+            vec![
+                ("grant_type", cc),
+                ("scope", "users:write"),
+                ("client_id", id),
+                ("client_secret", secret),
+            ],
+            400,
+            "invalid_scope",
+        ),
+        (
+            vec![
+                ("grant_type", cc),
+                ("scope", "nonsense"),
+                ("client_id", id),
+                ("client_secret", secret),
+            ],
+            400,
+            "invalid_scope",
+        ),
+        (
+            vec![
+                ("grant_type", "refresh_token"),
+                ("client_id", id),
+                ("client_secret", secret),
+            ],
+            400,
+            "invalid_request",
+        ),
+        (
+            vec![
+                ("grant_type", "refresh_token"),
+                ("refresh_token", "kg_refresh_live_x"),
+                ("client_id", id),
+                ("client_secret", secret),
+            ],
+            400,
+            "invalid_grant",
+        ),
+        (
+            vec![
+                ("grant_type", cc),
+                ("grant_type", cc),
+                ("client_id", id),
+                ("client_secret", secret),
+            ],
+            400,
+            "invalid_request",
+        ),
+    ] {
+        let body = oauth_error(grant(&server, &params).await, status, error).await;
+        println!("{params:?}: {body}");
+    }
+
+    // The client in HTTP Basic and in the body at once.
+    let both = server
+        .post("/v1/oauth/token")
+        .basic_auth(id, Some(secret))
+        .form(&[
+            ("grant_type", cc),
+            ("client_id", id),
+            ("client_secret", secret),
+        ])
+        .send()
+        .await
+        .unwrap();
+    oauth_error(both, 400, "invalid_request").await;
+    // JSON instead of a form.
+    let json = server
+        .post("/v1/oauth/token")
+        .basic_auth(id, Some(secret))
+        .json(&json!({"grant_type": cc}))
+        .send()
+        .await
+        .unwrap();
+    oauth_error(json, 400, "invalid_request").await;
+    // A keygate token is not a client.
+    let bearer = server
+        .post("/v1/oauth/token")
+        .bearer_auth(&server.token)
+        .form(&[("grant_type", cc)])
+        .send()
+        .await
+        .unwrap();
+    oauth_error(bearer, 401, "invalid_client").await;
+    // And a client secret is not a keygate credential.
+    let body = problem(
+        server.whoami(&[("apikey", secret)]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("token endpoint"));
+    // Basic alone works.
+    let ok = server
+        .post("/v1/oauth/token")
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", cc)])
+        .send()
+        .await
+        .unwrap();
+    let ok = ok_json(ok).await;
+    assert!(ok["access_token"].is_string());
+}
+
+#[tokio::test]
+async fn the_realm_header_must_name_the_clients_tenant() {
+    let server = TestServer::start().await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    let with_realm = |realm: &'static str| {
+        server
+            .post("/v1/oauth/token")
+            .header("realm", realm)
+            .basic_auth(&id, Some(&secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+    };
+    ok_json(with_realm("root").await.unwrap()).await;
+    let body = oauth_error(with_realm("acme").await.unwrap(), 401, "invalid_client").await;
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("Realm")
+    );
+}
+
+#[tokio::test]
+async fn clients_follow_least_privilege_and_stay_in_their_tenant() {
+    let server = TestServer::start().await;
+    // A member has no oauth_clients:write.
+    let member = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "member", "role": "member"})),
+        )
+        .await;
+    let member = member["secret"].as_str().unwrap();
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/oauth/clients",
+            member,
+            Some(json!({"name": "x", "role": "viewer"})),
+        )
+        .await;
+    let body = problem(response, 403, "forbidden").await;
+    assert_eq!(body["missing_permissions"], json!(["oauth_clients:write"]));
+    server
+        .expect(200, Method::GET, "/v1/oauth/clients", member, None)
+        .await;
+
+    // A token narrowed to managing clients cannot make a client wider than itself.
+    let narrow = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "narrow", "role": "admin",
+                "permissions": ["oauth_clients:*", "tokens:read"]})),
+        )
+        .await;
+    let narrow = narrow["secret"].as_str().unwrap();
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/oauth/clients",
+            narrow,
+            Some(json!({"name": "wide", "role": "admin"})),
+        )
+        .await;
+    let body = problem(response, 403, "privilege-escalation").await;
+    assert!(
+        body["missing_permissions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("users:write"))
+    );
+    let small = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/oauth/clients",
+            narrow,
+            Some(json!({"name": "small", "role": "admin", "permissions": ["tokens:read"]})),
+        )
+        .await;
+    assert!(small.get("client_secret").is_some());
+    // Nor delete one that grants more than it holds.
+    let (wide, _) = create_client(&server, "admin", None).await;
+    let response = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/oauth/clients/{wide}"),
+            narrow,
+            None,
+        )
+        .await;
+    problem(response, 403, "privilege-escalation").await;
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/oauth/clients",
+            &server.token,
+            Some(
+                json!({"name": "typo", "role": "viewer", "permissions": ["zone:read"], "extra": 1}),
+            ),
+        )
+        .await;
+    problem(response, 400, "invalid-request").await;
+
+    // Lists show no secrets.
+    let listed = server
+        .expect(200, Method::GET, "/v1/oauth/clients", &server.token, None)
+        .await;
+    let listed = listed["data"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(
+        listed
+            .iter()
+            .all(|c| c.get("client_secret").is_none() && c["hint"].is_string())
+    );
+    assert_eq!(listed[0]["client_id"], wide.as_str(), "newest first");
+    assert_eq!(listed[0]["role"], "rol_admin");
+
+    // A child tenant, its own owner token, and the parent acting for it.
+    let child = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tenants",
+            &server.token,
+            Some(json!({"name": "Acme", "slug": "acme"})),
+        )
+        .await;
+    let child_id = child["tenant"]["id"].as_str().unwrap().to_owned();
+    let acting = server
+        .request(Method::POST, "/v1/oauth/clients")
+        .bearer_auth(&server.token)
+        .header("as-tenant", "acme")
+        .json(&json!({"name": "acme's", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acting.status(), 201);
+    let acme_client: Value = acting.json().await.unwrap();
+    let acme_id = acme_client["client_id"].as_str().unwrap();
+    let acme_token = server
+        .request(Method::POST, "/v1/tokens")
+        .bearer_auth(&server.token)
+        .header("as-tenant", &child_id)
+        .json(&json!({"kind": "service", "name": "acme owner", "role": "owner"}))
+        .send()
+        .await
+        .unwrap();
+    let acme_token: Value = acme_token.json().await.unwrap();
+    let acme_token = acme_token["secret"].as_str().unwrap();
+    let theirs = server
+        .expect(200, Method::GET, "/v1/oauth/clients", acme_token, None)
+        .await;
+    assert_eq!(theirs["data"].as_array().unwrap().len(), 1);
+    assert_eq!(theirs["data"][0]["client_id"], acme_id);
+    // The child sees nothing of its parent's, and cannot delete it: 404, not 403.
+    server
+        .expect(
+            404,
+            Method::GET,
+            &format!("/v1/oauth/clients/{wide}"),
+            acme_token,
+            None,
+        )
+        .await;
+    server
+        .expect(
+            404,
+            Method::DELETE,
+            &format!("/v1/oauth/clients/{wide}"),
+            acme_token,
+            None,
+        )
+        .await;
+    server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/oauth/clients/{wide}"),
+            &server.token,
+            None,
+        )
+        .await;
+    // The acme client's tokens are acme's: its Realm is acme.
+    let acme_secret = acme_client["client_secret"].as_str().unwrap();
+    let issued = server
+        .post("/v1/oauth/token")
+        .header("realm", "acme")
+        .basic_auth(acme_id, Some(acme_secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let issued = ok_json(issued).await;
+    let me = ok_json(
+        server
+            .whoami(&[(
+                "authorization",
+                &format!("Bearer {}", issued["access_token"].as_str().unwrap()),
+            )])
+            .await,
+    )
+    .await;
+    assert_eq!(me["organization"]["slug"], "acme");
+}
+
+#[tokio::test]
+async fn tokens_expire_by_the_clock() {
+    let server = TestServer::start_with(|c| {
+        c.oauth.access_token_ttl_seconds = 600;
+        c.oauth.refresh_token_ttl_days = 1;
+    })
+    .await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    let issued = tokens(&server, &id, &secret, None).await;
+    assert_eq!(issued["expires_in"], 600);
+    let jwt = issued["access_token"].as_str().unwrap();
+    server.clock.advance(Duration::from_secs(599));
+    assert_eq!(whoami_status(&server, jwt).await, 200);
+    server.clock.advance(Duration::from_secs(1));
+    let body = problem(
+        bearer(&server, jwt).send().await.unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("expired"));
+    // A token never seen before is refused the same, without its client being read.
+    let unseen = tokens(&server, &id, &secret, None).await;
+    server.clock.advance(Duration::from_secs(600));
+    problem(
+        bearer(&server, unseen["access_token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+
+    server.clock.advance(Duration::from_secs(86_400));
+    let refused = || async {
+        let refresh = issued["refresh_token"].as_str().unwrap();
+        let body = oauth_error(
+            exchange(&server, &id, &secret, refresh).await,
+            400,
+            "invalid_grant",
+        )
+        .await;
+        body["error_description"].as_str().unwrap().to_owned()
+    };
+    assert!(refused().await.contains("expired"));
+    // The hourly housekeeping deletes it; it stays refused.
+    server.state.delete_expired().await;
+    assert!(refused().await.contains("not known"));
+}
+
+fn kid(jwt: &str) -> String {
+    parts(jwt).0["kid"].as_str().unwrap().to_owned()
+}
+
+async fn published_kids(server: &TestServer) -> Vec<String> {
+    let jwks = ok_json(server.get("/.well-known/jwks.json").send().await.unwrap()).await;
+    jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rotated_key_stays_published_until_its_tokens_have_expired() {
+    let server = TestServer::start().await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    let old = tokens(&server, &id, &secret, None).await;
+    let old = old["access_token"].as_str().unwrap().to_owned();
+    let old_kid = kid(&old);
+    assert_eq!(
+        published_kids(&server).await,
+        std::slice::from_ref(&old_kid)
+    );
+
+    server.clock.advance(Duration::from_secs(300));
+    let new_kid = server
+        .state
+        .keys()
+        .rotate(&**server.state.store(), server.clock.now())
+        .await
+        .unwrap();
+    assert_ne!(new_kid, old_kid);
+    let new = tokens(&server, &id, &secret, None).await;
+    let new = new["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(kid(&new), new_kid);
+    assert_eq!(
+        published_kids(&server).await,
+        [new_kid.clone(), old_kid.clone()]
+    );
+    verify_independently(&server, &old).await;
+    verify_independently(&server, &new).await;
+    assert_eq!(
+        whoami_status(&server, &old).await,
+        200,
+        "old tokens stay good"
+    );
+
+    // A replaced key stays published for a token's lifetime after its replacement, and the
+    // minute another node may go on signing with it; then it goes.
+    server.clock.advance(Duration::from_secs(600));
+    assert_eq!(whoami_status(&server, &old).await, 401);
+    server.clock.advance(Duration::from_secs(360));
+    assert_eq!(published_kids(&server).await, [new_kid]);
+    assert_eq!(
+        whoami_status(&server, &new).await,
+        401,
+        "expired by now as well"
+    );
+}
+
+#[tokio::test]
+async fn keys_are_rotated_by_age_on_their_own() {
+    let server = TestServer::start_with(|c| c.oauth.signing_key_rotation_days = 1).await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    let first = kid(tokens(&server, &id, &secret, None).await["access_token"]
+        .as_str()
+        .unwrap());
+    server.clock.advance(Duration::from_secs(86_400));
+    let second = kid(tokens(&server, &id, &secret, None).await["access_token"]
+        .as_str()
+        .unwrap());
+    assert_ne!(first, second);
+    assert_eq!(published_kids(&server).await, [second, first]);
+}
+
+#[tokio::test]
+async fn sealed_keys_need_their_secret_to_start() {
+    let secret = "the key-encryption secret of this deployment";
+    let server = TestServer::start_with(|c| {
+        c.oauth.key_encryption_secret = Some(keygate_server::config::SecretText(secret.into()));
+    })
+    .await;
+    let (id, client_secret) = create_client(&server, "viewer", None).await;
+    let issued = tokens(&server, &id, &client_secret, None).await;
+    verify_independently(&server, issued["access_token"].as_str().unwrap()).await;
+
+    let clock = std::sync::Arc::new(keygate_core::ManualClock::new(crate::harness::START));
+    let mut other = server.state.config().clone();
+    other.oauth.key_encryption_secret = Some(keygate_server::config::SecretText(
+        "another secret, just as long".into(),
+    ));
+    let error = keygate_server::AppState::open(other.clone(), clock.clone())
+        .await
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("cannot be opened"), "{error}");
+    other.oauth.key_encryption_secret = None;
+    let error = keygate_server::AppState::open(other, clock)
+        .await
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("is sealed"), "{error}");
+}
+
+#[tokio::test]
+async fn revocation_and_introspection() {
+    let server = TestServer::start().await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    let (other_id, other_secret) = create_client(&server, "viewer", None).await;
+    let issued = tokens(&server, &id, &secret, Some("tokens:read")).await;
+    let jwt = issued["access_token"].as_str().unwrap();
+    let refresh = issued["refresh_token"].as_str().unwrap();
+    let as_client = |path: &'static str, token: String, who: (&str, &str)| {
+        server
+            .post(path)
+            .basic_auth(who.0, Some(who.1))
+            .form(&[("token", token)])
+            .send()
+    };
+    let me = (id.as_str(), secret.as_str());
+    let stranger = (other_id.as_str(), other_secret.as_str());
+
+    let seen = ok_json(
+        as_client("/v1/oauth/introspect", jwt.into(), me)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(seen["active"], true);
+    assert_eq!(seen["client_id"], id.as_str());
+    assert_eq!(seen["scope"], "tokens:read");
+    assert_eq!(seen["token_type"], "Bearer");
+    assert_eq!(seen["exp"], crate::harness::START.unix() + 900);
+    let seen = ok_json(
+        as_client("/v1/oauth/introspect", refresh.into(), me)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (seen["active"].clone(), seen["token_type"].clone()),
+        (json!(true), json!("refresh_token"))
+    );
+    // Another client learns nothing of them.
+    for token in [jwt, refresh] {
+        let unseen = ok_json(
+            as_client("/v1/oauth/introspect", token.into(), stranger)
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(unseen, json!({"active": false}));
+    }
+    // A keygate credential with credentials:verify sees its tenant's tokens; without, 403.
+    let by_owner = server
+        .post("/v1/oauth/introspect")
+        .bearer_auth(&server.token)
+        .form(&[("token", jwt)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok_json(by_owner).await["active"], true);
+    let viewer = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "v", "role": "viewer"})),
+        )
+        .await;
+    let forbidden = server
+        .post("/v1/oauth/introspect")
+        .bearer_auth(viewer["secret"].as_str().unwrap())
+        .form(&[("token", jwt)])
+        .send()
+        .await
+        .unwrap();
+    problem(forbidden, 403, "forbidden").await;
+    let anonymous = server
+        .post("/v1/oauth/introspect")
+        .form(&[("token", jwt)])
+        .send()
+        .await
+        .unwrap();
+    problem(anonymous, 401, "unauthenticated").await;
+    for garbage in ["nonsense", "kg_refresh_live_nope", "eyJ.eyJ.x"] {
+        let answer = ok_json(
+            as_client("/v1/oauth/introspect", garbage.into(), me)
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(answer, json!({"active": false}));
+    }
+
+    // Revoking: another client's token and unknown tokens are 200 and change nothing.
+    for token in [jwt, "nonsense", "kg_refresh_live_nope"] {
+        let response = as_client("/v1/oauth/revoke", token.into(), stranger)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["cache-control"], "no-store");
+    }
+    assert_eq!(whoami_status(&server, jwt).await, 200);
+    // The client's own access token: refused from the next request on.
+    assert_eq!(
+        as_client("/v1/oauth/revoke", jwt.into(), me)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let body = problem(
+        bearer(&server, jwt).send().await.unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("revoked"));
+    let seen = ok_json(
+        as_client("/v1/oauth/introspect", jwt.into(), me)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(seen, json!({"active": false}));
+    // Its refresh token: the grant is over.
+    assert_eq!(
+        as_client("/v1/oauth/revoke", refresh.into(), me)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let seen = ok_json(
+        as_client("/v1/oauth/introspect", refresh.into(), me)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(seen, json!({"active": false}));
+    oauth_error(
+        exchange(&server, &id, &secret, refresh).await,
+        400,
+        "invalid_grant",
+    )
+    .await;
+    let missing = server
+        .post("/v1/oauth/revoke")
+        .basic_auth(&id, Some(&secret))
+        .form(&[("x", "y")])
+        .send()
+        .await
+        .unwrap();
+    oauth_error(missing, 400, "invalid_request").await;
+    let unauthenticated = server
+        .post("/v1/oauth/revoke")
+        .form(&[("token", jwt)])
+        .send()
+        .await
+        .unwrap();
+    oauth_error(unauthenticated, 401, "invalid_client").await;
+}
+
+#[tokio::test]
+async fn the_openapi_document_covers_oauth() {
+    let server = TestServer::start().await;
+    let doc = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
+    for (path, method) in [
+        ("/v1/oauth/clients", "get"),
+        ("/v1/oauth/clients", "post"),
+        ("/v1/oauth/clients/{id}", "get"),
+        ("/v1/oauth/clients/{id}", "delete"),
+        ("/v1/oauth/token", "post"),
+        ("/v1/oauth/revoke", "post"),
+        ("/v1/oauth/introspect", "post"),
+        ("/.well-known/jwks.json", "get"),
+        ("/.well-known/oauth-authorization-server", "get"),
+    ] {
+        let operation = &doc["paths"][path][method];
+        assert!(operation["operationId"].is_string(), "{method} {path}");
+        assert!(
+            operation["responses"]["200"].is_object()
+                || operation["responses"]["201"].is_object()
+                || operation["responses"]["204"].is_object(),
+            "{method} {path}"
+        );
+    }
+    let token = &doc["paths"]["/v1/oauth/token"]["post"];
+    assert!(token["requestBody"]["content"]["application/x-www-form-urlencoded"].is_object());
+    assert!(token["responses"]["400"]["content"]["application/json"].is_object());
+    for schema in [
+        "TokenResponse",
+        "OauthErrorBody",
+        "ClientView",
+        "CreatedClient",
+        "Introspection",
+        "JwkSet",
+        "ServerMetadata",
+    ] {
+        assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+    }
+}
+
+/// The audit log as stored: (action, outcome, target_id), oldest first.
+async fn audit(server: &TestServer) -> Vec<(String, String, Option<String>, u64)> {
+    // Refusals are counted in memory and written every few seconds: write them now.
+    server.state.flush_refusals().await;
+    let page = server
+        .expect(
+            200,
+            Method::GET,
+            "/v1/audit-events?limit=500",
+            &server.token,
+            None,
+        )
+        .await;
+    let mut events: Vec<_> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["outcome"].as_str().unwrap().to_owned(),
+                e["target"]["id"].as_str().map(str::to_owned),
+                e["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    events.reverse();
+    events
+}
+
+#[tokio::test]
+async fn creating_deleting_and_refused_grants_are_audited() {
+    let server = TestServer::start().await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    tokens(&server, &id, &secret, None).await;
+    let client = |params: &[(&'static str, &'static str)]| {
+        let mut params: Vec<(&str, &str)> = params.to_vec();
+        params.extend([
+            ("client_id", id.as_str()),
+            ("client_secret", secret.as_str()),
+        ]);
+        params
+    };
+    oauth_error(
+        grant(
+            &server,
+            &client(&[
+                ("grant_type", "client_credentials"),
+                ("scope", "users:write"),
+            ]),
+        )
+        .await,
+        400,
+        "invalid_scope",
+    )
+    .await;
+    oauth_error(
+        grant(&server, &client(&[("grant_type", "implicit")])).await,
+        400,
+        "unsupported_grant_type",
+    )
+    .await;
+    // Refused before the client is known: nobody to attribute it to, nothing recorded.
+    oauth_error(
+        grant(
+            &server,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", &id),
+                ("client_secret", "kg_secret_live_x"),
+            ],
+        )
+        .await,
+        401,
+        "invalid_client",
+    )
+    .await;
+    server
+        .expect(
+            204,
+            Method::DELETE,
+            &format!("/v1/oauth/clients/{id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    let events: Vec<(String, String, Option<String>, u64)> = audit(&server)
+        .await
+        .into_iter()
+        .filter(|(action, _, _, _)| action.starts_with("oauth"))
+        .collect();
+    let target = Some(id.clone());
+    assert_eq!(
+        events,
+        [
+            (
+                "oauth_client.create".into(),
+                "success".into(),
+                target.clone(),
+                1
+            ),
+            // Two refused grants of one client, counted into one event.
+            ("oauth.token".into(), "denied".into(), target.clone(), 2),
+            ("oauth_client.delete".into(), "success".into(), target, 1),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_client_and_its_tokens_share_one_rate_limit() {
+    let server = TestServer::start_with(|c| {
+        c.rate_limit.requests = Some(3);
+        c.rate_limit.per_seconds = Some(60);
+    })
+    .await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    let issued = tokens(&server, &id, &secret, None).await;
+    let jwt = issued["access_token"].as_str().unwrap();
+    assert_eq!(whoami_status(&server, jwt).await, 200);
+    let second = tokens(&server, &id, &secret, None).await;
+    let other_jwt = second["access_token"].as_str().unwrap();
+    // A fresh token does not come with a fresh allowance.
+    let limited = bearer(&server, other_jwt).send().await.unwrap();
+    assert!(limited.headers().contains_key("retry-after"));
+    problem(limited, 429, "rate-limited").await;
+    let limited = grant(
+        &server,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", &secret),
+        ],
+    )
+    .await;
+    assert_eq!(limited.headers()["ratelimit-remaining"], "0");
+    problem(limited, 429, "rate-limited").await;
+}
