@@ -27,7 +27,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
-use utoipa::OpenApi;
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
@@ -37,7 +37,7 @@ pub use crate::state::AppState;
 
 /// The API's routes with their OpenAPI document.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let (router, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let (router, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(routes::ops::healthz))
         .routes(routes!(routes::ops::readyz))
         .routes(routes!(metrics::metrics))
@@ -98,21 +98,26 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         "/v1/forward-auth/{*path}",
         axum::routing::any(routes::forward_auth::get_below),
     );
+    openapi::ProblemResponses.modify(&mut document);
     (router, document)
 }
 
 /// The whole application: the outer service around the API, the explorer and the body limits.
 pub fn app(state: AppState) -> middleware::Front {
+    middleware::Front::new(state.clone(), router(state))
+}
+
+/// Every route: the API, the explorer and the document, with the body limits; what
+/// [`middleware::Front`] passes requests to.
+pub fn router(state: AppState) -> Router {
     let (api, document) = api();
     let body_limit = state.config().limits.body_bytes;
-    let router = api
-        .route_layer(metrics::CountLayer::new(state.clone()))
+    api.route_layer(metrics::CountLayer::new(state.clone()))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(|| async { ApiError::not_found("there is no such route; see /openapi.json") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
-        .with_state(state.clone());
-    middleware::Front::new(state, router)
+        .with_state(state)
 }
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting, lets in-flight requests
