@@ -18,6 +18,7 @@ pub mod routes;
 pub mod state;
 pub mod throttle;
 pub mod usage;
+pub mod versions;
 pub mod views;
 
 use std::future::{Future, IntoFuture};
@@ -110,7 +111,10 @@ pub fn app(state: AppState) -> middleware::Front {
 /// Every route: the API, the explorer and the document, with the body limits; what
 /// [`middleware::Front`] passes requests to.
 pub fn router(state: AppState) -> Router {
-    let (api, document) = api();
+    let (api, mut document) = api();
+    if state.config().api.v1.deprecated_at.is_some() {
+        openapi::announce_deprecation(&mut document, "/v1");
+    }
     let body_limit = state.config().limits.body_bytes;
     api.route_layer(metrics::CountLayer::new(state.clone()))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))

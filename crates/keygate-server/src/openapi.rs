@@ -16,7 +16,7 @@ use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{Content, Header, HeaderBuilder, Ref, RefOr};
+use utoipa::openapi::{Content, Deprecated, Header, HeaderBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
 
 use crate::problem::{ApiError, FieldError, PROBLEM_JSON, ProblemCode};
@@ -398,4 +398,76 @@ fn complete(status: &str, response: &mut RefOr<Response>) {
             inline.headers.entry(name).or_insert(header);
         }
     }
+}
+
+/// Marks every operation under `prefix` deprecated and documents the headers its responses then
+/// carry (see [`crate::versions`]), once the operator has announced it: the explorer strikes the
+/// operations through and generated clients warn.
+pub fn announce_deprecation(openapi: &mut utoipa::openapi::OpenApi, prefix: &str) {
+    let shared = openapi
+        .components
+        .as_ref()
+        .map(|c| c.responses.clone())
+        .unwrap_or_default();
+    let resolve = |response: &RefOr<Response>| match response {
+        RefOr::T(response) => Some(response.clone()),
+        RefOr::Ref(reference) => {
+            let name = reference.ref_location.rsplit('/').next()?;
+            match shared.get(name)? {
+                RefOr::T(response) => Some(response.clone()),
+                RefOr::Ref(_) => None,
+            }
+        }
+    };
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        let labelled = path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if !labelled {
+            continue;
+        }
+        for operation in operations_mut(item) {
+            operation.deprecated = Some(Deprecated::True);
+            for response in operation.responses.responses.values_mut() {
+                let Some(mut inline) = resolve(response) else {
+                    continue;
+                };
+                inline.headers.extend(lifecycle_headers());
+                *response = RefOr::T(inline);
+            }
+        }
+    }
+}
+
+fn lifecycle_headers() -> [(String, Header); 3] {
+    let pattern = |description: &str, pattern: &str| {
+        HeaderBuilder::new()
+            .schema(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(pattern)),
+            )
+            .description(Some(description))
+            .build()
+    };
+    [
+        (
+            "Deprecation".into(),
+            pattern(
+                "RFC 9745: when this version was deprecated, as `@` and Unix seconds",
+                "^@-?[0-9]+$",
+            ),
+        ),
+        (
+            "Sunset".into(),
+            pattern(
+                "RFC 8594: when this version stops answering, as an HTTP-date",
+                "^[A-Z][a-z]{2}, [0-9]{2} [A-Z][a-z]{2} [0-9]{4} [0-9]{2}:[0-9]{2}:[0-9]{2} GMT$",
+            ),
+        ),
+        (
+            "Link".into(),
+            text_header("The policy page, as `rel=\"deprecation\"` and `rel=\"sunset\"` links"),
+        ),
+    ]
 }
