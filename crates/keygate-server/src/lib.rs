@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod explorer;
 pub mod json;
 pub mod metrics;
 pub mod middleware;
@@ -31,7 +32,6 @@ use tower_http::limit::RequestBodyLimitLayer;
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use utoipa_swagger_ui::SwaggerUi;
 
 use crate::problem::ApiError;
 pub use crate::state::AppState;
@@ -117,7 +117,7 @@ pub fn router(state: AppState) -> Router {
     }
     let body_limit = state.config().limits.body_bytes;
     api.route_layer(metrics::CountLayer::new(state.clone()))
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+        .merge(explorer::router(document))
         .fallback(|| async { ApiError::not_found("there is no such route; see /openapi.json") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
