@@ -243,6 +243,7 @@ impl From<IpRestriction> for IpRestrictionView {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"enabled": false, "allowlist": ["203.0.113.7", "10.0.0.0/8"]}))]
 pub struct IpRestrictionRequest {
     pub enabled: bool,
     /// IPv4 or IPv6 addresses or networks; a bare address is one host.

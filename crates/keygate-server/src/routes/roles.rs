@@ -55,6 +55,7 @@ impl RoleView {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "deployer", "permissions": ["tokens:read", "tokens:write"]}))]
 pub struct RoleRequest {
     #[schema(example = "deployer", min_length = 1, max_length = 100)]
     pub name: String,

@@ -27,6 +27,7 @@ use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "owner@example.com", "password": "correct horse battery staple"}))]
 pub struct LoginRequest {
     #[schema(example = "ada@example.com")]
     pub email: String,

@@ -33,6 +33,7 @@ pub struct FirstUser {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Acme Corp", "slug": "acme", "first_user": {"email": "owner@acme.example", "name": "Wile E. Coyote"}}))]
 pub struct CreateTenant {
     #[schema(example = "Acme Corp", min_length = 1, max_length = 100)]
     pub name: String,
@@ -55,6 +56,7 @@ pub struct CreatedTenant {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Acme Corporation"}))]
 pub struct UpdateTenant {
     pub name: Option<String>,
     /// `active` or `suspended`; only an ancestor may change it.

@@ -54,6 +54,7 @@ pub struct RateLimitBody {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"kind": "service", "name": "CI deploy", "role": "member", "expires_in": 2_592_000}))]
 pub struct CreateToken {
     pub kind: TokenKind,
     #[schema(example = "CI deploy", min_length = 1, max_length = 100)]

@@ -51,6 +51,7 @@ impl From<User> for UserView {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "ada@example.com", "name": "Ada Lovelace", "role": "member"}))]
 pub struct CreateUser {
     #[schema(example = "ada@example.com")]
     pub email: String,
@@ -74,6 +75,7 @@ pub struct CreatedUser {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"role": "viewer"}))]
 pub struct UpdateUser {
     pub name: Option<String>,
     /// A role id or built-in role name.

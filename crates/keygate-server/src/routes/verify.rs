@@ -22,6 +22,7 @@ use crate::views::{OrganizationView, PrincipalView, permission_names};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"credential": "kg_live_…", "permissions": ["tokens:read"], "ip": "203.0.113.7"}))]
 pub struct VerifyRequest {
     /// The credential to check, exactly as the client presented it.
     #[schema(example = "kg_live_…")]

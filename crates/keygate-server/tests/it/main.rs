@@ -12,6 +12,7 @@ pub const BACKEND: harness::Backend = harness::Backend::Sqlite;
 mod account;
 mod auth;
 mod binary;
+mod document;
 mod explorer;
 mod identity;
 mod limits;
