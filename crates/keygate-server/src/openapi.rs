@@ -374,11 +374,13 @@ impl Modify for ProblemResponses {
 fn complete(status: &str, response: &mut RefOr<Response>) {
     let RefOr::T(inline) = response else { return };
     let is_error = status.starts_with(['4', '5']);
-    if is_error && inline.description.is_empty() && inline.content.is_empty() {
-        if let Some(shared) = ALL_SHARED.iter().find(|s| s.status() == status) {
-            *response = RefOr::Ref(Ref::from_response_name(shared.name));
-            return;
-        }
+    if is_error
+        && inline.description.is_empty()
+        && inline.content.is_empty()
+        && let Some(shared) = ALL_SHARED.iter().find(|s| s.status() == status)
+    {
+        *response = RefOr::Ref(Ref::from_response_name(shared.name));
+        return;
     }
     inline
         .headers
