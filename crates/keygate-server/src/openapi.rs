@@ -204,17 +204,15 @@ impl Shared {
     }
 
     fn response(&self) -> Response {
-        let mut error = match self.code {
+        let error = match self.code {
             ProblemCode::Internal => ApiError::internal(""),
+            ProblemCode::Unauthenticated => ApiError::unauthenticated(self.example_detail),
             ProblemCode::InvalidRequest => ApiError::invalid_fields(vec![FieldError {
                 field: "permissions[0]".into(),
                 message: "`zones:reed` is not a known permission".into(),
             }]),
             code => ApiError::new(code, self.example_detail),
         };
-        if self.code == ProblemCode::Unauthenticated {
-            error = ApiError::unauthenticated(self.example_detail);
-        }
         let example = serde_json::to_value(error.problem("req_0f3kQ2mW9xYbN4")).ok();
         let mut response = ResponseBuilder::new()
             .description(self.description)
