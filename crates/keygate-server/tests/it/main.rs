@@ -21,3 +21,4 @@ mod ops;
 mod problems;
 mod tenants;
 mod verify;
+mod versions;
