@@ -2,9 +2,11 @@
 //! from anywhere but keygate, reading `/openapi.json`.
 //!
 //! It is started by keygate's own initializer (`explorer/initializer.js`) rather than the stock
-//! one, for one reason: a page cannot put a `Cookie` header on a request, so without help the
-//! `api_access_token` cookie would be the one credential place of API.md §2 that "Try it out"
-//! cannot use. The initializer sets it as a cookie of this origin for the requests that carry it.
+//! one, for two reasons. The stock one has Swagger UI send the document's URL to
+//! validator.swagger.io, from any host but localhost. And a page cannot put a `Cookie` header on a
+//! request, so without help the `api_access_token` cookie would be the one credential place of
+//! API.md §2 that "Try it out" cannot use: the initializer sets it as a cookie of this origin for
+//! the requests that carry it.
 
 use axum::Router;
 use axum::http::header;

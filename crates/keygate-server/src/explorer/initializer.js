@@ -1,5 +1,6 @@
-// keygate's start-up of Swagger UI at /docs (see src/explorer.rs): the stock one, plus the
-// request interceptor that makes the cookie credential place work in "Try it out".
+// keygate's start-up of Swagger UI at /docs (see src/explorer.rs): the stock one, without the
+// online validator, and with the request interceptor that makes the cookie credential place work
+// in "Try it out".
 window.onload = function () {
   window.ui = SwaggerUIBundle({
     url: "/openapi.json",
@@ -8,6 +9,9 @@ window.onload = function () {
     layout: "StandaloneLayout",
     presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
     plugins: [SwaggerUIBundle.plugins.DownloadUrl],
+    // Swagger UI's default sends the document's URL to validator.swagger.io for a badge,
+    // from any host but localhost: nothing leaves for elsewhere.
+    validatorUrl: null,
     // A page may not set a request's Cookie header, so the credential authorized for the
     // `api_access_token` cookie is set as a cookie of this origin for the request instead, and
     // removed again before any request that does not carry it.
