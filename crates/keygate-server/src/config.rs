@@ -9,6 +9,7 @@ use std::path::Path;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use ipnet::IpNet;
+use keygate_core::Timestamp;
 use keygate_core::credential::{CredentialFormat, Environment};
 use keygate_core::permission::Catalog;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -47,6 +48,7 @@ pub struct Config {
     pub log: LogConfig,
     /// How long a shutdown waits for in-flight requests before closing them.
     pub shutdown_grace_seconds: u64,
+    pub api: ApiConfig,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             oauth: OauthConfig::default(),
             log: LogConfig::default(),
             shutdown_grace_seconds: 30,
+            api: ApiConfig::default(),
         }
     }
 }
@@ -245,6 +248,58 @@ pub enum LogFormat {
     Json,
 }
 
+/// The API's versions, as the README's versioning policy describes them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub v1: VersionLifecycle,
+}
+
+/// An operator's announcement that a version is going away: once set, every response of that
+/// version says so (`Deprecation`, `Sunset`, `Link`). Unset, the version is simply current.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VersionLifecycle {
+    /// When the version was (or will be) deprecated.
+    pub deprecated_at: Option<Timestamp>,
+    /// When the version stops answering.
+    pub sunset_at: Option<Timestamp>,
+    /// A page for people: what replaces the version and how to move.
+    pub policy_url: Option<String>,
+}
+
+impl VersionLifecycle {
+    /// `key` is where the settings live (`api.v1`), for the messages.
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        if let (Some(deprecated), Some(sunset)) = (self.deprecated_at, self.sunset_at)
+            && sunset < deprecated
+        {
+            return Err(ConfigError::Invalid(format!(
+                "{key}.sunset_at ({sunset}) is before {key}.deprecated_at ({deprecated})"
+            )));
+        }
+        if let Some(url) = &self.policy_url {
+            if self.deprecated_at.is_none() && self.sunset_at.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}.policy_url needs {key}.deprecated_at or {key}.sunset_at: \
+                     it is announced with them"
+                )));
+            }
+            let (scheme, rest) = url.split_once("://").unwrap_or_default();
+            // Sent inside `Link: <…>`: no spaces, controls, quotes or angle brackets.
+            let header_safe = url
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b'"'));
+            if !matches!(scheme, "http" | "https") || rest.is_empty() || !header_safe {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}.policy_url `{url}` is not an absolute http(s) URL"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A network in config: CIDR, or a bare address meaning just that address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(into = "String")]
@@ -384,7 +439,7 @@ impl Config {
             keygate_core::jwt::KeySealer::new(&secret.0)
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         }
-        Ok(())
+        self.api.v1.validate("api.v1")
     }
 
     /// The issuer of access tokens: configured, or this server's own address; without a trailing
@@ -634,6 +689,68 @@ mod tests {
             assert!(error.contains("at least 16"), "{error}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_version_sunset_is_announced_in_config_and_checked() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "k.toml",
+                "[api.v1]\ndeprecated_at = \"2027-01-01T00:00:00Z\"\n\
+                 policy_url = \"https://example.com/api/v2-migration\"\n",
+            )?;
+            jail.set_env("KEYGATE_API__V1__SUNSET_AT", "2027-07-01T00:00:00+02:00");
+            let config = load(jail, Some("k.toml"), &Overrides::default())?;
+            let v1 = &config.api.v1;
+            assert_eq!(v1.deprecated_at, Some(Timestamp::from_unix(1_798_761_600)));
+            assert_eq!(
+                v1.sunset_at.map(|t| t.to_string()).as_deref(),
+                Some("2027-06-30T22:00:00Z")
+            );
+            assert_eq!(
+                v1.policy_url.as_deref(),
+                Some("https://example.com/api/v2-migration")
+            );
+            Ok(())
+        });
+        for (vars, needle) in [
+            (
+                &[("KEYGATE_API__V1__DEPRECATED_AT", "next year")][..],
+                "api.v1.deprecated_at",
+            ),
+            (
+                &[("KEYGATE_API__V1__SUNSETAT", "2027-01-01T00:00:00Z")],
+                "sunsetat",
+            ),
+            (
+                &[
+                    ("KEYGATE_API__V1__DEPRECATED_AT", "2027-01-01T00:00:00Z"),
+                    ("KEYGATE_API__V1__SUNSET_AT", "2026-01-01T00:00:00Z"),
+                ],
+                "api.v1.sunset_at",
+            ),
+            (
+                &[("KEYGATE_API__V1__POLICY_URL", "https://example.com/")],
+                "api.v1.policy_url needs",
+            ),
+            (
+                &[
+                    ("KEYGATE_API__V1__SUNSET_AT", "2027-01-01T00:00:00Z"),
+                    ("KEYGATE_API__V1__POLICY_URL", "example.com/migrate"),
+                ],
+                "api.v1.policy_url `example.com/migrate`",
+            ),
+        ] {
+            Jail::expect_with(|jail| {
+                for (var, value) in vars {
+                    jail.set_env(var, value);
+                }
+                // figment names an environment variable's key in its own case.
+                let error = load(jail, None, &Overrides::default()).unwrap_err();
+                assert!(error.to_lowercase().contains(needle), "{vars:?}: {error}");
+                Ok(())
+            });
+        }
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! The JSON body extractor: axum's, with its rejections turned into problems.
-//! Bodies are parsed strictly: request types deny unknown fields, so a typo is a 400, not ignored.
+//! Bodies are parsed strictly: a body is a JSON object, and request types deny unknown fields, so a
+//! typo is a 400, not ignored.
 
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::problem::{ApiError, ProblemCode};
@@ -18,29 +21,52 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(request, state).await {
+        if !is_json(request.headers()) {
+            return Err(ApiError::new(
+                ProblemCode::UnsupportedMediaType,
+                "the body must be JSON, sent with Content-Type: application/json",
+            ));
+        }
+        let bytes =
+            Bytes::from_request(request, state)
+                .await
+                .map_err(|rejection| match rejection.status() {
+                    StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+                        ProblemCode::PayloadTooLarge,
+                        "the request body is too large",
+                    ),
+                    _ => ApiError::invalid(rejection.body_text()),
+                })?;
+        // serde also reads a struct from an array of its fields in order; every body is an object.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::invalid(
+                "the body must be a JSON object, not an array",
+            ));
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(Json(value)),
             Err(rejection) => Err(rejection_error(rejection)),
         }
     }
 }
 
+/// `application/json`, or any `application/…+json`, as axum's own extractor judges it.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let essence = essence.to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
 fn rejection_error(rejection: JsonRejection) -> ApiError {
     match rejection {
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            ProblemCode::UnsupportedMediaType,
-            "the body must be JSON, sent with Content-Type: application/json",
-        ),
         JsonRejection::JsonSyntaxError(e) => {
             ApiError::invalid(format!("the body is not valid JSON: {}", source_text(&e)))
         }
         JsonRejection::JsonDataError(e) => ApiError::invalid(source_text(&e)),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(
-                ProblemCode::PayloadTooLarge,
-                "the request body is too large",
-            )
-        }
         other => ApiError::invalid(other.body_text()),
     }
 }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod explorer;
 pub mod json;
 pub mod metrics;
 pub mod middleware;
@@ -19,6 +20,7 @@ pub mod routes;
 pub mod state;
 pub mod throttle;
 pub mod usage;
+pub mod versions;
 pub mod views;
 
 use std::future::{Future, IntoFuture};
@@ -28,17 +30,16 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
-use utoipa::OpenApi;
+use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use utoipa_swagger_ui::SwaggerUi;
 
 use crate::problem::ApiError;
 pub use crate::state::AppState;
 
 /// The API's routes with their OpenAPI document.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let (router, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let (router, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(routes::ops::healthz))
         .routes(routes!(routes::ops::readyz))
         .routes(routes!(metrics::metrics))
@@ -114,21 +115,29 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         "/v1/forward-auth/{*path}",
         axum::routing::any(routes::forward_auth::get_below),
     );
+    openapi::ProblemResponses.modify(&mut document);
     (router, document)
 }
 
 /// The whole application: the outer service around the API, the explorer and the body limits.
 pub fn app(state: AppState) -> middleware::Front {
-    let (api, document) = api();
+    middleware::Front::new(state.clone(), router(state))
+}
+
+/// Every route: the API, the explorer and the document, with the body limits; what
+/// [`middleware::Front`] passes requests to.
+pub fn router(state: AppState) -> Router {
+    let (api, mut document) = api();
+    if state.config().api.v1.deprecated_at.is_some() {
+        openapi::announce_deprecation(&mut document, "/v1");
+    }
     let body_limit = state.config().limits.body_bytes;
-    let router = api
-        .route_layer(metrics::CountLayer::new(state.clone()))
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+    api.route_layer(metrics::CountLayer::new(state.clone()))
+        .merge(explorer::router(document))
         .fallback(|| async { ApiError::not_found("there is no such route; see /openapi.json") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
-        .with_state(state.clone());
-    middleware::Front::new(state, router)
+        .with_state(state)
 }
 
 /// How often events past `audit.retention_days` are looked for.

@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -30,6 +31,7 @@ use crate::problem::{ApiError, PROBLEM_JSON, ProblemCode};
 use crate::refusals::Refused;
 use crate::routes::forward_auth;
 use crate::state::AppState;
+use crate::versions::VersionNotice;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -126,14 +128,18 @@ pub struct Front {
     router: Router,
     /// The connection's peer, set per connection by [`Front::for_connection`].
     peer: IpAddr,
+    /// `Deprecation`/`Sunset` for `/v1` responses, once the operator announced them.
+    v1_notice: Option<Arc<VersionNotice>>,
 }
 
 impl Front {
     pub fn new(state: AppState, router: Router) -> Self {
+        let v1_notice = VersionNotice::v1(&state.config().api.v1).map(Arc::new);
         Self {
             state,
             router,
             peer: IpAddr::from([0, 0, 0, 0]),
+            v1_notice,
         }
     }
 
@@ -155,6 +161,10 @@ impl Front {
         let ip = client_ip(&request, self.peer, &self.state);
         let span =
             tracing::info_span!("request", id = %id, %ip, %method, path = request.uri().path());
+        let notice = self
+            .v1_notice
+            .clone()
+            .filter(|notice| notice.applies_to(request.uri().path()));
 
         // For the audit record of a refusal; the clone shares the request's bytes.
         let uri = request.uri().clone();
@@ -210,6 +220,9 @@ impl Front {
 
         let mut response = render(response, id, &method, &self.state);
         response.headers_mut().insert(REQUEST_ID, id_value.clone());
+        if let Some(notice) = notice {
+            notice.add_to(response.headers_mut());
+        }
         if let Some(started) = started {
             let status = response.status().as_u16();
             let micros = started.elapsed().as_micros();

@@ -6,7 +6,9 @@ use axum::http::header;
 use axum::http::request::Parts;
 use keygate_core::access::RequestMeta;
 use keygate_core::store::Page;
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use utoipa::IntoParams;
 
 use crate::middleware::{ClientIp, RequestId};
 use crate::problem::{ApiError, FieldError};
@@ -49,6 +51,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
             .map(Query)
             .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))
     }
+}
+
+/// The query of a list that takes nothing but its page.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// How many items, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the page before.
+    #[param(pattern = "^[A-Za-z0-9_]{0,64}$")]
+    pub cursor: Option<String>,
 }
 
 /// The page a list asks for with `limit` (default 50, at most 500) and `cursor`.

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use crate::auth::Authenticated;
 use crate::json::Json;
 use crate::middleware::ClientIp;
-use crate::problem::{ApiError, FieldError, Problem, ProblemCode};
+use crate::problem::{ApiError, FieldError, ProblemCode};
 use crate::request::{Meta, Query};
 use crate::state::AppState;
 use crate::views::Warning;
@@ -83,8 +83,6 @@ async fn keys_view(state: &AppState, caller: &Caller) -> Result<AccountKeys, Api
 #[utoipa::path(get, path = "/v1/account/keys", tag = "account", operation_id = "listAccountKeys",
     responses(
         (status = 200, body = AccountKeys),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -97,9 +95,7 @@ pub async fn list(
 #[utoipa::path(post, path = "/v1/account/keys", tag = "account", operation_id = "createAccountKey",
     responses(
         (status = 201, description = "Created; `key` is shown only here", body = CreatedKey),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "key-limit-reached: the account has two keys", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "key-limit-reached: the account has two keys"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -141,10 +137,8 @@ pub async fn create(
     params(("id" = String, Path, description = "An account key id")),
     responses(
         (status = 200, description = "Deleted at once and for good; the remaining keys", body = AccountKeys),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "cannot-delete-current-key", body = Problem, content_type = "application/problem+json"),
+        (status = 404),
+        (status = 409, description = "cannot-delete-current-key"),
     ))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -165,11 +159,8 @@ pub async fn delete(
     ),
     responses(
         (status = 200, description = "Deleted at once and for good; the remaining keys", body = AccountKeys),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "cannot-delete-current-key", body = Problem, content_type = "application/problem+json"),
+        (status = 404),
+        (status = 409, description = "cannot-delete-current-key"),
     ))]
 pub async fn delete_by_query(
     State(state): State<AppState>,
@@ -254,6 +245,7 @@ impl From<IpRestriction> for IpRestrictionView {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"enabled": false, "allowlist": ["203.0.113.7", "10.0.0.0/8"]}))]
 pub struct IpRestrictionRequest {
     pub enabled: bool,
     /// IPv4 or IPv6 addresses or networks; a bare address is one host.
@@ -268,8 +260,6 @@ pub struct IpRestrictionRequest {
 #[utoipa::path(get, path = "/v1/account/ip-restriction", tag = "account", operation_id = "getIpRestriction",
     responses(
         (status = 200, body = IpRestrictionView),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_ip_restriction(
     State(state): State<AppState>,
@@ -286,10 +276,8 @@ pub async fn get_ip_restriction(
     request_body = IpRestrictionRequest,
     responses(
         (status = 200, description = "The setting as stored, normalised", body = IpRestrictionView),
-        (status = 400, description = "A bad entry, named as `allowlist[i]`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "would-lock-out-caller", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad entry, named as `allowlist[i]`"),
+        (status = 409, description = "would-lock-out-caller"),
     ))]
 pub async fn put_ip_restriction(
     state: State<AppState>,
@@ -306,10 +294,8 @@ pub async fn put_ip_restriction(
     request_body = IpRestrictionRequest,
     responses(
         (status = 200, description = "The setting as stored, normalised", body = IpRestrictionView),
-        (status = 400, description = "A bad entry, named as `allowlist[i]`", body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "would-lock-out-caller", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "A bad entry, named as `allowlist[i]`"),
+        (status = 409, description = "would-lock-out-caller"),
     ))]
 pub async fn post_ip_restriction(
     state: State<AppState>,

@@ -20,7 +20,7 @@ use keygate_core::verify::Verified;
 
 use crate::auth::authenticate;
 use crate::middleware::ClientIp;
-use crate::problem::{ApiError, Problem};
+use crate::problem::ApiError;
 use crate::state::AppState;
 
 const REQUIRE: HeaderName = HeaderName::from_static("x-keygate-require");
@@ -142,10 +142,7 @@ macro_rules! forward_auth {
                 ),
                 responses(
                     (status = 200, description = "Allowed; empty body, identity in the headers"),
-                    (status = 400, body = Problem, content_type = "application/problem+json"),
-                    (status = 401, body = Problem, content_type = "application/problem+json"),
-                    (status = 403, description = "forbidden (a required permission) or ip-not-allowed", body = Problem, content_type = "application/problem+json"),
-                    (status = 429, description = "rate-limited", body = Problem, content_type = "application/problem+json"),
+                    (status = 403, description = "forbidden (a required permission) or ip-not-allowed"),
                 ))]
             pub async fn $handler(State(state): State<AppState>, client: Option<Extension<ClientIp>>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
                 let client = client.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(ClientIp(ip))| ip);

@@ -5,7 +5,7 @@ use axum::extract::State;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::problem::{ApiError, Problem, ProblemCode};
+use crate::problem::{ApiError, ProblemCode};
 use crate::state::AppState;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -27,8 +27,7 @@ pub async fn healthz() -> Json<Health> {
     security(()),
     responses(
         (status = 200, description = "Ready", body = Health),
-        (status = 503, description = "The store is unreachable or the server is shutting down",
-            body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store is unreachable or the server is shutting down"),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     if state.is_shutting_down() {

@@ -15,8 +15,8 @@ use utoipa::ToSchema;
 
 use crate::auth::Authenticated;
 use crate::json::Json;
-use crate::problem::{ApiError, Problem};
-use crate::request::{Meta, Query, page};
+use crate::problem::ApiError;
+use crate::request::{Meta, PageQuery, Query, page};
 use crate::state::AppState;
 use crate::views::{List, permission_names};
 
@@ -55,19 +55,13 @@ impl RoleView {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "deployer", "permissions": ["tokens:read", "tokens:write"]}))]
 pub struct RoleRequest {
-    #[schema(example = "deployer")]
+    #[schema(example = "deployer", min_length = 1, max_length = 100)]
     pub name: String,
     /// Permissions or wildcards (`*`, `tokens:*`) from the catalog.
-    #[schema(example = json!(["tokens:*", "zones:read"]))]
+    #[schema(example = json!(["tokens:*", "zones:read"]), min_items = 1)]
     pub permissions: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
 }
 
 /// A role named by id or built-in name, in the caller's scope; 404 otherwise.
@@ -89,17 +83,14 @@ fn role_id(text: &str) -> Result<RoleId, ApiError> {
 
 /// List roles: the built-ins, then the tenant's own. Needs `roles:read`.
 #[utoipa::path(get, path = "/v1/roles", tag = "roles", operation_id = "listRoles",
-    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    params(PageQuery),
     responses(
         (status = 200, body = List<RoleView>),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    Query(query): Query<ListQuery>,
+    Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<List<RoleView>>, ApiError> {
     let grant = caller.require::<perm::RolesRead>()?;
     let page = page(query.limit, query.cursor)?;
@@ -114,10 +105,9 @@ pub async fn list(
     request_body = RoleRequest,
     responses(
         (status = 201, body = RoleView),
-        (status = 400, description = "Invalid name or unknown permission", body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Missing roles:write, or privilege-escalation", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "already-exists", body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid name or unknown permission"),
+        (status = 403, description = "Missing roles:write, or privilege-escalation"),
+        (status = 409, description = "already-exists"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -147,9 +137,7 @@ pub async fn create(
     params(("id" = String, Path, description = "A role id")),
     responses(
         (status = 200, body = RoleView),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 404),
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -172,11 +160,8 @@ pub async fn get(
     request_body = RoleRequest,
     responses(
         (status = 200, body = RoleView),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "builtin-role or already-exists", body = Problem, content_type = "application/problem+json"),
+        (status = 404),
+        (status = 409, description = "builtin-role or already-exists"),
     ))]
 pub async fn replace(
     State(state): State<AppState>,
@@ -211,10 +196,8 @@ pub async fn replace(
     params(("id" = String, Path, description = "A role id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "role-in-use (users or usable tokens hold it) or builtin-role", body = Problem, content_type = "application/problem+json"),
+        (status = 404),
+        (status = 409, description = "role-in-use (users or usable tokens hold it) or builtin-role"),
     ))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -264,7 +247,6 @@ pub struct PermissionView {
 #[utoipa::path(get, path = "/v1/permissions", tag = "roles", operation_id = "listPermissions",
     responses(
         (status = 200, body = List<PermissionView>),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn permissions(
     State(state): State<AppState>,

@@ -20,13 +20,14 @@ use utoipa::ToSchema;
 use crate::auth::{Authenticated, SESSION_COOKIE};
 use crate::json::Json;
 use crate::middleware::ClientIp;
-use crate::problem::{ApiError, Problem, ProblemCode};
+use crate::problem::{ApiError, ProblemCode};
 use crate::request::Meta;
 use crate::routes::users::UserView;
 use crate::state::AppState;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "owner@example.com", "password": "correct horse battery staple"}))]
 pub struct LoginRequest {
     #[schema(example = "ada@example.com")]
     pub email: String,
@@ -50,10 +51,9 @@ fn wrong_credentials() -> ApiError {
     security(()),
     responses(
         (status = 200, description = "Signed in; `Set-Cookie: keygate_session=…`", body = LoginResponse),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Wrong email or password (one answer for both)", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "ip-not-allowed: the account's allowlist does not cover this address", body = Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Too many failures for this email or address; see Retry-After", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Wrong email or password (one answer for both)"),
+        (status = 403, description = "ip-not-allowed: the account's allowlist does not cover this address"),
+        (status = 429, description = "Too many failures for this email or address; see Retry-After"),
     ))]
 pub async fn login(
     State(state): State<AppState>,
@@ -174,8 +174,7 @@ pub async fn login(
     security(("cookie" = []), ("bearer" = [])),
     responses(
         (status = 204, description = "Signed out"),
-        (status = 400, description = "The credential is not a session", body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The credential is not a session"),
     ))]
 pub async fn logout(
     State(state): State<AppState>,

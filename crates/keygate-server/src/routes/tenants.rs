@@ -11,11 +11,11 @@ use keygate_core::store::Deletion;
 use keygate_core::tenants::{self, NewTenant, TenantChange};
 use keygate_core::users::NewUser;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Authenticated;
 use crate::json::Json;
-use crate::problem::{ApiError, FieldError, Problem, ProblemCode};
+use crate::problem::{ApiError, FieldError, ProblemCode};
 use crate::request::{Meta, Query, page};
 use crate::routes::users::UserView;
 use crate::state::AppState;
@@ -33,8 +33,9 @@ pub struct FirstUser {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Acme Corp", "slug": "acme", "first_user": {"email": "owner@acme.example", "name": "Wile E. Coyote"}}))]
 pub struct CreateTenant {
-    #[schema(example = "Acme Corp")]
+    #[schema(example = "Acme Corp", min_length = 1, max_length = 100)]
     pub name: String,
     /// Lowercase letters, digits and `-`; derived from the name when left out.
     #[schema(example = "acme")]
@@ -55,6 +56,7 @@ pub struct CreatedTenant {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Acme Corporation"}))]
 pub struct UpdateTenant {
     pub name: Option<String>,
     /// `active` or `suspended`; only an ancestor may change it.
@@ -62,11 +64,17 @@ pub struct UpdateTenant {
     pub status: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// A tenant at or below yours (id or slug); yours when left out.
     parent_id: Option<String>,
+    /// How many items, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// The `next_cursor` of the page before.
+    #[param(pattern = "^[A-Za-z0-9_]{0,64}$")]
     cursor: Option<String>,
 }
 
@@ -96,10 +104,7 @@ async fn home(state: &AppState, scope: &keygate_core::access::Scope) -> Result<T
     request_body = CreateTenant,
     responses(
         (status = 201, body = CreatedTenant),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The slug or the first user's email is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The slug or the first user's email is taken"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -177,17 +182,10 @@ pub async fn create(
 /// The children of the tenant the request acts in, or of `parent_id` below it. Needs
 /// `tenants:read`.
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", operation_id = "listTenants",
-    params(
-        ("parent_id" = Option<String>, Query, description = "A tenant at or below yours; default yours"),
-        ("limit" = Option<u32>, Query),
-        ("cursor" = Option<String>, Query),
-    ),
+    params(ListQuery),
     responses(
         (status = 200, body = List<TenantView>),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "parent_id is not at or below your tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "parent_id is not at or below your tenant"),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -221,9 +219,7 @@ pub async fn list(
     params(("id" = String, Path, description = "A tenant id or slug")),
     responses(
         (status = 200, body = TenantView),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 404),
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -246,10 +242,8 @@ pub async fn get(
     request_body = UpdateTenant,
     responses(
         (status = 200, body = TenantView),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Changing your own tenant's status, or a missing permission", body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Changing your own tenant's status, or a missing permission"),
+        (status = 404),
     ))]
 pub async fn update(
     State(state): State<AppState>,
@@ -295,10 +289,9 @@ pub async fn update(
     params(("id" = String, Path, description = "A tenant id or slug")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Deleting your own tenant, or a missing permission", body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "tenant-has-children", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Deleting your own tenant, or a missing permission"),
+        (status = 404),
+        (status = 409, description = "tenant-has-children"),
     ))]
 pub async fn delete(
     State(state): State<AppState>,

@@ -14,11 +14,11 @@ use keygate_core::store::{PersonalTokens, TokenFilter};
 use keygate_core::tokens::{self, NewToken, TokenPolicy};
 use keygate_core::verify::PrincipalKind;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Authenticated;
 use crate::json::Json;
-use crate::problem::{ApiError, FieldError, Problem};
+use crate::problem::{ApiError, FieldError};
 use crate::request::{Meta, Query, page};
 use crate::routes::roles;
 use crate::state::AppState;
@@ -46,29 +46,30 @@ impl TokenKind {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitBody {
-    #[schema(example = 100)]
+    #[schema(example = 100, minimum = 1)]
     pub requests: u32,
-    #[schema(example = 60)]
+    #[schema(example = 60, minimum = 1)]
     pub per_seconds: u32,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"kind": "service", "name": "CI deploy", "role": "member", "expires_in": 2_592_000}))]
 pub struct CreateToken {
     pub kind: TokenKind,
-    #[schema(example = "CI deploy")]
+    #[schema(example = "CI deploy", min_length = 1, max_length = 100)]
     pub name: String,
     pub description: Option<String>,
     /// Service tokens: a role id or built-in role name. Personal tokens take their user's role.
     #[schema(example = "member")]
     pub role: Option<String>,
     /// Narrows the role to these permissions (wildcards allowed).
-    #[schema(example = json!(["tokens:read"]))]
+    #[schema(example = json!(["tokens:read"]), min_items = 1)]
     pub permissions: Option<Vec<String>>,
     #[schema(value_type = Option<String>, format = DateTime, example = "2027-01-01T00:00:00Z")]
     pub expires_at: Option<Timestamp>,
     /// Seconds from now; instead of `expires_at`.
-    #[schema(example = 2_592_000)]
+    #[schema(example = 2_592_000, minimum = 1)]
     pub expires_in: Option<u64>,
     /// Networks the token may be used from (CIDR or bare addresses).
     #[schema(example = json!(["203.0.113.0/24"]))]
@@ -147,18 +148,25 @@ pub struct CreatedToken {
     pub warnings: Vec<Warning>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Filters repeat (`?status=active&status=expired`); within one, any value matches.
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     #[serde(default)]
     kind: Vec<TokenKind>,
+    /// `active`, `expired` or `revoked`.
     #[serde(default)]
     status: Vec<String>,
     #[serde(default)]
     user_id: Vec<String>,
     #[serde(default)]
     id: Vec<String>,
+    /// How many items, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// The `next_cursor` of the page before.
+    #[param(pattern = "^[A-Za-z0-9_]{0,64}$")]
     cursor: Option<String>,
 }
 
@@ -215,12 +223,8 @@ fn visible(token: &Credential, visibility: &PersonalTokens) -> bool {
     request_body = CreateToken,
     responses(
         (status = 201, description = "Created; `secret` is shown only here", body = CreatedToken),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "forbidden (e.g. a service token creating a personal one) or privilege-escalation", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such role in this tenant", body = Problem, content_type = "application/problem+json"),
-        (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 415, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden (e.g. a service token creating a personal one) or privilege-escalation"),
+        (status = 404, description = "No such role in this tenant"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -289,19 +293,9 @@ pub async fn create(
 /// List tokens, newest first; filters repeat (`?status=active&status=expired`). Needs
 /// `tokens:read`; other users' personal tokens also need `users:read`.
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", operation_id = "listTokens",
-    params(
-        ("kind" = Option<Vec<String>>, Query, description = "personal, service"),
-        ("status" = Option<Vec<String>>, Query, description = "active, expired, revoked"),
-        ("user_id" = Option<Vec<String>>, Query),
-        ("id" = Option<Vec<String>>, Query),
-        ("limit" = Option<u32>, Query),
-        ("cursor" = Option<String>, Query),
-    ),
+    params(ListQuery),
     responses(
         (status = 200, body = List<TokenView>),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -353,9 +347,7 @@ pub async fn list(
     params(("id" = String, Path, description = "A token id")),
     responses(
         (status = 200, body = TokenView),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 404),
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -379,9 +371,7 @@ pub async fn get(
     params(("id" = String, Path, description = "A token id")),
     responses(
         (status = 204, description = "Revoked"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Unknown, not visible, or already revoked", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown, not visible, or already revoked"),
     ))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -402,9 +392,6 @@ pub async fn delete(
     params(("id" = Vec<String>, Query, description = "Token ids; repeat the key")),
     responses(
         (status = 200, body = BulkDeleted),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn delete_many(
     State(state): State<AppState>,

@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 
 use crate::auth::Authenticated;
 use crate::json::Json;
-use crate::problem::{ApiError, FieldError, Problem};
-use crate::request::{Meta, Query, page};
+use crate::problem::{ApiError, FieldError};
+use crate::request::{Meta, PageQuery, Query, page};
 use crate::routes::roles;
 use crate::state::AppState;
 use crate::views::List;
@@ -51,10 +51,11 @@ impl From<User> for UserView {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"email": "ada@example.com", "name": "Ada Lovelace", "role": "member"}))]
 pub struct CreateUser {
     #[schema(example = "ada@example.com")]
     pub email: String,
-    #[schema(example = "Ada Lovelace")]
+    #[schema(example = "Ada Lovelace", min_length = 1, max_length = 100)]
     pub name: String,
     /// A role id, or a built-in role's name (`owner`, `admin`, `member`, `viewer`).
     #[schema(example = "member")]
@@ -74,6 +75,7 @@ pub struct CreatedUser {
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"role": "viewer"}))]
 pub struct UpdateUser {
     pub name: Option<String>,
     /// A role id or built-in role name.
@@ -82,13 +84,6 @@ pub struct UpdateUser {
     #[schema(example = "disabled")]
     pub status: Option<String>,
     pub password: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
 }
 
 fn user_id(text: &str) -> Result<UserId, ApiError> {
@@ -108,17 +103,14 @@ fn target(id: &UserId) -> Target {
 
 /// List the tenant's users. Needs `users:read`.
 #[utoipa::path(get, path = "/v1/users", tag = "users", operation_id = "listUsers",
-    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    params(PageQuery),
     responses(
         (status = 200, body = List<UserView>),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    Query(query): Query<ListQuery>,
+    Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<List<UserView>>, ApiError> {
     let grant = caller.require::<perm::UsersRead>()?;
     let users = state
@@ -133,11 +125,9 @@ pub async fn list(
     request_body = CreateUser,
     responses(
         (status = 201, body = CreatedUser),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Missing users:write, or privilege-escalation", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such role in this tenant", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The email is taken", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Missing users:write, or privilege-escalation"),
+        (status = 404, description = "No such role in this tenant"),
+        (status = 409, description = "The email is taken"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -175,9 +165,7 @@ pub async fn create(
     params(("id" = String, Path, description = "A user id")),
     responses(
         (status = 200, body = UserView),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 404),
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -200,10 +188,7 @@ pub async fn get(
     request_body = UpdateUser,
     responses(
         (status = 200, body = UserView),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 404),
     ))]
 pub async fn update(
     State(state): State<AppState>,
@@ -262,9 +247,7 @@ pub async fn update(
     params(("id" = String, Path, description = "A user id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 401, body = Problem, content_type = "application/problem+json"),
-        (status = 403, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 404),
     ))]
 pub async fn delete(
     State(state): State<AppState>,

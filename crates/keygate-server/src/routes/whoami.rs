@@ -6,7 +6,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::auth::Authenticated;
-use crate::problem::Problem;
 use crate::views::{OrganizationView, PrincipalView, permission_names};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -39,12 +38,6 @@ pub struct WhoAmI {
 #[utoipa::path(get, path = "/v1/whoami", tag = "identity", operation_id = "whoami",
     responses(
         (status = 200, description = "The credential and what it may do", body = WhoAmI),
-        (status = 400, description = "Two different credentials in one request",
-            body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No valid credential",
-            body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store is unreachable",
-            body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn whoami(Authenticated(caller): Authenticated) -> Json<WhoAmI> {
     let verified = caller.verified();

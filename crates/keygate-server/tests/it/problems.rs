@@ -117,6 +117,12 @@ async fn malformed_json_and_unknown_fields_are_400() {
         body["detail"].as_str().unwrap().contains("not valid JSON"),
         "{body}"
     );
+    // serde would read the struct's fields from an array, in order; the contract says object.
+    let body = problem(send("[\"x\", []]").await.unwrap(), 400, "invalid-request").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("JSON object"),
+        "{body}"
+    );
 
     let body = problem(
         send("{\"credential\": \"x\", \"permisions\": []}")

@@ -22,6 +22,7 @@ use crate::views::List;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "billing sync", "role": "viewer", "permissions": ["tokens:read"]}))]
 pub struct CreateClient {
     #[schema(example = "billing sync")]
     pub name: String,

@@ -1,0 +1,305 @@
+//! The OpenAPI document against the router it is generated with: no route without its
+//! documentation and no documented operation without its route, and a document that code
+//! generators and the explorer can use as it is.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use keygate_server::problem::{ApiError, ProblemCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use crate::harness::{TestServer, ok_json};
+
+/// Routes that are not the API: the explorer, and the document itself.
+const NOT_API: [&str; 5] = [
+    "/docs",
+    "/docs/",
+    "/docs/{*rest}",
+    "/docs/swagger-initializer.js",
+    "/openapi.json",
+];
+
+/// The methods probed on every route. `TRACE` and `CONNECT` are not: keygate routes neither on
+/// purpose (forward-auth answers any method, but documents the ones proxies send).
+const METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
+
+/// The router's path templates. axum has no API to list them; its `Debug` output names each
+/// route as `RouteId(n): "/path"`. Should that output change, this finds nothing and the test
+/// below fails instead of passing on an empty list.
+fn routed_paths(router: &axum::Router) -> BTreeSet<String> {
+    let debug = format!("{router:?}");
+    debug
+        .split("RouteId(")
+        .skip(1)
+        .filter_map(|rest| rest.split_once("): \"")?.1.split_once('"'))
+        .map(|(path, _)| path.to_owned())
+        .filter(|path| !path.contains("__private__axum"))
+        .collect()
+}
+
+/// The template with its parameters filled in, and as OpenAPI spells it (`{*path}` → `{path}`).
+fn concrete_and_documented(template: &str) -> (String, String) {
+    let mut concrete = Vec::new();
+    let mut documented = Vec::new();
+    for segment in template.split('/') {
+        match segment.strip_prefix("{*") {
+            Some(name) => {
+                concrete.push("x/y".to_owned());
+                documented.push(format!("{{{name}"));
+            }
+            None if segment.starts_with('{') => {
+                concrete.push("x".to_owned());
+                documented.push(segment.to_owned());
+            }
+            None => {
+                concrete.push(segment.to_owned());
+                documented.push(segment.to_owned());
+            }
+        }
+    }
+    (concrete.join("/"), documented.join("/"))
+}
+
+/// Whether `router` has a handler for `method` on `path`: anything but a 405 or the fallback's
+/// "no such route" means a handler answered (most with a 401: the probe carries no credential).
+async fn routes(router: &axum::Router, method: &Method, path: &str) -> bool {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Body::empty())
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        return false;
+    }
+    let fallback = response
+        .extensions()
+        .get::<ApiError>()
+        .is_some_and(|error| {
+            error.code == ProblemCode::NotFound
+                && error
+                    .detail
+                    .as_deref()
+                    .is_some_and(|d| d.starts_with("there is no such route"))
+        });
+    !fallback
+}
+
+/// `(documented path, method)` for every route `router` answers, found by probing.
+async fn routed_operations(router: &axum::Router) -> BTreeSet<(String, String)> {
+    let mut routed = BTreeSet::new();
+    for template in routed_paths(router) {
+        if NOT_API.contains(&template.as_str()) {
+            continue;
+        }
+        let (concrete, documented) = concrete_and_documented(&template);
+        for method in &METHODS {
+            if routes(router, method, &concrete).await {
+                routed.insert((documented.clone(), method.as_str().to_lowercase()));
+            }
+        }
+    }
+    routed
+}
+
+fn documented_operations(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.insert((path.clone(), method.clone()));
+        }
+    }
+    documented
+}
+
+/// What one side has and the other lacks. axum answers `HEAD` with the `GET` handler, which
+/// needs no documentation of its own.
+fn differences(
+    routed: &BTreeSet<(String, String)>,
+    documented: &BTreeSet<(String, String)>,
+) -> (Vec<String>, Vec<String>) {
+    let implicit_head = |(path, method): &&(String, String)| {
+        method == "head"
+            && routed.contains(&(path.clone(), "get".to_owned()))
+            && !documented.contains(&(path.clone(), "head".to_owned()))
+    };
+    let undocumented = routed
+        .difference(documented)
+        .filter(|op| !implicit_head(op))
+        .map(|(path, method)| format!("{} {path}", method.to_uppercase()))
+        .collect();
+    let unrouted = documented
+        .difference(routed)
+        .map(|(path, method)| format!("{} {path}", method.to_uppercase()))
+        .collect();
+    (undocumented, unrouted)
+}
+
+#[tokio::test]
+async fn every_route_is_documented_and_every_documented_operation_routed() {
+    let server = TestServer::start().await;
+    let doc: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
+    let documented = documented_operations(&doc);
+    let router = keygate_server::router(server.state.clone());
+
+    let paths = routed_paths(&router);
+    assert!(
+        paths.contains("/v1/whoami") && paths.contains("/v1/forward-auth/{*path}"),
+        "the router's paths could not be read: {paths:?}"
+    );
+    let routed = routed_operations(&router).await;
+    let (undocumented, unrouted) = differences(&routed, &documented);
+    assert!(
+        undocumented.is_empty(),
+        "routes missing from /openapi.json: {undocumented:?}"
+    );
+    assert!(
+        unrouted.is_empty(),
+        "documented but not routed: {unrouted:?}"
+    );
+
+    // And the check does catch a route added outside utoipa.
+    let extended = router
+        .route("/v1/undocumented/{id}", axum::routing::put(|| async { "" }))
+        .route("/v1/whoami", axum::routing::delete(|| async { "" }));
+    let (undocumented, _) = differences(&routed_operations(&extended).await, &documented);
+    assert_eq!(
+        undocumented,
+        ["PUT /v1/undocumented/{id}", "DELETE /v1/whoami"]
+    );
+}
+
+#[tokio::test]
+async fn the_security_schemes_are_exactly_the_four_credential_places() {
+    let server = TestServer::start().await;
+    let doc: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
+    let mut schemes = doc["components"]["securitySchemes"].clone();
+    for scheme in schemes.as_object_mut().unwrap().values_mut() {
+        scheme.as_object_mut().unwrap().remove("description");
+    }
+    assert_eq!(
+        schemes,
+        json!({
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "basic": {"type": "http", "scheme": "basic"},
+            "apikey": {"type": "apiKey", "in": "header", "name": "apikey"},
+            "cookie": {"type": "apiKey", "in": "cookie", "name": "api_access_token"},
+        })
+    );
+}
+
+#[tokio::test]
+async fn operations_are_named_tagged_and_answer_problems_for_code_generators() {
+    let server = TestServer::start().await;
+    let doc: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
+    let tags: BTreeSet<&str> = doc["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    let mut ids = BTreeMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let at = format!("{} {path}", method.to_uppercase());
+            let id = operation["operationId"].as_str().unwrap_or_default();
+            let camel = id.starts_with(|c: char| c.is_ascii_lowercase())
+                && id.chars().all(|c| c.is_ascii_alphanumeric());
+            assert!(camel, "{at}: operationId `{id}` is not camelCase");
+            if let Some(other) = ids.insert(id.to_owned(), at.clone()) {
+                panic!("{at} and {other} share the operationId `{id}`");
+            }
+            let own_tags = operation["tags"].as_array().unwrap();
+            assert_eq!(own_tags.len(), 1, "{at}: one tag per resource");
+            assert!(
+                tags.contains(own_tags[0].as_str().unwrap()),
+                "{at}: undeclared tag"
+            );
+            assert!(operation["summary"].is_string(), "{at}: no summary");
+
+            let responses = operation["responses"].as_object().unwrap();
+            assert!(
+                responses.keys().any(|s| s.starts_with('2')),
+                "{at}: no success response"
+            );
+            for (status, response) in responses {
+                let response = resolve(&doc, response);
+                assert!(
+                    response["headers"]["X-Request-Id"].is_object(),
+                    "{at} {status}: X-Request-Id"
+                );
+                // A problem, unless the operation documents another error body of its own
+                // (OAuth's token endpoint answers as RFC 6749 says).
+                if status.starts_with(['4', '5']) {
+                    let content = response["content"].as_object().unwrap();
+                    let problem = &content.get("application/problem+json");
+                    assert!(
+                        problem
+                            .is_none_or(|p| p["schema"]["$ref"] == "#/components/schemas/Problem")
+                            && content.values().all(|c| c["schema"].is_object()),
+                        "{at} {status}: an error without its body"
+                    );
+                    assert!(
+                        !content.is_empty(),
+                        "{at} {status}: an error without a body"
+                    );
+                }
+            }
+            let secured = operation.get("security") != Some(&json!([{}]));
+            for status in ["431", "500"].into_iter().chain(
+                secured
+                    .then_some(["400", "401", "403", "429", "503"])
+                    .into_iter()
+                    .flatten(),
+            ) {
+                assert!(responses.contains_key(status), "{at}: no {status}");
+            }
+            if let Some(body) = operation.get("requestBody") {
+                // The explorer fills "Try it out" with it. (The OAuth endpoints take forms, as
+                // RFC 6749 says, and document their fields instead.)
+                match body["content"]["application/json"]["schema"]["$ref"].as_str() {
+                    Some(schema) => {
+                        let name = schema.rsplit('/').next().unwrap();
+                        let example = &doc["components"]["schemas"][name]["example"];
+                        assert!(example.is_object(), "{at}: no example request");
+                    }
+                    None => assert!(
+                        body["content"]["application/x-www-form-urlencoded"]["schema"].is_object(),
+                        "{at}: a body that is neither JSON nor a documented form"
+                    ),
+                }
+                for status in ["400", "413", "415"] {
+                    assert!(responses.contains_key(status), "{at}: no {status}");
+                }
+            }
+        }
+    }
+    let challenge = resolve(&doc, &doc["paths"]["/v1/whoami"]["get"]["responses"]["401"]);
+    assert!(challenge["headers"]["WWW-Authenticate"].is_object());
+    let limited = resolve(&doc, &doc["paths"]["/v1/whoami"]["get"]["responses"]["429"]);
+    assert!(limited["headers"]["Retry-After"].is_object());
+    let example = &challenge["content"]["application/problem+json"]["example"];
+    assert_eq!(example["code"], "unauthenticated");
+    assert_eq!(example["status"], 401);
+}
+
+/// A response, following its `$ref` into `components/responses`.
+fn resolve<'a>(doc: &'a Value, response: &'a Value) -> &'a Value {
+    match response["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference.rsplit('/').next().unwrap();
+            &doc["components"]["responses"][name]
+        }
+        None => response,
+    }
+}
