@@ -499,11 +499,12 @@ pub trait Store: CredentialSource {
 
     // The token endpoint. The authenticated client scopes each operation to its own tokens.
 
-    /// Stores the refresh token of a new grant.
+    /// Stores the refresh token of a new grant, recording `event`.
     async fn issue_refresh_token(
         &self,
         client: &AuthenticatedClient,
         token: &RefreshToken,
+        event: &AuditEvent,
     ) -> Result<(), StoreError>;
 
     /// The refresh token with this hash, whoever it belongs to.
@@ -514,13 +515,14 @@ pub trait Store: CredentialSource {
 
     /// Spends the client's refresh token `spent` and stores `replacement`, in one transaction. If
     /// `spent` can no longer be spent (a concurrent request spent it first), revokes its family
-    /// instead, recording `refused`.
+    /// instead, recording `refused`; else records `granted`.
     async fn rotate_refresh_token(
         &self,
         client: &AuthenticatedClient,
         spent: &CredentialId,
         replacement: &RefreshToken,
         refused: &AuditEvent,
+        granted: &AuditEvent,
     ) -> Result<Rotation, StoreError>;
 
     /// Revokes every refresh token of the client's `family` that is not revoked yet, recording

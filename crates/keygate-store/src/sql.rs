@@ -972,10 +972,12 @@ macro_rules! sql_store {
                 &self,
                 client: &AuthenticatedClient,
                 token: &RefreshToken,
+                event: &AuditEvent,
             ) -> Result<(), StoreError> {
                 check_lineage(client, token)?;
                 let mut tx = self.begin_write().await?;
                 insert_refresh_token(&mut tx, token).await?;
+                insert_event(&mut tx, event).await?;
                 // A refresh token is never cached: nothing to announce.
                 self.commit(tx, &[]).await
             }
@@ -999,6 +1001,7 @@ macro_rules! sql_store {
                 spent: &CredentialId,
                 replacement: &RefreshToken,
                 refused: &AuditEvent,
+                granted: &AuditEvent,
             ) -> Result<Rotation, StoreError> {
                 check_lineage(client, replacement)?;
                 let at = replacement.credential.created_at;
@@ -1023,6 +1026,7 @@ macro_rules! sql_store {
                     return Ok(Rotation::Reused);
                 }
                 insert_refresh_token(&mut tx, replacement).await?;
+                insert_event(&mut tx, granted).await?;
                 self.commit(tx, &[]).await?;
                 Ok(Rotation::Rotated)
             }

@@ -930,6 +930,11 @@ fn denied(client: &AuthenticatedClient) -> AuditEvent {
     client_event(client, "oauth.token", Outcome::Denied)
 }
 
+/// A grant's event: recorded with the refresh token it stores.
+fn granted(client: &AuthenticatedClient) -> AuditEvent {
+    client_event(client, "oauth.grant", Outcome::Success)
+}
+
 async fn clients_are_scoped_and_take_their_tokens_with_them(db: TestDb) {
     let o = owned(db).await;
     let (client, hash) = client(&o, "billing").await;
@@ -990,7 +995,7 @@ async fn clients_are_scoped_and_take_their_tokens_with_them(db: TestDb) {
     let authenticated = authenticated(&o, &hash).await;
     let (refresh, refresh_hash) = issue(&authenticated, None);
     o.store
-        .issue_refresh_token(&authenticated, &refresh)
+        .issue_refresh_token(&authenticated, &refresh, &granted(&authenticated))
         .await
         .unwrap();
     let jti = CredentialId::generate_for(CredentialKind::AccessToken, NOW).unwrap();
@@ -1037,7 +1042,10 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     let (_, hash) = client(&o, "ci").await;
     let client = authenticated(&o, &hash).await;
     let (first, first_hash) = issue(&client, None);
-    o.store.issue_refresh_token(&client, &first).await.unwrap();
+    o.store
+        .issue_refresh_token(&client, &first, &granted(&client))
+        .await
+        .unwrap();
     let found = o
         .store
         .find_refresh_token(&first_hash)
@@ -1056,7 +1064,13 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     let (second, second_hash) = issue(&client, Some(&found));
     assert_eq!(
         o.store
-            .rotate_refresh_token(&client, &found.credential.id, &second, &refused)
+            .rotate_refresh_token(
+                &client,
+                &found.credential.id,
+                &second,
+                &refused,
+                &granted(&client)
+            )
             .await
             .unwrap(),
         Rotation::Rotated
@@ -1083,7 +1097,13 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     let (third, third_hash) = issue(&client, Some(&found));
     assert_eq!(
         o.store
-            .rotate_refresh_token(&client, &found.credential.id, &third, &refused)
+            .rotate_refresh_token(
+                &client,
+                &found.credential.id,
+                &third,
+                &refused,
+                &granted(&client)
+            )
             .await
             .unwrap(),
         Rotation::Reused
@@ -1106,7 +1126,10 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
 
     // A family revoked explicitly: every token of it, and nothing of another family.
     let (other, other_hash) = issue(&client, None);
-    o.store.issue_refresh_token(&client, &other).await.unwrap();
+    o.store
+        .issue_refresh_token(&client, &other, &granted(&client))
+        .await
+        .unwrap();
     let burn = denied(&client);
     let revoked = o
         .store
@@ -1167,6 +1190,12 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
         denied, 2,
         "the race and the explicit revocation were both recorded"
     );
+    let grants = stored_events(&o._db)
+        .await
+        .into_iter()
+        .filter(|(action, _, _)| action == "oauth.grant")
+        .count();
+    assert_eq!(grants, 3, "two grants and the one rotation that succeeded");
 }
 
 async fn access_token_revocations_are_remembered_and_announced(db: TestDb) {

@@ -1285,7 +1285,8 @@ async fn creating_deleting_and_refused_grants_are_audited() {
                 target.clone(),
                 1
             ),
-            // Two refused grants of one client, counted into one event.
+            // The grant, and two refused grants of one client counted into one event.
+            ("oauth.token".into(), "success".into(), target.clone(), 1),
             ("oauth.token".into(), "denied".into(), target.clone(), 2),
             ("oauth_client.delete".into(), "success".into(), target, 1),
         ]

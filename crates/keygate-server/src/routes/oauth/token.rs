@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use keygate_core::credential::{CredentialHash, CredentialKind};
-use keygate_core::model::Outcome;
+use keygate_core::model::{AuditEvent, Outcome};
 use keygate_core::oauth::{
     self, AuthenticatedClient, ErrorCode, OauthError, RefreshToken, RefreshVerdict, Rotation,
     client_target,
@@ -84,7 +84,7 @@ pub async fn token(
     let ip = ip.map(|axum::Extension(ip)| ip);
     let client = authenticate_client(&state, &headers, &params, ip, &meta).await?;
     let granted = match params.require("grant_type")? {
-        "client_credentials" => client_credentials_grant(&state, &client, &params).await,
+        "client_credentials" => client_credentials_grant(&state, &client, &params, &meta).await,
         "refresh_token" => refresh_grant(&state, &client, &params, &meta).await,
         other => Err(OauthError::new(
             ErrorCode::UnsupportedGrantType,
@@ -106,11 +106,32 @@ async fn client_credentials_grant(
     state: &AppState,
     client: &AuthenticatedClient,
     params: &Params,
+    meta: &keygate_core::access::RequestMeta,
 ) -> Result<TokenResponse, Failure> {
     let scope = oauth::grant_scope(&client.verified().permissions, params.get("scope"))?;
     let (response, issued) = issue(state, client, &scope, None).await?;
-    state.store().issue_refresh_token(client, &issued).await?;
+    let event = granted(state, client, meta)?;
+    state
+        .store()
+        .issue_refresh_token(client, &issued, &event)
+        .await?;
     Ok(response)
+}
+
+/// The event of a grant: a refresh token stored (and, on refresh, one spent).
+fn granted(
+    state: &AppState,
+    client: &AuthenticatedClient,
+    meta: &keygate_core::access::RequestMeta,
+) -> Result<AuditEvent, Failure> {
+    Ok(client.event(
+        "oauth.token",
+        Outcome::Success,
+        200,
+        Some(client_target(client.id())),
+        state.clock().now(),
+        meta,
+    )?)
 }
 
 async fn refresh_grant(
@@ -159,7 +180,13 @@ async fn refresh_grant(
     let (response, replacement) = issue(state, client, &scope, Some(&presented)).await?;
     match state
         .store()
-        .rotate_refresh_token(client, &presented.credential.id, &replacement, &denied)
+        .rotate_refresh_token(
+            client,
+            &presented.credential.id,
+            &replacement,
+            &denied,
+            &granted(state, client, meta)?,
+        )
         .await?
     {
         Rotation::Rotated => Ok(response),
