@@ -313,19 +313,17 @@ macro_rules! sql_store {
             }
 
             async fn list_roles(&self, scope: &Scope, page: &Page) -> Result<Paged<Role>, StoreError> {
-                let rows = sqlx::query(
+                scoped_page(
+                    &self.pool,
                     "SELECT * FROM roles WHERE (tenant_id IS NULL OR tenant_id = $1)
-                       AND ($2 IS NULL OR id < $3)
-                     ORDER BY id DESC LIMIT $4",
+                       AND ($2 IS NULL OR id < $2)
+                     ORDER BY id DESC LIMIT $3",
+                    scope,
+                    page,
+                    role_from_row,
+                    |r| r.id.to_string(),
                 )
-                .bind(scope.tenant_id().as_str())
-                .bind(page.cursor.as_deref())
-                .bind(page.cursor.as_deref())
-                .bind(i64::from(page.limit) + 1)
-                .fetch_all(&self.pool)
                 .await
-                .map_err(store_error)?;
-                paged(&rows, page, role_from_row, |r| r.id.to_string())
             }
 
             async fn get_role(&self, scope: &Scope, id: &RoleId) -> Result<Option<Role>, StoreError> {
@@ -437,18 +435,16 @@ macro_rules! sql_store {
             }
 
             async fn list_users(&self, scope: &Scope, page: &Page) -> Result<Paged<User>, StoreError> {
-                let rows = sqlx::query(
-                    "SELECT * FROM users WHERE tenant_id = $1 AND ($2 IS NULL OR id < $3)
-                     ORDER BY id DESC LIMIT $4",
+                scoped_page(
+                    &self.pool,
+                    "SELECT * FROM users WHERE tenant_id = $1 AND ($2 IS NULL OR id < $2)
+                     ORDER BY id DESC LIMIT $3",
+                    scope,
+                    page,
+                    user_from_row,
+                    |u| u.id.to_string(),
                 )
-                .bind(scope.tenant_id().as_str())
-                .bind(page.cursor.as_deref())
-                .bind(page.cursor.as_deref())
-                .bind(i64::from(page.limit) + 1)
-                .fetch_all(&self.pool)
                 .await
-                .map_err(store_error)?;
-                paged(&rows, page, user_from_row, |u| u.id.to_string())
             }
 
             async fn get_user(&self, scope: &Scope, id: &UserId) -> Result<Option<User>, StoreError> {
@@ -927,18 +923,17 @@ macro_rules! sql_store {
             }
 
             async fn list_clients(&self, scope: &Scope, page: &Page) -> Result<Paged<Credential>, StoreError> {
-                let rows = sqlx::query(
+                scoped_page(
+                    &self.pool,
                     "SELECT * FROM credentials WHERE tenant_id = $1 AND kind = 'oauth_secret'
                        AND ($2 IS NULL OR id < $2)
                      ORDER BY id DESC LIMIT $3",
+                    scope,
+                    page,
+                    credential_from_row,
+                    |c| c.id.to_string(),
                 )
-                .bind(scope.tenant_id().as_str())
-                .bind(page.cursor.as_deref())
-                .bind(i64::from(page.limit) + 1)
-                .fetch_all(&self.pool)
                 .await
-                .map_err(store_error)?;
-                paged(&rows, page, credential_from_row, |c| c.id.to_string())
             }
 
             async fn get_client(
@@ -1509,6 +1504,26 @@ macro_rules! sql_store {
                 request_id: row.try_get("request_id").map_err(store_error)?,
                 count: u32::try_from(count).unwrap_or(u32::MAX),
             })
+        }
+
+        /// One page of a list in a scope: `sql` takes the scope's tenant as `$1`, the cursor as `$2`
+        /// (`$2 IS NULL OR id < $2`) and the limit as `$3`.
+        async fn scoped_page<T>(
+            pool: &sqlx::Pool<$db>,
+            sql: &'static str,
+            scope: &Scope,
+            page: &Page,
+            map: fn(&$row) -> Result<T, StoreError>,
+            id: fn(&T) -> String,
+        ) -> Result<Paged<T>, StoreError> {
+            let rows = sqlx::query(sql)
+                .bind(scope.tenant_id().as_str())
+                .bind(page.cursor.as_deref())
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(pool)
+                .await
+                .map_err(store_error)?;
+            paged(&rows, page, map, id)
         }
 
         /// Maps the rows of a `LIMIT page.limit + 1` query: the extra row only says there is a next page.

@@ -46,6 +46,15 @@ async fn change(
     (status, id, body)
 }
 
+/// A service token made by `token` with `body`: its secret and its id.
+async fn service_token(server: &TestServer, token: &str, body: Value) -> (String, String) {
+    let (_, _, made) = change(server, token, Method::POST, "/v1/tokens", Some(body)).await;
+    (
+        made["secret"].as_str().unwrap().to_owned(),
+        made["id"].as_str().unwrap().to_owned(),
+    )
+}
+
 fn mutating_operations() -> BTreeSet<String> {
     let (_, document) = keygate_server::api();
     let document = serde_json::to_value(&document).unwrap();
@@ -586,26 +595,18 @@ async fn a_tenant_sees_its_subtree_and_never_its_parents_own_events() {
 async fn refusals_of_known_credentials_are_recorded_once_with_a_count() {
     let server = TestServer::start().await;
     let root = server.token.clone();
-    let (_, _, made) = change(
+    let (doomed, doomed_id) = service_token(
         &server,
         &root,
-        Method::POST,
-        "/v1/tokens",
-        Some(json!({"kind": "service", "name": "doomed", "role": "viewer"})),
+        json!({"kind": "service", "name": "doomed", "role": "viewer"}),
     )
     .await;
-    let doomed = made["secret"].as_str().unwrap().to_owned();
-    let doomed_id = made["id"].as_str().unwrap().to_owned();
-    let (_, _, made) = change(
+    let (viewer, viewer_id) = service_token(
         &server,
         &root,
-        Method::POST,
-        "/v1/tokens",
-        Some(json!({"kind": "service", "name": "viewer", "role": "viewer"})),
+        json!({"kind": "service", "name": "viewer", "role": "viewer"}),
     )
     .await;
-    let viewer = made["secret"].as_str().unwrap().to_owned();
-    let viewer_id = made["id"].as_str().unwrap().to_owned();
     ok_json(server.whoami(&[("apikey", &doomed)]).await).await;
     change(
         &server,
@@ -636,16 +637,8 @@ async fn refusals_of_known_credentials_are_recorded_once_with_a_count() {
         problem(response, 403, "forbidden").await;
     }
     // A token pinned elsewhere, used from here: the credential itself is refused.
-    let (_, _, made) = change(
-        &server,
-        &root,
-        Method::POST,
-        "/v1/tokens",
-        Some(json!({"kind": "service", "name": "pinned", "role": "viewer", "allowed_ips": ["10.0.0.0/8"]})),
-    )
-    .await;
-    let pinned = made["secret"].as_str().unwrap().to_owned();
-    let pinned_id = made["id"].as_str().unwrap().to_owned();
+    let pinned = json!({"kind": "service", "name": "pinned", "role": "viewer", "allowed_ips": ["10.0.0.0/8"]});
+    let (pinned, pinned_id) = service_token(&server, &root, pinned).await;
     problem(
         server.whoami(&[("apikey", &pinned)]).await,
         403,
