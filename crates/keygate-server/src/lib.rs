@@ -23,7 +23,8 @@ pub mod usage;
 pub mod versions;
 pub mod views;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
+use std::pin::pin;
 use std::time::Duration;
 
 use axum::Router;
@@ -201,10 +202,7 @@ pub async fn run(
             }
         })
     };
-    let app = app(state.clone());
-    let serve = axum::serve(listener, app)
-        .with_graceful_shutdown(signalled)
-        .into_future();
+    let serve = serve(listener, app(state.clone()), signalled);
     let grace_over = async move {
         let _ = stopping_rx.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(grace).await;
@@ -224,4 +222,60 @@ pub async fn run(
     state.store().close().await;
     tracing::info!("stopped");
     result
+}
+
+/// Accepts connections and serves HTTP/1.1 on each with [`middleware::Front`] until `stop`
+/// resolves; then stops accepting, asks every connection to finish the request it is serving
+/// and close, and waits for them all.
+///
+/// hyper's HTTP/1 connection directly, without a protocol-sniffing wrapper or a tower adapter
+/// between it and `Front`: on the hot path each layer cost a clone, a box or a copy per request.
+pub async fn serve(
+    listener: TcpListener,
+    front: middleware::Front,
+    stop: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let http = hyper::server::conn::http1::Builder::new();
+    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_failed(error).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let connection = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            front.for_connection(peer),
+        );
+        let connection = connections.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.shutdown().await;
+    Ok(())
+}
+
+/// A failed `accept`: a connection that went away before it was accepted is nobody's concern;
+/// anything else (out of file descriptors, say) is logged and retried after a pause rather than
+/// spun on.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%error, "cannot accept connections; trying again in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }

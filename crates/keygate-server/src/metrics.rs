@@ -2,7 +2,8 @@
 //! verdict, the verification cache's hits and misses, and how long its store reads take.
 //!
 //! Counting is cheap on the request path: a read lock on the route table (written once per route,
-//! the first time it is served) and an atomic add; everything else is atomic too.
+//! the first time it is served) and an atomic add; forward-auth, the hot path, has its own
+//! counters and takes no lock; everything else is atomic too.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -19,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use keygate_core::verify::LATENCY_BUCKETS;
 use tower::{Layer, Service};
 
+use crate::routes::forward_auth;
 use crate::routes::verify::VerifyCode;
 use crate::state::AppState;
 
@@ -48,11 +50,22 @@ impl StatusCounts {
     }
 }
 
-#[derive(Default)]
 pub struct Metrics {
     /// Route template → counts by status.
     requests: RwLock<HashMap<Box<str>, Box<StatusCounts>>>,
+    /// Forward-auth's routes, by [`forward_auth::Route`]: no lookup on the hot path.
+    forward_auth: [Box<StatusCounts>; forward_auth::Route::ALL.len()],
     verifications: [AtomicU64; VerifyCode::ALL.len()],
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: RwLock::default(),
+            forward_auth: std::array::from_fn(|_| StatusCounts::new()),
+            verifications: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
 }
 
 impl Metrics {
@@ -68,6 +81,10 @@ impl Metrics {
             .entry(route.into())
             .or_insert_with(StatusCounts::new)
             .add(status);
+    }
+
+    pub fn count_forward_auth(&self, route: forward_auth::Route, status: u16) {
+        self.forward_auth[route as usize].add(status);
     }
 
     pub fn count_verification(&self, code: VerifyCode) {
@@ -147,8 +164,15 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let _ = writeln!(out, "# TYPE keygate_http_requests_total counter");
     {
         let requests = metrics.requests.read().unwrap_or_else(|p| p.into_inner());
-        let mut routes: Vec<_> = requests.iter().collect();
-        routes.sort_by_key(|(route, _)| *route);
+        let forward_auth = forward_auth::Route::ALL
+            .iter()
+            .map(|&route| (route.template(), &*metrics.forward_auth[route as usize]));
+        let mut routes: Vec<(&str, &StatusCounts)> = requests
+            .iter()
+            .map(|(route, counts)| (&**route, &**counts))
+            .chain(forward_auth)
+            .collect();
+        routes.sort_by_key(|&(route, _)| route);
         for (route, counts) in routes {
             for (status, count) in counts.seen() {
                 let _ = writeln!(

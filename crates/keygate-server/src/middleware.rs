@@ -11,18 +11,16 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
+use axum::BoxError;
 use axum::Router;
-use axum::body::Body;
-use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::body::{Body, Bytes, HttpBody};
+use axum::http::{self, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::serve::IncomingStream;
+use futures_util::FutureExt;
 use keygate_core::allowlist::client_address;
 use keygate_core::base62;
-use tokio::net::TcpListener;
 use tower::Service;
 use tracing::{Instrument, Level};
 
@@ -50,7 +48,7 @@ pub struct OwnErrorBody;
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
-fn client_ip(request: &Request, peer: IpAddr, state: &AppState) -> IpAddr {
+fn client_ip<B>(request: &http::Request<B>, peer: IpAddr, state: &AppState) -> IpAddr {
     let headers = request.headers();
     // Looked up only if read, which is only when the peer is a trusted proxy.
     let values = |name: &'static HeaderName| {
@@ -69,7 +67,7 @@ fn client_ip(request: &Request, peer: IpAddr, state: &AppState) -> IpAddr {
 
 /// The caller's id if it is sane (1–128 characters of `A-Za-z0-9._:-`), else a new one. Kept as
 /// the header value it is sent back in.
-fn request_id(request: &Request) -> HeaderValue {
+fn request_id<B>(request: &http::Request<B>) -> HeaderValue {
     let sane = |id: &[u8]| {
         (1..=128).contains(&id.len())
             && id
@@ -107,7 +105,7 @@ fn new_request_id() -> HeaderValue {
 }
 
 /// The size of the request's header section, as the limit counts it: names and values.
-fn header_bytes(request: &Request) -> usize {
+fn header_bytes<B>(request: &http::Request<B>) -> usize {
     request
         .headers()
         .iter()
@@ -122,54 +120,70 @@ fn header_bytes(request: &Request) -> usize {
 /// router's per-route layers (it reads no body, so the body limits have nothing to do), and
 /// gets everything else a request gets here: request id, header limit, client address,
 /// rate-limit headers, problem rendering, metrics and the access log.
+///
+/// It is hyper's service for a connection (see [`crate::serve`]), so the request's body reaches
+/// the router as it came, and the hot path never boxes it.
 #[derive(Clone)]
 pub struct Front {
-    state: AppState,
-    router: Router,
+    shared: Arc<Shared>,
     /// The connection's peer, set per connection by [`Front::for_connection`].
     peer: IpAddr,
+}
+
+/// What every connection's service shares: one reference count per request.
+struct Shared {
+    state: AppState,
+    router: Router,
     /// `Deprecation`/`Sunset` for `/v1` responses, once the operator announced them.
-    v1_notice: Option<Arc<VersionNotice>>,
+    v1_notice: Option<VersionNotice>,
 }
 
 impl Front {
     pub fn new(state: AppState, router: Router) -> Self {
-        let v1_notice = VersionNotice::v1(&state.config().api.v1).map(Arc::new);
+        let v1_notice = VersionNotice::v1(&state.config().api.v1);
         Self {
-            state,
-            router,
+            shared: Arc::new(Shared {
+                state,
+                router,
+                v1_notice,
+            }),
             peer: IpAddr::from([0, 0, 0, 0]),
-            v1_notice,
         }
     }
 
     /// The service for one connection from `peer`.
     pub fn for_connection(&self, peer: SocketAddr) -> Self {
         Self {
+            shared: Arc::clone(&self.shared),
             peer: peer.ip(),
-            ..self.clone()
         }
     }
 
-    async fn serve(self, request: Request) -> Response {
+    async fn serve<B>(self, request: http::Request<B>) -> Response
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let Shared {
+            state, v1_notice, ..
+        } = &*self.shared;
         // The access log's timing costs two clock reads; only taken when the line is written.
         let started = tracing::enabled!(Level::INFO).then(Instant::now);
         let id_value = request_id(&request);
         // Sane by construction: visible ASCII.
         let id = id_value.to_str().unwrap_or_default();
         let method = request.method().clone();
-        let ip = client_ip(&request, self.peer, &self.state);
+        let ip = client_ip(&request, self.peer, state);
         let span =
             tracing::info_span!("request", id = %id, %ip, %method, path = request.uri().path());
-        let notice = self
-            .v1_notice
-            .clone()
+        let notice = v1_notice
+            .as_ref()
             .filter(|notice| notice.applies_to(request.uri().path()));
 
         // For the audit record of a refusal; the clone shares the request's bytes.
         let uri = request.uri().clone();
 
-        let limit = self.state.config().limits.header_bytes;
+        let limit = state.config().limits.header_bytes;
         let response = if header_bytes(&request) > limit {
             ApiError::new(
                 ProblemCode::HeadersTooLarge,
@@ -211,14 +225,14 @@ impl Front {
                     user_agent: caller.user_agent.as_ref().and_then(|a| a.to_str().ok()),
                     request_id: id,
                 };
-                if let Some(event) = refused.event(self.state.clock().now()) {
-                    self.state.refusals().note(event);
+                if let Some(event) = refused.event(state.clock().now()) {
+                    state.refusals().note(event);
                 }
             }
             response
         };
 
-        let mut response = render(response, id, &method, &self.state);
+        let mut response = render(response, id, &method, state);
         response.headers_mut().insert(REQUEST_ID, id_value.clone());
         if let Some(notice) = notice {
             notice.add_to(response.headers_mut());
@@ -231,53 +245,43 @@ impl Front {
         response
     }
 
-    async fn dispatch(&self, mut request: Request, id: &str, ip: IpAddr) -> Response {
-        let path = request.uri().path();
-        if let Some(route) = forward_auth::route(path) {
-            let response = forward_auth::answer(&self.state, request.headers(), request.uri(), ip)
+    async fn dispatch<B>(&self, request: http::Request<B>, id: &str, ip: IpAddr) -> Response
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let state = &self.shared.state;
+        if let Some(route) = forward_auth::route(request.uri().path()) {
+            let response = forward_auth::answer(state, request.headers(), request.uri(), ip)
                 .await
                 .into_response();
-            self.state
+            state
                 .metrics()
-                .count_request(route, response.status().as_u16());
+                .count_forward_auth(route, response.status().as_u16());
             return response;
         }
+        let mut request = request.map(Body::new);
         request.extensions_mut().insert(RequestId(id.to_owned()));
         request.extensions_mut().insert(ClientIp(ip));
-        match self.router.clone().call(request).await {
+        // Boxed: the router's future is large, and the hot path should not carry its size.
+        match Box::pin(self.shared.router.clone().call(request)).await {
             Ok(response) => response,
             Err(never) => match never {},
         }
     }
 }
 
-/// Makes the service for each accepted connection, knowing its peer.
-impl Service<IncomingStream<'_, TcpListener>> for Front {
-    type Response = Front;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<Front, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, stream: IncomingStream<'_, TcpListener>) -> Self::Future {
-        std::future::ready(Ok(self.for_connection(*stream.remote_addr())))
-    }
-}
-
-impl Service<Request> for Front {
+impl<B> hyper::service::Service<http::Request<B>> for Front
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
     type Response = Response;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        let front = self.clone();
-        Box::pin(async move { Ok(front.serve(request).await) })
+    fn call(&self, request: http::Request<B>) -> Self::Future {
+        Box::pin(self.clone().serve(request).map(Ok))
     }
 }
 
@@ -342,6 +346,8 @@ fn bare_status_error(status: StatusCode, method: &Method, state: &AppState) -> A
 
 #[cfg(test)]
 mod tests {
+    use axum::extract::Request;
+
     use super::*;
 
     fn with_header(value: &[u8]) -> Request {

@@ -46,17 +46,35 @@ fn required(headers: &HeaderMap, query: Option<&str>) -> Result<Vec<String>, Api
     Ok(permissions)
 }
 
-/// The route template a path is counted under, when it is a forward-auth path.
-pub fn route(path: &str) -> Option<&'static str> {
+/// Forward-auth's two route templates: the check itself and any path below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Check,
+    Below,
+}
+
+impl Route {
+    pub const ALL: [Route; 2] = [Route::Check, Route::Below];
+
+    /// The template requests are counted under, as the router would name it.
+    pub fn template(self) -> &'static str {
+        match self {
+            Route::Check => PATH,
+            Route::Below => "/v1/forward-auth/{*path}",
+        }
+    }
+}
+
+/// The route a path is served and counted under, when it is a forward-auth path.
+pub fn route(path: &str) -> Option<Route> {
     match path.strip_prefix(PATH)? {
-        "" => Some(PATH),
-        below if below.starts_with('/') => Some(BELOW),
+        "" => Some(Route::Check),
+        below if below.starts_with('/') => Some(Route::Below),
         _ => None,
     }
 }
 
 const PATH: &str = "/v1/forward-auth";
-const BELOW: &str = "/v1/forward-auth/{*path}";
 
 /// The check itself, for any method and any path [`route`] accepts.
 pub async fn answer(

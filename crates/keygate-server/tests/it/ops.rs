@@ -256,3 +256,84 @@ async fn metrics_count_requests_verdicts_and_the_cache() {
     assert_eq!(line(r#"keygate_store_read_seconds_count"#), 1.0);
     assert_eq!(line(r#"keygate_store_read_seconds_bucket{le="+Inf"}"#), 1.0);
 }
+
+/// What a test sees of one raw HTTP/1.1 exchange.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buffer).await.unwrap();
+        response.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&response);
+        let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0);
+            body.len() >= length
+        });
+        if n == 0 || complete {
+            return text.into_owned();
+        }
+    }
+}
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    let mut server = TestServer::start().await;
+    let address = server.base.trim_start_matches("http://").to_owned();
+
+    // An idle keep-alive connection: one request answered, the connection left open.
+    let mut idle = TcpStream::connect(&address).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: keygate\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
+
+    // A request in flight: its head and half of its body sent.
+    let body = format!(r#"{{"credential": "{}"}}"#, server.token);
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut busy = TcpStream::connect(&address).await.unwrap();
+    let head = format!(
+        "POST /v1/verify HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+        server.token,
+        body.len()
+    );
+    busy.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+    let stopping = tokio::spawn(async move {
+        server.shutdown().await;
+    });
+    // The idle connection is closed at once; nobody new is let in.
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), read_response(&mut idle));
+    assert_eq!(closed.await.unwrap(), "");
+    for _ in 0..50 {
+        if TcpStream::connect(&address).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(TcpStream::connect(&address).await.is_err());
+    assert!(!stopping.is_finished(), "stopped with a request in flight");
+
+    // The request in flight is finished and answered, and then the server stops.
+    busy.write_all(rest.as_bytes()).await.unwrap();
+    let response = read_response(&mut busy).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains(r#""valid":true"#), "{response}");
+    tokio::time::timeout(std::time::Duration::from_secs(5), stopping)
+        .await
+        .unwrap()
+        .unwrap();
+}
