@@ -208,13 +208,23 @@ impl CredentialFormat {
     /// Checks the shape, checksum, prefix and environment of `text`, without any store access and
     /// without allocating.
     pub fn parse(&self, text: &str) -> Result<CredentialKind, FormatError> {
-        if text.len() > MAX_LEN || !text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        // `<head>_<body>`, the body being the last BODY_LEN characters and free of `_`. Every
+        // byte is looked at without an early exit, which the compiler turns into a few vector
+        // instructions: this runs on every request.
+        let bytes = text.as_bytes();
+        let well_formed = bytes.len() <= MAX_LEN
+            && bytes.len() > BODY_LEN
+            && bytes[bytes.len() - BODY_LEN - 1] == b'_'
+            && bytes.iter().fold(true, |ok, &b| {
+                ok & (b.is_ascii_alphanumeric() | (b == b'_'))
+            })
+            && bytes[bytes.len() - BODY_LEN..]
+                .iter()
+                .fold(true, |ok, &b| ok & (b != b'_'));
+        if !well_formed {
             return Err(FormatError::Malformed);
         }
-        let (head, body) = text.rsplit_once('_').ok_or(FormatError::Malformed)?;
-        if body.len() != BODY_LEN {
-            return Err(FormatError::Malformed);
-        }
+        let head = &text[..text.len() - BODY_LEN - 1];
         let mut segments = head.split('_');
         let (Some(prefix), Some(second)) = (segments.next(), segments.next()) else {
             return Err(FormatError::Malformed);
@@ -385,6 +395,68 @@ mod tests {
             }
         );
         assert!(error.to_string().contains("test credential"));
+    }
+
+    /// The format as first written: split on underscores, then check. `parse` does the same work
+    /// without searching, and must agree with this on every input.
+    fn parse_by_splitting(
+        format: &CredentialFormat,
+        text: &str,
+    ) -> Result<CredentialKind, FormatError> {
+        if text.len() > MAX_LEN || !text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(FormatError::Malformed);
+        }
+        let (head, body) = text.rsplit_once('_').ok_or(FormatError::Malformed)?;
+        if body.len() != BODY_LEN {
+            return Err(FormatError::Malformed);
+        }
+        let mut segments = head.split('_');
+        let (Some(prefix), Some(second)) = (segments.next(), segments.next()) else {
+            return Err(FormatError::Malformed);
+        };
+        let (kind_segment, env_segment) = match (segments.next(), segments.next()) {
+            (None, _) => (None, second),
+            (Some(third), None) => (Some(second), third),
+            (Some(_), Some(_)) => return Err(FormatError::Malformed),
+        };
+        let (signed, checksum) = text.split_at(text.len() - CHECKSUM_LEN);
+        let mut expected = [0u8; CHECKSUM_LEN];
+        base62::encode_fixed(u64::from(crc32fast::hash(signed.as_bytes())), &mut expected);
+        if checksum.as_bytes() != expected {
+            return Err(FormatError::BadChecksum);
+        }
+        if prefix != format.prefix {
+            return Err(FormatError::ForeignPrefix);
+        }
+        let environment = Environment::from_segment(env_segment).ok_or(FormatError::Malformed)?;
+        if environment != format.environment {
+            return Err(FormatError::WrongEnvironment {
+                credential: environment,
+                server: format.environment,
+            });
+        }
+        CredentialKind::from_segment(kind_segment).ok_or(FormatError::Malformed)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_agrees_with_splitting(
+            text in "[a-z]{0,3}(_[a-z]{0,5}){0,3}_[A-Za-z0-9_]{34,38}|[A-Za-z0-9_ü]{0,60}",
+            valid_kind in 0..CredentialKind::ALL.len(),
+            cut in 0usize..60,
+        ) {
+            let format = live();
+            proptest::prop_assert_eq!(format.parse(&text), parse_by_splitting(&format, &text));
+            // And on real credentials, whole and cut short.
+            let kind = CredentialKind::ALL[valid_kind];
+            if kind.is_opaque() {
+                let secret = format.generate(kind).unwrap();
+                let real = secret.expose();
+                proptest::prop_assert_eq!(format.parse(real), parse_by_splitting(&format, real));
+                let short = &real[..real.len().saturating_sub(cut)];
+                proptest::prop_assert_eq!(format.parse(short), parse_by_splitting(&format, short));
+            }
+        }
     }
 
     #[test]

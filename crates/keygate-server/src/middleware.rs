@@ -6,10 +6,11 @@
 //! path only, never the query string or headers: a query may carry a key (`?key=…`) and headers
 //! carry credentials.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -180,9 +181,6 @@ impl Front {
             .as_ref()
             .filter(|notice| notice.applies_to(request.uri().path()));
 
-        // For the audit record of a refusal; the clone shares the request's bytes.
-        let uri = request.uri().clone();
-
         let limit = state.config().limits.header_bytes;
         let response = if header_bytes(&request) > limit {
             ApiError::new(
@@ -191,21 +189,31 @@ impl Front {
             )
             .into_response()
         } else {
-            let (mut response, limit, caller) = NOTES
-                .scope(Notes::default(), async {
-                    let response = self.dispatch(request, id, ip).await;
-                    let (limit, caller) = NOTES.with(|n| (n.rate_limit.get(), n.caller.take()));
-                    (response, limit, caller)
-                })
-                .instrument(span.clone())
-                .await;
-            if let Some(status) = limit {
+            // Forward-auth is answered here from a borrowed request; everything else goes to
+            // the router, which takes the request, so its URI is kept for the audit record.
+            let (mut response, notes, uri) = match forward_auth::route(request.uri().path()) {
+                Some(route) => {
+                    let check = forward_auth::answer(state, request.headers(), request.uri(), ip);
+                    let (response, notes) = noted(check.instrument(span.clone())).await;
+                    let response = response.into_response();
+                    let status = response.status().as_u16();
+                    state.metrics().count_forward_auth(route, status);
+                    (response, notes, Cow::Borrowed(request.uri()))
+                }
+                None => {
+                    let uri = request.uri().clone();
+                    let routed = self.route(request, id, ip).instrument(span.clone());
+                    let (response, notes) = noted(routed).await;
+                    (response, notes, Cow::Owned(uri))
+                }
+            };
+            if let Some(status) = notes.rate_limit.get() {
                 for (name, value) in rate_limit_headers(&status) {
                     response.headers_mut().insert(name, value);
                 }
             }
             let status = response.status().as_u16();
-            if let (401 | 403, Some(caller)) = (status, caller) {
+            if let (401 | 403, Some(caller)) = (status, notes.caller.take()) {
                 // The credential itself refused (expired, revoked, wrong address), or refused
                 // something it may not do.
                 let code = response.extensions().get::<ApiError>().map(|e| e.code);
@@ -233,7 +241,6 @@ impl Front {
         };
 
         let mut response = render(response, id, &method, state);
-        response.headers_mut().insert(REQUEST_ID, id_value.clone());
         if let Some(notice) = notice {
             notice.add_to(response.headers_mut());
         }
@@ -242,24 +249,17 @@ impl Front {
             let micros = started.elapsed().as_micros();
             span.in_scope(|| tracing::info!(status, micros, "served"));
         }
+        // Moved, not cloned: a clone of a fresh value would allocate to share it.
+        response.headers_mut().insert(REQUEST_ID, id_value);
         response
     }
 
-    async fn dispatch<B>(&self, request: http::Request<B>, id: &str, ip: IpAddr) -> Response
+    /// Everything but forward-auth: through the router.
+    async fn route<B>(&self, request: http::Request<B>, id: &str, ip: IpAddr) -> Response
     where
         B: HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let state = &self.shared.state;
-        if let Some(route) = forward_auth::route(request.uri().path()) {
-            let response = forward_auth::answer(state, request.headers(), request.uri(), ip)
-                .await
-                .into_response();
-            state
-                .metrics()
-                .count_forward_auth(route, response.status().as_u16());
-            return response;
-        }
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(RequestId(id.to_owned()));
         request.extensions_mut().insert(ClientIp(ip));
@@ -269,6 +269,14 @@ impl Front {
             Err(never) => match never {},
         }
     }
+}
+
+/// Runs `future` with fresh [`Notes`] for authentication to leave its findings in, and hands
+/// them back with its output. Pinned where it stands, so the future is never moved once made.
+async fn noted<F: Future>(future: F) -> (F::Output, Notes) {
+    let mut scoped = pin!(NOTES.scope(Notes::default(), future));
+    let output = scoped.as_mut().await;
+    (output, scoped.take_value().unwrap_or_default())
 }
 
 impl<B> hyper::service::Service<http::Request<B>> for Front

@@ -35,11 +35,13 @@ fn required(headers: &HeaderMap, query: Option<&str>) -> Result<Vec<String>, Api
             .map_err(|_| ApiError::invalid("X-Keygate-Require is not readable text"))?;
         permissions.extend(value.split(',').map(str::trim).map(str::to_owned));
     }
-    let pairs: Vec<(String, String)> = serde_html_form::from_str(query.unwrap_or_default())
-        .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))?;
-    for (key, value) in pairs {
-        if key == "require" {
-            permissions.extend(value.split(',').map(str::trim).map(str::to_owned));
+    if let Some(query) = query {
+        let pairs: Vec<(String, String)> = serde_html_form::from_str(query)
+            .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))?;
+        for (key, value) in pairs {
+            if key == "require" {
+                permissions.extend(value.split(',').map(str::trim).map(str::to_owned));
+            }
         }
     }
     permissions.retain(|p| !p.is_empty());
@@ -91,7 +93,7 @@ pub async fn answer(
 
 /// The identity headers of a credential, made once per cached verification and cloned (which
 /// copies no bytes and hashes no names) for each answer: the permission list alone can be
-/// hundreds of bytes to join and validate.
+/// hundreds of bytes to join and validate, and hashing the five names costs more than the clone.
 struct Identity(HeaderMap);
 
 impl Identity {
