@@ -310,7 +310,8 @@ async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
         body.len()
     );
     busy.write_all(head.as_bytes()).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Time for the server to read the head and start on the request (it then waits for the body).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     let stopping = tokio::spawn(async move {
         server.shutdown().await;
