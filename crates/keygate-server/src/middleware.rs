@@ -14,12 +14,12 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::BoxError;
 use axum::Router;
-use axum::body::{Body, Bytes, HttpBody};
+use axum::body::Body;
 use axum::http::{self, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
+use hyper::body::Incoming;
 use keygate_core::allowlist::client_address;
 use keygate_core::base62;
 use tower::Service;
@@ -160,11 +160,7 @@ impl Front {
         }
     }
 
-    async fn serve<B>(self, request: http::Request<B>) -> Response
-    where
-        B: HttpBody<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    async fn serve(self, request: http::Request<Incoming>) -> Response {
         let Shared {
             state, v1_notice, ..
         } = &*self.shared;
@@ -255,11 +251,7 @@ impl Front {
     }
 
     /// Everything but forward-auth: through the router.
-    async fn route<B>(&self, request: http::Request<B>, id: &str, ip: IpAddr) -> Response
-    where
-        B: HttpBody<Data = Bytes> + Send + 'static,
-        B::Error: Into<BoxError>,
-    {
+    async fn route(&self, request: http::Request<Incoming>, id: &str, ip: IpAddr) -> Response {
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(RequestId(id.to_owned()));
         request.extensions_mut().insert(ClientIp(ip));
@@ -279,16 +271,12 @@ async fn noted<F: Future>(future: F) -> (F::Output, Notes) {
     (output, scoped.take_value().unwrap_or_default())
 }
 
-impl<B> hyper::service::Service<http::Request<B>> for Front
-where
-    B: HttpBody<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
+impl hyper::service::Service<http::Request<Incoming>> for Front {
     type Response = Response;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn call(&self, request: http::Request<B>) -> Self::Future {
+    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         Box::pin(self.clone().serve(request).map(Ok))
     }
 }

@@ -66,6 +66,23 @@ pub(crate) fn unique_field(name: &str) -> &'static str {
 }
 
 /// Implements `CredentialSource` and `Store` for `$store` over database `$db` with rows `$row`.
+/// Appends ` AND <column> IN (…)` with one bind per value, or nothing when there are no values
+/// (a filter that was not given).
+macro_rules! and_in {
+    ($query:expr, $column:expr, $values:expr) => {{
+        let values = $values;
+        if !values.is_empty() {
+            $query.push(format_args!(" AND {} IN (", $column));
+            let mut list = $query.separated(", ");
+            for value in values {
+                list.push_bind(value.as_str());
+            }
+            $query.push(")");
+        }
+    }};
+}
+pub(crate) use and_in;
+
 macro_rules! sql_store {
     ($store:ident, $db:ty, $row:ty) => {
         #[async_trait]
@@ -608,14 +625,7 @@ macro_rules! sql_store {
                     "SELECT * FROM credentials WHERE kind IN ('personal', 'service') AND tenant_id = ",
                 );
                 query.push_bind(scope.tenant_id().as_str());
-                if !filter.kinds.is_empty() {
-                    query.push(" AND kind IN (");
-                    let mut list = query.separated(", ");
-                    for kind in &filter.kinds {
-                        list.push_bind(kind.as_str());
-                    }
-                    query.push(")");
-                }
+                $crate::sql::and_in!(query, "kind", &filter.kinds);
                 if !filter.statuses.is_empty() {
                     query.push(" AND (FALSE");
                     for status in &filter.statuses {
@@ -634,22 +644,8 @@ macro_rules! sql_store {
                     }
                     query.push(")");
                 }
-                if !filter.user_ids.is_empty() {
-                    query.push(" AND user_id IN (");
-                    let mut list = query.separated(", ");
-                    for id in &filter.user_ids {
-                        list.push_bind(id.as_str());
-                    }
-                    query.push(")");
-                }
-                if !filter.ids.is_empty() {
-                    query.push(" AND id IN (");
-                    let mut list = query.separated(", ");
-                    for id in &filter.ids {
-                        list.push_bind(id.as_str());
-                    }
-                    query.push(")");
-                }
+                $crate::sql::and_in!(query, "user_id", &filter.user_ids);
+                $crate::sql::and_in!(query, "id", &filter.ids);
                 match &filter.personal {
                     PersonalTokens::All => {}
                     PersonalTokens::OfUser(user) => {
@@ -1451,23 +1447,9 @@ macro_rules! sql_store {
                 ("e.action", &filter.actions),
                 ("e.actor_id", &filter.actor_ids),
             ] {
-                if !values.is_empty() {
-                    query.push(format_args!(" AND {column} IN ("));
-                    let mut list = query.separated(", ");
-                    for value in values {
-                        list.push_bind(value.as_str());
-                    }
-                    query.push(")");
-                }
+                $crate::sql::and_in!(query, column, values);
             }
-            if !filter.outcomes.is_empty() {
-                query.push(" AND e.outcome IN (");
-                let mut list = query.separated(", ");
-                for outcome in &filter.outcomes {
-                    list.push_bind(outcome.as_str());
-                }
-                query.push(")");
-            }
+            $crate::sql::and_in!(query, "e.outcome", &filter.outcomes);
             if let Some(since) = filter.since {
                 query.push(" AND e.time >= ").push_bind(since.unix());
             }
