@@ -453,6 +453,61 @@ impl Verifier {
         self.verify_cached(text, Lookup::Stored, now).await
     }
 
+    /// [`Verifier::verify_at`] for a caller that may only learn about the credentials of `scope`
+    /// and its descendants (`POST /v1/verify`): any other credential is [`Refusal::NotFound`],
+    /// whatever its state, so that expired, revoked and live credentials of another tenant cannot
+    /// be told apart from unknown ones.
+    pub async fn verify_within(
+        &self,
+        text: &str,
+        scope: &TenantId,
+        now: Timestamp,
+    ) -> Result<Arc<Verified>, Refusal> {
+        match self.verify_at(text, now).await {
+            Ok(verified) if verified.is_within(scope) => Ok(verified),
+            Ok(_) => Err(Refusal::NotFound),
+            Err(
+                refusal @ (Refusal::Expired
+                | Refusal::Revoked
+                | Refusal::TenantSuspended
+                | Refusal::UserDisabled),
+            ) => match self.owner_of_refused(text).await? {
+                Some(owner) if owner.iter().any(|id| id == scope) => Err(refusal),
+                _ => Err(Refusal::NotFound),
+            },
+            Err(refusal) => Err(refusal),
+        }
+    }
+
+    /// The tenant line (root first) of a credential that was just refused for its state. Only
+    /// called after verification checked the credential itself: an opaque credential was found
+    /// by its hash, and an access token's signature and issuer were checked before its expiry,
+    /// so its claims are keygate's own.
+    async fn owner_of_refused(&self, text: &str) -> Result<Option<Vec<TenantId>>, Refusal> {
+        let hash = CredentialHash::of(text);
+        if let Some(known) = self.cache.get_stale(&hash) {
+            return Ok(Some(known.tenant_line.clone()));
+        }
+        if !jwt::looks_like_jwt(text) {
+            let found = self.store.find_credential(&hash).await?;
+            return Ok(found.map(|record| record.tenant.path.ids().collect()));
+        }
+        // An expired access token is refused before its client is read: read it now.
+        let Some(claims) = checked_claims(text) else {
+            return Ok(None);
+        };
+        let (Some(client), Some(jti)) = (
+            CredentialId::parse_any(&claims.sub),
+            CredentialId::parse_any(&claims.jti),
+        ) else {
+            return Ok(None);
+        };
+        let found = self.store.find_access_token(&client, &jti).await?;
+        Ok(found
+            .filter(|record| record.client.tenant.id.as_str() == claims.tenant)
+            .map(|record| record.client.tenant.path.ids().collect()))
+    }
+
     /// Verifies an OAuth client's secret, for the token endpoint.
     pub async fn verify_client_secret(&self, text: &str) -> Result<Arc<Verified>, Refusal> {
         if self.format.parse(text)? != CredentialKind::OauthSecret {
@@ -578,6 +633,24 @@ impl Verifier {
         );
         Ok(verified)
     }
+}
+
+/// Who an access token names, read from its payload without checking it again: only for a token
+/// whose signature and issuer were checked already.
+#[derive(serde::Deserialize)]
+struct Names {
+    sub: String,
+    jti: String,
+    tenant: String,
+}
+
+fn checked_claims(token: &str) -> Option<Names> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Where a cache miss reads a credential from.

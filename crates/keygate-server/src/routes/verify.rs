@@ -139,14 +139,13 @@ async fn decide(
     let grant = caller.require::<perm::CredentialsVerify>()?;
     let ip = validate(&state, &request)?;
 
-    let verified = match state.verifier().verify(&request.credential).await {
-        Ok(verified) if verified.is_within(grant.tenant_id()) => verified,
-        Ok(_) => {
-            return Ok(axum::Json(VerifyResponse::refused(
-                VerifyCode::NotFound,
-                Refusal::NotFound.to_string(),
-            )));
-        }
+    let now = state.clock().now();
+    let verified = match state
+        .verifier()
+        .verify_within(&request.credential, grant.tenant_id(), now)
+        .await
+    {
+        Ok(verified) => verified,
         Err(Refusal::Store(error)) => return Err(error.into()),
         Err(refusal) => {
             let code = match refusal {

@@ -356,3 +356,130 @@ async fn forward_auth_names_the_tenant_acted_for() {
         assert_eq!(plain.headers()["x-keygate-acting-tenant-id"], own);
     }
 }
+
+/// A token made in `tenant` by the root owner acting for it; returns (secret, id).
+async fn token_in(server: &TestServer, tenant: &str, body: Value) -> (String, String) {
+    let response = server
+        .post("/v1/tokens")
+        .bearer_auth(&server.token)
+        .header("as-tenant", tenant)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    (
+        created["secret"].as_str().unwrap().to_owned(),
+        created["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn outside_the_callers_tenants_every_credential_is_not_found_whatever_its_state() {
+    let server = TestServer::start().await;
+    let mut tenants = Vec::new();
+    for name in ["Alpha", "Bravo"] {
+        let created = server
+            .expect(
+                201,
+                reqwest::Method::POST,
+                "/v1/tenants",
+                &server.token,
+                Some(json!({"name": name})),
+            )
+            .await;
+        tenants.push(created["tenant"]["id"].as_str().unwrap().to_owned());
+    }
+    let (alpha, bravo) = (&tenants[0], &tenants[1]);
+    // Alpha's verifier asks about Bravo's credentials.
+    let (verifier, _) = token_in(
+        &server,
+        alpha,
+        json!({"kind": "service", "name": "verifier", "role": "admin"}),
+    )
+    .await;
+    let (live, _) = token_in(
+        &server,
+        bravo,
+        json!({"kind": "service", "name": "live", "role": "viewer"}),
+    )
+    .await;
+    let (revoked, revoked_id) = token_in(
+        &server,
+        bravo,
+        json!({"kind": "service", "name": "revoked", "role": "viewer"}),
+    )
+    .await;
+    let (expired, _) = token_in(
+        &server,
+        bravo,
+        json!({"kind": "service", "name": "expired", "role": "viewer", "expires_in": 60}),
+    )
+    .await;
+    let response = server
+        .request(reqwest::Method::DELETE, &format!("/v1/tokens/{revoked_id}"))
+        .bearer_auth(&server.token)
+        .header("as-tenant", bravo)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    // Bravo's OAuth client, and an access token of it that will have expired.
+    let client = server
+        .post("/v1/oauth/clients")
+        .bearer_auth(&server.token)
+        .header("as-tenant", bravo)
+        .json(&json!({"name": "backend", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(client.status(), 201);
+    let client: Value = client.json().await.unwrap();
+    let access = crate::oauth::tokens(
+        &server,
+        client["client_id"].as_str().unwrap(),
+        client["client_secret"].as_str().unwrap(),
+        None,
+    )
+    .await;
+    let access = access["access_token"].as_str().unwrap().to_owned();
+    let ask = async |caller: &str, credential: &str| {
+        let body = ok_json(verify(&server, caller, json!({"credential": credential})).await).await;
+        body["code"].as_str().unwrap().to_owned()
+    };
+
+    // Seen from the root (an ancestor), each state shows.
+    assert_eq!(ask(&server.token, &live).await, "VALID");
+    assert_eq!(ask(&server.token, &revoked).await, "REVOKED");
+    assert_eq!(ask(&server.token, &access).await, "VALID");
+    // From Alpha, none of them exists.
+    for credential in [&live, &revoked, &expired, &access] {
+        assert_eq!(
+            ask(&verifier, credential).await,
+            "NOT_FOUND",
+            "{credential}"
+        );
+    }
+
+    server.clock.advance(std::time::Duration::from_secs(3600));
+    assert_eq!(ask(&server.token, &expired).await, "EXPIRED");
+    assert_eq!(ask(&server.token, &access).await, "EXPIRED");
+    for credential in [&live, &revoked, &expired, &access] {
+        assert_eq!(
+            ask(&verifier, credential).await,
+            "NOT_FOUND",
+            "{credential}"
+        );
+    }
+    // A fresh node, with nothing cached, answers the same.
+    let fresh = server.join().await;
+    let ask_fresh = async |caller: &str, credential: &str| {
+        let body = ok_json(verify(&fresh, caller, json!({"credential": credential})).await).await;
+        body["code"].as_str().unwrap().to_owned()
+    };
+    for credential in [&expired, &access] {
+        assert_eq!(ask_fresh(&verifier, credential).await, "NOT_FOUND");
+        assert_eq!(ask_fresh(&server.token, credential).await, "EXPIRED");
+    }
+}
