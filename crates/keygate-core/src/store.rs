@@ -195,6 +195,9 @@ pub enum PersonalTokens {
 #[derive(Debug, Clone)]
 pub struct Login {
     pub user: User,
+    /// The slug of the user's tenant: the organization a person names when their address has
+    /// accounts in several.
+    pub organization: String,
     pub password_hash: PasswordHashString,
     pub tenant_active: bool,
     /// The user's tenant's allowlist, if enabled: a session from elsewhere would be useless.
@@ -360,7 +363,8 @@ pub trait Store: CredentialSource {
         event: &AuditEvent,
     ) -> Result<(), StoreError>;
 
-    /// Writes a user's name, role and status (and password, if given); `None` if not in scope.
+    /// Writes a user's name, role and status (and password, if given: then the user's sessions
+    /// end, but for the one the event's credential is); `None` if not in scope.
     async fn update_user(
         &self,
         grant: &Grant<perm::UsersWrite>,
@@ -377,9 +381,15 @@ pub trait Store: CredentialSource {
         event: &AuditEvent,
     ) -> Result<Option<()>, StoreError>;
 
-    /// The user signing in with this email (compared case-insensitively). No grant: this is how a
-    /// person gets a credential in the first place.
-    async fn find_login(&self, email: &str) -> Result<Option<Login>, StoreError>;
+    /// The accounts that may be signing in with this email (compared case-insensitively), in
+    /// every tenant, or only in the tenant whose slug is `organization`; oldest first, at most
+    /// `limit`. No grant: this is how a person gets a credential in the first place.
+    async fn find_logins(
+        &self,
+        email: &str,
+        organization: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Login>, StoreError>;
 
     // Tokens and sessions.
 

@@ -33,6 +33,7 @@ pub enum ProblemCode {
     TenantHasChildren,
     RoleInUse,
     BuiltinRole,
+    OrganizationRequired,
     PayloadTooLarge,
     UnsupportedMediaType,
     RateLimited,
@@ -57,7 +58,8 @@ impl ProblemCode {
             | AlreadyExists
             | TenantHasChildren
             | RoleInUse
-            | BuiltinRole => StatusCode::CONFLICT,
+            | BuiltinRole
+            | OrganizationRequired => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -86,6 +88,7 @@ impl ProblemCode {
             TenantHasChildren => "tenant-has-children",
             RoleInUse => "role-in-use",
             BuiltinRole => "builtin-role",
+            OrganizationRequired => "organization-required",
             PayloadTooLarge => "payload-too-large",
             UnsupportedMediaType => "unsupported-media-type",
             RateLimited => "rate-limited",
@@ -114,6 +117,7 @@ impl ProblemCode {
             TenantHasChildren => "The tenant still has child tenants",
             RoleInUse => "The role is still held by users or tokens",
             BuiltinRole => "Built-in roles cannot be changed",
+            OrganizationRequired => "Name the organization to sign in to",
             PayloadTooLarge => "The request body is too large",
             UnsupportedMediaType => "Unsupported media type",
             RateLimited => "Too many requests",

@@ -1,5 +1,6 @@
-//! Slowing down password guessing: failed sign-ins are counted per email and per client address in
-//! a fixed window; past the limit, sign-in answers 429 with `Retry-After` until the window ends.
+//! Slowing down password guessing: sign-in attempts are counted per email and per client address in
+//! a fixed window, reserved before the password is checked and given back when it was right; past
+//! the limit, sign-in answers 429 with `Retry-After` until the window ends.
 //!
 //! In memory and per node: an attacker spreading guesses over several nodes gets a few more tries,
 //! which the per-address limit and argon2's cost keep small. A std `Mutex`: nothing awaits while
@@ -44,31 +45,29 @@ impl LoginThrottle {
         ]
     }
 
-    /// `Err(seconds)` to wait if either key is over its limit.
-    pub fn check(&self, email: &str, address: Option<&str>, now: Timestamp) -> Result<(), u64> {
-        let windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+    /// Takes one attempt for `email` from `address`, *before* the password is checked, so that
+    /// attempts sent at once cannot all pass a check made before any of them failed: `Err(seconds)`
+    /// to wait if either key is at its limit, changing nothing. The attempt counts as a failure
+    /// until [`Self::succeeded`] gives it back.
+    pub fn reserve(&self, email: &str, address: Option<&str>, now: Timestamp) -> Result<(), u64> {
+        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if windows.len() > SWEEP_ABOVE {
+            windows.retain(|_, w| w.started.saturating_add(WINDOW) > now);
+        }
+        let keys = Self::keys(email, address);
         let mut wait = 0;
-        for (key, limit) in Self::keys(email, address) {
-            if let Some(window) = windows.get(&key) {
+        for (key, limit) in &keys {
+            if let Some(window) = windows.get(key) {
                 let ends = window.started.saturating_add(WINDOW);
-                if window.failures >= limit && ends > now {
+                if window.failures >= *limit && ends > now {
                     wait = wait.max(ends.unix() - now.unix());
                 }
             }
         }
         if wait > 0 {
-            Err(u64::try_from(wait).unwrap_or(1))
-        } else {
-            Ok(())
+            return Err(u64::try_from(wait).unwrap_or(1));
         }
-    }
-
-    pub fn failed(&self, email: &str, address: Option<&str>, now: Timestamp) {
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        if windows.len() > SWEEP_ABOVE {
-            windows.retain(|_, w| w.started.saturating_add(WINDOW) > now);
-        }
-        for (key, _) in Self::keys(email, address) {
+        for (key, _) in keys {
             let window = windows.entry(key).or_insert(Window {
                 started: now,
                 failures: 0,
@@ -81,13 +80,19 @@ impl LoginThrottle {
             }
             window.failures += 1;
         }
+        Ok(())
     }
 
-    /// A successful sign-in clears the email's count (not the address's: one good password does
-    /// not excuse a spray of guesses at other accounts).
-    pub fn succeeded(&self, email: &str) {
+    /// The password was right: the email's count is cleared, and the attempt given back to the
+    /// address (one good password does not excuse a spray of guesses at other accounts, but is
+    /// not one of them).
+    pub fn succeeded(&self, email: &str, address: Option<&str>) {
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        windows.remove(&format!("email:{}", keygate_core::model::email_key(email)));
+        let [(email_key, _), (address_key, _)] = Self::keys(email, address);
+        windows.remove(&email_key);
+        if let Some(window) = windows.get_mut(&address_key) {
+            window.failures = window.failures.saturating_sub(1);
+        }
     }
 }
 
@@ -102,40 +107,84 @@ mod tests {
         for _ in 0..PER_EMAIL {
             assert!(
                 throttle
-                    .check("Ada@example.com", Some("10.0.0.1"), now)
+                    .reserve("Ada@example.com", Some("10.0.0.1"), now)
                     .is_ok()
             );
-            throttle.failed("ada@example.com", Some("10.0.0.1"), now);
         }
         let wait = throttle
-            .check("ADA@example.com", Some("10.0.0.2"), now)
+            .reserve("ADA@example.com", Some("10.0.0.2"), now)
             .unwrap_err();
         assert_eq!(wait, WINDOW.as_secs());
         assert!(
             throttle
-                .check("bob@example.com", Some("10.0.0.1"), now)
+                .reserve("bob@example.com", Some("10.0.0.1"), now)
                 .is_ok()
         );
         let later = now.saturating_add(WINDOW);
         assert!(
             throttle
-                .check("ada@example.com", Some("10.0.0.1"), later)
+                .reserve("ada@example.com", Some("10.0.0.1"), later)
                 .is_ok()
         );
 
         for i in 0..PER_ADDRESS {
-            throttle.failed(&format!("user{i}@example.com"), Some("10.9.9.9"), later);
+            assert!(
+                throttle
+                    .reserve(&format!("user{i}@example.com"), Some("10.9.9.9"), later)
+                    .is_ok()
+            );
         }
         assert!(
             throttle
-                .check("new@example.com", Some("10.9.9.9"), later)
+                .reserve("new@example.com", Some("10.9.9.9"), later)
                 .is_err()
         );
-        throttle.succeeded("new@example.com");
+        throttle.succeeded("new@example.com", Some("10.9.9.9"));
+        // One attempt given back to the address: one more may be tried, no more.
         assert!(
             throttle
-                .check("new@example.com", Some("10.9.9.9"), later)
+                .reserve("new@example.com", Some("10.9.9.9"), later)
+                .is_ok()
+        );
+        assert!(
+            throttle
+                .reserve("other@example.com", Some("10.9.9.9"), later)
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn a_refused_reservation_changes_nothing_and_a_success_clears_the_email() {
+        let throttle = LoginThrottle::default();
+        let now = Timestamp::from_unix(1_000_000);
+        for _ in 0..PER_EMAIL {
+            throttle
+                .reserve("ada@example.com", Some("10.0.0.1"), now)
+                .unwrap();
+        }
+        for _ in 0..10 {
+            assert!(
+                throttle
+                    .reserve("ada@example.com", Some("10.0.0.1"), now)
+                    .is_err()
+            );
+        }
+        // The refusals did not count against the address.
+        for i in 0..(PER_ADDRESS - PER_EMAIL) {
+            throttle
+                .reserve(&format!("u{i}@example.com"), Some("10.0.0.1"), now)
+                .unwrap();
+        }
+        assert!(
+            throttle
+                .reserve("z@example.com", Some("10.0.0.1"), now)
+                .is_err()
+        );
+        throttle.succeeded("ada@example.com", Some("10.0.0.2"));
+        assert!(
+            throttle
+                .reserve("ada@example.com", Some("10.0.0.2"), now)
+                .is_ok()
         );
     }
 }

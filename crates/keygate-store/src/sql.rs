@@ -519,6 +519,22 @@ macro_rules! sql_store {
                 if updated == 0 {
                     return Ok(None);
                 }
+                if password_hash.is_some() {
+                    // A new password ends the user's sessions, whoever set it: whoever knew the
+                    // old one is signed out. The session making the change, if it is one of
+                    // theirs, stays.
+                    sqlx::query(
+                        "UPDATE credentials SET revoked_at = $1
+                         WHERE user_id = $2 AND kind = 'session' AND revoked_at IS NULL
+                           AND id <> $3",
+                    )
+                    .bind(event.time.unix())
+                    .bind(user.id.as_str())
+                    .bind(event.token_id.as_ref().map_or("", |id| id.as_str()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+                }
                 insert_event(&mut tx, event).await?;
                 self.commit(tx, &[Change::User(user.id.clone())]).await?;
                 Ok(Some(()))
@@ -547,43 +563,62 @@ macro_rules! sql_store {
                 Ok(Some(()))
             }
 
-            async fn find_login(&self, email: &str) -> Result<Option<Login>, StoreError> {
-                let Some(row) = sqlx::query("SELECT * FROM users WHERE email_key = $1")
-                    .bind(email_key(email))
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(store_error)?
-                else {
-                    return Ok(None);
-                };
-                let user = user_from_row(&row)?;
-                let password_hash: String = row.try_get("password_hash").map_err(store_error)?;
-                let tenant = sqlx::query("SELECT * FROM tenants WHERE id = $1")
-                    .bind(user.tenant_id.as_str())
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(store_error)?;
-                let tenant = tenant_from_row(&tenant)?;
+            async fn find_logins(
+                &self,
+                email: &str,
+                organization: Option<&str>,
+                limit: u32,
+            ) -> Result<Vec<Login>, StoreError> {
                 let mut query = QueryBuilder::<$db>::new(
-                    "SELECT count(*) FROM tenants WHERE status = 'suspended' AND id IN (",
+                    "SELECT u.*, t.slug AS tenant_slug
+                     FROM users u JOIN tenants t ON t.id = u.tenant_id WHERE u.email_folded = ",
                 );
-                let mut list = query.separated(", ");
-                for id in tenant.path.ids() {
-                    list.push_bind(id.to_string());
+                query.push_bind(email_key(email));
+                if let Some(organization) = organization {
+                    query.push(" AND t.slug = ").push_bind(organization.to_owned());
                 }
-                query.push(")");
-                let suspended: i64 = query
-                    .build_query_scalar()
-                    .fetch_one(&self.pool)
+                query
+                    .push(" ORDER BY u.created_at, u.id LIMIT ")
+                    .push_bind(i64::from(limit));
+                let rows = query
+                    .build()
+                    .fetch_all(&self.pool)
                     .await
                     .map_err(store_error)?;
-                let tenant_allowlist = tenant.ip_restriction.enforced().cloned();
-                Ok(Some(Login {
-                    user,
-                    password_hash: PasswordHashString::from_stored(password_hash),
-                    tenant_active: suspended == 0,
-                    tenant_allowlist,
-                }))
+                let mut logins = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let user = user_from_row(&row)?;
+                    let password_hash: String =
+                        row.try_get("password_hash").map_err(store_error)?;
+                    let organization: String = row.try_get("tenant_slug").map_err(store_error)?;
+                    let tenant = sqlx::query("SELECT * FROM tenants WHERE id = $1")
+                        .bind(user.tenant_id.as_str())
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(store_error)?;
+                    let tenant = tenant_from_row(&tenant)?;
+                    let mut query = QueryBuilder::<$db>::new(
+                        "SELECT count(*) FROM tenants WHERE status = 'suspended' AND id IN (",
+                    );
+                    let mut list = query.separated(", ");
+                    for id in tenant.path.ids() {
+                        list.push_bind(id.to_string());
+                    }
+                    query.push(")");
+                    let suspended: i64 = query
+                        .build_query_scalar()
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(store_error)?;
+                    logins.push(Login {
+                        user,
+                        organization,
+                        password_hash: PasswordHashString::from_stored(password_hash),
+                        tenant_active: suspended == 0,
+                        tenant_allowlist: tenant.ip_restriction.enforced().cloned(),
+                    });
+                }
+                Ok(logins)
             }
 
             async fn create_token(
@@ -1318,12 +1353,14 @@ macro_rules! sql_store {
             password_hash: &PasswordHashString,
         ) -> Result<(), StoreError> {
             sqlx::query(
-                "INSERT INTO users (id, tenant_id, email, email_key, name, role_id, password_hash, status, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "INSERT INTO users (id, tenant_id, email, email_key, email_folded, name, role_id, password_hash, status, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(u.id.as_str())
             .bind(u.tenant_id.as_str())
             .bind(&u.email)
+            // Unique per tenant (migration 0007); the folded address alone is what sign-in finds.
+            .bind(format!("{}:{}", u.tenant_id, email_key(&u.email)))
             .bind(email_key(&u.email))
             .bind(&u.name)
             .bind(u.role_id.as_str())

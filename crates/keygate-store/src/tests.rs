@@ -308,14 +308,64 @@ async fn roles_in_use_cannot_be_deleted_and_changes_are_announced(db: TestDb) {
             .await,
         Err(StoreError::AlreadyExists("email"))
     ));
-    let login = o
+    let logins = o
         .store
-        .find_login("ADA@example.com")
+        .find_logins("ADA@example.com", None, 8)
         .await
-        .unwrap()
         .unwrap();
-    assert_eq!(login.user.id, user.id);
-    assert!(login.tenant_active);
+    assert_eq!(logins.len(), 1);
+    assert_eq!(logins[0].user.id, user.id);
+    assert_eq!(logins[0].organization, "root");
+    assert!(logins[0].tenant_active);
+
+    // The same address in another tenant is another account, not a conflict.
+    let (child, _) = chain(&o, 1).await;
+    let child_users = o
+        .caller
+        .clone()
+        .acting_for(keygate_core::verify::TenantSummary::from(&child))
+        .unwrap();
+    let child_users = child_users.require::<perm::UsersWrite>().unwrap();
+    let elsewhere = User {
+        id: UserId::generate(NOW).unwrap(),
+        tenant_id: child.id.clone(),
+        role_id: BuiltinRole::Viewer.id(),
+        created_at: NOW.saturating_add(std::time::Duration::from_secs(1)),
+        ..twin.clone()
+    };
+    o.store
+        .create_user(
+            &child_users,
+            &elsewhere,
+            &hash,
+            &event(&child_users, "user.create"),
+        )
+        .await
+        .unwrap();
+    let both = o
+        .store
+        .find_logins("ada@example.com", None, 8)
+        .await
+        .unwrap();
+    assert_eq!(
+        both.iter().map(|l| l.user.id.clone()).collect::<Vec<_>>(),
+        [user.id.clone(), elsewhere.id.clone()]
+    );
+    let named = o
+        .store
+        .find_logins("ada@example.com", Some(child.slug.as_str()), 8)
+        .await
+        .unwrap();
+    assert_eq!(named.len(), 1);
+    assert_eq!(named[0].user.id, elsewhere.id);
+    assert_eq!(
+        o.store
+            .find_logins("ada@example.com", None, 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     assert_eq!(
         o.store

@@ -32,7 +32,16 @@ pub struct LoginRequest {
     #[schema(example = "ada@example.com")]
     pub email: String,
     pub password: String,
+    /// The slug of the tenant to sign in to, needed only when the address has accounts in
+    /// several (answered 409 `organization-required`).
+    #[schema(example = "acme")]
+    pub organization: Option<String>,
 }
+
+/// How many accounts of one address a sign-in without `organization` tries, oldest first: each
+/// costs an argon2 check, so a tenant that makes many accounts with someone's address cannot make
+/// that person's sign-in expensive. Past them, the person names the organization.
+const ACCOUNTS_TRIED: u32 = 8;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LoginResponse {
@@ -45,6 +54,14 @@ fn wrong_credentials() -> ApiError {
     ApiError::unauthenticated("wrong email or password")
 }
 
+fn organization_required() -> ApiError {
+    ApiError::new(
+        ProblemCode::OrganizationRequired,
+        "this email and password belong to accounts in several organizations: \
+         repeat the sign-in with `organization`, the slug of the one to sign in to",
+    )
+}
+
 /// Sign in with email and password; the session comes back in the `keygate_session` cookie.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "sessions", operation_id = "login",
     request_body = LoginRequest,
@@ -52,6 +69,7 @@ fn wrong_credentials() -> ApiError {
     responses(
         (status = 200, description = "Signed in; `Set-Cookie: keygate_session=…`", body = LoginResponse),
         (status = 401, description = "Wrong email or password (one answer for both)"),
+        (status = 409, description = "organization-required: the email and password match accounts in several tenants; repeat with `organization`"),
         (status = 403, description = "ip-not-allowed: the account's allowlist does not cover this address"),
         (status = 429, description = "Too many failures for this email or address; see Retry-After"),
     ))]
@@ -64,7 +82,8 @@ pub async fn login(
     let client_ip = client.map(|axum::Extension(ClientIp(ip))| ip);
     let now = state.clock().now();
     let address = meta.ip.as_deref();
-    if let Err(wait) = state.login_throttle().check(&request.email, address, now) {
+    // Reserved before argon2 runs: attempts sent at once must not all be checked.
+    if let Err(wait) = state.login_throttle().reserve(&request.email, address, now) {
         return Err(ApiError::new(
             ProblemCode::RateLimited,
             "too many failed sign-ins; wait before trying again",
@@ -72,20 +91,53 @@ pub async fn login(
         .with_header(header::RETRY_AFTER, HeaderValue::from(wait)));
     }
 
-    let login = state.store().find_login(&request.email).await?;
-    // argon2 takes tens of milliseconds of CPU: off the async workers.
+    let organization = request
+        .organization
+        .as_deref()
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(str::to_lowercase);
+    let logins = state
+        .store()
+        .find_logins(&request.email, organization.as_deref(), ACCOUNTS_TRIED + 1)
+        .await?;
+    let more_than_tried = logins.len() > ACCOUNTS_TRIED as usize;
+    // argon2 takes tens of milliseconds of CPU: off the async workers. An unknown address is
+    // checked against a dummy hash, so it takes as long as a wrong password.
     let candidate = request.password.clone();
-    let stored = login.as_ref().map(|l| l.password_hash.clone());
-    let matches = tokio::task::spawn_blocking(move || match stored {
-        Some(hash) => password::verify(&candidate, &hash),
-        None => password::verify_against_dummy(&candidate),
+    let stored: Vec<_> = logins
+        .iter()
+        .take(ACCOUNTS_TRIED as usize)
+        .map(|l| l.password_hash.clone())
+        .collect();
+    let matches = tokio::task::spawn_blocking(move || {
+        if stored.is_empty() {
+            password::verify_against_dummy(&candidate);
+            return Vec::new();
+        }
+        stored
+            .iter()
+            .map(|hash| password::verify(&candidate, hash))
+            .collect::<Vec<bool>>()
     })
     .await
     .map_err(|e| ApiError::internal(format!("password check panicked: {e}")))?;
 
-    let Some(login) = login.filter(|_| matches) else {
-        state.login_throttle().failed(&request.email, address, now);
-        return Err(wrong_credentials());
+    // `zip` stops at the accounts tried.
+    let mut matched: Vec<_> = logins
+        .into_iter()
+        .zip(matches)
+        .filter_map(|(login, matches)| matches.then_some(login))
+        .collect();
+    let login = match (matched.len(), more_than_tried) {
+        (0, _) => return Err(wrong_credentials()),
+        (1, false) => matched.swap_remove(0),
+        // The password is right for several accounts, or for one of more than were tried: the
+        // caller knows the password, so saying so tells them nothing new.
+        _ => {
+            state.login_throttle().succeeded(&request.email, address);
+            return Err(organization_required());
+        }
     };
     // The password was right, so saying why the account cannot sign in leaks nothing.
     if login.user.status != UserStatus::Active {
@@ -102,7 +154,7 @@ pub async fn login(
             format!("signing in from {ip} is not allowed for this account"),
         ));
     }
-    state.login_throttle().succeeded(&request.email);
+    state.login_throttle().succeeded(&request.email, address);
 
     let lifetime = Duration::from_secs(u64::from(state.config().session.lifetime_hours) * 3600);
     let expires_at = now.saturating_add(lifetime);

@@ -129,8 +129,14 @@ impl TestServer {
     }
 
     /// Stops this server gracefully and starts a new one on the same database file.
-    pub async fn restart(mut self) -> Self {
-        let config = self.state.config().clone();
+    pub async fn restart(self) -> Self {
+        self.restart_with(|_| {}).await
+    }
+
+    /// [`Self::restart`] with the configuration changed by `configure` (a new catalog, say).
+    pub async fn restart_with(mut self, configure: impl FnOnce(&mut Config)) -> Self {
+        let mut config = self.state.config().clone();
+        configure(&mut config);
         self.shutdown().await;
         let mut server = Self::boot(config, self.dir.clone(), self.clock.clone()).await;
         server.token = std::mem::take(&mut self.token);
@@ -196,9 +202,23 @@ impl TestServer {
 
     /// Signs in; returns the session cookie's value.
     pub async fn login(&self, email: &str, password: &str) -> String {
+        self.login_to(email, password, None).await
+    }
+
+    /// Signs in to `organization` (a tenant slug), for an address with accounts in several.
+    pub async fn login_to(
+        &self,
+        email: &str,
+        password: &str,
+        organization: Option<&str>,
+    ) -> String {
+        let mut body = serde_json::json!({"email": email, "password": password});
+        if let Some(organization) = organization {
+            body["organization"] = organization.into();
+        }
         let response = self
             .post("/v1/auth/login")
-            .json(&serde_json::json!({"email": email, "password": password}))
+            .json(&body)
             .send()
             .await
             .unwrap();
