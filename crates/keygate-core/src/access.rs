@@ -224,11 +224,7 @@ impl<P: perm::Required> Grant<P> {
 impl Caller {
     /// Least privilege: nothing the caller creates may grant what the caller does not hold.
     pub fn check_no_escalation(&self, granted: &PermissionSet) -> Result<(), Escalation> {
-        let beyond: Vec<String> = granted
-            .iter()
-            .filter(|p| !self.verified.permissions.contains(p.as_str()))
-            .map(|p| p.as_str().to_owned())
-            .collect();
+        let beyond = self.verified.permissions.lacks(granted);
         if beyond.is_empty() {
             Ok(())
         } else {

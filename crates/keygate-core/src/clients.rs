@@ -50,6 +50,9 @@ pub fn plan(
         validate::narrowing(&mut errors, catalog, patterns);
     }
     errors.into_result()?;
+    if let Some(patterns) = &input.permissions {
+        crate::tokens::narrow(&role_permissions(role, catalog), patterns, catalog)?;
+    }
 
     let secret = format.generate(CredentialKind::OauthSecret)?;
     let client = Credential {

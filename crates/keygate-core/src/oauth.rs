@@ -286,6 +286,9 @@ pub fn issue(
     })
 }
 
+/// The refusal of a refresh token that is not this client's: unknown, or another client's.
+pub const REFRESH_NOT_KNOWN: &str = "the refresh token is not known";
+
 /// What presenting a refresh token leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshVerdict {
@@ -304,8 +307,9 @@ pub fn judge_refresh(
     now: Timestamp,
 ) -> RefreshVerdict {
     if token.client_id != *client.id() {
-        // Not this client's to spend, nor to burn: the family belongs to its own client.
-        return RefreshVerdict::Refuse("the refresh token was issued to another client");
+        // Not this client's to spend, nor to burn: the family belongs to its own client. Answered
+        // as an unknown token, so that a client learns nothing of another's tokens.
+        return RefreshVerdict::Refuse(REFRESH_NOT_KNOWN);
     }
     if token.credential.revoked_at.is_some() {
         return RefreshVerdict::Refuse("the refresh token has been revoked");
@@ -477,7 +481,7 @@ mod tests {
         let stranger = self::client(None);
         assert_eq!(
             judge_refresh(&spent, &stranger, NOW),
-            RefreshVerdict::Refuse("the refresh token was issued to another client")
+            RefreshVerdict::Refuse(REFRESH_NOT_KNOWN)
         );
     }
 }

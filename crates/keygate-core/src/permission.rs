@@ -3,6 +3,13 @@
 //! A permission is `resource:action`. Roles hold *patterns* (`*`, `tokens:*`, `tokens:read`), which
 //! are expanded against the catalog when a credential is verified; what a verified credential
 //! carries is the concrete, sorted [`PermissionSet`], so a check is a binary search.
+//!
+//! A set also remembers the wildcards behind it ([`Wildcards`]): a wildcard grants tomorrow's
+//! permissions too (the operator declares `zones:write` after a role got `zones:*`), so granting one
+//! is granting more than today's expansion, and only a holder of the same wildcard, or a wider
+//! one, may do it.
+
+use std::collections::BTreeSet;
 
 use std::fmt;
 
@@ -211,6 +218,7 @@ impl Catalog {
                 .filter(|permission| patterns.iter().any(|pattern| pattern.matches(permission)))
                 .cloned()
                 .collect(),
+            Wildcards::of(&patterns),
         )
     }
 
@@ -228,6 +236,7 @@ impl Catalog {
                 .filter(|p| grants(p))
                 .cloned()
                 .collect(),
+            Wildcards::of_builtin(role),
         )
     }
 }
@@ -273,11 +282,143 @@ impl BuiltinRole {
     }
 }
 
-/// A concrete, sorted set of permissions.
+/// The wildcards a grant holds for good: the resources on which it holds every permission the
+/// catalog declares, today's and any declared later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wildcards {
+    /// Every resource but these (`*` itself when none is excepted).
+    AllBut(BTreeSet<String>),
+    /// These resources only.
+    Only(BTreeSet<String>),
+}
+
+impl Default for Wildcards {
+    fn default() -> Self {
+        Wildcards::Only(BTreeSet::new())
+    }
+}
+
+impl Wildcards {
+    fn everything() -> Self {
+        Wildcards::AllBut(BTreeSet::new())
+    }
+
+    /// The wildcards among `patterns` (exact permissions are none).
+    fn of(patterns: &[Pattern]) -> Self {
+        let mut resources = BTreeSet::new();
+        for pattern in patterns {
+            match pattern {
+                Pattern::All => return Self::everything(),
+                Pattern::Resource(resource) => {
+                    resources.insert(resource.clone());
+                }
+                Pattern::Exact(_) => {}
+            }
+        }
+        Wildcards::Only(resources)
+    }
+
+    /// What a built-in role holds for good: the owner everything, the admin everything but the
+    /// tenants' resource (it lacks `tenants:write`); member and viewer hold single actions only.
+    fn of_builtin(role: BuiltinRole) -> Self {
+        match role {
+            BuiltinRole::Owner => Self::everything(),
+            BuiltinRole::Admin => Wildcards::AllBut(BTreeSet::from(["tenants".to_owned()])),
+            BuiltinRole::Member | BuiltinRole::Viewer => Self::default(),
+        }
+    }
+
+    fn intersect(&self, other: &Wildcards) -> Wildcards {
+        use Wildcards::{AllBut, Only};
+        match (self, other) {
+            (AllBut(a), AllBut(b)) => AllBut(a.union(b).cloned().collect()),
+            (AllBut(except), Only(only)) | (Only(only), AllBut(except)) => {
+                Only(only.difference(except).cloned().collect())
+            }
+            (Only(a), Only(b)) => Only(a.intersection(b).cloned().collect()),
+        }
+    }
+
+    /// Whether these wildcards include `pattern`'s (an exact permission is never a wildcard).
+    pub fn covers(&self, pattern: &Pattern) -> bool {
+        match (self, pattern) {
+            (_, Pattern::Exact(_)) => false,
+            (Wildcards::AllBut(except), Pattern::All) => except.is_empty(),
+            (Wildcards::Only(_), Pattern::All) => false,
+            (Wildcards::AllBut(except), Pattern::Resource(r)) => !except.contains(r),
+            (Wildcards::Only(only), Pattern::Resource(r)) => only.contains(r),
+        }
+    }
+
+    /// The wildcard patterns these name, as they are written (`*`, `zones:*`); an `AllBut` with
+    /// exceptions is not one pattern and names none.
+    fn patterns(&self) -> Vec<Pattern> {
+        match self {
+            Wildcards::AllBut(except) if except.is_empty() => vec![Pattern::All],
+            Wildcards::AllBut(_) => Vec::new(),
+            Wildcards::Only(only) => only.iter().cloned().map(Pattern::Resource).collect(),
+        }
+    }
+}
+
+/// A concrete, sorted set of permissions, and the wildcards it was granted through.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct PermissionSet(Vec<Permission>);
+pub struct PermissionSet(Vec<Permission>, Wildcards);
 
 impl PermissionSet {
+    pub fn wildcards(&self) -> &Wildcards {
+        &self.1
+    }
+
+    /// What of `granted` this set does not hold: permissions, and wildcards it holds only as
+    /// today's expansion. Nothing may be granted beyond its grantor.
+    pub fn lacks(&self, granted: &PermissionSet) -> Vec<String> {
+        let mut beyond: Vec<String> = granted
+            .iter()
+            .filter(|p| !self.contains(p.as_str()))
+            .map(|p| p.as_str().to_owned())
+            .collect();
+        beyond.extend(
+            granted
+                .1
+                .patterns()
+                .into_iter()
+                .filter(|pattern| !self.1.covers(pattern))
+                .map(|pattern| pattern.to_string()),
+        );
+        if let Wildcards::AllBut(except) = &granted.1
+            && !except.is_empty()
+        {
+            // A wildcard on every resource but some: held only by as wide a grant.
+            let held = match &self.1 {
+                Wildcards::AllBut(mine) => mine.is_subset(except),
+                Wildcards::Only(_) => false,
+            };
+            if !held {
+                beyond.push(format!(
+                    "every permission but on {}",
+                    except.iter().cloned().collect::<Vec<_>>().join(", ")
+                ));
+            }
+        }
+        beyond
+    }
+
+    /// Those of `patterns` (a credential's own narrowing list) this set does not hold: an exact
+    /// permission it lacks, or a wildcard it does not hold as a wildcard.
+    pub fn lacks_patterns<S: AsRef<str>>(&self, patterns: &[S]) -> Vec<String> {
+        patterns
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|text| match Pattern::parse(text) {
+                Ok(Pattern::Exact(permission)) => !self.contains(permission.as_str()),
+                Ok(wildcard) => !self.1.covers(&wildcard),
+                Err(_) => true,
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
     pub fn contains(&self, permission: &str) -> bool {
         self.0
             .binary_search_by(|p| p.as_str().cmp(permission))
@@ -292,6 +433,7 @@ impl PermissionSet {
                 .filter(|p| other.contains(p.as_str()))
                 .cloned()
                 .collect(),
+            self.1.intersect(&other.1),
         )
     }
 
@@ -304,7 +446,7 @@ impl PermissionSet {
             .collect()
     }
 
-    /// Those of this set named in `names`.
+    /// Those of this set named in `names` (exact names: no wildcard survives).
     pub fn only<S: AsRef<str>>(&self, names: &[S]) -> PermissionSet {
         PermissionSet(
             self.0
@@ -312,6 +454,7 @@ impl PermissionSet {
                 .filter(|p| names.iter().any(|n| n.as_ref() == p.as_str()))
                 .cloned()
                 .collect(),
+            Wildcards::default(),
         )
     }
 
@@ -425,6 +568,69 @@ mod tests {
         assert_eq!(
             narrowed.missing(&["tokens:read", "tokens:write"]),
             ["tokens:write"]
+        );
+    }
+
+    #[test]
+    fn a_wildcard_is_held_only_through_a_wildcard_as_wide() {
+        let today = Catalog::new(&["zones:read"]).unwrap();
+        let manager = today.expand(&["roles:*", "zones:read"]);
+        let zones_all = today.expand(&["zones:*"]);
+        // The same permissions today, but the wildcard is more.
+        assert_eq!(names(&zones_all), names(&today.expand(&["zones:read"])));
+        assert_eq!(manager.lacks(&zones_all), ["zones:*"]);
+        assert!(manager.lacks(&today.expand(&["zones:read"])).is_empty());
+        assert!(manager.lacks(&today.expand(&["roles:*"])).is_empty());
+
+        let owner = today.builtin_role(BuiltinRole::Owner);
+        let admin = today.builtin_role(BuiltinRole::Admin);
+        let member = today.builtin_role(BuiltinRole::Member);
+        assert!(owner.lacks(&today.expand(&["*"])).is_empty());
+        assert!(owner.lacks(&admin).is_empty());
+        assert!(admin.lacks(&zones_all).is_empty());
+        assert_eq!(admin.lacks(&today.expand(&["*"])), ["tenants:write", "*"]);
+        assert_eq!(
+            admin.lacks(&today.expand(&["tenants:*"])),
+            ["tenants:write", "tenants:*"]
+        );
+        // A member holds tokens:read and tokens:write, not `tokens:*`.
+        assert_eq!(member.lacks(&today.expand(&["tokens:*"])), ["tokens:*"]);
+        // Only a grant as wide as the admin's hands out the admin role.
+        let everything_listed = today.expand(&[
+            "audit:*",
+            "credentials:*",
+            "ip_restriction:*",
+            "keys:*",
+            "oauth_clients:*",
+            "roles:*",
+            "tokens:*",
+            "users:*",
+            "zones:*",
+            "tenants:read",
+            "tenants:impersonate",
+        ]);
+        assert!(
+            everything_listed
+                .lacks(&admin)
+                .iter()
+                .any(|b| b.starts_with("every permission"))
+        );
+
+        // Narrowing keeps the wildcards both sides hold.
+        let narrowed = admin.intersect(&today.expand(&["zones:*", "tokens:read"]));
+        assert!(
+            narrowed
+                .wildcards()
+                .covers(&Pattern::Resource("zones".into()))
+        );
+        assert!(
+            !narrowed
+                .wildcards()
+                .covers(&Pattern::Resource("tokens".into()))
+        );
+        assert_eq!(
+            member.lacks_patterns(&["tokens:read", "tokens:*", "users:write"]),
+            ["tokens:*", "users:write"]
         );
     }
 }

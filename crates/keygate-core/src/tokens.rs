@@ -8,12 +8,12 @@
 use std::time::Duration;
 
 use crate::Timestamp;
-use crate::access::{Grant, perm};
+use crate::access::{Escalation, Grant, perm};
 use crate::allowlist::{IpAllowlist, Normalised};
 use crate::credential::{CredentialFormat, CredentialKind, Secret};
 use crate::id::{CredentialId, UserId};
 use crate::model::{Credential, RateLimit, Role};
-use crate::permission::Catalog;
+use crate::permission::{Catalog, PermissionSet};
 use crate::rule::RuleError;
 use crate::validate::{self, Errors};
 use crate::verify::{PrincipalKind, role_permissions};
@@ -153,7 +153,7 @@ pub fn plan(
     errors.into_result()?;
 
     let effective = match &narrowing {
-        Some(patterns) => role_permissions.intersect(&catalog.expand(patterns)),
+        Some(patterns) => narrow(&role_permissions, patterns, catalog)?,
         None => role_permissions,
     };
     caller.check_no_escalation(&effective)?;
@@ -183,6 +183,22 @@ pub fn plan(
         secret,
         normalised,
     })
+}
+
+/// A role narrowed by a credential's own list, which may only name what the role grants: a name
+/// beyond it is refused rather than silently dropped, so the creator learns that the credential
+/// will not do what they asked.
+pub fn narrow(
+    role: &PermissionSet,
+    patterns: &[String],
+    catalog: &Catalog,
+) -> Result<PermissionSet, Escalation> {
+    let beyond = role.lacks_patterns(patterns);
+    if beyond.is_empty() {
+        Ok(role.intersect(&catalog.expand(patterns)))
+    } else {
+        Err(Escalation { beyond })
+    }
 }
 
 /// A token's status, computed from its dates.

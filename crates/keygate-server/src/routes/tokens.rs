@@ -405,6 +405,25 @@ pub async fn delete_many(
             message: format!("give 1 to {MAX_BULK} token ids: ?id=tok_…&id=tok_…"),
         }]));
     }
+    // `?id=` is a mistake (a form sent with nothing selected, a variable left empty), not the id
+    // of a token that does not exist.
+    let empty: Vec<FieldError> = query
+        .id
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| id.trim().is_empty())
+        .map(|(i, _)| FieldError {
+            field: if query.id.len() == 1 {
+                "id".into()
+            } else {
+                format!("id[{i}]")
+            },
+            message: "is empty: give a token id (tok_…)".into(),
+        })
+        .collect();
+    if !empty.is_empty() {
+        return Err(ApiError::invalid_fields(empty));
+    }
     let (deleted, missing) = revoke(&state, &caller, &meta, &query.id, 200).await?;
     Ok(axum::Json(BulkDeleted {
         deleted: deleted.iter().map(ToString::to_string).collect(),

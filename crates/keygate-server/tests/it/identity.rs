@@ -492,6 +492,30 @@ async fn revocation_single_and_bulk_with_warnings() {
         "invalid-request",
     )
     .await;
+    // An empty id is a mistake to name, not a token to look for.
+    let body = problem(
+        server
+            .call(Method::DELETE, "/v1/tokens?id=", &server.token, None)
+            .await,
+        400,
+        "invalid-request",
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "id", "{body}");
+    let body = problem(
+        server
+            .call(
+                Method::DELETE,
+                &format!("/v1/tokens?id={}&id=", ids[0]),
+                &server.token,
+                None,
+            )
+            .await,
+        400,
+        "invalid-request",
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "id[1]", "{body}");
 }
 
 #[tokio::test]
@@ -906,4 +930,365 @@ async fn users_without_a_password_get_one_generated_once_and_lists_page() {
         .sum::<usize>();
     assert_eq!(total, 5, "bootstrap owner + gen + three");
     assert!(last["next_cursor"].is_null());
+}
+
+#[tokio::test]
+async fn a_wildcard_is_granted_only_by_a_holder_of_it_across_a_catalog_change() {
+    let server = TestServer::start_with(|c| c.permissions = vec!["zones:read".into()]).await;
+    // A role manager who holds zones:read, and the role and token permissions, but no zones:*.
+    let manager_role = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/roles",
+            &server.token,
+            Some(json!({"name": "role-manager",
+                "permissions": ["roles:*", "tokens:*", "zones:read"]})),
+        )
+        .await;
+    let manager = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "manager", "role": manager_role["id"]})),
+        )
+        .await;
+    let manager = manager["secret"].as_str().unwrap().to_owned();
+
+    // Today `zones:*` expands to zones:read, which the manager holds; it is refused all the same.
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/roles",
+            &manager,
+            Some(json!({"name": "zones-all", "permissions": ["zones:*"]})),
+        )
+        .await;
+    let body = problem(response, 403, "privilege-escalation").await;
+    assert_eq!(body["missing_permissions"], json!(["zones:*"]), "{body}");
+    // Nor may it hand out an existing `zones:*` role, or narrow a token to `zones:*`.
+    let zones_all = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/roles",
+            &server.token,
+            Some(json!({"name": "zones-all", "permissions": ["zones:*"]})),
+        )
+        .await;
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &manager,
+            Some(json!({"kind": "service", "name": "z", "role": zones_all["id"]})),
+        )
+        .await;
+    problem(response, 403, "privilege-escalation").await;
+    // What it may grant, the exact permission, it grants.
+    let narrow = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/roles",
+            &manager,
+            Some(json!({"name": "zones-read", "permissions": ["zones:read"]})),
+        )
+        .await;
+    let reader = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &manager,
+            Some(json!({"kind": "service", "name": "reader", "role": narrow["id"]})),
+        )
+        .await;
+    let reader = reader["secret"].as_str().unwrap().to_owned();
+    // The owner, who holds `*`, may grant the wildcard.
+    let wide = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "wide", "role": zones_all["id"]})),
+        )
+        .await;
+    let wide = wide["secret"].as_str().unwrap().to_owned();
+
+    // The operator declares zones:write: the wildcard grows, the manager's grants do not.
+    let server = server
+        .restart_with(|c| c.permissions = vec!["zones:read".into(), "zones:write".into()])
+        .await;
+    assert!(
+        whoami_permissions(&server, &wide)
+            .await
+            .contains(&"zones:write".to_owned())
+    );
+    assert!(
+        !whoami_permissions(&server, &reader)
+            .await
+            .contains(&"zones:write".to_owned())
+    );
+    assert!(
+        !whoami_permissions(&server, &manager)
+            .await
+            .contains(&"zones:write".to_owned())
+    );
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/roles",
+            &manager,
+            Some(json!({"name": "zones-all-2", "permissions": ["zones:*"]})),
+        )
+        .await;
+    problem(response, 403, "privilege-escalation").await;
+}
+
+#[tokio::test]
+async fn a_narrowing_beyond_the_role_is_refused_naming_what_the_role_lacks() {
+    let server = TestServer::start().await;
+    let before = token_count(&server).await;
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "odd", "role": "viewer",
+                "permissions": ["tokens:read", "tokens:write", "users:*"]})),
+        )
+        .await;
+    let body = problem(response, 403, "privilege-escalation").await;
+    assert_eq!(
+        body["missing_permissions"],
+        json!(["tokens:write", "users:*"]),
+        "{body}"
+    );
+    assert_eq!(token_count(&server).await, before, "nothing was created");
+
+    let response = server
+        .call(
+            Method::POST,
+            "/v1/oauth/clients",
+            &server.token,
+            Some(json!({"name": "odd", "role": "member", "permissions": ["users:write"]})),
+        )
+        .await;
+    let body = problem(response, 403, "privilege-escalation").await;
+    assert_eq!(
+        body["missing_permissions"],
+        json!(["users:write"]),
+        "{body}"
+    );
+    let clients = server
+        .expect(200, Method::GET, "/v1/oauth/clients", &server.token, None)
+        .await;
+    assert_eq!(clients["data"].as_array().unwrap().len(), 0);
+
+    // Within the role, a narrowing is taken as given.
+    let token = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "fine", "role": "member",
+                "permissions": ["tokens:read", "tokens:write"]})),
+        )
+        .await;
+    let mut held = whoami_permissions(&server, token["secret"].as_str().unwrap()).await;
+    held.sort();
+    assert_eq!(held, ["tokens:read", "tokens:write"]);
+}
+
+#[tokio::test]
+async fn a_new_password_ends_the_users_sessions() {
+    let server = TestServer::start().await;
+    let id = create_user(&server, "ada@example.com", "admin").await;
+    let laptop = format!(
+        "keygate_session={}",
+        server.login("ada@example.com", PASSWORD).await
+    );
+    let phone = format!(
+        "keygate_session={}",
+        server.login("ada@example.com", PASSWORD).await
+    );
+    let whoami = async |cookie: &str| server.whoami(&[("cookie", cookie)]).await.status().as_u16();
+    assert_eq!((whoami(&laptop).await, whoami(&phone).await), (200, 200));
+
+    // Ada changes her own password on her laptop: the phone is signed out, the laptop stays.
+    let response = server
+        .request(Method::PATCH, &format!("/v1/users/{id}"))
+        .header("cookie", &laptop)
+        .json(&json!({"password": "a brand new passphrase"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!((whoami(&laptop).await, whoami(&phone).await), (200, 401));
+
+    // The owner resets it: every session of hers ends, on the very next request.
+    server
+        .expect(
+            200,
+            Method::PATCH,
+            &format!("/v1/users/{id}"),
+            &server.token,
+            Some(json!({"password": "reset by the owner"})),
+        )
+        .await;
+    assert_eq!(whoami(&laptop).await, 401);
+    // A change without a new password ends nothing.
+    let fresh = format!(
+        "keygate_session={}",
+        server.login("ada@example.com", "reset by the owner").await
+    );
+    server
+        .expect(
+            200,
+            Method::PATCH,
+            &format!("/v1/users/{id}"),
+            &server.token,
+            Some(json!({"name": "Ada L."})),
+        )
+        .await;
+    assert_eq!(whoami(&fresh).await, 200);
+}
+
+#[tokio::test]
+async fn sign_in_attempts_sent_at_once_never_check_more_than_the_limit() {
+    let server = TestServer::start().await;
+    create_user(&server, "eve@example.com", "viewer").await;
+    let attempts = (0..16).map(|i| {
+        server
+            .post("/v1/auth/login")
+            .json(&json!({"email": "eve@example.com", "password": format!("guess number {i}")}))
+            .send()
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    let checked = statuses.iter().filter(|s| **s == 401).count();
+    let throttled = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        (checked, throttled),
+        (5, 11),
+        "five passwords checked, the rest refused unchecked: {statuses:?}"
+    );
+}
+
+/// Creates a sub-customer of the root with an owner; returns (tenant id, slug, owner's token).
+async fn sub_customer(server: &TestServer, slug: &str, owner_email: &str) -> (String, String) {
+    let created = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tenants",
+            &server.token,
+            Some(json!({"name": slug, "slug": slug,
+                "first_user": {"email": owner_email, "name": "Owner", "password": PASSWORD}})),
+        )
+        .await;
+    let session = server.login_to(owner_email, PASSWORD, Some(slug)).await;
+    (
+        created["tenant"]["id"].as_str().unwrap().to_owned(),
+        format!("keygate_session={session}"),
+    )
+}
+
+#[tokio::test]
+async fn an_email_is_unique_within_a_tenant_and_sign_in_asks_for_the_organization() {
+    let server = TestServer::start().await;
+    let (_, acme) = sub_customer(&server, "acme", "boss@acme.example").await;
+    let (_, globex) = sub_customer(&server, "globex", "boss@globex.example").await;
+    let add_user = async |cookie: &str, email: &str, password: &str| {
+        server
+            .post("/v1/users")
+            .header("cookie", cookie)
+            .json(&json!({"email": email, "name": "Sam", "role": "viewer", "password": password}))
+            .send()
+            .await
+            .unwrap()
+    };
+
+    // Globex's user, and the root owner's address: Acme cannot tell they exist.
+    assert_eq!(
+        add_user(&globex, "sam@example.com", PASSWORD)
+            .await
+            .status(),
+        201
+    );
+    assert_eq!(
+        add_user(&acme, "sam@example.com", PASSWORD).await.status(),
+        201
+    );
+    assert_eq!(
+        add_user(&acme, "OWNER@example.com", "another passphrase")
+            .await
+            .status(),
+        201
+    );
+    // Within one tenant an address is taken once (case-insensitively).
+    problem(
+        add_user(&acme, "Sam@Example.com", PASSWORD).await,
+        409,
+        "already-exists",
+    )
+    .await;
+
+    // The same password in two tenants: sign-in asks which.
+    let login = async |email: &str, password: &str, organization: Option<&str>| {
+        let mut body = json!({"email": email, "password": password});
+        if let Some(organization) = organization {
+            body["organization"] = json!(organization);
+        }
+        server
+            .post("/v1/auth/login")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    };
+    let body = problem(
+        login("sam@example.com", PASSWORD, None).await,
+        409,
+        "organization-required",
+    )
+    .await;
+    assert!(body["detail"].as_str().unwrap().contains("organization"));
+    for (organization, tenant) in [("acme", "acme"), ("GLOBEX", "globex")] {
+        let response = login("sam@example.com", PASSWORD, Some(organization)).await;
+        assert_eq!(response.status(), 200);
+        let cookie = response.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let session = cookie.split(';').next().unwrap().to_owned();
+        let me = ok_json(server.whoami(&[("cookie", &session)]).await).await;
+        assert_eq!(me["organization"]["slug"], tenant);
+    }
+    // A wrong password, or an organization where the address has no account, is the usual 401.
+    problem(
+        login("sam@example.com", "not the password", None).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    problem(
+        login("sam@example.com", PASSWORD, Some("root")).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    // Different passwords: the address and password together say which account.
+    let response = login("owner@example.com", "another passphrase", None).await;
+    assert_eq!(response.status(), 200);
+    let response = login("owner@example.com", &server.password, None).await;
+    assert_eq!(response.status(), 200);
 }

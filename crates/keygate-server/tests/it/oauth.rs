@@ -252,7 +252,7 @@ async fn access_tokens_are_jwts_anyone_can_check_with_the_published_keys() {
         c.permissions = vec!["zones:read".into(), "zones:write".into()];
     })
     .await;
-    let (id, secret) = create_client(&server, "viewer", Some(&["tokens:read", "zones:*"])).await;
+    let (id, secret) = create_client(&server, "viewer", Some(&["tokens:read", "zones:read"])).await;
     let issued = tokens(&server, &id, &secret, None).await;
     assert_eq!(issued["token_type"], "Bearer");
     assert_eq!(issued["expires_in"], 900);
@@ -1321,4 +1321,36 @@ async fn a_client_and_its_tokens_share_one_rate_limit() {
     .await;
     assert_eq!(limited.headers()["ratelimit-remaining"], "0");
     problem(limited, 429, "rate-limited").await;
+}
+
+#[tokio::test]
+async fn another_clients_refresh_token_is_answered_as_an_unknown_one() {
+    let server = TestServer::start().await;
+    let (alice, alice_secret) = create_client(&server, "viewer", None).await;
+    let (mallory, mallory_secret) = create_client(&server, "viewer", None).await;
+    let issued = tokens(&server, &alice, &alice_secret, None).await;
+    let refresh = issued["refresh_token"].as_str().unwrap();
+
+    let stolen = oauth_error(
+        exchange(&server, &mallory, &mallory_secret, refresh).await,
+        400,
+        "invalid_grant",
+    )
+    .await;
+    let made_up = keygate_core::credential::CredentialFormat::new(
+        "kg",
+        keygate_core::credential::Environment::Live,
+    )
+    .unwrap()
+    .generate(keygate_core::credential::CredentialKind::Refresh)
+    .unwrap();
+    let unknown = oauth_error(
+        exchange(&server, &mallory, &mallory_secret, made_up.expose()).await,
+        400,
+        "invalid_grant",
+    )
+    .await;
+    assert_eq!(stolen, unknown, "nothing tells the two apart");
+    // Nor did the attempt spend or burn it: its own client still exchanges it.
+    ok_json(exchange(&server, &alice, &alice_secret, refresh).await).await;
 }

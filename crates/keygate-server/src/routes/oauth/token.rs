@@ -141,7 +141,7 @@ async fn refresh_grant(
     meta: &keygate_core::access::RequestMeta,
 ) -> Result<TokenResponse, Failure> {
     let text = params.require("refresh_token")?;
-    let unknown = || OauthError::invalid_grant("the refresh token is not known");
+    let unknown = || OauthError::invalid_grant(oauth::REFRESH_NOT_KNOWN);
     if state.verifier().format().parse(text) != Ok(CredentialKind::Refresh) {
         return Err(unknown().into());
     }
