@@ -763,3 +763,85 @@ async fn events_past_retention_are_pruned() {
     assert_eq!(left[0]["target"]["type"], "role");
     assert_eq!(server.state.prune_audit().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_flood_of_refusals_cannot_blind_the_log_to_another_credentials() {
+    let server = TestServer::start().await;
+    let root = server.token.clone();
+    let (viewer, viewer_id) = service_token(
+        &server,
+        &root,
+        json!({"kind": "service", "name": "viewer", "role": "viewer"}),
+    )
+    .await;
+    let (doomed, doomed_id) = service_token(
+        &server,
+        &root,
+        json!({"kind": "service", "name": "doomed", "role": "viewer"}),
+    )
+    .await;
+    change(
+        &server,
+        &root,
+        Method::DELETE,
+        &format!("/v1/tokens/{doomed_id}"),
+        None,
+    )
+    .await;
+
+    // The viewer floods forbidden requests, each on a path of its own; meanwhile, the revoked
+    // token is tried a few times.
+    const FLOOD: usize = 600;
+    let flood = (0..FLOOD).map(|i| {
+        server
+            .request(Method::DELETE, &format!("/v1/tokens/tok_flood{i:05}"))
+            .bearer_auth(&viewer)
+            .send()
+    });
+    let statuses: Vec<u16> = futures_util::future::join_all(flood)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    assert!(statuses.iter().all(|s| *s == 403), "{statuses:?}");
+    for _ in 0..5 {
+        problem(
+            server.whoami(&[("apikey", &doomed)]).await,
+            401,
+            "unauthenticated",
+        )
+        .await;
+    }
+    server.state.flush_refusals().await;
+
+    let revoked = events(
+        &server,
+        &root,
+        &format!("?token_id={doomed_id}&outcome=denied"),
+    )
+    .await;
+    let revoked = revoked["data"].as_array().unwrap();
+    assert_eq!(revoked.len(), 1, "{revoked:?}");
+    assert_eq!(revoked[0]["count"], 5);
+    let flooded = events(
+        &server,
+        &root,
+        &format!("?token_id={viewer_id}&outcome=denied"),
+    )
+    .await;
+    let flooded = flooded["data"].as_array().unwrap();
+    assert_eq!(
+        flooded.len(),
+        1,
+        "one row for one credential, address and status"
+    );
+    assert_eq!(flooded[0]["count"], FLOOD);
+    assert!(
+        flooded[0]["target"]["id"]
+            .as_str()
+            .unwrap()
+            .starts_with("DELETE /v1/tokens/tok_flood"),
+        "a path is kept as a sample: {}",
+        flooded[0]
+    );
+}
