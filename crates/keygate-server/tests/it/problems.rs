@@ -152,3 +152,73 @@ async fn malformed_json_and_unknown_fields_are_400() {
     );
     problem(send("[]").await.unwrap(), 400, "invalid-request").await;
 }
+
+/// Sends `raw` on a new connection and reads until the server closes it.
+async fn exchange_raw(server: &TestServer, raw: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = server.base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(raw).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the server closes a connection it cannot read")
+    .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn requests_the_http_parser_refuses_are_answered_and_change_nothing() {
+    let server = TestServer::start().await;
+    let token = server.token.clone();
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "a NUL byte in a header",
+            format!("GET /v1/whoami HTTP/1.1\r\nHost: x\r\napikey: {token}\0\r\n\r\n").into_bytes(),
+            "HTTP/1.1 400",
+        ),
+        (
+            "an obsolete folded header",
+            format!("GET /v1/whoami HTTP/1.1\r\nHost: x\r\napikey: {token}\r\n  folded\r\n\r\n")
+                .into_bytes(),
+            "HTTP/1.1 400",
+        ),
+        (
+            "two different Content-Lengths",
+            b"POST /v1/verify HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}"
+                .to_vec(),
+            "HTTP/1.1 400",
+        ),
+        (
+            "more than 100 headers",
+            format!(
+                "GET /v1/whoami HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                (0..101).map(|i| format!("x-h{i}: v\r\n")).collect::<String>()
+            )
+            .into_bytes(),
+            "HTTP/1.1 431",
+        ),
+    ];
+    for (what, raw, status) in cases {
+        let answer = exchange_raw(&server, &raw).await;
+        assert!(answer.starts_with(status), "{what}: {answer:?}");
+    }
+    // Within hyper's limits and over keygate's own, keygate answers with its problem.
+    let response = server
+        .get("/v1/whoami")
+        .header("x-padding", "p".repeat(9 * 1024))
+        .send()
+        .await
+        .unwrap();
+    problem(response, 431, "headers-too-large").await;
+    // And the server goes on serving.
+    let me = server
+        .whoami(&[("apikey", token.as_str())])
+        .await
+        .status()
+        .as_u16();
+    assert_eq!(me, 200);
+}
