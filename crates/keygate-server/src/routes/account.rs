@@ -132,7 +132,7 @@ pub async fn create(
     ))
 }
 
-/// Delete an account key by id; answers the keys that remain. Needs `keys:write`.
+/// Delete an account key by id; answers the keys that remain. Needs `keys:write` and `keys:read`.
 #[utoipa::path(delete, path = "/v1/account/keys/{id}", tag = "account", operation_id = "deleteAccountKey",
     params(("id" = String, Path, description = "An account key id")),
     responses(
@@ -151,7 +151,7 @@ pub async fn delete(
 }
 
 /// Delete an account key named by `id` or by the full `key` (also spelt `deleteApiKeyId` and
-/// `deleteApiKey`); answers the keys that remain. Needs `keys:write`.
+/// `deleteApiKey`); answers the keys that remain. Needs `keys:write` and `keys:read`.
 #[utoipa::path(delete, path = "/v1/account/keys", tag = "account", operation_id = "deleteAccountKeyByQuery",
     params(
         ("id" = Option<String>, Query, description = "The key's id (or `deleteApiKeyId`)"),
@@ -169,6 +169,8 @@ pub async fn delete_by_query(
     Query(query): Query<DeleteQuery>,
 ) -> Result<axum::Json<AccountKeys>, ApiError> {
     let grant = caller.require::<perm::KeysWrite>()?;
+    // The answer lists the keys that remain: checked before anything changes.
+    caller.require::<perm::KeysRead>()?;
     match (query.id, query.key) {
         (Some(id), None) => {
             let key = CredentialId::parse_any(&id).ok_or_else(|| no_key(&id))?;
@@ -207,6 +209,9 @@ async fn remove(
     named: &str,
 ) -> Result<axum::Json<AccountKeys>, ApiError> {
     let grant = caller.require::<perm::KeysWrite>()?;
+    // The answer lists the keys that remain, which needs keys:read: refused before the delete,
+    // not after it.
+    caller.require::<perm::KeysRead>()?;
     account::check_delete_key(&grant, key)?;
     let now = state.clock().now();
     let target = Target {

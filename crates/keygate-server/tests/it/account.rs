@@ -578,3 +578,39 @@ async fn ipv6_loopback_is_an_address_like_any_other() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn deleting_a_key_without_keys_read_is_refused_before_anything_changes() {
+    let server = TestServer::start().await;
+    let (id, key) = create_key(&server, &server.token).await;
+    let role = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/roles",
+            &server.token,
+            Some(json!({"name": "key-writer", "permissions": ["keys:write"]})),
+        )
+        .await;
+    let writer = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "writer", "role": role["id"]})),
+        )
+        .await;
+    let writer = writer["secret"].as_str().unwrap();
+    for path in [
+        format!("/v1/account/keys/{id}"),
+        format!("/v1/account/keys?id={id}"),
+        format!("/v1/account/keys?key={key}"),
+    ] {
+        let response = server.call(Method::DELETE, &path, writer, None).await;
+        let body = problem(response, 403, "forbidden").await;
+        assert_eq!(body["missing_permissions"], json!(["keys:read"]), "{path}");
+    }
+    // The key was not deleted: it still works.
+    assert_eq!(status(&server, &server.client, &key).await, 200);
+}
