@@ -10,7 +10,7 @@ use crate::credential::{CredentialFormat, CredentialKind, Secret};
 use crate::id::CredentialId;
 use crate::model::{Credential, IpRestriction};
 use crate::permission::{BuiltinRole, Catalog};
-use crate::rule::RuleError;
+use crate::rule::{Conflict, RuleError};
 
 /// Two keys, both valid, so one can replace the other at runtime.
 pub const MAX_KEYS: usize = 2;
@@ -56,7 +56,7 @@ pub fn check_delete_key(
 ) -> Result<(), RuleError> {
     if grant.credential_id() == key {
         return Err(RuleError::Conflict {
-            code: "cannot-delete-current-key",
+            conflict: Conflict::CannotDeleteCurrentKey,
             detail: "this key authenticates the request; delete it with the other key".into(),
         });
     }
@@ -73,7 +73,7 @@ pub fn plan_ip_restriction(
     let (allowlist, normalised) = IpAllowlist::parse(entries, "allowlist")?;
     if enabled && !allowlist.covers(caller_ip) {
         return Err(RuleError::Conflict {
-            code: "would-lock-out-caller",
+            conflict: Conflict::WouldLockOutCaller,
             detail: format!(
                 "the allowlist does not cover your own address {}; add it, or leave the list disabled",
                 caller_ip.to_canonical()
@@ -119,7 +119,7 @@ mod tests {
         assert!(matches!(
             check_delete_key(&grant, &own),
             Err(RuleError::Conflict {
-                code: "cannot-delete-current-key",
+                conflict: Conflict::CannotDeleteCurrentKey,
                 ..
             })
         ));
@@ -135,14 +135,14 @@ mod tests {
         assert!(matches!(
             plan_ip_restriction(true, &strings(&["10.0.0.0/8"]), me),
             Err(RuleError::Conflict {
-                code: "would-lock-out-caller",
+                conflict: Conflict::WouldLockOutCaller,
                 ..
             })
         ));
         assert!(matches!(
             plan_ip_restriction(true, &[], me),
             Err(RuleError::Conflict {
-                code: "would-lock-out-caller",
+                conflict: Conflict::WouldLockOutCaller,
                 ..
             })
         ));

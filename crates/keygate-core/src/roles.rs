@@ -5,7 +5,7 @@ use crate::access::{Grant, perm};
 use crate::id::RoleId;
 use crate::model::Role;
 use crate::permission::{BuiltinRole, Catalog};
-use crate::rule::RuleError;
+use crate::rule::{Conflict, RuleError};
 use crate::validate::{self, Errors};
 use crate::verify::role_permissions;
 
@@ -102,7 +102,7 @@ pub fn check_may_change(
 ) -> Result<(), RuleError> {
     if role.tenant_id.is_none() {
         return Err(RuleError::Conflict {
-            code: "builtin-role",
+            conflict: Conflict::BuiltinRole,
             detail: "built-in roles cannot be changed or deleted; create a custom role".into(),
         });
     }
@@ -163,7 +163,7 @@ mod tests {
         assert!(matches!(
             plan_as(BuiltinRole::Owner, input("mine", &["*"]), Some(&builtin)),
             Err(RuleError::Conflict {
-                code: "builtin-role",
+                conflict: Conflict::BuiltinRole,
                 ..
             })
         ));

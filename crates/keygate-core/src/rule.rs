@@ -20,11 +20,24 @@ pub enum RuleError {
     /// 404 `not-found`: something named does not exist in the caller's scope.
     #[error("{0}")]
     NotFound(String),
-    /// 409 with a specific code.
+    /// 409, with the rule the request ran into.
     #[error("{detail}")]
-    Conflict { code: &'static str, detail: String },
+    Conflict { conflict: Conflict, detail: String },
     #[error("could not draw randomness or hash: {0}")]
     Internal(String),
+}
+
+/// The rules a request can conflict with (each its own 409 problem code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conflict {
+    /// A role that users or usable tokens still hold.
+    RoleInUse,
+    /// Built-in roles cannot be changed or deleted.
+    BuiltinRole,
+    /// Deleting the account key that authenticates the request.
+    CannotDeleteCurrentKey,
+    /// An allowlist that would not cover the caller's own address.
+    WouldLockOutCaller,
 }
 
 impl RuleError {

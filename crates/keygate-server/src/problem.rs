@@ -7,7 +7,7 @@
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keygate_core::access::Forbidden;
-use keygate_core::rule::RuleError;
+use keygate_core::rule::{Conflict, RuleError};
 use keygate_core::store::StoreError;
 use keygate_core::verify::Refusal;
 use serde::Serialize;
@@ -366,14 +366,12 @@ impl From<RuleError> for ApiError {
                 error
             }
             RuleError::NotFound(detail) => ApiError::not_found(detail),
-            RuleError::Conflict { code, detail } => {
-                let code = match code {
-                    "role-in-use" => ProblemCode::RoleInUse,
-                    "builtin-role" => ProblemCode::BuiltinRole,
-                    "cannot-delete-current-key" => ProblemCode::CannotDeleteCurrentKey,
-                    "would-lock-out-caller" => ProblemCode::WouldLockOutCaller,
-                    "key-limit-reached" => ProblemCode::KeyLimitReached,
-                    _ => ProblemCode::AlreadyExists,
+            RuleError::Conflict { conflict, detail } => {
+                let code = match conflict {
+                    Conflict::RoleInUse => ProblemCode::RoleInUse,
+                    Conflict::BuiltinRole => ProblemCode::BuiltinRole,
+                    Conflict::CannotDeleteCurrentKey => ProblemCode::CannotDeleteCurrentKey,
+                    Conflict::WouldLockOutCaller => ProblemCode::WouldLockOutCaller,
                 };
                 ApiError::new(code, detail)
             }

@@ -8,7 +8,7 @@ use keygate_core::id::RoleId;
 use keygate_core::model::{Role, Target};
 use keygate_core::permission::{BUILTIN, Catalog};
 use keygate_core::roles::{self, RoleInput, RoleRef};
-use keygate_core::rule::RuleError;
+use keygate_core::rule::{Conflict, RuleError};
 use keygate_core::store::Deletion;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -220,7 +220,7 @@ pub async fn delete(
         Deletion::Deleted => Ok(StatusCode::NO_CONTENT),
         Deletion::NotFound => Err(ApiError::not_found(format!("there is no role `{id}`"))),
         Deletion::InUse => Err(RuleError::Conflict {
-            code: "role-in-use",
+            conflict: Conflict::RoleInUse,
             detail: "users or usable tokens still hold this role; move them to another first"
                 .into(),
         }
