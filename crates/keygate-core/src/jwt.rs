@@ -1132,10 +1132,11 @@ mod tests {
         // Started again with ES256: the store retires the EdDSA key when the new one is added.
         let after = ring(SigningAlgorithm::Es256, &keys).await;
         let new = generate_key(after.policy().algorithm, 2, NOW, None).unwrap();
-        let mut stored = keys.0.lock().unwrap();
-        stored[0].retired_at = Some(NOW);
-        stored.push(new.clone());
-        drop(stored);
+        {
+            let mut stored = keys.0.lock().unwrap();
+            stored[0].retired_at = Some(NOW);
+            stored.push(new.clone());
+        }
         after.reload(&keys, NOW).await.unwrap();
         let fresh = after.sign(&claims(&[ISSUER])).unwrap();
         assert_eq!(part(&fresh, 0)["alg"], "ES256");

@@ -1295,7 +1295,10 @@ async fn eddsa_keys_made_before_0006_are_kept_by_it(db: TestDb) {
         pool.close().await;
     }
     let store = db.open(Arc::new(Recorder::default())).await;
-    assert_eq!(store.signing_keys().await.unwrap(), [old.clone()]);
+    assert_eq!(
+        store.signing_keys().await.unwrap(),
+        std::slice::from_ref(&old)
+    );
     let later = Timestamp::from_unix(NOW.unix() + 60);
     let new = keygate_core::jwt::generate_key(SigningAlgorithm::Es256, 2, later, None).unwrap();
     assert!(
