@@ -13,7 +13,7 @@ use crate::Timestamp;
 use crate::access::RequestMeta;
 use crate::credential::{CredentialFormat, CredentialKind, Secret};
 use crate::id::{CredentialId, EventId, TenantId};
-use crate::jwt::AccessClaims;
+use crate::jwt::{AccessClaims, Audience};
 use crate::model::{Actor, AuditEvent, Credential, Outcome, Target};
 use crate::permission::{Catalog, PermissionSet};
 use crate::verify::Verified;
@@ -28,6 +28,8 @@ pub enum ErrorCode {
     UnsupportedGrantType,
     InvalidScope,
     UnsupportedTokenType,
+    /// RFC 8707 §2: a `resource` this server does not issue tokens for.
+    InvalidTarget,
 }
 
 impl ErrorCode {
@@ -40,6 +42,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             ErrorCode::InvalidScope => "invalid_scope",
             ErrorCode::UnsupportedTokenType => "unsupported_token_type",
+            ErrorCode::InvalidTarget => "invalid_target",
         }
     }
 
@@ -211,6 +214,43 @@ pub fn refresh_scope(
     grant_scope(&ceiling, requested)
 }
 
+/// The audience a token request gets (RFC 8707 §2): the `resource`s it names, in order, each one
+/// of the `configured` audiences; or the first configured one if it names none. A resource keygate
+/// does not issue for is `invalid_target`, naming it.
+pub fn grant_audience(configured: &[String], requested: &[&str]) -> Result<Audience, OauthError> {
+    let mut members: Vec<String> = Vec::with_capacity(requested.len());
+    for &resource in requested {
+        if !configured.iter().any(|c| c == resource) {
+            return Err(OauthError::new(
+                ErrorCode::InvalidTarget,
+                format!(
+                    "keygate does not issue tokens for the resource `{}`",
+                    resource.chars().take(200).collect::<String>()
+                ),
+            ));
+        }
+        if !members.iter().any(|m| m == resource) {
+            members.push(resource.to_owned());
+        }
+    }
+    if members.is_empty() {
+        members.extend(configured.first().cloned());
+    }
+    Audience::new(members).ok_or_else(|| {
+        OauthError::new(
+            ErrorCode::InvalidTarget,
+            "keygate is configured with no audience to issue tokens for",
+        )
+    })
+}
+
+/// Who an access token is from (`iss`) and for (`aud`).
+#[derive(Debug, Clone)]
+pub struct Parties<'a> {
+    pub issuer: &'a str,
+    pub audience: Audience,
+}
+
 /// A scope as the wire writes it.
 pub fn scope_text(scope: &PermissionSet) -> String {
     scope
@@ -235,7 +275,7 @@ pub fn issue(
     access_scope: &PermissionSet,
     previous: Option<&RefreshToken>,
     format: &CredentialFormat,
-    issuer: &str,
+    parties: Parties<'_>,
     lifetimes: Lifetimes,
     now: Timestamp,
 ) -> Result<Issued, getrandom::Error> {
@@ -270,7 +310,8 @@ pub fn issue(
         spent_at: None,
     };
     let claims = AccessClaims {
-        iss: issuer.to_owned(),
+        iss: parties.issuer.to_owned(),
+        aud: parties.audience,
         sub: client.id().to_string(),
         client_id: client.id().to_string(),
         tenant: client.tenant_id().to_string(),
@@ -371,7 +412,10 @@ mod tests {
             &scope,
             previous,
             &format(),
-            "https://kg",
+            Parties {
+                issuer: "https://kg",
+                audience: Audience::new(vec!["https://api.example.com".into()]).unwrap(),
+            },
             LIFETIMES,
             NOW,
         )
@@ -392,6 +436,41 @@ mod tests {
             "{refused}"
         );
         assert_eq!(scope_text(&narrowed), "tokens:read zones:read");
+    }
+
+    #[test]
+    fn the_audience_is_the_default_or_the_configured_resources_asked_for() {
+        let configured = [
+            "https://kg".to_owned(),
+            "https://api.example.com".to_owned(),
+        ];
+        let members = |requested: &[&str]| {
+            grant_audience(&configured, requested)
+                .map(|a| a.members().to_vec())
+                .map_err(|e| e.code)
+        };
+        assert_eq!(members(&[]), Ok(vec!["https://kg".to_owned()]));
+        assert_eq!(
+            members(&[
+                "https://api.example.com",
+                "https://kg",
+                "https://api.example.com"
+            ]),
+            Ok(vec![
+                "https://api.example.com".to_owned(),
+                "https://kg".to_owned()
+            ])
+        );
+        assert_eq!(
+            members(&["https://kg", "https://elsewhere.example"]),
+            Err(ErrorCode::InvalidTarget)
+        );
+        assert_eq!(ErrorCode::InvalidTarget.as_str(), "invalid_target");
+        assert_eq!(ErrorCode::InvalidTarget.status(), 400);
+        assert!(
+            grant_audience(&[], &[]).is_err(),
+            "a token is always for someone"
+        );
     }
 
     #[test]
@@ -423,6 +502,7 @@ mod tests {
         assert_eq!(first.claims.exp - first.claims.iat, 900);
         assert!(first.claims.jti.starts_with("atk_"));
         assert_eq!(first.claims.sub, client.id().as_str());
+        assert_eq!(first.claims.aud.members(), ["https://api.example.com"]);
 
         let second = issue_for(&client, &["zones:read"], Some(&first.refresh));
         assert_eq!(second.refresh.family_id, first.refresh.credential.id);

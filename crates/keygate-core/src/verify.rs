@@ -1153,16 +1153,16 @@ mod tests {
         let keys = Arc::new(KeyRing::new(
             crate::jwt::KeyPolicy {
                 issuer: ISSUER.into(),
+                audiences: vec![ISSUER.into()],
+                algorithm: crate::jwt::SigningAlgorithm::Es256,
                 access_ttl: Duration::from_secs(900),
                 rotate_after: None,
             },
             None,
         ));
-        f.store
-            .keys
-            .lock()
-            .unwrap()
-            .push(crate::jwt::generate_key(1, NOW, None).unwrap());
+        f.store.keys.lock().unwrap().push(
+            crate::jwt::generate_key(crate::jwt::SigningAlgorithm::Es256, 1, NOW, None).unwrap(),
+        );
         keys.reload(&*f.store, NOW).await.unwrap();
         let verifier = Verifier::new(
             f.format.clone(),
@@ -1186,6 +1186,7 @@ mod tests {
         fn token(&self, scope: &str, lifetime: u64) -> (String, AccessClaims) {
             let claims = AccessClaims {
                 iss: ISSUER.into(),
+                aud: crate::jwt::Audience::new(vec![ISSUER.into()]).unwrap(),
                 sub: self.client.credential.id.to_string(),
                 client_id: self.client.credential.id.to_string(),
                 tenant: self.client.tenant.id.to_string(),
@@ -1292,11 +1293,9 @@ mod tests {
         ));
         let stranger = KeyRing::new(o.keys.policy().clone(), None);
         let store = MapStore::default();
-        store
-            .keys
-            .lock()
-            .unwrap()
-            .push(crate::jwt::generate_key(1, NOW, None).unwrap());
+        store.keys.lock().unwrap().push(
+            crate::jwt::generate_key(crate::jwt::SigningAlgorithm::Es256, 1, NOW, None).unwrap(),
+        );
         stranger.reload(&store, NOW).await.unwrap();
         let (_, claims) = o.token("zones:read", 900);
         let foreign = stranger.sign(&claims).unwrap();

@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use ipnet::IpNet;
 use keygate_core::Timestamp;
 use keygate_core::credential::{CredentialFormat, Environment};
+use keygate_core::jwt::SigningAlgorithm;
 use keygate_core::permission::Catalog;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -190,6 +191,14 @@ pub struct CacheConfig {
 pub struct OauthConfig {
     /// The `iss` of access tokens and the base of the metadata's URLs; `http://<listen>` if unset.
     pub issuer: Option<String>,
+    /// The audiences (`aud`) access tokens may be issued for: the identifiers of the resource
+    /// servers that accept them, absolute URIs. A token request names them with RFC 8707's
+    /// `resource`; without it, a token is for the first. The issuer alone if unset.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub audience: Vec<String>,
+    /// What new signing keys are made for: `ES256`, `EdDSA` or `RS256`. A signing key of
+    /// another algorithm is replaced on start; it stays published until its tokens expire.
+    pub signing_algorithm: SigningAlgorithm,
     /// How long an access token (a JWT) lives.
     pub access_token_ttl_seconds: u64,
     /// How long a refresh token lives, from the grant or refresh that issued it.
@@ -205,6 +214,8 @@ impl Default for OauthConfig {
     fn default() -> Self {
         Self {
             issuer: None,
+            audience: Vec::new(),
+            signing_algorithm: SigningAlgorithm::default(),
             access_token_ttl_seconds: 900,
             refresh_token_ttl_days: 30,
             signing_key_rotation_days: 90,
@@ -435,6 +446,25 @@ impl Config {
                 "oauth.issuer must be an http(s) URL, got `{issuer}`"
             )));
         }
+        for audience in &self.oauth.audience {
+            // RFC 8707 §2: a resource is an absolute URI without a fragment.
+            let scheme = audience.split_once(':').map(|(scheme, _)| scheme);
+            let absolute = scheme.is_some_and(|s| {
+                s.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            });
+            if !absolute
+                || audience.contains('#')
+                || audience
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "oauth.audience `{audience}` is not an absolute URI without a fragment"
+                )));
+            }
+        }
         if let Some(secret) = &self.oauth.key_encryption_secret {
             keygate_core::jwt::KeySealer::new(&secret.0)
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -448,6 +478,16 @@ impl Config {
         match &self.oauth.issuer {
             Some(issuer) => issuer.trim_end_matches('/').to_owned(),
             None => format!("http://{}", self.listen),
+        }
+    }
+
+    /// The audiences access tokens may be issued for, the default first: configured, or the
+    /// issuer alone.
+    pub fn audiences(&self) -> Vec<String> {
+        if self.oauth.audience.is_empty() {
+            vec![self.issuer()]
+        } else {
+            self.oauth.audience.clone()
         }
     }
 
@@ -649,6 +689,8 @@ mod tests {
             assert_eq!(config.oauth.access_token_ttl_seconds, 900);
             assert_eq!(config.oauth.refresh_token_ttl_days, 30);
             assert_eq!(config.issuer(), "http://127.0.0.1:8080");
+            assert_eq!(config.audiences(), ["http://127.0.0.1:8080"]);
+            assert_eq!(config.oauth.signing_algorithm, SigningAlgorithm::Es256);
             assert!(config.oauth.key_encryption_secret.is_none());
 
             jail.create_file("kek", "a long enough key-encryption secret\n")?;
@@ -668,6 +710,11 @@ mod tests {
                 Some("a long enough key-encryption secret")
             );
             assert_eq!(config.issuer(), "https://auth.example.com");
+            assert_eq!(
+                config.audiences(),
+                ["https://auth.example.com"],
+                "the issuer, once set"
+            );
             assert_eq!(config.oauth.access_token_ttl_seconds, 3600);
             assert!(!format!("{config:?}").contains("long enough"));
             assert!(!config.to_redacted_toml().contains("long enough"));
@@ -689,6 +736,59 @@ mod tests {
             assert!(error.contains("at least 16"), "{error}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn audiences_and_the_signing_algorithm_are_configured_and_checked() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "k.toml",
+                "[oauth]\nsigning_algorithm = \"RS256\"\n\
+                 audience = [\"https://api.example.com\", \"urn:example:billing\"]\n",
+            )?;
+            let config = load(jail, Some("k.toml"), &Overrides::default())?;
+            assert_eq!(config.oauth.signing_algorithm, SigningAlgorithm::Rs256);
+            assert_eq!(
+                config.audiences(),
+                ["https://api.example.com", "urn:example:billing"]
+            );
+            assert!(
+                config
+                    .to_redacted_toml()
+                    .contains("signing_algorithm = \"RS256\"")
+            );
+            jail.set_env("KEYGATE_OAUTH__AUDIENCE", "https://one.example.com");
+            jail.set_env("KEYGATE_OAUTH__SIGNING_ALGORITHM", "EdDSA");
+            let config = load(jail, Some("k.toml"), &Overrides::default())?;
+            assert_eq!(
+                config.audiences(),
+                ["https://one.example.com"],
+                "one string"
+            );
+            assert_eq!(config.oauth.signing_algorithm, SigningAlgorithm::EdDsa);
+            Ok(())
+        });
+        for (var, value, needle) in [
+            ("KEYGATE_OAUTH__SIGNING_ALGORITHM", "HS256", "HS256"),
+            ("KEYGATE_OAUTH__SIGNING_ALGORITHM", "es256", "es256"),
+            (
+                "KEYGATE_OAUTH__AUDIENCE",
+                "api.example.com",
+                "api.example.com",
+            ),
+            (
+                "KEYGATE_OAUTH__AUDIENCE",
+                "https://a.example/#x",
+                "fragment",
+            ),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(var, value);
+                let error = load(jail, None, &Overrides::default()).unwrap_err();
+                assert!(error.contains(needle), "{var}={value}: {error}");
+                Ok(())
+            });
+        }
     }
 
     #[test]

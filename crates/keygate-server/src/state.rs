@@ -66,6 +66,8 @@ impl AppState {
         let keys = Arc::new(KeyRing::new(
             KeyPolicy {
                 issuer: config.issuer(),
+                audiences: config.audiences(),
+                algorithm: config.oauth.signing_algorithm,
                 access_ttl: Duration::from_secs(config.oauth.access_token_ttl_seconds),
                 rotate_after: match config.oauth.signing_key_rotation_days {
                     0 => None,

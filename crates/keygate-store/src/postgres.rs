@@ -23,7 +23,7 @@ use crate::sql::prelude::*;
 use crate::sql::unique_field;
 use crate::{OpenError, StoreOptions};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 /// The channel changes travel on.
 pub const CHANNEL: &str = "keygate_changes";

@@ -38,7 +38,7 @@ pub(crate) mod prelude {
     pub use keygate_core::allowlist::IpAllowlist;
     pub use keygate_core::credential::{CredentialHash, CredentialKind};
     pub use keygate_core::id::{CredentialId, RoleId, TenantId, UserId};
-    pub use keygate_core::jwt::{SEALING_SCHEME, Sealing, StoredSigningKey};
+    pub use keygate_core::jwt::{SEALING_SCHEME, Sealing, SigningAlgorithm, StoredSigningKey};
     pub use keygate_core::model::{
         AuditEvent, Credential, IpRestriction, Outcome, RateLimit, Role, Slug, StoredEvent, Tenant,
         TenantPath, TenantStatus, User, UserStatus, email_key,
@@ -1122,10 +1122,11 @@ macro_rules! sql_store {
                 let inserted = sqlx::query(
                     "INSERT INTO signing_keys (kid, generation, algorithm, public_key, private_key,
                                                encryption, salt, nonce, created_at, retired_at)
-                     VALUES ($1, $2, 'EdDSA', $3, $4, $5, $6, $7, $8, $9)",
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
                 )
                 .bind(&key.kid)
                 .bind(key.generation)
+                .bind(key.algorithm.as_str())
                 .bind(key.public_key.as_slice())
                 .bind(key.private_key.as_slice())
                 .bind(key.sealing.as_ref().map(|_| SEALING_SCHEME))
@@ -1246,8 +1247,11 @@ macro_rules! sql_store {
                 (Some(SEALING_SCHEME), Some(salt), Some(nonce)) => Some(Sealing { salt, nonce }),
                 (Some(other), _, _) => return Err(corrupt("key sealing", other)),
             };
+            let algorithm: String = row.try_get("algorithm").map_err(store_error)?;
             Ok(StoredSigningKey {
                 generation: row.try_get("generation").map_err(store_error)?,
+                algorithm: SigningAlgorithm::parse(&algorithm)
+                    .ok_or_else(|| corrupt("signing algorithm", &algorithm))?,
                 public_key: row.try_get("public_key").map_err(store_error)?,
                 private_key: row.try_get("private_key").map_err(store_error)?,
                 sealing,

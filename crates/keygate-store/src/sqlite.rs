@@ -17,7 +17,7 @@ use crate::sql::prelude::*;
 use crate::sql::unique_field;
 use crate::{OpenError, StoreOptions};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 pub struct SqliteStore {
     pool: SqlitePool,

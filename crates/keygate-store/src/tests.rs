@@ -6,6 +6,7 @@ use keygate_core::access::{Caller, Grant, perm};
 use keygate_core::bootstrap;
 use keygate_core::credential::{CredentialFormat, CredentialHash, CredentialKind, Environment};
 use keygate_core::id::{CredentialId, RoleId, UserId};
+use keygate_core::jwt::SigningAlgorithm;
 use keygate_core::model::{AuditEvent, Outcome, Role, User, UserStatus};
 use keygate_core::oauth::{AuthenticatedClient, Lifetimes, RefreshToken, Rotation};
 use keygate_core::permission::{BuiltinRole, Catalog};
@@ -99,6 +100,8 @@ on_every_backend!(
     a_refresh_token_is_spent_once_and_reuse_burns_its_family,
     access_token_revocations_are_remembered_and_announced,
     signing_keys_rotate_one_generation_at_a_time,
+    signing_keys_of_every_algorithm_are_kept_as_given,
+    eddsa_keys_made_before_0006_are_kept_by_it,
 );
 
 fn format() -> CredentialFormat {
@@ -958,7 +961,10 @@ fn issue(
         &scope,
         previous,
         &format(),
-        "https://kg",
+        keygate_core::oauth::Parties {
+            issuer: "https://kg",
+            audience: keygate_core::jwt::Audience::new(vec!["https://kg".into()]).unwrap(),
+        },
         LIFETIMES,
         NOW,
     )
@@ -1287,11 +1293,112 @@ async fn access_token_revocations_are_remembered_and_announced(db: TestDb) {
         .unwrap();
 }
 
+/// The migration that widened the algorithms keeps the EdDSA keys already stored (SQLite rebuilds
+/// the table for it).
+async fn eddsa_keys_made_before_0006_are_kept_by_it(db: TestDb) {
+    let old = keygate_core::jwt::generate_key(SigningAlgorithm::EdDsa, 1, NOW, None).unwrap();
+    let before_0006 = |all: &sqlx::migrate::Migrator| sqlx::migrate::Migrator {
+        migrations: all
+            .migrations
+            .iter()
+            .filter(|m| m.version < 6)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    let insert = "INSERT INTO signing_keys (kid, generation, algorithm, public_key, private_key, \
+                  created_at) VALUES ($1, 1, 'EdDSA', $2, $3, $4)";
+    if db.url.starts_with("sqlite:") {
+        std::fs::create_dir_all(db.dir().join("nested")).unwrap();
+        let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        before_0006(&crate::sqlite::MIGRATOR)
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(insert)
+            .bind(&old.kid)
+            .bind(&old.public_key)
+            .bind(&old.private_key)
+            .bind(NOW.unix())
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+        before_0006(&crate::postgres::MIGRATOR)
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(insert)
+            .bind(&old.kid)
+            .bind(&old.public_key)
+            .bind(&old.private_key)
+            .bind(NOW.unix())
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let store = db.open(Arc::new(Recorder::default())).await;
+    assert_eq!(
+        store.signing_keys().await.unwrap(),
+        std::slice::from_ref(&old)
+    );
+    let later = Timestamp::from_unix(NOW.unix() + 60);
+    let new = keygate_core::jwt::generate_key(SigningAlgorithm::Es256, 2, later, None).unwrap();
+    assert!(
+        store
+            .add_signing_key(&new, later, Timestamp::from_unix(0))
+            .await
+            .unwrap()
+    );
+    let kept = store.signing_keys().await.unwrap();
+    assert_eq!(
+        kept.iter()
+            .map(|k| (k.kid.as_str(), k.algorithm, k.retired_at))
+            .collect::<Vec<_>>(),
+        [
+            (old.kid.as_str(), SigningAlgorithm::EdDsa, Some(later)),
+            (new.kid.as_str(), SigningAlgorithm::Es256, None)
+        ]
+    );
+}
+
+async fn signing_keys_of_every_algorithm_are_kept_as_given(db: TestDb) {
+    let o = owned(db).await;
+    let never = Timestamp::from_unix(0);
+    let mut made = Vec::new();
+    for (generation, algorithm) in (1..).zip(SigningAlgorithm::ALL) {
+        let at = Timestamp::from_unix(NOW.unix() + generation);
+        let key = keygate_core::jwt::generate_key(algorithm, generation, at, None).unwrap();
+        assert!(o.store.add_signing_key(&key, at, never).await.unwrap());
+        made.push(key);
+    }
+    let stored = o.store.signing_keys().await.unwrap();
+    let read: Vec<_> = stored
+        .iter()
+        .map(|k| (k.algorithm, k.public_key.clone(), k.private_key.clone()))
+        .collect();
+    let given: Vec<_> = made
+        .iter()
+        .map(|k| (k.algorithm, k.public_key.clone(), k.private_key.clone()))
+        .collect();
+    assert_eq!(read, given);
+    assert_eq!(stored[2].retired_at, None, "the newest signs");
+    assert!(stored[..2].iter().all(|k| k.retired_at.is_some()));
+}
+
 async fn signing_keys_rotate_one_generation_at_a_time(db: TestDb) {
     let o = owned(db).await;
     assert!(o.store.signing_keys().await.unwrap().is_empty());
     let sealer = keygate_core::jwt::KeySealer::new("a secret of sixteen+ characters").unwrap();
-    let first = keygate_core::jwt::generate_key(1, NOW, Some(&sealer)).unwrap();
+    let first =
+        keygate_core::jwt::generate_key(SigningAlgorithm::EdDsa, 1, NOW, Some(&sealer)).unwrap();
     let never = Timestamp::from_unix(0);
     changes(&o.recorder);
     assert!(o.store.add_signing_key(&first, NOW, never).await.unwrap());
@@ -1303,12 +1410,12 @@ async fn signing_keys_rotate_one_generation_at_a_time(db: TestDb) {
     );
 
     // A second node rotating from the same view loses, changing nothing.
-    let rival = keygate_core::jwt::generate_key(1, NOW, None).unwrap();
+    let rival = keygate_core::jwt::generate_key(SigningAlgorithm::Es256, 1, NOW, None).unwrap();
     assert!(!o.store.add_signing_key(&rival, NOW, never).await.unwrap());
     assert!(changes(&o.recorder).is_empty());
 
     let later = Timestamp::from_unix(NOW.unix() + 60);
-    let second = keygate_core::jwt::generate_key(2, later, None).unwrap();
+    let second = keygate_core::jwt::generate_key(SigningAlgorithm::Rs256, 2, later, None).unwrap();
     assert!(
         o.store
             .add_signing_key(&second, later, never)
@@ -1328,7 +1435,7 @@ async fn signing_keys_rotate_one_generation_at_a_time(db: TestDb) {
 
     // Keys retired before the given time are deleted with the next rotation.
     let latest = Timestamp::from_unix(later.unix() + 60);
-    let third = keygate_core::jwt::generate_key(3, latest, None).unwrap();
+    let third = keygate_core::jwt::generate_key(SigningAlgorithm::Es256, 3, latest, None).unwrap();
     assert!(
         o.store
             .add_signing_key(&third, latest, Timestamp::from_unix(later.unix() + 1))

@@ -95,8 +95,15 @@ impl TestServer {
 
     /// Another node on the same database, with its own cache and clock.
     pub async fn join(&self) -> Self {
+        self.join_with(|_| {}).await
+    }
+
+    /// Another node on the same database, its configuration changed by `configure`.
+    pub async fn join_with(&self, configure: impl FnOnce(&mut Config)) -> Self {
+        let mut config = self.state.config().clone();
+        configure(&mut config);
         let mut node = Self::boot(
-            self.state.config().clone(),
+            config,
             self.dir.clone(),
             Arc::new(ManualClock::new(self.clock.now())),
         )

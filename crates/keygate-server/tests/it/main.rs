@@ -19,6 +19,7 @@ mod identity;
 mod limits;
 mod nginx;
 mod oauth;
+mod oauth_interop;
 mod ops;
 mod problems;
 mod tenants;

@@ -1,5 +1,6 @@
 //! OAuth 2.0 client credentials (API.md §7), driven by a real OAuth client library (`oauth2`), and
-//! the access tokens checked with an implementation of Ed25519 that is not keygate's (`ring`).
+//! the access tokens checked with the published keys by code that is not keygate's verifier
+//! (`ring`'s, for each algorithm). `oauth_interop` checks them with Python and JavaScript libraries.
 
 use std::time::Duration;
 
@@ -212,9 +213,13 @@ fn parts(jwt: &str) -> (Value, Value, Vec<u8>, String) {
     )
 }
 
-/// Checks `jwt`'s signature against the published key its `kid` names, with `ring`'s Ed25519
-/// (not the code keygate signs and verifies with); returns the header and claims.
-async fn verify_independently(server: &TestServer, jwt: &str) -> (Value, Value) {
+/// Checks `jwt`'s signature against the published key its `kid` names, with `ring` (not the code
+/// keygate verifies with), whatever the key's algorithm; returns the header and claims.
+pub async fn verify_independently(server: &TestServer, jwt: &str) -> (Value, Value) {
+    use ring::signature::{
+        ECDSA_P256_SHA256_FIXED, ED25519, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents,
+        UnparsedPublicKey,
+    };
     let (header, claims, signature, signed) = parts(jwt);
     let jwks = ok_json(server.get("/.well-known/jwks.json").send().await.unwrap()).await;
     let kid = header["kid"].as_str().unwrap();
@@ -225,23 +230,42 @@ async fn verify_independently(server: &TestServer, jwt: &str) -> (Value, Value) 
         .find(|k| k["kid"] == kid)
         .unwrap_or_else(|| panic!("{kid} is not published: {jwks}"));
     assert_eq!(
-        (key["kty"].as_str(), key["crv"].as_str()),
-        (Some("OKP"), Some("Ed25519"))
+        key["alg"], header["alg"],
+        "the token uses its key's algorithm"
     );
-    assert_eq!(key["alg"], "EdDSA");
     assert_eq!(key["use"], "sig");
-    let x = URL_SAFE_NO_PAD.decode(key["x"].as_str().unwrap()).unwrap();
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &x)
-        .verify(signed.as_bytes(), &signature)
-        .expect("the signature verifies with the published key");
+    let member = |name: &str| URL_SAFE_NO_PAD.decode(key[name].as_str().unwrap()).unwrap();
+    let check = |message: &[u8]| match key["alg"].as_str().unwrap() {
+        "EdDSA" => {
+            assert_eq!(
+                (key["kty"].as_str(), key["crv"].as_str()),
+                (Some("OKP"), Some("Ed25519"))
+            );
+            UnparsedPublicKey::new(&ED25519, member("x")).verify(message, &signature)
+        }
+        "ES256" => {
+            assert_eq!(
+                (key["kty"].as_str(), key["crv"].as_str()),
+                (Some("EC"), Some("P-256"))
+            );
+            let point = [&[4u8][..], &member("x"), &member("y")].concat();
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point).verify(message, &signature)
+        }
+        "RS256" => {
+            assert_eq!(key["kty"], "RSA");
+            RsaPublicKeyComponents {
+                n: member("n"),
+                e: member("e"),
+            }
+            .verify(&RSA_PKCS1_2048_8192_SHA256, message, &signature)
+        }
+        other => panic!("unexpected algorithm {other}"),
+    };
+    check(signed.as_bytes()).expect("the signature verifies with the published key");
     let mut tampered = signed.into_bytes();
     let last = tampered.len() - 1;
     tampered[last] ^= 1;
-    assert!(
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &x)
-            .verify(&tampered, &signature)
-            .is_err()
-    );
+    assert!(check(&tampered).is_err());
     (header, claims)
 }
 
@@ -269,10 +293,14 @@ async fn access_tokens_are_jwts_anyone_can_check_with_the_published_keys() {
     );
     let jwt = issued["access_token"].as_str().unwrap();
     let (header, claims) = verify_independently(&server, jwt).await;
-    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["alg"], "ES256", "the default");
     assert_eq!(header["typ"], "at+jwt");
     let me = ok_json(server.whoami(&[("apikey", &server.token)]).await).await;
     assert_eq!(claims["iss"], "https://auth.example.com");
+    assert_eq!(
+        claims["aud"], "https://auth.example.com",
+        "the issuer, by default"
+    );
     assert_eq!(claims["sub"], id.as_str());
     assert_eq!(claims["client_id"], id.as_str());
     assert_eq!(claims["tenant"], me["organization"]["id"]);
@@ -315,8 +343,142 @@ async fn access_tokens_are_jwts_anyone_can_check_with_the_published_keys() {
         metadata["token_endpoint_auth_methods_supported"],
         json!(["client_secret_basic", "client_secret_post"])
     );
+    assert_eq!(metadata["response_types_supported"], json!(["none"]));
+    assert!(
+        metadata.get("authorization_endpoint").is_none(),
+        "no flow through a browser"
+    );
     let scopes = metadata["scopes_supported"].as_array().unwrap();
     assert!(scopes.contains(&json!("oauth_clients:write")));
+}
+
+#[tokio::test]
+async fn resource_picks_the_audience_among_the_configured_ones() {
+    let server = TestServer::start_with(|c| {
+        c.oauth.audience = vec![
+            "https://api.example.com".into(),
+            "urn:example:billing".into(),
+        ];
+    })
+    .await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    let aud = |issued: &Value| parts(issued["access_token"].as_str().unwrap()).1["aud"].clone();
+    let request = |resources: &[&'static str]| {
+        let mut params = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", id.as_str()),
+            ("client_secret", secret.as_str()),
+        ];
+        params.extend(resources.iter().map(|r| ("resource", *r)));
+        params
+    };
+    let default = tokens(&server, &id, &secret, None).await;
+    assert_eq!(
+        aud(&default),
+        "https://api.example.com",
+        "the first configured"
+    );
+    let one = ok_json(grant(&server, &request(&["urn:example:billing"])).await).await;
+    assert_eq!(aud(&one), "urn:example:billing");
+    let both = ok_json(
+        grant(
+            &server,
+            &request(&["urn:example:billing", "https://api.example.com"]),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        aud(&both),
+        json!(["urn:example:billing", "https://api.example.com"])
+    );
+    for issued in [&default, &one, &both] {
+        let jwt = issued["access_token"].as_str().unwrap();
+        assert_eq!(
+            whoami_status(&server, jwt).await,
+            200,
+            "keygate accepts each"
+        );
+    }
+
+    let refused = oauth_error(
+        grant(&server, &request(&["https://elsewhere.example"])).await,
+        400,
+        "invalid_target",
+    )
+    .await;
+    assert!(
+        refused["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("https://elsewhere.example"),
+        "{refused}"
+    );
+
+    // A refresh asks again; without `resource`, the default.
+    let refresh = one["refresh_token"].as_str().unwrap();
+    let refreshed = ok_json(
+        grant(
+            &server,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh),
+                ("client_id", &id),
+                ("client_secret", &secret),
+                ("resource", "urn:example:billing"),
+            ],
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(aud(&refreshed), "urn:example:billing");
+    let refresh = refreshed["refresh_token"].as_str().unwrap();
+    let again = ok_json(exchange(&server, &id, &secret, refresh).await).await;
+    assert_eq!(aud(&again), "https://api.example.com");
+
+    // The introspection of an access token says whom it is for.
+    let introspected = ok_json(
+        server
+            .post("/v1/oauth/introspect")
+            .basic_auth(&id, Some(&secret))
+            .form(&[("token", both["access_token"].as_str().unwrap())])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        introspected["aud"],
+        json!(["urn:example:billing", "https://api.example.com"])
+    );
+}
+
+#[tokio::test]
+async fn a_token_for_another_deployments_audience_is_refused() {
+    let server = TestServer::start_with(|c| {
+        c.oauth.audience = vec!["https://api.example.com".into()];
+    })
+    .await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    let jwt = tokens(&server, &id, &secret, None).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The same database and keys, but another audience: its tokens are not this node's.
+    let other = server
+        .join_with(|c| c.oauth.audience = vec!["https://other.example.com".into()])
+        .await;
+    assert_eq!(whoami_status(&server, &jwt).await, 200);
+    let body = problem(
+        bearer(&other, &jwt).send().await.unwrap(),
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("audience"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -937,6 +1099,58 @@ async fn a_rotated_key_stays_published_until_its_tokens_have_expired() {
         401,
         "expired by now as well"
     );
+}
+
+#[tokio::test]
+async fn switching_algorithms_keeps_the_old_keys_tokens_valid_until_they_expire() {
+    use keygate_core::jwt::SigningAlgorithm;
+    let server =
+        TestServer::start_with(|c| c.oauth.signing_algorithm = SigningAlgorithm::EdDsa).await;
+    let (id, secret) = create_client(&server, "viewer", None).await;
+    let old = tokens(&server, &id, &secret, None).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(parts(&old).0["alg"], "EdDSA");
+
+    for algorithm in [SigningAlgorithm::Es256, SigningAlgorithm::Rs256] {
+        let config = {
+            let mut config = server.state.config().clone();
+            config.oauth.signing_algorithm = algorithm;
+            config
+        };
+        // Started again with the other algorithm (a node of its own on the same database).
+        let node = server.join_with(|c| *c = config).await;
+        let new = tokens(&node, &id, &secret, None).await["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(parts(&new).0["alg"], algorithm.as_str());
+        let published: Vec<String> =
+            ok_json(node.get("/.well-known/jwks.json").send().await.unwrap()).await["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["alg"].as_str().unwrap().to_owned())
+                .collect();
+        assert_eq!(
+            published.first().map(String::as_str),
+            Some(algorithm.as_str())
+        );
+        assert!(published.iter().any(|a| a == "EdDSA"), "{published:?}");
+        verify_independently(&node, &old).await;
+        verify_independently(&node, &new).await;
+        assert_eq!(
+            whoami_status(&node, &old).await,
+            200,
+            "the EdDSA token still works"
+        );
+        assert_eq!(whoami_status(&node, &new).await, 200);
+    }
+    // Until it expires, when its key leaves the key set.
+    server.clock.advance(Duration::from_secs(900 + 60));
+    let late = server.join().await;
+    assert_eq!(whoami_status(&late, &old).await, 401);
 }
 
 #[tokio::test]

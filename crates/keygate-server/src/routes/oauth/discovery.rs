@@ -11,21 +11,36 @@ use utoipa::ToSchema;
 use crate::problem::{ApiError, Problem};
 use crate::state::AppState;
 
-/// One public key (RFC 8037, `OKP` / `Ed25519`).
+/// One public key: `EC` with `crv` `P-256`, `x` and `y` (`ES256`; RFC 7518 §6.2); `RSA` with `n`
+/// and `e` (`RS256`; RFC 7518 §6.3); or `OKP` with `crv` `Ed25519` and `x` (`EdDSA`; RFC 8037).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JwkView {
-    #[schema(example = "OKP")]
+    /// `EC`, `RSA` or `OKP`.
+    #[schema(example = "EC")]
     pub kty: &'static str,
-    #[schema(example = "Ed25519")]
-    pub crv: &'static str,
-    /// The public key, base64url.
-    pub x: String,
+    /// `P-256` (`EC`) or `Ed25519` (`OKP`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "P-256")]
+    pub crv: Option<&'static str>,
+    /// The x coordinate (`EC`) or the public key (`OKP`), base64url.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x: Option<String>,
+    /// The y coordinate (`EC`), base64url.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub y: Option<String>,
+    /// The modulus (`RSA`), base64url.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub n: Option<String>,
+    /// The public exponent (`RSA`), base64url.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub e: Option<String>,
     /// Its RFC 7638 thumbprint, as in the tokens' `kid` header.
     pub kid: String,
     #[serde(rename = "use")]
     #[schema(example = "sig")]
     pub usage: &'static str,
-    #[schema(example = "EdDSA")]
+    /// `ES256`, `EdDSA` or `RS256`: the only algorithm tokens signed with this key use.
+    #[schema(example = "ES256")]
     pub alg: &'static str,
 }
 
@@ -53,6 +68,9 @@ pub async fn jwks(State(state): State<AppState>) -> Result<impl IntoResponse, Ap
             kty: k.kty,
             crv: k.crv,
             x: k.x,
+            y: k.y,
+            n: k.n,
+            e: k.e,
             kid: k.kid,
             usage: k.usage,
             alg: k.alg,
@@ -78,7 +96,9 @@ pub struct ServerMetadata {
     pub introspection_endpoint: String,
     #[schema(example = json!(["client_credentials", "refresh_token"]))]
     pub grant_types_supported: Vec<&'static str>,
-    /// None: keygate has no authorization endpoint.
+    /// `["none"]`: keygate has no authorization endpoint, so an authorization request gets
+    /// nothing from it.
+    #[schema(example = json!(["none"]))]
     pub response_types_supported: Vec<&'static str>,
     #[schema(example = json!(["client_secret_basic", "client_secret_post"]))]
     pub token_endpoint_auth_methods_supported: Vec<&'static str>,
@@ -102,7 +122,12 @@ pub async fn metadata(State(state): State<AppState>) -> axum::Json<ServerMetadat
         revocation_endpoint: format!("{issuer}/v1/oauth/revoke"),
         introspection_endpoint: format!("{issuer}/v1/oauth/introspect"),
         grant_types_supported: vec!["client_credentials", "refresh_token"],
-        response_types_supported: Vec::new(),
+        // RFC 8414 §2 makes this member REQUIRED and non-empty (Authlib's metadata validator
+        // refuses `[]`). keygate has no authorization endpoint (none is published, and no grant
+        // that needs one is listed), so it issues nothing in answer to an authorization request:
+        // `none` (OAuth 2.0 Multiple Response Type Encoding Practices §4, in IANA's registry) is
+        // the response type that says exactly that, and the only one that claims no flow.
+        response_types_supported: vec!["none"],
         revocation_endpoint_auth_methods_supported: client_auth.clone(),
         introspection_endpoint_auth_methods_supported: vec![
             "client_secret_basic",

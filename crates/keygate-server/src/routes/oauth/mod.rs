@@ -37,7 +37,7 @@ const FORM: &str = "application/x-www-form-urlencoded";
 #[schema(example = json!({"error": "invalid_scope", "error_description": "beyond what this grant allows: users:write"}))]
 pub struct OauthErrorBody {
     /// `invalid_request`, `invalid_client`, `invalid_grant`, `unauthorized_client`,
-    /// `unsupported_grant_type`, `invalid_scope` or `unsupported_token_type`.
+    /// `unsupported_grant_type`, `invalid_scope`, `unsupported_token_type` or `invalid_target`.
     pub error: &'static str,
     pub error_description: String,
 }
@@ -98,10 +98,16 @@ pub fn no_store() -> [(header::HeaderName, HeaderValue); 2] {
     ]
 }
 
-/// A form-encoded request body, each parameter at most once (RFC 6749 §3.2). A parameter sent
-/// without a value counts as omitted.
+/// A form-encoded request body, each parameter at most once (RFC 6749 §3.2) but `resource`,
+/// which RFC 8707 §2 lets a client repeat. A parameter sent without a value counts as omitted.
 #[derive(Debug, Default)]
-pub struct Params(HashMap<String, String>);
+pub struct Params {
+    single: HashMap<String, String>,
+    resources: Vec<String>,
+}
+
+/// The one parameter that may be given more than once.
+const RESOURCE: &str = "resource";
 
 impl Params {
     pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<Self, OauthError> {
@@ -117,20 +123,34 @@ impl Params {
         }
         let pairs: Vec<(String, String)> = serde_html_form::from_bytes(body)
             .map_err(|e| OauthError::invalid_request(format!("the body is not a form: {e}")))?;
-        let mut params = HashMap::with_capacity(pairs.len());
+        let mut params = Self {
+            single: HashMap::with_capacity(pairs.len()),
+            resources: Vec::new(),
+        };
         for (name, value) in pairs {
-            if params.contains_key(&name) {
+            if name == RESOURCE {
+                if !value.is_empty() {
+                    params.resources.push(value);
+                }
+                continue;
+            }
+            if params.single.contains_key(&name) {
                 return Err(OauthError::invalid_request(format!(
                     "`{name}` is given more than once"
                 )));
             }
-            params.insert(name, value);
+            params.single.insert(name, value);
         }
-        Ok(Self(params))
+        Ok(params)
+    }
+
+    /// Every `resource` given, in order (RFC 8707 §2).
+    pub fn resources(&self) -> Vec<&str> {
+        self.resources.iter().map(String::as_str).collect()
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
+        self.single
             .get(name)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
@@ -335,8 +355,13 @@ mod tests {
 
     #[test]
     fn forms_are_strict_about_their_type_and_repeated_parameters() {
-        let params = form("grant_type=client_credentials&scope=a%3Ab+c%3Ad&empty=").unwrap();
+        let params = form(
+            "grant_type=client_credentials&scope=a%3Ab+c%3Ad&empty=\
+             &resource=https%3A%2F%2Fa.example&resource=&resource=urn%3Ab",
+        )
+        .unwrap();
         assert_eq!(params.get("scope"), Some("a:b c:d"));
+        assert_eq!(params.resources(), ["https://a.example", "urn:b"]);
         assert_eq!(params.get("empty"), None, "no value counts as omitted");
         assert_eq!(
             form("scope=a&scope=b").unwrap_err().code,

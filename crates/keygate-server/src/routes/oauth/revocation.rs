@@ -113,7 +113,9 @@ fn own_access_token(
         Ok(claims) => claims,
         // Expired already, forged, or not keygate's: nothing to revoke.
         Err(JwtRefusal::Expired | JwtRefusal::Malformed | JwtRefusal::BadSignature)
-        | Err(JwtRefusal::UnknownKey | JwtRefusal::WrongIssuer) => return Ok(None),
+        | Err(JwtRefusal::UnknownKey | JwtRefusal::WrongIssuer | JwtRefusal::WrongAudience) => {
+            return Ok(None);
+        }
     };
     if claims.client_id != client.id().as_str() {
         return Ok(None);
@@ -158,6 +160,9 @@ pub struct Introspection {
     pub sub: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// An access token's audiences (its `aud`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
     /// The token's tenant id.
@@ -252,6 +257,7 @@ async fn access_token(
         iat: Some(claims.iat),
         sub: Some(claims.sub),
         iss: Some(claims.iss),
+        aud: Some(claims.aud.members().to_vec()),
         jti: Some(claims.jti),
         tenant: Some(claims.tenant),
     }))
@@ -302,6 +308,7 @@ async fn refresh_token(
         iat: Some(refresh.credential.created_at.unix()),
         sub: Some(refresh.client_id.to_string()),
         iss: Some(state.keys().policy().issuer.clone()),
+        aud: None,
         jti: None,
         tenant: Some(refresh.credential.tenant_id.to_string()),
     }))

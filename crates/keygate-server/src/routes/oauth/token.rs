@@ -33,6 +33,12 @@ pub struct TokenRequest {
     pub scope: Option<String>,
     /// With `refresh_token`: the refresh token to exchange.
     pub refresh_token: Option<String>,
+    /// RFC 8707: the resource server(s) the access token is for (its `aud`), each one of
+    /// config `oauth.audience`; repeat the parameter for several. Without it, the token is for
+    /// the first configured audience (the issuer, unless configured). On refresh it is asked
+    /// again, not inherited from the grant. Any other value is `invalid_target`.
+    #[schema(example = json!(["https://api.example.com"]))]
+    pub resource: Option<Vec<String>>,
     #[schema(example = "cli_0MqX1z8a9bCdEfGhIjKlMn")]
     pub client_id: Option<String>,
     pub client_secret: Option<String>,
@@ -60,14 +66,15 @@ pub struct TokenResponse {
 
 /// Issue tokens: `grant_type=client_credentials` for a new grant, `grant_type=refresh_token` to
 /// exchange a refresh token (each is good for one exchange; presenting a spent one revokes every
-/// token of its grant). Errors are RFC 6749 §5.2 errors, not problems.
+/// token of its grant). `resource` (RFC 8707, repeatable) picks the access token's audience among
+/// the configured ones. Errors are RFC 6749 §5.2 errors, not problems.
 #[utoipa::path(post, path = "/v1/oauth/token", tag = "oauth", operation_id = "oauthToken",
     request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
     security(()),
     params(("Realm" = Option<String>, Header, description = "Must be the slug of the client's tenant, if sent")),
     responses(
         (status = 200, description = "Issued; never cached", body = TokenResponse),
-        (status = 400, description = "invalid_request, invalid_grant, unauthorized_client, unsupported_grant_type or invalid_scope", body = OauthErrorBody),
+        (status = 400, description = "invalid_request, invalid_grant, unauthorized_client, unsupported_grant_type, invalid_scope or invalid_target (a resource keygate does not issue for)", body = OauthErrorBody),
         (status = 401, description = "invalid_client, with WWW-Authenticate: Basic", body = OauthErrorBody),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "rate-limited: the client is over its rate limit", body = Problem, content_type = "application/problem+json"),
@@ -109,7 +116,7 @@ async fn client_credentials_grant(
     meta: &keygate_core::access::RequestMeta,
 ) -> Result<TokenResponse, Failure> {
     let scope = oauth::grant_scope(&client.verified().permissions, params.get("scope"))?;
-    let (response, issued) = issue(state, client, &scope, None).await?;
+    let (response, issued) = issue(state, client, &scope, params, None).await?;
     let event = granted(state, client, meta)?;
     state
         .store()
@@ -177,7 +184,7 @@ async fn refresh_grant(
         RefreshVerdict::Redeem => {}
     }
     let scope = oauth::refresh_scope(&presented, client, state.catalog(), params.get("scope"))?;
-    let (response, replacement) = issue(state, client, &scope, Some(&presented)).await?;
+    let (response, replacement) = issue(state, client, &scope, params, Some(&presented)).await?;
     match state
         .store()
         .rotate_refresh_token(
@@ -194,15 +201,19 @@ async fn refresh_grant(
     }
 }
 
-/// Signs an access token and plans the refresh token to store with it.
+/// Signs an access token for the audience the request's `resource`s pick, and plans the refresh
+/// token to store with it. A refresh asks for its audience again: any client may have a token for
+/// any configured audience by a new grant, so tying it to the first grant would protect nothing.
 async fn issue(
     state: &AppState,
     client: &AuthenticatedClient,
     scope: &PermissionSet,
+    params: &Params,
     previous: Option<&RefreshToken>,
 ) -> Result<(TokenResponse, RefreshToken), Failure> {
     let now = state.clock().now();
     let keys = state.keys();
+    let audience = oauth::grant_audience(&keys.policy().audiences, &params.resources())?;
     keys.prepare(&**state.store(), now).await?;
     let lifetimes = state.oauth_lifetimes();
     let issued = oauth::issue(
@@ -210,7 +221,10 @@ async fn issue(
         scope,
         previous,
         state.verifier().format(),
-        &keys.policy().issuer,
+        oauth::Parties {
+            issuer: &keys.policy().issuer,
+            audience,
+        },
         lifetimes,
         now,
     )?;
