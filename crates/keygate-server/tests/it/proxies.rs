@@ -225,6 +225,9 @@ struct Proxy {
 
 impl Drop for Proxy {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- {}'s log\n{}", self.name, self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
