@@ -485,7 +485,7 @@ async fn nginx_as_documented_passes_only_what_keygate_allows() {
         "user root;
         worker_processes 1;
         daemon off;
-        error_log {dir}/nginx.log;
+        error_log stderr;
         pid {dir}/nginx.pid;
         events {{ worker_connections 64; }}
         http {{
