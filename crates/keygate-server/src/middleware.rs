@@ -189,7 +189,8 @@ impl Front {
             // the router, which takes the request, so its URI is kept for the audit record.
             let (mut response, notes, uri) = match forward_auth::route(request.uri().path()) {
                 Some(route) => {
-                    let check = forward_auth::answer(state, request.headers(), request.uri(), ip);
+                    let check =
+                        forward_auth::answer(state, route, request.headers(), request.uri(), ip);
                     let (response, notes) = noted(check.instrument(span.clone())).await;
                     let response = response.into_response();
                     let status = response.status().as_u16();

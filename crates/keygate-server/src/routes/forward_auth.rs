@@ -4,7 +4,11 @@
 //! The original request's credential headers are read as on any endpoint (so the same places,
 //! realm, `as-tenant`, allowlists and rate limits apply), the client address from
 //! `X-Forwarded-For` when the proxy is trusted, and `X-Keygate-Require` names permissions the
-//! credential must hold. An allowed request gets a 200 with an **empty body** (nginx keeps the
+//! credential must hold. On the check's own path a `require` query parameter does too, for proxies
+//! that cannot add a header (Traefik); below it the query is the original request's (Envoy
+//! appends the path and query it is about to pass on), so it is never read there: a client must
+//! not choose what it is checked for, and an API's own `require` parameter must not be refused.
+//! An allowed request gets a 200 with an **empty body** (nginx keeps the
 //! connection alive only for an empty answer) and identity headers for the upstream; a refused one
 //! the problem response (401, 403 or 429) the proxy passes on.
 
@@ -25,8 +29,9 @@ use crate::state::AppState;
 
 const REQUIRE: HeaderName = HeaderName::from_static("x-keygate-require");
 
-/// The permissions asked for: `X-Keygate-Require` headers and `require` query parameters (for
-/// proxies that cannot add a header to the check, such as Traefik), each comma-separated.
+/// The permissions asked for: `X-Keygate-Require` headers and, on the check's own path, `require`
+/// query parameters (for proxies that cannot add a header to the check, such as Traefik), each
+/// comma-separated. `query` is `None` below the check's path, where it is the client's.
 fn required(headers: &HeaderMap, query: Option<&str>) -> Result<Vec<String>, ApiError> {
     let mut permissions = Vec::new();
     for value in headers.get_all(REQUIRE) {
@@ -78,16 +83,22 @@ pub fn route(path: &str) -> Option<Route> {
 
 const PATH: &str = "/v1/forward-auth";
 
-/// The check itself, for any method and any path [`route`] accepts.
+/// The check itself, for any method and any path [`route`] accepts, as `route` names it.
 pub async fn answer(
     state: &AppState,
+    route: Route,
     headers: &HeaderMap,
     uri: &Uri,
     client: IpAddr,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(state, headers, Some(client)).await?;
+    let query = match route {
+        Route::Check => uri.query(),
+        // The original request's query, appended by the proxy with its path: not ours to read.
+        Route::Below => None,
+    };
     // A permission the catalog does not know is one no credential holds: refused, naming it.
-    caller.require_all(&required(headers, uri.query())?)?;
+    caller.require_all(&required(headers, query)?)?;
     Ok(allowed(&caller))
 }
 
@@ -143,18 +154,18 @@ const CREDENTIAL_ID: HeaderName = HeaderName::from_static("x-keygate-credential-
 const PERMISSIONS: HeaderName = HeaderName::from_static("x-keygate-permissions");
 
 macro_rules! forward_auth {
-    ($($method:ident => $handler:ident, $operation:literal, $path:literal $(, $extra:tt)?;)*) => {
+    ($($route:ident: $method:ident => $handler:ident, $operation:literal, $path:literal, $summary:literal, $below:literal, [$($param:tt,)*];)*) => {
         $(
-            /// Allow or refuse a request a proxy is about to pass on. Empty body on allow, with
-            /// `X-Keygate-Tenant-Id`, `X-Keygate-Acting-Tenant-Id` (the tenant acted in, the
-            /// credential's own without `as-tenant`), `X-Keygate-Principal-Id`,
-            /// `X-Keygate-Credential-Id` and `X-Keygate-Permissions`. Any path below
-            /// `/v1/forward-auth/` is the same check (Envoy appends the original path).
+            #[doc = $summary]
+            ///
+            /// Empty body on allow, with `X-Keygate-Tenant-Id`, `X-Keygate-Acting-Tenant-Id` (the
+            /// tenant acted in, the credential's own without `as-tenant`),
+            /// `X-Keygate-Principal-Id`, `X-Keygate-Credential-Id` and `X-Keygate-Permissions`.
+            #[doc = $below]
             #[utoipa::path($method, path = $path, tag = "verification",
                 operation_id = $operation,
                 params(
-                    $($extra,)?
-                    ("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require)"),
+                    $($param,)*
                     ("X-Keygate-Require" = Option<String>, Header, description = "Permissions the credential must hold, comma-separated"),
                     ("X-Forwarded-For" = Option<String>, Header, description = "The client, as the (trusted) proxy saw it"),
                     ("X-Forwarded-Method" = Option<String>, Header, description = "The original method (also X-Original-Method)"),
@@ -166,25 +177,25 @@ macro_rules! forward_auth {
                 ))]
             pub async fn $handler(State(state): State<AppState>, client: Option<Extension<ClientIp>>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
                 let client = client.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(ClientIp(ip))| ip);
-                answer(&state, &headers, &uri, client).await
+                answer(&state, Route::$route, &headers, &uri, client).await
             }
         )*
     };
 }
 
 forward_auth! {
-    get => get, "forwardAuthGet", "/v1/forward-auth";
-    post => post, "forwardAuthPost", "/v1/forward-auth";
-    put => put, "forwardAuthPut", "/v1/forward-auth";
-    patch => patch, "forwardAuthPatch", "/v1/forward-auth";
-    delete => delete, "forwardAuthDelete", "/v1/forward-auth";
-    head => head, "forwardAuthHead", "/v1/forward-auth";
-    options => options, "forwardAuthOptions", "/v1/forward-auth";
-    get => get_below, "forwardAuthGetPath", "/v1/forward-auth/{path}", ("path" = String, Path, description = "The original request's path, as Envoy appends it");
-    post => post_below, "forwardAuthPostPath", "/v1/forward-auth/{path}", ("path" = String, Path, description = "The original request's path, as Envoy appends it");
-    put => put_below, "forwardAuthPutPath", "/v1/forward-auth/{path}", ("path" = String, Path, description = "The original request's path, as Envoy appends it");
-    patch => patch_below, "forwardAuthPatchPath", "/v1/forward-auth/{path}", ("path" = String, Path, description = "The original request's path, as Envoy appends it");
-    delete => delete_below, "forwardAuthDeletePath", "/v1/forward-auth/{path}", ("path" = String, Path, description = "The original request's path, as Envoy appends it");
-    head => head_below, "forwardAuthHeadPath", "/v1/forward-auth/{path}", ("path" = String, Path, description = "The original request's path, as Envoy appends it");
-    options => options_below, "forwardAuthOptionsPath", "/v1/forward-auth/{path}", ("path" = String, Path, description = "The original request's path, as Envoy appends it");
+    Check: get => get, "forwardAuthGet", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
+    Check: post => post, "forwardAuthPost", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
+    Check: put => put, "forwardAuthPut", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
+    Check: patch => patch, "forwardAuthPatch", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
+    Check: delete => delete, "forwardAuthDelete", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
+    Check: head => head, "forwardAuthHead", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
+    Check: options => options, "forwardAuthOptions", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
+    Below: get => get_below, "forwardAuthGetPath", "/v1/forward-auth/{path}", "Allow or refuse a request a proxy is about to pass on, its path appended", "\n\nEnvoy appends the original request's path and query to the check's. That query is the client's and is never read: here only `X-Keygate-Require` names permissions.", [("path" = String, Path, description = "The original request's path, as Envoy appends it"),];
+    Below: post => post_below, "forwardAuthPostPath", "/v1/forward-auth/{path}", "Allow or refuse a request a proxy is about to pass on, its path appended", "\n\nEnvoy appends the original request's path and query to the check's. That query is the client's and is never read: here only `X-Keygate-Require` names permissions.", [("path" = String, Path, description = "The original request's path, as Envoy appends it"),];
+    Below: put => put_below, "forwardAuthPutPath", "/v1/forward-auth/{path}", "Allow or refuse a request a proxy is about to pass on, its path appended", "\n\nEnvoy appends the original request's path and query to the check's. That query is the client's and is never read: here only `X-Keygate-Require` names permissions.", [("path" = String, Path, description = "The original request's path, as Envoy appends it"),];
+    Below: patch => patch_below, "forwardAuthPatchPath", "/v1/forward-auth/{path}", "Allow or refuse a request a proxy is about to pass on, its path appended", "\n\nEnvoy appends the original request's path and query to the check's. That query is the client's and is never read: here only `X-Keygate-Require` names permissions.", [("path" = String, Path, description = "The original request's path, as Envoy appends it"),];
+    Below: delete => delete_below, "forwardAuthDeletePath", "/v1/forward-auth/{path}", "Allow or refuse a request a proxy is about to pass on, its path appended", "\n\nEnvoy appends the original request's path and query to the check's. That query is the client's and is never read: here only `X-Keygate-Require` names permissions.", [("path" = String, Path, description = "The original request's path, as Envoy appends it"),];
+    Below: head => head_below, "forwardAuthHeadPath", "/v1/forward-auth/{path}", "Allow or refuse a request a proxy is about to pass on, its path appended", "\n\nEnvoy appends the original request's path and query to the check's. That query is the client's and is never read: here only `X-Keygate-Require` names permissions.", [("path" = String, Path, description = "The original request's path, as Envoy appends it"),];
+    Below: options => options_below, "forwardAuthOptionsPath", "/v1/forward-auth/{path}", "Allow or refuse a request a proxy is about to pass on, its path appended", "\n\nEnvoy appends the original request's path and query to the check's. That query is the client's and is never read: here only `X-Keygate-Require` names permissions.", [("path" = String, Path, description = "The original request's path, as Envoy appends it"),];
 }

@@ -303,3 +303,29 @@ fn resolve<'a>(doc: &'a Value, response: &'a Value) -> &'a Value {
         None => response,
     }
 }
+
+#[tokio::test]
+async fn only_the_forward_auth_check_itself_takes_require_in_its_query() {
+    let server = TestServer::start().await;
+    let doc: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
+    let query = |path: &str, method: &str| -> BTreeSet<String> {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["in"] == "query")
+            .map(|p| p["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for method in ["get", "post", "put", "patch", "delete", "head", "options"] {
+        assert_eq!(
+            query("/v1/forward-auth", method),
+            ["require".to_owned()].into()
+        );
+        // Below it, the query is the original request's (Envoy appends it), not keygate's.
+        assert!(
+            query("/v1/forward-auth/{path}", method).is_empty(),
+            "{method}"
+        );
+    }
+}

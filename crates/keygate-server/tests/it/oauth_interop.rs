@@ -5,7 +5,7 @@
 //! check a token issued through the token endpoint, and show that a forgery is refused.
 //!
 //! The libraries are pinned and installed by `.ci/interop-tools` into `<target>/interop` (or the
-//! folder `KEYGATE_INTEROP_DIR` names). Without them the test says so and passes, for a developer
+//! folder `INTEROP_TOOLS_DIR` names). Without them the test says so and passes, for a developer
 //! who has not installed them; under CI (`CI` set) it fails, so the check cannot quietly stop.
 
 use std::path::{Path, PathBuf};
@@ -29,7 +29,7 @@ struct Tools {
 impl Tools {
     /// `None` when they are not installed and this is not CI.
     fn find() -> Option<Self> {
-        let dir = std::env::var_os("KEYGATE_INTEROP_DIR")
+        let dir = std::env::var_os("INTEROP_TOOLS_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 // <target>/debug/deps/it-…: the default place is <target>/interop.

@@ -244,7 +244,7 @@ async fn verification_counts_the_verified_credentials_rate_limit() {
 }
 
 #[tokio::test]
-async fn forward_auth_takes_require_as_a_query_and_any_path_below_it() {
+async fn forward_auth_takes_require_as_a_query_on_its_path_and_as_a_header_below_it() {
     let server = TestServer::start_with(|c| c.permissions = vec!["zones:write".into()]).await;
     let viewer = server
         .expect(
@@ -278,14 +278,45 @@ async fn forward_auth_takes_require_as_a_query_and_any_path_below_it() {
             .status(),
         200
     );
-    problem(
+    // Below the check's path, only the header names permissions: there the query is the
+    // original request's, which the client chose (and an API may have a `require` of its own).
+    assert_eq!(
         at("/v1/forward-auth/zones/42?require=zones:write", viewer)
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "a client's own ?require= is not read as the check's"
+    );
+    assert_eq!(
+        at("/v1/forward-auth?require=zones:write&require=", viewer)
+            .await
+            .unwrap()
+            .status(),
+        403,
+        "on the check's own path the query still counts"
+    );
+    let body = problem(
+        server
+            .get("/v1/forward-auth/zones/42?require=nothing")
+            .header("apikey", viewer)
+            .header("x-keygate-require", "zones:write")
+            .send()
             .await
             .unwrap(),
         403,
         "forbidden",
     )
     .await;
+    assert_eq!(body["missing_permissions"], json!(["zones:write"]));
+    // Nor is a query that is no form at all a bad request there: it is not keygate's.
+    assert_eq!(
+        at("/v1/forward-auth/zones/42?%zz=&&=", viewer)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     problem(
         server
             .get("/v1/forward-auth/anything")
