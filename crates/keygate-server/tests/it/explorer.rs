@@ -6,13 +6,13 @@
 //! Without Chromium the test says so and passes, for a developer who has not installed it; under
 //! CI (`CI` set) a missing browser fails it, so the check cannot quietly stop running.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-use crate::harness::TestServer;
+use crate::harness::{ProcessGroup, TestServer};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -22,15 +22,9 @@ const PATIENCE: Duration = Duration::from_secs(60);
 /// chromedriver and the browser session it drives; both end when this is dropped.
 struct Browser {
     client: Client,
-    driver: Child,
+    /// chromedriver, with the browser it starts in its process group: ended together on drop.
+    _driver: ProcessGroup,
     _profile: tempfile::TempDir,
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
 }
 
 impl Browser {
@@ -53,12 +47,12 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
-        let driver = Command::new(CHROMEDRIVER)
+        let mut driver = Command::new(CHROMEDRIVER);
+        driver
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::null());
+        let driver = ProcessGroup::spawn(driver).unwrap();
         let profile = tempfile::tempdir().unwrap();
         let capabilities = json!({
             "goog:chromeOptions": {
@@ -90,7 +84,7 @@ impl Browser {
         };
         Some(Self {
             client,
-            driver,
+            _driver: driver,
             _profile: profile,
         })
     }

@@ -315,3 +315,36 @@ pub async fn ok_json(response: Response) -> Value {
     assert_eq!(status.as_u16(), 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
+
+/// A program a test runs (a browser's driver, a proxy), in a process group of its own, so that
+/// dropping it ends everything it started — Chromium's renderers, nginx's workers — even when the
+/// test fails, and nothing is left running after the suite.
+pub struct ProcessGroup {
+    child: std::process::Child,
+}
+
+impl ProcessGroup {
+    pub fn spawn(mut command: std::process::Command) -> std::io::Result<Self> {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+        Ok(Self {
+            child: command.spawn()?,
+        })
+    }
+
+    pub fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.child.try_wait()
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        // The group's id is the leader's pid; `kill -- -pgid` signals every member.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        let _ = self.child.wait();
+    }
+}

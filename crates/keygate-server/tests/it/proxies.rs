@@ -14,13 +14,13 @@
 //! check cannot quietly stop running.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::{Client, Method, Response};
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, client, client_from};
+use crate::harness::{ProcessGroup, TestServer, client, client_from};
 
 const DOC: &str = include_str!("../../../../docs/forward-auth.md");
 
@@ -214,7 +214,8 @@ async fn echo(request: axum::extract::Request) -> axum::Json<Value> {
 /// A proxy process in front of a [`Site`]; it ends when this is dropped.
 struct Proxy {
     name: &'static str,
-    child: Child,
+    /// The proxy and its workers, ended together on drop.
+    child: ProcessGroup,
     base: String,
     log: PathBuf,
     /// Whether refusals reach the client with keygate's problem body (nginx sends a page of its
@@ -228,8 +229,6 @@ impl Drop for Proxy {
         if std::thread::panicking() {
             eprintln!("--- {}'s log\n{}", self.name, self.log());
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -244,12 +243,12 @@ impl Proxy {
     ) -> Self {
         let log = dir.path().join(format!("{name}.log"));
         let output = std::fs::File::create(&log).unwrap();
-        let child = command
+        command
             .stdin(Stdio::null())
             .stdout(output.try_clone().unwrap())
-            .stderr(output)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+            .stderr(output);
+        let child =
+            ProcessGroup::spawn(command).unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         Self {
             name,
             child,
