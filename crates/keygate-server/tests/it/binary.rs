@@ -2,9 +2,10 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::connections::{connect_from, until_closed};
 use crate::harness::client;
@@ -100,6 +101,12 @@ impl Serve {
     /// The address it listens on.
     fn address(&self) -> std::net::SocketAddr {
         self.base.trim_start_matches("http://").parse().unwrap()
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing finished.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// SIGTERM, then the exit status and everything logged.
@@ -488,4 +495,91 @@ async fn under_a_low_open_files_limit_one_client_holding_more_connections_starve
     );
     assert!(log.contains("refusing connections"), "{log}");
     assert!(!log.contains("Too many open files"), "{log}");
+}
+
+#[tokio::test]
+async fn every_acknowledged_token_survives_a_kill_9() {
+    let dir = Dir::new();
+    let owner = init(&dir);
+    let serve = Serve::start(&dir, &[]);
+    let acknowledged: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let (base, owner, acknowledged) =
+                (serve.base.clone(), owner.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                let http = client();
+                for n in 0.. {
+                    let name = format!("w{writer}-{n}");
+                    let body = json!({"kind": "service", "name": name, "role": "viewer"});
+                    let sent = http
+                        .post(format!("{base}/v1/tokens"))
+                        .bearer_auth(&owner)
+                        .json(&body)
+                        .send()
+                        .await;
+                    // Once the server is gone, the request fails: that writer is done.
+                    let Ok(response) = sent else { return };
+                    assert_eq!(response.status(), 201, "before the kill, writes succeed");
+                    // Acknowledged only once the whole answer, with the secret, has arrived.
+                    let Ok(created) = response.json::<Value>().await else {
+                        return;
+                    };
+                    let id = created["id"].as_str().unwrap().to_owned();
+                    let secret = created["secret"].as_str().unwrap().to_owned();
+                    acknowledged.lock().unwrap().push((id, secret));
+                }
+            })
+        })
+        .collect();
+    // Killed mid-flight, once enough were acknowledged to make the check mean something.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acknowledged.lock().unwrap().len() < 60 {
+        assert!(Instant::now() < deadline, "the writers are stuck");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    serve.kill();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    let serve = Serve::start(&dir, &[]);
+    let http = client();
+    let mut listed = std::collections::HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{}/v1/tokens?kind=service&limit=500", serve.base);
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let page: Value = http
+            .get(url)
+            .bearer_auth(&owner)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for token in page["data"].as_array().unwrap() {
+            listed.insert(token["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    for (id, secret) in &acknowledged {
+        assert!(listed.contains(id), "{id} was acknowledged but is gone");
+        let whoami = http
+            .get(format!("{}/v1/whoami", serve.base))
+            .bearer_auth(secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(whoami.status(), 200, "{id} does not work after the restart");
+    }
+    let (status, log) = serve.stop();
+    assert!(status.success(), "{log}");
 }
