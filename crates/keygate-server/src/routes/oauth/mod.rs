@@ -217,13 +217,20 @@ fn form_decode(text: &str) -> Option<String> {
         match byte {
             b'+' => bytes.push(b' '),
             b'%' => {
-                let hex = [input.next()?, input.next()?];
-                bytes.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+                let (high, low) = (hex_digit(input.next()?)?, hex_digit(input.next()?)?);
+                bytes.push(high << 4 | low);
             }
             other => bytes.push(other),
         }
     }
     String::from_utf8(bytes).ok()
+}
+
+/// The value of one hex digit. (Not `u8::from_str_radix`, which takes a leading `+`.)
+fn hex_digit(byte: u8) -> Option<u8> {
+    char::from(byte)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// Authenticates the client of a token-endpoint request: its secret, that it is the client named,
@@ -376,5 +383,14 @@ mod tests {
         let no_id = client_credentials(&HeaderMap::new(), &form("client_secret=s").unwrap());
         assert_eq!(no_id.err().unwrap().code, ErrorCode::InvalidClient);
         assert_eq!(form_decode("a%zz"), None);
+    }
+
+    #[test]
+    fn a_percent_sign_needs_two_hex_digits() {
+        // Decoding used `u8::from_str_radix`, which takes a leading `+`: `%+1` decoded to 0x01.
+        for bad in ["%+1", "%+f", "%-1", "% 1", "%1", "%", "%g0"] {
+            assert_eq!(form_decode(bad), None, "{bad}");
+        }
+        assert_eq!(form_decode("%2B%2b+%41").as_deref(), Some("++ A"));
     }
 }
