@@ -180,6 +180,9 @@ impl Connections {
         }
         let id = open.next_id;
         open.next_id += 1;
+        // Once per connection, the clock is read afresh: a new connection's deadline is exact
+        // even when the sweep runs late.
+        shared.clock.advance();
         let watch = Arc::new(Watch {
             state: AtomicU64::new(pack(
                 HEAD,
@@ -303,9 +306,10 @@ struct Clock {
 }
 
 impl Clock {
+    /// Reads the time; the clock never goes back, whoever advances it.
     fn advance(&self) -> u64 {
         let now = millis(self.started.elapsed());
-        self.now_ms.store(now, Relaxed);
+        self.now_ms.fetch_max(now, Relaxed);
         now
     }
 
@@ -664,12 +668,14 @@ mod tests {
         let clock = &connections.shared.clock;
         let state = || watch.state.load(Relaxed);
         // Opened: a head is due within the header-read timeout (plus a tick).
-        assert_eq!(state(), pack(HEAD, 10_500));
+        let opened = clock.now_ms.load(Relaxed);
+        assert!(opened < 1_000);
+        assert_eq!(state(), pack(HEAD, opened + 10_500));
         clock.now_ms.store(1_000, Relaxed);
         watch.read_some();
         assert_eq!(
             state(),
-            pack(HEAD, 10_500),
+            pack(HEAD, opened + 10_500),
             "a slow head gains nothing by trickling"
         );
         watch.enter(BUSY, clock.idle_ms);

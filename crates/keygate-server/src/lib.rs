@@ -268,7 +268,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let http = hyper::server::conn::http1::Builder::new();
     let open = connections::Connections::new(limits);
-    let sweeper = tokio::spawn(open.sweep());
+    let _sweeper = AbortOnDrop(tokio::spawn(open.sweep()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut accept_errors = connections::OncePerSecond::default();
     let mut refusals = connections::OncePerSecond::default();
@@ -308,8 +308,17 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
-    sweeper.abort();
     Ok(())
+}
+
+/// Ends a task when dropped: the sweep stops with [`serve`], however `serve` ends (`run` drops
+/// it when the grace period is over).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A failed `accept`: a connection that went away before it was accepted is nobody's concern.

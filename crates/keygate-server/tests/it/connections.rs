@@ -144,8 +144,9 @@ async fn an_idle_keep_alive_connection_lasts_the_idle_timeout_not_the_header_one
     let said = until_closed(&mut stream, LATE).await;
     let after = idle_from.elapsed();
     assert_eq!(said, "");
+    // Well past the header-read timeout: it is the idle one that closed it.
     assert!(
-        after >= Duration::from_millis(1_400),
+        after >= Duration::from_millis(1_200),
         "closed early, after {after:?}"
     );
 }
