@@ -152,6 +152,36 @@ async fn an_idle_keep_alive_connection_lasts_the_idle_timeout_not_the_header_one
 }
 
 #[tokio::test]
+async fn a_slow_head_after_a_kept_alive_request_is_cut_off_too() {
+    // Idle may last 5 s, but once the next request's first byte arrives, its head has 300 ms.
+    let server = with_timeouts(300, 5_000).await;
+    let mut stream = TcpStream::connect(address(&server)).await.unwrap();
+    let request = b"GET /healthz HTTP/1.1\r\nHost: keygate\r\n\r\n";
+    stream.write_all(request).await.unwrap();
+    assert!(one_response(&mut stream).await.starts_with("HTTP/1.1 200"));
+    let (mut reading, mut writing) = stream.into_split();
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        for byte in request.iter().cycle().take(60) {
+            if writing.write_all(&[*byte]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let closed = tokio::time::timeout(LATE, reading.read_to_end(&mut answer)).await;
+    let after = started.elapsed();
+    assert!(closed.is_ok(), "still open after {after:?}");
+    assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+    assert!(
+        after < Duration::from_secs(4),
+        "the idle timeout closed it, not the head's"
+    );
+    trickle.abort();
+}
+
+#[tokio::test]
 async fn a_request_served_slowly_is_not_cut_off_by_the_header_timeout() {
     // A body trickling in after a prompt head is the request being served: it may take longer
     // than the header-read timeout, as long as bytes keep moving.
