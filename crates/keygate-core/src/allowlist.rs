@@ -337,6 +337,105 @@ mod tests {
             prop_assert_eq!(allow.covers(ip), naive);
         }
 
+        // What a request body sends as an allowlist: any text, and near-valid entries (an
+        // address with any prefix, spaces, brackets, a port). Parsing never panics; an error
+        // names exactly the entries that are not networks (by their index in the list), and
+        // what is stored is the network of what was sent.
+        #[test]
+        fn any_entries_parse_to_networks_or_name_the_bad_ones(
+            entries in proptest::collection::vec(
+                prop_oneof![
+                    any::<String>(),
+                    (any_ip(), any::<u8>()).prop_map(|(ip, p)| format!("{ip}/{p}")),
+                    (any_ip(), "[ /:\\[\\]0-9a-f.]{0,6}").prop_map(|(ip, junk)| format!(" {ip}{junk} ")),
+                    any_ip().prop_map(|ip| format!("[{ip}]:80")),
+                ],
+                0..12,
+            ),
+        ) {
+            let readable = |entry: &String| {
+                let text = entry.trim();
+                text.parse::<IpNet>().is_ok() || text.parse::<IpAddr>().is_ok()
+            };
+            match IpAllowlist::parse(&entries, "allowlist") {
+                Ok((list, remarks)) => {
+                    prop_assert!(entries.iter().all(readable));
+                    prop_assert!(list.0.iter().all(|n| *n == n.trunc()));
+                    prop_assert!(list.0.len() <= entries.len());
+                    for remark in remarks {
+                        prop_assert!(remark.field.starts_with("allowlist["));
+                        prop_assert_eq!(remark.stored, remark.stored.trunc());
+                    }
+                }
+                Err(errors) => {
+                    let named: Vec<String> = errors.iter().map(|e| e.field.clone()).collect();
+                    let bad: Vec<String> = entries
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, e)| !readable(e))
+                        .map(|(i, _)| format!("allowlist[{i}]"))
+                        .collect();
+                    prop_assert_eq!(named, bad);
+                }
+            }
+        }
+
+        // What a proxy (or a client pretending to be one) sends in `X-Forwarded-For` and
+        // `Forwarded`. Never a panic; an untrusted peer's own address always stands; otherwise
+        // the answer is the peer or an address one of the headers holds.
+        #[test]
+        fn forwarding_headers_never_move_an_untrusted_peer_nor_invent_an_address(
+            peer in any_ip(),
+            trust_peer in any::<bool>(),
+            forwarded_for in proptest::collection::vec(
+                prop_oneof![
+                    any::<String>(),
+                    proptest::collection::vec(
+                        prop_oneof![
+                            any_ip().prop_map(|ip| ip.to_string()),
+                            any_ip().prop_map(|ip| format!("[{ip}]:4711")),
+                            Just("unknown".to_owned()),
+                            "[ ,;:=\"\\[\\]0-9a-f.]{0,8}",
+                        ],
+                        0..4,
+                    ).prop_map(|hops| hops.join(", ")),
+                ],
+                0..3,
+            ),
+            forwarded in proptest::collection::vec(
+                prop_oneof![
+                    any::<String>(),
+                    (any_ip(), any::<bool>()).prop_map(|(ip, v6)| if v6 {
+                        format!("for=\"[{ip}]:80\";proto=https, FOR={ip}")
+                    } else {
+                        format!("by=10.0.0.1;for={ip}")
+                    }),
+                ],
+                0..3,
+            ),
+        ) {
+            let trusted = if trust_peer {
+                IpAllowlist::new(vec![IpNet::from(peer.to_canonical()), "10.0.0.0/8".parse().unwrap()])
+            } else {
+                IpAllowlist::default()
+            };
+            let client = client_address(
+                peer,
+                &trusted,
+                forwarded_for.iter().map(String::as_str),
+                forwarded.iter().map(String::as_str),
+            );
+            if !trust_peer {
+                prop_assert_eq!(client, peer.to_canonical());
+            } else if client != peer.to_canonical() {
+                let sent = forwarded_for.iter().chain(&forwarded).flat_map(|v| v.split([',', ';', '=', '"']));
+                let held = sent
+                    .filter_map(|part| parse_hop(part.trim().trim_matches('"')))
+                    .any(|ip| ip.to_canonical() == client);
+                prop_assert!(held, "{} is in no header", client);
+            }
+        }
+
         #[test]
         fn an_address_is_covered_by_its_own_networks(ip in any_ip(), prefix in 0u8..=32) {
             let max = if ip.is_ipv4() { 32 } else { 128 };

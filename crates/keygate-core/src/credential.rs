@@ -459,6 +459,50 @@ mod tests {
         }
     }
 
+    // What a network sends: any text at all, and real credentials with a character changed,
+    // added or taken away (any character: multi-byte ones must not split a slice). Parsing
+    // never panics, agrees with the plain reading of the format, and accepts nothing but a
+    // credential this server issues, unchanged.
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_parsed_without_panic_and_as_documented(text in proptest::prelude::any::<String>()) {
+            let format = live();
+            let parsed = format.parse(&text);
+            proptest::prop_assert_eq!(&parsed, &parse_by_splitting(&format, &text));
+            if let Ok(kind) = parsed {
+                proptest::prop_assert!(kind.is_opaque());
+            }
+        }
+
+        #[test]
+        fn a_credential_changed_anywhere_is_refused(
+            valid_kind in 0..CredentialKind::ALL.len(),
+            at in 0usize..80,
+            with in proptest::prelude::any::<char>(),
+            how in 0u8..3,
+        ) {
+            let format = live();
+            let kind = CredentialKind::ALL[valid_kind];
+            proptest::prop_assume!(kind.is_opaque());
+            let secret = format.generate(kind).unwrap();
+            let real = secret.expose();
+            let at = at % real.len();
+            let mut changed = real.to_owned();
+            match how {
+                0 => changed.replace_range(at..=at, with.encode_utf8(&mut [0; 4])),
+                1 => changed.insert(at, with),
+                _ => {
+                    changed.remove(at);
+                }
+            }
+            let parsed = format.parse(&changed);
+            proptest::prop_assert_eq!(&parsed, &parse_by_splitting(&format, &changed));
+            if changed != real {
+                proptest::prop_assert!(parsed.is_err(), "{} accepted", changed);
+            }
+        }
+    }
+
     #[test]
     fn foreign_prefix_and_garbage_are_refused() {
         let other = CredentialFormat::new("lynk", Environment::Live).unwrap();

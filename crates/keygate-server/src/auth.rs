@@ -294,6 +294,8 @@ impl FromRequestParts<AppState> for Authenticated {
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;
+    use axum::response::IntoResponse;
+    use proptest::prelude::*;
 
     use super::*;
 
@@ -374,6 +376,82 @@ mod tests {
         }
         // Someone else's unreadable cookie does not stop the request.
         assert_eq!(credential(&[("cookie", b"x=\xff")]), Ok(None));
+    }
+
+    /// Bytes a header value may hold (what hyper lets through): visible ASCII, space, tab and
+    /// anything above 0x7f.
+    fn value_bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..48)
+    }
+
+    /// What the credential headers carry: anything, and what is nearly right.
+    fn near_valid() -> impl Strategy<Value = Vec<u8>> {
+        let credential = "[A-Za-z0-9_]{0,12}|[ -~]{0,12}";
+        prop_oneof![
+            value_bytes(),
+            ("(?i)(bearer|token|basic|digest)?[ \t]{0,2}", credential)
+                .prop_map(|(scheme, c)| format!("{scheme}{c}").into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..24).prop_map(|raw| format!(
+                "Basic {}",
+                STANDARD.encode(raw)
+            )
+            .into_bytes()),
+            ("[^:]{0,8}", ":?", credential).prop_map(|(user, colon, c)| {
+                format!("Basic {}", STANDARD.encode(format!("{user}{colon}{c}"))).into_bytes()
+            }),
+            ("[ -~]{0,8}", credential).prop_map(|(other, c)| {
+                format!("{other}; api_access_token={c};keygate_session=\"{c}\"").into_bytes()
+            }),
+        ]
+    }
+
+    proptest! {
+        // Whatever the five places and the Realm header hold, extraction finds a credential,
+        // finds none, or refuses with one of the two documented answers: 401 `unauthenticated`
+        // (with its challenge) or 400 `ambiguous-credentials`. Never a panic, never an empty
+        // credential.
+        #[test]
+        fn any_headers_are_found_or_refused_as_documented(
+            sent in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just("authorization"), Just("apikey"), Just("x-api-key"),
+                        Just("cookie"), Just("realm"), Just("as-tenant"),
+                    ],
+                    near_valid(),
+                ),
+                0..4,
+            ),
+        ) {
+            let pairs: Vec<(&str, &[u8])> =
+                sent.iter().map(|(name, value)| (*name, value.as_slice())).collect();
+            match extract(&headers(&pairs)) {
+                Ok(None) => {}
+                Ok(Some(presented)) => prop_assert!(!presented.credential.is_empty()),
+                Err(error) => {
+                    let response = error.into_response();
+                    let error = response.extensions().get::<ApiError>().unwrap();
+                    match error.code {
+                        ProblemCode::Unauthenticated => {
+                            prop_assert_eq!(response.status(), 401);
+                            prop_assert!(response.headers().contains_key(header::WWW_AUTHENTICATE));
+                        }
+                        ProblemCode::AmbiguousCredentials => prop_assert_eq!(response.status(), 400),
+                        other => prop_assert!(false, "undocumented {:?}", other),
+                    }
+                }
+            }
+        }
+
+        // Basic carries any username without a colon and any non-empty credential, unchanged.
+        #[test]
+        fn basic_round_trips_what_it_carries(user in "[^:]{0,16}", credential in ".{1,24}") {
+            let value = format!("Basic {}", STANDARD.encode(format!("{user}:{credential}")));
+            let map = headers(&[("authorization", value.as_bytes())]);
+            let presented = extract(&map).unwrap().unwrap();
+            prop_assert_eq!(presented.credential.as_ref(), credential.as_str());
+            prop_assert_eq!(presented.basic_username.as_deref(), Some(user.as_str()));
+        }
     }
 
     #[test]

@@ -196,6 +196,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
 
 async fn serve(config: Config, email: &str) -> anyhow::Result<ExitCode> {
     let listen = config.listen;
+    raise_open_files_limit();
     let state = AppState::open(config, Arc::new(SystemClock)).await?;
     if let Some(report) = state.bootstrap_if_empty(email).await? {
         // Printed straight to stderr, not logged: log pipelines keep what they receive.
@@ -209,6 +210,22 @@ async fn serve(config: Config, email: &str) -> anyhow::Result<ExitCode> {
     tracing::info!(address = %listener.local_addr()?, "keygate is listening");
     crate::run(listener, state, shutdown).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the open-files soft limit to the hard one: every connection holds a descriptor, and
+/// the soft limit systemd and most shells give (1024) is a few hundred idle clients. The server
+/// then caps its connections below what is raised (`connections.rs`).
+fn raise_open_files_limit() {
+    let before = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft);
+    match (before, rlimit::increase_nofile_limit(u64::MAX)) {
+        (Ok(before), Ok(now)) if now > before => {
+            tracing::info!(from = before, to = now, "raised the open-files limit")
+        }
+        (_, Ok(now)) => tracing::info!(open_files = now, "the open-files limit"),
+        (_, Err(error)) => {
+            tracing::warn!(%error, "cannot raise the open-files limit; keeping it as it is")
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM. The handlers are registered before this returns, so a signal

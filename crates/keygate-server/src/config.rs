@@ -35,6 +35,7 @@ pub struct Config {
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub trusted_proxies: Vec<Network>,
     pub limits: Limits,
+    pub server: ServerConfig,
     /// Extra permissions for the APIs keygate protects (`zones:read`).
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub permissions: Vec<String>,
@@ -61,6 +62,7 @@ impl Default for Config {
             environment: Environment::Live,
             trusted_proxies: Vec::new(),
             limits: Limits::default(),
+            server: ServerConfig::default(),
             permissions: Vec::new(),
             rate_limit: RateLimitConfig::default(),
             tokens: TokensConfig::default(),
@@ -91,6 +93,65 @@ impl Default for Limits {
             body_bytes: 1024 * 1024,
             header_bytes: 8 * 1024,
         }
+    }
+}
+
+/// The connections keygate holds open (see `connections.rs`): slow and idle clients are closed,
+/// and there are never more open than the process can afford.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// How long a client may take to send a request's head, from the connection's opening or,
+    /// on a kept-alive connection, from the request's first byte.
+    pub header_read_timeout_ms: u64,
+    /// How long a kept-alive connection may wait for its next request (and a request may go
+    /// without a byte moving either way) before it is closed.
+    pub idle_timeout_ms: u64,
+    /// Connections open at once; lowered at start-up to what the open-files limit allows.
+    pub max_connections: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            // Longer than the idle timeouts of the pools that call keygate (nginx's upstream
+            // keepalive_timeout, 60 s; Go's and so Traefik's, 90 s; Caddy's, 2 min), so the proxy
+            // drops an idle connection first and never reuses one keygate is closing.
+            idle_timeout_ms: 125_000,
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Shortest and longest timeouts accepted: below 100 ms a client on a slow network could
+    /// not finish a head; above an hour the timeout defends nothing.
+    const TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=3_600_000;
+    const MAX_CONNECTIONS: std::ops::RangeInclusive<u32> = 1..=1_000_000;
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (key, value) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            if !Self::TIMEOUT_MS.contains(&value) {
+                return Err(ConfigError::Invalid(format!(
+                    "server.{key} must be between {} and {} (an hour), got {value}",
+                    Self::TIMEOUT_MS.start(),
+                    Self::TIMEOUT_MS.end()
+                )));
+            }
+        }
+        if !Self::MAX_CONNECTIONS.contains(&self.max_connections) {
+            return Err(ConfigError::Invalid(format!(
+                "server.max_connections must be between {} and {}, got {}",
+                Self::MAX_CONNECTIONS.start(),
+                Self::MAX_CONNECTIONS.end(),
+                self.max_connections
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -411,6 +472,7 @@ impl Config {
                 "limits.body_bytes must be positive and limits.header_bytes at least 1024".into(),
             ));
         }
+        self.server.validate()?;
         match (self.rate_limit.requests, self.rate_limit.per_seconds) {
             (None, None) => {}
             (Some(r), Some(s)) if r > 0 && s > 0 => {}
@@ -579,6 +641,9 @@ mod tests {
             assert_eq!(config.limits.header_bytes, 8192);
             assert!(config.trusted_proxies.is_empty() && config.permissions.is_empty());
             assert_eq!(config.rate_limit.requests, None);
+            assert_eq!(config.server.header_read_timeout_ms, 10_000);
+            assert_eq!(config.server.idle_timeout_ms, 125_000);
+            assert_eq!(config.server.max_connections, 10_000);
             Ok(())
         });
     }
@@ -848,6 +913,62 @@ mod tests {
                 // figment names an environment variable's key in its own case.
                 let error = load(jail, None, &Overrides::default()).unwrap_err();
                 assert!(error.to_lowercase().contains(needle), "{vars:?}: {error}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn connection_limits_come_from_every_layer_and_are_bounded() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "k.toml",
+                "[server]\nheader_read_timeout_ms = 2500\nmax_connections = 300\n",
+            )?;
+            jail.set_env("KEYGATE_SERVER__IDLE_TIMEOUT_MS", "65000");
+            jail.set_env("KEYGATE_SERVER__MAX_CONNECTIONS", "400");
+            let config = load(jail, Some("k.toml"), &Overrides::default())?;
+            assert_eq!(config.server.header_read_timeout_ms, 2500);
+            assert_eq!(config.server.idle_timeout_ms, 65_000);
+            assert_eq!(config.server.max_connections, 400, "env beats file");
+            Ok(())
+        });
+        for (var, value, needle) in [
+            (
+                "KEYGATE_SERVER__HEADER_READ_TIMEOUT_MS",
+                "0",
+                "server.header_read_timeout_ms",
+            ),
+            (
+                "KEYGATE_SERVER__HEADER_READ_TIMEOUT_MS",
+                "99",
+                "server.header_read_timeout_ms",
+            ),
+            (
+                "KEYGATE_SERVER__IDLE_TIMEOUT_MS",
+                "3600001",
+                "server.idle_timeout_ms",
+            ),
+            ("KEYGATE_SERVER__IDLE_TIMEOUT_MS", "-5", "idle_timeout_ms"),
+            (
+                "KEYGATE_SERVER__MAX_CONNECTIONS",
+                "0",
+                "server.max_connections",
+            ),
+            (
+                "KEYGATE_SERVER__MAX_CONNECTIONS",
+                "1000001",
+                "server.max_connections",
+            ),
+            ("KEYGATE_SERVER__MAX_CONECTIONS", "10", "max_conections"),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.set_env(var, value);
+                let error = load(jail, None, &Overrides::default()).unwrap_err();
+                assert!(
+                    error.to_lowercase().contains(needle),
+                    "{var}={value}: {error}"
+                );
                 Ok(())
             });
         }

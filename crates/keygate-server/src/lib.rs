@@ -8,6 +8,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod explorer;
 pub mod json;
 pub mod metrics;
@@ -24,7 +25,7 @@ pub mod views;
 
 use std::future::Future;
 use std::pin::pin;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -201,7 +202,8 @@ pub async fn run(
             }
         })
     };
-    let serve = serve(listener, app(state.clone()), signalled);
+    let limits = connection_limits(state.config());
+    let serve = serve(listener, app(state.clone()), limits, signalled);
     let grace_over = async move {
         let _ = stopping_rx.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(grace).await;
@@ -223,51 +225,107 @@ pub async fn run(
     result
 }
 
+/// The connection limits for `config`, the cap lowered to what the open-files limit allows;
+/// logged, and so is the lowering.
+fn connection_limits(config: &config::Config) -> connections::Limits {
+    let open_files = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .ok()
+        .map(|(soft, _)| soft);
+    let (limits, lowered) = connections::Limits::new(config, open_files);
+    if let (Some(configured), Some(open_files)) = (lowered, open_files) {
+        tracing::warn!(
+            configured,
+            max_connections = limits.max_connections,
+            open_files,
+            reserved = connections::reserved_descriptors(config.store.max_connections),
+            "server.max_connections lowered to what the open-files limit allows, less what the \
+             store and the log keep; raise the hard limit (LimitNOFILE=) to allow more"
+        );
+    }
+    tracing::info!(
+        max_connections = limits.max_connections,
+        per_address = limits.per_address(),
+        header_read_timeout_ms = config.server.header_read_timeout_ms,
+        idle_timeout_ms = config.server.idle_timeout_ms,
+        "connection limits"
+    );
+    limits
+}
+
 /// Accepts connections and serves HTTP/1.1 on each with [`middleware::Front`] until `stop`
 /// resolves; then stops accepting, asks every connection to finish the request it is serving
-/// and close, and waits for them all.
+/// and close, and waits for them all. Connections are held to `limits` (see [`connections`]):
+/// over the cap they are refused at once, and slow or idle ones are closed.
 ///
 /// hyper's HTTP/1 connection directly, without a protocol-sniffing wrapper or a tower adapter
 /// between it and `Front`: on the hot path each layer cost a clone, a box or a copy per request.
 pub async fn serve(
     listener: TcpListener,
     front: middleware::Front,
+    limits: connections::Limits,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let http = hyper::server::conn::http1::Builder::new();
-    let connections = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = connections::Connections::new(limits);
+    let _sweeper = AbortOnDrop(tokio::spawn(open.sweep()));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut accept_errors = connections::OncePerSecond::default();
+    let mut refusals = connections::OncePerSecond::default();
     let mut stop = pin!(stop);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    accept_failed(error).await;
+                    accept_failed(error, &mut accept_errors).await;
                     continue;
                 }
             },
             () = &mut stop => break,
         };
+        let slot = match open.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                if let Some(suppressed) = refusals.admit(Instant::now()) {
+                    tracing::warn!(%peer, suppressed, "refusing connections: {refusal}");
+                }
+                connections::refuse(stream);
+                continue;
+            }
+        };
         let connection = http.serve_connection(
-            hyper_util::rt::TokioIo::new(stream),
-            front.for_connection(peer),
+            hyper_util::rt::TokioIo::new(slot.watch(stream)),
+            slot.service(front.for_connection(peer)),
         );
-        let connection = connections.watch(connection);
+        let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
+            drop(slot);
         });
     }
     drop(listener);
-    connections.shutdown().await;
+    graceful.shutdown().await;
     Ok(())
 }
 
-/// A failed `accept`: a connection that went away before it was accepted is nobody's concern;
-/// anything else (out of file descriptors, say) is logged and retried after a pause rather than
-/// spun on.
-async fn accept_failed(error: std::io::Error) {
+/// Ends a task when dropped: the sweep stops with [`serve`], however `serve` ends (`run` drops
+/// it when the grace period is over).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A failed `accept`: a connection that went away before it was accepted is nobody's concern.
+/// Anything else is logged, at most once a second (with a count of those not logged): out of
+/// descriptors or memory, the loop pauses a second rather than spin on a failure that only
+/// time (a connection closing) can cure; otherwise it pauses briefly, in case the failure
+/// persists.
+async fn accept_failed(error: std::io::Error, log: &mut connections::OncePerSecond) {
     use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
     if matches!(
         error.kind(),
@@ -275,6 +333,13 @@ async fn accept_failed(error: std::io::Error) {
     ) {
         return;
     }
-    tracing::error!(%error, "cannot accept connections; trying again in 1 s");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let exhausted = matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    );
+    if let Some(suppressed) = log.admit(Instant::now()) {
+        tracing::error!(%error, suppressed, "cannot accept a connection");
+    }
+    let pause = if exhausted { 1000 } else { 10 };
+    tokio::time::sleep(Duration::from_millis(pause)).await;
 }

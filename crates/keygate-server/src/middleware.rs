@@ -83,7 +83,7 @@ fn request_id<B>(request: &http::Request<B>) -> HeaderValue {
 
 /// `req_` + 12 random characters drawn once per process + a counter: unique, unguessable
 /// across restarts, and without a system call per request.
-fn new_request_id() -> HeaderValue {
+pub(crate) fn new_request_id() -> HeaderValue {
     static PREFIX: std::sync::OnceLock<[u8; 16]> = std::sync::OnceLock::new();
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| {

@@ -2,10 +2,12 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use crate::connections::{connect_from, until_closed};
 use crate::harness::client;
 
 struct Dir(tempfile::TempDir);
@@ -16,7 +18,12 @@ impl Dir {
     }
 
     fn keygate(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        self.command(env!("CARGO_BIN_EXE_keygate"))
+    }
+
+    /// `program` in this directory, with keygate's environment and nothing else.
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
         command
             .current_dir(self.0.path())
             .env_clear()
@@ -52,10 +59,14 @@ struct Serve {
 
 impl Serve {
     fn start(dir: &Dir, extra_env: &[(&str, &str)]) -> Self {
-        let mut child = dir
-            .keygate()
-            .envs(extra_env.iter().copied())
-            .arg("serve")
+        let mut command = dir.keygate();
+        command.envs(extra_env.iter().copied()).arg("serve");
+        Self::spawn(command)
+    }
+
+    /// Runs `command`, which must end in `keygate serve`, and waits for it to listen.
+    fn spawn(mut command: Command) -> Self {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -85,6 +96,17 @@ impl Serve {
             stderr,
             log,
         }
+    }
+
+    /// The address it listens on.
+    fn address(&self) -> std::net::SocketAddr {
+        self.base.trim_start_matches("http://").parse().unwrap()
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing finished.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// SIGTERM, then the exit status and everything logged.
@@ -416,4 +438,148 @@ fn oauth_rotate_key_prints_the_new_key_and_keeps_the_old_one() {
     let second = rotate();
     assert_eq!(first.len(), 43, "an RFC 7638 thumbprint: {first}");
     assert_ne!(first, second);
+}
+
+/// `keygate init --json` in `dir`: the owner token.
+fn init(dir: &Dir) -> String {
+    let init = dir.keygate().args(["init", "--json"]).output().unwrap();
+    assert!(init.status.success());
+    let report: Value = serde_json::from_slice(&init.stdout).unwrap();
+    report["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn under_a_low_open_files_limit_one_client_holding_more_connections_starves_nobody() {
+    let dir = Dir::new();
+    let owner = init(&dir);
+    // The hard limit too, so keygate cannot raise the soft one past it.
+    let mut command = dir.command("sh");
+    command
+        .args([
+            "-c",
+            r#"ulimit -n 256 && exec "$0" serve"#,
+            env!("CARGO_BIN_EXE_keygate"),
+        ])
+        // Held connections stay held for the test's length.
+        .env("KEYGATE_SERVER__HEADER_READ_TIMEOUT_MS", "120000");
+    let serve = Serve::spawn(command);
+    let at = serve.address();
+    // 256 descriptors, less 64 and three for each of the store's 16 connections: 144 at most,
+    // 36 of them from one address. 300 from one address are more than the process may open.
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        held.push(connect_from("127.0.0.2", at).await);
+    }
+    for refused in &mut held[36..] {
+        let said = until_closed(refused, Duration::from_secs(10)).await;
+        assert!(said.starts_with("HTTP/1.1 503 "), "{said}");
+    }
+    let http = client();
+    for _ in 0..3 {
+        let response = http
+            .get(format!("{}/v1/whoami", serve.base))
+            .bearer_auth(&owner)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    drop(held);
+    let (status, log) = serve.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("open_files=256"), "{log}");
+    assert!(
+        log.contains("server.max_connections lowered") && log.contains("max_connections=144"),
+        "{log}"
+    );
+    assert!(log.contains("refusing connections"), "{log}");
+    assert!(!log.contains("Too many open files"), "{log}");
+}
+
+#[tokio::test]
+async fn every_acknowledged_token_survives_a_kill_9() {
+    let dir = Dir::new();
+    let owner = init(&dir);
+    let serve = Serve::start(&dir, &[]);
+    let acknowledged: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let (base, owner, acknowledged) =
+                (serve.base.clone(), owner.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                let http = client();
+                for n in 0.. {
+                    let name = format!("w{writer}-{n}");
+                    let body = json!({"kind": "service", "name": name, "role": "viewer"});
+                    let sent = http
+                        .post(format!("{base}/v1/tokens"))
+                        .bearer_auth(&owner)
+                        .json(&body)
+                        .send()
+                        .await;
+                    // Once the server is gone, the request fails: that writer is done.
+                    let Ok(response) = sent else { return };
+                    assert_eq!(response.status(), 201, "before the kill, writes succeed");
+                    // Acknowledged only once the whole answer, with the secret, has arrived.
+                    let Ok(created) = response.json::<Value>().await else {
+                        return;
+                    };
+                    let id = created["id"].as_str().unwrap().to_owned();
+                    let secret = created["secret"].as_str().unwrap().to_owned();
+                    acknowledged.lock().unwrap().push((id, secret));
+                }
+            })
+        })
+        .collect();
+    // Killed mid-flight, once enough were acknowledged to make the check mean something.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while acknowledged.lock().unwrap().len() < 60 {
+        assert!(Instant::now() < deadline, "the writers are stuck");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    serve.kill();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+
+    let serve = Serve::start(&dir, &[]);
+    let http = client();
+    let mut listed = std::collections::HashSet::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{}/v1/tokens?kind=service&limit=500", serve.base);
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let page: Value = http
+            .get(url)
+            .bearer_auth(&owner)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for token in page["data"].as_array().unwrap() {
+            listed.insert(token["id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    for (id, secret) in &acknowledged {
+        assert!(listed.contains(id), "{id} was acknowledged but is gone");
+        let whoami = http
+            .get(format!("{}/v1/whoami", serve.base))
+            .bearer_auth(secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(whoami.status(), 200, "{id} does not work after the restart");
+    }
+    let (status, log) = serve.stop();
+    assert!(status.success(), "{log}");
 }

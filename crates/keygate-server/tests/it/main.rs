@@ -13,6 +13,7 @@ mod account;
 mod audit;
 mod auth;
 mod binary;
+mod connections;
 mod document;
 mod explorer;
 mod identity;

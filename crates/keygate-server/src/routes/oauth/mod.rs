@@ -237,13 +237,20 @@ fn form_decode(text: &str) -> Option<String> {
         match byte {
             b'+' => bytes.push(b' '),
             b'%' => {
-                let hex = [input.next()?, input.next()?];
-                bytes.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+                let (high, low) = (hex_digit(input.next()?)?, hex_digit(input.next()?)?);
+                bytes.push(high << 4 | low);
             }
             other => bytes.push(other),
         }
     }
     String::from_utf8(bytes).ok()
+}
+
+/// The value of one hex digit. (Not `u8::from_str_radix`, which takes a leading `+`.)
+fn hex_digit(byte: u8) -> Option<u8> {
+    char::from(byte)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 /// Authenticates the client of a token-endpoint request: its secret, that it is the client named,
@@ -336,6 +343,8 @@ pub async fn refuse(
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -407,5 +416,89 @@ mod tests {
         let no_id = client_credentials(&HeaderMap::new(), &form("client_secret=s").unwrap());
         assert_eq!(no_id.err().unwrap().code, ErrorCode::InvalidClient);
         assert_eq!(form_decode("a%zz"), None);
+    }
+
+    /// `application/x-www-form-urlencoded` decoding as the WHATWG URL standard reads it, but
+    /// strict: `%` must be followed by two hex digits.
+    fn decode_by_the_book(text: &str) -> Option<String> {
+        let bytes = text.as_bytes();
+        let mut decoded = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => decoded.push(b' '),
+                b'%' => {
+                    let hex = bytes.get(i + 1..i + 3)?;
+                    if !hex.iter().all(u8::is_ascii_hexdigit) {
+                        return None;
+                    }
+                    decoded.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                    i += 2;
+                }
+                other => decoded.push(other),
+            }
+            i += 1;
+        }
+        String::from_utf8(decoded).ok()
+    }
+
+    #[test]
+    fn a_percent_sign_needs_two_hex_digits() {
+        // Decoding used `u8::from_str_radix`, which takes a leading `+`: `%+1` decoded to 0x01.
+        for bad in ["%+1", "%+f", "%-1", "% 1", "%1", "%", "%g0"] {
+            assert_eq!(form_decode(bad), None, "{bad}");
+        }
+        assert_eq!(form_decode("%2B%2b+%41").as_deref(), Some("++ A"));
+    }
+
+    proptest! {
+        #[test]
+        fn form_decoding_is_by_the_book(
+            text in "[%+0-9a-fA-FxyZ \u{e9}]{0,12}|.{0,12}",
+        ) {
+            prop_assert_eq!(form_decode(&text), decode_by_the_book(&text));
+        }
+
+        #[test]
+        fn what_is_form_encoded_decodes_to_itself(text in ".{0,16}") {
+            let encoded: String = text
+                .bytes()
+                .map(|b| match b {
+                    b' ' => "+".to_owned(),
+                    b if b.is_ascii_alphanumeric() || b"*-._".contains(&b) => (b as char).to_string(),
+                    b => format!("%{b:02X}"),
+                })
+                .collect();
+            prop_assert_eq!(form_decode(&encoded), Some(text));
+        }
+
+        // The token endpoint's body and client authentication, whatever is sent: parameters,
+        // or one of the documented refusals, `invalid_request` (400) or `invalid_client` (401).
+        #[test]
+        fn any_token_request_is_read_or_refused_as_documented(
+            body in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64),
+                "((grant_type|scope|client_id|client_secret|refresh_token|x)=[%+=&a-z0-9:]{0,8}&?){0,5}"
+                    .prop_map(String::into_bytes),
+            ],
+            form in any::<bool>(),
+            authorization in prop_oneof![
+                Just(None),
+                "[ -~]{0,24}".prop_map(Some),
+                "[%+:a-z0-9]{0,12}".prop_map(|pair| Some(format!("Basic {}", STANDARD.encode(pair)))),
+            ],
+        ) {
+            let content_type = if form { "application/x-www-form-urlencoded" } else { "text/plain" };
+            let mut sent = vec![("content-type", content_type.to_owned())];
+            sent.extend(authorization.map(|a| ("authorization", a)));
+            let pairs: Vec<(&str, &str)> = sent.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let map = headers(&pairs);
+            let outcome = Params::parse(&map, &body)
+                .and_then(|params| client_credentials(&map, &params).map(|_| ()));
+            if let Err(error) = outcome {
+                let status = Failure::from(error).into_response().status();
+                prop_assert!(status == 400 || status == 401, "{}", status);
+            }
+        }
     }
 }
