@@ -14,6 +14,7 @@ pub mod cache;
 pub mod clients;
 pub mod clock;
 pub mod credential;
+pub mod gate;
 pub mod id;
 pub mod jwt;
 pub mod model;
@@ -28,6 +29,7 @@ pub mod tenants;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod tokens;
+pub mod usage;
 pub mod users;
 pub mod validate;
 pub mod verify;

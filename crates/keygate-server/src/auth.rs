@@ -15,11 +15,11 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use keygate_core::Timestamp;
 use keygate_core::access::Caller;
+use keygate_core::gate;
 use keygate_core::id::TenantId;
 use keygate_core::ratelimit::RateLimitStatus;
-use keygate_core::verify::{Refusal, TenantSummary, Verified};
+use keygate_core::verify::Verified;
 
 use crate::middleware::ClientIp;
 use crate::problem::{ApiError, ProblemCode};
@@ -166,108 +166,66 @@ fn decode_basic(encoded: &str) -> Result<(String, String), ApiError> {
     Ok((username.to_owned(), credential.to_owned()))
 }
 
-/// Verifies what [`extract`] found, checks the realm it was presented for and the address it was
-/// presented from.
+/// Authenticates a request to the management API: its credential, where and from where it was
+/// presented, as the gate decides (`keygate_core::gate`). Handlers require their own permissions.
 pub async fn authenticate(
     state: &AppState,
     headers: &HeaderMap,
     client: Option<IpAddr>,
+) -> Result<Caller, ApiError> {
+    admit(state, headers, client, &[]).await
+}
+
+/// Admits a request whose path requires `required` besides (forward-auth): [`extract`] reads the
+/// headers, the gate decides, and what it learnt is left for the outer middleware (the rate-limit
+/// status for the `RateLimit-*` headers, the credential behind a refusal for the audit log).
+pub async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: Option<IpAddr>,
+    required: &[String],
 ) -> Result<Caller, ApiError> {
     let presented = extract(headers)?.ok_or_else(|| {
         ApiError::unauthenticated(
             "no credential: send `Authorization: Bearer <token>` (or see /docs for the other ways)",
         )
     })?;
-    // One clock read for the whole request: expiry, rate limit and last use.
-    let millis = state.clock().now_millis();
-    let now = Timestamp::from_unix(millis.div_euclid(1000));
-    let verified = match state.verifier().verify_at(&presented.credential, now).await {
-        Ok(verified) => verified,
-        Err(refusal) => {
-            if matches!(
-                refusal,
-                Refusal::Expired
-                    | Refusal::Revoked
-                    | Refusal::TenantSuspended
-                    | Refusal::UserDisabled
-            ) && let Some(known) = state.verifier().known(&presented.credential)
-            {
-                note_caller(&presented, known, None);
-            }
-            return Err(refusal.into());
-        }
+    let request = gate::Request {
+        client,
+        required,
+        within: None,
+        // One clock read for the whole request: expiry, rate limit and last use.
+        now_millis: state.clock().now_millis(),
     };
-    note_caller(&presented, Arc::clone(&verified), None);
-    let mut caller = Caller::new(verified);
-    if presented
-        .basic_username
-        .as_deref()
-        .is_some_and(|u| u != caller.verified().tenant.slug)
-    {
-        return Err(ApiError::unauthenticated(
-            "the Basic username must be the slug of the credential's tenant (its realm)",
-        ));
-    }
-    if let Some(value) = presented.as_tenant {
-        caller = act_for(state, caller, value).await?;
-        note_caller(
-            &presented,
-            Arc::clone(caller.verified_shared()),
-            Some(caller.scope().clone()),
-        );
-    }
-    let own = caller.verified().tenant.slug.as_str();
-    let acting = caller.acting_as().map(|t| t.slug.as_str());
-    if presented
-        .realm
-        .is_some_and(|realm| realm != own && Some(realm) != acting)
-    {
-        return Err(ApiError::unauthenticated(
-            "the Realm header names a different tenant than the credential's",
-        ));
-    }
-    if let Some(ip) = client
-        && !caller.verified().allows_address(ip)
-    {
-        return Err(ApiError::new(
-            ProblemCode::IpNotAllowed,
-            format!("requests from {ip} are not allowed for this credential"),
-        ));
-    }
-    if let Some(status) = state.count_request(caller.verified(), millis) {
-        // Left for the outer middleware, which adds the RateLimit-* headers to the response.
+    let asked = gate::Presented {
+        credential: &presented.credential,
+        basic_username: presented.basic_username.as_deref(),
+        realm: presented.realm,
+        // An unreadable header names no tenant: refused as one that is not an id or slug.
+        as_tenant: presented.as_tenant.map(|v| v.to_str().unwrap_or_default()),
+    };
+    let admitted = state.gate().admit(asked, request).await;
+    let rate_limit = match &admitted {
+        Ok(admission) => admission.rate_limit,
+        Err(denied) => denied.rate_limit,
+    };
+    if let Some(status) = rate_limit {
         let _ = NOTES.try_with(|notes| notes.rate_limit.set(Some(status)));
-        if !status.allowed() {
-            return Err(rate_limited(status));
+    }
+    match admitted {
+        Ok(admission) => {
+            let caller = admission.caller;
+            let acting = caller.acting_as().map(|t| t.id.clone());
+            note_caller(&presented, Arc::clone(caller.verified_shared()), acting);
+            Ok(caller)
+        }
+        Err(denied) => {
+            if let Some(known) = denied.known {
+                note_caller(&presented, known, denied.acting);
+            }
+            Err(denied.denial.into())
         }
     }
-    state.usage().record(caller.verified_shared(), now);
-    Ok(caller)
-}
-
-/// `as-tenant: <id or slug>`: act inside a strict descendant of the credential's own tenant.
-/// Without `tenants:impersonate` a 403; a target that is unknown, not below, or the caller's own
-/// tenant a 404 (whether it exists elsewhere is not the caller's business).
-async fn act_for(
-    state: &AppState,
-    caller: Caller,
-    value: &axum::http::HeaderValue,
-) -> Result<Caller, ApiError> {
-    caller.require::<keygate_core::access::perm::TenantsImpersonate>()?;
-    let key = value
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 64)
-        .ok_or_else(|| ApiError::invalid("the as-tenant header must be a tenant id or slug"))?;
-    let missing = || ApiError::not_found(format!("there is no tenant `{key}` below yours"));
-    let target = state
-        .store()
-        .get_tenant(&caller.home_scope(), key)
-        .await?
-        .filter(|t| t.id != caller.verified().tenant.id)
-        .ok_or_else(missing)?;
-    Ok(caller.acting_for(TenantSummary::from(&target))?)
 }
 
 /// What authentication learned about a request, left for the outer middleware: the rate-limit
@@ -299,18 +257,6 @@ fn note_caller(presented: &Presented<'_>, verified: Arc<Verified>, acting: Optio
         user_agent: presented.user_agent.cloned(),
     };
     let _ = NOTES.try_with(|notes| notes.caller.replace(Some(known)));
-}
-
-pub fn rate_limited(status: RateLimitStatus) -> ApiError {
-    let wait = status.retry_after_seconds.unwrap_or(1);
-    ApiError::new(
-        ProblemCode::RateLimited,
-        format!(
-            "this credential may make {} requests in its window; retry in {wait} s",
-            status.limit
-        ),
-    )
-    .with_header(header::RETRY_AFTER, HeaderValue::from(wait))
 }
 
 /// The `RateLimit-*` headers (IETF draft `ratelimit-headers`) for a status.

@@ -20,7 +20,6 @@ pub mod request;
 pub mod routes;
 pub mod state;
 pub mod throttle;
-pub mod usage;
 pub mod versions;
 pub mod views;
 
@@ -169,7 +168,7 @@ pub async fn run(
     let flusher = {
         let state = state.clone();
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(usage::FLUSH_EVERY);
+            let mut every = tokio::time::interval(keygate_core::usage::FLUSH_EVERY);
             loop {
                 every.tick().await;
                 state.flush_usage().await;

@@ -7,6 +7,8 @@
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keygate_core::access::Forbidden;
+use keygate_core::gate::Denial;
+use keygate_core::ratelimit::RateLimitStatus;
 use keygate_core::rule::{Conflict, RuleError};
 use keygate_core::store::StoreError;
 use keygate_core::verify::Refusal;
@@ -376,6 +378,36 @@ impl From<RuleError> for ApiError {
                 ApiError::new(code, detail)
             }
             RuleError::Internal(what) => ApiError::internal(what),
+        }
+    }
+}
+
+impl ApiError {
+    /// 429 `rate-limited` with `Retry-After`.
+    pub fn rate_limited(status: RateLimitStatus) -> Self {
+        let wait = status.retry_after_seconds.unwrap_or(1);
+        ApiError::new(
+            ProblemCode::RateLimited,
+            format!(
+                "this credential may make {} requests in its window; retry in {wait} s",
+                status.limit
+            ),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from(wait))
+    }
+}
+
+impl From<Denial> for ApiError {
+    fn from(denial: Denial) -> Self {
+        match denial {
+            Denial::Credential(refusal) => refusal.into(),
+            Denial::BasicUsername | Denial::Realm => ApiError::unauthenticated(denial.to_string()),
+            Denial::ActingAsInvalid => ApiError::invalid(denial.to_string()),
+            Denial::ActingAsForbidden(forbidden) | Denial::Forbidden(forbidden) => forbidden.into(),
+            Denial::ActingAsUnknown(_) => ApiError::not_found(denial.to_string()),
+            Denial::IpNotAllowed(_) => ApiError::new(ProblemCode::IpNotAllowed, denial.to_string()),
+            Denial::RateLimited(status) => ApiError::rate_limited(status),
+            Denial::Store(error) => error.into(),
         }
     }
 }

@@ -7,20 +7,18 @@ use std::time::Duration;
 use keygate_core::Clock;
 use keygate_core::allowlist::IpAllowlist;
 use keygate_core::cache::CredentialCache;
+use keygate_core::gate::Gate;
 use keygate_core::jwt::{KeyError, KeyPolicy, KeyRing, KeySealer};
 use keygate_core::model::RateLimit;
 use keygate_core::oauth::Lifetimes;
 use keygate_core::permission::Catalog;
-use keygate_core::ratelimit::{RateLimitStatus, RateLimiter};
 use keygate_core::store::{ChangeListener, DynStore, Listeners, StoreError};
-use keygate_core::verify::Verified;
 use keygate_core::verify::Verifier;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::refusals::RefusalLog;
 use crate::throttle::LoginThrottle;
-use crate::usage::UsageRecorder;
 
 /// Cheap to clone: one `Arc`.
 #[derive(Clone)]
@@ -30,14 +28,11 @@ struct Inner {
     config: Config,
     catalog: Arc<Catalog>,
     store: DynStore,
-    verifier: Verifier,
+    gate: Gate,
     keys: Arc<KeyRing>,
     clock: Arc<dyn Clock>,
     trusted_proxies: IpAllowlist,
-    rate_limiter: RateLimiter,
-    default_rate_limit: Option<RateLimit>,
     login_throttle: LoginThrottle,
-    usage: UsageRecorder,
     refusals: RefusalLog,
     metrics: Metrics,
     shutting_down: AtomicBool,
@@ -97,18 +92,16 @@ impl AppState {
             }),
             _ => None,
         };
+        let gate = Gate::new(verifier, store.clone(), default_rate_limit);
         Ok(Self(Arc::new(Inner {
             trusted_proxies,
-            rate_limiter: RateLimiter::new(),
-            default_rate_limit,
             config,
             catalog,
             store,
-            verifier,
+            gate,
             keys,
             clock,
             login_throttle: LoginThrottle::default(),
-            usage: UsageRecorder::default(),
             refusals: RefusalLog::default(),
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
@@ -127,8 +120,13 @@ impl AppState {
         &self.0.store
     }
 
+    /// Where every request's admission is decided.
+    pub fn gate(&self) -> &Gate {
+        &self.0.gate
+    }
+
     pub fn verifier(&self) -> &Verifier {
-        &self.0.verifier
+        self.0.gate.verifier()
     }
 
     pub fn clock(&self) -> &dyn Clock {
@@ -156,15 +154,6 @@ impl AppState {
 
     /// Counts a request of a credential against its limit (its own, else the configured
     /// default); `None` when no limit applies.
-    pub fn count_request(&self, verified: &Verified, now_millis: i64) -> Option<RateLimitStatus> {
-        let limit = verified.rate_limit.or(self.0.default_rate_limit)?;
-        Some(
-            self.0
-                .rate_limiter
-                .check(verified.owner_id(), limit, now_millis),
-        )
-    }
-
     pub fn login_throttle(&self) -> &LoginThrottle {
         &self.0.login_throttle
     }
@@ -173,13 +162,9 @@ impl AppState {
         &self.0.metrics
     }
 
-    pub fn usage(&self) -> &UsageRecorder {
-        &self.0.usage
-    }
-
     /// Writes pending `last_used_at` times now (also done every few seconds and at shutdown).
     pub async fn flush_usage(&self) {
-        if let Err(error) = self.0.usage.flush(&self.0.store).await {
+        if let Err(error) = self.0.gate.usage().flush(&self.0.store).await {
             tracing::warn!(%error, "could not record when credentials were last used; will retry");
         }
     }

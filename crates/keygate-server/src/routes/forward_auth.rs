@@ -22,7 +22,7 @@ use axum::response::Response;
 use keygate_core::access::Caller;
 use keygate_core::verify::Verified;
 
-use crate::auth::authenticate;
+use crate::auth::admit;
 use crate::middleware::ClientIp;
 use crate::problem::ApiError;
 use crate::state::AppState;
@@ -91,14 +91,13 @@ pub async fn answer(
     uri: &Uri,
     client: IpAddr,
 ) -> Result<Response, ApiError> {
-    let caller = authenticate(state, headers, Some(client)).await?;
     let query = match route {
         Route::Check => uri.query(),
         // The original request's query, appended by the proxy with its path: not ours to read.
         Route::Below => None,
     };
     // A permission the catalog does not know is one no credential holds: refused, naming it.
-    caller.require_all(&required(headers, query)?)?;
+    let caller = admit(state, headers, Some(client), &required(headers, query)?).await?;
     Ok(allowed(&caller))
 }
 

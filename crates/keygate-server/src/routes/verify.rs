@@ -10,7 +10,8 @@ use std::net::IpAddr;
 use axum::extract::State;
 use keygate_core::Timestamp;
 use keygate_core::access::perm;
-use keygate_core::verify::Refusal;
+use keygate_core::gate::{self, Denial};
+use keygate_core::verify::{Refusal, Verified};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -97,6 +98,27 @@ impl VerifyCode {
 }
 
 impl VerifyResponse {
+    /// A verdict about a credential that was found: whose it is and what it holds.
+    fn about(
+        verified: &Verified,
+        code: VerifyCode,
+        detail: Option<String>,
+        missing_permissions: Vec<String>,
+    ) -> Self {
+        Self {
+            valid: code == VerifyCode::Valid,
+            code,
+            detail,
+            tenant: Some(OrganizationView::from(&verified.tenant)),
+            acting_tenant: None,
+            principal: Some(PrincipalView::from(&verified.principal)),
+            credential_id: Some(verified.credential.id.to_string()),
+            permissions: permission_names(&verified.permissions),
+            missing_permissions,
+            expires_at: verified.credential.expires_at,
+        }
+    }
+
     fn refused(code: VerifyCode, detail: String) -> Self {
         Self {
             valid: false,
@@ -139,74 +161,70 @@ async fn decide(
     let grant = caller.require::<perm::CredentialsVerify>()?;
     let ip = validate(&state, &request)?;
 
-    let now = state.clock().now();
-    let verified = match state
-        .verifier()
-        .verify_within(&request.credential, grant.tenant_id(), now)
-        .await
-    {
-        Ok(verified) => verified,
-        Err(Refusal::Store(error)) => return Err(error.into()),
-        Err(refusal) => {
-            let code = match refusal {
-                Refusal::NotFound => VerifyCode::NotFound,
-                Refusal::Expired => VerifyCode::Expired,
-                Refusal::Revoked | Refusal::TenantSuspended | Refusal::UserDisabled => {
-                    VerifyCode::Revoked
-                }
-                Refusal::Format(_)
-                | Refusal::WrongPlace(_)
-                | Refusal::AccessToken(_)
-                | Refusal::Store(_) => VerifyCode::Malformed,
-            };
-            return Ok(axum::Json(VerifyResponse::refused(
-                code,
-                refusal.to_string(),
+    // The verified credential's own request, made through the asking service: admitted (and
+    // counted) by the same gate as any other, within the asker's tenants.
+    let presented = gate::Presented {
+        credential: &request.credential,
+        ..Default::default()
+    };
+    let asked = gate::Request {
+        client: ip,
+        required: &request.permissions,
+        within: Some(grant.tenant_id()),
+        now_millis: state.clock().now_millis(),
+    };
+    let denied = match state.gate().admit(presented, asked).await {
+        Ok(admission) => {
+            return Ok(axum::Json(VerifyResponse::about(
+                admission.caller.verified(),
+                VerifyCode::Valid,
+                None,
+                Vec::new(),
             )));
         }
+        Err(denied) => denied,
     };
-
-    let restricted = verified.allowed_ips.is_some() || verified.tenant_allowlist.is_some();
-    let allowed_ip = match ip {
-        Some(ip) => verified.allows_address(ip),
-        // The credential only works from some networks and the caller did not say where the
-        // client is: refuse rather than guess.
-        None => !restricted,
+    let code = match &denied.denial {
+        Denial::Store(_) => return Err(denied.denial.into()),
+        Denial::Credential(refusal) => match refusal {
+            Refusal::NotFound => VerifyCode::NotFound,
+            Refusal::Expired => VerifyCode::Expired,
+            Refusal::Revoked | Refusal::TenantSuspended | Refusal::UserDisabled => {
+                VerifyCode::Revoked
+            }
+            Refusal::Format(_)
+            | Refusal::WrongPlace(_)
+            | Refusal::AccessToken(_)
+            | Refusal::Store(_) => VerifyCode::Malformed,
+        },
+        Denial::IpNotAllowed(_) => VerifyCode::IpNotAllowed,
+        Denial::RateLimited(_) => VerifyCode::RateLimited,
+        Denial::Forbidden(_) => VerifyCode::Forbidden,
+        // Nothing here presents a Basic username, a realm or as-tenant.
+        Denial::BasicUsername
+        | Denial::Realm
+        | Denial::ActingAsInvalid
+        | Denial::ActingAsForbidden(_)
+        | Denial::ActingAsUnknown(_) => VerifyCode::Malformed,
     };
-    let missing = verified.permissions.missing(&request.permissions);
-    let (code, detail) = if !allowed_ip {
-        (
-            VerifyCode::IpNotAllowed,
-            Some("the client address is outside the credential's allowed networks".to_owned()),
-        )
-    } else if !missing.is_empty() {
-        (
-            VerifyCode::Forbidden,
-            Some(format!("missing permissions: {}", missing.join(", "))),
-        )
-    } else if state
-        .count_request(&verified, state.clock().now_millis())
-        .is_some_and(|s| !s.allowed())
-    {
-        // The verified credential's own request, made through the asking service: counted.
-        (
-            VerifyCode::RateLimited,
-            Some("the credential is over its rate limit".to_owned()),
-        )
-    } else {
-        (VerifyCode::Valid, None)
+    let detail = match &denied.denial {
+        Denial::IpNotAllowed(_) => {
+            "the client address is outside the credential's allowed networks".to_owned()
+        }
+        Denial::RateLimited(_) => "the credential is over its rate limit".to_owned(),
+        other => other.to_string(),
     };
-    Ok(axum::Json(VerifyResponse {
-        valid: code == VerifyCode::Valid,
-        code,
-        detail,
-        tenant: Some(OrganizationView::from(&verified.tenant)),
-        acting_tenant: None,
-        principal: Some(PrincipalView::from(&verified.principal)),
-        credential_id: Some(verified.credential.id.to_string()),
-        permissions: permission_names(&verified.permissions),
-        missing_permissions: missing.into_iter().map(str::to_owned).collect(),
-        expires_at: verified.credential.expires_at,
+    let missing = match denied.denial {
+        Denial::Forbidden(forbidden) => forbidden.missing,
+        _ => Vec::new(),
+    };
+    // Past the credential's own checks, the answer says whose it is.
+    Ok(axum::Json(match (code, denied.known) {
+        (
+            VerifyCode::IpNotAllowed | VerifyCode::RateLimited | VerifyCode::Forbidden,
+            Some(verified),
+        ) => VerifyResponse::about(&verified, code, Some(detail), missing),
+        _ => VerifyResponse::refused(code, detail),
     }))
 }
 

@@ -514,3 +514,139 @@ async fn outside_the_callers_tenants_every_credential_is_not_found_whatever_its_
         assert_eq!(ask_fresh(&server.token, credential).await, "EXPIRED");
     }
 }
+
+/// One order of checks on every path (keygate_core::gate): the address before the rate limit,
+/// the rate limit before the permissions the path requires. verify used to count only requests
+/// that passed the permission check, unlike the extractor and forward-auth.
+#[tokio::test]
+async fn every_path_checks_address_then_rate_limit_then_permissions() {
+    let server = TestServer::start().await;
+    let token = |body: Value| {
+        let server = &server;
+        async move {
+            let created = server
+                .expect(
+                    201,
+                    reqwest::Method::POST,
+                    "/v1/tokens",
+                    &server.token,
+                    Some(body),
+                )
+                .await;
+            created["secret"].as_str().unwrap().to_owned()
+        }
+    };
+    let limited = token(json!({"kind": "service", "name": "l", "role": "viewer",
+        "rate_limit": {"requests": 2, "per_seconds": 60}}))
+    .await;
+    // Refused for a permission it lacks: still counted against its limit...
+    for _ in 0..2 {
+        let body = ok_json(
+            verify(
+                &server,
+                &server.token,
+                json!({"credential": limited, "permissions": ["tokens:write"]}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(body["code"], "FORBIDDEN");
+        assert_eq!(body["missing_permissions"], json!(["tokens:write"]));
+    }
+    // ...so the third request is over it, whatever it asks.
+    let body = ok_json(verify(&server, &server.token, json!({"credential": limited})).await).await;
+    assert_eq!(body["code"], "RATE_LIMITED");
+    assert_eq!(
+        body["credential_id"]
+            .as_str()
+            .map(|id| id.starts_with("tok_")),
+        Some(true)
+    );
+
+    // Through forward-auth, the same order: 403 twice, then 429.
+    let limited = token(json!({"kind": "service", "name": "m", "role": "viewer",
+        "rate_limit": {"requests": 2, "per_seconds": 60}}))
+    .await;
+    let statuses = async || {
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let response = server
+                .get("/v1/forward-auth")
+                .header("apikey", &limited)
+                .header("x-keygate-require", "tokens:write")
+                .send()
+                .await
+                .unwrap();
+            statuses.push(response.status().as_u16());
+        }
+        statuses
+    };
+    assert_eq!(statuses().await, [403, 403, 429]);
+
+    // An address outside the credential's networks is refused before it is counted.
+    let pinned = token(json!({"kind": "service", "name": "p", "role": "viewer",
+        "allowed_ips": ["10.0.0.0/8"], "rate_limit": {"requests": 1, "per_seconds": 60}}))
+    .await;
+    for ip in ["192.0.2.1", "192.0.2.1", "192.0.2.1"] {
+        let body = ok_json(
+            verify(
+                &server,
+                &server.token,
+                json!({"credential": pinned, "ip": ip}),
+            )
+            .await,
+        )
+        .await;
+        assert_eq!(body["code"], "IP_NOT_ALLOWED");
+    }
+    // Nor is a restricted credential verified without an address: refused, not guessed.
+    let body = ok_json(verify(&server, &server.token, json!({"credential": pinned})).await).await;
+    assert_eq!(body["code"], "IP_NOT_ALLOWED");
+    let body = ok_json(
+        verify(
+            &server,
+            &server.token,
+            json!({"credential": pinned, "ip": "10.1.2.3"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(
+        body["code"], "VALID",
+        "none of the refusals above was counted"
+    );
+}
+
+#[tokio::test]
+async fn a_verified_credential_is_noted_as_used() {
+    let server = TestServer::start().await;
+    let created = server
+        .expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "used", "role": "viewer"})),
+        )
+        .await;
+    ok_json(
+        verify(
+            &server,
+            &server.token,
+            json!({"credential": created["secret"]}),
+        )
+        .await,
+    )
+    .await;
+    server.state.flush_usage().await;
+    let token = server
+        .expect(
+            200,
+            reqwest::Method::GET,
+            &format!("/v1/tokens/{}", created["id"].as_str().unwrap()),
+            &server.token,
+            None,
+        )
+        .await;
+    assert!(token["last_used_at"].is_string(), "{token}");
+}

@@ -302,14 +302,20 @@ pub async fn authenticate_client(
         return Err(refuse(state, &client, error, meta).await);
     }
     // A client's requests here count against its rate limit like any credential's anywhere.
-    if let Some(status) = state.count_request(client.verified(), state.clock().now_millis()) {
+    let metered = state
+        .gate()
+        .meter_and_note(client.verified(), state.clock().now_millis());
+    let status = match metered {
+        Ok(status) => status,
+        Err(over) => Some(over),
+    };
+    if let Some(status) = status {
         let _ = crate::auth::NOTES.try_with(|notes| notes.rate_limit.set(Some(status)));
-        if !status.allowed() {
-            return Err(crate::auth::rate_limited(status).into());
-        }
     }
-    state.usage().record(client.verified(), state.clock().now());
-    Ok(client)
+    match metered {
+        Ok(_) => Ok(client),
+        Err(over) => Err(ApiError::rate_limited(over).into()),
+    }
 }
 
 /// Records that `client` was refused (counted with identical refusals, written within seconds),

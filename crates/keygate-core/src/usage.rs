@@ -6,9 +6,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keygate_core::Timestamp;
-use keygate_core::store::{DynStore, StoreError};
-use keygate_core::verify::Verified;
+use crate::Timestamp;
+use crate::store::{DynStore, StoreError};
+use crate::verify::Verified;
 
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
 

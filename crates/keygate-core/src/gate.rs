@@ -1,0 +1,313 @@
+//! The admission decision: may this presented credential make this request? Every path that admits
+//! a request asks [`Gate::admit`] — the management API's extractor, forward-auth, `/v1/verify` (for
+//! the credential it is asked about) and the gateway — so that a rule written once holds on all of
+//! them. The server only reads headers into a [`Presented`] and renders what comes back.
+//!
+//! The checks run in one order, and a refused request stops at the first that fails:
+//!
+//! 1. **The credential**: its format (no store access for a malformed one), then the cache or the
+//!    store: unknown, revoked, its tenant or an ancestor suspended, its user disabled, expired.
+//! 2. **Where it was presented**: a Basic username must be the slug of the credential's tenant.
+//! 3. **Acting for a sub-customer** (`as-tenant`): `tenants:impersonate`, and a strict descendant.
+//! 4. **`Realm`**: the credential's tenant or the one acted for.
+//! 5. **The client's address**: inside the tenant's enabled allowlist and the credential's own
+//!    networks. An address that is not known (`/v1/verify` asked without `ip`) passes only for a
+//!    credential restricted by neither: refused rather than guessed.
+//! 6. **The rate limit**: every request that got this far counts, admitted or not by what follows.
+//! 7. **The permissions the path requires** (forward-auth's `X-Keygate-Require`, verify's
+//!    `permissions`); the management API checks its handler's own after admission, which is the
+//!    same place in this order.
+//!
+//! What a refusal costs: steps 1–5 count nothing (the credential did not get to make a request);
+//! from step 6 on the request is counted against the rate limit. Every admitted request is noted
+//! as the credential's last use. A refusal from step 2 on, and one for the credential's state in
+//! step 1, carries the credential it was about ([`Denied::known`]), for the audit log.
+//!
+//! This module must never admit a request whose credential it has not verified, nor decide
+//! anything from the store without the scope the credential grants.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::Timestamp;
+use crate::access::{Caller, Forbidden, perm};
+use crate::id::TenantId;
+use crate::model::RateLimit;
+use crate::ratelimit::{RateLimitStatus, RateLimiter};
+use crate::store::{DynStore, StoreError};
+use crate::usage::UsageRecorder;
+use crate::verify::{Refusal, TenantSummary, Verified, Verifier};
+
+/// A credential as a request presented it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Presented<'a> {
+    pub credential: &'a str,
+    /// The username of `Basic`, which must be the credential's tenant slug.
+    pub basic_username: Option<&'a str>,
+    /// The `Realm` header: the credential's tenant, or the one acted for.
+    pub realm: Option<&'a str>,
+    /// The `as-tenant` header: a tenant (id or slug) below the credential's own to act in.
+    pub as_tenant: Option<&'a str>,
+}
+
+/// What else decides a request's admission besides the credential.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The client's address, when known.
+    pub client: Option<IpAddr>,
+    /// Permissions this path requires before anything else (empty for the management API, whose
+    /// handlers require their own).
+    pub required: &'a [String],
+    /// Only credentials of this tenant and its descendants exist for the asker (`/v1/verify`): any
+    /// other is [`Refusal::NotFound`], whatever its state.
+    pub within: Option<&'a TenantId>,
+    /// The time, read once for the whole request.
+    pub now_millis: i64,
+}
+
+/// An admitted request: who it acts as, and its rate-limit status for the answer's headers.
+#[derive(Debug)]
+pub struct Admission {
+    pub caller: Caller,
+    pub rate_limit: Option<RateLimitStatus>,
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum Denial {
+    /// Step 1: the credential itself (its message is safe to show).
+    #[error(transparent)]
+    Credential(Refusal),
+    /// Step 2.
+    #[error("the Basic username must be the slug of the credential's tenant (its realm)")]
+    BasicUsername,
+    /// Step 3: `as-tenant` that is not a tenant id or slug.
+    #[error("the as-tenant header must be a tenant id or slug")]
+    ActingAsInvalid,
+    /// Step 3: without `tenants:impersonate`.
+    #[error(transparent)]
+    ActingAsForbidden(Forbidden),
+    /// Step 3: unknown, not below the credential's tenant, or its own.
+    #[error("there is no tenant `{0}` below yours")]
+    ActingAsUnknown(String),
+    /// Step 4.
+    #[error("the Realm header names a different tenant than the credential's")]
+    Realm,
+    /// Step 5; `None` when the address was not given for a restricted credential.
+    #[error("{}", match .0 {
+        Some(ip) => format!("requests from {ip} are not allowed for this credential"),
+        None => "the credential is restricted to some networks and the client's address was not given".to_owned(),
+    })]
+    IpNotAllowed(Option<IpAddr>),
+    /// Step 6.
+    #[error("this credential may make {} requests in its window; retry in {} s", .0.limit, .0.retry_after_seconds.unwrap_or(1))]
+    RateLimited(RateLimitStatus),
+    /// Step 7.
+    #[error(transparent)]
+    Forbidden(Forbidden),
+    /// The store could not answer (not the client's fault).
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// A refusal, with what was learnt on the way for the answer and the audit log.
+#[derive(Debug)]
+pub struct Denied {
+    pub denial: Denial,
+    /// The credential the refusal was about, when it was known (for the audit log).
+    pub known: Option<Arc<Verified>>,
+    /// The tenant the request acted for, when it got that far.
+    pub acting: Option<TenantId>,
+    /// Set when the request was counted against the rate limit.
+    pub rate_limit: Option<RateLimitStatus>,
+}
+
+impl Denied {
+    fn new(denial: Denial) -> Self {
+        Self {
+            denial,
+            known: None,
+            acting: None,
+            rate_limit: None,
+        }
+    }
+
+    fn about(caller: &Caller, denial: Denial) -> Self {
+        Self {
+            denial,
+            known: Some(Arc::clone(caller.verified_shared())),
+            acting: caller.acting_as().map(|t| t.id.clone()),
+            rate_limit: None,
+        }
+    }
+}
+
+impl From<Refusal> for Denial {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::Store(error) => Denial::Store(error),
+            other => Denial::Credential(other),
+        }
+    }
+}
+
+/// The one place requests are admitted.
+pub struct Gate {
+    verifier: Verifier,
+    store: DynStore,
+    limiter: RateLimiter,
+    default_limit: Option<RateLimit>,
+    usage: UsageRecorder,
+}
+
+impl Gate {
+    pub fn new(verifier: Verifier, store: DynStore, default_limit: Option<RateLimit>) -> Self {
+        Self {
+            verifier,
+            store,
+            limiter: RateLimiter::new(),
+            default_limit,
+            usage: UsageRecorder::default(),
+        }
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
+    }
+
+    /// The uses noted since the last write, for the batch that writes `last_used_at`.
+    pub fn usage(&self) -> &UsageRecorder {
+        &self.usage
+    }
+
+    /// Decides whether `presented` may make `request` (the order is the module's).
+    pub async fn admit(
+        &self,
+        presented: Presented<'_>,
+        request: Request<'_>,
+    ) -> Result<Admission, Denied> {
+        let now = Timestamp::from_unix(request.now_millis.div_euclid(1000));
+        // 1. The credential.
+        let verified = match request.within {
+            Some(scope) => {
+                self.verifier
+                    .verify_within(presented.credential, scope, now)
+                    .await
+            }
+            None => self.verifier.verify_at(presented.credential, now).await,
+        };
+        let verified = verified.map_err(|refusal| self.refused(presented.credential, refusal))?;
+        let mut caller = Caller::new(verified);
+        // 2. Basic's username.
+        if presented
+            .basic_username
+            .is_some_and(|username| username != caller.verified().tenant.slug)
+        {
+            return Err(Denied::about(&caller, Denial::BasicUsername));
+        }
+        // 3. Acting for a sub-customer.
+        if let Some(target) = presented.as_tenant {
+            caller = self.act_for(caller, target).await?;
+        }
+        // 4. The realm.
+        let own = caller.verified().tenant.slug.as_str();
+        let acting = caller.acting_as().map(|t| t.slug.as_str());
+        if presented
+            .realm
+            .is_some_and(|realm| realm != own && Some(realm) != acting)
+        {
+            return Err(Denied::about(&caller, Denial::Realm));
+        }
+        // 5. The address.
+        let verified = caller.verified();
+        let allowed = match request.client {
+            Some(ip) => verified.allows_address(ip),
+            None => verified.allowed_ips.is_none() && verified.tenant_allowlist.is_none(),
+        };
+        if !allowed {
+            return Err(Denied::about(&caller, Denial::IpNotAllowed(request.client)));
+        }
+        // 6. The rate limit.
+        let rate_limit = self.meter(verified, request.now_millis);
+        if let Some(status) = rate_limit.filter(|s| !s.allowed()) {
+            let mut denied = Denied::about(&caller, Denial::RateLimited(status));
+            denied.rate_limit = rate_limit;
+            return Err(denied);
+        }
+        // 7. What the path requires.
+        if let Err(forbidden) = caller.require_all(request.required) {
+            let mut denied = Denied::about(&caller, Denial::Forbidden(forbidden));
+            denied.rate_limit = rate_limit;
+            return Err(denied);
+        }
+        self.usage.record(caller.verified_shared(), now);
+        Ok(Admission { caller, rate_limit })
+    }
+
+    /// Counts a request of an already verified credential against its rate limit, and notes its
+    /// use: for a path that verifies in a way of its own (the OAuth token endpoint's client
+    /// secret). `Err` when over the limit.
+    pub fn meter_and_note(
+        &self,
+        verified: &Arc<Verified>,
+        now_millis: i64,
+    ) -> Result<Option<RateLimitStatus>, RateLimitStatus> {
+        let status = self.meter(verified, now_millis);
+        if let Some(over) = status.filter(|s| !s.allowed()) {
+            return Err(over);
+        }
+        self.usage
+            .record(verified, Timestamp::from_unix(now_millis.div_euclid(1000)));
+        Ok(status)
+    }
+
+    /// The credential's own limit, else the configured default; `None` when unlimited.
+    fn meter(&self, verified: &Verified, now_millis: i64) -> Option<RateLimitStatus> {
+        let limit = verified.rate_limit.or(self.default_limit)?;
+        Some(self.limiter.check(verified.owner_id(), limit, now_millis))
+    }
+
+    /// A refused credential; for one refused for its state, who it belongs to (from the cache,
+    /// never a reason to admit), for the audit log.
+    fn refused(&self, text: &str, refusal: Refusal) -> Denied {
+        let known = matches!(
+            refusal,
+            Refusal::Expired | Refusal::Revoked | Refusal::TenantSuspended | Refusal::UserDisabled
+        )
+        .then(|| self.verifier.known(text))
+        .flatten();
+        Denied {
+            known,
+            ..Denied::new(refusal.into())
+        }
+    }
+
+    /// `as-tenant: <id or slug>`: a strict descendant of the credential's own tenant. Without
+    /// `tenants:impersonate` a 403; a target that is unknown, not below, or the caller's own
+    /// tenant is unknown (whether it exists elsewhere is not the caller's business).
+    async fn act_for(&self, caller: Caller, target: &str) -> Result<Caller, Denied> {
+        if let Err(forbidden) =
+            caller.require_all(&[<perm::TenantsImpersonate as perm::Required>::NAME])
+        {
+            return Err(Denied::about(&caller, Denial::ActingAsForbidden(forbidden)));
+        }
+        let key = target.trim();
+        if key.is_empty() || key.len() > 64 {
+            return Err(Denied::about(&caller, Denial::ActingAsInvalid));
+        }
+        let found = match self.store.get_tenant(&caller.home_scope(), key).await {
+            Ok(found) => found,
+            Err(error) => return Err(Denied::about(&caller, Denial::Store(error))),
+        };
+        let Some(tenant) = found.filter(|t| t.id != caller.verified().tenant.id) else {
+            return Err(Denied::about(
+                &caller,
+                Denial::ActingAsUnknown(key.to_owned()),
+            ));
+        };
+        // Cannot fail: the permission was checked above, where the caller could still be named.
+        caller
+            .acting_for(TenantSummary::from(&tenant))
+            .map_err(|forbidden| Denied::new(Denial::ActingAsForbidden(forbidden)))
+    }
+}
