@@ -145,6 +145,8 @@ const PERMISSIONS: HeaderName = HeaderName::from_static("x-keygate-permissions")
 macro_rules! forward_auth {
     ($($method:ident => $handler:ident, $operation:literal, $path:literal $(, $extra:tt)?;)*) => {
         $(
+            /// Allow or refuse a request a proxy is about to pass on
+            ///
             /// Allow or refuse a request a proxy is about to pass on. Empty body on allow, with
             /// `X-Keygate-Tenant-Id`, `X-Keygate-Acting-Tenant-Id` (the tenant acted in, the
             /// credential's own without `as-tenant`), `X-Keygate-Principal-Id`,

@@ -225,7 +225,10 @@ async fn operations_are_named_tagged_and_answer_problems_for_code_generators() {
                 tags.contains(own_tags[0].as_str().unwrap()),
                 "{at}: undeclared tag"
             );
-            assert!(operation["summary"].is_string(), "{at}: no summary");
+            let summary = operation["summary"].as_str().unwrap_or_default();
+            if let Some(why) = not_plain(summary) {
+                panic!("{at}: the summary {summary:?} is {why}");
+            }
 
             let responses = operation["responses"].as_object().unwrap();
             assert!(
@@ -291,6 +294,39 @@ async fn operations_are_named_tagged_and_answer_problems_for_code_generators() {
     let example = &challenge["content"]["application/problem+json"]["example"];
     assert_eq!(example["code"], "unauthenticated");
     assert_eq!(example["status"], 401);
+}
+
+/// Why `summary` is not a short line of plain text, if it is not. Explorers and generated
+/// clients show a summary as it is, and utoipa makes it from a handler doc comment's first
+/// paragraph, so Markdown there would show literally. Descriptions may use Markdown.
+fn not_plain(summary: &str) -> Option<&'static str> {
+    const MARKDOWN: [char; 9] = ['`', '*', '_', '[', ']', '<', '>', '#', '\\'];
+    if summary.is_empty() {
+        Some("empty")
+    } else if summary.contains(MARKDOWN) {
+        Some("Markdown")
+    } else if summary.contains('\n') || summary.trim() != summary || summary.len() > 80 {
+        Some("not one short line")
+    } else {
+        None
+    }
+}
+
+#[test]
+fn the_summary_check_catches_markdown() {
+    for summary in [
+        "Needs `tokens:read`",
+        "**Create** a token",
+        "See [the RFC](https://www.rfc-editor.org/rfc/rfc7662)",
+        "List tokens, newest first; filters repeat\n(?status=active)",
+        "",
+    ] {
+        assert!(not_plain(summary).is_some(), "{summary:?} passed");
+    }
+    assert_eq!(
+        not_plain("Get the authorization server's metadata (RFC 8414)"),
+        None
+    );
 }
 
 /// A response, following its `$ref` into `components/responses`.

@@ -47,6 +47,8 @@ fn client_ip(parts: &Parts) -> Option<ClientIp> {
     parts.extensions.get::<ClientIp>().copied()
 }
 
+/// Revoke an OAuth token (RFC 7009)
+///
 /// Revoke one of the client's tokens. The client authenticates as at the token endpoint.
 #[utoipa::path(post, path = "/v1/oauth/revoke", tag = "oauth", operation_id = "oauthRevoke",
     request_body(content = TokenParam, content_type = "application/x-www-form-urlencoded"),
@@ -191,6 +193,8 @@ fn presents_client_secret(state: &AppState, headers: &HeaderMap, params: &Params
         })
 }
 
+/// Introspect an OAuth token (RFC 7662)
+///
 /// Whether a token is active, and what it is. Needs client authentication (the client's own
 /// tokens) or a credential with `credentials:verify` (its tenant's tokens and below).
 #[utoipa::path(post, path = "/v1/oauth/introspect", tag = "oauth", operation_id = "oauthIntrospect",

@@ -58,6 +58,8 @@ pub struct TokenResponse {
     pub scope: String,
 }
 
+/// Issue OAuth tokens (RFC 6749)
+///
 /// Issue tokens: `grant_type=client_credentials` for a new grant, `grant_type=refresh_token` to
 /// exchange a refresh token (each is good for one exchange; presenting a spent one revokes every
 /// token of its grant). Errors are RFC 6749 §5.2 errors, not problems.
