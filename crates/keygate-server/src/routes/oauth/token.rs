@@ -62,7 +62,8 @@ pub struct TokenResponse {
 ///
 /// Issue tokens: `grant_type=client_credentials` for a new grant, `grant_type=refresh_token` to
 /// exchange a refresh token (each is good for one exchange; presenting a spent one revokes every
-/// token of its grant). Errors are RFC 6749 §5.2 errors, not problems.
+/// token of its grant). Refusals are RFC 6749 §5.2 errors, not problems; a rate limit, an
+/// oversized body and an unreachable store are problems, as everywhere.
 #[utoipa::path(post, path = "/v1/oauth/token", tag = "oauth", operation_id = "oauthToken",
     request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
     security(()),
@@ -70,7 +71,8 @@ pub struct TokenResponse {
     responses(
         (status = 200, description = "Issued; never cached", body = TokenResponse),
         (status = 400, description = "invalid_request, invalid_grant, unauthorized_client, unsupported_grant_type or invalid_scope", body = OauthErrorBody),
-        (status = 401, description = "invalid_client, with WWW-Authenticate: Basic", body = OauthErrorBody),
+        (status = 401, description = "invalid_client", body = OauthErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Basic realm=\"keygate\"`"))),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "rate-limited: the client is over its rate limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
