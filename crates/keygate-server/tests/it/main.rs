@@ -22,5 +22,6 @@ mod oauth;
 mod ops;
 mod problems;
 mod tenants;
+mod tools;
 mod verify;
 mod versions;
