@@ -1,7 +1,9 @@
-//! The command line: `keygate serve | init [--json] | migrate | config check | oauth rotate-key`.
+//! The command line: `keygate serve | init [--json | --output FILE] | migrate | config check |
+//! oauth rotate-key`.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -45,8 +47,12 @@ pub enum Command {
     /// Create the root tenant, its owner and an owner token; refuses on a non-empty store.
     Init {
         /// Print exactly the bootstrap JSON on stdout.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "output")]
         json: bool,
+        /// Write the bootstrap JSON to FILE instead, created readable by its owner alone (0600).
+        /// Refuses, changing nothing, if FILE exists.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
         /// The first user's email.
         #[arg(long, default_value = DEFAULT_EMAIL)]
         email: String,
@@ -150,30 +156,11 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             eprintln!("keygate: the database schema is up to date");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Init { json, email } => {
-            let state = AppState::open(config, Arc::new(SystemClock)).await?;
-            let outcome = crate::bootstrap::run(
-                state.store(),
-                state.verifier().format(),
-                &email,
-                state.clock().now(),
-            )
-            .await;
-            state.store().close().await;
-            match outcome {
-                Ok(report) if json => println!("{}", report.to_json()),
-                Ok(report) => print!("{}", report.to_text()),
-                Err(BootstrapError::AlreadyInitialized) => {
-                    eprintln!(
-                        "keygate init: this store is already initialised (it holds a root \
-                         tenant); nothing was changed"
-                    );
-                    return Ok(ExitCode::FAILURE);
-                }
-                Err(error) => return Err(error.into()),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Init {
+            json,
+            output,
+            email,
+        } => init(config, json, output.as_deref(), &email).await,
         Command::Oauth {
             command: OauthCommand::RotateKey,
         } => {
@@ -192,6 +179,115 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
         }
         Command::Serve { email } => serve(config, &email).await,
     }
+}
+
+/// `keygate init`. With `--output`, the file is created before anything else, so a file that
+/// exists already (or cannot be made) is refused before the store is even opened: the only copy
+/// of the credentials is never written over, and no credentials are made that nobody could keep.
+async fn init(
+    config: Config,
+    json: bool,
+    output: Option<&Path>,
+    email: &str,
+) -> anyhow::Result<ExitCode> {
+    let file = match output {
+        None => None,
+        Some(path) => match create_private(path) {
+            Ok(file) => Some((file, path)),
+            Err(error) => {
+                let why = match error.kind() {
+                    std::io::ErrorKind::AlreadyExists => {
+                        "it exists already, and init never writes over a file".to_owned()
+                    }
+                    _ => error.to_string(),
+                };
+                eprintln!(
+                    "keygate init: cannot create {}: {why}; nothing was changed",
+                    path.display()
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+        },
+    };
+    // The file is ours, and empty, until the report is in it: remove it if there is no report.
+    let discard = || {
+        if let Some(path) = output {
+            let _ = std::fs::remove_file(path);
+        }
+    };
+    let outcome = async {
+        let state = AppState::open(config, Arc::new(SystemClock)).await?;
+        let outcome = crate::bootstrap::run(
+            state.store(),
+            state.verifier().format(),
+            email,
+            state.clock().now(),
+        )
+        .await;
+        state.store().close().await;
+        anyhow::Ok(outcome)
+    }
+    .await;
+    let report = match outcome {
+        Ok(Ok(report)) => report,
+        Ok(Err(BootstrapError::AlreadyInitialized)) => {
+            discard();
+            eprintln!(
+                "keygate init: this store is already initialised (it holds a root tenant); \
+                 nothing was changed"
+            );
+            return Ok(ExitCode::FAILURE);
+        }
+        Ok(Err(error)) => {
+            discard();
+            return Err(error.into());
+        }
+        Err(error) => {
+            discard();
+            return Err(error);
+        }
+    };
+    match file {
+        Some((file, path)) => {
+            if let Err(error) = write_report(file, &report.to_json()) {
+                // The store is initialised now and cannot be again: the credentials must not be
+                // lost with the file, so they go to stderr, as the first `serve` would print them.
+                discard();
+                eprintln!(
+                    "keygate init: the store IS initialised, but writing {} failed: {error}. \
+                     The credentials are below, and only here; keep them.\n",
+                    path.display()
+                );
+                eprintln!("{}", report.to_text());
+                return Ok(ExitCode::FAILURE);
+            }
+            eprintln!(
+                "keygate init: the root tenant, its owner and an owner token are in {} \
+                 (readable by you alone); keep it safe, they are not shown again",
+                path.display()
+            );
+        }
+        None if json => println!("{}", report.to_json()),
+        None => print!("{}", report.to_text()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates `path`, refusing one that exists (a symlink too, dangling or not), readable and
+/// writable by its owner alone from the start.
+fn create_private(path: &Path) -> std::io::Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Writes the report and waits until it is on disk: it is the only copy.
+fn write_report(mut file: File, json: &str) -> std::io::Result<()> {
+    file.write_all(json.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
 }
 
 async fn serve(config: Config, email: &str) -> anyhow::Result<ExitCode> {

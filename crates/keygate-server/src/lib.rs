@@ -117,6 +117,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         axum::routing::any(routes::forward_auth::get_below),
     );
     openapi::ProblemResponses.modify(&mut document);
+    openapi::ListItemsByReference.modify(&mut document);
     (router, document)
 }
 

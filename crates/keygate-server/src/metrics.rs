@@ -150,6 +150,8 @@ where
     }
 }
 
+/// Prometheus metrics
+///
 /// Metrics for Prometheus. Public, like `/healthz`: aggregate counts only.
 #[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
     security(()),

@@ -7,14 +7,19 @@
 //! are never forgotten and never written twice: every operation can meet the header limit (431)
 //! and a bug (500); one that takes a credential, a refused or ambiguous credential (400, 401),
 //! an address outside the allowlist or a missing permission (403), a rate limit (429) and an
-//! unreachable store (503); one with a body, a bad, oversized or non-JSON body (400, 413, 415);
-//! one with query parameters, a bad query (400). Every error response is a [`Problem`], and every
-//! response carries `X-Request-Id`.
+//! unreachable store (503); one with a JSON body, a bad, oversized or non-JSON body (400, 413,
+//! 415), and one with another body (OAuth's forms), an oversized one (413); one with query
+//! parameters, a bad query (400). Every error response is a [`Problem`], unless the handler
+//! documents a body of its own for its status (OAuth's RFC 6749 errors): then the problem that
+//! the shape implies is documented next to it, as a second content type, since the server may
+//! answer either. Every response carries `X-Request-Id`.
+
+use std::collections::btree_map::Entry;
 
 use serde_json::Value;
 use utoipa::openapi::path::{Operation, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{ArrayItems, ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Deprecated, Header, HeaderBuilder, Ref, RefOr};
 use utoipa::{Modify, OpenApi};
@@ -28,8 +33,11 @@ use crate::problem::{ApiError, FieldError, PROBLEM_JSON, ProblemCode};
         description = "API access platform: tenants, users, roles, tokens, account keys, \
             IP allowlists, OAuth clients, audit log, and verification for other services.\n\n\
             Every error is an RFC 9457 problem (`application/problem+json`) with a stable `code`.",
-        license(name = "Apache-2.0"),
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
+    // Relative: the keygate that serves this document, wherever it is reached (the explorer and
+    // generated clients resolve it against the document's own URL).
+    servers((url = "/", description = "The keygate that serves this document")),
     paths(
         crate::routes::forward_auth::get_below,
         crate::routes::forward_auth::post_below,
@@ -317,6 +325,14 @@ fn is_secured(operation: &Operation) -> bool {
         .is_none_or(|requirements| requirements.iter().any(|r| r != &Default::default()))
 }
 
+/// Whether the operation takes a JSON body (and so can meet a malformed or non-JSON one).
+fn has_json_body(operation: &Operation) -> bool {
+    operation
+        .request_body
+        .as_ref()
+        .is_some_and(|body| body.content.contains_key("application/json"))
+}
+
 fn has_query(operation: &Operation) -> bool {
     operation
         .parameters
@@ -345,12 +361,14 @@ impl Modify for ProblemResponses {
                         &UNAVAILABLE,
                     ]);
                 }
-                if operation.request_body.is_some() {
+                if has_json_body(operation) {
                     shared.extend([
                         &INVALID_REQUEST,
                         &PAYLOAD_TOO_LARGE,
                         &UNSUPPORTED_MEDIA_TYPE,
                     ]);
+                } else if operation.request_body.is_some() {
+                    shared.push(&PAYLOAD_TOO_LARGE);
                 }
                 if has_query(operation) {
                     shared.push(&INVALID_REQUEST);
@@ -360,9 +378,12 @@ impl Modify for ProblemResponses {
                     complete(status, response);
                 }
                 for shared in shared {
-                    responses
-                        .entry(shared.status())
-                        .or_insert_with(|| RefOr::Ref(Ref::from_response_name(shared.name)));
+                    match responses.entry(shared.status()) {
+                        Entry::Vacant(entry) => {
+                            entry.insert(RefOr::Ref(Ref::from_response_name(shared.name)));
+                        }
+                        Entry::Occupied(mut entry) => also_a_problem(entry.get_mut(), shared),
+                    }
                 }
             }
         }
@@ -398,6 +419,55 @@ fn complete(status: &str, response: &mut RefOr<Response>) {
     if let Some(shared) = ALL_SHARED.iter().find(|s| s.status() == status) {
         for (name, header) in shared.response().headers {
             inline.headers.entry(name).or_insert(header);
+        }
+    }
+}
+
+/// A handler's own response for a status at which the operation's shape also answers `shared`'s
+/// problem: if the handler documented another body (an RFC 6749 error), the problem is added
+/// beside it, so that both bodies the server may send are documented.
+fn also_a_problem(response: &mut RefOr<Response>, shared: &Shared) {
+    let RefOr::T(inline) = response else { return };
+    if inline.content.contains_key(PROBLEM_JSON) {
+        return;
+    }
+    let mut problem = shared.response();
+    if let Some(content) = problem.content.shift_remove(PROBLEM_JSON) {
+        inline.content.insert(PROBLEM_JSON.into(), content);
+    }
+    for (name, header) in problem.headers {
+        inline.headers.entry(name).or_insert(header);
+    }
+}
+
+/// Makes each list's items a reference to their schema. utoipa writes `List<TokenView>` out as
+/// `List_TokenView` with a copy of `TokenView` inlined as its items, which leaves a view that only
+/// appears in a list (`PermissionView`) unreferenced, and gives generated clients a second class
+/// for every view. The copy is replaced only where it is exactly the named schema.
+pub struct ListItemsByReference;
+
+impl Modify for ListItemsByReference {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        let named = components.schemas.clone();
+        for (name, schema) in components.schemas.iter_mut() {
+            let Some(item) = name.strip_prefix("List_") else {
+                continue;
+            };
+            let (Some(RefOr::T(view)), RefOr::T(Schema::Object(list))) = (named.get(item), schema)
+            else {
+                continue;
+            };
+            let Some(RefOr::T(Schema::Array(data))) = list.properties.get_mut("data") else {
+                continue;
+            };
+            if let ArrayItems::RefOrSchema(items) = &mut data.items
+                && matches!(&**items, RefOr::T(inlined) if inlined == view)
+            {
+                **items = RefOr::Ref(Ref::from_schema_name(item));
+            }
         }
     }
 }
@@ -438,6 +508,22 @@ pub fn announce_deprecation(openapi: &mut utoipa::openapi::OpenApi, prefix: &str
                 *response = RefOr::T(inline);
             }
         }
+    }
+    // A shared response that only labelled operations used is now copied into each of them.
+    let mut used = std::collections::BTreeSet::new();
+    for item in openapi.paths.paths.values_mut() {
+        for operation in operations_mut(item) {
+            for response in operation.responses.responses.values() {
+                if let RefOr::Ref(reference) = response {
+                    used.insert(reference.ref_location.clone());
+                }
+            }
+        }
+    }
+    if let Some(components) = openapi.components.as_mut() {
+        components
+            .responses
+            .retain(|name, _| used.contains(&format!("#/components/responses/{name}")));
     }
 }
 

@@ -79,6 +79,8 @@ async fn keys_view(state: &AppState, caller: &Caller) -> Result<AccountKeys, Api
     })
 }
 
+/// List the account keys
+///
 /// List the account keys. Needs `keys:read`.
 #[utoipa::path(get, path = "/v1/account/keys", tag = "account", operation_id = "listAccountKeys",
     responses(
@@ -91,6 +93,8 @@ pub async fn list(
     Ok(axum::Json(keys_view(&state, &caller).await?))
 }
 
+/// Create an account key
+///
 /// Create an account key (it acts as `admin`); at most two exist. Needs `keys:write`.
 #[utoipa::path(post, path = "/v1/account/keys", tag = "account", operation_id = "createAccountKey",
     responses(
@@ -132,6 +136,8 @@ pub async fn create(
     ))
 }
 
+/// Delete an account key
+///
 /// Delete an account key by id; answers the keys that remain. Needs `keys:write` and `keys:read`.
 #[utoipa::path(delete, path = "/v1/account/keys/{id}", tag = "account", operation_id = "deleteAccountKey",
     params(("id" = String, Path, description = "An account key id")),
@@ -150,6 +156,8 @@ pub async fn delete(
     remove(&state, &caller, &meta, &key, &id).await
 }
 
+/// Delete an account key by id or by the key itself
+///
 /// Delete an account key named by `id` or by the full `key` (also spelt `deleteApiKeyId` and
 /// `deleteApiKey`); answers the keys that remain. Needs `keys:write` and `keys:read`.
 #[utoipa::path(delete, path = "/v1/account/keys", tag = "account", operation_id = "deleteAccountKeyByQuery",
@@ -261,6 +269,8 @@ pub struct IpRestrictionRequest {
     pub white_list: Option<Vec<String>>,
 }
 
+/// Get the IP restriction
+///
 /// The account's IP restriction. Needs `ip_restriction:read`.
 #[utoipa::path(get, path = "/v1/account/ip-restriction", tag = "account", operation_id = "getIpRestriction",
     responses(
@@ -275,6 +285,8 @@ pub async fn get_ip_restriction(
     Ok(axum::Json(restriction.into()))
 }
 
+/// Replace the IP restriction
+///
 /// Replace the account's IP restriction (idempotent); applies to the very next request. Enabling a
 /// list that does not cover your own address is refused. Needs `ip_restriction:write`.
 #[utoipa::path(put, path = "/v1/account/ip-restriction", tag = "account", operation_id = "setIpRestriction",
@@ -294,6 +306,8 @@ pub async fn put_ip_restriction(
     set_ip_restriction(state, caller, meta, ip, request).await
 }
 
+/// Replace the IP restriction, by POST
+///
 /// The same as `PUT`, for clients that only send `POST`.
 #[utoipa::path(post, path = "/v1/account/ip-restriction", tag = "account", operation_id = "postIpRestriction",
     request_body = IpRestrictionRequest,

@@ -174,6 +174,8 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
+/// List audit events
+///
 /// List audit events, newest first, of the caller's tenant and the tenants below it. Needs
 /// `audit:read`.
 #[utoipa::path(get, path = "/v1/audit-events", tag = "audit", operation_id = "listAuditEvents",
@@ -207,6 +209,8 @@ pub async fn list(
     Ok(axum::Json(List::from_paged(events, EventView::from)))
 }
 
+/// Export audit events as newline-delimited JSON
+///
 /// The same selection as the list, all of it, as newline-delimited JSON (one event per line,
 /// newest first) for SIEM ingestion. Streamed: read from the store as it is sent.
 #[utoipa::path(get, path = "/v1/audit-events/export", tag = "audit",

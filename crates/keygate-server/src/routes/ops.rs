@@ -14,6 +14,8 @@ pub struct Health {
     pub status: &'static str,
 }
 
+/// Check that the process is alive
+///
 /// Whether the process is alive. Never touches the store.
 #[utoipa::path(get, path = "/healthz", tag = "operations", operation_id = "healthz",
     security(()),
@@ -22,6 +24,8 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
+/// Check that this node can serve requests
+///
 /// Whether this node can serve requests: the store answers and it is not shutting down.
 #[utoipa::path(get, path = "/readyz", tag = "operations", operation_id = "readyz",
     security(()),

@@ -81,6 +81,8 @@ fn role_id(text: &str) -> Result<RoleId, ApiError> {
     RoleId::parse(text).ok_or_else(|| ApiError::not_found(format!("there is no role `{text}`")))
 }
 
+/// List roles
+///
 /// List roles: the built-ins, then the tenant's own. Needs `roles:read`.
 #[utoipa::path(get, path = "/v1/roles", tag = "roles", operation_id = "listRoles",
     params(PageQuery),
@@ -100,6 +102,8 @@ pub async fn list(
     })))
 }
 
+/// Create a custom role
+///
 /// Create a custom role. Needs `roles:write`, and every permission it grants.
 #[utoipa::path(post, path = "/v1/roles", tag = "roles", operation_id = "createRole",
     request_body = RoleRequest,
@@ -132,6 +136,8 @@ pub async fn create(
     ))
 }
 
+/// Get a role
+///
 /// Get a role. Needs `roles:read`.
 #[utoipa::path(get, path = "/v1/roles/{id}", tag = "roles", operation_id = "getRole",
     params(("id" = String, Path, description = "A role id")),
@@ -153,6 +159,8 @@ pub async fn get(
     Ok(axum::Json(RoleView::new(role, state.catalog())))
 }
 
+/// Replace a custom role
+///
 /// Replace a custom role's name and permissions; applies to the very next request of everyone
 /// holding it. Needs `roles:write`, and every permission the role grants before and after.
 #[utoipa::path(put, path = "/v1/roles/{id}", tag = "roles", operation_id = "replaceRole",
@@ -191,6 +199,8 @@ pub async fn replace(
     Ok(axum::Json(RoleView::new(role, state.catalog())))
 }
 
+/// Delete a custom role
+///
 /// Delete a custom role nobody holds. Needs `roles:write`.
 #[utoipa::path(delete, path = "/v1/roles/{id}", tag = "roles", operation_id = "deleteRole",
     params(("id" = String, Path, description = "A role id")),
@@ -243,6 +253,8 @@ pub struct PermissionView {
     pub builtin: bool,
 }
 
+/// List the permission catalog
+///
 /// The permission catalog: keygate's own permissions and the operator's. Any valid credential.
 #[utoipa::path(get, path = "/v1/permissions", tag = "roles", operation_id = "listPermissions",
     responses(

@@ -62,6 +62,8 @@ fn organization_required() -> ApiError {
     )
 }
 
+/// Sign in with email and password
+///
 /// Sign in with email and password; the session comes back in the `keygate_session` cookie.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "sessions", operation_id = "login",
     request_body = LoginRequest,
@@ -221,6 +223,8 @@ pub async fn login(
     Ok(response)
 }
 
+/// Sign out
+///
 /// Sign out: ends the session this request carries and clears its cookie.
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "sessions", operation_id = "logout",
     security(("cookie" = []), ("bearer" = [])),

@@ -98,6 +98,8 @@ async fn home(state: &AppState, scope: &keygate_core::access::Scope) -> Result<T
         .ok_or_else(|| ApiError::internal("the acting tenant is gone"))
 }
 
+/// Create a child tenant
+///
 /// Create a child tenant, optionally with its first (owner) user. Needs `tenants:write`, and with
 /// a first user `users:write` and everything an owner holds.
 #[utoipa::path(post, path = "/v1/tenants", tag = "tenants", operation_id = "createTenant",
@@ -179,6 +181,8 @@ pub async fn create(
     ))
 }
 
+/// List child tenants
+///
 /// The children of the tenant the request acts in, or of `parent_id` below it. Needs
 /// `tenants:read`.
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", operation_id = "listTenants",
@@ -214,6 +218,8 @@ pub async fn list(
     })))
 }
 
+/// Get a tenant
+///
 /// A tenant: yours or one below it. Needs `tenants:read`.
 #[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", operation_id = "getTenant",
     params(("id" = String, Path, description = "A tenant id or slug")),
@@ -235,6 +241,8 @@ pub async fn get(
     Ok(axum::Json(TenantView::from(&tenant)))
 }
 
+/// Rename, suspend or reactivate a tenant
+///
 /// Rename a tenant (yours or below), or suspend or reactivate one below yours. Suspension refuses
 /// the tenant's credentials and its descendants' from the next request. Needs `tenants:write`.
 #[utoipa::path(patch, path = "/v1/tenants/{id}", tag = "tenants", operation_id = "updateTenant",
@@ -284,6 +292,8 @@ pub async fn update(
     Ok(axum::Json(TenantView::from(&changed)))
 }
 
+/// Delete a tenant
+///
 /// Delete a tenant below yours, with its users, roles and credentials. Needs `tenants:write`.
 #[utoipa::path(delete, path = "/v1/tenants/{id}", tag = "tenants", operation_id = "deleteTenant",
     params(("id" = String, Path, description = "A tenant id or slug")),

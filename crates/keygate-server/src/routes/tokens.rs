@@ -218,6 +218,8 @@ fn visible(token: &Credential, visibility: &PersonalTokens) -> bool {
     }
 }
 
+/// Create a token
+///
 /// Create a personal or service token. Needs `tokens:write`, and every permission it grants.
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", operation_id = "createToken",
     request_body = CreateToken,
@@ -290,6 +292,8 @@ pub async fn create(
     ))
 }
 
+/// List tokens
+///
 /// List tokens, newest first; filters repeat (`?status=active&status=expired`). Needs
 /// `tokens:read`; other users' personal tokens also need `users:read`.
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", operation_id = "listTokens",
@@ -342,6 +346,8 @@ pub async fn list(
     })))
 }
 
+/// Get a token
+///
 /// Get a token (never its secret). Needs `tokens:read`.
 #[utoipa::path(get, path = "/v1/tokens/{id}", tag = "tokens", operation_id = "getToken",
     params(("id" = String, Path, description = "A token id")),
@@ -365,6 +371,8 @@ pub async fn get(
     Ok(axum::Json(TokenView::new(token, state.clock().now())))
 }
 
+/// Revoke a token
+///
 /// Revoke a token, from the very next request on. Needs `tokens:write` (another user's personal
 /// token also `users:write`; a service token, every permission it grants).
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", operation_id = "deleteToken",
@@ -386,6 +394,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Revoke several tokens
+///
 /// Revoke several tokens at once (`?id=a&id=b`). Unknown ids are warnings, not errors; if any
 /// token may not be revoked by the caller, nothing is.
 #[utoipa::path(delete, path = "/v1/tokens", tag = "tokens", operation_id = "deleteTokens",

@@ -101,6 +101,8 @@ fn target(id: &UserId) -> Target {
     }
 }
 
+/// List users
+///
 /// List the tenant's users. Needs `users:read`.
 #[utoipa::path(get, path = "/v1/users", tag = "users", operation_id = "listUsers",
     params(PageQuery),
@@ -120,6 +122,8 @@ pub async fn list(
     Ok(axum::Json(List::from_paged(users, UserView::from)))
 }
 
+/// Create a user
+///
 /// Create a user. Needs `users:write`, and every permission the user's role grants.
 #[utoipa::path(post, path = "/v1/users", tag = "users", operation_id = "createUser",
     request_body = CreateUser,
@@ -160,6 +164,8 @@ pub async fn create(
     ))
 }
 
+/// Get a user
+///
 /// Get a user. Needs `users:read`.
 #[utoipa::path(get, path = "/v1/users/{id}", tag = "users", operation_id = "getUser",
     params(("id" = String, Path, description = "A user id")),
@@ -181,6 +187,8 @@ pub async fn get(
     Ok(axum::Json(user.into()))
 }
 
+/// Change a user
+///
 /// Change a user's name, role, status or password. Needs `users:write`, and every permission of
 /// the user's current and new role.
 #[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", operation_id = "updateUser",
@@ -241,6 +249,8 @@ pub async fn update(
     Ok(axum::Json(changed.into()))
 }
 
+/// Delete a user
+///
 /// Delete a user with their sessions and personal tokens; service tokens they created keep
 /// working. Needs `users:write`, and every permission of the user's role.
 #[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", operation_id = "deleteUser",

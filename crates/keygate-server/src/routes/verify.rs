@@ -135,6 +135,8 @@ impl VerifyResponse {
     }
 }
 
+/// Verify a credential for another service
+///
 /// Verify a credential for another service. Needs `credentials:verify`.
 #[utoipa::path(post, path = "/v1/verify", tag = "verification", operation_id = "verifyCredential",
     request_body = VerifyRequest,

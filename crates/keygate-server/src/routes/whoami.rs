@@ -34,6 +34,8 @@ pub struct WhoAmI {
     pub acting_as: Option<OrganizationView>,
 }
 
+/// Who am I
+///
 /// Who am I? Answers for any valid credential.
 #[utoipa::path(get, path = "/v1/whoami", tag = "identity", operation_id = "whoami",
     responses(

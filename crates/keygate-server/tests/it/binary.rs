@@ -154,6 +154,130 @@ fn init_prints_the_bootstrap_json_once_and_refuses_a_second_time() {
     assert!(message.contains("nothing was changed"), "{message}");
 }
 
+#[tokio::test]
+async fn init_output_writes_the_bootstrap_json_to_a_new_file_for_its_owner_alone() {
+    let dir = Dir::new();
+    let output = dir
+        .keygate()
+        .args(["init", "--output", "bootstrap.json"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "the credentials go to the file only"
+    );
+    let path = dir.0.path().join("bootstrap.json");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+    }
+    let report: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!(report["tenant"]["slug"], "root");
+    assert_eq!(report["user"]["email"], "admin@keygate.local");
+    assert!(report["password"].as_str().unwrap().len() >= 12);
+    let token = report["token"].as_str().unwrap();
+    assert!(token.starts_with("kg_service_live_"));
+    // They are the store's: the token works.
+    let serve = Serve::start(&dir, &[]);
+    let whoami = client()
+        .get(format!("{}/v1/whoami", serve.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(whoami.status(), 200);
+    serve.stop();
+
+    // A second init, to the same file or a new one, refuses: the store is initialised.
+    let before = std::fs::read(&path).unwrap();
+    let again = dir
+        .keygate()
+        .args(["init", "--output", "other.json"])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert!(message.contains("already initialised"), "{message}");
+    assert!(
+        !dir.0.path().join("other.json").exists(),
+        "no empty file left"
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), before);
+}
+
+#[test]
+fn init_output_refuses_an_existing_file_before_touching_the_store() {
+    let dir = Dir::new();
+    let kept = b"{\"token\": \"the only copy of an earlier init\"}\n";
+    let path = dir.0.path().join("bootstrap.json");
+    std::fs::write(&path, kept).unwrap();
+    // A symlink is refused as well, dangling or not, and what it points to is left alone.
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(&path, dir.0.path().join("link.json")).unwrap();
+    #[cfg(unix)]
+    std::os::unix::fs::symlink("nowhere.json", dir.0.path().join("dangling.json")).unwrap();
+
+    for file in ["bootstrap.json", "link.json", "dangling.json"] {
+        if !cfg!(unix) && file != "bootstrap.json" {
+            continue;
+        }
+        let refused = dir
+            .keygate()
+            .args(["init", "--output", file])
+            .output()
+            .unwrap();
+        assert_eq!(refused.status.code(), Some(1), "{file}");
+        assert!(refused.stdout.is_empty(), "{file}");
+        let message = String::from_utf8_lossy(&refused.stderr);
+        assert!(message.contains(file), "{message}");
+        assert!(message.contains("nothing was changed"), "{message}");
+        assert_eq!(std::fs::read(&path).unwrap(), kept, "{file}: changed");
+    }
+    assert!(!dir.0.path().join("nowhere.json").exists());
+    // Not even the store was opened, and it can still be initialised.
+    assert!(!dir.0.path().join("data").exists(), "the store was created");
+    let init = dir
+        .keygate()
+        .args(["init", "--output", "new.json"])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    assert_eq!(std::fs::read(&path).unwrap(), kept);
+}
+
+#[test]
+fn the_readme_initialises_with_output_not_a_shell_redirection() {
+    let readme = include_str!("../../../../README.md");
+    let five_minutes = readme
+        .split("## Five minutes with curl")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap();
+    // The commands it has the reader run, not its prose.
+    let inits: Vec<&str> = five_minutes
+        .lines()
+        .filter(|line| line.starts_with("./target/release/keygate init"))
+        .collect();
+    assert_eq!(inits.len(), 1, "{inits:?}");
+    assert!(
+        inits[0].starts_with("./target/release/keygate init --output bootstrap.json "),
+        "{}",
+        inits[0]
+    );
+    assert!(!inits[0].contains('>'), "{}", inits[0]);
+}
+
 #[test]
 fn the_first_serve_bootstraps_on_stderr_and_the_next_does_not() {
     let dir = Dir::new();

@@ -10,7 +10,7 @@ use keygate_server::problem::{ApiError, ProblemCode};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::harness::{TestServer, ok_json};
+use crate::harness::{TestServer, ok_json, problem};
 
 /// Routes that are not the API: the explorer, and the document itself.
 const NOT_API: [&str; 5] = [
@@ -225,7 +225,10 @@ async fn operations_are_named_tagged_and_answer_problems_for_code_generators() {
                 tags.contains(own_tags[0].as_str().unwrap()),
                 "{at}: undeclared tag"
             );
-            assert!(operation["summary"].is_string(), "{at}: no summary");
+            let summary = operation["summary"].as_str().unwrap_or_default();
+            if let Some(why) = not_plain(summary) {
+                panic!("{at}: the summary {summary:?} is {why}");
+            }
 
             let responses = operation["responses"].as_object().unwrap();
             assert!(
@@ -278,12 +281,34 @@ async fn operations_are_named_tagged_and_answer_problems_for_code_generators() {
                         "{at}: a body that is neither JSON nor a documented form"
                     ),
                 }
-                for status in ["400", "413", "415"] {
-                    assert!(responses.contains_key(status), "{at}: no {status}");
+                // A JSON body can be malformed or not JSON at all; any body can be too large.
+                let json = body["content"]["application/json"].is_object();
+                let statuses: &[&str] = if json {
+                    &["400", "413", "415"]
+                } else {
+                    &["413"]
+                };
+                for status in statuses {
+                    assert!(responses.contains_key(*status), "{at}: no {status}");
+                }
+                if !json {
+                    assert!(
+                        !responses.contains_key("415"),
+                        "{at}: a 415 it cannot answer"
+                    );
                 }
             }
         }
     }
+    // The server is the one that serves the document, wherever that is reached; the license is
+    // named by its SPDX identifier, the crate's own.
+    assert_eq!(doc["servers"][0]["url"], "/");
+    assert_eq!(doc["servers"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        doc["info"]["license"]["identifier"],
+        env!("CARGO_PKG_LICENSE")
+    );
+
     let challenge = resolve(&doc, &doc["paths"]["/v1/whoami"]["get"]["responses"]["401"]);
     assert!(challenge["headers"]["WWW-Authenticate"].is_object());
     let limited = resolve(&doc, &doc["paths"]["/v1/whoami"]["get"]["responses"]["429"]);
@@ -291,6 +316,89 @@ async fn operations_are_named_tagged_and_answer_problems_for_code_generators() {
     let example = &challenge["content"]["application/problem+json"]["example"];
     assert_eq!(example["code"], "unauthenticated");
     assert_eq!(example["status"], 401);
+}
+
+/// Why `summary` is not a short line of plain text, if it is not. Explorers and generated
+/// clients show a summary as it is, and utoipa makes it from a handler doc comment's first
+/// paragraph, so Markdown there would show literally. Descriptions may use Markdown.
+fn not_plain(summary: &str) -> Option<&'static str> {
+    const MARKDOWN: [char; 9] = ['`', '*', '_', '[', ']', '<', '>', '#', '\\'];
+    if summary.is_empty() {
+        Some("empty")
+    } else if summary.contains(MARKDOWN) {
+        Some("Markdown")
+    } else if summary.contains('\n') || summary.trim() != summary || summary.len() > 80 {
+        Some("not one short line")
+    } else {
+        None
+    }
+}
+
+#[test]
+fn the_summary_check_catches_markdown() {
+    for summary in [
+        "Needs `tokens:read`",
+        "**Create** a token",
+        "See [the RFC](https://www.rfc-editor.org/rfc/rfc7662)",
+        "List tokens, newest first; filters repeat\n(?status=active)",
+        "",
+    ] {
+        assert!(not_plain(summary).is_some(), "{summary:?} passed");
+    }
+    assert_eq!(
+        not_plain("Get the authorization server's metadata (RFC 8414)"),
+        None
+    );
+}
+
+/// Every `$ref` in `value`.
+fn references<'a>(value: &'a Value, found: &mut BTreeSet<&'a str>) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                match (key.as_str(), value) {
+                    ("$ref", Value::String(reference)) => {
+                        found.insert(reference);
+                    }
+                    _ => references(value, found),
+                }
+            }
+        }
+        Value::Array(values) => values.iter().for_each(|v| references(v, found)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_component_is_used_and_lists_name_their_items() {
+    let server = TestServer::start().await;
+    let doc: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
+    let mut found = BTreeSet::new();
+    references(&doc, &mut found);
+    for kind in ["schemas", "responses"] {
+        for name in doc["components"][kind].as_object().unwrap().keys() {
+            let reference = format!("#/components/{kind}/{name}");
+            assert!(found.contains(reference.as_str()), "{reference} is unused");
+        }
+    }
+    // A view that only a list answers is its items' schema, not an inlined copy beside it.
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let lists: Vec<&String> = schemas.keys().filter(|n| n.starts_with("List_")).collect();
+    assert!(lists.len() >= 5, "{lists:?}");
+    for list in lists {
+        let items = &schemas[list]["properties"]["data"]["items"];
+        let view = list.strip_prefix("List_").unwrap();
+        assert_eq!(
+            items["$ref"],
+            format!("#/components/schemas/{view}"),
+            "{list}'s items"
+        );
+    }
+    let permissions = &doc["paths"]["/v1/permissions"]["get"]["responses"]["200"];
+    assert_eq!(
+        permissions["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/List_PermissionView"
+    );
 }
 
 /// A response, following its `$ref` into `components/responses`.
@@ -327,5 +435,106 @@ async fn only_the_forward_auth_check_itself_takes_require_in_its_query() {
             query("/v1/forward-auth/{path}", method).is_empty(),
             "{method}"
         );
+    }
+}
+
+/// Whether the document says that `method path` may answer `status` with `content_type`.
+fn documents(doc: &Value, method: &str, path: &str, status: u16, content_type: &str) -> bool {
+    let response = &doc["paths"][path][method]["responses"][status.to_string()];
+    resolve(doc, response)["content"][content_type].is_object()
+}
+
+/// Asserts that the document describes `response`, the answer of `method path`.
+fn assert_documented(doc: &Value, method: &str, path: &str, response: &reqwest::Response) {
+    let status = response.status().as_u16();
+    let Some(content_type) = response.headers().get("content-type") else {
+        let documented = &doc["paths"][path][method]["responses"][status.to_string()];
+        assert!(
+            documented.is_object() && resolve(doc, documented).get("content").is_none(),
+            "{method} {path} answered {status} without a body, which the document does not say"
+        );
+        return;
+    };
+    let content_type = content_type.to_str().unwrap();
+    let media_type = content_type.split(';').next().unwrap().trim();
+    assert!(
+        documents(doc, method, path, status, media_type),
+        "{method} {path} answered {status} {media_type}, which the document does not say"
+    );
+}
+
+#[tokio::test]
+async fn the_oauth_endpoints_document_their_problems_beside_their_own_errors() {
+    let server = TestServer::start_with(|config| {
+        config.rate_limit.requests = Some(4);
+        config.rate_limit.per_seconds = Some(3600);
+    })
+    .await;
+    let doc: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
+    let (id, secret) = crate::oauth::create_client(&server, "viewer", None).await;
+    let introspect = |headers: &[(&str, &str)]| {
+        let mut request = server.post("/v1/oauth/introspect").form(&[("token", "x")]);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send()
+    };
+
+    // A keygate credential is refused with a problem, a client with an RFC 6749 error, and the
+    // 400 and 401 document both. (An empty `apikey` is how schemathesis found the first.)
+    let empty = introspect(&[("apikey", "")]).await.unwrap();
+    assert_documented(&doc, "post", "/v1/oauth/introspect", &empty);
+    problem(empty, 401, "unauthenticated").await;
+    let twice = introspect(&[
+        ("apikey", &server.token),
+        ("x-api-key", "kg_service_live_another"),
+    ])
+    .await
+    .unwrap();
+    assert_documented(&doc, "post", "/v1/oauth/introspect", &twice);
+    problem(twice, 400, "ambiguous-credentials").await;
+    let wrong_secret = server
+        .post("/v1/oauth/introspect")
+        .basic_auth(&id, Some("kg_secret_live_wrong"))
+        .form(&[("token", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_secret.status(), 401);
+    assert_documented(&doc, "post", "/v1/oauth/introspect", &wrong_secret);
+    let no_token = server
+        .post("/v1/oauth/introspect")
+        .basic_auth(&id, Some(&secret))
+        .form(&[("x", "y")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_token.status(), 400);
+    assert_documented(&doc, "post", "/v1/oauth/introspect", &no_token);
+
+    // A client over its rate limit is told so with a problem wherever it authenticates.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let revoked = server
+            .post("/v1/oauth/revoke")
+            .basic_auth(&id, Some(&secret))
+            .form(&[("token", "x")])
+            .send()
+            .await
+            .unwrap();
+        assert_documented(&doc, "post", "/v1/oauth/revoke", &revoked);
+        statuses.push(revoked.status().as_u16());
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+
+    // Forms are not JSON: a body in another type is an RFC 6749 error, never a 415.
+    for path in [
+        "/v1/oauth/token",
+        "/v1/oauth/revoke",
+        "/v1/oauth/introspect",
+    ] {
+        let responses = &doc["paths"][path]["post"]["responses"];
+        assert!(responses.get("415").is_none(), "{path} documents a 415");
+        assert!(responses.get("413").is_some(), "{path} lacks the 413");
     }
 }

@@ -24,5 +24,6 @@ mod ops;
 mod problems;
 mod proxies;
 mod tenants;
+mod tools;
 mod verify;
 mod versions;

@@ -99,6 +99,8 @@ fn client_id(id: &str) -> Result<CredentialId, ApiError> {
         .ok_or_else(|| not_found(id))
 }
 
+/// Create an OAuth client
+///
 /// Create a client. Needs `oauth_clients:write`, and every permission the client would grant.
 #[utoipa::path(post, path = "/v1/oauth/clients", tag = "oauth", operation_id = "createOauthClient",
     request_body = CreateClient,
@@ -151,6 +153,8 @@ pub async fn create(
     ))
 }
 
+/// List OAuth clients
+///
 /// List the tenant's clients, newest first (never their secrets). Needs `oauth_clients:read`.
 #[utoipa::path(get, path = "/v1/oauth/clients", tag = "oauth", operation_id = "listOauthClients",
     params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
@@ -171,6 +175,8 @@ pub async fn list(
     Ok(axum::Json(List::from_paged(clients, ClientView::from)))
 }
 
+/// Get an OAuth client
+///
 /// Get a client (never its secret). Needs `oauth_clients:read`.
 #[utoipa::path(get, path = "/v1/oauth/clients/{id}", tag = "oauth", operation_id = "getOauthClient",
     params(("id" = String, Path, description = "A client id")),
@@ -194,6 +200,8 @@ pub async fn get(
     Ok(axum::Json(ClientView::from(client)))
 }
 
+/// Delete an OAuth client
+///
 /// Delete a client for good: its secret, refresh tokens and access tokens stop at once. Needs
 /// `oauth_clients:write`, and every permission the client grants.
 #[utoipa::path(delete, path = "/v1/oauth/clients/{id}", tag = "oauth", operation_id = "deleteOauthClient",

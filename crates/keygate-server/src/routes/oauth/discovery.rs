@@ -50,6 +50,8 @@ pub struct JwkSet {
     pub keys: Vec<JwkView>,
 }
 
+/// Get the keys that sign access tokens (JWKS)
+///
 /// The keys to check access tokens with. Cache for a minute at most: a rotation adds a key.
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oauth", operation_id = "jwks",
     security(()),
@@ -109,6 +111,8 @@ pub struct ServerMetadata {
     pub service_documentation: String,
 }
 
+/// Get the authorization server's metadata (RFC 8414)
+///
 /// The authorization server's metadata.
 #[utoipa::path(get, path = "/.well-known/oauth-authorization-server", tag = "oauth",
     operation_id = "oauthMetadata", security(()),

@@ -47,14 +47,18 @@ fn client_ip(parts: &Parts) -> Option<ClientIp> {
     parts.extensions.get::<ClientIp>().copied()
 }
 
+/// Revoke an OAuth token (RFC 7009)
+///
 /// Revoke one of the client's tokens. The client authenticates as at the token endpoint.
 #[utoipa::path(post, path = "/v1/oauth/revoke", tag = "oauth", operation_id = "oauthRevoke",
     request_body(content = TokenParam, content_type = "application/x-www-form-urlencoded"),
     security(()),
     responses(
         (status = 200, description = "Revoked, or nothing to revoke: the answer is the same"),
-        (status = 400, description = "invalid_request", body = OauthErrorBody),
-        (status = 401, description = "invalid_client", body = OauthErrorBody),
+        (status = 400, description = "invalid_request, or unauthorized_client (an address outside the tenant's allowlist)", body = OauthErrorBody),
+        (status = 401, description = "invalid_client", body = OauthErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Basic realm=\"keygate\"`"))),
+        (status = 429, description = "rate-limited: the client is over its rate limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn revoke(
@@ -196,16 +200,22 @@ fn presents_client_secret(state: &AppState, headers: &HeaderMap, params: &Params
         })
 }
 
+/// Introspect an OAuth token (RFC 7662)
+///
 /// Whether a token is active, and what it is. Needs client authentication (the client's own
-/// tokens) or a credential with `credentials:verify` (its tenant's tokens and below).
+/// tokens) or a credential with `credentials:verify` (its tenant's tokens and below). A client is
+/// refused with RFC 6749 errors, a keygate credential with problems, as everywhere else: the
+/// 400 and 401 document both bodies.
 #[utoipa::path(post, path = "/v1/oauth/introspect", tag = "oauth", operation_id = "oauthIntrospect",
     request_body(content = TokenParam, content_type = "application/x-www-form-urlencoded"),
     responses(
         (status = 200, description = "`{\"active\": false}` for anything unknown, expired, revoked or not the caller's to see", body = Introspection),
-        (status = 400, description = "invalid_request", body = OauthErrorBody),
-        (status = 401, description = "invalid_client (client authentication) or unauthenticated (a keygate credential)", body = OauthErrorBody),
-        (status = 403, description = "The credential lacks credentials:verify", body = Problem, content_type = "application/problem+json"),
-        (status = 503, body = Problem, content_type = "application/problem+json"),
+        (status = 400, description = "invalid_request or unauthorized_client (RFC 6749 errors) for a client; \
+            invalid-request or ambiguous-credentials (problems) for a keygate credential", body = OauthErrorBody),
+        (status = 401, description = "invalid_client (an RFC 6749 error) for a client; unauthenticated (a problem) \
+            for a keygate credential", body = OauthErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Basic realm=\"keygate\"` for a client, \
+                `Bearer realm=\"keygate\"` for a keygate credential"))),
     ))]
 pub async fn introspect(
     State(state): State<AppState>,

@@ -64,10 +64,13 @@ pub struct TokenResponse {
     pub scope: String,
 }
 
+/// Issue OAuth tokens (RFC 6749)
+///
 /// Issue tokens: `grant_type=client_credentials` for a new grant, `grant_type=refresh_token` to
 /// exchange a refresh token (each is good for one exchange; presenting a spent one revokes every
 /// token of its grant). `resource` (RFC 8707, repeatable) picks the access token's audience among
-/// the configured ones. Errors are RFC 6749 §5.2 errors, not problems.
+/// the configured ones. Refusals are RFC 6749 §5.2 errors, not problems; a rate limit, an
+/// oversized body and an unreachable store are problems, as everywhere.
 #[utoipa::path(post, path = "/v1/oauth/token", tag = "oauth", operation_id = "oauthToken",
     request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded"),
     security(()),
@@ -75,7 +78,8 @@ pub struct TokenResponse {
     responses(
         (status = 200, description = "Issued; never cached", body = TokenResponse),
         (status = 400, description = "invalid_request, invalid_grant, unauthorized_client, unsupported_grant_type, invalid_scope or invalid_target (a resource keygate does not issue for)", body = OauthErrorBody),
-        (status = 401, description = "invalid_client, with WWW-Authenticate: Basic", body = OauthErrorBody),
+        (status = 401, description = "invalid_client", body = OauthErrorBody,
+            headers(("WWW-Authenticate" = String, description = "`Basic realm=\"keygate\"`"))),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "rate-limited: the client is over its rate limit", body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
