@@ -2,7 +2,7 @@
 //! on a free port, never a shared or pre-existing one.
 //!
 //! PostgreSQL refuses to run as root; when the tests do, the cluster runs as the `postgres` user
-//! (which Debian's `postgresql` package creates). The binaries are found in `KEYGATE_PG_BIN`, else
+//! (which Debian's `postgresql` package creates). The binaries are found in `PG_BIN`, else
 //! the newest `/usr/lib/postgresql/*/bin`, else on `PATH`.
 
 use std::net::TcpListener;
@@ -31,12 +31,14 @@ fn fail(what: impl std::fmt::Display) -> ! {
     panic!(
         "PostgreSQL test cluster: {what}\n\
          The PostgreSQL tests need the server binaries (Debian: `apt-get install postgresql`), \
-         or KEYGATE_PG_BIN pointing at their directory."
+         or PG_BIN pointing at their directory."
     )
 }
 
 fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KEYGATE_PG_BIN") {
+    // Not a KEYGATE_ variable: keygate reads every one as its own configuration and refuses to
+    // start on a key it does not know, so a developer who exported it could not run keygate.
+    if let Some(dir) = std::env::var_os("PG_BIN") {
         return PathBuf::from(dir);
     }
     let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")

@@ -458,17 +458,27 @@ async fn exercise(site: &Site, proxy: &Proxy) {
     );
 }
 
-fn nginx_binary() -> &'static str {
-    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+/// Debian's nginx; `None` (with a message) when it is not installed and this is not CI, like the
+/// other proxies and the browser: a developer without it still runs the rest of the suite.
+fn nginx_binary() -> Option<&'static str> {
+    let found = ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
-        .find(|path| std::path::Path::new(path).exists())
-        .unwrap_or_else(|| {
-            panic!("this test needs nginx (Debian: `apt-get install nginx`); .ci/run installs it")
-        })
+        .find(|path| std::path::Path::new(path).exists());
+    if found.is_none() {
+        assert!(
+            !in_ci(),
+            "CI must run keygate behind nginx: .ci/run installs it (Debian: `apt-get install nginx`)"
+        );
+        eprintln!("skipped: the nginx check needs nginx (Debian: `apt-get install nginx`)");
+    }
+    found
 }
 
 #[tokio::test]
 async fn nginx_as_documented_passes_only_what_keygate_allows() {
+    let Some(nginx) = nginx_binary() else {
+        return;
+    };
     let site = Site::start().await;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -499,7 +509,7 @@ async fn nginx_as_documented_passes_only_what_keygate_allows() {
         dir = root.display(),
     );
     std::fs::write(root.join("nginx.conf"), main).unwrap();
-    let mut command = Command::new(nginx_binary());
+    let mut command = Command::new(nginx);
     command
         .arg("-p")
         .arg(root)
