@@ -299,19 +299,22 @@ async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
         .unwrap();
     assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
 
-    // A request in flight: its head and half of its body sent.
+    // A request in flight: its head and half of its body sent. `Expect: 100-continue` is the
+    // signal that the server has read the head and started on the request: hyper answers it when
+    // the handler first reads the body.
     let body = format!(r#"{{"credential": "{}"}}"#, server.token);
     let (first, rest) = body.split_at(body.len() / 2);
     let mut busy = TcpStream::connect(&address).await.unwrap();
     let head = format!(
         "POST /v1/verify HTTP/1.1\r\nHost: keygate\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{first}",
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         server.token,
         body.len()
     );
     busy.write_all(head.as_bytes()).await.unwrap();
-    // Time for the server to read the head and start on the request (it then waits for the body).
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let interim = read_response(&mut busy).await;
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    busy.write_all(first.as_bytes()).await.unwrap();
 
     let stopping = tokio::spawn(async move {
         server.shutdown().await;
