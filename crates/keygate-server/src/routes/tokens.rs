@@ -1,6 +1,7 @@
 //! Personal and service tokens (API.md §4). The secret is in the create response and nowhere
 //! else; lists show its `hint`. Revocation applies to the very next request.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -8,9 +9,9 @@ use axum::http::StatusCode;
 use keygate_core::Timestamp;
 use keygate_core::access::{Caller, perm};
 use keygate_core::credential::CredentialKind;
-use keygate_core::id::{CredentialId, UserId};
-use keygate_core::model::{Credential, RateLimit, Target};
-use keygate_core::store::{PersonalTokens, TokenFilter};
+use keygate_core::id::{CredentialId, RoleId, UserId};
+use keygate_core::model::{Credential, RateLimit, Role, Target};
+use keygate_core::store::{Page, PersonalTokens, TokenFilter};
 use keygate_core::tokens::{self, NewToken, TokenPolicy};
 use keygate_core::verify::PrincipalKind;
 use serde::{Deserialize, Serialize};
@@ -459,26 +460,53 @@ async fn revoke(
     let grant = caller.require::<perm::TokensWrite>()?;
     let now = state.clock().now();
     let scope = grant.scope();
-    let visibility = personal_visibility(caller);
+    // One read for all the ids (up to 500), and one per distinct role, not one per id.
+    let wanted: Vec<CredentialId> = ids
+        .iter()
+        .filter_map(|id| CredentialId::parse_any(id))
+        .collect();
+    let found = if wanted.is_empty() {
+        Vec::new()
+    } else {
+        let filter = TokenFilter {
+            personal: personal_visibility(caller),
+            ids: wanted.clone(),
+            ..TokenFilter::default()
+        };
+        let page = Page {
+            limit: u32::try_from(wanted.len()).unwrap_or(u32::MAX),
+            cursor: None,
+        };
+        state
+            .store()
+            .list_tokens(&scope, &filter, &page, now)
+            .await?
+            .items
+    };
+    let mut roles: HashMap<RoleId, Option<Role>> = HashMap::new();
     let mut targets = Vec::new();
     let mut missing = Vec::new();
     for id in ids {
-        let token = match CredentialId::parse_any(id) {
-            Some(token_id) => state.store().get_token(&scope, &token_id).await?,
+        let token = CredentialId::parse_any(id)
+            .and_then(|id| found.iter().find(|t| t.id == id))
+            .filter(|t| t.revoked_at.is_none());
+        let Some(token) = token else {
+            missing.push(id.clone());
+            continue;
+        };
+        let role = match &token.role_id {
+            Some(role_id) => {
+                if !roles.contains_key(role_id) {
+                    let role = state.store().get_role(&scope, role_id).await?;
+                    roles.insert(role_id.clone(), role);
+                }
+                roles.get(role_id).and_then(Option::as_ref)
+            }
             None => None,
         };
-        match token.filter(|t| t.revoked_at.is_none() && visible(t, &visibility)) {
-            Some(token) => {
-                let role = match &token.role_id {
-                    Some(role) => state.store().get_role(&scope, role).await?,
-                    None => None,
-                };
-                tokens::check_revoke(&grant, state.catalog(), &token, role.as_ref())?;
-                if !targets.contains(&token.id) {
-                    targets.push(token.id);
-                }
-            }
-            None => missing.push(id.clone()),
+        tokens::check_revoke(&grant, state.catalog(), token, role)?;
+        if !targets.contains(&token.id) {
+            targets.push(token.id.clone());
         }
     }
     let events = targets

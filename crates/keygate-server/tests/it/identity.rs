@@ -1292,3 +1292,91 @@ async fn an_email_is_unique_within_a_tenant_and_sign_in_asks_for_the_organizatio
     let response = login("owner@example.com", &server.password, None).await;
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn delete_selected_sees_only_what_a_list_would_show() {
+    let server = TestServer::start().await;
+    // Tokens only: without users:read, other users' personal tokens are not theirs to see.
+    let role = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/roles",
+            &server.token,
+            Some(json!({"name": "tokens-only", "permissions": ["tokens:*"]})),
+        )
+        .await;
+    create_user(&server, "mo@example.com", role["id"].as_str().unwrap()).await;
+    let cookie = format!(
+        "keygate_session={}",
+        server.login("mo@example.com", PASSWORD).await
+    );
+    let personal = |cookie: Option<&str>, name: &str| {
+        let mut request = server
+            .request(Method::POST, "/v1/tokens")
+            .json(&json!({"kind": "personal", "name": name, "expires_in": 3600}));
+        request = match cookie {
+            Some(cookie) => request.header("cookie", cookie),
+            None => request.header("cookie", ""),
+        };
+        request.send()
+    };
+    let mine: Value = personal(Some(&cookie), "mine")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mine = mine["id"].as_str().unwrap().to_owned();
+    let owner_cookie = format!(
+        "keygate_session={}",
+        server.login("owner@example.com", &server.password).await
+    );
+    let theirs: Value = personal(Some(&owner_cookie), "theirs")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let theirs = theirs["id"].as_str().unwrap().to_owned();
+
+    // They see their own personal tokens, not the owner's: those are "not found".
+    let response = server
+        .request(
+            Method::DELETE,
+            &format!("/v1/tokens?id={mine}&id={theirs}&id={mine}&id=nonsense"),
+        )
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let body = ok_json(response).await;
+    assert_eq!(body["deleted"], json!([mine]), "{body}");
+    assert_eq!(
+        body["warnings"],
+        json!([
+            {"code": "not-found", "detail": theirs},
+            {"code": "not-found", "detail": "nonsense"}
+        ]),
+        "{body}"
+    );
+    // The owner's token still works; deleting again finds nothing.
+    let still = server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/tokens/{theirs}"),
+            &server.token,
+            None,
+        )
+        .await;
+    assert_eq!(still["status"], "active");
+    let again = server
+        .request(Method::DELETE, &format!("/v1/tokens?id={mine}"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    let again = ok_json(again).await;
+    assert_eq!(again["deleted"], json!([]));
+}
