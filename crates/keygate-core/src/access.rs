@@ -12,7 +12,7 @@ use crate::Timestamp;
 use crate::id::{CredentialId, EventId, TenantId};
 use crate::model::{Actor, AuditEvent, Outcome, Target};
 use crate::permission::PermissionSet;
-use crate::verify::{TenantSummary, Verified};
+use crate::verified::{TenantSummary, Verified};
 
 /// Permissions named as types, for operations whose permission is fixed.
 pub mod perm {

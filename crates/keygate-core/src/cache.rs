@@ -33,7 +33,7 @@ use std::sync::{Arc, RwLock};
 use crate::Timestamp;
 use crate::credential::{CredentialHash, CredentialKind};
 use crate::store::{Change, ChangeListener};
-use crate::verify::Verified;
+use crate::verified::Verified;
 
 /// Keys are SHA-256 outputs of credentials that exist: already uniform, and not chosen by an
 /// attacker (unknown credentials are never inserted), so their first eight bytes are the hash.

@@ -14,7 +14,7 @@ use crate::model::{Credential, Role};
 use crate::permission::{Catalog, PermissionSet};
 use crate::rule::RuleError;
 use crate::validate::{self, Errors};
-use crate::verify::role_permissions;
+use crate::verified::role_permissions;
 
 /// A client as a request asks for it.
 #[derive(Debug, Clone)]

@@ -36,7 +36,8 @@ use crate::model::RateLimit;
 use crate::ratelimit::{RateLimitStatus, RateLimiter};
 use crate::store::{DynStore, StoreError};
 use crate::usage::UsageRecorder;
-use crate::verify::{Refusal, TenantSummary, Verified, Verifier};
+use crate::verified::{TenantSummary, Verified};
+use crate::verify::{Refusal, Verifier};
 
 /// A credential as a request presented it.
 #[derive(Debug, Clone, Copy, Default)]

@@ -17,6 +17,7 @@ pub mod credential;
 pub mod gate;
 pub mod id;
 pub mod jwt;
+pub mod keyring;
 pub mod model;
 pub mod oauth;
 pub mod password;
@@ -32,6 +33,7 @@ pub mod tokens;
 pub mod usage;
 pub mod users;
 pub mod validate;
+pub mod verified;
 pub mod verify;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};

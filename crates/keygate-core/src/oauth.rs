@@ -16,7 +16,7 @@ use crate::id::{CredentialId, EventId, TenantId};
 use crate::jwt::{AccessClaims, Audience};
 use crate::model::{Actor, AuditEvent, Credential, Outcome, Target};
 use crate::permission::{Catalog, PermissionSet};
-use crate::verify::Verified;
+use crate::verified::Verified;
 
 /// The error codes of RFC 6749 §5.2 and RFC 7009 §2.2.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use crate::model::Role;
 use crate::permission::{BuiltinRole, Catalog};
 use crate::rule::{Conflict, RuleError};
 use crate::validate::{self, Errors};
-use crate::verify::role_permissions;
+use crate::verified::role_permissions;
 
 /// What a client sends to create or replace a role.
 #[derive(Debug, Clone)]

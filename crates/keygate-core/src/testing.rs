@@ -11,7 +11,7 @@ use crate::model::{Credential, Role, Slug, Tenant, TenantStatus, User, UserStatu
 use crate::permission::{BuiltinRole, Catalog};
 use crate::roles;
 use crate::store::CredentialRecord;
-use crate::verify::Verified;
+use crate::verified::Verified;
 
 pub const NOW: Timestamp = Timestamp::from_unix(1_800_000_000);
 

@@ -16,7 +16,7 @@ use crate::model::{Credential, RateLimit, Role};
 use crate::permission::{Catalog, PermissionSet};
 use crate::rule::RuleError;
 use crate::validate::{self, Errors};
-use crate::verify::{PrincipalKind, role_permissions};
+use crate::verified::{PrincipalKind, role_permissions};
 
 /// A token as a client asks for it.
 #[derive(Debug, Clone)]

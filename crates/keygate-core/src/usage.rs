@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::Timestamp;
 use crate::store::{DynStore, StoreError};
-use crate::verify::Verified;
+use crate::verified::Verified;
 
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
 

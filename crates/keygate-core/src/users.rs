@@ -8,7 +8,7 @@ use crate::password::{self, PasswordHashString};
 use crate::permission::Catalog;
 use crate::rule::RuleError;
 use crate::validate::{self, Errors};
-use crate::verify::role_permissions;
+use crate::verified::role_permissions;
 
 /// A new user, as a client describes it; the role is already resolved in the caller's scope.
 pub struct NewUser {

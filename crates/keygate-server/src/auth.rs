@@ -19,7 +19,7 @@ use keygate_core::access::Caller;
 use keygate_core::gate;
 use keygate_core::id::TenantId;
 use keygate_core::ratelimit::RateLimitStatus;
-use keygate_core::verify::Verified;
+use keygate_core::verified::Verified;
 
 use crate::middleware::ClientIp;
 use crate::problem::{ApiError, ProblemCode};

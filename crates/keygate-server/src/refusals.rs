@@ -24,7 +24,7 @@ use keygate_core::Timestamp;
 use keygate_core::id::{CredentialId, EventId, TenantId};
 use keygate_core::model::{Actor, AuditEvent, Outcome, Target};
 use keygate_core::store::{DynStore, StoreError};
-use keygate_core::verify::Verified;
+use keygate_core::verified::Verified;
 
 /// Rows one credential's refusals may take per interval (other addresses, statuses, actions).
 pub const KINDS_PER_CREDENTIAL: u32 = 4;

@@ -3,7 +3,7 @@
 
 use keygate_core::model::Tenant;
 use keygate_core::permission::PermissionSet;
-use keygate_core::verify::{Principal, TenantSummary};
+use keygate_core::verified::{Principal, TenantSummary};
 use serde::Serialize;
 use utoipa::ToSchema;
 

@@ -13,7 +13,7 @@ use keygate_core::permission::{BuiltinRole, Catalog};
 use keygate_core::store::{
     Change, ChangeListener, Deletion, DynStore, Page, StoreError, TokenFilter,
 };
-use keygate_core::verify::Verified;
+use keygate_core::verified::Verified;
 use keygate_core::{Timestamp, access::RequestMeta};
 
 use crate::{StoreOptions, open};
@@ -326,7 +326,7 @@ async fn roles_in_use_cannot_be_deleted_and_changes_are_announced(db: TestDb) {
     let child_users = o
         .caller
         .clone()
-        .acting_for(keygate_core::verify::TenantSummary::from(&child))
+        .acting_for(keygate_core::verified::TenantSummary::from(&child))
         .unwrap();
     let child_users = child_users.require::<perm::UsersWrite>().unwrap();
     let elsewhere = User {
@@ -790,7 +790,7 @@ async fn chain(o: &Owned, depth: usize) -> (keygate_core::model::Tenant, Credent
         acting = o
             .caller
             .clone()
-            .acting_for(keygate_core::verify::TenantSummary::from(&child))
+            .acting_for(keygate_core::verified::TenantSummary::from(&child))
             .unwrap();
         parent = child;
     }
@@ -835,7 +835,7 @@ async fn tenants_are_scoped_to_their_subtree(db: TestDb) {
     let deep_scope = o
         .caller
         .clone()
-        .acting_for(keygate_core::verify::TenantSummary::from(&deep))
+        .acting_for(keygate_core::verified::TenantSummary::from(&deep))
         .unwrap()
         .require::<perm::TenantsRead>()
         .unwrap()
@@ -1025,7 +1025,7 @@ async fn clients_are_scoped_and_take_their_tokens_with_them(db: TestDb) {
     let child_scope = o
         .caller
         .clone()
-        .acting_for(keygate_core::verify::TenantSummary::from(&child))
+        .acting_for(keygate_core::verified::TenantSummary::from(&child))
         .unwrap()
         .require::<perm::OauthClientsWrite>()
         .unwrap();

@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::Response;
 use keygate_core::access::Caller;
-use keygate_core::verify::Verified;
+use keygate_core::verified::Verified;
 
 use crate::auth::admit;
 use crate::middleware::ClientIp;

@@ -39,7 +39,7 @@ impl RoleView {
     fn new(role: Role, catalog: &Catalog) -> Self {
         let builtin = role.tenant_id.is_none();
         let permissions = if builtin {
-            permission_names(&keygate_core::verify::role_permissions(&role, catalog))
+            permission_names(&keygate_core::verified::role_permissions(&role, catalog))
         } else {
             role.permissions
         };

@@ -13,7 +13,7 @@ use keygate_core::id::{CredentialId, RoleId, UserId};
 use keygate_core::model::{Credential, RateLimit, Role, Target};
 use keygate_core::store::{Page, PersonalTokens, TokenFilter};
 use keygate_core::tokens::{self, NewToken, TokenPolicy};
-use keygate_core::verify::PrincipalKind;
+use keygate_core::verified::PrincipalKind;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 

@@ -11,7 +11,8 @@ use axum::extract::State;
 use keygate_core::Timestamp;
 use keygate_core::access::perm;
 use keygate_core::gate::{self, Denial};
-use keygate_core::verify::{Refusal, Verified};
+use keygate_core::verified::Verified;
+use keygate_core::verify::Refusal;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 

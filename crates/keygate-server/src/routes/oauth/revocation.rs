@@ -19,7 +19,8 @@ use keygate_core::id::CredentialId;
 use keygate_core::jwt::{self, AccessClaims, JwtRefusal};
 use keygate_core::model::{Outcome, Target};
 use keygate_core::oauth::{self, AuthenticatedClient, RefreshToken};
-use keygate_core::verify::{Refusal, Verified};
+use keygate_core::verified::Verified;
+use keygate_core::verify::Refusal;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
