@@ -9,8 +9,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use crate::Timestamp;
-use crate::id::{CredentialId, EventId, TenantId};
-use crate::model::{Actor, AuditEvent, Outcome, Target};
+use crate::id::{CredentialId, TenantId};
+pub use crate::model::RequestMeta;
+use crate::model::{Actor, AuditEvent, Target};
 use crate::permission::PermissionSet;
 use crate::verified::{TenantSummary, Verified};
 
@@ -62,14 +63,6 @@ pub mod perm {
 #[error("missing permissions: {}", missing.join(", "))]
 pub struct Forbidden {
     pub missing: Vec<String>,
-}
-
-/// Where a request comes from, for the audit log.
-#[derive(Debug, Clone, Default)]
-pub struct RequestMeta {
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-    pub request_id: Option<String>,
 }
 
 /// An authenticated request's identity: the verified credential and the tenant it acts in.
@@ -190,24 +183,20 @@ impl<P: perm::Required> Grant<P> {
         meta: &RequestMeta,
     ) -> Result<AuditEvent, getrandom::Error> {
         let verified = &self.caller.verified;
-        Ok(AuditEvent {
-            id: EventId::generate(time)?,
-            time,
-            tenant_id: verified.tenant.id.clone(),
-            acting_tenant_id: self.caller.acting_as.as_ref().map(|t| t.id.clone()),
-            actor: Actor {
-                kind: verified.principal.kind.as_str(),
-                id: verified.principal.id.clone(),
-            },
-            token_id: Some(verified.credential.id.clone()),
+        let actor = Actor {
+            kind: verified.principal.kind.as_str(),
+            id: verified.principal.id.clone(),
+        };
+        let event = AuditEvent::new(
+            verified.tenant.id.clone(),
+            actor,
+            Some(verified.credential.id.clone()),
             action,
             target,
-            outcome: Outcome::Success,
-            status: 200,
-            ip: meta.ip.clone(),
-            user_agent: meta.user_agent.clone(),
-            request_id: meta.request_id.clone(),
-        })
+            time,
+            meta,
+        )?;
+        Ok(event.acting_in(self.caller.acting_as.as_ref().map(|t| t.id.clone())))
     }
 
     /// The id of the credential acting.

@@ -26,27 +26,14 @@ pub fn plan_key(
     grant
         .caller()
         .check_no_escalation(&catalog.builtin_role(BuiltinRole::Admin))?;
-    let secret = format.generate(CredentialKind::AccountKey)?;
-    let key = Credential {
-        id: CredentialId::generate_for(CredentialKind::AccountKey, now)?,
-        tenant_id: grant.tenant_id().clone(),
-        kind: CredentialKind::AccountKey,
-        hash: secret.hash(),
-        hint: secret.hint(),
-        name: "account key".to_owned(),
-        description: None,
-        user_id: None,
-        created_by: Some(grant.caller().actor_id()),
-        role_id: None,
-        permissions: None,
-        allowed_ips: None,
-        rate_limit: None,
-        created_at: now,
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
-    };
-    Ok((key, secret))
+    Ok(Credential::issue(
+        format,
+        CredentialKind::AccountKey,
+        grant.tenant_id().clone(),
+        "account key".to_owned(),
+        Some(grant.caller().actor_id()),
+        now,
+    )?)
 }
 
 /// The key that authenticates this very request cannot be deleted by it: rotate with the other.

@@ -3,9 +3,10 @@
 
 use crate::Timestamp;
 use crate::credential::{CredentialFormat, CredentialKind, Secret};
-use crate::id::{CredentialId, EventId, TenantId, UserId};
+use crate::id::{TenantId, UserId};
 use crate::model::{
-    Actor, AuditEvent, Credential, Outcome, Slug, Target, Tenant, TenantStatus, User, UserStatus,
+    Actor, AuditEvent, Credential, RequestMeta, Slug, Target, Tenant, TenantStatus, User,
+    UserStatus,
 };
 use crate::password::{self, PasswordError};
 use crate::permission::BuiltinRole;
@@ -45,47 +46,35 @@ pub fn plan(
     };
     let password = password::generate()?;
     let password_hash = password::hash(&password)?;
-    let secret = format.generate(CredentialKind::Service)?;
-    let token = Credential {
-        id: CredentialId::generate_for(CredentialKind::Service, now)?,
-        tenant_id: tenant.id.clone(),
-        kind: CredentialKind::Service,
-        hash: secret.hash(),
-        hint: secret.hint(),
-        name: "bootstrap".to_owned(),
-        description: Some("Created by keygate init; rotate it once you have your own.".to_owned()),
-        user_id: None,
-        created_by: Some(user.id.to_string()),
-        role_id: Some(BuiltinRole::Owner.id()),
-        permissions: None,
-        allowed_ips: None,
-        rate_limit: None,
-        created_at: now,
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
+    let (mut token, secret) = Credential::issue(
+        format,
+        CredentialKind::Service,
+        tenant.id.clone(),
+        "bootstrap".to_owned(),
+        Some(user.id.to_string()),
+        now,
+    )?;
+    token.description =
+        Some("Created by keygate init; rotate it once you have your own.".to_owned());
+    token.role_id = Some(BuiltinRole::Owner.id());
+    let system = Actor {
+        kind: "system",
+        id: "keygate".to_owned(),
     };
-    let event = AuditEvent {
-        id: EventId::generate(now)?,
-        time: now,
-        tenant_id: tenant.id.clone(),
-        acting_tenant_id: None,
-        actor: Actor {
-            kind: "system",
-            id: "keygate".to_owned(),
-        },
-        token_id: None,
-        action: "system.bootstrap",
-        target: Some(Target {
-            kind: "tenant",
-            id: tenant.id.to_string(),
-        }),
-        outcome: Outcome::Success,
-        status: 201,
-        ip: None,
-        user_agent: None,
-        request_id: None,
+    let target = Target {
+        kind: "tenant",
+        id: tenant.id.to_string(),
     };
+    let event = AuditEvent::new(
+        tenant.id.clone(),
+        system,
+        None,
+        "system.bootstrap",
+        Some(target),
+        now,
+        &RequestMeta::default(),
+    )?
+    .with_status(201);
     Ok((
         Bootstrap {
             tenant,

@@ -9,7 +9,6 @@
 use crate::Timestamp;
 use crate::access::{Grant, perm};
 use crate::credential::{CredentialFormat, CredentialKind, Secret};
-use crate::id::CredentialId;
 use crate::model::{Credential, Role};
 use crate::permission::{Catalog, PermissionSet};
 use crate::rule::RuleError;
@@ -54,26 +53,17 @@ pub fn plan(
         crate::tokens::narrow(&role_permissions(role, catalog), patterns, catalog)?;
     }
 
-    let secret = format.generate(CredentialKind::OauthSecret)?;
-    let client = Credential {
-        id: CredentialId::generate_for(CredentialKind::OauthSecret, now)?,
-        tenant_id: grant.tenant_id().clone(),
-        kind: CredentialKind::OauthSecret,
-        hash: secret.hash(),
-        hint: secret.hint(),
-        name: name.unwrap_or_default(),
-        description,
-        user_id: None,
-        created_by: Some(grant.caller().actor_id()),
-        role_id: Some(role.id.clone()),
-        permissions: input.permissions,
-        allowed_ips: None,
-        rate_limit: None,
-        created_at: now,
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
-    };
+    let (mut client, secret) = Credential::issue(
+        format,
+        CredentialKind::OauthSecret,
+        grant.tenant_id().clone(),
+        name.unwrap_or_default(),
+        Some(grant.caller().actor_id()),
+        now,
+    )?;
+    client.description = description;
+    client.role_id = Some(role.id.clone());
+    client.permissions = input.permissions;
     grant
         .caller()
         .check_no_escalation(&effective_permissions(&client, role, catalog))?;

@@ -25,10 +25,12 @@ pub mod permission;
 pub mod ratelimit;
 pub mod roles;
 pub mod rule;
+pub mod signin;
 pub mod store;
 pub mod tenants;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod throttle;
 pub mod tokens;
 pub mod usage;
 pub mod users;

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
 use crate::allowlist::IpAllowlist;
-use crate::credential::{CredentialHash, CredentialKind};
+use crate::credential::{CredentialFormat, CredentialHash, CredentialKind, Secret};
 use crate::id::{CredentialId, EventId, RoleId, TenantId, UserId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +253,42 @@ pub struct Credential {
     pub last_used_at: Option<Timestamp>,
 }
 
+impl Credential {
+    /// A new credential of `kind` in `tenant`, with its secret (to show once; only its hash is
+    /// kept). Everything a kind adds (owner, role, narrowing, networks, expiry) is set on the
+    /// result.
+    pub fn issue(
+        format: &CredentialFormat,
+        kind: CredentialKind,
+        tenant_id: TenantId,
+        name: String,
+        created_by: Option<String>,
+        now: Timestamp,
+    ) -> Result<(Self, Secret), getrandom::Error> {
+        let secret = format.generate(kind)?;
+        let credential = Self {
+            id: CredentialId::generate_for(kind, now)?,
+            tenant_id,
+            kind,
+            hash: secret.hash(),
+            hint: secret.hint(),
+            name,
+            description: None,
+            user_id: None,
+            created_by,
+            role_id: None,
+            permissions: None,
+            allowed_ips: None,
+            rate_limit: None,
+            created_at: now,
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        Ok((credential, secret))
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
@@ -303,7 +339,55 @@ pub struct AuditEvent {
     pub request_id: Option<String>,
 }
 
+/// Where a request comes from, for the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub request_id: Option<String>,
+}
+
 impl AuditEvent {
+    /// A successful event (200) in `tenant_id`, by `actor` with credential `token_id`, from the
+    /// request `meta` describes. The rest is set with the methods below.
+    pub fn new(
+        tenant_id: TenantId,
+        actor: Actor,
+        token_id: Option<CredentialId>,
+        action: &'static str,
+        target: Option<Target>,
+        time: Timestamp,
+        meta: &RequestMeta,
+    ) -> Result<Self, getrandom::Error> {
+        Ok(Self {
+            id: EventId::generate(time)?,
+            time,
+            tenant_id,
+            acting_tenant_id: None,
+            actor,
+            token_id,
+            action,
+            target,
+            outcome: Outcome::Success,
+            status: 200,
+            ip: meta.ip.clone(),
+            user_agent: meta.user_agent.clone(),
+            request_id: meta.request_id.clone(),
+        })
+    }
+
+    /// Done inside `tenant`, a descendant of the actor's own (`as-tenant`).
+    pub fn acting_in(mut self, tenant: Option<TenantId>) -> Self {
+        self.acting_tenant_id = tenant;
+        self
+    }
+
+    /// How it ended, when not in success.
+    pub fn with_outcome(mut self, outcome: Outcome) -> Self {
+        self.outcome = outcome;
+        self
+    }
+
     /// The status the request answers with, when it is not 200.
     pub fn with_status(mut self, status: u16) -> Self {
         self.status = status;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::Timestamp;
 use crate::access::RequestMeta;
 use crate::credential::{CredentialFormat, CredentialKind, Secret};
-use crate::id::{CredentialId, EventId, TenantId};
+use crate::id::{CredentialId, TenantId};
 use crate::jwt::{AccessClaims, Audience};
 use crate::model::{Actor, AuditEvent, Credential, Outcome, Target};
 use crate::permission::{Catalog, PermissionSet};
@@ -128,24 +128,20 @@ impl AuthenticatedClient {
         time: Timestamp,
         meta: &RequestMeta,
     ) -> Result<AuditEvent, getrandom::Error> {
-        Ok(AuditEvent {
-            id: EventId::generate(time)?,
-            time,
-            tenant_id: self.tenant_id().clone(),
-            acting_tenant_id: None,
-            actor: Actor {
-                kind: self.verified.principal.kind.as_str(),
-                id: self.verified.principal.id.clone(),
-            },
-            token_id: Some(self.id().clone()),
+        let actor = Actor {
+            kind: self.verified.principal.kind.as_str(),
+            id: self.verified.principal.id.clone(),
+        };
+        let event = AuditEvent::new(
+            self.tenant_id().clone(),
+            actor,
+            Some(self.id().clone()),
             action,
             target,
-            outcome,
-            status,
-            ip: meta.ip.clone(),
-            user_agent: meta.user_agent.clone(),
-            request_id: meta.request_id.clone(),
-        })
+            time,
+            meta,
+        )?;
+        Ok(event.with_outcome(outcome).with_status(status))
     }
 }
 

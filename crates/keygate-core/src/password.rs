@@ -94,6 +94,44 @@ pub fn generate() -> Result<String, PasswordError> {
     Ok(password)
 }
 
+/// Where argon2 runs. One hash or check takes tens of milliseconds of CPU, which must not hold up
+/// the async workers that serve every other request: the server runs the work on a blocking
+/// thread; [`Inline`] runs it where it is called (the command line, tests). Every rule that hashes
+/// or checks a password takes one, so none can do it on a worker by mistake.
+#[async_trait::async_trait]
+pub trait Hasher: Send + Sync {
+    /// The hash of `password`, to store.
+    async fn hash(&self, password: String) -> Result<PasswordHashString, PasswordError>;
+
+    /// Whether `candidate` matches each of `stored`, in order. With none stored, spends the time
+    /// of one check anyway ([`verify_against_dummy`]), so an unknown account answers as slowly
+    /// as a wrong password.
+    async fn verify_each(&self, candidate: String, stored: Vec<PasswordHashString>) -> Vec<bool>;
+}
+
+/// The work a [`Hasher`] runs: the same, wherever it runs.
+pub fn verify_each(candidate: &str, stored: &[PasswordHashString]) -> Vec<bool> {
+    if stored.is_empty() {
+        verify_against_dummy(candidate);
+        return Vec::new();
+    }
+    stored.iter().map(|hash| verify(candidate, hash)).collect()
+}
+
+/// Runs argon2 on the calling thread: for callers with no async workers to spare it from.
+pub struct Inline;
+
+#[async_trait::async_trait]
+impl Hasher for Inline {
+    async fn hash(&self, password: String) -> Result<PasswordHashString, PasswordError> {
+        hash(&password)
+    }
+
+    async fn verify_each(&self, candidate: String, stored: Vec<PasswordHashString>) -> Vec<bool> {
+        verify_each(&candidate, &stored)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@ use crate::access::{Grant, perm};
 use crate::base62;
 use crate::id::TenantId;
 use crate::model::{MAX_TENANT_DEPTH, Slug, Tenant, TenantStatus};
+use crate::password::Hasher;
 use crate::permission::{BuiltinRole, Catalog};
 use crate::rule::RuleError;
 use crate::users::{self, NewUser, PlannedUser};
@@ -28,10 +29,11 @@ pub struct PlannedTenant {
 
 /// Checks a new child of `parent` (the tenant the grant acts in). Its first user is its owner, so
 /// the caller must hold everything an owner does.
-pub fn plan(
+pub async fn plan(
     grant: &Grant<perm::TenantsWrite>,
     users_grant: Option<&Grant<perm::UsersWrite>>,
     catalog: &Catalog,
+    hasher: &dyn Hasher,
     parent: &Tenant,
     input: NewTenant,
     now: Timestamp,
@@ -78,10 +80,12 @@ pub fn plan(
             let mut planned = users::plan_new(
                 users_grant,
                 catalog,
+                hasher,
                 user,
                 &crate::roles::builtin(BuiltinRole::Owner),
                 now,
             )
+            .await
             .map_err(|e| prefix_fields(e, "first_user"))?;
             planned.user.tenant_id = tenant.id.clone();
             Some(planned)

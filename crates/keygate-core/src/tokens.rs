@@ -11,7 +11,7 @@ use crate::Timestamp;
 use crate::access::{Escalation, Grant, perm};
 use crate::allowlist::{IpAllowlist, Normalised};
 use crate::credential::{CredentialFormat, CredentialKind, Secret};
-use crate::id::{CredentialId, UserId};
+use crate::id::UserId;
 use crate::model::{Credential, RateLimit, Role};
 use crate::permission::{Catalog, PermissionSet};
 use crate::rule::RuleError;
@@ -158,26 +158,21 @@ pub fn plan(
     };
     caller.check_no_escalation(&effective)?;
 
-    let secret = format.generate(input.kind)?;
-    let credential = Credential {
-        id: CredentialId::generate_for(input.kind, now)?,
-        tenant_id: grant.tenant_id().clone(),
-        kind: input.kind,
-        hash: secret.hash(),
-        hint: secret.hint(),
-        name: name.unwrap_or_default(),
-        description,
-        user_id,
-        created_by: Some(caller.actor_id()),
-        role_id: role.map(|r| r.id.clone()),
-        permissions: narrowing,
-        allowed_ips,
-        rate_limit: input.rate_limit,
-        created_at: now,
-        expires_at,
-        revoked_at: None,
-        last_used_at: None,
-    };
+    let (mut credential, secret) = Credential::issue(
+        format,
+        input.kind,
+        grant.tenant_id().clone(),
+        name.unwrap_or_default(),
+        Some(caller.actor_id()),
+        now,
+    )?;
+    credential.description = description;
+    credential.user_id = user_id;
+    credential.role_id = role.map(|r| r.id.clone());
+    credential.permissions = narrowing;
+    credential.allowed_ips = allowed_ips;
+    credential.rate_limit = input.rate_limit;
+    credential.expires_at = expires_at;
     Ok(PlannedToken {
         credential,
         secret,

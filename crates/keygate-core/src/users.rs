@@ -4,7 +4,7 @@ use crate::Timestamp;
 use crate::access::{Grant, perm};
 use crate::id::UserId;
 use crate::model::{Role, User, UserStatus};
-use crate::password::{self, PasswordHashString};
+use crate::password::{self, Hasher, PasswordHashString};
 use crate::permission::Catalog;
 use crate::rule::RuleError;
 use crate::validate::{self, Errors};
@@ -25,9 +25,10 @@ pub struct PlannedUser {
 }
 
 /// Checks a new user and that the caller holds everything its role grants.
-pub fn plan_new(
+pub async fn plan_new(
     grant: &Grant<perm::UsersWrite>,
     catalog: &Catalog,
+    hasher: &dyn Hasher,
     input: NewUser,
     role: &Role,
     now: Timestamp,
@@ -46,6 +47,7 @@ pub fn plan_new(
         Some(password) => (password, false),
         None => (password::generate()?, true),
     };
+    let password_hash = hasher.hash(password.clone()).await?;
     Ok(PlannedUser {
         user: User {
             id: UserId::generate(now)?,
@@ -56,7 +58,7 @@ pub fn plan_new(
             status: UserStatus::Active,
             created_at: now,
         },
-        password_hash: password::hash(&password)?,
+        password_hash,
         generated_password: generated.then_some(password),
     })
 }
@@ -71,9 +73,11 @@ pub struct UserChange {
 
 /// Applies a change. The caller must hold everything the user's current role grants (so a member
 /// cannot disable an owner) and, with a new role, everything that one grants.
-pub fn plan_change(
+#[allow(clippy::too_many_arguments)]
+pub async fn plan_change(
     grant: &Grant<perm::UsersWrite>,
     catalog: &Catalog,
+    hasher: &dyn Hasher,
     user: &User,
     current_role: &Role,
     change: UserChange,
@@ -103,7 +107,10 @@ pub fn plan_change(
     if let Some(role) = new_role {
         changed.role_id = role.id.clone();
     }
-    let hash = change.password.map(|p| password::hash(&p)).transpose()?;
+    let hash = match change.password {
+        Some(password) => Some(hasher.hash(password).await?),
+        None => None,
+    };
     Ok((changed, hash))
 }
 

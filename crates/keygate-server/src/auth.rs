@@ -6,7 +6,6 @@
 //! can never silently change who a request acts as.
 
 use std::borrow::Cow;
-use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -18,11 +17,11 @@ use base64::engine::general_purpose::STANDARD;
 use keygate_core::access::Caller;
 use keygate_core::gate;
 use keygate_core::id::TenantId;
-use keygate_core::ratelimit::RateLimitStatus;
 use keygate_core::verified::Verified;
 
-use crate::middleware::ClientIp;
+use crate::notes::{KnownCaller, NOTES};
 use crate::problem::{ApiError, ProblemCode};
+use crate::request::ClientIp;
 use crate::state::AppState;
 
 const APIKEY: HeaderName = HeaderName::from_static("apikey");
@@ -177,7 +176,7 @@ pub async fn authenticate(
 }
 
 /// Admits a request whose path requires `required` besides (forward-auth): [`extract`] reads the
-/// headers, the gate decides, and what it learnt is left for the outer middleware (the rate-limit
+/// headers, the gate decides, and what it learnt is left for the front service (the rate-limit
 /// status for the `RateLimit-*` headers, the credential behind a refusal for the audit log).
 pub async fn admit(
     state: &AppState,
@@ -228,28 +227,6 @@ pub async fn admit(
     }
 }
 
-/// What authentication learned about a request, left for the outer middleware: the rate-limit
-/// status for the response's `RateLimit-*` headers, and the known credential behind the request
-/// (with the tenant it acted in) for the audit log, should the request be refused.
-#[derive(Default)]
-pub struct Notes {
-    pub rate_limit: Cell<Option<RateLimitStatus>>,
-    pub caller: RefCell<Option<KnownCaller>>,
-}
-
-/// The credential behind a request, as far as authentication got.
-pub struct KnownCaller {
-    pub verified: Arc<Verified>,
-    /// The tenant it acted in (`as-tenant`), if not its own.
-    pub acting: Option<TenantId>,
-    pub user_agent: Option<HeaderValue>,
-}
-
-tokio::task_local! {
-    /// A task-local, so the hot path allocates nothing for it.
-    pub static NOTES: Notes;
-}
-
 fn note_caller(presented: &Presented<'_>, verified: Arc<Verified>, acting: Option<TenantId>) {
     let known = KnownCaller {
         verified,
@@ -257,24 +234,6 @@ fn note_caller(presented: &Presented<'_>, verified: Arc<Verified>, acting: Optio
         user_agent: presented.user_agent.cloned(),
     };
     let _ = NOTES.try_with(|notes| notes.caller.replace(Some(known)));
-}
-
-/// The `RateLimit-*` headers (IETF draft `ratelimit-headers`) for a status.
-pub fn rate_limit_headers(status: &RateLimitStatus) -> [(HeaderName, HeaderValue); 3] {
-    [
-        (
-            HeaderName::from_static("ratelimit-limit"),
-            HeaderValue::from(status.limit),
-        ),
-        (
-            HeaderName::from_static("ratelimit-remaining"),
-            HeaderValue::from(status.remaining),
-        ),
-        (
-            HeaderName::from_static("ratelimit-reset"),
-            HeaderValue::from(status.reset_seconds),
-        ),
-    ]
 }
 
 /// An authenticated request: the extractor every protected handler takes.

@@ -229,7 +229,7 @@ fn address_key(ip: IpAddr) -> IpAddr {
 /// the client learns at once, and the descriptor is free again. Written without waiting: a new
 /// socket's send buffer has room for a few hundred bytes, and if not, closing is answer enough.
 pub fn refuse(stream: TcpStream) {
-    let id = crate::middleware::new_request_id();
+    let id = crate::front::new_request_id();
     let id = id.to_str().unwrap_or("req_unknown");
     let problem = ApiError::new(
         ProblemCode::Unavailable,

@@ -1,6 +1,6 @@
 //! keygate's HTTP server and command line.
 //!
-//! A request flows one way: [`middleware::Front`] (request id, header limit, problem rendering)
+//! A request flows one way: [`front::Front`] (request id, header limit, problem rendering)
 //! → body limit → router → [`auth::Authenticated`] (extraction, verification) → the access
 //! decision (`Caller::require`) → handler → store → response. Nothing calls back up that line.
 
@@ -10,16 +10,17 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod explorer;
+pub mod front;
 pub mod json;
 pub mod metrics;
-pub mod middleware;
+pub mod notes;
 pub mod openapi;
+pub mod paths;
 pub mod problem;
 pub mod refusals;
 pub mod request;
 pub mod routes;
 pub mod state;
-pub mod throttle;
 pub mod versions;
 pub mod views;
 
@@ -43,7 +44,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(routes::ops::healthz))
         .routes(routes!(routes::ops::readyz))
-        .routes(routes!(metrics::metrics))
+        .routes(routes!(routes::metrics::metrics))
         .routes(routes!(routes::whoami::whoami))
         .routes(routes!(routes::verify::verify))
         .routes(routes!(
@@ -122,19 +123,19 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 }
 
 /// The whole application: the outer service around the API, the explorer and the body limits.
-pub fn app(state: AppState) -> middleware::Front {
-    middleware::Front::new(state.clone(), router(state))
+pub fn app(state: AppState) -> front::Front {
+    front::Front::new(state.clone(), router(state))
 }
 
 /// Every route: the API, the explorer and the document, with the body limits; what
-/// [`middleware::Front`] passes requests to.
+/// [`front::Front`] passes requests to.
 pub fn router(state: AppState) -> Router {
     let (api, mut document) = api();
     if state.config().api.v1.deprecated_at.is_some() {
         openapi::announce_deprecation(&mut document, "/v1");
     }
     let body_limit = state.config().limits.body_bytes;
-    api.route_layer(metrics::CountLayer::new(state.clone()))
+    api.route_layer(metrics::CountLayer::new(state.metrics_shared()))
         .merge(explorer::router(document))
         .fallback(|| async { ApiError::not_found("there is no such route; see /openapi.json") })
         .layer(DefaultBodyLimit::max(body_limit))
@@ -253,7 +254,7 @@ fn connection_limits(config: &config::Config) -> connections::Limits {
     limits
 }
 
-/// Accepts connections and serves HTTP/1.1 on each with [`middleware::Front`] until `stop`
+/// Accepts connections and serves HTTP/1.1 on each with [`front::Front`] until `stop`
 /// resolves; then stops accepting, asks every connection to finish the request it is serving
 /// and close, and waits for them all. Connections are held to `limits` (see [`connections`]):
 /// over the cap they are refused at once, and slow or idle ones are closed.
@@ -262,7 +263,7 @@ fn connection_limits(config: &config::Config) -> connections::Limits {
 /// between it and `Front`: on the hot path each layer cost a clone, a box or a copy per request.
 pub async fn serve(
     listener: TcpListener,
-    front: middleware::Front,
+    front: front::Front,
     limits: connections::Limits,
     stop: impl Future<Output = ()>,
 ) -> std::io::Result<()> {

@@ -1,5 +1,5 @@
-//! `/metrics` in the Prometheus text format: requests by route and status, verifications by
-//! verdict, the verification cache's hits and misses, and how long its store reads take.
+//! The counters behind `/metrics` (served by [`crate::routes::metrics`]): requests by route and
+//! status, verifications by verdict.
 //!
 //! Counting is cheap on the request path: a read lock on the route table (written once per route,
 //! the first time it is served) and an atomic add; forward-auth, the hot path, has its own
@@ -10,19 +10,16 @@ use std::convert::Infallible;
 use std::fmt::Write;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
-use keygate_core::verify::LATENCY_BUCKETS;
+use axum::extract::{MatchedPath, Request};
+use axum::response::Response;
 use tower::{Layer, Service};
 
-use crate::routes::forward_auth;
-use crate::routes::verify::VerifyCode;
-use crate::state::AppState;
+use crate::paths::ForwardAuthRoute;
+use crate::views::VerifyCode;
 
 /// One counter per status code, 100 to 599.
 struct StatusCounts([AtomicU64; 500]);
@@ -53,8 +50,8 @@ impl StatusCounts {
 pub struct Metrics {
     /// Route template → counts by status.
     requests: RwLock<HashMap<Box<str>, Box<StatusCounts>>>,
-    /// Forward-auth's routes, by [`forward_auth::Route`]: no lookup on the hot path.
-    forward_auth: [Box<StatusCounts>; forward_auth::Route::ALL.len()],
+    /// Forward-auth's routes, by [`ForwardAuthRoute`]: no lookup on the hot path.
+    forward_auth: [Box<StatusCounts>; ForwardAuthRoute::ALL.len()],
     verifications: [AtomicU64; VerifyCode::ALL.len()],
 }
 
@@ -83,7 +80,7 @@ impl Metrics {
             .add(status);
     }
 
-    pub fn count_forward_auth(&self, route: forward_auth::Route, status: u16) {
+    pub fn count_forward_auth(&self, route: ForwardAuthRoute, status: u16) {
         self.forward_auth[route as usize].add(status);
     }
 
@@ -96,11 +93,11 @@ impl Metrics {
 /// router has set [`MatchedPath`]. Written out rather than `from_fn`, which would clone the
 /// route's boxed service for every request.
 #[derive(Clone)]
-pub struct CountLayer(AppState);
+pub struct CountLayer(Arc<Metrics>);
 
 impl CountLayer {
-    pub fn new(state: AppState) -> Self {
-        Self(state)
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self(metrics)
     }
 }
 
@@ -110,7 +107,7 @@ impl<S> Layer<S> for CountLayer {
     fn layer(&self, inner: S) -> Count<S> {
         Count {
             inner,
-            state: self.0.clone(),
+            metrics: Arc::clone(&self.0),
         }
     }
 }
@@ -118,7 +115,7 @@ impl<S> Layer<S> for CountLayer {
 #[derive(Clone)]
 pub struct Count<S> {
     inner: S,
-    state: AppState,
+    metrics: Arc<Metrics>,
 }
 
 impl<S> Service<Request> for Count<S>
@@ -137,107 +134,57 @@ where
     fn call(&mut self, request: Request) -> Self::Future {
         let route = request.extensions().get::<MatchedPath>().cloned();
         let response = self.inner.call(request);
-        let state = self.state.clone();
+        let metrics = Arc::clone(&self.metrics);
         Box::pin(async move {
             let response = response.await?;
             if let Some(route) = route {
-                state
-                    .metrics()
-                    .count_request(route.as_str(), response.status().as_u16());
+                metrics.count_request(route.as_str(), response.status().as_u16());
             }
             Ok(response)
         })
     }
 }
 
-/// Prometheus metrics
-///
-/// Metrics for Prometheus. Public, like `/healthz`: aggregate counts only.
-#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics",
-    security(()),
-    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
-    let mut out = String::new();
-    let metrics = state.metrics();
-    let _ = writeln!(
-        out,
-        "# HELP keygate_http_requests_total Requests by route template and status."
-    );
-    let _ = writeln!(out, "# TYPE keygate_http_requests_total counter");
-    {
-        let requests = metrics.requests.read().unwrap_or_else(|p| p.into_inner());
-        let forward_auth = forward_auth::Route::ALL
-            .iter()
-            .map(|&route| (route.template(), &*metrics.forward_auth[route as usize]));
-        let mut routes: Vec<(&str, &StatusCounts)> = requests
-            .iter()
-            .map(|(route, counts)| (&**route, &**counts))
-            .chain(forward_auth)
-            .collect();
-        routes.sort_by_key(|&(route, _)| route);
-        for (route, counts) in routes {
-            for (status, count) in counts.seen() {
-                let _ = writeln!(
-                    out,
-                    "keygate_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
-                );
+impl Metrics {
+    /// The request and verification counters, in the Prometheus text format.
+    pub fn write_counts(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP keygate_http_requests_total Requests by route template and status."
+        );
+        let _ = writeln!(out, "# TYPE keygate_http_requests_total counter");
+        {
+            let requests = self.requests.read().unwrap_or_else(|p| p.into_inner());
+            let forward_auth = ForwardAuthRoute::ALL
+                .iter()
+                .map(|&route| (route.template(), &*self.forward_auth[route as usize]));
+            let mut routes: Vec<(&str, &StatusCounts)> = requests
+                .iter()
+                .map(|(route, counts)| (&**route, &**counts))
+                .chain(forward_auth)
+                .collect();
+            routes.sort_by_key(|&(route, _)| route);
+            for (route, counts) in routes {
+                for (status, count) in counts.seen() {
+                    let _ = writeln!(
+                        out,
+                        "keygate_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+                    );
+                }
             }
         }
-    }
-    let _ = writeln!(
-        out,
-        "# HELP keygate_verifications_total POST /v1/verify verdicts by code."
-    );
-    let _ = writeln!(out, "# TYPE keygate_verifications_total counter");
-    for code in VerifyCode::ALL {
-        let count = metrics.verifications[code as usize].load(Ordering::Relaxed);
         let _ = writeln!(
             out,
-            "keygate_verifications_total{{code=\"{}\"}} {count}",
-            code.as_str()
+            "# HELP keygate_verifications_total POST /v1/verify verdicts by code."
         );
+        let _ = writeln!(out, "# TYPE keygate_verifications_total counter");
+        for code in VerifyCode::ALL {
+            let count = self.verifications[code as usize].load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "keygate_verifications_total{{code=\"{}\"}} {count}",
+                code.as_str()
+            );
+        }
     }
-    let cache = state.verifier().cache();
-    let _ = writeln!(
-        out,
-        "# HELP keygate_cache_lookups_total Verification cache lookups by result."
-    );
-    let _ = writeln!(out, "# TYPE keygate_cache_lookups_total counter");
-    let _ = writeln!(
-        out,
-        "keygate_cache_lookups_total{{result=\"hit\"}} {}",
-        cache.hits.load(Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "keygate_cache_lookups_total{{result=\"miss\"}} {}",
-        cache.misses.load(Ordering::Relaxed)
-    );
-    let (cumulative, sum) = state.verifier().store_latency().snapshot();
-    let _ = writeln!(
-        out,
-        "# HELP keygate_store_read_seconds How long verification's store reads take."
-    );
-    let _ = writeln!(out, "# TYPE keygate_store_read_seconds histogram");
-    for (bound, count) in LATENCY_BUCKETS.iter().zip(&cumulative) {
-        let _ = writeln!(
-            out,
-            "keygate_store_read_seconds_bucket{{le=\"{bound}\"}} {count}"
-        );
-    }
-    let total = cumulative.last().copied().unwrap_or(0);
-    let _ = writeln!(
-        out,
-        "keygate_store_read_seconds_bucket{{le=\"+Inf\"}} {total}"
-    );
-    let _ = writeln!(out, "keygate_store_read_seconds_sum {sum}");
-    let _ = writeln!(out, "keygate_store_read_seconds_count {total}");
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response()
 }

@@ -1,15 +1,17 @@
 //! One error type and one mapping to RFC 9457 problem responses (API.md §1).
 //!
 //! Handlers return [`ApiError`]. Turning it into a response does not write the body yet: the
-//! request id is only known to the outermost middleware ([`crate::middleware`]), which renders the
+//! request id is only known to the front service ([`crate::front`]), which calls [`render`] with it:
 //! problem with `instance` set, logs 5xx detail with that id, and never sends that detail out.
 
-use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keygate_core::access::Forbidden;
 use keygate_core::gate::Denial;
 use keygate_core::ratelimit::RateLimitStatus;
 use keygate_core::rule::{Conflict, RuleError};
+use keygate_core::signin::{SignInError, SignOutError};
 use keygate_core::store::StoreError;
 use keygate_core::verify::Refusal;
 use serde::Serialize;
@@ -397,6 +399,37 @@ impl ApiError {
     }
 }
 
+impl From<SignInError> for ApiError {
+    fn from(error: SignInError) -> Self {
+        let message = error.to_string();
+        match error {
+            SignInError::Throttled {
+                retry_after_seconds,
+            } => ApiError::new(ProblemCode::RateLimited, message)
+                .with_header(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds)),
+            SignInError::WrongCredentials
+            | SignInError::UserDisabled
+            | SignInError::TenantSuspended => ApiError::unauthenticated(message),
+            SignInError::OrganizationRequired => {
+                ApiError::new(ProblemCode::OrganizationRequired, message)
+            }
+            SignInError::AddressNotAllowed(_) => ApiError::new(ProblemCode::IpNotAllowed, message),
+            SignInError::Store(e) => e.into(),
+            SignInError::Random(e) => e.into(),
+        }
+    }
+}
+
+impl From<SignOutError> for ApiError {
+    fn from(error: SignOutError) -> Self {
+        match error {
+            SignOutError::NotASession => ApiError::invalid(error.to_string()),
+            SignOutError::Store(e) => e.into(),
+            SignOutError::Random(e) => e.into(),
+        }
+    }
+}
+
 impl From<Denial> for ApiError {
     fn from(denial: Denial) -> Self {
         match denial {
@@ -418,6 +451,66 @@ impl From<Refusal> for ApiError {
             Refusal::Store(error) => error.into(),
             other => ApiError::unauthenticated(other.to_string()),
         }
+    }
+}
+
+/// Marks a response that carries an error body of its own (the OAuth endpoints answer RFC 6749
+/// errors, which OAuth clients expect instead of problems): it leaves as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct OwnErrorBody;
+
+/// Writes the problem body of an error response, with the request id as `instance`.
+pub fn render(mut response: Response, id: &str, method: &Method, body_limit: usize) -> Response {
+    let error = match response.extensions_mut().remove::<ApiError>() {
+        Some(error) => error,
+        None if response.extensions().get::<OwnErrorBody>().is_some() => return response,
+        None if response.status().is_client_error() || response.status().is_server_error() => {
+            let is_problem = response
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
+            if is_problem {
+                return response;
+            }
+            bare_status_error(response.status(), method, body_limit)
+        }
+        None => return response,
+    };
+    if let Some(internal) = &error.internal {
+        tracing::error!(request_id = id, error = %internal, "request failed");
+    }
+    let body = match serde_json::to_vec(&error.problem(id)) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(request_id = id, error = %e, "cannot render a problem");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let (mut parts, _) = response.into_parts();
+    parts.status = error.code.status();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    Response::from_parts(parts, Body::from(body))
+}
+
+fn bare_status_error(status: StatusCode, method: &Method, body_limit: usize) -> ApiError {
+    let code = ProblemCode::for_status(status);
+    match code {
+        ProblemCode::NotFound => ApiError::not_found("there is no such route; see /openapi.json"),
+        ProblemCode::MethodNotAllowed => ApiError::new(
+            code,
+            format!("this path does not accept {method}; the Allow header lists what it does"),
+        ),
+        ProblemCode::PayloadTooLarge => {
+            ApiError::new(code, format!("the request body exceeds {body_limit} bytes"))
+        }
+        ProblemCode::Internal => ApiError::internal(format!("bare {status} response")),
+        _ => ApiError::new(
+            code,
+            status.canonical_reason().unwrap_or("error").to_owned(),
+        ),
     }
 }
 

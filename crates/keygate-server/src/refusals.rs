@@ -26,6 +26,8 @@ use keygate_core::model::{Actor, AuditEvent, Outcome, Target};
 use keygate_core::store::{DynStore, StoreError};
 use keygate_core::verified::Verified;
 
+use crate::notes::KnownCaller;
+
 /// Rows one credential's refusals may take per interval (other addresses, statuses, actions).
 pub const KINDS_PER_CREDENTIAL: u32 = 4;
 /// Rows one tenant's credentials may take per interval, beyond each credential's first.
@@ -56,23 +58,32 @@ impl Key {
     }
 }
 
-/// A refused request, as the outer middleware saw it.
-pub struct Refused<'a> {
+/// A refused request, as the front service saw it.
+struct Refused<'a> {
     /// `auth.denied` (the credential itself was refused) or `access.denied` (it may not do this).
-    pub action: &'static str,
-    pub verified: &'a Verified,
-    pub acting: Option<&'a TenantId>,
-    pub status: u16,
+    action: &'static str,
+    verified: &'a Verified,
+    acting: Option<&'a TenantId>,
+    status: u16,
+    method: &'a str,
+    path: &'a str,
+    ip: Option<IpAddr>,
+    user_agent: Option<&'a str>,
+    request_id: &'a str,
+}
+
+/// The request a refusal is recorded with: never its query string or headers, which may carry
+/// credentials.
+pub struct RequestLine<'a> {
     pub method: &'a str,
     pub path: &'a str,
-    pub ip: Option<IpAddr>,
-    pub user_agent: Option<&'a str>,
-    pub request_id: &'a str,
+    pub ip: IpAddr,
+    pub id: &'a str,
 }
 
 impl Refused<'_> {
     /// The event recording this refusal (none if the system has no randomness for its id).
-    pub fn event(&self, now: Timestamp) -> Option<AuditEvent> {
+    fn event(&self, now: Timestamp) -> Option<AuditEvent> {
         let verified = self.verified;
         Some(AuditEvent {
             id: EventId::generate(now).ok()?,
@@ -156,6 +167,38 @@ pub struct RefusalLog {
 }
 
 impl RefusalLog {
+    /// Notes the refusal of a request whose credential was known: `auth.denied` when the
+    /// credential itself was refused (401: expired, revoked; or used from an address it may not
+    /// be used from), `access.denied` when it may not do what it asked (403).
+    pub fn note_refused(
+        &self,
+        caller: &KnownCaller,
+        status: u16,
+        address_refused: bool,
+        line: &RequestLine<'_>,
+        now: Timestamp,
+    ) {
+        let action = if status == 401 || address_refused {
+            "auth.denied"
+        } else {
+            "access.denied"
+        };
+        let refused = Refused {
+            action,
+            verified: &caller.verified,
+            acting: caller.acting.as_ref(),
+            status,
+            method: line.method,
+            path: line.path,
+            ip: Some(line.ip),
+            user_agent: caller.user_agent.as_ref().and_then(|a| a.to_str().ok()),
+            request_id: line.id,
+        };
+        if let Some(event) = refused.event(now) {
+            self.note(event);
+        }
+    }
+
     /// Counts a refusal: the first of its kind since the last write is the event written.
     pub fn note(&self, event: AuditEvent) {
         self.pending

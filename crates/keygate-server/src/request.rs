@@ -1,5 +1,8 @@
-//! What handlers take from a request besides its credential and body: where it came from (for the
-//! audit log), query strings (strict, repeated keys allowed) and list paging.
+//! What handlers take from a request besides its credential and body: its id and the client's
+//! address (set by the front service), where it came from (for the audit log), query strings
+//! (strict, repeated keys allowed) and list paging.
+
+use std::net::IpAddr;
 
 use axum::extract::FromRequestParts;
 use axum::http::header;
@@ -10,8 +13,16 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use utoipa::IntoParams;
 
-use crate::middleware::{ClientIp, RequestId};
 use crate::problem::{ApiError, FieldError};
+
+/// The id of the request being served, for handlers that need it.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The client's address as keygate judges it (API.md §6): what allowlists are checked against,
+/// and what the log and the audit record.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
 
 /// The request's origin, for audit events.
 pub struct Meta(pub RequestMeta);

@@ -12,14 +12,16 @@ use keygate_core::jwt::{KeyError, KeySealer};
 use keygate_core::keyring::{KeyPolicy, KeyRing};
 use keygate_core::model::RateLimit;
 use keygate_core::oauth::Lifetimes;
+use keygate_core::password::{self, Hasher, PasswordError, PasswordHashString};
 use keygate_core::permission::Catalog;
+use keygate_core::signin::Sessions;
 use keygate_core::store::{ChangeListener, DynStore, Listeners, StoreError};
+use keygate_core::throttle::LoginThrottle;
 use keygate_core::verify::Verifier;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::refusals::RefusalLog;
-use crate::throttle::LoginThrottle;
 
 /// Cheap to clone: one `Arc`.
 #[derive(Clone)]
@@ -35,7 +37,7 @@ struct Inner {
     trusted_proxies: IpAllowlist,
     login_throttle: LoginThrottle,
     refusals: RefusalLog,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     shutting_down: AtomicBool,
 }
 
@@ -104,7 +106,7 @@ impl AppState {
             clock,
             login_throttle: LoginThrottle::default(),
             refusals: RefusalLog::default(),
-            metrics: Metrics::default(),
+            metrics: Arc::default(),
             shutting_down: AtomicBool::new(false),
         })))
     }
@@ -159,8 +161,29 @@ impl AppState {
         &self.0.login_throttle
     }
 
+    /// Where argon2 runs: on tokio's blocking threads, never on the workers serving requests.
+    pub fn hasher(&self) -> &dyn Hasher {
+        &BlockingHasher
+    }
+
+    /// Signing in and out, with this deployment's store, throttle and session lifetime.
+    pub fn sessions(&self) -> Sessions<'_> {
+        Sessions {
+            store: self.store().as_ref(),
+            throttle: self.login_throttle(),
+            hasher: self.hasher(),
+            format: self.verifier().format(),
+            lifetime: Duration::from_secs(u64::from(self.config().session.lifetime_hours) * 3600),
+        }
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// The counters, for the layer that counts routed requests.
+    pub fn metrics_shared(&self) -> Arc<Metrics> {
+        Arc::clone(&self.0.metrics)
     }
 
     /// Writes pending `last_used_at` times now (also done every few seconds and at shutdown).
@@ -243,5 +266,32 @@ impl AppState {
             crate::bootstrap::BootstrapError::AlreadyInitialized => Ok(None),
             other => Err(other),
         })
+    }
+}
+
+/// Runs argon2 on tokio's blocking threads: one hash or check takes tens of milliseconds of CPU.
+struct BlockingHasher;
+
+#[async_trait::async_trait]
+impl Hasher for BlockingHasher {
+    async fn hash(&self, password: String) -> Result<PasswordHashString, PasswordError> {
+        tokio::task::spawn_blocking(move || password::hash(&password))
+            .await
+            .unwrap_or_else(|e| {
+                Err(PasswordError::Hashing(format!(
+                    "the hashing task failed: {e}"
+                )))
+            })
+    }
+
+    async fn verify_each(&self, candidate: String, stored: Vec<PasswordHashString>) -> Vec<bool> {
+        let count = stored.len();
+        tokio::task::spawn_blocking(move || password::verify_each(&candidate, &stored))
+            .await
+            .unwrap_or_else(|e| {
+                // Fail closed: a check that did not finish matched nothing.
+                tracing::error!(error = %e, "a password check failed");
+                vec![false; count]
+            })
     }
 }

@@ -121,3 +121,44 @@ impl Warning {
         }
     }
 }
+
+/// The verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[repr(usize)]
+pub enum VerifyCode {
+    Valid,
+    Malformed,
+    NotFound,
+    Expired,
+    Revoked,
+    IpNotAllowed,
+    Forbidden,
+    RateLimited,
+}
+
+impl VerifyCode {
+    pub const ALL: [VerifyCode; 8] = [
+        VerifyCode::Valid,
+        VerifyCode::Malformed,
+        VerifyCode::NotFound,
+        VerifyCode::Expired,
+        VerifyCode::Revoked,
+        VerifyCode::IpNotAllowed,
+        VerifyCode::Forbidden,
+        VerifyCode::RateLimited,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyCode::Valid => "VALID",
+            VerifyCode::Malformed => "MALFORMED",
+            VerifyCode::NotFound => "NOT_FOUND",
+            VerifyCode::Expired => "EXPIRED",
+            VerifyCode::Revoked => "REVOKED",
+            VerifyCode::IpNotAllowed => "IP_NOT_ALLOWED",
+            VerifyCode::Forbidden => "FORBIDDEN",
+            VerifyCode::RateLimited => "RATE_LIMITED",
+        }
+    }
+}

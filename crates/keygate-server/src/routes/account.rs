@@ -15,8 +15,8 @@ use utoipa::ToSchema;
 
 use crate::auth::Authenticated;
 use crate::json::Json;
-use crate::middleware::ClientIp;
 use crate::problem::{ApiError, FieldError, ProblemCode};
+use crate::request::ClientIp;
 use crate::request::{Meta, Query};
 use crate::state::AppState;
 use crate::views::Warning;

@@ -23,8 +23,9 @@ use keygate_core::access::Caller;
 use keygate_core::verified::Verified;
 
 use crate::auth::admit;
-use crate::middleware::ClientIp;
+use crate::paths::ForwardAuthRoute;
 use crate::problem::ApiError;
+use crate::request::ClientIp;
 use crate::state::AppState;
 
 const REQUIRE: HeaderName = HeaderName::from_static("x-keygate-require");
@@ -53,48 +54,18 @@ fn required(headers: &HeaderMap, query: Option<&str>) -> Result<Vec<String>, Api
     Ok(permissions)
 }
 
-/// Forward-auth's two route templates: the check itself and any path below it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Check,
-    Below,
-}
-
-impl Route {
-    pub const ALL: [Route; 2] = [Route::Check, Route::Below];
-
-    /// The template requests are counted under, as the router would name it.
-    pub fn template(self) -> &'static str {
-        match self {
-            Route::Check => PATH,
-            Route::Below => "/v1/forward-auth/{*path}",
-        }
-    }
-}
-
-/// The route a path is served and counted under, when it is a forward-auth path.
-pub fn route(path: &str) -> Option<Route> {
-    match path.strip_prefix(PATH)? {
-        "" => Some(Route::Check),
-        below if below.starts_with('/') => Some(Route::Below),
-        _ => None,
-    }
-}
-
-const PATH: &str = "/v1/forward-auth";
-
 /// The check itself, for any method and any path [`route`] accepts, as `route` names it.
 pub async fn answer(
     state: &AppState,
-    route: Route,
+    route: ForwardAuthRoute,
     headers: &HeaderMap,
     uri: &Uri,
     client: IpAddr,
 ) -> Result<Response, ApiError> {
     let query = match route {
-        Route::Check => uri.query(),
+        ForwardAuthRoute::Check => uri.query(),
         // The original request's query, appended by the proxy with its path: not ours to read.
-        Route::Below => None,
+        ForwardAuthRoute::Below => None,
     };
     // A permission the catalog does not know is one no credential holds: refused, naming it.
     let caller = admit(state, headers, Some(client), &required(headers, query)?).await?;
@@ -176,7 +147,7 @@ macro_rules! forward_auth {
                 ))]
             pub async fn $handler(State(state): State<AppState>, client: Option<Extension<ClientIp>>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {
                 let client = client.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(ClientIp(ip))| ip);
-                answer(&state, Route::$route, &headers, &uri, client).await
+                answer(&state, ForwardAuthRoute::$route, &headers, &uri, client).await
             }
         )*
     };

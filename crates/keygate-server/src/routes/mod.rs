@@ -3,6 +3,7 @@
 pub mod account;
 pub mod audit;
 pub mod forward_auth;
+pub mod metrics;
 pub mod oauth;
 pub mod ops;
 pub mod roles;

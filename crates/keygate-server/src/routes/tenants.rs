@@ -135,10 +135,12 @@ pub async fn create(
         &grant,
         users_grant.as_ref(),
         state.catalog(),
+        state.hasher(),
         &parent,
         input,
         now,
-    )?;
+    )
+    .await?;
     let mut events = vec![
         grant
             .event(

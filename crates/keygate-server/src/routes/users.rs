@@ -147,7 +147,8 @@ pub async fn create(
         name: request.name,
         password: request.password,
     };
-    let planned = users::plan_new(&grant, state.catalog(), input, &role, now)?;
+    let planned =
+        users::plan_new(&grant, state.catalog(), state.hasher(), input, &role, now).await?;
     let event = grant
         .event("user.create", Some(target(&planned.user.id)), now, &meta)?
         .with_status(201);
@@ -235,11 +236,13 @@ pub async fn update(
     let (changed, password_hash) = users::plan_change(
         &grant,
         state.catalog(),
+        state.hasher(),
         &user,
         &current_role,
         change,
         new_role.as_ref(),
-    )?;
+    )
+    .await?;
     let event = grant.event("user.update", Some(target(&user.id)), now, &meta)?;
     state
         .store()

@@ -20,7 +20,7 @@ use crate::auth::Authenticated;
 use crate::json::Json;
 use crate::problem::{ApiError, FieldError};
 use crate::state::AppState;
-use crate::views::{OrganizationView, PrincipalView, permission_names};
+use crate::views::{OrganizationView, PrincipalView, VerifyCode, permission_names};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -36,21 +36,6 @@ pub struct VerifyRequest {
     /// The address the client connected from, checked against the credential's allowed networks.
     #[schema(value_type = Option<String>, example = "203.0.113.7")]
     pub ip: Option<String>,
-}
-
-/// The verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-#[repr(usize)]
-pub enum VerifyCode {
-    Valid,
-    Malformed,
-    NotFound,
-    Expired,
-    Revoked,
-    IpNotAllowed,
-    Forbidden,
-    RateLimited,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -70,32 +55,6 @@ pub struct VerifyResponse {
     pub missing_permissions: Vec<String>,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
-}
-
-impl VerifyCode {
-    pub const ALL: [VerifyCode; 8] = [
-        VerifyCode::Valid,
-        VerifyCode::Malformed,
-        VerifyCode::NotFound,
-        VerifyCode::Expired,
-        VerifyCode::Revoked,
-        VerifyCode::IpNotAllowed,
-        VerifyCode::Forbidden,
-        VerifyCode::RateLimited,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VerifyCode::Valid => "VALID",
-            VerifyCode::Malformed => "MALFORMED",
-            VerifyCode::NotFound => "NOT_FOUND",
-            VerifyCode::Expired => "EXPIRED",
-            VerifyCode::Revoked => "REVOKED",
-            VerifyCode::IpNotAllowed => "IP_NOT_ALLOWED",
-            VerifyCode::Forbidden => "FORBIDDEN",
-            VerifyCode::RateLimited => "RATE_LIMITED",
-        }
-    }
 }
 
 impl VerifyResponse {

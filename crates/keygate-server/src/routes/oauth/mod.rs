@@ -25,8 +25,9 @@ use keygate_core::verify::Refusal;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::middleware::{ClientIp, OwnErrorBody};
 use crate::problem::ApiError;
+use crate::problem::OwnErrorBody;
+use crate::request::ClientIp;
 use crate::state::AppState;
 
 const REALM: &str = "realm";
@@ -310,7 +311,7 @@ pub async fn authenticate_client(
         Err(over) => Some(over),
     };
     if let Some(status) = status {
-        let _ = crate::auth::NOTES.try_with(|notes| notes.rate_limit.set(Some(status)));
+        let _ = crate::notes::NOTES.try_with(|notes| notes.rate_limit.set(Some(status)));
     }
     match metered {
         Ok(_) => Ok(client),

@@ -28,8 +28,8 @@ use super::{
     ClientCredentials, Failure, OauthErrorBody, Params, authenticate_client, client_credentials,
     no_store,
 };
-use crate::middleware::ClientIp;
 use crate::problem::Problem;
+use crate::request::ClientIp;
 use crate::request::Meta;
 use crate::state::AppState;
 

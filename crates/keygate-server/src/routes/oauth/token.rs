@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Failure, OauthErrorBody, Params, authenticate_client, no_store, refuse};
-use crate::middleware::ClientIp;
 use crate::problem::Problem;
+use crate::request::ClientIp;
 use crate::request::Meta;
 use crate::state::AppState;
 

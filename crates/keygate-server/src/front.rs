@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{self, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{self, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 use hyper::body::Incoming;
@@ -25,29 +25,17 @@ use keygate_core::base62;
 use tower::Service;
 use tracing::{Instrument, Level};
 
-use crate::auth::{NOTES, Notes, rate_limit_headers};
-use crate::problem::{ApiError, PROBLEM_JSON, ProblemCode};
-use crate::refusals::Refused;
+use crate::notes::{NOTES, Notes, rate_limit_headers};
+use crate::paths;
+use crate::problem::{self, ApiError, ProblemCode};
+use crate::refusals::RequestLine;
+use crate::request::{ClientIp, RequestId};
 use crate::routes::forward_auth;
 use crate::state::AppState;
 use crate::versions::VersionNotice;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// The id of the request being served, for handlers that need it.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub String);
-
-/// Marks a response that carries an error body of its own (the OAuth endpoints answer RFC 6749
-/// errors, which OAuth clients expect instead of problems): it leaves as it is.
-#[derive(Debug, Clone, Copy)]
-pub struct OwnErrorBody;
-
-/// The client's address as keygate judges it (API.md §6): what allowlists are checked against,
-/// and what the log and the audit record.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub IpAddr);
 
 fn client_ip<B>(request: &http::Request<B>, peer: IpAddr, state: &AppState) -> IpAddr {
     let headers = request.headers();
@@ -187,7 +175,7 @@ impl Front {
         } else {
             // Forward-auth is answered here from a borrowed request; everything else goes to
             // the router, which takes the request, so its URI is kept for the audit record.
-            let (mut response, notes, uri) = match forward_auth::route(request.uri().path()) {
+            let (mut response, notes, uri) = match paths::forward_auth(request.uri().path()) {
                 Some(route) => {
                     let check =
                         forward_auth::answer(state, route, request.headers(), request.uri(), ip);
@@ -211,33 +199,25 @@ impl Front {
             }
             let status = response.status().as_u16();
             if let (401 | 403, Some(caller)) = (status, notes.caller.take()) {
-                // The credential itself refused (expired, revoked, wrong address), or refused
-                // something it may not do.
                 let code = response.extensions().get::<ApiError>().map(|e| e.code);
-                let action = if status == 401 || code == Some(ProblemCode::IpNotAllowed) {
-                    "auth.denied"
-                } else {
-                    "access.denied"
-                };
-                let refused = Refused {
-                    action,
-                    verified: &caller.verified,
-                    acting: caller.acting.as_ref(),
-                    status,
+                let line = RequestLine {
                     method: method.as_str(),
                     path: uri.path(),
-                    ip: Some(ip),
-                    user_agent: caller.user_agent.as_ref().and_then(|a| a.to_str().ok()),
-                    request_id: id,
+                    ip,
+                    id,
                 };
-                if let Some(event) = refused.event(state.clock().now()) {
-                    state.refusals().note(event);
-                }
+                state.refusals().note_refused(
+                    &caller,
+                    status,
+                    code == Some(ProblemCode::IpNotAllowed),
+                    &line,
+                    state.clock().now(),
+                );
             }
             response
         };
 
-        let mut response = render(response, id, &method, state);
+        let mut response = problem::render(response, id, &method, state.config().limits.body_bytes);
         if let Some(notice) = notice {
             notice.add_to(response.headers_mut());
         }
@@ -279,65 +259,6 @@ impl hyper::service::Service<http::Request<Incoming>> for Front {
 
     fn call(&self, request: http::Request<Incoming>) -> Self::Future {
         Box::pin(self.clone().serve(request).map(Ok))
-    }
-}
-
-/// Writes the problem body of an error response, with the request id as `instance`.
-fn render(mut response: Response, id: &str, method: &Method, state: &AppState) -> Response {
-    let error = match response.extensions_mut().remove::<ApiError>() {
-        Some(error) => error,
-        None if response.extensions().get::<OwnErrorBody>().is_some() => return response,
-        None if response.status().is_client_error() || response.status().is_server_error() => {
-            let is_problem = response
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-            if is_problem {
-                return response;
-            }
-            bare_status_error(response.status(), method, state)
-        }
-        None => return response,
-    };
-    if let Some(internal) = &error.internal {
-        tracing::error!(request_id = id, error = %internal, "request failed");
-    }
-    let body = match serde_json::to_vec(&error.problem(id)) {
-        Ok(body) => body,
-        Err(e) => {
-            tracing::error!(request_id = id, error = %e, "cannot render a problem");
-            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-        }
-    };
-    let (mut parts, _) = response.into_parts();
-    parts.status = error.code.status();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts
-        .headers
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-    Response::from_parts(parts, Body::from(body))
-}
-
-fn bare_status_error(status: StatusCode, method: &Method, state: &AppState) -> ApiError {
-    let code = ProblemCode::for_status(status);
-    match code {
-        ProblemCode::NotFound => ApiError::not_found("there is no such route; see /openapi.json"),
-        ProblemCode::MethodNotAllowed => ApiError::new(
-            code,
-            format!("this path does not accept {method}; the Allow header lists what it does"),
-        ),
-        ProblemCode::PayloadTooLarge => ApiError::new(
-            code,
-            format!(
-                "the request body exceeds {} bytes",
-                state.config().limits.body_bytes
-            ),
-        ),
-        ProblemCode::Internal => ApiError::internal(format!("bare {status} response")),
-        _ => ApiError::new(
-            code,
-            status.canonical_reason().unwrap_or("error").to_owned(),
-        ),
     }
 }
 

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use keygate_core::Timestamp;
+use crate::Timestamp;
 
 /// Failures allowed per email within a window.
 pub const PER_EMAIL: u32 = 5;
@@ -35,7 +35,7 @@ impl LoginThrottle {
     fn keys(email: &str, address: Option<&str>) -> [(String, u32); 2] {
         [
             (
-                format!("email:{}", keygate_core::model::email_key(email)),
+                format!("email:{}", crate::model::email_key(email)),
                 PER_EMAIL,
             ),
             (

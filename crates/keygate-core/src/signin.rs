@@ -1,0 +1,231 @@
+//! Signing in and out (API.md §2): from an email and a password to a session, a credential of kind
+//! `session` that is verified like any other.
+//!
+//! A wrong email and a wrong password are one and the same refusal, and take the same time: an
+//! unknown email is checked against a dummy hash. Attempts are reserved with the throttle before
+//! argon2 runs, so guesses sent at once are not all checked. Only once the password is known to be
+//! right does a refusal say why (disabled, suspended, wrong address): it tells the caller nothing
+//! they could not learn by signing in.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::Timestamp;
+use crate::access::Caller;
+use crate::credential::{CredentialFormat, CredentialKind, Secret};
+use crate::id::{CredentialId, TenantId};
+use crate::model::{Actor, AuditEvent, Credential, RequestMeta, Target, User, UserStatus};
+use crate::password::Hasher;
+use crate::store::{Store, StoreError};
+use crate::throttle::LoginThrottle;
+
+/// How many accounts of one address a sign-in without `organization` tries, oldest first: each
+/// costs an argon2 check, so a tenant that makes many accounts with someone's address cannot make
+/// that person's sign-in expensive. Past them, the person names the organization.
+pub const ACCOUNTS_TRIED: u32 = 8;
+
+/// What a person typed.
+pub struct SignIn {
+    pub email: String,
+    pub password: String,
+    /// The slug of the tenant to sign in to, when the address has accounts in several.
+    pub organization: Option<String>,
+    /// The address the request came from, for the tenant's allowlist.
+    pub client: Option<IpAddr>,
+}
+
+/// A new session: its user, its secret (set as a cookie, never stored) and when it ends.
+pub struct SignedIn {
+    pub user: User,
+    pub secret: Secret,
+    pub expires_at: Timestamp,
+}
+
+/// Why a sign-in was refused. Each message is safe to show the person.
+#[derive(Debug, thiserror::Error)]
+pub enum SignInError {
+    #[error("too many failed sign-ins; wait before trying again")]
+    Throttled { retry_after_seconds: u64 },
+    #[error("wrong email or password")]
+    WrongCredentials,
+    #[error(
+        "this email and password belong to accounts in several organizations: repeat the sign-in \
+         with `organization`, the slug of the one to sign in to"
+    )]
+    OrganizationRequired,
+    #[error("this user is disabled")]
+    UserDisabled,
+    #[error("the account is suspended")]
+    TenantSuspended,
+    #[error("signing in from {0} is not allowed for this account")]
+    AddressNotAllowed(IpAddr),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("could not draw randomness: {0}")]
+    Random(#[from] getrandom::Error),
+}
+
+/// Why a sign-out was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SignOutError {
+    #[error("only a session signs out; revoke tokens with DELETE /v1/tokens/{{id}}")]
+    NotASession,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("could not draw randomness: {0}")]
+    Random(#[from] getrandom::Error),
+}
+
+/// What signing in and out needs: the store, the throttle, where argon2 runs, the credential
+/// format sessions are made in, and how long they last.
+pub struct Sessions<'a> {
+    pub store: &'a dyn Store,
+    pub throttle: &'a LoginThrottle,
+    pub hasher: &'a dyn Hasher,
+    pub format: &'a CredentialFormat,
+    pub lifetime: Duration,
+}
+
+impl Sessions<'_> {
+    /// Checks the password against the accounts of `request.email` and, if exactly one matches
+    /// and may sign in from where the request came, stores a session for it.
+    pub async fn sign_in(
+        &self,
+        request: SignIn,
+        meta: &RequestMeta,
+        now: Timestamp,
+    ) -> Result<SignedIn, SignInError> {
+        let address = meta.ip.as_deref();
+        self.throttle
+            .reserve(&request.email, address, now)
+            .map_err(|wait| SignInError::Throttled {
+                retry_after_seconds: wait,
+            })?;
+        let organization = request
+            .organization
+            .as_deref()
+            .map(str::trim)
+            .filter(|o| !o.is_empty())
+            .map(str::to_lowercase);
+        let logins = self
+            .store
+            .find_logins(&request.email, organization.as_deref(), ACCOUNTS_TRIED + 1)
+            .await?;
+        let more_than_tried = logins.len() > ACCOUNTS_TRIED as usize;
+        let stored = logins
+            .iter()
+            .take(ACCOUNTS_TRIED as usize)
+            .map(|l| l.password_hash.clone())
+            .collect();
+        let matches = self.hasher.verify_each(request.password, stored).await;
+        // `zip` stops at the accounts tried.
+        let mut matched: Vec<_> = logins
+            .into_iter()
+            .zip(matches)
+            .filter_map(|(login, matches)| matches.then_some(login))
+            .collect();
+        let login = match (matched.len(), more_than_tried) {
+            (0, _) => return Err(SignInError::WrongCredentials),
+            (1, false) => matched.swap_remove(0),
+            // Right for several accounts, or for one of more than were tried: the caller knows
+            // the password, so saying so tells them nothing new.
+            _ => {
+                self.throttle.succeeded(&request.email, address);
+                return Err(SignInError::OrganizationRequired);
+            }
+        };
+        if login.user.status != UserStatus::Active {
+            return Err(SignInError::UserDisabled);
+        }
+        if !login.tenant_active {
+            return Err(SignInError::TenantSuspended);
+        }
+        if let (Some(list), Some(ip)) = (&login.tenant_allowlist, request.client)
+            && !list.covers(ip)
+        {
+            return Err(SignInError::AddressNotAllowed(ip));
+        }
+        self.throttle.succeeded(&request.email, address);
+
+        let user = login.user;
+        let expires_at = now.saturating_add(self.lifetime);
+        let (mut session, secret) = Credential::issue(
+            self.format,
+            CredentialKind::Session,
+            user.tenant_id.clone(),
+            "session".to_owned(),
+            Some(user.id.to_string()),
+            now,
+        )?;
+        session.description = meta.user_agent.clone();
+        session.user_id = Some(user.id.clone());
+        session.expires_at = Some(expires_at);
+        let event = session_event(
+            &user.tenant_id,
+            user.id.to_string(),
+            &session.id,
+            "session.create",
+            now,
+            meta,
+        )?;
+        self.store.create_session(&session, &event).await?;
+        Ok(SignedIn {
+            user,
+            secret,
+            expires_at,
+        })
+    }
+
+    /// Ends the session `caller` signed in with.
+    pub async fn sign_out(
+        &self,
+        caller: &Caller,
+        meta: &RequestMeta,
+        now: Timestamp,
+    ) -> Result<(), SignOutError> {
+        let verified = caller.verified();
+        if verified.credential.kind != CredentialKind::Session {
+            return Err(SignOutError::NotASession);
+        }
+        let session = &verified.credential.id;
+        let event = session_event(
+            &verified.tenant.id,
+            verified.principal.id.clone(),
+            session,
+            "session.delete",
+            now,
+            meta,
+        )?
+        .with_status(204);
+        self.store.end_session(session, now, &event).await?;
+        Ok(())
+    }
+}
+
+/// A session's event, by the user it belongs to.
+fn session_event(
+    tenant_id: &TenantId,
+    user_id: String,
+    session: &CredentialId,
+    action: &'static str,
+    now: Timestamp,
+    meta: &RequestMeta,
+) -> Result<AuditEvent, getrandom::Error> {
+    let actor = Actor {
+        kind: "user",
+        id: user_id,
+    };
+    let target = Target {
+        kind: "session",
+        id: session.to_string(),
+    };
+    AuditEvent::new(
+        tenant_id.clone(),
+        actor,
+        Some(session.clone()),
+        action,
+        Some(target),
+        now,
+        meta,
+    )
+}

@@ -1,0 +1,51 @@
+//! What authentication learns about a request, handed to the front service beside the response:
+//! the rate-limit status for the `RateLimit-*` headers, and the known credential behind a refused
+//! request for the audit log. A task-local, so the hot path passes it without allocating.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+
+use axum::http::{HeaderName, HeaderValue};
+use keygate_core::id::TenantId;
+use keygate_core::ratelimit::RateLimitStatus;
+use keygate_core::verified::Verified;
+
+/// What authentication learned about a request, left for the front service: the rate-limit
+/// status for the response's `RateLimit-*` headers, and the known credential behind the request
+/// (with the tenant it acted in) for the audit log, should the request be refused.
+#[derive(Default)]
+pub struct Notes {
+    pub rate_limit: Cell<Option<RateLimitStatus>>,
+    pub caller: RefCell<Option<KnownCaller>>,
+}
+
+/// The credential behind a request, as far as authentication got.
+pub struct KnownCaller {
+    pub verified: Arc<Verified>,
+    /// The tenant it acted in (`as-tenant`), if not its own.
+    pub acting: Option<TenantId>,
+    pub user_agent: Option<HeaderValue>,
+}
+
+tokio::task_local! {
+    /// A task-local, so the hot path allocates nothing for it.
+    pub static NOTES: Notes;
+}
+
+/// The `RateLimit-*` headers (IETF draft `ratelimit-headers`) for a status.
+pub fn rate_limit_headers(status: &RateLimitStatus) -> [(HeaderName, HeaderValue); 3] {
+    [
+        (
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderValue::from(status.limit),
+        ),
+        (
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderValue::from(status.remaining),
+        ),
+        (
+            HeaderName::from_static("ratelimit-reset"),
+            HeaderValue::from(status.reset_seconds),
+        ),
+    ]
+}
