@@ -58,6 +58,42 @@ fn bin_dir() -> PathBuf {
     }
 }
 
+/// Whether PostgreSQL's server binaries are where [`PgCluster`] looks for them (`PG_BIN`, else
+/// the newest `/usr/lib/postgresql/*/bin`, else `PATH`).
+fn installed() -> bool {
+    let bin = bin_dir();
+    let dirs: Vec<PathBuf> = if bin.as_os_str().is_empty() {
+        std::env::var_os("PATH")
+            .map(|paths| std::env::split_paths(&paths).collect())
+            .unwrap_or_default()
+    } else {
+        vec![bin]
+    };
+    ["initdb", "postgres", "pg_isready"]
+        .iter()
+        .all(|program| dirs.iter().any(|dir| dir.join(program).is_file()))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+}
+
+/// For a test that needs PostgreSQL, at its start: whether it can go on. Without PostgreSQL's
+/// server binaries it says so and returns `false`, for the test to return early and pass, as the
+/// tests that need nginx or Chromium do: a developer without PostgreSQL still runs the rest of
+/// the suite. Under CI (`CI` set) it fails instead, so the PostgreSQL tests cannot quietly stop
+/// running.
+pub fn postgres_or_skip() -> bool {
+    if installed() {
+        return true;
+    }
+    if in_ci() {
+        fail("PostgreSQL not found, and CI must run the PostgreSQL tests");
+    }
+    eprintln!("PostgreSQL not found (install postgresql or set PG_BIN): skipped");
+    false
+}
+
 fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")

@@ -4,7 +4,20 @@
 use reqwest::{Client, Method};
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, client_from, ok_json, problem};
+use crate::harness::{Backend, TestServer, client_from, ok_json, problem};
+
+on_every_backend!(
+    rotating_a_key_without_downtime,
+    keys_can_be_named_by_query_under_either_spelling,
+    two_keys_at_most_under_concurrent_creates,
+    the_ip_restriction_normalises_warns_and_names_bad_entries,
+    enabling_a_list_that_locks_the_caller_out_is_refused,
+    the_list_is_enforced_from_the_very_next_request,
+    a_tokens_own_networks_narrow_further,
+    a_trusted_proxy_is_believed_and_anyone_else_is_not,
+    ipv6_loopback_is_an_address_like_any_other,
+    deleting_a_key_without_keys_read_is_refused_before_anything_changes,
+);
 
 async fn create_key(server: &TestServer, with: &str) -> (String, String) {
     let body = server
@@ -33,9 +46,8 @@ async fn restrict(server: &TestServer, with: &str, body: Value) -> reqwest::Resp
         .await
 }
 
-#[tokio::test]
-async fn rotating_a_key_without_downtime() {
-    let server = TestServer::start().await;
+async fn rotating_a_key_without_downtime(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (first_id, first) = create_key(&server, &server.token).await;
     let me = ok_json(server.whoami(&[("apikey", &first)]).await).await;
     assert_eq!(me["principal"]["type"], "account_key");
@@ -116,9 +128,8 @@ async fn rotating_a_key_without_downtime() {
     problem(again, 404, "not-found").await;
 }
 
-#[tokio::test]
-async fn keys_can_be_named_by_query_under_either_spelling() {
-    let server = TestServer::start().await;
+async fn keys_can_be_named_by_query_under_either_spelling(backend: Backend) {
+    let server = TestServer::start(backend).await;
     for (param, by_full_key) in [
         ("id", false),
         ("deleteApiKeyId", false),
@@ -176,9 +187,8 @@ async fn keys_can_be_named_by_query_under_either_spelling() {
     ok_json(server.whoami(&[("apikey", &key)]).await).await;
 }
 
-#[tokio::test]
-async fn two_keys_at_most_under_concurrent_creates() {
-    let server = TestServer::start().await;
+async fn two_keys_at_most_under_concurrent_creates(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let attempts =
         (0..6).map(|_| server.call(Method::POST, "/v1/account/keys", &server.token, None));
     let statuses: Vec<u16> = futures_statuses(attempts).await;
@@ -234,9 +244,8 @@ async fn join_all<F: std::future::Future + Unpin>(mut futures: Vec<F>) -> Vec<F:
     outputs.into_iter().map(Option::unwrap).collect()
 }
 
-#[tokio::test]
-async fn the_ip_restriction_normalises_warns_and_names_bad_entries() {
-    let server = TestServer::start().await;
+async fn the_ip_restriction_normalises_warns_and_names_bad_entries(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let shown = server
         .expect(
             200,
@@ -333,9 +342,8 @@ async fn the_ip_restriction_normalises_warns_and_names_bad_entries() {
     );
 }
 
-#[tokio::test]
-async fn enabling_a_list_that_locks_the_caller_out_is_refused() {
-    let server = TestServer::start().await;
+async fn enabling_a_list_that_locks_the_caller_out_is_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let response = restrict(
         &server,
         &server.token,
@@ -366,9 +374,8 @@ async fn enabling_a_list_that_locks_the_caller_out_is_refused() {
     .await;
 }
 
-#[tokio::test]
-async fn the_list_is_enforced_from_the_very_next_request() {
-    let server = TestServer::start().await;
+async fn the_list_is_enforced_from_the_very_next_request(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let elsewhere = client_from("127.0.0.2");
     let here = client_from("127.0.0.1");
     assert_eq!(status(&server, &elsewhere, &server.token).await, 200);
@@ -424,9 +431,8 @@ async fn the_list_is_enforced_from_the_very_next_request() {
     assert_eq!(status(&server, &elsewhere, &server.token).await, 200);
 }
 
-#[tokio::test]
-async fn a_tokens_own_networks_narrow_further() {
-    let server = TestServer::start().await;
+async fn a_tokens_own_networks_narrow_further(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let token = server
         .expect(201, Method::POST, "/v1/tokens", &server.token,
             Some(json!({"kind": "service", "name": "pinned", "role": "viewer", "allowed_ips": ["127.0.0.2/8"]})))
@@ -476,10 +482,11 @@ async fn a_tokens_own_networks_narrow_further() {
     );
 }
 
-#[tokio::test]
-async fn a_trusted_proxy_is_believed_and_anyone_else_is_not() {
-    let server =
-        TestServer::start_with(|c| c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()]).await;
+async fn a_trusted_proxy_is_believed_and_anyone_else_is_not(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()]
+    })
+    .await;
     let via_proxy = |xff: Option<&'static str>| {
         let mut request = server.get("/v1/whoami").bearer_auth(&server.token);
         if let Some(xff) = xff {
@@ -537,9 +544,8 @@ async fn a_trusted_proxy_is_believed_and_anyone_else_is_not() {
     problem(spoofed, 403, "ip-not-allowed").await;
 }
 
-#[tokio::test]
-async fn ipv6_loopback_is_an_address_like_any_other() {
-    let server = TestServer::start_with(|c| c.listen = "[::1]:0".parse().unwrap()).await;
+async fn ipv6_loopback_is_an_address_like_any_other(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.listen = "[::1]:0".parse().unwrap()).await;
     assert!(server.base.contains("[::1]"), "{}", server.base);
     let response = restrict(
         &server,
@@ -579,9 +585,8 @@ async fn ipv6_loopback_is_an_address_like_any_other() {
     .await;
 }
 
-#[tokio::test]
-async fn deleting_a_key_without_keys_read_is_refused_before_anything_changes() {
-    let server = TestServer::start().await;
+async fn deleting_a_key_without_keys_read_is_refused_before_anything_changes(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (id, key) = create_key(&server, &server.token).await;
     let role = server
         .expect(

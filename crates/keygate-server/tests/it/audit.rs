@@ -10,6 +10,16 @@ use serde_json::{Value, json};
 
 use crate::harness::{Backend, TestServer, ok_json, problem};
 
+on_every_backend!(
+    every_change_records_its_event,
+    filters_repeat_and_pages_run_newest_first,
+    a_tenant_sees_its_subtree_and_never_its_parents_own_events,
+    refusals_of_known_credentials_are_recorded_once_with_a_count,
+    a_change_whose_event_cannot_be_written_does_not_happen,
+    events_past_retention_are_pruned,
+    a_flood_of_refusals_cannot_blind_the_log_to_another_credentials,
+);
+
 /// Every operation that is not a change, by operation id. Anything else in the document that
 /// uses POST, PUT, PATCH or DELETE must appear in `every_change_records_its_event`'s table.
 const NOT_CHANGES: &[&str] = &["verifyCredential", "oauthIntrospect"];
@@ -72,9 +82,8 @@ fn mutating_operations() -> BTreeSet<String> {
     ids
 }
 
-#[tokio::test]
-async fn every_change_records_its_event() {
-    let server = TestServer::start().await;
+async fn every_change_records_its_event(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let owner = server.token.clone();
     let me = ok_json(server.whoami(&[("apikey", &owner)]).await).await;
     let owner_id = me["credential"]["id"].as_str().unwrap().to_owned();
@@ -390,9 +399,8 @@ async fn every_change_records_its_event() {
     }
 }
 
-#[tokio::test]
-async fn filters_repeat_and_pages_run_newest_first() {
-    let server = TestServer::start().await;
+async fn filters_repeat_and_pages_run_newest_first(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let owner = server.token.clone();
     for i in 0..7 {
         change(
@@ -480,9 +488,8 @@ async fn filters_repeat_and_pages_run_newest_first() {
     problem(response, 400, "invalid-request").await;
 }
 
-#[tokio::test]
-async fn a_tenant_sees_its_subtree_and_never_its_parents_own_events() {
-    let server = TestServer::start().await;
+async fn a_tenant_sees_its_subtree_and_never_its_parents_own_events(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let root = server.token.clone();
     let (_, _, child) = change(
         &server,
@@ -591,9 +598,8 @@ async fn a_tenant_sees_its_subtree_and_never_its_parents_own_events() {
     }
 }
 
-#[tokio::test]
-async fn refusals_of_known_credentials_are_recorded_once_with_a_count() {
-    let server = TestServer::start().await;
+async fn refusals_of_known_credentials_are_recorded_once_with_a_count(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let root = server.token.clone();
     let (doomed, doomed_id) = service_token(
         &server,
@@ -691,11 +697,10 @@ async fn refusals_of_known_credentials_are_recorded_once_with_a_count() {
     assert_eq!(story["data"].as_array().unwrap().len(), 2);
 }
 
-#[tokio::test]
-async fn a_change_whose_event_cannot_be_written_does_not_happen() {
-    let server = TestServer::start().await;
+async fn a_change_whose_event_cannot_be_written_does_not_happen(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let root = server.token.clone();
-    let refuse_events = match crate::BACKEND {
+    let refuse_events = match backend {
         Backend::Sqlite => {
             "CREATE TRIGGER no_events BEFORE INSERT ON audit_events
              BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
@@ -733,9 +738,8 @@ async fn a_change_whose_event_cannot_be_written_does_not_happen() {
     );
 }
 
-#[tokio::test]
-async fn events_past_retention_are_pruned() {
-    let server = TestServer::start_with(|c| c.audit.retention_days = 30).await;
+async fn events_past_retention_are_pruned(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.audit.retention_days = 30).await;
     let root = server.token.clone();
     change(
         &server,
@@ -764,9 +768,8 @@ async fn events_past_retention_are_pruned() {
     assert_eq!(server.state.prune_audit().await.unwrap(), 0);
 }
 
-#[tokio::test]
-async fn a_flood_of_refusals_cannot_blind_the_log_to_another_credentials() {
-    let server = TestServer::start().await;
+async fn a_flood_of_refusals_cannot_blind_the_log_to_another_credentials(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let root = server.token.clone();
     let (viewer, viewer_id) = service_token(
         &server,

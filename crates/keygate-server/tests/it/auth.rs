@@ -5,11 +5,20 @@ use base64::engine::general_purpose::STANDARD;
 use keygate_core::credential::{CredentialFormat, CredentialKind, Environment};
 use reqwest::header::HeaderValue;
 
-use crate::harness::{TestServer, ok_json, problem};
+use crate::harness::{Backend, TestServer, ok_json, problem};
 
-#[tokio::test]
-async fn whoami_through_every_place_and_scheme_spelling() {
-    let server = TestServer::start().await;
+on_every_backend!(
+    whoami_through_every_place_and_scheme_spelling,
+    the_same_credential_twice_is_fine_but_two_different_ones_are_ambiguous,
+    missing_malformed_unknown_and_foreign_credentials_are_401_with_reasons,
+    a_test_server_accepts_only_test_credentials,
+    basic_username_and_realm_header_must_name_the_credentials_tenant,
+    hostile_credential_headers_get_problems_never_500s,
+    a_ten_thousand_character_token_within_the_default_header_limit_is_431,
+);
+
+async fn whoami_through_every_place_and_scheme_spelling(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let token = server.token.as_str();
     let bearer = |scheme: &str| format!("{scheme} {token}");
     let basic = |user: &str| format!("Basic {}", STANDARD.encode(format!("{user}:{token}")));
@@ -43,9 +52,8 @@ async fn whoami_through_every_place_and_scheme_spelling() {
     }
 }
 
-#[tokio::test]
-async fn the_same_credential_twice_is_fine_but_two_different_ones_are_ambiguous() {
-    let server = TestServer::start().await;
+async fn the_same_credential_twice_is_fine_but_two_different_ones_are_ambiguous(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let token = server.token.as_str();
     let bearer = format!("Bearer {token}");
     ok_json(
@@ -70,9 +78,8 @@ async fn the_same_credential_twice_is_fine_but_two_different_ones_are_ambiguous(
     problem(response, 400, "ambiguous-credentials").await;
 }
 
-#[tokio::test]
-async fn missing_malformed_unknown_and_foreign_credentials_are_401_with_reasons() {
-    let server = TestServer::start().await;
+async fn missing_malformed_unknown_and_foreign_credentials_are_401_with_reasons(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let body = problem(server.whoami(&[]).await, 401, "unauthenticated").await;
     assert!(body["detail"].as_str().unwrap().contains("no credential"));
 
@@ -121,9 +128,8 @@ async fn missing_malformed_unknown_and_foreign_credentials_are_401_with_reasons(
     problem(response, 401, "unauthenticated").await;
 }
 
-#[tokio::test]
-async fn a_test_server_accepts_only_test_credentials() {
-    let server = TestServer::start_with(|c| {
+async fn a_test_server_accepts_only_test_credentials(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
         c.environment = Environment::Test;
         c.token_prefix = "lynk".into();
     })
@@ -144,9 +150,8 @@ async fn a_test_server_accepts_only_test_credentials() {
     );
 }
 
-#[tokio::test]
-async fn basic_username_and_realm_header_must_name_the_credentials_tenant() {
-    let server = TestServer::start().await;
+async fn basic_username_and_realm_header_must_name_the_credentials_tenant(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let token = server.token.as_str();
     let basic = |user: &str| format!("Basic {}", STANDARD.encode(format!("{user}:{token}")));
 
@@ -177,9 +182,8 @@ async fn basic_username_and_realm_header_must_name_the_credentials_tenant() {
     assert!(body["detail"].as_str().unwrap().contains("Realm"), "{body}");
 }
 
-#[tokio::test]
-async fn hostile_credential_headers_get_problems_never_500s() {
-    let server = TestServer::start_with(|c| c.limits.header_bytes = 32 * 1024).await;
+async fn hostile_credential_headers_get_problems_never_500s(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.limits.header_bytes = 32 * 1024).await;
     let long_token = format!("kg_live_{}", "a".repeat(10_000));
     let cases: Vec<(&str, HeaderValue)> = vec![
         (
@@ -233,9 +237,8 @@ async fn hostile_credential_headers_get_problems_never_500s() {
     ok_json(server.whoami(&[("cookie", &garbage)]).await).await;
 }
 
-#[tokio::test]
-async fn a_ten_thousand_character_token_within_the_default_header_limit_is_431() {
-    let server = TestServer::start().await;
+async fn a_ten_thousand_character_token_within_the_default_header_limit_is_431(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let bearer = format!("Bearer kg_live_{}", "a".repeat(10_000));
     problem(
         server.whoami(&[("authorization", &bearer)]).await,

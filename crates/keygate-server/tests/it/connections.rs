@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::harness::TestServer;
+use crate::harness::{Backend, TestServer};
 
 /// The most a loaded two-core machine may take to notice a deadline that has passed.
 const LATE: Duration = Duration::from_secs(5);
@@ -74,7 +74,7 @@ async fn one_response(stream: &mut TcpStream) -> String {
 }
 
 async fn with_timeouts(header_read_ms: u64, idle_ms: u64) -> TestServer {
-    TestServer::start_with(|c| {
+    TestServer::start_with(Backend::Sqlite, |c| {
         c.server.header_read_timeout_ms = header_read_ms;
         c.server.idle_timeout_ms = idle_ms;
     })
@@ -207,7 +207,7 @@ async fn a_request_served_slowly_is_not_cut_off_by_the_header_timeout() {
 #[tokio::test]
 async fn a_normal_request_is_served_while_one_client_holds_more_than_the_cap() {
     // A cap of 20: one address may hold 5.
-    let server = TestServer::start_with(|c| c.server.max_connections = 20).await;
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.server.max_connections = 20).await;
     let at = address(&server);
     let mut hostile = Vec::new();
     for _ in 0..30 {

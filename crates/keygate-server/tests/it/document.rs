@@ -10,7 +10,7 @@ use keygate_server::problem::{ApiError, ProblemCode};
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-use crate::harness::{TestServer, ok_json, problem};
+use crate::harness::{Backend, TestServer, ok_json, problem};
 
 /// Routes that are not the API: the explorer, and the document itself.
 const NOT_API: [&str; 5] = [
@@ -147,7 +147,7 @@ fn differences(
 
 #[tokio::test]
 async fn every_route_is_documented_and_every_documented_operation_routed() {
-    let server = TestServer::start().await;
+    let server = TestServer::start(Backend::Sqlite).await;
     let doc: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
     let documented = documented_operations(&doc);
     let router = keygate_server::router(server.state.clone());
@@ -181,7 +181,7 @@ async fn every_route_is_documented_and_every_documented_operation_routed() {
 
 #[tokio::test]
 async fn the_security_schemes_are_exactly_the_four_credential_places() {
-    let server = TestServer::start().await;
+    let server = TestServer::start(Backend::Sqlite).await;
     let doc: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
     let mut schemes = doc["components"]["securitySchemes"].clone();
     for scheme in schemes.as_object_mut().unwrap().values_mut() {
@@ -200,7 +200,7 @@ async fn the_security_schemes_are_exactly_the_four_credential_places() {
 
 #[tokio::test]
 async fn operations_are_named_tagged_and_answer_problems_for_code_generators() {
-    let server = TestServer::start().await;
+    let server = TestServer::start(Backend::Sqlite).await;
     let doc: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
     let tags: BTreeSet<&str> = doc["tags"]
         .as_array()
@@ -371,7 +371,7 @@ fn references<'a>(value: &'a Value, found: &mut BTreeSet<&'a str>) {
 
 #[tokio::test]
 async fn every_component_is_used_and_lists_name_their_items() {
-    let server = TestServer::start().await;
+    let server = TestServer::start(Backend::Sqlite).await;
     let doc: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
     let mut found = BTreeSet::new();
     references(&doc, &mut found);
@@ -414,7 +414,7 @@ fn resolve<'a>(doc: &'a Value, response: &'a Value) -> &'a Value {
 
 #[tokio::test]
 async fn only_the_forward_auth_check_itself_takes_require_in_its_query() {
-    let server = TestServer::start().await;
+    let server = TestServer::start(Backend::Sqlite).await;
     let doc: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
     let query = |path: &str, method: &str| -> BTreeSet<String> {
         doc["paths"][path][method]["parameters"]
@@ -465,7 +465,7 @@ fn assert_documented(doc: &Value, method: &str, path: &str, response: &reqwest::
 
 #[tokio::test]
 async fn the_oauth_endpoints_document_their_problems_beside_their_own_errors() {
-    let server = TestServer::start_with(|config| {
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
         config.rate_limit.requests = Some(4);
         config.rate_limit.per_seconds = Some(3600);
     })

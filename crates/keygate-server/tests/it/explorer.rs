@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-use crate::harness::{ProcessGroup, TestServer};
+use crate::harness::{Backend, ProcessGroup, TestServer};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -186,8 +186,10 @@ async fn the_explorer_authorizes_and_tries_out_whoami_in_a_browser() {
         return;
     };
     // Not 127.0.0.1 nor localhost, for which Swagger UI skips some of what it fetches.
-    let server =
-        TestServer::start_with(|config| config.listen = "127.0.0.2:0".parse().unwrap()).await;
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
+        config.listen = "127.0.0.2:0".parse().unwrap()
+    })
+    .await;
     browser
         .client
         .goto(&format!("{}/docs/", server.base))

@@ -1,7 +1,5 @@
-// Shared by both test binaries; each uses only part of it.
-#![allow(dead_code)]
-
-//! Boots keygate on port 0 over a temporary SQLite file, with a clock the test controls.
+//! Boots keygate on port 0 over a fresh database on either store (a temporary SQLite file, or a
+//! database in the shared throwaway PostgreSQL cluster), with a clock the test controls.
 
 use std::sync::Arc;
 
@@ -15,16 +13,16 @@ use tokio::task::JoinHandle;
 
 pub const START: Timestamp = Timestamp::from_unix(1_795_000_000);
 
-/// Which store a test binary runs the suite on (`crate::BACKEND`).
+/// The store a test runs on: `on_every_backend!` (in `main.rs`) runs a test once on each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
     Postgres,
 }
 
-/// A fresh database on this binary's backend; the directory keeps a SQLite file alive.
-pub async fn database(dir: &std::path::Path) -> String {
-    match crate::BACKEND {
+/// A fresh database on `backend`; the directory keeps a SQLite file alive.
+pub async fn database(backend: Backend, dir: &std::path::Path) -> String {
+    match backend {
         Backend::Sqlite => format!("sqlite://{}", dir.join("keygate.db").display()),
         Backend::Postgres => keygate_testkit::PgCluster::shared().create_database().await,
     }
@@ -61,14 +59,15 @@ pub fn client_from(address: &str) -> Client {
 }
 
 impl TestServer {
-    pub async fn start() -> Self {
-        Self::start_with(|_| {}).await
+    /// Starts on a fresh database on `backend`.
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
     }
 
     /// Starts with the default configuration changed by `configure`.
-    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> Self {
+    pub async fn start_with(backend: Backend, configure: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let url = database(dir.path()).await;
+        let url = database(backend, dir.path()).await;
         Self::start_at(url, dir, configure).await
     }
 

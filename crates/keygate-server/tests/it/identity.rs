@@ -5,7 +5,29 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, ok_json, problem};
+use crate::harness::{Backend, TestServer, ok_json, problem};
+
+on_every_backend!(
+    the_personal_token_story,
+    narrowed_personal_tokens_never_widen,
+    tokens_expire_on_the_test_clock,
+    personal_tokens_need_a_user_an_expiry_within_the_cap_and_no_role,
+    privilege_escalation_is_refused_everywhere,
+    revocation_single_and_bulk_with_warnings,
+    secrets_appear_only_in_the_create_response,
+    last_use_is_recorded_in_batches,
+    sign_in_failures_are_uniform_and_throttled,
+    logout_ends_the_session,
+    roles_define_permissions_and_changes_apply_at_once,
+    bad_input_changes_nothing,
+    users_without_a_password_get_one_generated_once_and_lists_page,
+    a_wildcard_is_granted_only_by_a_holder_of_it_across_a_catalog_change,
+    a_narrowing_beyond_the_role_is_refused_naming_what_the_role_lacks,
+    a_new_password_ends_the_users_sessions,
+    sign_in_attempts_sent_at_once_never_check_more_than_the_limit,
+    an_email_is_unique_within_a_tenant_and_sign_in_asks_for_the_organization,
+    delete_selected_sees_only_what_a_list_would_show,
+);
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -40,9 +62,8 @@ async fn token_count(server: &TestServer) -> usize {
     list["data"].as_array().unwrap().len()
 }
 
-#[tokio::test]
-async fn the_personal_token_story() {
-    let server = TestServer::start().await;
+async fn the_personal_token_story(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let user_id = create_user(&server, "ada@example.com", "member").await;
 
     // Sign in; the session is a credential like any other.
@@ -154,9 +175,8 @@ async fn the_personal_token_story() {
         .await;
 }
 
-#[tokio::test]
-async fn narrowed_personal_tokens_never_widen() {
-    let server = TestServer::start().await;
+async fn narrowed_personal_tokens_never_widen(backend: Backend) {
+    let server = TestServer::start(backend).await;
     create_user(&server, "bob@example.com", "admin").await;
     let session = server.login("bob@example.com", PASSWORD).await;
     let cookie = format!("keygate_session={session}");
@@ -224,9 +244,8 @@ async fn narrowed_personal_tokens_never_widen() {
         .await;
 }
 
-#[tokio::test]
-async fn tokens_expire_on_the_test_clock() {
-    let server = TestServer::start().await;
+async fn tokens_expire_on_the_test_clock(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let created = server
         .expect(
             201,
@@ -269,9 +288,8 @@ async fn tokens_expire_on_the_test_clock() {
     assert_eq!(expired["data"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn personal_tokens_need_a_user_an_expiry_within_the_cap_and_no_role() {
-    let server = TestServer::start_with(|c| c.tokens.personal_max_days = 30).await;
+async fn personal_tokens_need_a_user_an_expiry_within_the_cap_and_no_role(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.tokens.personal_max_days = 30).await;
     // The owner token is a service token: it cannot make personal tokens.
     let response = server
         .call(
@@ -330,9 +348,8 @@ async fn personal_tokens_need_a_user_an_expiry_within_the_cap_and_no_role() {
     }
 }
 
-#[tokio::test]
-async fn privilege_escalation_is_refused_everywhere() {
-    let server = TestServer::start().await;
+async fn privilege_escalation_is_refused_everywhere(backend: Backend) {
+    let server = TestServer::start(backend).await;
     create_user(&server, "mia@example.com", "member").await;
     let member = server.login("mia@example.com", PASSWORD).await;
     let member: Value = server
@@ -411,9 +428,8 @@ async fn privilege_escalation_is_refused_everywhere() {
     whoami_permissions(&server, &server.token).await;
 }
 
-#[tokio::test]
-async fn revocation_single_and_bulk_with_warnings() {
-    let server = TestServer::start().await;
+async fn revocation_single_and_bulk_with_warnings(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let mut ids = Vec::new();
     let mut secrets = Vec::new();
     for name in ["a", "b", "c"] {
@@ -518,9 +534,8 @@ async fn revocation_single_and_bulk_with_warnings() {
     assert_eq!(body["errors"][0]["field"], "id[1]", "{body}");
 }
 
-#[tokio::test]
-async fn secrets_appear_only_in_the_create_response() {
-    let server = TestServer::start().await;
+async fn secrets_appear_only_in_the_create_response(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let created = server
         .expect(201, Method::POST, "/v1/tokens", &server.token,
             Some(json!({"kind": "service", "name": "ci", "role": "member", "description": "deploys"})))
@@ -548,9 +563,8 @@ async fn secrets_appear_only_in_the_create_response() {
     }
 }
 
-#[tokio::test]
-async fn last_use_is_recorded_in_batches() {
-    let server = TestServer::start().await;
+async fn last_use_is_recorded_in_batches(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let created = server
         .expect(
             201,
@@ -572,9 +586,8 @@ async fn last_use_is_recorded_in_batches() {
     assert_eq!(token["last_used_at"], expected.to_string());
 }
 
-#[tokio::test]
-async fn sign_in_failures_are_uniform_and_throttled() {
-    let server = TestServer::start().await;
+async fn sign_in_failures_are_uniform_and_throttled(backend: Backend) {
+    let server = TestServer::start(backend).await;
     create_user(&server, "dee@example.com", "viewer").await;
     let attempt = |email: &'static str, password: &'static str| {
         server
@@ -616,9 +629,8 @@ async fn sign_in_failures_are_uniform_and_throttled() {
     server.login("dee@example.com", PASSWORD).await;
 }
 
-#[tokio::test]
-async fn logout_ends_the_session() {
-    let server = TestServer::start().await;
+async fn logout_ends_the_session(backend: Backend) {
+    let server = TestServer::start(backend).await;
     create_user(&server, "eve@example.com", "viewer").await;
     let session = server.login("eve@example.com", PASSWORD).await;
     let cookie = format!("keygate_session={session}");
@@ -648,11 +660,11 @@ async fn logout_ends_the_session() {
     problem(response, 400, "invalid-request").await;
 }
 
-#[tokio::test]
-async fn roles_define_permissions_and_changes_apply_at_once() {
-    let server =
-        TestServer::start_with(|c| c.permissions = vec!["zones:read".into(), "zones:write".into()])
-            .await;
+async fn roles_define_permissions_and_changes_apply_at_once(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.permissions = vec!["zones:read".into(), "zones:write".into()]
+    })
+    .await;
     let catalog = server
         .expect(200, Method::GET, "/v1/permissions", &server.token, None)
         .await;
@@ -765,9 +777,8 @@ async fn roles_define_permissions_and_changes_apply_at_once() {
     problem(response, 404, "not-found").await;
 }
 
-#[tokio::test]
-async fn bad_input_changes_nothing() {
-    let server = TestServer::start().await;
+async fn bad_input_changes_nothing(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let before = token_count(&server).await;
     let post = |body: String, content_type: &'static str| {
         server
@@ -871,9 +882,8 @@ async fn bad_input_changes_nothing() {
     .await;
 }
 
-#[tokio::test]
-async fn users_without_a_password_get_one_generated_once_and_lists_page() {
-    let server = TestServer::start().await;
+async fn users_without_a_password_get_one_generated_once_and_lists_page(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let created = server
         .expect(
             201,
@@ -932,9 +942,9 @@ async fn users_without_a_password_get_one_generated_once_and_lists_page() {
     assert!(last["next_cursor"].is_null());
 }
 
-#[tokio::test]
-async fn a_wildcard_is_granted_only_by_a_holder_of_it_across_a_catalog_change() {
-    let server = TestServer::start_with(|c| c.permissions = vec!["zones:read".into()]).await;
+async fn a_wildcard_is_granted_only_by_a_holder_of_it_across_a_catalog_change(backend: Backend) {
+    let server =
+        TestServer::start_with(backend, |c| c.permissions = vec!["zones:read".into()]).await;
     // A role manager who holds zones:read, and the role and token permissions, but no zones:*.
     let manager_role = server
         .expect(
@@ -1049,9 +1059,8 @@ async fn a_wildcard_is_granted_only_by_a_holder_of_it_across_a_catalog_change() 
     problem(response, 403, "privilege-escalation").await;
 }
 
-#[tokio::test]
-async fn a_narrowing_beyond_the_role_is_refused_naming_what_the_role_lacks() {
-    let server = TestServer::start().await;
+async fn a_narrowing_beyond_the_role_is_refused_naming_what_the_role_lacks(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let before = token_count(&server).await;
     let response = server
         .call(
@@ -1105,9 +1114,8 @@ async fn a_narrowing_beyond_the_role_is_refused_naming_what_the_role_lacks() {
     assert_eq!(held, ["tokens:read", "tokens:write"]);
 }
 
-#[tokio::test]
-async fn a_new_password_ends_the_users_sessions() {
-    let server = TestServer::start().await;
+async fn a_new_password_ends_the_users_sessions(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let id = create_user(&server, "ada@example.com", "admin").await;
     let laptop = format!(
         "keygate_session={}",
@@ -1159,9 +1167,8 @@ async fn a_new_password_ends_the_users_sessions() {
     assert_eq!(whoami(&fresh).await, 200);
 }
 
-#[tokio::test]
-async fn sign_in_attempts_sent_at_once_never_check_more_than_the_limit() {
-    let server = TestServer::start().await;
+async fn sign_in_attempts_sent_at_once_never_check_more_than_the_limit(backend: Backend) {
+    let server = TestServer::start(backend).await;
     create_user(&server, "eve@example.com", "viewer").await;
     let attempts = (0..16).map(|i| {
         server
@@ -1202,9 +1209,10 @@ async fn sub_customer(server: &TestServer, slug: &str, owner_email: &str) -> (St
     )
 }
 
-#[tokio::test]
-async fn an_email_is_unique_within_a_tenant_and_sign_in_asks_for_the_organization() {
-    let server = TestServer::start().await;
+async fn an_email_is_unique_within_a_tenant_and_sign_in_asks_for_the_organization(
+    backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
     let (_, acme) = sub_customer(&server, "acme", "boss@acme.example").await;
     let (_, globex) = sub_customer(&server, "globex", "boss@globex.example").await;
     let add_user = async |cookie: &str, email: &str, password: &str| {
@@ -1293,9 +1301,8 @@ async fn an_email_is_unique_within_a_tenant_and_sign_in_asks_for_the_organizatio
     assert_eq!(response.status(), 200);
 }
 
-#[tokio::test]
-async fn delete_selected_sees_only_what_a_list_would_show() {
-    let server = TestServer::start().await;
+async fn delete_selected_sees_only_what_a_list_would_show(backend: Backend) {
+    let server = TestServer::start(backend).await;
     // Tokens only: without users:read, other users' personal tokens are not theirs to see.
     let role = server
         .expect(

@@ -5,7 +5,13 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::harness::{TestServer, problem};
+use crate::harness::{Backend, TestServer, problem};
+
+on_every_backend!(
+    a_tokens_limit_admits_its_burst_then_one_per_interval,
+    the_configured_default_applies_to_tokens_without_their_own,
+    no_limit_no_headers,
+);
 
 async fn token_with(server: &TestServer, rate_limit: Option<serde_json::Value>) -> String {
     let mut body = json!({"kind": "service", "name": "limited", "role": "viewer"});
@@ -22,9 +28,8 @@ fn header(response: &reqwest::Response, name: &str) -> String {
     response.headers()[name].to_str().unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn a_tokens_limit_admits_its_burst_then_one_per_interval() {
-    let server = TestServer::start().await;
+async fn a_tokens_limit_admits_its_burst_then_one_per_interval(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let token = token_with(&server, Some(json!({"requests": 3, "per_seconds": 1}))).await;
     for remaining in ["2", "1", "0"] {
         let response = server.whoami(&[("apikey", &token)]).await;
@@ -64,9 +69,8 @@ async fn a_tokens_limit_admits_its_burst_then_one_per_interval() {
     }
 }
 
-#[tokio::test]
-async fn the_configured_default_applies_to_tokens_without_their_own() {
-    let server = TestServer::start_with(|c| {
+async fn the_configured_default_applies_to_tokens_without_their_own(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
         c.rate_limit.requests = Some(2);
         c.rate_limit.per_seconds = Some(60);
     })
@@ -97,9 +101,8 @@ async fn the_configured_default_applies_to_tokens_without_their_own() {
     problem(listed, 429, "rate-limited").await;
 }
 
-#[tokio::test]
-async fn no_limit_no_headers() {
-    let server = TestServer::start().await;
+async fn no_limit_no_headers(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let response = server.whoami(&[("apikey", &server.token)]).await;
     assert_eq!(response.status(), 200);
     assert!(!response.headers().contains_key("ratelimit-limit"));

@@ -1,13 +1,35 @@
 //! keygate's one integration-test binary: every module boots the real server and speaks HTTP to
-//! it (or runs the real binary). One binary, because each extra one costs a link.
+//! it (or runs the real binary). One binary, because each extra one costs a link: the tests that
+//! hold on either store run on both from here (`on_every_backend!`), and `nodes` holds what only
+//! several nodes sharing one PostgreSQL can show.
 
 // A test binary: panicking is how it reports a failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod harness;
+/// Runs each named test once per store, as `name::sqlite` and `name::postgres`; each is an
+/// `async fn name(backend: Backend)` of the module that names it. Where PostgreSQL is not
+/// installed the `postgres` variants say so and pass, except under CI (`CI` set), where they fail.
+macro_rules! on_every_backend {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$test($crate::harness::Backend::Sqlite).await
+                }
 
-/// The store this binary runs the suite on; `tests/pg` runs it again on PostgreSQL.
-pub const BACKEND: harness::Backend = harness::Backend::Sqlite;
+                #[tokio::test]
+                async fn postgres() {
+                    if keygate_testkit::postgres_or_skip() {
+                        super::$test($crate::harness::Backend::Postgres).await
+                    }
+                }
+            }
+        )*
+    };
+}
+
+mod harness;
 
 mod account;
 mod audit;
@@ -18,6 +40,7 @@ mod document;
 mod explorer;
 mod identity;
 mod limits;
+mod nodes;
 mod oauth;
 mod oauth_interop;
 mod ops;

@@ -12,7 +12,29 @@ use oauth2::{AuthType, ClientId, ClientSecret, Scope, TokenResponse, TokenUrl};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, ok_json, problem};
+use crate::harness::{Backend, TestServer, ok_json, problem};
+
+on_every_backend!(
+    a_real_oauth_client_gets_refreshes_and_uses_tokens,
+    access_tokens_are_jwts_anyone_can_check_with_the_published_keys,
+    resource_picks_the_audience_among_the_configured_ones,
+    a_token_for_another_deployments_audience_is_refused,
+    a_spent_refresh_token_revokes_every_token_of_its_grant,
+    deleting_a_client_stops_its_unexpired_tokens_at_once,
+    every_bad_token_request_gets_its_rfc_6749_error,
+    the_realm_header_must_name_the_clients_tenant,
+    clients_follow_least_privilege_and_stay_in_their_tenant,
+    tokens_expire_by_the_clock,
+    a_rotated_key_stays_published_until_its_tokens_have_expired,
+    switching_algorithms_keeps_the_old_keys_tokens_valid_until_they_expire,
+    keys_are_rotated_by_age_on_their_own,
+    sealed_keys_need_their_secret_to_start,
+    revocation_and_introspection,
+    the_openapi_document_covers_oauth,
+    creating_deleting_and_refused_grants_are_audited,
+    a_client_and_its_tokens_share_one_rate_limit,
+    another_clients_refresh_token_is_answered_as_an_unknown_one,
+);
 
 /// A client of the bootstrap tenant, made by its owner: (client_id, client_secret).
 pub async fn create_client(
@@ -124,9 +146,8 @@ fn http() -> reqwest::Client {
         .unwrap()
 }
 
-#[tokio::test]
-async fn a_real_oauth_client_gets_refreshes_and_uses_tokens() {
-    let server = TestServer::start().await;
+async fn a_real_oauth_client_gets_refreshes_and_uses_tokens(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (id, secret) = create_client(&server, "viewer", None).await;
     assert!(id.starts_with("cli_"));
     assert!(secret.starts_with("kg_secret_live_"));
@@ -269,9 +290,8 @@ pub async fn verify_independently(server: &TestServer, jwt: &str) -> (Value, Val
     (header, claims)
 }
 
-#[tokio::test]
-async fn access_tokens_are_jwts_anyone_can_check_with_the_published_keys() {
-    let server = TestServer::start_with(|c| {
+async fn access_tokens_are_jwts_anyone_can_check_with_the_published_keys(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
         c.oauth.issuer = Some("https://auth.example.com/".into());
         c.permissions = vec!["zones:read".into(), "zones:write".into()];
     })
@@ -352,9 +372,8 @@ async fn access_tokens_are_jwts_anyone_can_check_with_the_published_keys() {
     assert!(scopes.contains(&json!("oauth_clients:write")));
 }
 
-#[tokio::test]
-async fn resource_picks_the_audience_among_the_configured_ones() {
-    let server = TestServer::start_with(|c| {
+async fn resource_picks_the_audience_among_the_configured_ones(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
         c.oauth.audience = vec![
             "https://api.example.com".into(),
             "urn:example:billing".into(),
@@ -453,9 +472,8 @@ async fn resource_picks_the_audience_among_the_configured_ones() {
     );
 }
 
-#[tokio::test]
-async fn a_token_for_another_deployments_audience_is_refused() {
-    let server = TestServer::start_with(|c| {
+async fn a_token_for_another_deployments_audience_is_refused(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
         c.oauth.audience = vec!["https://api.example.com".into()];
     })
     .await;
@@ -481,9 +499,8 @@ async fn a_token_for_another_deployments_audience_is_refused() {
     );
 }
 
-#[tokio::test]
-async fn a_spent_refresh_token_revokes_every_token_of_its_grant() {
-    let server = TestServer::start().await;
+async fn a_spent_refresh_token_revokes_every_token_of_its_grant(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (id, secret) = create_client(&server, "viewer", None).await;
     let first = tokens(&server, &id, &secret, Some("tokens:read")).await;
     let spent = first["refresh_token"].as_str().unwrap().to_owned();
@@ -532,9 +549,8 @@ async fn a_spent_refresh_token_revokes_every_token_of_its_grant() {
     .await;
 }
 
-#[tokio::test]
-async fn deleting_a_client_stops_its_unexpired_tokens_at_once() {
-    let server = TestServer::start().await;
+async fn deleting_a_client_stops_its_unexpired_tokens_at_once(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (id, secret) = create_client(&server, "viewer", None).await;
     let issued = tokens(&server, &id, &secret, None).await;
     let jwt = issued["access_token"].as_str().unwrap();
@@ -594,9 +610,8 @@ async fn deleting_a_client_stops_its_unexpired_tokens_at_once() {
         .await;
 }
 
-#[tokio::test]
-async fn every_bad_token_request_gets_its_rfc_6749_error() {
-    let server = TestServer::start().await;
+async fn every_bad_token_request_gets_its_rfc_6749_error(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (id, secret) = create_client(&server, "viewer", None).await;
     let cc = "client_credentials";
     let unknown = keygate_core::credential::CredentialFormat::new(
@@ -776,9 +791,8 @@ async fn every_bad_token_request_gets_its_rfc_6749_error() {
     assert!(ok["access_token"].is_string());
 }
 
-#[tokio::test]
-async fn the_realm_header_must_name_the_clients_tenant() {
-    let server = TestServer::start().await;
+async fn the_realm_header_must_name_the_clients_tenant(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (id, secret) = create_client(&server, "viewer", None).await;
     let with_realm = |realm: &'static str| {
         server
@@ -798,9 +812,8 @@ async fn the_realm_header_must_name_the_clients_tenant() {
     );
 }
 
-#[tokio::test]
-async fn clients_follow_least_privilege_and_stay_in_their_tenant() {
-    let server = TestServer::start().await;
+async fn clients_follow_least_privilege_and_stay_in_their_tenant(backend: Backend) {
+    let server = TestServer::start(backend).await;
     // A member has no oauth_clients:write.
     let member = server
         .expect(
@@ -988,9 +1001,8 @@ async fn clients_follow_least_privilege_and_stay_in_their_tenant() {
     assert_eq!(me["organization"]["slug"], "acme");
 }
 
-#[tokio::test]
-async fn tokens_expire_by_the_clock() {
-    let server = TestServer::start_with(|c| {
+async fn tokens_expire_by_the_clock(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
         c.oauth.access_token_ttl_seconds = 600;
         c.oauth.refresh_token_ttl_days = 1;
     })
@@ -1053,9 +1065,8 @@ async fn published_kids(server: &TestServer) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_rotated_key_stays_published_until_its_tokens_have_expired() {
-    let server = TestServer::start().await;
+async fn a_rotated_key_stays_published_until_its_tokens_have_expired(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (id, secret) = create_client(&server, "viewer", None).await;
     let old = tokens(&server, &id, &secret, None).await;
     let old = old["access_token"].as_str().unwrap().to_owned();
@@ -1101,11 +1112,12 @@ async fn a_rotated_key_stays_published_until_its_tokens_have_expired() {
     );
 }
 
-#[tokio::test]
-async fn switching_algorithms_keeps_the_old_keys_tokens_valid_until_they_expire() {
+async fn switching_algorithms_keeps_the_old_keys_tokens_valid_until_they_expire(backend: Backend) {
     use keygate_core::jwt::SigningAlgorithm;
-    let server =
-        TestServer::start_with(|c| c.oauth.signing_algorithm = SigningAlgorithm::EdDsa).await;
+    let server = TestServer::start_with(backend, |c| {
+        c.oauth.signing_algorithm = SigningAlgorithm::EdDsa
+    })
+    .await;
     let (id, secret) = create_client(&server, "viewer", None).await;
     let old = tokens(&server, &id, &secret, None).await["access_token"]
         .as_str()
@@ -1153,9 +1165,8 @@ async fn switching_algorithms_keeps_the_old_keys_tokens_valid_until_they_expire(
     assert_eq!(whoami_status(&late, &old).await, 401);
 }
 
-#[tokio::test]
-async fn keys_are_rotated_by_age_on_their_own() {
-    let server = TestServer::start_with(|c| c.oauth.signing_key_rotation_days = 1).await;
+async fn keys_are_rotated_by_age_on_their_own(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.oauth.signing_key_rotation_days = 1).await;
     let (id, secret) = create_client(&server, "viewer", None).await;
     let first = kid(tokens(&server, &id, &secret, None).await["access_token"]
         .as_str()
@@ -1168,10 +1179,9 @@ async fn keys_are_rotated_by_age_on_their_own() {
     assert_eq!(published_kids(&server).await, [second, first]);
 }
 
-#[tokio::test]
-async fn sealed_keys_need_their_secret_to_start() {
+async fn sealed_keys_need_their_secret_to_start(backend: Backend) {
     let secret = "the key-encryption secret of this deployment";
-    let server = TestServer::start_with(|c| {
+    let server = TestServer::start_with(backend, |c| {
         c.oauth.key_encryption_secret = Some(keygate_server::config::SecretText(secret.into()));
     })
     .await;
@@ -1197,9 +1207,8 @@ async fn sealed_keys_need_their_secret_to_start() {
     assert!(error.to_string().contains("is sealed"), "{error}");
 }
 
-#[tokio::test]
-async fn revocation_and_introspection() {
-    let server = TestServer::start().await;
+async fn revocation_and_introspection(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (id, secret) = create_client(&server, "viewer", None).await;
     let (other_id, other_secret) = create_client(&server, "viewer", None).await;
     let issued = tokens(&server, &id, &secret, Some("tokens:read")).await;
@@ -1358,9 +1367,8 @@ async fn revocation_and_introspection() {
     oauth_error(unauthenticated, 401, "invalid_client").await;
 }
 
-#[tokio::test]
-async fn the_openapi_document_covers_oauth() {
-    let server = TestServer::start().await;
+async fn the_openapi_document_covers_oauth(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let doc = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
     for (path, method) in [
         ("/v1/oauth/clients", "get"),
@@ -1428,9 +1436,8 @@ async fn audit(server: &TestServer) -> Vec<(String, String, Option<String>, u64)
     events
 }
 
-#[tokio::test]
-async fn creating_deleting_and_refused_grants_are_audited() {
-    let server = TestServer::start().await;
+async fn creating_deleting_and_refused_grants_are_audited(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (id, secret) = create_client(&server, "viewer", None).await;
     tokens(&server, &id, &secret, None).await;
     let client = |params: &[(&'static str, &'static str)]| {
@@ -1507,9 +1514,8 @@ async fn creating_deleting_and_refused_grants_are_audited() {
     );
 }
 
-#[tokio::test]
-async fn a_client_and_its_tokens_share_one_rate_limit() {
-    let server = TestServer::start_with(|c| {
+async fn a_client_and_its_tokens_share_one_rate_limit(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
         c.rate_limit.requests = Some(3);
         c.rate_limit.per_seconds = Some(60);
     })
@@ -1537,9 +1543,8 @@ async fn a_client_and_its_tokens_share_one_rate_limit() {
     problem(limited, 429, "rate-limited").await;
 }
 
-#[tokio::test]
-async fn another_clients_refresh_token_is_answered_as_an_unknown_one() {
-    let server = TestServer::start().await;
+async fn another_clients_refresh_token_is_answered_as_an_unknown_one(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let (alice, alice_secret) = create_client(&server, "viewer", None).await;
     let (mallory, mallory_secret) = create_client(&server, "viewer", None).await;
     let issued = tokens(&server, &alice, &alice_secret, None).await;

@@ -14,7 +14,7 @@ use std::process::Command;
 use keygate_core::Clock;
 use keygate_core::jwt::SigningAlgorithm;
 
-use crate::harness::{TestServer, ok_json};
+use crate::harness::{Backend, TestServer, ok_json};
 use crate::oauth::{create_client, grant, verify_independently};
 
 const ISSUER: &str = "https://auth.example.com";
@@ -94,7 +94,7 @@ impl Tools {
 /// A server signing with `algorithm`, whose clock is the real one: the libraries judge `iat` and
 /// `exp` by the system's time.
 async fn server(algorithm: SigningAlgorithm) -> TestServer {
-    let server = TestServer::start_with(|c| {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
         c.oauth.signing_algorithm = algorithm;
         c.oauth.issuer = Some(ISSUER.into());
         c.oauth.audience = vec![ISSUER.into(), API.into()];

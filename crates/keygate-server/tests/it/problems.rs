@@ -1,19 +1,28 @@
 //! Problem responses for what can go wrong before a handler runs (API.md §1).
 
-use crate::harness::{TestServer, problem};
+use crate::harness::{Backend, TestServer, problem};
 
-#[tokio::test]
-async fn unknown_routes_are_404_problems() {
-    let server = TestServer::start().await;
+on_every_backend!(
+    unknown_routes_are_404_problems,
+    wrong_methods_are_405_with_allow,
+    bodies_over_the_limit_are_413,
+    the_default_body_limit_is_one_mebibyte,
+    bodies_that_are_not_json_are_415,
+    headers_over_the_limit_are_431,
+    malformed_json_and_unknown_fields_are_400,
+    requests_the_http_parser_refuses_are_answered_and_change_nothing,
+);
+
+async fn unknown_routes_are_404_problems(backend: Backend) {
+    let server = TestServer::start(backend).await;
     for path in ["/nope", "/v1/nope", "/v2/whoami", "/v1/whoami/extra"] {
         let response = server.get(path).send().await.unwrap();
         problem(response, 404, "not-found").await;
     }
 }
 
-#[tokio::test]
-async fn wrong_methods_are_405_with_allow() {
-    let server = TestServer::start().await;
+async fn wrong_methods_are_405_with_allow(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let response = server.post("/v1/whoami").send().await.unwrap();
     let allow = response.headers()["allow"].to_str().unwrap().to_owned();
     assert!(allow.contains("GET"), "{allow}");
@@ -36,9 +45,8 @@ async fn verify_with_credential_of(server: &TestServer, len: usize) -> reqwest::
         .unwrap()
 }
 
-#[tokio::test]
-async fn bodies_over_the_limit_are_413() {
-    let server = TestServer::start_with(|c| c.limits.body_bytes = 1024).await;
+async fn bodies_over_the_limit_are_413(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.limits.body_bytes = 1024).await;
     problem(
         verify_with_credential_of(&server, 2048).await,
         413,
@@ -49,16 +57,14 @@ async fn bodies_over_the_limit_are_413() {
     assert_eq!(verify_with_credential_of(&server, 900).await.status(), 200);
 }
 
-#[tokio::test]
-async fn the_default_body_limit_is_one_mebibyte() {
-    let server = TestServer::start().await;
+async fn the_default_body_limit_is_one_mebibyte(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let response = verify_with_credential_of(&server, 1024 * 1024).await;
     problem(response, 413, "payload-too-large").await;
 }
 
-#[tokio::test]
-async fn bodies_that_are_not_json_are_415() {
-    let server = TestServer::start().await;
+async fn bodies_that_are_not_json_are_415(backend: Backend) {
+    let server = TestServer::start(backend).await;
     for content_type in [
         None,
         Some("text/plain"),
@@ -75,9 +81,8 @@ async fn bodies_that_are_not_json_are_415() {
     }
 }
 
-#[tokio::test]
-async fn headers_over_the_limit_are_431() {
-    let server = TestServer::start().await;
+async fn headers_over_the_limit_are_431(backend: Backend) {
+    let server = TestServer::start(backend).await;
     // Several headers, none large, that together exceed 8 KiB.
     let mut request = server.get("/healthz");
     for i in 0..20 {
@@ -86,7 +91,7 @@ async fn headers_over_the_limit_are_431() {
     let body = problem(request.send().await.unwrap(), 431, "headers-too-large").await;
     assert!(body["detail"].as_str().unwrap().contains("8192"));
 
-    let server = TestServer::start_with(|c| c.limits.header_bytes = 2048).await;
+    let server = TestServer::start_with(backend, |c| c.limits.header_bytes = 2048).await;
     let response = server
         .get("/healthz")
         .header("x-big", "z".repeat(3000))
@@ -96,9 +101,8 @@ async fn headers_over_the_limit_are_431() {
     problem(response, 431, "headers-too-large").await;
 }
 
-#[tokio::test]
-async fn malformed_json_and_unknown_fields_are_400() {
-    let server = TestServer::start().await;
+async fn malformed_json_and_unknown_fields_are_400(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let send = |body: &'static str| {
         server
             .post("/v1/verify")
@@ -170,9 +174,8 @@ async fn exchange_raw(server: &TestServer, raw: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-#[tokio::test]
-async fn requests_the_http_parser_refuses_are_answered_and_change_nothing() {
-    let server = TestServer::start().await;
+async fn requests_the_http_parser_refuses_are_answered_and_change_nothing(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let token = server.token.clone();
     let cases: [(&str, Vec<u8>, &str); 4] = [
         (

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Client, Method, Response};
 use serde_json::{Value, json};
 
-use crate::harness::{ProcessGroup, TestServer, client, client_from};
+use crate::harness::{Backend, ProcessGroup, TestServer, client, client_from};
 
 const DOC: &str = include_str!("../../../../docs/forward-auth.md");
 
@@ -134,7 +134,7 @@ struct Site {
 
 impl Site {
     async fn start() -> Self {
-        let server = TestServer::start_with(|c| {
+        let server = TestServer::start_with(Backend::Sqlite, |c| {
             c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
             c.permissions = vec!["zones:read".into(), "zones:write".into()];
         })

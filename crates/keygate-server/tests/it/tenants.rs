@@ -6,7 +6,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, ok_json, problem};
+use crate::harness::{Backend, TestServer, ok_json, problem};
+
+on_every_backend!(
+    no_tenant_reaches_another_tenants_objects,
+    tenants_see_themselves_and_below_and_manage_only_below,
+    acting_for_a_descendant_and_never_up_or_sideways,
+    suspension_reaches_every_descendant_and_reactivation_restores_them,
+    creating_tenants_with_a_first_user_and_checked_slugs,
+);
 
 /// root → reseller (A) → customer (A1, the caller) → grandchild (A1a); A → sibling (A2).
 struct Tree {
@@ -36,8 +44,8 @@ const RELATIONS: [Rel; 5] = [
 ];
 
 impl Tree {
-    async fn new() -> Self {
-        let server = TestServer::start().await;
+    async fn new(backend: Backend) -> Self {
+        let server = TestServer::start(backend).await;
         let root = server.token.clone();
         let reseller_id = create_tenant(&server, &root, None, "Reseller").await;
         let reseller = owner_token(&server, &reseller_id).await;
@@ -214,9 +222,8 @@ const KINDS: &[Kind] = &[
     },
 ];
 
-#[tokio::test]
-async fn no_tenant_reaches_another_tenants_objects() {
-    let tree = Tree::new().await;
+async fn no_tenant_reaches_another_tenants_objects(backend: Backend) {
+    let tree = Tree::new(backend).await;
     let mut table = Vec::new();
     for kind in KINDS {
         for (method, path, body, allowed) in kind.verbs {
@@ -268,9 +275,8 @@ async fn no_tenant_reaches_another_tenants_objects() {
     );
 }
 
-#[tokio::test]
-async fn tenants_see_themselves_and_below_and_manage_only_below() {
-    let tree = Tree::new().await;
+async fn tenants_see_themselves_and_below_and_manage_only_below(backend: Backend) {
+    let tree = Tree::new(backend).await;
     let server = &tree.server;
     let rows: &[(Rel, &str, Option<Value>, u16)] = &[
         (Rel::Own, "GET", None, 200),
@@ -394,9 +400,8 @@ async fn tenants_see_themselves_and_below_and_manage_only_below() {
     .await;
 }
 
-#[tokio::test]
-async fn acting_for_a_descendant_and_never_up_or_sideways() {
-    let tree = Tree::new().await;
+async fn acting_for_a_descendant_and_never_up_or_sideways(backend: Backend) {
+    let tree = Tree::new(backend).await;
     let server = &tree.server;
     let act = |token: &str, target: &str| {
         server
@@ -486,9 +491,8 @@ async fn acting_for_a_descendant_and_never_up_or_sideways() {
     assert_eq!(with_realm.status(), 200);
 }
 
-#[tokio::test]
-async fn suspension_reaches_every_descendant_and_reactivation_restores_them() {
-    let tree = Tree::new().await;
+async fn suspension_reaches_every_descendant_and_reactivation_restores_them(backend: Backend) {
+    let tree = Tree::new(backend).await;
     let server = &tree.server;
     let grandchild = owner_token(server, tree.tenant(Rel::Child)).await;
     let tokens = [&tree.reseller, &tree.customer, &grandchild];
@@ -574,9 +578,8 @@ async fn suspension_reaches_every_descendant_and_reactivation_restores_them() {
     ok_json(server.whoami(&[("apikey", &grandchild)]).await).await;
 }
 
-#[tokio::test]
-async fn creating_tenants_with_a_first_user_and_checked_slugs() {
-    let server = TestServer::start().await;
+async fn creating_tenants_with_a_first_user_and_checked_slugs(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let created = server
         .expect(201, Method::POST, "/v1/tenants", &server.token,
             Some(json!({"name": "Acme", "slug": "acme", "first_user": {"email": "boss@acme.example", "name": "Boss"}})))

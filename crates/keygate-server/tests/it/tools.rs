@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use keygate_core::Timestamp;
 use serde_json::Value;
 
-use crate::harness::{TestServer, ok_json};
+use crate::harness::{Backend, TestServer, ok_json};
 
 /// `<target>/tools/<relative>`, where `.ci/tools` installs; `None` when it is not there and this
 /// is not CI.
@@ -48,7 +48,7 @@ async fn served_document(
     dir: &Path,
     configure: impl FnOnce(&mut keygate_server::config::Config),
 ) -> (TestServer, PathBuf) {
-    let server = TestServer::start_with(configure).await;
+    let server = TestServer::start_with(Backend::Sqlite, configure).await;
     let document: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
     let path = dir.join("openapi.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&document).unwrap()).unwrap();

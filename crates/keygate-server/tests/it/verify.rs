@@ -4,7 +4,22 @@
 use keygate_core::credential::{CredentialFormat, CredentialKind, Environment};
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, ok_json, problem};
+use crate::harness::{Backend, TestServer, ok_json, problem};
+
+on_every_backend!(
+    verdicts_for_valid_malformed_unknown_and_forbidden,
+    operator_permissions_can_be_required_and_unknown_ones_are_400,
+    the_caller_needs_a_valid_credential,
+    forward_auth_allows_with_identity_headers_and_an_empty_body,
+    forward_auth_refuses_with_problems,
+    verification_counts_the_verified_credentials_rate_limit,
+    forward_auth_takes_require_as_a_query_on_its_path_and_as_a_header_below_it,
+    forward_auth_answers_every_method_and_only_its_own_paths,
+    forward_auth_names_the_tenant_acted_for,
+    outside_the_callers_tenants_every_credential_is_not_found_whatever_its_state,
+    every_path_checks_address_then_rate_limit_then_permissions,
+    a_verified_credential_is_noted_as_used,
+);
 
 async fn verify(server: &TestServer, caller: &str, body: Value) -> reqwest::Response {
     server
@@ -16,9 +31,8 @@ async fn verify(server: &TestServer, caller: &str, body: Value) -> reqwest::Resp
         .unwrap()
 }
 
-#[tokio::test]
-async fn verdicts_for_valid_malformed_unknown_and_forbidden() {
-    let server = TestServer::start().await;
+async fn verdicts_for_valid_malformed_unknown_and_forbidden(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let token = server.token.clone();
 
     let valid = ok_json(verify(&server, &token, json!({"credential": token})).await).await;
@@ -57,9 +71,9 @@ async fn verdicts_for_valid_malformed_unknown_and_forbidden() {
     assert_eq!(body["code"], "VALID");
 }
 
-#[tokio::test]
-async fn operator_permissions_can_be_required_and_unknown_ones_are_400() {
-    let server = TestServer::start_with(|c| c.permissions = vec!["zones:read".into()]).await;
+async fn operator_permissions_can_be_required_and_unknown_ones_are_400(backend: Backend) {
+    let server =
+        TestServer::start_with(backend, |c| c.permissions = vec!["zones:read".into()]).await;
     let token = server.token.clone();
     let body = ok_json(
         verify(
@@ -97,9 +111,8 @@ async fn operator_permissions_can_be_required_and_unknown_ones_are_400() {
     assert_eq!(fields, ["permissions[1]", "ip"]);
 }
 
-#[tokio::test]
-async fn the_caller_needs_a_valid_credential() {
-    let server = TestServer::start().await;
+async fn the_caller_needs_a_valid_credential(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let response = server
         .post("/v1/verify")
         .json(&json!({"credential": server.token}))
@@ -121,9 +134,9 @@ async fn forward(
     request.send().await.unwrap()
 }
 
-#[tokio::test]
-async fn forward_auth_allows_with_identity_headers_and_an_empty_body() {
-    let server = TestServer::start_with(|c| c.permissions = vec!["zones:read".into()]).await;
+async fn forward_auth_allows_with_identity_headers_and_an_empty_body(backend: Backend) {
+    let server =
+        TestServer::start_with(backend, |c| c.permissions = vec!["zones:read".into()]).await;
     let me = ok_json(server.whoami(&[("apikey", &server.token)]).await).await;
     let bearer = format!("Bearer {}", server.token);
     for method in ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"] {
@@ -169,9 +182,9 @@ async fn forward_auth_allows_with_identity_headers_and_an_empty_body() {
     }
 }
 
-#[tokio::test]
-async fn forward_auth_refuses_with_problems() {
-    let server = TestServer::start_with(|c| c.permissions = vec!["zones:write".into()]).await;
+async fn forward_auth_refuses_with_problems(backend: Backend) {
+    let server =
+        TestServer::start_with(backend, |c| c.permissions = vec!["zones:write".into()]).await;
     problem(
         forward(&server, reqwest::Method::GET, &[]).await,
         401,
@@ -221,9 +234,8 @@ async fn forward_auth_refuses_with_problems() {
     .await;
 }
 
-#[tokio::test]
-async fn verification_counts_the_verified_credentials_rate_limit() {
-    let server = TestServer::start().await;
+async fn verification_counts_the_verified_credentials_rate_limit(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let limited = server
         .expect(
             201,
@@ -243,9 +255,11 @@ async fn verification_counts_the_verified_credentials_rate_limit() {
     assert_eq!(second["valid"], false);
 }
 
-#[tokio::test]
-async fn forward_auth_takes_require_as_a_query_on_its_path_and_as_a_header_below_it() {
-    let server = TestServer::start_with(|c| c.permissions = vec!["zones:write".into()]).await;
+async fn forward_auth_takes_require_as_a_query_on_its_path_and_as_a_header_below_it(
+    backend: Backend,
+) {
+    let server =
+        TestServer::start_with(backend, |c| c.permissions = vec!["zones:write".into()]).await;
     let viewer = server
         .expect(
             201,
@@ -329,9 +343,8 @@ async fn forward_auth_takes_require_as_a_query_on_its_path_and_as_a_header_below
     .await;
 }
 
-#[tokio::test]
-async fn forward_auth_answers_every_method_and_only_its_own_paths() {
-    let server = TestServer::start().await;
+async fn forward_auth_answers_every_method_and_only_its_own_paths(backend: Backend) {
+    let server = TestServer::start(backend).await;
     for method in ["TRACE", "PROPFIND"] {
         let response = forward(
             &server,
@@ -357,9 +370,8 @@ async fn forward_auth_answers_every_method_and_only_its_own_paths() {
     problem(response, 404, "not-found").await;
 }
 
-#[tokio::test]
-async fn forward_auth_names_the_tenant_acted_for() {
-    let server = TestServer::start().await;
+async fn forward_auth_names_the_tenant_acted_for(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let created = server
         .expect(
             201,
@@ -406,9 +418,10 @@ async fn token_in(server: &TestServer, tenant: &str, body: Value) -> (String, St
     )
 }
 
-#[tokio::test]
-async fn outside_the_callers_tenants_every_credential_is_not_found_whatever_its_state() {
-    let server = TestServer::start().await;
+async fn outside_the_callers_tenants_every_credential_is_not_found_whatever_its_state(
+    backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
     let mut tenants = Vec::new();
     for name in ["Alpha", "Bravo"] {
         let created = server
@@ -518,9 +531,8 @@ async fn outside_the_callers_tenants_every_credential_is_not_found_whatever_its_
 /// One order of checks on every path (keygate_core::gate): the address before the rate limit,
 /// the rate limit before the permissions the path requires. verify used to count only requests
 /// that passed the permission check, unlike the extractor and forward-auth.
-#[tokio::test]
-async fn every_path_checks_address_then_rate_limit_then_permissions() {
-    let server = TestServer::start().await;
+async fn every_path_checks_address_then_rate_limit_then_permissions(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let token = |body: Value| {
         let server = &server;
         async move {
@@ -617,9 +629,8 @@ async fn every_path_checks_address_then_rate_limit_then_permissions() {
     );
 }
 
-#[tokio::test]
-async fn a_verified_credential_is_noted_as_used() {
-    let server = TestServer::start().await;
+async fn a_verified_credential_is_noted_as_used(backend: Backend) {
+    let server = TestServer::start(backend).await;
     let created = server
         .expect(
             201,

@@ -5,11 +5,11 @@
 use keygate_core::Timestamp;
 use serde_json::Value;
 
-use crate::harness::{TestServer, ok_json};
+use crate::harness::{Backend, TestServer, ok_json};
 
 #[tokio::test]
 async fn an_announced_sunset_labels_every_v1_response_and_nothing_else() {
-    let server = TestServer::start_with(|config| {
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
         let v1 = &mut config.api.v1;
         v1.deprecated_at = Some(Timestamp::parse("2027-01-01T00:00:00Z").unwrap());
         v1.sunset_at = Some(Timestamp::parse("2027-07-01T12:30:00Z").unwrap());
@@ -54,7 +54,7 @@ async fn an_announced_sunset_labels_every_v1_response_and_nothing_else() {
 
 #[tokio::test]
 async fn without_an_announcement_v1_responses_carry_no_sunset() {
-    let server = TestServer::start().await;
+    let server = TestServer::start(Backend::Sqlite).await;
     let response = server.whoami(&[("apikey", &server.token)]).await;
     assert_eq!(response.status(), 200);
     for name in ["deprecation", "sunset", "link"] {
@@ -70,7 +70,7 @@ async fn without_an_announcement_v1_responses_carry_no_sunset() {
 
 #[tokio::test]
 async fn only_a_sunset_is_announced_without_deprecation_or_links() {
-    let server = TestServer::start_with(|config| {
+    let server = TestServer::start_with(Backend::Sqlite, |config| {
         config.api.v1.sunset_at = Some(Timestamp::parse("2030-02-03T04:05:06Z").unwrap());
     })
     .await;

@@ -1,6 +1,6 @@
 //! Several keygate nodes on one PostgreSQL: changes made on one are seen on the others at once,
 //! a node whose change channel breaks stops trusting its cache, and a database outage is answered
-//! with 503s and recovered from without a restart.
+//! with 503s and recovered from without a restart. PostgreSQL only: SQLite is one node's file.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -10,7 +10,7 @@ use keygate_testkit::PgCluster;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{TestServer, ok_json, problem};
+use crate::harness::{Backend, TestServer, ok_json, problem};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -70,7 +70,10 @@ async fn service_token(node: &TestServer, role: &str) -> (String, String) {
 
 #[tokio::test]
 async fn every_change_on_one_node_is_seen_on_the_other_at_once() {
-    let a = TestServer::start().await;
+    if !keygate_testkit::postgres_or_skip() {
+        return;
+    }
+    let a = TestServer::start(Backend::Postgres).await;
     let b = a.join().await;
     let mut seen = Vec::new();
 
@@ -340,7 +343,10 @@ async fn every_change_on_one_node_is_seen_on_the_other_at_once() {
 
 #[tokio::test]
 async fn a_node_that_loses_its_change_channel_stops_trusting_its_cache() {
-    let a = TestServer::start().await;
+    if !keygate_testkit::postgres_or_skip() {
+        return;
+    }
+    let a = TestServer::start(Backend::Postgres).await;
     let (id, secret) = service_token(&a, "viewer").await;
     assert_eq!(status(&a, &secret).await, 200);
 
@@ -465,17 +471,26 @@ async fn outage(serve_stale: bool) {
 
 #[tokio::test]
 async fn a_database_outage_is_503_and_recovery_needs_no_restart() {
+    if !keygate_testkit::postgres_or_skip() {
+        return;
+    }
     outage(false).await;
 }
 
 #[tokio::test]
 async fn serving_stale_entries_during_an_outage_is_the_operators_choice() {
+    if !keygate_testkit::postgres_or_skip() {
+        return;
+    }
     outage(true).await;
 }
 
 #[tokio::test]
 async fn a_signing_key_rotated_on_one_node_signs_and_verifies_on_the_other() {
-    let a = TestServer::start().await;
+    if !keygate_testkit::postgres_or_skip() {
+        return;
+    }
+    let a = TestServer::start(Backend::Postgres).await;
     let b = a.join().await;
     let (client_id, client_secret) = crate::oauth::create_client(&a, "viewer", None).await;
     let kid = |jwt: &str| {
