@@ -73,7 +73,7 @@ pub struct Caller {
 }
 
 impl Caller {
-    pub fn new(verified: Arc<Verified>) -> Self {
+    pub(crate) fn new(verified: Arc<Verified>) -> Self {
         Self {
             verified,
             acting_as: None,

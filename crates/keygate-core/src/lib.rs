@@ -15,6 +15,7 @@ pub mod clients;
 pub mod clock;
 pub mod credential;
 pub mod gate;
+pub mod grants;
 pub mod id;
 pub mod jwt;
 pub mod keyring;

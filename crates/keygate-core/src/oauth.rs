@@ -84,6 +84,15 @@ impl OauthError {
     }
 }
 
+/// Why a token-endpoint client was not authenticated.
+#[derive(Debug)]
+pub enum ClientAuthError {
+    /// Not the client's fault: the store could not answer.
+    Store(crate::store::StoreError),
+    /// Refused, as RFC 6749 says (`invalid_client`).
+    Refused(OauthError),
+}
+
 /// A client that proved it holds its secret: what the token endpoint's store operations demand,
 /// as other writes demand a [`Grant`](crate::access::Grant). It scopes them to the client.
 #[derive(Debug, Clone)]
@@ -94,7 +103,7 @@ pub struct AuthenticatedClient {
 impl AuthenticatedClient {
     /// The client a verified secret belongs to. `claimed` is the `client_id` the request named,
     /// which must be that client's.
-    pub fn new(verified: Arc<Verified>, claimed: Option<&str>) -> Result<Self, OauthError> {
+    pub(crate) fn new(verified: Arc<Verified>, claimed: Option<&str>) -> Result<Self, OauthError> {
         if verified.credential.kind != CredentialKind::OauthSecret {
             return Err(OauthError::invalid_client("that is not a client secret"));
         }
@@ -158,6 +167,13 @@ pub struct RefreshToken {
 }
 
 impl RefreshToken {
+    /// Whether it can still be exchanged at `now`: not spent, not revoked, not expired.
+    pub fn is_alive(&self, now: Timestamp) -> bool {
+        self.spent_at.is_none()
+            && self.credential.revoked_at.is_none()
+            && self.credential.expires_at.is_none_or(|at| at > now)
+    }
+
     /// The scope it was granted with, as permissions of this catalog.
     pub fn scope(&self, catalog: &Catalog) -> PermissionSet {
         catalog.expand(self.credential.permissions.as_deref().unwrap_or_default())
@@ -275,34 +291,23 @@ pub fn issue(
     lifetimes: Lifetimes,
     now: Timestamp,
 ) -> Result<Issued, getrandom::Error> {
-    let secret = format.generate(CredentialKind::Refresh)?;
-    let id = CredentialId::generate_for(CredentialKind::Refresh, now)?;
-    let refresh_scope = match previous {
+    let (mut credential, secret) = Credential::issue(
+        format,
+        CredentialKind::Refresh,
+        client.tenant_id().clone(),
+        client.verified().credential.name.clone(),
+        Some(client.id().to_string()),
+        now,
+    )?;
+    credential.permissions = match previous {
         Some(previous) => previous.credential.permissions.clone(),
         None => Some(access_scope.iter().map(|p| p.as_str().to_owned()).collect()),
     };
+    credential.expires_at = Some(now.saturating_add(lifetimes.refresh));
     let refresh = RefreshToken {
-        credential: Credential {
-            tenant_id: client.tenant_id().clone(),
-            kind: CredentialKind::Refresh,
-            hash: secret.hash(),
-            hint: secret.hint(),
-            name: client.verified().credential.name.clone(),
-            description: None,
-            user_id: None,
-            created_by: Some(client.id().to_string()),
-            role_id: None,
-            permissions: refresh_scope,
-            allowed_ips: None,
-            rate_limit: None,
-            created_at: now,
-            expires_at: Some(now.saturating_add(lifetimes.refresh)),
-            revoked_at: None,
-            last_used_at: None,
-            id: id.clone(),
-        },
+        family_id: previous.map_or_else(|| credential.id.clone(), |p| p.family_id.clone()),
+        credential,
         client_id: client.id().clone(),
-        family_id: previous.map_or(id, |p| p.family_id.clone()),
         spent_at: None,
     };
     let claims = AccessClaims {

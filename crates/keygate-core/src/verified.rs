@@ -116,7 +116,7 @@ pub struct Verified {
 impl Verified {
     /// Resolves a stored credential against the catalog: its principal, its effective permissions
     /// (role narrowed by the credential's own list) and whether it can be used at all.
-    pub fn resolve(record: &CredentialRecord, catalog: &Catalog) -> Self {
+    pub(crate) fn resolve(record: &CredentialRecord, catalog: &Catalog) -> Self {
         let credential = &record.credential;
         let role_permissions = match (&record.role, credential.kind) {
             (_, CredentialKind::AccountKey) => catalog.builtin_role(BuiltinRole::Admin),
@@ -211,7 +211,7 @@ impl Verified {
 
     /// Resolves an access token whose signature was checked: it acts as its client, with the
     /// client's permissions *now* narrowed to the token's scope, and lives until its `exp`.
-    pub fn resolve_access_token(
+    pub(crate) fn resolve_access_token(
         record: &AccessTokenRecord,
         claims: &AccessClaims,
         jti: CredentialId,

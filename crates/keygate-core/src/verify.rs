@@ -18,6 +18,7 @@ use crate::credential::{CredentialFormat, CredentialHash, CredentialKind, Format
 use crate::id::{CredentialId, TenantId};
 use crate::jwt::{self, JwtRefusal};
 use crate::keyring::KeyRing;
+use crate::oauth::{AuthenticatedClient, ClientAuthError, OauthError};
 use crate::permission::Catalog;
 use crate::store::{CredentialSource, StoreError};
 use crate::verified::{Unusable, Verified};
@@ -234,13 +235,30 @@ impl Verifier {
             .map(|record| record.client.tenant.path.ids().collect()))
     }
 
-    /// Verifies an OAuth client's secret, for the token endpoint.
-    pub async fn verify_client_secret(&self, text: &str) -> Result<Arc<Verified>, Refusal> {
-        if self.format.parse(text)? != CredentialKind::OauthSecret {
-            return Err(Refusal::NotFound);
+    /// Authenticates an OAuth client by its secret, for the token endpoint: the secret must be a
+    /// usable client secret and, if the request named a `client_id` (`claimed`), that client's.
+    pub async fn authenticate_client(
+        &self,
+        secret: &str,
+        claimed: Option<&str>,
+    ) -> Result<AuthenticatedClient, ClientAuthError> {
+        let verified = match self.format.parse(secret) {
+            Ok(CredentialKind::OauthSecret) => {
+                self.verify_cached(secret, Lookup::Stored, self.clock.now())
+                    .await
+            }
+            Ok(_) => Err(Refusal::NotFound),
+            Err(malformed) => Err(Refusal::Format(malformed)),
+        };
+        match verified {
+            Ok(verified) => {
+                AuthenticatedClient::new(verified, claimed).map_err(ClientAuthError::Refused)
+            }
+            Err(Refusal::Store(error)) => Err(ClientAuthError::Store(error)),
+            Err(refusal) => Err(ClientAuthError::Refused(OauthError::invalid_client(
+                format!("the client could not be authenticated: {refusal}"),
+            ))),
         }
-        self.verify_cached(text, Lookup::Stored, self.clock.now())
-            .await
     }
 
     async fn verify_cached(

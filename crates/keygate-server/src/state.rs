@@ -8,6 +8,7 @@ use keygate_core::Clock;
 use keygate_core::allowlist::IpAllowlist;
 use keygate_core::cache::CredentialCache;
 use keygate_core::gate::Gate;
+use keygate_core::grants::Grants;
 use keygate_core::jwt::{KeyError, KeySealer};
 use keygate_core::keyring::{KeyPolicy, KeyRing};
 use keygate_core::model::RateLimit;
@@ -164,6 +165,18 @@ impl AppState {
     /// Where argon2 runs: on tokio's blocking threads, never on the workers serving requests.
     pub fn hasher(&self) -> &dyn Hasher {
         &BlockingHasher
+    }
+
+    /// The token endpoint's grants, with this deployment's keys and token lifetimes.
+    pub fn grants(&self) -> Grants<'_> {
+        Grants {
+            store: self.store().as_ref(),
+            credentials: self.store().as_ref(),
+            keys: self.keys(),
+            format: self.verifier().format(),
+            catalog: self.catalog(),
+            lifetimes: self.oauth_lifetimes(),
+        }
     }
 
     /// Signing in and out, with this deployment's store, throttle and session lifetime.

@@ -20,8 +20,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use keygate_core::access::RequestMeta;
 use keygate_core::model::Outcome;
-use keygate_core::oauth::{AuthenticatedClient, ErrorCode, OauthError, client_target};
-use keygate_core::verify::Refusal;
+use keygate_core::oauth::{
+    AuthenticatedClient, ClientAuthError, ErrorCode, OauthError, client_target,
+};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -269,21 +270,14 @@ pub async fn authenticate_client(
             "no client authentication: send HTTP Basic, or client_id and client_secret in the body",
         )
     })?;
-    let verified = match state
+    let client = state
         .verifier()
-        .verify_client_secret(&credentials.secret)
+        .authenticate_client(&credentials.secret, Some(&credentials.id))
         .await
-    {
-        Ok(verified) => verified,
-        Err(Refusal::Store(error)) => return Err(error.into()),
-        Err(refusal) => {
-            return Err(OauthError::invalid_client(format!(
-                "the client could not be authenticated: {refusal}"
-            ))
-            .into());
-        }
-    };
-    let client = AuthenticatedClient::new(verified, Some(&credentials.id))?;
+        .map_err(|error| match error {
+            ClientAuthError::Store(error) => Failure::from(error),
+            ClientAuthError::Refused(error) => Failure::Oauth(error),
+        })?;
     let realm = headers
         .get(REALM)
         .map(|v| v.to_str().unwrap_or_default().trim());

@@ -6,8 +6,6 @@
 //! `{"active": false}` for anything that is not alive and visible to the caller: a client sees its
 //! own tokens, a credential with `credentials:verify` those of its tenant and the tenants below.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::request::Parts;
@@ -15,10 +13,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keygate_core::access::{Grant, perm};
 use keygate_core::credential::{CredentialHash, CredentialKind};
+use keygate_core::grants::RefreshView;
 use keygate_core::id::CredentialId;
 use keygate_core::jwt::{self, AccessClaims, JwtRefusal};
 use keygate_core::model::{Outcome, Target};
-use keygate_core::oauth::{self, AuthenticatedClient, RefreshToken};
+use keygate_core::oauth::{AuthenticatedClient, RefreshToken};
 use keygate_core::verified::Verified;
 use keygate_core::verify::Refusal;
 use serde::{Deserialize, Serialize};
@@ -279,37 +278,18 @@ async fn refresh_token(
     asker: &Introspector,
     token: &str,
 ) -> Result<Option<Introspection>, Failure> {
-    if state.verifier().format().parse(token) != Ok(CredentialKind::Refresh) {
-        return Ok(None);
-    }
-    let Some(refresh) = state
-        .store()
-        .find_refresh_token(&CredentialHash::of(token))
-        .await?
-    else {
-        return Ok(None);
-    };
     let now = state.clock().now();
-    let alive = refresh.spent_at.is_none()
-        && refresh.credential.revoked_at.is_none()
-        && refresh.credential.expires_at.is_none_or(|at| at > now);
-    if !alive {
-        return Ok(None);
-    }
-    // Its client as verification sees it: alive, its tenant active, visible to the asker.
-    let Some(record) = state
-        .store()
-        .find_access_token(&refresh.client_id, &refresh.credential.id)
-        .await?
+    let Some(RefreshView {
+        token: refresh,
+        client,
+        scope,
+    }) = state.grants().live_refresh_token(token, now).await?
     else {
         return Ok(None);
     };
-    let verified = Arc::new(Verified::resolve(&record.client, state.catalog()));
-    if !verified.is_usable(now) || !asker.sees(&verified) {
+    if !asker.sees(&client) {
         return Ok(None);
     }
-    let client = AuthenticatedClient::new(verified, None)?;
-    let scope = oauth::refresh_scope(&refresh, &client, state.catalog(), None)?;
     Ok(Some(Introspection {
         active: true,
         scope: Some(crate::views::permission_names(&scope).join(" ")),

@@ -1,17 +1,12 @@
-//! `POST /v1/oauth/token` (RFC 6749 §4.4 and §6): the client credentials grant, and the exchange
-//! of a refresh token for a new pair.
+//! `POST /v1/oauth/token` (RFC 6749 §4.4 and §6) over HTTP: the client credentials grant, and the
+//! exchange of a refresh token for a new pair, as [`keygate_core::grants`] decides them.
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use keygate_core::credential::{CredentialHash, CredentialKind};
-use keygate_core::model::{AuditEvent, Outcome};
-use keygate_core::oauth::{
-    self, AuthenticatedClient, ErrorCode, OauthError, RefreshToken, RefreshVerdict, Rotation,
-    client_target,
-};
-use keygate_core::permission::PermissionSet;
+use keygate_core::grants::{GrantError, GrantRequest, Granted};
+use keygate_core::oauth::{ErrorCode, OauthError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -94,154 +89,54 @@ pub async fn token(
     let params = Params::parse(&headers, &body)?;
     let ip = ip.map(|axum::Extension(ip)| ip);
     let client = authenticate_client(&state, &headers, &params, ip, &meta).await?;
+    let resources = params.resources();
+    let request = GrantRequest {
+        scope: params.get("scope"),
+        resources: &resources,
+    };
+    let grants = state.grants();
+    let now = state.clock().now();
     let granted = match params.require("grant_type")? {
-        "client_credentials" => client_credentials_grant(&state, &client, &params, &meta).await,
-        "refresh_token" => refresh_grant(&state, &client, &params, &meta).await,
-        other => Err(OauthError::new(
+        "client_credentials" => {
+            grants
+                .client_credentials(&client, &request, &meta, now)
+                .await
+        }
+        "refresh_token" => match params.require("refresh_token") {
+            Ok(presented) => {
+                grants
+                    .refresh(&client, presented, &request, &meta, now)
+                    .await
+            }
+            Err(missing) => Err(GrantError::Refused(missing)),
+        },
+        other => Err(GrantError::Refused(OauthError::new(
             ErrorCode::UnsupportedGrantType,
             format!(
                 "`{}` is not a grant keygate supports: use client_credentials or refresh_token",
                 other.chars().take(64).collect::<String>()
             ),
-        )
-        .into()),
+        ))),
     };
     match granted {
-        Ok(response) => Ok((no_store(), axum::Json(response)).into_response()),
-        Err(Failure::Oauth(error)) => Err(refuse(&state, &client, error, &meta).await),
-        Err(other) => Err(other),
+        Ok(granted) => Ok((no_store(), axum::Json(TokenResponse::from(granted))).into_response()),
+        Err(GrantError::Refused(error)) => Err(refuse(&state, &client, error, &meta).await),
+        Err(GrantError::Recorded(error)) => Err(Failure::Recorded(error)),
+        Err(GrantError::Store(e)) => Err(e.into()),
+        Err(GrantError::Key(e)) => Err(e.into()),
+        Err(GrantError::Random(e)) => Err(e.into()),
     }
 }
 
-async fn client_credentials_grant(
-    state: &AppState,
-    client: &AuthenticatedClient,
-    params: &Params,
-    meta: &keygate_core::access::RequestMeta,
-) -> Result<TokenResponse, Failure> {
-    let scope = oauth::grant_scope(&client.verified().permissions, params.get("scope"))?;
-    let (response, issued) = issue(state, client, &scope, params, None).await?;
-    let event = granted(state, client, meta)?;
-    state
-        .store()
-        .issue_refresh_token(client, &issued, &event)
-        .await?;
-    Ok(response)
-}
-
-/// The event of a grant: a refresh token stored (and, on refresh, one spent).
-fn granted(
-    state: &AppState,
-    client: &AuthenticatedClient,
-    meta: &keygate_core::access::RequestMeta,
-) -> Result<AuditEvent, Failure> {
-    Ok(client.event(
-        "oauth.token",
-        Outcome::Success,
-        200,
-        Some(client_target(client.id())),
-        state.clock().now(),
-        meta,
-    )?)
-}
-
-async fn refresh_grant(
-    state: &AppState,
-    client: &AuthenticatedClient,
-    params: &Params,
-    meta: &keygate_core::access::RequestMeta,
-) -> Result<TokenResponse, Failure> {
-    let text = params.require("refresh_token")?;
-    let unknown = || OauthError::invalid_grant(oauth::REFRESH_NOT_KNOWN);
-    if state.verifier().format().parse(text) != Ok(CredentialKind::Refresh) {
-        return Err(unknown().into());
-    }
-    let presented = state
-        .store()
-        .find_refresh_token(&CredentialHash::of(text))
-        .await?
-        .ok_or_else(unknown)?;
-    let now = state.clock().now();
-    let reused = || {
-        OauthError::invalid_grant(
-            "the refresh token was already used: every token of its grant is now revoked",
-        )
-    };
-    let denied = client.event(
-        "oauth.token",
-        Outcome::Denied,
-        400,
-        Some(client_target(client.id())),
-        now,
-        meta,
-    )?;
-    match oauth::judge_refresh(&presented, client, now) {
-        RefreshVerdict::Refuse(why) => return Err(OauthError::invalid_grant(why).into()),
-        RefreshVerdict::RevokeFamily(family) => {
-            // Recorded with the revocation, in its transaction: not refused a second time.
-            state
-                .store()
-                .revoke_refresh_family(client, &family, now, &denied)
-                .await?;
-            return Err(Failure::Recorded(reused()));
-        }
-        RefreshVerdict::Redeem => {}
-    }
-    let scope = oauth::refresh_scope(&presented, client, state.catalog(), params.get("scope"))?;
-    let (response, replacement) = issue(state, client, &scope, params, Some(&presented)).await?;
-    match state
-        .store()
-        .rotate_refresh_token(
-            client,
-            &presented.credential.id,
-            &replacement,
-            &denied,
-            &granted(state, client, meta)?,
-        )
-        .await?
-    {
-        Rotation::Rotated => Ok(response),
-        Rotation::Reused => Err(Failure::Recorded(reused())),
-    }
-}
-
-/// Signs an access token for the audience the request's `resource`s pick, and plans the refresh
-/// token to store with it. A refresh asks for its audience again: any client may have a token for
-/// any configured audience by a new grant, so tying it to the first grant would protect nothing.
-async fn issue(
-    state: &AppState,
-    client: &AuthenticatedClient,
-    scope: &PermissionSet,
-    params: &Params,
-    previous: Option<&RefreshToken>,
-) -> Result<(TokenResponse, RefreshToken), Failure> {
-    let now = state.clock().now();
-    let keys = state.keys();
-    let audience = oauth::grant_audience(&keys.policy().audiences, &params.resources())?;
-    keys.prepare(&**state.store(), now).await?;
-    let lifetimes = state.oauth_lifetimes();
-    let issued = oauth::issue(
-        client,
-        scope,
-        previous,
-        state.verifier().format(),
-        oauth::Parties {
-            issuer: &keys.policy().issuer,
-            audience,
-        },
-        lifetimes,
-        now,
-    )?;
-    let access_token = keys.sign(&issued.claims)?;
-    Ok((
-        TokenResponse {
-            access_token,
+impl From<Granted> for TokenResponse {
+    fn from(granted: Granted) -> Self {
+        Self {
+            access_token: granted.access_token,
             token_type: "Bearer",
-            expires_in: lifetimes.access.as_secs(),
-            refresh_token: issued.refresh_secret.into_exposed(),
-            refresh_token_expires_in: lifetimes.refresh.as_secs(),
-            scope: issued.claims.scope,
-        },
-        issued.refresh,
-    ))
+            expires_in: granted.lifetimes.access.as_secs(),
+            refresh_token: granted.refresh_token,
+            refresh_token_expires_in: granted.lifetimes.refresh.as_secs(),
+            scope: granted.scope,
+        }
+    }
 }
