@@ -36,7 +36,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use crate::Timestamp;
-use crate::store::{Change, ChangeListener, CredentialSource, Store, StoreError};
+use crate::store::{Change, ChangeListener, SigningKeySource, Store, StoreError};
 
 /// The size of the RSA keys keygate makes: NIST's floor until 2030, and what every library reads.
 pub const RSA_BITS: usize = 2048;
@@ -643,7 +643,7 @@ impl KeyRing {
     /// Rereads the key set from the store, decoding only keys this node has not seen.
     pub async fn reload(
         &self,
-        source: &dyn CredentialSource,
+        source: &dyn SigningKeySource,
         now: Timestamp,
     ) -> Result<(), KeyError> {
         self.stale.store(false, Ordering::Release);
@@ -836,7 +836,7 @@ impl KeyRing {
     /// Rereads the set if a change was announced or it is older than [`RELOAD_EVERY`].
     pub async fn refresh_if_stale(
         &self,
-        source: &dyn CredentialSource,
+        source: &dyn SigningKeySource,
         now: Timestamp,
     ) -> Result<(), KeyError> {
         let due = self
@@ -905,8 +905,6 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::id::CredentialId;
-    use crate::store::{AccessTokenRecord, CredentialRecord};
 
     const NOW: Timestamp = Timestamp::from_unix(1_800_000_000);
     const ISSUER: &str = "https://keygate.example";
@@ -917,22 +915,7 @@ mod tests {
     struct Keys(Mutex<Vec<StoredSigningKey>>);
 
     #[async_trait::async_trait]
-    impl CredentialSource for Keys {
-        async fn find_credential(
-            &self,
-            _: &crate::credential::CredentialHash,
-        ) -> Result<Option<CredentialRecord>, StoreError> {
-            Ok(None)
-        }
-
-        async fn find_access_token(
-            &self,
-            _: &CredentialId,
-            _: &CredentialId,
-        ) -> Result<Option<AccessTokenRecord>, StoreError> {
-            Ok(None)
-        }
-
+    impl SigningKeySource for Keys {
         async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
             Ok(self.0.lock().unwrap().clone())
         }

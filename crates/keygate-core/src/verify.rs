@@ -714,7 +714,7 @@ mod tests {
     use crate::credential::Environment;
     use crate::id::RoleId;
     use crate::model::{Credential, Role, Slug, User};
-    use crate::store::{Change, ChangeListener};
+    use crate::store::{Change, ChangeListener, SigningKeySource};
     use crate::{ManualClock, Timestamp};
 
     /// A store in a map, counting how often verification reaches it.
@@ -754,7 +754,10 @@ mod tests {
                 revoked: self.revoked.lock().unwrap().contains(jti),
             }))
         }
+    }
 
+    #[async_trait]
+    impl SigningKeySource for MapStore {
         async fn signing_keys(&self) -> Result<Vec<crate::jwt::StoredSigningKey>, StoreError> {
             Ok(self.keys.lock().unwrap().clone())
         }
@@ -1033,7 +1036,10 @@ mod tests {
         ) -> Result<Option<AccessTokenRecord>, StoreError> {
             self.inner.find_access_token(client, jti).await
         }
+    }
 
+    #[async_trait]
+    impl SigningKeySource for Flaky {
         async fn signing_keys(&self) -> Result<Vec<crate::jwt::StoredSigningKey>, StoreError> {
             self.inner.signing_keys().await
         }

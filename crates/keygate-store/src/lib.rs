@@ -1,6 +1,8 @@
-//! keygate's storage: the [`keygate_core::store::Store`] trait implemented per database.
+//! keygate's storage: the traits of [`keygate_core::store`] implemented per database.
 //!
-//! Each backend keeps all of its SQL in its own module and its migrations in its own folder
+//! The SQL is written once, one file per resource in `sql/`, and compiled into each backend
+//! (`sqlite.rs`, `postgres.rs`), which adds what differs: connecting, transactions, change
+//! notification and error mapping. Migrations live in one folder per backend
 //! (`migrations/<backend>`), embedded in the binary and run when the store is opened. Which backend
 //! is used follows from the database URL's scheme.
 
@@ -10,7 +12,6 @@ use std::time::Duration;
 use keygate_core::store::{ChangeListener, DynStore};
 
 mod postgres;
-mod sql;
 mod sqlite;
 
 pub use postgres::{CHANNEL, HEARTBEAT, PgStore, SILENCE_LIMIT};
@@ -67,6 +68,19 @@ pub async fn open(
     }
     let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
     Err(OpenError::UnsupportedScheme(scheme.to_owned()))
+}
+
+/// Which unique value a violated constraint or index protects, from its name or message.
+fn unique_field(name: &str) -> &'static str {
+    if name.contains("slug") {
+        "slug"
+    } else if name.contains("email") {
+        "email"
+    } else if name.contains("name") {
+        "name"
+    } else {
+        "value"
+    }
 }
 
 #[cfg(test)]
