@@ -98,6 +98,7 @@ on_every_backend!(
     tenants_are_scoped_to_their_subtree,
     clients_are_scoped_and_take_their_tokens_with_them,
     a_refresh_token_is_spent_once_and_reuse_burns_its_family,
+    a_refresh_token_is_found_by_its_own_client_and_within_its_tenant_only,
     access_token_revocations_are_remembered_and_announced,
     signing_keys_rotate_one_generation_at_a_time,
     signing_keys_of_every_algorithm_are_kept_as_given,
@@ -1078,7 +1079,7 @@ async fn clients_are_scoped_and_take_their_tokens_with_them(db: TestDb) {
     assert!(o.store.find_credential(&hash).await.unwrap().is_none());
     assert!(
         o.store
-            .find_refresh_token(&refresh_hash)
+            .find_refresh_token(&authenticated, &refresh_hash)
             .await
             .unwrap()
             .is_none(),
@@ -1104,7 +1105,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
         .unwrap();
     let found = o
         .store
-        .find_refresh_token(&first_hash)
+        .find_refresh_token(&client, &first_hash)
         .await
         .unwrap()
         .unwrap();
@@ -1133,7 +1134,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     );
     assert_eq!(
         o.store
-            .find_refresh_token(&first_hash)
+            .find_refresh_token(&client, &first_hash)
             .await
             .unwrap()
             .unwrap()
@@ -1142,7 +1143,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     );
     let live = o
         .store
-        .find_refresh_token(&second_hash)
+        .find_refresh_token(&client, &second_hash)
         .await
         .unwrap()
         .unwrap();
@@ -1166,7 +1167,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     );
     assert!(
         o.store
-            .find_refresh_token(&third_hash)
+            .find_refresh_token(&client, &third_hash)
             .await
             .unwrap()
             .is_none(),
@@ -1174,7 +1175,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     );
     let burnt = o
         .store
-        .find_refresh_token(&second_hash)
+        .find_refresh_token(&client, &second_hash)
         .await
         .unwrap()
         .unwrap();
@@ -1195,7 +1196,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     assert_eq!(revoked, 1);
     assert!(
         o.store
-            .find_refresh_token(&other_hash)
+            .find_refresh_token(&client, &other_hash)
             .await
             .unwrap()
             .unwrap()
@@ -1205,7 +1206,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     );
     let spent_first = o
         .store
-        .find_refresh_token(&first_hash)
+        .find_refresh_token(&client, &first_hash)
         .await
         .unwrap()
         .unwrap();
@@ -1228,7 +1229,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     );
     assert!(
         o.store
-            .find_refresh_token(&other_hash)
+            .find_refresh_token(&client, &other_hash)
             .await
             .unwrap()
             .is_none()
@@ -1252,6 +1253,73 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
         .filter(|(action, _, _)| action == "oauth.grant")
         .count();
     assert_eq!(grants, 3, "two grants and the one rotation that succeeded");
+}
+
+async fn a_refresh_token_is_found_by_its_own_client_and_within_its_tenant_only(db: TestDb) {
+    let o = owned(db).await;
+    let (_, first_hash) = client(&o, "first").await;
+    let (_, second_hash) = client(&o, "second").await;
+    let first = authenticated(&o, &first_hash).await;
+    let second = authenticated(&o, &second_hash).await;
+    let (refresh, refresh_hash) = issue(&first, None);
+    o.store
+        .issue_refresh_token(&first, &refresh, &granted(&first))
+        .await
+        .unwrap();
+
+    let found = o
+        .store
+        .find_refresh_token(&first, &refresh_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.credential.id, refresh.credential.id);
+    assert!(
+        o.store
+            .find_refresh_token(&second, &refresh_hash)
+            .await
+            .unwrap()
+            .is_none(),
+        "another client's token is not found"
+    );
+    let client_secret = o.store.find_credential(&first_hash).await.unwrap().unwrap();
+    assert!(
+        o.store
+            .find_refresh_token(&first, &client_secret.credential.hash)
+            .await
+            .unwrap()
+            .is_none(),
+        "a client secret is not a refresh token"
+    );
+
+    // Introspection by a credential with `credentials:verify`: its tenant's tokens and below,
+    // with the client as verification reads it.
+    let verify = o.caller.require::<perm::CredentialsVerify>().unwrap();
+    let (token, client) = o
+        .store
+        .find_refresh_token_within(&verify, &refresh_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.credential.id, refresh.credential.id);
+    assert_eq!(client.credential.id, *first.id());
+    assert_eq!(client.tenant.id, o.plan.tenant.id);
+    let (child, _) = chain(&o, 1).await;
+    let child_verify = o
+        .caller
+        .clone()
+        .acting_for(keygate_core::verify::TenantSummary::from(&child))
+        .unwrap()
+        .require::<perm::CredentialsVerify>()
+        .unwrap();
+    assert!(
+        o.store
+            .find_refresh_token_within(&child_verify, &refresh_hash)
+            .await
+            .unwrap()
+            .is_none(),
+        "not a token of a tenant above"
+    );
 }
 
 async fn access_token_revocations_are_remembered_and_announced(db: TestDb) {

@@ -1,11 +1,11 @@
 //! OAuth clients, and what the token, revocation and introspection endpoints store and read.
 //!
-//! The authenticated client scopes each token write to its own tokens: a client cannot spend or
-//! revoke another client's refresh token, whatever it presents.
+//! The authenticated client scopes each token operation to its own tokens: a client cannot read,
+//! spend or revoke another client's refresh token, whatever it presents.
 
 use async_trait::async_trait;
 
-use super::{Page, Paged, StoreError};
+use super::{CredentialRecord, Page, Paged, StoreError};
 use crate::Timestamp;
 use crate::access::{Grant, Scope, perm};
 use crate::credential::CredentialHash;
@@ -52,11 +52,22 @@ pub trait OAuthStore: Send + Sync + 'static {
         event: &AuditEvent,
     ) -> Result<(), StoreError>;
 
-    /// The refresh token with this hash, whoever it belongs to.
+    /// The client's refresh token with this hash; `None` if there is none, or it is another
+    /// client's.
     async fn find_refresh_token(
         &self,
+        client: &AuthenticatedClient,
         hash: &CredentialHash,
     ) -> Result<Option<RefreshToken>, StoreError>;
+
+    /// For introspection by a credential holding `credentials:verify`: the refresh token with
+    /// this hash if its client is in the grant's tenant or below it, with that client as
+    /// verification reads it; `None` otherwise.
+    async fn find_refresh_token_within(
+        &self,
+        grant: &Grant<perm::CredentialsVerify>,
+        hash: &CredentialHash,
+    ) -> Result<Option<(RefreshToken, CredentialRecord)>, StoreError>;
 
     /// Spends the client's refresh token `spent` and stores `replacement`, in one transaction. If
     /// `spent` can no longer be spent (a concurrent request spent it first), revokes its family

@@ -8,12 +8,12 @@ use keygate_core::credential::{CredentialHash, CredentialKind};
 use keygate_core::id::CredentialId;
 use keygate_core::model::{AuditEvent, Credential};
 use keygate_core::oauth::{AuthenticatedClient, RefreshToken, Rotation};
-use keygate_core::store::{Change, OAuthStore, Page, Paged, StoreError};
+use keygate_core::store::{Change, CredentialRecord, OAuthStore, Page, Paged, StoreError};
 use sqlx::{Row, Transaction};
 
 use super::shared::{
-    corrupt, credential_from_row, delete_credential, insert_credential, insert_event, insert_row,
-    optional_timestamp, scoped_page,
+    client_record, corrupt, credential_from_row, delete_credential, insert_credential,
+    insert_event, insert_row, optional_timestamp, scoped_page,
 };
 use super::{Db, DbRow, SqlStore, store_error};
 
@@ -104,15 +104,49 @@ impl OAuthStore for SqlStore {
 
     async fn find_refresh_token(
         &self,
+        client: &AuthenticatedClient,
         hash: &CredentialHash,
     ) -> Result<Option<RefreshToken>, StoreError> {
-        sqlx::query("SELECT * FROM credentials WHERE secret_hash = $1 AND kind = 'refresh'")
-            .bind(hash.as_bytes().as_slice())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(store_error)?
-            .map(|row| refresh_from_row(&row))
-            .transpose()
+        sqlx::query(
+            "SELECT * FROM credentials
+             WHERE secret_hash = $1 AND client_id = $2 AND kind = 'refresh'",
+        )
+        .bind(hash.as_bytes().as_slice())
+        .bind(client.id().as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?
+        .map(|row| refresh_from_row(&row))
+        .transpose()
+    }
+
+    async fn find_refresh_token_within(
+        &self,
+        grant: &Grant<perm::CredentialsVerify>,
+        hash: &CredentialHash,
+    ) -> Result<Option<(RefreshToken, CredentialRecord)>, StoreError> {
+        // One read transaction, so the token and its client are one snapshot.
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        let Some(row) = sqlx::query(concat!(
+            "SELECT r.* FROM credentials r
+             JOIN tenants t ON t.id = r.tenant_id JOIN tenants s ON s.id = $2
+             WHERE r.secret_hash = $1 AND r.kind = 'refresh' AND ",
+            in_subtree!("t", "s")
+        ))
+        .bind(hash.as_bytes().as_slice())
+        .bind(grant.tenant_id().as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?
+        else {
+            return Ok(None);
+        };
+        let token = refresh_from_row(&row)?;
+        let Some(client) = client_record(&mut tx, &token.client_id).await? else {
+            return Ok(None);
+        };
+        tx.commit().await.map_err(store_error)?;
+        Ok(Some((token, client)))
     }
 
     async fn rotate_refresh_token(

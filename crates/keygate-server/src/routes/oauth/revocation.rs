@@ -138,9 +138,8 @@ async fn own_refresh_token(
     }
     Ok(state
         .store()
-        .find_refresh_token(&CredentialHash::of(token))
-        .await?
-        .filter(|t| t.client_id == *client.id()))
+        .find_refresh_token(client, &CredentialHash::of(token))
+        .await?)
 }
 
 /// What introspection says about a token (RFC 7662 §2.2). Everything but `active` is left out
@@ -281,11 +280,25 @@ async fn refresh_token(
     if state.verifier().format().parse(token) != Ok(CredentialKind::Refresh) {
         return Ok(None);
     }
-    let Some(refresh) = state
-        .store()
-        .find_refresh_token(&CredentialHash::of(token))
-        .await?
-    else {
+    // Only a token the asker may see is read: a client's own, or one of a client in the
+    // verifier's tenant or below it. With it comes its client as verification sees it.
+    let hash = CredentialHash::of(token);
+    let found = match asker {
+        Introspector::Client(client) => state
+            .store()
+            .find_refresh_token(client, &hash)
+            .await?
+            .map(|refresh| (refresh, Arc::clone(client.verified()))),
+        Introspector::Verifier(grant) => state
+            .store()
+            .find_refresh_token_within(grant, &hash)
+            .await?
+            .map(|(refresh, client)| {
+                let verified = Verified::resolve(&client, state.catalog());
+                (refresh, Arc::new(verified))
+            }),
+    };
+    let Some((refresh, verified)) = found else {
         return Ok(None);
     };
     let now = state.clock().now();
@@ -295,15 +308,7 @@ async fn refresh_token(
     if !alive {
         return Ok(None);
     }
-    // Its client as verification sees it: alive, its tenant active, visible to the asker.
-    let Some(record) = state
-        .store()
-        .find_access_token(&refresh.client_id, &refresh.credential.id)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let verified = Arc::new(Verified::resolve(&record.client, state.catalog()));
+    // Its client: alive, its tenant active, visible to the asker.
     if !verified.is_usable(now) || !asker.sees(&verified) {
         return Ok(None);
     }

@@ -158,7 +158,7 @@ async fn refresh_grant(
     }
     let presented = state
         .store()
-        .find_refresh_token(&CredentialHash::of(text))
+        .find_refresh_token(client, &CredentialHash::of(text))
         .await?
         .ok_or_else(unknown)?;
     let now = state.clock().now();
