@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_core::store::{ChangeListener, DynStore};
+use keygate_core::store::{ChangeListener, CredentialSource, Store};
 
 mod postgres;
 mod sqlite;
@@ -52,12 +52,20 @@ pub enum OpenError {
     Migrate(String),
 }
 
+/// An opened store, before it is handed out: as a [`Store`] to whatever serves the management
+/// API, and as a [`CredentialSource`] to the verifier alone (an `Arc<dyn Backend>` coerces to
+/// either). Keeping the two apart keeps the unscoped reads, a credential by its hash above all,
+/// away from handlers.
+pub trait Backend: Store + CredentialSource {}
+
+impl<T: Store + CredentialSource> Backend for T {}
+
 /// Opens the store named by `url` and brings its schema up to date.
 pub async fn open(
     url: &str,
     options: &StoreOptions,
     listener: Arc<dyn ChangeListener>,
-) -> Result<DynStore, OpenError> {
+) -> Result<Arc<dyn Backend>, OpenError> {
     if url.starts_with("sqlite:") {
         let store = SqliteStore::open(url, options, listener).await?;
         return Ok(Arc::new(store));

@@ -10,13 +10,11 @@ use keygate_core::jwt::SigningAlgorithm;
 use keygate_core::model::{AuditEvent, Outcome, Role, User, UserStatus};
 use keygate_core::oauth::{AuthenticatedClient, Lifetimes, RefreshToken, Rotation};
 use keygate_core::permission::{BuiltinRole, Catalog};
-use keygate_core::store::{
-    Change, ChangeListener, Deletion, DynStore, Page, StoreError, TokenFilter,
-};
+use keygate_core::store::{Change, ChangeListener, Deletion, Page, StoreError, TokenFilter};
 use keygate_core::verify::Verified;
 use keygate_core::{Timestamp, access::RequestMeta};
 
-use crate::{StoreOptions, open};
+use crate::{Backend, StoreOptions, open};
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<Change>>);
@@ -59,7 +57,8 @@ impl TestDb {
         self.dir.as_ref().unwrap().path()
     }
 
-    async fn open(&self, recorder: Arc<Recorder>) -> DynStore {
+    /// The store as the server holds it: a `Store`, and the verifier's `CredentialSource`.
+    async fn open(&self, recorder: Arc<Recorder>) -> Arc<dyn Backend> {
         open(&self.url(), &StoreOptions::default(), recorder)
             .await
             .unwrap()
@@ -94,6 +93,7 @@ on_every_backend!(
     every_change_writes_its_event_with_the_acting_credential,
     data_survives_reopening,
     two_keys_at_most_even_when_created_at_once,
+    an_account_key_is_found_by_its_secret_in_its_own_tenant_only,
     the_ip_restriction_is_stored_and_announced,
     tenants_are_scoped_to_their_subtree,
     clients_are_scoped_and_take_their_tokens_with_them,
@@ -190,7 +190,7 @@ async fn secrets_never_reach_the_sqlite_file() {
 
 /// A store with the bootstrap applied, and a caller acting as its owner token.
 struct Owned {
-    store: DynStore,
+    store: Arc<dyn Backend>,
     recorder: Arc<Recorder>,
     caller: Caller,
     plan: keygate_core::store::Bootstrap,
@@ -724,6 +724,69 @@ fn o_key(keys: &Grant<perm::KeysWrite>) -> keygate_core::model::Credential {
         revoked_at: None,
         last_used_at: None,
     }
+}
+
+async fn an_account_key_is_found_by_its_secret_in_its_own_tenant_only(db: TestDb) {
+    let o = owned(db).await;
+    let keys = o.caller.require::<perm::KeysWrite>().unwrap();
+    let key = o_key(&keys);
+    o.store
+        .create_account_key(&keys, &key, 2, &event(&keys, "account_key.create"))
+        .await
+        .unwrap();
+    let (child, _) = chain(&o, 1).await;
+    let child_keys = o
+        .caller
+        .clone()
+        .acting_for(keygate_core::verify::TenantSummary::from(&child))
+        .unwrap()
+        .require::<perm::KeysWrite>()
+        .unwrap();
+    let child_key = o_key(&child_keys);
+    o.store
+        .create_account_key(
+            &child_keys,
+            &child_key,
+            2,
+            &event(&child_keys, "account_key.create"),
+        )
+        .await
+        .unwrap();
+
+    let found = |scope: keygate_core::access::Scope, hash: CredentialHash| {
+        let store = o.store.clone();
+        async move {
+            store
+                .find_account_key(&scope, &hash)
+                .await
+                .unwrap()
+                .map(|k| k.id)
+        }
+    };
+    assert_eq!(found(keys.scope(), key.hash).await, Some(key.id.clone()));
+    assert_eq!(
+        found(child_keys.scope(), child_key.hash).await,
+        Some(child_key.id.clone())
+    );
+    assert_eq!(
+        found(keys.scope(), child_key.hash).await,
+        None,
+        "not a descendant's key"
+    );
+    assert_eq!(
+        found(child_keys.scope(), key.hash).await,
+        None,
+        "not an ancestor's key"
+    );
+    assert_eq!(
+        found(keys.scope(), o.plan.token.hash).await,
+        None,
+        "a token of the tenant is not an account key"
+    );
+    assert_eq!(
+        found(keys.scope(), CredentialHash::of("kg_live_nothing")).await,
+        None
+    );
 }
 
 async fn the_ip_restriction_is_stored_and_announced(db: TestDb) {

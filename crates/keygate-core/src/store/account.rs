@@ -4,6 +4,7 @@ use async_trait::async_trait;
 
 use super::StoreError;
 use crate::access::{Grant, Scope, perm};
+use crate::credential::CredentialHash;
 use crate::id::CredentialId;
 use crate::model::{AuditEvent, Credential, IpRestriction};
 
@@ -11,6 +12,14 @@ use crate::model::{AuditEvent, Credential, IpRestriction};
 pub trait AccountStore: Send + Sync + 'static {
     /// The tenant's account keys, oldest first.
     async fn list_account_keys(&self, scope: &Scope) -> Result<Vec<Credential>, StoreError>;
+
+    /// The scope's tenant's account key with this hash (a key named by its full secret); `None`
+    /// for any other credential, and for another tenant's key.
+    async fn find_account_key(
+        &self,
+        scope: &Scope,
+        hash: &CredentialHash,
+    ) -> Result<Option<Credential>, StoreError>;
 
     /// Adds a key unless the tenant already has `limit`; `false` if it has. Safe against
     /// concurrent creates: the tenant is locked while counting.

@@ -11,7 +11,9 @@
 //! dropped in the same code path as the change and cannot be forgotten by a handler.
 //! Operations on a tenant's objects take a [`Grant`](crate::access::Grant) or a
 //! [`Scope`](crate::access::Scope): they cannot be called without the access decision, and they
-//! scope their query to its tenant. What verification reads, unscoped, is [`CredentialSource`].
+//! scope their query to its tenant. The reads that are not scoped (a credential by its hash, an
+//! OAuth client by its id) are on [`CredentialSource`], which only the verifier holds: `Store`
+//! does not extend it.
 
 use std::sync::Arc;
 
@@ -164,8 +166,7 @@ pub enum Deletion {
 /// Everything the management API stores: one trait per resource, and the store's own lifecycle.
 #[async_trait]
 pub trait Store:
-    CredentialSource
-    + TenantStore
+    TenantStore
     + UserStore
     + RoleStore
     + TokenStore

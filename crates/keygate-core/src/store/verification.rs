@@ -2,7 +2,9 @@
 //! keys.
 //!
 //! The reads here are not scoped to a tenant: the verifier does not know whose a credential is
-//! until it has read it.
+//! until it has read it. Only the verifier holds a [`CredentialSource`]; handlers hold a
+//! [`Store`](super::Store), which does not extend it, so a handler cannot read another tenant's
+//! credential by accident.
 
 use async_trait::async_trait;
 

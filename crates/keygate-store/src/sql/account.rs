@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use keygate_core::access::{Grant, Scope, perm};
-use keygate_core::credential::CredentialKind;
+use keygate_core::credential::{CredentialHash, CredentialKind};
 use keygate_core::id::CredentialId;
 use keygate_core::model::{AuditEvent, Credential, IpRestriction};
 use keygate_core::store::{AccountStore, Change, StoreError};
@@ -26,6 +26,24 @@ impl AccountStore for SqlStore {
         .iter()
         .map(credential_from_row)
         .collect()
+    }
+
+    async fn find_account_key(
+        &self,
+        scope: &Scope,
+        hash: &CredentialHash,
+    ) -> Result<Option<Credential>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM credentials
+             WHERE secret_hash = $1 AND tenant_id = $2 AND kind = 'account_key'",
+        )
+        .bind(hash.as_bytes().as_slice())
+        .bind(scope.tenant_id().as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?
+        .map(|row| credential_from_row(&row))
+        .transpose()
     }
 
     async fn create_account_key(
