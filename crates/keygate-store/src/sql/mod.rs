@@ -5,10 +5,10 @@
 //! mapping, inserts, the audit event, paging).
 //!
 //! SQLite and PostgreSQL agree on almost all of keygate's SQL: `$n` parameters (sqlx maps them for
-//! SQLite too), recursive CTEs, `coalesce`, `EXISTS`. What differs lives in each backend's module:
-//! connecting, how a write transaction begins (`begin_write`), how changes reach other nodes
-//! (`commit`), and how driver errors map to [`StoreError`](keygate_core::store::StoreError)
-//! (`store_error`).
+//! SQLite too), `substr` and `||` on tenant paths, `coalesce`, `EXISTS`, `ON CONFLICT`. What
+//! differs lives in each backend's module: connecting, how a write transaction begins
+//! (`begin_write`), how changes reach other nodes (`commit`), and how driver errors map to
+//! [`StoreError`](keygate_core::store::StoreError) (`store_error`).
 //!
 //! Adding a resource: its file here, and its line in the list below.
 
