@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use crate::Timestamp;
+use crate::access::{Grant, perm};
 use crate::credential::{CredentialFormat, CredentialHash, CredentialKind};
 use crate::jwt::KeyError;
 use crate::keyring::KeyRing;
@@ -19,7 +20,7 @@ use crate::oauth::{
     RefreshVerdict, Rotation, client_target,
 };
 use crate::permission::{Catalog, PermissionSet};
-use crate::store::{CredentialSource, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::verified::Verified;
 
 /// What a grant hands the client (RFC 6749 §5.1).
@@ -70,11 +71,17 @@ pub struct RefreshView {
     pub scope: PermissionSet,
 }
 
+/// Who asks introspection about a refresh token: the client it was issued to, or a credential
+/// holding `credentials:verify` (tokens of its tenant and below).
+pub enum RefreshAsker<'a> {
+    Client(&'a AuthenticatedClient),
+    Within(&'a Grant<perm::CredentialsVerify>),
+}
+
 /// What grants need: the store, the signing keys, the credential format, the catalog, and how
 /// long tokens live.
 pub struct Grants<'a> {
     pub store: &'a dyn Store,
-    pub credentials: &'a dyn CredentialSource,
     pub keys: &'a KeyRing,
     pub format: &'a CredentialFormat,
     pub catalog: &'a Catalog,
@@ -116,7 +123,7 @@ impl Grants<'_> {
         }
         let presented = self
             .store
-            .find_refresh_token(&CredentialHash::of(presented))
+            .find_refresh_token(client, &CredentialHash::of(presented))
             .await?
             .ok_or_else(unknown)?;
         let reused = || {
@@ -163,34 +170,35 @@ impl Grants<'_> {
         }
     }
 
-    /// The refresh token with this text, if it is alive and its client may still use it: what
-    /// introspection may show, before it checks who asks.
+    /// The refresh token with this text, if `asker` may see it, it is alive, and its client may
+    /// still use it: what introspection may show. Only a token the asker may see is read.
     pub async fn live_refresh_token(
         &self,
+        asker: RefreshAsker<'_>,
         text: &str,
         now: Timestamp,
     ) -> Result<Option<RefreshView>, StoreError> {
         if self.format.parse(text) != Ok(CredentialKind::Refresh) {
             return Ok(None);
         }
-        let Some(token) = self
-            .store
-            .find_refresh_token(&CredentialHash::of(text))
-            .await?
-            .filter(|token| token.is_alive(now))
-        else {
+        let hash = CredentialHash::of(text);
+        // With the token comes its client as verification sees it.
+        let found = match asker {
+            RefreshAsker::Client(client) => self
+                .store
+                .find_refresh_token(client, &hash)
+                .await?
+                .map(|token| (token, Arc::clone(client.verified()))),
+            RefreshAsker::Within(grant) => self
+                .store
+                .find_refresh_token_within(grant, &hash)
+                .await?
+                .map(|(token, client)| (token, Arc::new(Verified::resolve(&client, self.catalog)))),
+        };
+        let Some((token, client)) = found else {
             return Ok(None);
         };
-        // Its client as verification sees it: alive, its tenant active.
-        let Some(record) = self
-            .credentials
-            .find_access_token(&token.client_id, &token.credential.id)
-            .await?
-        else {
-            return Ok(None);
-        };
-        let client = Arc::new(Verified::resolve(&record.client, self.catalog));
-        if !client.is_usable(now) {
+        if !token.is_alive(now) || !client.is_usable(now) {
             return Ok(None);
         }
         let Ok(authenticated) = AuthenticatedClient::new(Arc::clone(&client), None) else {

@@ -21,7 +21,7 @@ use crate::jwt::{
     AccessClaims, JwtRefusal, KeyError, KeySealer, MAX_LEN, PrivateKey, PublicJwk, RELOAD_EVERY,
     SigningAlgorithm, StoredSigningKey, TOKEN_TYPE, corrupt, generate_key,
 };
-use crate::store::{Change, ChangeListener, CredentialSource, Store};
+use crate::store::{Change, ChangeListener, SigningKeySource, Store};
 
 /// The deployment's rules for access tokens and their keys.
 #[derive(Debug, Clone)]
@@ -113,7 +113,7 @@ impl KeyRing {
     /// Rereads the key set from the store, decoding only keys this node has not seen.
     pub async fn reload(
         &self,
-        source: &dyn CredentialSource,
+        source: &dyn SigningKeySource,
         now: Timestamp,
     ) -> Result<(), KeyError> {
         self.stale.store(false, Ordering::Release);
@@ -306,7 +306,7 @@ impl KeyRing {
     /// Rereads the set if a change was announced or it is older than [`RELOAD_EVERY`].
     pub async fn refresh_if_stale(
         &self,
-        source: &dyn CredentialSource,
+        source: &dyn SigningKeySource,
         now: Timestamp,
     ) -> Result<(), KeyError> {
         let due = self
@@ -375,10 +375,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::id::CredentialId;
     use crate::jwt::{Audience, RSA_BITS, thumbprint};
     use crate::store::StoreError;
-    use crate::store::{AccessTokenRecord, CredentialRecord};
 
     const NOW: Timestamp = Timestamp::from_unix(1_800_000_000);
     const ISSUER: &str = "https://keygate.example";
@@ -389,22 +387,7 @@ mod tests {
     struct Keys(Mutex<Vec<StoredSigningKey>>);
 
     #[async_trait::async_trait]
-    impl CredentialSource for Keys {
-        async fn find_credential(
-            &self,
-            _: &crate::credential::CredentialHash,
-        ) -> Result<Option<CredentialRecord>, StoreError> {
-            Ok(None)
-        }
-
-        async fn find_access_token(
-            &self,
-            _: &CredentialId,
-            _: &CredentialId,
-        ) -> Result<Option<AccessTokenRecord>, StoreError> {
-            Ok(None)
-        }
-
+    impl SigningKeySource for Keys {
         async fn signing_keys(&self) -> Result<Vec<StoredSigningKey>, StoreError> {
             Ok(self.0.lock().unwrap().clone())
         }

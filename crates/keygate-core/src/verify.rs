@@ -439,7 +439,7 @@ mod tests {
     use crate::model::{Tenant, TenantStatus, UserStatus};
     use crate::permission::BuiltinRole;
     use crate::store::{AccessTokenRecord, CredentialRecord};
-    use crate::store::{Change, ChangeListener};
+    use crate::store::{Change, ChangeListener, SigningKeySource};
     use crate::verified::PrincipalKind;
     use crate::{ManualClock, Timestamp};
 
@@ -480,7 +480,10 @@ mod tests {
                 revoked: self.revoked.lock().unwrap().contains(jti),
             }))
         }
+    }
 
+    #[async_trait]
+    impl SigningKeySource for MapStore {
         async fn signing_keys(&self) -> Result<Vec<crate::jwt::StoredSigningKey>, StoreError> {
             Ok(self.keys.lock().unwrap().clone())
         }
@@ -759,7 +762,10 @@ mod tests {
         ) -> Result<Option<AccessTokenRecord>, StoreError> {
             self.inner.find_access_token(client, jti).await
         }
+    }
 
+    #[async_trait]
+    impl SigningKeySource for Flaky {
         async fn signing_keys(&self) -> Result<Vec<crate::jwt::StoredSigningKey>, StoreError> {
             self.inner.signing_keys().await
         }

@@ -171,7 +171,6 @@ impl AppState {
     pub fn grants(&self) -> Grants<'_> {
         Grants {
             store: self.store().as_ref(),
-            credentials: self.store().as_ref(),
             keys: self.keys(),
             format: self.verifier().format(),
             catalog: self.catalog(),

@@ -1,16 +1,17 @@
-//! keygate's storage: the [`keygate_core::store::Store`] trait implemented per database.
+//! keygate's storage: the traits of [`keygate_core::store`] implemented per database.
 //!
-//! Each backend keeps all of its SQL in its own module and its migrations in its own folder
+//! The SQL is written once, one file per resource in `sql/`, and compiled into each backend
+//! (`sqlite.rs`, `postgres.rs`), which adds what differs: connecting, transactions, change
+//! notification and error mapping. Migrations live in one folder per backend
 //! (`migrations/<backend>`), embedded in the binary and run when the store is opened. Which backend
 //! is used follows from the database URL's scheme.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_core::store::{ChangeListener, DynStore};
+use keygate_core::store::{ChangeListener, CredentialSource, Store};
 
 mod postgres;
-mod sql;
 mod sqlite;
 
 pub use postgres::{CHANNEL, HEARTBEAT, PgStore, SILENCE_LIMIT};
@@ -51,12 +52,20 @@ pub enum OpenError {
     Migrate(String),
 }
 
+/// An opened store, before it is handed out: as a [`Store`] to whatever serves the management
+/// API, and as a [`CredentialSource`] to the verifier alone (an `Arc<dyn Backend>` coerces to
+/// either). Keeping the two apart keeps the unscoped reads, a credential by its hash above all,
+/// away from handlers.
+pub trait Backend: Store + CredentialSource {}
+
+impl<T: Store + CredentialSource> Backend for T {}
+
 /// Opens the store named by `url` and brings its schema up to date.
 pub async fn open(
     url: &str,
     options: &StoreOptions,
     listener: Arc<dyn ChangeListener>,
-) -> Result<DynStore, OpenError> {
+) -> Result<Arc<dyn Backend>, OpenError> {
     if url.starts_with("sqlite:") {
         let store = SqliteStore::open(url, options, listener).await?;
         return Ok(Arc::new(store));
@@ -67,6 +76,19 @@ pub async fn open(
     }
     let scheme = url.split_once(':').map_or(url, |(scheme, _)| scheme);
     Err(OpenError::UnsupportedScheme(scheme.to_owned()))
+}
+
+/// Which unique value a violated constraint or index protects, from its name or message.
+fn unique_field(name: &str) -> &'static str {
+    if name.contains("slug") {
+        "slug"
+    } else if name.contains("email") {
+        "email"
+    } else if name.contains("name") {
+        "name"
+    } else {
+        "value"
+    }
 }
 
 #[cfg(test)]

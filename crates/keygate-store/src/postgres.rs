@@ -16,12 +16,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::Postgres;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use keygate_core::store::{Change, ChangeListener, StoreError};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Transaction};
 
-use crate::sql::prelude::*;
-use crate::sql::unique_field;
-use crate::{OpenError, StoreOptions};
+use crate::{OpenError, StoreOptions, unique_field};
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -109,7 +108,15 @@ impl Drop for PgStore {
     }
 }
 
-crate::sql::sql_store!(PgStore, Postgres, sqlx::postgres::PgRow);
+// The SQL both backends share (`sql/`), compiled for PostgreSQL: its files name the database,
+// its rows and the store by these aliases. The other backend includes the same files (hence
+// the allowed `duplicate_mod`): written once, compiled twice.
+type Db = Postgres;
+type DbRow = PgRow;
+type SqlStore = PgStore;
+#[allow(clippy::duplicate_mod)]
+#[path = "sql/mod.rs"]
+mod sql;
 
 /// Listens for other nodes' changes for as long as the store lives, reconnecting as needed.
 async fn watch(pool: PgPool, cache: Arc<dyn ChangeListener>, node: Arc<str>) {

@@ -1,22 +1,26 @@
 //! Store tests, run against every backend this build can reach.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use keygate_core::access::{Caller, Grant, perm};
 use keygate_core::bootstrap;
-use keygate_core::credential::{CredentialFormat, CredentialHash, CredentialKind, Environment};
+use keygate_core::cache::CredentialCache;
+use keygate_core::gate::{Gate, Presented, Request as GateRequest};
+use keygate_core::verify::Verifier;
+use keygate_core::credential::{
+    CredentialFormat, CredentialHash, CredentialKind, Environment, Secret,
+};
 use keygate_core::id::{CredentialId, RoleId, UserId};
 use keygate_core::jwt::SigningAlgorithm;
 use keygate_core::model::{AuditEvent, Outcome, Role, User, UserStatus};
 use keygate_core::oauth::{AuthenticatedClient, Lifetimes, RefreshToken, Rotation};
 use keygate_core::permission::{BuiltinRole, Catalog};
-use keygate_core::store::{
-    Change, ChangeListener, Deletion, DynStore, Page, StoreError, TokenFilter,
-};
+use keygate_core::store::{Change, ChangeListener, Deletion, Page, StoreError, TokenFilter};
 use keygate_core::verified::Verified;
-use keygate_core::{Timestamp, access::RequestMeta};
+use keygate_core::{ManualClock, Timestamp, access::RequestMeta};
 
-use crate::{StoreOptions, open};
+use crate::{Backend, StoreOptions, open};
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<Change>>);
@@ -59,7 +63,8 @@ impl TestDb {
         self.dir.as_ref().unwrap().path()
     }
 
-    async fn open(&self, recorder: Arc<Recorder>) -> DynStore {
+    /// The store as the server holds it: a `Store`, and the verifier's `CredentialSource`.
+    async fn open(&self, recorder: Arc<Recorder>) -> Arc<dyn Backend> {
         open(&self.url(), &StoreOptions::default(), recorder)
             .await
             .unwrap()
@@ -97,10 +102,12 @@ on_every_backend!(
     every_change_writes_its_event_with_the_acting_credential,
     data_survives_reopening,
     two_keys_at_most_even_when_created_at_once,
+    an_account_key_is_found_by_its_secret_in_its_own_tenant_only,
     the_ip_restriction_is_stored_and_announced,
     tenants_are_scoped_to_their_subtree,
     clients_are_scoped_and_take_their_tokens_with_them,
     a_refresh_token_is_spent_once_and_reuse_burns_its_family,
+    a_refresh_token_is_found_by_its_own_client_and_within_its_tenant_only,
     access_token_revocations_are_remembered_and_announced,
     signing_keys_rotate_one_generation_at_a_time,
     signing_keys_of_every_algorithm_are_kept_as_given,
@@ -190,12 +197,17 @@ async fn secrets_never_reach_the_sqlite_file() {
     assert!(!contains(&secrets.password));
 }
 
-/// A store with the bootstrap applied, and a caller acting as its owner token.
+/// A store with the bootstrap applied, and a caller acting as its owner token, admitted as a
+/// request would be: core alone makes callers and authenticated clients.
 struct Owned {
-    store: DynStore,
+    store: Arc<dyn Backend>,
     recorder: Arc<Recorder>,
     caller: Caller,
     plan: keygate_core::store::Bootstrap,
+    gate: Gate,
+    /// The secrets of the clients [`client`] made, by hash: the token endpoint authenticates a
+    /// client by its secret's text, and the tests name clients by hash.
+    client_secrets: Mutex<HashMap<CredentialHash, Secret>>,
     _db: TestDb,
 }
 
@@ -204,18 +216,34 @@ async fn owned(db: TestDb) -> Owned {
     let store = db.open(recorder.clone()).await;
     let (plan, secrets) = bootstrap::plan(&format(), "owner@example.com", NOW).unwrap();
     store.bootstrap(&plan).await.unwrap();
-    let record = store
-        .find_credential(&secrets.token.hash())
-        .await
-        .unwrap()
-        .unwrap();
-    let catalog = Catalog::new::<&str>(&[]).unwrap();
-    let caller = Caller::new(Arc::new(Verified::resolve(&record, &catalog)));
+    let verifier = Verifier::new(
+        format(),
+        Arc::new(Catalog::new::<&str>(&[]).unwrap()),
+        store.clone(),
+        Arc::new(CredentialCache::new()),
+        Arc::new(ManualClock::new(NOW)),
+    );
+    let gate = Gate::new(verifier, store.clone(), None);
+    let presented = Presented {
+        credential: secrets.token.expose(),
+        basic_username: None,
+        realm: None,
+        as_tenant: None,
+    };
+    let request = GateRequest {
+        client: None,
+        required: &[],
+        within: None,
+        now_millis: NOW.unix() * 1000,
+    };
+    let caller = gate.admit(presented, request).await.unwrap().caller;
     Owned {
         store,
         recorder,
         caller,
         plan,
+        gate,
+        client_secrets: Mutex::default(),
         _db: db,
     }
 }
@@ -728,6 +756,69 @@ fn o_key(keys: &Grant<perm::KeysWrite>) -> keygate_core::model::Credential {
     }
 }
 
+async fn an_account_key_is_found_by_its_secret_in_its_own_tenant_only(db: TestDb) {
+    let o = owned(db).await;
+    let keys = o.caller.require::<perm::KeysWrite>().unwrap();
+    let key = o_key(&keys);
+    o.store
+        .create_account_key(&keys, &key, 2, &event(&keys, "account_key.create"))
+        .await
+        .unwrap();
+    let (child, _) = chain(&o, 1).await;
+    let child_keys = o
+        .caller
+        .clone()
+        .acting_for(keygate_core::verify::TenantSummary::from(&child))
+        .unwrap()
+        .require::<perm::KeysWrite>()
+        .unwrap();
+    let child_key = o_key(&child_keys);
+    o.store
+        .create_account_key(
+            &child_keys,
+            &child_key,
+            2,
+            &event(&child_keys, "account_key.create"),
+        )
+        .await
+        .unwrap();
+
+    let found = |scope: keygate_core::access::Scope, hash: CredentialHash| {
+        let store = o.store.clone();
+        async move {
+            store
+                .find_account_key(&scope, &hash)
+                .await
+                .unwrap()
+                .map(|k| k.id)
+        }
+    };
+    assert_eq!(found(keys.scope(), key.hash).await, Some(key.id.clone()));
+    assert_eq!(
+        found(child_keys.scope(), child_key.hash).await,
+        Some(child_key.id.clone())
+    );
+    assert_eq!(
+        found(keys.scope(), child_key.hash).await,
+        None,
+        "not a descendant's key"
+    );
+    assert_eq!(
+        found(child_keys.scope(), key.hash).await,
+        None,
+        "not an ancestor's key"
+    );
+    assert_eq!(
+        found(keys.scope(), o.plan.token.hash).await,
+        None,
+        "a token of the tenant is not an account key"
+    );
+    assert_eq!(
+        found(keys.scope(), CredentialHash::of("kg_live_nothing")).await,
+        None
+    );
+}
+
 async fn the_ip_restriction_is_stored_and_announced(db: TestDb) {
     let o = owned(db).await;
     let grant = o.caller.require::<perm::IpRestrictionWrite>().unwrap();
@@ -942,14 +1033,19 @@ async fn client(o: &Owned, name: &str) -> (keygate_core::model::Credential, Cred
         .create_client(&grant, &client, &event(&grant, "oauth_client.create"))
         .await
         .unwrap();
-    (client, secret.hash())
+    let hash = secret.hash();
+    o.client_secrets.lock().unwrap().insert(hash, secret);
+    (client, hash)
 }
 
 /// The client with this secret hash, authenticated as the token endpoint would.
 async fn authenticated(o: &Owned, hash: &CredentialHash) -> AuthenticatedClient {
-    let record = o.store.find_credential(hash).await.unwrap().unwrap();
-    let catalog = Catalog::new::<&str>(&[]).unwrap();
-    AuthenticatedClient::new(Arc::new(Verified::resolve(&record, &catalog)), None).unwrap()
+    let secret = o.client_secrets.lock().unwrap()[hash].expose().to_owned();
+    o.gate
+        .verifier()
+        .authenticate_client(&secret, None)
+        .await
+        .unwrap()
 }
 
 const LIFETIMES: Lifetimes = Lifetimes {
@@ -1084,7 +1180,7 @@ async fn clients_are_scoped_and_take_their_tokens_with_them(db: TestDb) {
     assert!(o.store.find_credential(&hash).await.unwrap().is_none());
     assert!(
         o.store
-            .find_refresh_token(&refresh_hash)
+            .find_refresh_token(&authenticated, &refresh_hash)
             .await
             .unwrap()
             .is_none(),
@@ -1110,7 +1206,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
         .unwrap();
     let found = o
         .store
-        .find_refresh_token(&first_hash)
+        .find_refresh_token(&client, &first_hash)
         .await
         .unwrap()
         .unwrap();
@@ -1139,7 +1235,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     );
     assert_eq!(
         o.store
-            .find_refresh_token(&first_hash)
+            .find_refresh_token(&client, &first_hash)
             .await
             .unwrap()
             .unwrap()
@@ -1148,7 +1244,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     );
     let live = o
         .store
-        .find_refresh_token(&second_hash)
+        .find_refresh_token(&client, &second_hash)
         .await
         .unwrap()
         .unwrap();
@@ -1172,7 +1268,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     );
     assert!(
         o.store
-            .find_refresh_token(&third_hash)
+            .find_refresh_token(&client, &third_hash)
             .await
             .unwrap()
             .is_none(),
@@ -1180,7 +1276,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     );
     let burnt = o
         .store
-        .find_refresh_token(&second_hash)
+        .find_refresh_token(&client, &second_hash)
         .await
         .unwrap()
         .unwrap();
@@ -1201,7 +1297,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     assert_eq!(revoked, 1);
     assert!(
         o.store
-            .find_refresh_token(&other_hash)
+            .find_refresh_token(&client, &other_hash)
             .await
             .unwrap()
             .unwrap()
@@ -1211,7 +1307,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     );
     let spent_first = o
         .store
-        .find_refresh_token(&first_hash)
+        .find_refresh_token(&client, &first_hash)
         .await
         .unwrap()
         .unwrap();
@@ -1234,7 +1330,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     );
     assert!(
         o.store
-            .find_refresh_token(&other_hash)
+            .find_refresh_token(&client, &other_hash)
             .await
             .unwrap()
             .is_none()
@@ -1258,6 +1354,73 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
         .filter(|(action, _, _)| action == "oauth.grant")
         .count();
     assert_eq!(grants, 3, "two grants and the one rotation that succeeded");
+}
+
+async fn a_refresh_token_is_found_by_its_own_client_and_within_its_tenant_only(db: TestDb) {
+    let o = owned(db).await;
+    let (_, first_hash) = client(&o, "first").await;
+    let (_, second_hash) = client(&o, "second").await;
+    let first = authenticated(&o, &first_hash).await;
+    let second = authenticated(&o, &second_hash).await;
+    let (refresh, refresh_hash) = issue(&first, None);
+    o.store
+        .issue_refresh_token(&first, &refresh, &granted(&first))
+        .await
+        .unwrap();
+
+    let found = o
+        .store
+        .find_refresh_token(&first, &refresh_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.credential.id, refresh.credential.id);
+    assert!(
+        o.store
+            .find_refresh_token(&second, &refresh_hash)
+            .await
+            .unwrap()
+            .is_none(),
+        "another client's token is not found"
+    );
+    let client_secret = o.store.find_credential(&first_hash).await.unwrap().unwrap();
+    assert!(
+        o.store
+            .find_refresh_token(&first, &client_secret.credential.hash)
+            .await
+            .unwrap()
+            .is_none(),
+        "a client secret is not a refresh token"
+    );
+
+    // Introspection by a credential with `credentials:verify`: its tenant's tokens and below,
+    // with the client as verification reads it.
+    let verify = o.caller.require::<perm::CredentialsVerify>().unwrap();
+    let (token, client) = o
+        .store
+        .find_refresh_token_within(&verify, &refresh_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(token.credential.id, refresh.credential.id);
+    assert_eq!(client.credential.id, *first.id());
+    assert_eq!(client.tenant.id, o.plan.tenant.id);
+    let (child, _) = chain(&o, 1).await;
+    let child_verify = o
+        .caller
+        .clone()
+        .acting_for(keygate_core::verify::TenantSummary::from(&child))
+        .unwrap()
+        .require::<perm::CredentialsVerify>()
+        .unwrap();
+    assert!(
+        o.store
+            .find_refresh_token_within(&child_verify, &refresh_hash)
+            .await
+            .unwrap()
+            .is_none(),
+        "not a token of a tenant above"
+    );
 }
 
 async fn access_token_revocations_are_remembered_and_announced(db: TestDb) {

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use keygate_core::Timestamp;
 use keygate_core::access::{Caller, RequestMeta, perm};
 use keygate_core::account::{self, MAX_KEYS};
-use keygate_core::credential::{CredentialHash, CredentialKind};
+use keygate_core::credential::CredentialHash;
 use keygate_core::id::CredentialId;
 use keygate_core::model::{Credential, IpRestriction, Target};
 use serde::{Deserialize, Serialize};
@@ -187,16 +187,12 @@ pub async fn delete_by_query(
         (None, Some(full)) => {
             // Never echo the full key back: name it by its hint.
             let named = format!("…{}", keygate_core::credential::hint(&full));
-            let record = state
+            let key = state
                 .store()
-                .find_credential(&CredentialHash::of(&full))
+                .find_account_key(&grant.scope(), &CredentialHash::of(&full))
                 .await?
-                .filter(|r| {
-                    r.credential.kind == CredentialKind::AccountKey
-                        && r.credential.tenant_id == *grant.tenant_id()
-                })
                 .ok_or_else(|| no_key(&named))?;
-            remove(&state, &caller, &meta, &record.credential.id, &named).await
+            remove(&state, &caller, &meta, &key.id, &named).await
         }
         _ => Err(ApiError::invalid_fields(vec![FieldError {
             field: "id".into(),

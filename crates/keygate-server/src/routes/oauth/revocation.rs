@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keygate_core::access::{Grant, perm};
 use keygate_core::credential::{CredentialHash, CredentialKind};
-use keygate_core::grants::RefreshView;
+use keygate_core::grants::{RefreshAsker, RefreshView};
 use keygate_core::id::CredentialId;
 use keygate_core::jwt::{self, AccessClaims, JwtRefusal};
 use keygate_core::model::{Outcome, Target};
@@ -138,9 +138,8 @@ async fn own_refresh_token(
     }
     Ok(state
         .store()
-        .find_refresh_token(&CredentialHash::of(token))
-        .await?
-        .filter(|t| t.client_id == *client.id()))
+        .find_refresh_token(client, &CredentialHash::of(token))
+        .await?)
 }
 
 /// What introspection says about a token (RFC 7662 §2.2). Everything but `active` is left out
@@ -279,11 +278,15 @@ async fn refresh_token(
     token: &str,
 ) -> Result<Option<Introspection>, Failure> {
     let now = state.clock().now();
+    let asking = match asker {
+        Introspector::Client(client) => RefreshAsker::Client(client),
+        Introspector::Verifier(grant) => RefreshAsker::Within(grant),
+    };
     let Some(RefreshView {
         token: refresh,
         client,
         scope,
-    }) = state.grants().live_refresh_token(token, now).await?
+    }) = state.grants().live_refresh_token(asking, token, now).await?
     else {
         return Ok(None);
     };

@@ -1,0 +1,50 @@
+//! The account's own settings: its account keys and its IP restriction.
+
+use async_trait::async_trait;
+
+use super::StoreError;
+use crate::access::{Grant, Scope, perm};
+use crate::credential::CredentialHash;
+use crate::id::CredentialId;
+use crate::model::{AuditEvent, Credential, IpRestriction};
+
+#[async_trait]
+pub trait AccountStore: Send + Sync + 'static {
+    /// The tenant's account keys, oldest first.
+    async fn list_account_keys(&self, scope: &Scope) -> Result<Vec<Credential>, StoreError>;
+
+    /// The scope's tenant's account key with this hash (a key named by its full secret); `None`
+    /// for any other credential, and for another tenant's key.
+    async fn find_account_key(
+        &self,
+        scope: &Scope,
+        hash: &CredentialHash,
+    ) -> Result<Option<Credential>, StoreError>;
+
+    /// Adds a key unless the tenant already has `limit`; `false` if it has. Safe against
+    /// concurrent creates: the tenant is locked while counting.
+    async fn create_account_key(
+        &self,
+        grant: &Grant<perm::KeysWrite>,
+        key: &Credential,
+        limit: usize,
+        event: &AuditEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes a key at once and for good; `None` if the tenant has no such key.
+    async fn delete_account_key(
+        &self,
+        grant: &Grant<perm::KeysWrite>,
+        id: &CredentialId,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError>;
+
+    async fn get_ip_restriction(&self, scope: &Scope) -> Result<IpRestriction, StoreError>;
+
+    async fn set_ip_restriction(
+        &self,
+        grant: &Grant<perm::IpRestrictionWrite>,
+        restriction: &IpRestriction,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError>;
+}

@@ -1,0 +1,83 @@
+//! Personal and service tokens, and the sessions signing in makes.
+
+use async_trait::async_trait;
+
+use super::{Page, Paged, StoreError};
+use crate::Timestamp;
+use crate::access::{Grant, Scope, perm};
+use crate::credential::CredentialKind;
+use crate::id::{CredentialId, UserId};
+use crate::model::{AuditEvent, Credential};
+
+/// Which tokens a list shows.
+#[derive(Debug, Clone, Default)]
+pub struct TokenFilter {
+    pub kinds: Vec<CredentialKind>,
+    /// `active`, `expired`, `revoked`.
+    pub statuses: Vec<String>,
+    pub user_ids: Vec<UserId>,
+    pub ids: Vec<CredentialId>,
+    /// Which users' personal tokens the caller may see.
+    pub personal: PersonalTokens,
+}
+
+/// Whose personal tokens a list may show.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PersonalTokens {
+    #[default]
+    All,
+    /// Only this user's (the caller's own).
+    OfUser(UserId),
+    /// None: the caller is not a user and may not see users' tokens.
+    Hidden,
+}
+
+#[async_trait]
+pub trait TokenStore: Send + Sync + 'static {
+    async fn create_token(
+        &self,
+        grant: &Grant<perm::TokensWrite>,
+        token: &Credential,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Stores a session made by signing in.
+    async fn create_session(
+        &self,
+        session: &Credential,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError>;
+
+    /// Personal and service tokens of the scope's tenant, filtered; statuses are judged at `now`.
+    async fn list_tokens(
+        &self,
+        scope: &Scope,
+        filter: &TokenFilter,
+        page: &Page,
+        now: Timestamp,
+    ) -> Result<Paged<Credential>, StoreError>;
+
+    async fn get_token(
+        &self,
+        scope: &Scope,
+        id: &CredentialId,
+    ) -> Result<Option<Credential>, StoreError>;
+
+    /// Revokes these tokens of the grant's tenant in one transaction, one event each (events
+    /// pair with ids by position). Returns the ids that were active and are now revoked.
+    async fn revoke_tokens(
+        &self,
+        grant: &Grant<perm::TokensWrite>,
+        ids: &[CredentialId],
+        at: Timestamp,
+        events: &[AuditEvent],
+    ) -> Result<Vec<CredentialId>, StoreError>;
+
+    /// Ends a session (signing out). `None` if it was not an active session.
+    async fn end_session(
+        &self,
+        id: &CredentialId,
+        at: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError>;
+}

@@ -1,0 +1,55 @@
+//! What verification reads: a credential by its hash, an access token's client, and the signing
+//! keys.
+//!
+//! The reads here are not scoped to a tenant: the verifier does not know whose a credential is
+//! until it has read it. Only the verifier holds a [`CredentialSource`]; handlers hold a
+//! [`Store`](super::Store), which does not extend it, so a handler cannot read another tenant's
+//! credential by accident.
+
+use async_trait::async_trait;
+
+use super::{SigningKeySource, StoreError};
+use crate::credential::CredentialHash;
+use crate::id::CredentialId;
+use crate::model::{Credential, Role, Tenant, User};
+
+/// Everything verification needs to know about a credential, read in one go on a cache miss.
+#[derive(Debug, Clone)]
+pub struct CredentialRecord {
+    pub credential: Credential,
+    pub tenant: Tenant,
+    /// The tenant's ancestors, nearest first: a suspended ancestor suspends its descendants.
+    pub ancestors: Vec<Tenant>,
+    /// The owner of a personal token or session.
+    pub user: Option<User>,
+    /// The role the credential acts with: the user's for personal tokens and sessions, the
+    /// credential's own otherwise; none for account keys (they act as `admin`).
+    pub role: Option<Role>,
+}
+
+/// What verifying an access token needs beyond its signature: its client, as
+/// [`CredentialSource::find_credential`] reads a credential, and whether the token was revoked.
+#[derive(Debug, Clone)]
+pub struct AccessTokenRecord {
+    pub client: CredentialRecord,
+    pub revoked: bool,
+}
+
+/// What verification reads: the operations on the hot path's cold side. The signing keys come
+/// with it ([`SigningKeySource`]), so that verifying an access token can reread them.
+#[async_trait]
+pub trait CredentialSource: SigningKeySource {
+    /// The credential with this hash, with its tenant line, user and role, whatever its tenant.
+    async fn find_credential(
+        &self,
+        hash: &CredentialHash,
+    ) -> Result<Option<CredentialRecord>, StoreError>;
+
+    /// The OAuth client `client` as [`Self::find_credential`] reads it, and whether the access
+    /// token `jti` was revoked; `None` if there is no such client.
+    async fn find_access_token(
+        &self,
+        client: &CredentialId,
+        jti: &CredentialId,
+    ) -> Result<Option<AccessTokenRecord>, StoreError>;
+}

@@ -1,0 +1,153 @@
+//! The audit log: listing and exporting events in a scope, writing refusals, pruning old events;
+//! and when credentials were last used, written in batches off the request path.
+
+use async_trait::async_trait;
+use futures_core::stream::BoxStream;
+use futures_util::TryStreamExt;
+use keygate_core::Timestamp;
+use keygate_core::access::Scope;
+use keygate_core::id::CredentialId;
+use keygate_core::model::{AuditEvent, Outcome, StoredEvent};
+use keygate_core::store::{AuditStore, EventFilter, Page, Paged, StoreError};
+use sqlx::{QueryBuilder, Row};
+
+use super::shared::{corrupt, insert_event_counted, paged, timestamp};
+use super::{Db, DbRow, SqlStore, store_error};
+
+#[async_trait]
+impl AuditStore for SqlStore {
+    async fn list_events(
+        &self,
+        scope: &Scope,
+        filter: &EventFilter,
+        page: &Page,
+    ) -> Result<Paged<StoredEvent>, StoreError> {
+        let mut query = select_events(scope, filter, page.cursor.as_deref());
+        query.push(" LIMIT ").push_bind(i64::from(page.limit) + 1);
+        let rows = query
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        paged(&rows, page, event_from_row, |e| e.id.clone())
+    }
+
+    fn export_events(
+        &self,
+        scope: &Scope,
+        filter: &EventFilter,
+    ) -> BoxStream<'static, Result<StoredEvent, StoreError>> {
+        let pool = self.pool.clone();
+        let scope = scope.clone();
+        let filter = filter.clone();
+        Box::pin(async_stream::try_stream! {
+            let mut query = select_events(&scope, &filter, None);
+            let mut rows = query.build().fetch(&pool);
+            while let Some(row) = rows.try_next().await.map_err(store_error)? {
+                yield event_from_row(&row)?;
+            }
+        })
+    }
+
+    async fn record_refusals(&self, events: &[(AuditEvent, u32)]) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        for (event, count) in events {
+            insert_event_counted(&mut *tx, event, *count).await?;
+        }
+        tx.commit().await.map_err(store_error)
+    }
+
+    async fn prune_events(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        sqlx::query(
+            "DELETE FROM audit_events WHERE id IN
+                 (SELECT id FROM audit_events WHERE time < $1 ORDER BY time LIMIT $2)",
+        )
+        .bind(before.unix())
+        .bind(i64::from(limit))
+        .execute(&self.pool)
+        .await
+        .map(|done| done.rows_affected())
+        .map_err(store_error)
+    }
+
+    async fn record_last_used(&self, uses: &[(CredentialId, Timestamp)]) -> Result<(), StoreError> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for (id, at) in uses {
+            sqlx::query(
+                "UPDATE credentials SET last_used_at = $1
+                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+            )
+            .bind(at.unix())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        }
+        // Not a change verification depends on: nothing to drop from caches.
+        self.commit(tx, &[]).await
+    }
+}
+
+/// `SELECT * FROM audit_events` for a scope and filter, newest first, from `cursor` on.
+fn select_events<'q>(
+    scope: &'q Scope,
+    filter: &'q EventFilter,
+    cursor: Option<&'q str>,
+) -> QueryBuilder<'q, Db> {
+    let mut query =
+        QueryBuilder::<Db>::new("SELECT e.* FROM audit_events e, tenants s WHERE s.id = ");
+    query.push_bind(scope.tenant_id().as_str()).push(concat!(
+        " AND e.scope_path >= s.path",
+        " AND e.scope_path < substr(s.path, 1, length(s.path) - 1) || '0'"
+    ));
+    for (column, values) in [
+        ("e.token_id", &filter.token_ids),
+        ("e.action", &filter.actions),
+        ("e.actor_id", &filter.actor_ids),
+    ] {
+        and_in!(query, column, values);
+    }
+    and_in!(query, "e.outcome", &filter.outcomes);
+    if let Some(since) = filter.since {
+        query.push(" AND e.time >= ").push_bind(since.unix());
+    }
+    if let Some(until) = filter.until {
+        query.push(" AND e.time < ").push_bind(until.unix());
+    }
+    if let Some(cursor) = cursor {
+        query.push(" AND e.id < ").push_bind(cursor);
+    }
+    query.push(" ORDER BY e.id DESC");
+    query
+}
+
+fn event_from_row(row: &DbRow) -> Result<StoredEvent, StoreError> {
+    let outcome: String = row.try_get("outcome").map_err(store_error)?;
+    let target_type: Option<String> = row.try_get("target_type").map_err(store_error)?;
+    let target_id: Option<String> = row.try_get("target_id").map_err(store_error)?;
+    let status: i64 = row.try_get("status").map_err(store_error)?;
+    let count: i64 = row.try_get("count").map_err(store_error)?;
+    Ok(StoredEvent {
+        id: row.try_get("id").map_err(store_error)?,
+        time: timestamp(row, "time")?,
+        tenant_id: row.try_get("tenant_id").map_err(store_error)?,
+        acting_tenant_id: row.try_get("acting_tenant_id").map_err(store_error)?,
+        actor_type: row.try_get("actor_type").map_err(store_error)?,
+        actor_id: row.try_get("actor_id").map_err(store_error)?,
+        token_id: row.try_get("token_id").map_err(store_error)?,
+        action: row.try_get("action").map_err(store_error)?,
+        target: target_type.zip(target_id),
+        outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
+        status: u16::try_from(status).map_err(|_| corrupt("status", &status.to_string()))?,
+        ip: row.try_get("ip").map_err(store_error)?,
+        user_agent: row.try_get("user_agent").map_err(store_error)?,
+        request_id: row.try_get("request_id").map_err(store_error)?,
+        count: u32::try_from(count).unwrap_or(u32::MAX),
+    })
+}

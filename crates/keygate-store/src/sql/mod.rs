@@ -1,0 +1,63 @@
+//! The SQL both backends share, written once and compiled into each: `sqlite.rs` and
+//! `postgres.rs` each include this folder as their child module `sql`, after naming their
+//! database (`Db`), its rows (`DbRow`) and their store (`SqlStore`). One file per resource
+//! implements that resource's storage trait; `shared.rs` holds what several of them use (row
+//! mapping, inserts, the audit event, paging).
+//!
+//! SQLite and PostgreSQL agree on almost all of keygate's SQL: `$n` parameters (sqlx maps them for
+//! SQLite too), `substr` and `||` on tenant paths, `coalesce`, `EXISTS`, `ON CONFLICT`. What
+//! differs lives in each backend's module: connecting, how a write transaction begins
+//! (`begin_write`), how changes reach other nodes (`commit`), and how driver errors map to
+//! [`StoreError`](keygate_core::store::StoreError) (`store_error`).
+//!
+//! Adding a resource: its file here, and its line in the list below.
+
+/// SQL saying tenant `$t` is tenant `$s` or below it: its path is in `$s`'s subtree range (see
+/// `TenantPath::subtree`), which an index on `path` answers.
+macro_rules! in_subtree {
+    ($t:literal, $s:literal) => {
+        concat!(
+            "(",
+            $t,
+            ".path >= ",
+            $s,
+            ".path AND ",
+            $t,
+            ".path < substr(",
+            $s,
+            ".path, 1, length(",
+            $s,
+            ".path) - 1) || '0')"
+        )
+    };
+}
+
+/// Appends ` AND <column> IN (…)` with one bind per value, or nothing when there are no values
+/// (a filter that was not given).
+macro_rules! and_in {
+    ($query:expr, $column:expr, $values:expr) => {{
+        let values = $values;
+        if !values.is_empty() {
+            $query.push(format_args!(" AND {} IN (", $column));
+            let mut list = $query.separated(", ");
+            for value in values {
+                list.push_bind(value.as_str());
+            }
+            $query.push(")");
+        }
+    }};
+}
+
+use super::{Db, DbRow, SqlStore, store_error};
+
+mod account;
+mod audit;
+mod keys;
+mod lifecycle;
+mod oauth;
+mod roles;
+mod shared;
+mod tenants;
+mod tokens;
+mod users;
+mod verification;

@@ -1,0 +1,458 @@
+//! What several resources' SQL uses: mapping rows to values, inserting tenants, users,
+//! credentials and audit events, reading a credential as verification needs it, and paging.
+
+use keygate_core::Timestamp;
+use keygate_core::access::Scope;
+use keygate_core::allowlist::IpAllowlist;
+use keygate_core::credential::{CredentialHash, CredentialKind};
+use keygate_core::id::{CredentialId, RoleId, TenantId, UserId};
+use keygate_core::model::{
+    AuditEvent, Credential, IpRestriction, RateLimit, Role, Slug, Tenant, TenantPath, TenantStatus,
+    User, UserStatus, email_key,
+};
+use keygate_core::password::PasswordHashString;
+use keygate_core::store::{Change, CredentialRecord, Page, Paged, StoreError};
+use sqlx::{QueryBuilder, Row, Transaction};
+
+use super::{Db, DbRow, SqlStore, store_error};
+
+/// Deletes `tenant`'s credential `id` of `kind` for good, recording `event`, and drops it
+/// from every node's cache; `None` if the tenant has no such credential.
+pub(super) async fn delete_credential(
+    store: &SqlStore,
+    tenant: &TenantId,
+    id: &CredentialId,
+    kind: CredentialKind,
+    event: &AuditEvent,
+) -> Result<Option<()>, StoreError> {
+    let mut tx = store.begin_write().await?;
+    let deleted =
+        sqlx::query("DELETE FROM credentials WHERE id = $1 AND tenant_id = $2 AND kind = $3")
+            .bind(id.as_str())
+            .bind(tenant.as_str())
+            .bind(kind.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?
+            .rows_affected();
+    if deleted == 0 {
+        return Ok(None);
+    }
+    insert_event(&mut tx, event).await?;
+    store.commit(tx, &[Change::Credential(id.clone())]).await?;
+    Ok(Some(()))
+}
+
+/// A credential's row (with its tenant's path as `tenant_path`) as verification needs it:
+/// with its tenant line, user and role, read in the transaction `tx`.
+pub(super) async fn credential_record(
+    tx: &mut Transaction<'_, Db>,
+    row: &DbRow,
+) -> Result<CredentialRecord, StoreError> {
+    let credential = credential_from_row(row)?;
+    // The tenant and all its ancestors, in one query whatever the depth: their ids
+    // are on the tenant's path.
+    let path = TenantPath::from_stored(row.try_get("tenant_path").map_err(store_error)?);
+    let ids: Vec<TenantId> = path.ids().collect();
+    let mut query = QueryBuilder::<Db>::new("SELECT * FROM tenants WHERE id IN (");
+    let mut list = query.separated(", ");
+    for id in &ids {
+        list.push_bind(id.as_str());
+    }
+    query.push(")");
+    let mut line = query
+        .build()
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(store_error)?
+        .iter()
+        .map(tenant_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    // Nearest first: the credential's own tenant, then its parent, …
+    line.sort_by_key(|t| std::cmp::Reverse(t.path.depth()));
+    if line.first().map(|t| &t.id) != Some(&credential.tenant_id) {
+        return Err(StoreError::Internal(format!(
+            "credential {} has no tenant",
+            credential.id
+        )));
+    }
+    let tenant = line.remove(0);
+
+    let user = match &credential.user_id {
+        Some(user_id) => sqlx::query("SELECT * FROM users WHERE id = $1")
+            .bind(user_id.as_str())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(store_error)?
+            .map(|row| user_from_row(&row))
+            .transpose()?,
+        None => None,
+    };
+    let role_id = match (&credential.role_id, &user) {
+        (Some(role_id), _) => Some(role_id.clone()),
+        (None, Some(user)) => Some(user.role_id.clone()),
+        (None, None) => None,
+    };
+    let role = match role_id {
+        Some(role_id) => sqlx::query("SELECT * FROM roles WHERE id = $1")
+            .bind(role_id.as_str())
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(store_error)?
+            .map(|row| role_from_row(&row))
+            .transpose()?,
+        None => None,
+    };
+    Ok(CredentialRecord {
+        credential,
+        tenant,
+        ancestors: line,
+        user,
+        role,
+    })
+}
+
+/// The OAuth client `id` as verification reads a credential, in the transaction `tx`; `None` if
+/// there is no such client.
+pub(super) async fn client_record(
+    tx: &mut Transaction<'_, Db>,
+    id: &CredentialId,
+) -> Result<Option<CredentialRecord>, StoreError> {
+    let Some(row) = sqlx::query(
+        "SELECT c.*, t.path AS tenant_path FROM credentials c
+         JOIN tenants t ON t.id = c.tenant_id WHERE c.id = $1 AND c.kind = 'oauth_secret'",
+    )
+    .bind(id.as_str())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(store_error)?
+    else {
+        return Ok(None);
+    };
+    credential_record(tx, &row).await.map(Some)
+}
+
+pub(super) async fn insert_tenant(
+    tx: &mut Transaction<'_, Db>,
+    t: &Tenant,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO tenants (id, parent_id, name, slug, status, allowlist_enabled, allowlist,
+                              path, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(t.id.as_str())
+    .bind(t.parent_id.as_ref().map(TenantId::as_str))
+    .bind(&t.name)
+    .bind(t.slug.as_str())
+    .bind(t.status.as_str())
+    .bind(t.ip_restriction.enabled)
+    .bind(to_json(&t.ip_restriction.allowlist.to_strings())?)
+    .bind(t.path.as_str())
+    .bind(t.created_at.unix())
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+    .map_err(store_error)
+}
+
+pub(super) async fn insert_user(
+    tx: &mut Transaction<'_, Db>,
+    u: &User,
+    password_hash: &PasswordHashString,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO users (id, tenant_id, email, email_key, email_folded, name, role_id,
+                            password_hash, status, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(u.id.as_str())
+    .bind(u.tenant_id.as_str())
+    .bind(&u.email)
+    // Unique per tenant (migration 0007); the folded address alone is what sign-in finds.
+    .bind(format!("{}:{}", u.tenant_id, email_key(&u.email)))
+    .bind(email_key(&u.email))
+    .bind(&u.name)
+    .bind(u.role_id.as_str())
+    .bind(password_hash.as_str())
+    .bind(u.status.as_str())
+    .bind(u.created_at.unix())
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+    .map_err(store_error)
+}
+
+pub(super) async fn insert_credential(
+    tx: &mut Transaction<'_, Db>,
+    c: &Credential,
+) -> Result<(), StoreError> {
+    insert_row(tx, c, None).await
+}
+
+/// Inserts a credential; `lineage` is a refresh token's client and family.
+pub(super) async fn insert_row(
+    tx: &mut Transaction<'_, Db>,
+    c: &Credential,
+    lineage: Option<(&CredentialId, &CredentialId)>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO credentials (id, tenant_id, kind, secret_hash, hint, name, description,
+             user_id, created_by, role_id, permissions, allowed_ips, rate_limit_requests,
+             rate_limit_per_seconds, created_at, expires_at, revoked_at, last_used_at,
+             client_id, family_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                 $19, $20)",
+    )
+    .bind(c.id.as_str())
+    .bind(c.tenant_id.as_str())
+    .bind(c.kind.as_str())
+    .bind(c.hash.as_bytes().as_slice())
+    .bind(&c.hint)
+    .bind(&c.name)
+    .bind(&c.description)
+    .bind(c.user_id.as_ref().map(UserId::as_str))
+    .bind(&c.created_by)
+    .bind(c.role_id.as_ref().map(RoleId::as_str))
+    .bind(c.permissions.as_ref().map(to_json).transpose()?)
+    .bind(c.allowed_ips.as_ref().map(to_json).transpose()?)
+    .bind(c.rate_limit.map(|r| i64::from(r.requests)))
+    .bind(c.rate_limit.map(|r| i64::from(r.per_seconds)))
+    .bind(c.created_at.unix())
+    .bind(c.expires_at.map(Timestamp::unix))
+    .bind(c.revoked_at.map(Timestamp::unix))
+    .bind(c.last_used_at.map(Timestamp::unix))
+    .bind(lineage.map(|(client, _)| client.as_str()))
+    .bind(lineage.map(|(_, family)| family.as_str()))
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+    .map_err(store_error)
+}
+
+/// A change's event, in the change's transaction. A change that cannot be recorded does
+/// not happen: the failure rolls it back, and is reported as the store being unavailable
+/// (a retry may succeed), whatever the database said.
+pub(super) async fn insert_event(
+    tx: &mut Transaction<'_, Db>,
+    e: &AuditEvent,
+) -> Result<(), StoreError> {
+    insert_event_counted(&mut **tx, e, 1)
+        .await
+        .map_err(|error| match error {
+            StoreError::Unavailable(why) | StoreError::Internal(why) => {
+                StoreError::Unavailable(format!("the audit event could not be written: {why}"))
+            }
+            other => other,
+        })
+}
+
+pub(super) async fn insert_event_counted<'c, E>(
+    executor: E,
+    e: &AuditEvent,
+    count: u32,
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'c, Database = Db>,
+{
+    sqlx::query(
+        "INSERT INTO audit_events (id, time, tenant_id, acting_tenant_id, actor_type, actor_id,
+             token_id, action, target_type, target_id, outcome, status, ip, user_agent, request_id,
+             count, scope_path)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+             COALESCE((SELECT path FROM tenants WHERE id = COALESCE($4, $3)),
+                      '/' || COALESCE($4, $3) || '/'))",
+    )
+    .bind(e.id.as_str())
+    .bind(e.time.unix())
+    .bind(e.tenant_id.as_str())
+    .bind(e.acting_tenant_id.as_ref().map(TenantId::as_str))
+    .bind(e.actor.kind)
+    .bind(&e.actor.id)
+    .bind(e.token_id.as_ref().map(CredentialId::as_str))
+    .bind(e.action)
+    .bind(e.target.as_ref().map(|t| t.kind))
+    .bind(e.target.as_ref().map(|t| t.id.as_str()))
+    .bind(e.outcome.as_str())
+    .bind(i64::from(e.status))
+    .bind(&e.ip)
+    .bind(&e.user_agent)
+    .bind(&e.request_id)
+    .bind(i64::from(count))
+    .execute(executor)
+    .await
+    .map(drop)
+    .map_err(store_error)
+}
+
+/// One page of a list in a scope: `sql` takes the scope's tenant as `$1`, the cursor as `$2`
+/// (`$2 IS NULL OR id < $2`) and the limit as `$3`.
+pub(super) async fn scoped_page<T>(
+    pool: &sqlx::Pool<Db>,
+    sql: &'static str,
+    scope: &Scope,
+    page: &Page,
+    map: fn(&DbRow) -> Result<T, StoreError>,
+    id: fn(&T) -> String,
+) -> Result<Paged<T>, StoreError> {
+    let rows = sqlx::query(sql)
+        .bind(scope.tenant_id().as_str())
+        .bind(page.cursor.as_deref())
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(pool)
+        .await
+        .map_err(store_error)?;
+    paged(&rows, page, map, id)
+}
+
+/// Maps the rows of a `LIMIT page.limit + 1` query: the extra row only says there is a next page.
+pub(super) fn paged<T>(
+    rows: &[DbRow],
+    page: &Page,
+    map: fn(&DbRow) -> Result<T, StoreError>,
+    id: fn(&T) -> String,
+) -> Result<Paged<T>, StoreError> {
+    let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
+    let mut items = rows
+        .iter()
+        .take(limit)
+        .map(map)
+        .collect::<Result<Vec<T>, _>>()?;
+    let next_cursor = if rows.len() > limit {
+        items.last().map(id)
+    } else {
+        None
+    };
+    items.truncate(limit);
+    Ok(Paged { items, next_cursor })
+}
+
+pub(super) fn to_json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Internal(e.to_string()))
+}
+
+pub(super) fn from_json<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Internal(format!("stored JSON: {e}")))
+}
+
+pub(super) fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Internal(format!("unexpected stored {what} `{value}`"))
+}
+
+pub(super) fn tenant_from_row(row: &DbRow) -> Result<Tenant, StoreError> {
+    let slug: String = row.try_get("slug").map_err(store_error)?;
+    let status: String = row.try_get("status").map_err(store_error)?;
+    Ok(Tenant {
+        id: TenantId::from_trusted(row.try_get("id").map_err(store_error)?),
+        parent_id: row
+            .try_get::<Option<String>, _>("parent_id")
+            .map_err(store_error)?
+            .map(TenantId::from_trusted),
+        name: row.try_get("name").map_err(store_error)?,
+        slug: Slug::parse(&slug).map_err(|_| corrupt("slug", &slug))?,
+        status: TenantStatus::from_name(&status).ok_or_else(|| corrupt("status", &status))?,
+        ip_restriction: IpRestriction {
+            enabled: row.try_get("allowlist_enabled").map_err(store_error)?,
+            allowlist: IpAllowlist::new(
+                optional_json::<Vec<ipnet::IpNet>>(row, "allowlist")?.unwrap_or_default(),
+            ),
+        },
+        path: TenantPath::from_stored(row.try_get("path").map_err(store_error)?),
+        created_at: timestamp(row, "created_at")?,
+    })
+}
+
+pub(super) fn user_from_row(row: &DbRow) -> Result<User, StoreError> {
+    let status: String = row.try_get("status").map_err(store_error)?;
+    Ok(User {
+        id: UserId::from_trusted(row.try_get("id").map_err(store_error)?),
+        tenant_id: TenantId::from_trusted(row.try_get("tenant_id").map_err(store_error)?),
+        email: row.try_get("email").map_err(store_error)?,
+        name: row.try_get("name").map_err(store_error)?,
+        role_id: RoleId::from_trusted(row.try_get("role_id").map_err(store_error)?),
+        status: UserStatus::from_name(&status).ok_or_else(|| corrupt("status", &status))?,
+        created_at: timestamp(row, "created_at")?,
+    })
+}
+
+pub(super) fn role_from_row(row: &DbRow) -> Result<Role, StoreError> {
+    let permissions: String = row.try_get("permissions").map_err(store_error)?;
+    Ok(Role {
+        id: RoleId::from_trusted(row.try_get("id").map_err(store_error)?),
+        tenant_id: row
+            .try_get::<Option<String>, _>("tenant_id")
+            .map_err(store_error)?
+            .map(TenantId::from_trusted),
+        name: row.try_get("name").map_err(store_error)?,
+        permissions: from_json(&permissions)?,
+        created_at: timestamp(row, "created_at")?,
+    })
+}
+
+pub(super) fn credential_from_row(row: &DbRow) -> Result<Credential, StoreError> {
+    let kind: String = row.try_get("kind").map_err(store_error)?;
+    let hash: Vec<u8> = row.try_get("secret_hash").map_err(store_error)?;
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Internal("stored credential hash is not 32 bytes".into()))?;
+    let requests: Option<i64> = row.try_get("rate_limit_requests").map_err(store_error)?;
+    let per_seconds: Option<i64> = row.try_get("rate_limit_per_seconds").map_err(store_error)?;
+    let rate_limit = match (requests, per_seconds) {
+        (Some(requests), Some(per_seconds)) => Some(RateLimit {
+            requests: u32::try_from(requests).map_err(|_| corrupt("rate limit", "requests"))?,
+            per_seconds: u32::try_from(per_seconds)
+                .map_err(|_| corrupt("rate limit", "per_seconds"))?,
+        }),
+        _ => None,
+    };
+    Ok(Credential {
+        id: CredentialId::from_trusted(row.try_get("id").map_err(store_error)?),
+        tenant_id: TenantId::from_trusted(row.try_get("tenant_id").map_err(store_error)?),
+        kind: CredentialKind::from_name(&kind).ok_or_else(|| corrupt("kind", &kind))?,
+        hash: CredentialHash::from_bytes(hash),
+        hint: row.try_get("hint").map_err(store_error)?,
+        name: row.try_get("name").map_err(store_error)?,
+        description: row.try_get("description").map_err(store_error)?,
+        user_id: row
+            .try_get::<Option<String>, _>("user_id")
+            .map_err(store_error)?
+            .map(UserId::from_trusted),
+        created_by: row.try_get("created_by").map_err(store_error)?,
+        role_id: row
+            .try_get::<Option<String>, _>("role_id")
+            .map_err(store_error)?
+            .map(RoleId::from_trusted),
+        permissions: optional_json(row, "permissions")?,
+        allowed_ips: optional_json(row, "allowed_ips")?,
+        rate_limit,
+        created_at: timestamp(row, "created_at")?,
+        expires_at: optional_timestamp(row, "expires_at")?,
+        revoked_at: optional_timestamp(row, "revoked_at")?,
+        last_used_at: optional_timestamp(row, "last_used_at")?,
+    })
+}
+
+pub(super) fn optional_json<T: serde::de::DeserializeOwned>(
+    row: &DbRow,
+    column: &str,
+) -> Result<Option<T>, StoreError> {
+    row.try_get::<Option<String>, _>(column)
+        .map_err(store_error)?
+        .map(|text| from_json(&text))
+        .transpose()
+}
+
+pub(super) fn timestamp(row: &DbRow, column: &str) -> Result<Timestamp, StoreError> {
+    row.try_get::<i64, _>(column)
+        .map(Timestamp::from_unix)
+        .map_err(store_error)
+}
+
+pub(super) fn optional_timestamp(
+    row: &DbRow,
+    column: &str,
+) -> Result<Option<Timestamp>, StoreError> {
+    row.try_get::<Option<i64>, _>(column)
+        .map(|t| t.map(Timestamp::from_unix))
+        .map_err(store_error)
+}

@@ -1,0 +1,178 @@
+//! Personal and service tokens of a tenant, and sessions.
+
+use async_trait::async_trait;
+use keygate_core::Timestamp;
+use keygate_core::access::{Grant, Scope, perm};
+use keygate_core::id::CredentialId;
+use keygate_core::model::{AuditEvent, Credential};
+use keygate_core::store::{
+    Change, Page, Paged, PersonalTokens, StoreError, TokenFilter, TokenStore,
+};
+use sqlx::QueryBuilder;
+
+use super::shared::{credential_from_row, insert_credential, insert_event, paged};
+use super::{Db, SqlStore, store_error};
+
+#[async_trait]
+impl TokenStore for SqlStore {
+    async fn create_token(
+        &self,
+        grant: &Grant<perm::TokensWrite>,
+        token: &Credential,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        if token.tenant_id != *grant.tenant_id() {
+            return Err(StoreError::Internal(
+                "a token outside the grant's tenant".into(),
+            ));
+        }
+        let mut tx = self.begin_write().await?;
+        insert_credential(&mut tx, token).await?;
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[]).await
+    }
+
+    async fn create_session(
+        &self,
+        session: &Credential,
+        event: &AuditEvent,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin_write().await?;
+        insert_credential(&mut tx, session).await?;
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[]).await
+    }
+
+    async fn list_tokens(
+        &self,
+        scope: &Scope,
+        filter: &TokenFilter,
+        page: &Page,
+        now: Timestamp,
+    ) -> Result<Paged<Credential>, StoreError> {
+        let mut query = QueryBuilder::<Db>::new(
+            "SELECT * FROM credentials WHERE kind IN ('personal', 'service') AND tenant_id = ",
+        );
+        query.push_bind(scope.tenant_id().as_str());
+        and_in!(query, "kind", &filter.kinds);
+        if !filter.statuses.is_empty() {
+            query.push(" AND (FALSE");
+            for status in &filter.statuses {
+                match status.as_str() {
+                    "active" => query
+                        .push(" OR (revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ")
+                        .push_bind(now.unix())
+                        .push("))"),
+                    "expired" => query
+                        .push(" OR (revoked_at IS NULL AND expires_at <= ")
+                        .push_bind(now.unix())
+                        .push(")"),
+                    "revoked" => query.push(" OR revoked_at IS NOT NULL"),
+                    _ => &mut query,
+                };
+            }
+            query.push(")");
+        }
+        and_in!(query, "user_id", &filter.user_ids);
+        and_in!(query, "id", &filter.ids);
+        match &filter.personal {
+            PersonalTokens::All => {}
+            PersonalTokens::OfUser(user) => {
+                query
+                    .push(" AND (kind = 'service' OR user_id = ")
+                    .push_bind(user.as_str())
+                    .push(")");
+            }
+            PersonalTokens::Hidden => {
+                query.push(" AND kind = 'service'");
+            }
+        }
+        if let Some(cursor) = &page.cursor {
+            query.push(" AND id < ").push_bind(cursor.as_str());
+        }
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(page.limit) + 1);
+        let rows = query
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        paged(&rows, page, credential_from_row, |c| c.id.to_string())
+    }
+
+    async fn get_token(
+        &self,
+        scope: &Scope,
+        id: &CredentialId,
+    ) -> Result<Option<Credential>, StoreError> {
+        sqlx::query(
+            "SELECT * FROM credentials
+             WHERE id = $1 AND tenant_id = $2 AND kind IN ('personal', 'service')",
+        )
+        .bind(id.as_str())
+        .bind(scope.tenant_id().as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?
+        .map(|row| credential_from_row(&row))
+        .transpose()
+    }
+
+    async fn revoke_tokens(
+        &self,
+        grant: &Grant<perm::TokensWrite>,
+        ids: &[CredentialId],
+        at: Timestamp,
+        events: &[AuditEvent],
+    ) -> Result<Vec<CredentialId>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut revoked = Vec::with_capacity(ids.len());
+        for (id, event) in ids.iter().zip(events) {
+            let changed = sqlx::query(
+                "UPDATE credentials SET revoked_at = $1
+                 WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL
+                   AND kind IN ('personal', 'service')",
+            )
+            .bind(at.unix())
+            .bind(id.as_str())
+            .bind(grant.tenant_id().as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?
+            .rows_affected();
+            if changed > 0 {
+                insert_event(&mut tx, event).await?;
+                revoked.push(id.clone());
+            }
+        }
+        let changes: Vec<Change> = revoked.iter().cloned().map(Change::Credential).collect();
+        self.commit(tx, &changes).await?;
+        Ok(revoked)
+    }
+
+    async fn end_session(
+        &self,
+        id: &CredentialId,
+        at: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let ended = sqlx::query(
+            "UPDATE credentials SET revoked_at = $1
+             WHERE id = $2 AND kind = 'session' AND revoked_at IS NULL",
+        )
+        .bind(at.unix())
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        if ended == 0 {
+            return Ok(None);
+        }
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[Change::Credential(id.clone())]).await?;
+        Ok(Some(()))
+    }
+}
