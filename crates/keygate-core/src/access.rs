@@ -37,6 +37,30 @@ pub mod perm {
         };
     }
 
+    /// Holding `Self` lets a request read what `R` reads. Every permission implies itself; a
+    /// write implies reading its own resource (it must find what it changes), and the writes that
+    /// assign a role imply looking roles up. Nothing else: a grant of one resource never reads
+    /// another's list.
+    pub trait Implies<R: Required>: Required {}
+
+    impl<P: Required> Implies<P> for P {}
+
+    macro_rules! implies {
+        ($($write:ident => $($read:ident),+;)*) => {
+            $($(impl Implies<$read> for $write {})+)*
+        };
+    }
+
+    implies! {
+        TenantsWrite => TenantsRead;
+        UsersWrite => UsersRead, RolesRead;
+        RolesWrite => RolesRead;
+        TokensWrite => TokensRead, RolesRead;
+        KeysWrite => KeysRead;
+        IpRestrictionWrite => IpRestrictionRead;
+        OauthClientsWrite => OauthClientsRead, RolesRead;
+    }
+
     required! {
         TenantsRead = "tenants:read",
         TenantsWrite = "tenants:write",
@@ -101,10 +125,11 @@ impl Caller {
             .map_or(&self.verified.tenant.id, |t| &t.id)
     }
 
-    /// The scope of the credential's own tenant, whatever the request acts in: for resolving
-    /// `as-tenant`, which must name a descendant of it.
-    pub fn home_scope(&self) -> Scope {
-        Scope(self.verified.tenant.id.clone())
+    /// The credential's own tenant and below, whatever the request acts in: for the gate's
+    /// resolving of `as-tenant`, which must name a descendant of it, before any permission is
+    /// asked for. Only core reads with it; acting for what it finds needs `tenants:impersonate`.
+    pub(crate) fn home_scope(&self) -> Scope<perm::TenantsRead> {
+        Scope::new(self.verified.tenant.id.clone())
     }
 
     /// The same caller acting inside `target`, a strict descendant of its own tenant (the caller
@@ -139,14 +164,53 @@ impl Caller {
     }
 }
 
-/// The tenant a request acts in, as only a [`Grant`] can vouch for it. Store reads take a scope,
-/// store writes take the grant itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope(TenantId);
+/// What a store read demands, as a write demands a [`Grant`]: the tenant a request acts in, as
+/// only a grant of `P` (or of a permission that implies `P`, see [`perm::Implies`]) can vouch for
+/// it. So a `Grant<TokensWrite>` cannot list users: no `Scope<UsersRead>` comes of it.
+///
+/// A grant of `users:read` lists users:
+/// ```
+/// # use keygate_core::access::{Grant, perm};
+/// # use keygate_core::store::{Page, Store};
+/// async fn list(store: &dyn Store, grant: &Grant<perm::UsersRead>, page: &Page) {
+///     let _ = store.list_users(&grant.reads(), page).await;
+/// }
+/// ```
+/// and so does `users:write`, which reads the users it changes; `tokens:write` does not compile:
+/// ```compile_fail
+/// # use keygate_core::access::{Grant, perm};
+/// # use keygate_core::store::{Page, Store};
+/// async fn list(store: &dyn Store, grant: &Grant<perm::TokensWrite>, page: &Page) {
+///     let _ = store.list_users(&grant.reads(), page).await;
+/// }
+/// ```
+pub struct Scope<P> {
+    tenant: TenantId,
+    _permission: PhantomData<fn() -> P>,
+}
 
-impl Scope {
+impl<P> Scope<P> {
+    fn new(tenant: TenantId) -> Self {
+        Self {
+            tenant,
+            _permission: PhantomData,
+        }
+    }
+
     pub fn tenant_id(&self) -> &TenantId {
-        &self.0
+        &self.tenant
+    }
+}
+
+impl<P> Clone for Scope<P> {
+    fn clone(&self) -> Self {
+        Self::new(self.tenant.clone())
+    }
+}
+
+impl<P> std::fmt::Debug for Scope<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Scope").field(&self.tenant).finish()
     }
 }
 
@@ -204,9 +268,14 @@ impl<P: perm::Required> Grant<P> {
         &self.caller.verified.credential.id
     }
 
-    /// The scope reads of this request are confined to.
-    pub fn scope(&self) -> Scope {
-        Scope(self.caller.scope().clone())
+    /// The scope of a read that holding `P` allows: `P`'s own, if `P` reads; or one a write
+    /// implies, since writing a resource reads it first and some writes look up what they assign
+    /// (a role, for a user or a token).
+    pub fn reads<R: perm::Required>(&self) -> Scope<R>
+    where
+        P: perm::Implies<R>,
+    {
+        Scope::new(self.caller.scope().clone())
     }
 }
 

@@ -6,18 +6,17 @@ use std::sync::{Arc, Mutex};
 use keygate_core::access::{Caller, Grant, perm};
 use keygate_core::bootstrap;
 use keygate_core::cache::CredentialCache;
-use keygate_core::gate::{Gate, Presented, Request as GateRequest};
-use keygate_core::verify::Verifier;
 use keygate_core::credential::{
     CredentialFormat, CredentialHash, CredentialKind, Environment, Secret,
 };
+use keygate_core::gate::{Gate, Presented, Request as GateRequest};
 use keygate_core::id::{CredentialId, RoleId, UserId};
 use keygate_core::jwt::SigningAlgorithm;
 use keygate_core::model::{AuditEvent, Outcome, Role, User, UserStatus};
 use keygate_core::oauth::{AuthenticatedClient, Lifetimes, RefreshToken, Rotation};
 use keygate_core::permission::{BuiltinRole, Catalog};
 use keygate_core::store::{Change, ChangeListener, Deletion, Page, StoreError, TokenFilter};
-use keygate_core::verified::Verified;
+use keygate_core::verify::Verifier;
 use keygate_core::{ManualClock, Timestamp, access::RequestMeta};
 
 use crate::{Backend, StoreOptions, open};
@@ -274,7 +273,7 @@ async fn revocation_is_scoped_to_the_grant_and_announced_after_commit(db: TestDb
     assert_eq!(changes(&o.recorder), [Change::Credential(id.clone())]);
     let stored = o
         .store
-        .get_token(&grant.scope(), &id)
+        .get_token(&grant.reads(), &id)
         .await
         .unwrap()
         .unwrap();
@@ -313,7 +312,7 @@ async fn roles_in_use_cannot_be_deleted_and_changes_are_announced(db: TestDb) {
             .await,
         Err(StoreError::AlreadyExists("name"))
     ));
-    let listed = o.store.list_roles(&roles.scope(), &page(50)).await.unwrap();
+    let listed = o.store.list_roles(&roles.reads(), &page(50)).await.unwrap();
     assert_eq!(listed.items.len(), 5, "four built-ins and the custom role");
 
     let users = o.caller.require::<perm::UsersWrite>().unwrap();
@@ -486,14 +485,14 @@ async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they
     }
     let listed = o
         .store
-        .list_tokens(&tokens.scope(), &TokenFilter::default(), &page(2), NOW)
+        .list_tokens(&tokens.reads(), &TokenFilter::default(), &page(2), NOW)
         .await
         .unwrap();
     assert_eq!(listed.items.len(), 2);
     let rest = o
         .store
         .list_tokens(
-            &tokens.scope(),
+            &tokens.reads(),
             &TokenFilter::default(),
             &Page {
                 limit: 2,
@@ -533,7 +532,7 @@ async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they
     };
     let personal_left = o
         .store
-        .list_tokens(&tokens.scope(), &filter, &page(50), NOW)
+        .list_tokens(&tokens.reads(), &filter, &page(50), NOW)
         .await
         .unwrap();
     assert!(personal_left.items.is_empty());
@@ -655,7 +654,7 @@ async fn every_change_writes_its_event_with_the_acting_credential(db: TestDb) {
     );
     assert!(
         o.store
-            .get_token(&tokens.scope(), &another.id)
+            .get_token(&tokens.reads(), &another.id)
             .await
             .unwrap()
             .is_none()
@@ -704,7 +703,7 @@ async fn two_keys_at_most_even_when_created_at_once(db: TestDb) {
         created += usize::from(attempt.await.unwrap());
     }
     assert_eq!(created, 2);
-    let listed = o.store.list_account_keys(&keys.scope()).await.unwrap();
+    let listed = o.store.list_account_keys(&keys.reads()).await.unwrap();
     assert_eq!(listed.len(), 2);
     let gone = listed[0].id.clone();
     changes(&o.recorder);
@@ -768,7 +767,7 @@ async fn an_account_key_is_found_by_its_secret_in_its_own_tenant_only(db: TestDb
     let child_keys = o
         .caller
         .clone()
-        .acting_for(keygate_core::verify::TenantSummary::from(&child))
+        .acting_for(keygate_core::verified::TenantSummary::from(&child))
         .unwrap()
         .require::<perm::KeysWrite>()
         .unwrap();
@@ -783,7 +782,7 @@ async fn an_account_key_is_found_by_its_secret_in_its_own_tenant_only(db: TestDb
         .await
         .unwrap();
 
-    let found = |scope: keygate_core::access::Scope, hash: CredentialHash| {
+    let found = |scope: keygate_core::access::Scope<perm::KeysRead>, hash: CredentialHash| {
         let store = o.store.clone();
         async move {
             store
@@ -793,28 +792,28 @@ async fn an_account_key_is_found_by_its_secret_in_its_own_tenant_only(db: TestDb
                 .map(|k| k.id)
         }
     };
-    assert_eq!(found(keys.scope(), key.hash).await, Some(key.id.clone()));
+    assert_eq!(found(keys.reads(), key.hash).await, Some(key.id.clone()));
     assert_eq!(
-        found(child_keys.scope(), child_key.hash).await,
+        found(child_keys.reads(), child_key.hash).await,
         Some(child_key.id.clone())
     );
     assert_eq!(
-        found(keys.scope(), child_key.hash).await,
+        found(keys.reads(), child_key.hash).await,
         None,
         "not a descendant's key"
     );
     assert_eq!(
-        found(child_keys.scope(), key.hash).await,
+        found(child_keys.reads(), key.hash).await,
         None,
         "not an ancestor's key"
     );
     assert_eq!(
-        found(keys.scope(), o.plan.token.hash).await,
+        found(keys.reads(), o.plan.token.hash).await,
         None,
         "a token of the tenant is not an account key"
     );
     assert_eq!(
-        found(keys.scope(), CredentialHash::of("kg_live_nothing")).await,
+        found(keys.reads(), CredentialHash::of("kg_live_nothing")).await,
         None
     );
 }
@@ -822,7 +821,7 @@ async fn an_account_key_is_found_by_its_secret_in_its_own_tenant_only(db: TestDb
 async fn the_ip_restriction_is_stored_and_announced(db: TestDb) {
     let o = owned(db).await;
     let grant = o.caller.require::<perm::IpRestrictionWrite>().unwrap();
-    let before = o.store.get_ip_restriction(&grant.scope()).await.unwrap();
+    let before = o.store.get_ip_restriction(&grant.reads()).await.unwrap();
     assert!(!before.enabled && before.allowlist.is_empty());
     let entries = vec!["10.0.0.0/8".to_owned(), "2001:db8::/32".to_owned()];
     let restriction = keygate_core::model::IpRestriction {
@@ -845,7 +844,7 @@ async fn the_ip_restriction_is_stored_and_announced(db: TestDb) {
         [Change::Tenant(grant.tenant_id().clone())]
     );
     assert_eq!(
-        o.store.get_ip_restriction(&grant.scope()).await.unwrap(),
+        o.store.get_ip_restriction(&grant.reads()).await.unwrap(),
         restriction
     );
     // Verification reads it with the credential.
@@ -919,7 +918,7 @@ async fn tenants_are_scoped_to_their_subtree(db: TestDb) {
     assert_eq!(record.ancestors[9].id, o.plan.tenant.id);
 
     // A scope sees itself and below, never above or beside.
-    let root_scope = o.caller.require::<perm::TenantsRead>().unwrap().scope();
+    let root_scope = o.caller.require::<perm::TenantsRead>().unwrap().reads();
     let seen = o
         .store
         .get_tenant(&root_scope, deep.slug.as_str())
@@ -933,7 +932,7 @@ async fn tenants_are_scoped_to_their_subtree(db: TestDb) {
         .unwrap()
         .require::<perm::TenantsRead>()
         .unwrap()
-        .scope();
+        .reads();
     assert!(
         o.store
             .get_tenant(&deep_scope, o.plan.tenant.id.as_str())
@@ -1099,14 +1098,19 @@ async fn clients_are_scoped_and_take_their_tokens_with_them(db: TestDb) {
     let grant = o.caller.require::<perm::OauthClientsWrite>().unwrap();
     let listed = o
         .store
-        .list_clients(&grant.scope(), &page(50))
+        .list_clients(&grant.reads(), &page(50))
         .await
         .unwrap();
     assert_eq!(listed.items.len(), 1);
     assert_eq!(listed.items[0].id, client.id);
     assert!(
         o.store
-            .list_tokens(&grant.scope(), &TokenFilter::default(), &page(50), NOW)
+            .list_tokens(
+                &o.caller.require::<perm::TokensRead>().unwrap().reads(),
+                &TokenFilter::default(),
+                &page(50),
+                NOW
+            )
             .await
             .unwrap()
             .items
@@ -1116,7 +1120,7 @@ async fn clients_are_scoped_and_take_their_tokens_with_them(db: TestDb) {
     );
     assert_eq!(
         o.store
-            .get_client(&grant.scope(), &client.id)
+            .get_client(&grant.reads(), &client.id)
             .await
             .unwrap()
             .map(|c| c.name),
@@ -1133,7 +1137,7 @@ async fn clients_are_scoped_and_take_their_tokens_with_them(db: TestDb) {
         .unwrap();
     assert!(
         o.store
-            .get_client(&child_scope.scope(), &client.id)
+            .get_client(&child_scope.reads(), &client.id)
             .await
             .unwrap()
             .is_none()
@@ -1409,7 +1413,7 @@ async fn a_refresh_token_is_found_by_its_own_client_and_within_its_tenant_only(d
     let child_verify = o
         .caller
         .clone()
-        .acting_for(keygate_core::verify::TenantSummary::from(&child))
+        .acting_for(keygate_core::verified::TenantSummary::from(&child))
         .unwrap()
         .require::<perm::CredentialsVerify>()
         .unwrap();

@@ -11,13 +11,16 @@ use crate::model::{AuditEvent, Credential, IpRestriction};
 #[async_trait]
 pub trait AccountStore: Send + Sync + 'static {
     /// The tenant's account keys, oldest first.
-    async fn list_account_keys(&self, scope: &Scope) -> Result<Vec<Credential>, StoreError>;
+    async fn list_account_keys(
+        &self,
+        scope: &Scope<perm::KeysRead>,
+    ) -> Result<Vec<Credential>, StoreError>;
 
     /// The scope's tenant's account key with this hash (a key named by its full secret); `None`
     /// for any other credential, and for another tenant's key.
     async fn find_account_key(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::KeysRead>,
         hash: &CredentialHash,
     ) -> Result<Option<Credential>, StoreError>;
 
@@ -39,7 +42,10 @@ pub trait AccountStore: Send + Sync + 'static {
         event: &AuditEvent,
     ) -> Result<Option<()>, StoreError>;
 
-    async fn get_ip_restriction(&self, scope: &Scope) -> Result<IpRestriction, StoreError>;
+    async fn get_ip_restriction(
+        &self,
+        scope: &Scope<perm::IpRestrictionRead>,
+    ) -> Result<IpRestriction, StoreError>;
 
     async fn set_ip_restriction(
         &self,

@@ -8,7 +8,7 @@ use futures_core::stream::BoxStream;
 
 use super::{Page, Paged, StoreError};
 use crate::Timestamp;
-use crate::access::Scope;
+use crate::access::{Scope, perm};
 use crate::id::CredentialId;
 use crate::model::{AuditEvent, Outcome, StoredEvent};
 
@@ -29,7 +29,7 @@ pub trait AuditStore: Send + Sync + 'static {
     /// Events that happened in the scope's tenant or below it, newest first.
     async fn list_events(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::AuditRead>,
         filter: &EventFilter,
         page: &Page,
     ) -> Result<Paged<StoredEvent>, StoreError>;
@@ -38,7 +38,7 @@ pub trait AuditStore: Send + Sync + 'static {
     /// consumed rather than held in memory.
     fn export_events(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::AuditRead>,
         filter: &EventFilter,
     ) -> BoxStream<'static, Result<StoredEvent, StoreError>>;
 

@@ -25,13 +25,13 @@ pub trait OAuthStore: Send + Sync + 'static {
     /// The tenant's clients, newest first.
     async fn list_clients(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::OauthClientsRead>,
         page: &Page,
     ) -> Result<Paged<Credential>, StoreError>;
 
     async fn get_client(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::OauthClientsRead>,
         id: &CredentialId,
     ) -> Result<Option<Credential>, StoreError>;
 

@@ -9,10 +9,18 @@ use crate::model::{AuditEvent, Role};
 
 #[async_trait]
 pub trait RoleStore: Send + Sync + 'static {
-    async fn list_roles(&self, scope: &Scope, page: &Page) -> Result<Paged<Role>, StoreError>;
+    async fn list_roles(
+        &self,
+        scope: &Scope<perm::RolesRead>,
+        page: &Page,
+    ) -> Result<Paged<Role>, StoreError>;
 
     /// A built-in role, or a custom role of the scope's tenant.
-    async fn get_role(&self, scope: &Scope, id: &RoleId) -> Result<Option<Role>, StoreError>;
+    async fn get_role(
+        &self,
+        scope: &Scope<perm::RolesRead>,
+        id: &RoleId,
+    ) -> Result<Option<Role>, StoreError>;
 
     /// Fails with `AlreadyExists("name")` if the tenant has a role of that name.
     async fn create_role(

@@ -13,14 +13,14 @@ pub trait TenantStore: Send + Sync + 'static {
     /// The tenant with this id or slug, if it is the scope's tenant or below it.
     async fn get_tenant(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::TenantsRead>,
         id_or_slug: &str,
     ) -> Result<Option<Tenant>, StoreError>;
 
     /// The children of `parent`, if `parent` is the scope's tenant or below it.
     async fn list_tenants(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::TenantsRead>,
         parent: &TenantId,
         page: &Page,
     ) -> Result<Paged<Tenant>, StoreError>;

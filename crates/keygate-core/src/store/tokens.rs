@@ -51,7 +51,7 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Personal and service tokens of the scope's tenant, filtered; statuses are judged at `now`.
     async fn list_tokens(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::TokensRead>,
         filter: &TokenFilter,
         page: &Page,
         now: Timestamp,
@@ -59,7 +59,7 @@ pub trait TokenStore: Send + Sync + 'static {
 
     async fn get_token(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::TokensRead>,
         id: &CredentialId,
     ) -> Result<Option<Credential>, StoreError>;
 

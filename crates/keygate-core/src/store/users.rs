@@ -25,9 +25,17 @@ pub struct Login {
 
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
-    async fn list_users(&self, scope: &Scope, page: &Page) -> Result<Paged<User>, StoreError>;
+    async fn list_users(
+        &self,
+        scope: &Scope<perm::UsersRead>,
+        page: &Page,
+    ) -> Result<Paged<User>, StoreError>;
 
-    async fn get_user(&self, scope: &Scope, id: &UserId) -> Result<Option<User>, StoreError>;
+    async fn get_user(
+        &self,
+        scope: &Scope<perm::UsersRead>,
+        id: &UserId,
+    ) -> Result<Option<User>, StoreError>;
 
     /// Fails with `AlreadyExists("email")` if the email is taken (case-insensitively).
     async fn create_user(

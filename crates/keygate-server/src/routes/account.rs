@@ -63,7 +63,7 @@ pub struct DeleteQuery {
 
 async fn keys_view(state: &AppState, caller: &Caller) -> Result<AccountKeys, ApiError> {
     let grant = caller.require::<perm::KeysRead>()?;
-    let keys = state.store().list_account_keys(&grant.scope()).await?;
+    let keys = state.store().list_account_keys(&grant.reads()).await?;
     let current = &caller.verified().credential.id;
     Ok(AccountKeys {
         data: keys
@@ -189,7 +189,7 @@ pub async fn delete_by_query(
             let named = format!("…{}", keygate_core::credential::hint(&full));
             let key = state
                 .store()
-                .find_account_key(&grant.scope(), &CredentialHash::of(&full))
+                .find_account_key(&grant.reads(), &CredentialHash::of(&full))
                 .await?
                 .ok_or_else(|| no_key(&named))?;
             remove(&state, &caller, &meta, &key.id, &named).await
@@ -277,7 +277,7 @@ pub async fn get_ip_restriction(
     Authenticated(caller): Authenticated,
 ) -> Result<axum::Json<IpRestrictionView>, ApiError> {
     let grant = caller.require::<perm::IpRestrictionRead>()?;
-    let restriction = state.store().get_ip_restriction(&grant.scope()).await?;
+    let restriction = state.store().get_ip_restriction(&grant.reads()).await?;
     Ok(axum::Json(restriction.into()))
 }
 

@@ -204,7 +204,7 @@ pub async fn list(
     .filter()?;
     let events = state
         .store()
-        .list_events(&grant.scope(), &filter, &page)
+        .list_events(&grant.reads(), &filter, &page)
         .await?;
     Ok(axum::Json(List::from_paged(events, EventView::from)))
 }
@@ -231,7 +231,7 @@ pub async fn export(
     let filter = selection.filter()?;
     let lines = state
         .store()
-        .export_events(&grant.scope(), &filter)
+        .export_events(&grant.reads(), &filter)
         .map(|event| {
             let event = event.inspect_err(|error| {
                 // Too late for a problem response: the status is sent. The body ends early,

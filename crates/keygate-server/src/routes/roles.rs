@@ -65,7 +65,11 @@ pub struct RoleRequest {
 }
 
 /// A role named by id or built-in name, in the caller's scope; 404 otherwise.
-pub async fn resolve(state: &AppState, scope: &Scope, text: &str) -> Result<Role, ApiError> {
+pub async fn resolve(
+    state: &AppState,
+    scope: &Scope<perm::RolesRead>,
+    text: &str,
+) -> Result<Role, ApiError> {
     let missing = || ApiError::not_found(format!("there is no role `{text}` in this tenant"));
     match RoleRef::parse(text).ok_or_else(missing)? {
         RoleRef::Builtin(builtin) => Ok(roles::builtin(builtin)),
@@ -96,7 +100,7 @@ pub async fn list(
 ) -> Result<axum::Json<List<RoleView>>, ApiError> {
     let grant = caller.require::<perm::RolesRead>()?;
     let page = page(query.limit, query.cursor)?;
-    let roles = state.store().list_roles(&grant.scope(), &page).await?;
+    let roles = state.store().list_roles(&grant.reads(), &page).await?;
     Ok(axum::Json(List::from_paged(roles, |r| {
         RoleView::new(r, state.catalog())
     })))
@@ -153,7 +157,7 @@ pub async fn get(
     let grant = caller.require::<perm::RolesRead>()?;
     let role = state
         .store()
-        .get_role(&grant.scope(), &role_id(&id)?)
+        .get_role(&grant.reads(), &role_id(&id)?)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no role `{id}`")))?;
     Ok(axum::Json(RoleView::new(role, state.catalog())))
@@ -182,7 +186,7 @@ pub async fn replace(
     let now = state.clock().now();
     let existing = state
         .store()
-        .get_role(&grant.scope(), &role_id(&id)?)
+        .get_role(&grant.reads(), &role_id(&id)?)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no role `{id}`")))?;
     let input = RoleInput {
@@ -219,7 +223,7 @@ pub async fn delete(
     let now = state.clock().now();
     let role = state
         .store()
-        .get_role(&grant.scope(), &role_id(&id)?)
+        .get_role(&grant.reads(), &role_id(&id)?)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no role `{id}`")))?;
     roles::check_may_change(&grant, state.catalog(), &role)?;

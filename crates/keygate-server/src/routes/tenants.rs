@@ -90,7 +90,10 @@ fn target(id: &TenantId) -> Target {
 }
 
 /// The tenant a grant acts in, as the store has it.
-async fn home(state: &AppState, scope: &keygate_core::access::Scope) -> Result<Tenant, ApiError> {
+async fn home(
+    state: &AppState,
+    scope: &keygate_core::access::Scope<perm::TenantsRead>,
+) -> Result<Tenant, ApiError> {
     state
         .store()
         .get_tenant(scope, scope.tenant_id().as_str())
@@ -121,7 +124,7 @@ pub async fn create(
         None => None,
     };
     let now = state.clock().now();
-    let parent = home(&state, &grant.scope()).await?;
+    let parent = home(&state, &grant.reads()).await?;
     let input = NewTenant {
         name: request.name,
         slug: request.slug,
@@ -199,21 +202,20 @@ pub async fn list(
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<List<TenantView>>, ApiError> {
     let grant = caller.require::<perm::TenantsRead>()?;
-    let scope = grant.scope();
     let parent = match &query.parent_id {
         Some(id) => {
             state
                 .store()
-                .get_tenant(&scope, id)
+                .get_tenant(&grant.reads(), id)
                 .await?
                 .ok_or_else(|| not_found(id))?
                 .id
         }
-        None => scope.tenant_id().clone(),
+        None => grant.tenant_id().clone(),
     };
     let tenants = state
         .store()
-        .list_tenants(&scope, &parent, &page(query.limit, query.cursor)?)
+        .list_tenants(&grant.reads(), &parent, &page(query.limit, query.cursor)?)
         .await?;
     Ok(axum::Json(List::from_paged(tenants, |t| {
         TenantView::from(&t)
@@ -237,7 +239,7 @@ pub async fn get(
     let grant = caller.require::<perm::TenantsRead>()?;
     let tenant = state
         .store()
-        .get_tenant(&grant.scope(), &id)
+        .get_tenant(&grant.reads(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
     Ok(axum::Json(TenantView::from(&tenant)))
@@ -263,7 +265,6 @@ pub async fn update(
     Json(request): Json<UpdateTenant>,
 ) -> Result<axum::Json<TenantView>, ApiError> {
     let grant = caller.require::<perm::TenantsWrite>()?;
-    let scope = grant.scope();
     let status = match request.status.as_deref() {
         None => None,
         Some(text) => Some(TenantStatus::from_name(text).ok_or_else(|| {
@@ -275,10 +276,10 @@ pub async fn update(
     };
     let tenant = state
         .store()
-        .get_tenant(&scope, &id)
+        .get_tenant(&grant.reads(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    let home = home(&state, &scope).await?;
+    let home = home(&state, &grant.reads()).await?;
     let change = TenantChange {
         name: request.name,
         status,
@@ -312,13 +313,12 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let grant = caller.require::<perm::TenantsWrite>()?;
-    let scope = grant.scope();
     let tenant = state
         .store()
-        .get_tenant(&scope, &id)
+        .get_tenant(&grant.reads(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    tenants::check_delete(&home(&state, &scope).await?, &tenant)?;
+    tenants::check_delete(&home(&state, &grant.reads()).await?, &tenant)?;
     let now = state.clock().now();
     let event = grant
         .event("tenant.delete", Some(target(&tenant.id)), now, &meta)?

@@ -247,7 +247,7 @@ pub async fn create(
             }]));
         }
         (TokenKind::Service, Some(role)) => {
-            Some(roles::resolve(&state, &grant.scope(), role).await?)
+            Some(roles::resolve(&state, &grant.reads(), role).await?)
         }
         _ => None,
     };
@@ -340,7 +340,7 @@ pub async fn list(
     let page = page(query.limit, query.cursor)?;
     let tokens = state
         .store()
-        .list_tokens(&grant.scope(), &filter, &page, now)
+        .list_tokens(&grant.reads(), &filter, &page, now)
         .await?;
     Ok(axum::Json(List::from_paged(tokens, |t| {
         TokenView::new(t, now)
@@ -365,7 +365,7 @@ pub async fn get(
     let token_id = CredentialId::parse_any(&id).ok_or_else(|| not_found(&id))?;
     let token = state
         .store()
-        .get_token(&grant.scope(), &token_id)
+        .get_token(&grant.reads(), &token_id)
         .await?
         .filter(|t| visible(t, &personal_visibility(grant.caller())))
         .ok_or_else(|| not_found(&id))?;
@@ -459,7 +459,6 @@ async fn revoke(
 ) -> Result<(Vec<CredentialId>, Vec<String>), ApiError> {
     let grant = caller.require::<perm::TokensWrite>()?;
     let now = state.clock().now();
-    let scope = grant.scope();
     // One read for all the ids (up to 500), and one per distinct role, not one per id.
     let wanted: Vec<CredentialId> = ids
         .iter()
@@ -479,7 +478,7 @@ async fn revoke(
         };
         state
             .store()
-            .list_tokens(&scope, &filter, &page, now)
+            .list_tokens(&grant.reads(), &filter, &page, now)
             .await?
             .items
     };
@@ -497,7 +496,7 @@ async fn revoke(
         let role = match &token.role_id {
             Some(role_id) => {
                 if !roles.contains_key(role_id) {
-                    let role = state.store().get_role(&scope, role_id).await?;
+                    let role = state.store().get_role(&grant.reads(), role_id).await?;
                     roles.insert(role_id.clone(), role);
                 }
                 roles.get(role_id).and_then(Option::as_ref)

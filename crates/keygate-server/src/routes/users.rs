@@ -117,7 +117,7 @@ pub async fn list(
     let grant = caller.require::<perm::UsersRead>()?;
     let users = state
         .store()
-        .list_users(&grant.scope(), &page(query.limit, query.cursor)?)
+        .list_users(&grant.reads(), &page(query.limit, query.cursor)?)
         .await?;
     Ok(axum::Json(List::from_paged(users, UserView::from)))
 }
@@ -141,7 +141,7 @@ pub async fn create(
 ) -> Result<(StatusCode, axum::Json<CreatedUser>), ApiError> {
     let grant = caller.require::<perm::UsersWrite>()?;
     let now = state.clock().now();
-    let role = roles::resolve(&state, &grant.scope(), &request.role).await?;
+    let role = roles::resolve(&state, &grant.reads(), &request.role).await?;
     let input = NewUser {
         email: request.email,
         name: request.name,
@@ -182,7 +182,7 @@ pub async fn get(
     let grant = caller.require::<perm::UsersRead>()?;
     let user = state
         .store()
-        .get_user(&grant.scope(), &user_id(&id)?)
+        .get_user(&grant.reads(), &user_id(&id)?)
         .await?
         .ok_or_else(|| not_found(&id))?;
     Ok(axum::Json(user.into()))
@@ -208,7 +208,6 @@ pub async fn update(
 ) -> Result<axum::Json<UserView>, ApiError> {
     let grant = caller.require::<perm::UsersWrite>()?;
     let now = state.clock().now();
-    let scope = grant.scope();
     let status = match request.status.as_deref() {
         None => None,
         Some(text) => Some(UserStatus::from_name(text).ok_or_else(|| {
@@ -220,12 +219,12 @@ pub async fn update(
     };
     let user = state
         .store()
-        .get_user(&scope, &user_id(&id)?)
+        .get_user(&grant.reads(), &user_id(&id)?)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    let current_role = roles::resolve(&state, &scope, user.role_id.as_str()).await?;
+    let current_role = roles::resolve(&state, &grant.reads(), user.role_id.as_str()).await?;
     let new_role = match &request.role {
-        Some(role) => Some(roles::resolve(&state, &scope, role).await?),
+        Some(role) => Some(roles::resolve(&state, &grant.reads(), role).await?),
         None => None,
     };
     let change = UserChange {
@@ -270,13 +269,12 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let grant = caller.require::<perm::UsersWrite>()?;
     let now = state.clock().now();
-    let scope = grant.scope();
     let user = state
         .store()
-        .get_user(&scope, &user_id(&id)?)
+        .get_user(&grant.reads(), &user_id(&id)?)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    let role = roles::resolve(&state, &scope, user.role_id.as_str()).await?;
+    let role = roles::resolve(&state, &grant.reads(), user.role_id.as_str()).await?;
     users::check_delete(&grant, state.catalog(), &role)?;
     let event = grant
         .event("user.delete", Some(target(&user.id)), now, &meta)?

@@ -15,7 +15,10 @@ use super::{SqlStore, store_error};
 
 #[async_trait]
 impl AccountStore for SqlStore {
-    async fn list_account_keys(&self, scope: &Scope) -> Result<Vec<Credential>, StoreError> {
+    async fn list_account_keys(
+        &self,
+        scope: &Scope<perm::KeysRead>,
+    ) -> Result<Vec<Credential>, StoreError> {
         sqlx::query(
             "SELECT * FROM credentials WHERE tenant_id = $1 AND kind = 'account_key' ORDER BY id",
         )
@@ -30,7 +33,7 @@ impl AccountStore for SqlStore {
 
     async fn find_account_key(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::KeysRead>,
         hash: &CredentialHash,
     ) -> Result<Option<Credential>, StoreError> {
         sqlx::query(
@@ -92,7 +95,10 @@ impl AccountStore for SqlStore {
         .await
     }
 
-    async fn get_ip_restriction(&self, scope: &Scope) -> Result<IpRestriction, StoreError> {
+    async fn get_ip_restriction(
+        &self,
+        scope: &Scope<perm::IpRestrictionRead>,
+    ) -> Result<IpRestriction, StoreError> {
         let row = sqlx::query("SELECT * FROM tenants WHERE id = $1")
             .bind(scope.tenant_id().as_str())
             .fetch_one(&self.pool)

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use futures_core::stream::BoxStream;
 use futures_util::TryStreamExt;
 use keygate_core::Timestamp;
-use keygate_core::access::Scope;
+use keygate_core::access::{Scope, perm};
 use keygate_core::id::CredentialId;
 use keygate_core::model::{AuditEvent, Outcome, StoredEvent};
 use keygate_core::store::{AuditStore, EventFilter, Page, Paged, StoreError};
@@ -18,7 +18,7 @@ use super::{Db, DbRow, SqlStore, store_error};
 impl AuditStore for SqlStore {
     async fn list_events(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::AuditRead>,
         filter: &EventFilter,
         page: &Page,
     ) -> Result<Paged<StoredEvent>, StoreError> {
@@ -34,7 +34,7 @@ impl AuditStore for SqlStore {
 
     fn export_events(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::AuditRead>,
         filter: &EventFilter,
     ) -> BoxStream<'static, Result<StoredEvent, StoreError>> {
         let pool = self.pool.clone();
@@ -96,7 +96,7 @@ impl AuditStore for SqlStore {
 
 /// `SELECT * FROM audit_events` for a scope and filter, newest first, from `cursor` on.
 fn select_events<'q>(
-    scope: &'q Scope,
+    scope: &'q Scope<perm::AuditRead>,
     filter: &'q EventFilter,
     cursor: Option<&'q str>,
 ) -> QueryBuilder<'q, Db> {

@@ -38,7 +38,7 @@ impl OAuthStore for SqlStore {
 
     async fn list_clients(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::OauthClientsRead>,
         page: &Page,
     ) -> Result<Paged<Credential>, StoreError> {
         scoped_page(
@@ -56,7 +56,7 @@ impl OAuthStore for SqlStore {
 
     async fn get_client(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::OauthClientsRead>,
         id: &CredentialId,
     ) -> Result<Option<Credential>, StoreError> {
         sqlx::query(

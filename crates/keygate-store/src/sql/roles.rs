@@ -11,7 +11,11 @@ use super::{SqlStore, store_error};
 
 #[async_trait]
 impl RoleStore for SqlStore {
-    async fn list_roles(&self, scope: &Scope, page: &Page) -> Result<Paged<Role>, StoreError> {
+    async fn list_roles(
+        &self,
+        scope: &Scope<perm::RolesRead>,
+        page: &Page,
+    ) -> Result<Paged<Role>, StoreError> {
         scoped_page(
             &self.pool,
             "SELECT * FROM roles WHERE (tenant_id IS NULL OR tenant_id = $1)
@@ -25,7 +29,11 @@ impl RoleStore for SqlStore {
         .await
     }
 
-    async fn get_role(&self, scope: &Scope, id: &RoleId) -> Result<Option<Role>, StoreError> {
+    async fn get_role(
+        &self,
+        scope: &Scope<perm::RolesRead>,
+        id: &RoleId,
+    ) -> Result<Option<Role>, StoreError> {
         sqlx::query("SELECT * FROM roles WHERE id = $1 AND (tenant_id IS NULL OR tenant_id = $2)")
             .bind(id.as_str())
             .bind(scope.tenant_id().as_str())

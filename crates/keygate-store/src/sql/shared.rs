@@ -287,10 +287,10 @@ where
 
 /// One page of a list in a scope: `sql` takes the scope's tenant as `$1`, the cursor as `$2`
 /// (`$2 IS NULL OR id < $2`) and the limit as `$3`.
-pub(super) async fn scoped_page<T>(
+pub(super) async fn scoped_page<T, P>(
     pool: &sqlx::Pool<Db>,
     sql: &'static str,
-    scope: &Scope,
+    scope: &Scope<P>,
     page: &Page,
     map: fn(&DbRow) -> Result<T, StoreError>,
     id: fn(&T) -> String,

@@ -15,7 +15,7 @@ use super::{SqlStore, store_error};
 impl TenantStore for SqlStore {
     async fn get_tenant(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::TenantsRead>,
         id_or_slug: &str,
     ) -> Result<Option<Tenant>, StoreError> {
         sqlx::query(concat!(
@@ -34,7 +34,7 @@ impl TenantStore for SqlStore {
 
     async fn list_tenants(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::TenantsRead>,
         parent: &TenantId,
         page: &Page,
     ) -> Result<Paged<Tenant>, StoreError> {

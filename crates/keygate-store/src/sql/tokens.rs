@@ -45,7 +45,7 @@ impl TokenStore for SqlStore {
 
     async fn list_tokens(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::TokensRead>,
         filter: &TokenFilter,
         page: &Page,
         now: Timestamp,
@@ -103,7 +103,7 @@ impl TokenStore for SqlStore {
 
     async fn get_token(
         &self,
-        scope: &Scope,
+        scope: &Scope<perm::TokensRead>,
         id: &CredentialId,
     ) -> Result<Option<Credential>, StoreError> {
         sqlx::query(

@@ -13,7 +13,11 @@ use super::{Db, SqlStore, store_error};
 
 #[async_trait]
 impl UserStore for SqlStore {
-    async fn list_users(&self, scope: &Scope, page: &Page) -> Result<Paged<User>, StoreError> {
+    async fn list_users(
+        &self,
+        scope: &Scope<perm::UsersRead>,
+        page: &Page,
+    ) -> Result<Paged<User>, StoreError> {
         scoped_page(
             &self.pool,
             "SELECT * FROM users WHERE tenant_id = $1 AND ($2 IS NULL OR id < $2)
@@ -26,7 +30,11 @@ impl UserStore for SqlStore {
         .await
     }
 
-    async fn get_user(&self, scope: &Scope, id: &UserId) -> Result<Option<User>, StoreError> {
+    async fn get_user(
+        &self,
+        scope: &Scope<perm::UsersRead>,
+        id: &UserId,
+    ) -> Result<Option<User>, StoreError> {
         sqlx::query("SELECT * FROM users WHERE id = $1 AND tenant_id = $2")
             .bind(id.as_str())
             .bind(scope.tenant_id().as_str())

@@ -121,7 +121,7 @@ pub async fn create(
 ) -> Result<(StatusCode, axum::Json<CreatedClient>), ApiError> {
     let grant = caller.require::<perm::OauthClientsWrite>()?;
     let now = state.clock().now();
-    let role = roles::resolve(&state, &grant.scope(), &request.role).await?;
+    let role = roles::resolve(&state, &grant.reads(), &request.role).await?;
     let input = NewClient {
         name: request.name,
         description: request.description,
@@ -171,7 +171,7 @@ pub async fn list(
 ) -> Result<axum::Json<List<ClientView>>, ApiError> {
     let grant = caller.require::<perm::OauthClientsRead>()?;
     let page = page(query.limit, query.cursor)?;
-    let clients = state.store().list_clients(&grant.scope(), &page).await?;
+    let clients = state.store().list_clients(&grant.reads(), &page).await?;
     Ok(axum::Json(List::from_paged(clients, ClientView::from)))
 }
 
@@ -194,7 +194,7 @@ pub async fn get(
     let grant = caller.require::<perm::OauthClientsRead>()?;
     let client = state
         .store()
-        .get_client(&grant.scope(), &client_id(&id)?)
+        .get_client(&grant.reads(), &client_id(&id)?)
         .await?
         .ok_or_else(|| not_found(&id))?;
     Ok(axum::Json(ClientView::from(client)))
@@ -219,15 +219,14 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let grant = caller.require::<perm::OauthClientsWrite>()?;
-    let scope = grant.scope();
     let client_id = client_id(&id)?;
     let client = state
         .store()
-        .get_client(&scope, &client_id)
+        .get_client(&grant.reads(), &client_id)
         .await?
         .ok_or_else(|| not_found(&id))?;
     let role = match &client.role_id {
-        Some(role) => state.store().get_role(&scope, role).await?,
+        Some(role) => state.store().get_role(&grant.reads(), role).await?,
         None => None,
     };
     clients::check_delete(&grant, state.catalog(), &client, role.as_ref())?;

@@ -286,7 +286,10 @@ async fn refresh_token(
         token: refresh,
         client,
         scope,
-    }) = state.grants().live_refresh_token(asking, token, now).await?
+    }) = state
+        .grants()
+        .live_refresh_token(asking, token, now)
+        .await?
     else {
         return Ok(None);
     };
