@@ -26,6 +26,7 @@
 //! take more than about twice that.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -119,8 +120,35 @@ impl CredentialCache {
         found
     }
 
+    /// The cached verification of `hash`, or what `load` reads on a miss: `None` when the store
+    /// does not know the hash (remembered, so a flood of one unknown credential reaches the store
+    /// once). What `load` found is cached unless a change happened while it was being read: the
+    /// generation is taken before `load` starts (an unstarted future), and changes bump it under
+    /// the write lock, so a read that raced a change is used once and not kept. Access tokens are
+    /// swept of expired ones (at `now`) as they are added.
+    pub async fn get_or_load<E>(
+        &self,
+        hash: &CredentialHash,
+        now: Timestamp,
+        load: impl Future<Output = Result<Option<Arc<Verified>>, E>>,
+    ) -> Result<Option<Arc<Verified>>, E> {
+        if self.is_known_unknown(hash) {
+            return Ok(None);
+        }
+        if let Some(hit) = self.get(hash) {
+            return Ok(Some(hit));
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let Some(verified) = load.await? else {
+            self.remember_unknown(hash);
+            return Ok(None);
+        };
+        self.insert_unless_changed_since(generation, *hash, Arc::clone(&verified), now);
+        Ok(Some(verified))
+    }
+
     /// Whether the store said it does not know this hash (and the cache is trusted).
-    pub fn is_known_unknown(&self, hash: &CredentialHash) -> bool {
+    fn is_known_unknown(&self, hash: &CredentialHash) -> bool {
         self.trusted.load(Ordering::Acquire)
             && self
                 .unknown
@@ -130,7 +158,7 @@ impl CredentialCache {
     }
 
     /// Remembers that the store does not know this hash.
-    pub fn remember_unknown(&self, hash: &CredentialHash) {
+    fn remember_unknown(&self, hash: &CredentialHash) {
         let mut unknown = self.unknown.write().unwrap_or_else(|p| p.into_inner());
         if unknown.len() >= MAX_UNKNOWN {
             unknown.clear();
@@ -143,28 +171,10 @@ impl CredentialCache {
         self.read().get(hash.as_bytes()).cloned()
     }
 
-    /// The current generation, to be passed back to [`Self::insert_unless_changed_since`].
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Caches `verified` unless a change happened since `generation` was read.
-    pub fn insert_unless_changed_since(
-        &self,
-        generation: u64,
-        hash: CredentialHash,
-        verified: Arc<Verified>,
-    ) {
-        let mut entries = self.write();
-        // Changes bump the generation while holding the write lock, so this check cannot race.
-        if self.generation.load(Ordering::Acquire) == generation {
-            entries.insert(*hash.as_bytes(), verified);
-        }
-    }
-
-    /// Caches a verified access token like [`Self::insert_unless_changed_since`], sweeping out
-    /// expired ones (at `now`) once enough were added since the last sweep.
-    pub fn insert_access_token_unless_changed_since(
+    /// Caches `verified` unless a change happened since `generation` was read. Access tokens,
+    /// which are many and short-lived, are swept of expired ones once enough were added since
+    /// the last sweep.
+    fn insert_unless_changed_since(
         &self,
         generation: u64,
         hash: CredentialHash,
@@ -173,10 +183,13 @@ impl CredentialCache {
     ) {
         let is_access_token = |v: &Verified| v.credential.kind == CredentialKind::AccessToken;
         let mut entries = self.write();
+        // Changes bump the generation while holding the write lock, so this check cannot race.
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
-        if self.access_token_inserts.fetch_add(1, Ordering::Relaxed) + 1 >= self.access_token_limit
+        if is_access_token(&verified)
+            && self.access_token_inserts.fetch_add(1, Ordering::Relaxed) + 1
+                >= self.access_token_limit
         {
             self.access_token_inserts.store(0, Ordering::Relaxed);
             entries.retain(|_, v| {

@@ -268,22 +268,21 @@ impl Verifier {
         now: Timestamp,
     ) -> Result<Arc<Verified>, Refusal> {
         let hash = CredentialHash::of(text);
-        if self.cache.is_known_unknown(&hash) {
-            return Err(Refusal::NotFound);
-        }
-        let verified = match self.cache.get(&hash) {
-            Some(hit) => hit,
-            None => match lookup.load(self, text, hash).await {
-                Ok(loaded) => loaded,
-                Err(Refusal::Store(StoreError::Unavailable(why)))
-                    if self.serve_stale_on_store_outage =>
-                {
-                    self.cache
-                        .get_stale(&hash)
-                        .ok_or(Refusal::Store(StoreError::Unavailable(why)))?
-                }
-                Err(refusal) => return Err(refusal),
-            },
+        let loaded = self
+            .cache
+            .get_or_load(&hash, now, lookup.load(self, text, hash))
+            .await;
+        let verified = match loaded {
+            Ok(Some(verified)) => verified,
+            Ok(None) => return Err(Refusal::NotFound),
+            Err(Refusal::Store(StoreError::Unavailable(why)))
+                if self.serve_stale_on_store_outage =>
+            {
+                self.cache
+                    .get_stale(&hash)
+                    .ok_or(Refusal::Store(StoreError::Unavailable(why)))?
+            }
+            Err(refusal) => return Err(refusal),
         };
         if let Some(unusable) = verified.unusable_at(now) {
             return Err(unusable.into());
@@ -297,24 +296,20 @@ impl Verifier {
         self.cache.get_stale(&CredentialHash::of(text))
     }
 
-    async fn load(&self, hash: CredentialHash) -> Result<Arc<Verified>, Refusal> {
-        let generation = self.cache.generation();
+    /// The credential with this hash from the store; `None` if the store does not know it.
+    async fn load(&self, hash: CredentialHash) -> Result<Option<Arc<Verified>>, Refusal> {
         let started = std::time::Instant::now();
         let found = self.store.find_credential(&hash).await;
         self.store_latency.observe(started.elapsed());
         let Some(record) = found? else {
-            self.cache.remember_unknown(&hash);
-            return Err(Refusal::NotFound);
+            return Ok(None);
         };
         // The store looked the hash up through an index; compare the whole hash in constant time
         // all the same, so nothing about a near miss can show in timing.
         if !record.credential.hash.ct_eq(&hash) {
             return Err(Refusal::NotFound);
         }
-        let verified = Arc::new(Verified::resolve(&record, &self.catalog));
-        self.cache
-            .insert_unless_changed_since(generation, hash, Arc::clone(&verified));
-        Ok(verified)
+        Ok(Some(Arc::new(Verified::resolve(&record, &self.catalog))))
     }
 
     /// An access token the cache does not hold: its signature, issuer and expiry first (no store
@@ -323,7 +318,7 @@ impl Verifier {
         &self,
         text: &str,
         hash: CredentialHash,
-    ) -> Result<Arc<Verified>, Refusal> {
+    ) -> Result<Option<Arc<Verified>>, Refusal> {
         let keys = self
             .keys
             .as_ref()
@@ -352,32 +347,21 @@ impl Verifier {
         ) else {
             return Err(Refusal::AccessToken(JwtRefusal::Malformed));
         };
-        let generation = self.cache.generation();
         let started = std::time::Instant::now();
         let found = self.store.find_access_token(&client, &jti).await;
         self.store_latency.observe(started.elapsed());
         let record = match found? {
             Some(record) if record.client.tenant.id.as_str() == claims.tenant => record,
             // The client was deleted (ids are never reused, so it stays unknown).
-            _ => {
-                self.cache.remember_unknown(&hash);
-                return Err(Refusal::NotFound);
-            }
+            _ => return Ok(None),
         };
-        let verified = Arc::new(Verified::resolve_access_token(
+        Ok(Some(Arc::new(Verified::resolve_access_token(
             &record,
             &claims,
             jti,
             hash,
             &self.catalog,
-        ));
-        self.cache.insert_access_token_unless_changed_since(
-            generation,
-            hash,
-            Arc::clone(&verified),
-            now,
-        );
-        Ok(verified)
+        ))))
     }
 }
 
@@ -414,7 +398,7 @@ impl Lookup {
         verifier: &Verifier,
         text: &str,
         hash: CredentialHash,
-    ) -> Result<Arc<Verified>, Refusal> {
+    ) -> Result<Option<Arc<Verified>>, Refusal> {
         match self {
             Lookup::Stored => verifier.load(hash).await,
             Lookup::AccessToken => verifier.load_access_token(text, hash).await,
@@ -723,15 +707,22 @@ mod tests {
     async fn a_miss_that_raced_a_change_is_not_cached() {
         let f = fixture();
         let (text, record) = f.add(CredentialKind::Service, None, None, None);
-        let generation = f.cache.generation();
         let stale = Arc::new(Verified::resolve(
             &record,
             &Catalog::new::<&str>(&[]).unwrap(),
         ));
-        f.cache
-            .changed(&Change::Credential(record.credential.id.clone()));
-        f.cache
-            .insert_unless_changed_since(generation, record.credential.hash, stale);
+        let change = Change::Credential(record.credential.id.clone());
+        // The credential changes while its record is being read.
+        let raced = async {
+            f.cache.changed(&change);
+            Ok::<_, ()>(Some(stale))
+        };
+        let used = f
+            .cache
+            .get_or_load(&record.credential.hash, NOW, raced)
+            .await
+            .unwrap();
+        assert!(used.is_some(), "what was read answers this request");
         assert!(f.cache.is_empty());
         assert!(f.verifier.verify(&text).await.is_ok());
         assert_eq!(f.cache.len(), 1);
