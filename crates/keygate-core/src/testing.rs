@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::Timestamp;
 use crate::access::Caller;
 use crate::credential::{CredentialFormat, CredentialKind, Environment};
-use crate::id::{CredentialId, TenantId, UserId};
+use crate::id::{TenantId, UserId};
 use crate::model::{Credential, Role, Slug, Tenant, TenantStatus, User, UserStatus};
 use crate::permission::{BuiltinRole, Catalog};
 use crate::roles;
@@ -47,27 +47,13 @@ pub fn caller(kind: CredentialKind, role: BuiltinRole, narrowing: Option<&[&str]
         status: UserStatus::Active,
         created_at: NOW,
     });
-    let secret = format().generate(kind).unwrap();
+    let (mut credential, _) =
+        Credential::issue(&format(), kind, tenant.id.clone(), "test".into(), None, NOW).unwrap();
+    credential.user_id = user.as_ref().map(|u| u.id.clone());
+    credential.role_id = (!is_user).then(|| role.id());
+    credential.permissions = narrowing.map(|n| n.iter().map(|p| p.to_string()).collect());
     let record = CredentialRecord {
-        credential: Credential {
-            id: CredentialId::generate_for(kind, NOW).unwrap(),
-            tenant_id: tenant.id.clone(),
-            kind,
-            hash: secret.hash(),
-            hint: secret.hint(),
-            name: "test".into(),
-            description: None,
-            user_id: user.as_ref().map(|u| u.id.clone()),
-            created_by: None,
-            role_id: (!is_user).then(|| role.id()),
-            permissions: narrowing.map(|n| n.iter().map(|p| p.to_string()).collect()),
-            allowed_ips: None,
-            rate_limit: None,
-            created_at: NOW,
-            expires_at: None,
-            revoked_at: None,
-            last_used_at: None,
-        },
+        credential,
         tenant,
         ancestors: vec![],
         user,

@@ -536,27 +536,14 @@ mod tests {
         ) -> (String, CredentialRecord) {
             let root = tenant("root", None);
             let child = tenant("acme", Some(&root));
-            let secret = self.format.generate(kind).unwrap();
+            let (mut credential, secret) =
+                Credential::issue(&self.format, kind, child.id.clone(), "ci".into(), None, NOW)
+                    .unwrap();
+            credential.user_id = user.as_ref().map(|u| u.id.clone());
+            credential.role_id = role.as_ref().map(|r| r.id.clone());
+            credential.expires_at = expires_at;
             let record = CredentialRecord {
-                credential: Credential {
-                    id: CredentialId::generate_for(kind, NOW).unwrap(),
-                    tenant_id: child.id.clone(),
-                    kind,
-                    hash: secret.hash(),
-                    hint: secret.hint(),
-                    name: "ci".into(),
-                    description: None,
-                    user_id: user.as_ref().map(|u| u.id.clone()),
-                    created_by: None,
-                    role_id: role.as_ref().map(|r| r.id.clone()),
-                    permissions: None,
-                    allowed_ips: None,
-                    rate_limit: None,
-                    created_at: NOW,
-                    expires_at,
-                    revoked_at: None,
-                    last_used_at: None,
-                },
+                credential,
                 tenant: child,
                 ancestors: vec![root],
                 user,

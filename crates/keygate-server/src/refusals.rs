@@ -21,8 +21,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 
 use keygate_core::Timestamp;
-use keygate_core::id::{CredentialId, EventId, TenantId};
-use keygate_core::model::{Actor, AuditEvent, Outcome, Target};
+use keygate_core::id::{CredentialId, TenantId};
+use keygate_core::model::{Actor, AuditEvent, Outcome, RequestMeta, Target};
 use keygate_core::store::{DynStore, StoreError};
 use keygate_core::verified::Verified;
 
@@ -85,27 +85,35 @@ impl Refused<'_> {
     /// The event recording this refusal (none if the system has no randomness for its id).
     fn event(&self, now: Timestamp) -> Option<AuditEvent> {
         let verified = self.verified;
-        Some(AuditEvent {
-            id: EventId::generate(now).ok()?,
-            time: now,
-            tenant_id: verified.tenant.id.clone(),
-            acting_tenant_id: self.acting.cloned(),
-            actor: Actor {
-                kind: verified.principal.kind.as_str(),
-                id: verified.principal.id.clone(),
-            },
-            token_id: Some(verified.credential.id.clone()),
-            action: self.action,
-            target: Some(Target {
-                kind: "request",
-                id: format!("{} {}", self.method, self.path),
-            }),
-            outcome: Outcome::Denied,
-            status: self.status,
+        let actor = Actor {
+            kind: verified.principal.kind.as_str(),
+            id: verified.principal.id.clone(),
+        };
+        let target = Target {
+            kind: "request",
+            id: format!("{} {}", self.method, self.path),
+        };
+        let meta = RequestMeta {
             ip: self.ip.map(|ip| ip.to_string()),
             user_agent: self.user_agent.map(|a| a.chars().take(256).collect()),
             request_id: Some(self.request_id.to_owned()),
-        })
+        };
+        let event = AuditEvent::new(
+            verified.tenant.id.clone(),
+            actor,
+            Some(verified.credential.id.clone()),
+            self.action,
+            Some(target),
+            now,
+            &meta,
+        )
+        .ok()?;
+        Some(
+            event
+                .acting_in(self.acting.cloned())
+                .with_outcome(Outcome::Denied)
+                .with_status(self.status),
+        )
     }
 }
 
@@ -230,27 +238,30 @@ mod tests {
     use super::*;
 
     fn refusal(tenant: &str, credential: &str, ip: &str, path: &str) -> AuditEvent {
-        AuditEvent {
-            id: EventId::generate(Timestamp::from_unix(1_000)).unwrap(),
-            time: Timestamp::from_unix(1_000),
-            tenant_id: TenantId::from_trusted(tenant.to_owned()),
-            acting_tenant_id: None,
-            actor: Actor {
-                kind: "service_token",
-                id: credential.to_owned(),
-            },
-            token_id: Some(CredentialId::from_trusted(credential.to_owned())),
-            action: "access.denied",
-            target: Some(Target {
-                kind: "request",
-                id: format!("GET {path}"),
-            }),
-            outcome: Outcome::Denied,
-            status: 403,
+        let actor = Actor {
+            kind: "service_token",
+            id: credential.to_owned(),
+        };
+        let target = Target {
+            kind: "request",
+            id: format!("GET {path}"),
+        };
+        let meta = RequestMeta {
             ip: Some(ip.to_owned()),
-            user_agent: None,
-            request_id: None,
-        }
+            ..RequestMeta::default()
+        };
+        AuditEvent::new(
+            TenantId::from_trusted(tenant.to_owned()),
+            actor,
+            Some(CredentialId::from_trusted(credential.to_owned())),
+            "access.denied",
+            Some(target),
+            Timestamp::from_unix(1_000),
+            &meta,
+        )
+        .unwrap()
+        .with_outcome(Outcome::Denied)
+        .with_status(403)
     }
 
     fn rows(pending: &Pending, credential: &str) -> Vec<u32> {

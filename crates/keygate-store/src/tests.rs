@@ -733,26 +733,16 @@ async fn two_keys_at_most_even_when_created_at_once(db: TestDb) {
 }
 
 fn o_key(keys: &Grant<perm::KeysWrite>) -> keygate_core::model::Credential {
-    let secret = format().generate(CredentialKind::AccountKey).unwrap();
-    keygate_core::model::Credential {
-        id: CredentialId::generate_for(CredentialKind::AccountKey, NOW).unwrap(),
-        tenant_id: keys.tenant_id().clone(),
-        kind: CredentialKind::AccountKey,
-        hash: secret.hash(),
-        hint: secret.hint(),
-        name: "key".into(),
-        description: None,
-        user_id: None,
-        created_by: None,
-        role_id: None,
-        permissions: None,
-        allowed_ips: None,
-        rate_limit: None,
-        created_at: NOW,
-        expires_at: None,
-        revoked_at: None,
-        last_used_at: None,
-    }
+    let (key, _) = keygate_core::model::Credential::issue(
+        &format(),
+        CredentialKind::AccountKey,
+        keys.tenant_id().clone(),
+        "key".into(),
+        None,
+        NOW,
+    )
+    .unwrap();
+    key
 }
 
 async fn an_account_key_is_found_by_its_secret_in_its_own_tenant_only(db: TestDb) {
