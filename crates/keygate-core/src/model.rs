@@ -251,6 +251,10 @@ pub struct Credential {
     pub expires_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
+    /// The token this one replaced by a roll (API.md §14).
+    pub rolled_from: Option<CredentialId>,
+    /// The token that replaced this one by a roll.
+    pub rolled_to: Option<CredentialId>,
 }
 
 impl Credential {
@@ -284,6 +288,8 @@ impl Credential {
             expires_at: None,
             revoked_at: None,
             last_used_at: None,
+            rolled_from: None,
+            rolled_to: None,
         };
         Ok((credential, secret))
     }

@@ -242,6 +242,80 @@ pub fn check_revoke(
     }
 }
 
+/// How long a rolled token keeps working beside its successor by default, and at most
+/// (API.md §14).
+pub const ROLL_OVERLAP_DEFAULT_SECONDS: u64 = 3600;
+pub const ROLL_OVERLAP_MAX_SECONDS: u64 = 604_800;
+
+/// A roll ready to store: the successor, its secret (shown once), and when the rolled token now
+/// expires.
+pub struct PlannedRoll {
+    pub successor: Credential,
+    pub secret: Secret,
+    pub previous_expires_at: Timestamp,
+}
+
+/// Plans the roll of `previous` (API.md §14), which needs what revoking it needs; only an active
+/// token rolls. The successor is `previous` again (kind, owner, name, description, role,
+/// narrowing, networks, rate limit) with a new secret and, if `previous` expires, as long a life
+/// as `previous` was given, from now. `previous` keeps working for `overlap_seconds` (default an
+/// hour, at most a week), or until its own expiry if that comes first.
+pub fn plan_roll(
+    grant: &Grant<perm::TokensWrite>,
+    catalog: &Catalog,
+    format: &CredentialFormat,
+    previous: &Credential,
+    role: Option<&Role>,
+    overlap_seconds: Option<u64>,
+    now: Timestamp,
+) -> Result<PlannedRoll, RuleError> {
+    let overlap = overlap_seconds.unwrap_or(ROLL_OVERLAP_DEFAULT_SECONDS);
+    if overlap > ROLL_OVERLAP_MAX_SECONDS {
+        return Err(RuleError::invalid(
+            "expire_previous_in",
+            format!("must be between 0 and {ROLL_OVERLAP_MAX_SECONDS} seconds (a week)"),
+        ));
+    }
+    if status(previous, now) != "active" {
+        return Err(RuleError::NotFound(format!(
+            "`{}` is not an active token: only an active token can be rolled",
+            previous.id
+        )));
+    }
+    check_revoke(grant, catalog, previous, role)?;
+    let (mut successor, secret) = Credential::issue(
+        format,
+        previous.kind,
+        previous.tenant_id.clone(),
+        previous.name.clone(),
+        Some(grant.caller().actor_id()),
+        now,
+    )?;
+    successor.description = previous.description.clone();
+    successor.user_id = previous.user_id.clone();
+    successor.role_id = previous.role_id.clone();
+    successor.permissions = previous.permissions.clone();
+    successor.allowed_ips = previous.allowed_ips.clone();
+    successor.rate_limit = previous.rate_limit;
+    successor.expires_at = previous.expires_at.map(|at| {
+        let lifetime = Duration::from_secs(
+            u64::try_from(at.unix().saturating_sub(previous.created_at.unix())).unwrap_or(0),
+        );
+        now.saturating_add(lifetime)
+    });
+    successor.rolled_from = Some(previous.id.clone());
+    let overlap_ends = now.saturating_add(Duration::from_secs(overlap));
+    let previous_expires_at = match previous.expires_at {
+        Some(at) if at < overlap_ends => at,
+        _ => overlap_ends,
+    };
+    Ok(PlannedRoll {
+        successor,
+        secret,
+        previous_expires_at,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,6 +50,35 @@ where
     }
 }
 
+/// A body that may be left out (`Option<Json<T>>`): no body at all is `None`; anything sent is
+/// held to what [`Json`] requires.
+impl<S, T> axum::extract::OptionalFromRequest<S> for Json<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        if request.headers().contains_key(CONTENT_TYPE) {
+            return <Self as FromRequest<S>>::from_request(request, state)
+                .await
+                .map(Some);
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
+        if bytes.is_empty() {
+            Ok(None)
+        } else {
+            Err(ApiError::new(
+                ProblemCode::UnsupportedMediaType,
+                "the body must be JSON, sent with Content-Type: application/json",
+            ))
+        }
+    }
+}
+
 /// `application/json`, or any `application/…+json`, as axum's own extractor judges it.
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {

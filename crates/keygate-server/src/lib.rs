@@ -75,6 +75,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             routes::tokens::delete_many
         ))
         .routes(routes!(routes::tokens::get, routes::tokens::delete))
+        .routes(routes!(routes::tokens::roll))
         .routes(routes!(
             routes::account::list,
             routes::account::create,

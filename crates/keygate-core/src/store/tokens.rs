@@ -73,6 +73,19 @@ pub trait TokenStore: Send + Sync + 'static {
         events: &[AuditEvent],
     ) -> Result<Vec<CredentialId>, StoreError>;
 
+    /// Rolls the grant's active token `previous` (API.md §14): stores `successor` (which names
+    /// it in `rolled_from`) and makes `previous` expire at `previous_expires_at`, naming its
+    /// successor, in one transaction with `event`. `None` (and nothing changed) if the tenant has
+    /// no such active personal or service token.
+    async fn roll_token(
+        &self,
+        grant: &Grant<perm::TokensWrite>,
+        previous: &CredentialId,
+        previous_expires_at: Timestamp,
+        successor: &Credential,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError>;
+
     /// Ends a session (signing out). `None` if it was not an active session.
     async fn end_session(
         &self,

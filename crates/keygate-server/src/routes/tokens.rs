@@ -105,6 +105,12 @@ pub struct TokenView {
     pub hint: String,
     pub allowed_ips: Option<Vec<String>>,
     pub rate_limit: Option<RateLimitBody>,
+    /// The token this one replaced by a roll.
+    #[schema(example = json!(null))]
+    pub rolled_from: Option<String>,
+    /// The token that replaced this one by a roll (it expires at the end of the overlap).
+    #[schema(example = json!(null))]
+    pub rolled_to: Option<String>,
 }
 
 impl TokenView {
@@ -133,8 +139,20 @@ impl TokenView {
                 requests: r.requests,
                 per_seconds: r.per_seconds,
             }),
+            rolled_from: token.rolled_from.map(|id| id.to_string()),
+            rolled_to: token.rolled_to.map(|id| id.to_string()),
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"expire_previous_in": 3600}))]
+pub struct RollToken {
+    /// Seconds the rolled token keeps working beside its successor (0 to 604800, default 3600);
+    /// never past its own expiry.
+    #[schema(minimum = 0, maximum = 604_800, example = 3600)]
+    pub expire_previous_in: Option<u64>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -289,6 +307,75 @@ pub async fn create(
             token: TokenView::new(token, now),
             secret: planned.secret.into_exposed(),
             warnings: planned.normalised.iter().map(Warning::normalised).collect(),
+        }),
+    ))
+}
+
+/// Roll a token
+///
+/// Replace a token's secret without downtime (API.md §14): a new token like it (same kind, owner,
+/// name, description, role, permissions, networks and rate limit; if it expires, as long a life
+/// from now) with its `secret` shown once, while the old one keeps working for
+/// `expire_previous_in` seconds (default an hour, at most a week, never past its own expiry). Needs
+/// what revoking the old token needs.
+#[utoipa::path(post, path = "/v1/tokens/{id}/roll", tag = "tokens", operation_id = "rollToken",
+    params(("id" = String, Path, description = "The id of the token to roll")),
+    request_body(content = RollToken, description = "Optional; `{}` or no body takes the defaults"),
+    responses(
+        (status = 201, description = "Rolled; `secret` is the successor's, shown only here", body = CreatedToken),
+        (status = 403, description = "forbidden or privilege-escalation: revoking the token is not the caller's to do"),
+        (status = 404, description = "Unknown, not visible, revoked or expired"),
+    ))]
+pub async fn roll(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    request: Option<Json<RollToken>>,
+) -> Result<(StatusCode, axum::Json<CreatedToken>), ApiError> {
+    let grant = caller.require::<perm::TokensWrite>()?;
+    let now = state.clock().now();
+    let request = request.map(|Json(request)| request).unwrap_or_default();
+    let token_id = CredentialId::parse_any(&id).ok_or_else(|| not_found(&id))?;
+    let previous = state
+        .store()
+        .get_token(&grant.reads(), &token_id)
+        .await?
+        .filter(|t| visible(t, &personal_visibility(&caller)))
+        .ok_or_else(|| not_found(&id))?;
+    let role = match &previous.role_id {
+        Some(role_id) => state.store().get_role(&grant.reads(), role_id).await?,
+        None => None,
+    };
+    let planned = tokens::plan_roll(
+        &grant,
+        state.catalog(),
+        state.verifier().format(),
+        &previous,
+        role.as_ref(),
+        request.expire_previous_in,
+        now,
+    )?;
+    let event = grant
+        .event("token.roll", Some(target(&previous.id)), now, &meta)?
+        .with_status(201);
+    state
+        .store()
+        .roll_token(
+            &grant,
+            &previous.id,
+            planned.previous_expires_at,
+            &planned.successor,
+            &event,
+        )
+        .await?
+        .ok_or_else(|| not_found(&id))?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CreatedToken {
+            token: TokenView::new(planned.successor, now),
+            secret: planned.secret.into_exposed(),
+            warnings: Vec::new(),
         }),
     ))
 }

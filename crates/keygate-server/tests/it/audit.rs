@@ -159,6 +159,13 @@ async fn every_change_records_its_event(backend: Backend) {
             Some(json!({"kind": "service", "name": "ci", "role": "viewer"})),
         ),
         (
+            "rollToken",
+            "token.roll",
+            Method::POST,
+            "/v1/tokens/{token}/roll".into(),
+            Some(json!({"expire_previous_in": 0})),
+        ),
+        (
             "deleteToken",
             "token.delete",
             Method::DELETE,

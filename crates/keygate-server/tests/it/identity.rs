@@ -27,6 +27,8 @@ on_every_backend!(
     sign_in_attempts_sent_at_once_never_check_more_than_the_limit,
     an_email_is_unique_within_a_tenant_and_sign_in_asks_for_the_organization,
     delete_selected_sees_only_what_a_list_would_show,
+    rolling_a_token_overlaps_the_old_secret_then_ends_it,
+    a_roll_needs_what_revoking_needs_and_an_active_token,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -1386,4 +1388,213 @@ async fn delete_selected_sees_only_what_a_list_would_show(backend: Backend) {
         .unwrap();
     let again = ok_json(again).await;
     assert_eq!(again["deleted"], json!([]));
+}
+
+/// API.md §14: the successor is the token again with a new secret; both work during the
+/// overlap, then only the successor.
+async fn rolling_a_token_overlaps_the_old_secret_then_ends_it(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let body = json!({
+        "kind": "service", "name": "deploy", "description": "CI", "role": "member",
+        "permissions": ["tokens:read", "users:read"], "expires_in": 86_400,
+        "allowed_ips": ["127.0.0.0/8"], "rate_limit": {"requests": 100, "per_seconds": 60}
+    });
+    let old = server
+        .expect(201, Method::POST, "/v1/tokens", &server.token, Some(body))
+        .await;
+    let old_id = old["id"].as_str().unwrap();
+    let old_secret = old["secret"].as_str().unwrap();
+    server.clock.advance(Duration::from_secs(3_600));
+
+    let path = format!("/v1/tokens/{old_id}/roll");
+    let rolled = server
+        .expect(
+            201,
+            Method::POST,
+            &path,
+            &server.token,
+            Some(json!({"expire_previous_in": 600})),
+        )
+        .await;
+    let new_id = rolled["id"].as_str().unwrap();
+    let new_secret = rolled["secret"].as_str().unwrap();
+    assert_ne!(new_id, old_id);
+    assert_ne!(new_secret, old_secret);
+    assert_eq!(rolled["rolled_from"], old_id);
+    assert_eq!(rolled["rolled_to"], Value::Null);
+    for field in [
+        "kind",
+        "name",
+        "description",
+        "role",
+        "permissions",
+        "allowed_ips",
+        "rate_limit",
+    ] {
+        assert_eq!(rolled[field], old[field], "{field} carries over");
+    }
+    // As long a life as the old token was given, from now.
+    let day_later = |at: &Value| {
+        time::OffsetDateTime::parse(
+            at.as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        day_later(&rolled["expires_at"]) - day_later(&rolled["created_at"]),
+        time::Duration::days(1)
+    );
+
+    let previous = server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/tokens/{old_id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    assert_eq!(previous["rolled_to"], new_id);
+    assert_eq!(previous["status"], "active");
+    assert_eq!(
+        day_later(&previous["expires_at"]) - day_later(&rolled["created_at"]),
+        time::Duration::seconds(600),
+        "the old token now ends with the overlap"
+    );
+    // Both work during the overlap.
+    assert_eq!(whoami_permissions(&server, old_secret).await.len(), 2);
+    assert_eq!(whoami_permissions(&server, new_secret).await.len(), 2);
+
+    server.clock.advance(Duration::from_secs(600));
+    problem(
+        server.whoami(&[("apikey", old_secret)]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert_eq!(whoami_permissions(&server, new_secret).await.len(), 2);
+
+    let events = server
+        .expect(
+            200,
+            Method::GET,
+            "/v1/audit-events?action=token.roll",
+            &server.token,
+            None,
+        )
+        .await;
+    let event = &events["data"][0];
+    assert_eq!(event["target"]["id"], old_id);
+    assert_eq!(event["status"], 201);
+
+    // No body takes the default overlap of an hour.
+    let again = server
+        .expect(
+            201,
+            Method::POST,
+            &format!("/v1/tokens/{new_id}/roll"),
+            &server.token,
+            None,
+        )
+        .await;
+    let second = server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/tokens/{new_id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    assert_eq!(second["rolled_to"], again["id"]);
+    assert_eq!(
+        day_later(&second["expires_at"]) - day_later(&again["created_at"]),
+        time::Duration::hours(1)
+    );
+}
+
+async fn a_roll_needs_what_revoking_needs_and_an_active_token(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let owners = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "owner's", "role": "owner"})),
+        )
+        .await;
+    let owners_id = owners["id"].as_str().unwrap();
+    let members = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "member's", "role": "member"})),
+        )
+        .await;
+    let member = members["secret"].as_str().unwrap();
+    let roll = |id: &str| format!("/v1/tokens/{id}/roll");
+
+    // A member cannot roll (so cannot take over) the owner's token.
+    let refused = server
+        .call(Method::POST, &roll(owners_id), member, None)
+        .await;
+    problem(refused, 403, "privilege-escalation").await;
+    let out_of_range = server
+        .call(
+            Method::POST,
+            &roll(owners_id),
+            &server.token,
+            Some(json!({"expire_previous_in": 604_801})),
+        )
+        .await;
+    let body = problem(out_of_range, 400, "invalid-request").await;
+    assert_eq!(body["errors"][0]["field"], "expire_previous_in");
+    let typo = server
+        .call(
+            Method::POST,
+            &roll(owners_id),
+            &server.token,
+            Some(json!({"expire_previous": 60})),
+        )
+        .await;
+    problem(typo, 400, "invalid-request").await;
+    // Nothing changed: the token was neither rolled nor shortened.
+    let unchanged = server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/tokens/{owners_id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    assert_eq!(unchanged["rolled_to"], Value::Null);
+    assert_eq!(unchanged["expires_at"], Value::Null);
+
+    server
+        .expect(
+            204,
+            Method::DELETE,
+            &format!("/v1/tokens/{owners_id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    let revoked = server
+        .call(Method::POST, &roll(owners_id), &server.token, None)
+        .await;
+    problem(revoked, 404, "not-found").await;
+    let unknown = server
+        .call(
+            Method::POST,
+            &roll("tok_0000000000000000000000"),
+            &server.token,
+            None,
+        )
+        .await;
+    problem(unknown, 404, "not-found").await;
 }

@@ -200,9 +200,9 @@ pub(super) async fn insert_row(
         "INSERT INTO credentials (id, tenant_id, kind, secret_hash, hint, name, description,
              user_id, created_by, role_id, permissions, allowed_ips, rate_limit_requests,
              rate_limit_per_seconds, created_at, expires_at, revoked_at, last_used_at,
-             client_id, family_id)
+             client_id, family_id, rolled_from)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                 $19, $20)",
+                 $19, $20, $21)",
     )
     .bind(c.id.as_str())
     .bind(c.tenant_id.as_str())
@@ -224,6 +224,7 @@ pub(super) async fn insert_row(
     .bind(c.last_used_at.map(Timestamp::unix))
     .bind(lineage.map(|(client, _)| client.as_str()))
     .bind(lineage.map(|(_, family)| family.as_str()))
+    .bind(c.rolled_from.as_ref().map(CredentialId::as_str))
     .execute(&mut **tx)
     .await
     .map(drop)
@@ -429,6 +430,14 @@ pub(super) fn credential_from_row(row: &DbRow) -> Result<Credential, StoreError>
         expires_at: optional_timestamp(row, "expires_at")?,
         revoked_at: optional_timestamp(row, "revoked_at")?,
         last_used_at: optional_timestamp(row, "last_used_at")?,
+        rolled_from: row
+            .try_get::<Option<String>, _>("rolled_from")
+            .map_err(store_error)?
+            .map(CredentialId::from_trusted),
+        rolled_to: row
+            .try_get::<Option<String>, _>("rolled_to")
+            .map_err(store_error)?
+            .map(CredentialId::from_trusted),
     })
 }
 

@@ -151,6 +151,43 @@ impl TokenStore for SqlStore {
         Ok(revoked)
     }
 
+    async fn roll_token(
+        &self,
+        grant: &Grant<perm::TokensWrite>,
+        previous: &CredentialId,
+        previous_expires_at: Timestamp,
+        successor: &Credential,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError> {
+        if successor.tenant_id != *grant.tenant_id() {
+            return Err(StoreError::Internal(
+                "a token outside the grant's tenant".into(),
+            ));
+        }
+        let mut tx = self.begin_write().await?;
+        let rolled = sqlx::query(
+            "UPDATE credentials SET rolled_to = $1, expires_at = $2
+             WHERE id = $3 AND tenant_id = $4 AND revoked_at IS NULL
+               AND kind IN ('personal', 'service')",
+        )
+        .bind(successor.id.as_str())
+        .bind(previous_expires_at.unix())
+        .bind(previous.as_str())
+        .bind(grant.tenant_id().as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        if rolled == 0 {
+            return Ok(None);
+        }
+        insert_credential(&mut tx, successor).await?;
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[Change::Credential(previous.clone())])
+            .await?;
+        Ok(Some(()))
+    }
+
     async fn end_session(
         &self,
         id: &CredentialId,
