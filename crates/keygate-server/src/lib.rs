@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod console;
 pub mod explorer;
 pub mod front;
 pub mod json;
@@ -138,6 +139,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config().limits.body_bytes;
     api.route_layer(metrics::CountLayer::new(state.metrics_shared()))
         .merge(explorer::router(document))
+        .merge(console::router())
         .fallback(|| async { ApiError::not_found("there is no such route; see /openapi.json") })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))

@@ -216,7 +216,7 @@ fn target(id: &CredentialId) -> Target {
 }
 
 /// Whose personal tokens this caller may see: all with `users:read`, else only their own.
-fn personal_visibility(caller: &Caller) -> PersonalTokens {
+pub(crate) fn personal_visibility(caller: &Caller) -> PersonalTokens {
     let principal = &caller.verified().principal;
     if caller.require_all(&["users:read"]).is_ok() {
         PersonalTokens::All

@@ -12,8 +12,9 @@ use tower::ServiceExt;
 
 use crate::harness::{Backend, TestServer, ok_json, problem};
 
-/// Routes that are not the API: the explorer, and the document itself.
-const NOT_API: [&str; 5] = [
+/// Routes that are not the API: `/` (to the console), the explorer, and the document itself.
+const NOT_API: [&str; 6] = [
+    "/",
     "/docs",
     "/docs/",
     "/docs/{*rest}",
@@ -99,7 +100,8 @@ async fn routes(router: &axum::Router, method: &Method, path: &str) -> bool {
 async fn routed_operations(router: &axum::Router) -> BTreeSet<(String, String)> {
     let mut routed = BTreeSet::new();
     for template in routed_paths(router) {
-        if NOT_API.contains(&template.as_str()) {
+        // The console's pages (API.md §11) are for browsers, not part of the API.
+        if NOT_API.contains(&template.as_str()) || template.starts_with("/console") {
             continue;
         }
         let (concrete, documented) = concrete_and_documented(&template);

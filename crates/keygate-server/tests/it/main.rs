@@ -36,6 +36,7 @@ mod audit;
 mod auth;
 mod binary;
 mod connections;
+mod console;
 mod document;
 mod explorer;
 mod identity;

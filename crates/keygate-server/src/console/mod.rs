@@ -1,0 +1,158 @@
+//! The web console (API.md §11) under `/console/`: server-rendered pages for the people of each
+//! tenant, working without JavaScript, from templates compiled into the binary (askama: checked
+//! at build time, nothing to read at run time).
+//!
+//! A console action is the same core operation as its API call, with the same checks and the
+//! same audit event (under the session's credential). What is particular to a browser lives here:
+//! the session cookie instead of a header, a CSRF token bound to the session on every form, a
+//! refusal of cross-site form posts (`Origin`, `Sec-Fetch-Site`), and the headers every page
+//! sends (a CSP without inline script, no framing, no sniffing, no caching).
+
+mod pages;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::get;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::auth::SESSION_COOKIE;
+use crate::state::AppState;
+
+const STYLE: &str = include_str!("assets/console.css");
+const SCRIPT: &str = include_str!("assets/console.js");
+
+/// No inline script or style, nothing from another origin, no framing, forms only to keygate.
+const POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// The console's pages and assets, and `/` sending a visitor to it.
+pub fn router() -> Router<AppState> {
+    let pages = Router::new()
+        .route("/console", get(|| async { Redirect::to("/console/") }))
+        .route("/console/", get(pages::home))
+        .route(
+            "/console/sign-in",
+            get(pages::sign_in_form).post(pages::sign_in),
+        )
+        .route("/console/sign-out", axum::routing::post(pages::sign_out))
+        .route("/console/tokens", get(pages::tokens))
+        .route_layer(middleware::from_fn(guard));
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/console/") }))
+        .route(
+            "/console/assets/console.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
+        .route(
+            "/console/assets/console.js",
+            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
+        )
+        .merge(pages)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Refuses a state-changing request sent from another site, then adds the headers every page
+/// sends. A form post from another origin is what CSRF is made of; browsers say where a request
+/// comes from in `Sec-Fetch-Site` (all current ones) and `Origin` (on every POST).
+async fn guard(request: Request, next: Next) -> Response {
+    let mut response = if request.method() != Method::GET
+        && request.method() != Method::HEAD
+        && is_cross_site(request.headers())
+    {
+        refusal(
+            StatusCode::FORBIDDEN,
+            "This form was sent from another site, so keygate did not act on it. Open the \
+             console yourself and send it from there.",
+        )
+    } else {
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CONTENT_SECURITY_POLICY, POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        // Pages show secrets once, and who is signed in: none may be kept by a cache.
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Whether the browser says the request comes from another site.
+fn is_cross_site(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return !matches!(site.as_bytes(), b"same-origin" | b"none");
+    }
+    match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
+        (Some(origin), Some(host)) => {
+            let origin = origin.to_str().unwrap_or_default();
+            let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+            origin == "null" || !origin_host.eq_ignore_ascii_case(host.to_str().unwrap_or(""))
+        }
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
+}
+
+/// A page that says why a request was refused.
+fn refusal(status: StatusCode, message: &str) -> Response {
+    let page = pages::Refused {
+        message: message.to_owned(),
+    };
+    (status, pages::render(&page)).into_response()
+}
+
+/// The session secret the request carries, if any.
+fn session_secret(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, value)| *name == SESSION_COOKIE && !value.is_empty())
+        .map(|(_, value)| value)
+}
+
+/// The CSRF token of a session: derived from its secret, which only the session's browser holds,
+/// so it is bound to the session, ends with it, and needs nothing stored.
+fn csrf_token(session: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"keygate console csrf\0")
+        .chain_update(session.as_bytes())
+        .finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `presented` is the CSRF token of the request's session.
+fn csrf_matches(headers: &HeaderMap, presented: &str) -> bool {
+    session_secret(headers).is_some_and(|session| {
+        csrf_token(session)
+            .as_bytes()
+            .ct_eq(presented.as_bytes())
+            .into()
+    })
+}
+
+/// An HTML page.
+fn html(body: String) -> Response {
+    Html(body).into_response()
+}

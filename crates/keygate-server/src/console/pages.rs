@@ -1,0 +1,383 @@
+//! The console's pages: each reads the request, makes the same core call as its API route, and
+//! renders a template. A refusal the API answers with a problem becomes a message on the page.
+
+use askama::Template;
+use axum::Form;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use keygate_core::Timestamp;
+use keygate_core::access::{Caller, perm};
+use keygate_core::credential::CredentialKind;
+use keygate_core::model::Credential;
+use keygate_core::signin::{SignIn, SignInError};
+use keygate_core::store::{Page, TokenFilter};
+use keygate_core::tokens;
+use serde::Deserialize;
+
+use super::{csrf_matches, csrf_token, html, refusal, session_secret};
+use crate::auth::{SESSION_COOKIE, authenticate};
+use crate::request::{ClientIp, Meta};
+use crate::state::AppState;
+
+/// Renders a template; a template that cannot render is a bug, shown as a plain refusal.
+pub(super) fn render(template: &impl Template) -> String {
+    template.render().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a console page did not render");
+        "<!doctype html><title>keygate</title><p>This page could not be shown.</p>".to_owned()
+    })
+}
+
+/// What every signed-in page shows around its content: who is signed in, in which tenant, the
+/// navigation they may use, and the CSRF token its forms carry.
+pub(super) struct Frame {
+    pub name: String,
+    pub email: String,
+    pub tenant: String,
+    pub csrf: String,
+    /// The navigation entries the person may use: (path, label, current).
+    pub nav: Vec<(&'static str, &'static str, bool)>,
+    /// The explorer's section for this page.
+    pub help: &'static str,
+}
+
+impl Frame {
+    fn new(caller: &Caller, session: &str, current: &str, help: &'static str) -> Self {
+        let verified = caller.verified();
+        let may = |permission: &str| caller.require_all(&[permission]).is_ok();
+        let nav = [("/console/tokens", "API tokens", "tokens:read")]
+            .into_iter()
+            .filter(|(_, _, permission)| may(permission))
+            .map(|(path, label, _)| (path, label, path == current))
+            .collect();
+        Self {
+            name: verified.principal.name.clone(),
+            email: verified.principal.email.clone().unwrap_or_default(),
+            tenant: caller
+                .acting_as()
+                .map_or(&verified.tenant.name, |t| &t.name)
+                .clone(),
+            csrf: csrf_token(session),
+            nav,
+            help,
+        }
+    }
+}
+
+/// The signed-in person, or the way to the sign-in page.
+async fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: Option<ClientIp>,
+) -> Result<(Caller, String), Response> {
+    let to_sign_in = || Redirect::to("/console/sign-in").into_response();
+    let session = session_secret(headers).ok_or_else(to_sign_in)?.to_owned();
+    let caller = authenticate(state, headers, client.map(|ClientIp(ip)| ip))
+        .await
+        .map_err(|_| to_sign_in())?;
+    if caller.verified().credential.kind != CredentialKind::Session {
+        return Err(to_sign_in());
+    }
+    Ok((caller, session))
+}
+
+pub(super) async fn home(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientIp>>,
+) -> Response {
+    match signed_in(&state, &headers, client.map(|e| e.0)).await {
+        Ok(_) => Redirect::to("/console/tokens").into_response(),
+        Err(to_sign_in) => to_sign_in,
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/refused.html")]
+pub(super) struct Refused {
+    pub message: String,
+}
+
+#[derive(Template, Default)]
+#[template(path = "console/sign_in.html")]
+struct SignInPage {
+    email: String,
+    organization: String,
+    /// Whether to ask for the organization: the address has accounts in several.
+    ask_organization: bool,
+    message: Option<String>,
+}
+
+pub(super) async fn sign_in_form() -> Response {
+    html(render(&SignInPage::default()))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct SignInForm {
+    email: String,
+    password: String,
+    #[serde(default)]
+    organization: String,
+}
+
+pub(super) async fn sign_in(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientIp>>,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    let organization = form.organization.trim().to_owned();
+    let request = SignIn {
+        email: form.email.clone(),
+        password: form.password,
+        organization: (!organization.is_empty()).then(|| organization.clone()),
+        client: client.map(|axum::Extension(ClientIp(ip))| ip),
+    };
+    let sessions = state.sessions();
+    let lifetime = sessions.lifetime;
+    match sessions.sign_in(request, &meta, state.clock().now()).await {
+        Ok(signed_in) => {
+            let secure = headers
+                .get("x-forwarded-proto")
+                .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"));
+            let cookie = format!(
+                "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
+                signed_in.secret.expose(),
+                lifetime.as_secs(),
+                if secure { "; Secure" } else { "" }
+            );
+            let mut response = Redirect::to("/console/tokens").into_response();
+            if let Ok(cookie) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().insert(header::SET_COOKIE, cookie);
+            }
+            response
+        }
+        Err(error) => {
+            let ask_organization =
+                matches!(error, SignInError::OrganizationRequired) || !organization.is_empty();
+            let message = match &error {
+                SignInError::Throttled {
+                    retry_after_seconds,
+                } => format!(
+                    "Too many failed sign-ins. Wait {} before trying again.",
+                    wait_text(*retry_after_seconds)
+                ),
+                SignInError::WrongCredentials => "Wrong email or password.".to_owned(),
+                SignInError::OrganizationRequired => "This email and password belong to \
+                     accounts in several organizations: enter the one to sign in to."
+                    .to_owned(),
+                SignInError::Store(_) | SignInError::Random(_) => {
+                    tracing::error!(error = %error, "console sign-in failed");
+                    "keygate could not sign you in just now; try again in a moment.".to_owned()
+                }
+                other => format!("{}.", capitalised(&other.to_string())),
+            };
+            let page = SignInPage {
+                email: form.email,
+                organization,
+                ask_organization,
+                message: Some(message),
+            };
+            html(render(&page))
+        }
+    }
+}
+
+fn wait_text(seconds: u64) -> String {
+    match seconds {
+        0..=59 => format!("{seconds} seconds"),
+        60..=119 => "a minute".to_owned(),
+        _ => format!("{} minutes", seconds.div_ceil(60)),
+    }
+}
+
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub(super) async fn sign_out(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientIp>>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let (caller, _) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
+        Ok(signed_in) => signed_in,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    if !csrf_matches(&headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    if let Err(error) = state
+        .sessions()
+        .sign_out(&caller, &meta, state.clock().now())
+        .await
+    {
+        tracing::error!(error = %error, "console sign-out failed");
+    }
+    let mut response = Redirect::to("/console/sign-in").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("keygate_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+    );
+    response
+}
+
+fn csrf_refusal() -> Response {
+    refusal(
+        axum::http::StatusCode::FORBIDDEN,
+        "This form has expired or did not come from your console session, so keygate did not act \
+         on it. Go back, reload the page and try again.",
+    )
+}
+
+/// One row of the tokens table.
+struct TokenRow {
+    id: String,
+    name: String,
+    description: String,
+    kind: &'static str,
+    access: String,
+    status: &'static str,
+    created: String,
+    expires: String,
+    last_used: String,
+    hint: String,
+}
+
+impl TokenRow {
+    fn new(token: &Credential, now: Timestamp) -> Self {
+        let status = tokens::status(token, now);
+        Self {
+            id: token.id.to_string(),
+            name: token.name.clone(),
+            description: token.description.clone().unwrap_or_default(),
+            kind: match token.kind {
+                CredentialKind::Personal => "Personal",
+                _ => "Service",
+            },
+            access: match (&token.permissions, &token.role_id) {
+                (Some(permissions), _) => permissions.join(", "),
+                (None, Some(role)) => format!("role {}", role.as_str().trim_start_matches("rol_")),
+                (None, None) => "the user's role".to_owned(),
+            },
+            status: match status {
+                "active" => "Active",
+                "expired" => "Expired",
+                _ => "Revoked",
+            },
+            created: day(token.created_at),
+            expires: token.expires_at.map_or_else(|| "never".to_owned(), day),
+            last_used: token.last_used_at.map_or_else(|| "never".to_owned(), day),
+            hint: format!("…{}", token.hint),
+        }
+    }
+}
+
+/// A time as a person reads it in a table: the day and the minute, in UTC.
+fn day(at: Timestamp) -> String {
+    let text = at.to_string();
+    format!("{} {} UTC", &text[..10], &text[11..16])
+}
+
+#[derive(Template)]
+#[template(path = "console/tokens.html")]
+struct TokensPage {
+    frame: Frame,
+    rows: Vec<TokenRow>,
+    kind: String,
+    status: String,
+    next: Option<String>,
+    message: Option<String>,
+}
+
+/// The table's filters and page, read leniently: a link edited by hand shows the whole list.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct TokensQuery {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    status: String,
+    cursor: Option<String>,
+}
+
+pub(super) async fn tokens(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientIp>>,
+    uri: axum::http::Uri,
+) -> Response {
+    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
+        Ok(signed_in) => signed_in,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    let query: TokensQuery =
+        serde_html_form::from_str(uri.query().unwrap_or_default()).unwrap_or_default();
+    let frame = Frame::new(&caller, &session, "/console/tokens", "tokens");
+    let Ok(grant) = caller.require::<perm::TokensRead>() else {
+        return refusal(
+            axum::http::StatusCode::FORBIDDEN,
+            "Your role does not let you see API tokens (it needs tokens:read).",
+        );
+    };
+    let now = state.clock().now();
+    let filter = TokenFilter {
+        kinds: match query.kind.as_str() {
+            "personal" => vec![CredentialKind::Personal],
+            "service" => vec![CredentialKind::Service],
+            _ => Vec::new(),
+        },
+        statuses: match query.status.as_str() {
+            status @ ("active" | "expired" | "revoked") => vec![status.to_owned()],
+            _ => Vec::new(),
+        },
+        personal: crate::routes::tokens::personal_visibility(&caller),
+        ..TokenFilter::default()
+    };
+    let page = Page {
+        limit: 50,
+        cursor: query.cursor.filter(|c| {
+            !c.is_empty()
+                && c.len() <= 64
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        }),
+    };
+    let listed = state
+        .store()
+        .list_tokens(&grant.reads(), &filter, &page, now)
+        .await;
+    let (rows, next, message) = match listed {
+        Ok(listed) => (
+            listed.items.iter().map(|t| TokenRow::new(t, now)).collect(),
+            listed.next_cursor,
+            None,
+        ),
+        Err(error) => {
+            tracing::error!(error = %error, "the console could not list tokens");
+            (
+                Vec::new(),
+                None,
+                Some("keygate could not read the tokens just now; reload in a moment.".to_owned()),
+            )
+        }
+    };
+    html(render(&TokensPage {
+        frame,
+        rows,
+        kind: query.kind,
+        status: query.status,
+        next,
+        message,
+    }))
+}

@@ -1,0 +1,240 @@
+//! The web console (API.md §11) over HTTP: redirects, sign-in, the tokens page, and what every
+//! page must send and refuse. The browser's side is in the browser tests.
+
+use reqwest::header::HeaderMap;
+
+use crate::harness::{Backend, TestServer};
+
+on_every_backend!(
+    a_visitor_is_sent_to_sign_in_and_a_person_signs_in_to_the_tokens_page,
+    sign_in_failures_read_the_same_for_an_unknown_email_and_a_wrong_password,
+    forms_need_the_sessions_csrf_token_and_a_same_site_origin,
+);
+
+const OWNER: &str = "owner@example.com";
+
+/// The headers API.md §11 asks of every console page.
+fn assert_console_headers(headers: &HeaderMap, page: &str) {
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{page}: {csp}");
+    assert!(csp.contains("script-src 'self'"), "{page}: {csp}");
+    assert!(!csp.contains("unsafe-inline"), "{page}: {csp}");
+    assert_eq!(headers["x-content-type-options"], "nosniff", "{page}");
+    assert_eq!(headers["referrer-policy"], "same-origin", "{page}");
+    assert_eq!(headers["cache-control"], "no-store", "{page}");
+}
+
+async fn page(server: &TestServer, path: &str, session: Option<&str>) -> reqwest::Response {
+    let mut request = server.get(path);
+    if let Some(session) = session {
+        request = request.header("cookie", format!("keygate_session={session}"));
+    }
+    request.send().await.unwrap()
+}
+
+/// The CSRF token of the page's forms.
+fn csrf_of(html: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = html.find(marker).expect("a form with a CSRF token") + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+async fn a_visitor_is_sent_to_sign_in_and_a_person_signs_in_to_the_tokens_page(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let root = page(&server, "/", None).await;
+    assert_eq!(root.status(), 303);
+    assert_eq!(root.headers()["location"], "/console/");
+    let console = page(&server, "/console/", None).await;
+    assert_eq!(console.status(), 303);
+    assert_eq!(console.headers()["location"], "/console/sign-in");
+    assert_console_headers(console.headers(), "/console/");
+    let tokens = page(&server, "/console/tokens", None).await;
+    assert_eq!(tokens.status(), 303, "no session, no tokens page");
+
+    let form = page(&server, "/console/sign-in", None).await;
+    assert_eq!(form.status(), 200);
+    assert_console_headers(form.headers(), "/console/sign-in");
+    let html = form.text().await.unwrap();
+    assert!(html.contains("<label for=\"email\">Email</label>"));
+    assert!(!html.contains("<script>"), "no inline script");
+
+    let signed_in = server
+        .post("/console/sign-in")
+        .header("origin", &server.base)
+        .form(&[("email", OWNER), ("password", server.password.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(signed_in.headers()["location"], "/console/tokens");
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP: a Secure cookie would never come back"
+    );
+    let session = cookie
+        .split(';')
+        .next()
+        .and_then(|pair| pair.strip_prefix("keygate_session="))
+        .unwrap();
+
+    let tokens = page(&server, "/console/tokens", Some(session)).await;
+    assert_eq!(tokens.status(), 200);
+    assert_console_headers(tokens.headers(), "/console/tokens");
+    let html = tokens.text().await.unwrap();
+    assert!(
+        html.contains("bootstrap"),
+        "the bootstrap token is listed: {html}"
+    );
+    assert!(
+        html.contains(
+            "Signed in as <strong>Owner</strong> (owner@example.com) in <strong>Root</strong>"
+        ),
+        "the header says who is signed in, in which tenant: {html}"
+    );
+    assert!(
+        html.contains("aria-current=\"page\""),
+        "the navigation marks the page"
+    );
+    assert!(
+        !html.contains(session),
+        "the page never shows the session's secret"
+    );
+    let filtered = page(&server, "/console/tokens?kind=personal", Some(session)).await;
+    assert!(filtered.text().await.unwrap().contains("No tokens match."));
+
+    // Behind a proxy that terminated TLS, the cookie is Secure.
+    let over_tls = server
+        .post("/console/sign-in")
+        .header("x-forwarded-proto", "https")
+        .form(&[("email", OWNER), ("password", server.password.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        over_tls.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("; Secure")
+    );
+
+    // Signing out ends the session for the API too.
+    let csrf = csrf_of(&html);
+    let out = server
+        .post("/console/sign-out")
+        .header("cookie", format!("keygate_session={session}"))
+        .header("origin", &server.base)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert_eq!(out.headers()["location"], "/console/sign-in");
+    let after = server
+        .whoami(&[("cookie", &format!("keygate_session={session}"))])
+        .await;
+    assert_eq!(after.status(), 401);
+}
+
+async fn sign_in_failures_read_the_same_for_an_unknown_email_and_a_wrong_password(
+    backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
+    let attempt = |email: &'static str| {
+        let server = &server;
+        async move {
+            let response = server
+                .post("/console/sign-in")
+                .form(&[("email", email), ("password", "not the password at all")])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200, "the form again, with a message");
+            let html = response.text().await.unwrap();
+            assert!(
+                html.contains("value=\"") && html.contains(email),
+                "the email is kept"
+            );
+            let start = html.find("role=\"alert\"").expect("a message");
+            html[start..].split('<').next().unwrap().to_owned()
+        }
+    };
+    let unknown = attempt("nobody@example.com").await;
+    let wrong = attempt(OWNER).await;
+    assert!(unknown.contains("Wrong email or password."), "{unknown}");
+    assert_eq!(unknown, wrong);
+
+    // The throttle of §2 reads as a wait.
+    let mut last = String::new();
+    for _ in 0..6 {
+        last = attempt(OWNER).await;
+    }
+    assert!(last.contains("Too many failed sign-ins. Wait"), "{last}");
+}
+
+async fn forms_need_the_sessions_csrf_token_and_a_same_site_origin(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let session = server.login(OWNER, &server.password).await;
+    let cookie = format!("keygate_session={session}");
+    let html = page(&server, "/console/tokens", Some(&session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let csrf = csrf_of(&html);
+    let other = server.login(OWNER, &server.password).await;
+    let others_csrf = csrf_of(
+        &page(&server, "/console/tokens", Some(&other))
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_ne!(csrf, others_csrf, "bound to the session");
+
+    let sign_out = |token: String, headers: Vec<(&'static str, String)>| {
+        let server = &server;
+        let cookie = cookie.clone();
+        async move {
+            let mut request = server.post("/console/sign-out").header("cookie", cookie);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            request.form(&[("csrf", token)]).send().await.unwrap()
+        }
+    };
+    for (token, headers, why) in [
+        (String::new(), vec![], "no CSRF token"),
+        (others_csrf.clone(), vec![], "another session's token"),
+        (
+            csrf.clone(),
+            vec![("origin", "https://evil.example".to_owned())],
+            "a foreign Origin",
+        ),
+        (
+            csrf.clone(),
+            vec![("sec-fetch-site", "cross-site".to_owned())],
+            "a cross-site fetch",
+        ),
+    ] {
+        let refused = sign_out(token, headers).await;
+        assert_eq!(refused.status(), 403, "{why}");
+        assert_console_headers(refused.headers(), why);
+        // Nothing changed: the session still works.
+        let still = server.whoami(&[("cookie", &cookie)]).await;
+        assert_eq!(still.status(), 200, "{why} changed nothing");
+    }
+    let done = sign_out(csrf, vec![("sec-fetch-site", "same-origin".to_owned())]).await;
+    assert_eq!(done.status(), 303);
+    assert_eq!(server.whoami(&[("cookie", &cookie)]).await.status(), 401);
+    // A foreign site cannot sign a person in either (login CSRF).
+    let planted = server
+        .post("/console/sign-in")
+        .header("origin", "https://evil.example")
+        .form(&[("email", OWNER), ("password", server.password.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(planted.status(), 403);
+}
