@@ -123,15 +123,18 @@ impl CredentialCache {
     /// The cached verification of `hash`, or what `load` reads on a miss: `None` when the store
     /// does not know the hash (remembered, so a flood of one unknown credential reaches the store
     /// once). What `load` found is cached unless a change happened while it was being read: the
-    /// generation is taken before `load` starts (an unstarted future), and changes bump it under
-    /// the write lock, so a read that raced a change is used once and not kept. Access tokens are
-    /// swept of expired ones (at `now`) as they are added.
-    pub async fn get_or_load<E>(
+    /// generation is taken before `load` is called, and changes bump it under the write lock, so
+    /// a read that raced a change is used once and not kept. Access tokens are swept of expired
+    /// ones (at `now`) as they are added. A hit calls nothing and builds no future.
+    pub async fn get_or_load<E, F>(
         &self,
         hash: &CredentialHash,
         now: Timestamp,
-        load: impl Future<Output = Result<Option<Arc<Verified>>, E>>,
-    ) -> Result<Option<Arc<Verified>>, E> {
+        load: impl FnOnce() -> F,
+    ) -> Result<Option<Arc<Verified>>, E>
+    where
+        F: Future<Output = Result<Option<Arc<Verified>>, E>>,
+    {
         if self.is_known_unknown(hash) {
             return Ok(None);
         }
@@ -139,7 +142,7 @@ impl CredentialCache {
             return Ok(Some(hit));
         }
         let generation = self.generation.load(Ordering::Acquire);
-        let Some(verified) = load.await? else {
+        let Some(verified) = load().await? else {
             self.remember_unknown(hash);
             return Ok(None);
         };

@@ -270,7 +270,7 @@ impl Verifier {
         let hash = CredentialHash::of(text);
         let loaded = self
             .cache
-            .get_or_load(&hash, now, lookup.load(self, text, hash))
+            .get_or_load(&hash, now, || lookup.load(self, text, hash))
             .await;
         let verified = match loaded {
             Ok(Some(verified)) => verified,
@@ -706,7 +706,7 @@ mod tests {
         };
         let used = f
             .cache
-            .get_or_load(&record.credential.hash, NOW, raced)
+            .get_or_load(&record.credential.hash, NOW, || raced)
             .await
             .unwrap();
         assert!(used.is_some(), "what was read answers this request");

@@ -269,7 +269,7 @@ impl TokenRow {
             },
             access: match (&token.permissions, &token.role_id) {
                 (Some(permissions), _) => permissions.join(", "),
-                (None, Some(role)) => format!("role {}", role.as_str().trim_start_matches("rol_")),
+                (None, Some(role)) => format!("{} role", role.as_str().trim_start_matches("rol_")),
                 (None, None) => "the user's role".to_owned(),
             },
             status: match status {
