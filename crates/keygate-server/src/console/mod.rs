@@ -40,6 +40,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/console/sign-out", axum::routing::post(pages::sign_out))
         .route("/console/tokens", get(pages::tokens))
+        .route(
+            "/console/tokens/new",
+            get(pages::new_token).post(pages::create_token),
+        )
         .route_layer(middleware::from_fn(guard));
     Router::new()
         .route("/", get(|| async { Redirect::to("/console/") }))

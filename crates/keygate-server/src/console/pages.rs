@@ -300,6 +300,7 @@ struct TokensPage {
     status: String,
     next: Option<String>,
     message: Option<String>,
+    may_create: bool,
 }
 
 /// The table's filters and page, read leniently: a link edited by hand shows the whole list.
@@ -373,6 +374,7 @@ pub(super) async fn tokens(
         }
     };
     html(render(&TokensPage {
+        may_create: caller.require_all(&["tokens:write"]).is_ok(),
         frame,
         rows,
         kind: query.kind,
@@ -380,4 +382,272 @@ pub(super) async fn tokens(
         next,
         message,
     }))
+}
+
+/// The "Add token" form as sent, and as it is shown again with its messages.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct TokenForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    permission: Vec<String>,
+    #[serde(default)]
+    expiry: String,
+    #[serde(default)]
+    expiry_date: String,
+    #[serde(default)]
+    allowed_ips: String,
+    #[serde(default)]
+    rate_requests: String,
+    #[serde(default)]
+    rate_seconds: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/token_new.html")]
+struct NewTokenPage {
+    frame: Frame,
+    form: TokenForm,
+    /// Whether the person may make service tokens (their role may name another role).
+    may_service: bool,
+    roles: Vec<(String, String)>,
+    /// The permissions the person holds, by resource.
+    groups: Vec<(String, Vec<String>)>,
+    expiries: Vec<(&'static str, &'static str)>,
+    errors: Vec<(String, String)>,
+    message: Option<String>,
+}
+
+impl NewTokenPage {
+    fn error_for(&self, field: &str) -> Option<&str> {
+        self.errors
+            .iter()
+            .find(|(name, _)| name == field || name.starts_with(&format!("{field}[")))
+            .map(|(_, message)| message.as_str())
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/token_created.html")]
+struct CreatedTokenPage {
+    frame: Frame,
+    name: String,
+    secret: String,
+    origin: String,
+    warnings: Vec<String>,
+}
+
+fn new_token_page(
+    state: &AppState,
+    caller: &Caller,
+    session: &str,
+    form: TokenForm,
+) -> NewTokenPage {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for permission in caller.verified().permissions.iter() {
+        let name = permission.as_str();
+        let resource = name.split(':').next().unwrap_or(name).to_owned();
+        match groups.iter_mut().find(|(r, _)| *r == resource) {
+            Some((_, names)) => names.push(name.to_owned()),
+            None => groups.push((resource, vec![name.to_owned()])),
+        }
+    }
+    // Only the roles the person holds all of: any other would be refused as an escalation.
+    let roles: Vec<(String, String)> = keygate_core::permission::BuiltinRole::ALL
+        .iter()
+        .filter(|role| {
+            caller
+                .check_no_escalation(&state.catalog().builtin_role(**role))
+                .is_ok()
+        })
+        .map(|role| {
+            let id = role.id().to_string();
+            let name = id.trim_start_matches("rol_").to_owned();
+            (name.clone(), name)
+        })
+        .collect();
+    NewTokenPage {
+        frame: Frame::new(caller, session, "/console/tokens", "tokens"),
+        form,
+        may_service: !roles.is_empty(),
+        roles,
+        groups,
+        expiries: vec![
+            ("7", "In 7 days"),
+            ("30", "In 30 days"),
+            ("90", "In 90 days"),
+            ("date", "On a date"),
+            ("never", "Never (service tokens only)"),
+        ],
+        errors: Vec::new(),
+        message: None,
+    }
+}
+
+pub(super) async fn new_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientIp>>,
+) -> Response {
+    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
+        Ok(signed_in) => signed_in,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    let form = TokenForm {
+        kind: "personal".into(),
+        expiry: "30".into(),
+        role: "viewer".into(),
+        ..TokenForm::default()
+    };
+    html(render(&new_token_page(&state, &caller, &session, form)))
+}
+
+pub(super) async fn create_token(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientIp>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
+        Ok(signed_in) => signed_in,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    let form: TokenForm = serde_html_form::from_bytes(&body).unwrap_or_default();
+    if !csrf_matches(&headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    let request = match token_request(&form, state.clock().now()) {
+        Ok(request) => request,
+        Err((field, message)) => {
+            let mut page = new_token_page(&state, &caller, &session, form);
+            page.errors.push((field.to_owned(), message));
+            return html(render(&page));
+        }
+    };
+    match crate::routes::tokens::create_token(&state, &caller, &meta, request).await {
+        Ok(created) => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("127.0.0.1:8080");
+            let page = CreatedTokenPage {
+                frame: Frame::new(&caller, &session, "/console/tokens", "tokens"),
+                name: created.token.name.clone(),
+                secret: created.secret,
+                origin: format!("http://{host}"),
+                warnings: created
+                    .warnings
+                    .iter()
+                    .map(|w| format!("Note: {}", w.detail))
+                    .collect(),
+            };
+            html(render(&page))
+        }
+        Err(error) => {
+            let mut page = new_token_page(&state, &caller, &session, form);
+            page.errors = error
+                .errors
+                .iter()
+                .map(|e| (e.field.clone(), e.message.clone()))
+                .collect();
+            if page.errors.is_empty() {
+                page.message = Some(match &error.detail {
+                    Some(detail) => format!("{}.", capitalised(detail.trim_end_matches('.'))),
+                    None => "keygate could not create the token just now; try again in a moment."
+                        .to_owned(),
+                });
+            }
+            html(render(&page))
+        }
+    }
+}
+
+/// The API request the form stands for, or the field it cannot be read from.
+fn token_request(
+    form: &TokenForm,
+    now: Timestamp,
+) -> Result<crate::routes::tokens::CreateToken, (&'static str, String)> {
+    use crate::routes::tokens::{CreateToken, RateLimitBody, TokenKind};
+    let kind = match form.kind.as_str() {
+        "service" => TokenKind::Service,
+        _ => TokenKind::Personal,
+    };
+    let (expires_in, expires_at) = match form.expiry.as_str() {
+        "never" if matches!(kind, TokenKind::Personal) => {
+            return Err((
+                "expires_at",
+                "a personal token must expire: pick a number of days or a date".to_owned(),
+            ));
+        }
+        "never" => (None, None),
+        "date" => {
+            let format = time::macros::format_description!("[year]-[month]-[day]");
+            let date = time::Date::parse(form.expiry_date.trim(), &format)
+                .map_err(|_| ("expires_at", "pick the day the token expires".to_owned()))?;
+            let at = date.midnight().assume_utc().unix_timestamp();
+            if at <= now.unix() {
+                return Err(("expires_at", "pick a day after today".to_owned()));
+            }
+            (None, Some(Timestamp::from_unix(at)))
+        }
+        days => {
+            let days: u64 = days.parse().unwrap_or(30);
+            (Some(days * 86_400), None)
+        }
+    };
+    let number = |text: &str, field: &'static str| -> Result<Option<u32>, (&'static str, String)> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse::<u32>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or((field, "give a whole number above 0".to_owned()))
+    };
+    let rate_limit = match (
+        number(&form.rate_requests, "rate_limit")?,
+        number(&form.rate_seconds, "rate_limit")?,
+    ) {
+        (Some(requests), Some(per_seconds)) => Some(RateLimitBody {
+            requests,
+            per_seconds,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err((
+                "rate_limit",
+                "give both the number of requests and the seconds they are counted over".into(),
+            ));
+        }
+    };
+    let allowed_ips: Vec<String> = form
+        .allowed_ips
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let description = form.description.trim();
+    Ok(CreateToken {
+        kind,
+        name: form.name.trim().to_owned(),
+        description: (!description.is_empty()).then(|| description.to_owned()),
+        role: matches!(kind, TokenKind::Service).then(|| form.role.clone()),
+        permissions: (!form.permission.is_empty()).then(|| form.permission.clone()),
+        expires_at,
+        expires_in,
+        allowed_ips: (!allowed_ips.is_empty()).then_some(allowed_ips),
+        rate_limit,
+    })
 }

@@ -253,6 +253,18 @@ pub async fn create(
     Meta(meta): Meta,
     Json(request): Json<CreateToken>,
 ) -> Result<(StatusCode, axum::Json<CreatedToken>), ApiError> {
+    let created = create_token(&state, &caller, &meta, request).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// Creates a token as `caller`: the API's create and the console's "Add token" are this one
+/// operation, with the same checks and the same event.
+pub(crate) async fn create_token(
+    state: &AppState,
+    caller: &Caller,
+    meta: &keygate_core::access::RequestMeta,
+    request: CreateToken,
+) -> Result<CreatedToken, ApiError> {
     let grant = caller.require::<perm::TokensWrite>()?;
     let now = state.clock().now();
     let role = match (request.kind, &request.role) {
@@ -265,7 +277,7 @@ pub async fn create(
             }]));
         }
         (TokenKind::Service, Some(role)) => {
-            Some(roles::resolve(&state, &grant.reads(), role).await?)
+            Some(roles::resolve(state, &grant.reads(), role).await?)
         }
         _ => None,
     };
@@ -298,17 +310,14 @@ pub async fn create(
     )?;
     let token = planned.credential;
     let event = grant
-        .event("token.create", Some(target(&token.id)), now, &meta)?
+        .event("token.create", Some(target(&token.id)), now, meta)?
         .with_status(201);
     state.store().create_token(&grant, &token, &event).await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(CreatedToken {
-            token: TokenView::new(token, now),
-            secret: planned.secret.into_exposed(),
-            warnings: planned.normalised.iter().map(Warning::normalised).collect(),
-        }),
-    ))
+    Ok(CreatedToken {
+        token: TokenView::new(token, now),
+        secret: planned.secret.into_exposed(),
+        warnings: planned.normalised.iter().map(Warning::normalised).collect(),
+    })
 }
 
 /// Roll a token

@@ -9,6 +9,7 @@ on_every_backend!(
     a_visitor_is_sent_to_sign_in_and_a_person_signs_in_to_the_tokens_page,
     sign_in_failures_read_the_same_for_an_unknown_email_and_a_wrong_password,
     forms_need_the_sessions_csrf_token_and_a_same_site_origin,
+    a_person_adds_a_token_sees_its_secret_once_and_uses_it,
 );
 
 const OWNER: &str = "owner@example.com";
@@ -237,4 +238,144 @@ async fn forms_need_the_sessions_csrf_token_and_a_same_site_origin(backend: Back
         .await
         .unwrap();
     assert_eq!(planted.status(), 403);
+}
+
+/// The secret shown on the page that answers a creation.
+fn secret_of(html: &str) -> String {
+    let marker = "<code id=\"secret\">";
+    let start = html.find(marker).expect("the secret on the page") + marker.len();
+    html[start..].split('<').next().unwrap().to_owned()
+}
+
+async fn a_person_adds_a_token_sees_its_secret_once_and_uses_it(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let session = server.login(OWNER, &server.password).await;
+    let cookie = format!("keygate_session={session}");
+    let form_page = page(&server, "/console/tokens/new", Some(&session)).await;
+    assert_eq!(form_page.status(), 200);
+    assert_console_headers(form_page.headers(), "/console/tokens/new");
+    let html = form_page.text().await.unwrap();
+    assert!(
+        html.contains("value=\"tokens:read\""),
+        "the owner is offered tokens:read"
+    );
+    let csrf = csrf_of(&html);
+    let add = |fields: Vec<(&'static str, &'static str)>| {
+        let server = &server;
+        let cookie = cookie.clone();
+        let csrf = csrf.clone();
+        async move {
+            let mut form = vec![("csrf", csrf.as_str().to_owned())];
+            form.extend(fields.into_iter().map(|(k, v)| (k, v.to_owned())));
+            let response = server
+                .post("/console/tokens/new")
+                .header("cookie", cookie)
+                .header("origin", &server.base)
+                .form(&form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            assert_console_headers(response.headers(), "POST /console/tokens/new");
+            response.text().await.unwrap()
+        }
+    };
+
+    // Bad input: the form again, the message beside its field, nothing created.
+    let before = server
+        .expect(200, reqwest::Method::GET, "/v1/tokens", &server.token, None)
+        .await["data"]
+        .as_array()
+        .unwrap()
+        .len();
+    let refused = add(vec![("kind", "personal"), ("name", ""), ("expiry", "7")]).await;
+    assert!(refused.contains("id=\"name-error\""), "{refused}");
+    assert!(refused.contains("aria-invalid=\"true\""));
+    let never = add(vec![
+        ("kind", "personal"),
+        ("name", "forever"),
+        ("expiry", "never"),
+    ])
+    .await;
+    assert!(
+        never.contains("role=\"alert\"") || never.contains("field-error"),
+        "{never}"
+    );
+    assert!(!never.contains("id=\"secret\""));
+    let after = server
+        .expect(200, reqwest::Method::GET, "/v1/tokens", &server.token, None)
+        .await["data"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(before, after, "refused forms create nothing");
+
+    // A personal token narrowed to two permissions, for a week.
+    let created = add(vec![
+        ("kind", "personal"),
+        ("name", "Laptop"),
+        ("description", "my dev machine"),
+        ("permission", "tokens:read"),
+        ("permission", "users:read"),
+        ("expiry", "7"),
+    ])
+    .await;
+    assert!(created.contains("you will not see it again"), "{created}");
+    assert!(created.contains("data-copy=\"secret\""), "a Copy button");
+    let secret = secret_of(&created);
+    let whoami = server
+        .whoami(&[("authorization", &format!("Bearer {secret}"))])
+        .await;
+    assert_eq!(whoami.status(), 200);
+    let whoami: serde_json::Value = whoami.json().await.unwrap();
+    let mut permissions: Vec<&str> = whoami["permissions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    permissions.sort_unstable();
+    assert_eq!(permissions, ["tokens:read", "users:read"]);
+    // The list shows it, without its secret.
+    let list = page(&server, "/console/tokens", Some(&session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains("Laptop") && list.contains("my dev machine"));
+    assert!(!list.contains(&secret));
+
+    // A service token with a role, never expiring.
+    let service = add(vec![
+        ("kind", "service"),
+        ("name", "CI deploy"),
+        ("role", "viewer"),
+        ("expiry", "never"),
+        ("rate_requests", "100"),
+        ("rate_seconds", "60"),
+    ])
+    .await;
+    let secret = secret_of(&service);
+    let listed = server
+        .expect(
+            200,
+            reqwest::Method::GET,
+            "/v1/tokens?kind=service",
+            &server.token,
+            None,
+        )
+        .await;
+    let token = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "CI deploy")
+        .unwrap();
+    assert_eq!(token["role"], "rol_viewer");
+    assert_eq!(token["expires_at"], serde_json::Value::Null);
+    assert_eq!(token["rate_limit"]["requests"], 100);
+    assert_eq!(
+        server.whoami(&[("apikey", secret.as_str())]).await.status(),
+        200
+    );
 }
