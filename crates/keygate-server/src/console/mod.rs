@@ -44,6 +44,15 @@ pub fn router() -> Router<AppState> {
             "/console/tokens/new",
             get(pages::new_token).post(pages::create_token),
         )
+        .route(
+            "/console/tokens/delete",
+            axum::routing::post(pages::delete_tokens),
+        )
+        .route("/console/tokens/{id}", get(pages::token))
+        .route(
+            "/console/tokens/{id}/roll",
+            axum::routing::post(pages::roll_token),
+        )
         .route_layer(middleware::from_fn(guard));
     Router::new()
         .route("/", get(|| async { Redirect::to("/console/") }))

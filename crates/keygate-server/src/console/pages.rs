@@ -9,7 +9,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use keygate_core::Timestamp;
 use keygate_core::access::{Caller, perm};
 use keygate_core::credential::CredentialKind;
-use keygate_core::model::Credential;
+use keygate_core::id::RoleId;
+use keygate_core::model::{Credential, Role};
 use keygate_core::signin::{SignIn, SignInError};
 use keygate_core::store::{Page, TokenFilter};
 use keygate_core::tokens;
@@ -254,6 +255,8 @@ struct TokenRow {
     expires: String,
     last_used: String,
     hint: String,
+    /// Whether the person may delete (and so roll) it.
+    may_delete: bool,
 }
 
 impl TokenRow {
@@ -281,7 +284,44 @@ impl TokenRow {
             expires: token.expires_at.map_or_else(|| "never".to_owned(), day),
             last_used: token.last_used_at.map_or_else(|| "never".to_owned(), day),
             hint: format!("…{}", token.hint),
+            may_delete: false,
         }
+    }
+}
+
+/// Marks the rows the person may delete, by the rule the API applies (a member cannot delete
+/// the owner's automation); reads each distinct role once.
+async fn mark_deletable(
+    state: &AppState,
+    caller: &Caller,
+    tokens: &[Credential],
+    rows: &mut [TokenRow],
+) {
+    let Ok(grant) = caller.require::<perm::TokensWrite>() else {
+        return;
+    };
+    let now = state.clock().now();
+    let mut roles: std::collections::HashMap<RoleId, Option<Role>> = Default::default();
+    for (token, row) in tokens.iter().zip(rows.iter_mut()) {
+        if tokens::status(token, now) == "revoked" {
+            continue;
+        }
+        let role = match &token.role_id {
+            Some(id) => {
+                if !roles.contains_key(id) {
+                    let role = state
+                        .store()
+                        .get_role(&grant.reads(), id)
+                        .await
+                        .ok()
+                        .flatten();
+                    roles.insert(id.clone(), role);
+                }
+                roles.get(id).and_then(Option::as_ref)
+            }
+            None => None,
+        };
+        row.may_delete = tokens::check_revoke(&grant, state.catalog(), token, role).is_ok();
     }
 }
 
@@ -359,11 +399,12 @@ pub(super) async fn tokens(
         .list_tokens(&grant.reads(), &filter, &page, now)
         .await;
     let (rows, next, message) = match listed {
-        Ok(listed) => (
-            listed.items.iter().map(|t| TokenRow::new(t, now)).collect(),
-            listed.next_cursor,
-            None,
-        ),
+        Ok(listed) => {
+            let mut rows: Vec<TokenRow> =
+                listed.items.iter().map(|t| TokenRow::new(t, now)).collect();
+            mark_deletable(&state, &caller, &listed.items, &mut rows).await;
+            (rows, listed.next_cursor, None)
+        }
         Err(error) => {
             tracing::error!(error = %error, "the console could not list tokens");
             (
@@ -442,6 +483,8 @@ struct CreatedTokenPage {
     name: String,
     secret: String,
     origin: String,
+    /// After a roll: until when the replaced secret still works.
+    previous_until: Option<String>,
     warnings: Vec<String>,
 }
 
@@ -544,6 +587,7 @@ pub(super) async fn create_token(
                 name: created.token.name.clone(),
                 secret: created.secret,
                 origin: format!("http://{host}"),
+                previous_until: None,
                 warnings: created
                     .warnings
                     .iter()
@@ -650,4 +694,235 @@ fn token_request(
         allowed_ips: (!allowed_ips.is_empty()).then_some(allowed_ips),
         rate_limit,
     })
+}
+
+#[derive(Template)]
+#[template(path = "console/token_delete.html")]
+struct DeletePage {
+    frame: Frame,
+    /// Asking: the (id, name) of each token to delete.
+    selected: Vec<(String, String)>,
+    /// Answering: whether they were deleted, which, and which were gone already.
+    done: bool,
+    deleted: Vec<String>,
+    missing: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct DeleteForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    id: Vec<String>,
+    #[serde(default)]
+    confirm: String,
+}
+
+/// "Delete selected": the first post asks for confirmation, naming the tokens; the second
+/// revokes them all in one transaction, as `DELETE /v1/tokens?id=…` does.
+pub(super) async fn delete_tokens(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientIp>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
+        Ok(signed_in) => signed_in,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    let form: DeleteForm = serde_html_form::from_bytes(&body).unwrap_or_default();
+    if !csrf_matches(&headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    let frame = Frame::new(&caller, &session, "/console/tokens", "tokens");
+    let ids: Vec<String> = form
+        .id
+        .into_iter()
+        .filter(|id| !id.is_empty())
+        .take(500)
+        .collect();
+    let names = token_names(&state, &caller, &ids).await;
+    if form.confirm != "yes" || ids.is_empty() {
+        let selected = ids
+            .iter()
+            .filter_map(|id| names.iter().find(|(i, _)| i == id).cloned())
+            .collect();
+        return html(render(&DeletePage {
+            frame,
+            selected,
+            done: false,
+            deleted: Vec::new(),
+            missing: Vec::new(),
+        }));
+    }
+    match crate::routes::tokens::revoke(&state, &caller, &meta, &ids, 200).await {
+        Ok((deleted, missing)) => {
+            let name_of = |id: &str| {
+                names
+                    .iter()
+                    .find(|(i, _)| i == id)
+                    .map_or_else(|| id.to_owned(), |(_, name)| name.clone())
+            };
+            html(render(&DeletePage {
+                frame,
+                selected: Vec::new(),
+                done: true,
+                deleted: deleted.iter().map(|id| name_of(id.as_str())).collect(),
+                missing: missing.iter().map(|id| name_of(id)).collect(),
+            }))
+        }
+        Err(error) => refusal(
+            axum::http::StatusCode::FORBIDDEN,
+            &format!(
+                "No token was deleted: {}.",
+                error
+                    .detail
+                    .as_deref()
+                    .unwrap_or("keygate could not delete them just now")
+            ),
+        ),
+    }
+}
+
+/// The (id, name) of the tokens with these ids that the person may see.
+async fn token_names(state: &AppState, caller: &Caller, ids: &[String]) -> Vec<(String, String)> {
+    let Ok(grant) = caller.require::<perm::TokensRead>() else {
+        return Vec::new();
+    };
+    let wanted: Vec<_> = ids
+        .iter()
+        .filter_map(|id| keygate_core::id::CredentialId::parse_any(id))
+        .collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let filter = TokenFilter {
+        ids: wanted,
+        personal: crate::routes::tokens::personal_visibility(caller),
+        ..TokenFilter::default()
+    };
+    let page = Page {
+        limit: 500,
+        cursor: None,
+    };
+    state
+        .store()
+        .list_tokens(&grant.reads(), &filter, &page, state.clock().now())
+        .await
+        .map(|listed| {
+            listed
+                .items
+                .into_iter()
+                .map(|t| (t.id.to_string(), t.name))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[derive(Template)]
+#[template(path = "console/token.html")]
+struct TokenPage {
+    frame: Frame,
+    row: TokenRow,
+    rolled_from: Option<String>,
+    rolled_to: Option<String>,
+}
+
+pub(super) async fn token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientIp>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
+        Ok(signed_in) => signed_in,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    let not_found = || {
+        refusal(
+            axum::http::StatusCode::NOT_FOUND,
+            "There is no such token, or it is not yours to see.",
+        )
+    };
+    let Ok(grant) = caller.require::<perm::TokensRead>() else {
+        return not_found();
+    };
+    let Some(token_id) = keygate_core::id::CredentialId::parse_any(&id) else {
+        return not_found();
+    };
+    let found = state
+        .store()
+        .get_token(&grant.reads(), &token_id)
+        .await
+        .ok()
+        .flatten()
+        .filter(|t| {
+            crate::routes::tokens::visible(t, &crate::routes::tokens::personal_visibility(&caller))
+        });
+    let Some(token) = found else {
+        return not_found();
+    };
+    let now = state.clock().now();
+    let mut rows = [TokenRow::new(&token, now)];
+    mark_deletable(&state, &caller, std::slice::from_ref(&token), &mut rows).await;
+    let [row] = rows;
+    html(render(&TokenPage {
+        frame: Frame::new(&caller, &session, "/console/tokens", "tokens"),
+        row,
+        rolled_from: token.rolled_from.map(|id| id.to_string()),
+        rolled_to: token.rolled_to.map(|id| id.to_string()),
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct RollForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    overlap: String,
+}
+
+pub(super) async fn roll_token(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientIp>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Form(form): Form<RollForm>,
+) -> Response {
+    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
+        Ok(signed_in) => signed_in,
+        Err(to_sign_in) => return to_sign_in,
+    };
+    if !csrf_matches(&headers, &form.csrf) {
+        return csrf_refusal();
+    }
+    let overlap = form.overlap.parse::<u64>().ok();
+    match crate::routes::tokens::roll_token(&state, &caller, &meta, &id, overlap).await {
+        Ok((created, previous_until)) => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("127.0.0.1:8080");
+            html(render(&CreatedTokenPage {
+                frame: Frame::new(&caller, &session, "/console/tokens", "tokens"),
+                name: created.token.name.clone(),
+                secret: created.secret,
+                origin: format!("http://{host}"),
+                previous_until: Some(day(previous_until)),
+                warnings: Vec::new(),
+            }))
+        }
+        Err(error) => refusal(
+            error.code.status(),
+            &format!(
+                "The token was not rolled: {}.",
+                error
+                    .detail
+                    .as_deref()
+                    .unwrap_or("keygate could not roll it just now")
+            ),
+        ),
+    }
 }

@@ -227,7 +227,7 @@ pub(crate) fn personal_visibility(caller: &Caller) -> PersonalTokens {
     }
 }
 
-fn visible(token: &Credential, visibility: &PersonalTokens) -> bool {
+pub(crate) fn visible(token: &Credential, visibility: &PersonalTokens) -> bool {
     match (token.kind, visibility) {
         (CredentialKind::Personal, PersonalTokens::Hidden) => false,
         (CredentialKind::Personal, PersonalTokens::OfUser(user)) => {
@@ -342,16 +342,29 @@ pub async fn roll(
     Path(id): Path<String>,
     request: Option<Json<RollToken>>,
 ) -> Result<(StatusCode, axum::Json<CreatedToken>), ApiError> {
+    let request = request.map(|Json(request)| request).unwrap_or_default();
+    let (created, _) = roll_token(&state, &caller, &meta, &id, request.expire_previous_in).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// Rolls token `id` as `caller` (API and console alike); returns the successor with its secret,
+/// and when the rolled token now expires.
+pub(crate) async fn roll_token(
+    state: &AppState,
+    caller: &Caller,
+    meta: &keygate_core::access::RequestMeta,
+    id: &str,
+    expire_previous_in: Option<u64>,
+) -> Result<(CreatedToken, Timestamp), ApiError> {
     let grant = caller.require::<perm::TokensWrite>()?;
     let now = state.clock().now();
-    let request = request.map(|Json(request)| request).unwrap_or_default();
-    let token_id = CredentialId::parse_any(&id).ok_or_else(|| not_found(&id))?;
+    let token_id = CredentialId::parse_any(id).ok_or_else(|| not_found(id))?;
     let previous = state
         .store()
         .get_token(&grant.reads(), &token_id)
         .await?
-        .filter(|t| visible(t, &personal_visibility(&caller)))
-        .ok_or_else(|| not_found(&id))?;
+        .filter(|t| visible(t, &personal_visibility(caller)))
+        .ok_or_else(|| not_found(id))?;
     let role = match &previous.role_id {
         Some(role_id) => state.store().get_role(&grant.reads(), role_id).await?,
         None => None,
@@ -362,11 +375,11 @@ pub async fn roll(
         state.verifier().format(),
         &previous,
         role.as_ref(),
-        request.expire_previous_in,
+        expire_previous_in,
         now,
     )?;
     let event = grant
-        .event("token.roll", Some(target(&previous.id)), now, &meta)?
+        .event("token.roll", Some(target(&previous.id)), now, meta)?
         .with_status(201);
     state
         .store()
@@ -378,15 +391,13 @@ pub async fn roll(
             &event,
         )
         .await?
-        .ok_or_else(|| not_found(&id))?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(CreatedToken {
-            token: TokenView::new(planned.successor, now),
-            secret: planned.secret.into_exposed(),
-            warnings: Vec::new(),
-        }),
-    ))
+        .ok_or_else(|| not_found(id))?;
+    let created = CreatedToken {
+        token: TokenView::new(planned.successor, now),
+        secret: planned.secret.into_exposed(),
+        warnings: Vec::new(),
+    };
+    Ok((created, planned.previous_expires_at))
 }
 
 /// List tokens
@@ -546,7 +557,7 @@ pub async fn delete_many(
 
 /// Checks every id first and revokes the allowed ones in one transaction. Returns what was
 /// revoked and the ids that were not found (or not visible, or already revoked).
-async fn revoke(
+pub(crate) async fn revoke(
     state: &AppState,
     caller: &Caller,
     meta: &keygate_core::access::RequestMeta,

@@ -10,6 +10,9 @@ on_every_backend!(
     sign_in_failures_read_the_same_for_an_unknown_email_and_a_wrong_password,
     forms_need_the_sessions_csrf_token_and_a_same_site_origin,
     a_person_adds_a_token_sees_its_secret_once_and_uses_it,
+    delete_selected_asks_then_stops_the_tokens_at_once,
+    a_member_sees_no_delete_for_the_owners_token_and_a_crafted_post_is_refused,
+    a_token_page_rolls_the_secret_with_an_overlap,
 );
 
 const OWNER: &str = "owner@example.com";
@@ -378,4 +381,208 @@ async fn a_person_adds_a_token_sees_its_secret_once_and_uses_it(backend: Backend
         server.whoami(&[("apikey", secret.as_str())]).await.status(),
         200
     );
+}
+
+/// Creates a service token through the API; returns (id, secret).
+async fn service_token(server: &TestServer, name: &str, role: &str) -> (String, String) {
+    let created = server
+        .expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(serde_json::json!({"kind": "service", "name": name, "role": role})),
+        )
+        .await;
+    (
+        created["id"].as_str().unwrap().to_owned(),
+        created["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Posts a console form as the session's browser would.
+async fn post_form(
+    server: &TestServer,
+    session: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    server
+        .post(path)
+        .header("cookie", format!("keygate_session={session}"))
+        .header("sec-fetch-site", "same-origin")
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn delete_selected_asks_then_stops_the_tokens_at_once(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (a, a_secret) = service_token(&server, "first", "viewer").await;
+    let (b, b_secret) = service_token(&server, "second", "viewer").await;
+    let (_, kept) = service_token(&server, "kept", "viewer").await;
+    let session = server.login(OWNER, &server.password).await;
+    let html = page(&server, "/console/tokens", Some(&session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains(&format!("name=\"id\" value=\"{a}\"")),
+        "a checkbox per token"
+    );
+    let csrf = csrf_of(&html);
+    let asked = post_form(
+        &server,
+        &session,
+        "/console/tokens/delete",
+        &[("csrf", &csrf), ("id", &a), ("id", &b)],
+    )
+    .await;
+    assert_eq!(asked.status(), 200);
+    let asked = asked.text().await.unwrap();
+    assert!(
+        asked.contains("Delete 2 tokens?") && asked.contains("first") && asked.contains("second")
+    );
+    assert_eq!(
+        server
+            .whoami(&[("apikey", a_secret.as_str())])
+            .await
+            .status(),
+        200,
+        "asking changes nothing"
+    );
+    let done = post_form(
+        &server,
+        &session,
+        "/console/tokens/delete",
+        &[("csrf", &csrf), ("confirm", "yes"), ("id", &a), ("id", &b)],
+    )
+    .await;
+    assert_eq!(done.status(), 200);
+    assert!(done.text().await.unwrap().contains("no longer work"));
+    for secret in [&a_secret, &b_secret] {
+        assert_eq!(
+            server.whoami(&[("apikey", secret.as_str())]).await.status(),
+            401
+        );
+    }
+    assert_eq!(
+        server.whoami(&[("apikey", kept.as_str())]).await.status(),
+        200
+    );
+}
+
+async fn a_member_sees_no_delete_for_the_owners_token_and_a_crafted_post_is_refused(
+    backend: Backend,
+) {
+    let server = TestServer::start(backend).await;
+    let (owners, owners_secret) = service_token(&server, "owner automation", "owner").await;
+    server
+        .expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/users",
+            &server.token,
+            Some(serde_json::json!({
+                "email": "member@example.com", "name": "Mia", "role": "member",
+                "password": "correct horse battery staple"
+            })),
+        )
+        .await;
+    let session = server
+        .login("member@example.com", "correct horse battery staple")
+        .await;
+    let html = page(&server, "/console/tokens", Some(&session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("owner automation"), "listed");
+    assert!(
+        !html.contains(&format!("name=\"id\" value=\"{owners}\"")),
+        "no checkbox for the owner's token"
+    );
+    let detail = page(
+        &server,
+        &format!("/console/tokens/{owners}"),
+        Some(&session),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(!detail.contains("Delete this token") && !detail.contains(">Roll<"));
+    let csrf = csrf_of(&html);
+    let crafted = post_form(
+        &server,
+        &session,
+        "/console/tokens/delete",
+        &[("csrf", &csrf), ("confirm", "yes"), ("id", &owners)],
+    )
+    .await;
+    assert_eq!(crafted.status(), 403);
+    let roll = post_form(
+        &server,
+        &session,
+        &format!("/console/tokens/{owners}/roll"),
+        &[("csrf", &csrf), ("overlap", "0")],
+    )
+    .await;
+    assert_eq!(roll.status(), 403);
+    assert_eq!(
+        server
+            .whoami(&[("apikey", owners_secret.as_str())])
+            .await
+            .status(),
+        200,
+        "the owner's token still works"
+    );
+}
+
+async fn a_token_page_rolls_the_secret_with_an_overlap(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (id, old) = service_token(&server, "deploy", "viewer").await;
+    let session = server.login(OWNER, &server.password).await;
+    let detail = page(&server, &format!("/console/tokens/{id}"), Some(&session)).await;
+    assert_eq!(detail.status(), 200);
+    assert_console_headers(detail.headers(), "token page");
+    let detail = detail.text().await.unwrap();
+    assert!(detail.contains("Roll") && detail.contains("Delete this token"));
+    let csrf = csrf_of(&detail);
+    let rolled = post_form(
+        &server,
+        &session,
+        &format!("/console/tokens/{id}/roll"),
+        &[("csrf", &csrf), ("overlap", "3600")],
+    )
+    .await;
+    assert_eq!(rolled.status(), 200);
+    assert_eq!(rolled.headers()["cache-control"], "no-store");
+    let rolled = rolled.text().await.unwrap();
+    assert!(rolled.contains("keeps working until"), "{rolled}");
+    let new = secret_of(&rolled);
+    assert_ne!(new, old);
+    for secret in [&old, &new] {
+        assert_eq!(
+            server.whoami(&[("apikey", secret.as_str())]).await.status(),
+            200
+        );
+    }
+    server.clock.advance(std::time::Duration::from_secs(3600));
+    assert_eq!(
+        server.whoami(&[("apikey", old.as_str())]).await.status(),
+        401
+    );
+    assert_eq!(
+        server.whoami(&[("apikey", new.as_str())]).await.status(),
+        200
+    );
+    let after = page(&server, &format!("/console/tokens/{id}"), Some(&session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(after.contains("Replaced by"));
 }
