@@ -3,6 +3,7 @@
 
 use reqwest::header::HeaderMap;
 
+use crate::browser::Browser;
 use crate::harness::{Backend, TestServer};
 
 on_every_backend!(
@@ -585,4 +586,110 @@ async fn a_token_page_rolls_the_secret_with_an_overlap(backend: Backend) {
         .await
         .unwrap();
     assert!(after.contains("Replaced by"));
+}
+
+/// Checks the page with axe-core, failing on serious or critical violations, and saves its
+/// screenshot as `name.png` in `shots`.
+async fn audit(browser: &Browser, axe: Option<&str>, shots: &std::path::Path, name: &str) {
+    let png = browser.client.screenshot().await.unwrap();
+    std::fs::write(shots.join(format!("{name}.png")), png).unwrap();
+    let Some(axe) = axe else {
+        return;
+    };
+    browser.client.execute(axe, vec![]).await.unwrap();
+    let found = browser
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, {resultTypes: ['violations']}).then((results) => done(
+               results.violations
+                 .filter((v) => v.impact === 'serious' || v.impact === 'critical')
+                 .map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target).join(', ')}`)));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let violations: Vec<String> = serde_json::from_value(found).unwrap();
+    assert!(violations.is_empty(), "{name}: {violations:#?}");
+}
+
+#[tokio::test]
+async fn in_a_browser_a_person_signs_in_adds_a_token_and_uses_it() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    let axe = crate::tools::tool("axe-core/node_modules/axe-core/axe.min.js")
+        .map(|path| std::fs::read_to_string(path).unwrap());
+    let axe = axe.as_deref();
+    let shots = tempfile::Builder::new()
+        .prefix("keygate-console-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    eprintln!("console screenshots in {}", shots.display());
+    let server = TestServer::start(Backend::Sqlite).await;
+    let client = &browser.client;
+
+    client.goto(&format!("{}/", server.base)).await.unwrap();
+    browser.find("#email").await;
+    assert!(
+        client
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/console/sign-in")
+    );
+    audit(&browser, axe, &shots, "sign-in").await;
+    browser.find("#email").await.send_keys(OWNER).await.unwrap();
+    browser
+        .find("#password")
+        .await
+        .send_keys(&server.password)
+        .await
+        .unwrap();
+    browser.click("main form button[type=submit]").await;
+
+    browser.find("a.button[href='/console/tokens/new']").await;
+    audit(&browser, axe, &shots, "tokens").await;
+    browser.click("a.button[href='/console/tokens/new']").await;
+    browser
+        .find("#name")
+        .await
+        .send_keys("Laptop")
+        .await
+        .unwrap();
+    browser
+        .find("#description")
+        .await
+        .send_keys("my dev machine")
+        .await
+        .unwrap();
+    browser.click("input[value='tokens:read']").await;
+    browser.click("input[value='users:read']").await;
+    browser
+        .find("#expiry")
+        .await
+        .select_by_value("7")
+        .await
+        .unwrap();
+    audit(&browser, axe, &shots, "add-token").await;
+    browser.click("main form button[type=submit]").await;
+
+    let secret = browser.find("#secret").await.text().await.unwrap();
+    audit(&browser, axe, &shots, "token-created").await;
+    let whoami = server
+        .whoami(&[("authorization", &format!("Bearer {}", secret.trim()))])
+        .await;
+    assert_eq!(whoami.status(), 200, "the secret read off the page works");
+    let whoami: serde_json::Value = whoami.json().await.unwrap();
+    assert_eq!(whoami["permissions"].as_array().unwrap().len(), 2);
+
+    client
+        .goto(&format!("{}/console/tokens", server.base))
+        .await
+        .unwrap();
+    let row = browser.find("tbody tr").await.text().await.unwrap();
+    assert!(row.contains("Laptop") && row.contains("Personal"), "{row}");
+    audit(&browser, axe, &shots, "tokens-after").await;
 }

@@ -35,6 +35,7 @@ mod account;
 mod audit;
 mod auth;
 mod binary;
+mod browser;
 mod connections;
 mod console;
 mod document;

@@ -16,7 +16,7 @@ use crate::harness::{Backend, TestServer, ok_json};
 
 /// `<target>/tools/<relative>`, where `.ci/tools` installs; `None` when it is not there and this
 /// is not CI.
-fn tool(relative: &str) -> Option<PathBuf> {
+pub(crate) fn tool(relative: &str) -> Option<PathBuf> {
     let binary = Path::new(env!("CARGO_BIN_EXE_keygate"));
     let target = binary.ancestors().nth(2).unwrap();
     let path = target.join("tools").join(relative);
