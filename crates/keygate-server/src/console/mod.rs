@@ -50,6 +50,18 @@ pub fn router() -> Router<AppState> {
         )
         .route("/console/tokens/{id}", get(pages::token))
         .route(
+            "/console/account/keys",
+            get(pages::keys).post(pages::create_key),
+        )
+        .route(
+            "/console/account/keys/{id}/delete",
+            axum::routing::post(pages::delete_key),
+        )
+        .route(
+            "/console/account/ip-restriction",
+            get(pages::ip_restriction).post(pages::set_ip_restriction),
+        )
+        .route(
             "/console/tokens/{id}/roll",
             axum::routing::post(pages::roll_token),
         )

@@ -61,7 +61,7 @@ pub struct DeleteQuery {
     key: Option<String>,
 }
 
-async fn keys_view(state: &AppState, caller: &Caller) -> Result<AccountKeys, ApiError> {
+pub(crate) async fn keys_view(state: &AppState, caller: &Caller) -> Result<AccountKeys, ApiError> {
     let grant = caller.require::<perm::KeysRead>()?;
     let keys = state.store().list_account_keys(&grant.reads()).await?;
     let current = &caller.verified().credential.id;
@@ -106,6 +106,16 @@ pub async fn create(
     Authenticated(caller): Authenticated,
     Meta(meta): Meta,
 ) -> Result<(StatusCode, axum::Json<CreatedKey>), ApiError> {
+    let created = create_key(&state, &caller, &meta).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// Creates an account key as `caller`: the API's create and the console's button.
+pub(crate) async fn create_key(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+) -> Result<CreatedKey, ApiError> {
     let grant = caller.require::<perm::KeysWrite>()?;
     let now = state.clock().now();
     let (key, secret) = account::plan_key(&grant, state.catalog(), state.verifier().format(), now)?;
@@ -114,7 +124,7 @@ pub async fn create(
         id: key.id.to_string(),
     };
     let event = grant
-        .event("account_key.create", Some(target), now, &meta)?
+        .event("account_key.create", Some(target), now, meta)?
         .with_status(201);
     if !state
         .store()
@@ -126,14 +136,11 @@ pub async fn create(
             format!("the account already has {MAX_KEYS} keys; delete one first"),
         ));
     }
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(CreatedKey {
-            id: key.id.to_string(),
-            key: secret.into_exposed(),
-            created_at: key.created_at,
-        }),
-    ))
+    Ok(CreatedKey {
+        id: key.id.to_string(),
+        key: secret.into_exposed(),
+        created_at: key.created_at,
+    })
 }
 
 /// Delete an account key
@@ -205,7 +212,7 @@ fn no_key(named: &str) -> ApiError {
     ApiError::not_found(format!("there is no account key `{named}`"))
 }
 
-async fn remove(
+pub(crate) async fn remove(
     state: &AppState,
     caller: &Caller,
     meta: &RequestMeta,
@@ -329,7 +336,6 @@ async fn set_ip_restriction(
     axum::Extension(ClientIp(ip)): axum::Extension<ClientIp>,
     Json(request): Json<IpRestrictionRequest>,
 ) -> Result<axum::Json<IpRestrictionView>, ApiError> {
-    let grant = caller.require::<perm::IpRestrictionWrite>()?;
     let entries = match (request.allowlist, request.white_list) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid_fields(vec![FieldError {
@@ -340,18 +346,33 @@ async fn set_ip_restriction(
         (Some(list), None) | (None, Some(list)) => list,
         (None, None) => Vec::new(),
     };
-    let (restriction, normalised) = account::plan_ip_restriction(request.enabled, &entries, ip)?;
+    let view = apply_ip_restriction(&state, &caller, &meta, ip, request.enabled, &entries).await?;
+    Ok(axum::Json(view))
+}
+
+/// Sets the tenant's IP restriction as `caller`, who connects from `ip` (the API's PUT and POST,
+/// and the console's form).
+pub(crate) async fn apply_ip_restriction(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    ip: std::net::IpAddr,
+    enabled: bool,
+    entries: &[String],
+) -> Result<IpRestrictionView, ApiError> {
+    let grant = caller.require::<perm::IpRestrictionWrite>()?;
+    let (restriction, normalised) = account::plan_ip_restriction(enabled, entries, ip)?;
     let now = state.clock().now();
     let target = Target {
         kind: "tenant",
         id: grant.tenant_id().to_string(),
     };
-    let event = grant.event("ip_restriction.update", Some(target), now, &meta)?;
+    let event = grant.event("ip_restriction.update", Some(target), now, meta)?;
     state
         .store()
         .set_ip_restriction(&grant, &restriction, &event)
         .await?;
     let mut view = IpRestrictionView::from(restriction);
     view.warnings = normalised.iter().map(Warning::normalised).collect();
-    Ok(axum::Json(view))
+    Ok(view)
 }

@@ -14,6 +14,8 @@ on_every_backend!(
     delete_selected_asks_then_stops_the_tokens_at_once,
     a_member_sees_no_delete_for_the_owners_token_and_a_crafted_post_is_refused,
     a_token_page_rolls_the_secret_with_an_overlap,
+    account_keys_are_created_shown_once_limited_to_two_and_deleted,
+    the_ip_restriction_form_shows_the_address_and_refuses_a_lock_out,
 );
 
 const OWNER: &str = "owner@example.com";
@@ -692,4 +694,211 @@ async fn in_a_browser_a_person_signs_in_adds_a_token_and_uses_it() {
     let row = browser.find("tbody tr").await.text().await.unwrap();
     assert!(row.contains("Laptop") && row.contains("Personal"), "{row}");
     audit(&browser, axe, &shots, "tokens-after").await;
+
+    for (path, name) in [
+        ("/console/account/keys", "account-keys"),
+        ("/console/account/ip-restriction", "ip-restriction"),
+    ] {
+        client
+            .goto(&format!("{}{path}", server.base))
+            .await
+            .unwrap();
+        browser.find("main h1").await;
+        audit(&browser, axe, &shots, name).await;
+    }
+    client
+        .goto(&format!("{}/console/tokens", server.base))
+        .await
+        .unwrap();
+    browser.click("a[href^='/console/tokens/tok_']").await;
+    browser.find("#overlap").await;
+    audit(&browser, axe, &shots, "token").await;
+}
+
+async fn account_keys_are_created_shown_once_limited_to_two_and_deleted(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let session = server.login(OWNER, &server.password).await;
+    let html = page(&server, "/console/account/keys", Some(&session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("no account key") && html.contains("Create a key"));
+    let csrf = csrf_of(&html);
+    let mut secrets = Vec::new();
+    for _ in 0..2 {
+        let created = post_form(
+            &server,
+            &session,
+            "/console/account/keys",
+            &[("csrf", &csrf)],
+        )
+        .await;
+        assert_eq!(created.status(), 200);
+        assert_eq!(created.headers()["cache-control"], "no-store");
+        let created = created.text().await.unwrap();
+        assert!(created.contains("you will not see it again"));
+        let secret = secret_of(&created);
+        assert_eq!(
+            server.whoami(&[("apikey", secret.as_str())]).await.status(),
+            200
+        );
+        secrets.push(secret);
+    }
+    let full = page(&server, "/console/account/keys", Some(&session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        full.contains("id=\"key-limit\""),
+        "the limit explained in place"
+    );
+    assert!(!full.contains("Create second key"));
+    for secret in &secrets {
+        assert!(!full.contains(secret.as_str()), "never shown again");
+    }
+    // A third is refused with the limit's message, even posted by hand.
+    let third = post_form(
+        &server,
+        &session,
+        "/console/account/keys",
+        &[("csrf", &csrf)],
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(third.contains("already has 2 keys"), "{third}");
+
+    let keys = server
+        .expect(
+            200,
+            reqwest::Method::GET,
+            "/v1/account/keys",
+            &server.token,
+            None,
+        )
+        .await;
+    let first = keys["data"][0]["id"].as_str().unwrap().to_owned();
+    let path = format!("/console/account/keys/{first}/delete");
+    let asked = post_form(&server, &session, &path, &[("csrf", &csrf)])
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(asked.contains("stops working at once"));
+    assert_eq!(
+        server
+            .whoami(&[("apikey", secrets[0].as_str())])
+            .await
+            .status(),
+        200
+    );
+    let done = post_form(
+        &server,
+        &session,
+        &path,
+        &[("csrf", &csrf), ("confirm", "yes")],
+    )
+    .await;
+    assert_eq!(done.status(), 303);
+    assert_eq!(
+        server
+            .whoami(&[("apikey", secrets[0].as_str())])
+            .await
+            .status(),
+        401
+    );
+    assert_eq!(
+        server
+            .whoami(&[("apikey", secrets[1].as_str())])
+            .await
+            .status(),
+        200
+    );
+}
+
+async fn the_ip_restriction_form_shows_the_address_and_refuses_a_lock_out(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let session = server.login(OWNER, &server.password).await;
+    let html = page(&server, "/console/account/ip-restriction", Some(&session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("<code>127.0.0.1</code>"),
+        "the address keygate sees"
+    );
+    let csrf = csrf_of(&html);
+    let path = "/console/account/ip-restriction";
+    let locked = post_form(
+        &server,
+        &session,
+        path,
+        &[
+            ("csrf", &csrf),
+            ("enabled", "on"),
+            ("allowlist", "10.0.0.0/8"),
+        ],
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(locked.contains("role=\"alert\""), "{locked}");
+    assert!(locked.contains("10.0.0.0/8"), "what was typed is kept");
+    let bad = post_form(
+        &server,
+        &session,
+        path,
+        &[
+            ("csrf", &csrf),
+            ("enabled", "on"),
+            ("allowlist", "127.0.0.1\nnot-a-network"),
+        ],
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(bad.contains("Line 2:"), "{bad}");
+    let stored = server
+        .expect(
+            200,
+            reqwest::Method::GET,
+            "/v1/account/ip-restriction",
+            &server.token,
+            None,
+        )
+        .await;
+    assert_eq!(stored["enabled"], false, "refused forms changed nothing");
+
+    let saved = post_form(
+        &server,
+        &session,
+        path,
+        &[
+            ("csrf", &csrf),
+            ("enabled", "on"),
+            ("allowlist", "127.0.0.1\n10.1.2.3/8"),
+        ],
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(saved.contains("Saved: only these networks"), "{saved}");
+    assert!(saved.contains("10.0.0.0/8"), "normalised: {saved}");
+    let stored = server
+        .expect(
+            200,
+            reqwest::Method::GET,
+            "/v1/account/ip-restriction",
+            &server.token,
+            None,
+        )
+        .await;
+    assert_eq!(stored["enabled"], true);
 }
