@@ -90,6 +90,59 @@ async fn signed_in(
     Ok((caller, session))
 }
 
+/// A request of a signed-in person: their caller and their session's secret (for the CSRF token
+/// of the page's forms). Without a live session, the answer is the way to the sign-in page.
+pub(super) struct SignedIn {
+    caller: Caller,
+    session: String,
+}
+
+impl axum::extract::FromRequestParts<AppState> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Response> {
+        let client = parts.extensions.get::<ClientIp>().copied();
+        let (caller, session) = signed_in(state, &parts.headers, client).await?;
+        Ok(Self { caller, session })
+    }
+}
+
+/// A state-changing form, read only once its CSRF token is the session's: a form from anywhere
+/// else is refused before anything reads it. Fields a form does not know are ignored (a browser
+/// sends what the page had), and a field it cannot read is left empty for the page to ask again.
+pub(super) struct Posted<T>(T);
+
+impl<T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<AppState> for Posted<T> {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Response> {
+        #[derive(Default, Deserialize)]
+        struct Token {
+            #[serde(default)]
+            csrf: String,
+        }
+        let headers = request.headers().clone();
+        let body = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let token: Token = serde_html_form::from_bytes(&body).unwrap_or_default();
+        if !csrf_matches(&headers, &token.csrf) {
+            return Err(csrf_refusal());
+        }
+        Ok(Self(serde_html_form::from_bytes(&body).unwrap_or_default()))
+    }
+}
+
+/// A form with nothing but its CSRF token.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Empty {}
+
 pub(super) async fn home(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -147,9 +200,7 @@ pub(super) async fn sign_in(
     let lifetime = sessions.lifetime;
     match sessions.sign_in(request, &meta, state.clock().now()).await {
         Ok(signed_in) => {
-            let secure = headers
-                .get("x-forwarded-proto")
-                .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"));
+            let secure = over_tls(&headers);
             let cookie = format!(
                 "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
                 signed_in.secret.expose(),
@@ -193,6 +244,23 @@ pub(super) async fn sign_in(
     }
 }
 
+/// Whether the request came over TLS, as a proxy in front says (`X-Forwarded-Proto`).
+fn over_tls(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+/// Where the person reaches keygate, for the example beside a new secret.
+fn origin(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:8080");
+    let scheme = if over_tls(headers) { "https" } else { "http" };
+    format!("{scheme}://{host}")
+}
+
 fn wait_text(seconds: u64) -> String {
     match seconds {
         0..=59 => format!("{seconds} seconds"),
@@ -208,26 +276,12 @@ fn capitalised(text: &str) -> String {
     })
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct CsrfForm {
-    #[serde(default)]
-    csrf: String,
-}
-
 pub(super) async fn sign_out(
     State(state): State<AppState>,
     Meta(meta): Meta,
-    headers: HeaderMap,
-    client: Option<axum::Extension<ClientIp>>,
-    Form(form): Form<CsrfForm>,
+    SignedIn { caller, .. }: SignedIn,
+    _: Posted<Empty>,
 ) -> Response {
-    let (caller, _) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
-        Ok(signed_in) => signed_in,
-        Err(to_sign_in) => return to_sign_in,
-    };
-    if !csrf_matches(&headers, &form.csrf) {
-        return csrf_refusal();
-    }
     if let Err(error) = state
         .sessions()
         .sign_out(&caller, &meta, state.clock().now())
@@ -363,14 +417,9 @@ pub(super) struct TokensQuery {
 
 pub(super) async fn tokens(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    client: Option<axum::Extension<ClientIp>>,
+    SignedIn { caller, session }: SignedIn,
     uri: axum::http::Uri,
 ) -> Response {
-    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
-        Ok(signed_in) => signed_in,
-        Err(to_sign_in) => return to_sign_in,
-    };
     let query: TokensQuery =
         serde_html_form::from_str(uri.query().unwrap_or_default()).unwrap_or_default();
     let frame = Frame::new(&caller, &session, "/console/tokens", "tokens");
@@ -436,8 +485,6 @@ pub(super) async fn tokens(
 /// The "Add token" form as sent, and as it is shown again with its messages.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct TokenForm {
-    #[serde(default)]
-    csrf: String,
     #[serde(default)]
     kind: String,
     #[serde(default)]
@@ -549,13 +596,8 @@ fn new_token_page(
 
 pub(super) async fn new_token(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    client: Option<axum::Extension<ClientIp>>,
+    SignedIn { caller, session }: SignedIn,
 ) -> Response {
-    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
-        Ok(signed_in) => signed_in,
-        Err(to_sign_in) => return to_sign_in,
-    };
     let form = TokenForm {
         kind: "personal".into(),
         expiry: "30".into(),
@@ -569,17 +611,9 @@ pub(super) async fn create_token(
     State(state): State<AppState>,
     Meta(meta): Meta,
     headers: HeaderMap,
-    client: Option<axum::Extension<ClientIp>>,
-    body: axum::body::Bytes,
+    SignedIn { caller, session }: SignedIn,
+    Posted(form): Posted<TokenForm>,
 ) -> Response {
-    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
-        Ok(signed_in) => signed_in,
-        Err(to_sign_in) => return to_sign_in,
-    };
-    let form: TokenForm = serde_html_form::from_bytes(&body).unwrap_or_default();
-    if !csrf_matches(&headers, &form.csrf) {
-        return csrf_refusal();
-    }
     let request = match token_request(&form, state.clock().now()) {
         Ok(request) => request,
         Err((field, message)) => {
@@ -590,10 +624,6 @@ pub(super) async fn create_token(
     };
     match crate::routes::tokens::create_token(&state, &caller, &meta, request).await {
         Ok(created) => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("127.0.0.1:8080");
             let page = CreatedTokenPage {
                 frame: Frame::new(&caller, &session, "/console/tokens", "tokens"),
                 heading: format!("Token “{}” created", created.token.name),
@@ -601,7 +631,7 @@ pub(super) async fn create_token(
                 back: "/console/tokens",
                 back_label: "Back to API tokens",
                 secret: created.secret,
-                origin: format!("http://{host}"),
+                origin: origin(&headers),
                 previous_until: None,
                 warnings: created
                     .warnings
@@ -726,8 +756,6 @@ struct DeletePage {
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct DeleteForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     id: Vec<String>,
     #[serde(default)]
     confirm: String,
@@ -738,18 +766,9 @@ pub(super) struct DeleteForm {
 pub(super) async fn delete_tokens(
     State(state): State<AppState>,
     Meta(meta): Meta,
-    headers: HeaderMap,
-    client: Option<axum::Extension<ClientIp>>,
-    body: axum::body::Bytes,
+    SignedIn { caller, session }: SignedIn,
+    Posted(form): Posted<DeleteForm>,
 ) -> Response {
-    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
-        Ok(signed_in) => signed_in,
-        Err(to_sign_in) => return to_sign_in,
-    };
-    let form: DeleteForm = serde_html_form::from_bytes(&body).unwrap_or_default();
-    if !csrf_matches(&headers, &form.csrf) {
-        return csrf_refusal();
-    }
     let frame = Frame::new(&caller, &session, "/console/tokens", "tokens");
     let ids: Vec<String> = form
         .id
@@ -846,14 +865,9 @@ struct TokenPage {
 
 pub(super) async fn token(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    client: Option<axum::Extension<ClientIp>>,
+    SignedIn { caller, session }: SignedIn,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
-    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
-        Ok(signed_in) => signed_in,
-        Err(to_sign_in) => return to_sign_in,
-    };
     let not_found = || {
         refusal(
             axum::http::StatusCode::NOT_FOUND,
@@ -893,8 +907,6 @@ pub(super) async fn token(
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct RollForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     overlap: String,
 }
 
@@ -902,36 +914,23 @@ pub(super) async fn roll_token(
     State(state): State<AppState>,
     Meta(meta): Meta,
     headers: HeaderMap,
-    client: Option<axum::Extension<ClientIp>>,
+    SignedIn { caller, session }: SignedIn,
     axum::extract::Path(id): axum::extract::Path<String>,
-    Form(form): Form<RollForm>,
+    Posted(form): Posted<RollForm>,
 ) -> Response {
-    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
-        Ok(signed_in) => signed_in,
-        Err(to_sign_in) => return to_sign_in,
-    };
-    if !csrf_matches(&headers, &form.csrf) {
-        return csrf_refusal();
-    }
     let overlap = form.overlap.parse::<u64>().ok();
     match crate::routes::tokens::roll_token(&state, &caller, &meta, &id, overlap).await {
-        Ok((created, previous_until)) => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("127.0.0.1:8080");
-            html(render(&CreatedTokenPage {
-                frame: Frame::new(&caller, &session, "/console/tokens", "tokens"),
-                heading: format!("Token “{}” rolled", created.token.name),
-                what: "new token",
-                back: "/console/tokens",
-                back_label: "Back to API tokens",
-                secret: created.secret,
-                origin: format!("http://{host}"),
-                previous_until: Some(day(previous_until)),
-                warnings: Vec::new(),
-            }))
-        }
+        Ok((created, previous_until)) => html(render(&CreatedTokenPage {
+            frame: Frame::new(&caller, &session, "/console/tokens", "tokens"),
+            heading: format!("Token “{}” rolled", created.token.name),
+            what: "new token",
+            back: "/console/tokens",
+            back_label: "Back to API tokens",
+            secret: created.secret,
+            origin: origin(&headers),
+            previous_until: Some(day(previous_until)),
+            warnings: Vec::new(),
+        })),
         Err(error) => refusal(
             error.code.status(),
             &format!(
@@ -990,47 +989,30 @@ async fn keys_page(
 
 pub(super) async fn keys(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    client: Option<axum::Extension<ClientIp>>,
+    SignedIn { caller, session }: SignedIn,
 ) -> Response {
-    match signed_in(&state, &headers, client.map(|e| e.0)).await {
-        Ok((caller, session)) => keys_page(&state, &caller, &session, None).await,
-        Err(to_sign_in) => to_sign_in,
-    }
+    keys_page(&state, &caller, &session, None).await
 }
 
 pub(super) async fn create_key(
     State(state): State<AppState>,
     Meta(meta): Meta,
     headers: HeaderMap,
-    client: Option<axum::Extension<ClientIp>>,
-    Form(form): Form<CsrfForm>,
+    SignedIn { caller, session }: SignedIn,
+    _: Posted<Empty>,
 ) -> Response {
-    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
-        Ok(signed_in) => signed_in,
-        Err(to_sign_in) => return to_sign_in,
-    };
-    if !csrf_matches(&headers, &form.csrf) {
-        return csrf_refusal();
-    }
     match crate::routes::account::create_key(&state, &caller, &meta).await {
-        Ok(created) => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("127.0.0.1:8080");
-            html(render(&CreatedTokenPage {
-                frame: Frame::new(&caller, &session, "/console/account/keys", "account"),
-                heading: "Account key created".to_owned(),
-                what: "key",
-                back: "/console/account/keys",
-                back_label: "Back to account keys",
-                secret: created.key,
-                origin: format!("http://{host}"),
-                previous_until: None,
-                warnings: Vec::new(),
-            }))
-        }
+        Ok(created) => html(render(&CreatedTokenPage {
+            frame: Frame::new(&caller, &session, "/console/account/keys", "account"),
+            heading: "Account key created".to_owned(),
+            what: "key",
+            back: "/console/account/keys",
+            back_label: "Back to account keys",
+            secret: created.key,
+            origin: origin(&headers),
+            previous_until: None,
+            warnings: Vec::new(),
+        })),
         Err(error) => {
             let message = error.detail.as_deref().map_or_else(
                 || "keygate could not create a key just now.".to_owned(),
@@ -1052,26 +1034,16 @@ struct KeyDeletePage {
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct ConfirmForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     confirm: String,
 }
 
 pub(super) async fn delete_key(
     State(state): State<AppState>,
     Meta(meta): Meta,
-    headers: HeaderMap,
-    client: Option<axum::Extension<ClientIp>>,
+    SignedIn { caller, session }: SignedIn,
     axum::extract::Path(id): axum::extract::Path<String>,
-    Form(form): Form<ConfirmForm>,
+    Posted(form): Posted<ConfirmForm>,
 ) -> Response {
-    let (caller, session) = match signed_in(&state, &headers, client.map(|e| e.0)).await {
-        Ok(signed_in) => signed_in,
-        Err(to_sign_in) => return to_sign_in,
-    };
-    if !csrf_matches(&headers, &form.csrf) {
-        return csrf_refusal();
-    }
     if form.confirm != "yes" {
         let hint = crate::routes::account::keys_view(&state, &caller)
             .await
@@ -1120,14 +1092,10 @@ struct IpRestrictionPage {
 
 pub(super) async fn ip_restriction(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    SignedIn { caller, session }: SignedIn,
     client: Option<axum::Extension<ClientIp>>,
 ) -> Response {
     let client = client.map(|e| e.0);
-    let (caller, session) = match signed_in(&state, &headers, client).await {
-        Ok(signed_in) => signed_in,
-        Err(to_sign_in) => return to_sign_in,
-    };
     let Ok(grant) = caller.require::<perm::IpRestrictionRead>() else {
         return refusal(
             axum::http::StatusCode::FORBIDDEN,
@@ -1164,8 +1132,6 @@ pub(super) async fn ip_restriction(
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct IpRestrictionForm {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     enabled: String,
     #[serde(default)]
     allowlist: String,
@@ -1174,18 +1140,11 @@ pub(super) struct IpRestrictionForm {
 pub(super) async fn set_ip_restriction(
     State(state): State<AppState>,
     Meta(meta): Meta,
-    headers: HeaderMap,
     client: Option<axum::Extension<ClientIp>>,
-    Form(form): Form<IpRestrictionForm>,
+    SignedIn { caller, session }: SignedIn,
+    Posted(form): Posted<IpRestrictionForm>,
 ) -> Response {
     let client = client.map(|e| e.0);
-    let (caller, session) = match signed_in(&state, &headers, client).await {
-        Ok(signed_in) => signed_in,
-        Err(to_sign_in) => return to_sign_in,
-    };
-    if !csrf_matches(&headers, &form.csrf) {
-        return csrf_refusal();
-    }
     let Some(ClientIp(ip)) = client else {
         return refusal(
             axum::http::StatusCode::BAD_REQUEST,
