@@ -58,6 +58,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
+        // The form parser reads an empty value as absent, which suits text filters; a page size
+        // is a number, and `limit=` is a mistake to answer, not a request for the default.
+        if query
+            .split('&')
+            .any(|pair| pair == "limit" || pair == "limit=")
+        {
+            return Err(ApiError::invalid_fields(vec![FieldError {
+                field: "limit".into(),
+                message: format!("must be a number between 1 and {}", Page::MAX_LIMIT),
+            }]));
+        }
         serde_html_form::from_str(query)
             .map(Query)
             .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))

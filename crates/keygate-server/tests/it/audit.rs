@@ -476,6 +476,7 @@ async fn filters_repeat_and_pages_run_newest_first(backend: Backend) {
         ("?outcome=maybe", "outcome[0]"),
         ("?since=yesterday", "since"),
         ("?limit=0", "limit"),
+        ("?limit=", "limit"),
     ] {
         let response = server
             .get(&format!("/v1/audit-events{query}"))
@@ -485,6 +486,23 @@ async fn filters_repeat_and_pages_run_newest_first(backend: Backend) {
             .unwrap();
         let body = problem(response, 400, "invalid-request").await;
         assert!(body.to_string().contains(field), "{query}: {body}");
+    }
+    // An empty page size is a mistake on every list, not a request for the default.
+    for list in [
+        "/v1/users",
+        "/v1/tokens",
+        "/v1/roles",
+        "/v1/tenants",
+        "/v1/oauth/clients",
+    ] {
+        let response = server
+            .get(&format!("{list}?limit="))
+            .bearer_auth(&owner)
+            .send()
+            .await
+            .unwrap();
+        let body = problem(response, 400, "invalid-request").await;
+        assert_eq!(body["errors"][0]["field"], "limit", "{list}: {body}");
     }
     let response = server
         .get("/v1/audit-events?actor=x")
