@@ -694,6 +694,14 @@ async fn in_a_browser_a_person_signs_in_adds_a_token_and_uses_it() {
     let row = browser.find("tbody tr").await.text().await.unwrap();
     assert!(row.contains("Laptop") && row.contains("Personal"), "{row}");
     audit(&browser, axe, &shots, "tokens-after").await;
+    // The README's picture of the console is this page, remade with `README_SCREENSHOT=1`.
+    if std::env::var_os("README_SCREENSHOT").is_some() {
+        client.set_window_size(1280, 720).await.unwrap();
+        let png = client.screenshot().await.unwrap();
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+        std::fs::write(docs.join("console-tokens.png"), png).unwrap();
+        client.set_window_size(1280, 2000).await.unwrap();
+    }
 
     for (path, name) in [
         ("/console/account/keys", "account-keys"),
