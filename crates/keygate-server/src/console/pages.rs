@@ -688,10 +688,11 @@ fn token_request(
             }
             (None, Some(Timestamp::from_unix(at)))
         }
-        days => {
+        days @ ("7" | "30" | "90") => {
             let days: u64 = days.parse().unwrap_or(30);
             (Some(days * 86_400), None)
         }
+        _ => return Err(("expires_at", "pick when the token expires".to_owned())),
     };
     let number = |text: &str, field: &'static str| -> Result<Option<u32>, (&'static str, String)> {
         let text = text.trim();

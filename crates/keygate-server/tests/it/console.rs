@@ -308,6 +308,13 @@ async fn a_person_adds_a_token_sees_its_secret_once_and_uses_it(backend: Backend
         "{never}"
     );
     assert!(!never.contains("id=\"secret\""));
+    let odd = add(vec![
+        ("kind", "personal"),
+        ("name", "odd"),
+        ("expiry", "36500"),
+    ])
+    .await;
+    assert!(odd.contains("pick when the token expires"), "{odd}");
     let after = server
         .expect(200, reqwest::Method::GET, "/v1/tokens", &server.token, None)
         .await["data"]
