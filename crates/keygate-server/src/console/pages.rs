@@ -322,7 +322,7 @@ struct TokenRow {
 }
 
 impl TokenRow {
-    fn new(token: &Credential, now: Timestamp) -> Self {
+    fn new(token: &Credential, now: Timestamp, roles: &RoleNames) -> Self {
         let status = tokens::status(token, now);
         Self {
             id: token.id.to_string(),
@@ -334,7 +334,7 @@ impl TokenRow {
             },
             access: match (&token.permissions, &token.role_id) {
                 (Some(permissions), _) => permissions.join(", "),
-                (None, Some(role)) => format!("{} role", role.as_str().trim_start_matches("rol_")),
+                (None, Some(role)) => format!("{} role", roles.name(role)),
                 (None, None) => "the user's role".to_owned(),
             },
             status: match status {
@@ -351,38 +351,65 @@ impl TokenRow {
     }
 }
 
+/// The roles a page's tokens name, each read once, through whichever grant lets the person look
+/// roles up: `tokens:write` (it assigns them) or `roles:read`. Without either, a custom role shows
+/// by its id.
+#[derive(Default)]
+struct RoleNames(std::collections::HashMap<RoleId, Option<Role>>);
+
+impl RoleNames {
+    async fn read(state: &AppState, caller: &Caller, tokens: &[Credential]) -> Self {
+        let scope = match caller.require::<perm::TokensWrite>() {
+            Ok(grant) => grant.reads::<perm::RolesRead>(),
+            Err(_) => match caller.require::<perm::RolesRead>() {
+                Ok(grant) => grant.reads(),
+                Err(_) => return Self::default(),
+            },
+        };
+        let mut roles = std::collections::HashMap::new();
+        for id in tokens.iter().filter_map(|token| token.role_id.as_ref()) {
+            if !roles.contains_key(id) {
+                let role = state.store().get_role(&scope, id).await.ok().flatten();
+                roles.insert(id.clone(), role);
+            }
+        }
+        Self(roles)
+    }
+
+    fn role(&self, id: &RoleId) -> Option<&Role> {
+        self.0.get(id).and_then(Option::as_ref)
+    }
+
+    fn name(&self, id: &RoleId) -> String {
+        match (
+            self.role(id),
+            keygate_core::permission::BuiltinRole::from_id(id),
+        ) {
+            (Some(role), _) => role.name.clone(),
+            (None, Some(builtin)) => builtin.name().to_owned(),
+            (None, None) => id.to_string(),
+        }
+    }
+}
+
 /// Marks the rows the person may delete, by the rule the API applies (a member cannot delete
-/// the owner's automation); reads each distinct role once.
-async fn mark_deletable(
+/// the owner's automation).
+fn mark_deletable(
     state: &AppState,
     caller: &Caller,
     tokens: &[Credential],
+    roles: &RoleNames,
     rows: &mut [TokenRow],
 ) {
     let Ok(grant) = caller.require::<perm::TokensWrite>() else {
         return;
     };
     let now = state.clock().now();
-    let mut roles: std::collections::HashMap<RoleId, Option<Role>> = Default::default();
     for (token, row) in tokens.iter().zip(rows.iter_mut()) {
         if tokens::status(token, now) == "revoked" {
             continue;
         }
-        let role = match &token.role_id {
-            Some(id) => {
-                if !roles.contains_key(id) {
-                    let role = state
-                        .store()
-                        .get_role(&grant.reads(), id)
-                        .await
-                        .ok()
-                        .flatten();
-                    roles.insert(id.clone(), role);
-                }
-                roles.get(id).and_then(Option::as_ref)
-            }
-            None => None,
-        };
+        let role = token.role_id.as_ref().and_then(|id| roles.role(id));
         row.may_delete = tokens::check_revoke(&grant, state.catalog(), token, role).is_ok();
     }
 }
@@ -457,9 +484,13 @@ pub(super) async fn tokens(
         .await;
     let (rows, next, message) = match listed {
         Ok(listed) => {
-            let mut rows: Vec<TokenRow> =
-                listed.items.iter().map(|t| TokenRow::new(t, now)).collect();
-            mark_deletable(&state, &caller, &listed.items, &mut rows).await;
+            let roles = RoleNames::read(&state, &caller, &listed.items).await;
+            let mut rows: Vec<TokenRow> = listed
+                .items
+                .iter()
+                .map(|t| TokenRow::new(t, now, &roles))
+                .collect();
+            mark_deletable(&state, &caller, &listed.items, &roles, &mut rows);
             (rows, listed.next_cursor, None)
         }
         Err(error) => {
@@ -547,7 +578,36 @@ struct CreatedTokenPage {
     warnings: Vec<String>,
 }
 
-fn new_token_page(
+/// The tenant's own roles, for a person who may assign them (`tokens:write` looks roles up).
+async fn custom_roles(state: &AppState, caller: &Caller) -> Vec<Role> {
+    let Ok(grant) = caller.require::<perm::TokensWrite>() else {
+        return Vec::new();
+    };
+    let scope = grant.reads::<perm::RolesRead>();
+    let mut found = Vec::new();
+    let mut page = Page {
+        limit: Page::MAX_LIMIT,
+        cursor: None,
+    };
+    loop {
+        match state.store().list_roles(&scope, &page).await {
+            Ok(listed) => {
+                found.extend(listed.items.into_iter().filter(|r| r.tenant_id.is_some()));
+                match listed.next_cursor {
+                    Some(next) => page.cursor = Some(next),
+                    None => break,
+                }
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "the console could not list roles");
+                break;
+            }
+        }
+    }
+    found
+}
+
+async fn new_token_page(
     state: &AppState,
     caller: &Caller,
     session: &str,
@@ -563,19 +623,32 @@ fn new_token_page(
         }
     }
     // Only the roles the person holds all of: any other would be refused as an escalation.
-    let roles: Vec<(String, String)> = keygate_core::permission::BuiltinRole::ALL
+    // Built-in roles first, by rank, then the tenant's own by name; the value is what the API's
+    // `role` takes (a built-in name, or a custom role's id).
+    let mut roles: Vec<(String, String)> = keygate_core::permission::BuiltinRole::ALL
         .iter()
         .filter(|role| {
             caller
                 .check_no_escalation(&state.catalog().builtin_role(**role))
                 .is_ok()
         })
-        .map(|role| {
-            let id = role.id().to_string();
-            let name = id.trim_start_matches("rol_").to_owned();
-            (name.clone(), name)
-        })
+        .map(|role| (role.name().to_owned(), role.name().to_owned()))
         .collect();
+    let mut custom = custom_roles(state, caller).await;
+    custom.retain(|role| {
+        caller
+            .check_no_escalation(&keygate_core::verified::role_permissions(
+                role,
+                state.catalog(),
+            ))
+            .is_ok()
+    });
+    custom.sort_by(|a, b| a.name.cmp(&b.name));
+    roles.extend(
+        custom
+            .into_iter()
+            .map(|role| (role.id.to_string(), format!("{} (custom)", role.name))),
+    );
     NewTokenPage {
         frame: Frame::new(caller, session, "/console/tokens", "tokens"),
         form,
@@ -604,7 +677,9 @@ pub(super) async fn new_token(
         role: "viewer".into(),
         ..TokenForm::default()
     };
-    html(render(&new_token_page(&state, &caller, &session, form)))
+    html(render(
+        &new_token_page(&state, &caller, &session, form).await,
+    ))
 }
 
 pub(super) async fn create_token(
@@ -617,7 +692,7 @@ pub(super) async fn create_token(
     let request = match token_request(&form, state.clock().now()) {
         Ok(request) => request,
         Err((field, message)) => {
-            let mut page = new_token_page(&state, &caller, &session, form);
+            let mut page = new_token_page(&state, &caller, &session, form).await;
             page.errors.push((field.to_owned(), message));
             return html(render(&page));
         }
@@ -642,7 +717,7 @@ pub(super) async fn create_token(
             html(render(&page))
         }
         Err(error) => {
-            let mut page = new_token_page(&state, &caller, &session, form);
+            let mut page = new_token_page(&state, &caller, &session, form).await;
             page.errors = error
                 .errors
                 .iter()
@@ -894,8 +969,10 @@ pub(super) async fn token(
         return not_found();
     };
     let now = state.clock().now();
-    let mut rows = [TokenRow::new(&token, now)];
-    mark_deletable(&state, &caller, std::slice::from_ref(&token), &mut rows).await;
+    let tokens = std::slice::from_ref(&token);
+    let roles = RoleNames::read(&state, &caller, tokens).await;
+    let mut rows = [TokenRow::new(&token, now, &roles)];
+    mark_deletable(&state, &caller, tokens, &roles, &mut rows);
     let [row] = rows;
     html(render(&TokenPage {
         frame: Frame::new(&caller, &session, "/console/tokens", "tokens"),
@@ -1173,7 +1250,7 @@ pub(super) async fn set_ip_restriction(
         enabled,
         allowlist: form.allowlist.clone(),
         address: ip.to_string(),
-        may_write: true,
+        may_write: caller.require_all(&["ip_restriction:write"]).is_ok(),
         saved: None,
         message: None,
         warnings: Vec::new(),

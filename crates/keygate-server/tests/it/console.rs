@@ -14,6 +14,7 @@ on_every_backend!(
     delete_selected_asks_then_stops_the_tokens_at_once,
     a_member_sees_no_delete_for_the_owners_token_and_a_crafted_post_is_refused,
     a_token_page_rolls_the_secret_with_an_overlap,
+    custom_roles_are_offered_to_who_holds_them_and_named_in_the_table,
     account_keys_are_created_shown_once_limited_to_two_and_deleted,
     the_ip_restriction_form_shows_the_address_and_refuses_a_lock_out,
 );
@@ -548,6 +549,97 @@ async fn a_member_sees_no_delete_for_the_owners_token_and_a_crafted_post_is_refu
             .status(),
         200,
         "the owner's token still works"
+    );
+}
+
+async fn custom_roles_are_offered_to_who_holds_them_and_named_in_the_table(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let role = |name: &str, permissions: &[&str]| {
+        server.expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/roles",
+            &server.token,
+            Some(serde_json::json!({"name": name, "permissions": permissions})),
+        )
+    };
+    let reader = role("Auditor", &["tokens:read", "audit:read"]).await;
+    let reader = reader["id"].as_str().unwrap().to_owned();
+    let writer = role("User manager", &["users:read", "users:write"]).await;
+    let writer = writer["id"].as_str().unwrap().to_owned();
+
+    let session = server.login(OWNER, &server.password).await;
+    let form = page(&server, "/console/tokens/new", Some(&session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    for (id, name) in [(&reader, "Auditor"), (&writer, "User manager")] {
+        assert!(
+            form.contains(&format!("<option value=\"{id}\">{name} (custom)</option>")),
+            "the owner holds {name}'s permissions: {form}"
+        );
+    }
+    let created = post_form(
+        &server,
+        &session,
+        "/console/tokens/new",
+        &[
+            ("csrf", &csrf_of(&form)),
+            ("kind", "service"),
+            ("name", "audit export"),
+            ("role", &reader),
+            ("expiry", "never"),
+        ],
+    )
+    .await;
+    assert_eq!(created.status(), 200);
+    let secret = secret_of(&created.text().await.unwrap());
+    let whoami: serde_json::Value = server
+        .whoami(&[("apikey", secret.as_str())])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        whoami["permissions"],
+        serde_json::json!(["audit:read", "tokens:read"])
+    );
+    let table = page(&server, "/console/tokens", Some(&session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        table.contains("<td>Auditor role</td>"),
+        "named, not {reader}: {table}"
+    );
+
+    // A member holds every read and tokens:write, so Auditor, but not users:write.
+    server
+        .expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/users",
+            &server.token,
+            Some(serde_json::json!({
+                "email": "member@example.com", "name": "Mia", "role": "member",
+                "password": "correct horse battery staple"
+            })),
+        )
+        .await;
+    let member = server
+        .login("member@example.com", "correct horse battery staple")
+        .await;
+    let form = page(&server, "/console/tokens/new", Some(&member))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(form.contains(&format!("value=\"{reader}\"")));
+    assert!(
+        !form.contains(&writer),
+        "a role beyond the member is not offered"
     );
 }
 
