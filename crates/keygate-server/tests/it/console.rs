@@ -716,18 +716,10 @@ async fn audit(browser: &Browser, axe: Option<&str>, shots: &std::path::Path, na
 
 #[tokio::test]
 async fn in_a_browser_a_person_signs_in_adds_a_token_and_uses_it() {
-    let Some(browser) = Browser::start().await else {
+    let Some((browser, axe, shots)) = browser_session("keygate-console-").await else {
         return;
     };
-    let axe = crate::tools::tool("axe-core/node_modules/axe-core/axe.min.js")
-        .map(|path| std::fs::read_to_string(path).unwrap());
     let axe = axe.as_deref();
-    let shots = tempfile::Builder::new()
-        .prefix("keygate-console-")
-        .tempdir()
-        .unwrap()
-        .keep();
-    eprintln!("console screenshots in {}", shots.display());
     let server = TestServer::start(Backend::Sqlite).await;
     let client = &browser.client;
 
@@ -742,15 +734,7 @@ async fn in_a_browser_a_person_signs_in_adds_a_token_and_uses_it() {
             .ends_with("/console/sign-in")
     );
     audit(&browser, axe, &shots, "sign-in").await;
-    browser.find("#email").await.send_keys(OWNER).await.unwrap();
-    browser
-        .find("#password")
-        .await
-        .send_keys(&server.password)
-        .await
-        .unwrap();
-    browser.click("main form button[type=submit]").await;
-
+    sign_in(&browser, OWNER, &server.password).await;
     browser.find("a.button[href='/console/tokens/new']").await;
     audit(&browser, axe, &shots, "tokens").await;
     browser.click("a.button[href='/console/tokens/new']").await;
@@ -820,6 +804,324 @@ async fn in_a_browser_a_person_signs_in_adds_a_token_and_uses_it() {
     browser.click("a[href^='/console/tokens/tok_']").await;
     browser.find("#overlap").await;
     audit(&browser, axe, &shots, "token").await;
+}
+
+/// Fills in the sign-in form on the page the browser shows and sends it.
+async fn sign_in(browser: &Browser, email: &str, password: &str) {
+    browser.find("#email").await.send_keys(email).await.unwrap();
+    browser
+        .find("#password")
+        .await
+        .send_keys(password)
+        .await
+        .unwrap();
+    browser.click("main form button[type=submit]").await;
+}
+
+/// The browser's start for a test of its own: axe-core (when installed), a folder for the
+/// screenshots, and a server.
+async fn browser_session(prefix: &str) -> Option<(Browser, Option<String>, std::path::PathBuf)> {
+    let browser = Browser::start().await?;
+    let axe = crate::tools::tool("axe-core/node_modules/axe-core/axe.min.js")
+        .map(|path| std::fs::read_to_string(path).unwrap());
+    let shots = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .unwrap()
+        .keep();
+    eprintln!("console screenshots in {}", shots.display());
+    Some((browser, axe, shots))
+}
+
+/// The secret the page shows once, read as a person reads it.
+async fn secret_on_page(browser: &Browser) -> String {
+    browser
+        .find("#secret")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+async fn whoami_status(server: &TestServer, secret: &str) -> u16 {
+    server
+        .whoami(&[("authorization", &format!("Bearer {secret}"))])
+        .await
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn in_a_browser_tokens_are_deleted_and_rolled_keys_made_and_a_lock_out_refused() {
+    let Some((browser, axe, shots)) = browser_session("keygate-console-manage-").await else {
+        return;
+    };
+    let axe = axe.as_deref();
+    let server = TestServer::start(Backend::Sqlite).await;
+    let client = &browser.client;
+    let go = |path: &str| {
+        let url = format!("{}{path}", server.base);
+        async move { client.goto(&url).await }
+    };
+
+    go("/console/sign-in").await.unwrap();
+    sign_in(&browser, OWNER, &server.password).await;
+    browser.find("a.button[href='/console/tokens/new']").await;
+
+    // A service token, made by clicking.
+    browser.click("a.button[href='/console/tokens/new']").await;
+    browser
+        .find("#name")
+        .await
+        .send_keys("CI deploy")
+        .await
+        .unwrap();
+    browser.click("input[name=kind][value=service]").await;
+    browser
+        .find("#role")
+        .await
+        .select_by_value("member")
+        .await
+        .unwrap();
+    browser
+        .find("#expiry")
+        .await
+        .select_by_value("never")
+        .await
+        .unwrap();
+    browser.click("main form button[type=submit]").await;
+    let deploy = secret_on_page(&browser).await;
+    assert_eq!(whoami_status(&server, &deploy).await, 200);
+
+    // Delete selected: two of three, asked first, refused at once after.
+    let (first, first_secret) = service_token(&server, "nightly export", "viewer").await;
+    let (second, second_secret) = service_token(&server, "old laptop", "viewer").await;
+    go("/console/tokens").await.unwrap();
+    browser
+        .click(&format!("input[name=id][value='{first}']"))
+        .await;
+    browser
+        .click(&format!("input[name=id][value='{second}']"))
+        .await;
+    browser
+        .click("form[action='/console/tokens/delete'] button[type=submit]")
+        .await;
+    // Only the confirmation page has the `confirm` field; waiting for it waits for the page.
+    browser.find("input[name=confirm]").await;
+    let asked = browser.find("main h1").await.text().await.unwrap();
+    assert_eq!(asked, "Delete 2 tokens?");
+    audit(&browser, axe, &shots, "delete-selected").await;
+    assert_eq!(
+        whoami_status(&server, &first_secret).await,
+        200,
+        "asking changes nothing"
+    );
+    browser.click("main form button.danger").await;
+    let done = browser
+        .find("main [role=status]")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(done.contains("no longer work"), "{done}");
+    audit(&browser, axe, &shots, "deleted").await;
+    for secret in [&first_secret, &second_secret] {
+        assert_eq!(whoami_status(&server, secret).await, 401, "refused at once");
+    }
+    assert_eq!(
+        whoami_status(&server, &deploy).await,
+        200,
+        "the third is untouched"
+    );
+
+    // Roll: the new secret shown once, and both work during the overlap. The one active token
+    // left is the service token made above.
+    go("/console/tokens?status=active").await.unwrap();
+    browser.click("a[href^='/console/tokens/tok_']").await;
+    browser
+        .find("#overlap")
+        .await
+        .select_by_value("3600")
+        .await
+        .unwrap();
+    browser
+        .click("form[action$='/roll'] button[type=submit]")
+        .await;
+    let rolled = secret_on_page(&browser).await;
+    let until = browser.find("#previous-until").await;
+    assert!(until.text().await.unwrap().ends_with("UTC"));
+    audit(&browser, axe, &shots, "rolled").await;
+    assert_ne!(rolled, deploy);
+    assert_eq!(
+        whoami_status(&server, &deploy).await,
+        200,
+        "the old one, in the overlap"
+    );
+    assert_eq!(whoami_status(&server, &rolled).await, 200, "the new one");
+
+    // Account keys: with one already there, a second made and used, the limit explained, then
+    // deleted after asking.
+    server
+        .expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/account/keys",
+            &server.token,
+            None,
+        )
+        .await;
+    go("/console/account/keys").await.unwrap();
+    assert_eq!(
+        browser
+            .find("form[action='/console/account/keys'] button")
+            .await
+            .text()
+            .await
+            .unwrap(),
+        "Create second key"
+    );
+    browser
+        .click("form[action='/console/account/keys'] button")
+        .await;
+    let key = secret_on_page(&browser).await;
+    assert_eq!(whoami_status(&server, &key).await, 200);
+    go("/console/account/keys").await.unwrap();
+    assert!(
+        browser
+            .find("#key-limit")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("at most two")
+    );
+    let hint = &key[key.len() - 4..];
+    browser
+        .click(&format!(
+            "button[aria-label='Delete the key ending in …{hint}']"
+        ))
+        .await;
+    browser.find("input[name=confirm]").await;
+    audit(&browser, axe, &shots, "key-delete").await;
+    browser.click("main form button.danger").await;
+    browser
+        .find("form[action='/console/account/keys'] button")
+        .await;
+    assert_eq!(
+        whoami_status(&server, &key).await,
+        401,
+        "the deleted key stops"
+    );
+
+    // IP restriction: a list that leaves the browser out is refused with its reason; one that
+    // covers it is saved.
+    go("/console/account/ip-restriction").await.unwrap();
+    let address = browser
+        .find("main p strong code")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(address, "127.0.0.1");
+    browser.click("input[name=enabled]").await;
+    browser
+        .find("#allowlist")
+        .await
+        .send_keys("10.0.0.0/8")
+        .await
+        .unwrap();
+    browser.click("main form button[type=submit]").await;
+    let refused = browser.find("#allowlist-error").await.text().await.unwrap();
+    assert!(
+        refused.contains("does not cover your own address 127.0.0.1"),
+        "{refused}"
+    );
+    audit(&browser, axe, &shots, "ip-lock-out").await;
+    let restriction = server
+        .expect(
+            200,
+            reqwest::Method::GET,
+            "/v1/account/ip-restriction",
+            &server.token,
+            None,
+        )
+        .await;
+    assert_eq!(
+        restriction["enabled"], false,
+        "a refused save changes nothing"
+    );
+    browser.find("#allowlist").await.clear().await.unwrap();
+    browser
+        .find("#allowlist")
+        .await
+        .send_keys("127.0.0.0/8\n10.0.0.0/8")
+        .await
+        .unwrap();
+    browser.click("main form button[type=submit]").await;
+    let saved = browser.find("main p.notice").await.text().await.unwrap();
+    assert!(saved.starts_with("Saved"), "{saved}");
+    audit(&browser, axe, &shots, "ip-saved").await;
+
+    // A member sees the owner's service token without a way to delete it, and a post crafted in
+    // the page for it is refused.
+    server
+        .expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/users",
+            &server.token,
+            Some(serde_json::json!({
+                "email": "member@example.com", "name": "Mia", "role": "member",
+                "password": "correct horse battery staple"
+            })),
+        )
+        .await;
+    let (owners, owners_secret) = service_token(&server, "owner automation", "owner").await;
+    browser.click("header form button").await;
+    sign_in(
+        &browser,
+        "member@example.com",
+        "correct horse battery staple",
+    )
+    .await;
+    browser.find(&format!("tr[id='{owners}']")).await;
+    assert!(
+        client
+            .find_all(fantoccini::Locator::Css(&format!(
+                "input[value='{owners}']"
+            )))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no checkbox for the owner's token"
+    );
+    go(&format!("/console/tokens/{owners}")).await.unwrap();
+    browser.find("dl.details").await;
+    assert!(
+        client
+            .find_all(fantoccini::Locator::Css("button.danger"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no Delete on the owner's token's page"
+    );
+    let why = browser.find("#why-no-actions").await.text().await.unwrap();
+    assert!(why.contains("every permission the token holds"), "{why}");
+    audit(&browser, axe, &shots, "member-token").await;
+    let crafted = client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const body = new URLSearchParams({csrf: document.querySelector('input[name=csrf]').value,
+                                               confirm: 'yes', id: arguments[0]});
+             fetch('/console/tokens/delete', {method: 'POST', body}).then((r) => done(r.status));",
+            vec![serde_json::json!(owners)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(crafted, 403);
+    assert_eq!(whoami_status(&server, &owners_secret).await, 200);
 }
 
 async fn account_keys_are_created_shown_once_limited_to_two_and_deleted(backend: Backend) {
