@@ -68,19 +68,32 @@ impl Report {
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// The same facts for a person reading a terminal.
-    pub fn to_text(&self) -> String {
+    /// The same facts for a person reading a terminal, with where to use them: `base` is the
+    /// address keygate answers on (`http://127.0.0.1:8080`).
+    pub fn to_text(&self, base: &str) -> String {
         format!(
             "keygate is initialised. Keep these; they are shown only once.\n\
              \n  tenant:   {} (slug `{}`)\n  user:     {} ({})\n  password: {}\n  token:    {}\n\
-             \nTry: curl -H 'Authorization: Bearer {}' http://HOST/v1/whoami\n",
+             \nSign in to the console at {base}/ as {} with that password,\n\
+             or try the token: curl -H 'Authorization: Bearer {}' {base}/v1/whoami\n",
             self.tenant.id,
             self.tenant.slug,
             self.user.email,
             self.user.id,
             self.password,
             self.token,
+            self.user.email,
             self.token,
         )
     }
+}
+
+/// The address a person on this machine reaches a listener at: a wildcard becomes loopback.
+pub fn local_base(address: std::net::SocketAddr) -> String {
+    let ip = match address.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, address.port()))
 }

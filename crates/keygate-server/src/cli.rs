@@ -190,6 +190,7 @@ async fn init(
     output: Option<&Path>,
     email: &str,
 ) -> anyhow::Result<ExitCode> {
+    let base = crate::bootstrap::local_base(config.listen);
     let file = match output {
         None => None,
         Some(path) => match create_private(path) {
@@ -258,7 +259,7 @@ async fn init(
                      The credentials are below, and only here; keep them.\n",
                     path.display()
                 );
-                eprintln!("{}", report.to_text());
+                eprintln!("{}", report.to_text(&base));
                 return Ok(ExitCode::FAILURE);
             }
             eprintln!(
@@ -268,7 +269,7 @@ async fn init(
             );
         }
         None if json => println!("{}", report.to_json()),
-        None => print!("{}", report.to_text()),
+        None => print!("{}", report.to_text(&base)),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -294,15 +295,17 @@ async fn serve(config: Config, email: &str) -> anyhow::Result<ExitCode> {
     let listen = config.listen;
     raise_open_files_limit();
     let state = AppState::open(config, Arc::new(SystemClock)).await?;
-    if let Some(report) = state.bootstrap_if_empty(email).await? {
-        // Printed straight to stderr, not logged: log pipelines keep what they receive.
-        eprintln!("{}", report.to_text());
-        eprintln!("{}", report.to_json());
-    }
+    let report = state.bootstrap_if_empty(email).await?;
     let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    if let Some(report) = report {
+        // Printed straight to stderr, not logged: log pipelines keep what they receive. After
+        // binding, so it names the address that answers.
+        let base = crate::bootstrap::local_base(listener.local_addr()?);
+        eprintln!("{}", report.to_text(&base));
+    }
     tracing::info!(address = %listener.local_addr()?, "keygate is listening");
     crate::run(listener, state, shutdown).await?;
     Ok(ExitCode::SUCCESS)

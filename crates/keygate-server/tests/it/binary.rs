@@ -282,10 +282,15 @@ fn the_readme_initialises_with_output_not_a_shell_redirection() {
 fn the_first_serve_bootstraps_on_stderr_and_the_next_does_not() {
     let dir = Dir::new();
     let serve = Serve::start(&dir, &[]);
+    let base = serve.base.clone();
     let (status, log) = serve.stop();
     assert!(status.success(), "SIGTERM is a clean stop:\n{log}");
-    assert!(log.contains("\"token\": \"kg_service_live_"), "{log}");
-    assert!(log.contains("\"password\""), "{log}");
+    assert!(log.contains("  token:    kg_service_live_"), "{log}");
+    assert!(log.contains("  password: "), "{log}");
+    assert!(
+        log.contains(&format!("Sign in to the console at {base}/ as ")),
+        "the address that answers, not a placeholder:\n{log}"
+    );
     assert!(log.contains("stopped"), "{log}");
 
     let serve = Serve::start(&dir, &[]);
