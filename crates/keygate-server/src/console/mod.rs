@@ -8,7 +8,10 @@
 //! refusal of cross-site form posts (`Origin`, `Sec-Fetch-Site`), and the headers every page
 //! sends (a CSP without inline script, no framing, no sniffing, no caching).
 
-mod pages;
+mod account;
+mod frame;
+mod signin;
+mod tokens;
 
 use axum::Router;
 use axum::extract::Request;
@@ -33,37 +36,37 @@ const POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; i
 pub fn router() -> Router<AppState> {
     let pages = Router::new()
         .route("/console", get(|| async { Redirect::to("/console/") }))
-        .route("/console/", get(pages::home))
+        .route("/console/", get(signin::home))
         .route(
             "/console/sign-in",
-            get(pages::sign_in_form).post(pages::sign_in),
+            get(signin::sign_in_form).post(signin::sign_in),
         )
-        .route("/console/sign-out", axum::routing::post(pages::sign_out))
-        .route("/console/tokens", get(pages::tokens))
+        .route("/console/sign-out", axum::routing::post(signin::sign_out))
+        .route("/console/tokens", get(tokens::tokens))
         .route(
             "/console/tokens/new",
-            get(pages::new_token).post(pages::create_token),
+            get(tokens::new_token).post(tokens::create_token),
         )
         .route(
             "/console/tokens/delete",
-            axum::routing::post(pages::delete_tokens),
+            axum::routing::post(tokens::delete_tokens),
         )
-        .route("/console/tokens/{id}", get(pages::token))
+        .route("/console/tokens/{id}", get(tokens::token))
         .route(
             "/console/account/keys",
-            get(pages::keys).post(pages::create_key),
+            get(account::keys).post(account::create_key),
         )
         .route(
             "/console/account/keys/{id}/delete",
-            axum::routing::post(pages::delete_key),
+            axum::routing::post(account::delete_key),
         )
         .route(
             "/console/account/ip-restriction",
-            get(pages::ip_restriction).post(pages::set_ip_restriction),
+            get(account::ip_restriction).post(account::set_ip_restriction),
         )
         .route(
             "/console/tokens/{id}/roll",
-            axum::routing::post(pages::roll_token),
+            axum::routing::post(tokens::roll_token),
         )
         .route_layer(middleware::from_fn(guard));
     Router::new()
@@ -139,10 +142,10 @@ fn is_cross_site(headers: &HeaderMap) -> bool {
 
 /// A page that says why a request was refused.
 fn refusal(status: StatusCode, message: &str) -> Response {
-    let page = pages::Refused {
+    let page = frame::Refused {
         message: message.to_owned(),
     };
-    (status, pages::render(&page)).into_response()
+    (status, frame::render(&page)).into_response()
 }
 
 /// The session secret the request carries, if any.

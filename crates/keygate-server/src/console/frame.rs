@@ -1,0 +1,203 @@
+//! What every console page shares: rendering, the frame around a signed-in page, the
+//! extractors for a signed-in person and a posted form, and the page that shows a secret once.
+
+use askama::Template;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use keygate_core::Timestamp;
+use keygate_core::access::Caller;
+use keygate_core::credential::CredentialKind;
+use serde::Deserialize;
+
+use super::{csrf_matches, csrf_token, refusal, session_secret};
+use crate::auth::authenticate;
+use crate::request::ClientIp;
+use crate::state::AppState;
+
+/// Renders a template; a template that cannot render is a bug, shown as a plain refusal.
+pub(super) fn render(template: &impl Template) -> String {
+    template.render().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a console page did not render");
+        "<!doctype html><title>keygate</title><p>This page could not be shown.</p>".to_owned()
+    })
+}
+
+/// What every signed-in page shows around its content: who is signed in, in which tenant, the
+/// navigation they may use, and the CSRF token its forms carry.
+pub(super) struct Frame {
+    pub name: String,
+    pub email: String,
+    pub tenant: String,
+    pub csrf: String,
+    /// The navigation entries the person may use: (path, label, current).
+    pub nav: Vec<(&'static str, &'static str, bool)>,
+    /// The explorer's section for this page.
+    pub help: &'static str,
+}
+
+impl Frame {
+    pub(super) fn new(caller: &Caller, session: &str, current: &str, help: &'static str) -> Self {
+        let verified = caller.verified();
+        let may = |permission: &str| caller.require_all(&[permission]).is_ok();
+        let nav = [
+            ("/console/tokens", "API tokens", "tokens:read"),
+            ("/console/account/keys", "Account keys", "keys:read"),
+            (
+                "/console/account/ip-restriction",
+                "IP restriction",
+                "ip_restriction:read",
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, _, permission)| may(permission))
+        .map(|(path, label, _)| (path, label, path == current))
+        .collect();
+        Self {
+            name: verified.principal.name.clone(),
+            email: verified.principal.email.clone().unwrap_or_default(),
+            tenant: caller
+                .acting_as()
+                .map_or(&verified.tenant.name, |t| &t.name)
+                .clone(),
+            csrf: csrf_token(session),
+            nav,
+            help,
+        }
+    }
+}
+
+/// The signed-in person, or the way to the sign-in page.
+pub(super) async fn signed_in(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: Option<ClientIp>,
+) -> Result<(Caller, String), Response> {
+    let to_sign_in = || Redirect::to("/console/sign-in").into_response();
+    let session = session_secret(headers).ok_or_else(to_sign_in)?.to_owned();
+    let caller = authenticate(state, headers, client.map(|ClientIp(ip)| ip))
+        .await
+        .map_err(|_| to_sign_in())?;
+    if caller.verified().credential.kind != CredentialKind::Session {
+        return Err(to_sign_in());
+    }
+    Ok((caller, session))
+}
+
+/// A request of a signed-in person: their caller and their session's secret (for the CSRF token
+/// of the page's forms). Without a live session, the answer is the way to the sign-in page.
+pub(super) struct SignedIn {
+    pub(super) caller: Caller,
+    pub(super) session: String,
+}
+
+impl axum::extract::FromRequestParts<AppState> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self, Response> {
+        let client = parts.extensions.get::<ClientIp>().copied();
+        let (caller, session) = signed_in(state, &parts.headers, client).await?;
+        Ok(Self { caller, session })
+    }
+}
+
+/// A state-changing form, read only once its CSRF token is the session's: a form from anywhere
+/// else is refused before anything reads it. Fields a form does not know are ignored (a browser
+/// sends what the page had), and a field it cannot read is left empty for the page to ask again.
+pub(super) struct Posted<T>(pub(super) T);
+
+impl<T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<AppState> for Posted<T> {
+    type Rejection = Response;
+
+    async fn from_request(
+        request: axum::extract::Request,
+        state: &AppState,
+    ) -> Result<Self, Response> {
+        #[derive(Default, Deserialize)]
+        struct Token {
+            #[serde(default)]
+            csrf: String,
+        }
+        let headers = request.headers().clone();
+        let body = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let token: Token = serde_html_form::from_bytes(&body).unwrap_or_default();
+        if !csrf_matches(&headers, &token.csrf) {
+            return Err(csrf_refusal());
+        }
+        Ok(Self(serde_html_form::from_bytes(&body).unwrap_or_default()))
+    }
+}
+
+/// A form with nothing but its CSRF token.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct Empty {}
+
+#[derive(Template)]
+#[template(path = "console/refused.html")]
+pub(super) struct Refused {
+    pub message: String,
+}
+
+/// Whether the request came over TLS, as a proxy in front says (`X-Forwarded-Proto`).
+pub(super) fn over_tls(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+/// Where the person reaches keygate, for the example beside a new secret.
+pub(super) fn origin(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1:8080");
+    let scheme = if over_tls(headers) { "https" } else { "http" };
+    format!("{scheme}://{host}")
+}
+
+pub(super) fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
+}
+
+pub(super) fn csrf_refusal() -> Response {
+    refusal(
+        axum::http::StatusCode::FORBIDDEN,
+        "This form has expired or did not come from your console session, so keygate did not act \
+         on it. Go back, reload the page and try again.",
+    )
+}
+
+/// A time as a person reads it in a table: the day and the minute, in UTC.
+pub(super) fn day(at: Timestamp) -> String {
+    let text = at.to_string();
+    format!("{} {} UTC", &text[..10], &text[11..16])
+}
+
+#[derive(Template)]
+#[template(path = "console/secret.html")]
+pub(super) struct SecretPage {
+    pub(super) frame: Frame,
+    pub(super) heading: String,
+    /// What the secret is, in "Copy the … now".
+    pub(super) what: &'static str,
+    pub(super) back: &'static str,
+    pub(super) back_label: &'static str,
+    pub(super) secret: String,
+    pub(super) origin: String,
+    /// After a roll: until when the replaced secret still works.
+    pub(super) previous_until: Option<String>,
+    pub(super) warnings: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ConfirmForm {
+    #[serde(default)]
+    pub(super) confirm: String,
+}
