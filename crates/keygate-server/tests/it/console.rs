@@ -1,5 +1,6 @@
 //! The web console (API.md §11) over HTTP: redirects, sign-in, the tokens page, and what every
-//! page must send and refuse. The browser's side is in the browser tests.
+//! page must send and refuse, with the helpers the other console tests share; and the browser tests
+//! of part 1.
 
 use reqwest::header::HeaderMap;
 
@@ -19,10 +20,10 @@ on_every_backend!(
     the_ip_restriction_form_shows_the_address_and_refuses_a_lock_out,
 );
 
-const OWNER: &str = "owner@example.com";
+pub(crate) const OWNER: &str = "owner@example.com";
 
 /// The headers API.md §11 asks of every console page.
-fn assert_console_headers(headers: &HeaderMap, page: &str) {
+pub(crate) fn assert_console_headers(headers: &HeaderMap, page: &str) {
     let csp = headers["content-security-policy"].to_str().unwrap();
     assert!(csp.contains("frame-ancestors 'none'"), "{page}: {csp}");
     assert!(csp.contains("script-src 'self'"), "{page}: {csp}");
@@ -32,7 +33,7 @@ fn assert_console_headers(headers: &HeaderMap, page: &str) {
     assert_eq!(headers["cache-control"], "no-store", "{page}");
 }
 
-async fn page(server: &TestServer, path: &str, session: Option<&str>) -> reqwest::Response {
+pub(crate) async fn page(server: &TestServer, path: &str, session: Option<&str>) -> reqwest::Response {
     let mut request = server.get(path);
     if let Some(session) = session {
         request = request.header("cookie", format!("keygate_session={session}"));
@@ -41,7 +42,7 @@ async fn page(server: &TestServer, path: &str, session: Option<&str>) -> reqwest
 }
 
 /// The CSRF token of the page's forms.
-fn csrf_of(html: &str) -> String {
+pub(crate) fn csrf_of(html: &str) -> String {
     let marker = "name=\"csrf\" value=\"";
     let start = html.find(marker).expect("a form with a CSRF token") + marker.len();
     html[start..].split('"').next().unwrap().to_owned()
@@ -248,7 +249,7 @@ async fn forms_need_the_sessions_csrf_token_and_a_same_site_origin(backend: Back
 }
 
 /// The secret shown on the page that answers a creation.
-fn secret_of(html: &str) -> String {
+pub(crate) fn secret_of(html: &str) -> String {
     let marker = "<code id=\"secret\">";
     let start = html.find(marker).expect("the secret on the page") + marker.len();
     html[start..].split('<').next().unwrap().to_owned()
@@ -395,7 +396,7 @@ async fn a_person_adds_a_token_sees_its_secret_once_and_uses_it(backend: Backend
 }
 
 /// Creates a service token through the API; returns (id, secret).
-async fn service_token(server: &TestServer, name: &str, role: &str) -> (String, String) {
+pub(crate) async fn service_token(server: &TestServer, name: &str, role: &str) -> (String, String) {
     let created = server
         .expect(
             201,
@@ -412,7 +413,7 @@ async fn service_token(server: &TestServer, name: &str, role: &str) -> (String, 
 }
 
 /// Posts a console form as the session's browser would.
-async fn post_form(
+pub(crate) async fn post_form(
     server: &TestServer,
     session: &str,
     path: &str,
@@ -691,7 +692,7 @@ async fn a_token_page_rolls_the_secret_with_an_overlap(backend: Backend) {
 
 /// Checks the page with axe-core, failing on serious or critical violations, and saves its
 /// screenshot as `name.png` in `shots`.
-async fn audit(browser: &Browser, axe: Option<&str>, shots: &std::path::Path, name: &str) {
+pub(crate) async fn audit(browser: &Browser, axe: Option<&str>, shots: &std::path::Path, name: &str) {
     let png = browser.client.screenshot().await.unwrap();
     std::fs::write(shots.join(format!("{name}.png")), png).unwrap();
     let Some(axe) = axe else {
@@ -807,7 +808,7 @@ async fn in_a_browser_a_person_signs_in_adds_a_token_and_uses_it() {
 }
 
 /// Fills in the sign-in form on the page the browser shows and sends it.
-async fn sign_in(browser: &Browser, email: &str, password: &str) {
+pub(crate) async fn sign_in(browser: &Browser, email: &str, password: &str) {
     browser.find("#email").await.send_keys(email).await.unwrap();
     browser
         .find("#password")
@@ -820,7 +821,7 @@ async fn sign_in(browser: &Browser, email: &str, password: &str) {
 
 /// The browser's start for a test of its own: axe-core (when installed), a folder for the
 /// screenshots, and a server.
-async fn browser_session(prefix: &str) -> Option<(Browser, Option<String>, std::path::PathBuf)> {
+pub(crate) async fn browser_session(prefix: &str) -> Option<(Browser, Option<String>, std::path::PathBuf)> {
     let browser = Browser::start().await?;
     let axe = crate::tools::tool("axe-core/node_modules/axe-core/axe.min.js")
         .map(|path| std::fs::read_to_string(path).unwrap());
@@ -834,7 +835,7 @@ async fn browser_session(prefix: &str) -> Option<(Browser, Option<String>, std::
 }
 
 /// The secret the page shows once, read as a person reads it.
-async fn secret_on_page(browser: &Browser) -> String {
+pub(crate) async fn secret_on_page(browser: &Browser) -> String {
     browser
         .find("#secret")
         .await
@@ -845,7 +846,7 @@ async fn secret_on_page(browser: &Browser) -> String {
         .to_owned()
 }
 
-async fn whoami_status(server: &TestServer, secret: &str) -> u16 {
+pub(crate) async fn whoami_status(server: &TestServer, secret: &str) -> u16 {
     server
         .whoami(&[("authorization", &format!("Bearer {secret}"))])
         .await
