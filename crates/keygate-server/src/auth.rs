@@ -27,7 +27,7 @@ use crate::state::AppState;
 const APIKEY: HeaderName = HeaderName::from_static("apikey");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const REALM: HeaderName = HeaderName::from_static("realm");
-const AS_TENANT: HeaderName = HeaderName::from_static("as-tenant");
+pub(crate) const AS_TENANT: HeaderName = HeaderName::from_static("as-tenant");
 pub const COOKIE_NAME: &str = "api_access_token";
 /// The cookie a signed-in browser session travels in.
 pub const SESSION_COOKIE: &str = "keygate_session";

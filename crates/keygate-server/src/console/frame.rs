@@ -2,15 +2,18 @@
 //! extractors for a signed-in person and a posted form, and the page that shows a secret once.
 
 use askama::Template;
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use keygate_core::Timestamp;
 use keygate_core::access::Caller;
 use keygate_core::credential::CredentialKind;
 use serde::Deserialize;
 
-use super::{csrf_matches, csrf_token, refusal, session_secret};
-use crate::auth::authenticate;
+use super::{
+    ACTING_COOKIE, acting_cookie, cookie, csrf_matches, csrf_token, refusal, session_secret,
+};
+use crate::auth::{AS_TENANT, authenticate};
+use crate::problem::ProblemCode;
 use crate::request::ClientIp;
 use crate::state::AppState;
 
@@ -33,6 +36,9 @@ pub(super) struct Frame {
     pub nav: Vec<(&'static str, &'static str, bool)>,
     /// The explorer's section for this page.
     pub help: &'static str,
+    /// The person's own tenant, and the sub-customer they act for, if they do.
+    pub home: String,
+    pub acting_for: Option<String>,
 }
 
 impl Frame {
@@ -47,6 +53,7 @@ impl Frame {
                 "IP restriction",
                 "ip_restriction:read",
             ),
+            ("/console/tenants", "Sub-customers", "tenants:read"),
         ]
         .into_iter()
         .filter(|(_, _, permission)| may(permission))
@@ -62,6 +69,8 @@ impl Frame {
             csrf: csrf_token(session),
             nav,
             help,
+            home: verified.tenant.name.clone(),
+            acting_for: caller.acting_as().map(|t| t.name.clone()),
         }
     }
 }
@@ -74,13 +83,48 @@ pub(super) async fn signed_in(
 ) -> Result<(Caller, String), Response> {
     let to_sign_in = || Redirect::to("/console/sign-in").into_response();
     let session = session_secret(headers).ok_or_else(to_sign_in)?.to_owned();
-    let caller = authenticate(state, headers, client.map(|ClientIp(ip)| ip))
-        .await
-        .map_err(|_| to_sign_in())?;
+    let client = client.map(|ClientIp(ip)| ip);
+    let caller = match cookie(headers, ACTING_COOKIE) {
+        None => authenticate(state, headers, client).await,
+        Some(tenant) => {
+            // Acting for a sub-customer is `as-tenant` on every request: the gate checks the
+            // permission and that the tenant is below, each time, as it does for the API.
+            let mut headers = headers.clone();
+            headers.remove(AS_TENANT);
+            match HeaderValue::from_str(tenant) {
+                Ok(value) => {
+                    headers.insert(AS_TENANT, value);
+                }
+                Err(_) => return Err(no_such_sub_customer()),
+            }
+            let admitted = authenticate(state, &headers, client).await;
+            if let Err(error) = &admitted
+                && matches!(error.code, ProblemCode::NotFound | ProblemCode::Forbidden)
+            {
+                return Err(no_such_sub_customer());
+            }
+            admitted
+        }
+    }
+    .map_err(|_| to_sign_in())?;
     if caller.verified().credential.kind != CredentialKind::Session {
         return Err(to_sign_in());
     }
     Ok((caller, session))
+}
+
+/// The answer to acting for a tenant that is not below the person's, or without the permission:
+/// the same 404 the API gives, and the console back in the person's own tenant.
+fn no_such_sub_customer() -> Response {
+    let mut response = refusal(
+        StatusCode::NOT_FOUND,
+        "There is no such sub-customer below your organization, or your role does not let you \
+         act for it. The console is back in your own organization.",
+    );
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, acting_cookie(None));
+    response
 }
 
 /// A request of a signed-in person: their caller and their session's secret (for the CSRF token

@@ -11,6 +11,7 @@
 mod account;
 mod frame;
 mod signin;
+mod tenants;
 mod tokens;
 
 use axum::Router;
@@ -23,6 +24,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::auth::SESSION_COOKIE;
+use crate::problem::OwnErrorBody;
 use crate::state::AppState;
 
 const STYLE: &str = include_str!("assets/console.css");
@@ -68,6 +70,28 @@ pub fn router() -> Router<AppState> {
             "/console/tokens/{id}/roll",
             axum::routing::post(tokens::roll_token),
         )
+        .route("/console/tenants", get(tenants::tenants))
+        .route(
+            "/console/tenants/new",
+            get(tenants::new_tenant).post(tenants::create_tenant),
+        )
+        .route("/console/tenants/{id}", get(tenants::tenant))
+        .route(
+            "/console/tenants/{id}/change",
+            axum::routing::post(tenants::change_tenant),
+        )
+        .route(
+            "/console/tenants/{id}/delete",
+            axum::routing::post(tenants::delete_tenant),
+        )
+        .route(
+            "/console/tenants/{id}/act",
+            axum::routing::post(tenants::act),
+        )
+        .route(
+            "/console/act/stop",
+            axum::routing::post(tenants::stop_acting),
+        )
         .route_layer(middleware::from_fn(guard));
     Router::new()
         .route("/", get(|| async { Redirect::to("/console/") }))
@@ -110,6 +134,8 @@ async fn guard(request: Request, next: Next) -> Response {
     } else {
         next.run(request).await
     };
+    // A console refusal is a page of its own, not a problem document.
+    response.extensions_mut().insert(OwnErrorBody);
     let headers = response.headers_mut();
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, POLICY),
@@ -145,19 +171,37 @@ fn refusal(status: StatusCode, message: &str) -> Response {
     let page = frame::Refused {
         message: message.to_owned(),
     };
-    (status, frame::render(&page)).into_response()
+    (status, Html(frame::render(&page))).into_response()
 }
 
-/// The session secret the request carries, if any.
-fn session_secret(headers: &HeaderMap) -> Option<&str> {
+/// The console's own cookie: the sub-customer the person acts for (a tenant id), sent back as
+/// `as-tenant` with each of their requests, so every check of §2 applies to it on every page.
+const ACTING_COOKIE: &str = "keygate_console_as";
+
+/// The value of a cookie the request carries, if any and not empty.
+fn cookie<'a>(headers: &'a HeaderMap, wanted: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(name, value)| *name == SESSION_COOKIE && !value.is_empty())
+        .find(|(name, value)| *name == wanted && !value.is_empty())
         .map(|(_, value)| value)
+}
+
+/// The session secret the request carries, if any.
+fn session_secret(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, SESSION_COOKIE)
+}
+
+/// The `Set-Cookie` that makes the console act for `tenant`, or (with `None`) stop.
+fn acting_cookie(tenant: Option<&str>) -> HeaderValue {
+    let cookie = match tenant {
+        Some(id) => format!("{ACTING_COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/console"),
+        None => format!("{ACTING_COOKIE}=; HttpOnly; SameSite=Strict; Path=/console; Max-Age=0"),
+    };
+    HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The CSRF token of a session: derived from its secret, which only the session's browser holds,

@@ -9,7 +9,7 @@ use keygate_core::signin::{SignIn, SignInError};
 use serde::Deserialize;
 
 use super::frame::{Empty, Posted, SignedIn, capitalised, over_tls, render, signed_in};
-use super::html;
+use super::{acting_cookie, html};
 use crate::auth::SESSION_COOKIE;
 use crate::request::{ClientIp, Meta};
 use crate::state::AppState;
@@ -76,6 +76,10 @@ pub(super) async fn sign_in(
             if let Ok(cookie) = HeaderValue::from_str(&cookie) {
                 response.headers_mut().insert(header::SET_COOKIE, cookie);
             }
+            // A new session starts in the person's own tenant.
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, acting_cookie(None));
             response
         }
         Err(error) => {
@@ -131,9 +135,12 @@ pub(super) async fn sign_out(
         tracing::error!(error = %error, "console sign-out failed");
     }
     let mut response = Redirect::to("/console/sign-in").into_response();
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::SET_COOKIE,
         HeaderValue::from_static("keygate_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
     );
+    // Whoever signs in next starts in their own tenant.
+    headers.append(header::SET_COOKIE, acting_cookie(None));
     response
 }

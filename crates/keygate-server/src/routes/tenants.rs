@@ -4,9 +4,9 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use keygate_core::access::perm;
+use keygate_core::access::{Caller, perm};
 use keygate_core::id::TenantId;
-use keygate_core::model::{Target, Tenant, TenantStatus};
+use keygate_core::model::{RequestMeta, Target, Tenant, TenantStatus};
 use keygate_core::store::Deletion;
 use keygate_core::tenants::{self, NewTenant, TenantChange};
 use keygate_core::users::NewUser;
@@ -117,6 +117,18 @@ pub async fn create(
     Meta(meta): Meta,
     Json(request): Json<CreateTenant>,
 ) -> Result<(StatusCode, axum::Json<CreatedTenant>), ApiError> {
+    let created = create_tenant(&state, &caller, &meta, request).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// Creates a child of the tenant `caller` acts in, with its first user if asked: the API's
+/// `POST /v1/tenants` and the console's form.
+pub(crate) async fn create_tenant(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    request: CreateTenant,
+) -> Result<CreatedTenant, ApiError> {
     let grant = caller.require::<perm::TenantsWrite>()?;
     // Creating the first user is creating a user: it takes `users:write` too.
     let users_grant = match &request.first_user {
@@ -124,7 +136,7 @@ pub async fn create(
         None => None,
     };
     let now = state.clock().now();
-    let parent = home(&state, &grant.reads()).await?;
+    let parent = home(state, &grant.reads()).await?;
     let input = NewTenant {
         name: request.name,
         slug: request.slug,
@@ -146,12 +158,7 @@ pub async fn create(
     .await?;
     let mut events = vec![
         grant
-            .event(
-                "tenant.create",
-                Some(target(&planned.tenant.id)),
-                now,
-                &meta,
-            )?
+            .event("tenant.create", Some(target(&planned.tenant.id)), now, meta)?
             .with_status(201),
     ];
     if let Some(user) = &planned.first_user {
@@ -161,7 +168,7 @@ pub async fn create(
         };
         events.push(
             grant
-                .event("user.create", Some(user_target), now, &meta)?
+                .event("user.create", Some(user_target), now, meta)?
                 .with_status(201),
         );
     }
@@ -173,17 +180,14 @@ pub async fn create(
         .store()
         .create_tenant(&grant, &planned.tenant, first_user, &events)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(CreatedTenant {
-            tenant: TenantView::from(&planned.tenant),
-            initial_password: planned
-                .first_user
-                .as_ref()
-                .and_then(|u| u.generated_password.clone()),
-            first_user: planned.first_user.map(|u| u.user.into()),
-        }),
-    ))
+    Ok(CreatedTenant {
+        tenant: TenantView::from(&planned.tenant),
+        initial_password: planned
+            .first_user
+            .as_ref()
+            .and_then(|u| u.generated_password.clone()),
+        first_user: planned.first_user.map(|u| u.user.into()),
+    })
 }
 
 /// List child tenants
@@ -264,6 +268,20 @@ pub async fn update(
     Path(id): Path<String>,
     Json(request): Json<UpdateTenant>,
 ) -> Result<axum::Json<TenantView>, ApiError> {
+    Ok(axum::Json(
+        update_tenant(&state, &caller, &meta, &id, request).await?,
+    ))
+}
+
+/// Renames, suspends or reactivates a tenant at or below the caller's: the API's `PATCH` and the
+/// console's forms.
+pub(crate) async fn update_tenant(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+    request: UpdateTenant,
+) -> Result<TenantView, ApiError> {
     let grant = caller.require::<perm::TenantsWrite>()?;
     let status = match request.status.as_deref() {
         None => None,
@@ -276,23 +294,23 @@ pub async fn update(
     };
     let tenant = state
         .store()
-        .get_tenant(&grant.reads(), &id)
+        .get_tenant(&grant.reads(), id)
         .await?
-        .ok_or_else(|| not_found(&id))?;
-    let home = home(&state, &grant.reads()).await?;
+        .ok_or_else(|| not_found(id))?;
+    let home = home(state, &grant.reads()).await?;
     let change = TenantChange {
         name: request.name,
         status,
     };
     let changed = tenants::plan_change(&home, &tenant, change)?;
     let now = state.clock().now();
-    let event = grant.event("tenant.update", Some(target(&tenant.id)), now, &meta)?;
+    let event = grant.event("tenant.update", Some(target(&tenant.id)), now, meta)?;
     state
         .store()
         .update_tenant(&grant, &changed, &event)
         .await?
-        .ok_or_else(|| not_found(&id))?;
-    Ok(axum::Json(TenantView::from(&changed)))
+        .ok_or_else(|| not_found(id))?;
+    Ok(TenantView::from(&changed))
 }
 
 /// Delete a tenant
@@ -312,24 +330,36 @@ pub async fn delete(
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    delete_tenant(&state, &caller, &meta, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a tenant below the caller's that has no children: the API's `DELETE` and the
+/// console's.
+pub(crate) async fn delete_tenant(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+) -> Result<(), ApiError> {
     let grant = caller.require::<perm::TenantsWrite>()?;
     let tenant = state
         .store()
-        .get_tenant(&grant.reads(), &id)
+        .get_tenant(&grant.reads(), id)
         .await?
-        .ok_or_else(|| not_found(&id))?;
-    tenants::check_delete(&home(&state, &grant.reads()).await?, &tenant)?;
+        .ok_or_else(|| not_found(id))?;
+    tenants::check_delete(&home(state, &grant.reads()).await?, &tenant)?;
     let now = state.clock().now();
     let event = grant
-        .event("tenant.delete", Some(target(&tenant.id)), now, &meta)?
+        .event("tenant.delete", Some(target(&tenant.id)), now, meta)?
         .with_status(204);
     match state
         .store()
         .delete_tenant(&grant, &tenant.id, &event)
         .await?
     {
-        Deletion::Deleted => Ok(StatusCode::NO_CONTENT),
-        Deletion::NotFound => Err(not_found(&id)),
+        Deletion::Deleted => Ok(()),
+        Deletion::NotFound => Err(not_found(id)),
         Deletion::InUse => Err(ApiError::new(
             ProblemCode::TenantHasChildren,
             "the tenant still has child tenants; delete them first",

@@ -1,0 +1,491 @@
+//! Sub-customers: the tenant tree below the person's tenant, creating one with its first user,
+//! renaming, suspending, deleting, and acting for one (`as-tenant`, kept in a console cookie and
+//! checked again by the gate on every page).
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use keygate_core::access::{Caller, perm};
+use keygate_core::model::Tenant;
+use keygate_core::store::Page;
+use serde::Deserialize;
+
+use super::frame::{ConfirmForm, Empty, Frame, Posted, SignedIn, capitalised, day, origin, render};
+use super::{acting_cookie, html, refusal};
+use crate::auth::{AS_TENANT, authenticate};
+use crate::problem::ApiError;
+use crate::request::{ClientIp, Meta};
+use crate::routes::tenants::{CreateTenant, FirstUser, UpdateTenant};
+use crate::state::AppState;
+
+/// One sub-customer as a row or a page shows it.
+struct TenantRow {
+    id: String,
+    name: String,
+    slug: String,
+    status: &'static str,
+    created: String,
+}
+
+impl TenantRow {
+    fn new(tenant: &Tenant) -> Self {
+        Self {
+            id: tenant.id.to_string(),
+            name: tenant.name.clone(),
+            slug: tenant.slug.clone().into(),
+            status: match tenant.status.as_str() {
+                "active" => "Active",
+                _ => "Suspended",
+            },
+            created: day(tenant.created_at),
+        }
+    }
+}
+
+/// What the person may do to sub-customers, read once per page.
+struct Abilities {
+    write: bool,
+    act: bool,
+}
+
+impl Abilities {
+    fn of(caller: &Caller) -> Self {
+        Self {
+            write: caller.require_all(&["tenants:write"]).is_ok(),
+            act: caller.require_all(&["tenants:impersonate"]).is_ok(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/tenants.html")]
+struct TenantsPage {
+    frame: Frame,
+    /// The tenant whose children are listed, when it is not the one the person is in.
+    parent: Option<TenantRow>,
+    rows: Vec<TenantRow>,
+    next: Option<String>,
+    may: Abilities,
+    message: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct TenantsQuery {
+    #[serde(default)]
+    parent: String,
+    cursor: Option<String>,
+}
+
+fn not_found() -> Response {
+    refusal(
+        StatusCode::NOT_FOUND,
+        "There is no such sub-customer below your organization.",
+    )
+}
+
+fn unavailable(error: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %error, "the console could not read sub-customers");
+    refusal(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "keygate could not read the sub-customers just now; reload in a moment.",
+    )
+}
+
+/// A tenant at or below the one the person is in, by id or slug.
+async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Tenant, Response> {
+    let Ok(grant) = caller.require::<perm::TenantsRead>() else {
+        return Err(not_found());
+    };
+    match state.store().get_tenant(&grant.reads(), id).await {
+        Ok(Some(tenant)) => Ok(tenant),
+        Ok(None) => Err(not_found()),
+        Err(error) => Err(unavailable(error)),
+    }
+}
+
+pub(super) async fn tenants(
+    State(state): State<AppState>,
+    SignedIn { caller, session }: SignedIn,
+    uri: axum::http::Uri,
+) -> Response {
+    let query: TenantsQuery =
+        serde_html_form::from_str(uri.query().unwrap_or_default()).unwrap_or_default();
+    let Ok(grant) = caller.require::<perm::TenantsRead>() else {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "Your role does not let you see sub-customers (it needs tenants:read).",
+        );
+    };
+    let parent = match query.parent.trim() {
+        "" => None,
+        id => match find(&state, &caller, id).await {
+            Ok(tenant) if &tenant.id != grant.tenant_id() => Some(tenant),
+            Ok(_) => None,
+            Err(refused) => return refused,
+        },
+    };
+    let page = Page {
+        limit: 50,
+        cursor: query.cursor.filter(|c| {
+            !c.is_empty()
+                && c.len() <= 64
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        }),
+    };
+    let of = parent
+        .as_ref()
+        .map_or_else(|| grant.tenant_id().clone(), |p| p.id.clone());
+    let listed = match state.store().list_tenants(&grant.reads(), &of, &page).await {
+        Ok(listed) => listed,
+        Err(error) => return unavailable(error),
+    };
+    html(render(&TenantsPage {
+        frame: Frame::new(&caller, &session, "/console/tenants", "tenants"),
+        parent: parent.as_ref().map(TenantRow::new),
+        rows: listed.items.iter().map(TenantRow::new).collect(),
+        next: listed.next_cursor,
+        may: Abilities::of(&caller),
+        message: None,
+    }))
+}
+
+/// The "Add sub-customer" form as sent, and as it is shown again with its messages.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct TenantForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    slug: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    user_name: String,
+    #[serde(default)]
+    password: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/tenant_new.html")]
+struct NewTenantPage {
+    frame: Frame,
+    form: TenantForm,
+    errors: Vec<(String, String)>,
+    message: Option<String>,
+}
+
+impl NewTenantPage {
+    fn error_for(&self, field: &str) -> Option<&str> {
+        self.errors
+            .iter()
+            .find(|(name, _)| name == field)
+            .map(|(_, message)| message.as_str())
+    }
+}
+
+pub(super) async fn new_tenant(SignedIn { caller, session }: SignedIn) -> Response {
+    html(render(&NewTenantPage {
+        frame: Frame::new(
+            &caller,
+            &session,
+            "/console/tenants",
+            "tenants/createTenant",
+        ),
+        form: TenantForm::default(),
+        errors: Vec::new(),
+        message: None,
+    }))
+}
+
+#[derive(Template)]
+#[template(path = "console/tenant_created.html")]
+struct CreatedTenantPage {
+    frame: Frame,
+    tenant: TenantRow,
+    email: String,
+    /// The first user's password when keygate made it: shown this once.
+    password: Option<String>,
+    origin: String,
+}
+
+/// The API's field names, as the form calls them.
+fn form_field(field: &str) -> &str {
+    match field {
+        "first_user.email" => "email",
+        "first_user.name" => "user_name",
+        "first_user.password" => "password",
+        "first_user" => "email",
+        other => other,
+    }
+}
+
+pub(super) async fn create_tenant(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    headers: HeaderMap,
+    SignedIn { caller, session }: SignedIn,
+    Posted(form): Posted<TenantForm>,
+) -> Response {
+    let mut errors = Vec::new();
+    if form.email.trim().is_empty() {
+        errors.push((
+            "email".to_owned(),
+            "give the email of the sub-customer's first user".to_owned(),
+        ));
+    }
+    if form.user_name.trim().is_empty() {
+        errors.push((
+            "user_name".to_owned(),
+            "give the first user's name".to_owned(),
+        ));
+    }
+    let request = CreateTenant {
+        name: form.name.trim().to_owned(),
+        slug: Some(form.slug.trim().to_owned()).filter(|s| !s.is_empty()),
+        first_user: Some(FirstUser {
+            email: form.email.trim().to_owned(),
+            name: form.user_name.trim().to_owned(),
+            password: Some(form.password.clone()).filter(|p| !p.is_empty()),
+        }),
+    };
+    let outcome = if errors.is_empty() {
+        crate::routes::tenants::create_tenant(&state, &caller, &meta, request).await
+    } else {
+        Err(ApiError::invalid_fields(Vec::new()))
+    };
+    match outcome {
+        Ok(created) => {
+            let tenant = TenantRow {
+                id: created.tenant.id,
+                name: created.tenant.name,
+                slug: created.tenant.slug,
+                status: "Active",
+                created: day(created.tenant.created_at),
+            };
+            html(render(&CreatedTenantPage {
+                frame: Frame::new(&caller, &session, "/console/tenants", "tenants"),
+                tenant,
+                email: form.email.trim().to_owned(),
+                password: created.initial_password,
+                origin: origin(&headers),
+            }))
+        }
+        Err(error) => {
+            errors.extend(
+                error
+                    .errors
+                    .iter()
+                    .map(|e| (form_field(&e.field).to_owned(), e.message.clone())),
+            );
+            let message = errors.is_empty().then(|| problem_text(&error));
+            let mut form = form;
+            form.password.clear();
+            html(render(&NewTenantPage {
+                frame: Frame::new(
+                    &caller,
+                    &session,
+                    "/console/tenants",
+                    "tenants/createTenant",
+                ),
+                form,
+                errors,
+                message,
+            }))
+        }
+    }
+}
+
+/// A refusal the API answers with a problem, as a sentence on the page.
+fn problem_text(error: &ApiError) -> String {
+    match &error.detail {
+        Some(detail) => format!("{}.", capitalised(detail.trim_end_matches('.'))),
+        None if !error.missing_permissions.is_empty() => format!(
+            "Your role does not allow this (it needs {}).",
+            error.missing_permissions.join(", ")
+        ),
+        None => "keygate could not do this just now; try again in a moment.".to_owned(),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/tenant.html")]
+struct TenantPage {
+    frame: Frame,
+    tenant: TenantRow,
+    /// Whether it is the tenant the person is in (theirs, or the one acted for): it can only be
+    /// renamed from here.
+    own: bool,
+    may: Abilities,
+    /// Asking before deleting.
+    confirm_delete: bool,
+    saved: Option<String>,
+    message: Option<String>,
+}
+
+async fn tenant_page(
+    state: &AppState,
+    caller: &Caller,
+    session: &str,
+    id: &str,
+) -> Result<TenantPage, Response> {
+    let tenant = find(state, caller, id).await?;
+    Ok(TenantPage {
+        frame: Frame::new(caller, session, "/console/tenants", "tenants/getTenant"),
+        own: &tenant.id == caller.scope(),
+        tenant: TenantRow::new(&tenant),
+        may: Abilities::of(caller),
+        confirm_delete: false,
+        saved: None,
+        message: None,
+    })
+}
+
+pub(super) async fn tenant(
+    State(state): State<AppState>,
+    SignedIn { caller, session }: SignedIn,
+    Path(id): Path<String>,
+) -> Response {
+    match tenant_page(&state, &caller, &session, &id).await {
+        Ok(page) => html(render(&page)),
+        Err(refused) => refused,
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct ChangeForm {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    status: String,
+}
+
+/// Renames, suspends or reactivates, as `PATCH /v1/tenants/{id}` does; the page shows the
+/// outcome.
+pub(super) async fn change_tenant(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    SignedIn { caller, session }: SignedIn,
+    Path(id): Path<String>,
+    Posted(form): Posted<ChangeForm>,
+) -> Response {
+    let request = UpdateTenant {
+        name: Some(form.name.trim().to_owned()).filter(|n| !n.is_empty()),
+        status: Some(form.status.clone()).filter(|s| !s.is_empty()),
+    };
+    let what = match (&request.name, request.status.as_deref()) {
+        (Some(_), _) => "Renamed.",
+        (None, Some("suspended")) => {
+            "Suspended: its credentials, and its sub-customers', are refused from their next \
+             request."
+        }
+        (None, Some(_)) => "Reactivated: its credentials work again.",
+        (None, None) => "Nothing to change.",
+    };
+    let outcome = crate::routes::tenants::update_tenant(&state, &caller, &meta, &id, request).await;
+    let mut page = match tenant_page(&state, &caller, &session, &id).await {
+        Ok(page) => page,
+        Err(refused) => return refused,
+    };
+    match outcome {
+        Ok(_) => page.saved = Some(what.to_owned()),
+        Err(error) => {
+            page.message = Some(match error.errors.first() {
+                Some(field) => format!("{}: {}.", capitalised(&field.field), field.message),
+                None => problem_text(&error),
+            });
+            return (error.code.status(), html(render(&page))).into_response();
+        }
+    }
+    html(render(&page))
+}
+
+/// Delete: the first post asks, the second (with `confirm=yes`) deletes, as `DELETE
+/// /v1/tenants/{id}` does; a tenant with children is refused with the reason.
+pub(super) async fn delete_tenant(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    SignedIn { caller, session }: SignedIn,
+    Path(id): Path<String>,
+    Posted(form): Posted<ConfirmForm>,
+) -> Response {
+    let mut page = match tenant_page(&state, &caller, &session, &id).await {
+        Ok(page) => page,
+        Err(refused) => return refused,
+    };
+    if !page.may.write {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "Your role does not let you delete sub-customers (it needs tenants:write).",
+        );
+    }
+    if form.confirm != "yes" {
+        page.confirm_delete = true;
+        return html(render(&page));
+    }
+    match crate::routes::tenants::delete_tenant(&state, &caller, &meta, &id).await {
+        Ok(()) => Redirect::to("/console/tenants").into_response(),
+        Err(error) => {
+            page.message = Some(problem_text(&error));
+            (error.code.status(), html(render(&page))).into_response()
+        }
+    }
+}
+
+/// Act as: checked now the way every page will check it (the gate, with `as-tenant`), so a
+/// tenant that is not below, or a role without `tenants:impersonate`, is refused here with the
+/// API's 404 or 403, and nothing is remembered.
+pub(super) async fn act(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    client: Option<axum::Extension<ClientIp>>,
+    SignedIn { caller, .. }: SignedIn,
+    Path(id): Path<String>,
+    _: Posted<Empty>,
+) -> Response {
+    if caller.require_all(&["tenants:impersonate"]).is_err() {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "Your role does not let you act for sub-customers (it needs tenants:impersonate).",
+        );
+    }
+    // Acting is relative to the person's own tenant, as `as-tenant` is to the credential's.
+    let home = &caller.verified().tenant.id;
+    let mut asking = headers.clone();
+    asking.remove(header::COOKIE);
+    let Ok(value) = axum::http::HeaderValue::from_str(&id) else {
+        return not_found();
+    };
+    asking.insert(AS_TENANT, value);
+    if let Some(session) = super::session_secret(&headers)
+        && let Ok(cookie) =
+            axum::http::HeaderValue::from_str(&format!("{}={session}", crate::auth::SESSION_COOKIE))
+    {
+        asking.insert(header::COOKIE, cookie);
+    }
+    let client = client.map(|axum::Extension(ClientIp(ip))| ip);
+    let acting = match authenticate(&state, &asking, client).await {
+        Ok(acting) => acting,
+        Err(_) => return not_found(),
+    };
+    let Some(target) = acting.acting_as() else {
+        // `as-tenant` naming the person's own tenant: nothing to act for.
+        return Redirect::to("/console/tenants").into_response();
+    };
+    if &target.id == home {
+        return Redirect::to("/console/tenants").into_response();
+    }
+    let mut response = Redirect::to("/console/tokens").into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, acting_cookie(Some(target.id.as_str())));
+    response
+}
+
+/// Back to the person's own tenant.
+pub(super) async fn stop_acting(_: SignedIn, _: Posted<Empty>) -> Response {
+    let mut response = Redirect::to("/console/tenants").into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, acting_cookie(None));
+    response
+}
