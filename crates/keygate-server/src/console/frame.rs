@@ -98,12 +98,14 @@ pub(super) async fn signed_in(
                 Err(_) => return Err(no_such_sub_customer()),
             }
             let admitted = authenticate(state, &headers, client).await;
-            if let Err(error) = &admitted
-                && matches!(error.code, ProblemCode::NotFound | ProblemCode::Forbidden)
-            {
-                return Err(no_such_sub_customer());
+            match admitted {
+                Err(error)
+                    if matches!(error.code, ProblemCode::NotFound | ProblemCode::Forbidden) =>
+                {
+                    return Err(no_such_sub_customer());
+                }
+                admitted => admitted,
             }
-            admitted
         }
     }
     .map_err(|_| to_sign_in())?;
@@ -116,11 +118,16 @@ pub(super) async fn signed_in(
 /// The answer to acting for a tenant that is not below the person's, or without the permission:
 /// the same 404 the API gives, and the console back in the person's own tenant.
 fn no_such_sub_customer() -> Response {
-    let mut response = refusal(
+    cannot_act(
         StatusCode::NOT_FOUND,
         "There is no such sub-customer below your organization, or your role does not let you \
          act for it. The console is back in your own organization.",
-    );
+    )
+}
+
+/// A refusal page that also ends acting for a sub-customer.
+fn cannot_act(status: StatusCode, message: &str) -> Response {
+    let mut response = refusal(status, message);
     response
         .headers_mut()
         .insert(header::SET_COOKIE, acting_cookie(None));

@@ -356,6 +356,22 @@ async fn acting_for_a_sub_customer_lands_actions_there_and_the_log_names_both(ba
         Some(""),
         "the cookie is cleared"
     );
+
+    // A suspended sub-customer can still be acted for (to set right what got it suspended),
+    // while its own credentials are refused.
+    server
+        .expect(
+            200,
+            Method::PATCH,
+            &format!("/v1/tenants/{acme}"),
+            &server.token,
+            Some(json!({"status": "suspended"})),
+        )
+        .await;
+    let suspended = get(&server, "/console/tokens", &session, Some(&acme)).await;
+    assert_eq!(suspended.status(), 200);
+    assert!(suspended.text().await.unwrap().contains("acme deploy"));
+    assert_eq!(whoami_status(&server, &secret).await, 401);
 }
 
 async fn acting_outside_the_tree_or_without_the_permission_is_refused(backend: Backend) {
