@@ -8,7 +8,7 @@ use keygate_core::access::{Caller, perm};
 use serde::Deserialize;
 
 use super::frame::{
-    ConfirmForm, Empty, Frame, Posted, SecretPage, SignedIn, capitalised, day, origin, render,
+    ConfirmForm, Empty, Frame, Posted, SecretPage, SignedIn, day, origin, problem_text, render,
 };
 use super::{html, refusal};
 use crate::request::{ClientIp, Meta};
@@ -83,13 +83,7 @@ pub(super) async fn create_key(
             previous_until: None,
             warnings: Vec::new(),
         })),
-        Err(error) => {
-            let message = error.detail.as_deref().map_or_else(
-                || "keygate could not create a key just now.".to_owned(),
-                |d| format!("{}.", capitalised(d.trim_end_matches('.'))),
-            );
-            keys_page(&state, &caller, &session, Some(message)).await
-        }
+        Err(error) => keys_page(&state, &caller, &session, Some(problem_text(&error))).await,
     }
 }
 
@@ -267,12 +261,7 @@ pub(super) async fn set_ip_restriction(
                     .unwrap_or_default();
                 format!("{line}{}", e.message)
             });
-            page.message = Some(field_message.unwrap_or_else(|| {
-                error.detail.as_deref().map_or_else(
-                    || "keygate could not save the restriction just now.".to_owned(),
-                    |d| format!("{}.", capitalised(d.trim_end_matches('.'))),
-                )
-            }));
+            page.message = Some(field_message.unwrap_or_else(|| problem_text(&error)));
         }
     }
     html(render(&page))

@@ -13,9 +13,10 @@ use super::{
     ACTING_COOKIE, acting_cookie, cookie, csrf_matches, csrf_token, refusal, session_secret,
 };
 use crate::auth::{AS_TENANT, authenticate};
-use crate::problem::ProblemCode;
+use crate::problem::{ApiError, ProblemCode};
 use crate::request::ClientIp;
 use crate::state::AppState;
+use keygate_core::store::Page;
 
 /// Renders a template; a template that cannot render is a bug, shown as a plain refusal.
 pub(super) fn render(template: &impl Template) -> String {
@@ -251,4 +252,29 @@ pub(super) struct SecretPage {
 pub(super) struct ConfirmForm {
     #[serde(default)]
     pub(super) confirm: String,
+}
+
+/// A refusal the API answers with a problem, as a sentence on the page.
+pub(super) fn problem_text(error: &ApiError) -> String {
+    match &error.detail {
+        Some(detail) => format!("{}.", capitalised(detail.trim_end_matches('.'))),
+        None if !error.missing_permissions.is_empty() => format!(
+            "Your role does not allow this (it needs {}).",
+            error.missing_permissions.join(", ")
+        ),
+        None => "keygate could not do this just now; try again in a moment.".to_owned(),
+    }
+}
+
+/// A page of a console table: 50 rows, after the cursor of an "Older …" link, read leniently (a
+/// link edited by hand shows the first page rather than an error).
+pub(super) fn table_page(cursor: Option<String>) -> Page {
+    Page {
+        limit: 50,
+        cursor: cursor.filter(|c| {
+            !c.is_empty()
+                && c.len() <= 64
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        }),
+    }
 }

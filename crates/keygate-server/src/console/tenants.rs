@@ -8,10 +8,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use keygate_core::access::{Caller, perm};
 use keygate_core::model::Tenant;
-use keygate_core::store::Page;
 use serde::Deserialize;
 
-use super::frame::{ConfirmForm, Empty, Frame, Posted, SignedIn, capitalised, day, origin, render};
+use super::frame::{
+    ConfirmForm, Empty, Frame, Posted, SignedIn, capitalised, day, origin, problem_text, render,
+    table_page,
+};
 use super::{acting_cookie, html, refusal};
 use crate::auth::{AS_TENANT, authenticate};
 use crate::problem::ApiError;
@@ -125,14 +127,7 @@ pub(super) async fn tenants(
             Err(refused) => return refused,
         },
     };
-    let page = Page {
-        limit: 50,
-        cursor: query.cursor.filter(|c| {
-            !c.is_empty()
-                && c.len() <= 64
-                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        }),
-    };
+    let page = table_page(query.cursor);
     let of = parent
         .as_ref()
         .map_or_else(|| grant.tenant_id().clone(), |p| p.id.clone());
@@ -292,18 +287,6 @@ pub(super) async fn create_tenant(
                 message,
             }))
         }
-    }
-}
-
-/// A refusal the API answers with a problem, as a sentence on the page.
-fn problem_text(error: &ApiError) -> String {
-    match &error.detail {
-        Some(detail) => format!("{}.", capitalised(detail.trim_end_matches('.'))),
-        None if !error.missing_permissions.is_empty() => format!(
-            "Your role does not allow this (it needs {}).",
-            error.missing_permissions.join(", ")
-        ),
-        None => "keygate could not do this just now; try again in a moment.".to_owned(),
     }
 }
 

@@ -13,7 +13,9 @@ use keygate_core::store::{Page, TokenFilter};
 use keygate_core::tokens;
 use serde::Deserialize;
 
-use super::frame::{Frame, Posted, SecretPage, SignedIn, capitalised, day, origin, render};
+use super::frame::{
+    Frame, Posted, SecretPage, SignedIn, day, origin, problem_text, render, table_page,
+};
 use super::{html, refusal};
 use crate::request::Meta;
 use crate::state::AppState;
@@ -177,14 +179,7 @@ pub(super) async fn tokens(
         personal: crate::routes::tokens::personal_visibility(&caller),
         ..TokenFilter::default()
     };
-    let page = Page {
-        limit: 50,
-        cursor: query.cursor.filter(|c| {
-            !c.is_empty()
-                && c.len() <= 64
-                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        }),
-    };
+    let page = table_page(query.cursor);
     let listed = state
         .store()
         .list_tokens(&grant.reads(), &filter, &page, now)
@@ -415,11 +410,7 @@ pub(super) async fn create_token(
                 .map(|e| (e.field.clone(), e.message.clone()))
                 .collect();
             if page.errors.is_empty() {
-                page.message = Some(match &error.detail {
-                    Some(detail) => format!("{}.", capitalised(detail.trim_end_matches('.'))),
-                    None => "keygate could not create the token just now; try again in a moment."
-                        .to_owned(),
-                });
+                page.message = Some(problem_text(&error));
             }
             html(render(&page))
         }
