@@ -138,6 +138,10 @@ async fn guard(request: Request, next: Next) -> Response {
     } else {
         next.run(request).await
     };
+    // A console page answers an error with a page of its own, not the API's problem JSON.
+    response
+        .extensions_mut()
+        .insert(crate::problem::OwnErrorBody);
     let headers = response.headers_mut();
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, POLICY),

@@ -277,7 +277,8 @@ pub(super) async fn new_role(
 fn no_write() -> Response {
     refusal(
         StatusCode::FORBIDDEN,
-        "Your role does not let you make or change roles (it needs roles:write).",
+        "Your role does not let you make or change roles (it needs roles:write). Nothing was \
+         changed.",
     )
 }
 

@@ -307,13 +307,16 @@ pub(super) async fn create_user(
                 .iter()
                 .map(|e| (e.field.clone(), e.message.clone()))
                 .collect();
-            if error.code == ProblemCode::NotFound {
-                page.errors
-                    .push(("role".into(), "pick one of the roles offered".into()));
-            } else if error.code == ProblemCode::AlreadyExists {
-                page.errors.push(("email".into(), sentence(&error, "")));
-            } else if page.errors.is_empty() {
-                page.message = Some(sentence(&error, "add the user"));
+            if page.errors.is_empty() {
+                match error.code {
+                    ProblemCode::NotFound => page
+                        .errors
+                        .push(("role".into(), "pick one of the roles offered".into())),
+                    ProblemCode::AlreadyExists => {
+                        page.errors.push(("email".into(), sentence(&error, "")));
+                    }
+                    _ => page.message = Some(sentence(&error, "add the user")),
+                }
             }
             (error.code.status(), html(render(&page))).into_response()
         }

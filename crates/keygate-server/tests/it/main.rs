@@ -38,6 +38,7 @@ mod binary;
 mod browser;
 mod connections;
 mod console;
+mod console_people;
 mod document;
 mod explorer;
 mod identity;
