@@ -48,6 +48,8 @@ impl Frame {
         let may = |permission: &str| caller.require_all(&[permission]).is_ok();
         let nav = [
             ("/console/tokens", "API tokens", "tokens:read"),
+            ("/console/users", "Users", "users:read"),
+            ("/console/roles", "Roles", "roles:read"),
             ("/console/account/keys", "Account keys", "keys:read"),
             (
                 "/console/account/ip-restriction",

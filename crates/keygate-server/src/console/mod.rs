@@ -10,9 +10,11 @@
 
 mod account;
 mod frame;
+mod roles;
 mod signin;
 mod tenants;
 mod tokens;
+mod users;
 
 use axum::Router;
 use axum::extract::Request;
@@ -91,6 +93,32 @@ pub fn router() -> Router<AppState> {
         .route(
             "/console/act/stop",
             axum::routing::post(tenants::stop_acting),
+        )
+        .route("/console/users", get(users::users))
+        .route(
+            "/console/users/new",
+            get(users::new_user).post(users::create_user),
+        )
+        .route(
+            "/console/users/{id}",
+            get(users::user).post(users::change_user),
+        )
+        .route(
+            "/console/users/{id}/delete",
+            axum::routing::post(users::delete_user),
+        )
+        .route("/console/roles", get(roles::roles))
+        .route(
+            "/console/roles/new",
+            get(roles::new_role).post(roles::create_role),
+        )
+        .route(
+            "/console/roles/{id}",
+            get(roles::role).post(roles::replace_role),
+        )
+        .route(
+            "/console/roles/{id}/delete",
+            axum::routing::post(roles::delete_role),
         )
         .route_layer(middleware::from_fn(guard));
     Router::new()

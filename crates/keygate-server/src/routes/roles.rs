@@ -3,7 +3,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use keygate_core::Timestamp;
-use keygate_core::access::{Scope, perm};
+use keygate_core::access::{Caller, RequestMeta, Scope, perm};
 use keygate_core::id::RoleId;
 use keygate_core::model::{Role, Target};
 use keygate_core::permission::{BUILTIN, Catalog};
@@ -36,7 +36,7 @@ pub struct RoleView {
 }
 
 impl RoleView {
-    fn new(role: Role, catalog: &Catalog) -> Self {
+    pub(crate) fn new(role: Role, catalog: &Catalog) -> Self {
         let builtin = role.tenant_id.is_none();
         let permissions = if builtin {
             permission_names(&keygate_core::verified::role_permissions(&role, catalog))
@@ -123,6 +123,20 @@ pub async fn create(
     Meta(meta): Meta,
     Json(request): Json<RoleRequest>,
 ) -> Result<(StatusCode, axum::Json<RoleView>), ApiError> {
+    let role = create_role(&state, &caller, &meta, request).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(RoleView::new(role, state.catalog())),
+    ))
+}
+
+/// Creates a custom role as `caller`, for the API and the console's role matrix alike.
+pub(crate) async fn create_role(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    request: RoleRequest,
+) -> Result<Role, ApiError> {
     let grant = caller.require::<perm::RolesWrite>()?;
     let now = state.clock().now();
     let input = RoleInput {
@@ -131,13 +145,10 @@ pub async fn create(
     };
     let role = roles::plan(&grant, state.catalog(), input, None, now)?;
     let event = grant
-        .event("role.create", Some(target(&role)), now, &meta)?
+        .event("role.create", Some(target(&role)), now, meta)?
         .with_status(201);
     state.store().create_role(&grant, &role, &event).await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(RoleView::new(role, state.catalog())),
-    ))
+    Ok(role)
 }
 
 /// Get a role
@@ -182,11 +193,23 @@ pub async fn replace(
     Path(id): Path<String>,
     Json(request): Json<RoleRequest>,
 ) -> Result<axum::Json<RoleView>, ApiError> {
+    let role = replace_role(&state, &caller, &meta, &id, request).await?;
+    Ok(axum::Json(RoleView::new(role, state.catalog())))
+}
+
+/// Replaces a custom role as `caller`, for the API's PUT and the console's role matrix alike.
+pub(crate) async fn replace_role(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+    request: RoleRequest,
+) -> Result<Role, ApiError> {
     let grant = caller.require::<perm::RolesWrite>()?;
     let now = state.clock().now();
     let existing = state
         .store()
-        .get_role(&grant.reads(), &role_id(&id)?)
+        .get_role(&grant.reads(), &role_id(id)?)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no role `{id}`")))?;
     let input = RoleInput {
@@ -194,13 +217,13 @@ pub async fn replace(
         permissions: request.permissions,
     };
     let role = roles::plan(&grant, state.catalog(), input, Some(&existing), now)?;
-    let event = grant.event("role.update", Some(target(&role)), now, &meta)?;
+    let event = grant.event("role.update", Some(target(&role)), now, meta)?;
     state
         .store()
         .replace_role(&grant, &role, &event)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no role `{id}`")))?;
-    Ok(axum::Json(RoleView::new(role, state.catalog())))
+    Ok(role)
 }
 
 /// Delete a custom role
@@ -219,19 +242,30 @@ pub async fn delete(
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    delete_role(&state, &caller, &meta, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a custom role as `caller`, for the API's DELETE and the console alike.
+pub(crate) async fn delete_role(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+) -> Result<(), ApiError> {
     let grant = caller.require::<perm::RolesWrite>()?;
     let now = state.clock().now();
     let role = state
         .store()
-        .get_role(&grant.reads(), &role_id(&id)?)
+        .get_role(&grant.reads(), &role_id(id)?)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("there is no role `{id}`")))?;
     roles::check_may_change(&grant, state.catalog(), &role)?;
     let event = grant
-        .event("role.delete", Some(target(&role)), now, &meta)?
+        .event("role.delete", Some(target(&role)), now, meta)?
         .with_status(204);
     match state.store().delete_role(&grant, &role.id, &event).await? {
-        Deletion::Deleted => Ok(StatusCode::NO_CONTENT),
+        Deletion::Deleted => Ok(()),
         Deletion::NotFound => Err(ApiError::not_found(format!("there is no role `{id}`"))),
         Deletion::InUse => Err(RuleError::Conflict {
             conflict: Conflict::RoleInUse,

@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use keygate_core::Timestamp;
-use keygate_core::access::perm;
+use keygate_core::access::{Caller, RequestMeta, perm};
 use keygate_core::id::UserId;
 use keygate_core::model::{Target, User, UserStatus};
 use keygate_core::users::{self, NewUser, UserChange};
@@ -139,9 +139,21 @@ pub async fn create(
     Meta(meta): Meta,
     Json(request): Json<CreateUser>,
 ) -> Result<(StatusCode, axum::Json<CreatedUser>), ApiError> {
+    let created = create_user(&state, &caller, &meta, request).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// Creates a user as `caller`: the API's create and the console's "Add user" are this one
+/// operation, with the same checks and the same event.
+pub(crate) async fn create_user(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    request: CreateUser,
+) -> Result<CreatedUser, ApiError> {
     let grant = caller.require::<perm::UsersWrite>()?;
     let now = state.clock().now();
-    let role = roles::resolve(&state, &grant.reads(), &request.role).await?;
+    let role = roles::resolve(state, &grant.reads(), &request.role).await?;
     let input = NewUser {
         email: request.email,
         name: request.name,
@@ -150,19 +162,16 @@ pub async fn create(
     let planned =
         users::plan_new(&grant, state.catalog(), state.hasher(), input, &role, now).await?;
     let event = grant
-        .event("user.create", Some(target(&planned.user.id)), now, &meta)?
+        .event("user.create", Some(target(&planned.user.id)), now, meta)?
         .with_status(201);
     state
         .store()
         .create_user(&grant, &planned.user, &planned.password_hash, &event)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(CreatedUser {
-            user: planned.user.into(),
-            initial_password: planned.generated_password,
-        }),
-    ))
+    Ok(CreatedUser {
+        user: planned.user.into(),
+        initial_password: planned.generated_password,
+    })
 }
 
 /// Get a user
@@ -206,6 +215,19 @@ pub async fn update(
     Path(id): Path<String>,
     Json(request): Json<UpdateUser>,
 ) -> Result<axum::Json<UserView>, ApiError> {
+    Ok(axum::Json(
+        update_user(&state, &caller, &meta, &id, request).await?,
+    ))
+}
+
+/// Changes a user as `caller`, for the API's PATCH and the console's user page alike.
+pub(crate) async fn update_user(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+    request: UpdateUser,
+) -> Result<UserView, ApiError> {
     let grant = caller.require::<perm::UsersWrite>()?;
     let now = state.clock().now();
     let status = match request.status.as_deref() {
@@ -219,12 +241,12 @@ pub async fn update(
     };
     let user = state
         .store()
-        .get_user(&grant.reads(), &user_id(&id)?)
+        .get_user(&grant.reads(), &user_id(id)?)
         .await?
-        .ok_or_else(|| not_found(&id))?;
-    let current_role = roles::resolve(&state, &grant.reads(), user.role_id.as_str()).await?;
+        .ok_or_else(|| not_found(id))?;
+    let current_role = roles::resolve(state, &grant.reads(), user.role_id.as_str()).await?;
     let new_role = match &request.role {
-        Some(role) => Some(roles::resolve(&state, &grant.reads(), role).await?),
+        Some(role) => Some(roles::resolve(state, &grant.reads(), role).await?),
         None => None,
     };
     let change = UserChange {
@@ -242,13 +264,13 @@ pub async fn update(
         new_role.as_ref(),
     )
     .await?;
-    let event = grant.event("user.update", Some(target(&user.id)), now, &meta)?;
+    let event = grant.event("user.update", Some(target(&user.id)), now, meta)?;
     state
         .store()
         .update_user(&grant, &changed, password_hash.as_ref(), &event)
         .await?
-        .ok_or_else(|| not_found(&id))?;
-    Ok(axum::Json(changed.into()))
+        .ok_or_else(|| not_found(id))?;
+    Ok(changed.into())
 }
 
 /// Delete a user
@@ -267,22 +289,33 @@ pub async fn delete(
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    delete_user(&state, &caller, &meta, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a user as `caller`, for the API's DELETE and the console's user page alike.
+pub(crate) async fn delete_user(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+) -> Result<(), ApiError> {
     let grant = caller.require::<perm::UsersWrite>()?;
     let now = state.clock().now();
     let user = state
         .store()
-        .get_user(&grant.reads(), &user_id(&id)?)
+        .get_user(&grant.reads(), &user_id(id)?)
         .await?
-        .ok_or_else(|| not_found(&id))?;
-    let role = roles::resolve(&state, &grant.reads(), user.role_id.as_str()).await?;
+        .ok_or_else(|| not_found(id))?;
+    let role = roles::resolve(state, &grant.reads(), user.role_id.as_str()).await?;
     users::check_delete(&grant, state.catalog(), &role)?;
     let event = grant
-        .event("user.delete", Some(target(&user.id)), now, &meta)?
+        .event("user.delete", Some(target(&user.id)), now, meta)?
         .with_status(204);
     state
         .store()
         .delete_user(&grant, &user.id, &event)
         .await?
-        .ok_or_else(|| not_found(&id))?;
-    Ok(StatusCode::NO_CONTENT)
+        .ok_or_else(|| not_found(id))?;
+    Ok(())
 }

@@ -38,6 +38,7 @@ mod binary;
 mod browser;
 mod connections;
 mod console;
+mod console_people;
 mod console_tenants;
 mod document;
 mod explorer;
