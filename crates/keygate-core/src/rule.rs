@@ -30,7 +30,7 @@ pub enum RuleError {
 /// The rules a request can conflict with (each its own 409 problem code).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Conflict {
-    /// A role that users or usable tokens still hold.
+    /// A role that users, usable tokens or OAuth clients still hold.
     RoleInUse,
     /// Built-in roles cannot be changed or deleted.
     BuiltinRole,

@@ -453,9 +453,9 @@ pub(super) async fn delete_role(
             page.message = Some(match error.code {
                 ProblemCode::RoleInUse => format!(
                     "“{}” was not deleted: it is still in use. Users who have this role, or \
-                     tokens that act with it and still work, would be left without one. Give \
-                     those users another role on their pages and delete or replace those \
-                     tokens, then delete the role.",
+                     tokens and OAuth clients that act with it and still work, would be left \
+                     without one. Give those users another role on their pages and delete or \
+                     replace those tokens and clients, then delete the role.",
                     role.name
                 ),
                 ProblemCode::PrivilegeEscalation => format!(

@@ -269,7 +269,7 @@ pub(crate) async fn delete_role(
         Deletion::NotFound => Err(ApiError::not_found(format!("there is no role `{id}`"))),
         Deletion::InUse => Err(RuleError::Conflict {
             conflict: Conflict::RoleInUse,
-            detail: "users or usable tokens still hold this role; move them to another first"
+            detail: "users, usable tokens or OAuth clients still hold this role; move them to another first"
                 .into(),
         }
         .into()),

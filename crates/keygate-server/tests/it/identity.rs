@@ -732,6 +732,36 @@ async fn roles_define_permissions_and_changes_apply_at_once(backend: Backend) {
             None,
         )
         .await;
+    // An OAuth client holding the role keeps it in use too.
+    let client = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/oauth/clients",
+            &server.token,
+            Some(json!({"name": "zones app", "role": role_id})),
+        )
+        .await;
+    problem(
+        server
+            .call(Method::DELETE, &path, &server.token, None)
+            .await,
+        409,
+        "role-in-use",
+    )
+    .await;
+    server
+        .expect(
+            204,
+            Method::DELETE,
+            &format!(
+                "/v1/oauth/clients/{}",
+                client["client_id"].as_str().unwrap()
+            ),
+            &server.token,
+            None,
+        )
+        .await;
     server
         .expect(204, Method::DELETE, &path, &server.token, None)
         .await;
