@@ -43,6 +43,7 @@ pub fn plan(
         role_id: BuiltinRole::Owner.id(),
         status: UserStatus::Active,
         created_at: now,
+        last_sign_in_at: None,
     };
     let password = password::generate()?;
     let password_hash = password::hash(&password)?;

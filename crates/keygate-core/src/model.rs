@@ -207,6 +207,8 @@ pub struct User {
     pub role_id: RoleId,
     pub status: UserStatus,
     pub created_at: Timestamp,
+    /// When a session was last made for them; `None` before the first.
+    pub last_sign_in_at: Option<Timestamp>,
 }
 
 /// A named set of permission patterns. Built-in roles (`tenant_id` none) have no stored patterns:

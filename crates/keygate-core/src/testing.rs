@@ -46,6 +46,7 @@ pub fn caller(kind: CredentialKind, role: BuiltinRole, narrowing: Option<&[&str]
         role_id: role.id(),
         status: UserStatus::Active,
         created_at: NOW,
+        last_sign_in_at: None,
     });
     let (mut credential, _) =
         Credential::issue(&format(), kind, tenant.id.clone(), "test".into(), None, NOW).unwrap();

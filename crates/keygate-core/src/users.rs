@@ -57,6 +57,7 @@ pub async fn plan_new(
             role_id: role.id.clone(),
             status: UserStatus::Active,
             created_at: now,
+            last_sign_in_at: None,
         },
         password_hash,
         generated_password: generated.then_some(password),

@@ -800,6 +800,7 @@ mod tests {
             role_id: BuiltinRole::Member.id(),
             status: UserStatus::Active,
             created_at: NOW,
+            last_sign_in_at: None,
         };
         let (text, _) = f.add(
             CredentialKind::Personal,

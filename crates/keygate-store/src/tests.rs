@@ -324,6 +324,7 @@ async fn roles_in_use_cannot_be_deleted_and_changes_are_announced(db: TestDb) {
         role_id: role.id.clone(),
         status: UserStatus::Active,
         created_at: NOW,
+        last_sign_in_at: None,
     };
     let hash = keygate_core::password::hash("correct horse battery").unwrap();
     o.store
@@ -459,6 +460,7 @@ async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they
         role_id: BuiltinRole::Member.id(),
         status: UserStatus::Active,
         created_at: NOW,
+        last_sign_in_at: None,
     };
     let hash = keygate_core::password::hash("correct horse battery").unwrap();
     o.store

@@ -84,6 +84,7 @@ struct UserRow {
     role: String,
     status: &'static str,
     created: String,
+    last_sign_in: String,
 }
 
 impl UserRow {
@@ -98,6 +99,7 @@ impl UserRow {
                 UserStatus::Disabled => "Disabled",
             },
             created: day(user.created_at),
+            last_sign_in: user.last_sign_in_at.map_or_else(|| "never".to_owned(), day),
         }
     }
 }

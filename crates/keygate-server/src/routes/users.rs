@@ -34,6 +34,9 @@ pub struct UserView {
     pub status: &'static str,
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    /// When they last signed in; `null` if they never have.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_sign_in_at: Option<Timestamp>,
 }
 
 impl From<User> for UserView {
@@ -45,6 +48,7 @@ impl From<User> for UserView {
             role: user.role_id.to_string(),
             status: user.status.as_str(),
             created_at: user.created_at,
+            last_sign_in_at: user.last_sign_in_at,
         }
     }
 }

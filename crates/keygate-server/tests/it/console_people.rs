@@ -11,6 +11,7 @@ use crate::console::{
 use crate::harness::{Backend, TestServer};
 
 on_every_backend!(
+    the_users_list_shows_when_each_last_signed_in,
     user_and_role_forms_refuse_a_missing_csrf_token_and_change_nothing,
     a_person_adds_users_with_a_typed_or_a_generated_password,
     a_users_role_changes_and_a_disabled_user_cannot_sign_in_until_enabled,
@@ -176,6 +177,38 @@ async fn user_and_role_forms_refuse_a_missing_csrf_token_and_change_nothing(back
     assert!(
         !roles.to_string().contains("sneaky"),
         "no role made: {roles}"
+    );
+}
+
+async fn the_users_list_shows_when_each_last_signed_in(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let id = user(&server, "ada@example.com", "Ada", "member").await;
+    assert_eq!(get_user(&server, &id).await["last_sign_in_at"], Value::Null);
+    let session = server.login(OWNER, &server.password).await;
+    let list = text(&server, "/console/users", &session).await;
+    let row = |html: &str| {
+        let start = html.find("ada@example.com").expect("Ada's row");
+        html[start..html[start..].find("</tr>").unwrap() + start].to_owned()
+    };
+    assert!(row(&list).contains("<td>never</td>"), "{}", row(&list));
+
+    server.clock.advance(std::time::Duration::from_secs(3600));
+    assert_eq!(
+        login_status(&server, "ada@example.com", PASSWORD).await,
+        200
+    );
+    let signed_in = get_user(&server, &id).await["last_sign_in_at"].clone();
+    assert_eq!(
+        signed_in.as_str().map(str::len),
+        Some("2026-11-18T12:06:00Z".len()),
+        "a time: {signed_in}"
+    );
+    let list = text(&server, "/console/users", &session).await;
+    let minute = &signed_in.as_str().unwrap()[..16].replace('T', " ");
+    assert!(
+        row(&list).contains(&format!("<td>{minute} UTC</td>")),
+        "{}",
+        row(&list)
     );
 }
 

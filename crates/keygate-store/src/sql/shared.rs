@@ -373,6 +373,7 @@ pub(super) fn user_from_row(row: &DbRow) -> Result<User, StoreError> {
         role_id: RoleId::from_trusted(row.try_get("role_id").map_err(store_error)?),
         status: UserStatus::from_name(&status).ok_or_else(|| corrupt("status", &status))?,
         created_at: timestamp(row, "created_at")?,
+        last_sign_in_at: optional_timestamp(row, "last_sign_in_at")?,
     })
 }
 

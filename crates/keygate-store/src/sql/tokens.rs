@@ -39,6 +39,14 @@ impl TokenStore for SqlStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.begin_write().await?;
         insert_credential(&mut tx, session).await?;
+        if let Some(user) = &session.user_id {
+            sqlx::query("UPDATE users SET last_sign_in_at = $1 WHERE id = $2")
+                .bind(session.created_at.unix())
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(store_error)?;
+        }
         insert_event(&mut tx, event).await?;
         self.commit(tx, &[]).await
     }
