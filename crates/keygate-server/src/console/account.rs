@@ -8,7 +8,7 @@ use keygate_core::access::{Caller, perm};
 use serde::Deserialize;
 
 use super::frame::{
-    ConfirmForm, SecretPage, Empty, Frame, Posted, SignedIn, capitalised, day, origin, render,
+    ConfirmForm, Empty, Frame, Posted, SecretPage, SignedIn, capitalised, day, origin, render,
 };
 use super::{html, refusal};
 use crate::request::{ClientIp, Meta};

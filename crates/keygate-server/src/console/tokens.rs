@@ -13,7 +13,7 @@ use keygate_core::store::{Page, TokenFilter};
 use keygate_core::tokens;
 use serde::Deserialize;
 
-use super::frame::{SecretPage, Frame, Posted, SignedIn, capitalised, day, origin, render};
+use super::frame::{Frame, Posted, SecretPage, SignedIn, capitalised, day, origin, render};
 use super::{html, refusal};
 use crate::request::Meta;
 use crate::state::AppState;

@@ -33,7 +33,11 @@ pub(crate) fn assert_console_headers(headers: &HeaderMap, page: &str) {
     assert_eq!(headers["cache-control"], "no-store", "{page}");
 }
 
-pub(crate) async fn page(server: &TestServer, path: &str, session: Option<&str>) -> reqwest::Response {
+pub(crate) async fn page(
+    server: &TestServer,
+    path: &str,
+    session: Option<&str>,
+) -> reqwest::Response {
     let mut request = server.get(path);
     if let Some(session) = session {
         request = request.header("cookie", format!("keygate_session={session}"));
@@ -692,7 +696,12 @@ async fn a_token_page_rolls_the_secret_with_an_overlap(backend: Backend) {
 
 /// Checks the page with axe-core, failing on serious or critical violations, and saves its
 /// screenshot as `name.png` in `shots`.
-pub(crate) async fn audit(browser: &Browser, axe: Option<&str>, shots: &std::path::Path, name: &str) {
+pub(crate) async fn audit(
+    browser: &Browser,
+    axe: Option<&str>,
+    shots: &std::path::Path,
+    name: &str,
+) {
     let png = browser.client.screenshot().await.unwrap();
     std::fs::write(shots.join(format!("{name}.png")), png).unwrap();
     let Some(axe) = axe else {
@@ -821,7 +830,9 @@ pub(crate) async fn sign_in(browser: &Browser, email: &str, password: &str) {
 
 /// The browser's start for a test of its own: axe-core (when installed), a folder for the
 /// screenshots, and a server.
-pub(crate) async fn browser_session(prefix: &str) -> Option<(Browser, Option<String>, std::path::PathBuf)> {
+pub(crate) async fn browser_session(
+    prefix: &str,
+) -> Option<(Browser, Option<String>, std::path::PathBuf)> {
     let browser = Browser::start().await?;
     let axe = crate::tools::tool("axe-core/node_modules/axe-core/axe.min.js")
         .map(|path| std::fs::read_to_string(path).unwrap());
