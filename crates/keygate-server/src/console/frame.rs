@@ -47,6 +47,12 @@ impl Frame {
                 "IP restriction",
                 "ip_restriction:read",
             ),
+            (
+                "/console/oauth/clients",
+                "OAuth clients",
+                "oauth_clients:read",
+            ),
+            ("/console/log", "Request log", "audit:read"),
         ]
         .into_iter()
         .filter(|(_, _, permission)| may(permission))

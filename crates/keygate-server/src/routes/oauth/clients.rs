@@ -108,7 +108,7 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("there is no OAuth client `{id}`"))
 }
 
-fn client_id(id: &str) -> Result<CredentialId, ApiError> {
+pub(crate) fn client_id(id: &str) -> Result<CredentialId, ApiError> {
     CredentialId::parse_any(id)
         .filter(|id| id.as_str().starts_with("cli_"))
         .ok_or_else(|| not_found(id))
@@ -134,9 +134,20 @@ pub async fn create(
     Meta(meta): Meta,
     Json(request): Json<CreateClient>,
 ) -> Result<(StatusCode, axum::Json<CreatedClient>), ApiError> {
+    let created = create_client(&state, &caller, &meta, request).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// Creates a client as `caller` (API and console alike); returns it with its secret.
+pub(crate) async fn create_client(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    request: CreateClient,
+) -> Result<CreatedClient, ApiError> {
     let grant = caller.require::<perm::OauthClientsWrite>()?;
     let now = state.clock().now();
-    let role = roles::resolve(&state, &grant.reads(), &request.role).await?;
+    let role = roles::resolve(state, &grant.reads(), &request.role).await?;
     let input = NewClient {
         name: request.name,
         description: request.description,
@@ -155,17 +166,14 @@ pub async fn create(
             "oauth_client.create",
             Some(client_target(&client.id)),
             now,
-            &meta,
+            meta,
         )?
         .with_status(201);
     state.store().create_client(&grant, &client, &event).await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(CreatedClient {
-            client: ClientView::from(client),
-            client_secret: secret.into_exposed(),
-        }),
-    ))
+    Ok(CreatedClient {
+        client: ClientView::from(client),
+        client_secret: secret.into_exposed(),
+    })
 }
 
 /// List OAuth clients
@@ -233,13 +241,24 @@ pub async fn delete(
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    delete_client(&state, &caller, &meta, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes client `id` as `caller` (API and console alike).
+pub(crate) async fn delete_client(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+) -> Result<(), ApiError> {
     let grant = caller.require::<perm::OauthClientsWrite>()?;
-    let client_id = client_id(&id)?;
+    let client_id = client_id(id)?;
     let client = state
         .store()
         .get_client(&grant.reads(), &client_id)
         .await?
-        .ok_or_else(|| not_found(&id))?;
+        .ok_or_else(|| not_found(id))?;
     let role = match &client.role_id {
         Some(role) => state.store().get_role(&grant.reads(), role).await?,
         None => None,
@@ -251,15 +270,15 @@ pub async fn delete(
             "oauth_client.delete",
             Some(client_target(&client_id)),
             now,
-            &meta,
+            meta,
         )?
         .with_status(204);
     state
         .store()
         .delete_client(&grant, &client_id, &event)
         .await?
-        .ok_or_else(|| not_found(&id))?;
-    Ok(StatusCode::NO_CONTENT)
+        .ok_or_else(|| not_found(id))?;
+    Ok(())
 }
 
 /// Roll an OAuth client's secret
