@@ -59,7 +59,12 @@ impl EventRow {
             .is_some_and(|id| id.starts_with("tok_"));
         Self {
             time: when(event.time),
-            actor: format!("{} {}", event.actor_type.replace('_', " "), event.actor_id),
+            // The credential that acted is in its own column: the actor repeats only its kind.
+            actor: if event.token_id.as_deref() == Some(event.actor_id.as_str()) {
+                event.actor_type.replace('_', " ")
+            } else {
+                format!("{} {}", event.actor_type.replace('_', " "), event.actor_id)
+            },
             token: event.token_id,
             token_link,
             action: event.action,
@@ -216,12 +221,14 @@ pub(super) async fn log(
         return html(render(&page));
     }
     let filter = EventFilter {
-        token_ids: (!token_id.is_empty())
-            .then(|| vec![token_id.clone()])
-            .unwrap_or_default(),
-        actions: (!action.is_empty())
-            .then(|| vec![action.clone()])
-            .unwrap_or_default(),
+        token_ids: Some(token_id.clone())
+            .filter(|id| !id.is_empty())
+            .into_iter()
+            .collect(),
+        actions: Some(action.clone())
+            .filter(|action| !action.is_empty())
+            .into_iter()
+            .collect(),
         actor_ids: Vec::new(),
         outcomes: outcome.into_iter().collect(),
         since,
