@@ -6,12 +6,15 @@
 //! with an explicit role, optionally narrowed, and nothing it grants may exceed what its creator
 //! holds. The secret is not accepted on the API itself, only at the token endpoint.
 
+use std::time::Duration;
+
 use crate::Timestamp;
 use crate::access::{Grant, perm};
 use crate::credential::{CredentialFormat, CredentialKind, Secret};
 use crate::model::{Credential, Role};
 use crate::permission::{Catalog, PermissionSet};
 use crate::rule::RuleError;
+use crate::tokens::{ROLL_OVERLAP_DEFAULT_SECONDS, ROLL_OVERLAP_MAX_SECONDS};
 use crate::validate::{self, Errors};
 use crate::verified::role_permissions;
 
@@ -83,6 +86,40 @@ pub fn check_delete(
         .unwrap_or_default();
     grant.caller().check_no_escalation(&granted)?;
     Ok(())
+}
+
+/// A client's new secret, and until when the secret it replaces keeps working.
+#[derive(Debug)]
+pub struct PlannedSecretRoll {
+    pub secret: Secret,
+    pub previous_until: Timestamp,
+}
+
+/// Checks rolling `client`'s secret (API.md §14): `overlap_seconds` (default an hour, at most a
+/// week) is how long the current secret keeps working beside the new one. Rolling needs what
+/// deleting the client needs: both cut off whoever holds the current secret.
+pub fn plan_secret_roll(
+    grant: &Grant<perm::OauthClientsWrite>,
+    catalog: &Catalog,
+    format: &CredentialFormat,
+    client: &Credential,
+    role: Option<&Role>,
+    overlap_seconds: Option<u64>,
+    now: Timestamp,
+) -> Result<PlannedSecretRoll, RuleError> {
+    let overlap = overlap_seconds.unwrap_or(ROLL_OVERLAP_DEFAULT_SECONDS);
+    if overlap > ROLL_OVERLAP_MAX_SECONDS {
+        return Err(RuleError::invalid(
+            "expire_previous_in",
+            format!("must be between 0 and {ROLL_OVERLAP_MAX_SECONDS} seconds (a week)"),
+        ));
+    }
+    check_delete(grant, catalog, client, role)?;
+    let secret = format.generate(CredentialKind::OauthSecret)?;
+    Ok(PlannedSecretRoll {
+        secret,
+        previous_until: now.saturating_add(Duration::from_secs(overlap)),
+    })
 }
 
 #[cfg(test)]

@@ -257,6 +257,15 @@ pub struct Credential {
     pub rolled_from: Option<CredentialId>,
     /// The token that replaced this one by a roll.
     pub rolled_to: Option<CredentialId>,
+    /// An OAuth client's secret before its last roll, which keeps working for the overlap.
+    pub previous_secret: Option<PreviousSecret>,
+}
+
+/// The secret a roll replaced (API.md §14): its hash, and until when it still authenticates.
+#[derive(Debug, Clone)]
+pub struct PreviousSecret {
+    pub hash: CredentialHash,
+    pub until: Timestamp,
 }
 
 impl Credential {
@@ -292,6 +301,7 @@ impl Credential {
             last_used_at: None,
             rolled_from: None,
             rolled_to: None,
+            previous_secret: None,
         };
         Ok((credential, secret))
     }

@@ -301,13 +301,30 @@ impl Verifier {
         let started = std::time::Instant::now();
         let found = self.store.find_credential(&hash).await;
         self.store_latency.observe(started.elapsed());
-        let Some(record) = found? else {
+        let Some(mut record) = found? else {
             return Ok(None);
         };
         // The store looked the hash up through an index; compare the whole hash in constant time
-        // all the same, so nothing about a near miss can show in timing.
-        if !record.credential.hash.ct_eq(&hash) {
+        // all the same, so nothing about a near miss can show in timing. A client's previous
+        // secret (API.md §14) is compared as well, whichever matched: `|`, not `||`.
+        let current = record.credential.hash.ct_eq(&hash);
+        let previous = match &record.credential.previous_secret {
+            Some(previous) => previous.hash.ct_eq(&hash),
+            None => false,
+        };
+        if !(current | previous) {
             return Err(Refusal::NotFound);
+        }
+        if !current {
+            // The previous secret works as the client does, until its overlap ends: as this
+            // secret's expiry, it is refused from then on, from the cache as from the store.
+            // It is cached under its own hash, so it is read as that hash's credential.
+            record.credential.hash = hash;
+            let until = record.credential.previous_secret.as_ref().map(|p| p.until);
+            record.credential.expires_at = match (record.credential.expires_at, until) {
+                (Some(at), Some(until)) => Some(at.min(until)),
+                (at, until) => at.or(until),
+            };
         }
         Ok(Some(Arc::new(Verified::resolve(&record, &self.catalog))))
     }

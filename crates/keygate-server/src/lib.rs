@@ -106,6 +106,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             routes::oauth::clients::get,
             routes::oauth::clients::delete
         ))
+        .routes(routes!(routes::oauth::clients::roll_secret))
         .routes(routes!(routes::oauth::token::token))
         .routes(routes!(routes::oauth::revocation::revoke))
         .routes(routes!(routes::oauth::revocation::introspect))

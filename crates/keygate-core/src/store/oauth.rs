@@ -44,6 +44,19 @@ pub trait OAuthStore: Send + Sync + 'static {
         event: &AuditEvent,
     ) -> Result<Option<()>, StoreError>;
 
+    /// Gives the client a new secret (`hash`, `hint`); its current one becomes the previous one,
+    /// working until `previous_until`, and one rolled away before stops. `None` if the tenant has
+    /// no such client.
+    async fn roll_client_secret(
+        &self,
+        grant: &Grant<perm::OauthClientsWrite>,
+        id: &CredentialId,
+        hash: &CredentialHash,
+        hint: &str,
+        previous_until: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<Option<Credential>, StoreError>;
+
     /// Stores the refresh token of a new grant, recording `event`.
     async fn issue_refresh_token(
         &self,

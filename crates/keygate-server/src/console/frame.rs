@@ -56,6 +56,12 @@ impl Frame {
                 "IP restriction",
                 "ip_restriction:read",
             ),
+            (
+                "/console/oauth/clients",
+                "OAuth clients",
+                "oauth_clients:read",
+            ),
+            ("/console/log", "Request log", "audit:read"),
             ("/console/tenants", "Sub-customers", "tenants:read"),
         ]
         .into_iter()

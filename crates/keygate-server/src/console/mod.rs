@@ -9,7 +9,9 @@
 //! sends (a CSP without inline script, no framing, no sniffing, no caching).
 
 mod account;
+mod clients;
 mod frame;
+mod log;
 mod roles;
 mod signin;
 mod tenants;
@@ -119,6 +121,21 @@ pub fn router() -> Router<AppState> {
         .route(
             "/console/roles/{id}/delete",
             axum::routing::post(roles::delete_role),
+        )
+        .route("/console/log", get(log::log))
+        .route("/console/oauth/clients", get(clients::clients))
+        .route(
+            "/console/oauth/clients/new",
+            get(clients::new_client).post(clients::create),
+        )
+        .route("/console/oauth/clients/{id}", get(clients::client))
+        .route(
+            "/console/oauth/clients/{id}/roll",
+            axum::routing::post(clients::roll),
+        )
+        .route(
+            "/console/oauth/clients/{id}/delete",
+            axum::routing::post(clients::delete),
         )
         .route_layer(middleware::from_fn(guard));
     Router::new()

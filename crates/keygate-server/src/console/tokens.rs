@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use keygate_core::Timestamp;
-use keygate_core::access::{Caller, perm};
+use keygate_core::access::{Caller, Scope, perm};
 use keygate_core::credential::CredentialKind;
 use keygate_core::id::RoleId;
 use keygate_core::model::{Credential, Role};
@@ -264,19 +264,15 @@ impl NewTokenPage {
     }
 }
 
-/// The tenant's own roles, for a person who may assign them (`tokens:write` looks roles up).
-async fn custom_roles(state: &AppState, caller: &Caller) -> Vec<Role> {
-    let Ok(grant) = caller.require::<perm::TokensWrite>() else {
-        return Vec::new();
-    };
-    let scope = grant.reads::<perm::RolesRead>();
+/// The tenant's own roles, read through `scope`.
+async fn custom_roles(state: &AppState, scope: &Scope<perm::RolesRead>) -> Vec<Role> {
     let mut found = Vec::new();
     let mut page = Page {
         limit: Page::MAX_LIMIT,
         cursor: None,
     };
     loop {
-        match state.store().list_roles(&scope, &page).await {
+        match state.store().list_roles(scope, &page).await {
             Ok(listed) => {
                 found.extend(listed.items.into_iter().filter(|r| r.tenant_id.is_some()));
                 match listed.next_cursor {
@@ -293,12 +289,8 @@ async fn custom_roles(state: &AppState, caller: &Caller) -> Vec<Role> {
     found
 }
 
-async fn new_token_page(
-    state: &AppState,
-    caller: &Caller,
-    session: &str,
-    form: TokenForm,
-) -> NewTokenPage {
+/// The permissions the person holds, by resource, for a form's checkboxes.
+pub(super) fn permission_groups(caller: &Caller) -> Vec<(String, Vec<String>)> {
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for permission in caller.verified().permissions.iter() {
         let name = permission.as_str();
@@ -308,9 +300,18 @@ async fn new_token_page(
             None => groups.push((resource, vec![name.to_owned()])),
         }
     }
-    // Only the roles the person holds all of: any other would be refused as an escalation.
-    // Built-in roles first, by rank, then the tenant's own by name; the value is what the API's
-    // `role` takes (a built-in name, or a custom role's id).
+    groups
+}
+
+/// The roles the person may give a new credential, as (value, label): only those the person
+/// holds all of, as any other would be refused as an escalation. Built-in roles first, by rank,
+/// then the tenant's own (read through `scope`, if the person may look them up) by name; the
+/// value is what the API's `role` takes (a built-in name, or a custom role's id).
+pub(super) async fn assignable_roles(
+    state: &AppState,
+    caller: &Caller,
+    scope: Option<Scope<perm::RolesRead>>,
+) -> Vec<(String, String)> {
     let mut roles: Vec<(String, String)> = keygate_core::permission::BuiltinRole::ALL
         .iter()
         .filter(|role| {
@@ -320,7 +321,10 @@ async fn new_token_page(
         })
         .map(|role| (role.name().to_owned(), role.name().to_owned()))
         .collect();
-    let mut custom = custom_roles(state, caller).await;
+    let mut custom = match &scope {
+        Some(scope) => custom_roles(state, scope).await,
+        None => Vec::new(),
+    };
     custom.retain(|role| {
         caller
             .check_no_escalation(&keygate_core::verified::role_permissions(
@@ -335,6 +339,22 @@ async fn new_token_page(
             .into_iter()
             .map(|role| (role.id.to_string(), format!("{} (custom)", role.name))),
     );
+    roles
+}
+
+async fn new_token_page(
+    state: &AppState,
+    caller: &Caller,
+    session: &str,
+    form: TokenForm,
+) -> NewTokenPage {
+    let groups = permission_groups(caller);
+    // `tokens:write` looks roles up: it assigns them.
+    let scope = caller
+        .require::<perm::TokensWrite>()
+        .ok()
+        .map(|grant| grant.reads::<perm::RolesRead>());
+    let roles = assignable_roles(state, caller, scope).await;
     NewTokenPage {
         frame: Frame::new(caller, session, "/console/tokens", "tokens"),
         form,
@@ -619,6 +639,8 @@ struct TokenPage {
     row: TokenRow,
     rolled_from: Option<String>,
     rolled_to: Option<String>,
+    /// Whether the person may read the request log, which the page links to.
+    may_read_log: bool,
 }
 
 pub(super) async fn token(
@@ -661,6 +683,7 @@ pub(super) async fn token(
         row,
         rolled_from: token.rolled_from.map(|id| id.to_string()),
         rolled_to: token.rolled_to.map(|id| id.to_string()),
+        may_read_log: caller.require_all(&["audit:read"]).is_ok(),
     }))
 }
 

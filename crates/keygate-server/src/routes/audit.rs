@@ -12,9 +12,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use keygate_core::Timestamp;
-use keygate_core::access::perm;
+use keygate_core::access::{Caller, perm};
 use keygate_core::model::{Outcome, StoredEvent};
-use keygate_core::store::EventFilter;
+use keygate_core::store::{EventFilter, Page, Paged};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -191,7 +191,6 @@ pub async fn list(
     Authenticated(caller): Authenticated,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<List<EventView>>, ApiError> {
-    let grant = caller.require::<perm::AuditRead>()?;
     let page = page(query.limit, query.cursor)?;
     let filter = Selection {
         token_id: query.token_id,
@@ -202,11 +201,23 @@ pub async fn list(
         until: query.until,
     }
     .filter()?;
-    let events = state
-        .store()
-        .list_events(&grant.reads(), &filter, &page)
-        .await?;
+    let events = list_events(&state, &caller, &filter, &page).await?;
     Ok(axum::Json(List::from_paged(events, EventView::from)))
+}
+
+/// One page of the events `caller` may read that match `filter`, newest first (API and console
+/// alike): the caller's tenant and the tenants below it. Needs `audit:read`.
+pub(crate) async fn list_events(
+    state: &AppState,
+    caller: &Caller,
+    filter: &EventFilter,
+    page: &Page,
+) -> Result<Paged<StoredEvent>, ApiError> {
+    let grant = caller.require::<perm::AuditRead>()?;
+    Ok(state
+        .store()
+        .list_events(&grant.reads(), filter, page)
+        .await?)
 }
 
 /// Export audit events as newline-delimited JSON

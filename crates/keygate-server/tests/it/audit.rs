@@ -235,6 +235,13 @@ async fn every_change_records_its_event(backend: Backend) {
             "/v1/oauth/clients".into(),
             Some(json!({"name": "sync", "role": "viewer"})),
         ),
+        (
+            "rollOauthClientSecret",
+            "oauth_client.secret_roll",
+            Method::POST,
+            "/v1/oauth/clients/{client}/secret/roll".into(),
+            Some(json!({"expire_previous_in": 0})),
+        ),
         // The OAuth endpoints take forms and the client's own credentials (see below).
         (
             "oauthToken",

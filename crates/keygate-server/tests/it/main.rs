@@ -38,6 +38,8 @@ mod binary;
 mod browser;
 mod connections;
 mod console;
+mod console_clients;
+mod console_log;
 mod console_people;
 mod console_tenants;
 mod document;

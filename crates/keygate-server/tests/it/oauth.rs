@@ -34,6 +34,8 @@ on_every_backend!(
     creating_deleting_and_refused_grants_are_audited,
     a_client_and_its_tokens_share_one_rate_limit,
     another_clients_refresh_token_is_answered_as_an_unknown_one,
+    rolling_a_secret_overlaps_the_old_one_then_ends_it,
+    a_secret_roll_is_checked_like_a_delete,
 );
 
 /// A client of the bootstrap tenant, made by its owner: (client_id, client_secret).
@@ -1375,6 +1377,7 @@ async fn the_openapi_document_covers_oauth(backend: Backend) {
         ("/v1/oauth/clients", "post"),
         ("/v1/oauth/clients/{id}", "get"),
         ("/v1/oauth/clients/{id}", "delete"),
+        ("/v1/oauth/clients/{id}/secret/roll", "post"),
         ("/v1/oauth/token", "post"),
         ("/v1/oauth/revoke", "post"),
         ("/v1/oauth/introspect", "post"),
@@ -1572,4 +1575,257 @@ async fn another_clients_refresh_token_is_answered_as_an_unknown_one(backend: Ba
     assert_eq!(stolen, unknown, "nothing tells the two apart");
     // Nor did the attempt spend or burn it: its own client still exchanges it.
     ok_json(exchange(&server, &alice, &alice_secret, refresh).await).await;
+}
+
+/// Rolls client `id`'s secret as `token` with `body`; answers the response.
+async fn roll_secret(
+    server: &TestServer,
+    token: &str,
+    id: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    server
+        .call(
+            Method::POST,
+            &format!("/v1/oauth/clients/{id}/secret/roll"),
+            token,
+            body,
+        )
+        .await
+}
+
+/// Rolls client `id`'s secret as the owner; the 201's body.
+async fn roll_ok(server: &TestServer, id: &str, body: Option<Value>) -> Value {
+    let response = roll_secret(server, &server.token, id, body).await;
+    assert_eq!(response.status(), 201);
+    response.json().await.unwrap()
+}
+
+/// The token endpoint's status for a client credentials grant with this secret.
+async fn grant_status(server: &TestServer, id: &str, secret: &str) -> u16 {
+    grant(
+        server,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", id),
+            ("client_secret", secret),
+        ],
+    )
+    .await
+    .status()
+    .as_u16()
+}
+
+async fn rolling_a_secret_overlaps_the_old_one_then_ends_it(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (id, old) = create_client(&server, "viewer", None).await;
+    // Cached by a grant first: the roll must reach the cache too.
+    assert_eq!(grant_status(&server, &id, &old).await, 200);
+    let now = server.clock.now();
+    let rolled = roll_ok(&server, &id, Some(json!({"expire_previous_in": 600}))).await;
+    assert_eq!(rolled["client_id"], id.as_str(), "the client keeps its id");
+    assert_eq!(rolled["role"], "rol_viewer");
+    let new = rolled["client_secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert!(new.starts_with("kg_secret_live_"));
+    assert_eq!(rolled["hint"], &new[new.len() - 4..]);
+    let until = now.saturating_add(Duration::from_secs(600));
+    assert_eq!(rolled["previous_secret_expires_at"], until.to_string());
+    let shown = server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/oauth/clients/{id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    assert!(shown.get("client_secret").is_none());
+    assert_eq!(shown["previous_secret_expires_at"], until.to_string());
+
+    // Both work during the overlap, and their access tokens are the client's.
+    for secret in [&old, &new] {
+        let issued = tokens(&server, &id, secret, None).await;
+        let access = issued["access_token"].as_str().unwrap();
+        assert_eq!(whoami_status(&server, access).await, 200);
+    }
+    server.clock.advance(Duration::from_secs(599));
+    assert_eq!(grant_status(&server, &id, &old).await, 200);
+    server.clock.advance(Duration::from_secs(1));
+    let refused = grant(
+        &server,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", &id),
+            ("client_secret", &old),
+        ],
+    )
+    .await;
+    oauth_error(refused, 401, "invalid_client").await;
+    assert_eq!(grant_status(&server, &id, &new).await, 200);
+
+    // A second roll ends the first secret's successor's overlap and leaves only the newest; with
+    // no body the overlap is an hour; with 0, none.
+    let second = roll_ok(&server, &id, None).await;
+    let newest = second["client_secret"].as_str().unwrap().to_owned();
+    assert_eq!(
+        second["previous_secret_expires_at"],
+        server
+            .clock
+            .now()
+            .saturating_add(Duration::from_secs(3600))
+            .to_string()
+    );
+    assert_eq!(grant_status(&server, &id, &old).await, 401);
+    assert_eq!(grant_status(&server, &id, &new).await, 200);
+    let third = roll_ok(&server, &id, Some(json!({"expire_previous_in": 0}))).await;
+    let last = third["client_secret"].as_str().unwrap();
+    assert_eq!(
+        grant_status(&server, &id, &new).await,
+        401,
+        "rolled away twice"
+    );
+    assert_eq!(grant_status(&server, &id, &newest).await, 401, "no overlap");
+    assert_eq!(grant_status(&server, &id, last).await, 200);
+
+    let rolls = audit(&server)
+        .await
+        .into_iter()
+        .filter(|(action, ..)| action == "oauth_client.secret_roll")
+        .collect::<Vec<_>>();
+    assert_eq!(rolls.len(), 3);
+    assert!(
+        rolls
+            .iter()
+            .all(|(_, outcome, target, _)| outcome == "success" && target.as_deref() == Some(&id))
+    );
+}
+
+async fn a_secret_roll_is_checked_like_a_delete(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (id, secret) = create_client(&server, "admin", None).await;
+    let before = server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/oauth/clients/{id}"),
+            &server.token,
+            None,
+        )
+        .await;
+
+    // A bad overlap is a problem naming the field, and changes nothing.
+    for bad in [
+        json!({"expire_previous_in": 604_801}),
+        json!({"expire_previous_in": -1}),
+        json!({"expire_previous_in": "soon"}),
+        json!({"overlap": 5}),
+    ] {
+        let response = roll_secret(&server, &server.token, &id, Some(bad.clone())).await;
+        assert_eq!(response.status(), 400, "{bad}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json",
+            "{bad}"
+        );
+    }
+    let response = roll_secret(
+        &server,
+        &server.token,
+        &id,
+        Some(json!({"expire_previous_in": 604_801})),
+    )
+    .await;
+    let body = problem(response, 400, "invalid-request").await;
+    assert_eq!(body["errors"][0]["field"], "expire_previous_in", "{body}");
+    let after = server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/oauth/clients/{id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    assert_eq!(after, before, "nothing changed");
+    assert_eq!(grant_status(&server, &id, &secret).await, 200);
+
+    // A member lacks oauth_clients:write; a narrowed manager cannot roll what it could not delete.
+    let member = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "member", "role": "member"})),
+        )
+        .await;
+    let response = roll_secret(&server, member["secret"].as_str().unwrap(), &id, None).await;
+    let body = problem(response, 403, "forbidden").await;
+    assert_eq!(body["missing_permissions"], json!(["oauth_clients:write"]));
+    let narrow = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "narrow", "role": "admin",
+                "permissions": ["oauth_clients:*", "tokens:read"]})),
+        )
+        .await;
+    let response = roll_secret(&server, narrow["secret"].as_str().unwrap(), &id, None).await;
+    problem(response, 403, "privilege-escalation").await;
+
+    // Another tenant's client is not found, as an unknown one is.
+    let child = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tenants",
+            &server.token,
+            Some(json!({"name": "Acme", "slug": "acme"})),
+        )
+        .await;
+    let acme_owner = server
+        .request(Method::POST, "/v1/tokens")
+        .bearer_auth(&server.token)
+        .header("as-tenant", child["tenant"]["id"].as_str().unwrap())
+        .json(&json!({"kind": "service", "name": "acme owner", "role": "owner"}))
+        .send()
+        .await
+        .unwrap();
+    let acme_owner: Value = acme_owner.json().await.unwrap();
+    let acme_owner = acme_owner["secret"].as_str().unwrap();
+    let theirs = problem(
+        roll_secret(&server, acme_owner, &id, None).await,
+        404,
+        "not-found",
+    )
+    .await;
+    let unknown = problem(
+        roll_secret(&server, acme_owner, "cli_0MqX1z8a9bCdEfGhIjKlMn", None).await,
+        404,
+        "not-found",
+    )
+    .await;
+    assert_eq!(
+        theirs["detail"].as_str().unwrap().replace(&id, "X"),
+        unknown["detail"]
+            .as_str()
+            .unwrap()
+            .replace("cli_0MqX1z8a9bCdEfGhIjKlMn", "X")
+    );
+
+    // None of the refusals rolled anything.
+    let after = server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/oauth/clients/{id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    assert_eq!(after, before);
+    assert_eq!(grant_status(&server, &id, &secret).await, 200);
 }

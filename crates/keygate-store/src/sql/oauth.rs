@@ -88,6 +88,42 @@ impl OAuthStore for SqlStore {
         .await
     }
 
+    async fn roll_client_secret(
+        &self,
+        grant: &Grant<perm::OauthClientsWrite>,
+        id: &CredentialId,
+        hash: &CredentialHash,
+        hint: &str,
+        previous_until: Timestamp,
+        event: &AuditEvent,
+    ) -> Result<Option<Credential>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // The right-hand sides read the row as it was: the current secret becomes the previous.
+        let Some(row) = sqlx::query(
+            "UPDATE credentials SET previous_secret_hash = secret_hash,
+                 previous_secret_until = $1, secret_hash = $2, hint = $3
+             WHERE id = $4 AND tenant_id = $5 AND kind = 'oauth_secret'
+             RETURNING *",
+        )
+        .bind(previous_until.unix())
+        .bind(hash.as_bytes().as_slice())
+        .bind(hint)
+        .bind(id.as_str())
+        .bind(grant.tenant_id().as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?
+        else {
+            return Ok(None);
+        };
+        let client = credential_from_row(&row)?;
+        insert_event(&mut tx, event).await?;
+        // Every node drops what it cached for the client: the secret rolled away before this one
+        // stops, and the one rolled away now is read again with its end.
+        self.commit(tx, &[Change::Credential(id.clone())]).await?;
+        Ok(Some(client))
+    }
+
     async fn issue_refresh_token(
         &self,
         client: &AuthenticatedClient,

@@ -7,8 +7,8 @@ use keygate_core::allowlist::IpAllowlist;
 use keygate_core::credential::{CredentialHash, CredentialKind};
 use keygate_core::id::{CredentialId, RoleId, TenantId, UserId};
 use keygate_core::model::{
-    AuditEvent, Credential, IpRestriction, RateLimit, Role, Slug, Tenant, TenantPath, TenantStatus,
-    User, UserStatus, email_key,
+    AuditEvent, Credential, IpRestriction, PreviousSecret, RateLimit, Role, Slug, Tenant,
+    TenantPath, TenantStatus, User, UserStatus, email_key,
 };
 use keygate_core::password::PasswordHashString;
 use keygate_core::store::{Change, CredentialRecord, Page, Paged, StoreError};
@@ -439,7 +439,24 @@ pub(super) fn credential_from_row(row: &DbRow) -> Result<Credential, StoreError>
             .try_get::<Option<String>, _>("rolled_to")
             .map_err(store_error)?
             .map(CredentialId::from_trusted),
+        previous_secret: previous_secret(row)?,
     })
+}
+
+/// The secret a client's last roll replaced, while the row still names one.
+fn previous_secret(row: &DbRow) -> Result<Option<PreviousSecret>, StoreError> {
+    let hash: Option<Vec<u8>> = row.try_get("previous_secret_hash").map_err(store_error)?;
+    let (Some(hash), Some(until)) = (hash, optional_timestamp(row, "previous_secret_until")?)
+    else {
+        return Ok(None);
+    };
+    let hash: [u8; 32] = hash
+        .try_into()
+        .map_err(|_| StoreError::Internal("stored previous secret hash is not 32 bytes".into()))?;
+    Ok(Some(PreviousSecret {
+        hash: CredentialHash::from_bytes(hash),
+        until,
+    }))
 }
 
 pub(super) fn optional_json<T: serde::de::DeserializeOwned>(

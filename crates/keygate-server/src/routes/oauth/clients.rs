@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use keygate_core::Timestamp;
-use keygate_core::access::perm;
+use keygate_core::access::{Caller, RequestMeta, perm};
 use keygate_core::clients::{self, NewClient};
 use keygate_core::id::CredentialId;
 use keygate_core::model::Credential;
@@ -55,6 +55,11 @@ pub struct ClientView {
     /// The secret's last four characters.
     #[schema(example = "x9Qa")]
     pub hint: String,
+    /// Until when the secret replaced by the last roll keeps working (API.md §14); absent if
+    /// the secret was never rolled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub previous_secret_expires_at: Option<Timestamp>,
 }
 
 impl From<Credential> for ClientView {
@@ -69,6 +74,7 @@ impl From<Credential> for ClientView {
             created_at: client.created_at,
             last_used_at: client.last_used_at,
             hint: client.hint,
+            previous_secret_expires_at: client.previous_secret.map(|p| p.until),
         }
     }
 }
@@ -82,6 +88,15 @@ pub struct CreatedClient {
     pub client_secret: String,
 }
 
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"expire_previous_in": 3600}))]
+pub struct RollSecret {
+    /// Seconds the current secret keeps working beside the new one (0 to 604800, default 3600).
+    #[schema(minimum = 0, maximum = 604_800, example = 3600)]
+    pub expire_previous_in: Option<u64>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -93,7 +108,7 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("there is no OAuth client `{id}`"))
 }
 
-fn client_id(id: &str) -> Result<CredentialId, ApiError> {
+pub(crate) fn client_id(id: &str) -> Result<CredentialId, ApiError> {
     CredentialId::parse_any(id)
         .filter(|id| id.as_str().starts_with("cli_"))
         .ok_or_else(|| not_found(id))
@@ -119,9 +134,20 @@ pub async fn create(
     Meta(meta): Meta,
     Json(request): Json<CreateClient>,
 ) -> Result<(StatusCode, axum::Json<CreatedClient>), ApiError> {
+    let created = create_client(&state, &caller, &meta, request).await?;
+    Ok((StatusCode::CREATED, axum::Json(created)))
+}
+
+/// Creates a client as `caller` (API and console alike); returns it with its secret.
+pub(crate) async fn create_client(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    request: CreateClient,
+) -> Result<CreatedClient, ApiError> {
     let grant = caller.require::<perm::OauthClientsWrite>()?;
     let now = state.clock().now();
-    let role = roles::resolve(&state, &grant.reads(), &request.role).await?;
+    let role = roles::resolve(state, &grant.reads(), &request.role).await?;
     let input = NewClient {
         name: request.name,
         description: request.description,
@@ -140,17 +166,14 @@ pub async fn create(
             "oauth_client.create",
             Some(client_target(&client.id)),
             now,
-            &meta,
+            meta,
         )?
         .with_status(201);
     state.store().create_client(&grant, &client, &event).await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(CreatedClient {
-            client: ClientView::from(client),
-            client_secret: secret.into_exposed(),
-        }),
-    ))
+    Ok(CreatedClient {
+        client: ClientView::from(client),
+        client_secret: secret.into_exposed(),
+    })
 }
 
 /// List OAuth clients
@@ -218,13 +241,24 @@ pub async fn delete(
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    delete_client(&state, &caller, &meta, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes client `id` as `caller` (API and console alike).
+pub(crate) async fn delete_client(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+) -> Result<(), ApiError> {
     let grant = caller.require::<perm::OauthClientsWrite>()?;
-    let client_id = client_id(&id)?;
+    let client_id = client_id(id)?;
     let client = state
         .store()
         .get_client(&grant.reads(), &client_id)
         .await?
-        .ok_or_else(|| not_found(&id))?;
+        .ok_or_else(|| not_found(id))?;
     let role = match &client.role_id {
         Some(role) => state.store().get_role(&grant.reads(), role).await?,
         None => None,
@@ -236,13 +270,102 @@ pub async fn delete(
             "oauth_client.delete",
             Some(client_target(&client_id)),
             now,
-            &meta,
+            meta,
         )?
         .with_status(204);
     state
         .store()
         .delete_client(&grant, &client_id, &event)
         .await?
-        .ok_or_else(|| not_found(&id))?;
-    Ok(StatusCode::NO_CONTENT)
+        .ok_or_else(|| not_found(id))?;
+    Ok(())
+}
+
+/// Roll an OAuth client's secret
+///
+/// Give a client a new secret without downtime (API.md §14): the client keeps its id, role and
+/// permissions; its new `client_secret` is shown once, while the current secret keeps working
+/// beside it for `expire_previous_in` seconds (default an hour, at most a week;
+/// `previous_secret_expires_at` says until when). A secret replaced by an earlier roll stops at
+/// once. Needs what deleting the client needs.
+#[utoipa::path(post, path = "/v1/oauth/clients/{id}/secret/roll", tag = "oauth",
+    operation_id = "rollOauthClientSecret",
+    params(("id" = String, Path, description = "A client id")),
+    request_body(content = RollSecret, description = "Optional; `{}` or no body takes the defaults"),
+    responses(
+        (status = 201, description = "Rolled; `client_secret` is the new secret, shown only here", body = CreatedClient),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 401, body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "forbidden or privilege-escalation: deleting the client is not the caller's to do", body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 415, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn roll_secret(
+    State(state): State<AppState>,
+    Authenticated(caller): Authenticated,
+    Meta(meta): Meta,
+    Path(id): Path<String>,
+    request: Option<Json<RollSecret>>,
+) -> Result<(StatusCode, axum::Json<CreatedClient>), ApiError> {
+    let request = request.map(|Json(request)| request).unwrap_or_default();
+    let rolled =
+        roll_client_secret(&state, &caller, &meta, &id, request.expire_previous_in).await?;
+    Ok((StatusCode::CREATED, axum::Json(rolled)))
+}
+
+/// Rolls the secret of client `id` as `caller` (API and console alike); returns the client with
+/// its new secret.
+pub(crate) async fn roll_client_secret(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+    expire_previous_in: Option<u64>,
+) -> Result<CreatedClient, ApiError> {
+    let grant = caller.require::<perm::OauthClientsWrite>()?;
+    let client_id = client_id(id)?;
+    let client = state
+        .store()
+        .get_client(&grant.reads(), &client_id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    let role = match &client.role_id {
+        Some(role) => state.store().get_role(&grant.reads(), role).await?,
+        None => None,
+    };
+    let now = state.clock().now();
+    let planned = clients::plan_secret_roll(
+        &grant,
+        state.catalog(),
+        state.verifier().format(),
+        &client,
+        role.as_ref(),
+        expire_previous_in,
+        now,
+    )?;
+    let event = grant
+        .event(
+            "oauth_client.secret_roll",
+            Some(client_target(&client_id)),
+            now,
+            meta,
+        )?
+        .with_status(201);
+    let client = state
+        .store()
+        .roll_client_secret(
+            &grant,
+            &client_id,
+            &planned.secret.hash(),
+            &planned.secret.hint(),
+            planned.previous_until,
+            &event,
+        )
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(CreatedClient {
+        client: ClientView::from(client),
+        client_secret: planned.secret.into_exposed(),
+    })
 }

@@ -1,0 +1,281 @@
+//! The request log (API.md §8): the tenant's audit events, newest first, filtered by credential,
+//! action, outcome and time, a page at a time, with a link to the NDJSON export of the same
+//! selection. The same read as `GET /v1/audit-events`.
+
+use askama::Template;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use keygate_core::Timestamp;
+use keygate_core::access::perm;
+use keygate_core::model::{Outcome, StoredEvent};
+use keygate_core::store::{EventFilter, Page};
+use serde::Deserialize;
+
+use super::frame::{Frame, SignedIn, render};
+use super::{html, refusal};
+use crate::state::AppState;
+
+const HERE: &str = "/console/log";
+
+/// The filters and page as the address carries them, read leniently: what cannot be read is
+/// said beside its field.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct LogQuery {
+    #[serde(default)]
+    token_id: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    outcome: String,
+    #[serde(default)]
+    from: String,
+    #[serde(default)]
+    to: String,
+    cursor: Option<String>,
+}
+
+/// One event as the table shows it.
+struct EventRow {
+    time: String,
+    actor: String,
+    token: Option<String>,
+    /// Whether the credential is a token with a page of its own.
+    token_link: bool,
+    action: String,
+    target: String,
+    outcome: &'static str,
+    address: String,
+    status: u16,
+    request_id: String,
+    count: u32,
+}
+
+impl EventRow {
+    fn new(event: StoredEvent) -> Self {
+        let token_link = event
+            .token_id
+            .as_deref()
+            .is_some_and(|id| id.starts_with("tok_"));
+        Self {
+            time: when(event.time),
+            // The credential that acted is in its own column: the actor repeats only its kind.
+            actor: if event.token_id.as_deref() == Some(event.actor_id.as_str()) {
+                event.actor_type.replace('_', " ")
+            } else {
+                format!("{} {}", event.actor_type.replace('_', " "), event.actor_id)
+            },
+            token: event.token_id,
+            token_link,
+            action: event.action,
+            target: event
+                .target
+                .map(|(kind, id)| format!("{} {id}", kind.replace('_', " ")))
+                .unwrap_or_default(),
+            outcome: match event.outcome {
+                Outcome::Success => "Success",
+                Outcome::Denied => "Denied",
+                Outcome::Failed => "Failed",
+            },
+            address: event.ip.unwrap_or_default(),
+            status: event.status,
+            request_id: event.request_id.unwrap_or_default(),
+            count: event.count,
+        }
+    }
+}
+
+/// A time to the second, as a person reads it.
+fn when(at: Timestamp) -> String {
+    let text = at.to_string();
+    format!("{} {} UTC", &text[..10], &text[11..19])
+}
+
+#[derive(Template)]
+#[template(path = "console/log.html")]
+struct LogPage {
+    frame: Frame,
+    query: LogQuery,
+    rows: Vec<EventRow>,
+    /// Field messages: (field, message).
+    errors: Vec<(&'static str, String)>,
+    message: Option<String>,
+    /// The link to the next page, with the same filters.
+    older: Option<String>,
+    /// The NDJSON export of the same selection.
+    export: Option<String>,
+    outcomes: [(&'static str, &'static str); 4],
+}
+
+impl LogPage {
+    fn error_for(&self, field: &str) -> Option<&str> {
+        self.errors
+            .iter()
+            .find(|(name, _)| *name == field)
+            .map(|(_, message)| message.as_str())
+    }
+}
+
+/// A time a person typed: an RFC 3339 time, a `datetime-local` value (UTC), or a day. A day
+/// starts at its midnight; as the end of a range (`end_of_day`), it includes the whole day.
+fn parse_time(text: &str, end_of_day: bool) -> Result<Option<Timestamp>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(at) = Timestamp::parse(text) {
+        return Ok(Some(at));
+    }
+    let minute = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]");
+    let second = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
+    let spaced = text.replacen(' ', "T", 1);
+    if let Ok(at) = time::PrimitiveDateTime::parse(&spaced, &second)
+        .or_else(|_| time::PrimitiveDateTime::parse(&spaced, &minute))
+    {
+        return Ok(Some(Timestamp::from_unix(at.assume_utc().unix_timestamp())));
+    }
+    let day = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(date) = time::Date::parse(text, &day) {
+        let start = date.midnight().assume_utc().unix_timestamp();
+        return Ok(Some(Timestamp::from_unix(if end_of_day {
+            start + 86_400
+        } else {
+            start
+        })));
+    }
+    Err("give a day (2026-11-22) or a time (2026-11-22T10:00, UTC)".to_owned())
+}
+
+/// An address with these parameters, empty ones left out.
+fn with_query(path: &str, params: &[(&str, &str)]) -> String {
+    let kept: Vec<(&str, &str)> = params
+        .iter()
+        .copied()
+        .filter(|(_, value)| !value.is_empty())
+        .collect();
+    match serde_html_form::to_string(&kept) {
+        Ok(query) if !query.is_empty() => format!("{path}?{query}"),
+        _ => path.to_owned(),
+    }
+}
+
+pub(super) async fn log(
+    State(state): State<AppState>,
+    SignedIn { caller, session }: SignedIn,
+    uri: axum::http::Uri,
+) -> Response {
+    let query: LogQuery =
+        serde_html_form::from_str(uri.query().unwrap_or_default()).unwrap_or_default();
+    if caller.require::<perm::AuditRead>().is_err() {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "Your role does not let you see the request log (it needs audit:read).",
+        );
+    }
+    let mut errors = Vec::new();
+    let outcome = match query.outcome.as_str() {
+        "" => None,
+        text => match Outcome::parse(text) {
+            Some(outcome) => Some(outcome),
+            None => {
+                errors.push(("outcome", "pick an outcome from the list".to_owned()));
+                None
+            }
+        },
+    };
+    let since = parse_time(&query.from, false).unwrap_or_else(|message| {
+        errors.push(("from", message));
+        None
+    });
+    let until = parse_time(&query.to, true).unwrap_or_else(|message| {
+        errors.push(("to", message));
+        None
+    });
+    if let (Some(since), Some(until)) = (since, until)
+        && until <= since
+    {
+        errors.push(("to", "pick a time after “From”".to_owned()));
+    }
+    let token_id = query.token_id.trim().to_owned();
+    let action = query.action.trim().to_owned();
+    let mut page = LogPage {
+        frame: Frame::new(&caller, &session, HERE, "audit"),
+        rows: Vec::new(),
+        errors,
+        message: None,
+        older: None,
+        export: None,
+        outcomes: [
+            ("", "Any outcome"),
+            ("success", "Success"),
+            ("denied", "Denied"),
+            ("failed", "Failed"),
+        ],
+        query: LogQuery {
+            token_id: token_id.clone(),
+            action: action.clone(),
+            ..query
+        },
+    };
+    if !page.errors.is_empty() {
+        return html(render(&page));
+    }
+    let filter = EventFilter {
+        token_ids: Some(token_id.clone())
+            .filter(|id| !id.is_empty())
+            .into_iter()
+            .collect(),
+        actions: Some(action.clone())
+            .filter(|action| !action.is_empty())
+            .into_iter()
+            .collect(),
+        actor_ids: Vec::new(),
+        outcomes: outcome.into_iter().collect(),
+        since,
+        until,
+    };
+    let cursor = page.query.cursor.clone().filter(|c| {
+        !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    });
+    let read =
+        crate::routes::audit::list_events(&state, &caller, &filter, &Page { limit: 50, cursor })
+            .await;
+    match read {
+        Ok(events) => {
+            page.rows = events.items.into_iter().map(EventRow::new).collect();
+            let outcome_text = page.query.outcome.clone();
+            let (from, to) = (page.query.from.clone(), page.query.to.clone());
+            page.older = events.next_cursor.map(|next| {
+                with_query(
+                    HERE,
+                    &[
+                        ("token_id", &token_id),
+                        ("action", &action),
+                        ("outcome", &outcome_text),
+                        ("from", from.trim()),
+                        ("to", to.trim()),
+                        ("cursor", &next),
+                    ],
+                )
+            });
+            let since = since.map(|at| at.to_string()).unwrap_or_default();
+            let until = until.map(|at| at.to_string()).unwrap_or_default();
+            page.export = Some(with_query(
+                "/v1/audit-events/export",
+                &[
+                    ("token_id", &token_id),
+                    ("action", &action),
+                    ("outcome", &outcome_text),
+                    ("since", &since),
+                    ("until", &until),
+                ],
+            ));
+        }
+        Err(error) => {
+            tracing::error!(detail = ?error.detail, "the console could not read the audit log");
+            page.message =
+                Some("keygate could not read the request log just now; reload in a moment.".into());
+        }
+    }
+    html(render(&page))
+}
