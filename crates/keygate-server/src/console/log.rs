@@ -52,7 +52,8 @@ struct EventRow {
 }
 
 impl EventRow {
-    fn new(event: StoredEvent) -> Self {
+    /// `here`: the tenant the page shows the log of.
+    fn new(event: StoredEvent, here: &str) -> Self {
         let token_link = event
             .token_id
             .as_deref()
@@ -60,10 +61,23 @@ impl EventRow {
         Self {
             time: when(event.time),
             // The credential that acted is in its own column: the actor repeats only its kind.
-            actor: if event.token_id.as_deref() == Some(event.actor_id.as_str()) {
-                event.actor_type.replace('_', " ")
-            } else {
-                format!("{} {}", event.actor_type.replace('_', " "), event.actor_id)
+            actor: {
+                let who = if event.token_id.as_deref() == Some(event.actor_id.as_str()) {
+                    event.actor_type.replace('_', " ")
+                } else {
+                    format!("{} {}", event.actor_type.replace('_', " "), event.actor_id)
+                };
+                // A reseller acting for a sub-customer: both tenants, as the API records them.
+                match &event.acting_tenant_id {
+                    Some(acting) if acting == here => {
+                        format!("{who} of {}, acting for this organization", event.tenant_id)
+                    }
+                    Some(acting) if event.tenant_id == here => {
+                        format!("{who}, acting for {acting}")
+                    }
+                    Some(acting) => format!("{who} of {}, acting for {acting}", event.tenant_id),
+                    None => who,
+                }
             },
             token: event.token_id,
             token_link,
@@ -242,7 +256,12 @@ pub(super) async fn log(
             .await;
     match read {
         Ok(events) => {
-            page.rows = events.items.into_iter().map(EventRow::new).collect();
+            let here = caller.scope().to_string();
+            page.rows = events
+                .items
+                .into_iter()
+                .map(|event| EventRow::new(event, &here))
+                .collect();
             let outcome_text = page.query.outcome.clone();
             let (from, to) = (page.query.from.clone(), page.query.to.clone());
             page.older = events.next_cursor.map(|next| {

@@ -341,6 +341,13 @@ async fn acting_for_a_sub_customer_lands_actions_there_and_the_log_names_both(ba
         "the reseller's own tenant"
     );
     assert_eq!(event["actor"]["type"], "user");
+    // The reseller's own request log names the sub-customer it acted for.
+    let log = get(&server, "/console/log?action=token.create", &session, None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(log.contains(&format!(", acting for {acme}")), "{log}");
 
     let back = post(
         &server,
@@ -663,6 +670,34 @@ async fn in_a_browser_a_reseller_provisions_a_sub_customer_and_acts_for_it() {
     assert_eq!(whoami_status(&server, &secret).await, 200);
     audit(&browser, axe, &shots, "acting-token-created").await;
 
+    // Still acting for it: an OAuth client for the sub-customer, whose curl line gets a token
+    // that belongs to the sub-customer.
+    go("/console/oauth/clients/new").await.unwrap();
+    browser
+        .find("#name")
+        .await
+        .send_keys("Acme billing")
+        .await
+        .unwrap();
+    browser
+        .find("#role")
+        .await
+        .select_by_value("viewer")
+        .await
+        .unwrap();
+    browser.click("main form button[type=submit]").await;
+    let curl = browser.find("#curl").await.text().await.unwrap();
+    let issued: Value =
+        serde_json::from_str(&crate::console_clients::run(curl.trim()).await).unwrap();
+    let access = issued["access_token"].as_str().unwrap();
+    let whoami: Value = server
+        .whoami(&[("authorization", &format!("Bearer {access}"))])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(whoami["organization"]["name"], "Acme Corp", "{whoami}");
+
     // A sibling, by a crafted request from the page: the 404 page.
     let crafted = client
         .execute_async(
@@ -687,6 +722,21 @@ async fn in_a_browser_a_reseller_provisions_a_sub_customer_and_acts_for_it() {
     sign_in(&browser, "ops@acme.example", &password).await;
     let row = browser.find("tbody tr").await.text().await.unwrap();
     assert!(row.contains("made by the reseller"), "{row}");
+    // What that token did, and who made it, from the token's page to the request log.
+    browser
+        .click("tbody tr a[href^='/console/tokens/tok_']")
+        .await;
+    browser.click("a[href^='/console/log?token_id=']").await;
+    // It has only answered whoami, which changes nothing, so nothing is logged for it.
+    browser.find("#no-events").await;
+    audit(&browser, axe, &shots, "log-of-a-token").await;
+    go("/console/log?action=token.create").await.unwrap();
+    let made = browser.find("#events tbody tr").await.text().await.unwrap();
+    assert!(
+        made.contains("acting for this organization") && made.contains("token.create"),
+        "the event names the reseller acting for Acme: {made}"
+    );
+    audit(&browser, axe, &shots, "log-acting").await;
     let theirs = server.login("ops@acme.example", &password).await;
     let events: Value = with_cookies(
         server.get("/v1/audit-events?action=token.create"),
