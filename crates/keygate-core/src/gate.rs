@@ -241,7 +241,8 @@ impl Gate {
             denied.rate_limit = rate_limit;
             return Err(denied);
         }
-        self.usage.record(caller.verified_shared(), now);
+        self.usage
+            .record(caller.verified_shared(), now, request.client);
         Ok(Admission { caller, rate_limit })
     }
 
@@ -252,13 +253,17 @@ impl Gate {
         &self,
         verified: &Arc<Verified>,
         now_millis: i64,
+        client: Option<IpAddr>,
     ) -> Result<Option<RateLimitStatus>, RateLimitStatus> {
         let status = self.meter(verified, now_millis);
         if let Some(over) = status.filter(|s| !s.allowed()) {
             return Err(over);
         }
-        self.usage
-            .record(verified, Timestamp::from_unix(now_millis.div_euclid(1000)));
+        self.usage.record(
+            verified,
+            Timestamp::from_unix(now_millis.div_euclid(1000)),
+            client,
+        );
         Ok(status)
     }
 

@@ -253,6 +253,8 @@ pub struct Credential {
     pub expires_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
+    /// The client address of that last use, when it was known.
+    pub last_used_ip: Option<std::net::IpAddr>,
     /// The token this one replaced by a roll (API.md §14).
     pub rolled_from: Option<CredentialId>,
     /// The token that replaced this one by a roll.
@@ -299,6 +301,7 @@ impl Credential {
             expires_at: None,
             revoked_at: None,
             last_used_at: None,
+            last_used_ip: None,
             rolled_from: None,
             rolled_to: None,
             previous_secret: None,

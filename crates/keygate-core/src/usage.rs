@@ -1,13 +1,14 @@
-//! `last_used_at` without a store write per request, and nearly without a lock: each use is noted
+//! `last_used_at` and `last_used_ip` without a store write per request, and nearly without a lock: each use is noted
 //! on the cached verification itself (two atomic operations); a credential joins the queue only
 //! on its first use since the last batch. Batches are written every few seconds and at shutdown. A
 //! crash loses at most one interval of timestamps, which is the trade this field can afford.
 
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::Timestamp;
-use crate::store::{DynStore, StoreError};
+use crate::store::{DynStore, LastUse, StoreError};
 use crate::verified::Verified;
 
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
@@ -18,9 +19,9 @@ pub struct UsageRecorder {
 }
 
 impl UsageRecorder {
-    /// Notes a use of `verified` at `at`.
-    pub fn record(&self, verified: &Arc<Verified>, at: Timestamp) {
-        if verified.usage.note(at.unix()) {
+    /// Notes a use of `verified` at `at`, from `ip` when the path knows it.
+    pub fn record(&self, verified: &Arc<Verified>, at: Timestamp, ip: Option<IpAddr>) {
+        if verified.usage.note(at.unix(), ip) {
             self.queued
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -33,11 +34,18 @@ impl UsageRecorder {
         let queued = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()));
         let batch: Vec<_> = queued
             .iter()
-            .map(|v| (v.owner_id().clone(), v.usage.take()))
+            .map(|v| {
+                let (at, ip) = v.usage.take();
+                LastUse {
+                    credential_id: v.owner_id().clone(),
+                    at,
+                    ip,
+                }
+            })
             .collect();
         if let Err(error) = store.record_last_used(&batch).await {
-            for (verified, (_, at)) in queued.iter().zip(&batch) {
-                self.record(verified, *at);
+            for (verified, last) in queued.iter().zip(&batch) {
+                self.record(verified, last.at, last.ip);
             }
             return Err(error);
         }

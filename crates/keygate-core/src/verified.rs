@@ -276,27 +276,39 @@ pub fn role_permissions(role: &Role, catalog: &Catalog) -> PermissionSet {
 }
 
 /// A credential's last use, noted on every request and taken by the batch that writes
-/// `last_used_at`.
+/// `last_used_at` and `last_used_ip`.
 #[derive(Debug, Default)]
 pub struct Usage {
     last_used: std::sync::atomic::AtomicI64,
+    /// Written with `try_lock`, never waited for: when two requests of one credential note their
+    /// address at the same instant, either is the latest.
+    last_ip: std::sync::Mutex<Option<IpAddr>>,
     pending: std::sync::atomic::AtomicBool,
 }
 
 impl Usage {
-    /// Notes a use at `now` (unix seconds); `true` if the credential was not yet waiting to be
-    /// written, so the caller should queue it.
-    pub fn note(&self, now: i64) -> bool {
+    /// Notes a use at `now` (unix seconds) from `ip`; `true` if the credential was not yet
+    /// waiting to be written, so the caller should queue it.
+    pub fn note(&self, now: i64, ip: Option<IpAddr>) -> bool {
         use std::sync::atomic::Ordering;
         self.last_used.fetch_max(now, Ordering::Relaxed);
+        if let Some(ip) = ip
+            && let Ok(mut last) = self.last_ip.try_lock()
+        {
+            *last = Some(ip);
+        }
         !self.pending.swap(true, Ordering::AcqRel)
     }
 
-    /// The latest use, no longer waiting to be written.
-    pub fn take(&self) -> Timestamp {
+    /// The latest use and its address, no longer waiting to be written.
+    pub fn take(&self) -> (Timestamp, Option<IpAddr>) {
         use std::sync::atomic::Ordering;
         self.pending.store(false, Ordering::Release);
-        Timestamp::from_unix(self.last_used.load(Ordering::Relaxed))
+        let ip = *self.last_ip.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            Timestamp::from_unix(self.last_used.load(Ordering::Relaxed)),
+            ip,
+        )
     }
 }
 

@@ -69,9 +69,17 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
                 message: format!("must be a number between 1 and {}", Page::MAX_LIMIT),
             }]));
         }
-        serde_html_form::from_str(query)
+        let parsed = serde_html_form::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(parsed)
             .map(Query)
-            .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))
+            .map_err(|e| match e.path().to_string().as_str() {
+                // An unknown key, or a query that is not a form at all: nothing to point at.
+                "" | "." => ApiError::invalid(format!("invalid query string: {}", e.inner())),
+                field => ApiError::invalid_fields(vec![FieldError {
+                    field: field.to_owned(),
+                    message: format!("cannot be read: {}", e.inner()),
+                }]),
+            })
     }
 }
 

@@ -15,7 +15,9 @@ use keygate_core::jwt::SigningAlgorithm;
 use keygate_core::model::{AuditEvent, Outcome, Role, User, UserStatus};
 use keygate_core::oauth::{AuthenticatedClient, Lifetimes, RefreshToken, Rotation};
 use keygate_core::permission::{BuiltinRole, Catalog};
-use keygate_core::store::{Change, ChangeListener, Deletion, Page, StoreError, TokenFilter};
+use keygate_core::store::{
+    Change, ChangeListener, Deletion, LastUse, Page, StoreError, TokenFilter,
+};
 use keygate_core::verify::Verifier;
 use keygate_core::{ManualClock, Timestamp, access::RequestMeta};
 
@@ -553,17 +555,41 @@ async fn last_use_only_moves_forward(db: TestDb) {
     store.bootstrap(&plan).await.unwrap();
     let id = plan.token.id.clone();
     let later = Timestamp::from_unix(NOW.unix() + 60);
+    let used = |at, ip: Option<&str>| LastUse {
+        credential_id: id.clone(),
+        at,
+        ip: ip.map(|ip| ip.parse().unwrap()),
+    };
     store
-        .record_last_used(&[(id.clone(), later)])
+        .record_last_used(&[used(later, Some("2001:db8::7"))])
         .await
         .unwrap();
-    store.record_last_used(&[(id.clone(), NOW)]).await.unwrap();
+    // An older use, from elsewhere, arriving late changes neither.
+    store
+        .record_last_used(&[used(NOW, Some("203.0.113.9"))])
+        .await
+        .unwrap();
     let record = store
         .find_credential(&secrets.token.hash())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(record.credential.last_used_at, Some(later));
+    assert_eq!(
+        record.credential.last_used_ip,
+        Some("2001:db8::7".parse().unwrap())
+    );
+    // A use whose address was not known keeps the last one that was.
+    store.record_last_used(&[used(later, None)]).await.unwrap();
+    let record = store
+        .find_credential(&secrets.token.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        record.credential.last_used_ip,
+        Some("2001:db8::7".parse().unwrap())
+    );
 }
 
 #[tokio::test]

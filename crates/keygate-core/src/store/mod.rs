@@ -34,7 +34,7 @@ mod users;
 mod verification;
 
 pub use account::AccountStore;
-pub use audit::{AuditStore, EventFilter};
+pub use audit::{AuditStore, EventFilter, LastUse};
 pub use keys::{SigningKeySource, SigningKeyStore};
 pub use oauth::OAuthStore;
 pub use roles::RoleStore;

@@ -19,6 +19,8 @@ pub struct TokenFilter {
     pub ids: Vec<CredentialId>,
     /// Which users' personal tokens the caller may see.
     pub personal: PersonalTokens,
+    /// Only tokens not used since then, or never: the stale-credential report.
+    pub unused_since: Option<Timestamp>,
 }
 
 /// Whose personal tokens a list may show.

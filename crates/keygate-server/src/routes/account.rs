@@ -31,6 +31,9 @@ pub struct AccountKeyView {
     pub created_at: Timestamp,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<Timestamp>,
+    /// The client address of the last use, when known.
+    #[schema(value_type = Option<String>, example = "203.0.113.7")]
+    pub last_used_ip: Option<String>,
     /// Whether this key authenticates the request that lists it.
     pub current: bool,
 }
@@ -74,6 +77,7 @@ pub(crate) async fn keys_view(state: &AppState, caller: &Caller) -> Result<Accou
                 hint: key.hint,
                 created_at: key.created_at,
                 last_used_at: key.last_used_at,
+                last_used_ip: key.last_used_ip.map(|ip| ip.to_string()),
             })
             .collect(),
     })

@@ -97,6 +97,9 @@ pub struct TokenView {
     pub expires_at: Option<Timestamp>,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<Timestamp>,
+    /// The client address of the last use, when known.
+    #[schema(value_type = Option<String>, example = "203.0.113.7")]
+    pub last_used_ip: Option<String>,
     /// `active`, `expired` or `revoked`.
     #[schema(example = "active")]
     pub status: &'static str,
@@ -131,6 +134,7 @@ impl TokenView {
             created_at: token.created_at,
             expires_at: token.expires_at,
             last_used_at: token.last_used_at,
+            last_used_ip: token.last_used_ip.map(|ip| ip.to_string()),
             hint: token.hint,
             allowed_ips: token
                 .allowed_ips
@@ -181,6 +185,9 @@ pub struct ListQuery {
     user_id: Vec<String>,
     #[serde(default)]
     id: Vec<String>,
+    /// Only tokens not used for this many days, or never used: the stale-credential report.
+    #[param(minimum = 1, maximum = 36500)]
+    unused_for_days: Option<u32>,
     /// How many items, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
@@ -425,10 +432,22 @@ pub async fn list(
             });
         }
     }
+    if query
+        .unused_for_days
+        .is_some_and(|days| !(1..=36_500).contains(&days))
+    {
+        errors.push(FieldError {
+            field: "unused_for_days".into(),
+            message: "must be a number of days from 1 to 36500".into(),
+        });
+    }
     if !errors.is_empty() {
         return Err(ApiError::invalid_fields(errors));
     }
     let filter = TokenFilter {
+        unused_since: query
+            .unused_for_days
+            .map(|days| Timestamp::from_unix(now.unix() - i64::from(days) * 86_400)),
         kinds: query.kind.iter().map(|k| k.credential_kind()).collect(),
         statuses: query.status,
         // Ids that cannot exist match nothing, as they would in the store.

@@ -16,6 +16,7 @@ on_every_backend!(
     revocation_single_and_bulk_with_warnings,
     secrets_appear_only_in_the_create_response,
     last_use_is_recorded_in_batches,
+    last_use_records_the_address_and_the_stale_report_lists_unused_tokens,
     sign_in_failures_are_uniform_and_throttled,
     logout_ends_the_session,
     roles_define_permissions_and_changes_apply_at_once,
@@ -586,6 +587,118 @@ async fn last_use_is_recorded_in_batches(backend: Backend) {
         .await;
     let expected = keygate_core::Timestamp::from_unix(crate::harness::START.unix() + 90);
     assert_eq!(token["last_used_at"], expected.to_string());
+}
+
+async fn last_use_records_the_address_and_the_stale_report_lists_unused_tokens(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let token = |name: &'static str| {
+        server.expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": name, "role": "viewer"})),
+        )
+    };
+    let used = token("used").await;
+    let idle = token("idle").await;
+    let key = server
+        .expect(201, Method::POST, "/v1/account/keys", &server.token, None)
+        .await;
+    let client = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/oauth/clients",
+            &server.token,
+            Some(json!({"name": "app", "role": "viewer"})),
+        )
+        .await;
+    let day = Duration::from_secs(86_400);
+    server.clock.advance(day * 5);
+    whoami_permissions(&server, used["secret"].as_str().unwrap()).await;
+    whoami_permissions(&server, key["key"].as_str().unwrap()).await;
+    let granted = server
+        .post("/v1/oauth/token")
+        .basic_auth(
+            client["client_id"].as_str().unwrap(),
+            client["client_secret"].as_str(),
+        )
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(granted.status(), 200);
+    server.state.flush_usage().await;
+
+    let path = |id: &Value| format!("/v1/tokens/{}", id.as_str().unwrap());
+    let read = server
+        .expect(200, Method::GET, &path(&used["id"]), &server.token, None)
+        .await;
+    assert_eq!(read["last_used_ip"], "127.0.0.1", "{read}");
+    let read = server
+        .expect(200, Method::GET, &path(&idle["id"]), &server.token, None)
+        .await;
+    assert!(read["last_used_ip"].is_null() && read["last_used_at"].is_null());
+    let keys = server
+        .expect(200, Method::GET, "/v1/account/keys", &server.token, None)
+        .await;
+    assert_eq!(keys["data"][0]["last_used_ip"], "127.0.0.1", "{keys}");
+    let read = server
+        .expect(
+            200,
+            Method::GET,
+            &format!(
+                "/v1/oauth/clients/{}",
+                client["client_id"].as_str().unwrap()
+            ),
+            &server.token,
+            None,
+        )
+        .await;
+    assert_eq!(read["last_used_ip"], "127.0.0.1", "{read}");
+
+    // Three days on, the uses written: "not used for a week" is the token never used; "for two
+    // days" adds every one last used five days in (the owner's token among them).
+    server.clock.advance(day * 3);
+    server.state.flush_usage().await;
+    let stale = async |days: u32| {
+        let path = format!("/v1/tokens?unused_for_days={days}");
+        server
+            .expect(200, Method::GET, &path, &server.token, None)
+            .await
+    };
+    let names = |list: Value| -> Vec<String> {
+        let mut names: Vec<String> = list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(stale(7).await), ["idle"]);
+    assert_eq!(names(stale(2).await), ["bootstrap", "idle", "used"]);
+    for bad in ["0", "36501", "soon"] {
+        let body = problem(
+            server
+                .call(
+                    Method::GET,
+                    &format!("/v1/tokens?unused_for_days={bad}"),
+                    &server.token,
+                    None,
+                )
+                .await,
+            400,
+            "invalid-request",
+        )
+        .await;
+        assert!(
+            body.to_string().contains("unused_for_days"),
+            "{bad}: {body}"
+        );
+    }
 }
 
 async fn sign_in_failures_are_uniform_and_throttled(backend: Backend) {

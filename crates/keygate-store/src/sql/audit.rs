@@ -6,9 +6,8 @@ use futures_core::stream::BoxStream;
 use futures_util::TryStreamExt;
 use keygate_core::Timestamp;
 use keygate_core::access::{Scope, perm};
-use keygate_core::id::CredentialId;
 use keygate_core::model::{AuditEvent, Outcome, StoredEvent};
-use keygate_core::store::{AuditStore, EventFilter, Page, Paged, StoreError};
+use keygate_core::store::{AuditStore, EventFilter, LastUse, Page, Paged, StoreError};
 use sqlx::{QueryBuilder, Row};
 
 use super::shared::{corrupt, insert_event_counted, paged, timestamp};
@@ -73,18 +72,26 @@ impl AuditStore for SqlStore {
         .map_err(store_error)
     }
 
-    async fn record_last_used(&self, uses: &[(CredentialId, Timestamp)]) -> Result<(), StoreError> {
+    async fn record_last_used(&self, uses: &[LastUse]) -> Result<(), StoreError> {
         if uses.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
-        for (id, at) in uses {
+        for LastUse {
+            credential_id,
+            at,
+            ip,
+        } in uses
+        {
+            // Within the same second, the later batch's address wins.
             sqlx::query(
-                "UPDATE credentials SET last_used_at = $1
-                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)",
+                "UPDATE credentials SET last_used_at = $1,
+                     last_used_ip = COALESCE($3, last_used_ip)
+                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at <= $1)",
             )
             .bind(at.unix())
-            .bind(id.as_str())
+            .bind(credential_id.as_str())
+            .bind(ip.map(|ip| ip.to_string()))
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;

@@ -431,6 +431,11 @@ pub(super) fn credential_from_row(row: &DbRow) -> Result<Credential, StoreError>
         expires_at: optional_timestamp(row, "expires_at")?,
         revoked_at: optional_timestamp(row, "revoked_at")?,
         last_used_at: optional_timestamp(row, "last_used_at")?,
+        // Written by keygate alone; an address it cannot read back is forgotten, not an error.
+        last_used_ip: row
+            .try_get::<Option<String>, _>("last_used_ip")
+            .map_err(store_error)?
+            .and_then(|ip| ip.parse().ok()),
         rolled_from: row
             .try_get::<Option<String>, _>("rolled_from")
             .map_err(store_error)?

@@ -83,6 +83,12 @@ impl TokenStore for SqlStore {
         }
         and_in!(query, "user_id", &filter.user_ids);
         and_in!(query, "id", &filter.ids);
+        if let Some(since) = filter.unused_since {
+            query
+                .push(" AND (last_used_at IS NULL OR last_used_at < ")
+                .push_bind(since.unix())
+                .push(")");
+        }
         match &filter.personal {
             PersonalTokens::All => {}
             PersonalTokens::OfUser(user) => {

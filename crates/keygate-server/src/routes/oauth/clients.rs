@@ -52,6 +52,9 @@ pub struct ClientView {
     /// When it last authenticated or one of its access tokens was last used.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_used_at: Option<Timestamp>,
+    /// The client address of the last use, when known.
+    #[schema(value_type = Option<String>, example = "203.0.113.7")]
+    pub last_used_ip: Option<String>,
     /// The secret's last four characters.
     #[schema(example = "x9Qa")]
     pub hint: String,
@@ -73,6 +76,7 @@ impl From<Credential> for ClientView {
             created_by: client.created_by,
             created_at: client.created_at,
             last_used_at: client.last_used_at,
+            last_used_ip: client.last_used_ip.map(|ip| ip.to_string()),
             hint: client.hint,
             previous_secret_expires_at: client.previous_secret.map(|p| p.until),
         }
