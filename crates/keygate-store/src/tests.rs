@@ -119,6 +119,7 @@ on_every_backend!(
     usage_is_read_in_the_scope_and_below_only,
     pruning_usage_deletes_the_oldest_buckets_at_most_a_limit_at_a_time,
     deleting_a_tenant_takes_its_usage,
+    a_batch_of_usage_is_added_whole_or_not_at_all,
 );
 
 fn format() -> CredentialFormat {
@@ -2174,5 +2175,47 @@ async fn deleting_a_tenant_takes_its_usage(db: TestDb) {
         )
         .await,
         [row(0, None, None, None, 4)]
+    );
+}
+
+async fn a_batch_of_usage_is_added_whole_or_not_at_all(db: TestDb) {
+    let o = owned(db).await;
+    let root = o.plan.tenant.clone();
+    let scope = usage_scope(&o, &root);
+    let c = credential();
+    // More minutes than one statement carries: 7 1/2 hours of them.
+    let minutes: Vec<UsageCount> = (0..450)
+        .map(|minute| used(&c, &root, minute * 60, UsageOutcome::Valid, 1))
+        .collect();
+    o.store.add_usage(&minutes).await.unwrap();
+    let stored = usage_of(&o, &scope, &window(Granularity::Minute, 0, 86_400)).await;
+    assert_eq!(stored.len(), 450);
+    assert!(stored.iter().all(|r| r.4 == 1));
+    let hours = usage_of(&o, &scope, &window(Granularity::Hour, 0, 86_400)).await;
+    assert_eq!(
+        hours.iter().map(|r| r.4).collect::<Vec<_>>(),
+        [60, 60, 60, 60, 60, 60, 60, 30]
+    );
+
+    // Two minutes whose hour cannot hold their sum: the minutes, already written, are rolled
+    // back with the rest.
+    let other = credential();
+    let half = 1_u64 << 62;
+    let overflowing = [
+        used(&other, &root, 0, UsageOutcome::Valid, half),
+        used(&other, &root, 60, UsageOutcome::Valid, half),
+    ];
+    assert!(matches!(
+        o.store.add_usage(&overflowing).await,
+        Err(StoreError::Internal(_))
+    ));
+    let of_other = UsageFilter {
+        credential_ids: vec![other],
+        ..window(Granularity::Minute, 0, 86_400)
+    };
+    assert!(usage_of(&o, &scope, &of_other).await.is_empty());
+    assert_eq!(
+        usage_of(&o, &scope, &window(Granularity::Day, 0, 86_400)).await,
+        [row(0, None, None, None, 450)]
     );
 }
