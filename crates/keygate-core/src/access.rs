@@ -78,6 +78,7 @@ pub mod perm {
         OauthClientsRead = "oauth_clients:read",
         OauthClientsWrite = "oauth_clients:write",
         AuditRead = "audit:read",
+        UsageRead = "usage:read",
         CredentialsVerify = "credentials:verify",
     }
 }

@@ -16,7 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The permissions keygate itself defines.
-pub const BUILTIN: [&str; 17] = [
+pub const BUILTIN: [&str; 18] = [
     "tenants:read",
     "tenants:write",
     "tenants:impersonate",
@@ -33,6 +33,7 @@ pub const BUILTIN: [&str; 17] = [
     "oauth_clients:read",
     "oauth_clients:write",
     "audit:read",
+    "usage:read",
     "credentials:verify",
 ];
 
@@ -552,6 +553,12 @@ mod tests {
         assert!(viewer.iter().all(|p| p.as_str().ends_with(":read")));
         assert_eq!(member.len(), viewer.len() + 1);
         assert!(viewer.is_subset_of(&member) && member.is_subset_of(&admin));
+        for role in [&owner, &admin, &member, &viewer] {
+            assert!(
+                role.contains("usage:read"),
+                "every built-in role reads usage"
+            );
+        }
         assert_eq!(
             BuiltinRole::from_id(&BuiltinRole::Admin.id()),
             Some(BuiltinRole::Admin)

@@ -3,20 +3,21 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use keygate_core::access::{Caller, Grant, perm};
+use keygate_core::access::{Caller, Grant, Scope, perm};
 use keygate_core::bootstrap;
 use keygate_core::cache::CredentialCache;
 use keygate_core::credential::{
     CredentialFormat, CredentialHash, CredentialKind, Environment, Secret,
 };
 use keygate_core::gate::{Gate, Presented, Request as GateRequest};
-use keygate_core::id::{CredentialId, RoleId, UserId};
+use keygate_core::id::{CredentialId, RoleId, TenantId, UserId};
 use keygate_core::jwt::SigningAlgorithm;
-use keygate_core::model::{AuditEvent, Outcome, Role, User, UserStatus};
+use keygate_core::model::{AuditEvent, Outcome, Role, Tenant, User, UserStatus};
 use keygate_core::oauth::{AuthenticatedClient, Lifetimes, RefreshToken, Rotation};
 use keygate_core::permission::{BuiltinRole, Catalog};
 use keygate_core::store::{
-    Change, ChangeListener, Deletion, LastUse, Page, StoreError, TokenFilter,
+    Change, ChangeListener, Deletion, Granularity, LastUse, Page, StoreError, TokenFilter,
+    UsageBucket, UsageCount, UsageFilter, UsageOutcome,
 };
 use keygate_core::verify::Verifier;
 use keygate_core::{ManualClock, Timestamp, access::RequestMeta};
@@ -113,6 +114,12 @@ on_every_backend!(
     signing_keys_rotate_one_generation_at_a_time,
     signing_keys_of_every_algorithm_are_kept_as_given,
     eddsa_keys_made_before_0006_are_kept_by_it,
+    usage_from_several_nodes_sums_into_minutes_hours_and_days,
+    usage_reads_group_filter_and_bound_buckets,
+    usage_is_read_in_the_scope_and_below_only,
+    pruning_usage_deletes_the_oldest_buckets_at_most_a_limit_at_a_time,
+    deleting_a_tenant_takes_its_usage,
+    a_batch_of_usage_is_added_whole_or_not_at_all,
 );
 
 fn format() -> CredentialFormat {
@@ -1642,4 +1649,597 @@ async fn signing_keys_rotate_one_generation_at_a_time(db: TestDb) {
         .map(|k| k.kid)
         .collect();
     assert_eq!(kids, [second.kid.clone(), third.kid.clone()]);
+}
+
+/// The owner, acting in `tenant` (in its own tenant without acting for anyone).
+fn acting_in(o: &Owned, tenant: &Tenant) -> Caller {
+    if tenant.id == o.plan.tenant.id {
+        o.caller.clone()
+    } else {
+        o.caller
+            .clone()
+            .acting_for(keygate_core::verified::TenantSummary::from(tenant))
+            .unwrap()
+    }
+}
+
+/// A tenant below `parent`, made by the owner acting in `parent`.
+async fn tenant_below(o: &Owned, parent: &Tenant, slug: &str) -> Tenant {
+    let grant = acting_in(o, parent)
+        .require::<perm::TenantsWrite>()
+        .unwrap();
+    let id = TenantId::generate(NOW).unwrap();
+    let tenant = Tenant {
+        path: parent.path.child(&id),
+        id,
+        parent_id: Some(parent.id.clone()),
+        name: slug.to_owned(),
+        slug: keygate_core::model::Slug::parse(slug).unwrap(),
+        status: keygate_core::model::TenantStatus::Active,
+        ip_restriction: Default::default(),
+        created_at: NOW,
+    };
+    o.store
+        .create_tenant(&grant, &tenant, None, &[event(&grant, "tenant.create")])
+        .await
+        .unwrap();
+    tenant
+}
+
+/// What a read of usage in `tenant` may see.
+fn usage_scope(o: &Owned, tenant: &Tenant) -> Scope<perm::UsageRead> {
+    acting_in(o, tenant)
+        .require::<perm::UsageRead>()
+        .unwrap()
+        .reads()
+}
+
+fn credential() -> CredentialId {
+    CredentialId::generate_for(CredentialKind::Service, NOW).unwrap()
+}
+
+/// The start of the day `NOW` falls in, plus `seconds`: usage tests place their minutes in it.
+fn day_at(seconds: i64) -> Timestamp {
+    Timestamp::from_unix(Granularity::Day.bucket(NOW).unix() + seconds)
+}
+
+fn used(
+    credential: &CredentialId,
+    tenant: &Tenant,
+    minute: i64,
+    outcome: UsageOutcome,
+    count: u64,
+) -> UsageCount {
+    UsageCount {
+        credential_id: credential.clone(),
+        tenant_id: tenant.id.clone(),
+        minute: day_at(minute),
+        outcome,
+        count,
+    }
+}
+
+/// Every bucket of `granularity` in `since..until` (seconds into the day), grouped by nothing.
+fn window(granularity: Granularity, since: i64, until: i64) -> UsageFilter {
+    UsageFilter {
+        credential_ids: Vec::new(),
+        tenant_ids: Vec::new(),
+        since: day_at(since),
+        until: day_at(until),
+        granularity,
+        by_credential: false,
+        by_outcome: false,
+        by_tenant: false,
+    }
+}
+
+/// A bucket as the usage tests compare them: its start in seconds into the day, then what it is
+/// grouped by (the outcome by its name) and its count. Tuples order as the store orders buckets.
+type Row = (
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<&'static str>,
+    u64,
+);
+
+/// Reads usage both ways, the list and the export, and asserts they agree.
+async fn usage_of(o: &Owned, scope: &Scope<perm::UsageRead>, filter: &UsageFilter) -> Vec<Row> {
+    use futures_util::TryStreamExt;
+    let read = o.store.usage(scope, filter).await.unwrap();
+    let exported: Vec<UsageBucket> = o
+        .store
+        .export_usage(scope, filter)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(exported, read, "the export streams what the read returns");
+    let day = Granularity::Day.bucket(NOW).unix();
+    read.into_iter()
+        .map(|b| {
+            (
+                b.start.unix() - day,
+                b.credential_id,
+                b.tenant_id,
+                b.outcome.map(UsageOutcome::as_str),
+                b.count,
+            )
+        })
+        .collect()
+}
+
+fn row(
+    start: i64,
+    credential: Option<&CredentialId>,
+    tenant: Option<&Tenant>,
+    outcome: Option<UsageOutcome>,
+    count: u64,
+) -> Row {
+    (
+        start,
+        credential.map(|c| c.to_string()),
+        tenant.map(|t| t.id.to_string()),
+        outcome.map(UsageOutcome::as_str),
+        count,
+    )
+}
+
+/// The rows expected, in the order the store returns them: by start, then the grouped keys.
+fn sorted(mut rows: Vec<Row>) -> Vec<Row> {
+    rows.sort();
+    rows
+}
+
+/// The tenant of every stored usage row, of every bucket size, read past the store.
+async fn usage_row_tenants(db: &TestDb) -> Vec<String> {
+    const SQL: &str = "SELECT tenant_id FROM usage_minutes UNION ALL \
+                       SELECT tenant_id FROM usage_hours UNION ALL \
+                       SELECT tenant_id FROM usage_days";
+    let mut tenants: Vec<String> = if db.url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+        let tenants = sqlx::query_scalar(SQL).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        tenants
+    } else {
+        let pool = sqlx::SqlitePool::connect(&db.url()).await.unwrap();
+        let tenants = sqlx::query_scalar(SQL).fetch_all(&pool).await.unwrap();
+        pool.close().await;
+        tenants
+    };
+    tenants.sort();
+    tenants
+}
+
+async fn usage_from_several_nodes_sums_into_minutes_hours_and_days(db: TestDb) {
+    use UsageOutcome::{Expired, Forbidden, Valid};
+    let o = owned(db).await;
+    let other_node = o._db.open(Arc::default()).await;
+    let root = o.plan.tenant.clone();
+    let c = credential();
+    // 00:59, 01:00 and 01:01 on the first day; 00:05 on the next.
+    let (m0059, m0100, m0101, next_day) = (3_540, 3_600, 3_660, 86_400 + 300);
+    let node_a = [
+        used(&c, &root, m0059, Valid, 3),
+        used(&c, &root, m0059, Expired, 1),
+        used(&c, &root, m0100, Valid, 4),
+        used(&c, &root, m0100, Valid, 1),
+        used(&c, &root, m0101, Forbidden, 0),
+    ];
+    let node_b = [
+        used(&c, &root, m0059, Valid, 5),
+        used(&c, &root, m0101, Valid, 2),
+        used(&c, &root, next_day, Valid, 7),
+    ];
+    let (a, b) = tokio::join!(o.store.add_usage(&node_a), other_node.add_usage(&node_b));
+    a.unwrap();
+    b.unwrap();
+    // The next flush of the same minute adds to it.
+    o.store
+        .add_usage(&[used(&c, &root, m0059, Valid, 10)])
+        .await
+        .unwrap();
+    o.store.add_usage(&[]).await.unwrap();
+
+    let scope = usage_scope(&o, &root);
+    let by_outcome = |granularity| UsageFilter {
+        by_outcome: true,
+        ..window(granularity, 0, 2 * 86_400)
+    };
+    assert_eq!(
+        usage_of(&o, &scope, &by_outcome(Granularity::Minute)).await,
+        [
+            row(m0059, None, None, Some(Expired), 1),
+            row(m0059, None, None, Some(Valid), 3 + 5 + 10),
+            row(m0100, None, None, Some(Valid), 4 + 1),
+            row(m0101, None, None, Some(Valid), 2),
+            row(next_day, None, None, Some(Valid), 7),
+        ],
+        "what both nodes counted for a minute is one sum; a count of nothing is not written"
+    );
+    assert_eq!(
+        usage_of(&o, &scope, &by_outcome(Granularity::Hour)).await,
+        [
+            row(0, None, None, Some(Expired), 1),
+            row(0, None, None, Some(Valid), 18),
+            row(3_600, None, None, Some(Valid), 5 + 2),
+            row(86_400, None, None, Some(Valid), 7),
+        ]
+    );
+    assert_eq!(
+        usage_of(&o, &scope, &by_outcome(Granularity::Day)).await,
+        [
+            row(0, None, None, Some(Expired), 1),
+            row(0, None, None, Some(Valid), 18 + 5 + 2),
+            row(86_400, None, None, Some(Valid), 7),
+        ]
+    );
+}
+
+async fn usage_reads_group_filter_and_bound_buckets(db: TestDb) {
+    use UsageOutcome::{RateLimited, Revoked, Valid};
+    let o = owned(db).await;
+    let root = o.plan.tenant.clone();
+    let child = tenant_below(&o, &root, "usage-child").await;
+    let (own, first, second) = (credential(), credential(), credential());
+    o.store
+        .add_usage(&[
+            used(&own, &root, 0, Valid, 1),
+            used(&own, &root, 60, Valid, 2),
+            used(&own, &root, 120, RateLimited, 4),
+            used(&first, &child, 0, Valid, 10),
+            used(&first, &child, 0, Revoked, 20),
+            used(&first, &child, 60, Valid, 30),
+            used(&second, &child, 120, Valid, 100),
+        ])
+        .await
+        .unwrap();
+    let scope = usage_scope(&o, &root);
+    let all = window(Granularity::Minute, 0, 180);
+
+    assert_eq!(
+        usage_of(&o, &scope, &all).await,
+        [
+            row(0, None, None, None, 31),
+            row(60, None, None, None, 32),
+            row(120, None, None, None, 104),
+        ]
+    );
+    let by_credential = UsageFilter {
+        by_credential: true,
+        ..all.clone()
+    };
+    assert_eq!(
+        usage_of(&o, &scope, &by_credential).await,
+        sorted(vec![
+            row(0, Some(&own), None, None, 1),
+            row(0, Some(&first), None, None, 30),
+            row(60, Some(&own), None, None, 2),
+            row(60, Some(&first), None, None, 30),
+            row(120, Some(&own), None, None, 4),
+            row(120, Some(&second), None, None, 100),
+        ])
+    );
+    let by_outcome = UsageFilter {
+        by_outcome: true,
+        ..all.clone()
+    };
+    assert_eq!(
+        usage_of(&o, &scope, &by_outcome).await,
+        [
+            row(0, None, None, Some(Revoked), 20),
+            row(0, None, None, Some(Valid), 11),
+            row(60, None, None, Some(Valid), 32),
+            row(120, None, None, Some(RateLimited), 4),
+            row(120, None, None, Some(Valid), 100),
+        ]
+    );
+    let by_tenant = UsageFilter {
+        by_tenant: true,
+        ..all.clone()
+    };
+    assert_eq!(
+        usage_of(&o, &scope, &by_tenant).await,
+        sorted(vec![
+            row(0, None, Some(&root), None, 1),
+            row(0, None, Some(&child), None, 30),
+            row(60, None, Some(&root), None, 32 - 30),
+            row(60, None, Some(&child), None, 30),
+            row(120, None, Some(&root), None, 4),
+            row(120, None, Some(&child), None, 100),
+        ])
+    );
+    let by_everything = UsageFilter {
+        by_credential: true,
+        by_outcome: true,
+        by_tenant: true,
+        ..all.clone()
+    };
+    assert_eq!(
+        usage_of(&o, &scope, &by_everything).await,
+        sorted(vec![
+            row(0, Some(&own), Some(&root), Some(Valid), 1),
+            row(0, Some(&first), Some(&child), Some(Valid), 10),
+            row(0, Some(&first), Some(&child), Some(Revoked), 20),
+            row(60, Some(&own), Some(&root), Some(Valid), 2),
+            row(60, Some(&first), Some(&child), Some(Valid), 30),
+            row(120, Some(&own), Some(&root), Some(RateLimited), 4),
+            row(120, Some(&second), Some(&child), Some(Valid), 100),
+        ])
+    );
+
+    // `since` is inclusive, `until` exclusive.
+    assert_eq!(
+        usage_of(&o, &scope, &window(Granularity::Minute, 60, 120)).await,
+        [row(60, None, None, None, 32)]
+    );
+    assert_eq!(
+        usage_of(&o, &scope, &window(Granularity::Minute, 61, 180)).await,
+        [row(120, None, None, None, 104)]
+    );
+    assert!(
+        usage_of(&o, &scope, &window(Granularity::Minute, 180, 3_600))
+            .await
+            .is_empty()
+    );
+
+    // Filters: a bucket matches one value of each list given.
+    let of_credentials = UsageFilter {
+        credential_ids: vec![first.clone(), own.clone()],
+        ..all.clone()
+    };
+    assert_eq!(
+        usage_of(&o, &scope, &of_credentials).await,
+        [
+            row(0, None, None, None, 31),
+            row(60, None, None, None, 32),
+            row(120, None, None, None, 4),
+        ]
+    );
+    let of_child = UsageFilter {
+        tenant_ids: vec![child.id.clone()],
+        ..all.clone()
+    };
+    assert_eq!(
+        usage_of(&o, &scope, &of_child).await,
+        [
+            row(0, None, None, None, 30),
+            row(60, None, None, None, 30),
+            row(120, None, None, None, 100),
+        ]
+    );
+    let of_both = UsageFilter {
+        credential_ids: vec![own.clone()],
+        tenant_ids: vec![child.id.clone()],
+        ..all.clone()
+    };
+    assert!(usage_of(&o, &scope, &of_both).await.is_empty());
+
+    assert_eq!(
+        usage_of(&o, &scope, &window(Granularity::Hour, 0, 3_600)).await,
+        [row(0, None, None, None, 167)]
+    );
+}
+
+async fn usage_is_read_in_the_scope_and_below_only(db: TestDb) {
+    let o = owned(db).await;
+    let root = o.plan.tenant.clone();
+    let a = tenant_below(&o, &root, "usage-a").await;
+    let a1 = tenant_below(&o, &a, "usage-a1").await;
+    let b = tenant_below(&o, &root, "usage-b").await;
+    let (in_root, in_a, in_a1, in_b) = (credential(), credential(), credential(), credential());
+    o.store
+        .add_usage(&[
+            used(&in_root, &root, 0, UsageOutcome::Valid, 1),
+            used(&in_a, &a, 0, UsageOutcome::Valid, 10),
+            used(&in_a1, &a1, 0, UsageOutcome::Valid, 100),
+            used(&in_b, &b, 0, UsageOutcome::Valid, 1_000),
+        ])
+        .await
+        .unwrap();
+    let all = window(Granularity::Minute, 0, 60);
+    let by_tenant = UsageFilter {
+        by_tenant: true,
+        ..all.clone()
+    };
+
+    assert_eq!(
+        usage_of(&o, &usage_scope(&o, &a), &by_tenant).await,
+        sorted(vec![
+            row(0, None, Some(&a), None, 10),
+            row(0, None, Some(&a1), None, 100),
+        ]),
+        "a tenant sees its own usage and its descendants', not its parent's or its sibling's"
+    );
+    for (tenant, total) in [(&root, 1_111), (&a, 110), (&a1, 100), (&b, 1_000)] {
+        assert_eq!(
+            usage_of(&o, &usage_scope(&o, tenant), &all).await,
+            [row(0, None, None, None, total)],
+            "{}",
+            tenant.slug.as_str()
+        );
+    }
+    // Naming what lies outside the scope finds nothing.
+    for outside in [
+        UsageFilter {
+            tenant_ids: vec![b.id.clone(), root.id.clone()],
+            ..all.clone()
+        },
+        UsageFilter {
+            credential_ids: vec![in_b.clone(), in_root.clone()],
+            ..all.clone()
+        },
+    ] {
+        assert!(
+            usage_of(&o, &usage_scope(&o, &a), &outside)
+                .await
+                .is_empty()
+        );
+    }
+}
+
+async fn pruning_usage_deletes_the_oldest_buckets_at_most_a_limit_at_a_time(db: TestDb) {
+    use UsageOutcome::{Expired, Valid};
+    let o = owned(db).await;
+    let root = o.plan.tenant.clone();
+    let c = credential();
+    let mut counts = vec![used(&c, &root, 0, Expired, 1)];
+    counts.extend((0..5).map(|minute| used(&c, &root, minute * 60, Valid, 1)));
+    o.store.add_usage(&counts).await.unwrap();
+    let scope = usage_scope(&o, &root);
+    let starts = |rows: Vec<Row>| rows.into_iter().map(|r| r.0).collect::<Vec<_>>();
+    let minutes = UsageFilter {
+        by_outcome: true,
+        ..window(Granularity::Minute, 0, 3_600)
+    };
+
+    assert_eq!(
+        o.store
+            .prune_usage(Granularity::Minute, day_at(180), 2)
+            .await
+            .unwrap(),
+        2,
+        "the two buckets of the oldest minute"
+    );
+    assert_eq!(
+        starts(usage_of(&o, &scope, &minutes).await),
+        [60, 120, 180, 240]
+    );
+    assert_eq!(
+        o.store
+            .prune_usage(Granularity::Minute, day_at(180), 10)
+            .await
+            .unwrap(),
+        2,
+        "only what starts before the time"
+    );
+    assert_eq!(starts(usage_of(&o, &scope, &minutes).await), [180, 240]);
+    for (before, limit) in [(180, 10), (3_600, 0)] {
+        assert_eq!(
+            o.store
+                .prune_usage(Granularity::Minute, day_at(before), limit)
+                .await
+                .unwrap(),
+            0
+        );
+    }
+    assert_eq!(starts(usage_of(&o, &scope, &minutes).await), [180, 240]);
+
+    // Each size is pruned on its own.
+    let hours = UsageFilter {
+        by_outcome: true,
+        ..window(Granularity::Hour, 0, 86_400)
+    };
+    assert_eq!(
+        usage_of(&o, &scope, &hours).await,
+        [
+            row(0, None, None, Some(Expired), 1),
+            row(0, None, None, Some(Valid), 5),
+        ]
+    );
+    assert_eq!(
+        o.store
+            .prune_usage(Granularity::Hour, day_at(3_600), 1)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(usage_of(&o, &scope, &hours).await.len(), 1);
+    assert_eq!(
+        usage_of(&o, &scope, &window(Granularity::Day, 0, 86_400)).await,
+        [row(0, None, None, None, 6)]
+    );
+}
+
+async fn deleting_a_tenant_takes_its_usage(db: TestDb) {
+    let o = owned(db).await;
+    let root = o.plan.tenant.clone();
+    let child = tenant_below(&o, &root, "usage-gone").await;
+    let (in_root, in_child) = (credential(), credential());
+    o.store
+        .add_usage(&[
+            used(&in_root, &root, 0, UsageOutcome::Valid, 1),
+            used(&in_child, &child, 0, UsageOutcome::Valid, 2),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(usage_row_tenants(&o._db).await.len(), 6);
+
+    let tenants = o.caller.require::<perm::TenantsWrite>().unwrap();
+    assert_eq!(
+        o.store
+            .delete_tenant(&tenants, &child.id, &event(&tenants, "tenant.delete"))
+            .await
+            .unwrap(),
+        Deletion::Deleted
+    );
+    assert_eq!(
+        usage_row_tenants(&o._db).await,
+        vec![root.id.to_string(); 3],
+        "a minute, an hour and a day bucket of the root's, none of the deleted tenant's"
+    );
+
+    // A node that counted the deleted tenant's credential before it went is not refused (it would
+    // keep the counts and fail for ever): those counts are dropped, the rest of the batch added.
+    o.store
+        .add_usage(&[
+            used(&in_child, &child, 60, UsageOutcome::Valid, 5),
+            used(&in_root, &root, 60, UsageOutcome::Valid, 3),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        usage_row_tenants(&o._db).await,
+        vec![root.id.to_string(); 4]
+    );
+    assert_eq!(
+        usage_of(
+            &o,
+            &usage_scope(&o, &root),
+            &window(Granularity::Hour, 0, 3_600)
+        )
+        .await,
+        [row(0, None, None, None, 4)]
+    );
+}
+
+async fn a_batch_of_usage_is_added_whole_or_not_at_all(db: TestDb) {
+    let o = owned(db).await;
+    let root = o.plan.tenant.clone();
+    let scope = usage_scope(&o, &root);
+    let c = credential();
+    // More minutes than one statement carries: 7 1/2 hours of them.
+    let minutes: Vec<UsageCount> = (0..450)
+        .map(|minute| used(&c, &root, minute * 60, UsageOutcome::Valid, 1))
+        .collect();
+    o.store.add_usage(&minutes).await.unwrap();
+    let stored = usage_of(&o, &scope, &window(Granularity::Minute, 0, 86_400)).await;
+    assert_eq!(stored.len(), 450);
+    assert!(stored.iter().all(|r| r.4 == 1));
+    let hours = usage_of(&o, &scope, &window(Granularity::Hour, 0, 86_400)).await;
+    assert_eq!(
+        hours.iter().map(|r| r.4).collect::<Vec<_>>(),
+        [60, 60, 60, 60, 60, 60, 60, 30]
+    );
+
+    // Two minutes whose hour cannot hold their sum: the minutes, already written, are rolled
+    // back with the rest.
+    let other = credential();
+    let half = 1_u64 << 62;
+    let overflowing = [
+        used(&other, &root, 0, UsageOutcome::Valid, half),
+        used(&other, &root, 60, UsageOutcome::Valid, half),
+    ];
+    assert!(matches!(
+        o.store.add_usage(&overflowing).await,
+        Err(StoreError::Internal(_))
+    ));
+    let of_other = UsageFilter {
+        credential_ids: vec![other],
+        ..window(Granularity::Minute, 0, 86_400)
+    };
+    assert!(usage_of(&o, &scope, &of_other).await.is_empty());
+    assert_eq!(
+        usage_of(&o, &scope, &window(Granularity::Day, 0, 86_400)).await,
+        [row(0, None, None, None, 450)]
+    );
 }

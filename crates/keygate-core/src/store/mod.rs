@@ -30,6 +30,7 @@ mod oauth;
 mod roles;
 mod tenants;
 mod tokens;
+mod usage;
 mod users;
 mod verification;
 
@@ -40,6 +41,7 @@ pub use oauth::OAuthStore;
 pub use roles::RoleStore;
 pub use tenants::TenantStore;
 pub use tokens::{PersonalTokens, TokenFilter, TokenStore};
+pub use usage::{Granularity, UsageBucket, UsageCount, UsageFilter, UsageOutcome, UsageStore};
 pub use users::{Login, UserStore};
 pub use verification::{AccessTokenRecord, CredentialRecord, CredentialSource};
 
@@ -174,6 +176,7 @@ pub trait Store:
     + AuditStore
     + OAuthStore
     + SigningKeyStore
+    + UsageStore
 {
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;

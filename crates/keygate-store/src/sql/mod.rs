@@ -59,5 +59,6 @@ mod roles;
 mod shared;
 mod tenants;
 mod tokens;
+mod usage;
 mod users;
 mod verification;
