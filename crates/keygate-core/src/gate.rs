@@ -34,7 +34,7 @@ use crate::access::{Caller, Forbidden, perm};
 use crate::id::TenantId;
 use crate::model::RateLimit;
 use crate::ratelimit::{RateLimitStatus, RateLimiter};
-use crate::store::{DynStore, StoreError};
+use crate::store::{DynStore, StoreError, UsageOutcome};
 use crate::usage::UsageRecorder;
 use crate::verified::{TenantSummary, Verified};
 use crate::verify::{Refusal, Verifier};
@@ -64,6 +64,10 @@ pub struct Request<'a> {
     pub within: Option<&'a TenantId>,
     /// The time, read once for the whole request.
     pub now_millis: i64,
+    /// Whether this request counts in the credential's usage (API.md §12): every request does,
+    /// except the asking service's own call to `/v1/verify`, where the credential asked about is
+    /// the one counted.
+    pub counted: bool,
 }
 
 /// An admitted request: who it acts as, and its rate-limit status for the answer's headers.
@@ -109,6 +113,23 @@ pub enum Denial {
     /// The store could not answer (not the client's fault).
     #[error(transparent)]
     Store(StoreError),
+}
+
+impl Denial {
+    /// What the refused request counts as in the credential's usage; `None` when keygate, not
+    /// the request, failed (the store).
+    pub fn outcome(&self) -> Option<UsageOutcome> {
+        Some(match self {
+            Denial::Credential(Refusal::Expired) => UsageOutcome::Expired,
+            Denial::Credential(Refusal::Revoked) => UsageOutcome::Revoked,
+            Denial::IpNotAllowed(_) => UsageOutcome::IpNotAllowed,
+            Denial::RateLimited(_) => UsageOutcome::RateLimited,
+            Denial::Store(_) | Denial::Credential(Refusal::Store(_)) => return None,
+            // A suspended tenant or a disabled user, a credential presented in the wrong place or
+            // for a tenant it may not act in, or without the permission the path requires.
+            _ => UsageOutcome::Forbidden,
+        })
+    }
 }
 
 /// A refusal, with what was learnt on the way for the answer and the audit log.
@@ -181,8 +202,32 @@ impl Gate {
         &self.usage
     }
 
-    /// Decides whether `presented` may make `request` (the order is the module's).
+    /// Decides whether `presented` may make `request` (the order is the module's), and counts the
+    /// request in the usage of the credential it was about, when that credential is known.
     pub async fn admit(
+        &self,
+        presented: Presented<'_>,
+        request: Request<'_>,
+    ) -> Result<Admission, Denied> {
+        let decided = self.decide(presented, request).await;
+        if request.counted {
+            let now = Timestamp::from_unix(request.now_millis.div_euclid(1000));
+            match &decided {
+                Ok(admission) => {
+                    self.usage
+                        .record(admission.caller.verified_shared(), now, request.client)
+                }
+                Err(denied) => {
+                    if let (Some(known), Some(outcome)) = (&denied.known, denied.denial.outcome()) {
+                        self.usage.refused(known, now, outcome);
+                    }
+                }
+            }
+        }
+        decided
+    }
+
+    async fn decide(
         &self,
         presented: Presented<'_>,
         request: Request<'_>,
@@ -241,8 +286,6 @@ impl Gate {
             denied.rate_limit = rate_limit;
             return Err(denied);
         }
-        self.usage
-            .record(caller.verified_shared(), now, request.client);
         Ok(Admission { caller, rate_limit })
     }
 

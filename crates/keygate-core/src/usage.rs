@@ -1,14 +1,19 @@
-//! `last_used_at` and `last_used_ip` without a store write per request, and nearly without a lock: each use is noted
-//! on the cached verification itself (two atomic operations); a credential joins the queue only
-//! on its first use since the last batch. Batches are written every few seconds and at shutdown. A
-//! crash loses at most one interval of timestamps, which is the trade this field can afford.
+//! What credentials did, written without a store write per request: every request of a known
+//! credential is counted per minute and outcome (API.md §12), and every admitted one is its last
+//! use (`last_used_at`, `last_used_ip`).
+//!
+//! Each request is noted on the cached verification itself (a few atomic operations, see
+//! [`crate::verified::Usage`]); a credential joins the queue only on its first request since the
+//! last batch. Batches are written every few seconds and at shutdown: the counts in one
+//! transaction, added to what other nodes wrote, so the stored sums are exact; counts a batch could
+//! not write stay here for the next one. A node killed outright loses at most one interval.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::Timestamp;
-use crate::store::{DynStore, LastUse, StoreError};
+use crate::store::{DynStore, LastUse, StoreError, UsageCount, UsageOutcome};
 use crate::verified::Verified;
 
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
@@ -16,39 +21,85 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
     queued: Mutex<Vec<Arc<Verified>>>,
+    /// Counts a batch could not write, for the next.
+    unwritten: Mutex<Vec<UsageCount>>,
 }
 
 impl UsageRecorder {
-    /// Notes a use of `verified` at `at`, from `ip` when the path knows it.
+    /// Notes an admitted request of `verified` at `at`, from `ip` when the path knows it.
     pub fn record(&self, verified: &Arc<Verified>, at: Timestamp, ip: Option<IpAddr>) {
         if verified.usage.note(at.unix(), ip) {
-            self.queued
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(Arc::clone(verified));
+            self.queue(verified);
         }
     }
 
-    /// Writes what was noted; on failure the uses are queued again for the next attempt.
+    /// Counts a refused request of a known credential.
+    pub fn refused(&self, verified: &Arc<Verified>, at: Timestamp, outcome: UsageOutcome) {
+        if verified.usage.count(at.unix(), outcome) {
+            self.queue(verified);
+        }
+    }
+
+    fn queue(&self, verified: &Arc<Verified>) {
+        self.queued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(verified));
+    }
+
+    /// Writes what was noted. What could not be written is kept for the next attempt: the
+    /// counts as they were, the last uses noted again.
     pub async fn flush(&self, store: &DynStore) -> Result<(), StoreError> {
         let queued = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()));
-        let batch: Vec<_> = queued
-            .iter()
-            .map(|v| {
-                let (at, ip) = v.usage.take();
-                LastUse {
-                    credential_id: v.owner_id().clone(),
-                    at,
-                    ip,
-                }
-            })
-            .collect();
-        if let Err(error) = store.record_last_used(&batch).await {
-            for (verified, last) in queued.iter().zip(&batch) {
-                self.record(verified, last.at, last.ip);
+        let mut counts =
+            std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut uses = Vec::new();
+        for verified in &queued {
+            let taken = verified.usage.take();
+            let credential_id = verified.owner_id().clone();
+            counts.extend(
+                taken
+                    .counts
+                    .into_iter()
+                    .map(|(minute, outcome, count)| UsageCount {
+                        credential_id: credential_id.clone(),
+                        tenant_id: verified.tenant.id.clone(),
+                        minute,
+                        outcome,
+                        count,
+                    }),
+            );
+            if let Some(at) = taken.last_used {
+                uses.push((
+                    Arc::clone(verified),
+                    LastUse {
+                        credential_id,
+                        at,
+                        ip: taken.ip,
+                    },
+                ));
             }
-            return Err(error);
         }
-        Ok(())
+        let counted = if counts.is_empty() {
+            Ok(())
+        } else {
+            store.add_usage(&counts).await
+        };
+        if counted.is_err() {
+            self.unwritten
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(counts);
+        }
+        let batch: Vec<LastUse> = uses.iter().map(|(_, last)| last.clone()).collect();
+        let written = store.record_last_used(&batch).await;
+        if written.is_err() {
+            for (verified, last) in &uses {
+                if verified.usage.remember(last.at.unix(), last.ip) {
+                    self.queue(verified);
+                }
+            }
+        }
+        counted.and(written)
     }
 }

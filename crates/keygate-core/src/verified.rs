@@ -18,7 +18,7 @@ use crate::id::{CredentialId, RoleId, TenantId, UserId};
 use crate::jwt::AccessClaims;
 use crate::model::{RateLimit, Role, Tenant, TenantStatus, UserStatus};
 use crate::permission::{BuiltinRole, Catalog, PermissionSet};
-use crate::store::{AccessTokenRecord, CredentialRecord};
+use crate::store::{AccessTokenRecord, CredentialRecord, UsageOutcome};
 
 /// What kind of party a credential acts for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -275,8 +275,17 @@ pub fn role_permissions(role: &Role, catalog: &Catalog) -> PermissionSet {
     }
 }
 
-/// A credential's last use, noted on every request and taken by the batch that writes
-/// `last_used_at` and `last_used_ip`.
+/// A credential's requests, noted on every one and taken by the batch that writes them: its last
+/// use (`last_used_at`, `last_used_ip`) and how many requests it made per minute and outcome
+/// (API.md §12).
+///
+/// Counting costs a request two atomic operations on this credential's own counters (no lock,
+/// no allocation). The counters hold two minutes, by the minute's parity: the one requests are
+/// counting into, and the one before it, which the batch empties within seconds. A slot is reused
+/// two minutes later; the request that finds it holding an older minute moves those counts to
+/// `spilled` (a lock taken once a minute per credential at most) and claims the slot. While a
+/// slot is being emptied (by that request or by the batch) its tag reads [`MOVING`], and the
+/// other requests of the same credential wait the few instructions it takes.
 #[derive(Debug, Default)]
 pub struct Usage {
     last_used: std::sync::atomic::AtomicI64,
@@ -284,32 +293,149 @@ pub struct Usage {
     /// address at the same instant, either is the latest.
     last_ip: std::sync::Mutex<Option<IpAddr>>,
     pending: std::sync::atomic::AtomicBool,
+    minutes: [MinuteCounts; 2],
+    /// Counts moved out of a slot that was needed for a newer minute: (minute, counts).
+    spilled: std::sync::Mutex<Vec<(i64, [u64; OUTCOMES])>>,
+}
+
+const OUTCOMES: usize = UsageOutcome::ALL.len();
+/// A slot's tag while its counts are being moved out.
+const MOVING: i64 = i64::MIN;
+/// A slot's tag before its first request.
+const EMPTY: i64 = 0;
+
+/// One minute's requests per outcome; `minute` is the minute's number (unix seconds / 60).
+#[derive(Debug, Default)]
+struct MinuteCounts {
+    minute: std::sync::atomic::AtomicI64,
+    counts: [std::sync::atomic::AtomicU64; OUTCOMES],
+}
+
+impl MinuteCounts {
+    /// Claims the slot (its tag `MOVING`) if it is tagged `tag`, empties it, and tags it
+    /// `then`; the counts it held, or `None` if another thread claimed it first.
+    fn empty_if(&self, tag: i64, then: i64) -> Option<[u64; OUTCOMES]> {
+        use std::sync::atomic::Ordering;
+        self.minute
+            .compare_exchange(tag, MOVING, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        let taken = std::array::from_fn(|i| self.counts[i].swap(0, Ordering::AcqRel));
+        self.minute.store(then, Ordering::Release);
+        Some(taken)
+    }
 }
 
 impl Usage {
-    /// Notes a use at `now` (unix seconds) from `ip`; `true` if the credential was not yet
-    /// waiting to be written, so the caller should queue it.
+    /// Notes an admitted request at `now` (unix seconds) from `ip`: counted as `valid`, and the
+    /// credential's last use. `true` if the credential was not yet waiting to be written, so the
+    /// caller should queue it.
     pub fn note(&self, now: i64, ip: Option<IpAddr>) -> bool {
-        use std::sync::atomic::Ordering;
-        self.last_used.fetch_max(now, Ordering::Relaxed);
+        self.set_last_use(now, ip);
+        self.count(now, UsageOutcome::Valid)
+    }
+
+    /// Notes a last use again without counting a request (a batch that could not write it);
+    /// `true` if the credential should be queued.
+    pub fn remember(&self, at: i64, ip: Option<IpAddr>) -> bool {
+        self.set_last_use(at, ip);
+        !self.pending.swap(true, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    fn set_last_use(&self, now: i64, ip: Option<IpAddr>) {
+        self.last_used
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
         if let Some(ip) = ip
             && let Ok(mut last) = self.last_ip.try_lock()
         {
             *last = Some(ip);
         }
+    }
+
+    /// Counts a request at `now` with `outcome`; `true` if the credential should be queued.
+    pub fn count(&self, now: i64, outcome: UsageOutcome) -> bool {
+        use std::sync::atomic::Ordering;
+        let minute = now.div_euclid(60);
+        let slot = &self.minutes[minute.rem_euclid(2) as usize];
+        let mut spins = 0_u32;
+        loop {
+            match slot.minute.load(Ordering::Acquire) {
+                tag if tag == minute => {
+                    slot.counts[outcome.index()].fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                MOVING => {
+                    spins += 1;
+                    if spins < 64 {
+                        std::hint::spin_loop();
+                    } else {
+                        std::thread::yield_now();
+                    }
+                }
+                older => {
+                    if let Some(taken) = slot.empty_if(older, minute)
+                        && older != EMPTY
+                        && taken.iter().any(|n| *n > 0)
+                    {
+                        self.spilled
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((older, taken));
+                    }
+                }
+            }
+        }
         !self.pending.swap(true, Ordering::AcqRel)
     }
 
-    /// The latest use and its address, no longer waiting to be written.
-    pub fn take(&self) -> (Timestamp, Option<IpAddr>) {
+    /// Everything noted since the last take, no longer waiting to be written: the latest use and
+    /// its address, and the counts as (minute start, outcome, count), none of them zero.
+    pub fn take(&self) -> Taken {
         use std::sync::atomic::Ordering;
         self.pending.store(false, Ordering::Release);
         let ip = *self.last_ip.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            Timestamp::from_unix(self.last_used.load(Ordering::Relaxed)),
+        let mut minutes =
+            std::mem::take(&mut *self.spilled.lock().unwrap_or_else(|p| p.into_inner()));
+        for slot in &self.minutes {
+            loop {
+                match slot.minute.load(Ordering::Acquire) {
+                    EMPTY => break,
+                    MOVING => std::hint::spin_loop(),
+                    tag => {
+                        if let Some(taken) = slot.empty_if(tag, tag) {
+                            minutes.push((tag, taken));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let counts = minutes
+            .into_iter()
+            .flat_map(|(minute, counts)| {
+                UsageOutcome::ALL
+                    .into_iter()
+                    .zip(counts)
+                    .filter(|(_, n)| *n > 0)
+                    .map(move |(outcome, n)| (Timestamp::from_unix(minute * 60), outcome, n))
+            })
+            .collect();
+        let last_used = self.last_used.load(Ordering::Relaxed);
+        Taken {
+            last_used: (last_used > 0).then(|| Timestamp::from_unix(last_used)),
             ip,
-        )
+            counts,
+        }
     }
+}
+
+/// What [`Usage::take`] took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    /// The latest admitted request, if there was one since the credential was loaded.
+    pub last_used: Option<Timestamp>,
+    pub ip: Option<IpAddr>,
+    /// (minute start, outcome, requests), none of them zero.
+    pub counts: Vec<(Timestamp, UsageOutcome, u64)>,
 }
 
 /// Why a credential that exists may not be used now.
@@ -343,5 +469,111 @@ impl Verified {
 
     pub(crate) fn hash(&self) -> &CredentialHash {
         &self.hash
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    const T: i64 = 1_790_000_040; // a whole minute
+
+    fn total(taken: &Taken) -> u64 {
+        taken.counts.iter().map(|(_, _, n)| n).sum()
+    }
+
+    #[test]
+    fn requests_are_counted_per_minute_and_outcome_and_taken_once() {
+        let usage = Usage::default();
+        assert!(
+            usage.note(T, None),
+            "the first request queues the credential"
+        );
+        assert!(!usage.note(T + 1, None), "later ones do not");
+        usage.count(T + 2, UsageOutcome::Expired);
+        usage.count(T + 61, UsageOutcome::RateLimited);
+        let taken = usage.take();
+        assert_eq!(taken.last_used, Some(Timestamp::from_unix(T + 1)));
+        let mut counts = taken.counts.clone();
+        counts.sort();
+        assert_eq!(
+            counts,
+            [
+                (Timestamp::from_unix(T), UsageOutcome::Valid, 2),
+                (Timestamp::from_unix(T), UsageOutcome::Expired, 1),
+                (Timestamp::from_unix(T + 60), UsageOutcome::RateLimited, 1),
+            ]
+        );
+        assert_eq!(total(&usage.take()), 0, "taken once");
+        assert!(
+            usage.count(T + 62, UsageOutcome::Valid),
+            "queued again after a take"
+        );
+    }
+
+    #[test]
+    fn a_minute_not_yet_taken_survives_its_slot_being_reused() {
+        let usage = Usage::default();
+        usage.count(T, UsageOutcome::Forbidden);
+        usage.count(T + 60, UsageOutcome::Valid);
+        // Two minutes on, minute T's slot is needed again before any batch ran.
+        usage.count(T + 120, UsageOutcome::Valid);
+        usage.count(T + 180, UsageOutcome::Valid);
+        let mut counts = usage.take().counts;
+        counts.sort();
+        assert_eq!(
+            counts,
+            [
+                (Timestamp::from_unix(T), UsageOutcome::Forbidden, 1),
+                (Timestamp::from_unix(T + 60), UsageOutcome::Valid, 1),
+                (Timestamp::from_unix(T + 120), UsageOutcome::Valid, 1),
+                (Timestamp::from_unix(T + 180), UsageOutcome::Valid, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn refusals_alone_are_no_last_use() {
+        let usage = Usage::default();
+        usage.count(T, UsageOutcome::Revoked);
+        assert_eq!(usage.take().last_used, None);
+    }
+
+    #[test]
+    fn concurrent_requests_and_batches_lose_and_double_nothing() {
+        let usage = Arc::new(Usage::default());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        const THREADS: i64 = 4;
+        const EACH: i64 = 50_000;
+        let taker = {
+            let (usage, stop) = (Arc::clone(&usage), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut taken = 0;
+                while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                    taken += total(&usage.take());
+                }
+                taken + total(&usage.take())
+            })
+        };
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let usage = Arc::clone(&usage);
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        // Minutes move on under the batches, through both slots and past them.
+                        let now = T + (i * 600 / EACH) + t;
+                        let outcome = UsageOutcome::ALL[(i % 7) as usize];
+                        usage.count(now, outcome);
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Release);
+        assert_eq!(taker.join().unwrap(), (THREADS * EACH) as u64);
     }
 }

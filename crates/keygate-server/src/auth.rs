@@ -175,6 +175,16 @@ pub async fn authenticate(
     admit(state, headers, client, &[]).await
 }
 
+/// Authenticates the service asking `/v1/verify`: checked like any caller, but its request is not
+/// counted in its usage, since the credential it asks about is (API.md §12).
+pub async fn authenticate_asker(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: Option<IpAddr>,
+) -> Result<Caller, ApiError> {
+    decide(state, headers, client, &[], false).await
+}
+
 /// Admits a request whose path requires `required` besides (forward-auth): [`extract`] reads the
 /// headers, the gate decides, and what it learnt is left for the front service (the rate-limit
 /// status for the `RateLimit-*` headers, the credential behind a refusal for the audit log).
@@ -183,6 +193,16 @@ pub async fn admit(
     headers: &HeaderMap,
     client: Option<IpAddr>,
     required: &[String],
+) -> Result<Caller, ApiError> {
+    decide(state, headers, client, required, true).await
+}
+
+async fn decide(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: Option<IpAddr>,
+    required: &[String],
+    counted: bool,
 ) -> Result<Caller, ApiError> {
     let presented = extract(headers)?.ok_or_else(|| {
         ApiError::unauthenticated(
@@ -195,6 +215,7 @@ pub async fn admit(
         within: None,
         // One clock read for the whole request: expiry, rate limit and last use.
         now_millis: state.clock().now_millis(),
+        counted,
     };
     let asked = gate::Presented {
         credential: &presented.credential,
@@ -247,6 +268,20 @@ impl FromRequestParts<AppState> for Authenticated {
         authenticate(state, &parts.headers, client)
             .await
             .map(Authenticated)
+    }
+}
+
+/// The service asking `POST /v1/verify`, authenticated by [`authenticate_asker`].
+pub struct Asker(pub Caller);
+
+impl FromRequestParts<AppState> for Asker {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let client = parts.extensions.get::<ClientIp>().map(|ClientIp(ip)| *ip);
+        authenticate_asker(state, &parts.headers, client)
+            .await
+            .map(Asker)
     }
 }
 

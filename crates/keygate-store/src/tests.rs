@@ -243,6 +243,7 @@ async fn owned(db: TestDb) -> Owned {
         required: &[],
         within: None,
         now_millis: NOW.unix() * 1000,
+        counted: true,
     };
     let caller = gate.admit(presented, request).await.unwrap().caller;
     Owned {

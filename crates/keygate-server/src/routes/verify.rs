@@ -16,7 +16,7 @@ use keygate_core::verify::Refusal;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::Authenticated;
+use crate::auth::Asker;
 use crate::json::Json;
 use crate::problem::{ApiError, FieldError};
 use crate::state::AppState;
@@ -107,7 +107,7 @@ impl VerifyResponse {
     ))]
 pub async fn verify(
     State(state): State<AppState>,
-    caller: Authenticated,
+    caller: Asker,
     request: Json<VerifyRequest>,
 ) -> Result<axum::Json<VerifyResponse>, ApiError> {
     let verdict = decide(State(state.clone()), caller, request).await?;
@@ -117,7 +117,7 @@ pub async fn verify(
 
 async fn decide(
     State(state): State<AppState>,
-    Authenticated(caller): Authenticated,
+    Asker(caller): Asker,
     Json(request): Json<VerifyRequest>,
 ) -> Result<axum::Json<VerifyResponse>, ApiError> {
     let grant = caller.require::<perm::CredentialsVerify>()?;
@@ -134,6 +134,7 @@ async fn decide(
         required: &request.permissions,
         within: Some(grant.tenant_id()),
         now_millis: state.clock().now_millis(),
+        counted: true,
     };
     let denied = match state.gate().admit(presented, asked).await {
         Ok(admission) => {
