@@ -184,13 +184,20 @@ impl UsageSelection {
             )]));
         }
         // Whole buckets: `since` back to the start of its bucket, `until` on to the end of its.
-        let size = granularity.seconds();
-        let until = granularity.bucket(Timestamp::from_unix(until.unix() - 1));
+        let last = granularity.bucket(Timestamp::from_unix(until.unix() - 1));
+        let until = Timestamp::from_unix(last.unix() + granularity.seconds());
+        // The end of the last bucket of year 9999 is past what RFC 3339 can write.
+        if Timestamp::parse(&until.to_string()) != Ok(until) {
+            return Err(ApiError::invalid_fields(vec![field(
+                "until",
+                "must be before the year 9999 ends",
+            )]));
+        }
         Ok(UsageFilter {
             credential_ids,
             tenant_ids,
             since: granularity.bucket(since),
-            until: Timestamp::from_unix(until.unix().saturating_add(size)),
+            until,
             granularity,
             by_credential,
             by_outcome,

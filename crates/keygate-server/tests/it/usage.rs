@@ -27,6 +27,7 @@ on_every_backend!(
     bad_parameters_are_named,
     exports_carry_the_same_data,
     buckets_past_retention_are_pruned,
+    the_longest_range_follows_the_configured_retention,
 );
 
 const MINUTE: i64 = 60;
@@ -664,6 +665,10 @@ async fn bad_parameters_are_named(backend: Backend) {
             "credential_id[1]",
         ),
         ("tenant_id=tok_abc".into(), "tenant_id[0]"),
+        (
+            "granularity=day&since=9999-12-01T00:00:00Z&until=9999-12-31T23:59:59Z".into(),
+            "until",
+        ),
     ];
     for (query, field) in &cases {
         for path in ["/v1/usage", "/v1/usage/export"] {
@@ -889,4 +894,47 @@ async fn buckets_past_retention_are_pruned(backend: Backend) {
     w.server.clock.advance(Duration::from_secs(2 * 24 * 3600));
     w.server.state.prune_usage().await.unwrap();
     assert_eq!(read("day", days).await, none);
+}
+
+async fn the_longest_range_follows_the_configured_retention(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.usage.minute_retention_hours = 6;
+        c.usage.hour_retention_days = 2;
+    })
+    .await;
+    let read = |query: String| {
+        server
+            .get(&format!("/v1/usage?{query}"))
+            .bearer_auth(&server.token)
+            .send()
+    };
+    // Without `since`, minutes are read for as long as they are kept when that is under a day.
+    let answer = ok_json(read("granularity=minute".into()).await.unwrap()).await;
+    // `until` is now, moved on to its minute's end; `since` six hours before now, moved back.
+    let minute = Granularity::Minute.bucket(START).unix();
+    assert_eq!(
+        answer["until"],
+        Timestamp::from_unix(minute + MINUTE).to_string()
+    );
+    assert_eq!(
+        answer["since"],
+        Timestamp::from_unix(minute - 6 * HOUR).to_string()
+    );
+    for (granularity, longest) in [("minute", 6 * HOUR), ("hour", 2 * DAY)] {
+        let range = |span: i64| {
+            format!(
+                "granularity={granularity}&since={}&until={}",
+                at(0),
+                at(span)
+            )
+        };
+        ok_json(read(range(longest)).await.unwrap()).await;
+        let body = problem(
+            read(range(longest + 1)).await.unwrap(),
+            400,
+            "invalid-request",
+        )
+        .await;
+        assert_eq!(body["errors"][0]["field"], "since", "{body}");
+    }
 }
