@@ -938,3 +938,40 @@ async fn the_longest_range_follows_the_configured_retention(backend: Backend) {
         assert_eq!(body["errors"][0]["field"], "since", "{body}");
     }
 }
+
+#[test]
+fn the_document_describes_both_operations_and_both_export_formats() {
+    let (_, document) = keygate_server::api();
+    let doc = serde_json::to_value(&document).unwrap();
+    let read = &doc["paths"]["/v1/usage"]["get"];
+    assert_eq!(read["operationId"], "getUsage");
+    assert_eq!(read["tags"], json!(["usage"]));
+    let names: Vec<&str> = read["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "credential_id",
+            "tenant_id",
+            "since",
+            "until",
+            "granularity",
+            "group_by"
+        ]
+    );
+    let export = &doc["paths"]["/v1/usage/export"]["get"];
+    assert_eq!(export["operationId"], "exportUsage");
+    let content = export["responses"]["200"]["content"].as_object().unwrap();
+    let types: Vec<&String> = content.keys().collect();
+    assert_eq!(types, ["application/x-ndjson", "text/csv"]);
+    // A key not grouped by is absent, never null.
+    let row = &doc["components"]["schemas"]["UsageRow"];
+    assert_eq!(row["required"], json!(["start", "count"]));
+    for key in ["credential_id", "tenant_id", "outcome"] {
+        assert_eq!(row["properties"][key]["type"], "string", "{key}");
+    }
+}
