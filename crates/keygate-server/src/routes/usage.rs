@@ -164,15 +164,11 @@ impl UsageSelection {
         if let Some(longest) = longest
             && until.unix() - since.unix() > i64::try_from(longest.as_secs()).unwrap_or(i64::MAX)
         {
+            // As the retention is configured: minutes in hours, hours in days.
             let hours = longest.as_secs() / 3600;
-            let span = if hours % 24 == 0 {
-                format!("{} days", hours / 24)
-            } else {
-                format!("{hours} hours")
-            };
-            let coarser = match granularity {
-                Granularity::Minute => "hour",
-                _ => "day",
+            let (span, coarser) = match granularity {
+                Granularity::Minute => (format!("{hours} hours"), "hour"),
+                _ => (format!("{} days", hours / 24), "day"),
             };
             return Err(ApiError::invalid_fields(vec![field(
                 "since",

@@ -936,6 +936,13 @@ async fn the_longest_range_follows_the_configured_retention(backend: Backend) {
         )
         .await;
         assert_eq!(body["errors"][0]["field"], "since", "{body}");
+        let said = if granularity == "minute" {
+            "6 hours"
+        } else {
+            "2 days"
+        };
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains(said), "{message}");
     }
 }
 
