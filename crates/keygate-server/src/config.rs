@@ -13,6 +13,7 @@ use keygate_core::Timestamp;
 use keygate_core::credential::{CredentialFormat, Environment};
 use keygate_core::jwt::SigningAlgorithm;
 use keygate_core::permission::Catalog;
+use keygate_core::store::Granularity;
 use serde::{Deserialize, Deserializer, Serialize};
 
 const ENV_PREFIX: &str = "KEYGATE_";
@@ -44,6 +45,7 @@ pub struct Config {
     pub tokens: TokensConfig,
     pub session: SessionConfig,
     pub audit: AuditConfig,
+    pub usage: UsageConfig,
     pub store: StoreConfig,
     pub cache: CacheConfig,
     pub oauth: OauthConfig,
@@ -68,6 +70,7 @@ impl Default for Config {
             tokens: TokensConfig::default(),
             session: SessionConfig::default(),
             audit: AuditConfig::default(),
+            usage: UsageConfig::default(),
             store: StoreConfig::default(),
             cache: CacheConfig::default(),
             oauth: OauthConfig::default(),
@@ -202,6 +205,56 @@ impl Default for AuditConfig {
         Self {
             retention_days: 365,
         }
+    }
+}
+
+/// How long usage counts (API.md §12) are kept, per bucket size; older buckets are deleted in
+/// small batches in the background. The longest range `GET /v1/usage` answers in minute or hour
+/// buckets is their retention.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UsageConfig {
+    pub minute_retention_hours: u32,
+    pub hour_retention_days: u32,
+    pub day_retention_days: u32,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            minute_retention_hours: 48,
+            hour_retention_days: 90,
+            day_retention_days: 730,
+        }
+    }
+}
+
+impl UsageConfig {
+    /// How long buckets of `granularity` are kept.
+    pub fn retention(&self, granularity: Granularity) -> std::time::Duration {
+        let hours = match granularity {
+            Granularity::Minute => u64::from(self.minute_retention_hours),
+            Granularity::Hour => u64::from(self.hour_retention_days) * 24,
+            Granularity::Day => u64::from(self.day_retention_days) * 24,
+        };
+        std::time::Duration::from_secs(hours * 3600)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        // A coarser bucket is kept at least as long as a finer one: a read falling back from
+        // minutes to hours must find them.
+        if self.minute_retention_hours == 0
+            || u64::from(self.hour_retention_days) * 24 < u64::from(self.minute_retention_hours)
+            || self.day_retention_days < self.hour_retention_days
+        {
+            return Err(ConfigError::Invalid(format!(
+                "usage.minute_retention_hours, usage.hour_retention_days and \
+                 usage.day_retention_days must be positive, each bucket size kept at least as \
+                 long as the finer one; got {} hours, {} days, {} days",
+                self.minute_retention_hours, self.hour_retention_days, self.day_retention_days
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -473,6 +526,7 @@ impl Config {
             ));
         }
         self.server.validate()?;
+        self.usage.validate()?;
         match (self.rate_limit.requests, self.rate_limit.per_seconds) {
             (None, None) => {}
             (Some(r), Some(s)) if r > 0 && s > 0 => {}
@@ -644,6 +698,9 @@ mod tests {
             assert_eq!(config.server.header_read_timeout_ms, 10_000);
             assert_eq!(config.server.idle_timeout_ms, 125_000);
             assert_eq!(config.server.max_connections, 10_000);
+            assert_eq!(config.usage.minute_retention_hours, 48);
+            assert_eq!(config.usage.hour_retention_days, 90);
+            assert_eq!(config.usage.day_retention_days, 730);
             Ok(())
         });
     }
@@ -732,6 +789,9 @@ mod tests {
             ("KEYGATE_TRUSTED_PROXIES", "10.0.0.0/99", "10.0.0.0/99"),
             ("KEYGATE_ENVIRONMENT", "staging", "staging"),
             ("KEYGATE_RATE_LIMIT__REQUESTS", "10", "rate_limit"),
+            ("KEYGATE_USAGE__MINUTE_RETENTION_HOURS", "0", "usage.minute"),
+            ("KEYGATE_USAGE__HOUR_RETENTION_DAYS", "1", "usage.hour"),
+            ("KEYGATE_USAGE__DAY_RETENTION_DAYS", "30", "usage.day"),
         ] {
             Jail::expect_with(|jail| {
                 jail.set_env(var, value);

@@ -96,6 +96,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(routes::audit::list))
         .routes(routes!(routes::audit::export))
+        .routes(routes!(routes::usage::get))
+        .routes(routes!(routes::usage::export))
         .routes(routes!(routes::sessions::login))
         .routes(routes!(routes::sessions::logout))
         .routes(routes!(
@@ -147,7 +149,8 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// How often events past `audit.retention_days` are looked for.
+/// How often audit events past `audit.retention_days` and usage buckets past `usage.*` are
+/// looked for.
 const PRUNE_AUDIT_EVERY: Duration = Duration::from_secs(15 * 60);
 
 /// How often what has expired for good (refresh tokens) is deleted.
@@ -193,6 +196,13 @@ pub async fn run(
                     Ok(deleted) => tracing::info!(deleted, "pruned audit events past retention"),
                     Err(error) => {
                         tracing::warn!(%error, "could not prune the audit log; will retry")
+                    }
+                }
+                match state.prune_usage().await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, "pruned usage buckets past retention"),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not prune usage counts; will retry")
                     }
                 }
             }

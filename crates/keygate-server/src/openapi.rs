@@ -31,7 +31,7 @@ use crate::problem::{ApiError, FieldError, PROBLEM_JSON, ProblemCode};
     info(
         title = "keygate",
         description = "API access platform: tenants, users, roles, tokens, account keys, \
-            IP allowlists, OAuth clients, audit log, and verification for other services.\n\n\
+            IP allowlists, OAuth clients, audit log, usage, and verification for other services.\n\n\
             Every error is an RFC 9457 problem (`application/problem+json`) with a stable `code`.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
@@ -60,6 +60,7 @@ use crate::problem::{ApiError, FieldError, PROBLEM_JSON, ProblemCode};
         (name = "tokens", description = "Personal and service tokens"),
         (name = "account", description = "Account keys (rotation) and the IP restriction"),
         (name = "audit", description = "What every credential did: the audit log and its export"),
+        (name = "usage", description = "How many requests each credential made, per minute, hour or day and per outcome"),
         (name = "oauth", description = "OAuth 2.0 client credentials: clients, the token endpoint (form-encoded, RFC 6749 errors), revocation, introspection, keys and metadata"),
         (name = "verification", description = "Checking credentials for other services"),
         (name = "operations", description = "Health and readiness"),

@@ -16,7 +16,7 @@ use keygate_core::oauth::Lifetimes;
 use keygate_core::password::{self, Hasher, PasswordError, PasswordHashString};
 use keygate_core::permission::Catalog;
 use keygate_core::signin::Sessions;
-use keygate_core::store::{ChangeListener, DynStore, Listeners, StoreError};
+use keygate_core::store::{ChangeListener, DynStore, Granularity, Listeners, StoreError};
 use keygate_core::throttle::LoginThrottle;
 use keygate_core::verify::Verifier;
 
@@ -235,6 +235,27 @@ impl AppState {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Deletes the usage buckets past their retention (`usage.*`), minutes, hours and days each
+    /// a small batch at a time with a pause between batches, as [`AppState::prune_audit`] does.
+    /// Returns how many.
+    pub async fn prune_usage(&self) -> Result<u64, StoreError> {
+        const BATCH: u32 = 1000;
+        let now = self.0.clock.now();
+        let mut deleted = 0;
+        for granularity in Granularity::ALL {
+            let before = now.saturating_sub(self.0.config.usage.retention(granularity));
+            loop {
+                let batch = self.0.store.prune_usage(granularity, before, BATCH).await?;
+                deleted += batch;
+                if batch < u64::from(BATCH) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(deleted)
     }
 
     /// Deletes refresh tokens that have expired (every hour, off the request path).

@@ -10,6 +10,7 @@ pub mod roles;
 pub mod sessions;
 pub mod tenants;
 pub mod tokens;
+pub mod usage;
 pub mod users;
 pub mod verify;
 pub mod whoami;

@@ -54,5 +54,6 @@ mod problems;
 mod proxies;
 mod tenants;
 mod tools;
+mod usage;
 mod verify;
 mod versions;
