@@ -28,6 +28,7 @@ on_every_backend!(
     exports_carry_the_same_data,
     buckets_past_retention_are_pruned,
     the_longest_range_follows_the_configured_retention,
+    every_path_counts_each_request_once_by_outcome,
 );
 
 const MINUTE: i64 = 60;
@@ -981,4 +982,142 @@ fn the_document_describes_both_operations_and_both_export_formats() {
     for key in ["credential_id", "tenant_id", "outcome"] {
         assert_eq!(row["properties"][key]["type"], "string", "{key}");
     }
+}
+
+/// A service token made through the API with `extra` fields; (secret, id).
+async fn made(server: &TestServer, name: &str, role: &str, extra: Value) -> (String, String) {
+    let mut body = json!({"kind": "service", "name": name, "role": role});
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    let made = server
+        .expect(201, Method::POST, "/v1/tokens", &server.token, Some(body))
+        .await;
+    (
+        made["secret"].as_str().unwrap().to_owned(),
+        made["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// Requests through the management API, forward-auth and `/v1/verify`, each refused or admitted
+/// for a reason of its own, are counted once each under the credential they were about, by
+/// outcome, and readable once the node has written its batch. The service asking `/v1/verify` is
+/// not counted; the credential it asks about is.
+async fn every_path_counts_each_request_once_by_outcome(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let (used, used_id) = made(&server, "used", "viewer", json!({})).await;
+    let (fenced, fenced_id) = made(
+        &server,
+        "fenced",
+        "viewer",
+        json!({"allowed_ips": ["10.0.0.0/8"]}),
+    )
+    .await;
+    let (limited, limited_id) = made(
+        &server,
+        "limited",
+        "viewer",
+        json!({"rate_limit": {"requests": 1, "per_seconds": 3600}}),
+    )
+    .await;
+    let (revoked, revoked_id) = made(&server, "revoked", "viewer", json!({})).await;
+    let (expiring, expiring_id) =
+        made(&server, "expiring", "viewer", json!({"expires_in": 60})).await;
+    let (asker, asker_id) = made(&server, "asker", "admin", json!({})).await;
+    server
+        .expect(
+            204,
+            Method::DELETE,
+            &format!("/v1/tokens/{revoked_id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    server.clock.advance(Duration::from_secs(120));
+
+    let whoami = async |secret: &str| {
+        server
+            .whoami(&[("authorization", &format!("Bearer {secret}"))])
+            .await
+            .status()
+            .as_u16()
+    };
+    let forward = async |secret: &str, require: Option<&str>| {
+        let mut request = server
+            .get("/v1/forward-auth")
+            .header("authorization", format!("Bearer {secret}"));
+        if let Some(require) = require {
+            request = request.header("x-keygate-require", require);
+        }
+        request.send().await.unwrap().status().as_u16()
+    };
+    for _ in 0..3 {
+        assert_eq!(whoami(&used).await, 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(forward(&used, None).await, 200);
+    }
+    assert_eq!(forward(&used, Some("users:write")).await, 403);
+    for _ in 0..2 {
+        let verdict = server
+            .post("/v1/verify")
+            .header("apikey", &asker)
+            .json(&json!({"credential": used}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(verdict.status(), 200);
+    }
+    for _ in 0..2 {
+        assert_eq!(whoami(&fenced).await, 403);
+    }
+    assert_eq!(whoami(&limited).await, 200);
+    for _ in 0..2 {
+        assert_eq!(whoami(&limited).await, 429);
+    }
+    for _ in 0..2 {
+        assert_eq!(whoami(&revoked).await, 401);
+    }
+    assert_eq!(whoami(&expiring).await, 401);
+    server.state.flush_usage().await;
+
+    let mut path = "/v1/usage?granularity=day&group_by=credential&group_by=outcome".to_owned();
+    for id in [
+        &used_id,
+        &fenced_id,
+        &limited_id,
+        &revoked_id,
+        &expiring_id,
+        &asker_id,
+    ] {
+        path.push_str(&format!("&credential_id={id}"));
+    }
+    let read = ok_json(server.call(Method::GET, &path, &server.token, None).await).await;
+    let counted: BTreeMap<(String, String), u64> = read["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                (
+                    b["credential_id"].as_str().unwrap().to_owned(),
+                    b["outcome"].as_str().unwrap().to_owned(),
+                ),
+                b["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<(String, String), u64> = [
+        (&used_id, "valid", 3 + 2 + 2),
+        (&used_id, "forbidden", 1),
+        (&fenced_id, "ip_not_allowed", 2),
+        (&limited_id, "valid", 1),
+        (&limited_id, "rate_limited", 2),
+        (&revoked_id, "revoked", 2),
+        (&expiring_id, "expired", 1),
+    ]
+    .into_iter()
+    .map(|(id, outcome, n)| ((id.clone(), outcome.to_owned()), n))
+    .collect();
+    assert_eq!(counted, expected, "the asker ({asker_id}) is not counted");
 }
