@@ -9,6 +9,7 @@
 //! not write stay here for the next one. A node killed outright loses at most one interval.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,6 +24,9 @@ pub struct UsageRecorder {
     queued: Mutex<Vec<Arc<Verified>>>,
     /// Counts a batch could not write, for the next.
     unwritten: Mutex<Vec<UsageCount>>,
+    /// Every request counted so far, by outcome, as batches took them: for `/metrics`, which
+    /// must not cost the hot path a counter shared by every request.
+    counted: [AtomicU64; UsageOutcome::ALL.len()],
 }
 
 impl UsageRecorder {
@@ -47,6 +51,12 @@ impl UsageRecorder {
             .push(Arc::clone(verified));
     }
 
+    /// Every request counted so far, by outcome (in the order of [`UsageOutcome::ALL`]), as of
+    /// the last batch.
+    pub fn counted(&self) -> [u64; UsageOutcome::ALL.len()] {
+        std::array::from_fn(|i| self.counted[i].load(Ordering::Relaxed))
+    }
+
     /// Writes what was noted. What could not be written is kept for the next attempt: the
     /// counts as they were, the last uses noted again.
     pub async fn flush(&self, store: &DynStore) -> Result<(), StoreError> {
@@ -54,6 +64,7 @@ impl UsageRecorder {
         let mut counts =
             std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|p| p.into_inner()));
         let mut uses = Vec::new();
+        let retried = counts.len();
         for verified in &queued {
             let taken = verified.usage.take();
             let credential_id = verified.owner_id().clone();
@@ -79,6 +90,9 @@ impl UsageRecorder {
                     },
                 ));
             }
+        }
+        for count in &counts[retried..] {
+            self.counted[count.outcome.index()].fetch_add(count.count, Ordering::Relaxed);
         }
         let counted = if counts.is_empty() {
             Ok(())

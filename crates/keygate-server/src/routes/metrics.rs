@@ -1,5 +1,6 @@
 //! `/metrics` in the Prometheus text format: requests by route and status, verifications by
-//! verdict, the verification cache's hits and misses, and how long its store reads take.
+//! verdict, requests of known credentials by outcome, the verification cache's hits and misses,
+//! and how long its store reads take.
 
 use std::fmt::Write;
 use std::sync::atomic::Ordering;
@@ -7,6 +8,7 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use keygate_core::store::UsageOutcome;
 use keygate_core::verify::LATENCY_BUCKETS;
 
 use crate::state::AppState;
@@ -36,6 +38,20 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "keygate_cache_lookups_total{{result=\"miss\"}} {}",
         cache.misses.load(Ordering::Relaxed)
     );
+    let _ = writeln!(
+        out,
+        "# HELP keygate_credential_requests_total Requests of known credentials on every path, by \
+         outcome, as usage counts them (updated by each usage batch, every few seconds)."
+    );
+    let _ = writeln!(out, "# TYPE keygate_credential_requests_total counter");
+    let counted = state.gate().usage().counted();
+    for (outcome, count) in UsageOutcome::ALL.iter().zip(counted) {
+        let _ = writeln!(
+            out,
+            "keygate_credential_requests_total{{outcome=\"{}\"}} {count}",
+            outcome.as_str()
+        );
+    }
     let (cumulative, sum) = state.verifier().store_latency().snapshot();
     let _ = writeln!(
         out,

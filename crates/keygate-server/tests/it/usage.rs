@@ -1120,4 +1120,27 @@ async fn every_path_counts_each_request_once_by_outcome(backend: Backend) {
     .map(|(id, outcome, n)| ((id.clone(), outcome.to_owned()), n))
     .collect();
     assert_eq!(counted, expected, "the asker ({asker_id}) is not counted");
+
+    // The same counts, without credentials, in /metrics (every request here came after the
+    // tokens were made, and the refusals are these tests' alone).
+    let metrics = server
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for (outcome, n) in [
+        ("forbidden", 1),
+        ("ip_not_allowed", 2),
+        ("rate_limited", 2),
+        ("revoked", 2),
+        ("expired", 1),
+        ("quota_exceeded", 0),
+    ] {
+        let line = format!("keygate_credential_requests_total{{outcome=\"{outcome}\"}} {n}\n");
+        assert!(metrics.contains(&line), "{line}: {metrics}");
+    }
+    assert!(!metrics.contains(&used_id), "no per-credential labels");
 }
