@@ -712,3 +712,61 @@ async fn every_acknowledged_token_survives_a_kill_9() {
     let (status, log) = serve.stop();
     assert!(status.success(), "{log}");
 }
+
+/// Usage counted in memory is written at shutdown: SIGTERM right after the requests, long before
+/// the next batch is due, and the next process reads every one of them.
+#[tokio::test]
+async fn a_sigterm_loses_no_counted_request() {
+    let dir = Dir::new();
+    let init = dir.keygate().args(["init", "--json"]).output().unwrap();
+    let report: Value = serde_json::from_slice(&init.stdout).unwrap();
+    let owner = report["token"].as_str().unwrap().to_owned();
+    let http = client();
+
+    let serve = Serve::start(&dir, &[]);
+    let made: Value = http
+        .post(format!("{}/v1/tokens", serve.base))
+        .bearer_auth(&owner)
+        .json(&json!({"kind": "service", "name": "counted", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (secret, id) = (
+        made["secret"].as_str().unwrap(),
+        made["id"].as_str().unwrap(),
+    );
+    for _ in 0..37 {
+        let whoami = http
+            .get(format!("{}/v1/whoami", serve.base))
+            .bearer_auth(secret)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(whoami.status(), 200);
+    }
+    let (status, log) = serve.stop();
+    assert!(status.success(), "{log}");
+
+    let serve = Serve::start(&dir, &[]);
+    let read: Value = http
+        .get(format!(
+            "{}/v1/usage?granularity=day&credential_id={id}&group_by=outcome",
+            serve.base
+        ))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    serve.stop();
+    // One day bucket, or two if the test ran across midnight (UTC).
+    let buckets = read["data"].as_array().unwrap();
+    assert!(buckets.iter().all(|b| b["outcome"] == "valid"), "{read}");
+    let total: u64 = buckets.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert_eq!(total, 37, "{read}");
+}
