@@ -533,3 +533,42 @@ async fn a_signing_key_rotated_on_one_node_signs_and_verifies_on_the_other() {
         .collect();
     assert_eq!(kids, [rotated.as_str(), kid(&before).as_str()]);
 }
+
+/// Two nodes answer requests of the same credential in the same minutes: each counts its own and
+/// adds them to the store, whose sums are exact, and either node reads the total.
+#[tokio::test]
+async fn usage_counted_on_two_nodes_sums_exactly() {
+    if !keygate_testkit::postgres_or_skip() {
+        return;
+    }
+    let a = TestServer::start(Backend::Postgres).await;
+    let b = a.join().await;
+    let (id, secret) = service_token(&a, "viewer").await;
+    // Concurrently, so both nodes write into the same buckets.
+    let on = async |node: &TestServer, n: usize| {
+        for _ in 0..n {
+            assert_eq!(status(node, &secret).await, 200);
+        }
+    };
+    tokio::join!(on(&a, 23), on(&b, 19));
+    tokio::join!(a.state.flush_usage(), b.state.flush_usage());
+    for node in [&a, &b] {
+        let read = ok_json(
+            node.call(
+                Method::GET,
+                &format!("/v1/usage?granularity=minute&credential_id={id}"),
+                &node.token,
+                None,
+            )
+            .await,
+        )
+        .await;
+        let total: u64 = read["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, 23 + 19, "{read}");
+    }
+}
