@@ -49,6 +49,19 @@ impl<S: Send + Sync> FromRequestParts<S> for Meta {
     }
 }
 
+/// What a parameter that is never text should have been, for one sent empty.
+fn not_text(name: &str) -> Option<String> {
+    match name {
+        "limit" => Some(format!(
+            "must be a number between 1 and {}",
+            Page::MAX_LIMIT
+        )),
+        "since" | "until" => Some("must be a time, such as 2026-11-22T10:00:00Z".into()),
+        "unused_for_days" => Some("must be a number of days from 1 to 36500".into()),
+        _ => None,
+    }
+}
+
 /// A query string parsed strictly: unknown keys are a 400 (a typo in a filter must not silently
 /// list everything), repeated keys fill lists (`?id=a&id=b`).
 pub struct Query<T>(pub T);
@@ -58,16 +71,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
         let query = parts.uri.query().unwrap_or_default();
-        // The form parser reads an empty value as absent, which suits text filters; a page size
-        // is a number, and `limit=` is a mistake to answer, not a request for the default.
-        if query
-            .split('&')
-            .any(|pair| pair == "limit" || pair == "limit=")
-        {
-            return Err(ApiError::invalid_fields(vec![FieldError {
-                field: "limit".into(),
-                message: format!("must be a number between 1 and {}", Page::MAX_LIMIT),
-            }]));
+        // The form parser reads an empty value as absent, which suits text filters; a page size,
+        // a number of days or a time is not text, and `limit=` is a mistake to answer, not a
+        // request for the default.
+        for pair in query.split('&') {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if value.is_empty()
+                && let Some(wanted) = not_text(name)
+            {
+                return Err(ApiError::invalid_fields(vec![FieldError {
+                    field: name.to_owned(),
+                    message: wanted,
+                }]));
+            }
         }
         let parsed = serde_html_form::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(parsed)

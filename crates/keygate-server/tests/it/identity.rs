@@ -680,7 +680,7 @@ async fn last_use_records_the_address_and_the_stale_report_lists_unused_tokens(b
     };
     assert_eq!(names(stale(7).await), ["idle"]);
     assert_eq!(names(stale(2).await), ["bootstrap", "idle", "used"]);
-    for bad in ["0", "36501", "soon"] {
+    for bad in ["0", "36501", "soon", ""] {
         let body = problem(
             server
                 .call(

@@ -641,6 +641,9 @@ async fn bad_parameters_are_named(backend: Backend) {
         ("granularity=week".into(), "granularity"),
         ("group_by=credential&group_by=color".into(), "group_by[1]"),
         ("since=yesterday".into(), "since"),
+        // Empty is not "the default": a time was meant and is missing.
+        ("since=".into(), "since"),
+        ("until=".into(), "until"),
         ("until=2026-13-01T00:00:00Z".into(), "until"),
         (format!("since={}&until={}", day(1), day(0)), "until"),
         (format!("since={}&until={}", day(1), day(1)), "until"),
