@@ -4,9 +4,9 @@
 //!
 //! Each request is noted on the cached verification itself (a few atomic operations, see
 //! [`crate::verified::Usage`]); a credential joins the queue only on its first request since the
-//! last batch. Batches are written every few seconds and at shutdown: the counts in one
-//! transaction, added to what other nodes wrote, so the stored sums are exact; counts a batch could
-//! not write stay here for the next one. A node killed outright loses at most one interval.
+//! last batch. Batches are written every few seconds and at shutdown, each in one transaction: the
+//! counts added to what other nodes wrote, so the stored sums are exact, and the last uses; what a
+//! batch could not write stays here for the next one. A node killed outright loses at most one interval.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -94,26 +94,19 @@ impl UsageRecorder {
         for count in &counts[retried..] {
             self.counted[count.outcome.index()].fetch_add(count.count, Ordering::Relaxed);
         }
-        let counted = if counts.is_empty() {
-            Ok(())
-        } else {
-            store.add_usage(&counts).await
-        };
-        if counted.is_err() {
+        let batch: Vec<LastUse> = uses.iter().map(|(_, last)| last.clone()).collect();
+        let written = store.add_usage(&counts, &batch).await;
+        if written.is_err() {
             self.unwritten
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(counts);
-        }
-        let batch: Vec<LastUse> = uses.iter().map(|(_, last)| last.clone()).collect();
-        let written = store.record_last_used(&batch).await;
-        if written.is_err() {
             for (verified, last) in &uses {
                 if verified.usage.remember(last.at.unix(), last.ip) {
                     self.queue(verified);
                 }
             }
         }
-        counted.and(written)
+        written
     }
 }

@@ -569,12 +569,12 @@ async fn last_use_only_moves_forward(db: TestDb) {
         ip: ip.map(|ip| ip.parse().unwrap()),
     };
     store
-        .record_last_used(&[used(later, Some("2001:db8::7"))])
+        .add_usage(&[], &[used(later, Some("2001:db8::7"))])
         .await
         .unwrap();
     // An older use, from elsewhere, arriving late changes neither.
     store
-        .record_last_used(&[used(NOW, Some("203.0.113.9"))])
+        .add_usage(&[], &[used(NOW, Some("203.0.113.9"))])
         .await
         .unwrap();
     let record = store
@@ -588,7 +588,7 @@ async fn last_use_only_moves_forward(db: TestDb) {
         Some("2001:db8::7".parse().unwrap())
     );
     // A use whose address was not known keeps the last one that was.
-    store.record_last_used(&[used(later, None)]).await.unwrap();
+    store.add_usage(&[], &[used(later, None)]).await.unwrap();
     let record = store
         .find_credential(&secrets.token.hash())
         .await
@@ -598,6 +598,24 @@ async fn last_use_only_moves_forward(db: TestDb) {
         record.credential.last_used_ip,
         Some("2001:db8::7".parse().unwrap())
     );
+
+    // A batch is one transaction: counts that cannot be added take its last uses back with them.
+    let half = 1_u64 << 62;
+    let overflowing =
+        [0, 60].map(|minute| used_count(&id, &plan.tenant, minute, UsageOutcome::Valid, half));
+    let latest = Timestamp::from_unix(NOW.unix() + 120);
+    assert!(matches!(
+        store
+            .add_usage(&overflowing, &[used(latest, Some("192.0.2.1"))])
+            .await,
+        Err(StoreError::Internal(_))
+    ));
+    let record = store
+        .find_credential(&secrets.token.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.credential.last_used_at, Some(later));
 }
 
 #[tokio::test]
@@ -1704,7 +1722,7 @@ fn day_at(seconds: i64) -> Timestamp {
     Timestamp::from_unix(Granularity::Day.bucket(NOW).unix() + seconds)
 }
 
-fn used(
+fn used_count(
     credential: &CredentialId,
     tenant: &Tenant,
     minute: i64,
@@ -1820,26 +1838,29 @@ async fn usage_from_several_nodes_sums_into_minutes_hours_and_days(db: TestDb) {
     // 00:59, 01:00 and 01:01 on the first day; 00:05 on the next.
     let (m0059, m0100, m0101, next_day) = (3_540, 3_600, 3_660, 86_400 + 300);
     let node_a = [
-        used(&c, &root, m0059, Valid, 3),
-        used(&c, &root, m0059, Expired, 1),
-        used(&c, &root, m0100, Valid, 4),
-        used(&c, &root, m0100, Valid, 1),
-        used(&c, &root, m0101, Forbidden, 0),
+        used_count(&c, &root, m0059, Valid, 3),
+        used_count(&c, &root, m0059, Expired, 1),
+        used_count(&c, &root, m0100, Valid, 4),
+        used_count(&c, &root, m0100, Valid, 1),
+        used_count(&c, &root, m0101, Forbidden, 0),
     ];
     let node_b = [
-        used(&c, &root, m0059, Valid, 5),
-        used(&c, &root, m0101, Valid, 2),
-        used(&c, &root, next_day, Valid, 7),
+        used_count(&c, &root, m0059, Valid, 5),
+        used_count(&c, &root, m0101, Valid, 2),
+        used_count(&c, &root, next_day, Valid, 7),
     ];
-    let (a, b) = tokio::join!(o.store.add_usage(&node_a), other_node.add_usage(&node_b));
+    let (a, b) = tokio::join!(
+        o.store.add_usage(&node_a, &[]),
+        other_node.add_usage(&node_b, &[])
+    );
     a.unwrap();
     b.unwrap();
     // The next flush of the same minute adds to it.
     o.store
-        .add_usage(&[used(&c, &root, m0059, Valid, 10)])
+        .add_usage(&[used_count(&c, &root, m0059, Valid, 10)], &[])
         .await
         .unwrap();
-    o.store.add_usage(&[]).await.unwrap();
+    o.store.add_usage(&[], &[]).await.unwrap();
 
     let scope = usage_scope(&o, &root);
     let by_outcome = |granularity| UsageFilter {
@@ -1883,15 +1904,18 @@ async fn usage_reads_group_filter_and_bound_buckets(db: TestDb) {
     let child = tenant_below(&o, &root, "usage-child").await;
     let (own, first, second) = (credential(), credential(), credential());
     o.store
-        .add_usage(&[
-            used(&own, &root, 0, Valid, 1),
-            used(&own, &root, 60, Valid, 2),
-            used(&own, &root, 120, RateLimited, 4),
-            used(&first, &child, 0, Valid, 10),
-            used(&first, &child, 0, Revoked, 20),
-            used(&first, &child, 60, Valid, 30),
-            used(&second, &child, 120, Valid, 100),
-        ])
+        .add_usage(
+            &[
+                used_count(&own, &root, 0, Valid, 1),
+                used_count(&own, &root, 60, Valid, 2),
+                used_count(&own, &root, 120, RateLimited, 4),
+                used_count(&first, &child, 0, Valid, 10),
+                used_count(&first, &child, 0, Revoked, 20),
+                used_count(&first, &child, 60, Valid, 30),
+                used_count(&second, &child, 120, Valid, 100),
+            ],
+            &[],
+        )
         .await
         .unwrap();
     let scope = usage_scope(&o, &root);
@@ -2029,12 +2053,15 @@ async fn usage_is_read_in_the_scope_and_below_only(db: TestDb) {
     let b = tenant_below(&o, &root, "usage-b").await;
     let (in_root, in_a, in_a1, in_b) = (credential(), credential(), credential(), credential());
     o.store
-        .add_usage(&[
-            used(&in_root, &root, 0, UsageOutcome::Valid, 1),
-            used(&in_a, &a, 0, UsageOutcome::Valid, 10),
-            used(&in_a1, &a1, 0, UsageOutcome::Valid, 100),
-            used(&in_b, &b, 0, UsageOutcome::Valid, 1_000),
-        ])
+        .add_usage(
+            &[
+                used_count(&in_root, &root, 0, UsageOutcome::Valid, 1),
+                used_count(&in_a, &a, 0, UsageOutcome::Valid, 10),
+                used_count(&in_a1, &a1, 0, UsageOutcome::Valid, 100),
+                used_count(&in_b, &b, 0, UsageOutcome::Valid, 1_000),
+            ],
+            &[],
+        )
         .await
         .unwrap();
     let all = window(Granularity::Minute, 0, 60);
@@ -2083,9 +2110,9 @@ async fn pruning_usage_deletes_the_oldest_buckets_at_most_a_limit_at_a_time(db: 
     let o = owned(db).await;
     let root = o.plan.tenant.clone();
     let c = credential();
-    let mut counts = vec![used(&c, &root, 0, Expired, 1)];
-    counts.extend((0..5).map(|minute| used(&c, &root, minute * 60, Valid, 1)));
-    o.store.add_usage(&counts).await.unwrap();
+    let mut counts = vec![used_count(&c, &root, 0, Expired, 1)];
+    counts.extend((0..5).map(|minute| used_count(&c, &root, minute * 60, Valid, 1)));
+    o.store.add_usage(&counts, &[]).await.unwrap();
     let scope = usage_scope(&o, &root);
     let starts = |rows: Vec<Row>| rows.into_iter().map(|r| r.0).collect::<Vec<_>>();
     let minutes = UsageFilter {
@@ -2157,10 +2184,13 @@ async fn deleting_a_tenant_takes_its_usage(db: TestDb) {
     let child = tenant_below(&o, &root, "usage-gone").await;
     let (in_root, in_child) = (credential(), credential());
     o.store
-        .add_usage(&[
-            used(&in_root, &root, 0, UsageOutcome::Valid, 1),
-            used(&in_child, &child, 0, UsageOutcome::Valid, 2),
-        ])
+        .add_usage(
+            &[
+                used_count(&in_root, &root, 0, UsageOutcome::Valid, 1),
+                used_count(&in_child, &child, 0, UsageOutcome::Valid, 2),
+            ],
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(usage_row_tenants(&o._db).await.len(), 6);
@@ -2182,10 +2212,13 @@ async fn deleting_a_tenant_takes_its_usage(db: TestDb) {
     // A node that counted the deleted tenant's credential before it went is not refused (it would
     // keep the counts and fail for ever): those counts are dropped, the rest of the batch added.
     o.store
-        .add_usage(&[
-            used(&in_child, &child, 60, UsageOutcome::Valid, 5),
-            used(&in_root, &root, 60, UsageOutcome::Valid, 3),
-        ])
+        .add_usage(
+            &[
+                used_count(&in_child, &child, 60, UsageOutcome::Valid, 5),
+                used_count(&in_root, &root, 60, UsageOutcome::Valid, 3),
+            ],
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -2210,9 +2243,9 @@ async fn a_batch_of_usage_is_added_whole_or_not_at_all(db: TestDb) {
     let c = credential();
     // More minutes than one statement carries: 7 1/2 hours of them.
     let minutes: Vec<UsageCount> = (0..450)
-        .map(|minute| used(&c, &root, minute * 60, UsageOutcome::Valid, 1))
+        .map(|minute| used_count(&c, &root, minute * 60, UsageOutcome::Valid, 1))
         .collect();
-    o.store.add_usage(&minutes).await.unwrap();
+    o.store.add_usage(&minutes, &[]).await.unwrap();
     let stored = usage_of(&o, &scope, &window(Granularity::Minute, 0, 86_400)).await;
     assert_eq!(stored.len(), 450);
     assert!(stored.iter().all(|r| r.4 == 1));
@@ -2227,11 +2260,11 @@ async fn a_batch_of_usage_is_added_whole_or_not_at_all(db: TestDb) {
     let other = credential();
     let half = 1_u64 << 62;
     let overflowing = [
-        used(&other, &root, 0, UsageOutcome::Valid, half),
-        used(&other, &root, 60, UsageOutcome::Valid, half),
+        used_count(&other, &root, 0, UsageOutcome::Valid, half),
+        used_count(&other, &root, 60, UsageOutcome::Valid, half),
     ];
     assert!(matches!(
-        o.store.add_usage(&overflowing).await,
+        o.store.add_usage(&overflowing, &[]).await,
         Err(StoreError::Internal(_))
     ));
     let of_other = UsageFilter {

@@ -9,7 +9,6 @@ use futures_core::stream::BoxStream;
 use super::{Page, Paged, StoreError};
 use crate::Timestamp;
 use crate::access::{Scope, perm};
-use crate::id::CredentialId;
 use crate::model::{AuditEvent, Outcome, StoredEvent};
 
 /// Which audit events a list shows: an event matches when it matches one value of every list
@@ -48,17 +47,4 @@ pub trait AuditStore: Send + Sync + 'static {
 
     /// Deletes at most `limit` of the oldest events from before `before`; returns how many.
     async fn prune_events(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
-
-    /// Records when credentials were last used, and from where, in one batch, off the request
-    /// path. Timestamps only move forward.
-    async fn record_last_used(&self, uses: &[LastUse]) -> Result<(), StoreError>;
-}
-
-/// A credential's latest use that a batch writes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LastUse {
-    pub credential_id: CredentialId,
-    pub at: Timestamp,
-    /// The client's address, when the path that admitted it knew it.
-    pub ip: Option<std::net::IpAddr>,
 }

@@ -35,13 +35,15 @@ mod users;
 mod verification;
 
 pub use account::AccountStore;
-pub use audit::{AuditStore, EventFilter, LastUse};
+pub use audit::{AuditStore, EventFilter};
 pub use keys::{SigningKeySource, SigningKeyStore};
 pub use oauth::OAuthStore;
 pub use roles::RoleStore;
 pub use tenants::TenantStore;
 pub use tokens::{PersonalTokens, TokenFilter, TokenStore};
-pub use usage::{Granularity, UsageBucket, UsageCount, UsageFilter, UsageOutcome, UsageStore};
+pub use usage::{
+    Granularity, LastUse, UsageBucket, UsageCount, UsageFilter, UsageOutcome, UsageStore,
+};
 pub use users::{Login, UserStore};
 pub use verification::{AccessTokenRecord, CredentialRecord, CredentialSource};
 

@@ -136,11 +136,22 @@ pub struct UsageBucket {
     pub count: u64,
 }
 
+/// A credential's latest use that a batch writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastUse {
+    pub credential_id: CredentialId,
+    pub at: Timestamp,
+    /// The client's address, when the path that admitted it knew it.
+    pub ip: Option<std::net::IpAddr>,
+}
+
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
-    /// Adds a node's counts to the stored sums of their minute, hour and day buckets, in one
-    /// transaction: all of them or none (a node that cannot write keeps them for its next try).
-    async fn add_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError>;
+    /// Writes a node's batch in one transaction, all of it or none (a node that cannot write
+    /// keeps it for its next try): adds the counts to the stored sums of their minute, hour and
+    /// day buckets, and records when and from where credentials were last used (a timestamp only
+    /// moves forward).
+    async fn add_usage(&self, counts: &[UsageCount], uses: &[LastUse]) -> Result<(), StoreError>;
 
     /// The scope's usage and its descendants', oldest bucket first, buckets with no requests left
     /// out.

@@ -115,7 +115,7 @@ async fn add(server: &TestServer, counts: &[Seed]) {
             count: *count,
         })
         .collect();
-    server.state.store().add_usage(&counts).await.unwrap();
+    server.state.store().add_usage(&counts, &[]).await.unwrap();
 }
 
 async fn world(backend: Backend) -> World {

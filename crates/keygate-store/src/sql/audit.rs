@@ -7,7 +7,7 @@ use futures_util::TryStreamExt;
 use keygate_core::Timestamp;
 use keygate_core::access::{Scope, perm};
 use keygate_core::model::{AuditEvent, Outcome, StoredEvent};
-use keygate_core::store::{AuditStore, EventFilter, LastUse, Page, Paged, StoreError};
+use keygate_core::store::{AuditStore, EventFilter, Page, Paged, StoreError};
 use sqlx::{QueryBuilder, Row};
 
 use super::shared::{corrupt, insert_event_counted, paged, timestamp};
@@ -70,34 +70,6 @@ impl AuditStore for SqlStore {
         .await
         .map(|done| done.rows_affected())
         .map_err(store_error)
-    }
-
-    async fn record_last_used(&self, uses: &[LastUse]) -> Result<(), StoreError> {
-        if uses.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.begin_write().await?;
-        for LastUse {
-            credential_id,
-            at,
-            ip,
-        } in uses
-        {
-            // Within the same second, the later batch's address wins.
-            sqlx::query(
-                "UPDATE credentials SET last_used_at = $1,
-                     last_used_ip = COALESCE($3, last_used_ip)
-                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at <= $1)",
-            )
-            .bind(at.unix())
-            .bind(credential_id.as_str())
-            .bind(ip.map(|ip| ip.to_string()))
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        }
-        // Not a change verification depends on: nothing to drop from caches.
-        self.commit(tx, &[]).await
     }
 }
 

@@ -15,9 +15,10 @@ use futures_util::TryStreamExt;
 use keygate_core::Timestamp;
 use keygate_core::access::{Scope, perm};
 use keygate_core::store::{
-    Granularity, StoreError, UsageBucket, UsageCount, UsageFilter, UsageOutcome, UsageStore,
+    Granularity, LastUse, StoreError, UsageBucket, UsageCount, UsageFilter, UsageOutcome,
+    UsageStore,
 };
-use sqlx::{QueryBuilder, Row};
+use sqlx::{QueryBuilder, Row, Transaction};
 
 use super::shared::{corrupt, timestamp};
 use super::{Db, DbRow, SqlStore, store_error};
@@ -43,77 +44,31 @@ type Addition<'a> = (&'a str, i64);
 
 #[async_trait]
 impl UsageStore for SqlStore {
-    async fn add_usage(&self, counts: &[UsageCount]) -> Result<(), StoreError> {
+    async fn add_usage(&self, counts: &[UsageCount], uses: &[LastUse]) -> Result<(), StoreError> {
         let counts: Vec<&UsageCount> = counts.iter().filter(|c| c.count > 0).collect();
-        if counts.is_empty() {
+        if counts.is_empty() && uses.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
-
-        // A tenant deleted since its credentials were counted took its usage with it: its counts
-        // are dropped rather than refused, or the node would keep them and fail again forever.
-        let tenants: BTreeSet<&str> = counts.iter().map(|c| c.tenant_id.as_str()).collect();
-        let tenants: Vec<&str> = tenants.into_iter().collect();
-        let mut living = HashSet::new();
-        for chunk in tenants.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Db>::new("SELECT id FROM tenants WHERE id IN (");
-            let mut list = query.separated(", ");
-            for id in chunk {
-                list.push_bind(*id);
-            }
-            query.push(")");
-            for row in query
-                .build()
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(store_error)?
-            {
-                living.insert(row.try_get::<String, _>("id").map_err(store_error)?);
-            }
-        }
-
-        for granularity in Granularity::ALL {
-            // Summed here first: one statement may not touch a row twice (PostgreSQL refuses), and
-            // the minutes of one hour all land in the same hour bucket.
-            let mut buckets: BTreeMap<Key, Addition> = BTreeMap::new();
-            for count in counts
-                .iter()
-                .filter(|c| living.contains(c.tenant_id.as_str()))
-            {
-                let added = i64::try_from(count.count)
-                    .map_err(|_| StoreError::Internal("a usage count beyond 2^63".into()))?;
-                let key = (
-                    granularity.bucket(count.minute).unix(),
-                    count.credential_id.as_str(),
-                    count.outcome.as_str(),
-                );
-                let bucket = buckets.entry(key).or_insert((count.tenant_id.as_str(), 0));
-                bucket.1 = bucket.1.checked_add(added).ok_or_else(|| {
-                    StoreError::Internal("a usage bucket's sum beyond 2^63".into())
-                })?;
-            }
-            let rows: Vec<(Key, Addition)> = buckets.into_iter().collect();
-            let table = table(granularity);
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                let mut query = QueryBuilder::<Db>::new(format!(
-                    "INSERT INTO {table} (start, credential_id, outcome, tenant_id, count) "
-                ));
-                query.push_values(
-                    chunk,
-                    |mut row, ((start, credential, outcome), (tenant, count))| {
-                        row.push_bind(*start)
-                            .push_bind(*credential)
-                            .push_bind(*outcome)
-                            .push_bind(*tenant)
-                            .push_bind(*count);
-                    },
-                );
-                query.push(format_args!(
-                    " ON CONFLICT (start, credential_id, outcome)
-                      DO UPDATE SET count = {table}.count + excluded.count"
-                ));
-                query.build().execute(&mut *tx).await.map_err(store_error)?;
-            }
+        add_counts(&mut tx, &counts).await?;
+        for LastUse {
+            credential_id,
+            at,
+            ip,
+        } in uses
+        {
+            // Within the same second, the later batch's address wins.
+            sqlx::query(
+                "UPDATE credentials SET last_used_at = $1,
+                     last_used_ip = COALESCE($3, last_used_ip)
+                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at <= $1)",
+            )
+            .bind(at.unix())
+            .bind(credential_id.as_str())
+            .bind(ip.map(|ip| ip.to_string()))
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         }
         // Not a change verification depends on: nothing to drop from caches.
         self.commit(tx, &[]).await
@@ -171,6 +126,87 @@ impl UsageStore for SqlStore {
         .map(|done| done.rows_affected())
         .map_err(store_error)
     }
+}
+
+/// Adds counts to their minute, hour and day buckets, within the batch's transaction.
+async fn add_counts(
+    tx: &mut Transaction<'static, Db>,
+    counts: &[&UsageCount],
+) -> Result<(), StoreError> {
+    if counts.is_empty() {
+        return Ok(());
+    }
+    // A tenant deleted since its credentials were counted took its usage with it: its counts
+    // are dropped rather than refused, or the node would keep them and fail again forever.
+    let tenants: BTreeSet<&str> = counts.iter().map(|c| c.tenant_id.as_str()).collect();
+    let tenants: Vec<&str> = tenants.into_iter().collect();
+    let mut living = HashSet::new();
+    for chunk in tenants.chunks(ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Db>::new("SELECT id FROM tenants WHERE id IN (");
+        let mut list = query.separated(", ");
+        for id in chunk {
+            list.push_bind(*id);
+        }
+        query.push(")");
+        for row in query
+            .build()
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(store_error)?
+        {
+            living.insert(row.try_get::<String, _>("id").map_err(store_error)?);
+        }
+    }
+
+    for granularity in Granularity::ALL {
+        // Summed here first: one statement may not touch a row twice (PostgreSQL refuses), and
+        // the minutes of one hour all land in the same hour bucket.
+        let mut buckets: BTreeMap<Key, Addition> = BTreeMap::new();
+        for count in counts
+            .iter()
+            .filter(|c| living.contains(c.tenant_id.as_str()))
+        {
+            let added = i64::try_from(count.count)
+                .map_err(|_| StoreError::Internal("a usage count beyond 2^63".into()))?;
+            let key = (
+                granularity.bucket(count.minute).unix(),
+                count.credential_id.as_str(),
+                count.outcome.as_str(),
+            );
+            let bucket = buckets.entry(key).or_insert((count.tenant_id.as_str(), 0));
+            bucket.1 = bucket
+                .1
+                .checked_add(added)
+                .ok_or_else(|| StoreError::Internal("a usage bucket's sum beyond 2^63".into()))?;
+        }
+        let rows: Vec<(Key, Addition)> = buckets.into_iter().collect();
+        let table = table(granularity);
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Db>::new(format!(
+                "INSERT INTO {table} (start, credential_id, outcome, tenant_id, count) "
+            ));
+            query.push_values(
+                chunk,
+                |mut row, ((start, credential, outcome), (tenant, count))| {
+                    row.push_bind(*start)
+                        .push_bind(*credential)
+                        .push_bind(*outcome)
+                        .push_bind(*tenant)
+                        .push_bind(*count);
+                },
+            );
+            query.push(format_args!(
+                " ON CONFLICT (start, credential_id, outcome)
+                      DO UPDATE SET count = {table}.count + excluded.count"
+            ));
+            query
+                .build()
+                .execute(&mut **tx)
+                .await
+                .map_err(store_error)?;
+        }
+    }
+    Ok(())
 }
 
 /// The buckets of a granularity whose credential's tenant lies in the scope's subtree, filtered,
