@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use keygate_core::Clock;
 use keygate_core::allowlist::IpAllowlist;
 use keygate_core::cache::CredentialCache;
 use keygate_core::gate::Gate;
@@ -16,9 +15,10 @@ use keygate_core::oauth::Lifetimes;
 use keygate_core::password::{self, Hasher, PasswordError, PasswordHashString};
 use keygate_core::permission::Catalog;
 use keygate_core::signin::Sessions;
-use keygate_core::store::{ChangeListener, DynStore, Granularity, Listeners, StoreError};
+use keygate_core::store::{ChangeListener, DynStore, Granularity, Listeners, Store, StoreError};
 use keygate_core::throttle::LoginThrottle;
 use keygate_core::verify::Verifier;
+use keygate_core::{Clock, Timestamp};
 
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
@@ -83,7 +83,7 @@ impl AppState {
         )
         .await?;
         // The first start makes the first signing key, so the key set is never empty.
-        keys.prepare(&*store, clock.now()).await?;
+        prepare_keys(&keys, &*store, clock.now()).await?;
         let verifier = Verifier::new(format, catalog.clone(), store.clone(), cache, clock.clone())
             .serve_stale_on_store_outage(config.cache.serve_stale_on_store_outage)
             .with_access_tokens(keys.clone());
@@ -326,5 +326,24 @@ impl Hasher for BlockingHasher {
                 tracing::error!(error = %e, "a password check failed");
                 vec![false; count]
             })
+    }
+}
+
+/// [`KeyRing::prepare`], tried again for a while when the store says it is unavailable. SQLite
+/// answers "database is locked" once its busy timeout has passed, and sometimes at once to a
+/// process opening the file while another is closing or recovering it (sqlite.org/wal.html,
+/// "Sometimes queries return SQLITE_BUSY in WAL mode"): what a restart beside another node looks
+/// like. A node that cannot start waits for the database rather than exit.
+async fn prepare_keys(keys: &KeyRing, store: &dyn Store, now: Timestamp) -> Result<(), KeyError> {
+    const PATIENCE: Duration = Duration::from_secs(30);
+    let started = std::time::Instant::now();
+    loop {
+        match keys.prepare(store, now).await {
+            Err(KeyError::Store(StoreError::Unavailable(why))) if started.elapsed() < PATIENCE => {
+                tracing::warn!(%why, "the database is busy; preparing the signing keys again");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            prepared => return prepared,
+        }
     }
 }

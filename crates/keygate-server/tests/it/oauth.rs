@@ -1829,3 +1829,34 @@ async fn a_secret_roll_is_checked_like_a_delete(backend: Backend) {
     assert_eq!(after, before);
     assert_eq!(grant_status(&server, &id, &secret).await, 200);
 }
+
+/// A node that must write its first key while another process holds SQLite's write lock for longer
+/// than the busy timeout (5 s) waits for the database instead of failing to start (CI once saw a
+/// joining node fail with "database is locked" here).
+#[tokio::test]
+async fn a_node_starting_while_the_database_is_locked_waits_for_it() {
+    use keygate_core::jwt::SigningAlgorithm;
+    use sqlx::Connection;
+    let server = TestServer::start(Backend::Sqlite).await;
+    let url = server.state.config().database_url.clone();
+    let mut holder = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    });
+    // Another algorithm than the first node's: starting means writing a key.
+    let node = server
+        .join_with(|c| c.oauth.signing_algorithm = SigningAlgorithm::EdDsa)
+        .await;
+    release.await.unwrap();
+    let (id, secret) = create_client(&node, "viewer", None).await;
+    let token = tokens(&node, &id, &secret, None).await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(parts(&token).0["alg"], "EdDSA");
+}
