@@ -436,6 +436,94 @@ mod tests {
         assert_eq!(q.retry_after(at("2026-02-27T00:00:01Z")), Some(86_399));
     }
 
+    /// splitmix64: a few lines of deterministic randomness, so a failure replays exactly.
+    struct Random(u64);
+
+    impl Random {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+
+        /// A number in `low..high`.
+        fn between(&mut self, low: i64, high: i64) -> i64 {
+            let span = u64::try_from(high - low).unwrap();
+            low + i64::try_from(self.next() % span).unwrap()
+        }
+    }
+
+    /// Whether `t` is one of a monthly quota's refills: the anchor's time of day, on the anchor's
+    /// day or the last day of a shorter month.
+    fn is_monthly_refill(anchor: OffsetDateTime, t: Timestamp) -> bool {
+        let t = OffsetDateTime::from_unix_timestamp(t.unix()).unwrap();
+        t.time() == anchor.time() && t.day() == anchor.day().min(t.month().length(t.year()))
+    }
+
+    #[test]
+    fn every_moment_is_in_exactly_one_period_that_starts_and_ends_on_refills() {
+        let mut random = Random(0x006b_6579_6761_7465);
+        // 1950 to 2100, and up to sixty years on.
+        let (earliest, latest) = (-631_152_000, 4_102_444_800);
+        let sixty_years = 60 * 366 * 86_400;
+        for case in 0..20_000 {
+            let period = QuotaPeriod::ALL[case % 4];
+            let anchor = Timestamp::from_unix(random.between(earliest, latest));
+            let q = Quota {
+                limit: 1,
+                period,
+                anchor,
+            };
+            let now = Timestamp::from_unix(anchor.unix() + random.between(0, sixty_years));
+            let w = q.window(now);
+            let context = format!("{period:?} anchored {anchor:?} at {now:?}: {w:?}");
+
+            assert!(w.start >= anchor && w.start <= now, "{context}");
+            assert_eq!(q.window(w.start), w, "{context}");
+            let Some(resets_at) = w.resets_at else {
+                assert_eq!(period, QuotaPeriod::Total, "{context}");
+                assert_eq!(w.start, anchor, "{context}");
+                continue;
+            };
+            assert!(now < resets_at, "{context}");
+            assert_eq!(q.window(resets_at).start, resets_at, "{context}");
+            let last_second = Timestamp::from_unix(resets_at.unix() - 1);
+            assert_eq!(q.window(last_second), w, "{context}");
+            assert_eq!(
+                q.retry_after(now),
+                Some(u64::try_from(resets_at.unix() - now.unix()).unwrap()),
+                "{context}"
+            );
+            match period {
+                QuotaPeriod::Hour | QuotaPeriod::Day => {
+                    let length = period.seconds().unwrap();
+                    assert_eq!((w.start.unix() - anchor.unix()) % length, 0, "{context}");
+                    assert_eq!(resets_at.unix() - w.start.unix(), length, "{context}");
+                }
+                QuotaPeriod::Month => {
+                    let from = OffsetDateTime::from_unix_timestamp(anchor.unix()).unwrap();
+                    assert!(is_monthly_refill(from, w.start), "{context}");
+                    assert!(is_monthly_refill(from, resets_at), "{context}");
+                    let month = |t: Timestamp| {
+                        month_number(
+                            OffsetDateTime::from_unix_timestamp(t.unix())
+                                .unwrap()
+                                .date(),
+                        )
+                    };
+                    assert_eq!(month(resets_at), month(w.start) + 1, "{context}");
+                }
+                QuotaPeriod::Total => unreachable!("{context}"),
+            }
+
+            // Any moment before the anchor is in the first period.
+            let before = Timestamp::from_unix(anchor.unix() - random.between(1, sixty_years));
+            assert_eq!(q.window(before), q.window(anchor), "{context}");
+        }
+    }
+
     #[test]
     fn no_timestamp_makes_it_panic() {
         let extremes =
