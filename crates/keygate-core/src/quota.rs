@@ -58,16 +58,10 @@ impl QuotaPeriod {
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|period| period.as_str() == name)
     }
-
-    /// The length of a period of fixed length, in seconds.
-    fn seconds(self) -> Option<i64> {
-        match self {
-            QuotaPeriod::Hour => Some(3_600),
-            QuotaPeriod::Day => Some(86_400),
-            QuotaPeriod::Month | QuotaPeriod::Total => None,
-        }
-    }
 }
+
+const HOUR: i64 = 3_600;
+const DAY: i64 = 86_400;
 
 /// A number of requests a credential (or a tenant) may make per period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,10 +88,8 @@ impl Quota {
                 resets_at: None,
             },
             QuotaPeriod::Month => month_window(self.anchor, now),
-            QuotaPeriod::Hour | QuotaPeriod::Day => {
-                let length = self.period.seconds().unwrap_or(1);
-                fixed_window(self.anchor, length, now)
-            }
+            QuotaPeriod::Day => fixed_window(self.anchor, DAY, now),
+            QuotaPeriod::Hour => fixed_window(self.anchor, HOUR, now),
         }
     }
 
@@ -115,26 +107,23 @@ impl Quota {
 fn fixed_window(anchor: Timestamp, length: i64, now: Timestamp) -> Window {
     let (anchor, length) = (i128::from(anchor.unix()), i128::from(length));
     let periods = (i128::from(now.unix()) - anchor).div_euclid(length).max(0);
+    // Never past `now` or the anchor, so it fits; its end may not.
     let start = anchor + periods * length;
     Window {
-        start: timestamp(start),
+        start: Timestamp::from_unix(i64::try_from(start).unwrap_or(i64::MAX)),
         resets_at: i64::try_from(start + length).ok().map(Timestamp::from_unix),
     }
-}
-
-fn timestamp(seconds: i128) -> Timestamp {
-    Timestamp::from_unix(i64::try_from(seconds).unwrap_or(i64::MAX))
 }
 
 /// Calendar months from `anchor`: the month of `now` is found from the difference in years and
 /// months, then its refill is compared with `now` (it may still be ahead, later in the month).
 fn month_window(anchor: Timestamp, now: Timestamp) -> Window {
-    let first = Window {
-        start: anchor,
-        resets_at: None,
-    };
     let Ok(from) = OffsetDateTime::from_unix_timestamp(anchor.unix()) else {
-        return first;
+        // An anchor the calendar cannot name has no months to count.
+        return Window {
+            start: anchor,
+            resets_at: None,
+        };
     };
     let schedule = Monthly {
         month: month_number(from.date()),
@@ -498,7 +487,11 @@ mod tests {
             );
             match period {
                 QuotaPeriod::Hour | QuotaPeriod::Day => {
-                    let length = period.seconds().unwrap();
+                    let length = if period == QuotaPeriod::Hour {
+                        HOUR
+                    } else {
+                        DAY
+                    };
                     assert_eq!((w.start.unix() - anchor.unix()) % length, 0, "{context}");
                     assert_eq!(resets_at.unix() - w.start.unix(), length, "{context}");
                 }
