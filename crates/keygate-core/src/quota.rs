@@ -18,6 +18,10 @@
 //! anchor, so what is used before the anchor counts towards the first period rather than opening
 //! an extra one, and `resets_at` is still the first refill after the anchor.
 //!
+//! A quota given to the API is checked by [`Quota::new`]: a limit from 1 to [`MAX_LIMIT`], and an
+//! anchor (by default when the quota is set) at most one period ahead, so that the first period,
+//! which also holds what comes before the anchor, is never more than two periods long.
+//!
 //! Any moment is placed in its period in constant time, however far from the anchor: the number of
 //! whole periods (or calendar months) is computed, not counted. Nothing here panics, whatever the
 //! timestamps: a refill past the last date the calendar can name (year 9999) is never.
@@ -26,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use time::{Date, Month, OffsetDateTime, Time};
 
 use crate::Timestamp;
+use crate::validate::Invalid;
 
 /// How often a quota refills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -58,12 +63,18 @@ impl QuotaPeriod {
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|period| period.as_str() == name)
     }
+
+    /// A period named in a request, refused naming `period`.
+    pub fn parse(name: &str) -> Result<Self, QuotaError> {
+        Self::from_name(name).ok_or(QuotaError::UnknownPeriod)
+    }
 }
 
 const HOUR: i64 = 3_600;
 const DAY: i64 = 86_400;
 
-/// A number of requests a credential (or a tenant) may make per period.
+/// A number of requests a credential (or a tenant) may make per period. [`Quota::new`] checks one
+/// given to the API; one read back from the store is built as it was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
     pub limit: u64,
@@ -79,7 +90,96 @@ pub struct Window {
     pub resets_at: Option<Timestamp>,
 }
 
+/// The largest limit a quota takes: 2^53 - 1, the largest integer that a JSON client reading
+/// numbers as doubles (JavaScript's `Number`) still reads exactly, so `limit`, `used` and
+/// `remaining` never come back rounded.
+pub const MAX_LIMIT: u64 = (1 << 53) - 1;
+
+/// Why a quota given to the API is refused. Each names its field ([`QuotaError::field`]); the
+/// message says what the field must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaError {
+    #[error("must be at least 1")]
+    LimitZero,
+    #[error(
+        "must be at most {MAX_LIMIT} (2^53 - 1, the largest integer every JSON client reads exactly)"
+    )]
+    LimitTooLarge,
+    #[error("must be `hour`, `day`, `month` or `total`")]
+    UnknownPeriod,
+    /// A `total` quota has one period, which begins at its anchor.
+    #[error("must not be in the future for a `total` quota")]
+    AnchorInFuture,
+    #[error("may be at most one {} in the future", .0.as_str())]
+    AnchorTooFarAhead(QuotaPeriod),
+}
+
+impl QuotaError {
+    /// The field of the quota object this is about: `limit`, `period` or `anchor`.
+    pub fn field(self) -> &'static str {
+        match self {
+            QuotaError::LimitZero | QuotaError::LimitTooLarge => "limit",
+            QuotaError::UnknownPeriod => "period",
+            QuotaError::AnchorInFuture | QuotaError::AnchorTooFarAhead(_) => "anchor",
+        }
+    }
+
+    /// The error for a quota nested in a request under `parent` (`quota.limit`).
+    pub fn invalid_in(self, parent: &str) -> Invalid {
+        Invalid::new(format!("{parent}.{}", self.field()), self.to_string())
+    }
+}
+
+impl From<QuotaError> for Invalid {
+    fn from(error: QuotaError) -> Self {
+        Invalid::new(error.field(), error.to_string())
+    }
+}
+
 impl Quota {
+    /// A quota as a request gives it, set at `created` (a credential's creation, or the request
+    /// replacing its quota): the anchor defaults to `created` and may lie any time before it, but
+    /// at most one period after it (not at all for `total`), no later than the first refill of a
+    /// quota anchored at `created`. A later anchor would make a first period, which also holds
+    /// what is used before the anchor, longer than two periods; an earlier anchor at the same
+    /// time of day (or day of the month) gives the same refills.
+    ///
+    /// Reports the first field found wrong, in the order `limit`, `anchor`; `period` is checked
+    /// where its name is read ([`QuotaPeriod::parse`]).
+    pub fn new(
+        limit: u64,
+        period: QuotaPeriod,
+        anchor: Option<Timestamp>,
+        created: Timestamp,
+    ) -> Result<Quota, QuotaError> {
+        if limit == 0 {
+            return Err(QuotaError::LimitZero);
+        }
+        if limit > MAX_LIMIT {
+            return Err(QuotaError::LimitTooLarge);
+        }
+        let quota = Quota {
+            limit,
+            period,
+            anchor: created,
+        };
+        let Some(anchor) = anchor.filter(|&anchor| anchor > created) else {
+            return Ok(Quota {
+                anchor: anchor.unwrap_or(created),
+                ..quota
+            });
+        };
+        if period == QuotaPeriod::Total {
+            return Err(QuotaError::AnchorInFuture);
+        }
+        // `None` only past the calendar's end, where no anchor is any use.
+        let first_refill = quota.window(created).resets_at;
+        if first_refill.is_none_or(|refill| anchor > refill) {
+            return Err(QuotaError::AnchorTooFarAhead(period));
+        }
+        Ok(Quota { anchor, ..quota })
+    }
+
     /// The period `now` falls in; before the anchor, the first period (see the module's doc).
     pub fn window(&self, now: Timestamp) -> Window {
         match self.period {
@@ -423,6 +523,104 @@ mod tests {
         );
         let q = quota(QuotaPeriod::Day, "2026-01-31T00:00:00Z");
         assert_eq!(q.retry_after(at("2026-02-27T00:00:01Z")), Some(86_399));
+    }
+
+    #[test]
+    fn limits_run_from_one_to_the_largest_integer_json_reads_exactly() {
+        let created = at("2026-03-01T10:00:00Z");
+        let new = |limit| Quota::new(limit, QuotaPeriod::Day, None, created);
+        assert_eq!(new(0), Err(QuotaError::LimitZero));
+        assert_eq!(new(1).unwrap().limit, 1);
+        assert_eq!(new(MAX_LIMIT).unwrap().limit, 9_007_199_254_740_991);
+        assert_eq!(new(MAX_LIMIT + 1), Err(QuotaError::LimitTooLarge));
+        assert_eq!(new(u64::MAX), Err(QuotaError::LimitTooLarge));
+        // A JavaScript client reads the number into an f64: the largest limit survives, and past
+        // it some integers come back as their neighbours.
+        assert_eq!((MAX_LIMIT as f64) as u64, MAX_LIMIT);
+        assert_ne!(((MAX_LIMIT + 2) as f64) as u64, MAX_LIMIT + 2);
+    }
+
+    #[test]
+    fn the_anchor_defaults_to_creation_and_may_lie_at_most_one_period_ahead() {
+        let created = at("2026-01-31T13:45:10Z");
+        let new = |period, anchor: Option<&str>| Quota::new(10, period, anchor.map(at), created);
+        assert_eq!(
+            new(QuotaPeriod::Month, None),
+            Ok(Quota {
+                limit: 10,
+                period: QuotaPeriod::Month,
+                anchor: created,
+            })
+        );
+        for period in QuotaPeriod::ALL {
+            let past = new(period, Some("2019-05-31T00:00:00Z")).unwrap();
+            assert_eq!(
+                past.anchor,
+                at("2019-05-31T00:00:00Z"),
+                "years before: {period:?}"
+            );
+        }
+        for (period, latest, too_late) in [
+            (
+                QuotaPeriod::Hour,
+                "2026-01-31T14:45:10Z",
+                "2026-01-31T14:45:11Z",
+            ),
+            (
+                QuotaPeriod::Day,
+                "2026-02-01T13:45:10Z",
+                "2026-02-01T13:45:11Z",
+            ),
+            // The first refill of a quota anchored at creation, on the last day of February.
+            (
+                QuotaPeriod::Month,
+                "2026-02-28T13:45:10Z",
+                "2026-02-28T13:45:11Z",
+            ),
+        ] {
+            assert_eq!(new(period, Some(latest)).unwrap().anchor, at(latest));
+            assert_eq!(
+                new(period, Some(too_late)),
+                Err(QuotaError::AnchorTooFarAhead(period))
+            );
+        }
+        assert!(new(QuotaPeriod::Total, Some("2026-01-31T13:45:10Z")).is_ok());
+        assert_eq!(
+            new(QuotaPeriod::Total, Some("2026-01-31T13:45:11Z")),
+            Err(QuotaError::AnchorInFuture)
+        );
+    }
+
+    #[test]
+    fn errors_name_their_field_for_a_problem_response() {
+        assert_eq!(QuotaPeriod::parse("month"), Ok(QuotaPeriod::Month));
+        let period = QuotaPeriod::parse("week").unwrap_err();
+        assert_eq!(
+            Invalid::from(period),
+            Invalid::new("period", "must be `hour`, `day`, `month` or `total`")
+        );
+        assert_eq!(
+            QuotaError::LimitZero.invalid_in("quota"),
+            Invalid::new("quota.limit", "must be at least 1")
+        );
+        assert_eq!(
+            QuotaError::AnchorTooFarAhead(QuotaPeriod::Day).invalid_in("quota"),
+            Invalid::new("quota.anchor", "may be at most one day in the future")
+        );
+        assert_eq!(QuotaError::AnchorInFuture.field(), "anchor");
+        assert!(
+            QuotaError::LimitTooLarge
+                .to_string()
+                .contains("9007199254740991")
+        );
+        // The limit is reported before the anchor.
+        let both = Quota::new(
+            0,
+            QuotaPeriod::Total,
+            Some(at("2030-01-01T00:00:00Z")),
+            at("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(both, Err(QuotaError::LimitZero));
     }
 
     /// splitmix64: a few lines of deterministic randomness, so a failure replays exactly.
