@@ -23,6 +23,7 @@ pub mod model;
 pub mod oauth;
 pub mod password;
 pub mod permission;
+pub mod quota;
 pub mod ratelimit;
 pub mod roles;
 pub mod rule;
