@@ -52,6 +52,7 @@ async fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("floor") => return floor().await,
         Some("fill") => return fill_command().await,
+        Some("fill-usage") => return fill_usage_command().await,
         Some("forge") => {
             // A well-formed credential with a valid checksum that was never issued.
             let format = CredentialFormat::new("kg", Environment::Live).unwrap();
@@ -282,4 +283,56 @@ async fn fill_command() {
     let n: usize = it.next().unwrap().parse().unwrap();
     let secrets = fill(&url, &tenant, n).await;
     println!("{}", secrets[n / 2]);
+}
+
+/// `keygate-bench fill-usage URL TENANT DAYS`: gives every credential of TENANT hour buckets over
+/// the last DAYS days, one a day at an hour of its own, and the oldest credential every hour of
+/// them, valid and forbidden; prints that credential's id.
+async fn fill_usage_command() {
+    let mut it = std::env::args().skip(2);
+    let url = it.next().unwrap();
+    let tenant = it.next().unwrap();
+    let days: i64 = it.next().unwrap().parse().unwrap();
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    let ids: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM credentials WHERE tenant_id = $1 ORDER BY id")
+            .bind(&tenant)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let now = SystemClock.now().unix();
+    let first_hour = (now - days * 86_400) / 3600 * 3600;
+    let mut rows: Vec<(i64, &str, &str, i64)> = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        for day in 0..days {
+            let hour = (i as i64 * 7 + day) % 24;
+            rows.push((first_hour + day * 86_400 + hour * 3600, id, "valid", 1 + i as i64 % 50));
+        }
+    }
+    let busiest = &ids[0];
+    for hour in 0..days * 24 {
+        let start = first_hour + hour * 3600;
+        if hour % 24 != 0 {
+            rows.push((start, busiest, "valid", 100 + hour % 17));
+        }
+        rows.push((start, busiest, "forbidden", 1 + hour % 3));
+    }
+    let mut tx = pool.begin().await.unwrap();
+    for chunk in rows.chunks(1000) {
+        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT OR IGNORE INTO usage_hours (start, credential_id, outcome, tenant_id, count) ",
+        );
+        query.push_values(chunk, |mut b, (start, id, outcome, count)| {
+            b.push_bind(*start)
+                .push_bind(*id)
+                .push_bind(*outcome)
+                .push_bind(&tenant)
+                .push_bind(*count);
+        });
+        query.build().execute(&mut *tx).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    sqlx::query("ANALYZE").execute(&pool).await.unwrap();
+    eprintln!("stored {} hour buckets for {} credentials", rows.len(), ids.len());
+    println!("{busiest}");
 }
