@@ -25,6 +25,7 @@ pub mod password;
 pub mod permission;
 pub mod quota;
 pub mod ratelimit;
+pub mod reserve;
 pub mod roles;
 pub mod rule;
 pub mod signin;

@@ -1,0 +1,281 @@
+//! A node's reserve of a quota's credits (API.md §13): how a quota stays exact across nodes
+//! without a store round trip per request.
+//!
+//! ## The design
+//!
+//! The store keeps one row per quota: its limit, the window it is counting, and `used`, the
+//! credits *taken* in that window by every node together, whether spent yet or not. A node never
+//! admits a request on credits it has not taken, and taking is one statement that never lets
+//! `used` pass the limit. So however many nodes share the store, a window admits at most `limit`:
+//! the proof is that row's check, not any agreement between nodes.
+//!
+//! Each node holds, per quota it has seen used, a [`Reserve`]: the credits it took for the current
+//! window and has not spent. A request spends its cost from the reserve with one compare-and-swap
+//! (no lock, no allocation). When the reserve cannot pay, the node takes more from the store, one
+//! statement, and how much it asks for shrinks as the quota runs out ([`Reserve::want`]):
+//!
+//! - a full reserve ([`RESERVE`] credits) while plenty remain, so a busy credential costs one round
+//!   trip per [`RESERVE`] requests on each node;
+//! - an eighth of what remains once that is less than eight reserves, so nodes do not strand the
+//!   last credits in each other's reserves;
+//! - only the request's own cost when fewer than eight remain: the last credits are spent one
+//!   request at a time in the store itself.
+//!
+//! Credits a node holds but does not spend are given back: at shutdown, and by the flush loop for a
+//! reserve idle for a while, so another node can have them. A window's end needs no give-back: the
+//! next window starts at zero (the take that first sees it resets the row).
+//!
+//! **What a dead node costs.** A node killed outright cannot give back its reserves: each quota
+//! loses at most the credits that node held, never more than [`RESERVE`] per quota, until its
+//! window ends. Requests are then refused that the limit would have allowed; none is ever
+//! admitted beyond it.
+//!
+//! A request of a credential with its own quota and a tenant pool above it spends from each; if one
+//! cannot pay, what the others already gave is put back in their reserves (locally: the credits
+//! stay taken), and the request is refused, costing nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::Timestamp;
+
+/// The most credits a node takes from the store at a time, and so the most one node can strand.
+pub const RESERVE: u64 = 64;
+
+/// The most a single request may cost: a reserve's count must hold a take for it.
+pub const MAX_COST: u64 = 1 << 32;
+
+/// How many of the remaining credits a node leaves to the others: it asks for at most
+/// `1 / SPREAD` of them.
+const SPREAD: u64 = 8;
+
+/// A reserve's word: the window's tag in the high bits, the credits in the low ones, so that a
+/// spend checks the window and pays in one compare-and-swap.
+const CREDIT_BITS: u32 = 44;
+const CREDITS: u64 = (1 << CREDIT_BITS) - 1;
+
+/// The window a count belongs to, as 20 bits: its start in hours, which differs between any two
+/// windows (the shortest period is an hour) until they are 119 years apart.
+fn tag(window: Timestamp) -> u64 {
+    (window.unix().div_euclid(3600) as u64 & ((1 << (64 - CREDIT_BITS)) - 1)) << CREDIT_BITS
+}
+
+/// What a reserve says of a spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spend {
+    /// Paid from the reserve.
+    Paid,
+    /// The reserve holds too little, or only another window's credits: take more from the store.
+    Short,
+}
+
+/// A node's credits of one quota, for one window at a time.
+#[derive(Debug)]
+pub struct Reserve {
+    /// The window's tag and the credits held for it. Credits are only ever added for the window
+    /// they were taken for, and a spend only pays from its own window's: a reserve can lose
+    /// credits to a race (a take for a newer window replacing an older one's), never pay with
+    /// another window's.
+    word: AtomicU64,
+}
+
+impl Default for Reserve {
+    fn default() -> Self {
+        // No window starts at the tag of all ones before the year 121 000.
+        Self {
+            word: AtomicU64::new(!CREDITS),
+        }
+    }
+}
+
+impl Reserve {
+    /// Spends `cost` credits of the window starting at `window`, if the reserve holds them.
+    pub fn spend(&self, window: Timestamp, cost: u64) -> Spend {
+        let tag = tag(window);
+        let paid = self
+            .word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                (word & !CREDITS == tag && word & CREDITS >= cost).then(|| word - cost)
+            });
+        match paid {
+            Ok(_) => Spend::Paid,
+            Err(_) => Spend::Short,
+        }
+    }
+
+    /// Puts back credits a request spent but did not use (another quota refused it).
+    pub fn refund(&self, window: Timestamp, cost: u64) {
+        self.add_if(window, cost, false);
+    }
+
+    /// Adds credits taken from the store for the window starting at `window`. Whatever another
+    /// window left is dropped: a take comes for the current window, and an older one's credits
+    /// ended with it.
+    pub fn add(&self, window: Timestamp, taken: u64) {
+        self.add_if(window, taken, true);
+    }
+
+    fn add_if(&self, window: Timestamp, credits: u64, replace_other: bool) {
+        let tag = tag(window);
+        let _ = self
+            .word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                if word & !CREDITS == tag {
+                    Some(tag | ((word & CREDITS) + credits).min(CREDITS))
+                } else if replace_other {
+                    Some(tag | credits.min(CREDITS))
+                } else {
+                    None
+                }
+            });
+    }
+
+    /// Takes every credit of the window starting at `window` out of the reserve, to give back to
+    /// the store.
+    pub fn drain(&self, window: Timestamp) -> u64 {
+        let tag = tag(window);
+        self.word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                (word & !CREDITS == tag).then_some(tag)
+            })
+            .map_or(0, |word| word & CREDITS)
+    }
+
+    /// The credits held for the window starting at `window`.
+    pub fn held(&self, window: Timestamp) -> u64 {
+        let word = self.word.load(Ordering::Acquire);
+        if word & !CREDITS == tag(window) {
+            word & CREDITS
+        } else {
+            0
+        }
+    }
+
+    /// How many credits to ask the store for, for a request costing `cost`, when `remaining` are
+    /// left in the store (as the last take saw it; the store caps the take at what is really left).
+    pub fn want(cost: u64, remaining: u64) -> u64 {
+        let share = (remaining / SPREAD).min(RESERVE);
+        share.max(cost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+
+    const W0: Timestamp = Timestamp::from_unix(3600);
+    const W1: Timestamp = Timestamp::from_unix(7200);
+
+    #[test]
+    fn spends_what_it_holds_and_no_more() {
+        let reserve = Reserve::default();
+        assert_eq!(reserve.spend(W0, 1), Spend::Short, "nothing taken yet");
+        reserve.add(W0, 3);
+        assert_eq!(reserve.spend(W0, 2), Spend::Paid);
+        assert_eq!(reserve.spend(W0, 2), Spend::Short, "one left, two asked");
+        assert_eq!(reserve.spend(W0, 1), Spend::Paid);
+        assert_eq!(reserve.held(W0), 0);
+        assert_eq!(
+            reserve.spend(W0, 0),
+            Spend::Paid,
+            "a free request needs no credit"
+        );
+    }
+
+    #[test]
+    fn credits_belong_to_their_window() {
+        let reserve = Reserve::default();
+        reserve.add(W0, 5);
+        assert_eq!(
+            reserve.spend(W1, 1),
+            Spend::Short,
+            "the new window has none"
+        );
+        reserve.add(W1, 2);
+        assert_eq!(
+            reserve.held(W0),
+            0,
+            "the old window's credits ended with it"
+        );
+        assert_eq!(reserve.held(W1), 2);
+        reserve.refund(W0, 4);
+        assert_eq!(reserve.held(W1), 2, "nor does a stale refund");
+        assert_eq!(reserve.drain(W0), 0);
+        assert_eq!(reserve.drain(W1), 2);
+        assert_eq!(reserve.held(W1), 0);
+    }
+
+    #[test]
+    fn neighbouring_windows_never_share_a_tag() {
+        let reserve = Reserve::default();
+        assert_eq!(reserve.held(Timestamp::from_unix(0)), 0);
+        reserve.add(W0, 1);
+        for window in [
+            W1,
+            Timestamp::from_unix(W0.unix() - 3600),
+            Timestamp::from_unix(0),
+        ] {
+            assert_eq!(reserve.held(window), 0, "{window}");
+            assert_eq!(reserve.spend(window, 1), Spend::Short, "{window}");
+        }
+        let years_later = Timestamp::from_unix(W0.unix() + 100 * 365 * 86_400);
+        assert_eq!(reserve.held(years_later), 0);
+    }
+
+    #[test]
+    fn a_refund_puts_back_what_was_spent() {
+        let reserve = Reserve::default();
+        reserve.add(W0, 2);
+        assert_eq!(reserve.spend(W0, 2), Spend::Paid);
+        reserve.refund(W0, 2);
+        assert_eq!(reserve.held(W0), 2);
+    }
+
+    #[test]
+    fn takes_shrink_as_the_quota_runs_out() {
+        assert_eq!(Reserve::want(1, 1_000_000), RESERVE);
+        assert_eq!(Reserve::want(1, 8 * RESERVE), RESERVE);
+        assert_eq!(Reserve::want(1, 80), 10);
+        assert_eq!(Reserve::want(1, 15), 1, "the last credits one at a time");
+        assert_eq!(Reserve::want(1, 0), 1);
+        assert_eq!(
+            Reserve::want(500, 1_000_000),
+            500,
+            "never less than the cost"
+        );
+    }
+
+    /// Four threads spend from one reserve while a fifth adds credits: exactly what was added is
+    /// spent, never more.
+    #[test]
+    fn concurrent_spends_never_exceed_what_was_taken() {
+        let reserve = Arc::new(Reserve::default());
+        let paid = Arc::new(AtomicU64::new(0));
+        let added = 10_000;
+        let spenders: Vec<_> = (0..4)
+            .map(|_| {
+                let (reserve, paid) = (reserve.clone(), paid.clone());
+                std::thread::spawn(move || {
+                    let mut misses = 0;
+                    while misses < 1_000_000 {
+                        match reserve.spend(W0, 1) {
+                            Spend::Paid => {
+                                paid.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Spend::Short => misses += 1,
+                        }
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..added / 10 {
+            reserve.add(W0, 10);
+        }
+        for spender in spenders {
+            spender.join().unwrap();
+        }
+        assert_eq!(paid.load(Ordering::Relaxed) + reserve.held(W0), added);
+    }
+}
