@@ -9,6 +9,7 @@
 //! sends (a CSP without inline script, no framing, no sniffing, no caching).
 
 mod account;
+mod chart;
 mod clients;
 mod frame;
 mod log;
@@ -16,6 +17,7 @@ mod roles;
 mod signin;
 mod tenants;
 mod tokens;
+mod usage;
 mod users;
 
 use axum::Router;
