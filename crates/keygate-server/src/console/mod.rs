@@ -125,6 +125,7 @@ pub fn router() -> Router<AppState> {
             axum::routing::post(roles::delete_role),
         )
         .route("/console/log", get(log::log))
+        .route("/console/usage", get(usage::usage))
         .route("/console/oauth/clients", get(clients::clients))
         .route(
             "/console/oauth/clients/new",
