@@ -366,9 +366,13 @@ impl Tally {
             height: HEIGHT - 10.0 - 26.0,
         };
         let ceiling = nice_ceiling(self.peak());
-        let mut grid = vec![0, ceiling];
-        if ceiling >= 2 && ceiling.is_multiple_of(2) {
-            grid.insert(1, ceiling / 2);
+        // Without requests there is no scale to show: the zero line alone.
+        let mut grid = vec![0];
+        if self.peak() > 0 {
+            if ceiling >= 2 && ceiling.is_multiple_of(2) {
+                grid.push(ceiling / 2);
+            }
+            grid.push(ceiling);
         }
         let slot = plot.width / self.counts.len() as f64;
         let series = self.split.series();
@@ -715,7 +719,8 @@ mod tests {
             let chart = tally.chart();
             assert!(chart.bars.is_empty() && chart.empty && chart.rows.is_empty());
             let labels: Vec<&str> = chart.grid.iter().map(|g| g.label.as_str()).collect();
-            assert_eq!(labels, ["0", "1"]);
+            assert_eq!(labels, ["0"]);
+            assert_eq!(chart.grid[0].y, chart.baseline);
             assert!(chart.grid.iter().all(|g| g.y.is_finite()));
             let html = chart.render().unwrap();
             assert!(html.contains("No requests in this period"), "{html}");
