@@ -655,6 +655,7 @@ async fn in_a_browser_the_usage_charts_show_what_was_made() {
     let sub = tenant(&server, "Acme", None, "owner@acme.example").await;
     let (deployer, deployer_secret) = made(&server, "deployer", None, json!({})).await;
     let (_, monitor_secret) = made(&server, "monitor", None, json!({})).await;
+    let (idle, _) = made(&server, "idle", None, json!({})).await;
     let (fenced, fenced_secret) = made(
         &server,
         "fenced",
@@ -754,4 +755,29 @@ async fn in_a_browser_the_usage_charts_show_what_was_made() {
         "{deployer_row:?}"
     );
     audit(&browser, axe, &shots, "usage-tenant-week").await;
+    browser.click("nav.periods a[href$='period=30d']").await;
+    browser
+        .find("nav.periods a[aria-current][href$='period=30d']")
+        .await;
+    let legend = texts(&browser, "ul.legend li").await;
+    assert_eq!(legend[1], "Refused: 10", "{legend:?}");
+    audit(&browser, axe, &shots, "usage-tenant-month").await;
+
+    // A token without requests: a flat chart that says so, and nothing in its numbers.
+    client
+        .goto(&format!("{}/console/tokens/{idle}?usage=30d", server.base))
+        .await
+        .unwrap();
+    browser.find("#usage").await;
+    let legend = texts(&browser, "ul.legend li").await;
+    assert_eq!(legend[0], "Valid: 0", "{legend:?}");
+    audit(&browser, axe, &shots, "usage-token-idle").await;
+    // A period that does not exist: the message, where the chart would be.
+    client
+        .goto(&format!("{}/console/tokens/{idle}?usage=1y", server.base))
+        .await
+        .unwrap();
+    let message = browser.find("#usage-message").await.text().await.unwrap();
+    assert!(message.contains("“1y”"), "{message}");
+    audit(&browser, axe, &shots, "usage-token-bad-period").await;
 }
