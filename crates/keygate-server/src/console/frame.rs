@@ -62,6 +62,7 @@ impl Frame {
                 "oauth_clients:read",
             ),
             ("/console/log", "Request log", "audit:read"),
+            ("/console/usage", "Usage", "usage:read"),
             ("/console/tenants", "Sub-customers", "tenants:read"),
         ]
         .into_iter()

@@ -9,6 +9,7 @@
 //! sends (a CSP without inline script, no framing, no sniffing, no caching).
 
 mod account;
+mod chart;
 mod clients;
 mod frame;
 mod log;
@@ -16,6 +17,7 @@ mod roles;
 mod signin;
 mod tenants;
 mod tokens;
+mod usage;
 mod users;
 
 use axum::Router;
@@ -123,6 +125,7 @@ pub fn router() -> Router<AppState> {
             axum::routing::post(roles::delete_role),
         )
         .route("/console/log", get(log::log))
+        .route("/console/usage", get(usage::usage))
         .route("/console/oauth/clients", get(clients::clients))
         .route(
             "/console/oauth/clients/new",

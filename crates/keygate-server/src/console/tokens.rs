@@ -13,9 +13,11 @@ use keygate_core::store::{Page, TokenFilter};
 use keygate_core::tokens;
 use serde::Deserialize;
 
+use super::chart::Sparkline;
 use super::frame::{
     Frame, Posted, SecretPage, SignedIn, day, origin, problem_text, render, table_page,
 };
+use super::usage::{self, UsageSection};
 use super::{html, refusal};
 use crate::request::Meta;
 use crate::state::AppState;
@@ -34,6 +36,8 @@ struct TokenRow {
     hint: String,
     /// Whether the person may delete (and so roll) it.
     may_delete: bool,
+    /// Its last 24 hours, in the table of a person who may read usage.
+    usage: Option<Sparkline>,
 }
 
 impl TokenRow {
@@ -62,6 +66,7 @@ impl TokenRow {
             last_used: token.last_used_at.map_or_else(|| "never".to_owned(), day),
             hint: format!("…{}", token.hint),
             may_delete: false,
+            usage: None,
         }
     }
 }
@@ -139,6 +144,8 @@ struct TokensPage {
     next: Option<String>,
     message: Option<String>,
     may_create: bool,
+    /// Whether the table has the "Last 24 h" column: the person may read usage.
+    usage_column: bool,
 }
 
 /// The table's filters and page, read leniently: a link edited by hand shows the whole list.
@@ -193,7 +200,24 @@ pub(super) async fn tokens(
                 .map(|t| TokenRow::new(t, now, &roles))
                 .collect();
             mark_deletable(&state, &caller, &listed.items, &roles, &mut rows);
-            (rows, listed.next_cursor, None)
+            let ids: Vec<_> = listed.items.iter().map(|t| t.id.clone()).collect();
+            let mut message = None;
+            match usage::last_day(&state, &caller, &ids).await {
+                Some(Ok(mut sparklines)) => {
+                    for row in &mut rows {
+                        row.usage = sparklines.remove(&row.id);
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::error!(detail = ?error.detail, "the console could not read usage");
+                    message = Some(
+                        "keygate could not read the tokens' usage just now; reload in a moment."
+                            .to_owned(),
+                    );
+                }
+                None => {}
+            }
+            (rows, listed.next_cursor, message)
         }
         Err(error) => {
             tracing::error!(error = %error, "the console could not list tokens");
@@ -206,6 +230,7 @@ pub(super) async fn tokens(
     };
     html(render(&TokensPage {
         may_create: caller.require_all(&["tokens:write"]).is_ok(),
+        usage_column: caller.require::<perm::UsageRead>().is_ok(),
         frame,
         rows,
         kind: query.kind,
@@ -641,13 +666,24 @@ struct TokenPage {
     rolled_to: Option<String>,
     /// Whether the person may read the request log, which the page links to.
     may_read_log: bool,
+    /// The token's usage, for a person who may read it.
+    usage: Option<UsageSection>,
+}
+
+/// The period of a token page's usage, as the address carries it.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct TokenQuery {
+    usage: Option<String>,
 }
 
 pub(super) async fn token(
     State(state): State<AppState>,
     SignedIn { caller, session }: SignedIn,
     axum::extract::Path(id): axum::extract::Path<String>,
+    uri: axum::http::Uri,
 ) -> Response {
+    let query: TokenQuery =
+        serde_html_form::from_str(uri.query().unwrap_or_default()).unwrap_or_default();
     let not_found = || {
         refusal(
             axum::http::StatusCode::NOT_FOUND,
@@ -678,7 +714,9 @@ pub(super) async fn token(
     let mut rows = [TokenRow::new(&token, now, &roles)];
     mark_deletable(&state, &caller, tokens, &roles, &mut rows);
     let [row] = rows;
+    let usage = usage::token_section(&state, &caller, &token.id, query.usage.as_deref()).await;
     html(render(&TokenPage {
+        usage,
         frame: Frame::new(&caller, &session, "/console/tokens", "tokens"),
         row,
         rolled_from: token.rolled_from.map(|id| id.to_string()),

@@ -42,6 +42,7 @@ mod console_clients;
 mod console_log;
 mod console_people;
 mod console_tenants;
+mod console_usage;
 mod document;
 mod explorer;
 mod identity;
