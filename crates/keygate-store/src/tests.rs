@@ -16,7 +16,7 @@ use keygate_core::model::{AuditEvent, Outcome, Role, Tenant, User, UserStatus};
 use keygate_core::oauth::{AuthenticatedClient, Lifetimes, RefreshToken, Rotation};
 use keygate_core::permission::{BuiltinRole, Catalog};
 use keygate_core::store::{
-    Change, ChangeListener, Deletion, Granularity, LastUse, Page, StoreError, TokenFilter,
+    Change, ChangeListener, Deletion, Granularity, LastUse, Page, StoreError, Taken, TokenFilter,
     UsageBucket, UsageCount, UsageFilter, UsageOutcome,
 };
 use keygate_core::verify::Verifier;
@@ -101,6 +101,8 @@ on_every_backend!(
     roles_in_use_cannot_be_deleted_and_changes_are_announced,
     deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they_made,
     last_use_only_moves_forward,
+    quota_takes_shrink_to_what_is_left_and_a_new_window_starts_at_zero,
+    quota_takes_from_two_nodes_at_once_never_pass_the_limit,
     every_change_writes_its_event_with_the_acting_credential,
     data_survives_reopening,
     two_keys_at_most_even_when_created_at_once,
@@ -2276,4 +2278,114 @@ async fn a_batch_of_usage_is_added_whole_or_not_at_all(db: TestDb) {
         usage_of(&o, &scope, &window(Granularity::Day, 0, 86_400)).await,
         [row(0, None, None, None, 450)]
     );
+}
+
+/// Puts a quota row as the API will: `lim` credits, its window starting at `window`.
+async fn quota_row(db: &TestDb, subject: &str, tenant: &TenantId, lim: i64, window: Timestamp) {
+    const SQL: &str =
+        "INSERT INTO quotas (subject_id, tenant_id, lim, period, anchor, window_start)
+                       VALUES ($1, $2, $3, 'hour', $4, $4)";
+    macro_rules! insert {
+        ($pool:expr) => {{
+            let pool = $pool;
+            sqlx::query(SQL)
+                .bind(subject)
+                .bind(tenant.as_str())
+                .bind(lim)
+                .bind(window.unix())
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }};
+    }
+    if db.url.starts_with("postgres") {
+        insert!(sqlx::PgPool::connect(&db.url()).await.unwrap());
+    } else {
+        insert!(sqlx::SqlitePool::connect(&db.url()).await.unwrap());
+    }
+}
+
+async fn quota_takes_shrink_to_what_is_left_and_a_new_window_starts_at_zero(db: TestDb) {
+    let o = owned(db).await;
+    let hour = NOW;
+    let next = Timestamp::from_unix(NOW.unix() + 3600);
+    quota_row(&o._db, "tok_q", &o.plan.tenant.id, 10, hour).await;
+    let take = |window, need, want| o.store.take_credits("tok_q", window, need, want);
+    let taken = |taken, remaining| Some(Taken { taken, remaining });
+
+    assert_eq!(take(hour, 1, 4).await.unwrap(), taken(4, 6));
+    assert_eq!(take(hour, 1, 4).await.unwrap(), taken(4, 2));
+    assert_eq!(take(hour, 1, 4).await.unwrap(), taken(2, 0), "what is left");
+    assert_eq!(take(hour, 1, 4).await.unwrap(), taken(0, 0), "nothing left");
+    // Given back, the credits can be taken again; never more than was taken.
+    o.store.give_back_credits("tok_q", hour, 3).await.unwrap();
+    assert_eq!(
+        take(hour, 5, 5).await.unwrap(),
+        taken(0, 3),
+        "fewer than needed: none"
+    );
+    assert_eq!(
+        take(hour, 2, 1).await.unwrap(),
+        taken(2, 1),
+        "at least what is needed"
+    );
+    o.store.give_back_credits("tok_q", hour, 50).await.unwrap();
+    assert_eq!(
+        take(hour, 1, 100).await.unwrap(),
+        taken(10, 0),
+        "the limit, not more"
+    );
+
+    // The next hour starts at zero; a give-back for the hour before changes nothing.
+    assert_eq!(take(next, 1, 3).await.unwrap(), taken(3, 7));
+    o.store.give_back_credits("tok_q", hour, 3).await.unwrap();
+    assert_eq!(take(next, 1, 100).await.unwrap(), taken(7, 0));
+    // A node whose clock is behind takes from the newer window, counted there.
+    assert_eq!(take(hour, 1, 1).await.unwrap(), taken(0, 0));
+    // A cost of nothing needs nothing and takes nothing.
+    assert_eq!(take(next, 0, 0).await.unwrap(), taken(0, 0));
+
+    assert_eq!(
+        o.store.take_credits("tok_none", hour, 1, 1).await.unwrap(),
+        None,
+        "no quota"
+    );
+}
+
+/// Two stores on one database (two nodes), 8 tasks each, taking 1 to 3 credits at a time from a
+/// quota of 1 000 until it is spent: exactly 1 000 are taken between them.
+async fn quota_takes_from_two_nodes_at_once_never_pass_the_limit(db: TestDb) {
+    let o = owned(db).await;
+    quota_row(&o._db, "tok_q", &o.plan.tenant.id, 1_000, NOW).await;
+    let other = o._db.open(Arc::default()).await;
+    let mut tasks = Vec::new();
+    for (i, store) in [o.store.clone(), other]
+        .into_iter()
+        .cycle()
+        .take(16)
+        .enumerate()
+    {
+        tasks.push(tokio::spawn(async move {
+            let want = 1 + i as u64 % 3;
+            let mut taken = 0;
+            loop {
+                let got = store
+                    .take_credits("tok_q", NOW, 1, want)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if got.taken == 0 {
+                    return taken;
+                }
+                assert!(got.taken <= want);
+                taken += got.taken;
+            }
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    assert_eq!(total, 1_000);
 }

@@ -27,6 +27,7 @@ mod account;
 mod audit;
 mod keys;
 mod oauth;
+mod quotas;
 mod roles;
 mod tenants;
 mod tokens;
@@ -38,6 +39,7 @@ pub use account::AccountStore;
 pub use audit::{AuditStore, EventFilter};
 pub use keys::{SigningKeySource, SigningKeyStore};
 pub use oauth::OAuthStore;
+pub use quotas::{QuotaStore, Taken};
 pub use roles::RoleStore;
 pub use tenants::TenantStore;
 pub use tokens::{PersonalTokens, TokenFilter, TokenStore};
@@ -179,6 +181,7 @@ pub trait Store:
     + OAuthStore
     + SigningKeyStore
     + UsageStore
+    + QuotaStore
 {
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;

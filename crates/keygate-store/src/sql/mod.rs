@@ -55,6 +55,7 @@ mod audit;
 mod keys;
 mod lifecycle;
 mod oauth;
+mod quotas;
 mod roles;
 mod shared;
 mod tenants;

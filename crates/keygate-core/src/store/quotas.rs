@@ -1,0 +1,44 @@
+//! Quotas (API.md §13): the shared count of each quota's window, from which nodes take credits a
+//! few at a time and to which they give back what they did not spend. [`crate::reserve`] holds the
+//! design; this is the store's half, which alone makes a quota exact across nodes.
+
+use async_trait::async_trait;
+
+use super::StoreError;
+use crate::Timestamp;
+
+/// What a take got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Taken {
+    /// The credits taken: 0 when fewer than the request needed were left.
+    pub taken: u64,
+    /// What the window has left after the take, for the size of the next one.
+    pub remaining: u64,
+}
+
+#[async_trait]
+pub trait QuotaStore: Send + Sync + 'static {
+    /// Takes credits of the quota on `subject` (a credential's or a tenant's id) for the window
+    /// starting at `window`, in one statement: `want`, or what is left when that is less, but
+    /// none when fewer than `need` are left. A quota still counting an older window starts the
+    /// new one at zero. `None` when `subject` has no quota.
+    ///
+    /// Not scoped: the gate calls it for a credential it has verified, as it counts usage.
+    async fn take_credits(
+        &self,
+        subject: &str,
+        window: Timestamp,
+        need: u64,
+        want: u64,
+    ) -> Result<Option<Taken>, StoreError>;
+
+    /// Gives back credits taken for the window starting at `window` and not spent (a node
+    /// stopping, or a reserve left idle). Nothing when the quota has moved on to another window:
+    /// those credits ended with theirs.
+    async fn give_back_credits(
+        &self,
+        subject: &str,
+        window: Timestamp,
+        credits: u64,
+    ) -> Result<(), StoreError>;
+}
