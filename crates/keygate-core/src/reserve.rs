@@ -30,13 +30,20 @@
 //! window ends. Requests are then refused that the limit would have allowed; none is ever
 //! admitted beyond it.
 //!
+//! [`Credits`] is a node's set of reserves, one per quota it has spent from, and the spend, refund
+//! and give-back above them.
+//!
 //! A request of a credential with its own quota and a tenant pool above it spends from each; if one
 //! cannot pay, what the others already gave is put back in their reserves (locally: the credits
 //! stay taken), and the request is refused, costing nothing.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use crate::Timestamp;
+use crate::quota::Quota;
+use crate::store::{QuotaStore, StoreError};
 
 /// The most credits a node takes from the store at a time, and so the most one node can strand.
 pub const RESERVE: u64 = 64;
@@ -155,6 +162,134 @@ impl Reserve {
     pub fn want(cost: u64, remaining: u64) -> u64 {
         let share = (remaining / SPREAD).min(RESERVE);
         share.max(cost)
+    }
+}
+
+/// Why a spend was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum SpendError {
+    /// The window's credits are spent: refused, costing nothing.
+    #[error("the quota is spent")]
+    Exhausted {
+        /// Seconds until the refill; `None` for a `total` quota.
+        retry_after: Option<u64>,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A quota as this node sees it: its reserve, and what the store had left at the last take
+/// ([`UNKNOWN`] before the first).
+#[derive(Debug)]
+struct Slot {
+    reserve: Reserve,
+    remaining: AtomicU64,
+}
+
+const UNKNOWN: u64 = u64::MAX;
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self {
+            reserve: Reserve::default(),
+            remaining: AtomicU64::new(UNKNOWN),
+        }
+    }
+}
+
+/// The reserves of every quota this node has spent from, by the id of what the quota limits (a
+/// credential or a tenant). A std `RwLock`: a spend takes the read lock for one lookup; the write
+/// lock is taken once per quota, the first time it is used.
+#[derive(Debug, Default)]
+pub struct Credits {
+    slots: RwLock<HashMap<String, Arc<Slot>>>,
+}
+
+impl Credits {
+    /// Spends `cost` credits of the quota on `subject` for the request at `now`: from this node's
+    /// reserve when it can pay, else by taking more from the store. `Ok` carries what is left as
+    /// far as this node knows (the store's count at its last take plus its own reserve), for
+    /// `X-Keygate-Quota-Remaining`; `Ok(None)` when the store holds no quota for `subject` (it was
+    /// removed since it was read).
+    pub async fn spend(
+        &self,
+        store: &dyn QuotaStore,
+        subject: &str,
+        quota: &Quota,
+        now: Timestamp,
+        cost: u64,
+    ) -> Result<Option<u64>, SpendError> {
+        let window = quota.window(now).start;
+        let slot = self.slot(subject);
+        if slot.reserve.spend(window, cost) == Spend::Paid {
+            return Ok(Some(self.left(&slot, window)));
+        }
+        // Before its first take a node sizes it as if the whole limit were left.
+        let remaining = match slot.remaining.load(Ordering::Acquire) {
+            UNKNOWN => quota.limit,
+            known => known,
+        };
+        let want = Reserve::want(cost, remaining);
+        let Some(taken) = store.take_credits(subject, window, cost, want).await? else {
+            return Ok(None);
+        };
+        slot.remaining.store(taken.remaining, Ordering::Release);
+        if taken.taken < cost {
+            return Err(SpendError::Exhausted {
+                retry_after: quota.retry_after(now),
+            });
+        }
+        // The request keeps its cost; the rest waits in the reserve for the next ones.
+        slot.reserve.add(window, taken.taken - cost);
+        Ok(Some(self.left(&slot, window)))
+    }
+
+    /// Puts back what a request spent when another quota refused it.
+    pub fn refund(&self, subject: &str, quota: &Quota, now: Timestamp, cost: u64) {
+        if let Some(slot) = self.read().get(subject) {
+            slot.reserve.refund(quota.window(now).start, cost);
+        }
+    }
+
+    /// Gives every unspent credit of the quota on `subject`, in the window of `now`, back to the
+    /// store (a node stopping, or a quota changed).
+    pub async fn give_back(
+        &self,
+        store: &dyn QuotaStore,
+        subject: &str,
+        quota: &Quota,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let Some(slot) = self.read().get(subject).cloned() else {
+            return Ok(());
+        };
+        let window = quota.window(now).start;
+        let credits = slot.reserve.drain(window);
+        let given = store.give_back_credits(subject, window, credits).await;
+        if given.is_err() {
+            // Kept for the next try; the store still counts them as taken.
+            slot.reserve.refund(window, credits);
+        }
+        given
+    }
+
+    fn left(&self, slot: &Slot, window: Timestamp) -> u64 {
+        match slot.remaining.load(Ordering::Acquire) {
+            UNKNOWN => slot.reserve.held(window),
+            known => known.saturating_add(slot.reserve.held(window)),
+        }
+    }
+
+    fn slot(&self, subject: &str) -> Arc<Slot> {
+        if let Some(slot) = self.read().get(subject) {
+            return Arc::clone(slot);
+        }
+        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(slots.entry(subject.to_owned()).or_default())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Slot>>> {
+        self.slots.read().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -277,5 +412,182 @@ mod tests {
             spender.join().unwrap();
         }
         assert_eq!(paid.load(Ordering::Relaxed) + reserve.held(W0), added);
+    }
+
+    /// The store's half as both databases do it (one row per quota, taken under its lock),
+    /// counting its round trips.
+    #[derive(Default)]
+    struct FakeStore {
+        rows: std::sync::Mutex<HashMap<String, (u64, i64, u64)>>,
+        trips: AtomicU64,
+    }
+
+    impl FakeStore {
+        fn with(subject: &str, limit: u64) -> Arc<Self> {
+            let store = Self::default();
+            store
+                .rows
+                .lock()
+                .unwrap()
+                .insert(subject.into(), (limit, i64::MIN, 0));
+            Arc::new(store)
+        }
+
+        fn used(&self, subject: &str) -> u64 {
+            self.rows.lock().unwrap()[subject].2
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl QuotaStore for FakeStore {
+        async fn take_credits(
+            &self,
+            subject: &str,
+            window: Timestamp,
+            need: u64,
+            want: u64,
+        ) -> Result<Option<crate::store::Taken>, StoreError> {
+            self.trips.fetch_add(1, Ordering::Relaxed);
+            let mut rows = self.rows.lock().unwrap();
+            let Some((limit, start, used)) = rows.get_mut(subject) else {
+                return Ok(None);
+            };
+            if *start < window.unix() {
+                (*start, *used) = (window.unix(), 0);
+            }
+            let left = *limit - *used;
+            let taken = if left < need {
+                0
+            } else {
+                want.max(need).min(left)
+            };
+            *used += taken;
+            Ok(Some(crate::store::Taken {
+                taken,
+                remaining: *limit - *used,
+            }))
+        }
+
+        async fn give_back_credits(
+            &self,
+            subject: &str,
+            window: Timestamp,
+            credits: u64,
+        ) -> Result<(), StoreError> {
+            self.trips.fetch_add(1, Ordering::Relaxed);
+            let mut rows = self.rows.lock().unwrap();
+            if let Some((_, start, used)) = rows.get_mut(subject)
+                && *start == window.unix()
+            {
+                *used = used.saturating_sub(credits);
+            }
+            Ok(())
+        }
+    }
+
+    fn hourly(limit: u64) -> Quota {
+        Quota {
+            limit,
+            period: crate::quota::QuotaPeriod::Hour,
+            anchor: Timestamp::from_unix(0),
+        }
+    }
+
+    /// Three nodes, each with four tasks, spend from one quota of 1 000 until it refuses: exactly
+    /// 1 000 requests are admitted, in far fewer round trips than requests; what the nodes still
+    /// hold is given back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn nodes_sharing_a_quota_admit_exactly_its_limit() {
+        let store = FakeStore::with("tok_q", 1_000);
+        let quota = hourly(1_000);
+        let nodes: Vec<Arc<Credits>> = (0..3).map(|_| Arc::default()).collect();
+        let mut tasks = Vec::new();
+        for node in nodes.iter().cycle().take(12) {
+            let (node, store) = (node.clone(), store.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut admitted = 0_u64;
+                loop {
+                    match node.spend(&*store, "tok_q", &quota, W0, 1).await {
+                        Ok(Some(_)) => admitted += 1,
+                        Err(SpendError::Exhausted { retry_after }) => {
+                            assert_eq!(retry_after, Some(3600));
+                            return admitted;
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                }
+            }));
+        }
+        let mut admitted = 0;
+        for task in tasks {
+            admitted += task.await.unwrap();
+        }
+        assert_eq!(admitted, 1_000);
+        let trips = store.trips.load(Ordering::Relaxed);
+        assert!(trips < 200, "{trips} round trips for 1 000 requests");
+        for node in &nodes {
+            node.give_back(&*store, "tok_q", &quota, W0).await.unwrap();
+        }
+        assert_eq!(store.used("tok_q"), 1_000, "every credit taken was spent");
+    }
+
+    #[tokio::test]
+    async fn a_busy_quota_costs_one_round_trip_per_reserve() {
+        let store = FakeStore::with("tok_q", 1_000_000);
+        let quota = hourly(1_000_000);
+        let node = Credits::default();
+        for _ in 0..1_000 {
+            node.spend(&*store, "tok_q", &quota, W0, 1).await.unwrap();
+        }
+        let trips = store.trips.load(Ordering::Relaxed);
+        assert!(trips <= 1_000 / RESERVE + 1, "{trips}");
+    }
+
+    #[tokio::test]
+    async fn unspent_credits_go_back_and_a_new_window_refills() {
+        let store = FakeStore::with("tok_q", 100);
+        let quota = hourly(100);
+        let node = Credits::default();
+        // The first take: an eighth of 100, the request keeps 1 of them.
+        assert_eq!(
+            node.spend(&*store, "tok_q", &quota, W0, 1).await.unwrap(),
+            Some(99)
+        );
+        assert_eq!(store.used("tok_q"), 12);
+        node.give_back(&*store, "tok_q", &quota, W0).await.unwrap();
+        assert_eq!(
+            store.used("tok_q"),
+            1,
+            "only the request's credit stays used"
+        );
+
+        // A cost larger than what is left is refused and costs nothing.
+        assert!(matches!(
+            node.spend(&*store, "tok_q", &quota, W0, 100).await,
+            Err(SpendError::Exhausted { .. })
+        ));
+        assert_eq!(store.used("tok_q"), 1);
+        assert!(node.spend(&*store, "tok_q", &quota, W0, 99).await.is_ok());
+        assert!(matches!(
+            node.spend(&*store, "tok_q", &quota, W0, 1).await,
+            Err(SpendError::Exhausted { .. })
+        ));
+        // A free request still passes.
+        assert!(node.spend(&*store, "tok_q", &quota, W0, 0).await.is_ok());
+        // The next hour starts again at the full limit.
+        assert!(node.spend(&*store, "tok_q", &quota, W1, 1).await.is_ok());
+        assert!(store.used("tok_q") >= 1 && store.used("tok_q") <= 100);
+
+        // A refund puts the cost back in the reserve.
+        let held = node.read()["tok_q"].reserve.held(W1);
+        node.refund("tok_q", &quota, W1, 1);
+        assert_eq!(node.read()["tok_q"].reserve.held(W1), held + 1);
+        // No quota in the store: nothing to spend from.
+        assert_eq!(
+            node.spend(&*store, "tok_none", &quota, W1, 1)
+                .await
+                .unwrap(),
+            None
+        );
     }
 }
