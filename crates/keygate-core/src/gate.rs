@@ -217,14 +217,19 @@ impl Gate {
                     self.usage
                         .record(admission.caller.verified_shared(), now, request.client)
                 }
-                Err(denied) => {
-                    if let (Some(known), Some(outcome)) = (&denied.known, denied.denial.outcome()) {
-                        self.usage.refused(known, now, outcome);
-                    }
-                }
+                Err(denied) => self.count_refused(denied, now),
             }
         }
         decided
+    }
+
+    /// Counts a refusal in the usage of the credential it was about, when that credential is
+    /// known: for a path that counts its admitted requests itself, once it knows how they ended
+    /// (the management API, whose handlers check their own permissions).
+    pub fn count_refused(&self, denied: &Denied, now: Timestamp) {
+        if let (Some(known), Some(outcome)) = (&denied.known, denied.denial.outcome()) {
+            self.usage.refused(known, now, outcome);
+        }
     }
 
     async fn decide(

@@ -14,6 +14,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use keygate_core::Timestamp;
 use keygate_core::access::Caller;
 use keygate_core::gate;
 use keygate_core::id::TenantId;
@@ -175,6 +176,31 @@ pub async fn authenticate(
     admit(state, headers, client, &[]).await
 }
 
+/// Authenticates a request of the management API, whose handler checks the permissions it needs
+/// after this. A refusal is counted here; an admitted request is counted by the front service
+/// once the answer says whether the handler found a permission missing ([`Notes::count_on_answer`]),
+/// or here when there is no front service to do it.
+///
+/// [`Notes::count_on_answer`]: crate::notes::Notes::count_on_answer
+pub async fn authenticate_for_handler(
+    state: &AppState,
+    headers: &HeaderMap,
+    client: Option<IpAddr>,
+) -> Result<Caller, ApiError> {
+    let caller = decide(state, headers, client, &[], Counting::Refusals).await?;
+    if NOTES
+        .try_with(|notes| notes.count_on_answer.set(true))
+        .is_err()
+    {
+        let now = state.clock().now();
+        state
+            .gate()
+            .usage()
+            .record(caller.verified_shared(), now, client);
+    }
+    Ok(caller)
+}
+
 /// Authenticates the service asking `/v1/verify`: checked like any caller, but its request is not
 /// counted in its usage, since the credential it asks about is (API.md §12).
 pub async fn authenticate_asker(
@@ -182,7 +208,7 @@ pub async fn authenticate_asker(
     headers: &HeaderMap,
     client: Option<IpAddr>,
 ) -> Result<Caller, ApiError> {
-    decide(state, headers, client, &[], false).await
+    decide(state, headers, client, &[], Counting::Never).await
 }
 
 /// Admits a request whose path requires `required` besides (forward-auth): [`extract`] reads the
@@ -194,7 +220,16 @@ pub async fn admit(
     client: Option<IpAddr>,
     required: &[String],
 ) -> Result<Caller, ApiError> {
-    decide(state, headers, client, required, true).await
+    decide(state, headers, client, required, Counting::All).await
+}
+
+/// Which of a request's outcomes [`decide`] counts in its credential's usage.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Counting {
+    All,
+    /// Refusals only: the admitted request is counted once its answer is known.
+    Refusals,
+    Never,
 }
 
 async fn decide(
@@ -202,7 +237,7 @@ async fn decide(
     headers: &HeaderMap,
     client: Option<IpAddr>,
     required: &[String],
-    counted: bool,
+    counting: Counting,
 ) -> Result<Caller, ApiError> {
     let presented = extract(headers)?.ok_or_else(|| {
         ApiError::unauthenticated(
@@ -215,7 +250,7 @@ async fn decide(
         within: None,
         // One clock read for the whole request: expiry, rate limit and last use.
         now_millis: state.clock().now_millis(),
-        counted,
+        counted: counting == Counting::All,
     };
     let asked = gate::Presented {
         credential: &presented.credential,
@@ -240,6 +275,10 @@ async fn decide(
             Ok(caller)
         }
         Err(denied) => {
+            if counting == Counting::Refusals {
+                let now = Timestamp::from_unix(request.now_millis.div_euclid(1000));
+                state.gate().count_refused(&denied, now);
+            }
             if let Some(known) = denied.known {
                 note_caller(&presented, known, denied.acting);
             }
@@ -265,7 +304,7 @@ impl FromRequestParts<AppState> for Authenticated {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let client = parts.extensions.get::<ClientIp>().map(|ClientIp(ip)| *ip);
-        authenticate(state, &parts.headers, client)
+        authenticate_for_handler(state, &parts.headers, client)
             .await
             .map(Authenticated)
     }

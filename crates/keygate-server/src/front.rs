@@ -22,6 +22,7 @@ use futures_util::FutureExt;
 use hyper::body::Incoming;
 use keygate_core::allowlist::client_address;
 use keygate_core::base62;
+use keygate_core::store::UsageOutcome;
 use tower::Service;
 use tracing::{Instrument, Level};
 
@@ -198,6 +199,9 @@ impl Front {
                 }
             }
             let status = response.status().as_u16();
+            if notes.count_on_answer.get() {
+                count_answered(state, &notes, &response, ip);
+            }
             if let (401 | 403, Some(caller)) = (status, notes.caller.take()) {
                 let code = response.extensions().get::<ApiError>().map(|e| e.code);
                 let line = RequestLine {
@@ -241,6 +245,23 @@ impl Front {
             Ok(response) => response,
             Err(never) => match never {},
         }
+    }
+}
+
+/// Counts an admitted management request in its credential's usage, now that its answer is
+/// known: `forbidden` when the handler found a permission missing, else `valid` (a 404 or a 400
+/// was still the credential's request, made and answered).
+fn count_answered(state: &AppState, notes: &Notes, response: &Response, ip: IpAddr) {
+    let Some(caller) = &*notes.caller.borrow() else {
+        return;
+    };
+    let now = state.clock().now();
+    let usage = state.gate().usage();
+    let code = response.extensions().get::<ApiError>().map(|e| e.code);
+    if response.status() == http::StatusCode::FORBIDDEN && code == Some(ProblemCode::Forbidden) {
+        usage.refused(&caller.verified, now, UsageOutcome::Forbidden);
+    } else {
+        usage.record(&caller.verified, now, Some(ip));
     }
 }
 

@@ -17,6 +17,10 @@ use keygate_core::verified::Verified;
 pub struct Notes {
     pub rate_limit: Cell<Option<RateLimitStatus>>,
     pub caller: RefCell<Option<KnownCaller>>,
+    /// Set when the request was admitted but not yet counted in its credential's usage: the
+    /// management API's handlers check their own permissions, so its requests are counted once
+    /// the answer says whether one was missing (`forbidden`) or not (`valid`).
+    pub count_on_answer: Cell<bool>,
 }
 
 /// The credential behind a request, as far as authentication got.

@@ -1003,8 +1003,8 @@ async fn made(server: &TestServer, name: &str, role: &str, extra: Value) -> (Str
 }
 
 /// Requests through the management API, forward-auth and `/v1/verify`, each refused or admitted
-/// for a reason of its own, are counted once each under the credential they were about, by
-/// outcome, and readable once the node has written its batch. The service asking `/v1/verify` is
+/// for a reason of its own (a management handler's missing permission among them), are counted
+/// once each under the credential they were about, by outcome, and readable once the node has written its batch. The service asking `/v1/verify` is
 /// not counted; the credential it asks about is.
 async fn every_path_counts_each_request_once_by_outcome(backend: Backend) {
     let server = TestServer::start(backend).await;
@@ -1061,6 +1061,26 @@ async fn every_path_counts_each_request_once_by_outcome(backend: Backend) {
         assert_eq!(forward(&used, None).await, 200);
     }
     assert_eq!(forward(&used, Some("users:write")).await, 403);
+    // A management handler that finds a permission missing: `forbidden`, not `valid`; one that
+    // answers 404 was still a request the credential made.
+    let made_by_viewer = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &used,
+            Some(json!({"name": "not mine to make", "kind": "service", "role": "viewer"})),
+        )
+        .await;
+    problem(made_by_viewer, 403, "forbidden").await;
+    let missing = server
+        .call(
+            Method::GET,
+            "/v1/tokens/tok_0VcgGH9Gnjdar3Ed5gCbA4",
+            &used,
+            None,
+        )
+        .await;
+    assert_eq!(missing.status(), 404);
     for _ in 0..2 {
         let verdict = server
             .post("/v1/verify")
@@ -1111,8 +1131,8 @@ async fn every_path_counts_each_request_once_by_outcome(backend: Backend) {
         })
         .collect();
     let expected: BTreeMap<(String, String), u64> = [
-        (&used_id, "valid", 3 + 2 + 2),
-        (&used_id, "forbidden", 1),
+        (&used_id, "valid", 3 + 2 + 2 + 1),
+        (&used_id, "forbidden", 2),
         (&fenced_id, "ip_not_allowed", 2),
         (&limited_id, "valid", 1),
         (&limited_id, "rate_limited", 2),
@@ -1135,7 +1155,7 @@ async fn every_path_counts_each_request_once_by_outcome(backend: Backend) {
         .await
         .unwrap();
     for (outcome, n) in [
-        ("forbidden", 1),
+        ("forbidden", 2),
         ("ip_not_allowed", 2),
         ("rate_limited", 2),
         ("revoked", 2),
