@@ -294,9 +294,9 @@ impl Gate {
         Ok(Admission { caller, rate_limit })
     }
 
-    /// Counts a request of an already verified credential against its rate limit, and notes its
-    /// use: for a path that verifies in a way of its own (the OAuth token endpoint's client
-    /// secret). `Err` when over the limit.
+    /// Counts a request of an already verified credential against its rate limit, and in its
+    /// usage (`valid`, or `rate_limited` when over): for a path that verifies in a way of its own
+    /// (the OAuth token endpoint's client secret). `Err` when over the limit.
     pub fn meter_and_note(
         &self,
         verified: &Arc<Verified>,
@@ -304,14 +304,12 @@ impl Gate {
         client: Option<IpAddr>,
     ) -> Result<Option<RateLimitStatus>, RateLimitStatus> {
         let status = self.meter(verified, now_millis);
+        let now = Timestamp::from_unix(now_millis.div_euclid(1000));
         if let Some(over) = status.filter(|s| !s.allowed()) {
+            self.usage.refused(verified, now, UsageOutcome::RateLimited);
             return Err(over);
         }
-        self.usage.record(
-            verified,
-            Timestamp::from_unix(now_millis.div_euclid(1000)),
-            client,
-        );
+        self.usage.record(verified, now, client);
         Ok(status)
     }
 

@@ -29,6 +29,7 @@ on_every_backend!(
     buckets_past_retention_are_pruned,
     the_longest_range_follows_the_configured_retention,
     every_path_counts_each_request_once_by_outcome,
+    the_token_endpoint_counts_a_known_clients_grants_and_refusals,
 );
 
 const MINUTE: i64 = 60;
@@ -1166,4 +1167,53 @@ async fn every_path_counts_each_request_once_by_outcome(backend: Backend) {
         assert!(metrics.contains(&line), "{line}: {metrics}");
     }
     assert!(!metrics.contains(&used_id), "no per-credential labels");
+}
+
+/// The OAuth token endpoint authenticates a client by its secret, in a way of its own; what it
+/// grants is `valid`, and a known client it refuses is counted too: over its rate limit as
+/// `rate_limited`, and for a `Realm` that is not its tenant as `forbidden`.
+async fn the_token_endpoint_counts_a_known_clients_grants_and_refusals(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
+        c.rate_limit.requests = Some(3);
+        c.rate_limit.per_seconds = Some(3600);
+    })
+    .await;
+    let (id, secret) = crate::oauth::create_client(&server, "viewer", None).await;
+    let params = [
+        ("grant_type", "client_credentials"),
+        ("client_id", id.as_str()),
+        ("client_secret", secret.as_str()),
+    ];
+    let grant = async |realm: Option<&str>| {
+        let mut request = server.post("/v1/oauth/token").form(&params);
+        if let Some(realm) = realm {
+            request = request.header("realm", realm);
+        }
+        request.send().await.unwrap().status().as_u16()
+    };
+    for _ in 0..3 {
+        assert_eq!(grant(None).await, 200);
+    }
+    assert_eq!(grant(None).await, 429);
+    assert_eq!(grant(Some("somebody-else")).await, 401);
+    server.state.flush_usage().await;
+
+    let path = format!("/v1/usage?granularity=day&group_by=outcome&credential_id={id}");
+    let read = ok_json(server.call(Method::GET, &path, &server.token, None).await).await;
+    let counted: BTreeMap<String, u64> = read["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["outcome"].as_str().unwrap().to_owned(),
+                b["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<String, u64> = [("valid", 3), ("rate_limited", 1), ("forbidden", 1)]
+        .into_iter()
+        .map(|(outcome, n)| (outcome.to_owned(), n))
+        .collect();
+    assert_eq!(counted, expected);
 }

@@ -23,6 +23,7 @@ use keygate_core::model::Outcome;
 use keygate_core::oauth::{
     AuthenticatedClient, ClientAuthError, ErrorCode, OauthError, client_target,
 };
+use keygate_core::store::UsageOutcome;
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -281,15 +282,21 @@ pub async fn authenticate_client(
     let realm = headers
         .get(REALM)
         .map(|v| v.to_str().unwrap_or_default().trim());
+    let now = state.clock().now();
     if realm.is_some_and(|realm| realm != client.verified().tenant.slug) {
         let error = OauthError::invalid_client(
             "the Realm header names a different tenant than the client's",
         );
+        // Counted as the gate counts a wrong realm anywhere.
+        let usage = state.gate().usage();
+        usage.refused(client.verified(), now, UsageOutcome::Forbidden);
         return Err(refuse(state, &client, error, meta).await);
     }
     if let Some(ClientIp(ip)) = ip
         && !client.verified().allows_address(ip)
     {
+        let usage = state.gate().usage();
+        usage.refused(client.verified(), now, UsageOutcome::IpNotAllowed);
         let error = OauthError::new(
             ErrorCode::UnauthorizedClient,
             format!("requests from {ip} are not allowed for this client"),
