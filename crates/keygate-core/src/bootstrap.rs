@@ -34,6 +34,7 @@ pub fn plan(
         status: TenantStatus::Active,
         ip_restriction: Default::default(),
         created_at: now,
+        quota: None,
     };
     let user = User {
         id: UserId::generate(now)?,

@@ -6,6 +6,7 @@
 //! with an explicit role, optionally narrowed, and nothing it grants may exceed what its creator
 //! holds. The secret is not accepted on the API itself, only at the token endpoint.
 
+use crate::quota::{QuotaRequest, StoredQuota};
 use std::time::Duration;
 
 use crate::Timestamp;
@@ -24,6 +25,7 @@ pub struct NewClient {
     pub name: String,
     pub description: Option<String>,
     pub permissions: Option<Vec<String>>,
+    pub quota: Option<QuotaRequest>,
 }
 
 /// What a client may do: its role's permissions, narrowed by its own list.
@@ -51,6 +53,10 @@ pub fn plan(
     if let Some(patterns) = &input.permissions {
         validate::narrowing(&mut errors, catalog, patterns);
     }
+    let quota = input
+        .quota
+        .as_ref()
+        .and_then(|quota| errors.check(quota.check("quota", now)));
     errors.into_result()?;
     if let Some(patterns) = &input.permissions {
         crate::tokens::narrow(&role_permissions(role, catalog), patterns, catalog)?;
@@ -67,6 +73,7 @@ pub fn plan(
     client.description = description;
     client.role_id = Some(role.id.clone());
     client.permissions = input.permissions;
+    client.quota = quota.map(|quota| StoredQuota::fresh(client.id.as_str(), quota, now));
     grant
         .caller()
         .check_no_escalation(&effective_permissions(&client, role, catalog))?;
@@ -134,6 +141,7 @@ mod tests {
             name: "billing sync".into(),
             description: None,
             permissions: permissions.map(|p| p.iter().map(|s| s.to_string()).collect()),
+            quota: None,
         }
     }
 
@@ -188,13 +196,18 @@ mod tests {
         let viewer = roles::builtin(BuiltinRole::Viewer);
         let bad = NewClient {
             name: " ".into(),
+            quota: Some(QuotaRequest {
+                limit: 10,
+                period: "week".into(),
+                anchor: None,
+            }),
             ..input(Some(&["zone:read"]))
         };
         let Err(RuleError::Invalid(errors)) = plan_as(&admin, bad, &viewer) else {
             panic!("expected invalid fields")
         };
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["name", "permissions[0]"]);
+        assert_eq!(fields, ["name", "permissions[0]", "quota.period"]);
         let Err(RuleError::Invalid(errors)) = plan_as(&admin, input(Some(&[])), &viewer) else {
             panic!("an empty narrowing is a mistake")
         };

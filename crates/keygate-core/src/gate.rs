@@ -17,9 +17,14 @@
 //! 7. **The permissions the path requires** (forward-auth's `X-Keygate-Require`, verify's
 //!    `permissions`); the management API checks its handler's own after admission, which is the
 //!    same place in this order.
+//! 8. **The quotas** (API.md §13): the request's cost is spent from the credential's own quota
+//!    and from each tenant pool above it, last, so that a request refused for anything else costs
+//!    nothing. If one cannot pay, what the others gave is put back. The management API spends
+//!    none: a quota counts calls to the provider's API, not to keygate's own.
 //!
 //! What a refusal costs: steps 1–5 count nothing (the credential did not get to make a request);
-//! from step 6 on the request is counted against the rate limit. Every admitted request is noted
+//! from step 6 on the request is counted against the rate limit; only an admitted request spends
+//! from a quota. Every admitted request is noted
 //! as the credential's last use. A refusal from step 2 on, and one for the credential's state in
 //! step 1, carries the credential it was about ([`Denied::known`]), for the audit log.
 //!
@@ -33,6 +38,8 @@ use crate::Timestamp;
 use crate::access::{Caller, Forbidden, perm};
 use crate::id::TenantId;
 use crate::model::RateLimit;
+use crate::quota::QuotaStatus;
+use crate::reserve::{Credits, SpendError};
 use crate::ratelimit::{RateLimitStatus, RateLimiter};
 use crate::store::{DynStore, StoreError, UsageOutcome};
 use crate::usage::UsageRecorder;
@@ -68,6 +75,9 @@ pub struct Request<'a> {
     /// except the asking service's own call to `/v1/verify`, where the credential asked about is
     /// the one counted.
     pub counted: bool,
+    /// What the request spends from quotas (at most [`crate::reserve::MAX_COST`]); `None` for the management
+    /// API, which spends none.
+    pub cost: Option<u64>,
 }
 
 /// An admitted request: who it acts as, and its rate-limit status for the answer's headers.
@@ -75,6 +85,8 @@ pub struct Request<'a> {
 pub struct Admission {
     pub caller: Caller,
     pub rate_limit: Option<RateLimitStatus>,
+    /// The tightest quota the request spent from, if one applied.
+    pub quota: Option<QuotaStatus>,
 }
 
 /// Why a request was not admitted.
@@ -110,6 +122,15 @@ pub enum Denial {
     /// Step 7.
     #[error(transparent)]
     Forbidden(Forbidden),
+    /// Step 8: a quota that cannot pay for the request.
+    #[error("{}", quota_spent(.pool, .limit, .retry_after))]
+    QuotaExceeded {
+        /// Whether it is a tenant's pool rather than the credential's own quota.
+        pool: bool,
+        limit: u64,
+        /// Seconds until it refills; `None` for a `total` quota.
+        retry_after: Option<u64>,
+    },
     /// The store could not answer (not the client's fault).
     #[error(transparent)]
     Store(StoreError),
@@ -124,11 +145,24 @@ impl Denial {
             Denial::Credential(Refusal::Revoked) => UsageOutcome::Revoked,
             Denial::IpNotAllowed(_) => UsageOutcome::IpNotAllowed,
             Denial::RateLimited(_) => UsageOutcome::RateLimited,
+            Denial::QuotaExceeded { .. } => UsageOutcome::QuotaExceeded,
             Denial::Store(_) | Denial::Credential(Refusal::Store(_)) => return None,
             // A suspended tenant or a disabled user, a credential presented in the wrong place or
             // for a tenant it may not act in, or without the permission the path requires.
             _ => UsageOutcome::Forbidden,
         })
+    }
+}
+
+fn quota_spent(pool: &bool, limit: &u64, retry_after: &Option<u64>) -> String {
+    let whose = if *pool {
+        "the organization's pool"
+    } else {
+        "this credential's quota"
+    };
+    match retry_after {
+        Some(seconds) => format!("{whose} of {limit} requests is spent; it refills in {seconds} s"),
+        None => format!("{whose} of {limit} requests is spent, and it does not refill"),
     }
 }
 
@@ -180,6 +214,7 @@ pub struct Gate {
     limiter: RateLimiter,
     default_limit: Option<RateLimit>,
     usage: UsageRecorder,
+    credits: Arc<Credits>,
 }
 
 impl Gate {
@@ -190,7 +225,30 @@ impl Gate {
             limiter: RateLimiter::new(),
             default_limit,
             usage: UsageRecorder::default(),
+            credits: Arc::default(),
         }
+    }
+
+    /// Spends quotas from `credits`, which the store's change listeners also hold (so that a
+    /// changed quota's reserve is given back).
+    pub fn with_credits(mut self, credits: Arc<Credits>) -> Self {
+        self.credits = credits;
+        self
+    }
+
+    /// This node's reserves of quota credits: to be told of changes, and given back.
+    pub fn credits(&self) -> &Arc<Credits> {
+        &self.credits
+    }
+
+    /// Gives back the credits of reserves left idle since the last call (the flush loop's).
+    pub async fn give_back_idle_credits(&self) -> u64 {
+        self.credits.give_back_idle(&*self.store).await
+    }
+
+    /// Gives back every credit this node holds (at shutdown).
+    pub async fn give_back_all_credits(&self) -> u64 {
+        self.credits.give_back_all(&*self.store).await
     }
 
     pub fn verifier(&self) -> &Verifier {
@@ -291,7 +349,72 @@ impl Gate {
             denied.rate_limit = rate_limit;
             return Err(denied);
         }
-        Ok(Admission { caller, rate_limit })
+        // 8. The quotas.
+        let quota = match request.cost {
+            Some(cost) => match self.spend(caller.verified(), cost, now).await {
+                Ok(status) => status,
+                Err(denial) => {
+                    let mut denied = Denied::about(&caller, denial);
+                    denied.rate_limit = rate_limit;
+                    return Err(denied);
+                }
+            },
+            None => None,
+        };
+        Ok(Admission {
+            caller,
+            rate_limit,
+            quota,
+        })
+    }
+
+    /// Spends `cost` from each of the credential's quotas, all or none: the status of the one
+    /// with the least left, or why one could not pay (then what the others gave is put back).
+    async fn spend(
+        &self,
+        verified: &Verified,
+        cost: u64,
+        now: Timestamp,
+    ) -> Result<Option<QuotaStatus>, Denial> {
+        let mut tightest: Option<QuotaStatus> = None;
+        // At most one quota per tenant of the line and the credential's own: fits in the bits.
+        let mut paid = 0_u32;
+        for (i, on) in verified.quotas.iter().enumerate() {
+            let spent = self
+                .credits
+                .spend(&*self.store, &on.subject, &on.quota, now, cost)
+                .await;
+            let denial = match spent {
+                Ok(Some(left)) => {
+                    paid |= 1 << i;
+                    let remaining = left.min(on.quota.limit);
+                    if tightest.is_none_or(|t| remaining < t.remaining) {
+                        tightest = Some(QuotaStatus {
+                            limit: on.quota.limit,
+                            used: on.quota.limit - remaining,
+                            remaining,
+                            resets_at: on.quota.window(now).resets_at,
+                        });
+                    }
+                    continue;
+                }
+                // Removed since this verification was cached: nothing to spend.
+                Ok(None) => continue,
+                Err(SpendError::Exhausted { retry_after }) => Denial::QuotaExceeded {
+                    pool: on.subject != verified.owner_id().as_str(),
+                    limit: on.quota.limit,
+                    retry_after,
+                },
+                Err(SpendError::Store(error)) => Denial::Store(error),
+            };
+            for (j, prior) in verified.quotas.iter().enumerate().take(i) {
+                if paid & (1 << j) != 0 {
+                    self.credits.refund(&prior.subject, &prior.quota, now, cost);
+                }
+            }
+            return Err(denial);
+        }
+        Ok(tightest)
     }
 
     /// Counts a request of an already verified credential against its rate limit, and in its

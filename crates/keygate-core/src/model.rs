@@ -7,6 +7,7 @@ use crate::Timestamp;
 use crate::allowlist::IpAllowlist;
 use crate::credential::{CredentialFormat, CredentialHash, CredentialKind, Secret};
 use crate::id::{CredentialId, EventId, RoleId, TenantId, UserId};
+use crate::quota::StoredQuota;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -44,6 +45,8 @@ pub struct Tenant {
     /// The tenant's place in the tree: every ancestor's id, readable in one step.
     pub path: TenantPath,
     pub created_at: Timestamp,
+    /// The pool its credentials and its descendants' share (API.md §13), set by an ancestor.
+    pub quota: Option<StoredQuota>,
 }
 
 /// The deepest a reseller tree may go (the root is depth 1).
@@ -261,6 +264,8 @@ pub struct Credential {
     pub rolled_to: Option<CredentialId>,
     /// An OAuth client's secret before its last roll, which keeps working for the overlap.
     pub previous_secret: Option<PreviousSecret>,
+    /// A token's or an OAuth client's quota (API.md §13).
+    pub quota: Option<StoredQuota>,
 }
 
 /// The secret a roll replaced (API.md §14): its hash, and until when it still authenticates.
@@ -305,6 +310,7 @@ impl Credential {
             rolled_from: None,
             rolled_to: None,
             previous_secret: None,
+            quota: None,
         };
         Ok((credential, secret))
     }

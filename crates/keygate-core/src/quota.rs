@@ -274,6 +274,91 @@ fn month_number(date: Date) -> i64 {
     i64::from(date.year()) * 12 + i64::from(u8::from(date.month())) - 1
 }
 
+/// A quota as a request gives it, not yet checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaRequest {
+    pub limit: u64,
+    pub period: String,
+    pub anchor: Option<Timestamp>,
+}
+
+impl QuotaRequest {
+    /// The quota it asks for, set at `created`; errors name `{parent}.{field}`.
+    pub fn check(&self, parent: &str, created: Timestamp) -> Result<Quota, Invalid> {
+        QuotaPeriod::parse(&self.period)
+            .and_then(|period| Quota::new(self.limit, period, self.anchor, created))
+            .map_err(|error| error.invalid_in(parent))
+    }
+}
+
+/// A quota as the store keeps it: on what (`subject`, a credential's or a tenant's id), its
+/// definition, and how much the window it last counted has used (credits *taken* by the nodes,
+/// spent or still held in a reserve; see [`crate::reserve`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredQuota {
+    pub subject: String,
+    pub quota: Quota,
+    pub window_start: Timestamp,
+    pub used: u64,
+}
+
+impl StoredQuota {
+    /// A new quota on `subject`, nothing used yet.
+    pub fn fresh(subject: &str, quota: Quota, now: Timestamp) -> Self {
+        Self {
+            subject: subject.to_owned(),
+            quota,
+            window_start: quota.window(now).start,
+            used: 0,
+        }
+    }
+
+    /// Where it stands at `now`, when this node holds `held` of the credits counted as used:
+    /// nothing used yet if the stored count is of an earlier window.
+    pub fn status_at(&self, now: Timestamp, held: u64) -> QuotaStatus {
+        let window = self.quota.window(now);
+        let used = if self.window_start >= window.start {
+            self.used.saturating_sub(held).min(self.quota.limit)
+        } else {
+            0
+        };
+        QuotaStatus {
+            limit: self.quota.limit,
+            used,
+            remaining: self.quota.limit - used,
+            resets_at: window.resets_at,
+        }
+    }
+}
+
+/// A quota a request spends from: the credential's own, or a tenant's pool above it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuotaOn {
+    /// What it limits: the credential's or the tenant's id, the key of its stored count.
+    pub subject: String,
+    pub quota: Quota,
+}
+
+impl From<&StoredQuota> for QuotaOn {
+    fn from(stored: &StoredQuota) -> Self {
+        Self {
+            subject: stored.subject.clone(),
+            quota: stored.quota,
+        }
+    }
+}
+
+/// Where a quota stands: for reads, and for an allowed request's answer (the tightest of the
+/// quotas it spent from).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaStatus {
+    pub limit: u64,
+    pub used: u64,
+    pub remaining: u64,
+    /// `None` for a `total` quota, which never refills.
+    pub resets_at: Option<Timestamp>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

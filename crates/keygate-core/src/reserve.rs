@@ -38,12 +38,12 @@
 //! stay taken), and the request is refused, costing nothing.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::Timestamp;
 use crate::quota::Quota;
-use crate::store::{QuotaStore, StoreError};
+use crate::store::{Change, ChangeListener, QuotaStore, StoreError};
 
 /// The most credits a node takes from the store at a time, and so the most one node can strand.
 pub const RESERVE: u64 = 64;
@@ -178,12 +178,15 @@ pub enum SpendError {
     Store(#[from] StoreError),
 }
 
-/// A quota as this node sees it: its reserve, and what the store had left at the last take
-/// ([`UNKNOWN`] before the first).
+/// A quota as this node sees it: its reserve, what the store had left at the last take
+/// ([`UNKNOWN`] before the first), the window the reserve was last filled for (its start in unix
+/// seconds, for giving it back), and the reserve's word when the give-back loop last looked.
 #[derive(Debug)]
 struct Slot {
     reserve: Reserve,
     remaining: AtomicU64,
+    window: AtomicI64,
+    seen: AtomicU64,
 }
 
 const UNKNOWN: u64 = u64::MAX;
@@ -193,7 +196,18 @@ impl Default for Slot {
         Self {
             reserve: Reserve::default(),
             remaining: AtomicU64::new(UNKNOWN),
+            window: AtomicI64::new(i64::MIN),
+            seen: AtomicU64::new(0),
         }
+    }
+}
+
+impl Slot {
+    /// Takes every credit out of the reserve: `(window, credits)` to give back, if any.
+    fn drain(&self) -> Option<(Timestamp, u64)> {
+        let window = Timestamp::from_unix(self.window.load(Ordering::Acquire));
+        let credits = self.reserve.drain(window);
+        (credits > 0).then_some((window, credits))
     }
 }
 
@@ -203,6 +217,10 @@ impl Default for Slot {
 #[derive(Debug, Default)]
 pub struct Credits {
     slots: RwLock<HashMap<String, Arc<Slot>>>,
+    /// Credits drained from reserves whose quota changed, waiting to be given back.
+    returns: Mutex<Vec<(String, Timestamp, u64)>>,
+    /// Round trips to the store for this node's takes, for the metrics.
+    takes: AtomicU64,
 }
 
 impl Credits {
@@ -230,6 +248,7 @@ impl Credits {
             known => known,
         };
         let want = Reserve::want(cost, remaining);
+        self.takes.fetch_add(1, Ordering::Relaxed);
         let Some(taken) = store.take_credits(subject, window, cost, want).await? else {
             return Ok(None);
         };
@@ -240,6 +259,7 @@ impl Credits {
             });
         }
         // The request keeps its cost; the rest waits in the reserve for the next ones.
+        slot.window.store(window.unix(), Ordering::Release);
         slot.reserve.add(window, taken.taken - cost);
         Ok(Some(self.left(&slot, window)))
     }
@@ -251,24 +271,74 @@ impl Credits {
         }
     }
 
-    /// Gives every unspent credit of the quota on `subject`, in the window of `now`, back to the
-    /// store (a node stopping, or a quota changed).
-    pub async fn give_back(
-        &self,
-        store: &dyn QuotaStore,
-        subject: &str,
-        quota: &Quota,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let Some(slot) = self.read().get(subject).cloned() else {
-            return Ok(());
+    /// How many times this node has taken credits from the store.
+    pub fn store_takes(&self) -> u64 {
+        self.takes.load(Ordering::Relaxed)
+    }
+
+    /// What this node holds of the quota on `subject` in the window of `now`: counted as used
+    /// in the store, not spent yet.
+    pub fn held(&self, subject: &str, quota: &Quota, now: Timestamp) -> u64 {
+        self.read()
+            .get(subject)
+            .map_or(0, |slot| slot.reserve.held(quota.window(now).start))
+    }
+
+    /// Drops what this node holds of the quota on `subject`, which changed (or went): the
+    /// credits are given back by the next [`Credits::give_back_idle`], and the next request
+    /// takes afresh under the quota as it is now.
+    pub fn forget(&self, subject: &str) {
+        let Some(slot) = self.slots.write().unwrap_or_else(|p| p.into_inner()).remove(subject)
+        else {
+            return;
         };
-        let window = quota.window(now).start;
-        let credits = slot.reserve.drain(window);
-        let given = store.give_back_credits(subject, window, credits).await;
-        if given.is_err() {
-            // Kept for the next try; the store still counts them as taken.
-            slot.reserve.refund(window, credits);
+        if let Some((window, credits)) = slot.drain() {
+            self.returns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((subject.to_owned(), window, credits));
+        }
+    }
+
+    /// Gives back to the store the credits of reserves no request has spent from since the last
+    /// call (so another node can have them), and those of quotas that changed. Returns how many
+    /// credits went back; what the store could not take back is kept for the next call.
+    pub async fn give_back_idle(&self, store: &dyn QuotaStore) -> u64 {
+        let mut due = std::mem::take(&mut *self.returns.lock().unwrap_or_else(|p| p.into_inner()));
+        for (subject, slot) in self.read().iter() {
+            let word = slot.reserve.word.load(Ordering::Acquire);
+            if slot.seen.swap(word, Ordering::AcqRel) == word
+                && let Some((window, credits)) = slot.drain()
+            {
+                due.push((subject.clone(), window, credits));
+            }
+        }
+        self.give_back(store, due).await
+    }
+
+    /// Gives back every credit this node holds (a node stopping).
+    pub async fn give_back_all(&self, store: &dyn QuotaStore) -> u64 {
+        let mut due = std::mem::take(&mut *self.returns.lock().unwrap_or_else(|p| p.into_inner()));
+        for (subject, slot) in self.read().iter() {
+            if let Some((window, credits)) = slot.drain() {
+                due.push((subject.clone(), window, credits));
+            }
+        }
+        self.give_back(store, due).await
+    }
+
+    async fn give_back(&self, store: &dyn QuotaStore, due: Vec<(String, Timestamp, u64)>) -> u64 {
+        let mut given = 0;
+        for (subject, window, credits) in due {
+            match store.give_back_credits(&subject, window, credits).await {
+                Ok(()) => given += credits,
+                // Kept for the next try; the store still counts them as taken.
+                Err(_) => self
+                    .returns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((subject, window, credits)),
+            }
         }
         given
     }
@@ -290,6 +360,25 @@ impl Credits {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Slot>>> {
         self.slots.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A quota changed on any node (its limit, its period, or it went): what this node holds of it
+/// was taken under the old one, so it goes back, and the next request takes afresh.
+impl ChangeListener for Credits {
+    fn changed(&self, change: &Change) {
+        match change {
+            Change::Credential(id) => self.forget(id.as_str()),
+            Change::Tenant(id) => self.forget(id.as_str()),
+            Change::User(_) | Change::Role(_) | Change::SigningKeys => {}
+        }
+    }
+
+    fn may_have_missed_changes(&self) {
+        let subjects: Vec<String> = self.read().keys().cloned().collect();
+        for subject in subjects {
+            self.forget(&subject);
+        }
     }
 }
 
@@ -440,6 +529,22 @@ mod tests {
 
     #[async_trait::async_trait]
     impl QuotaStore for FakeStore {
+        async fn stored_quota(
+            &self,
+            _: &str,
+        ) -> Result<Option<crate::quota::StoredQuota>, StoreError> {
+            Ok(None)
+        }
+
+        async fn set_quota(
+            &self,
+            _: crate::store::QuotaTarget<'_>,
+            _: Option<&crate::quota::StoredQuota>,
+            _: &crate::model::AuditEvent,
+        ) -> Result<Option<()>, StoreError> {
+            Ok(None)
+        }
+
         async fn take_credits(
             &self,
             subject: &str,
@@ -526,9 +631,31 @@ mod tests {
         let trips = store.trips.load(Ordering::Relaxed);
         assert!(trips < 200, "{trips} round trips for 1 000 requests");
         for node in &nodes {
-            node.give_back(&*store, "tok_q", &quota, W0).await.unwrap();
+            node.give_back_all(&*store).await;
         }
         assert_eq!(store.used("tok_q"), 1_000, "every credit taken was spent");
+    }
+
+    #[tokio::test]
+    async fn idle_and_changed_reserves_go_back() {
+        let store = FakeStore::with("tok_q", 1_000);
+        let quota = hourly(1_000);
+        let node = Credits::default();
+        node.spend(&*store, "tok_q", &quota, W0, 1).await.unwrap();
+        assert_eq!(store.used("tok_q"), RESERVE);
+        assert_eq!(node.held("tok_q", &quota, W0), RESERVE - 1);
+        assert_eq!(node.give_back_idle(&*store).await, 0, "first look: not idle yet");
+        node.spend(&*store, "tok_q", &quota, W0, 1).await.unwrap();
+        assert_eq!(node.give_back_idle(&*store).await, 0, "spent from since");
+        assert_eq!(node.give_back_idle(&*store).await, RESERVE - 2, "idle");
+        assert_eq!(store.used("tok_q"), 2);
+
+        node.spend(&*store, "tok_q", &quota, W0, 1).await.unwrap();
+        node.forget("tok_q");
+        assert_eq!(node.held("tok_q", &quota, W0), 0, "nothing held once forgotten");
+        assert_eq!(node.give_back_idle(&*store).await, RESERVE - 1);
+        assert_eq!(store.used("tok_q"), 3);
+        assert_eq!(node.store_takes(), 2, "one take per empty reserve");
     }
 
     #[tokio::test]
@@ -554,7 +681,7 @@ mod tests {
             Some(99)
         );
         assert_eq!(store.used("tok_q"), 12);
-        node.give_back(&*store, "tok_q", &quota, W0).await.unwrap();
+        node.give_back_all(&*store).await;
         assert_eq!(
             store.used("tok_q"),
             1,

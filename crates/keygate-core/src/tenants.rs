@@ -68,6 +68,7 @@ pub async fn plan(
         status: TenantStatus::Active,
         ip_restriction: Default::default(),
         created_at: now,
+        quota: None,
     };
     let first_user = match (input.first_user, users_grant) {
         (None, _) => None,

@@ -36,6 +36,7 @@ pub fn caller(kind: CredentialKind, role: BuiltinRole, narrowing: Option<&[&str]
         status: TenantStatus::Active,
         ip_restriction: Default::default(),
         created_at: NOW,
+        quota: None,
     };
     let is_user = matches!(kind, CredentialKind::Personal | CredentialKind::Session);
     let user = is_user.then(|| User {

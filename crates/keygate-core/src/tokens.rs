@@ -14,6 +14,7 @@ use crate::credential::{CredentialFormat, CredentialKind, Secret};
 use crate::id::UserId;
 use crate::model::{Credential, RateLimit, Role};
 use crate::permission::{Catalog, PermissionSet};
+use crate::quota::{QuotaRequest, StoredQuota};
 use crate::rule::RuleError;
 use crate::validate::{self, Errors};
 use crate::verified::{PrincipalKind, role_permissions};
@@ -29,6 +30,7 @@ pub struct NewToken {
     pub expires_in: Option<u64>,
     pub allowed_ips: Option<Vec<String>>,
     pub rate_limit: Option<RateLimit>,
+    pub quota: Option<QuotaRequest>,
 }
 
 /// The deployment's limits on tokens.
@@ -107,6 +109,10 @@ pub fn plan(
         );
     }
 
+    let quota = input
+        .quota
+        .and_then(|quota| errors.check(quota.check("quota", now)));
+
     let (user_id, role_permissions) = match input.kind {
         CredentialKind::Personal => {
             if verified.principal.kind != PrincipalKind::User {
@@ -173,6 +179,7 @@ pub fn plan(
     credential.allowed_ips = allowed_ips;
     credential.rate_limit = input.rate_limit;
     credential.expires_at = expires_at;
+    credential.quota = quota.map(|quota| StoredQuota::fresh(credential.id.as_str(), quota, now));
     Ok(PlannedToken {
         credential,
         secret,
@@ -297,6 +304,11 @@ pub fn plan_roll(
     successor.permissions = previous.permissions.clone();
     successor.allowed_ips = previous.allowed_ips.clone();
     successor.rate_limit = previous.rate_limit;
+    // The quota goes on counting under the successor's id (the store moves its count).
+    successor.quota = previous.quota.as_ref().map(|q| StoredQuota {
+        subject: successor.id.to_string(),
+        ..q.clone()
+    });
     successor.expires_at = previous.expires_at.map(|at| {
         let lifetime = Duration::from_secs(
             u64::try_from(at.unix().saturating_sub(previous.created_at.unix())).unwrap_or(0),
@@ -337,6 +349,7 @@ mod tests {
             expires_in: Some(3600),
             allowed_ips: None,
             rate_limit: None,
+            quota: None,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::credential::{CredentialHash, CredentialKind};
 use crate::id::{CredentialId, RoleId, TenantId, UserId};
 use crate::jwt::AccessClaims;
 use crate::model::{RateLimit, Role, Tenant, TenantStatus, UserStatus};
+use crate::quota::QuotaOn;
 use crate::permission::{BuiltinRole, Catalog, PermissionSet};
 use crate::store::{AccessTokenRecord, CredentialRecord, UsageOutcome};
 
@@ -98,6 +99,9 @@ pub struct Verified {
     /// The tenant's allowlist, if enabled.
     pub tenant_allowlist: Option<IpAllowlist>,
     pub rate_limit: Option<RateLimit>,
+    /// The quotas each request spends from (API.md §13): the credential's own first, then its
+    /// tenant's pool and each ancestor's, nearest first.
+    pub quotas: Vec<QuotaOn>,
     /// When it was last used, kept here (two atomics per request) until written in a batch.
     pub usage: Usage,
     /// What a front end derives from this verification for its answers (forward-auth's identity
@@ -190,6 +194,16 @@ impl Verified {
             allowed_ips: credential.allowed_ips.clone().map(IpAllowlist::new),
             tenant_allowlist: record.tenant.ip_restriction.enforced().cloned(),
             rate_limit: credential.rate_limit,
+            quotas: credential
+                .quota
+                .iter()
+                .chain(
+                    std::iter::once(&record.tenant)
+                        .chain(&record.ancestors)
+                        .filter_map(|t| t.quota.as_ref()),
+                )
+                .map(QuotaOn::from)
+                .collect(),
             usage: Usage::default(),
             rendered: OnceLock::new(),
             standing,

@@ -506,6 +506,7 @@ mod tests {
             status: TenantStatus::Active,
             ip_restriction: Default::default(),
             created_at: NOW,
+            quota: None,
         }
     }
 

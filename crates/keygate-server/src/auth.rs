@@ -5,6 +5,7 @@
 //! request that holds two *different* credentials is refused, so a proxy adding its own credential
 //! can never silently change who a request acts as.
 
+use keygate_core::quota::QuotaStatus;
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -173,7 +174,9 @@ pub async fn authenticate(
     headers: &HeaderMap,
     client: Option<IpAddr>,
 ) -> Result<Caller, ApiError> {
-    admit(state, headers, client, &[]).await
+    decide(state, headers, client, &[], Counting::All, None)
+        .await
+        .map(|(caller, _)| caller)
 }
 
 /// Authenticates a request of the management API, whose handler checks the permissions it needs
@@ -187,7 +190,7 @@ pub async fn authenticate_for_handler(
     headers: &HeaderMap,
     client: Option<IpAddr>,
 ) -> Result<Caller, ApiError> {
-    let caller = decide(state, headers, client, &[], Counting::Refusals).await?;
+    let (caller, _) = decide(state, headers, client, &[], Counting::Refusals, None).await?;
     if NOTES
         .try_with(|notes| notes.count_on_answer.set(true))
         .is_err()
@@ -208,19 +211,24 @@ pub async fn authenticate_asker(
     headers: &HeaderMap,
     client: Option<IpAddr>,
 ) -> Result<Caller, ApiError> {
-    decide(state, headers, client, &[], Counting::Never).await
+    decide(state, headers, client, &[], Counting::Never, None)
+        .await
+        .map(|(caller, _)| caller)
 }
 
 /// Admits a request whose path requires `required` besides (forward-auth): [`extract`] reads the
 /// headers, the gate decides, and what it learnt is left for the front service (the rate-limit
-/// status for the `RateLimit-*` headers, the credential behind a refusal for the audit log).
+/// status for the `RateLimit-*` headers, the credential behind a refusal for the audit log). The
+/// request spends `cost` from the credential's quotas; with the caller comes the tightest of
+/// them, if any applied.
 pub async fn admit(
     state: &AppState,
     headers: &HeaderMap,
     client: Option<IpAddr>,
     required: &[String],
-) -> Result<Caller, ApiError> {
-    decide(state, headers, client, required, Counting::All).await
+    cost: u64,
+) -> Result<(Caller, Option<QuotaStatus>), ApiError> {
+    decide(state, headers, client, required, Counting::All, Some(cost)).await
 }
 
 /// Which of a request's outcomes [`decide`] counts in its credential's usage.
@@ -238,7 +246,8 @@ async fn decide(
     client: Option<IpAddr>,
     required: &[String],
     counting: Counting,
-) -> Result<Caller, ApiError> {
+    cost: Option<u64>,
+) -> Result<(Caller, Option<QuotaStatus>), ApiError> {
     let presented = extract(headers)?.ok_or_else(|| {
         ApiError::unauthenticated(
             "no credential: send `Authorization: Bearer <token>` (or see /docs for the other ways)",
@@ -251,6 +260,7 @@ async fn decide(
         // One clock read for the whole request: expiry, rate limit and last use.
         now_millis: state.clock().now_millis(),
         counted: counting == Counting::All,
+        cost,
     };
     let asked = gate::Presented {
         credential: &presented.credential,
@@ -272,7 +282,7 @@ async fn decide(
             let caller = admission.caller;
             let acting = caller.acting_as().map(|t| t.id.clone());
             note_caller(&presented, Arc::clone(caller.verified_shared()), acting);
-            Ok(caller)
+            Ok((caller, admission.quota))
         }
         Err(denied) => {
             if counting == Counting::Refusals {

@@ -53,7 +53,7 @@ pub async fn run(
         other => BootstrapError::Store(other),
     })?;
     Ok(Report {
-        tenant: TenantView::from(&plan.tenant),
+        tenant: TenantView::new(&plan.tenant, None),
         user: ReportUser {
             id: plan.user.id.to_string(),
             email: plan.user.email.clone(),

@@ -77,6 +77,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(routes::tokens::get, routes::tokens::delete))
         .routes(routes!(routes::tokens::roll))
+        .routes(routes!(routes::quotas::put_token_quota))
+        .routes(routes!(routes::quotas::put_client_quota))
+        .routes(routes!(routes::quotas::put_tenant_quota))
         .routes(routes!(
             routes::account::list,
             routes::account::create,
@@ -182,6 +185,7 @@ pub async fn run(
                 every.tick().await;
                 state.flush_usage().await;
                 state.flush_refusals().await;
+                state.give_back_credits(false).await;
             }
         })
     };
@@ -236,6 +240,7 @@ pub async fn run(
     housekeeper.abort();
     state.flush_usage().await;
     state.flush_refusals().await;
+    state.give_back_credits(true).await;
     state.store().close().await;
     tracing::info!("stopped");
     result

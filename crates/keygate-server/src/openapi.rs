@@ -175,6 +175,16 @@ const RATE_LIMITED: Shared = Shared {
         seconds",
     example_detail: "the credential is over its rate limit",
 };
+/// Forward-auth's 429: it meets quotas (API.md §13) as well as rate limits.
+const QUOTA_EXCEEDED: Shared = Shared {
+    name: "QuotaExceeded",
+    code: ProblemCode::QuotaExceeded,
+    description: "quota-exceeded: the credential's quota (or its organization's pool) for the \
+        period is spent; `Retry-After` says when it refills, and is absent for a `total` quota, \
+        which never does. Or rate-limited: the credential is over its rate limit; retry after \
+        `Retry-After` seconds",
+    example_detail: "this credential's quota of 1000 requests is spent; it refills in 1800 s",
+};
 const HEADERS_TOO_LARGE: Shared = Shared {
     name: "HeadersTooLarge",
     code: ProblemCode::HeadersTooLarge,
@@ -196,7 +206,7 @@ const INTERNAL: Shared = Shared {
     example_detail: "",
 };
 
-const ALL_SHARED: [&Shared; 10] = [
+const ALL_SHARED: [&Shared; 11] = [
     &INVALID_REQUEST,
     &UNAUTHENTICATED,
     &FORBIDDEN,
@@ -204,6 +214,7 @@ const ALL_SHARED: [&Shared; 10] = [
     &PAYLOAD_TOO_LARGE,
     &UNSUPPORTED_MEDIA_TYPE,
     &RATE_LIMITED,
+    &QUOTA_EXCEEDED,
     &HEADERS_TOO_LARGE,
     &UNAVAILABLE,
     &INTERNAL,
@@ -236,6 +247,12 @@ impl Shared {
                 response
                     .headers
                     .insert("WWW-Authenticate".into(), text_header(challenge));
+            }
+            ProblemCode::QuotaExceeded => {
+                response.headers.insert(
+                    "Retry-After".into(),
+                    integer_header("Seconds until the quota refills; absent for a `total` quota"),
+                );
             }
             ProblemCode::RateLimited => {
                 for (name, description) in [
@@ -350,7 +367,13 @@ impl Modify for ProblemResponses {
                 .responses
                 .insert(shared.name.into(), RefOr::T(shared.response()));
         }
-        for item in openapi.paths.paths.values_mut() {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            // The paths that spend quotas answer both 429s.
+            let too_many = if path.starts_with("/v1/forward-auth") {
+                &QUOTA_EXCEEDED
+            } else {
+                &RATE_LIMITED
+            };
             for operation in operations_mut(item) {
                 let mut shared = vec![&HEADERS_TOO_LARGE, &INTERNAL];
                 if is_secured(operation) {
@@ -358,7 +381,7 @@ impl Modify for ProblemResponses {
                         &INVALID_REQUEST,
                         &UNAUTHENTICATED,
                         &FORBIDDEN,
-                        &RATE_LIMITED,
+                        too_many,
                         &UNAVAILABLE,
                     ]);
                 }

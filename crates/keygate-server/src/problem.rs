@@ -41,6 +41,7 @@ pub enum ProblemCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     RateLimited,
+    QuotaExceeded,
     HeadersTooLarge,
     NotImplemented,
     Unavailable,
@@ -66,7 +67,7 @@ impl ProblemCode {
             | OrganizationRequired => StatusCode::CONFLICT,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            RateLimited | QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -96,6 +97,7 @@ impl ProblemCode {
             PayloadTooLarge => "payload-too-large",
             UnsupportedMediaType => "unsupported-media-type",
             RateLimited => "rate-limited",
+            QuotaExceeded => "quota-exceeded",
             HeadersTooLarge => "headers-too-large",
             NotImplemented => "not-implemented",
             Unavailable => "unavailable",
@@ -125,6 +127,7 @@ impl ProblemCode {
             PayloadTooLarge => "The request body is too large",
             UnsupportedMediaType => "Unsupported media type",
             RateLimited => "Too many requests",
+            QuotaExceeded => "The quota for this period is spent",
             HeadersTooLarge => "The request headers are too large",
             NotImplemented => "Not implemented yet",
             Unavailable => "Service unavailable",
@@ -440,6 +443,13 @@ impl From<Denial> for ApiError {
             Denial::ActingAsUnknown(_) => ApiError::not_found(denial.to_string()),
             Denial::IpNotAllowed(_) => ApiError::new(ProblemCode::IpNotAllowed, denial.to_string()),
             Denial::RateLimited(status) => ApiError::rate_limited(status),
+            Denial::QuotaExceeded { retry_after, .. } => {
+                let error = ApiError::new(ProblemCode::QuotaExceeded, denial.to_string());
+                match retry_after {
+                    Some(seconds) => error.with_header(header::RETRY_AFTER, HeaderValue::from(seconds)),
+                    None => error,
+                }
+            }
             Denial::Store(error) => error.into(),
         }
     }

@@ -15,6 +15,7 @@ use keygate_core::oauth::Lifetimes;
 use keygate_core::password::{self, Hasher, PasswordError, PasswordHashString};
 use keygate_core::permission::Catalog;
 use keygate_core::signin::Sessions;
+use keygate_core::reserve::Credits;
 use keygate_core::store::{ChangeListener, DynStore, Granularity, Listeners, Store, StoreError};
 use keygate_core::throttle::LoginThrottle;
 use keygate_core::verify::Verifier;
@@ -75,7 +76,10 @@ impl AppState {
             },
             sealer,
         ));
-        let listeners: Vec<Arc<dyn ChangeListener>> = vec![cache.clone(), keys.clone()];
+        // A node's quota reserves hear of quota changes as the cache does (reserve.rs).
+        let credits = Arc::new(Credits::default());
+        let listeners: Vec<Arc<dyn ChangeListener>> =
+            vec![cache.clone(), keys.clone(), credits.clone()];
         let store = keygate_store::open(
             &config.database_url,
             &config.store.options(),
@@ -96,7 +100,7 @@ impl AppState {
             }),
             _ => None,
         };
-        let gate = Gate::new(verifier, store.clone(), default_rate_limit);
+        let gate = Gate::new(verifier, store.clone(), default_rate_limit).with_credits(credits);
         Ok(Self(Arc::new(Inner {
             trusted_proxies,
             config,
@@ -125,6 +129,14 @@ impl AppState {
     }
 
     /// Where every request's admission is decided.
+    /// Reads quotas as this node sees them now.
+    pub fn quota_reader(&self) -> crate::views::QuotaReader<'_> {
+        crate::views::QuotaReader {
+            credits: self.gate().credits(),
+            now: self.clock().now(),
+        }
+    }
+
     pub fn gate(&self) -> &Gate {
         &self.0.gate
     }
@@ -196,6 +208,19 @@ impl AppState {
     /// The counters, for the layer that counts routed requests.
     pub fn metrics_shared(&self) -> Arc<Metrics> {
         Arc::clone(&self.0.metrics)
+    }
+
+    /// Gives back quota credits this node has held unspent since the last call (every few
+    /// seconds), so the other nodes can have them; `all` at shutdown.
+    pub async fn give_back_credits(&self, all: bool) {
+        let given = if all {
+            self.0.gate.give_back_all_credits().await
+        } else {
+            self.0.gate.give_back_idle_credits().await
+        };
+        if given > 0 {
+            tracing::debug!(credits = given, "gave back unspent quota credits");
+        }
     }
 
     /// Writes pending `last_used_at` times now (also done every few seconds and at shutdown).

@@ -2,9 +2,11 @@
 //! OpenAPI document is generated from the same types the server writes.
 
 use keygate_core::model::Tenant;
+use keygate_core::quota::{QuotaRequest, StoredQuota};
+use keygate_core::reserve::Credits;
 use keygate_core::permission::PermissionSet;
 use keygate_core::verified::{Principal, TenantSummary};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// A tenant (API.md §3).
@@ -20,10 +22,13 @@ pub struct TenantView {
     pub status: &'static str,
     #[schema(value_type = String, format = DateTime, example = "2026-11-22T10:00:00Z")]
     pub created_at: keygate_core::Timestamp,
+    /// The pool the tenant's credentials and its descendants' share, set by an ancestor.
+    pub quota: Option<QuotaView>,
 }
 
-impl From<&Tenant> for TenantView {
-    fn from(tenant: &Tenant) -> Self {
+impl TenantView {
+    /// `quota` as [`QuotaReader::view`] shows the tenant's.
+    pub fn new(tenant: &Tenant, quota: Option<QuotaView>) -> Self {
         Self {
             id: tenant.id.to_string(),
             name: tenant.name.clone(),
@@ -31,6 +36,79 @@ impl From<&Tenant> for TenantView {
             parent_id: tenant.parent_id.as_ref().map(ToString::to_string),
             status: tenant.status.as_str(),
             created_at: tenant.created_at,
+            quota,
+        }
+    }
+}
+
+/// A quota as a request gives it (API.md §13).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"limit": 100000, "period": "month"}))]
+pub struct QuotaBody {
+    /// Requests (or units of cost) per period, 1 to 2^53 - 1.
+    #[schema(minimum = 1, maximum = 9_007_199_254_740_991_u64, example = 100_000)]
+    pub limit: u64,
+    /// `hour`, `day`, `month` or `total` (one-off credits that never refill).
+    #[schema(example = "month")]
+    pub period: String,
+    /// When the first period starts (default: now); periods repeat from it, in UTC.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2026-12-01T00:00:00Z")]
+    pub anchor: Option<keygate_core::Timestamp>,
+}
+
+impl From<QuotaBody> for QuotaRequest {
+    fn from(body: QuotaBody) -> Self {
+        Self {
+            limit: body.limit,
+            period: body.period,
+            anchor: body.anchor,
+        }
+    }
+}
+
+/// A quota as reads show it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct QuotaView {
+    #[schema(example = 100_000)]
+    pub limit: u64,
+    #[schema(example = "month")]
+    pub period: &'static str,
+    #[schema(value_type = String, format = DateTime, example = "2026-12-01T00:00:00Z")]
+    pub anchor: keygate_core::Timestamp,
+    /// Spent in the current period. With several nodes, also what the others hold in reserve
+    /// (at most 64 each) until they spend it or give it back.
+    #[schema(example = 1_250)]
+    pub used: u64,
+    #[schema(example = 98_750)]
+    pub remaining: u64,
+    /// When the next period starts; `null` for `total`.
+    #[schema(value_type = Option<String>, format = DateTime, example = "2027-01-01T00:00:00Z")]
+    pub resets_at: Option<keygate_core::Timestamp>,
+}
+
+/// Reads quotas as this node sees them at one moment: the stored count less what this node holds
+/// in reserve, which it has not spent.
+pub struct QuotaReader<'a> {
+    pub credits: &'a Credits,
+    pub now: keygate_core::Timestamp,
+}
+
+impl QuotaReader<'_> {
+    pub fn view(&self, stored: Option<&StoredQuota>) -> Option<QuotaView> {
+        stored.map(|stored| self.view_of(stored))
+    }
+
+    pub fn view_of(&self, stored: &StoredQuota) -> QuotaView {
+        let held = self.credits.held(&stored.subject, &stored.quota, self.now);
+        let status = stored.status_at(self.now, held);
+        QuotaView {
+            limit: status.limit,
+            period: stored.quota.period.as_str(),
+            anchor: stored.quota.anchor,
+            used: status.used,
+            remaining: status.remaining,
+            resets_at: status.resets_at,
         }
     }
 }
@@ -135,10 +213,11 @@ pub enum VerifyCode {
     IpNotAllowed,
     Forbidden,
     RateLimited,
+    QuotaExceeded,
 }
 
 impl VerifyCode {
-    pub const ALL: [VerifyCode; 8] = [
+    pub const ALL: [VerifyCode; 9] = [
         VerifyCode::Valid,
         VerifyCode::Malformed,
         VerifyCode::NotFound,
@@ -147,6 +226,7 @@ impl VerifyCode {
         VerifyCode::IpNotAllowed,
         VerifyCode::Forbidden,
         VerifyCode::RateLimited,
+        VerifyCode::QuotaExceeded,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -159,6 +239,7 @@ impl VerifyCode {
             VerifyCode::IpNotAllowed => "IP_NOT_ALLOWED",
             VerifyCode::Forbidden => "FORBIDDEN",
             VerifyCode::RateLimited => "RATE_LIMITED",
+            VerifyCode::QuotaExceeded => "QUOTA_EXCEEDED",
         }
     }
 }

@@ -6,6 +6,21 @@ use async_trait::async_trait;
 
 use super::StoreError;
 use crate::Timestamp;
+use crate::access::{Grant, perm};
+use crate::id::{CredentialId, TenantId};
+use crate::model::AuditEvent;
+use crate::quota::StoredQuota;
+
+/// What a quota is set on, with the grant that allows it.
+pub enum QuotaTarget<'a> {
+    /// A personal or service token of the grant's tenant.
+    Token(&'a Grant<perm::TokensWrite>, &'a CredentialId),
+    /// An OAuth client of the grant's tenant.
+    Client(&'a Grant<perm::OauthClientsWrite>, &'a CredentialId),
+    /// A tenant strictly below the grant's: a pool is set by an ancestor, never by the tenant
+    /// that spends it.
+    Tenant(&'a Grant<perm::TenantsWrite>, &'a TenantId),
+}
 
 /// What a take got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +33,21 @@ pub struct Taken {
 
 #[async_trait]
 pub trait QuotaStore: Send + Sync + 'static {
+    /// Sets the quota on `target` (its subject must be `quota.subject`), or removes it (`None`),
+    /// recording `event` in the same transaction; every node's verification cache learns of it.
+    /// `None` if the grant reaches no such token, client or tenant. A replaced quota keeps its
+    /// count if its period and anchor are unchanged, else starts again.
+    /// The quota on `subject`, as stored. Not scoped: for a caller that found `subject` where
+    /// its grant reaches.
+    async fn stored_quota(&self, subject: &str) -> Result<Option<StoredQuota>, StoreError>;
+
+    async fn set_quota(
+        &self,
+        target: QuotaTarget<'_>,
+        quota: Option<&StoredQuota>,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError>;
+
     /// Takes credits of the quota on `subject` (a credential's or a tenant's id) for the window
     /// starting at `window`, in one statement: `want`, or what is left when that is less, but
     /// none when fewer than `need` are left. A quota still counting an older window starts the

@@ -318,6 +318,7 @@ pub(super) async fn create(
         description: (!description.is_empty()).then(|| description.to_owned()),
         role: form.role.clone(),
         permissions: (!form.permission.is_empty()).then(|| form.permission.clone()),
+        quota: None,
     };
     match create_client(&state, &caller, &meta, request).await {
         Ok(created) => {

@@ -541,6 +541,7 @@ fn token_request(
         expires_in,
         allowed_ips: (!allowed_ips.is_empty()).then_some(allowed_ips),
         rate_limit,
+        quota: None,
     })
 }
 

@@ -20,6 +20,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::Response;
 use keygate_core::access::Caller;
+use keygate_core::reserve::MAX_COST;
 use keygate_core::verified::Verified;
 
 use crate::auth::admit;
@@ -29,6 +30,31 @@ use crate::request::ClientIp;
 use crate::state::AppState;
 
 const REQUIRE: HeaderName = HeaderName::from_static("x-keygate-require");
+const COST: HeaderName = HeaderName::from_static("x-keygate-cost");
+const QUOTA_REMAINING: HeaderName = HeaderName::from_static("x-keygate-quota-remaining");
+
+/// What the request spends from quotas: `X-Keygate-Cost` (set by the proxy per route), else 1.
+/// Only the proxy sets it, so a bad one is the operator's mistake: refused, naming the header.
+fn cost(headers: &HeaderMap) -> Result<u64, ApiError> {
+    let mut values = headers.get_all(COST).iter();
+    let Some(value) = values.next() else {
+        return Ok(1);
+    };
+    let cost = value
+        .to_str()
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok())
+        .filter(|cost| *cost <= MAX_COST)
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "X-Keygate-Cost must be a whole number from 0 to {MAX_COST}"
+            ))
+        })?;
+    if values.next().is_some() {
+        return Err(ApiError::invalid("X-Keygate-Cost is given more than once"));
+    }
+    Ok(cost)
+}
 
 /// The permissions asked for: `X-Keygate-Require` headers and, on the check's own path, `require`
 /// query parameters (for proxies that cannot add a header to the check, such as Traefik), each
@@ -68,8 +94,15 @@ pub async fn answer(
         ForwardAuthRoute::Below => None,
     };
     // A permission the catalog does not know is one no credential holds: refused, naming it.
-    let caller = admit(state, headers, Some(client), &required(headers, query)?).await?;
-    Ok(allowed(&caller))
+    let required = required(headers, query)?;
+    let (caller, quota) = admit(state, headers, Some(client), &required, cost(headers)?).await?;
+    let mut response = allowed(&caller);
+    if let Some(quota) = quota {
+        response
+            .headers_mut()
+            .insert(QUOTA_REMAINING, HeaderValue::from(quota.remaining));
+    }
+    Ok(response)
 }
 
 /// The identity headers of a credential, made once per cached verification and cloned (which
@@ -130,19 +163,24 @@ macro_rules! forward_auth {
             ///
             /// Empty body on allow, with `X-Keygate-Tenant-Id`, `X-Keygate-Acting-Tenant-Id` (the
             /// tenant acted in, the credential's own without `as-tenant`),
-            /// `X-Keygate-Principal-Id`, `X-Keygate-Credential-Id` and `X-Keygate-Permissions`.
+            /// `X-Keygate-Principal-Id`, `X-Keygate-Credential-Id` and `X-Keygate-Permissions`, and
+            /// `X-Keygate-Quota-Remaining` where a quota applies (the least left of the
+            /// credential's and its organization's). The request spends `X-Keygate-Cost` (default
+            /// 1) from them; a refused request spends nothing.
             #[doc = $below]
             #[utoipa::path($method, path = $path, tag = "verification",
                 operation_id = $operation,
                 params(
                     $($param,)*
                     ("X-Keygate-Require" = Option<String>, Header, description = "Permissions the credential must hold, comma-separated"),
+                    ("X-Keygate-Cost" = Option<u64>, Header, description = "What the request spends from the credential's quotas, 0 to 2^32 (default 1); set by the proxy per route"),
                     ("X-Forwarded-For" = Option<String>, Header, description = "The client, as the (trusted) proxy saw it"),
                     ("X-Forwarded-Method" = Option<String>, Header, description = "The original method (also X-Original-Method)"),
                     ("X-Forwarded-Uri" = Option<String>, Header, description = "The original URI (also X-Original-URI)"),
                 ),
                 responses(
-                    (status = 200, description = "Allowed; empty body, identity in the headers"),
+                    (status = 200, description = "Allowed; empty body, identity in the headers",
+                        headers(("X-Keygate-Quota-Remaining" = u64, description = "What is left of the tightest quota that applies, after this request"))),
                     (status = 403, description = "forbidden (a required permission) or ip-not-allowed"),
                 ))]
             pub async fn $handler(State(state): State<AppState>, client: Option<Extension<ClientIp>>, headers: HeaderMap, uri: Uri) -> Result<Response, ApiError> {

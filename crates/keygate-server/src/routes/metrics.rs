@@ -71,6 +71,17 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     );
     let _ = writeln!(out, "keygate_store_read_seconds_sum {sum}");
     let _ = writeln!(out, "keygate_store_read_seconds_count {total}");
+    let _ = writeln!(
+        out,
+        "# HELP keygate_quota_store_takes_total Round trips this node made to take quota credits \
+         from the store (one per reserve while plenty are left)."
+    );
+    let _ = writeln!(out, "# TYPE keygate_quota_store_takes_total counter");
+    let _ = writeln!(
+        out,
+        "keygate_quota_store_takes_total {}",
+        state.gate().credits().store_takes()
+    );
     (
         [(
             header::CONTENT_TYPE,

@@ -6,6 +6,7 @@ pub mod forward_auth;
 pub mod metrics;
 pub mod oauth;
 pub mod ops;
+pub mod quotas;
 pub mod roles;
 pub mod sessions;
 pub mod tenants;

@@ -181,7 +181,7 @@ pub(crate) async fn create_tenant(
         .create_tenant(&grant, &planned.tenant, first_user, &events)
         .await?;
     Ok(CreatedTenant {
-        tenant: TenantView::from(&planned.tenant),
+        tenant: TenantView::new(&planned.tenant, None),
         initial_password: planned
             .first_user
             .as_ref()
@@ -221,8 +221,9 @@ pub async fn list(
         .store()
         .list_tenants(&grant.reads(), &parent, &page(query.limit, query.cursor)?)
         .await?;
+    let quotas = state.quota_reader();
     Ok(axum::Json(List::from_paged(tenants, |t| {
-        TenantView::from(&t)
+        TenantView::new(&t, quotas.view(t.quota.as_ref()))
     })))
 }
 
@@ -246,7 +247,8 @@ pub async fn get(
         .get_tenant(&grant.reads(), &id)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    Ok(axum::Json(TenantView::from(&tenant)))
+    let quota = state.quota_reader().view(tenant.quota.as_ref());
+    Ok(axum::Json(TenantView::new(&tenant, quota)))
 }
 
 /// Rename, suspend or reactivate a tenant
@@ -310,7 +312,8 @@ pub(crate) async fn update_tenant(
         .update_tenant(&grant, &changed, &event)
         .await?
         .ok_or_else(|| not_found(id))?;
-    Ok(TenantView::from(&changed))
+    let quota = state.quota_reader().view(changed.quota.as_ref());
+    Ok(TenantView::new(&changed, quota))
 }
 
 /// Delete a tenant

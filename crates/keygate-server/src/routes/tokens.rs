@@ -23,7 +23,7 @@ use crate::problem::{ApiError, FieldError};
 use crate::request::{Meta, Query, page};
 use crate::routes::roles;
 use crate::state::AppState;
-use crate::views::{List, Warning};
+use crate::views::{List, QuotaBody, QuotaReader, QuotaView, Warning};
 
 /// The most ids one bulk delete takes.
 const MAX_BULK: usize = 500;
@@ -76,6 +76,8 @@ pub struct CreateToken {
     #[schema(example = json!(["203.0.113.0/24"]))]
     pub allowed_ips: Option<Vec<String>>,
     pub rate_limit: Option<RateLimitBody>,
+    /// How many requests the token may make per period (API.md §13).
+    pub quota: Option<QuotaBody>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -114,11 +116,14 @@ pub struct TokenView {
     /// The token that replaced this one by a roll (it expires at the end of the overlap).
     #[schema(example = json!(null))]
     pub rolled_to: Option<String>,
+    pub quota: Option<QuotaView>,
 }
 
 impl TokenView {
-    fn new(token: Credential, now: Timestamp) -> Self {
+    pub(crate) fn new(token: Credential, quotas: &QuotaReader<'_>) -> Self {
+        let now = quotas.now;
         Self {
+            quota: quotas.view(token.quota.as_ref()),
             status: tokens::status(&token, now),
             id: token.id.to_string(),
             kind: match token.kind {
@@ -300,6 +305,7 @@ pub(crate) async fn create_token(
             requests: r.requests,
             per_seconds: r.per_seconds,
         }),
+        quota: request.quota.map(Into::into),
     };
     let policy = TokenPolicy {
         personal_max_lifetime: Duration::from_secs(
@@ -321,7 +327,7 @@ pub(crate) async fn create_token(
         .with_status(201);
     state.store().create_token(&grant, &token, &event).await?;
     Ok(CreatedToken {
-        token: TokenView::new(token, now),
+        token: TokenView::new(token, &state.quota_reader()),
         secret: planned.secret.into_exposed(),
         warnings: planned.normalised.iter().map(Warning::normalised).collect(),
     })
@@ -400,7 +406,7 @@ pub(crate) async fn roll_token(
         .await?
         .ok_or_else(|| not_found(id))?;
     let created = CreatedToken {
-        token: TokenView::new(planned.successor, now),
+        token: TokenView::new(planned.successor, &state.quota_reader()),
         secret: planned.secret.into_exposed(),
         warnings: Vec::new(),
     };
@@ -468,8 +474,9 @@ pub async fn list(
         .store()
         .list_tokens(&grant.reads(), &filter, &page, now)
         .await?;
+    let quotas = state.quota_reader();
     Ok(axum::Json(List::from_paged(tokens, |t| {
-        TokenView::new(t, now)
+        TokenView::new(t, &quotas)
     })))
 }
 
@@ -495,7 +502,7 @@ pub async fn get(
         .await?
         .filter(|t| visible(t, &personal_visibility(grant.caller())))
         .ok_or_else(|| not_found(&id))?;
-    Ok(axum::Json(TokenView::new(token, state.clock().now())))
+    Ok(axum::Json(TokenView::new(token, &state.quota_reader())))
 }
 
 /// Revoke a token

@@ -11,6 +11,7 @@ use axum::extract::State;
 use keygate_core::Timestamp;
 use keygate_core::access::perm;
 use keygate_core::gate::{self, Denial};
+use keygate_core::reserve::MAX_COST;
 use keygate_core::verified::Verified;
 use keygate_core::verify::Refusal;
 use serde::{Deserialize, Serialize};
@@ -36,6 +37,22 @@ pub struct VerifyRequest {
     /// The address the client connected from, checked against the credential's allowed networks.
     #[schema(value_type = Option<String>, example = "203.0.113.7")]
     pub ip: Option<String>,
+    /// What the request spends from the credential's quotas, 0 to 2^32 (default 1). A verdict
+    /// other than `VALID` spends nothing.
+    #[schema(minimum = 0, maximum = 4_294_967_296_u64, example = 1)]
+    pub cost: Option<u64>,
+}
+
+/// Where the credential's tightest quota stands after this request.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VerifyQuota {
+    #[schema(example = 100_000)]
+    pub limit: u64,
+    #[schema(example = 98_750)]
+    pub remaining: u64,
+    /// When it refills; `null` for a `total` quota.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub resets_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -55,6 +72,10 @@ pub struct VerifyResponse {
     pub missing_permissions: Vec<String>,
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
+    /// With `VALID`, where a quota applies: the tightest of the credential's and its
+    /// organization's, after this request.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<VerifyQuota>,
 }
 
 impl VerifyResponse {
@@ -76,6 +97,7 @@ impl VerifyResponse {
             permissions: permission_names(&verified.permissions),
             missing_permissions,
             expires_at: verified.credential.expires_at,
+            quota: None,
         }
     }
 
@@ -91,6 +113,7 @@ impl VerifyResponse {
             permissions: Vec::new(),
             missing_permissions: Vec::new(),
             expires_at: None,
+            quota: None,
         }
     }
 }
@@ -135,15 +158,22 @@ async fn decide(
         within: Some(grant.tenant_id()),
         now_millis: state.clock().now_millis(),
         counted: true,
+        cost: Some(request.cost.unwrap_or(1)),
     };
     let denied = match state.gate().admit(presented, asked).await {
         Ok(admission) => {
-            return Ok(axum::Json(VerifyResponse::about(
+            let mut answer = VerifyResponse::about(
                 admission.caller.verified(),
                 VerifyCode::Valid,
                 None,
                 Vec::new(),
-            )));
+            );
+            answer.quota = admission.quota.map(|q| VerifyQuota {
+                limit: q.limit,
+                remaining: q.remaining,
+                resets_at: q.resets_at,
+            });
+            return Ok(axum::Json(answer));
         }
         Err(denied) => denied,
     };
@@ -162,6 +192,7 @@ async fn decide(
         },
         Denial::IpNotAllowed(_) => VerifyCode::IpNotAllowed,
         Denial::RateLimited(_) => VerifyCode::RateLimited,
+        Denial::QuotaExceeded { .. } => VerifyCode::QuotaExceeded,
         Denial::Forbidden(_) => VerifyCode::Forbidden,
         // Nothing here presents a Basic username, a realm or as-tenant.
         Denial::BasicUsername
@@ -184,7 +215,10 @@ async fn decide(
     // Past the credential's own checks, the answer says whose it is.
     Ok(axum::Json(match (code, denied.known) {
         (
-            VerifyCode::IpNotAllowed | VerifyCode::RateLimited | VerifyCode::Forbidden,
+            VerifyCode::IpNotAllowed
+            | VerifyCode::RateLimited
+            | VerifyCode::QuotaExceeded
+            | VerifyCode::Forbidden,
             Some(verified),
         ) => VerifyResponse::about(&verified, code, Some(detail), missing),
         _ => VerifyResponse::refused(code, detail),
@@ -203,6 +237,12 @@ fn validate(state: &AppState, request: &VerifyRequest) -> Result<Option<IpAddr>,
             message: format!("`{p}` is not a known permission"),
         })
         .collect();
+    if request.cost.is_some_and(|cost| cost > MAX_COST) {
+        errors.push(FieldError {
+            field: "cost".into(),
+            message: format!("must be a whole number from 0 to {MAX_COST}"),
+        });
+    }
     let ip = match request.ip.as_deref().map(str::parse::<IpAddr>) {
         None => None,
         Some(Ok(ip)) => Some(ip),

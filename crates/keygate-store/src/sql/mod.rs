@@ -12,6 +12,35 @@
 //!
 //! Adding a resource: its file here, and its line in the list below.
 
+/// SQL joining the quota (API.md §13) on `$alias.id`, if it has one, as the columns `quota_*`
+/// that `stored_quota` reads: names no table of keygate has, so the rest of a query's columns
+/// stay unambiguous. A credential's quota moves with a roll (API.md §14), so a rolled token
+/// still in its overlap spends from its successor's.
+macro_rules! with_quota {
+    (credential $alias:literal) => {
+        concat!(
+            " LEFT JOIN (SELECT subject_id AS quota_subject, lim AS quota_limit,
+                                period AS quota_period, anchor AS quota_anchor,
+                                window_start AS quota_window, used AS quota_used
+                         FROM quotas) qv ON qv.quota_subject = coalesce(",
+            $alias,
+            ".rolled_to, ",
+            $alias,
+            ".id) "
+        )
+    };
+    ($alias:literal) => {
+        concat!(
+            " LEFT JOIN (SELECT subject_id AS quota_subject, lim AS quota_limit,
+                                period AS quota_period, anchor AS quota_anchor,
+                                window_start AS quota_window, used AS quota_used
+                         FROM quotas) qv ON qv.quota_subject = ",
+            $alias,
+            ".id "
+        )
+    };
+}
+
 /// SQL saying tenant `$t` is tenant `$s` or below it: its path is in `$s`'s subtree range (see
 /// `TenantPath::subtree`), which an index on `path` answers.
 macro_rules! in_subtree {

@@ -43,9 +43,12 @@ impl OAuthStore for SqlStore {
     ) -> Result<Paged<Credential>, StoreError> {
         scoped_page(
             &self.pool,
-            "SELECT * FROM credentials WHERE tenant_id = $1 AND kind = 'oauth_secret'
-               AND ($2 IS NULL OR id < $2)
-             ORDER BY id DESC LIMIT $3",
+            concat!(
+                "SELECT c.*, qv.* FROM credentials c",
+                with_quota!(credential "c"),
+                "WHERE tenant_id = $1 AND kind = 'oauth_secret' AND ($2 IS NULL OR id < $2)
+                 ORDER BY id DESC LIMIT $3"
+            ),
             scope,
             page,
             credential_from_row,
@@ -60,7 +63,11 @@ impl OAuthStore for SqlStore {
         id: &CredentialId,
     ) -> Result<Option<Credential>, StoreError> {
         sqlx::query(
-            "SELECT * FROM credentials WHERE id = $1 AND tenant_id = $2 AND kind = 'oauth_secret'",
+            concat!(
+                "SELECT c.*, qv.* FROM credentials c",
+                with_quota!(credential "c"),
+                "WHERE id = $1 AND tenant_id = $2 AND kind = 'oauth_secret'"
+            ),
         )
         .bind(id.as_str())
         .bind(scope.tenant_id().as_str())

@@ -14,10 +14,14 @@
 
 use async_trait::async_trait;
 use keygate_core::Timestamp;
-use keygate_core::store::{QuotaStore, StoreError, Taken};
-use sqlx::Row;
+use keygate_core::id::{CredentialId, TenantId};
+use keygate_core::model::AuditEvent;
+use keygate_core::quota::StoredQuota;
+use keygate_core::store::{Change, QuotaStore, QuotaTarget, StoreError, Taken};
+use sqlx::{Row, Transaction};
 
-use super::{SqlStore, store_error};
+use super::shared::{insert_event, stored_quota, upsert_quota};
+use super::{Db, SqlStore, store_error};
 
 /// `used` as of the requested window ($2).
 macro_rules! current {
@@ -44,6 +48,73 @@ macro_rules! take {
 
 #[async_trait]
 impl QuotaStore for SqlStore {
+    async fn stored_quota(&self, subject: &str) -> Result<Option<StoredQuota>, StoreError> {
+        sqlx::query(
+            "SELECT subject_id AS quota_subject, lim AS quota_limit, period AS quota_period,
+                    anchor AS quota_anchor, window_start AS quota_window, used AS quota_used
+             FROM quotas WHERE subject_id = $1",
+        )
+        .bind(subject)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(store_error)?
+        .map(|row| stored_quota(&row))
+        .transpose()
+        .map(Option::flatten)
+    }
+
+    async fn set_quota(
+        &self,
+        target: QuotaTarget<'_>,
+        quota: Option<&StoredQuota>,
+        event: &AuditEvent,
+    ) -> Result<Option<()>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // Found where the grant reaches: a subject of another tenant is as good as absent.
+        let (subject, tenant, change) = match target {
+            QuotaTarget::Token(grant, id) => {
+                let found = credential_of(&mut tx, grant.tenant_id(), id, "('personal', 'service')")
+                    .await?;
+                (id.as_str(), found, Change::Credential(id.clone()))
+            }
+            QuotaTarget::Client(grant, id) => {
+                let found = credential_of(&mut tx, grant.tenant_id(), id, "('oauth_secret')").await?;
+                (id.as_str(), found, Change::Credential(id.clone()))
+            }
+            QuotaTarget::Tenant(grant, id) => {
+                let below: bool = sqlx::query_scalar(concat!(
+                    "SELECT EXISTS (SELECT 1 FROM tenants t JOIN tenants s ON s.id = $1
+                                    WHERE t.id = $2 AND t.id <> s.id AND ",
+                    in_subtree!("t", "s"),
+                    ")"
+                ))
+                .bind(grant.tenant_id().as_str())
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(store_error)?;
+                (id.as_str(), below.then(|| id.clone()), Change::Tenant(id.clone()))
+            }
+        };
+        let Some(tenant) = tenant else {
+            return Ok(None);
+        };
+        match quota {
+            Some(quota) if quota.subject == subject => upsert_quota(&mut tx, &tenant, quota).await?,
+            Some(_) => return Err(StoreError::Internal("a quota for another subject".into())),
+            None => {
+                sqlx::query("DELETE FROM quotas WHERE subject_id = $1")
+                    .bind(subject)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(store_error)?;
+            }
+        }
+        insert_event(&mut tx, event).await?;
+        self.commit(tx, &[change]).await?;
+        Ok(Some(()))
+    }
+
     async fn take_credits(
         &self,
         subject: &str,
@@ -104,6 +175,25 @@ impl QuotaStore for SqlStore {
         .map_err(store_error)?;
         Ok(())
     }
+}
+
+/// The tenant of credential `id` of one of `kinds` (an SQL list), if it is `tenant`'s.
+async fn credential_of(
+    tx: &mut Transaction<'_, Db>,
+    tenant: &TenantId,
+    id: &CredentialId,
+    kinds: &str,
+) -> Result<Option<TenantId>, StoreError> {
+    let found: bool = sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM credentials WHERE id = $1 AND tenant_id = $2
+                        AND kind IN {kinds})"
+    ))
+    .bind(id.as_str())
+    .bind(tenant.as_str())
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(found.then(|| tenant.clone()))
 }
 
 /// A count of credits as the database stores it.

@@ -11,6 +11,7 @@ use keygate_core::model::{
     TenantPath, TenantStatus, User, UserStatus, email_key,
 };
 use keygate_core::password::PasswordHashString;
+use keygate_core::quota::{Quota, QuotaPeriod, StoredQuota};
 use keygate_core::store::{Change, CredentialRecord, Page, Paged, StoreError};
 use sqlx::{QueryBuilder, Row, Transaction};
 
@@ -38,6 +39,11 @@ pub(super) async fn delete_credential(
     if deleted == 0 {
         return Ok(None);
     }
+    sqlx::query("DELETE FROM quotas WHERE subject_id = $1")
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
     insert_event(&mut tx, event).await?;
     store.commit(tx, &[Change::Credential(id.clone())]).await?;
     Ok(Some(()))
@@ -54,7 +60,11 @@ pub(super) async fn credential_record(
     // are on the tenant's path.
     let path = TenantPath::from_stored(row.try_get("tenant_path").map_err(store_error)?);
     let ids: Vec<TenantId> = path.ids().collect();
-    let mut query = QueryBuilder::<Db>::new("SELECT * FROM tenants WHERE id IN (");
+    let mut query = QueryBuilder::<Db>::new(concat!(
+        "SELECT t.*, qv.* FROM tenants t",
+        with_quota!("t"),
+        "WHERE t.id IN ("
+    ));
     let mut list = query.separated(", ");
     for id in &ids {
         list.push_bind(id.as_str());
@@ -119,8 +129,12 @@ pub(super) async fn client_record(
     id: &CredentialId,
 ) -> Result<Option<CredentialRecord>, StoreError> {
     let Some(row) = sqlx::query(
-        "SELECT c.*, t.path AS tenant_path FROM credentials c
-         JOIN tenants t ON t.id = c.tenant_id WHERE c.id = $1 AND c.kind = 'oauth_secret'",
+        concat!(
+            "SELECT c.*, t.path AS tenant_path, qv.* FROM credentials c
+             JOIN tenants t ON t.id = c.tenant_id",
+            with_quota!(credential "c"),
+            "WHERE c.id = $1 AND c.kind = 'oauth_secret'"
+        ),
     )
     .bind(id.as_str())
     .fetch_optional(&mut **tx)
@@ -227,8 +241,11 @@ pub(super) async fn insert_row(
     .bind(c.rolled_from.as_ref().map(CredentialId::as_str))
     .execute(&mut **tx)
     .await
-    .map(drop)
-    .map_err(store_error)
+    .map_err(store_error)?;
+    if let Some(quota) = &c.quota {
+        upsert_quota(tx, &c.tenant_id, quota).await?;
+    }
+    Ok(())
 }
 
 /// A change's event, in the change's transaction. A change that cannot be recorded does
@@ -360,6 +377,7 @@ pub(super) fn tenant_from_row(row: &DbRow) -> Result<Tenant, StoreError> {
         },
         path: TenantPath::from_stored(row.try_get("path").map_err(store_error)?),
         created_at: timestamp(row, "created_at")?,
+        quota: stored_quota(row)?,
     })
 }
 
@@ -445,7 +463,61 @@ pub(super) fn credential_from_row(row: &DbRow) -> Result<Credential, StoreError>
             .map_err(store_error)?
             .map(CredentialId::from_trusted),
         previous_secret: previous_secret(row)?,
+        quota: stored_quota(row)?,
     })
+}
+
+/// The quota joined by `with_quota!`: `None` when the row has none, or the query joined none.
+pub(super) fn stored_quota(row: &DbRow) -> Result<Option<StoredQuota>, StoreError> {
+    let limit = match row.try_get::<Option<i64>, _>("quota_limit") {
+        Ok(Some(limit)) => limit,
+        Ok(None) | Err(sqlx::Error::ColumnNotFound(_)) => return Ok(None),
+        Err(error) => return Err(store_error(error)),
+    };
+    let period: String = row.try_get("quota_period").map_err(store_error)?;
+    let used: i64 = row.try_get("quota_used").map_err(store_error)?;
+    Ok(Some(StoredQuota {
+        subject: row.try_get("quota_subject").map_err(store_error)?,
+        quota: Quota {
+            limit: u64::try_from(limit).map_err(|_| corrupt("quota limit", &limit.to_string()))?,
+            period: QuotaPeriod::from_name(&period).ok_or_else(|| corrupt("period", &period))?,
+            anchor: timestamp(row, "quota_anchor")?,
+        },
+        window_start: timestamp(row, "quota_window")?,
+        used: u64::try_from(used).unwrap_or(0),
+    }))
+}
+
+/// Writes a new quota on `subject` of `tenant` (a credential just inserted, in the same
+/// transaction), or replaces its definition: the count goes on if the period and anchor are as
+/// they were, else it starts again.
+pub(super) async fn upsert_quota(
+    tx: &mut Transaction<'_, Db>,
+    tenant: &TenantId,
+    quota: &StoredQuota,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO quotas (subject_id, tenant_id, lim, period, anchor, window_start, used)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (subject_id) DO UPDATE SET
+           used = CASE WHEN quotas.period = excluded.period AND quotas.anchor = excluded.anchor
+                       THEN quotas.used ELSE excluded.used END,
+           window_start = CASE WHEN quotas.period = excluded.period
+                                AND quotas.anchor = excluded.anchor
+                               THEN quotas.window_start ELSE excluded.window_start END,
+           lim = excluded.lim, period = excluded.period, anchor = excluded.anchor",
+    )
+    .bind(&quota.subject)
+    .bind(tenant.as_str())
+    .bind(i64::try_from(quota.quota.limit).map_err(|_| StoreError::Internal("limit".into()))?)
+    .bind(quota.quota.period.as_str())
+    .bind(quota.quota.anchor.unix())
+    .bind(quota.window_start.unix())
+    .bind(i64::try_from(quota.used).map_err(|_| StoreError::Internal("used".into()))?)
+    .execute(&mut **tx)
+    .await
+    .map(drop)
+    .map_err(store_error)
 }
 
 /// The secret a client's last roll replaced, while the row still names one.

@@ -19,7 +19,9 @@ impl TenantStore for SqlStore {
         id_or_slug: &str,
     ) -> Result<Option<Tenant>, StoreError> {
         sqlx::query(concat!(
-            "SELECT t.* FROM tenants t JOIN tenants s ON s.id = $1
+            "SELECT t.*, qv.* FROM tenants t",
+            with_quota!("t"),
+            "JOIN tenants s ON s.id = $1
              WHERE (t.id = $2 OR t.slug = $2) AND ",
             in_subtree!("t", "s")
         ))
@@ -39,7 +41,9 @@ impl TenantStore for SqlStore {
         page: &Page,
     ) -> Result<Paged<Tenant>, StoreError> {
         let rows = sqlx::query(concat!(
-            "SELECT t.* FROM tenants t JOIN tenants s ON s.id = $1
+            "SELECT t.*, qv.* FROM tenants t",
+            with_quota!("t"),
+            "JOIN tenants s ON s.id = $1
              WHERE t.parent_id = $2 AND ($3 IS NULL OR t.id < $3) AND ",
             in_subtree!("t", "s"),
             " ORDER BY t.id DESC LIMIT $4"

@@ -59,7 +59,11 @@ impl TokenStore for SqlStore {
         now: Timestamp,
     ) -> Result<Paged<Credential>, StoreError> {
         let mut query = QueryBuilder::<Db>::new(
-            "SELECT * FROM credentials WHERE kind IN ('personal', 'service') AND tenant_id = ",
+            concat!(
+                "SELECT c.*, qv.* FROM credentials c",
+                with_quota!(credential "c"),
+                "WHERE kind IN ('personal', 'service') AND tenant_id = "
+            ),
         );
         query.push_bind(scope.tenant_id().as_str());
         and_in!(query, "kind", &filter.kinds);
@@ -120,10 +124,11 @@ impl TokenStore for SqlStore {
         scope: &Scope<perm::TokensRead>,
         id: &CredentialId,
     ) -> Result<Option<Credential>, StoreError> {
-        sqlx::query(
-            "SELECT * FROM credentials
-             WHERE id = $1 AND tenant_id = $2 AND kind IN ('personal', 'service')",
-        )
+        sqlx::query(concat!(
+            "SELECT c.*, qv.* FROM credentials c",
+            with_quota!(credential "c"),
+            "WHERE id = $1 AND tenant_id = $2 AND kind IN ('personal', 'service')"
+        ))
         .bind(id.as_str())
         .bind(scope.tenant_id().as_str())
         .fetch_optional(&self.pool)
@@ -195,6 +200,13 @@ impl TokenStore for SqlStore {
         if rolled == 0 {
             return Ok(None);
         }
+        // The quota, and what it has used, passes to the successor.
+        sqlx::query("UPDATE quotas SET subject_id = $1 WHERE subject_id = $2")
+            .bind(successor.id.as_str())
+            .bind(previous.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         insert_credential(&mut tx, successor).await?;
         insert_event(&mut tx, event).await?;
         self.commit(tx, &[Change::Credential(previous.clone())])

@@ -18,7 +18,7 @@ use crate::problem::{ApiError, Problem};
 use crate::request::{Meta, Query, page};
 use crate::routes::roles;
 use crate::state::AppState;
-use crate::views::List;
+use crate::views::{List, QuotaBody, QuotaReader, QuotaView};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +33,8 @@ pub struct CreateClient {
     /// Narrows the role to these permissions (wildcards allowed).
     #[schema(example = json!(["zones:read"]))]
     pub permissions: Option<Vec<String>>,
+    /// How many requests the client may make per period (API.md §13).
+    pub quota: Option<QuotaBody>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -63,11 +65,13 @@ pub struct ClientView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub previous_secret_expires_at: Option<Timestamp>,
+    pub quota: Option<QuotaView>,
 }
 
-impl From<Credential> for ClientView {
-    fn from(client: Credential) -> Self {
+impl ClientView {
+    pub fn new(client: Credential, quotas: &QuotaReader<'_>) -> Self {
         Self {
+            quota: quotas.view(client.quota.as_ref()),
             client_id: client.id.to_string(),
             name: client.name,
             description: client.description,
@@ -156,6 +160,7 @@ pub(crate) async fn create_client(
         name: request.name,
         description: request.description,
         permissions: request.permissions,
+        quota: request.quota.map(Into::into),
     };
     let (client, secret) = clients::plan(
         &grant,
@@ -175,7 +180,7 @@ pub(crate) async fn create_client(
         .with_status(201);
     state.store().create_client(&grant, &client, &event).await?;
     Ok(CreatedClient {
-        client: ClientView::from(client),
+        client: ClientView::new(client, &state.quota_reader()),
         client_secret: secret.into_exposed(),
     })
 }
@@ -199,7 +204,10 @@ pub async fn list(
     let grant = caller.require::<perm::OauthClientsRead>()?;
     let page = page(query.limit, query.cursor)?;
     let clients = state.store().list_clients(&grant.reads(), &page).await?;
-    Ok(axum::Json(List::from_paged(clients, ClientView::from)))
+    let quotas = state.quota_reader();
+    Ok(axum::Json(List::from_paged(clients, |c| {
+        ClientView::new(c, &quotas)
+    })))
 }
 
 /// Get an OAuth client
@@ -224,7 +232,7 @@ pub async fn get(
         .get_client(&grant.reads(), &client_id(&id)?)
         .await?
         .ok_or_else(|| not_found(&id))?;
-    Ok(axum::Json(ClientView::from(client)))
+    Ok(axum::Json(ClientView::new(client, &state.quota_reader())))
 }
 
 /// Delete an OAuth client
@@ -369,7 +377,7 @@ pub(crate) async fn roll_client_secret(
         .await?
         .ok_or_else(|| not_found(id))?;
     Ok(CreatedClient {
-        client: ClientView::from(client),
+        client: ClientView::new(client, &state.quota_reader()),
         client_secret: planned.secret.into_exposed(),
     })
 }
