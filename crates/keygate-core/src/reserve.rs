@@ -23,12 +23,23 @@
 //!
 //! Credits a node holds but does not spend are given back: at shutdown, and by the flush loop for a
 //! reserve idle for a while, so another node can have them. A window's end needs no give-back: the
-//! next window starts at zero (the take that first sees it resets the row).
+//! next window starts at zero (the take that first sees it resets the row). A quota that changes
+//! (or goes) is dropped from every node's reserves at once (the same change notice that empties
+//! the verification cache), and what they held is given back.
+//!
+//! Once a take finds nothing left, the node refuses that quota's requests without asking the store
+//! again until the next second (or the refill, if sooner): a spent credential hammered by its
+//! client costs the store one round trip per second per node. Credits given back in that second
+//! wait for the next.
+//!
+//! A node makes one take at a time per quota: requests that find the reserve short while a take is
+//! under way wait for it and spend from what it brought, so a node never holds more than one
+//! take's leftover, fewer than [`RESERVE`] credits.
 //!
 //! **What a dead node costs.** A node killed outright cannot give back its reserves: each quota
 //! loses at most the credits that node held, never more than [`RESERVE`] per quota, until its
-//! window ends. Requests are then refused that the limit would have allowed; none is ever
-//! admitted beyond it.
+//! window ends, besides the requests it was answering when it died (spent, and never answered).
+//! Requests are then refused that the limit would have allowed; none is ever admitted beyond it.
 //!
 //! [`Credits`] is a node's set of reserves, one per quota it has spent from, and the spend, refund
 //! and give-back above them.
@@ -187,6 +198,14 @@ struct Slot {
     remaining: AtomicU64,
     window: AtomicI64,
     seen: AtomicU64,
+    /// Until when (unix seconds, excluded) the store is known to have nothing left: requests are
+    /// refused without asking it again, so a spent credential hammered by its client costs the
+    /// store one round trip a second per node, not one per request.
+    spent_until: AtomicI64,
+    /// Held by the request taking from the store, so that concurrent requests finding the reserve
+    /// short wait for that one take instead of each making their own: a node's reserve never
+    /// holds more than one take's leftover. An async lock, taken only on that slow path.
+    taking: futures_util::lock::Mutex<()>,
 }
 
 const UNKNOWN: u64 = u64::MAX;
@@ -198,6 +217,8 @@ impl Default for Slot {
             remaining: AtomicU64::new(UNKNOWN),
             window: AtomicI64::new(i64::MIN),
             seen: AtomicU64::new(0),
+            spent_until: AtomicI64::new(i64::MIN),
+            taking: futures_util::lock::Mutex::new(()),
         }
     }
 }
@@ -237,10 +258,21 @@ impl Credits {
         now: Timestamp,
         cost: u64,
     ) -> Result<Option<u64>, SpendError> {
-        let window = quota.window(now).start;
+        let period = quota.window(now);
+        let window = period.start;
         let slot = self.slot(subject);
         if slot.reserve.spend(window, cost) == Spend::Paid {
             return Ok(Some(self.left(&slot, window)));
+        }
+        let _taking = slot.taking.lock().await;
+        // Another request may have filled the reserve, or found the store empty, meanwhile.
+        if slot.reserve.spend(window, cost) == Spend::Paid {
+            return Ok(Some(self.left(&slot, window)));
+        }
+        if now.unix() < slot.spent_until.load(Ordering::Acquire) && cost > 0 {
+            return Err(SpendError::Exhausted {
+                retry_after: quota.retry_after(now),
+            });
         }
         // Before its first take a node sizes it as if the whole limit were left.
         let remaining = match slot.remaining.load(Ordering::Acquire) {
@@ -253,6 +285,12 @@ impl Credits {
             return Ok(None);
         };
         slot.remaining.store(taken.remaining, Ordering::Release);
+        if taken.remaining == 0 && taken.taken < cost {
+            // Until the next second, or the refill if that comes first.
+            let next = now.unix().saturating_add(1);
+            let until = period.resets_at.map_or(next, |at| at.unix().min(next));
+            slot.spent_until.store(until, Ordering::Release);
+        }
         if taken.taken < cost {
             return Err(SpendError::Exhausted {
                 retry_after: quota.retry_after(now),
@@ -288,7 +326,11 @@ impl Credits {
     /// credits are given back by the next [`Credits::give_back_idle`], and the next request
     /// takes afresh under the quota as it is now.
     pub fn forget(&self, subject: &str) {
-        let Some(slot) = self.slots.write().unwrap_or_else(|p| p.into_inner()).remove(subject)
+        let Some(slot) = self
+            .slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(subject)
         else {
             return;
         };
@@ -644,7 +686,11 @@ mod tests {
         node.spend(&*store, "tok_q", &quota, W0, 1).await.unwrap();
         assert_eq!(store.used("tok_q"), RESERVE);
         assert_eq!(node.held("tok_q", &quota, W0), RESERVE - 1);
-        assert_eq!(node.give_back_idle(&*store).await, 0, "first look: not idle yet");
+        assert_eq!(
+            node.give_back_idle(&*store).await,
+            0,
+            "first look: not idle yet"
+        );
         node.spend(&*store, "tok_q", &quota, W0, 1).await.unwrap();
         assert_eq!(node.give_back_idle(&*store).await, 0, "spent from since");
         assert_eq!(node.give_back_idle(&*store).await, RESERVE - 2, "idle");
@@ -652,7 +698,11 @@ mod tests {
 
         node.spend(&*store, "tok_q", &quota, W0, 1).await.unwrap();
         node.forget("tok_q");
-        assert_eq!(node.held("tok_q", &quota, W0), 0, "nothing held once forgotten");
+        assert_eq!(
+            node.held("tok_q", &quota, W0),
+            0,
+            "nothing held once forgotten"
+        );
         assert_eq!(node.give_back_idle(&*store).await, RESERVE - 1);
         assert_eq!(store.used("tok_q"), 3);
         assert_eq!(node.store_takes(), 2, "one take per empty reserve");

@@ -17,8 +17,8 @@ use crate::credential::{CredentialHash, CredentialKind};
 use crate::id::{CredentialId, RoleId, TenantId, UserId};
 use crate::jwt::AccessClaims;
 use crate::model::{RateLimit, Role, Tenant, TenantStatus, UserStatus};
-use crate::quota::QuotaOn;
 use crate::permission::{BuiltinRole, Catalog, PermissionSet};
+use crate::quota::QuotaOn;
 use crate::store::{AccessTokenRecord, CredentialRecord, UsageOutcome};
 
 /// What kind of party a credential acts for.

@@ -446,7 +446,9 @@ impl From<Denial> for ApiError {
             Denial::QuotaExceeded { retry_after, .. } => {
                 let error = ApiError::new(ProblemCode::QuotaExceeded, denial.to_string());
                 match retry_after {
-                    Some(seconds) => error.with_header(header::RETRY_AFTER, HeaderValue::from(seconds)),
+                    Some(seconds) => {
+                        error.with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
+                    }
                     None => error,
                 }
             }

@@ -2,9 +2,9 @@
 //! OpenAPI document is generated from the same types the server writes.
 
 use keygate_core::model::Tenant;
+use keygate_core::permission::PermissionSet;
 use keygate_core::quota::{QuotaRequest, StoredQuota};
 use keygate_core::reserve::Credits;
-use keygate_core::permission::PermissionSet;
 use keygate_core::verified::{Principal, TenantSummary};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

@@ -103,6 +103,7 @@ on_every_backend!(
     last_use_only_moves_forward,
     quota_takes_shrink_to_what_is_left_and_a_new_window_starts_at_zero,
     quota_takes_from_two_nodes_at_once_never_pass_the_limit,
+    quotas_are_set_where_the_grant_reaches_and_read_with_what_they_limit,
     every_change_writes_its_event_with_the_acting_credential,
     data_survives_reopening,
     two_keys_at_most_even_when_created_at_once,
@@ -246,6 +247,7 @@ async fn owned(db: TestDb) -> Owned {
         within: None,
         now_millis: NOW.unix() * 1000,
         counted: true,
+        cost: None,
     };
     let caller = gate.admit(presented, request).await.unwrap().caller;
     Owned {
@@ -920,6 +922,7 @@ async fn chain(o: &Owned, depth: usize) -> (keygate_core::model::Tenant, Credent
             status: keygate_core::model::TenantStatus::Active,
             ip_restriction: Default::default(),
             created_at: NOW,
+            quota: None,
         };
         let created = event(&grant, "tenant.create");
         o.store
@@ -1699,6 +1702,7 @@ async fn tenant_below(o: &Owned, parent: &Tenant, slug: &str) -> Tenant {
         status: keygate_core::model::TenantStatus::Active,
         ip_restriction: Default::default(),
         created_at: NOW,
+        quota: None,
     };
     o.store
         .create_tenant(&grant, &tenant, None, &[event(&grant, "tenant.create")])
@@ -2388,4 +2392,214 @@ async fn quota_takes_from_two_nodes_at_once_never_pass_the_limit(db: TestDb) {
         total += task.await.unwrap();
     }
     assert_eq!(total, 1_000);
+}
+
+fn hourly(subject: &str, limit: u64, anchor: Timestamp) -> keygate_core::quota::StoredQuota {
+    keygate_core::quota::StoredQuota::fresh(
+        subject,
+        keygate_core::quota::Quota {
+            limit,
+            period: keygate_core::quota::QuotaPeriod::Hour,
+            anchor,
+        },
+        NOW,
+    )
+}
+
+/// A token's quota and a child tenant's pool: set only where the grant reaches (a tenant's pool by
+/// an ancestor, never by itself), announced, read back with the credential and with verification's
+/// tenant line; replaced with the same period it keeps its count, with another it starts again; a
+/// roll moves it to the successor; deleting the quota removes it.
+async fn quotas_are_set_where_the_grant_reaches_and_read_with_what_they_limit(db: TestDb) {
+    use keygate_core::store::QuotaTarget;
+    let o = owned(db).await;
+    let tokens = o.caller.require::<perm::TokensWrite>().unwrap();
+    let token = o.plan.token.id.clone();
+    let quota = hourly(token.as_str(), 100, NOW);
+    let set = o
+        .store
+        .set_quota(
+            QuotaTarget::Token(&tokens, &token),
+            Some(&quota),
+            &event(&tokens, "quota.update"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(set, Some(()));
+    assert_eq!(changes(&o.recorder), [Change::Credential(token.clone())]);
+    let read = o
+        .store
+        .get_token(&tokens.reads(), &token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.quota.as_ref(), Some(&quota));
+    let found = o
+        .store
+        .find_credential(&o.plan.token.hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.credential.quota.as_ref(), Some(&quota));
+
+    // Some spent; the same period keeps the count, another starts again.
+    o.store
+        .take_credits(token.as_str(), NOW, 1, 30)
+        .await
+        .unwrap();
+    let raised = hourly(token.as_str(), 200, NOW);
+    o.store
+        .set_quota(
+            QuotaTarget::Token(&tokens, &token),
+            Some(&raised),
+            &event(&tokens, "quota.update"),
+        )
+        .await
+        .unwrap();
+    let stored = o.store.stored_quota(token.as_str()).await.unwrap().unwrap();
+    assert_eq!((stored.quota.limit, stored.used), (200, 30));
+    let moved = hourly(token.as_str(), 200, Timestamp::from_unix(NOW.unix() - 60));
+    o.store
+        .set_quota(
+            QuotaTarget::Token(&tokens, &token),
+            Some(&moved),
+            &event(&tokens, "quota.update"),
+        )
+        .await
+        .unwrap();
+    let stored = o.store.stored_quota(token.as_str()).await.unwrap().unwrap();
+    assert_eq!(stored.used, 0, "a new anchor starts the count again");
+
+    // A child's pool: set by its parent, not by the child, nor from beside it.
+    let root = o.plan.tenant.clone();
+    let child = tenant_below(&o, &root, "child").await;
+    let sibling = tenant_below(&o, &root, "sibling").await;
+    changes(&o.recorder);
+    let pool = hourly(child.id.as_str(), 1_000, NOW);
+    let from_root = o.caller.require::<perm::TenantsWrite>().unwrap();
+    let as_child = acting_in(&o, &child)
+        .require::<perm::TenantsWrite>()
+        .unwrap();
+    let as_sibling = acting_in(&o, &sibling)
+        .require::<perm::TenantsWrite>()
+        .unwrap();
+    for grant in [&as_child, &as_sibling] {
+        let refused = o
+            .store
+            .set_quota(
+                QuotaTarget::Tenant(grant, &child.id),
+                Some(&pool),
+                &event(&tokens, "quota.update"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(refused, None);
+    }
+    let set = o
+        .store
+        .set_quota(
+            QuotaTarget::Tenant(&from_root, &child.id),
+            Some(&pool),
+            &event(&tokens, "quota.update"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(set, Some(()));
+    assert_eq!(changes(&o.recorder), [Change::Tenant(child.id.clone())]);
+    let read = o
+        .store
+        .get_tenant(&from_root.reads(), child.id.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.quota.as_ref(), Some(&pool));
+
+    // Another tenant's token is not found from here.
+    let child_tokens = acting_in(&o, &child)
+        .require::<perm::TokensWrite>()
+        .unwrap();
+    let refused = o
+        .store
+        .set_quota(
+            QuotaTarget::Token(&child_tokens, &token),
+            Some(&quota),
+            &event(&tokens, "quota.update"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(refused, None);
+
+    // A roll passes the quota and its count to the successor.
+    o.store
+        .take_credits(token.as_str(), NOW, 1, 5)
+        .await
+        .unwrap();
+    let previous = o
+        .store
+        .get_token(&tokens.reads(), &token)
+        .await
+        .unwrap()
+        .unwrap();
+    let (mut successor, _) = keygate_core::model::Credential::issue(
+        &format(),
+        CredentialKind::Service,
+        o.plan.tenant.id.clone(),
+        "next".into(),
+        None,
+        NOW,
+    )
+    .unwrap();
+    successor.role_id = previous.role_id.clone();
+    successor.quota = previous
+        .quota
+        .clone()
+        .map(|q| keygate_core::quota::StoredQuota {
+            subject: successor.id.to_string(),
+            ..q
+        });
+    o.store
+        .roll_token(
+            &tokens,
+            &token,
+            NOW,
+            &successor,
+            &event(&tokens, "token.roll"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(o.store.stored_quota(token.as_str()).await.unwrap(), None);
+    let next = o
+        .store
+        .stored_quota(successor.id.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((next.quota.limit, next.used), (200, 5));
+    let rolled = o
+        .store
+        .get_token(&tokens.reads(), &token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rolled.quota.map(|q| q.subject),
+        Some(successor.id.to_string()),
+        "the rolled token spends from its successor's quota while it still works"
+    );
+
+    // Removed.
+    o.store
+        .set_quota(
+            QuotaTarget::Token(&tokens, &successor.id),
+            None,
+            &event(&tokens, "quota.update"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        o.store.stored_quota(successor.id.as_str()).await.unwrap(),
+        None
+    );
 }

@@ -50,9 +50,9 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 }
 
 /// A running `keygate serve`, its address read from its log.
-struct Serve {
+pub(crate) struct Serve {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     stderr: BufReader<std::process::ChildStderr>,
     log: String,
 }
@@ -65,7 +65,7 @@ impl Serve {
     }
 
     /// Runs `command`, which must end in `keygate serve`, and waits for it to listen.
-    fn spawn(mut command: Command) -> Self {
+    pub(crate) fn spawn(mut command: Command) -> Self {
         let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -104,13 +104,13 @@ impl Serve {
     }
 
     /// SIGKILL: no shutdown, no flush, nothing finished.
-    fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
 
     /// SIGTERM, then the exit status and everything logged.
-    fn stop(mut self) -> (std::process::ExitStatus, String) {
+    pub(crate) fn stop(mut self) -> (std::process::ExitStatus, String) {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()

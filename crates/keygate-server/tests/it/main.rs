@@ -53,6 +53,7 @@ mod oauth_interop;
 mod ops;
 mod problems;
 mod proxies;
+mod quotas;
 mod tenants;
 mod tools;
 mod usage;

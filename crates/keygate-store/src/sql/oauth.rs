@@ -62,13 +62,11 @@ impl OAuthStore for SqlStore {
         scope: &Scope<perm::OauthClientsRead>,
         id: &CredentialId,
     ) -> Result<Option<Credential>, StoreError> {
-        sqlx::query(
-            concat!(
-                "SELECT c.*, qv.* FROM credentials c",
-                with_quota!(credential "c"),
-                "WHERE id = $1 AND tenant_id = $2 AND kind = 'oauth_secret'"
-            ),
-        )
+        sqlx::query(concat!(
+            "SELECT c.*, qv.* FROM credentials c",
+            with_quota!(credential "c"),
+            "WHERE id = $1 AND tenant_id = $2 AND kind = 'oauth_secret'"
+        ))
         .bind(id.as_str())
         .bind(scope.tenant_id().as_str())
         .fetch_optional(&self.pool)

@@ -73,12 +73,14 @@ impl QuotaStore for SqlStore {
         // Found where the grant reaches: a subject of another tenant is as good as absent.
         let (subject, tenant, change) = match target {
             QuotaTarget::Token(grant, id) => {
-                let found = credential_of(&mut tx, grant.tenant_id(), id, "('personal', 'service')")
-                    .await?;
+                let found =
+                    credential_of(&mut tx, grant.tenant_id(), id, "('personal', 'service')")
+                        .await?;
                 (id.as_str(), found, Change::Credential(id.clone()))
             }
             QuotaTarget::Client(grant, id) => {
-                let found = credential_of(&mut tx, grant.tenant_id(), id, "('oauth_secret')").await?;
+                let found =
+                    credential_of(&mut tx, grant.tenant_id(), id, "('oauth_secret')").await?;
                 (id.as_str(), found, Change::Credential(id.clone()))
             }
             QuotaTarget::Tenant(grant, id) => {
@@ -93,14 +95,20 @@ impl QuotaStore for SqlStore {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(store_error)?;
-                (id.as_str(), below.then(|| id.clone()), Change::Tenant(id.clone()))
+                (
+                    id.as_str(),
+                    below.then(|| id.clone()),
+                    Change::Tenant(id.clone()),
+                )
             }
         };
         let Some(tenant) = tenant else {
             return Ok(None);
         };
         match quota {
-            Some(quota) if quota.subject == subject => upsert_quota(&mut tx, &tenant, quota).await?,
+            Some(quota) if quota.subject == subject => {
+                upsert_quota(&mut tx, &tenant, quota).await?
+            }
             Some(_) => return Err(StoreError::Internal("a quota for another subject".into())),
             None => {
                 sqlx::query("DELETE FROM quotas WHERE subject_id = $1")

@@ -128,14 +128,12 @@ pub(super) async fn client_record(
     tx: &mut Transaction<'_, Db>,
     id: &CredentialId,
 ) -> Result<Option<CredentialRecord>, StoreError> {
-    let Some(row) = sqlx::query(
-        concat!(
-            "SELECT c.*, t.path AS tenant_path, qv.* FROM credentials c
+    let Some(row) = sqlx::query(concat!(
+        "SELECT c.*, t.path AS tenant_path, qv.* FROM credentials c
              JOIN tenants t ON t.id = c.tenant_id",
-            with_quota!(credential "c"),
-            "WHERE c.id = $1 AND c.kind = 'oauth_secret'"
-        ),
-    )
+        with_quota!(credential "c"),
+        "WHERE c.id = $1 AND c.kind = 'oauth_secret'"
+    ))
     .bind(id.as_str())
     .fetch_optional(&mut **tx)
     .await

@@ -58,13 +58,11 @@ impl TokenStore for SqlStore {
         page: &Page,
         now: Timestamp,
     ) -> Result<Paged<Credential>, StoreError> {
-        let mut query = QueryBuilder::<Db>::new(
-            concat!(
-                "SELECT c.*, qv.* FROM credentials c",
-                with_quota!(credential "c"),
-                "WHERE kind IN ('personal', 'service') AND tenant_id = "
-            ),
-        );
+        let mut query = QueryBuilder::<Db>::new(concat!(
+            "SELECT c.*, qv.* FROM credentials c",
+            with_quota!(credential "c"),
+            "WHERE kind IN ('personal', 'service') AND tenant_id = "
+        ));
         query.push_bind(scope.tenant_id().as_str());
         and_in!(query, "kind", &filter.kinds);
         if !filter.statuses.is_empty() {

@@ -17,14 +17,12 @@ impl CredentialSource for SqlStore {
         hash: &CredentialHash,
     ) -> Result<Option<CredentialRecord>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
-        let Some(row) = sqlx::query(
-            concat!(
-                "SELECT c.*, t.path AS tenant_path, qv.* FROM credentials c
+        let Some(row) = sqlx::query(concat!(
+            "SELECT c.*, t.path AS tenant_path, qv.* FROM credentials c
                  JOIN tenants t ON t.id = c.tenant_id",
-                with_quota!(credential "c"),
-                "WHERE c.secret_hash = $1 OR c.previous_secret_hash = $1"
-            ),
-        )
+            with_quota!(credential "c"),
+            "WHERE c.secret_hash = $1 OR c.previous_secret_hash = $1"
+        ))
         // A client's previous secret finds its client too; whether it still works is the
         // verifier's to decide (`previous_secret_until`).
         .bind(hash.as_bytes().as_slice())
