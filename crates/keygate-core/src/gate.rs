@@ -215,17 +215,20 @@ pub struct Gate {
     default_limit: Option<RateLimit>,
     usage: UsageRecorder,
     credits: Arc<Credits>,
+    /// Whether other nodes share the store, so that rate limits are counted in it too.
+    shared: bool,
 }
 
 impl Gate {
     pub fn new(verifier: Verifier, store: DynStore, default_limit: Option<RateLimit>) -> Self {
         Self {
             verifier,
-            store,
             limiter: RateLimiter::new(),
             default_limit,
             usage: UsageRecorder::default(),
             credits: Arc::default(),
+            shared: store.shared_by_nodes(),
+            store,
         }
     }
 
@@ -337,7 +340,7 @@ impl Gate {
             return Err(Denied::about(&caller, Denial::IpNotAllowed(request.client)));
         }
         // 6. The rate limit.
-        let rate_limit = self.meter(verified, request.now_millis);
+        let rate_limit = self.meter(verified, request.now_millis).await;
         if let Some(status) = rate_limit.filter(|s| !s.allowed()) {
             let mut denied = Denied::about(&caller, Denial::RateLimited(status));
             denied.rate_limit = rate_limit;
@@ -420,13 +423,13 @@ impl Gate {
     /// Counts a request of an already verified credential against its rate limit, and in its
     /// usage (`valid`, or `rate_limited` when over): for a path that verifies in a way of its own
     /// (the OAuth token endpoint's client secret). `Err` when over the limit.
-    pub fn meter_and_note(
+    pub async fn meter_and_note(
         &self,
         verified: &Arc<Verified>,
         now_millis: i64,
         client: Option<IpAddr>,
     ) -> Result<Option<RateLimitStatus>, RateLimitStatus> {
-        let status = self.meter(verified, now_millis);
+        let status = self.meter(verified, now_millis).await;
         let now = Timestamp::from_unix(now_millis.div_euclid(1000));
         if let Some(over) = status.filter(|s| !s.allowed()) {
             self.usage.refused(verified, now, UsageOutcome::RateLimited);
@@ -436,10 +439,46 @@ impl Gate {
         Ok(status)
     }
 
-    /// The credential's own limit, else the configured default; `None` when unlimited.
-    fn meter(&self, verified: &Verified, now_millis: i64) -> Option<RateLimitStatus> {
+    /// The credential's own limit, else the configured default; `None` when unlimited. On one
+    /// node the limiter alone decides (exactly). On a store several nodes share, a request the
+    /// limiter admits also spends one of the limit's requests in the current fixed window,
+    /// counted in the store, so the nodes together admit at most the limit per window
+    /// ([`Credits::spend_rate`]); should the store fail, the node's own limiter decides.
+    async fn meter(&self, verified: &Verified, now_millis: i64) -> Option<RateLimitStatus> {
         let limit = verified.rate_limit.or(self.default_limit)?;
-        Some(self.limiter.check(verified.owner_id(), limit, now_millis))
+        let status = self.limiter.check(verified.owner_id(), limit, now_millis);
+        if !self.shared || !status.allowed() {
+            return Some(status);
+        }
+        let now = Timestamp::from_unix(now_millis.div_euclid(1000));
+        let spent = self
+            .credits
+            .spend_rate(
+                &*self.store,
+                verified.owner_id().as_str(),
+                u64::from(limit.requests),
+                u64::from(limit.per_seconds),
+                now,
+            )
+            .await;
+        Some(match spent {
+            Ok(left) => RateLimitStatus {
+                remaining: status
+                    .remaining
+                    .min(u32::try_from(left).unwrap_or(u32::MAX)),
+                ..status
+            },
+            Err(SpendError::Exhausted { retry_after }) => {
+                let wait = retry_after.unwrap_or(1);
+                RateLimitStatus {
+                    remaining: 0,
+                    reset_seconds: status.reset_seconds.max(wait),
+                    retry_after_seconds: Some(wait),
+                    ..status
+                }
+            }
+            Err(SpendError::Store(_)) => status,
+        })
     }
 
     /// A refused credential; for one refused for its state, who it belongs to (from the cache,

@@ -6,9 +6,10 @@
 //! the theoretical arrival time (TAT) of its next request. A std `Mutex`: nothing awaits while it
 //! is held, and the critical section is a few arithmetic operations.
 //!
-//! Across several nodes each node counts alone, so a credential may get up to N times its limit
-//! from N nodes. Making it exact there means keeping the TAT in one place: a compare-and-set of the
-//! TAT in PostgreSQL per request (or per small batch of requests reserved ahead) would do it.
+//! This limiter is one node's. On a store several nodes share, the gate also counts each admitted
+//! request in the store, per fixed window of the limit's length, taken a few credits at a time as
+//! quotas are ([`crate::reserve::Credits::spend_rate`]): the nodes together admit at most the
+//! limit in each such window, and each node's own limiter still shapes its bursts.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -53,8 +53,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::Timestamp;
-use crate::quota::Quota;
-use crate::store::{Change, ChangeListener, QuotaStore, StoreError};
+use crate::quota::{Quota, Window};
+use crate::store::{Change, ChangeListener, QuotaStore, StoreError, Taken};
 
 /// The most credits a node takes from the store at a time, and so the most one node can strand.
 pub const RESERVE: u64 = 64;
@@ -68,13 +68,15 @@ const SPREAD: u64 = 8;
 
 /// A reserve's word: the window's tag in the high bits, the credits in the low ones, so that a
 /// spend checks the window and pays in one compare-and-swap.
-const CREDIT_BITS: u32 = 44;
+/// 34 bits of credits hold a take for the largest cost ([`MAX_COST`]) and a reserve besides.
+const CREDIT_BITS: u32 = 34;
 const CREDITS: u64 = (1 << CREDIT_BITS) - 1;
 
-/// The window a count belongs to, as 20 bits: its start in hours, which differs between any two
-/// windows (the shortest period is an hour) until they are 119 years apart.
+/// The window a count belongs to, as 30 bits: its start in seconds, which differs between any two
+/// windows (a rate limit's may be a second long) until they are 34 years apart. A reserve is never
+/// left that long: the give-back loop empties an idle one within seconds.
 fn tag(window: Timestamp) -> u64 {
-    (window.unix().div_euclid(3600) as u64 & ((1 << (64 - CREDIT_BITS)) - 1)) << CREDIT_BITS
+    (window.unix() as u64 & ((1 << (64 - CREDIT_BITS)) - 1)) << CREDIT_BITS
 }
 
 /// What a reserve says of a spend.
@@ -98,7 +100,8 @@ pub struct Reserve {
 
 impl Default for Reserve {
     fn default() -> Self {
-        // No window starts at the tag of all ones before the year 121 000.
+        // The tag of all ones: a window starting at that second (mod 2^30) finds no credits
+        // here anyway, since none were added.
         Self {
             word: AtomicU64::new(!CREDITS),
         }
@@ -238,6 +241,8 @@ impl Slot {
 #[derive(Debug, Default)]
 pub struct Credits {
     slots: RwLock<HashMap<String, Arc<Slot>>>,
+    /// The rate limits' reserves, by credential id (API.md §9, on a store shared by nodes).
+    rates: RwLock<HashMap<String, Arc<Slot>>>,
     /// Credits drained from reserves whose quota changed, waiting to be given back.
     returns: Mutex<Vec<(String, Timestamp, u64)>>,
     /// Round trips to the store for this node's takes, for the metrics.
@@ -258,30 +263,98 @@ impl Credits {
         now: Timestamp,
         cost: u64,
     ) -> Result<Option<u64>, SpendError> {
+        let slot = slot_in(&self.slots, subject);
         let period = quota.window(now);
+        self.spend_from(
+            &slot,
+            quota.limit,
+            period,
+            now,
+            cost,
+            |window, need, want| store.take_credits(subject, window, need, want),
+        )
+        .await
+    }
+
+    /// Spends one request of the rate limit of `credential` (`limit` requests in fixed windows of
+    /// `per_seconds`, aligned to the epoch) counted in the store, for nodes sharing it (API.md
+    /// §9): at most `limit` requests per window between them. `Ok` carries what is left as far as
+    /// this node knows. A rate limit's reserve is not given back: its window is short, and what a
+    /// node holds ends with it.
+    pub async fn spend_rate(
+        &self,
+        store: &dyn QuotaStore,
+        credential: &str,
+        limit: u64,
+        per_seconds: u64,
+        now: Timestamp,
+    ) -> Result<u64, SpendError> {
+        let slot = slot_in(&self.rates, credential);
+        let length = i64::try_from(per_seconds.max(1)).unwrap_or(i64::MAX);
+        let start = now.unix().div_euclid(length).saturating_mul(length);
+        let period = Window {
+            start: Timestamp::from_unix(start),
+            resets_at: Some(Timestamp::from_unix(start.saturating_add(length))),
+        };
+        let end = Timestamp::from_unix(start.saturating_add(length));
+        let spent = self
+            .spend_from(
+                &slot,
+                limit,
+                period,
+                now,
+                1,
+                |window, need, want| async move {
+                    store
+                        .take_rate_credits(credential, limit, window, end, need, want)
+                        .await
+                        .map(Some)
+                },
+            )
+            .await?;
+        Ok(spent.unwrap_or(0))
+    }
+
+    async fn spend_from<F, Fut>(
+        &self,
+        slot: &Slot,
+        limit: u64,
+        period: Window,
+        now: Timestamp,
+        cost: u64,
+        take: F,
+    ) -> Result<Option<u64>, SpendError>
+    where
+        F: FnOnce(Timestamp, u64, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<Option<Taken>, StoreError>>,
+    {
         let window = period.start;
-        let slot = self.slot(subject);
+        let exhausted = || SpendError::Exhausted {
+            retry_after: period.resets_at.map(|at| {
+                u64::try_from(at.unix().saturating_sub(now.unix()))
+                    .unwrap_or(0)
+                    .max(1)
+            }),
+        };
         if slot.reserve.spend(window, cost) == Spend::Paid {
-            return Ok(Some(self.left(&slot, window)));
+            return Ok(Some(self.left(slot, window)));
         }
         let _taking = slot.taking.lock().await;
         // Another request may have filled the reserve, or found the store empty, meanwhile.
         if slot.reserve.spend(window, cost) == Spend::Paid {
-            return Ok(Some(self.left(&slot, window)));
+            return Ok(Some(self.left(slot, window)));
         }
         if now.unix() < slot.spent_until.load(Ordering::Acquire) && cost > 0 {
-            return Err(SpendError::Exhausted {
-                retry_after: quota.retry_after(now),
-            });
+            return Err(exhausted());
         }
         // Before its first take a node sizes it as if the whole limit were left.
         let remaining = match slot.remaining.load(Ordering::Acquire) {
-            UNKNOWN => quota.limit,
+            UNKNOWN => limit,
             known => known,
         };
         let want = Reserve::want(cost, remaining);
         self.takes.fetch_add(1, Ordering::Relaxed);
-        let Some(taken) = store.take_credits(subject, window, cost, want).await? else {
+        let Some(taken) = take(window, cost, want).await? else {
             return Ok(None);
         };
         slot.remaining.store(taken.remaining, Ordering::Release);
@@ -292,14 +365,12 @@ impl Credits {
             slot.spent_until.store(until, Ordering::Release);
         }
         if taken.taken < cost {
-            return Err(SpendError::Exhausted {
-                retry_after: quota.retry_after(now),
-            });
+            return Err(exhausted());
         }
         // The request keeps its cost; the rest waits in the reserve for the next ones.
         slot.window.store(window.unix(), Ordering::Release);
         slot.reserve.add(window, taken.taken - cost);
-        Ok(Some(self.left(&slot, window)))
+        Ok(Some(self.left(slot, window)))
     }
 
     /// Puts back what a request spent when another quota refused it.
@@ -355,6 +426,15 @@ impl Credits {
                 due.push((subject.clone(), window, credits));
             }
         }
+        // Rate limits idle since the last look are forgotten: their windows are short, and a
+        // credential not used for a while needs no slot.
+        self.rates
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, slot| {
+                let word = slot.reserve.word.load(Ordering::Acquire);
+                slot.seen.swap(word, Ordering::AcqRel) != word
+            });
         self.give_back(store, due).await
     }
 
@@ -392,17 +472,18 @@ impl Credits {
         }
     }
 
-    fn slot(&self, subject: &str) -> Arc<Slot> {
-        if let Some(slot) = self.read().get(subject) {
-            return Arc::clone(slot);
-        }
-        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(slots.entry(subject.to_owned()).or_default())
-    }
-
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Slot>>> {
         self.slots.read().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The slot of `subject` in `slots`, made on its first use.
+fn slot_in(slots: &RwLock<HashMap<String, Arc<Slot>>>, subject: &str) -> Arc<Slot> {
+    if let Some(slot) = slots.read().unwrap_or_else(|p| p.into_inner()).get(subject) {
+        return Arc::clone(slot);
+    }
+    let mut slots = slots.write().unwrap_or_else(|p| p.into_inner());
+    Arc::clone(slots.entry(subject.to_owned()).or_default())
 }
 
 /// A quota changed on any node (its limit, its period, or it went): what this node holds of it
@@ -571,6 +652,34 @@ mod tests {
 
     #[async_trait::async_trait]
     impl QuotaStore for FakeStore {
+        fn shared_by_nodes(&self) -> bool {
+            true
+        }
+
+        async fn take_rate_credits(
+            &self,
+            subject: &str,
+            limit: u64,
+            window: Timestamp,
+            _: Timestamp,
+            need: u64,
+            want: u64,
+        ) -> Result<crate::store::Taken, StoreError> {
+            self.rows
+                .lock()
+                .unwrap()
+                .entry(subject.to_owned())
+                .or_insert((limit, i64::MIN, 0));
+            Ok(self
+                .take_credits(subject, window, need, want)
+                .await?
+                .unwrap())
+        }
+
+        async fn prune_rate_windows(&self, _: Timestamp) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+
         async fn stored_quota(
             &self,
             _: &str,

@@ -202,6 +202,9 @@ pub async fn run(
                         tracing::warn!(%error, "could not prune the audit log; will retry")
                     }
                 }
+                if let Err(error) = state.store().prune_rate_windows(state.clock().now()).await {
+                    tracing::warn!(%error, "could not prune rate-limit counts; will retry");
+                }
                 match state.prune_usage().await {
                     Ok(0) => {}
                     Ok(deleted) => tracing::info!(deleted, "pruned usage buckets past retention"),

@@ -114,6 +114,8 @@ impl Drop for PgStore {
 type Db = Postgres;
 type DbRow = PgRow;
 type SqlStore = PgStore;
+/// Several nodes may share the database: counts that must hold across them live in it.
+const SHARED_BY_NODES: bool = true;
 #[allow(clippy::duplicate_mod)]
 #[path = "sql/mod.rs"]
 mod sql;

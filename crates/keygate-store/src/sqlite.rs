@@ -107,6 +107,8 @@ impl SqliteStore {
 type Db = Sqlite;
 type DbRow = SqliteRow;
 type SqlStore = SqliteStore;
+/// One node's file: counts kept in memory are exact, none is shared.
+const SHARED_BY_NODES: bool = false;
 #[allow(clippy::duplicate_mod)]
 #[path = "sql/mod.rs"]
 mod sql;

@@ -62,6 +62,27 @@ pub trait QuotaStore: Send + Sync + 'static {
         want: u64,
     ) -> Result<Option<Taken>, StoreError>;
 
+    /// Whether several nodes may share this store (PostgreSQL): then rate limits are counted in it
+    /// too, as [`QuotaStore::take_rate_credits`], so that they hold across nodes.
+    fn shared_by_nodes(&self) -> bool;
+
+    /// Takes credits of the rate limit of `subject` (a credential's id), `limit` requests in the
+    /// fixed window from `window` to `window_end`, as [`QuotaStore::take_credits`] takes a
+    /// quota's: the first take makes the count, a take that first sees a newer window starts it
+    /// at zero.
+    async fn take_rate_credits(
+        &self,
+        subject: &str,
+        limit: u64,
+        window: Timestamp,
+        window_end: Timestamp,
+        need: u64,
+        want: u64,
+    ) -> Result<Taken, StoreError>;
+
+    /// Deletes the rate-limit counts of windows over at `now`; how many.
+    async fn prune_rate_windows(&self, now: Timestamp) -> Result<u64, StoreError>;
+
     /// Gives back credits taken for the window starting at `window` and not spent (a node
     /// stopping, or a reserve left idle). Nothing when the quota has moved on to another window:
     /// those credits ended with theirs.

@@ -166,6 +166,13 @@ async fn every_change_records_its_event(backend: Backend) {
             Some(json!({"expire_previous_in": 0})),
         ),
         (
+            "putTokenQuota",
+            "quota.update",
+            Method::PUT,
+            "/v1/tokens/{token}/quota".into(),
+            Some(json!({"limit": 1000, "period": "month"})),
+        ),
+        (
             "deleteToken",
             "token.delete",
             Method::DELETE,
@@ -236,6 +243,13 @@ async fn every_change_records_its_event(backend: Backend) {
             Some(json!({"name": "sync", "role": "viewer"})),
         ),
         (
+            "putOauthClientQuota",
+            "quota.update",
+            Method::PUT,
+            "/v1/oauth/clients/{client}/quota".into(),
+            Some(json!({"limit": 1000, "period": "day"})),
+        ),
+        (
             "rollOauthClientSecret",
             "oauth_client.secret_roll",
             Method::POST,
@@ -270,6 +284,13 @@ async fn every_change_records_its_event(backend: Backend) {
             Method::POST,
             "/v1/tenants".into(),
             Some(json!({"name": "Child"})),
+        ),
+        (
+            "putTenantQuota",
+            "quota.update",
+            Method::PUT,
+            "/v1/tenants/{tenant}/quota".into(),
+            Some(json!({"limit": 100000, "period": "month"})),
         ),
         (
             "updateTenant",

@@ -718,3 +718,41 @@ async fn a_node_killed_mid_run_never_lets_the_quota_be_passed() {
         assert!(status.success(), "{log}");
     }
 }
+
+/// A rate limit of 10 a minute on two nodes sharing PostgreSQL: 10 requests between them in a
+/// minute, not 10 each; the next minute, 10 again. (On one node the limiter alone is exact.)
+#[tokio::test]
+async fn a_rate_limit_holds_across_two_nodes() {
+    if !keygate_testkit::postgres_or_skip() {
+        return;
+    }
+    let a = TestServer::start(Backend::Postgres).await;
+    let b = a.join().await;
+    let (_, secret) = token_with(
+        &a,
+        None,
+        json!({"rate_limit": {"requests": 10, "per_seconds": 60}}),
+    )
+    .await;
+    let round = || async {
+        let mut allowed = 0;
+        for n in 0..40 {
+            let node = if n % 2 == 0 { &a } else { &b };
+            let answer = forward(node, &secret, &[]).await;
+            match answer.status().as_u16() {
+                200 => allowed += 1,
+                429 => {
+                    let body = problem(answer, 429, "rate-limited").await;
+                    assert!(body["detail"].as_str().unwrap().contains("10 requests"));
+                }
+                other => panic!("{other}"),
+            }
+        }
+        allowed
+    };
+    assert_eq!(round().await, 10, "10 between the two nodes, not 10 each");
+    for node in [&a, &b] {
+        node.clock.advance(Duration::from_secs(60));
+    }
+    assert_eq!(round().await, 10);
+}

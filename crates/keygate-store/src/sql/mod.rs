@@ -77,7 +77,7 @@ macro_rules! and_in {
     }};
 }
 
-use super::{Db, DbRow, SqlStore, store_error};
+use super::{Db, DbRow, SHARED_BY_NODES, SqlStore, store_error};
 
 mod account;
 mod audit;

@@ -304,11 +304,14 @@ pub async fn authenticate_client(
         return Err(refuse(state, &client, error, meta).await);
     }
     // A client's requests here count against its rate limit like any credential's anywhere.
-    let metered = state.gate().meter_and_note(
-        client.verified(),
-        state.clock().now_millis(),
-        ip.map(|ClientIp(ip)| ip),
-    );
+    let metered = state
+        .gate()
+        .meter_and_note(
+            client.verified(),
+            state.clock().now_millis(),
+            ip.map(|ClientIp(ip)| ip),
+        )
+        .await;
     let status = match metered {
         Ok(status) => status,
         Err(over) => Some(over),
