@@ -441,24 +441,22 @@ impl Gate {
 
     /// The credential's own limit, else the configured default; `None` when unlimited. On one
     /// node the limiter alone decides (exactly). On a store several nodes share, a request the
-    /// limiter admits also spends one of the limit's requests in the current fixed window,
-    /// counted in the store, so the nodes together admit at most the limit per window
-    /// ([`Credits::spend_rate`]); should the store fail, the node's own limiter decides.
+    /// limiter admits also spends from the limit's schedule kept in the store, so the nodes
+    /// together admit what one would, plus at most a reserve each ([`Credits::spend_rate`]);
+    /// should the store fail, the node's own limiter decides.
     async fn meter(&self, verified: &Verified, now_millis: i64) -> Option<RateLimitStatus> {
         let limit = verified.rate_limit.or(self.default_limit)?;
         let status = self.limiter.check(verified.owner_id(), limit, now_millis);
         if !self.shared || !status.allowed() {
             return Some(status);
         }
-        let now = Timestamp::from_unix(now_millis.div_euclid(1000));
         let spent = self
             .credits
             .spend_rate(
                 &*self.store,
                 verified.owner_id().as_str(),
-                u64::from(limit.requests),
-                u64::from(limit.per_seconds),
-                now,
+                crate::ratelimit::cell(limit),
+                now_millis,
             )
             .await;
         Some(match spent {

@@ -6,16 +6,17 @@
 //! the theoretical arrival time (TAT) of its next request. A std `Mutex`: nothing awaits while it
 //! is held, and the critical section is a few arithmetic operations.
 //!
-//! This limiter is one node's. On a store several nodes share, the gate also counts each admitted
-//! request in the store, per fixed window of the limit's length, taken a few credits at a time as
-//! quotas are ([`crate::reserve::Credits::spend_rate`]): the nodes together admit at most the
-//! limit in each such window, and each node's own limiter still shapes its bursts.
+//! This limiter is one node's. On a store several nodes share, the gate also runs the same GCRA on
+//! a TAT kept in the store, taken a few requests' worth at a time as quotas are
+//! ([`crate::reserve::Credits::spend_rate`]): the nodes together admit what one node would, plus
+//! at most what each holds unspent (one reserve), and each node's own limiter still applies.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::id::CredentialId;
 use crate::model::RateLimit;
+use crate::store::RateCell;
 
 /// What a request learns about its credential's limit, for the `RateLimit-*` headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,18 @@ fn ceil_seconds(millis: i64) -> u64 {
     u64::try_from((millis.max(0) + 999) / 1000).unwrap_or(u64::MAX)
 }
 
+/// GCRA's parameters for `limit`: the emission interval, rounded up so a limit is never exceeded
+/// by rounding, and a tolerance of `requests - 1` intervals, so the burst is exactly `requests`.
+pub fn cell(limit: RateLimit) -> RateCell {
+    let requests = i64::from(limit.requests.max(1));
+    let period = i64::from(limit.per_seconds.max(1)) * 1000;
+    let interval = (period + requests - 1) / requests;
+    RateCell {
+        interval_ms: interval,
+        tolerance_ms: interval * (requests - 1),
+    }
+}
+
 impl RateLimiter {
     pub fn new() -> Self {
         Self::default()
@@ -58,12 +71,10 @@ impl RateLimiter {
         limit: RateLimit,
         now_millis: i64,
     ) -> RateLimitStatus {
-        let requests = i64::from(limit.requests.max(1));
-        let period = i64::from(limit.per_seconds.max(1)) * 1000;
-        // The emission interval, rounded up so a limit is never exceeded by rounding, and a
-        // tolerance of `requests - 1` intervals: the burst is exactly `requests`.
-        let interval = (period + requests - 1) / requests;
-        let tolerance = interval * (requests - 1);
+        let RateCell {
+            interval_ms: interval,
+            tolerance_ms: tolerance,
+        } = cell(limit);
 
         let mut tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
         if tats.len() > SWEEP_ABOVE {

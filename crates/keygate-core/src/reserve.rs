@@ -54,7 +54,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::Timestamp;
 use crate::quota::{Quota, Window};
-use crate::store::{Change, ChangeListener, QuotaStore, StoreError, Taken};
+use crate::store::{Change, ChangeListener, QuotaStore, RateCell, StoreError, Taken};
 
 /// The most credits a node takes from the store at a time, and so the most one node can strand.
 pub const RESERVE: u64 = 64;
@@ -201,7 +201,8 @@ struct Slot {
     remaining: AtomicU64,
     window: AtomicI64,
     seen: AtomicU64,
-    /// Until when (unix seconds, excluded) the store is known to have nothing left: requests are
+    /// Until when (unix seconds, excluded; milliseconds for a rate limit) the store is known to
+    /// have nothing left: requests are
     /// refused without asking it again, so a spent credential hammered by its client costs the
     /// store one round trip a second per node, not one per request.
     spent_until: AtomicI64,
@@ -276,43 +277,62 @@ impl Credits {
         .await
     }
 
-    /// Spends one request of the rate limit of `credential` (`limit` requests in fixed windows of
-    /// `per_seconds`, aligned to the epoch) counted in the store, for nodes sharing it (API.md
-    /// §9): at most `limit` requests per window between them. `Ok` carries what is left as far as
-    /// this node knows. A rate limit's reserve is not given back: its window is short, and what a
-    /// node holds ends with it.
+    /// Spends one request of the rate limit of `credential` on the GCRA state the store keeps
+    /// for nodes sharing it (API.md §9): from this node's reserve of requests already taken from
+    /// the shared schedule, else by taking more. Taken requests count as made when taken, so the
+    /// nodes together admit what one node would, plus at most what each holds unspent (fewer
+    /// than [`RESERVE`]). `Ok` carries what is left as far as this node knows. A rate limit's
+    /// reserve is never given back; one left idle is dropped (the schedule only gets stricter).
     pub async fn spend_rate(
         &self,
         store: &dyn QuotaStore,
         credential: &str,
-        limit: u64,
-        per_seconds: u64,
-        now: Timestamp,
+        cell: RateCell,
+        now_ms: i64,
     ) -> Result<u64, SpendError> {
+        // Requests taken from a schedule belong to no window: any time is theirs.
+        const CELLS: Timestamp = Timestamp::from_unix(0);
         let slot = slot_in(&self.rates, credential);
-        let length = i64::try_from(per_seconds.max(1)).unwrap_or(i64::MAX);
-        let start = now.unix().div_euclid(length).saturating_mul(length);
-        let period = Window {
-            start: Timestamp::from_unix(start),
-            resets_at: Some(Timestamp::from_unix(start.saturating_add(length))),
+        if slot.reserve.spend(CELLS, 1) == Spend::Paid {
+            return Ok(self.left(&slot, CELLS));
+        }
+        let _taking = slot.taking.lock().await;
+        if slot.reserve.spend(CELLS, 1) == Spend::Paid {
+            return Ok(self.left(&slot, CELLS));
+        }
+        let wait = |until_ms: i64| SpendError::Exhausted {
+            retry_after: Some(
+                u64::try_from((until_ms - now_ms + 999) / 1000)
+                    .unwrap_or(0)
+                    .max(1),
+            ),
         };
-        let end = Timestamp::from_unix(start.saturating_add(length));
-        let spent = self
-            .spend_from(
-                &slot,
-                limit,
-                period,
-                now,
-                1,
-                |window, need, want| async move {
-                    store
-                        .take_rate_credits(credential, limit, window, end, need, want)
-                        .await
-                        .map(Some)
-                },
-            )
+        // For a rate limit, in milliseconds.
+        let until = slot.spent_until.load(Ordering::Acquire);
+        if now_ms < until {
+            return Err(wait(until));
+        }
+        let (interval, tolerance) = (cell.interval_ms.max(1), cell.tolerance_ms.max(0));
+        let burst = u64::try_from(tolerance / interval + 1).unwrap_or(1);
+        let remaining = match slot.remaining.load(Ordering::Acquire) {
+            UNKNOWN => burst,
+            known => known,
+        };
+        self.takes.fetch_add(1, Ordering::Relaxed);
+        let taken = store
+            .take_rate(credential, cell, now_ms, 1, Reserve::want(1, remaining))
             .await?;
-        Ok(spent.unwrap_or(0))
+        let free = (now_ms + tolerance + interval - taken.tat_ms.max(now_ms)) / interval;
+        slot.remaining
+            .store(u64::try_from(free).unwrap_or(0), Ordering::Release);
+        if taken.taken == 0 {
+            // One more is free once now plus the tolerance reaches the TAT.
+            let until = (taken.tat_ms - tolerance).max(now_ms + 1);
+            slot.spent_until.store(until, Ordering::Release);
+            return Err(wait(until));
+        }
+        slot.reserve.add(CELLS, taken.taken - 1);
+        Ok(self.left(&slot, CELLS))
     }
 
     async fn spend_from<F, Fut>(
@@ -656,27 +676,33 @@ mod tests {
             true
         }
 
-        async fn take_rate_credits(
+        async fn take_rate(
             &self,
             subject: &str,
-            limit: u64,
-            window: Timestamp,
-            _: Timestamp,
+            cell: RateCell,
+            now_ms: i64,
             need: u64,
             want: u64,
-        ) -> Result<crate::store::Taken, StoreError> {
-            self.rows
-                .lock()
-                .unwrap()
-                .entry(subject.to_owned())
-                .or_insert((limit, i64::MIN, 0));
-            Ok(self
-                .take_credits(subject, window, need, want)
-                .await?
-                .unwrap())
+        ) -> Result<crate::store::RateTaken, StoreError> {
+            self.trips.fetch_add(1, Ordering::Relaxed);
+            let mut rows = self.rows.lock().unwrap();
+            let (_, tat, _) = rows.entry(subject.to_owned()).or_insert((0, now_ms, 0));
+            let base = (*tat).max(now_ms);
+            let free = ((now_ms + cell.tolerance_ms + cell.interval_ms - base) / cell.interval_ms)
+                .max(0) as u64;
+            let taken = if free < need {
+                0
+            } else {
+                want.max(need).min(free)
+            };
+            *tat = base + taken as i64 * cell.interval_ms;
+            Ok(crate::store::RateTaken {
+                taken,
+                tat_ms: *tat,
+            })
         }
 
-        async fn prune_rate_windows(&self, _: Timestamp) -> Result<u64, StoreError> {
+        async fn prune_rate_limits(&self, _: i64) -> Result<u64, StoreError> {
             Ok(0)
         }
 
@@ -815,6 +841,46 @@ mod tests {
         assert_eq!(node.give_back_idle(&*store).await, RESERVE - 1);
         assert_eq!(store.used("tok_q"), 3);
         assert_eq!(node.store_takes(), 2, "one take per empty reserve");
+    }
+
+    /// Two nodes share a limit of 100 a minute: between them, a burst of 100 and then one more
+    /// per interval, plus at most what a node took and did not spend.
+    #[tokio::test]
+    async fn nodes_sharing_a_rate_limit_admit_what_one_node_would() {
+        let store = Arc::new(FakeStore::default());
+        let cell = crate::ratelimit::cell(crate::model::RateLimit {
+            requests: 100,
+            per_seconds: 60,
+        });
+        let nodes = [Credits::default(), Credits::default()];
+        let t0 = 1_000_000_000;
+        let mut admitted = 0;
+        for i in 0..400 {
+            if nodes[i % 2]
+                .spend_rate(&*store, "tok_r", cell, t0)
+                .await
+                .is_ok()
+            {
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 100, "the burst, shared");
+        let later = t0 + cell.interval_ms * 10;
+        let mut more = 0;
+        for i in 0..40 {
+            if nodes[i % 2]
+                .spend_rate(&*store, "tok_r", cell, later)
+                .await
+                .is_ok()
+            {
+                more += 1;
+            }
+        }
+        assert_eq!(more, 10, "ten intervals, ten more");
+        match nodes[0].spend_rate(&*store, "tok_r", cell, later).await {
+            Err(SpendError::Exhausted { retry_after }) => assert_eq!(retry_after, Some(1)),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -202,7 +202,11 @@ pub async fn run(
                         tracing::warn!(%error, "could not prune the audit log; will retry")
                     }
                 }
-                if let Err(error) = state.store().prune_rate_windows(state.clock().now()).await {
+                if let Err(error) = state
+                    .store()
+                    .prune_rate_limits(state.clock().now_millis())
+                    .await
+                {
                     tracing::warn!(%error, "could not prune rate-limit counts; will retry");
                 }
                 match state.prune_usage().await {

@@ -104,7 +104,7 @@ on_every_backend!(
     quota_takes_shrink_to_what_is_left_and_a_new_window_starts_at_zero,
     quota_takes_from_two_nodes_at_once_never_pass_the_limit,
     quotas_are_set_where_the_grant_reaches_and_read_with_what_they_limit,
-    rate_windows_are_made_by_their_first_take_and_pruned_when_over,
+    rate_limits_are_shared_schedules_made_by_their_first_take,
     every_change_writes_its_event_with_the_acting_credential,
     data_survives_reopening,
     two_keys_at_most_even_when_created_at_once,
@@ -2605,37 +2605,39 @@ async fn quotas_are_set_where_the_grant_reaches_and_read_with_what_they_limit(db
     );
 }
 
-/// A rate limit's count across nodes: made by the first take, never past its limit in a window,
-/// started again by the next window (and by a changed limit's), pruned once its window is over.
-async fn rate_windows_are_made_by_their_first_take_and_pruned_when_over(db: TestDb) {
+/// A rate limit's schedule across nodes (GCRA's TAT): made by the first take, a burst and then
+/// one request per interval between all takes, never past what the limit allows; pruned once its
+/// TAT has passed.
+async fn rate_limits_are_shared_schedules_made_by_their_first_take(db: TestDb) {
+    use keygate_core::store::{RateCell, RateTaken};
     let o = owned(db).await;
-    let minute = Timestamp::from_unix(NOW.unix().div_euclid(60) * 60);
-    let end = Timestamp::from_unix(minute.unix() + 60);
-    let next_end = Timestamp::from_unix(end.unix() + 60);
-    let take = |limit, window, end, want| {
-        o.store
-            .take_rate_credits("tok_r", limit, window, end, 1, want)
-    };
-    let taken = |taken, remaining| Taken { taken, remaining };
     assert_eq!(o.store.shared_by_nodes(), o._db.url.starts_with("postgres"));
-
-    assert_eq!(take(10, minute, end, 4).await.unwrap(), taken(4, 6));
-    assert_eq!(take(10, minute, end, 8).await.unwrap(), taken(6, 0));
-    assert_eq!(take(10, minute, end, 1).await.unwrap(), taken(0, 0));
-    // A lowered limit leaves nothing; a raised one the difference.
-    assert_eq!(take(5, minute, end, 1).await.unwrap(), taken(0, 0));
-    assert_eq!(take(12, minute, end, 5).await.unwrap(), taken(2, 0));
-    // The next window starts at zero.
-    assert_eq!(take(10, end, next_end, 3).await.unwrap(), taken(3, 7));
+    // 10 a second: one every 100 ms, a burst of 10.
+    let cell = RateCell {
+        interval_ms: 100,
+        tolerance_ms: 900,
+    };
+    let t0 = NOW.unix() * 1000;
+    let take = |now, want| o.store.take_rate("tok_r", cell, now, 1, want);
+    let taken = |taken, tat_ms| RateTaken { taken, tat_ms };
+    assert_eq!(take(t0, 4).await.unwrap(), taken(4, t0 + 400));
+    assert_eq!(take(t0, 8).await.unwrap(), taken(6, t0 + 1_000));
     assert_eq!(
-        o.store.prune_rate_windows(end).await.unwrap(),
-        0,
-        "still counting"
+        take(t0, 1).await.unwrap(),
+        taken(0, t0 + 1_000),
+        "the burst is spent"
     );
-    assert_eq!(o.store.prune_rate_windows(next_end).await.unwrap(), 1);
+    assert_eq!(take(t0 + 99, 1).await.unwrap(), taken(0, t0 + 1_000));
     assert_eq!(
-        take(10, end, next_end, 10).await.unwrap(),
-        taken(10, 0),
-        "pruned: a new count"
+        take(t0 + 100, 5).await.unwrap(),
+        taken(1, t0 + 1_100),
+        "one interval, one more"
+    );
+    assert_eq!(o.store.prune_rate_limits(t0 + 1_099).await.unwrap(), 0);
+    assert_eq!(o.store.prune_rate_limits(t0 + 1_100).await.unwrap(), 1);
+    assert_eq!(
+        take(t0 + 5_000, 20).await.unwrap(),
+        taken(10, t0 + 6_000),
+        "pruned: a full burst again"
     );
 }

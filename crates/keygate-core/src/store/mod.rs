@@ -39,7 +39,7 @@ pub use account::AccountStore;
 pub use audit::{AuditStore, EventFilter};
 pub use keys::{SigningKeySource, SigningKeyStore};
 pub use oauth::OAuthStore;
-pub use quotas::{QuotaStore, QuotaTarget, Taken};
+pub use quotas::{QuotaStore, QuotaTarget, RateCell, RateTaken, Taken};
 pub use roles::RoleStore;
 pub use tenants::TenantStore;
 pub use tokens::{PersonalTokens, TokenFilter, TokenStore};

@@ -22,6 +22,21 @@ pub enum QuotaTarget<'a> {
     Tenant(&'a Grant<perm::TenantsWrite>, &'a TenantId),
 }
 
+/// A rate limit as GCRA runs it: one request every `interval_ms`, and a burst of
+/// `tolerance_ms / interval_ms + 1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateCell {
+    pub interval_ms: i64,
+    pub tolerance_ms: i64,
+}
+
+/// What a rate take got, and the shared TAT after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateTaken {
+    pub taken: u64,
+    pub tat_ms: i64,
+}
+
 /// What a take got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Taken {
@@ -63,25 +78,25 @@ pub trait QuotaStore: Send + Sync + 'static {
     ) -> Result<Option<Taken>, StoreError>;
 
     /// Whether several nodes may share this store (PostgreSQL): then rate limits are counted in it
-    /// too, as [`QuotaStore::take_rate_credits`], so that they hold across nodes.
+    /// too, as [`QuotaStore::take_rate`], so that they hold across nodes.
     fn shared_by_nodes(&self) -> bool;
 
-    /// Takes credits of the rate limit of `subject` (a credential's id), `limit` requests in the
-    /// fixed window from `window` to `window_end`, as [`QuotaStore::take_credits`] takes a
-    /// quota's: the first take makes the count, a take that first sees a newer window starts it
-    /// at zero.
-    async fn take_rate_credits(
+    /// Takes up to `want` requests' worth (none if fewer than `need` are free) of the rate limit
+    /// of `subject` (a credential's id) at `now_ms`, in one statement: GCRA as core's ratelimit.rs
+    /// runs it on one node, its TAT shared and moved on by what the take gets. The first take
+    /// makes the count.
+    async fn take_rate(
         &self,
         subject: &str,
-        limit: u64,
-        window: Timestamp,
-        window_end: Timestamp,
+        cell: RateCell,
+        now_ms: i64,
         need: u64,
         want: u64,
-    ) -> Result<Taken, StoreError>;
+    ) -> Result<RateTaken, StoreError>;
 
-    /// Deletes the rate-limit counts of windows over at `now`; how many.
-    async fn prune_rate_windows(&self, now: Timestamp) -> Result<u64, StoreError>;
+    /// Deletes the rate-limit states whose TAT has passed at `now_ms` (they say no more than a
+    /// missing one: a full burst); how many.
+    async fn prune_rate_limits(&self, now_ms: i64) -> Result<u64, StoreError>;
 
     /// Gives back credits taken for the window starting at `window` and not spent (a node
     /// stopping, or a reserve left idle). Nothing when the quota has moved on to another window:

@@ -33,27 +33,39 @@ const REQUIRE: HeaderName = HeaderName::from_static("x-keygate-require");
 const COST: HeaderName = HeaderName::from_static("x-keygate-cost");
 const QUOTA_REMAINING: HeaderName = HeaderName::from_static("x-keygate-quota-remaining");
 
-/// What the request spends from quotas: `X-Keygate-Cost` (set by the proxy per route), else 1.
-/// Only the proxy sets it, so a bad one is the operator's mistake: refused, naming the header.
-fn cost(headers: &HeaderMap) -> Result<u64, ApiError> {
+/// What the request spends from quotas: a `cost` query parameter on the check's own path (for
+/// proxies that cannot add a header to the check, Traefik; it wins over any header, which the
+/// client may have sent), else `X-Keygate-Cost` (set by the proxy per route), else 1. Only the
+/// proxy sets them, so a bad one is the operator's mistake: refused, naming it.
+fn cost(headers: &HeaderMap, query: Option<&str>) -> Result<u64, ApiError> {
+    let parse = |name: &str, text: Option<&str>| {
+        text.and_then(|text| text.trim().parse::<u64>().ok())
+            .filter(|cost| *cost <= MAX_COST)
+            .ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "{name} must be a whole number from 0 to {MAX_COST}"
+                ))
+            })
+    };
+    if let Some(query) = query {
+        let pairs: Vec<(String, String)> = serde_html_form::from_str(query)
+            .map_err(|e| ApiError::invalid(format!("invalid query string: {e}")))?;
+        let mut costs = pairs.iter().filter(|(key, _)| key == "cost");
+        if let Some((_, value)) = costs.next() {
+            if costs.next().is_some() {
+                return Err(ApiError::invalid("cost is given more than once"));
+            }
+            return parse("cost", Some(value));
+        }
+    }
     let mut values = headers.get_all(COST).iter();
     let Some(value) = values.next() else {
         return Ok(1);
     };
-    let cost = value
-        .to_str()
-        .ok()
-        .and_then(|text| text.trim().parse::<u64>().ok())
-        .filter(|cost| *cost <= MAX_COST)
-        .ok_or_else(|| {
-            ApiError::invalid(format!(
-                "X-Keygate-Cost must be a whole number from 0 to {MAX_COST}"
-            ))
-        })?;
     if values.next().is_some() {
         return Err(ApiError::invalid("X-Keygate-Cost is given more than once"));
     }
-    Ok(cost)
+    parse("X-Keygate-Cost", value.to_str().ok())
 }
 
 /// The permissions asked for: `X-Keygate-Require` headers and, on the check's own path, `require`
@@ -95,7 +107,8 @@ pub async fn answer(
     };
     // A permission the catalog does not know is one no credential holds: refused, naming it.
     let required = required(headers, query)?;
-    let (caller, quota) = admit(state, headers, Some(client), &required, cost(headers)?).await?;
+    let cost = cost(headers, query)?;
+    let (caller, quota) = admit(state, headers, Some(client), &required, cost).await?;
     let mut response = allowed(&caller);
     if let Some(quota) = quota {
         response
@@ -192,13 +205,13 @@ macro_rules! forward_auth {
 }
 
 forward_auth! {
-    Check: get => get, "forwardAuthGet", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
-    Check: post => post, "forwardAuthPost", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
-    Check: put => put, "forwardAuthPut", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
-    Check: patch => patch, "forwardAuthPatch", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
-    Check: delete => delete, "forwardAuthDelete", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
-    Check: head => head, "forwardAuthHead", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
-    Check: options => options, "forwardAuthOptions", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"),];
+    Check: get => get, "forwardAuthGet", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"), ("cost" = Option<u64>, Query, description = "What the request spends from quotas (as X-Keygate-Cost, which it overrides), for proxies that cannot add a header to the check"),];
+    Check: post => post, "forwardAuthPost", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"), ("cost" = Option<u64>, Query, description = "What the request spends from quotas (as X-Keygate-Cost, which it overrides), for proxies that cannot add a header to the check"),];
+    Check: put => put, "forwardAuthPut", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"), ("cost" = Option<u64>, Query, description = "What the request spends from quotas (as X-Keygate-Cost, which it overrides), for proxies that cannot add a header to the check"),];
+    Check: patch => patch, "forwardAuthPatch", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"), ("cost" = Option<u64>, Query, description = "What the request spends from quotas (as X-Keygate-Cost, which it overrides), for proxies that cannot add a header to the check"),];
+    Check: delete => delete, "forwardAuthDelete", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"), ("cost" = Option<u64>, Query, description = "What the request spends from quotas (as X-Keygate-Cost, which it overrides), for proxies that cannot add a header to the check"),];
+    Check: head => head, "forwardAuthHead", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"), ("cost" = Option<u64>, Query, description = "What the request spends from quotas (as X-Keygate-Cost, which it overrides), for proxies that cannot add a header to the check"),];
+    Check: options => options, "forwardAuthOptions", "/v1/forward-auth", "Allow or refuse a request a proxy is about to pass on", "", [("require" = Option<String>, Query, description = "Permissions the credential must hold, comma-separated (as X-Keygate-Require), for proxies that cannot add a header to the check"), ("cost" = Option<u64>, Query, description = "What the request spends from quotas (as X-Keygate-Cost, which it overrides), for proxies that cannot add a header to the check"),];
     Below: get => get_below, "forwardAuthGetPath", "/v1/forward-auth/{path}", "Allow or refuse a request a proxy is about to pass on, its path appended", "\n\nEnvoy appends the original request's path and query to the check's. That query is the client's and is never read: here only `X-Keygate-Require` names permissions.", [("path" = String, Path, description = "The original request's path, as Envoy appends it"),];
     Below: post => post_below, "forwardAuthPostPath", "/v1/forward-auth/{path}", "Allow or refuse a request a proxy is about to pass on, its path appended", "\n\nEnvoy appends the original request's path and query to the check's. That query is the client's and is never read: here only `X-Keygate-Require` names permissions.", [("path" = String, Path, description = "The original request's path, as Envoy appends it"),];
     Below: put => put_below, "forwardAuthPutPath", "/v1/forward-auth/{path}", "Allow or refuse a request a proxy is about to pass on, its path appended", "\n\nEnvoy appends the original request's path and query to the check's. That query is the client's and is never read: here only `X-Keygate-Require` names permissions.", [("path" = String, Path, description = "The original request's path, as Envoy appends it"),];

@@ -415,7 +415,7 @@ fn resolve<'a>(doc: &'a Value, response: &'a Value) -> &'a Value {
 }
 
 #[tokio::test]
-async fn only_the_forward_auth_check_itself_takes_require_in_its_query() {
+async fn only_the_forward_auth_check_itself_takes_require_and_cost_in_its_query() {
     let server = TestServer::start(Backend::Sqlite).await;
     let doc: Value = ok_json(server.get("/openapi.json").send().await.unwrap()).await;
     let query = |path: &str, method: &str| -> BTreeSet<String> {
@@ -430,7 +430,7 @@ async fn only_the_forward_auth_check_itself_takes_require_in_its_query() {
     for method in ["get", "post", "put", "patch", "delete", "head", "options"] {
         assert_eq!(
             query("/v1/forward-auth", method),
-            ["require".to_owned()].into()
+            ["cost".to_owned(), "require".to_owned()].into()
         );
         // Below it, the query is the original request's (Envoy appends it), not keygate's.
         assert!(

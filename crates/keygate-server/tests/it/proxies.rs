@@ -287,12 +287,14 @@ impl Proxy {
         }
     }
 
-    /// A request through the proxy from `from`, with `token` as `apikey` and the forged identity.
+    /// A request through the proxy from `from`, with `token` as `apikey`, the forged identity,
+    /// and a price the client names for itself (which must never reach keygate).
     async fn call(&self, from: &Client, path: &str, token: Option<&str>) -> Response {
         let mut request = from.get(format!("{}{path}", self.base));
         for (name, value) in FORGED {
             request = request.header(name, value);
         }
+        request = request.header("X-Keygate-Cost", "0");
         if let Some(token) = token {
             request = request.header("apikey", token);
         }
@@ -436,6 +438,22 @@ async fn exercise(site: &Site, proxy: &Proxy) {
         response.status(),
         403,
         "{}: a claimed X-Forwarded-For",
+        proxy.name
+    );
+
+    // A quota of 2: the client's own `X-Keygate-Cost: 0` never reaches keygate, so the third
+    // request is refused.
+    let (metered, _) = site
+        .token(json!({"name": "metered", "quota": {"limit": 2, "period": "hour"}}))
+        .await;
+    for _ in 0..2 {
+        proxy.reaches(&http, "/", &metered).await;
+    }
+    let response = proxy.call(&http, "/", Some(&metered)).await;
+    assert_eq!(
+        response.status(),
+        429,
+        "{}: the client chose its price",
         proxy.name
     );
 

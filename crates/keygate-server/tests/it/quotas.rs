@@ -162,6 +162,16 @@ async fn requests_cost_what_the_proxy_says_and_refusals_cost_nothing() {
     let allowed = forward(&server, &secret, &cost("4")).await;
     assert_eq!(allowed.status(), 200);
     assert_eq!(remaining(&allowed), Some(6));
+    // On the check's own path, `?cost=` (a proxy that cannot add headers) wins over the header.
+    let by_query = server
+        .get("/v1/forward-auth?cost=0")
+        .bearer_auth(&secret)
+        .header("x-forwarded-for", "192.0.2.7")
+        .header("x-keygate-cost", "5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(remaining(&by_query), Some(6));
 
     // Refusals: a permission the token lacks, an address it does not allow.
     let forbidden = forward(
@@ -719,8 +729,9 @@ async fn a_node_killed_mid_run_never_lets_the_quota_be_passed() {
     }
 }
 
-/// A rate limit of 10 a minute on two nodes sharing PostgreSQL: 10 requests between them in a
-/// minute, not 10 each; the next minute, 10 again. (On one node the limiter alone is exact.)
+/// A rate limit of 10 a minute on two nodes sharing PostgreSQL: a burst of 10 between them, not
+/// 10 each (a limit this small is taken one request at a time, so the bound is exact); a minute
+/// later, 10 again. (On one node the limiter alone is exact.)
 #[tokio::test]
 async fn a_rate_limit_holds_across_two_nodes() {
     if !keygate_testkit::postgres_or_skip() {

@@ -17,11 +17,38 @@ use keygate_core::Timestamp;
 use keygate_core::id::{CredentialId, TenantId};
 use keygate_core::model::AuditEvent;
 use keygate_core::quota::StoredQuota;
-use keygate_core::store::{Change, QuotaStore, QuotaTarget, StoreError, Taken};
+use keygate_core::store::{
+    Change, QuotaStore, QuotaTarget, RateCell, RateTaken, StoreError, Taken,
+};
 use sqlx::{Row, Transaction};
 
 use super::shared::{insert_event, stored_quota, upsert_quota};
 use super::{Db, SHARED_BY_NODES, SqlStore, store_error};
+
+/// The stored TAT, or now ($2) if it has passed.
+macro_rules! rate_base {
+    () => {
+        "(CASE WHEN rate_limits.tat > $2 THEN rate_limits.tat ELSE $2 END)"
+    };
+}
+
+/// The requests a rate take gets from `$base` (the TAT it starts from): what fits before now plus
+/// the tolerance ($4) and one interval ($3), at most $6 (want), none if fewer than $5 (need).
+macro_rules! rate_take {
+    ($base:expr) => {
+        concat!(
+            "(CASE WHEN ($2 + $4 + $3 - ",
+            $base,
+            ") / $3 < $5 THEN 0",
+            " WHEN ($2 + $4 + $3 - ",
+            $base,
+            ") / $3 < $6 THEN ($2 + $4 + $3 - ",
+            $base,
+            ") / $3",
+            " ELSE $6 END)"
+        )
+    };
+}
 
 /// `used` as of the requested window ($2).
 macro_rules! current {
@@ -52,68 +79,56 @@ impl QuotaStore for SqlStore {
         SHARED_BY_NODES
     }
 
-    async fn take_rate_credits(
+    async fn take_rate(
         &self,
         subject: &str,
-        limit: u64,
-        window: Timestamp,
-        window_end: Timestamp,
+        cell: RateCell,
+        now_ms: i64,
         need: u64,
         want: u64,
-    ) -> Result<Taken, StoreError> {
+    ) -> Result<RateTaken, StoreError> {
         let want = credits(want.max(need))?;
         let need = credits(need)?;
-        let limit = credits(limit)?;
-        // As `take_credits`, with the row made by the first take; the existing row is named by
-        // the table's name, the one proposed by `excluded`.
-        let row = sqlx::query(
-            "INSERT INTO rate_windows (subject_id, lim, window_start, window_end, used, last_take)
-             VALUES ($1, $5, $2, $6,
-                     CASE WHEN $5 < $3 THEN 0 WHEN $5 < $4 THEN $5 ELSE $4 END,
-                     CASE WHEN $5 < $3 THEN 0 WHEN $5 < $4 THEN $5 ELSE $4 END)
+        // As `take_credits`, for GCRA: what is free at `now` ($2) is what fits between the TAT
+        // (or now, if it has passed) and now plus the tolerance ($4) and one interval ($3). The
+        // row is made by the first take; the existing one is named by the table's name.
+        let row = sqlx::query(concat!(
+            "INSERT INTO rate_limits (subject_id, tat, last_take)
+             VALUES ($1, $2 + $3 * ",
+            rate_take!("$2"),
+            ", ",
+            rate_take!("$2"),
+            ")
              ON CONFLICT (subject_id) DO UPDATE SET
-               used = (CASE WHEN rate_windows.window_start < $2 THEN 0 ELSE rate_windows.used END)
-                    + (CASE WHEN $5 - (CASE WHEN rate_windows.window_start < $2 THEN 0
-                                            ELSE rate_windows.used END) < $3 THEN 0
-                            WHEN $5 - (CASE WHEN rate_windows.window_start < $2 THEN 0
-                                            ELSE rate_windows.used END) < $4
-                            THEN $5 - (CASE WHEN rate_windows.window_start < $2 THEN 0
-                                            ELSE rate_windows.used END)
-                            ELSE $4 END),
-               last_take = (CASE WHEN $5 - (CASE WHEN rate_windows.window_start < $2 THEN 0
-                                                 ELSE rate_windows.used END) < $3 THEN 0
-                                 WHEN $5 - (CASE WHEN rate_windows.window_start < $2 THEN 0
-                                                 ELSE rate_windows.used END) < $4
-                                 THEN $5 - (CASE WHEN rate_windows.window_start < $2 THEN 0
-                                                 ELSE rate_windows.used END)
-                                 ELSE $4 END),
-               window_start = CASE WHEN rate_windows.window_start < $2 THEN $2
-                                   ELSE rate_windows.window_start END,
-               window_end = CASE WHEN rate_windows.window_start < $2 THEN $6
-                                 ELSE rate_windows.window_end END,
-               lim = $5
-             RETURNING last_take, lim - used AS remaining",
-        )
+               tat = ",
+            rate_base!(),
+            " + $3 * ",
+            rate_take!(rate_base!()),
+            ",
+               last_take = ",
+            rate_take!(rate_base!()),
+            "
+             RETURNING last_take, tat"
+        ))
         .bind(subject)
-        .bind(window.unix())
+        .bind(now_ms)
+        .bind(cell.interval_ms)
+        .bind(cell.tolerance_ms)
         .bind(need)
         .bind(want)
-        .bind(limit)
-        .bind(window_end.unix())
         .fetch_one(&self.pool)
         .await
         .map_err(store_error)?;
         let taken: i64 = row.try_get("last_take").map_err(store_error)?;
-        let remaining: i64 = row.try_get("remaining").map_err(store_error)?;
-        Ok(Taken {
+        Ok(RateTaken {
             taken: u64::try_from(taken).unwrap_or(0),
-            remaining: u64::try_from(remaining).unwrap_or(0),
+            tat_ms: row.try_get("tat").map_err(store_error)?,
         })
     }
 
-    async fn prune_rate_windows(&self, now: Timestamp) -> Result<u64, StoreError> {
-        sqlx::query("DELETE FROM rate_windows WHERE window_end <= $1")
-            .bind(now.unix())
+    async fn prune_rate_limits(&self, now_ms: i64) -> Result<u64, StoreError> {
+        sqlx::query("DELETE FROM rate_limits WHERE tat <= $1")
+            .bind(now_ms)
             .execute(&self.pool)
             .await
             .map(|done| done.rows_affected())
