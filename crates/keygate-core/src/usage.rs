@@ -27,6 +27,10 @@ pub struct UsageRecorder {
     /// Every request counted so far, by outcome, as batches took them: for `/metrics`, which
     /// must not cost the hot path a counter shared by every request.
     counted: [AtomicU64; UsageOutcome::ALL.len()],
+    /// Held for a whole flush: a flush that finds another under way (the background batch, and
+    /// one asked for at shutdown or by a test) waits for it, so that when it returns, everything
+    /// noted before it was called is written, not merely taken by the other.
+    flushing: futures_util::lock::Mutex<()>,
 }
 
 impl UsageRecorder {
@@ -60,6 +64,7 @@ impl UsageRecorder {
     /// Writes what was noted. What could not be written is kept for the next attempt: the
     /// counts as they were, the last uses noted again.
     pub async fn flush(&self, store: &DynStore) -> Result<(), StoreError> {
+        let _flushing = self.flushing.lock().await;
         let queued = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()));
         let mut counts =
             std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|p| p.into_inner()));

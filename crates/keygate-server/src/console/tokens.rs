@@ -669,6 +669,41 @@ struct TokenPage {
     may_read_log: bool,
     /// The token's usage, for a person who may read it.
     usage: Option<UsageSection>,
+    quota: Option<QuotaBar>,
+}
+
+/// A quota as the token page shows it: a bar of what is used, and when it refills, in words.
+pub(super) struct QuotaBar {
+    pub(super) limit: u64,
+    pub(super) used: u64,
+    pub(super) remaining: u64,
+    /// "this hour", "today", "this month", "in all".
+    pub(super) period: &'static str,
+    /// "Refills on 2027-01-01 00:00 UTC", or that it never does.
+    pub(super) refill: String,
+    /// Nine tenths or more used: shown as a warning.
+    pub(super) nearly_spent: bool,
+}
+
+impl QuotaBar {
+    pub(super) fn new(quota: &crate::views::QuotaView) -> Self {
+        Self {
+            limit: quota.limit,
+            used: quota.used,
+            remaining: quota.remaining,
+            period: match quota.period {
+                "hour" => "this hour",
+                "day" => "today",
+                "month" => "this month",
+                _ => "in all",
+            },
+            refill: match quota.resets_at {
+                Some(at) => format!("Refills on {}", day(at)),
+                None => "One-off credits: it never refills".to_owned(),
+            },
+            nearly_spent: quota.used.saturating_mul(10) >= quota.limit.saturating_mul(9),
+        }
+    }
 }
 
 /// The period of a token page's usage, as the address carries it.
@@ -716,8 +751,13 @@ pub(super) async fn token(
     mark_deletable(&state, &caller, tokens, &roles, &mut rows);
     let [row] = rows;
     let usage = usage::token_section(&state, &caller, &token.id, query.usage.as_deref()).await;
+    let quota = state
+        .quota_reader()
+        .view(token.quota.as_ref())
+        .map(|quota| QuotaBar::new(&quota));
     html(render(&TokenPage {
         usage,
+        quota,
         frame: Frame::new(&caller, &session, "/console/tokens", "tokens"),
         row,
         rolled_from: token.rolled_from.map(|id| id.to_string()),

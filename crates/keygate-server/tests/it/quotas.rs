@@ -767,3 +767,73 @@ async fn a_rate_limit_holds_across_two_nodes() {
     }
     assert_eq!(round().await, 10);
 }
+
+/// The token page shows the quota as a bar with what is used, what is left and when it refills,
+/// read as a person reads them, and warns once it is spent; checked with axe-core.
+#[tokio::test]
+async fn in_a_browser_a_tokens_page_shows_its_quota() {
+    use crate::console::{OWNER, audit, browser_session, sign_in};
+    let Some((browser, axe, shots)) = browser_session("keygate-console-quota-").await else {
+        return;
+    };
+    let server = TestServer::start(Backend::Sqlite).await;
+    server
+        .clock
+        .set(Timestamp::parse("2026-12-14T09:30:00Z").unwrap());
+    let (id, secret) = token_with(
+        &server,
+        None,
+        json!({"name": "billing", "quota": {"limit": 40, "period": "month",
+               "anchor": "2026-12-01T00:00:00Z"}}),
+    )
+    .await;
+    for _ in 0..30 {
+        assert_eq!(forward(&server, &secret, &[]).await.status(), 200);
+    }
+    let client = &browser.client;
+    client
+        .goto(&format!("{}/console/sign-in", server.base))
+        .await
+        .unwrap();
+    sign_in(&browser, OWNER, &server.password).await;
+    browser.find("main table").await;
+    client
+        .goto(&format!("{}/console/tokens/{id}", server.base))
+        .await
+        .unwrap();
+    let browser = &browser;
+    let text = |css: &'static str| async move {
+        browser
+            .find(css)
+            .await
+            .text()
+            .await
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        text("label[for='quota-bar']").await,
+        "30 of 40 requests used this month"
+    );
+    let bar = browser.find("#quota-bar").await;
+    assert_eq!(bar.attr("value").await.unwrap().as_deref(), Some("30"));
+    assert_eq!(bar.attr("max").await.unwrap().as_deref(), Some("40"));
+    assert_eq!(
+        text("#quota-left").await,
+        "10 left. Refills on 2027-01-01 00:00 UTC."
+    );
+    audit(browser, axe.as_deref(), &shots, "token-quota").await;
+
+    for _ in 0..10 {
+        assert_eq!(forward(&server, &secret, &[]).await.status(), 200);
+    }
+    client.refresh().await.unwrap();
+    assert!(
+        text("#quota-left")
+            .await
+            .starts_with("None left: requests are refused with 429"),
+        "spent"
+    );
+    audit(browser, axe.as_deref(), &shots, "token-quota-spent").await;
+}
