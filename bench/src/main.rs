@@ -53,6 +53,7 @@ async fn main() {
         Some("floor") => return floor().await,
         Some("fill") => return fill_command().await,
         Some("fill-usage") => return fill_usage_command().await,
+        Some("postgres") => return postgres_command().await,
         Some("forge") => {
             // A well-formed credential with a valid checksum that was never issued.
             let format = CredentialFormat::new("kg", Environment::Live).unwrap();
@@ -276,6 +277,20 @@ async fn floor() {
 }
 
 /// `keygate-bench fill URL TENANT N`: stores N service tokens; prints one of them.
+/// `keygate-bench postgres`: starts a PostgreSQL of its own, prints a new database's URL, and
+/// stops it when told to (SIGTERM or SIGINT), for a script that runs several keygate nodes on it.
+async fn postgres_command() {
+    let cluster = keygate_testkit::PgCluster::start();
+    println!("{}", cluster.create_database().await);
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    drop(cluster);
+}
+
 async fn fill_command() {
     let mut it = std::env::args().skip(2);
     let url = it.next().unwrap();
