@@ -354,6 +354,7 @@ impl Gate {
         }
         // 8. The quotas.
         let quota = match request.cost {
+            Some(_) if caller.verified().quotas.is_empty() => None,
             Some(cost) => match self.spend(caller.verified(), cost, now).await {
                 Ok(status) => status,
                 Err(denial) => {
@@ -383,20 +384,22 @@ impl Gate {
         // At most one quota per tenant of the line and the credential's own: fits in the bits.
         let mut paid = 0_u32;
         for (i, on) in verified.quotas.iter().enumerate() {
-            let spent = self
-                .credits
-                .spend(&*self.store, &on.subject, &on.quota, now, cost)
-                .await;
+            // Boxed: the store's half is taken once per reserve, and its future should not make
+            // every request's larger.
+            let spent = match self.credits.spend_now(on, now, cost) {
+                Some(spent) => Ok(Some(spent)),
+                None => Box::pin(self.credits.spend(&*self.store, on, now, cost)).await,
+            };
             let denial = match spent {
-                Ok(Some(left)) => {
+                Ok(Some(spent)) => {
                     paid |= 1 << i;
-                    let remaining = left.min(on.quota.limit);
+                    let remaining = spent.left.min(on.quota.limit);
                     if tightest.is_none_or(|t| remaining < t.remaining) {
                         tightest = Some(QuotaStatus {
                             limit: on.quota.limit,
                             used: on.quota.limit - remaining,
                             remaining,
-                            resets_at: on.quota.window(now).resets_at,
+                            resets_at: spent.resets_at,
                         });
                     }
                     continue;
@@ -412,7 +415,7 @@ impl Gate {
             };
             for (j, prior) in verified.quotas.iter().enumerate().take(i) {
                 if paid & (1 << j) != 0 {
-                    self.credits.refund(&prior.subject, &prior.quota, now, cost);
+                    self.credits.refund(prior, now, cost);
                 }
             }
             return Err(denial);

@@ -331,23 +331,6 @@ impl StoredQuota {
     }
 }
 
-/// A quota a request spends from: the credential's own, or a tenant's pool above it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuotaOn {
-    /// What it limits: the credential's or the tenant's id, the key of its stored count.
-    pub subject: String,
-    pub quota: Quota,
-}
-
-impl From<&StoredQuota> for QuotaOn {
-    fn from(stored: &StoredQuota) -> Self {
-        Self {
-            subject: stored.subject.clone(),
-            quota: stored.quota,
-        }
-    }
-}
-
 /// Where a quota stands: for reads, and for an allowed request's answer (the tightest of the
 /// quotas it spent from).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

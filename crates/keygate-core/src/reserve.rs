@@ -50,10 +50,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::Timestamp;
-use crate::quota::{Quota, Window};
+use crate::quota::{Quota, StoredQuota, Window};
 use crate::store::{Change, ChangeListener, QuotaStore, RateCell, StoreError, Taken};
 
 /// The most credits a node takes from the store at a time, and so the most one node can strand.
@@ -179,6 +179,43 @@ impl Reserve {
     }
 }
 
+/// A quota a request spends from: the credential's own, or a tenant's pool above it, as a
+/// cached verification carries it, with this node's reserve for it found once and kept (so a
+/// request's spend looks nothing up).
+#[derive(Debug, Clone)]
+pub struct QuotaOn {
+    /// What it limits: the credential's or the tenant's id, the key of its stored count.
+    pub subject: String,
+    pub quota: Quota,
+    slot: OnceLock<Arc<Slot>>,
+}
+
+impl From<&StoredQuota> for QuotaOn {
+    fn from(stored: &StoredQuota) -> Self {
+        Self {
+            subject: stored.subject.clone(),
+            quota: stored.quota,
+            slot: OnceLock::new(),
+        }
+    }
+}
+
+impl PartialEq for QuotaOn {
+    fn eq(&self, other: &Self) -> bool {
+        self.subject == other.subject && self.quota == other.quota
+    }
+}
+
+impl Eq for QuotaOn {}
+
+/// What a spend leaves: what is left as far as this node knows (the store's count at its last
+/// take plus its own reserve), and when the period it spent from ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spent {
+    pub left: u64,
+    pub resets_at: Option<Timestamp>,
+}
+
 /// Why a spend was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum SpendError {
@@ -210,6 +247,35 @@ struct Slot {
     /// short wait for that one take instead of each making their own: a node's reserve never
     /// holds more than one take's leftover. An async lock, taken only on that slow path.
     taking: futures_util::lock::Mutex<()>,
+    /// The quota's current period, packed ([`pack`]), so that a request in it does not work out
+    /// the calendar again; [`NO_PERIOD`] until the first.
+    period: AtomicU64,
+}
+
+const NO_PERIOD: u64 = u64::MAX;
+/// A packed period: its start in seconds from 1970 (42 bits, to the year 141 000) and its length
+/// (22 bits: the longest, a month, is under 2^22 seconds; 0 for a period that never ends).
+const LENGTH_BITS: u32 = 22;
+
+fn pack(period: Window) -> Option<u64> {
+    let start = u64::try_from(period.start.unix()).ok()?;
+    let length = match period.resets_at {
+        Some(end) => u64::try_from(end.unix() - period.start.unix()).ok()?,
+        None => 0,
+    };
+    (start < 1 << (64 - LENGTH_BITS) && length < (1 << LENGTH_BITS) - 1)
+        .then_some(start << LENGTH_BITS | length)
+}
+
+fn unpack(packed: u64) -> Option<Window> {
+    (packed != NO_PERIOD).then(|| {
+        let start = (packed >> LENGTH_BITS) as i64;
+        let length = (packed & ((1 << LENGTH_BITS) - 1)) as i64;
+        Window {
+            start: Timestamp::from_unix(start),
+            resets_at: (length > 0).then(|| Timestamp::from_unix(start + length)),
+        }
+    })
 }
 
 const UNKNOWN: u64 = u64::MAX;
@@ -223,11 +289,27 @@ impl Default for Slot {
             seen: AtomicU64::new(0),
             spent_until: AtomicI64::new(i64::MIN),
             taking: futures_util::lock::Mutex::new(()),
+            period: AtomicU64::new(NO_PERIOD),
         }
     }
 }
 
 impl Slot {
+    /// `quota`'s period at `now`: the one last worked out while `now` is still in it, else
+    /// worked out and kept. One word, so a request never reads half of another's update.
+    fn period(&self, quota: &Quota, now: Timestamp) -> Window {
+        let kept = unpack(self.period.load(Ordering::Relaxed))
+            .filter(|w| w.start <= now && w.resets_at.is_none_or(|end| now < end));
+        if let Some(period) = kept {
+            return period;
+        }
+        let period = quota.window(now);
+        if let Some(packed) = pack(period) {
+            self.period.store(packed, Ordering::Relaxed);
+        }
+        period
+    }
+
     /// Takes every credit out of the reserve: `(window, credits)` to give back, if any.
     fn drain(&self) -> Option<(Timestamp, u64)> {
         let window = Timestamp::from_unix(self.window.load(Ordering::Acquire));
@@ -259,22 +341,21 @@ impl Credits {
     pub async fn spend(
         &self,
         store: &dyn QuotaStore,
-        subject: &str,
-        quota: &Quota,
+        on: &QuotaOn,
         now: Timestamp,
         cost: u64,
-    ) -> Result<Option<u64>, SpendError> {
-        let slot = slot_in(&self.slots, subject);
-        let period = quota.window(now);
-        self.spend_from(
-            &slot,
-            quota.limit,
-            period,
-            now,
-            cost,
-            |window, need, want| store.take_credits(subject, window, need, want),
-        )
-        .await
+    ) -> Result<Option<Spent>, SpendError> {
+        let slot = on.slot.get_or_init(|| slot_in(&self.slots, &on.subject));
+        let period = slot.period(&on.quota, now);
+        let left = self
+            .spend_from(slot, on.quota.limit, period, now, cost, |window, need, want| {
+                store.take_credits(&on.subject, window, need, want)
+            })
+            .await?;
+        Ok(left.map(|left| Spent {
+            left,
+            resets_at: period.resets_at,
+        }))
     }
 
     /// Spends one request of the rate limit of `credential` on the GCRA state the store keeps
@@ -393,10 +474,21 @@ impl Credits {
         Ok(Some(self.left(slot, window)))
     }
 
-    /// Puts back what a request spent when another quota refused it.
-    pub fn refund(&self, subject: &str, quota: &Quota, now: Timestamp, cost: u64) {
-        if let Some(slot) = self.read().get(subject) {
-            slot.reserve.refund(quota.window(now).start, cost);
+    /// [`Credits::spend`] when this node's reserve can pay, without a future: `None` when the
+    /// store must be asked.
+    pub fn spend_now(&self, on: &QuotaOn, now: Timestamp, cost: u64) -> Option<Spent> {
+        let slot = on.slot.get_or_init(|| slot_in(&self.slots, &on.subject));
+        let period = slot.period(&on.quota, now);
+        (slot.reserve.spend(period.start, cost) == Spend::Paid).then(|| Spent {
+            left: self.left(slot, period.start),
+            resets_at: period.resets_at,
+        })
+    }
+
+    /// Puts back what a request spent from `on` when another quota refused it.
+    pub fn refund(&self, on: &QuotaOn, now: Timestamp, cost: u64) {
+        if let Some(slot) = on.slot.get() {
+            slot.reserve.refund(slot.period(&on.quota, now).start, cost);
         }
     }
 
@@ -532,8 +624,51 @@ mod tests {
 
     use super::*;
 
+    /// Spends as the gate does, from a verification made afresh: what is left.
+    async fn spend(
+        node: &Credits,
+        store: &dyn QuotaStore,
+        subject: &str,
+        quota: &Quota,
+        now: Timestamp,
+        cost: u64,
+    ) -> Result<Option<u64>, SpendError> {
+        let on = QuotaOn {
+            subject: subject.to_owned(),
+            quota: *quota,
+            slot: OnceLock::new(),
+        };
+        Ok(node.spend(store, &on, now, cost).await?.map(|spent| spent.left))
+    }
+
     const W0: Timestamp = Timestamp::from_unix(3600);
     const W1: Timestamp = Timestamp::from_unix(7200);
+
+    #[test]
+    fn periods_pack_into_one_word_and_back() {
+        for period in [
+            Window {
+                start: W0,
+                resets_at: Some(W1),
+            },
+            Window {
+                start: Timestamp::from_unix(1_798_761_600),
+                resets_at: Some(Timestamp::from_unix(1_798_761_600 + 31 * 86_400)),
+            },
+            Window {
+                start: W0,
+                resets_at: None,
+            },
+        ] {
+            assert_eq!(unpack(pack(period).unwrap()), Some(period));
+        }
+        let before_1970 = Window {
+            start: Timestamp::from_unix(-1),
+            resets_at: None,
+        };
+        assert_eq!(pack(before_1970), None, "worked out each time instead");
+        assert_eq!(unpack(NO_PERIOD), None);
+    }
 
     #[test]
     fn spends_what_it_holds_and_no_more() {
@@ -789,7 +924,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let mut admitted = 0_u64;
                 loop {
-                    match node.spend(&*store, "tok_q", &quota, W0, 1).await {
+                    match spend(&node, &*store, "tok_q", &quota, W0, 1).await {
                         Ok(Some(_)) => admitted += 1,
                         Err(SpendError::Exhausted { retry_after }) => {
                             assert_eq!(retry_after, Some(3600));
@@ -818,7 +953,7 @@ mod tests {
         let store = FakeStore::with("tok_q", 1_000);
         let quota = hourly(1_000);
         let node = Credits::default();
-        node.spend(&*store, "tok_q", &quota, W0, 1).await.unwrap();
+        spend(&node, &*store, "tok_q", &quota, W0, 1).await.unwrap();
         assert_eq!(store.used("tok_q"), RESERVE);
         assert_eq!(node.held("tok_q", &quota, W0), RESERVE - 1);
         assert_eq!(
@@ -826,12 +961,12 @@ mod tests {
             0,
             "first look: not idle yet"
         );
-        node.spend(&*store, "tok_q", &quota, W0, 1).await.unwrap();
+        spend(&node, &*store, "tok_q", &quota, W0, 1).await.unwrap();
         assert_eq!(node.give_back_idle(&*store).await, 0, "spent from since");
         assert_eq!(node.give_back_idle(&*store).await, RESERVE - 2, "idle");
         assert_eq!(store.used("tok_q"), 2);
 
-        node.spend(&*store, "tok_q", &quota, W0, 1).await.unwrap();
+        spend(&node, &*store, "tok_q", &quota, W0, 1).await.unwrap();
         node.forget("tok_q");
         assert_eq!(
             node.held("tok_q", &quota, W0),
@@ -889,7 +1024,7 @@ mod tests {
         let quota = hourly(1_000_000);
         let node = Credits::default();
         for _ in 0..1_000 {
-            node.spend(&*store, "tok_q", &quota, W0, 1).await.unwrap();
+            spend(&node, &*store, "tok_q", &quota, W0, 1).await.unwrap();
         }
         let trips = store.trips.load(Ordering::Relaxed);
         assert!(trips <= 1_000 / RESERVE + 1, "{trips}");
@@ -902,7 +1037,7 @@ mod tests {
         let node = Credits::default();
         // The first take: an eighth of 100, the request keeps 1 of them.
         assert_eq!(
-            node.spend(&*store, "tok_q", &quota, W0, 1).await.unwrap(),
+            spend(&node, &*store, "tok_q", &quota, W0, 1).await.unwrap(),
             Some(99)
         );
         assert_eq!(store.used("tok_q"), 12);
@@ -915,28 +1050,34 @@ mod tests {
 
         // A cost larger than what is left is refused and costs nothing.
         assert!(matches!(
-            node.spend(&*store, "tok_q", &quota, W0, 100).await,
+            spend(&node, &*store, "tok_q", &quota, W0, 100).await,
             Err(SpendError::Exhausted { .. })
         ));
         assert_eq!(store.used("tok_q"), 1);
-        assert!(node.spend(&*store, "tok_q", &quota, W0, 99).await.is_ok());
+        assert!(spend(&node, &*store, "tok_q", &quota, W0, 99).await.is_ok());
         assert!(matches!(
-            node.spend(&*store, "tok_q", &quota, W0, 1).await,
+            spend(&node, &*store, "tok_q", &quota, W0, 1).await,
             Err(SpendError::Exhausted { .. })
         ));
         // A free request still passes.
-        assert!(node.spend(&*store, "tok_q", &quota, W0, 0).await.is_ok());
+        assert!(spend(&node, &*store, "tok_q", &quota, W0, 0).await.is_ok());
         // The next hour starts again at the full limit.
-        assert!(node.spend(&*store, "tok_q", &quota, W1, 1).await.is_ok());
+        assert!(spend(&node, &*store, "tok_q", &quota, W1, 1).await.is_ok());
         assert!(store.used("tok_q") >= 1 && store.used("tok_q") <= 100);
 
         // A refund puts the cost back in the reserve.
+        let on = QuotaOn {
+            subject: "tok_q".into(),
+            quota,
+            slot: OnceLock::new(),
+        };
+        node.spend(&*store, &on, W1, 1).await.unwrap();
         let held = node.read()["tok_q"].reserve.held(W1);
-        node.refund("tok_q", &quota, W1, 1);
+        node.refund(&on, W1, 1);
         assert_eq!(node.read()["tok_q"].reserve.held(W1), held + 1);
         // No quota in the store: nothing to spend from.
         assert_eq!(
-            node.spend(&*store, "tok_none", &quota, W1, 1)
+            spend(&node, &*store, "tok_none", &quota, W1, 1)
                 .await
                 .unwrap(),
             None

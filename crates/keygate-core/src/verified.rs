@@ -18,7 +18,7 @@ use crate::id::{CredentialId, RoleId, TenantId, UserId};
 use crate::jwt::AccessClaims;
 use crate::model::{RateLimit, Role, Tenant, TenantStatus, UserStatus};
 use crate::permission::{BuiltinRole, Catalog, PermissionSet};
-use crate::quota::QuotaOn;
+use crate::reserve::QuotaOn;
 use crate::store::{AccessTokenRecord, CredentialRecord, UsageOutcome};
 
 /// What kind of party a credential acts for.
