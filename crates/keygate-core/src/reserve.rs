@@ -348,9 +348,14 @@ impl Credits {
         let slot = on.slot.get_or_init(|| slot_in(&self.slots, &on.subject));
         let period = slot.period(&on.quota, now);
         let left = self
-            .spend_from(slot, on.quota.limit, period, now, cost, |window, need, want| {
-                store.take_credits(&on.subject, window, need, want)
-            })
+            .spend_from(
+                slot,
+                on.quota.limit,
+                period,
+                now,
+                cost,
+                |window, need, want| store.take_credits(&on.subject, window, need, want),
+            )
             .await?;
         Ok(left.map(|left| Spent {
             left,
@@ -638,7 +643,10 @@ mod tests {
             quota: *quota,
             slot: OnceLock::new(),
         };
-        Ok(node.spend(store, &on, now, cost).await?.map(|spent| spent.left))
+        Ok(node
+            .spend(store, &on, now, cost)
+            .await?
+            .map(|spent| spent.left))
     }
 
     const W0: Timestamp = Timestamp::from_unix(3600);

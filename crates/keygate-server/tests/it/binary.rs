@@ -103,7 +103,8 @@ impl Serve {
         self.base.trim_start_matches("http://").parse().unwrap()
     }
 
-    /// SIGKILL: no shutdown, no flush, nothing finished.
+    /// SIGKILL: no shutdown, no flush, nothing finished. (Dropping a `Serve` does the same, so a
+    /// failed test leaves no server behind.)
     pub(crate) fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
@@ -118,7 +119,15 @@ impl Serve {
         assert!(status.success());
         let exit = self.child.wait().unwrap();
         self.stderr.read_to_string(&mut self.log).unwrap();
-        (exit, self.log)
+        (exit, std::mem::take(&mut self.log))
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        // Already stopped or killed: nothing to do, and the error says only that.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
