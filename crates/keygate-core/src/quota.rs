@@ -283,10 +283,16 @@ pub struct QuotaRequest {
 }
 
 impl QuotaRequest {
-    /// The quota it asks for, set at `created`; errors name `{parent}.{field}`.
-    pub fn check(&self, parent: &str, created: Timestamp) -> Result<Quota, Invalid> {
+    /// The quota it asks for, set at `created` ([`Quota::new`]).
+    pub fn check_at(&self, created: Timestamp) -> Result<Quota, QuotaError> {
         QuotaPeriod::parse(&self.period)
             .and_then(|period| Quota::new(self.limit, period, self.anchor, created))
+    }
+
+    /// [`QuotaRequest::check_at`] for a quota nested in a request: errors name
+    /// `{parent}.{field}`.
+    pub fn check(&self, parent: &str, created: Timestamp) -> Result<Quota, Invalid> {
+        self.check_at(created)
             .map_err(|error| error.invalid_in(parent))
     }
 }

@@ -13,13 +13,14 @@ use keygate_core::Timestamp;
 use keygate_core::access::perm;
 use keygate_core::id::CredentialId;
 use keygate_core::model::{AuditEvent, Target};
-use keygate_core::quota::{Quota, QuotaPeriod, StoredQuota};
+use keygate_core::quota::{Quota, QuotaRequest, StoredQuota};
 use keygate_core::rule::RuleError;
 use keygate_core::store::QuotaTarget;
+use keygate_core::validate::Invalid;
 
 use crate::auth::Authenticated;
 use crate::json::Json;
-use crate::problem::{ApiError, FieldError};
+use crate::problem::ApiError;
 use crate::request::Meta;
 use crate::routes::oauth::clients::client_id;
 use crate::routes::tokens::{personal_visibility, visible};
@@ -27,15 +28,10 @@ use crate::state::AppState;
 use crate::views::{QuotaBody, QuotaView};
 
 /// The quota a `PUT` asks for, checked at `now`: errors name the body's own fields.
-fn check(body: &QuotaBody, now: Timestamp) -> Result<Quota, ApiError> {
-    QuotaPeriod::parse(&body.period)
-        .and_then(|period| Quota::new(body.limit, period, body.anchor, now))
-        .map_err(|error| {
-            ApiError::invalid_fields(vec![FieldError {
-                field: error.field().into(),
-                message: error.to_string(),
-            }])
-        })
+fn check(body: QuotaBody, now: Timestamp) -> Result<Quota, ApiError> {
+    QuotaRequest::from(body)
+        .check_at(now)
+        .map_err(|error| ApiError::from(RuleError::Invalid(vec![Invalid::from(error)])))
 }
 
 /// The audit action of a `PUT` with `body`.
@@ -58,7 +54,6 @@ async fn put(
 ) -> Result<Option<Response>, ApiError> {
     let now = event.time;
     let quota = body
-        .as_ref()
         .map(|body| check(body, now))
         .transpose()?
         .map(|quota| StoredQuota::fresh(subject, quota, now));
