@@ -186,7 +186,7 @@ macro_rules! forward_auth {
                 params(
                     $($param,)*
                     ("X-Keygate-Require" = Option<String>, Header, description = "Permissions the credential must hold, comma-separated"),
-                    ("X-Keygate-Cost" = Option<u64>, Header, description = "What the request spends from the credential's quotas, 0 to 2^32 (default 1); set by the proxy per route"),
+                    ("X-Keygate-Cost" = Option<String>, Header, description = "What the request spends from the credential's quotas: a whole number from 0 to 4294967296 (default 1), set by the proxy per route; anything else is a 400"),
                     ("X-Forwarded-For" = Option<String>, Header, description = "The client, as the (trusted) proxy saw it"),
                     ("X-Forwarded-Method" = Option<String>, Header, description = "The original method (also X-Original-Method)"),
                     ("X-Forwarded-Uri" = Option<String>, Header, description = "The original URI (also X-Original-URI)"),

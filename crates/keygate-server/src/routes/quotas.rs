@@ -82,7 +82,7 @@ async fn put(
 /// current period used if the period and anchor are unchanged. Needs `tokens:write`.
 #[utoipa::path(put, path = "/v1/tokens/{id}/quota", tag = "tokens", operation_id = "putTokenQuota",
     params(("id" = String, Path, description = "A token id")),
-    request_body(content = QuotaBody, description = "The quota; the JSON `null` instead removes it"),
+    request_body(content = Option<QuotaBody>, description = "The quota, or the JSON `null` to remove it"),
     responses(
         (status = 200, description = "Set", body = QuotaView),
         (status = 204, description = "Removed"),
@@ -122,7 +122,7 @@ pub async fn put_token_quota(
 /// spend from it. Needs `oauth_clients:write`.
 #[utoipa::path(put, path = "/v1/oauth/clients/{id}/quota", tag = "oauth", operation_id = "putOauthClientQuota",
     params(("id" = String, Path, description = "A client id")),
-    request_body(content = QuotaBody, description = "The quota; the JSON `null` instead removes it"),
+    request_body(content = Option<QuotaBody>, description = "The quota, or the JSON `null` to remove it"),
     responses(
         (status = 200, description = "Set", body = QuotaView),
         (status = 204, description = "Removed"),
@@ -155,7 +155,7 @@ pub async fn put_client_quota(
 /// Needs `tenants:write`.
 #[utoipa::path(put, path = "/v1/tenants/{id}/quota", tag = "tenants", operation_id = "putTenantQuota",
     params(("id" = String, Path, description = "A tenant id or slug, strictly below yours")),
-    request_body(content = QuotaBody, description = "The quota; the JSON `null` instead removes it"),
+    request_body(content = Option<QuotaBody>, description = "The quota, or the JSON `null` to remove it"),
     responses(
         (status = 200, description = "Set", body = QuotaView),
         (status = 204, description = "Removed"),

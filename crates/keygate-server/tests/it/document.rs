@@ -272,7 +272,16 @@ async fn operations_are_named_tagged_and_answer_problems_for_code_generators() {
             if let Some(body) = operation.get("requestBody") {
                 // The explorer fills "Try it out" with it. (The OAuth endpoints take forms, as
                 // RFC 6749 says, and document their fields instead.)
-                match body["content"]["application/json"]["schema"]["$ref"].as_str() {
+                // A body that may also be `null` (a quota's removal) names its schema in a
+                // `oneOf` beside the null.
+                let schema = &body["content"]["application/json"]["schema"];
+                let named = schema["$ref"].as_str().or_else(|| {
+                    schema["oneOf"]
+                        .as_array()?
+                        .iter()
+                        .find_map(|s| s["$ref"].as_str())
+                });
+                match named {
                     Some(schema) => {
                         let name = schema.rsplit('/').next().unwrap();
                         let example = &doc["components"]["schemas"][name]["example"];

@@ -587,6 +587,36 @@ async fn a_monthly_quota_anchored_on_the_31st_refills_on_the_last_day_of_februar
     assert_eq!(spend().await.status(), 200);
 }
 
+/// A daily quota refills at its anchor's time of day, in UTC, whatever the hour it is set.
+#[tokio::test]
+async fn a_daily_quota_refills_at_the_anchors_time_of_day() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let at = |text: &str| Timestamp::parse(text).unwrap();
+    server.clock.set(at("2027-03-27T23:10:00Z"));
+    let (_, secret) = token_with(
+        &server,
+        None,
+        json!({"quota": {"limit": 2, "period": "day", "anchor": "2027-03-20T09:30:00Z"}}),
+    )
+    .await;
+    let spend = || forward(&server, &secret, &[]);
+    for _ in 0..2 {
+        assert_eq!(spend().await.status(), 200);
+    }
+    let refused = spend().await;
+    assert_eq!(
+        refused.headers()["retry-after"],
+        "37200",
+        "until 09:30 the next day"
+    );
+    server.clock.set(at("2027-03-28T09:29:59Z"));
+    assert_eq!(spend().await.status(), 429);
+    server.clock.set(at("2027-03-28T09:30:00Z"));
+    let allowed = spend().await;
+    assert_eq!(allowed.status(), 200);
+    assert_eq!(remaining(&allowed), Some(1));
+}
+
 /// Six client threads hammer one credential with a quota of 1 000 through `nodes` nodes in turn:
 /// the allowed requests, and every other answer's status.
 async fn hammer(bases: Vec<String>, secret: String, per_thread: usize) -> (u64, Vec<u16>) {
