@@ -59,6 +59,7 @@ pub mod perm {
         KeysWrite => KeysRead;
         IpRestrictionWrite => IpRestrictionRead;
         OauthClientsWrite => OauthClientsRead, RolesRead;
+        WebhooksWrite => WebhooksRead;
     }
 
     required! {
@@ -80,6 +81,8 @@ pub mod perm {
         AuditRead = "audit:read",
         UsageRead = "usage:read",
         CredentialsVerify = "credentials:verify",
+        WebhooksRead = "webhooks:read",
+        WebhooksWrite = "webhooks:write",
     }
 }
 

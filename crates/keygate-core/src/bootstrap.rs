@@ -35,6 +35,7 @@ pub fn plan(
         ip_restriction: Default::default(),
         created_at: now,
         quota: None,
+        leak_policy: Default::default(),
     };
     let user = User {
         id: UserId::generate(now)?,

@@ -121,6 +121,16 @@ define_id!(
     "rol"
 );
 define_id!(
+    /// A webhook endpoint a tenant registered (API.md §15).
+    WebhookId,
+    "whk"
+);
+define_id!(
+    /// One message owed to one webhook endpoint: its `webhook-id`, the same on every attempt.
+    DeliveryId,
+    "msg"
+);
+define_id!(
     /// Any stored credential (tokens, sessions, account keys, …). Its prefix is the one of its kind:
     /// see [`crate::credential::CredentialKind::id_prefix`].
     CredentialId,

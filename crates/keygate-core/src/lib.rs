@@ -40,6 +40,7 @@ pub mod users;
 pub mod validate;
 pub mod verified;
 pub mod verify;
+pub mod webhooks;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 

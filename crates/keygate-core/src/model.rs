@@ -47,6 +47,36 @@ pub struct Tenant {
     pub created_at: Timestamp,
     /// The pool its credentials and its descendants' share (API.md §13), set by an ancestor.
     pub quota: Option<StoredQuota>,
+    /// What its leaked credentials come to (API.md §15).
+    pub leak_policy: LeakPolicy,
+}
+
+/// What a tenant does with its credentials reported as leaked (`leak_policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeakPolicy {
+    /// Revoke the credential at once (the default).
+    #[default]
+    Revoke,
+    /// Leave it working and only tell the tenant (audit event, webhook).
+    Notify,
+}
+
+impl LeakPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Revoke => "revoke",
+            Self::Notify => "notify",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "revoke" => Some(Self::Revoke),
+            "notify" => Some(Self::Notify),
+            _ => None,
+        }
+    }
 }
 
 /// The deepest a reseller tree may go (the root is depth 1).
@@ -364,6 +394,9 @@ pub struct AuditEvent {
     pub ip: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    /// What webhooks are told beyond ids (a name, a reason, a source URL): never a secret. Not
+    /// part of the audit log's own record.
+    pub detail: Vec<(&'static str, serde_json::Value)>,
 }
 
 /// Where a request comes from, for the audit log.
@@ -400,7 +433,14 @@ impl AuditEvent {
             ip: meta.ip.clone(),
             user_agent: meta.user_agent.clone(),
             request_id: meta.request_id.clone(),
+            detail: Vec::new(),
         })
+    }
+
+    /// A detail for the webhook message this event becomes (API.md §15); never a secret.
+    pub fn with_detail(mut self, key: &'static str, value: impl Into<serde_json::Value>) -> Self {
+        self.detail.push((key, value.into()));
+        self
     }
 
     /// Done inside `tenant`, a descendant of the actor's own (`as-tenant`).
@@ -453,6 +493,8 @@ pub struct StoredEvent {
     pub request_id: Option<String>,
     /// How many identical refusals this event stands for (1 for every change).
     pub count: u32,
+    /// What the change recorded beyond ids (a name, a reason, a source URL), if anything.
+    pub detail: Option<serde_json::Value>,
 }
 
 #[cfg(test)]

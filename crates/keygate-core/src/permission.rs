@@ -16,7 +16,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The permissions keygate itself defines.
-pub const BUILTIN: [&str; 18] = [
+pub const BUILTIN: [&str; 20] = [
     "tenants:read",
     "tenants:write",
     "tenants:impersonate",
@@ -35,6 +35,8 @@ pub const BUILTIN: [&str; 18] = [
     "audit:read",
     "usage:read",
     "credentials:verify",
+    "webhooks:read",
+    "webhooks:write",
 ];
 
 const MAX_PART_LEN: usize = 64;

@@ -69,6 +69,7 @@ pub async fn plan(
         ip_restriction: Default::default(),
         created_at: now,
         quota: None,
+        leak_policy: Default::default(),
     };
     let first_user = match (input.first_user, users_grant) {
         (None, _) => None,
@@ -138,6 +139,8 @@ fn prefix_fields(error: RuleError, prefix: &str) -> RuleError {
 pub struct TenantChange {
     pub name: Option<String>,
     pub status: Option<TenantStatus>,
+    /// What its leaked credentials come to: the tenant's own choice, or an ancestor's.
+    pub leak_policy: Option<crate::model::LeakPolicy>,
 }
 
 /// Applies a change to `tenant`, which the caller sees from `home` (the tenant the request acts
@@ -158,6 +161,9 @@ pub fn plan_change(
             ));
         }
         changed.status = status;
+    }
+    if let Some(policy) = change.leak_policy {
+        changed.leak_policy = policy;
     }
     Ok(changed)
 }

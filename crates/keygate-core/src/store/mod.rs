@@ -34,6 +34,7 @@ mod tokens;
 mod usage;
 mod users;
 mod verification;
+mod webhooks;
 
 pub use account::AccountStore;
 pub use audit::{AuditStore, EventFilter};
@@ -48,6 +49,8 @@ pub use usage::{
 };
 pub use users::{Login, UserStore};
 pub use verification::{AccessTokenRecord, CredentialRecord, CredentialSource};
+pub use crate::model::LeakPolicy;
+pub use webhooks::{AttemptOutcome, LeakHandled, LeakReport, WebhookStore};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -182,6 +185,7 @@ pub trait Store:
     + SigningKeyStore
     + UsageStore
     + QuotaStore
+    + WebhookStore
 {
     /// A cheap round trip, for readiness.
     async fn ping(&self) -> Result<(), StoreError>;

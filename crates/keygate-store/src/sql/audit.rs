@@ -128,5 +128,9 @@ fn event_from_row(row: &DbRow) -> Result<StoredEvent, StoreError> {
         user_agent: row.try_get("user_agent").map_err(store_error)?,
         request_id: row.try_get("request_id").map_err(store_error)?,
         count: u32::try_from(count).unwrap_or(u32::MAX),
+        detail: row
+            .try_get::<Option<String>, _>("detail")
+            .map_err(store_error)?
+            .and_then(|text| serde_json::from_str(&text).ok()),
     })
 }

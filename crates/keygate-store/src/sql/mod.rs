@@ -92,3 +92,4 @@ mod tokens;
 mod usage;
 mod users;
 mod verification;
+mod webhooks;

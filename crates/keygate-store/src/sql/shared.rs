@@ -12,7 +12,7 @@ use keygate_core::model::{
 };
 use keygate_core::password::PasswordHashString;
 use keygate_core::quota::{Quota, QuotaPeriod, StoredQuota};
-use keygate_core::store::{Change, CredentialRecord, Page, Paged, StoreError};
+use keygate_core::store::{Change, CredentialRecord, LeakPolicy, Page, Paged, StoreError};
 use sqlx::{QueryBuilder, Row, Transaction};
 
 use super::{Db, DbRow, SqlStore, store_error};
@@ -249,6 +249,9 @@ pub(super) async fn insert_row(
 /// A change's event, in the change's transaction. A change that cannot be recorded does
 /// not happen: the failure rolls it back, and is reported as the store being unavailable
 /// (a retry may succeed), whatever the database said.
+/// Writes a change's audit event and, in the same transaction, the webhook deliveries it causes
+/// (API.md §15): a change that could not be recorded did not happen, and one that happened is
+/// never lost to its webhooks.
 pub(super) async fn insert_event(
     tx: &mut Transaction<'_, Db>,
     e: &AuditEvent,
@@ -260,7 +263,15 @@ pub(super) async fn insert_event(
                 StoreError::Unavailable(format!("the audit event could not be written: {why}"))
             }
             other => other,
-        })
+        })?;
+    if e.outcome != keygate_core::model::Outcome::Success {
+        return Ok(());
+    }
+    if let Some((event_type, body)) = keygate_core::webhooks::message_for(e) {
+        let tenant = e.acting_tenant_id.as_ref().unwrap_or(&e.tenant_id);
+        super::webhooks::insert_deliveries(tx, tenant, event_type, &body, e.time).await?;
+    }
+    Ok(())
 }
 
 pub(super) async fn insert_event_counted<'c, E>(
@@ -274,8 +285,8 @@ where
     sqlx::query(
         "INSERT INTO audit_events (id, time, tenant_id, acting_tenant_id, actor_type, actor_id,
              token_id, action, target_type, target_id, outcome, status, ip, user_agent, request_id,
-             count, scope_path)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+             count, detail, scope_path)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
              COALESCE((SELECT path FROM tenants WHERE id = COALESCE($4, $3)),
                       '/' || COALESCE($4, $3) || '/'))",
     )
@@ -295,10 +306,23 @@ where
     .bind(&e.user_agent)
     .bind(&e.request_id)
     .bind(i64::from(count))
+    .bind(detail_json(e))
     .execute(executor)
     .await
     .map(drop)
     .map_err(store_error)
+}
+
+/// An event's details as a JSON object, or NULL when it has none.
+fn detail_json(e: &AuditEvent) -> Option<String> {
+    (!e.detail.is_empty()).then(|| {
+        let object: serde_json::Map<String, serde_json::Value> = e
+            .detail
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), value.clone()))
+            .collect();
+        serde_json::Value::Object(object).to_string()
+    })
 }
 
 /// One page of a list in a scope: `sql` takes the scope's tenant as `$1`, the cursor as `$2`
@@ -376,6 +400,13 @@ pub(super) fn tenant_from_row(row: &DbRow) -> Result<Tenant, StoreError> {
         path: TenantPath::from_stored(row.try_get("path").map_err(store_error)?),
         created_at: timestamp(row, "created_at")?,
         quota: stored_quota(row)?,
+        // Read where the query selected it; a tenant line read for verification does not.
+        leak_policy: row
+            .try_get::<Option<String>, _>("leak_policy")
+            .ok()
+            .flatten()
+            .and_then(|p| LeakPolicy::parse(&p))
+            .unwrap_or_default(),
     })
 }
 

@@ -89,7 +89,7 @@ impl TenantStore for SqlStore {
     ) -> Result<Option<()>, StoreError> {
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(concat!(
-            "UPDATE tenants SET name = $1, status = $2
+            "UPDATE tenants SET name = $1, status = $2, leak_policy = $5
              WHERE id = $3 AND EXISTS (SELECT 1 FROM tenants s WHERE s.id = $4 AND ",
             in_subtree!("tenants", "s"),
             ")"
@@ -98,6 +98,7 @@ impl TenantStore for SqlStore {
         .bind(tenant.status.as_str())
         .bind(tenant.id.as_str())
         .bind(grant.tenant_id().as_str())
+        .bind(tenant.leak_policy.as_str())
         .execute(&mut *tx)
         .await
         .map_err(store_error)?
