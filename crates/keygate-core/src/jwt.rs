@@ -259,7 +259,7 @@ impl KeySealer {
         Ok(cipher)
     }
 
-    fn seal(&self, kid: &str, plaintext: &[u8]) -> Result<(Vec<u8>, Sealing), KeyError> {
+    pub(crate) fn seal(&self, kid: &str, plaintext: &[u8]) -> Result<(Vec<u8>, Sealing), KeyError> {
         let mut salt = vec![0u8; 16];
         let mut nonce = vec![0u8; 24];
         getrandom::fill(&mut salt)?;

@@ -19,6 +19,7 @@ pub mod grants;
 pub mod id;
 pub mod jwt;
 pub mod keyring;
+pub mod leaks;
 pub mod model;
 pub mod oauth;
 pub mod password;

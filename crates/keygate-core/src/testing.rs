@@ -37,6 +37,7 @@ pub fn caller(kind: CredentialKind, role: BuiltinRole, narrowing: Option<&[&str]
         ip_restriction: Default::default(),
         created_at: NOW,
         quota: None,
+        leak_policy: Default::default(),
     };
     let is_user = matches!(kind, CredentialKind::Personal | CredentialKind::Session);
     let user = is_user.then(|| User {

@@ -507,6 +507,7 @@ mod tests {
             ip_restriction: Default::default(),
             created_at: NOW,
             quota: None,
+            leak_policy: Default::default(),
         }
     }
 

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::Timestamp;
 use crate::id::{TenantId, WebhookId};
+use crate::jwt::{KeyError, KeySealer, Sealing, corrupt};
 use crate::model::AuditEvent;
 
 /// Every event type a webhook may ask for (API.md §15).
@@ -201,6 +202,50 @@ impl SigningSecret {
         context.update(b".");
         context.update(body.as_bytes());
         format!("v1,{}", STANDARD.encode(context.sign().as_ref()))
+    }
+}
+
+/// How a sealed signing secret is marked in the store: the scheme, then the salt and nonce.
+const SEALED_WITH: &str = "sealed";
+
+impl SigningSecret {
+    /// The secret as the store keeps it: sealed for webhook `id` when the operator configured a
+    /// key-encryption secret, else as it is (the README says so).
+    pub fn seal(&self, id: &WebhookId, sealer: Option<&KeySealer>) -> Result<StoredSecret, KeyError> {
+        let Some(sealer) = sealer else {
+            return Ok(StoredSecret {
+                bytes: self.0.clone(),
+                sealing: None,
+            });
+        };
+        let (bytes, sealing) = sealer.seal(id.as_str(), &self.0)?;
+        Ok(StoredSecret {
+            bytes,
+            sealing: Some(format!(
+                "{SEALED_WITH}:{}:{}",
+                STANDARD.encode(&sealing.salt),
+                STANDARD.encode(&sealing.nonce)
+            )),
+        })
+    }
+
+    /// Opens what [`Self::seal`] stored for webhook `id`.
+    pub fn open(stored: &StoredSecret, id: &str, sealer: Option<&KeySealer>) -> Result<Self, KeyError> {
+        let Some(sealing) = &stored.sealing else {
+            return Ok(Self(stored.bytes.clone()));
+        };
+        let sealer = sealer.ok_or_else(|| KeyError::NoSecret(id.to_owned()))?;
+        let mut parts = sealing.split(':');
+        let (Some(SEALED_WITH), Some(salt), Some(nonce), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(corrupt(id, "unknown sealing"));
+        };
+        let sealing = Sealing {
+            salt: STANDARD.decode(salt).map_err(|e| corrupt(id, e))?,
+            nonce: STANDARD.decode(nonce).map_err(|e| corrupt(id, e))?,
+        };
+        sealer.open(id, &stored.bytes, &sealing).map(Self)
     }
 }
 
@@ -486,7 +531,7 @@ mod tests {
         assert_eq!(kind, "token.created");
         let body: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["type"], "token.created");
-        assert_eq!(body["timestamp"], "2026-11-19T07:46:40Z");
+        assert_eq!(body["timestamp"], "2026-11-18T11:06:40Z");
         assert_eq!(body["data"]["id"], "tok_1");
         assert_eq!(body["data"]["name"], "deploy");
         assert_eq!(body["data"]["actor"]["id"], "usr_1");

@@ -53,6 +53,8 @@ pub struct Config {
     /// How long a shutdown waits for in-flight requests before closing them.
     pub shutdown_grace_seconds: u64,
     pub api: ApiConfig,
+    pub webhooks: WebhooksConfig,
+    pub leaks: LeaksConfig,
 }
 
 impl Default for Config {
@@ -77,8 +79,55 @@ impl Default for Config {
             log: LogConfig::default(),
             shutdown_grace_seconds: 30,
             api: ApiConfig::default(),
+            webhooks: WebhooksConfig::default(),
+            leaks: LeaksConfig::default(),
         }
     }
+}
+
+/// Webhook deliveries (API.md §15).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Private, loopback or link-local networks webhooks may still reach (an internal receiver).
+    /// Every other non-public address is refused, at creation and at each delivery.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub allowed_private_targets: Vec<Network>,
+    /// How many deliveries a node sends at once.
+    pub max_in_flight: u32,
+    /// Finished deliveries (delivered or failed) older than this are deleted.
+    pub retention_days: u32,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            allowed_private_targets: Vec::new(),
+            max_in_flight: 16,
+            retention_days: 30,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    /// Whether a delivery may reach `ip`: a public address, or one the operator allowed.
+    pub fn may_reach(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        keygate_core::webhooks::is_public(ip)
+            || self.allowed_private_targets.iter().any(|n| n.0.contains(&ip))
+    }
+}
+
+/// Leaked credentials reported by secret-scanning programmes (API.md §15).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LeaksConfig {
+    /// GitHub's secret-scanning public keys, as the JSON document GitHub publishes them; reports
+    /// to `POST /v1/leaks/github` are refused without it. Read again on SIGHUP.
+    pub github_public_keys_path: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -527,6 +576,11 @@ impl Config {
         }
         self.server.validate()?;
         self.usage.validate()?;
+        if self.webhooks.max_in_flight == 0 || self.webhooks.retention_days == 0 {
+            return Err(ConfigError::Invalid(
+                "webhooks.max_in_flight and webhooks.retention_days must be positive".into(),
+            ));
+        }
         match (self.rate_limit.requests, self.rate_limit.per_seconds) {
             (None, None) => {}
             (Some(r), Some(s)) if r > 0 && s > 0 => {}

@@ -24,6 +24,9 @@ pub struct TenantView {
     pub created_at: keygate_core::Timestamp,
     /// The pool the tenant's credentials and its descendants' share, set by an ancestor.
     pub quota: Option<QuotaView>,
+    /// What its credentials reported as leaked come to: `revoke` or `notify` (API.md §15).
+    #[schema(example = "revoke")]
+    pub leak_policy: &'static str,
 }
 
 impl TenantView {
@@ -37,6 +40,7 @@ impl TenantView {
             status: tenant.status.as_str(),
             created_at: tenant.created_at,
             quota,
+            leak_policy: tenant.leak_policy.as_str(),
         }
     }
 }

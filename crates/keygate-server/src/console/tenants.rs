@@ -354,6 +354,7 @@ pub(super) async fn change_tenant(
     let request = UpdateTenant {
         name: Some(form.name.trim().to_owned()).filter(|n| !n.is_empty()),
         status: Some(form.status.clone()).filter(|s| !s.is_empty()),
+        leak_policy: None,
     };
     let what = match (&request.name, request.status.as_deref()) {
         (Some(_), _) => "Renamed.",

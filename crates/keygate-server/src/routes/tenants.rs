@@ -6,7 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use keygate_core::access::{Caller, perm};
 use keygate_core::id::TenantId;
-use keygate_core::model::{RequestMeta, Target, Tenant, TenantStatus};
+use keygate_core::model::{LeakPolicy, RequestMeta, Target, Tenant, TenantStatus};
 use keygate_core::store::Deletion;
 use keygate_core::tenants::{self, NewTenant, TenantChange};
 use keygate_core::users::NewUser;
@@ -62,6 +62,10 @@ pub struct UpdateTenant {
     /// `active` or `suspended`; only an ancestor may change it.
     #[schema(example = "suspended")]
     pub status: Option<String>,
+    /// What a credential of the tenant reported as leaked comes to (API.md §15): `revoke` (the
+    /// default) or `notify` (it keeps working; the tenant is told by audit event and webhook).
+    #[schema(value_type = Option<String>, example = "revoke")]
+    pub leak_policy: Option<LeakPolicy>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -303,10 +307,19 @@ pub(crate) async fn update_tenant(
     let change = TenantChange {
         name: request.name,
         status,
+        leak_policy: request.leak_policy,
     };
     let changed = tenants::plan_change(&home, &tenant, change)?;
     let now = state.clock().now();
-    let event = grant.event("tenant.update", Some(target(&tenant.id)), now, meta)?;
+    // A suspension is its own action, so that webhooks can be told of it (`tenant.suspended`).
+    let action = if changed.status == TenantStatus::Suspended && tenant.status != changed.status {
+        "tenant.suspend"
+    } else {
+        "tenant.update"
+    };
+    let event = grant
+        .event(action, Some(target(&tenant.id)), now, meta)?
+        .with_detail("name", changed.name.clone());
     state
         .store()
         .update_tenant(&grant, &changed, &event)
