@@ -297,6 +297,7 @@ async fn serve(config: Config, email: &str) -> anyhow::Result<ExitCode> {
     let state = AppState::open(config, Arc::new(SystemClock)).await?;
     let report = state.bootstrap_if_empty(email).await?;
     let shutdown = shutdown_signal()?;
+    let _reloader = reload_on_hangup(state.clone())?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -324,6 +325,28 @@ fn raise_open_files_limit() {
         (_, Err(error)) => {
             tracing::warn!(%error, "cannot raise the open-files limit; keeping it as it is")
         }
+    }
+}
+
+/// Reads what can change without a restart again on SIGHUP: GitHub's leak-report keys. A file
+/// that cannot be used keeps what was loaded, and the log says why.
+fn reload_on_hangup(state: AppState) -> std::io::Result<crate::AbortOnDrop> {
+    #[cfg(unix)]
+    {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        Ok(crate::AbortOnDrop(tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                match state.reload_github_keys() {
+                    Ok(keys) => tracing::info!(keys, "reloaded GitHub's secret-scanning keys"),
+                    Err(error) => tracing::error!(%error, "kept the keys loaded before: the file cannot be used"),
+                }
+            }
+        })))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = state;
+        Ok(crate::AbortOnDrop(tokio::spawn(async {})))
     }
 }
 

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod console;
+pub mod deliveries;
 pub mod explorer;
 pub mod front;
 pub mod json;
@@ -99,6 +100,16 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(routes::audit::list))
         .routes(routes!(routes::audit::export))
+        .routes(routes!(routes::webhooks::list, routes::webhooks::create))
+        .routes(routes!(
+            routes::webhooks::get,
+            routes::webhooks::update,
+            routes::webhooks::delete
+        ))
+        .routes(routes!(routes::webhooks::deliveries))
+        .routes(routes!(routes::webhooks::retry))
+        .routes(routes!(routes::leaks::github))
+        .routes(routes!(routes::leaks::revoke))
         .routes(routes!(routes::usage::get))
         .routes(routes!(routes::usage::export))
         .routes(routes!(routes::sessions::login))
@@ -216,6 +227,14 @@ pub async fn run(
                         tracing::warn!(%error, "could not prune usage counts; will retry")
                     }
                 }
+                let days = u64::from(state.config().webhooks.retention_days);
+                let before = state
+                    .clock()
+                    .now()
+                    .saturating_sub(Duration::from_secs(days * 86_400));
+                if let Err(error) = state.store().prune_deliveries(before, 10_000).await {
+                    tracing::warn!(%error, "could not prune webhook deliveries; will retry");
+                }
             }
         })
     };
@@ -229,6 +248,11 @@ pub async fn run(
             }
         })
     };
+    let deliverer = tokio::spawn(
+        deliveries::Deliverer::new(state.clone())
+            .map_err(std::io::Error::other)?
+            .run(),
+    );
     let limits = connection_limits(state.config());
     let serve = serve(listener, app(state.clone()), limits, signalled);
     let grace_over = async move {
@@ -245,6 +269,8 @@ pub async fn run(
     flusher.abort();
     pruner.abort();
     housekeeper.abort();
+    // A delivery cut off mid-attempt keeps its claim until it lapses, then is sent again.
+    deliverer.abort();
     state.flush_usage().await;
     state.flush_refusals().await;
     state.give_back_credits(true).await;
@@ -340,7 +366,7 @@ pub async fn serve(
 
 /// Ends a task when dropped: the sweep stops with [`serve`], however `serve` ends (`run` drops
 /// it when the grace period is over).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

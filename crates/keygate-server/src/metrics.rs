@@ -53,6 +53,8 @@ pub struct Metrics {
     /// Forward-auth's routes, by [`ForwardAuthRoute`]: no lookup on the hot path.
     forward_auth: [Box<StatusCounts>; ForwardAuthRoute::ALL.len()],
     verifications: [AtomicU64; VerifyCode::ALL.len()],
+    /// Webhook attempts: delivered (a 2xx), and not.
+    webhook_attempts: [AtomicU64; 2],
 }
 
 impl Default for Metrics {
@@ -61,6 +63,7 @@ impl Default for Metrics {
             requests: RwLock::default(),
             forward_auth: std::array::from_fn(|_| StatusCounts::new()),
             verifications: std::array::from_fn(|_| AtomicU64::new(0)),
+            webhook_attempts: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -86,6 +89,11 @@ impl Metrics {
 
     pub fn count_verification(&self, code: VerifyCode) {
         self.verifications[code as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One webhook attempt, delivered or not.
+    pub fn webhook_attempt(&self, delivered: bool) {
+        self.webhook_attempts[usize::from(!delivered)].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -184,6 +192,18 @@ impl Metrics {
                 out,
                 "keygate_verifications_total{{code=\"{}\"}} {count}",
                 code.as_str()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP keygate_webhook_attempts_total Webhook delivery attempts by outcome."
+        );
+        let _ = writeln!(out, "# TYPE keygate_webhook_attempts_total counter");
+        for (outcome, count) in ["delivered", "failed"].iter().zip(&self.webhook_attempts) {
+            let _ = writeln!(
+                out,
+                "keygate_webhook_attempts_total{{outcome=\"{outcome}\"}} {}",
+                count.load(Ordering::Relaxed)
             );
         }
     }

@@ -62,6 +62,8 @@ use crate::problem::{ApiError, FieldError, PROBLEM_JSON, ProblemCode};
         (name = "audit", description = "What every credential did: the audit log and its export"),
         (name = "usage", description = "How many requests each credential made, per minute, hour or day and per outcome"),
         (name = "oauth", description = "OAuth 2.0 client credentials: clients, the token endpoint (form-encoded, RFC 6749 errors), revocation, introspection, keys and metadata"),
+        (name = "webhooks", description = "Being told of events (Standard Webhooks): endpoints, their deliveries and attempts, retries"),
+        (name = "leaks", description = "Leaked credentials: GitHub's secret-scanning reports, and revocation by whoever holds a secret"),
         (name = "verification", description = "Checking credentials for other services"),
         (name = "operations", description = "Health and readiness"),
     ),

@@ -1,7 +1,8 @@
 //! What every handler shares: the configuration, the store, the verifier and the clock.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use keygate_core::allowlist::IpAllowlist;
@@ -10,6 +11,7 @@ use keygate_core::gate::Gate;
 use keygate_core::grants::Grants;
 use keygate_core::jwt::{KeyError, KeySealer};
 use keygate_core::keyring::{KeyPolicy, KeyRing};
+use keygate_core::leaks::GithubKeys;
 use keygate_core::model::RateLimit;
 use keygate_core::oauth::Lifetimes;
 use keygate_core::password::{self, Hasher, PasswordError, PasswordHashString};
@@ -41,6 +43,13 @@ struct Inner {
     refusals: RefusalLog,
     metrics: Arc<Metrics>,
     shutting_down: AtomicBool,
+    /// Seals webhook signing secrets, when `oauth.key_encryption_secret` is set.
+    sealer: Option<KeySealer>,
+    /// GitHub's secret-scanning keys, read from `leaks.github_public_keys_path`; replaced whole on
+    /// reload.
+    github_keys: RwLock<Option<Arc<GithubKeys>>>,
+    /// The public revocation endpoint's limit, per address.
+    revoke_limiter: AddressLimiter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +60,50 @@ pub enum StartError {
     Store(#[from] keygate_store::OpenError),
     #[error("OAuth signing keys: {0}")]
     Keys(#[from] KeyError),
+    #[error("leaks.github_public_keys_path `{path}`: {why}")]
+    GithubKeys { path: String, why: String },
+}
+
+fn read_github_keys(path: &std::path::Path) -> Result<GithubKeys, StartError> {
+    let failed = |why: String| StartError::GithubKeys {
+        path: path.display().to_string(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+    GithubKeys::parse(&text).map_err(|e| failed(e.to_string()))
+}
+
+/// A rate limit per client address (GCRA, as credentials' limits are counted), for endpoints that
+/// take no credential. Counted on this node.
+pub struct AddressLimiter {
+    limit: RateLimit,
+    tats: Mutex<HashMap<std::net::IpAddr, i64>>,
+}
+
+impl AddressLimiter {
+    pub fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            tats: Mutex::default(),
+        }
+    }
+
+    /// Counts one request from `ip` at `now_millis`: `Ok`, or the seconds until one more is
+    /// admitted.
+    pub fn check(&self, ip: std::net::IpAddr, now_millis: i64) -> Result<(), u64> {
+        let cell = keygate_core::ratelimit::cell(self.limit);
+        let mut tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
+        if tats.len() > 100_000 {
+            tats.retain(|_, tat| *tat > now_millis);
+        }
+        let tat = tats.get(&ip).copied().unwrap_or(now_millis).max(now_millis);
+        if tat - now_millis > cell.tolerance_ms {
+            let wait = tat - cell.tolerance_ms - now_millis;
+            return Err(u64::try_from((wait + 999) / 1000).unwrap_or(1).max(1));
+        }
+        tats.insert(ip, tat + cell.interval_ms);
+        Ok(())
+    }
 }
 
 impl AppState {
@@ -101,6 +154,14 @@ impl AppState {
             _ => None,
         };
         let gate = Gate::new(verifier, store.clone(), default_rate_limit).with_credits(credits);
+        let webhook_sealer = match &config.oauth.key_encryption_secret {
+            Some(secret) => Some(KeySealer::new(&secret.0)?),
+            None => None,
+        };
+        let github_keys = match &config.leaks.github_public_keys_path {
+            Some(path) => Some(Arc::new(read_github_keys(path)?)),
+            None => None,
+        };
         Ok(Self(Arc::new(Inner {
             trusted_proxies,
             config,
@@ -113,11 +174,52 @@ impl AppState {
             refusals: RefusalLog::default(),
             metrics: Arc::default(),
             shutting_down: AtomicBool::new(false),
+            sealer: webhook_sealer,
+            github_keys: RwLock::new(github_keys),
+            revoke_limiter: AddressLimiter::new(RateLimit {
+                requests: 60,
+                per_seconds: 3600,
+            }),
         })))
     }
 
     pub fn config(&self) -> &Config {
         &self.0.config
+    }
+
+    /// What seals webhook signing secrets, if the operator configured a secret for it.
+    pub fn sealer(&self) -> Option<&KeySealer> {
+        self.0.sealer.as_ref()
+    }
+
+    /// GitHub's secret-scanning keys, if configured.
+    pub fn github_keys(&self) -> Option<Arc<GithubKeys>> {
+        self.0
+            .github_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads `leaks.github_public_keys_path` again (on SIGHUP). A file that cannot be read or
+    /// used leaves the keys as they were; the error says why.
+    pub fn reload_github_keys(&self) -> Result<usize, StartError> {
+        let Some(path) = &self.0.config.leaks.github_public_keys_path else {
+            return Ok(0);
+        };
+        let keys = read_github_keys(path)?;
+        let count = keys.len();
+        *self
+            .0
+            .github_keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(keys));
+        Ok(count)
+    }
+
+    /// The public revocation endpoint's limit per address.
+    pub fn revoke_limiter(&self) -> &AddressLimiter {
+        &self.0.revoke_limiter
     }
 
     pub fn catalog(&self) -> &Catalog {

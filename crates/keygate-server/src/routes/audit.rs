@@ -62,6 +62,11 @@ pub struct EventView {
     /// How many identical refusals this event stands for (1 for every change).
     #[schema(example = 1)]
     pub count: u32,
+    /// What the change recorded beyond ids, where it did: a name, a reason, a leaked credential's
+    /// source URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>, example = json!({"source": "github", "url": "https://github.com/o/r/blob/abc/.env"}))]
+    pub detail: Option<serde_json::Value>,
 }
 
 impl From<StoredEvent> for EventView {
@@ -84,6 +89,7 @@ impl From<StoredEvent> for EventView {
             user_agent: event.user_agent,
             request_id: event.request_id,
             count: event.count,
+            detail: event.detail,
         }
     }
 }

@@ -3,6 +3,7 @@
 pub mod account;
 pub mod audit;
 pub mod forward_auth;
+pub mod leaks;
 pub mod metrics;
 pub mod oauth;
 pub mod ops;
@@ -14,4 +15,5 @@ pub mod tokens;
 pub mod usage;
 pub mod users;
 pub mod verify;
+pub mod webhooks;
 pub mod whoami;
