@@ -67,7 +67,8 @@ impl GithubKeys {
             .public_keys
             .into_iter()
             .map(|k| {
-                let point = p256_point(&k.key).ok_or_else(|| KeysError::Key(k.key_identifier.clone()))?;
+                let point =
+                    p256_point(&k.key).ok_or_else(|| KeysError::Key(k.key_identifier.clone()))?;
                 Ok((k.key_identifier, point))
             })
             .collect::<Result<_, KeysError>>()?;
@@ -145,10 +146,13 @@ mod tests {
     fn a_report_verifies_only_with_the_key_it_names() {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
-        let keys =
-            GithubKeys::parse(&document("k1", &p256_public_pem(pair.public_key().as_ref()))).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
+        let keys = GithubKeys::parse(&document(
+            "k1",
+            &p256_public_pem(pair.public_key().as_ref()),
+        ))
+        .unwrap();
         assert_eq!(keys.len(), 1);
         let body = br#"[{"token":"kg_live_x","type":"keygate_token","url":"https://x"}]"#;
         let signature = STANDARD.encode(pair.sign(&rng, body).unwrap().as_ref());

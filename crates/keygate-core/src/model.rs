@@ -285,6 +285,8 @@ pub struct Credential {
     pub created_at: Timestamp,
     pub expires_at: Option<Timestamp>,
     pub revoked_at: Option<Timestamp>,
+    /// Why it was revoked, when not by its owner's hand (`leaked`).
+    pub revoked_reason: Option<String>,
     pub last_used_at: Option<Timestamp>,
     /// The client address of that last use, when it was known.
     pub last_used_ip: Option<std::net::IpAddr>,
@@ -335,6 +337,7 @@ impl Credential {
             created_at: now,
             expires_at: None,
             revoked_at: None,
+            revoked_reason: None,
             last_used_at: None,
             last_used_ip: None,
             rolled_from: None,

@@ -211,7 +211,11 @@ const SEALED_WITH: &str = "sealed";
 impl SigningSecret {
     /// The secret as the store keeps it: sealed for webhook `id` when the operator configured a
     /// key-encryption secret, else as it is (the README says so).
-    pub fn seal(&self, id: &WebhookId, sealer: Option<&KeySealer>) -> Result<StoredSecret, KeyError> {
+    pub fn seal(
+        &self,
+        id: &WebhookId,
+        sealer: Option<&KeySealer>,
+    ) -> Result<StoredSecret, KeyError> {
         let Some(sealer) = sealer else {
             return Ok(StoredSecret {
                 bytes: self.0.clone(),
@@ -230,7 +234,11 @@ impl SigningSecret {
     }
 
     /// Opens what [`Self::seal`] stored for webhook `id`.
-    pub fn open(stored: &StoredSecret, id: &str, sealer: Option<&KeySealer>) -> Result<Self, KeyError> {
+    pub fn open(
+        stored: &StoredSecret,
+        id: &str,
+        sealer: Option<&KeySealer>,
+    ) -> Result<Self, KeyError> {
         let Some(sealing) = &stored.sealing else {
             return Ok(Self(stored.bytes.clone()));
         };
@@ -366,7 +374,9 @@ pub const RETRY_PAUSES_SECONDS: [u64; 8] = [5, 60, 300, 1_800, 7_200, 18_000, 28
 pub fn next_attempt_after(attempts: u32, now: Timestamp) -> Option<Timestamp> {
     let index = usize::try_from(attempts).ok()?.checked_sub(1)?;
     let pause = RETRY_PAUSES_SECONDS.get(index)?;
-    Some(Timestamp::from_unix(now.unix().saturating_add_unsigned(*pause)))
+    Some(Timestamp::from_unix(
+        now.unix().saturating_add_unsigned(*pause),
+    ))
 }
 
 /// How long a node's claim on a delivery lasts: longer than an attempt may take (10 s to answer),
@@ -430,11 +440,8 @@ mod tests {
     #[test]
     fn the_signature_is_the_standard_webhooks_one() {
         // The example of the Standard Webhooks specification's reference implementations.
-        let secret = SigningSecret::from_bytes(
-            STANDARD
-                .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-                .unwrap(),
-        );
+        let secret =
+            SigningSecret::from_bytes(STANDARD.decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap());
         let body = r#"{"test": 2432232314}"#;
         assert_eq!(
             secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330, body),
@@ -503,7 +510,12 @@ mod tests {
         ] {
             assert!(!is_public(text.parse().unwrap()), "{text}");
         }
-        for text in ["93.184.216.34", "1.1.1.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for text in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert!(is_public(text.parse().unwrap()), "{text}");
         }
     }

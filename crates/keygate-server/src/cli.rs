@@ -338,7 +338,9 @@ fn reload_on_hangup(state: AppState) -> std::io::Result<crate::AbortOnDrop> {
             while hangup.recv().await.is_some() {
                 match state.reload_github_keys() {
                     Ok(keys) => tracing::info!(keys, "reloaded GitHub's secret-scanning keys"),
-                    Err(error) => tracing::error!(%error, "kept the keys loaded before: the file cannot be used"),
+                    Err(error) => {
+                        tracing::error!(%error, "kept the keys loaded before: the file cannot be used")
+                    }
                 }
             }
         })))

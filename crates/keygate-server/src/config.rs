@@ -117,7 +117,10 @@ impl WebhooksConfig {
             v4 => v4,
         };
         keygate_core::webhooks::is_public(ip)
-            || self.allowed_private_targets.iter().any(|n| n.0.contains(&ip))
+            || self
+                .allowed_private_targets
+                .iter()
+                .any(|n| n.0.contains(&ip))
     }
 }
 

@@ -33,16 +33,20 @@ use crate::state::AppState;
 /// How often a node looks for due deliveries when there were none.
 const POLL_EVERY: Duration = Duration::from_millis(200);
 
-/// How often tokens about to expire are looked for (`token.expiring`).
-const EXPIRY_NOTICES_EVERY: Duration = Duration::from_secs(60);
+/// How often tokens about to expire are looked for (`token.expiring`), in keygate's clock.
+const EXPIRY_NOTICES_EVERY: i64 = 60;
 
 /// Why a target may not be reached; the message is what the attempt records, and what the API
 /// answers at creation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
-    #[error("`{0}` is not a public address; list it in webhooks.allowed_private_targets to allow it")]
+    #[error(
+        "`{0}` is not a public address; list it in webhooks.allowed_private_targets to allow it"
+    )]
     Private(IpAddr),
-    #[error("`{0}` resolves to no public address; list its network in webhooks.allowed_private_targets to allow it")]
+    #[error(
+        "`{0}` resolves to no public address; list its network in webhooks.allowed_private_targets to allow it"
+    )]
     PrivateName(String),
     #[error("`{0}` could not be resolved")]
     Unresolved(String),
@@ -147,10 +151,11 @@ impl Deliverer {
 
     /// Claims and sends due deliveries until the task is aborted; publishes expiry notices.
     pub async fn run(self: Arc<Self>) {
-        let mut last_notices: Option<Instant> = None;
+        let mut last_notices: Option<i64> = None;
         loop {
-            if last_notices.is_none_or(|at| at.elapsed() >= EXPIRY_NOTICES_EVERY) {
-                last_notices = Some(Instant::now());
+            let now = self.state.clock().now().unix();
+            if last_notices.is_none_or(|at| now - at >= EXPIRY_NOTICES_EVERY) {
+                last_notices = Some(now);
                 match self
                     .state
                     .store()
@@ -158,7 +163,9 @@ impl Deliverer {
                     .await
                 {
                     Ok(0) => {}
-                    Ok(noticed) => tracing::info!(noticed, "told webhooks of tokens about to expire"),
+                    Ok(noticed) => {
+                        tracing::info!(noticed, "told webhooks of tokens about to expire")
+                    }
                     Err(error) => tracing::warn!(%error, "could not look for expiring tokens"),
                 }
             }
@@ -237,7 +244,11 @@ impl Deliverer {
         let started = Instant::now();
         let (status, error, response_body) = match self.secret_of(&delivery) {
             Ok(secret) => self.post(&delivery, &secret).await,
-            Err(why) => (None, Some(format!("the signing secret cannot be opened: {why}")), None),
+            Err(why) => (
+                None,
+                Some(format!("the signing secret cannot be opened: {why}")),
+                None,
+            ),
         };
         let attempt = Attempt {
             number,

@@ -36,6 +36,7 @@ mod users;
 mod verification;
 mod webhooks;
 
+pub use crate::model::LeakPolicy;
 pub use account::AccountStore;
 pub use audit::{AuditStore, EventFilter};
 pub use keys::{SigningKeySource, SigningKeyStore};
@@ -49,7 +50,6 @@ pub use usage::{
 };
 pub use users::{Login, UserStore};
 pub use verification::{AccessTokenRecord, CredentialRecord, CredentialSource};
-pub use crate::model::LeakPolicy;
 pub use webhooks::{AttemptOutcome, LeakHandled, LeakReport, WebhookStore};
 
 #[derive(Debug, Clone, thiserror::Error)]

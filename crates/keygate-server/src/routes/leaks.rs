@@ -144,7 +144,9 @@ pub async fn github(
     )
     .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
     let matches: Vec<GithubMatch> = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::invalid(format!("not a report of GitHub's secret-scanning format: {e}"))
+        ApiError::invalid(format!(
+            "not a report of GitHub's secret-scanning format: {e}"
+        ))
     })?;
     let mut labels = Vec::with_capacity(matches.len());
     for m in &matches {
@@ -182,9 +184,7 @@ pub async fn revoke(
     Json(request): Json<RevokeRequest>,
 ) -> Result<(StatusCode, axum::Json<RevokeAccepted>), ApiError> {
     if let Some(axum::Extension(ClientIp(ip))) = ip
-        && let Err(wait) = state
-            .revoke_limiter()
-            .check(ip, state.clock().now_millis())
+        && let Err(wait) = state.revoke_limiter().check(ip, state.clock().now_millis())
     {
         return Err(ApiError::new(
             ProblemCode::RateLimited,

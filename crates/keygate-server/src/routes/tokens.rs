@@ -105,6 +105,9 @@ pub struct TokenView {
     /// `active`, `expired` or `revoked`.
     #[schema(example = "active")]
     pub status: &'static str,
+    /// Why it was revoked, when not by a person's hand: `leaked` (API.md §15).
+    #[schema(example = json!(null))]
+    pub revoked_reason: Option<String>,
     /// The secret's last four characters.
     #[schema(example = "x9Qa")]
     pub hint: String,
@@ -125,6 +128,7 @@ impl TokenView {
         Self {
             quota: quotas.view(token.quota.as_ref()),
             status: tokens::status(&token, now),
+            revoked_reason: token.revoked_reason.clone(),
             id: token.id.to_string(),
             kind: match token.kind {
                 CredentialKind::Personal => TokenKind::Personal,

@@ -196,8 +196,8 @@ pub async fn check_url(guard: &Guard, text: &str) -> Result<(String, Vec<Warning
     if text.len() > MAX_URL_LEN {
         return Err(field("url", format!("at most {MAX_URL_LEN} characters")));
     }
-    let url = reqwest::Url::parse(text.trim())
-        .map_err(|e| field("url", format!("not a URL: {e}")))?;
+    let url =
+        reqwest::Url::parse(text.trim()).map_err(|e| field("url", format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(field(
             "url",

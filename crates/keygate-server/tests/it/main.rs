@@ -59,3 +59,4 @@ mod tools;
 mod usage;
 mod verify;
 mod versions;
+mod webhooks;

@@ -477,6 +477,11 @@ pub(super) fn credential_from_row(row: &DbRow) -> Result<Credential, StoreError>
         created_at: timestamp(row, "created_at")?,
         expires_at: optional_timestamp(row, "expires_at")?,
         revoked_at: optional_timestamp(row, "revoked_at")?,
+        // Not every query that reads a credential selects it.
+        revoked_reason: row
+            .try_get::<Option<String>, _>("revoked_reason")
+            .ok()
+            .flatten(),
         last_used_at: optional_timestamp(row, "last_used_at")?,
         // Written by keygate alone; an address it cannot read back is forgotten, not an error.
         last_used_ip: row

@@ -118,9 +118,8 @@ async fn deliveries_with_attempts(
     if deliveries.is_empty() {
         return Ok(deliveries);
     }
-    let mut query = QueryBuilder::<Db>::new(
-        "SELECT * FROM webhook_attempts WHERE delivery_id IN (",
-    );
+    let mut query =
+        QueryBuilder::<Db>::new("SELECT * FROM webhook_attempts WHERE delivery_id IN (");
     let mut list = query.separated(", ");
     for delivery in &deliveries {
         list.push_bind(delivery.id.as_str().to_owned());
