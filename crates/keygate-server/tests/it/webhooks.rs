@@ -903,3 +903,101 @@ async fn two_nodes_never_both_deliver_the_same_attempt() {
         );
     }
 }
+
+/// The real binary, killed with SIGKILL while a delivery is in flight (the receiver holds the
+/// request): after a restart, once the dead node's claim lapses, the same message is sent again
+/// and delivered. Nothing secret reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_cut_off_by_sigkill_is_sent_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let keygate = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"));
+        command
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KEYGATE_DATABASE_URL", "sqlite://data/keygate.db")
+            .env("KEYGATE_LISTEN", "127.0.0.1:0")
+            .env("KEYGATE_WEBHOOKS__ALLOWED_PRIVATE_TARGETS", "127.0.0.0/8");
+        command
+    };
+    let init = keygate().args(["init", "--json"]).output().unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let owner: Value = serde_json::from_slice(&init.stdout).unwrap();
+    let owner = owner["token"].as_str().unwrap().to_owned();
+    let serve = || {
+        let mut command = keygate();
+        command.arg("serve");
+        crate::binary::Serve::spawn(command)
+    };
+    let node = serve();
+    let receiver = Receiver::start().await;
+    receiver.hang_next(1);
+    let post = |base: &str, path: &str, body: Value| {
+        client()
+            .post(format!("{base}{path}"))
+            .bearer_auth(&owner)
+            .json(&body)
+            .send()
+    };
+    let created: Value = post(
+        &node.base,
+        "/v1/webhooks",
+        json!({"url": receiver.url, "events": ["token.created"]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let signing_secret = created["secret"].as_str().unwrap().to_owned();
+    receiver.expect_secret(&signing_secret);
+    let webhook = created["id"].as_str().unwrap().to_owned();
+    let token: Value = post(
+        &node.base,
+        "/v1/tokens",
+        json!({"kind": "service", "name": "survivor", "role": "viewer"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let first = receiver.wait_for(1, Duration::from_secs(10)).await;
+    node.kill();
+
+    let node = serve();
+    let seen = receiver
+        .wait_for(
+            2,
+            Duration::from_secs(keygate_core::webhooks::CLAIM_SECONDS + 15),
+        )
+        .await;
+    assert_eq!(seen[1].id, first[0].id, "the same message, sent again");
+    assert!(seen.iter().all(|r| r.verified));
+    assert_eq!(seen[1].body["data"]["id"], token["id"]);
+    let list: Value = client()
+        .get(format!("{}/v1/webhooks/{webhook}/deliveries", node.base))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"][0]["status"], "delivered", "{list}");
+    let (status, log) = node.stop();
+    assert!(status.success(), "{log}");
+    for secret in [
+        signing_secret.as_str(),
+        token["secret"].as_str().unwrap(),
+        owner.as_str(),
+    ] {
+        assert!(!log.contains(secret), "a secret in the log:\n{log}");
+    }
+    assert!(log.contains("webhook attempt"), "{log}");
+}
