@@ -354,7 +354,7 @@ impl Credits {
                 period,
                 now,
                 cost,
-                |window, need, want| store.take_credits(&on.subject, window, need, want),
+                |window, need, want| store.take_credits(&on.subject, window, need, want, now),
             )
             .await?;
         Ok(left.map(|left| Spent {
@@ -871,6 +871,7 @@ mod tests {
             window: Timestamp,
             need: u64,
             want: u64,
+            _: Timestamp,
         ) -> Result<Option<crate::store::Taken>, StoreError> {
             self.trips.fetch_add(1, Ordering::Relaxed);
             let mut rows = self.rows.lock().unwrap();

@@ -930,6 +930,7 @@ async fn chain(o: &Owned, depth: usize) -> (keygate_core::model::Tenant, Credent
             ip_restriction: Default::default(),
             created_at: NOW,
             quota: None,
+            leak_policy: Default::default(),
         };
         let created = event(&grant, "tenant.create");
         o.store
@@ -1710,6 +1711,7 @@ async fn tenant_below(o: &Owned, parent: &Tenant, slug: &str) -> Tenant {
         ip_restriction: Default::default(),
         created_at: NOW,
         quota: None,
+        leak_policy: Default::default(),
     };
     o.store
         .create_tenant(&grant, &tenant, None, &[event(&grant, "tenant.create")])
@@ -2322,7 +2324,7 @@ async fn quota_takes_shrink_to_what_is_left_and_a_new_window_starts_at_zero(db: 
     let hour = NOW;
     let next = Timestamp::from_unix(NOW.unix() + 3600);
     quota_row(&o._db, "tok_q", &o.plan.tenant.id, 10, hour).await;
-    let take = |window, need, want| o.store.take_credits("tok_q", window, need, want);
+    let take = |window, need, want| o.store.take_credits("tok_q", window, need, want, NOW);
     let taken = |taken, remaining| Some(Taken { taken, remaining });
 
     assert_eq!(take(hour, 1, 4).await.unwrap(), taken(4, 6));
@@ -2358,7 +2360,10 @@ async fn quota_takes_shrink_to_what_is_left_and_a_new_window_starts_at_zero(db: 
     assert_eq!(take(next, 0, 0).await.unwrap(), taken(0, 0));
 
     assert_eq!(
-        o.store.take_credits("tok_none", hour, 1, 1).await.unwrap(),
+        o.store
+            .take_credits("tok_none", hour, 1, 1, NOW)
+            .await
+            .unwrap(),
         None,
         "no quota"
     );
@@ -2382,7 +2387,7 @@ async fn quota_takes_from_two_nodes_at_once_never_pass_the_limit(db: TestDb) {
             let mut taken = 0;
             loop {
                 let got = store
-                    .take_credits("tok_q", NOW, 1, want)
+                    .take_credits("tok_q", NOW, 1, want, NOW)
                     .await
                     .unwrap()
                     .unwrap();
@@ -2451,7 +2456,7 @@ async fn quotas_are_set_where_the_grant_reaches_and_read_with_what_they_limit(db
 
     // Some spent; the same period keeps the count, another starts again.
     o.store
-        .take_credits(token.as_str(), NOW, 1, 30)
+        .take_credits(token.as_str(), NOW, 1, 30, NOW)
         .await
         .unwrap();
     let raised = hourly(token.as_str(), 200, NOW);
@@ -2538,7 +2543,7 @@ async fn quotas_are_set_where_the_grant_reaches_and_read_with_what_they_limit(db
 
     // A roll passes the quota and its count to the successor.
     o.store
-        .take_credits(token.as_str(), NOW, 1, 5)
+        .take_credits(token.as_str(), NOW, 1, 5, NOW)
         .await
         .unwrap();
     let previous = o

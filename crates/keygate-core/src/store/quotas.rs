@@ -68,13 +68,16 @@ pub trait QuotaStore: Send + Sync + 'static {
     /// none when fewer than `need` are left. A quota still counting an older window starts the
     /// new one at zero. `None` when `subject` has no quota.
     ///
-    /// Not scoped: the gate calls it for a credential it has verified, as it counts usage.
+    /// Not scoped: the gate calls it for a credential it has verified, as it counts usage. A take
+    /// that brings what was taken to 80 % or 100 % of the limit publishes `quota.threshold` (API.md
+    /// §15), once per window, as of `now`.
     async fn take_credits(
         &self,
         subject: &str,
         window: Timestamp,
         need: u64,
         want: u64,
+        now: Timestamp,
     ) -> Result<Option<Taken>, StoreError>;
 
     /// Whether several nodes may share this store (PostgreSQL): then rate limits are counted in it

@@ -1001,3 +1001,47 @@ async fn a_delivery_cut_off_by_sigkill_is_sent_after_the_restart() {
     }
     assert!(log.contains("webhook attempt"), "{log}");
 }
+
+/// `quota.threshold` is sent when a quota's period reaches 80 % and 100 %, once each.
+#[tokio::test]
+async fn quota_thresholds_are_told_at_eighty_and_a_hundred_percent() {
+    let server = TestServer::start_with(Backend::Sqlite, loopback_allowed).await;
+    let receiver = Receiver::start().await;
+    subscribe(&server, &receiver, &["quota.threshold"]).await;
+    let made = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(
+                json!({"kind": "service", "name": "metered", "role": "viewer",
+                        "quota": {"limit": 10, "period": "day"}}),
+            ),
+        )
+        .await;
+    let secret = made["secret"].as_str().unwrap();
+    let check = || server.get("/v1/forward-auth").bearer_auth(secret).send();
+    for _ in 0..7 {
+        assert_eq!(check().await.unwrap().status(), 200);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(receiver.seen().is_empty(), "70 % is not a threshold");
+    assert_eq!(check().await.unwrap().status(), 200);
+    let seen = receiver.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(seen[0].body["data"]["percent"], 80);
+    assert_eq!(seen[0].body["data"]["id"], made["id"]);
+    assert_eq!(seen[0].body["data"]["limit"], 10);
+    for _ in 0..2 {
+        assert_eq!(check().await.unwrap().status(), 200);
+    }
+    assert_eq!(check().await.unwrap().status(), 429);
+    let seen = receiver.wait_for(2, Duration::from_secs(5)).await;
+    assert_eq!(seen[1].body["data"]["percent"], 100);
+    for _ in 0..3 {
+        assert_eq!(check().await.unwrap().status(), 429);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(receiver.seen().len(), 2, "once each");
+    assert!(receiver.seen().iter().all(|r| r.verified));
+}

@@ -63,3 +63,7 @@ CREATE INDEX credentials_expiring ON credentials (expires_at)
 -- What an event's webhook message says beyond ids (a name, a reason, a leak's source URL), as a
 -- JSON object; never a secret.
 ALTER TABLE audit_events ADD COLUMN detail TEXT;
+-- The `quota.threshold` notices sent for a quota's current window: 0 none, 80, or 100 (percent
+-- taken). Checked after every take, by whichever node takes, so a notice a dead node did not get
+-- to send is sent by the next take; reset when a new window starts.
+ALTER TABLE quotas ADD COLUMN notified INTEGER NOT NULL DEFAULT 0;

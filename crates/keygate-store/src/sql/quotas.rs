@@ -23,7 +23,7 @@ use keygate_core::store::{
 use sqlx::{Row, Transaction};
 
 use super::shared::{insert_event, stored_quota, upsert_quota};
-use super::{Db, SHARED_BY_NODES, SqlStore, store_error};
+use super::{Db, DbRow, SHARED_BY_NODES, SqlStore, store_error};
 
 /// The stored TAT, or now ($2) if it has passed.
 macro_rules! rate_base {
@@ -216,6 +216,7 @@ impl QuotaStore for SqlStore {
         window: Timestamp,
         need: u64,
         want: u64,
+        now: Timestamp,
     ) -> Result<Option<Taken>, StoreError> {
         let want = credits(want.max(need))?;
         let need = credits(need)?;
@@ -226,9 +227,11 @@ impl QuotaStore for SqlStore {
             take!(),
             ", last_take = ",
             take!(),
+            ", notified = CASE WHEN window_start < $2 THEN 0 ELSE notified END",
             ", window_start = CASE WHEN window_start < $2 THEN $2 ELSE window_start END
              WHERE subject_id = $1
-             RETURNING last_take, lim - used AS remaining"
+             RETURNING last_take, lim - used AS remaining, used, lim, notified, tenant_id,
+                       period, window_start"
         ))
         .bind(subject)
         .bind(window.unix())
@@ -242,6 +245,16 @@ impl QuotaStore for SqlStore {
         };
         let taken: i64 = row.try_get("last_take").map_err(store_error)?;
         let remaining: i64 = row.try_get("remaining").map_err(store_error)?;
+        let used: i64 = row.try_get("used").map_err(store_error)?;
+        let limit: i64 = row.try_get("lim").map_err(store_error)?;
+        let notified: i64 = row.try_get("notified").map_err(store_error)?;
+        let level = threshold_level(used, limit);
+        if level > notified {
+            // Not on the take's path if it fails: the next take sends it.
+            if let Err(error) = self.notice_threshold(subject, &row, level, now).await {
+                tracing::warn!(%error, subject, "could not publish quota.threshold; the next take will");
+            }
+        }
         Ok(Some(Taken {
             taken: u64::try_from(taken).unwrap_or(0),
             // A limit lowered below what was used leaves nothing, not a negative.
@@ -269,6 +282,74 @@ impl QuotaStore for SqlStore {
         .await
         .map_err(store_error)?;
         Ok(())
+    }
+}
+
+/// The `quota.threshold` level (API.md §15) `used` of `limit` has reached: 0, 80 or 100.
+fn threshold_level(used: i64, limit: i64) -> i64 {
+    if limit > 0 && used >= limit {
+        100
+    } else if limit > 0 && used.saturating_mul(5) >= limit.saturating_mul(4) {
+        80
+    } else {
+        0
+    }
+}
+
+impl SqlStore {
+    /// Publishes `quota.threshold` at `level` for the window `row` (a take's RETURNING) is in, once:
+    /// the mark and the deliveries are written together, and only by the take that moves the
+    /// mark.
+    async fn notice_threshold(
+        &self,
+        subject: &str,
+        row: &DbRow,
+        level: i64,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let window: i64 = row.try_get("window_start").map_err(store_error)?;
+        let tenant = TenantId::from_trusted(row.try_get("tenant_id").map_err(store_error)?);
+        let mut tx = self.begin_write().await?;
+        let marked = sqlx::query(
+            "UPDATE quotas SET notified = $1
+             WHERE subject_id = $2 AND window_start = $3 AND notified < $1",
+        )
+        .bind(level)
+        .bind(subject)
+        .bind(window)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        if marked == 0 {
+            return Ok(());
+        }
+        let used: i64 = row.try_get("used").map_err(store_error)?;
+        let limit: i64 = row.try_get("lim").map_err(store_error)?;
+        let period: String = row.try_get("period").map_err(store_error)?;
+        let before: i64 = row.try_get("notified").map_err(store_error)?;
+        // One notice per level crossed: a costly request may cross both at once.
+        for percent in [80, 100]
+            .into_iter()
+            .filter(|p| (before + 1..=level).contains(p))
+        {
+            let mut data = serde_json::Map::new();
+            data.insert("tenant_id".into(), tenant.as_str().into());
+            data.insert("object".into(), "quota".into());
+            data.insert("id".into(), subject.into());
+            data.insert("percent".into(), percent.into());
+            data.insert("limit".into(), limit.into());
+            data.insert("used".into(), used.min(limit).into());
+            data.insert("period".into(), period.clone().into());
+            data.insert(
+                "window_start".into(),
+                Timestamp::from_unix(window).to_string().into(),
+            );
+            let body = keygate_core::webhooks::message_body("quota.threshold", now, data);
+            super::webhooks::insert_deliveries(&mut tx, &tenant, "quota.threshold", &body, now)
+                .await?;
+        }
+        tx.commit().await.map_err(store_error)
     }
 }
 
