@@ -36,6 +36,9 @@ const POLL_EVERY: Duration = Duration::from_millis(200);
 /// How often tokens about to expire are looked for (`token.expiring`), in keygate's clock.
 const EXPIRY_NOTICES_EVERY: i64 = 60;
 
+/// How long a target's name may take to resolve.
+const RESOLVE_WITHIN: Duration = Duration::from_secs(3);
+
 /// Why a target may not be reached; the message is what the attempt records, and what the API
 /// answers at creation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,10 +78,13 @@ impl Guard {
                 Err(TargetError::Private(ip))
             };
         }
-        let found: Vec<SocketAddr> = tokio::net::lookup_host((bare, port))
-            .await
-            .map_err(|_| TargetError::Unresolved(bare.to_owned()))?
-            .collect();
+        // A resolver that does not answer is a name that does not resolve, not a hung request.
+        let found: Vec<SocketAddr> =
+            tokio::time::timeout(RESOLVE_WITHIN, tokio::net::lookup_host((bare, port)))
+                .await
+                .map_err(|_| TargetError::Unresolved(bare.to_owned()))?
+                .map_err(|_| TargetError::Unresolved(bare.to_owned()))?
+                .collect();
         if found.is_empty() {
             return Err(TargetError::Unresolved(bare.to_owned()));
         }

@@ -36,6 +36,8 @@ pub struct LeakReport<'a> {
     pub url: Option<&'a str>,
     /// Who reported it: `github`, or `revoke_api` for the public revocation endpoint.
     pub source: &'a str,
+    /// What the report's request answers, for the audit event.
+    pub status: u16,
     pub at: Timestamp,
     pub meta: &'a RequestMeta,
 }

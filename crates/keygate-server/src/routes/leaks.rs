@@ -35,6 +35,12 @@ pub struct GithubMatch {
     pub source: Option<String>,
 }
 
+/// A GitHub report: the matches found, in one signed body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[schema(example = json!([{"token": "kg_live_…", "type": "keygate_token",
+    "url": "https://github.com/acme/app/blob/4f2a/.env", "source": "content"}]))]
+pub struct GithubReport(pub Vec<GithubMatch>);
+
 /// GitHub's feedback on one match.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GithubLabel {
@@ -70,7 +76,7 @@ async fn report(
     state: &AppState,
     text: &str,
     url: Option<&str>,
-    source: &str,
+    (source, status): (&str, u16),
     meta: &RequestMeta,
 ) -> Result<bool, ApiError> {
     // Only this deployment's format can be ours: the checksum rules out most others unread.
@@ -83,6 +89,7 @@ async fn report(
             hash: CredentialHash::of(text),
             url,
             source,
+            status,
             at: state.clock().now(),
             meta,
         })
@@ -110,7 +117,7 @@ async fn report(
 /// GitHub's feedback, one label per match.
 #[utoipa::path(post, path = "/v1/leaks/github", tag = "leaks", operation_id = "reportGithubLeaks",
     security(()),
-    request_body(content = Vec<GithubMatch>, content_type = "application/json"),
+    request_body = GithubReport,
     params(
         ("Github-Public-Key-Identifier" = String, Header, description = "The key the report is signed with"),
         ("Github-Public-Key-Signature" = String, Header, description = "Base64 of the ASN.1 DER ECDSA signature of the raw body"),
@@ -143,14 +150,14 @@ pub async fn github(
         &body,
     )
     .map_err(|e| ApiError::unauthenticated(e.to_string()))?;
-    let matches: Vec<GithubMatch> = serde_json::from_slice(&body).map_err(|e| {
+    let GithubReport(matches) = serde_json::from_slice(&body).map_err(|e| {
         ApiError::invalid(format!(
             "not a report of GitHub's secret-scanning format: {e}"
         ))
     })?;
     let mut labels = Vec::with_capacity(matches.len());
     for m in &matches {
-        let known = report(&state, &m.token, m.url.as_deref(), "github", &meta).await?;
+        let known = report(&state, &m.token, m.url.as_deref(), ("github", 200), &meta).await?;
         labels.push(GithubLabel {
             token_hash: hex(CredentialHash::of(&m.token).as_bytes()),
             token_type: m.kind.clone(),
@@ -202,7 +209,7 @@ pub async fn revoke(
         }]));
     }
     for text in &request.credentials {
-        report(&state, text.trim(), None, "revoke_api", &meta).await?;
+        report(&state, text.trim(), None, ("revoke_api", 202), &meta).await?;
     }
     Ok((
         StatusCode::ACCEPTED,

@@ -163,7 +163,9 @@ pub(crate) async fn create_tenant(
     let mut events = vec![
         grant
             .event("tenant.create", Some(target(&planned.tenant.id)), now, meta)?
-            .with_status(201),
+            .with_status(201)
+            .with_detail("name", planned.tenant.name.clone())
+            .with_detail("slug", planned.tenant.slug.as_str()),
     ];
     if let Some(user) = &planned.first_user {
         let user_target = Target {
@@ -173,7 +175,8 @@ pub(crate) async fn create_tenant(
         events.push(
             grant
                 .event("user.create", Some(user_target), now, meta)?
-                .with_status(201),
+                .with_status(201)
+                .with_detail("name", user.user.name.clone()),
         );
     }
     let first_user = planned

@@ -328,7 +328,9 @@ pub(crate) async fn create_token(
     let token = planned.credential;
     let event = grant
         .event("token.create", Some(target(&token.id)), now, meta)?
-        .with_status(201);
+        .with_status(201)
+        .with_detail("name", token.name.clone())
+        .with_detail("kind", token.kind.as_str());
     state.store().create_token(&grant, &token, &event).await?;
     Ok(CreatedToken {
         token: TokenView::new(token, &state.quota_reader()),
@@ -397,7 +399,13 @@ pub(crate) async fn roll_token(
     )?;
     let event = grant
         .event("token.roll", Some(target(&previous.id)), now, meta)?
-        .with_status(201);
+        .with_status(201)
+        .with_detail("name", previous.name.clone())
+        .with_detail("successor_id", planned.successor.id.to_string())
+        .with_detail(
+            "previous_expires_at",
+            planned.previous_expires_at.to_string(),
+        );
     state
         .store()
         .roll_token(

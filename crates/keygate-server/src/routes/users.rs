@@ -167,7 +167,8 @@ pub(crate) async fn create_user(
         users::plan_new(&grant, state.catalog(), state.hasher(), input, &role, now).await?;
     let event = grant
         .event("user.create", Some(target(&planned.user.id)), now, meta)?
-        .with_status(201);
+        .with_status(201)
+        .with_detail("name", planned.user.name.clone());
     state
         .store()
         .create_user(&grant, &planned.user, &planned.password_hash, &event)
@@ -315,7 +316,8 @@ pub(crate) async fn delete_user(
     users::check_delete(&grant, state.catalog(), &role)?;
     let event = grant
         .event("user.delete", Some(target(&user.id)), now, meta)?
-        .with_status(204);
+        .with_status(204)
+        .with_detail("name", user.name.clone());
     state
         .store()
         .delete_user(&grant, &user.id, &event)

@@ -83,7 +83,12 @@ fn mutating_operations() -> BTreeSet<String> {
 }
 
 async fn every_change_records_its_event(backend: Backend) {
-    let server = TestServer::start(backend).await;
+    let signer = crate::webhooks::GithubSigner::new("k1");
+    let keys = signer.path.clone();
+    let server = TestServer::start_with(backend, move |config| {
+        config.leaks.github_public_keys_path = Some(keys);
+    })
+    .await;
     let owner = server.token.clone();
     let me = ok_json(server.whoami(&[("apikey", &owner)]).await).await;
     let owner_id = me["credential"]["id"].as_str().unwrap().to_owned();
@@ -256,6 +261,66 @@ async fn every_change_records_its_event(backend: Backend) {
             "/v1/oauth/clients/{client}/secret/roll".into(),
             Some(json!({"expire_previous_in": 0})),
         ),
+        // A public address, never reached here: deliveries to it wait, and can be retried.
+        (
+            "createWebhook",
+            "webhook.create",
+            Method::POST,
+            "/v1/webhooks".into(),
+            Some(json!({"url": "https://93.184.216.34/hook", "events": ["*"]})),
+        ),
+        (
+            "updateWebhook",
+            "webhook.update",
+            Method::PATCH,
+            "/v1/webhooks/{webhook}".into(),
+            Some(json!({"description": "ops"})),
+        ),
+        (
+            "createToken",
+            "token.create",
+            Method::POST,
+            "/v1/tokens".into(),
+            Some(json!({"kind": "service", "name": "leaky", "role": "viewer"})),
+        ),
+        (
+            "retryWebhookDelivery",
+            "webhook_delivery.retry",
+            Method::POST,
+            "/v1/webhooks/{webhook}/deliveries/{delivery}/retry".into(),
+            None,
+        ),
+        // Leaks are reported without a credential: the system acts (see below).
+        (
+            "revokeCredentials",
+            "credential.leaked",
+            Method::POST,
+            "/v1/credentials/revoke".into(),
+            Some(json!({"credentials": ["{secret}"]})),
+        ),
+        (
+            "createToken",
+            "token.create",
+            Method::POST,
+            "/v1/tokens".into(),
+            Some(json!({"kind": "service", "name": "leaky too", "role": "viewer"})),
+        ),
+        (
+            "reportGithubLeaks",
+            "credential.leaked",
+            Method::POST,
+            "/v1/leaks/github".into(),
+            Some(
+                json!([{"token": "{secret}", "type": "keygate_token", "url": "https://example.com/x"}]),
+            ),
+        ),
+        (
+            "deleteWebhook",
+            "webhook.delete",
+            Method::DELETE,
+            "/v1/webhooks/{webhook}".into(),
+            None,
+        ),
         // The OAuth endpoints take forms and the client's own credentials (see below).
         (
             "oauthToken",
@@ -311,10 +376,27 @@ async fn every_change_records_its_event(backend: Backend) {
     let mut oauth_client: Option<(String, String)> = None;
     let mut refresh: Option<String> = None;
     for (operation, action, method, path, body) in steps {
+        if operation == "retryWebhookDelivery" {
+            let webhook = &made.iter().find(|(n, _)| n == "webhook").unwrap().1;
+            let list = server
+                .expect(
+                    200,
+                    Method::GET,
+                    &format!("/v1/webhooks/{webhook}/deliveries"),
+                    &owner,
+                    None,
+                )
+                .await;
+            let delivery = list["data"][0]["id"].as_str().unwrap().to_owned();
+            made.push(("delivery".to_owned(), delivery));
+        }
         let mut path = path;
+        let mut body = body.map(|b| b.to_string());
         for (name, id) in &made {
             path = path.replace(&format!("{{{name}}}"), id);
+            body = body.map(|b| b.replace(&format!("{{{name}}}"), id));
         }
+        let body: Option<Value> = body.map(|b| serde_json::from_str(&b).unwrap());
         // Signing out is done by the session it ends.
         let token = match operation {
             "logout" => session.clone().unwrap(),
@@ -342,6 +424,17 @@ async fn every_change_records_its_event(backend: Backend) {
                 serde_json::from_str(&response.text().await.unwrap()).unwrap_or(Value::Null);
             assert!(status < 300, "{operation}: {status} {body}");
             (status, request_id, body)
+        } else if operation == "reportGithubLeaks" {
+            let text = body.unwrap().to_string();
+            let response =
+                crate::webhooks::report(&server.base, "k1", &signer.sign(&text), &text).await;
+            let status = response.status().as_u16();
+            let id = response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(status, 200);
+            (status, id, Value::Null)
         } else if operation == "login" {
             let response = server
                 .post(&path)
@@ -380,6 +473,10 @@ async fn every_change_records_its_event(backend: Backend) {
         if let Some(token) = body["refresh_token"].as_str() {
             refresh = Some(token.to_owned());
         }
+        if let Some(secret) = body["secret"].as_str().filter(|s| s.starts_with("kg_")) {
+            made.retain(|(n, _)| n != "secret");
+            made.push(("secret".to_owned(), secret.to_owned()));
+        }
         let id = body["id"]
             .as_str()
             .or(body["tenant"]["id"].as_str())
@@ -391,6 +488,7 @@ async fn every_change_records_its_event(backend: Backend) {
             ("key", "key_"),
             ("tenant", "tnt_"),
             ("client", "cli_"),
+            ("webhook", "whk_"),
         ] {
             if let Some(id) = id.filter(|id| id.starts_with(prefix)) {
                 made.retain(|(n, _)| *n != name);
@@ -417,7 +515,10 @@ async fn every_change_records_its_event(backend: Backend) {
         assert_eq!(event["outcome"], "success", "{operation}");
         assert_eq!(event["ip"], "127.0.0.1", "{operation}");
         assert!(event["time"].is_string());
-        if matches!(operation, "oauthToken" | "oauthRevoke") {
+        if matches!(operation, "revokeCredentials" | "reportGithubLeaks") {
+            assert_eq!(event["token_id"], Value::Null, "{operation}");
+            assert_eq!(event["actor"]["type"], "system", "{operation}");
+        } else if matches!(operation, "oauthToken" | "oauthRevoke") {
             let (client, _) = oauth_client.as_ref().unwrap();
             assert_eq!(event["token_id"], client.as_str(), "{operation}");
             assert_eq!(event["actor"]["type"], "oauth_client", "{operation}");

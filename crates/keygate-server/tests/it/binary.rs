@@ -98,6 +98,11 @@ impl Serve {
         }
     }
 
+    /// Its process id, for signals.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The address it listens on.
     fn address(&self) -> std::net::SocketAddr {
         self.base.trim_start_matches("http://").parse().unwrap()

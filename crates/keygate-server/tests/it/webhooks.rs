@@ -1045,3 +1045,237 @@ async fn quota_thresholds_are_told_at_eighty_and_a_hundred_percent() {
     assert_eq!(receiver.seen().len(), 2, "once each");
     assert!(receiver.seen().iter().all(|r| r.verified));
 }
+
+/// The pattern the README gives for registering with a secret-scanning programme matches every
+/// opaque credential keygate issues, with the deployment's prefix and environment put in, and
+/// nothing shorter, longer, of another prefix, environment or kind.
+#[test]
+fn the_readme_secret_scanning_pattern_matches_exactly_keygate_credentials() {
+    let readme = include_str!("../../../../README.md");
+    let pattern = readme
+        .split("<!-- secret-scanning-pattern -->")
+        .nth(1)
+        .and_then(|rest| rest.split("```").nth(1))
+        .unwrap()
+        .trim();
+    assert!(
+        pattern.starts_with("kg_") && pattern.contains("live_"),
+        "{pattern}"
+    );
+    for (prefix, environment, other) in [
+        ("kg", Environment::Live, Environment::Test),
+        ("lynk", Environment::Live, Environment::Test),
+        ("kg", Environment::Test, Environment::Live),
+    ] {
+        let mine = pattern
+            .replacen("kg_", &format!("{prefix}_"), 1)
+            .replace("live_", &format!("{}_", environment.as_str()));
+        let exactly = regex::Regex::new(&format!("^(?:{mine})$")).unwrap();
+        let format = CredentialFormat::new(prefix, environment).unwrap();
+        let elsewhere = CredentialFormat::new(prefix, other).unwrap();
+        let foreign = CredentialFormat::new("other", environment).unwrap();
+        for kind in CredentialKind::ALL.into_iter().filter(|k| k.is_opaque()) {
+            let text = format.generate(kind).unwrap().into_exposed();
+            assert!(exactly.is_match(&text), "{mine} misses {text}");
+            assert!(
+                !exactly.is_match(&text[..text.len() - 1]),
+                "{text} shortened"
+            );
+            assert!(!exactly.is_match(&format!("{text}A")), "{text} lengthened");
+            let wrong_env = elsewhere.generate(kind).unwrap().into_exposed();
+            assert!(!exactly.is_match(&wrong_env), "{wrong_env}");
+            let wrong_prefix = foreign.generate(kind).unwrap().into_exposed();
+            assert!(!exactly.is_match(&wrong_prefix), "{wrong_prefix}");
+        }
+        let body = "a".repeat(36);
+        let unknown_kind = format!("{prefix}_admin_{}_{body}", environment.as_str());
+        assert!(!exactly.is_match(&unknown_kind), "{unknown_kind}");
+        // Found where it sits in a file, as a scanner looks for it.
+        let token = format
+            .generate(CredentialKind::Service)
+            .unwrap()
+            .into_exposed();
+        let found = regex::Regex::new(&mine).unwrap();
+        let line = format!("KEYGATE_TOKEN=\"{token}\"\n");
+        assert_eq!(found.find(&line).map(|m| m.as_str()), Some(token.as_str()));
+    }
+}
+
+/// Account keys, OAuth client secrets (with the access tokens they got) and refresh tokens are
+/// reportable as tokens are; a client's previous secret, reported during its overlap, ends the
+/// overlap and leaves the current secret working.
+#[tokio::test]
+async fn every_kind_of_credential_is_reportable() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let revoke = |credentials: Value| {
+        client()
+            .post(format!("{}/v1/credentials/revoke", server.base))
+            .json(&json!({"credentials": credentials}))
+            .send()
+    };
+    let key = server
+        .expect(201, Method::POST, "/v1/account/keys", &server.token, None)
+        .await;
+    let key = key["key"].as_str().unwrap().to_owned();
+    let (client_id, client_secret) = crate::oauth::create_client(&server, "viewer", None).await;
+    let granted = crate::oauth::tokens(&server, &client_id, &client_secret, None).await;
+    let access = granted["access_token"].as_str().unwrap().to_owned();
+    let refresh = granted["refresh_token"].as_str().unwrap().to_owned();
+    let (other_id, first_secret) = crate::oauth::create_client(&server, "viewer", None).await;
+    let rolled = server
+        .expect(
+            201,
+            Method::POST,
+            &format!("/v1/oauth/clients/{other_id}/secret/roll"),
+            &server.token,
+            Some(json!({"expire_previous_in": 3600})),
+        )
+        .await;
+    let second_secret = rolled["client_secret"].as_str().unwrap().to_owned();
+    crate::oauth::tokens(&server, &other_id, &first_secret, None).await;
+
+    let answer = revoke(json!([key, refresh, first_secret])).await.unwrap();
+    assert_eq!(answer.status(), 202);
+    problem(
+        server
+            .whoami(&[("authorization", &format!("Bearer {key}"))])
+            .await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let exchanged = crate::oauth::exchange(&server, &client_id, &client_secret, &refresh).await;
+    assert_eq!(exchanged.status(), 400, "a leaked refresh token is spent");
+    assert_eq!(
+        crate::oauth::grant(
+            &server,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", &other_id),
+                ("client_secret", &first_secret),
+            ],
+        )
+        .await
+        .status(),
+        401,
+        "the previous secret's overlap ended"
+    );
+    crate::oauth::tokens(&server, &other_id, &second_secret, None).await;
+
+    // The client's own secret: the client and its access tokens stop at once.
+    assert_eq!(
+        server
+            .whoami(&[("authorization", &format!("Bearer {access}"))])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(revoke(json!([client_secret])).await.unwrap().status(), 202);
+    problem(
+        server
+            .whoami(&[("authorization", &format!("Bearer {access}"))])
+            .await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let events = ok_json(
+        server
+            .call(
+                Method::GET,
+                "/v1/audit-events?action=credential.leaked",
+                &server.token,
+                None,
+            )
+            .await,
+    )
+    .await;
+    let mut kinds: Vec<&str> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["target"]["type"].as_str().unwrap())
+        .collect();
+    kinds.sort_unstable();
+    assert_eq!(
+        kinds,
+        [
+            "account_key",
+            "oauth_client",
+            "oauth_client",
+            "refresh_token"
+        ]
+    );
+}
+
+/// `leaks.github_public_keys_path` is read again on SIGHUP: a new key works at once; a file that
+/// cannot be used keeps the keys loaded before, and the log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_githubs_keys_and_keeps_them_on_a_bad_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = GithubSigner::new("k1");
+    let keys = dir.path().join("keys.json");
+    std::fs::copy(&first.path, &keys).unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"));
+    command
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KEYGATE_DATABASE_URL", "sqlite://data/keygate.db")
+        .env("KEYGATE_LISTEN", "127.0.0.1:0")
+        .env("KEYGATE_LEAKS__GITHUB_PUBLIC_KEYS_PATH", &keys)
+        .arg("serve");
+    let node = crate::binary::Serve::spawn(command);
+    let pid = node.pid();
+    let body = json!([{"token": "kg_live_nothing", "type": "keygate_token"}]).to_string();
+    let hangup = || {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let status = |key: &'static str, signer: &GithubSigner| {
+        let signature = signer.sign(&body);
+        let base = node.base.clone();
+        let body = body.clone();
+        async move {
+            report(&base, key, &signature, &body)
+                .await
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status("k1", &first).await, 200);
+    let second = GithubSigner::new("k2");
+    std::fs::copy(&second.path, &keys).unwrap();
+    assert_eq!(status("k2", &second).await, 401, "not before the signal");
+    hangup();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status("k2", &second).await != 200 {
+        assert!(Instant::now() < deadline, "the new key was never loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status("k1", &first).await,
+        401,
+        "the old key is gone with its file"
+    );
+    std::fs::write(&keys, "{not json").unwrap();
+    hangup();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        status("k2", &second).await,
+        200,
+        "a bad file keeps what was loaded"
+    );
+    let (exit, log) = node.stop();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("kept the keys loaded before"), "{log}");
+    assert!(
+        log.contains("reloaded GitHub's secret-scanning keys"),
+        "{log}"
+    );
+}

@@ -584,6 +584,7 @@ impl WebhookStore for SqlStore {
             report.meta,
         )
         .map_err(|e| StoreError::Internal(e.to_string()))?
+        .with_status(report.status)
         .with_detail("name", name)
         .with_detail("credential_type", kind.as_str())
         .with_detail("source", report.source)

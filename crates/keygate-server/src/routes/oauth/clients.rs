@@ -177,7 +177,8 @@ pub(crate) async fn create_client(
             now,
             meta,
         )?
-        .with_status(201);
+        .with_status(201)
+        .with_detail("name", client.name.clone());
     state.store().create_client(&grant, &client, &event).await?;
     Ok(CreatedClient {
         client: ClientView::new(client, &state.quota_reader()),
