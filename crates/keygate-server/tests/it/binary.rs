@@ -23,16 +23,28 @@ impl Dir {
 
     /// `program` in this directory, with keygate's environment and nothing else.
     fn command(&self, program: &str) -> Command {
-        let mut command = Command::new(program);
-        command
-            .current_dir(self.0.path())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KEYGATE_DATABASE_URL", "sqlite://data/keygate.db")
-            .env("KEYGATE_LISTEN", "127.0.0.1:0");
-        command
+        command_in(program, self.0.path(), "sqlite://data/keygate.db")
     }
+}
 
+/// The `keygate` binary run in `dir` on `database_url`, listening on a port of its choosing, with
+/// no environment but `PATH`: add the arguments (and any `KEYGATE_*` setting).
+pub(crate) fn keygate_in(dir: &std::path::Path, database_url: &str) -> Command {
+    command_in(env!("CARGO_BIN_EXE_keygate"), dir, database_url)
+}
+
+fn command_in(program: &str, dir: &std::path::Path, database_url: &str) -> Command {
+    let mut command = Command::new(program);
+    command
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("KEYGATE_DATABASE_URL", database_url)
+        .env("KEYGATE_LISTEN", "127.0.0.1:0");
+    command
+}
+
+impl Dir {
     /// Every byte keygate wrote to its data directory.
     fn stored_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::new();

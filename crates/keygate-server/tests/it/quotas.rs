@@ -691,16 +691,7 @@ async fn a_node_killed_mid_run_never_lets_the_quota_be_passed() {
     }
     let url = keygate_testkit::PgCluster::shared().create_database().await;
     let dir = tempfile::tempdir().unwrap();
-    let keygate = || {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"));
-        command
-            .current_dir(dir.path())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KEYGATE_DATABASE_URL", &url)
-            .env("KEYGATE_LISTEN", "127.0.0.1:0");
-        command
-    };
+    let keygate = || crate::binary::keygate_in(dir.path(), &url);
     let init = keygate().args(["init", "--json"]).output().unwrap();
     assert!(
         init.status.success(),

@@ -911,14 +911,8 @@ async fn two_nodes_never_both_deliver_the_same_attempt() {
 async fn a_delivery_cut_off_by_sigkill_is_sent_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let keygate = || {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"));
-        command
-            .current_dir(dir.path())
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KEYGATE_DATABASE_URL", "sqlite://data/keygate.db")
-            .env("KEYGATE_LISTEN", "127.0.0.1:0")
-            .env("KEYGATE_WEBHOOKS__ALLOWED_PRIVATE_TARGETS", "127.0.0.0/8");
+        let mut command = crate::binary::keygate_in(dir.path(), "sqlite://data/keygate.db");
+        command.env("KEYGATE_WEBHOOKS__ALLOWED_PRIVATE_TARGETS", "127.0.0.0/8");
         command
     };
     let init = keygate().args(["init", "--json"]).output().unwrap();
@@ -1216,13 +1210,8 @@ async fn sighup_reloads_githubs_keys_and_keeps_them_on_a_bad_file() {
     let first = GithubSigner::new("k1");
     let keys = dir.path().join("keys.json");
     std::fs::copy(&first.path, &keys).unwrap();
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_keygate"));
+    let mut command = crate::binary::keygate_in(dir.path(), "sqlite://data/keygate.db");
     command
-        .current_dir(dir.path())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("KEYGATE_DATABASE_URL", "sqlite://data/keygate.db")
-        .env("KEYGATE_LISTEN", "127.0.0.1:0")
         .env("KEYGATE_LEAKS__GITHUB_PUBLIC_KEYS_PATH", &keys)
         .arg("serve");
     let node = crate::binary::Serve::spawn(command);

@@ -366,6 +366,20 @@ impl WebhookStore for SqlStore {
         } else {
             ""
         };
+        // A read first: most polls find nothing due, and need no write lock to say so.
+        let due: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM webhook_deliveries d, webhooks w
+                            WHERE w.id = d.webhook_id AND w.enabled = TRUE
+                              AND d.status = 'pending' AND d.next_attempt_at <= $1
+                              AND (d.claimed_until IS NULL OR d.claimed_until <= $1))",
+        )
+        .bind(now.unix())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)?;
+        if !due {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_write().await?;
         let claimed = sqlx::query(&format!(
             "UPDATE webhook_deliveries SET claimed_by = $1, claimed_until = $2
