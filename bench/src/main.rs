@@ -54,10 +54,16 @@ async fn main() {
         Some("fill") => return fill_command().await,
         Some("fill-usage") => return fill_usage_command().await,
         Some("postgres") => return postgres_command().await,
+        Some("leak-keys") => return leak_keys_command(),
+        Some("leak-latency") => return leak_latency_command().await,
+        Some("deliveries") => return deliveries_command().await,
         Some("forge") => {
             // A well-formed credential with a valid checksum that was never issued.
             let format = CredentialFormat::new("kg", Environment::Live).unwrap();
-            println!("{}", format.generate(CredentialKind::Service).unwrap().expose());
+            println!(
+                "{}",
+                format.generate(CredentialKind::Service).unwrap().expose()
+            );
             return;
         }
         _ => {}
@@ -80,7 +86,11 @@ async fn main() {
         .env("KEYGATE_LOG__LEVEL", "warn")
         .output()
         .unwrap();
-    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
     let report: serde_json::Value = serde_json::from_slice(&init.stdout).unwrap();
     let tenant = report["tenant"]["id"].as_str().unwrap().to_owned();
 
@@ -213,7 +223,11 @@ async fn fill(url: &str, tenant: &str, n: usize) -> Vec<String> {
     for _ in 0..n {
         let secret = format.generate(CredentialKind::Service).unwrap();
         let id = CredentialId::generate_for(CredentialKind::Service, now).unwrap();
-        rows.push((id.to_string(), secret.hash().as_bytes().to_vec(), secret.hint()));
+        rows.push((
+            id.to_string(),
+            secret.hash().as_bytes().to_vec(),
+            secret.hint(),
+        ));
         secrets.push(secret.into_exposed());
     }
     const SQL: &str = "INSERT INTO credentials (id, tenant_id, kind, secret_hash, hint, name, role_id, created_at) ";
@@ -238,7 +252,10 @@ async fn fill(url: &str, tenant: &str, n: usize) -> Vec<String> {
     if url.starts_with("postgres") {
         let pool = sqlx::PgPool::connect(url).await.unwrap();
         insert_all!(pool, sqlx::Postgres);
-        sqlx::query("ANALYZE credentials").execute(&pool).await.unwrap();
+        sqlx::query("ANALYZE credentials")
+            .execute(&pool)
+            .await
+            .unwrap();
     } else {
         let pool = sqlx::SqlitePool::connect(url).await.unwrap();
         insert_all!(pool, sqlx::Sqlite);
@@ -260,16 +277,18 @@ fn which(program: &str) -> bool {
 async fn floor() {
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
-    let address = std::env::args().nth(2).unwrap_or_else(|| "127.0.0.1:9999".into());
+    let address = std::env::args()
+        .nth(2)
+        .unwrap_or_else(|| "127.0.0.1:9999".into());
     let listener = tokio::net::TcpListener::bind(&address).await.unwrap();
     loop {
         let (stream, _) = listener.accept().await.unwrap();
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
             let service = service_fn(|_request| async {
-                Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                    http_body_util::Empty::<hyper::body::Bytes>::new(),
-                ))
+                Ok::<_, std::convert::Infallible>(hyper::Response::new(http_body_util::Empty::<
+                    hyper::body::Bytes,
+                >::new()))
             });
             let _ = http1::Builder::new().serve_connection(io, service).await;
         });
@@ -321,7 +340,12 @@ async fn fill_usage_command() {
     for (i, id) in ids.iter().enumerate() {
         for day in 0..days {
             let hour = (i as i64 * 7 + day) % 24;
-            rows.push((first_hour + day * 86_400 + hour * 3600, id, "valid", 1 + i as i64 % 50));
+            rows.push((
+                first_hour + day * 86_400 + hour * 3600,
+                id,
+                "valid",
+                1 + i as i64 % 50,
+            ));
         }
     }
     let busiest = &ids[0];
@@ -348,6 +372,330 @@ async fn fill_usage_command() {
     }
     tx.commit().await.unwrap();
     sqlx::query("ANALYZE").execute(&pool).await.unwrap();
-    eprintln!("stored {} hour buckets for {} credentials", rows.len(), ids.len());
+    eprintln!(
+        "stored {} hour buckets for {} credentials",
+        rows.len(),
+        ids.len()
+    );
     println!("{busiest}");
+}
+
+/// `keygate-bench leak-keys DIR`: makes a P-256 key pair standing in for GitHub's and writes
+/// `DIR/github-keys.json`, GitHub's key document with its public key as `k1` (for
+/// `leaks.github_public_keys_path`), and `DIR/github-key.p8`, the private key (PKCS#8) that
+/// `leak-latency` signs reports with.
+fn leak_keys_command() {
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+    let dir = std::path::PathBuf::from(std::env::args().nth(2).unwrap());
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let pem = keygate_core::leaks::p256_public_pem(pair.public_key().as_ref());
+    let document = serde_json::json!({
+        "public_keys": [{"key_identifier": "k1", "key": pem, "is_current": true}]
+    });
+    std::fs::write(dir.join("github-keys.json"), document.to_string()).unwrap();
+    std::fs::write(dir.join("github-key.p8"), pkcs8.as_ref()).unwrap();
+}
+
+/// A client for the benchmarks' own requests: no proxy from the environment, connections kept.
+fn bench_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Creates a viewer service token through the API; its secret.
+async fn create_token(client: &reqwest::Client, base: &str, owner: &str, name: &str) -> String {
+    let response = client
+        .post(format!("{base}/v1/tokens"))
+        .bearer_auth(owner)
+        .json(&serde_json::json!({"kind": "service", "name": name, "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    assert_eq!(status, 201, "creating a token: {body}");
+    body["secret"].as_str().unwrap().to_owned()
+}
+
+/// The status of `GET /v1/forward-auth` with `secret`.
+async fn forward_auth(client: &reqwest::Client, base: &str, secret: &str) -> u16 {
+    let response = client
+        .get(format!("{base}/v1/forward-auth"))
+        .bearer_auth(secret)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let _ = response.bytes().await;
+    status
+}
+
+/// The nearest-rank percentile `q` (0 < q <= 1) of sorted `values`, in milliseconds.
+fn percentile_ms(values: &[Duration], q: f64) -> f64 {
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1].as_secs_f64() * 1000.0
+}
+
+/// `keygate-bench leak-latency BASE_A BASE_B OWNER KEY_FILE SAMPLES`: how long a credential
+/// reported leaked on node A keeps working on node B. Each sample creates a token on A, uses it on
+/// B (so B has it cached), reports it to A as GitHub would (signed with the key of `leak-keys`),
+/// and from A's 200 asks B's forward-auth in a tight loop until it answers 401. Prints, in ms,
+/// "refusal_p50 refusal_p99 refusal_max report_p50 report_p99 report_max", then how many samples
+/// B refused at the first ask (those measure one round trip to B, the loop's resolution).
+async fn leak_latency_command() {
+    use base64::Engine;
+    use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+    let mut it = std::env::args().skip(2);
+    let (a, b, owner, key_file) = (
+        it.next().unwrap(),
+        it.next().unwrap(),
+        it.next().unwrap(),
+        it.next().unwrap(),
+    );
+    let samples: usize = it.next().unwrap().parse().unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = std::fs::read(key_file).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &pkcs8, &rng).unwrap();
+    let client = bench_client();
+    let mut refusals = Vec::with_capacity(samples);
+    let mut reports = Vec::with_capacity(samples);
+    let mut at_first_ask = 0;
+    for n in 0..samples {
+        let secret = create_token(&client, &a, &owner, &format!("leak-{n}")).await;
+        for _ in 0..2 {
+            assert_eq!(
+                forward_auth(&client, &b, &secret).await,
+                200,
+                "node B refused a new token"
+            );
+        }
+        let body = serde_json::json!([{
+            "token": secret,
+            "type": "keygate_token",
+            "url": "https://github.com/o/r/blob/x/.env",
+            "source": "content",
+        }])
+        .to_string();
+        let signature = pair.sign(&rng, body.as_bytes()).unwrap();
+        let signature = base64::engine::general_purpose::STANDARD.encode(signature.as_ref());
+
+        let sent = Instant::now();
+        let response = client
+            .post(format!("{a}/v1/leaks/github"))
+            .header("content-type", "application/json")
+            .header("Github-Public-Key-Identifier", "k1")
+            .header("Github-Public-Key-Signature", signature)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let labels: serde_json::Value = response.json().await.unwrap_or_default();
+        let accepted = Instant::now();
+        assert_eq!(status, 200, "the report was refused: {labels}");
+        assert_eq!(labels[0]["label"], "true_positive", "{labels}");
+        reports.push(accepted - sent);
+
+        for ask in 0.. {
+            match forward_auth(&client, &b, &secret).await {
+                401 => {
+                    at_first_ask += usize::from(ask == 0);
+                    break;
+                }
+                200 => {}
+                other => panic!("node B answered {other} for a reported token"),
+            }
+            assert!(
+                accepted.elapsed() < Duration::from_secs(30),
+                "node B still accepts a token reported 30 s ago"
+            );
+        }
+        refusals.push(accepted.elapsed());
+    }
+    refusals.sort();
+    reports.sort();
+    println!(
+        "{:.2} {:.2} {:.2} {:.2} {:.2} {:.2} {at_first_ask}",
+        percentile_ms(&refusals, 0.5),
+        percentile_ms(&refusals, 0.99),
+        percentile_ms(&refusals, 1.0),
+        percentile_ms(&reports, 0.5),
+        percentile_ms(&reports, 0.99),
+        percentile_ms(&reports, 1.0),
+    );
+}
+
+/// What the webhook receiver of `deliveries` has seen.
+struct Tally {
+    /// `webhook-id`s of the `token.created` deliveries received; a repeat counts once.
+    seen: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Every POST, repeats included.
+    posts: AtomicUsize,
+    /// Events written so far (tokens created).
+    written: AtomicUsize,
+    /// How many distinct deliveries make the run complete, and when the last of them came.
+    target: usize,
+    complete: std::sync::OnceLock<Instant>,
+    done: tokio::sync::Notify,
+}
+
+/// The receiver: 200 to every POST, counted; a GET answers "delivered written".
+async fn receive(
+    tally: Arc<Tally>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_body_util::Full<hyper::body::Bytes>>, std::convert::Infallible> {
+    use http_body_util::BodyExt;
+    if request.method() != hyper::Method::POST {
+        let delivered = tally.seen.lock().unwrap().len();
+        let written = tally.written.load(Ordering::Relaxed);
+        return Ok(hyper::Response::new(
+            format!("{delivered} {written}\n").into(),
+        ));
+    }
+    let id = request
+        .headers()
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    tally.posts.fetch_add(1, Ordering::Relaxed);
+    let is_event = body
+        .windows(b"token.created".len())
+        .any(|w| w == b"token.created");
+    if is_event {
+        let mut seen = tally.seen.lock().unwrap();
+        if seen.insert(id) && seen.len() == tally.target {
+            let _ = tally.complete.set(Instant::now());
+            tally.done.notify_one();
+        }
+    }
+    Ok(hyper::Response::new(http_body_util::Full::default()))
+}
+
+/// `keygate-bench deliveries BASE OWNER EVENTS CONCURRENCY PORT`: webhook throughput. Starts a
+/// receiver on 127.0.0.1:PORT, subscribes it to `token.created`, creates EVENTS tokens through
+/// the API (CONCURRENCY at once), each one event, and waits for every delivery. Prints
+/// "events_written_per_s deliveries_per_s seconds repeats": deliveries per second from the first
+/// event written to the last delivery received. The webhook is deleted at the end.
+async fn deliveries_command() {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    let mut it = std::env::args().skip(2);
+    let (base, owner) = (it.next().unwrap(), it.next().unwrap());
+    let events: usize = it.next().unwrap().parse().unwrap();
+    let concurrency: usize = it.next().unwrap().parse().unwrap();
+    let port: u16 = it.next().unwrap().parse().unwrap();
+
+    let tally = Arc::new(Tally {
+        seen: Default::default(),
+        posts: AtomicUsize::new(0),
+        written: AtomicUsize::new(0),
+        target: events,
+        complete: std::sync::OnceLock::new(),
+        done: tokio::sync::Notify::new(),
+    });
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let server_tally = tally.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let tally = server_tally.clone();
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let service = service_fn(move |request| receive(tally.clone(), request));
+                let _ = http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    });
+
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let response = client
+        .post(format!("{base}/v1/webhooks"))
+        .bearer_auth(&owner)
+        .json(&serde_json::json!({
+            "url": format!("http://127.0.0.1:{port}/hook"),
+            "events": ["token.created"],
+        }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let webhook: serde_json::Value = response.json().await.unwrap_or_default();
+    assert_eq!(status, 201, "creating the webhook: {webhook}");
+
+    let started = Instant::now();
+    let first = Arc::new(std::sync::OnceLock::new());
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, base, owner, first, next, tally) = (
+            client.clone(),
+            base.clone(),
+            owner.clone(),
+            first.clone(),
+            next.clone(),
+            tally.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= events {
+                    return;
+                }
+                create_token(&client, &base, &owner, &format!("event-{n}")).await;
+                first.get_or_init(Instant::now);
+                tally.written.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let written = started.elapsed();
+    let first = *first.get().unwrap();
+    if tokio::time::timeout(Duration::from_secs(600), tally.done.notified())
+        .await
+        .is_err()
+    {
+        panic!(
+            "{} of {events} deliveries received in 10 minutes",
+            tally.seen.lock().unwrap().len()
+        );
+    }
+    let elapsed = *tally.complete.get().unwrap() - first;
+
+    let id = webhook["id"].as_str().unwrap();
+    let deleted = client
+        .delete(format!("{base}/v1/webhooks/{id}"))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204, "deleting the webhook");
+    let repeats = tally.posts.load(Ordering::Relaxed).saturating_sub(events);
+    println!(
+        "{:.0} {:.0} {:.2} {repeats}",
+        events as f64 / written.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64(),
+    );
 }

@@ -1,6 +1,8 @@
 //! Webhooks: endpoints in a scope, the deliveries written with the changes that cause them, the
 //! queue nodes claim them from, and leaked credentials handled by their tenant's policy.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use keygate_core::Timestamp;
 use keygate_core::access::{Grant, Scope, perm};
@@ -399,22 +401,31 @@ impl WebhookStore for SqlStore {
         .await
         .map_err(store_error)?;
         let mut deliveries = Vec::with_capacity(claimed.len());
+        // A batch is mostly for a few webhooks: each is read once.
+        let mut endpoints: HashMap<String, (String, StoredSecret)> = HashMap::new();
         for row in &claimed {
             let webhook: String = row.try_get("webhook_id").map_err(store_error)?;
-            let endpoint = sqlx::query("SELECT url, secret, sealing FROM webhooks WHERE id = $1")
-                .bind(&webhook)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(store_error)?;
+            if !endpoints.contains_key(&webhook) {
+                let endpoint =
+                    sqlx::query("SELECT url, secret, sealing FROM webhooks WHERE id = $1")
+                        .bind(&webhook)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(store_error)?;
+                let url: String = endpoint.try_get("url").map_err(store_error)?;
+                let secret = StoredSecret {
+                    bytes: endpoint.try_get("secret").map_err(store_error)?,
+                    sealing: endpoint.try_get("sealing").map_err(store_error)?,
+                };
+                endpoints.insert(webhook.clone(), (url, secret));
+            }
+            let (url, secret) = endpoints[&webhook].clone();
             let attempts: i64 = row.try_get("attempts").map_err(store_error)?;
             deliveries.push(ClaimedDelivery {
                 id: DeliveryId::from_trusted(row.try_get("id").map_err(store_error)?),
                 webhook_id: WebhookId::from_trusted(webhook),
-                url: endpoint.try_get("url").map_err(store_error)?,
-                secret: StoredSecret {
-                    bytes: endpoint.try_get("secret").map_err(store_error)?,
-                    sealing: endpoint.try_get("sealing").map_err(store_error)?,
-                },
+                url,
+                secret,
                 body: row.try_get("body").map_err(store_error)?,
                 attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
                 created_at: timestamp(row, "created_at")?,
