@@ -532,6 +532,19 @@ impl WebhookStore for SqlStore {
     }
 
     async fn report_leak(&self, report: &LeakReport<'_>) -> Result<LeakHandled, StoreError> {
+        // Most reported strings are no credential of ours (anyone may post them): a read says so
+        // without taking a write lock.
+        let known: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM credentials
+                            WHERE secret_hash = $1 OR previous_secret_hash = $1)",
+        )
+        .bind(report.hash.as_bytes().as_slice())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)?;
+        if !known {
+            return Ok(LeakHandled::Unknown);
+        }
         let mut tx = self.begin_write().await?;
         let Some(row) = sqlx::query(
             "SELECT c.id, c.kind, c.tenant_id, c.name, c.revoked_at, c.expires_at,
