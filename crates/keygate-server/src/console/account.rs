@@ -48,7 +48,15 @@ async fn keys_page(
                     key.id,
                     format!("…{}", key.hint),
                     day(key.created_at),
-                    key.last_used_at.map_or_else(|| "never".to_owned(), day),
+                    match (key.revoked_at, key.revoked_reason.as_deref()) {
+                        // Said where the person looks for whether a key is in use.
+                        (Some(at), Some("leaked")) => format!(
+                            "revoked {}: reported as leaked; delete it once replaced",
+                            day(at)
+                        ),
+                        (Some(at), _) => format!("revoked {}", day(at)),
+                        _ => key.last_used_at.map_or_else(|| "never".to_owned(), day),
+                    },
                 )
             })
             .collect(),

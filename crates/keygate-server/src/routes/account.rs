@@ -36,6 +36,14 @@ pub struct AccountKeyView {
     pub last_used_ip: Option<String>,
     /// Whether this key authenticates the request that lists it.
     pub current: bool,
+    /// When it was revoked as leaked (API.md §15); absent while it works. A revoked key no
+    /// longer counts towards the limit of two: delete it when you have replaced it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub revoked_at: Option<Timestamp>,
+    /// Why it was revoked: `leaked`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_reason: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -78,6 +86,8 @@ pub(crate) async fn keys_view(state: &AppState, caller: &Caller) -> Result<Accou
                 created_at: key.created_at,
                 last_used_at: key.last_used_at,
                 last_used_ip: key.last_used_ip.map(|ip| ip.to_string()),
+                revoked_at: key.revoked_at,
+                revoked_reason: key.revoked_reason,
             })
             .collect(),
     })

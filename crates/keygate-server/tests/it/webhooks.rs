@@ -1144,6 +1144,26 @@ async fn every_kind_of_credential_is_reportable() {
         "unauthenticated",
     )
     .await;
+    // The leaked key shows why it stopped, and no longer holds one of the two places.
+    let keys = ok_json(
+        server
+            .call(Method::GET, "/v1/account/keys", &server.token, None)
+            .await,
+    )
+    .await;
+    let leaked = keys["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["revoked_reason"] == "leaked")
+        .unwrap_or_else(|| panic!("{keys}"));
+    assert!(leaked["revoked_at"].is_string());
+    server
+        .expect(201, Method::POST, "/v1/account/keys", &server.token, None)
+        .await;
+    server
+        .expect(201, Method::POST, "/v1/account/keys", &server.token, None)
+        .await;
     let exchanged = crate::oauth::exchange(&server, &client_id, &client_secret, &refresh).await;
     assert_eq!(exchanged.status(), 400, "a leaked refresh token is spent");
     assert_eq!(
@@ -1179,6 +1199,18 @@ async fn every_kind_of_credential_is_reportable() {
         "unauthenticated",
     )
     .await;
+    let client = ok_json(
+        server
+            .call(
+                Method::GET,
+                &format!("/v1/oauth/clients/{client_id}"),
+                &server.token,
+                None,
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(client["revoked_reason"], "leaked", "{client}");
     let events = ok_json(
         server
             .call(

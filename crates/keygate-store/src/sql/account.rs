@@ -64,7 +64,8 @@ impl AccountStore for SqlStore {
             .await
             .map_err(store_error)?;
         let count: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM credentials WHERE tenant_id = $1 AND kind = 'account_key'",
+            "SELECT count(*) FROM credentials
+             WHERE tenant_id = $1 AND kind = 'account_key' AND revoked_at IS NULL",
         )
         .bind(grant.tenant_id().as_str())
         .fetch_one(&mut *tx)

@@ -66,6 +66,14 @@ pub struct ClientView {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub previous_secret_expires_at: Option<Timestamp>,
     pub quota: Option<QuotaView>,
+    /// When its secret was revoked as leaked (API.md §15): the client and its access tokens no
+    /// longer work. Absent while it works.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub revoked_at: Option<Timestamp>,
+    /// Why it was revoked: `leaked`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_reason: Option<String>,
 }
 
 impl ClientView {
@@ -83,6 +91,8 @@ impl ClientView {
             last_used_ip: client.last_used_ip.map(|ip| ip.to_string()),
             hint: client.hint,
             previous_secret_expires_at: client.previous_secret.map(|p| p.until),
+            revoked_at: client.revoked_at,
+            revoked_reason: client.revoked_reason,
         }
     }
 }
