@@ -22,7 +22,7 @@ use keygate_core::store::{
 };
 use sqlx::{Row, Transaction};
 
-use super::shared::{insert_event, stored_quota, upsert_quota};
+use super::shared::{insert_deliveries, insert_event, stored_quota, upsert_quota};
 use super::{Db, DbRow, SHARED_BY_NODES, SqlStore, store_error};
 
 /// The stored TAT, or now ($2) if it has passed.
@@ -346,8 +346,7 @@ impl SqlStore {
                 Timestamp::from_unix(window).to_string().into(),
             );
             let body = keygate_core::webhooks::message_body("quota.threshold", now, data);
-            super::webhooks::insert_deliveries(&mut tx, &tenant, "quota.threshold", &body, now)
-                .await?;
+            insert_deliveries(&mut tx, &tenant, "quota.threshold", &body, now).await?;
         }
         tx.commit().await.map_err(store_error)
     }

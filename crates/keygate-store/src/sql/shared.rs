@@ -5,7 +5,7 @@ use keygate_core::Timestamp;
 use keygate_core::access::Scope;
 use keygate_core::allowlist::IpAllowlist;
 use keygate_core::credential::{CredentialHash, CredentialKind};
-use keygate_core::id::{CredentialId, RoleId, TenantId, UserId};
+use keygate_core::id::{CredentialId, DeliveryId, RoleId, TenantId, UserId};
 use keygate_core::model::{
     AuditEvent, Credential, IpRestriction, PreviousSecret, RateLimit, Role, Slug, Tenant,
     TenantPath, TenantStatus, User, UserStatus, email_key,
@@ -269,7 +269,7 @@ pub(super) async fn insert_event(
     }
     if let Some((event_type, body)) = keygate_core::webhooks::message_for(e) {
         let tenant = e.acting_tenant_id.as_ref().unwrap_or(&e.tenant_id);
-        super::webhooks::insert_deliveries(tx, tenant, event_type, &body, e.time).await?;
+        insert_deliveries(tx, tenant, event_type, &body, e.time).await?;
     }
     Ok(())
 }
@@ -323,6 +323,44 @@ fn detail_json(e: &AuditEvent) -> Option<String> {
             .collect();
         serde_json::Value::Object(object).to_string()
     })
+}
+
+/// Writes a delivery of `body` to every enabled webhook of `tenant` or an ancestor of it that
+/// wants `event_type`, in the caller's transaction; how many.
+pub(super) async fn insert_deliveries(
+    tx: &mut Transaction<'_, Db>,
+    tenant: &TenantId,
+    event_type: &str,
+    body: &str,
+    at: Timestamp,
+) -> Result<u64, StoreError> {
+    let webhooks: Vec<String> = sqlx::query_scalar(
+        "SELECT w.id FROM webhooks w, tenants t
+         WHERE t.id = $1 AND t.path LIKE '%/' || w.tenant_id || '/%' AND w.enabled = TRUE
+           AND (w.events = '*' OR w.events LIKE '%,' || $2 || ',%')",
+    )
+    .bind(tenant.as_str())
+    .bind(event_type)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    for webhook in &webhooks {
+        let id = DeliveryId::generate(at).map_err(|e| StoreError::Internal(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO webhook_deliveries
+                 (id, webhook_id, event_type, body, created_at, status, attempts, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, 'pending', 0, $5)",
+        )
+        .bind(id.as_str())
+        .bind(webhook)
+        .bind(event_type)
+        .bind(body)
+        .bind(at.unix())
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    }
+    Ok(webhooks.len() as u64)
 }
 
 /// One page of a list in a scope: `sql` takes the scope's tenant as `$1`, the cursor as `$2`

@@ -17,48 +17,12 @@ use keygate_core::webhooks::{
     StoredSecret, Webhook, message_body,
 };
 use serde_json::{Map, Value};
-use sqlx::{QueryBuilder, Row, Transaction};
+use sqlx::{QueryBuilder, Row};
 
-use super::shared::{corrupt, insert_event, optional_timestamp, paged, timestamp};
+use super::shared::{
+    corrupt, insert_deliveries, insert_event, optional_timestamp, paged, timestamp,
+};
 use super::{Db, DbRow, SHARED_BY_NODES, SqlStore, store_error};
-
-/// Writes a delivery of `body` to every enabled webhook of `tenant` or an ancestor of it that
-/// wants `event_type`, in the caller's transaction; how many.
-pub(super) async fn insert_deliveries(
-    tx: &mut Transaction<'_, Db>,
-    tenant: &TenantId,
-    event_type: &str,
-    body: &str,
-    at: Timestamp,
-) -> Result<u64, StoreError> {
-    let webhooks: Vec<String> = sqlx::query_scalar(
-        "SELECT w.id FROM webhooks w, tenants t
-         WHERE t.id = $1 AND t.path LIKE '%/' || w.tenant_id || '/%' AND w.enabled = TRUE
-           AND (w.events = '*' OR w.events LIKE '%,' || $2 || ',%')",
-    )
-    .bind(tenant.as_str())
-    .bind(event_type)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(store_error)?;
-    for webhook in &webhooks {
-        let id = DeliveryId::generate(at).map_err(|e| StoreError::Internal(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO webhook_deliveries
-                 (id, webhook_id, event_type, body, created_at, status, attempts, next_attempt_at)
-             VALUES ($1, $2, $3, $4, $5, 'pending', 0, $5)",
-        )
-        .bind(id.as_str())
-        .bind(webhook)
-        .bind(event_type)
-        .bind(body)
-        .bind(at.unix())
-        .execute(&mut **tx)
-        .await
-        .map_err(store_error)?;
-    }
-    Ok(webhooks.len() as u64)
-}
 
 fn webhook_from_row(row: &DbRow) -> Result<Webhook, StoreError> {
     let events: String = row.try_get("events").map_err(store_error)?;
