@@ -310,6 +310,11 @@ impl CredentialHash {
         Self(bytes)
     }
 
+    /// Lowercase hex, as GitHub's secret-scanning feedback names a token (`token_hash`).
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -38,9 +38,19 @@ impl RateLimitStatus {
 /// Entries beyond this many are swept of credentials whose bucket is full again.
 const SWEEP_ABOVE: usize = 100_000;
 
-#[derive(Debug, Default)]
-pub struct RateLimiter {
-    tats: Mutex<HashMap<CredentialId, i64>>,
+/// GCRA's state per key: a credential (the gate's limits), or whatever else is limited alike (a
+/// client address, for the endpoints that take no credential).
+#[derive(Debug)]
+pub struct RateLimiter<K = CredentialId> {
+    tats: Mutex<HashMap<K, i64>>,
+}
+
+impl<K> Default for RateLimiter<K> {
+    fn default() -> Self {
+        Self {
+            tats: Mutex::new(HashMap::new()),
+        }
+    }
 }
 
 fn ceil_seconds(millis: i64) -> u64 {
@@ -59,18 +69,13 @@ pub fn cell(limit: RateLimit) -> RateCell {
     }
 }
 
-impl RateLimiter {
+impl<K: std::hash::Hash + Eq + Clone> RateLimiter<K> {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Counts one request of `credential` at `now_millis` against `limit`.
-    pub fn check(
-        &self,
-        credential: &CredentialId,
-        limit: RateLimit,
-        now_millis: i64,
-    ) -> RateLimitStatus {
+    pub fn check(&self, credential: &K, limit: RateLimit, now_millis: i64) -> RateLimitStatus {
         let RateCell {
             interval_ms: interval,
             tolerance_ms: tolerance,

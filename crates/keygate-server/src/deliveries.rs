@@ -142,9 +142,10 @@ impl Deliverer {
         let in_flight = Arc::new(Semaphore::new(
             usize::try_from(state.config().webhooks.max_in_flight).unwrap_or(16),
         ));
-        let mut random = [0u8; 9];
-        let _ = getrandom_fill(&mut random);
-        let claimer = format!("node-{}", hex(&random));
+        // An id's random digits, new at each start.
+        let claimer = DeliveryId::generate(state.clock().now())
+            .map(|id| id.to_string().replacen("msg_", "node_", 1))
+            .unwrap_or_else(|_| "node".to_owned());
         Ok(Arc::new(Self {
             client: client(guard.clone())?,
             guard,
@@ -376,13 +377,4 @@ fn describe(error: &reqwest::Error) -> String {
         source = inner.source();
     }
     why
-}
-
-fn getrandom_fill(bytes: &mut [u8]) -> Result<(), ring::error::Unspecified> {
-    use ring::rand::SecureRandom;
-    ring::rand::SystemRandom::new().fill(bytes)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -1,8 +1,7 @@
 //! What every handler shares: the configuration, the store, the verifier and the clock.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use keygate_core::allowlist::IpAllowlist;
@@ -16,6 +15,7 @@ use keygate_core::model::RateLimit;
 use keygate_core::oauth::Lifetimes;
 use keygate_core::password::{self, Hasher, PasswordError, PasswordHashString};
 use keygate_core::permission::Catalog;
+use keygate_core::ratelimit::{RateLimitStatus, RateLimiter};
 use keygate_core::reserve::Credits;
 use keygate_core::signin::Sessions;
 use keygate_core::store::{ChangeListener, DynStore, Granularity, Listeners, Store, StoreError};
@@ -73,36 +73,24 @@ fn read_github_keys(path: &std::path::Path) -> Result<GithubKeys, StartError> {
     GithubKeys::parse(&text).map_err(|e| failed(e.to_string()))
 }
 
-/// A rate limit per client address (GCRA, as credentials' limits are counted), for endpoints that
-/// take no credential. Counted on this node.
+/// The public revocation endpoint's limit per client address, counted on this node by the same
+/// GCRA as credentials' limits.
 pub struct AddressLimiter {
     limit: RateLimit,
-    tats: Mutex<HashMap<std::net::IpAddr, i64>>,
+    limiter: RateLimiter<std::net::IpAddr>,
 }
 
 impl AddressLimiter {
     pub fn new(limit: RateLimit) -> Self {
         Self {
             limit,
-            tats: Mutex::default(),
+            limiter: RateLimiter::new(),
         }
     }
 
-    /// Counts one request from `ip` at `now_millis`: `Ok`, or the seconds until one more is
-    /// admitted.
-    pub fn check(&self, ip: std::net::IpAddr, now_millis: i64) -> Result<(), u64> {
-        let cell = keygate_core::ratelimit::cell(self.limit);
-        let mut tats = self.tats.lock().unwrap_or_else(|p| p.into_inner());
-        if tats.len() > 100_000 {
-            tats.retain(|_, tat| *tat > now_millis);
-        }
-        let tat = tats.get(&ip).copied().unwrap_or(now_millis).max(now_millis);
-        if tat - now_millis > cell.tolerance_ms {
-            let wait = tat - cell.tolerance_ms - now_millis;
-            return Err(u64::try_from((wait + 999) / 1000).unwrap_or(1).max(1));
-        }
-        tats.insert(ip, tat + cell.interval_ms);
-        Ok(())
+    /// Counts one request from `ip` at `now_millis`.
+    pub fn check(&self, ip: std::net::IpAddr, now_millis: i64) -> RateLimitStatus {
+        self.limiter.check(&ip, self.limit, now_millis)
     }
 }
 

@@ -67,10 +67,6 @@ pub struct RevokeAccepted {
     pub received: usize,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Handles one reported text: `Ok(true)` if it was a credential of this deployment.
 async fn report(
     state: &AppState,
@@ -159,7 +155,7 @@ pub async fn github(
     for m in &matches {
         let known = report(&state, &m.token, m.url.as_deref(), ("github", 200), &meta).await?;
         labels.push(GithubLabel {
-            token_hash: hex(CredentialHash::of(&m.token).as_bytes()),
+            token_hash: CredentialHash::of(&m.token).to_hex(),
             token_type: m.kind.clone(),
             label: if known {
                 "true_positive"
@@ -191,7 +187,10 @@ pub async fn revoke(
     Json(request): Json<RevokeRequest>,
 ) -> Result<(StatusCode, axum::Json<RevokeAccepted>), ApiError> {
     if let Some(axum::Extension(ClientIp(ip))) = ip
-        && let Err(wait) = state.revoke_limiter().check(ip, state.clock().now_millis())
+        && let Some(wait) = state
+            .revoke_limiter()
+            .check(ip, state.clock().now_millis())
+            .retry_after_seconds
     {
         return Err(ApiError::new(
             ProblemCode::RateLimited,

@@ -805,6 +805,23 @@ async fn in_a_browser_a_person_signs_in_adds_a_token_and_uses_it() {
         client.set_window_size(1280, 2000).await.unwrap();
     }
 
+    // A key reported as leaked, so the keys page shows one in its list.
+    let leaked = server
+        .expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/account/keys",
+            &server.token,
+            None,
+        )
+        .await;
+    let revoked = server
+        .post("/v1/credentials/revoke")
+        .json(&serde_json::json!({"credentials": [leaked["key"]]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 202);
     for (path, name) in [
         ("/console/account/keys", "account-keys"),
         ("/console/account/ip-restriction", "ip-restriction"),
@@ -816,6 +833,12 @@ async fn in_a_browser_a_person_signs_in_adds_a_token_and_uses_it() {
         browser.find("main h1").await;
         audit(&browser, axe, &shots, name).await;
     }
+    client
+        .goto(&format!("{}/console/account/keys", server.base))
+        .await
+        .unwrap();
+    let table = browser.find("main table").await.text().await.unwrap();
+    assert!(table.contains("reported as leaked"), "{table}");
     client
         .goto(&format!("{}/console/tokens", server.base))
         .await

@@ -65,6 +65,22 @@ fn attempt_from_row(row: &DbRow) -> Result<Attempt, StoreError> {
     })
 }
 
+/// SQL saying webhook `$webhook` (a parameter) belongs to tenant `$tenant`'s subtree: what every
+/// change of a webhook or its deliveries is scoped by.
+macro_rules! webhook_in_grant {
+    ($webhook:literal, $tenant:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM webhooks w, tenants t, tenants s WHERE w.id = ",
+            $webhook,
+            " AND t.id = w.tenant_id AND s.id = ",
+            $tenant,
+            " AND ",
+            in_subtree!("t", "s"),
+            ")"
+        )
+    };
+}
+
 /// `SELECT` of webhooks whose tenant is `$1`'s or below it.
 const IN_SCOPE: &str = concat!(
     "SELECT w.* FROM webhooks w, tenants t, tenants s
@@ -190,10 +206,8 @@ impl WebhookStore for SqlStore {
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(concat!(
             "UPDATE webhooks SET url = $1, events = $2, enabled = $3, description = $4
-             WHERE id = $5 AND EXISTS (SELECT 1 FROM tenants t, tenants s
-                 WHERE t.id = webhooks.tenant_id AND s.id = $6 AND ",
-            in_subtree!("t", "s"),
-            ")"
+             WHERE id = $5 AND ",
+            webhook_in_grant!("$5", "$6")
         ))
         .bind(&webhook.url)
         .bind(webhook.events.to_column())
@@ -221,11 +235,8 @@ impl WebhookStore for SqlStore {
     ) -> Result<Option<()>, StoreError> {
         let mut tx = self.begin_write().await?;
         let deleted = sqlx::query(concat!(
-            "DELETE FROM webhooks
-             WHERE id = $1 AND EXISTS (SELECT 1 FROM tenants t, tenants s
-                 WHERE t.id = webhooks.tenant_id AND s.id = $2 AND ",
-            in_subtree!("t", "s"),
-            ")"
+            "DELETE FROM webhooks WHERE id = $1 AND ",
+            webhook_in_grant!("$1", "$2")
         ))
         .bind(id.as_str())
         .bind(grant.tenant_id().as_str())
@@ -279,11 +290,8 @@ impl WebhookStore for SqlStore {
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(concat!(
             "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $1
-             WHERE id = $2 AND webhook_id = $3 AND EXISTS (
-                 SELECT 1 FROM webhooks w, tenants t, tenants s
-                 WHERE w.id = $3 AND t.id = w.tenant_id AND s.id = $4 AND ",
-            in_subtree!("t", "s"),
-            ")"
+             WHERE id = $2 AND webhook_id = $3 AND ",
+            webhook_in_grant!("$3", "$4")
         ))
         .bind(event.time.unix())
         .bind(delivery.as_str())
@@ -369,21 +377,26 @@ impl WebhookStore for SqlStore {
         let mut endpoints: HashMap<String, (String, StoredSecret)> = HashMap::new();
         for row in &claimed {
             let webhook: String = row.try_get("webhook_id").map_err(store_error)?;
-            if !endpoints.contains_key(&webhook) {
-                let endpoint =
-                    sqlx::query("SELECT url, secret, sealing FROM webhooks WHERE id = $1")
-                        .bind(&webhook)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(store_error)?;
-                let url: String = endpoint.try_get("url").map_err(store_error)?;
-                let secret = StoredSecret {
-                    bytes: endpoint.try_get("secret").map_err(store_error)?,
-                    sealing: endpoint.try_get("sealing").map_err(store_error)?,
-                };
-                endpoints.insert(webhook.clone(), (url, secret));
-            }
-            let (url, secret) = endpoints[&webhook].clone();
+            let (url, secret) = match endpoints.get(&webhook) {
+                Some(known) => known.clone(),
+                None => {
+                    let endpoint =
+                        sqlx::query("SELECT url, secret, sealing FROM webhooks WHERE id = $1")
+                            .bind(&webhook)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(store_error)?;
+                    let read: (String, StoredSecret) = (
+                        endpoint.try_get("url").map_err(store_error)?,
+                        StoredSecret {
+                            bytes: endpoint.try_get("secret").map_err(store_error)?,
+                            sealing: endpoint.try_get("sealing").map_err(store_error)?,
+                        },
+                    );
+                    endpoints.insert(webhook.clone(), read.clone());
+                    read
+                }
+            };
             let attempts: i64 = row.try_get("attempts").map_err(store_error)?;
             deliveries.push(ClaimedDelivery {
                 id: DeliveryId::from_trusted(row.try_get("id").map_err(store_error)?),
