@@ -167,6 +167,9 @@ pub fn router(state: AppState) -> Router {
 /// looked for.
 const PRUNE_AUDIT_EVERY: Duration = Duration::from_secs(15 * 60);
 
+/// How long after start the first of those looks waits.
+const PRUNE_AFTER_START: Duration = Duration::from_secs(60);
+
 /// How often what has expired for good (refresh tokens) is deleted.
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
 
@@ -203,7 +206,12 @@ pub async fn run(
     let pruner = {
         let state = state.clone();
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(PRUNE_AUDIT_EVERY);
+            // Not at the very start: a node starting up (or a test seeding old counts) is not
+            // racing its own housekeeping, and a restart loop does not prune on every start.
+            let mut every = tokio::time::interval_at(
+                tokio::time::Instant::now() + PRUNE_AFTER_START,
+                PRUNE_AUDIT_EVERY,
+            );
             loop {
                 every.tick().await;
                 match state.prune_audit().await {
