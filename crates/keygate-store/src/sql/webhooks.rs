@@ -95,26 +95,37 @@ async fn deliveries_with_attempts(
 ) -> Result<Vec<Delivery>, StoreError> {
     let mut deliveries = rows
         .iter()
-        .map(delivery_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|row| {
+            Ok((
+                delivery_from_row(row)?,
+                row.try_get::<i64, _>("attempts").map_err(store_error)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     if deliveries.is_empty() {
-        return Ok(deliveries);
+        return Ok(Vec::new());
     }
     let mut query =
         QueryBuilder::<Db>::new("SELECT * FROM webhook_attempts WHERE delivery_id IN (");
     let mut list = query.separated(", ");
-    for delivery in &deliveries {
+    for (delivery, _) in &deliveries {
         list.push_bind(delivery.id.as_str().to_owned());
     }
     query.push(") ORDER BY delivery_id, number");
     let attempts = query.build().fetch_all(pool).await.map_err(store_error)?;
     for row in &attempts {
         let delivery: String = row.try_get("delivery_id").map_err(store_error)?;
-        if let Some(d) = deliveries.iter_mut().find(|d| d.id.as_str() == delivery) {
+        let number: i64 = row.try_get("number").map_err(store_error)?;
+        // The delivery row and its attempts are two reads: an attempt recorded between them is
+        // left out, so the status, the schedule and the attempts shown always agree.
+        if let Some((d, _)) = deliveries
+            .iter_mut()
+            .find(|(d, counted)| d.id.as_str() == delivery && number <= *counted)
+        {
             d.attempts.push(attempt_from_row(row)?);
         }
     }
-    Ok(deliveries)
+    Ok(deliveries.into_iter().map(|(d, _)| d).collect())
 }
 
 /// The webhook name of a credential kind, for `credential.leaked`'s target.
