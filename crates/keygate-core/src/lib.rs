@@ -28,6 +28,7 @@ pub mod quota;
 pub mod ratelimit;
 pub mod reserve;
 pub mod roles;
+pub mod routes;
 pub mod rule;
 pub mod signin;
 pub mod store;

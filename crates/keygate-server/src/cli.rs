@@ -111,7 +111,9 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(dispatch(cli.command, config)) {
+    let file = cli.config.clone();
+    let reload: Reload = Box::new(move || Config::load(file.as_deref(), &overrides));
+    match runtime.block_on(dispatch(cli.command, config, reload)) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("keygate: {error:#}");
@@ -142,7 +144,10 @@ fn init_logging(config: &Config) -> WorkerGuard {
     guard
 }
 
-async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+/// Loads the configuration again, from the same file, environment and flags (on SIGHUP).
+type Reload = Box<dyn Fn() -> Result<Config, crate::config::ConfigError> + Send + Sync>;
+
+async fn dispatch(command: Command, config: Config, reload: Reload) -> anyhow::Result<ExitCode> {
     match command {
         Command::Config {
             command: ConfigCommand::Check,
@@ -177,7 +182,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Serve { email } => serve(config, &email).await,
+        Command::Serve { email } => serve(config, &email, reload).await,
     }
 }
 
@@ -291,13 +296,13 @@ fn write_report(mut file: File, json: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
-async fn serve(config: Config, email: &str) -> anyhow::Result<ExitCode> {
+async fn serve(config: Config, email: &str, reload: Reload) -> anyhow::Result<ExitCode> {
     let listen = config.listen;
     raise_open_files_limit();
     let state = AppState::open(config, Arc::new(SystemClock)).await?;
     let report = state.bootstrap_if_empty(email).await?;
     let shutdown = shutdown_signal()?;
-    let _reloader = reload_on_hangup(state.clone())?;
+    let _reloader = reload_on_hangup(state.clone(), reload)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -328,9 +333,10 @@ fn raise_open_files_limit() {
     }
 }
 
-/// Reads what can change without a restart again on SIGHUP: GitHub's leak-report keys. A file
-/// that cannot be used keeps what was loaded, and the log says why.
-fn reload_on_hangup(state: AppState) -> std::io::Result<crate::AbortOnDrop> {
+/// Reads what can change without a restart again on SIGHUP: GitHub's leak-report keys, and from
+/// the configuration loaded anew, the gateway's routes and the TLS certificate. Whatever cannot
+/// be used keeps what was loaded before, and the log says why; connections are not touched.
+fn reload_on_hangup(state: AppState, reload: Reload) -> std::io::Result<crate::AbortOnDrop> {
     #[cfg(unix)]
     {
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -342,12 +348,23 @@ fn reload_on_hangup(state: AppState) -> std::io::Result<crate::AbortOnDrop> {
                         tracing::error!(%error, "kept the keys loaded before: the file cannot be used")
                     }
                 }
+                match reload() {
+                    Ok(config) => {
+                        for kept in state.reload(&config) {
+                            tracing::error!("{kept}");
+                        }
+                    }
+                    Err(error) => tracing::error!(
+                        %error,
+                        "kept the gateway routes and TLS certificate: the configuration cannot be used"
+                    ),
+                }
             }
         })))
     }
     #[cfg(not(unix))]
     {
-        let _ = state;
+        let _ = (state, reload);
         Ok(crate::AbortOnDrop(tokio::spawn(async {})))
     }
 }

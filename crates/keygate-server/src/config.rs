@@ -13,6 +13,7 @@ use keygate_core::Timestamp;
 use keygate_core::credential::{CredentialFormat, Environment};
 use keygate_core::jwt::SigningAlgorithm;
 use keygate_core::permission::Catalog;
+use keygate_core::routes::{RouteSpec, RouteTable};
 use keygate_core::store::Granularity;
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -55,6 +56,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub webhooks: WebhooksConfig,
     pub leaks: LeaksConfig,
+    pub gateway: GatewayConfig,
+    pub tls: TlsConfig,
 }
 
 impl Default for Config {
@@ -81,6 +84,8 @@ impl Default for Config {
             api: ApiConfig::default(),
             webhooks: WebhooksConfig::default(),
             leaks: LeaksConfig::default(),
+            gateway: GatewayConfig::default(),
+            tls: TlsConfig::default(),
         }
     }
 }
@@ -121,6 +126,32 @@ impl WebhooksConfig {
                 .allowed_private_targets
                 .iter()
                 .any(|n| n.0.contains(&ip))
+    }
+}
+
+/// keygate as the gateway itself (API.md §16): routes to the APIs it protects. Read again on
+/// SIGHUP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewayConfig {
+    pub routes: Vec<RouteSpec>,
+}
+
+/// TLS on keygate's own listener, for the API, the console and the gateway alike. Both paths or
+/// neither; the files are read again on SIGHUP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM, the server's certificate first.
+    pub cert_path: Option<std::path::PathBuf>,
+    /// The private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key_path: Option<std::path::PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether keygate terminates TLS.
+    pub fn enabled(&self) -> bool {
+        self.cert_path.is_some()
     }
 }
 
@@ -571,7 +602,13 @@ impl Config {
     /// Checks what types alone cannot: that the prefix, permissions and limits make sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.credential_format()?;
-        self.catalog()?;
+        self.routes()?;
+        if self.tls.cert_path.is_some() != self.tls.key_path.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.cert_path and tls.key_path go together: give both, or neither for plain HTTP"
+                    .into(),
+            ));
+        }
         if self.limits.body_bytes == 0 || self.limits.header_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "limits.body_bytes must be positive and limits.header_bytes at least 1024".into(),
@@ -666,6 +703,12 @@ impl Config {
 
     pub fn credential_format(&self) -> Result<CredentialFormat, ConfigError> {
         CredentialFormat::new(&self.token_prefix, self.environment)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The gateway's routes, checked against the permissions declared.
+    pub fn routes(&self) -> Result<RouteTable, ConfigError> {
+        RouteTable::new(&self.gateway.routes, &self.catalog()?)
             .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 

@@ -265,6 +265,13 @@ impl Slot {
         }
     }
 
+    /// An HTTP/2 connection carries many requests at once, so it has no phases between them:
+    /// from its start it is held to the idle timeout alone, closed once no byte has moved either
+    /// way for that long.
+    pub fn multiplexed(&self) {
+        self.watch.enter(BUSY, self.watch.clock.idle_ms);
+    }
+
     /// `service` for this connection, telling the watch when a request begins and ends.
     pub fn service<S>(&self, service: S) -> Tracked<S> {
         Tracked {

@@ -26,6 +26,7 @@ use keygate_core::store::UsageOutcome;
 use tower::Service;
 use tracing::{Instrument, Level};
 
+use crate::gateway;
 use crate::notes::{NOTES, Notes, rate_limit_headers};
 use crate::paths;
 use crate::problem::{self, ApiError, ProblemCode};
@@ -37,6 +38,7 @@ use crate::versions::VersionNotice;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 fn client_ip<B>(request: &http::Request<B>, peer: IpAddr, state: &AppState) -> IpAddr {
     let headers = request.headers();
@@ -118,6 +120,8 @@ pub struct Front {
     shared: Arc<Shared>,
     /// The connection's peer, set per connection by [`Front::for_connection`].
     peer: IpAddr,
+    /// Whether the connection is TLS that keygate terminates.
+    tls: bool,
 }
 
 /// What every connection's service shares: one reference count per request.
@@ -138,15 +142,22 @@ impl Front {
                 v1_notice,
             }),
             peer: IpAddr::from([0, 0, 0, 0]),
+            tls: false,
         }
     }
 
-    /// The service for one connection from `peer`.
-    pub fn for_connection(&self, peer: SocketAddr) -> Self {
+    /// The service for one connection from `peer`, over TLS or not.
+    pub fn for_connection(&self, peer: SocketAddr, tls: bool) -> Self {
         Self {
             shared: Arc::clone(&self.shared),
             peer: peer.ip(),
+            tls,
         }
+    }
+
+    /// The state every connection shares.
+    pub fn state(&self) -> &AppState {
+        &self.shared.state
     }
 
     async fn serve(self, request: http::Request<Incoming>) -> Response {
@@ -188,8 +199,20 @@ impl Front {
                 }
                 None => {
                     let uri = request.uri().clone();
-                    let routed = self.route(request, id, ip).instrument(span.clone());
-                    let (response, notes) = noted(routed).await;
+                    let (response, notes) = match state.gateway().find(uri.path()) {
+                        Some(route) => {
+                            let origin = gateway::Origin {
+                                client: ip,
+                                peer: self.peer,
+                                peer_trusted: state.trusted_proxies().covers(self.peer),
+                                tls: self.tls,
+                                request_id: &id_value,
+                            };
+                            let proxied = gateway::proxy(state, &route, request, origin);
+                            noted(proxied.instrument(span.clone())).await
+                        }
+                        None => noted(self.route(request, id, ip).instrument(span.clone())).await,
+                    };
                     (response, notes, Cow::Owned(uri))
                 }
             };
@@ -202,7 +225,8 @@ impl Front {
             if notes.count_on_answer.get() {
                 count_answered(state, &notes, &response, ip);
             }
-            if let (401 | 403, Some(caller)) = (status, notes.caller.take()) {
+            let upstreams = response.extensions().get::<gateway::Proxied>().is_some();
+            if let (401 | 403, false, Some(caller)) = (status, upstreams, notes.caller.take()) {
                 let code = response.extensions().get::<ApiError>().map(|e| e.code);
                 let line = RequestLine {
                     method: method.as_str(),
@@ -238,6 +262,12 @@ impl Front {
     /// Everything but forward-auth: through the router.
     async fn route(&self, request: http::Request<Incoming>, id: &str, ip: IpAddr) -> Response {
         let mut request = request.map(Body::new);
+        if self.tls {
+            // Said as a proxy ending TLS would say it, so the console's cookies are `Secure`.
+            request
+                .headers_mut()
+                .insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        }
         request.extensions_mut().insert(RequestId(id.to_owned()));
         request.extensions_mut().insert(ClientIp(ip));
         // Boxed: the router's future is large, and the hot path should not carry its size.

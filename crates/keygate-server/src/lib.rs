@@ -13,6 +13,7 @@ pub mod console;
 pub mod deliveries;
 pub mod explorer;
 pub mod front;
+pub mod gateway;
 pub mod json;
 pub mod metrics;
 pub mod notes;
@@ -23,6 +24,7 @@ pub mod refusals;
 pub mod request;
 pub mod routes;
 pub mod state;
+pub mod tls;
 pub mod versions;
 pub mod views;
 
@@ -355,13 +357,46 @@ pub async fn serve(
                 continue;
             }
         };
-        let connection = http.serve_connection(
-            hyper_util::rt::TokioIo::new(slot.watch(stream)),
-            slot.service(front.for_connection(peer)),
-        );
-        let connection = graceful.watch(connection);
+        let tls = front.state().tls().map(tls::Tls::acceptor);
+        let service = front.for_connection(peer, tls.is_some());
+        let Some(acceptor) = tls else {
+            let connection = http.serve_connection(
+                hyper_util::rt::TokioIo::new(slot.watch(stream)),
+                slot.service(service),
+            );
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                }
+                drop(slot);
+            });
+            continue;
+        };
+        // The handshake in the connection's own task, held to the head's deadline like a
+        // request's head: a client that stalls it holds its slot no longer than a slow request.
+        let watcher = graceful.watcher();
+        let http = http.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let stream = match acceptor.accept(slot.watch(stream)).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::debug!(%error, %peer, "TLS handshake failed");
+                    return;
+                }
+            };
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let served = if io.inner().get_ref().1.alpn_protocol() == Some(tls::H2) {
+                slot.multiplexed();
+                let h2 =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                watcher.watch(h2.serve_connection(io, service)).await
+            } else {
+                watcher
+                    .watch(http.serve_connection(io, slot.service(service)))
+                    .await
+            };
+            if let Err(error) = served {
                 tracing::debug!(%error, %peer, "connection ended with an error");
             }
             drop(slot);

@@ -5,7 +5,7 @@
 //! the first time it is served) and an atomic add; forward-auth, the hot path, has its own
 //! counters and takes no lock; everything else is atomic too.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::fmt::Write;
 use std::future::Future;
@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
@@ -55,6 +56,77 @@ pub struct Metrics {
     verifications: [AtomicU64; VerifyCode::ALL.len()],
     /// Webhook attempts: delivered (a 2xx), and not.
     webhook_attempts: [AtomicU64; 2],
+    /// Gateway routes by prefix; kept across reloads, so a route's counts go on.
+    gateway: RwLock<BTreeMap<String, Arc<GatewayCounts>>>,
+}
+
+/// Latency buckets of the gateway's upstream histogram, in seconds.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A gateway route's counts: requests by the status the client got, and how long the upstream
+/// took to answer (its response head).
+pub struct GatewayCounts {
+    statuses: Box<StatusCounts>,
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    answered: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl GatewayCounts {
+    fn new() -> Self {
+        Self {
+            statuses: StatusCounts::new(),
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            answered: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn count(&self, status: u16) {
+        self.statuses.add(status);
+    }
+
+    /// One upstream answer (or timeout) after `elapsed`.
+    pub fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if let Some(bucket) = LATENCY_BUCKETS
+            .iter()
+            .position(|le| seconds <= *le)
+            .and_then(|i| self.buckets.get(i))
+        {
+            bucket.fetch_add(1, Ordering::Relaxed);
+        }
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn write(&self, route: &str, out: &mut String) {
+        let mut cumulative = 0;
+        for (le, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "keygate_gateway_upstream_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count = self.answered.load(Ordering::Relaxed);
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "keygate_gateway_upstream_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "keygate_gateway_upstream_seconds_sum{{route=\"{route}\"}} {sum}"
+        );
+        let _ = writeln!(
+            out,
+            "keygate_gateway_upstream_seconds_count{{route=\"{route}\"}} {count}"
+        );
+    }
 }
 
 impl Default for Metrics {
@@ -64,6 +136,7 @@ impl Default for Metrics {
             forward_auth: std::array::from_fn(|_| StatusCounts::new()),
             verifications: std::array::from_fn(|_| AtomicU64::new(0)),
             webhook_attempts: std::array::from_fn(|_| AtomicU64::new(0)),
+            gateway: RwLock::default(),
         }
     }
 }
@@ -89,6 +162,16 @@ impl Metrics {
 
     pub fn count_verification(&self, code: VerifyCode) {
         self.verifications[code as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts of the gateway route with `prefix`, made the first time it is asked for.
+    pub fn gateway_route(&self, prefix: &str) -> Arc<GatewayCounts> {
+        let mut routes = self.gateway.write().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            routes
+                .entry(prefix.to_owned())
+                .or_insert_with(|| Arc::new(GatewayCounts::new())),
+        )
     }
 
     /// One webhook attempt, delivered or not.
@@ -205,6 +288,31 @@ impl Metrics {
                 "keygate_webhook_attempts_total{{outcome=\"{outcome}\"}} {}",
                 count.load(Ordering::Relaxed)
             );
+        }
+        let gateway = self.gateway.read().unwrap_or_else(|p| p.into_inner());
+        if gateway.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "# HELP keygate_gateway_requests_total Gateway requests by route prefix and the status answered."
+        );
+        let _ = writeln!(out, "# TYPE keygate_gateway_requests_total counter");
+        for (route, counts) in gateway.iter() {
+            for (status, count) in counts.statuses.seen() {
+                let _ = writeln!(
+                    out,
+                    "keygate_gateway_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP keygate_gateway_upstream_seconds How long upstreams took to answer, by route prefix."
+        );
+        let _ = writeln!(out, "# TYPE keygate_gateway_upstream_seconds histogram");
+        for (route, counts) in gateway.iter() {
+            counts.write(route, out);
         }
     }
 }

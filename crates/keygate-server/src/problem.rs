@@ -44,6 +44,8 @@ pub enum ProblemCode {
     QuotaExceeded,
     HeadersTooLarge,
     NotImplemented,
+    UpstreamUnavailable,
+    UpstreamTimeout,
     Unavailable,
     Internal,
 }
@@ -70,6 +72,8 @@ impl ProblemCode {
             RateLimited | QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -100,6 +104,8 @@ impl ProblemCode {
             QuotaExceeded => "quota-exceeded",
             HeadersTooLarge => "headers-too-large",
             NotImplemented => "not-implemented",
+            UpstreamUnavailable => "upstream-unavailable",
+            UpstreamTimeout => "upstream-timeout",
             Unavailable => "unavailable",
             Internal => "internal",
         }
@@ -130,6 +136,8 @@ impl ProblemCode {
             QuotaExceeded => "The quota for this period is spent",
             HeadersTooLarge => "The request headers are too large",
             NotImplemented => "Not implemented yet",
+            UpstreamUnavailable => "The upstream API is unavailable",
+            UpstreamTimeout => "The upstream API did not answer in time",
             Unavailable => "Service unavailable",
             Internal => "Internal error",
         }
@@ -153,6 +161,8 @@ impl ProblemCode {
             StatusCode::FORBIDDEN => ProblemCode::Forbidden,
             StatusCode::TOO_MANY_REQUESTS => ProblemCode::RateLimited,
             StatusCode::NOT_IMPLEMENTED => ProblemCode::NotImplemented,
+            StatusCode::BAD_GATEWAY => ProblemCode::UpstreamUnavailable,
+            StatusCode::GATEWAY_TIMEOUT => ProblemCode::UpstreamTimeout,
             StatusCode::SERVICE_UNAVAILABLE => ProblemCode::Unavailable,
             s if s.is_client_error() => ProblemCode::InvalidRequest,
             _ => ProblemCode::Internal,
@@ -538,6 +548,8 @@ mod tests {
             (ProblemCode::WouldLockOutCaller, 409),
             (ProblemCode::HeadersTooLarge, 431),
             (ProblemCode::NotImplemented, 501),
+            (ProblemCode::UpstreamUnavailable, 502),
+            (ProblemCode::UpstreamTimeout, 504),
         ] {
             assert_eq!(code.status().as_u16(), status, "{}", code.as_str());
         }

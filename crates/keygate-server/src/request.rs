@@ -24,6 +24,14 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
+/// Whether the request came over TLS: ended by keygate itself (the front service says so as a
+/// proxy would) or by a proxy in front (`X-Forwarded-Proto`). Cookies are then `Secure`.
+pub fn over_tls(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
 /// The request's origin, for audit events.
 pub struct Meta(pub RequestMeta);
 

@@ -24,8 +24,10 @@ use keygate_core::verify::Verifier;
 use keygate_core::{Clock, Timestamp};
 
 use crate::config::{Config, ConfigError};
+use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::refusals::RefusalLog;
+use crate::tls::{Tls, TlsError};
 
 /// Cheap to clone: one `Arc`.
 #[derive(Clone)]
@@ -50,6 +52,9 @@ struct Inner {
     github_keys: RwLock<Option<Arc<GithubKeys>>>,
     /// The public revocation endpoint's limit, per address.
     revoke_limiter: AddressLimiter,
+    gateway: Gateway,
+    /// The certificate served, when keygate terminates TLS.
+    tls: Option<Tls>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +67,10 @@ pub enum StartError {
     Keys(#[from] KeyError),
     #[error("leaks.github_public_keys_path `{path}`: {why}")]
     GithubKeys { path: String, why: String },
+    #[error("{0}")]
+    Gateway(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 fn read_github_keys(path: &std::path::Path) -> Result<GithubKeys, StartError> {
@@ -150,6 +159,9 @@ impl AppState {
             Some(path) => Some(Arc::new(read_github_keys(path)?)),
             None => None,
         };
+        let metrics = Arc::<Metrics>::default();
+        let gateway = Gateway::new(&config.routes()?, &metrics).map_err(StartError::Gateway)?;
+        let tls = Tls::load(&config.tls)?;
         Ok(Self(Arc::new(Inner {
             trusted_proxies,
             config,
@@ -160,7 +172,9 @@ impl AppState {
             clock,
             login_throttle: LoginThrottle::default(),
             refusals: RefusalLog::default(),
-            metrics: Arc::default(),
+            metrics,
+            gateway,
+            tls,
             shutting_down: AtomicBool::new(false),
             sealer: webhook_sealer,
             github_keys: RwLock::new(github_keys),
@@ -203,6 +217,40 @@ impl AppState {
             .write()
             .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(keys));
         Ok(count)
+    }
+
+    pub fn gateway(&self) -> &Gateway {
+        &self.0.gateway
+    }
+
+    /// The certificate served, when keygate terminates TLS.
+    pub fn tls(&self) -> Option<&Tls> {
+        self.0.tls.as_ref()
+    }
+
+    /// Puts what `config` says of the gateway's routes and the TLS files in force (on SIGHUP),
+    /// each only if it can be used; the errors say what was kept. The rest of the configuration
+    /// is read at start only.
+    pub fn reload(&self, config: &Config) -> Vec<String> {
+        let mut kept = Vec::new();
+        match config.routes() {
+            Ok(table) => match self.0.gateway.replace(&table, &self.0.metrics) {
+                Ok(routes) => tracing::info!(routes, "gateway routes reloaded"),
+                Err(error) => kept.push(format!("kept the gateway routes: {error}")),
+            },
+            Err(error) => kept.push(format!("kept the gateway routes: {error}")),
+        }
+        match (&self.0.tls, config.tls.enabled()) {
+            (Some(tls), true) => match tls.reload(&config.tls) {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(error) => kept.push(format!("kept the TLS certificate: {error}")),
+            },
+            (None, false) => {}
+            (Some(_), false) | (None, true) => kept.push(
+                "turning TLS on or off takes a restart; the listener is as it was".to_owned(),
+            ),
+        }
+        kept
     }
 
     /// The public revocation endpoint's limit per address.

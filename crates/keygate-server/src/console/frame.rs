@@ -15,6 +15,7 @@ use super::{
 use crate::auth::{AS_TENANT, authenticate};
 use crate::problem::{ApiError, ProblemCode};
 use crate::request::ClientIp;
+use crate::request::over_tls;
 use crate::state::AppState;
 use keygate_core::store::Page;
 
@@ -201,13 +202,6 @@ pub(super) struct Empty {}
 #[template(path = "console/refused.html")]
 pub(super) struct Refused {
     pub message: String,
-}
-
-/// Whether the request came over TLS, as a proxy in front says (`X-Forwarded-Proto`).
-pub(super) fn over_tls(headers: &HeaderMap) -> bool {
-    headers
-        .get("x-forwarded-proto")
-        .is_some_and(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 /// Where the person reaches keygate, for the example beside a new secret.

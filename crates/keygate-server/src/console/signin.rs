@@ -8,9 +8,10 @@ use axum::response::{IntoResponse, Redirect, Response};
 use keygate_core::signin::{SignIn, SignInError};
 use serde::Deserialize;
 
-use super::frame::{Empty, Posted, SignedIn, capitalised, over_tls, render, signed_in};
+use super::frame::{Empty, Posted, SignedIn, capitalised, render, signed_in};
 use super::{acting_cookie, html};
 use crate::auth::SESSION_COOKIE;
+use crate::request::over_tls;
 use crate::request::{ClientIp, Meta};
 use crate::state::AppState;
 

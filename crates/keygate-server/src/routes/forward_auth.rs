@@ -148,8 +148,9 @@ fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-/// 200, an empty body and the identity headers.
-fn allowed(caller: &Caller) -> Response {
+/// The identity headers of an admitted request (API.md §9), for forward-auth's answer and for
+/// what the gateway sends upstream.
+pub(crate) fn identity_headers(caller: &Caller) -> HeaderMap {
     let verified = caller.verified();
     let mut headers = match verified.rendered(Identity::of) {
         Some(identity) => identity.0.clone(),
@@ -158,8 +159,13 @@ fn allowed(caller: &Caller) -> Response {
     if let Some(tenant) = caller.acting_as() {
         headers.insert(ACTING_TENANT_ID, header_value(tenant.id.as_str()));
     }
+    headers
+}
+
+/// 200, an empty body and the identity headers.
+fn allowed(caller: &Caller) -> Response {
     let mut response = Response::new(Body::empty());
-    *response.headers_mut() = headers;
+    *response.headers_mut() = identity_headers(caller);
     response
 }
 

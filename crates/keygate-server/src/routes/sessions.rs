@@ -3,7 +3,7 @@
 //! standing, allowlist, the session and its events) are [`keygate_core::signin`]'s.
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use keygate_core::Timestamp;
 use keygate_core::signin::SignIn;
@@ -13,8 +13,8 @@ use utoipa::ToSchema;
 use crate::auth::{Authenticated, SESSION_COOKIE};
 use crate::json::Json;
 use crate::problem::ApiError;
-use crate::request::ClientIp;
 use crate::request::Meta;
+use crate::request::{ClientIp, over_tls};
 use crate::routes::users::UserView;
 use crate::state::AppState;
 
@@ -55,6 +55,7 @@ pub async fn login(
     State(state): State<AppState>,
     Meta(meta): Meta,
     client: Option<axum::Extension<ClientIp>>,
+    headers: HeaderMap,
     Json(request): Json<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let sign_in = SignIn {
@@ -69,9 +70,10 @@ pub async fn login(
         .sign_in(sign_in, &meta, state.clock().now())
         .await?;
     let cookie = format!(
-        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
         signed_in.secret.expose(),
-        lifetime.as_secs()
+        lifetime.as_secs(),
+        if over_tls(&headers) { "; Secure" } else { "" }
     );
     let mut response = axum::Json(LoginResponse {
         user: signed_in.user.into(),

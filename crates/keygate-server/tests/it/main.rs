@@ -45,6 +45,7 @@ mod console_tenants;
 mod console_usage;
 mod document;
 mod explorer;
+mod gateway;
 mod identity;
 mod limits;
 mod nodes;
