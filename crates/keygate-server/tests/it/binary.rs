@@ -115,6 +115,15 @@ impl Serve {
         self.child.id()
     }
 
+    /// SIGHUP: read what can be reloaded again.
+    pub(crate) fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// The address it listens on.
     fn address(&self) -> std::net::SocketAddr {
         self.base.trim_start_matches("http://").parse().unwrap()
@@ -501,7 +510,7 @@ fn migrate_brings_an_empty_database_up_to_date() {
 }
 
 /// The peak resident memory of a process so far, in bytes (`VmHWM`).
-fn peak_memory(pid: u32) -> u64 {
+pub(crate) fn peak_memory(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
     let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();

@@ -528,11 +528,12 @@ async fn the_zones_api_behind_keygate() {
         zones,
         std::future::pending(),
     ));
+    // The README's configuration, as written, but for the example's address.
+    let documented = readme_config().replace("http://127.0.0.1:9000", &zones_at);
+    let documented: keygate_server::config::Config = toml::from_str(&documented).unwrap();
     let server = TestServer::start_with(Backend::Sqlite, |c| {
-        c.permissions = vec!["zones:read".into(), "zones:write".into()];
-        let mut zones = route("/zones", &zones_at);
-        zones.require = zones_require();
-        c.gateway.routes = vec![zones];
+        c.permissions = documented.permissions;
+        c.gateway = documented.gateway;
     })
     .await;
     let child = server
@@ -684,6 +685,17 @@ async fn the_zones_api_behind_keygate() {
     );
 }
 
+/// The configuration the README's walk-through writes to `keygate.toml`.
+fn readme_config() -> String {
+    const README: &str = include_str!("../../../../README.md");
+    let start = "cat > keygate.toml <<'TOML'\n";
+    let at = README.find(start).expect("the README writes keygate.toml") + start.len();
+    let length = README[at..].find("TOML\n").unwrap();
+    let text = README[at..at + length].to_owned();
+    assert!(text.contains("http://127.0.0.1:9000"), "{text}");
+    text
+}
+
 /// The TOML of a configuration with `routes`, written to `dir/keygate.toml`.
 fn write_config(
     dir: &std::path::Path,
@@ -725,22 +737,6 @@ fn serve(dir: &std::path::Path, config: &std::path::Path) -> crate::binary::Serv
     crate::binary::Serve::spawn(command)
 }
 
-fn hangup(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// The peak resident memory of process `pid`, in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
 #[tokio::test]
 async fn fifty_megabytes_stream_each_way_in_flat_memory() {
     const SIZE: usize = 50 * 1024 * 1024;
@@ -758,7 +754,7 @@ async fn fifty_megabytes_stream_each_way_in_flat_memory() {
         .await
         .unwrap();
     assert_eq!(warm.bytes().await.unwrap().len(), 1_048_576);
-    let before = peak_rss(node.pid());
+    let before = crate::binary::peak_memory(node.pid());
 
     let upload = http
         .post(format!("{}/files/upload", node.base))
@@ -787,7 +783,7 @@ async fn fifty_megabytes_stream_each_way_in_flat_memory() {
         received += chunk.len();
     }
     assert_eq!(received, SIZE);
-    let grown = peak_rss(node.pid()).saturating_sub(before);
+    let grown = crate::binary::peak_memory(node.pid()).saturating_sub(before);
     assert!(
         grown < 16 * 1024 * 1024,
         "keygate's peak memory grew by {} MiB while 50 MiB went each way",
@@ -823,7 +819,7 @@ async fn sighup_adds_a_route_without_dropping_a_request_in_flight() {
             ("/b", upstream.url(), 30_000),
         ],
     );
-    hangup(node.pid());
+    node.hangup();
     let deadline = Instant::now() + Duration::from_secs(20);
     while get("/b/zones").await.unwrap().status() != 200 {
         assert!(Instant::now() < deadline, "the new route never came");
@@ -835,7 +831,7 @@ async fn sighup_adds_a_route_without_dropping_a_request_in_flight() {
 
     // A bad file (a route over keygate's own paths) keeps the routes in force.
     write_config(dir.path(), "", &[("/v1/zones", upstream.url(), 30_000)]);
-    hangup(node.pid());
+    node.hangup();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(get("/b/zones").await.unwrap().status(), 200);
     assert_eq!(get("/a/zones").await.unwrap().status(), 200);
@@ -954,7 +950,7 @@ async fn over_tls_http1_and_http2_get_through_and_a_new_certificate_is_served_af
         dir.path().join("key.pem"),
     )
     .unwrap();
-    hangup(node.pid());
+    node.hangup();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let fresh = trusting(&second, false);
@@ -985,7 +981,7 @@ async fn over_tls_http1_and_http2_get_through_and_a_new_certificate_is_served_af
 
     // A key that does not go with the certificate is logged and the certificate kept.
     std::fs::copy(dir.path().join("cert.pem"), dir.path().join("key.pem")).unwrap();
-    hangup(node.pid());
+    node.hangup();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         trusting(&second, false)

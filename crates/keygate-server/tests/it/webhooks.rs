@@ -1253,17 +1253,7 @@ async fn sighup_reloads_githubs_keys_and_keeps_them_on_a_bad_file() {
         .env("KEYGATE_LEAKS__GITHUB_PUBLIC_KEYS_PATH", &keys)
         .arg("serve");
     let node = crate::binary::Serve::spawn(command);
-    let pid = node.pid();
     let body = json!([{"token": "kg_live_nothing", "type": "keygate_token"}]).to_string();
-    let hangup = || {
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-HUP", &pid.to_string()])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
     let status = |key: &'static str, signer: &GithubSigner| {
         let signature = signer.sign(&body);
         let base = node.base.clone();
@@ -1279,7 +1269,7 @@ async fn sighup_reloads_githubs_keys_and_keeps_them_on_a_bad_file() {
     let second = GithubSigner::new("k2");
     std::fs::copy(&second.path, &keys).unwrap();
     assert_eq!(status("k2", &second).await, 401, "not before the signal");
-    hangup();
+    node.hangup();
     let deadline = Instant::now() + Duration::from_secs(20);
     while status("k2", &second).await != 200 {
         assert!(Instant::now() < deadline, "the new key was never loaded");
@@ -1291,7 +1281,7 @@ async fn sighup_reloads_githubs_keys_and_keeps_them_on_a_bad_file() {
         "the old key is gone with its file"
     );
     std::fs::write(&keys, "{not json").unwrap();
-    hangup();
+    node.hangup();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         status("k2", &second).await,
