@@ -31,12 +31,11 @@ use crate::notes::{NOTES, Notes, rate_limit_headers};
 use crate::paths;
 use crate::problem::{self, ApiError, ProblemCode};
 use crate::refusals::RequestLine;
-use crate::request::{ClientIp, RequestId};
+use crate::request::{ClientIp, REQUEST_ID, RequestId};
 use crate::routes::forward_auth;
 use crate::state::AppState;
 use crate::versions::VersionNotice;
 
-pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 

@@ -12,110 +12,26 @@
 //! limit of §1 (which is about what keygate itself reads) does not apply.
 
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::http::header::{self, HeaderName};
-use axum::http::uri::{Authority, PathAndQuery, Scheme};
+use axum::http::uri::{PathAndQuery, Scheme};
 use axum::http::{HeaderMap, HeaderValue, Request, Uri, Version};
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use keygate_core::routes::{Needs, Route, RouteTable};
+use keygate_core::routes::Needs;
 
 use crate::auth::{AS_TENANT, COOKIE_NAME, SESSION_COOKIE, admit};
-use crate::metrics::GatewayCounts;
 use crate::problem::{ApiError, OwnErrorBody, ProblemCode};
 use crate::routes::forward_auth;
 use crate::state::AppState;
+use crate::upstreams::GatewayRoute;
 
 /// Marks a response that came from an upstream: it leaves as the upstream sent it, and a 401
 /// or 403 in it is the upstream's, not a refusal of keygate's to audit.
 #[derive(Debug, Clone, Copy)]
 pub struct Proxied;
-
-/// A route with what proxying to it needs, made once per (re)load.
-pub struct GatewayRoute {
-    pub route: Arc<Route>,
-    authority: Authority,
-    host: HeaderValue,
-    pub counts: Arc<GatewayCounts>,
-}
-
-/// The routes in force and the pooled client to their upstreams.
-pub struct Gateway {
-    routes: RwLock<Arc<Vec<Arc<GatewayRoute>>>>,
-    client: Client<HttpConnector, Incoming>,
-}
-
-/// How long an idle kept-alive connection to an upstream is kept: under the 60 s or more most
-/// servers keep one, so keygate drops it first and never sends on a connection being closed.
-const POOL_IDLE: Duration = Duration::from_secs(50);
-
-impl Gateway {
-    pub fn new(table: &RouteTable, metrics: &crate::metrics::Metrics) -> Result<Self, String> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(1024)
-            // Set from the route, never from the client's request.
-            .set_host(false)
-            .build(connector);
-        Ok(Self {
-            routes: RwLock::new(Arc::new(prepare(table, metrics)?)),
-            client,
-        })
-    }
-
-    /// Puts `table` in force for requests that start from now; those in flight finish on the
-    /// routes they started with.
-    pub fn replace(
-        &self,
-        table: &RouteTable,
-        metrics: &crate::metrics::Metrics,
-    ) -> Result<usize, String> {
-        let routes = Arc::new(prepare(table, metrics)?);
-        let count = routes.len();
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
-        Ok(count)
-    }
-
-    /// The route `path` takes, if any: the longest prefix it is on.
-    pub fn find(&self, path: &str) -> Option<Arc<GatewayRoute>> {
-        let routes = self.routes.read().unwrap_or_else(|p| p.into_inner());
-        routes.iter().find(|r| r.route.matches(path)).cloned()
-    }
-}
-
-fn prepare(
-    table: &RouteTable,
-    metrics: &crate::metrics::Metrics,
-) -> Result<Vec<Arc<GatewayRoute>>, String> {
-    table
-        .iter()
-        .map(|route| {
-            let authority =
-                Authority::try_from(route.upstream.authority.as_str()).map_err(|_| {
-                    format!(
-                        "gateway route `{}`: `{}` is not a host and port",
-                        route.prefix, route.upstream.authority
-                    )
-                })?;
-            let host = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
-            Ok(Arc::new(GatewayRoute {
-                route: Arc::clone(route),
-                authority,
-                host,
-                counts: metrics.gateway_route(&route.prefix),
-            }))
-        })
-        .collect()
-}
 
 /// Where the request came from, as the front service saw it.
 pub struct Origin<'a> {
@@ -214,7 +130,7 @@ async fn admit_and_send(
     remove_credentials(headers);
     forwarded(headers, origin, original_host);
     headers.insert(header::HOST, gateway_route.host.clone());
-    headers.insert(crate::front::REQUEST_ID, origin.request_id.clone());
+    headers.insert(crate::request::REQUEST_ID, origin.request_id.clone());
     let mut quota_left = None;
     if let Some((identity, quota)) = identity {
         headers.extend(identity);
@@ -223,11 +139,7 @@ async fn admit_and_send(
     let upstream_request = Request::from_parts(parts, body);
 
     let started = Instant::now();
-    let sent = tokio::time::timeout(
-        route.timeout,
-        state.gateway().client.request(upstream_request),
-    )
-    .await;
+    let sent = tokio::time::timeout(route.timeout, state.gateway().send(upstream_request)).await;
     let answered = match sent {
         Err(_) => {
             gateway_route.counts.observe(started.elapsed());

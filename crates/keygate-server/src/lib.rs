@@ -25,6 +25,7 @@ pub mod request;
 pub mod routes;
 pub mod state;
 pub mod tls;
+pub mod upstreams;
 pub mod versions;
 pub mod views;
 

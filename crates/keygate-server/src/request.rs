@@ -15,6 +15,9 @@ use utoipa::IntoParams;
 
 use crate::problem::{ApiError, FieldError};
 
+/// The request id's header, on every response and on what the gateway sends upstream.
+pub const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
+
 /// The id of the request being served, for handlers that need it.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);

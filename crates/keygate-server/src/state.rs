@@ -24,10 +24,10 @@ use keygate_core::verify::Verifier;
 use keygate_core::{Clock, Timestamp};
 
 use crate::config::{Config, ConfigError};
-use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::refusals::RefusalLog;
 use crate::tls::{Tls, TlsError};
+use crate::upstreams::Gateway;
 
 /// Cheap to clone: one `Arc`.
 #[derive(Clone)]
