@@ -194,10 +194,9 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 /// Whether the path has a `.` or `..` segment, literally or percent-encoded.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let decoded = segment.replace("%2e", ".").replace("%2E", ".");
-        decoded == "." || decoded == ".."
-    })
+    const DOTS: [&str; 6] = [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."];
+    path.split('/')
+        .any(|segment| DOTS.iter().any(|dots| segment.eq_ignore_ascii_case(dots)))
 }
 
 /// RFC 9110 §7.6.1: the connection's own headers, and those `Connection` names, are not passed
