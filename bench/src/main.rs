@@ -5,7 +5,8 @@
 //! It fills a fresh database with N service tokens whose secrets it keeps, starts the release
 //! `keygate serve` on it (pinned to CPU 0 when `taskset` exists; run this tool pinned to CPU 1),
 //! then sends `GET /v1/whoami` with credentials never used before (cold), and again with a few
-//! already used (warm, the baseline), and prints requests per second and p99 for both.
+//! already used (warm, the baseline), and prints requests per second, p50 and p99 for both, and
+//! what the server's resident size grew by per credential it verified (and so cached) cold.
 
 use std::process::Stdio;
 use std::sync::Arc;
@@ -134,34 +135,64 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Cold: every request presents a credential the server has not seen.
+    // Cold: every request presents a credential the server has not seen, so each is cached
+    // afterwards: the growth of the server's resident size over the phase, per credential, is
+    // what a cached credential costs.
+    let server_pid = server.id().unwrap_or_default();
+    let resident_before = resident_bytes(server_pid);
     let cold_set: Arc<Vec<String>> = Arc::new(secrets[..args.requests.min(secrets.len())].to_vec());
+    let cached = cold_set.len();
     let cold = run(&client, &base, cold_set, args.requests, args.concurrency).await;
+    let per_credential = resident_bytes(server_pid).saturating_sub(resident_before) / cached as u64;
     // Warm: the same 100 credentials over and over, all cached after the cold phase.
     let warm_set: Arc<Vec<String>> = Arc::new(secrets[..100].to_vec());
     let _ = run(&client, &base, warm_set.clone(), 1000, args.concurrency).await;
     let warm = run(&client, &base, warm_set, args.requests, args.concurrency).await;
 
     println!(
-        "{:<10} {:>12} {:>12} {:>12} {:>12} {:>12} {:>10}",
-        "store", "credentials", "cold req/s", "cold p99", "warm req/s", "warm p99", "warm/cold"
+        "{:<10} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>16}",
+        "store",
+        "credentials",
+        "cold req/s",
+        "cold p50",
+        "cold p99",
+        "warm req/s",
+        "warm p50",
+        "warm p99",
+        "warm/cold",
+        "bytes per cached"
     );
     println!(
-        "{:<10} {:>12} {:>12.0} {:>12.2?} {:>12.0} {:>12.2?} {:>10.2}",
+        "{:<10} {:>11} {:>10.0} {:>10.2?} {:>10.2?} {:>10.0} {:>10.2?} {:>10.2?} {:>9.2} {:>16}",
         args.store,
         secrets.len(),
         cold.rps,
+        cold.p50,
         cold.p99,
         warm.rps,
+        warm.p50,
         warm.p99,
-        warm.rps / cold.rps
+        warm.rps / cold.rps,
+        format!("{per_credential} ({cached})")
     );
     let _ = server.kill().await;
 }
 
 struct Figures {
     rps: f64,
+    p50: Duration,
     p99: Duration,
+}
+
+/// A process's resident set size (`VmRSS`), 0 if unreadable.
+fn resident_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// `requests` GETs of /v1/whoami over `concurrency` connections, credential i of `set` (mod len).
@@ -210,6 +241,7 @@ async fn run(
     latencies.sort();
     Figures {
         rps: requests as f64 / elapsed.as_secs_f64(),
+        p50: latencies[latencies.len() / 2],
         p99: latencies[latencies.len() * 99 / 100],
     }
 }
