@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use keygate_core::SystemClock;
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::bootstrap::BootstrapError;
 use crate::config::{Config, LogFormat, Overrides};
+use crate::logging::{self, LogSink};
 use crate::state::AppState;
 
 #[derive(Debug, Parser)]
@@ -122,26 +122,27 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Log lines are written to stderr by a thread of their own, so a request's access-log line costs
-/// a copy into a queue, not a system call. Nothing is dropped: when the queue is full, requests
-/// wait for it. The guard writes what is queued when `main` returns.
-fn init_logging(config: &Config) -> WorkerGuard {
+/// Log lines are written to stderr by a thread of their own, in batches (see [`logging`]): a
+/// request's access-log line costs a copy into a buffer, not a system call. Nothing is dropped:
+/// when the buffer is full, requests wait for it. The guard writes what is left when `main`
+/// returns.
+fn init_logging(config: &Config) -> logging::Flush {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let (writer, guard) = NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("keygate-log")
-        .finish(std::io::stderr());
+    let (sink, flush) = LogSink::start(std::io::stderr(), config.log.format, logging::BATCH_PAUSE);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
-    let _ = match config.log.format {
+        .with_writer(sink.clone());
+    let installed = match config.log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
-    guard
+    if installed.is_ok() {
+        sink.install();
+    }
+    flush
 }
 
 /// Loads the configuration again, from the same file, environment and flags (on SIGHUP).

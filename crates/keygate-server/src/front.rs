@@ -24,15 +24,16 @@ use keygate_core::allowlist::client_address;
 use keygate_core::base62;
 use keygate_core::store::UsageOutcome;
 use tower::Service;
-use tracing::{Instrument, Level};
+use tracing::Instrument;
 
 use crate::gateway;
+use crate::logging::{self, AccessLine};
 use crate::notes::{NOTES, Notes, rate_limit_headers};
 use crate::paths;
 use crate::problem::{self, ApiError, ProblemCode};
 use crate::refusals::RequestLine;
 use crate::request::{ClientIp, REQUEST_ID, RequestId};
-use crate::routes::forward_auth;
+use crate::routes::{forward_auth, verify};
 use crate::state::AppState;
 use crate::versions::VersionNotice;
 
@@ -106,11 +107,12 @@ fn header_bytes<B>(request: &http::Request<B>) -> usize {
 
 /// The outermost service: every request enters here and every response leaves through here.
 ///
-/// Forward-auth, the path proxies call for every request they pass on, is answered directly;
-/// everything else goes through the router. The hot path thus skips route matching and the
-/// router's per-route layers (it reads no body, so the body limits have nothing to do), and
-/// gets everything else a request gets here: request id, header limit, client address,
-/// rate-limit headers, problem rendering, metrics and the access log.
+/// Forward-auth, the path proxies call for every request they pass on, and `POST /v1/verify`,
+/// which services call for every request they serve, are answered directly; everything else goes
+/// through the router. The hot paths thus skip route matching and the router's per-route layers
+/// (forward-auth reads no body; verify reads its own within the body limit), and get everything
+/// else a request gets here: request id, header limit, client address, rate-limit headers,
+/// problem rendering, metrics and the access log.
 ///
 /// It is hyper's service for a connection (see [`crate::serve`]), so the request's body reaches
 /// the router as it came, and the hot path never boxes it.
@@ -164,25 +166,25 @@ impl Front {
             state, v1_notice, ..
         } = &*self.shared;
         // The access log's timing costs two clock reads; only taken when the line is written.
-        let started = tracing::enabled!(Level::INFO).then(Instant::now);
+        let access_log = logging::access_log();
+        let started = access_log.is_some().then(Instant::now);
         let id_value = request_id(&request);
         // Sane by construction: visible ASCII.
         let id = id_value.to_str().unwrap_or_default();
         let method = request.method().clone();
         let ip = client_ip(&request, self.peer, state);
-        let span =
-            tracing::info_span!("request", id = %id, %ip, %method, path = request.uri().path());
         let notice = v1_notice
             .as_ref()
             .filter(|notice| notice.applies_to(request.uri().path()));
 
         let limit = state.config().limits.header_bytes;
-        let response = if header_bytes(&request) > limit {
-            ApiError::new(
+        let (response, uri) = if header_bytes(&request) > limit {
+            let response = ApiError::new(
                 ProblemCode::HeadersTooLarge,
                 format!("the request headers exceed {limit} bytes in total"),
             )
-            .into_response()
+            .into_response();
+            (response, Cow::Borrowed(request.uri()))
         } else {
             // Forward-auth is answered here from a borrowed request; everything else goes to
             // the router, which takes the request, so its URI is kept for the audit record.
@@ -190,11 +192,21 @@ impl Front {
                 Some(route) => {
                     let check =
                         forward_auth::answer(state, route, request.headers(), request.uri(), ip);
-                    let (response, notes) = noted(check.instrument(span.clone())).await;
+                    let (response, notes) = noted(check).await;
                     let response = response.into_response();
                     let status = response.status().as_u16();
                     state.metrics().count_forward_auth(route, status);
                     (response, notes, Cow::Borrowed(request.uri()))
+                }
+                None if request.method() == http::Method::POST
+                    && request.uri().path() == paths::VERIFY =>
+                {
+                    let uri = request.uri().clone();
+                    let (response, notes) = noted(verify::answer(state, request, ip)).await;
+                    let response = response.into_response();
+                    let status = response.status().as_u16();
+                    state.metrics().count_request(paths::VERIFY, status);
+                    (response, notes, Cow::Owned(uri))
                 }
                 None => {
                     let uri = request.uri().clone();
@@ -207,10 +219,17 @@ impl Front {
                                 tls: self.tls,
                                 request_id: &id_value,
                             };
-                            let proxied = gateway::proxy(state, &route, request, origin);
-                            noted(proxied.instrument(span.clone())).await
+                            noted(gateway::proxy(state, &route, request, origin)).await
                         }
-                        None => noted(self.route(request, id, ip).instrument(span.clone())).await,
+                        None => {
+                            // The management API's and the console's lines about a request say
+                            // which; the hot paths' (forward-auth, the gateway) have none to
+                            // spare the cost, and their few warnings name what they need.
+                            let span = tracing::info_span!(
+                                "request", id = %id, %ip, %method, path = uri.path()
+                            );
+                            noted(self.route(request, id, ip).instrument(span)).await
+                        }
                     };
                     (response, notes, Cow::Owned(uri))
                 }
@@ -241,17 +260,22 @@ impl Front {
                     state.clock().now(),
                 );
             }
-            response
+            (response, uri)
         };
 
         let mut response = problem::render(response, id, &method, state.config().limits.body_bytes);
         if let Some(notice) = notice {
             notice.add_to(response.headers_mut());
         }
-        if let Some(started) = started {
-            let status = response.status().as_u16();
-            let micros = started.elapsed().as_micros();
-            span.in_scope(|| tracing::info!(status, micros, "served"));
+        if let (Some(log), Some(started)) = (access_log, started) {
+            log.access(&AccessLine {
+                id,
+                ip,
+                method: method.as_str(),
+                path: uri.path(),
+                status: response.status().as_u16(),
+                micros: started.elapsed().as_micros(),
+            });
         }
         // Moved, not cloned: a clone of a fresh value would allocate to share it.
         response.headers_mut().insert(REQUEST_ID, id_value);

@@ -143,7 +143,12 @@ async fn admit_and_send(
     let answered = match sent {
         Err(_) => {
             gateway_route.counts.observe(started.elapsed());
-            tracing::warn!(route = %route.prefix, timeout_ms = route.timeout.as_millis(), "upstream did not answer in time");
+            tracing::warn!(
+                request_id = ?origin.request_id,
+                route = %route.prefix,
+                timeout_ms = route.timeout.as_millis(),
+                "upstream did not answer in time"
+            );
             return Err(ApiError::new(
                 ProblemCode::UpstreamTimeout,
                 format!(
@@ -154,7 +159,12 @@ async fn admit_and_send(
             ));
         }
         Ok(Err(error)) => {
-            tracing::warn!(route = %route.prefix, error = %error_chain(&error), "upstream unavailable");
+            tracing::warn!(
+                request_id = ?origin.request_id,
+                route = %route.prefix,
+                error = %error_chain(&error),
+                "upstream unavailable"
+            );
             return Err(ApiError::new(
                 ProblemCode::UpstreamUnavailable,
                 format!(

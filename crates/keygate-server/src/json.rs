@@ -2,11 +2,12 @@
 //! Bodies are parsed strictly: a body is a JSON object, and request types deny unknown fields, so a
 //! typo is a 400, not ignored.
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
+use http_body_util::LengthLimitError;
 use serde::de::DeserializeOwned;
 
 use crate::problem::{ApiError, ProblemCode};
@@ -21,32 +22,69 @@ where
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        if !is_json(request.headers()) {
-            return Err(ApiError::new(
-                ProblemCode::UnsupportedMediaType,
-                "the body must be JSON, sent with Content-Type: application/json",
-            ));
-        }
+        require_json(request.headers())?;
         let bytes =
             Bytes::from_request(request, state)
                 .await
                 .map_err(|rejection| match rejection.status() {
-                    StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-                        ProblemCode::PayloadTooLarge,
-                        "the request body is too large",
-                    ),
+                    StatusCode::PAYLOAD_TOO_LARGE => too_large(),
                     _ => ApiError::invalid(rejection.body_text()),
                 })?;
-        // serde also reads a struct from an array of its fields in order; every body is an object.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-            return Err(ApiError::invalid(
-                "the body must be a JSON object, not an array",
-            ));
+        parse(&bytes).map(Json)
+    }
+}
+
+/// The JSON body of a request the front service answers without the router (`POST /v1/verify`):
+/// the same checks as the extractor, the body read up to `limit` bytes.
+pub async fn read<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    require_json(headers)?;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let mut source: &dyn std::error::Error = &error;
+        loop {
+            if source.is::<LengthLimitError>() {
+                return too_large();
+            }
+            match source.source() {
+                Some(inner) => source = inner,
+                None => return ApiError::invalid("the request body could not be read"),
+            }
         }
-        match axum::Json::<T>::from_bytes(&bytes) {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(rejection_error(rejection)),
-        }
+    })?;
+    parse(&bytes)
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    if is_json(headers) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ProblemCode::UnsupportedMediaType,
+            "the body must be JSON, sent with Content-Type: application/json",
+        ))
+    }
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        ProblemCode::PayloadTooLarge,
+        "the request body is too large",
+    )
+}
+
+fn parse<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    // serde also reads a struct from an array of its fields in order; every body is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::invalid(
+            "the body must be a JSON object, not an array",
+        ));
+    }
+    match axum::Json::<T>::from_bytes(bytes) {
+        Ok(axum::Json(value)) => Ok(value),
+        Err(rejection) => Err(rejection_error(rejection)),
     }
 }
 

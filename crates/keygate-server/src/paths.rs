@@ -1,5 +1,5 @@
 //! The paths the front service answers itself, recognised without the router: forward-auth, which
-//! proxies call for every request they pass on. Known here, below the handlers and the metrics,
+//! proxies call for every request they pass on, and `POST /v1/verify`. Known here, below the handlers and the metrics,
 //! so both name its routes without importing each other.
 
 /// Forward-auth's two route templates: the check itself and any path below it.
@@ -31,3 +31,6 @@ pub fn forward_auth(path: &str) -> Option<ForwardAuthRoute> {
 }
 
 pub const FORWARD_AUTH: &str = "/v1/forward-auth";
+
+/// `POST` on it is answered by the front service; other methods reach the router (a 405).
+pub const VERIFY: &str = "/v1/verify";

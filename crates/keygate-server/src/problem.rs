@@ -311,6 +311,40 @@ impl ApiError {
     }
 }
 
+impl ErrorParts {
+    /// [`ApiError::problem`] as JSON, written straight from the error: a refusal on the hot path
+    /// (an unknown credential, say) copies no string into a [`Problem`] to serialize it.
+    fn body(&self, request_id: &str) -> serde_json::Result<Vec<u8>> {
+        let detail = self.detail.as_deref();
+        let mut body = Vec::with_capacity(160 + detail.map_or(0, str::len) + request_id.len());
+        let code = self.code.as_str();
+        body.extend_from_slice(b"{\"type\":");
+        serde_json::to_writer(&mut body, &format_args!("urn:keygate:problem:{code}"))?;
+        body.extend_from_slice(b",\"title\":");
+        serde_json::to_writer(&mut body, self.code.title())?;
+        body.extend_from_slice(b",\"status\":");
+        serde_json::to_writer(&mut body, &self.code.status().as_u16())?;
+        if let Some(detail) = detail {
+            body.extend_from_slice(b",\"detail\":");
+            serde_json::to_writer(&mut body, detail)?;
+        }
+        body.extend_from_slice(b",\"instance\":");
+        serde_json::to_writer(&mut body, request_id)?;
+        body.extend_from_slice(b",\"code\":");
+        serde_json::to_writer(&mut body, code)?;
+        if !self.errors.is_empty() {
+            body.extend_from_slice(b",\"errors\":");
+            serde_json::to_writer(&mut body, &self.errors)?;
+        }
+        if !self.missing_permissions.is_empty() {
+            body.extend_from_slice(b",\"missing_permissions\":");
+            serde_json::to_writer(&mut body, &self.missing_permissions)?;
+        }
+        body.push(b'}');
+        Ok(body)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = self.code.status().into_response();
@@ -501,7 +535,7 @@ pub fn render(mut response: Response, id: &str, method: &Method, body_limit: usi
     if let Some(internal) = &error.internal {
         tracing::error!(request_id = id, error = %internal, "request failed");
     }
-    let body = match serde_json::to_vec(&error.problem(id)) {
+    let body = match error.body(id) {
         Ok(body) => body,
         Err(e) => {
             tracing::error!(request_id = id, error = %e, "cannot render a problem");
@@ -561,6 +595,27 @@ mod tests {
             ProblemCode::for_status(StatusCode::IM_A_TEAPOT),
             ProblemCode::InvalidRequest
         );
+    }
+
+    #[test]
+    fn the_written_body_is_the_problem_serialized() {
+        let mut forbidden = ApiError::new(ProblemCode::Forbidden, "needs \"tokens:write\"");
+        forbidden.0.missing_permissions = vec!["tokens:write".into(), "users:read".into()];
+        for error in [
+            ApiError::unauthenticated("the credential is not known"),
+            ApiError::internal("hidden"),
+            ApiError::invalid_fields(vec![FieldError {
+                field: "data[0].subnet".into(),
+                message: "is taken \u{e9}".into(),
+            }]),
+            forbidden,
+        ] {
+            let expected = serde_json::to_vec(&error.problem("req_1:x")).unwrap();
+            assert_eq!(
+                String::from_utf8(error.body("req_1:x").unwrap()).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ use keygate_core::verified::Verified;
 use crate::auth::admit;
 use crate::paths::ForwardAuthRoute;
 use crate::problem::ApiError;
+use crate::rendered;
 use crate::request::ClientIp;
 use crate::state::AppState;
 
@@ -152,8 +153,11 @@ fn header_value(text: &str) -> HeaderValue {
 /// what the gateway sends upstream.
 pub(crate) fn identity_headers(caller: &Caller) -> HeaderMap {
     let verified = caller.verified();
-    let mut headers = match verified.rendered(Identity::of) {
-        Some(identity) => identity.0.clone(),
+    let mut headers = match rendered::of(verified) {
+        Some(rendered) => rendered
+            .identity
+            .get_or_init(|| Identity::of(verified).0)
+            .clone(),
         None => Identity::of(verified).0,
     };
     if let Some(tenant) = caller.acting_as() {

@@ -7,8 +7,13 @@
 
 use std::net::IpAddr;
 
+use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::http::{self, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use hyper::body::Incoming;
 use keygate_core::Timestamp;
+use keygate_core::access::Caller;
 use keygate_core::access::perm;
 use keygate_core::gate::{self, Denial};
 use keygate_core::reserve::MAX_COST;
@@ -17,9 +22,10 @@ use keygate_core::verify::Refusal;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::auth::Asker;
-use crate::json::Json;
+use crate::auth::{Asker, authenticate_asker};
+use crate::json::{self, Json};
 use crate::problem::{ApiError, FieldError};
+use crate::rendered;
 use crate::state::AppState;
 use crate::views::{OrganizationView, PrincipalView, VerifyCode, permission_names};
 
@@ -101,6 +107,11 @@ impl VerifyResponse {
         }
     }
 
+    /// A valid verdict before the quota is known.
+    fn valid(verified: &Verified) -> Self {
+        Self::about(verified, VerifyCode::Valid, None, Vec::new())
+    }
+
     fn refused(code: VerifyCode, detail: String) -> Self {
         Self {
             valid: false,
@@ -130,21 +141,46 @@ impl VerifyResponse {
     ))]
 pub async fn verify(
     State(state): State<AppState>,
-    caller: Asker,
-    request: Json<VerifyRequest>,
-) -> Result<axum::Json<VerifyResponse>, ApiError> {
-    let verdict = decide(State(state.clone()), caller, request).await?;
-    state.metrics().count_verification(verdict.0.code);
-    Ok(verdict)
+    Asker(caller): Asker,
+    Json(request): Json<VerifyRequest>,
+) -> Result<Response, ApiError> {
+    verdict(&state, caller, request).await
+}
+
+/// `POST /v1/verify` as the front service answers it, without the router (it is a hot path, like
+/// forward-auth): the asking service authenticated first, then the body read and checked as the
+/// JSON extractor does, then the verdict.
+pub async fn answer(
+    state: &AppState,
+    request: http::Request<Incoming>,
+    client: IpAddr,
+) -> Result<Response, ApiError> {
+    let (parts, body) = request.into_parts();
+    let caller = authenticate_asker(state, &parts.headers, Some(client)).await?;
+    let limit = state.config().limits.body_bytes;
+    let request = json::read(&parts.headers, Body::new(body), limit).await?;
+    verdict(state, caller, request).await
+}
+
+/// The verdict as the answer's JSON body, counted by code.
+async fn verdict(
+    state: &AppState,
+    caller: Caller,
+    request: VerifyRequest,
+) -> Result<Response, ApiError> {
+    let (code, body) = decide(state, caller, request).await?;
+    state.metrics().count_verification(code);
+    let content_type = HeaderValue::from_static("application/json");
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 async fn decide(
-    State(state): State<AppState>,
-    Asker(caller): Asker,
-    Json(request): Json<VerifyRequest>,
-) -> Result<axum::Json<VerifyResponse>, ApiError> {
+    state: &AppState,
+    caller: Caller,
+    request: VerifyRequest,
+) -> Result<(VerifyCode, Bytes), ApiError> {
     let grant = caller.require::<perm::CredentialsVerify>()?;
-    let ip = validate(&state, &request)?;
+    let ip = validate(state, &request)?;
 
     // The verified credential's own request, made through the asking service: admitted (and
     // counted) by the same gate as any other, within the asker's tenants.
@@ -162,18 +198,27 @@ async fn decide(
     };
     let denied = match state.gate().admit(presented, asked).await {
         Ok(admission) => {
-            let mut answer = VerifyResponse::about(
-                admission.caller.verified(),
-                VerifyCode::Valid,
-                None,
-                Vec::new(),
-            );
-            answer.quota = admission.quota.map(|q| VerifyQuota {
-                limit: q.limit,
-                remaining: q.remaining,
-                resets_at: q.resets_at,
-            });
-            return Ok(axum::Json(answer));
+            let verified = admission.caller.verified();
+            // Rendered once per cached verification: the same for every valid answer about it.
+            let valid = match rendered::of(verified) {
+                Some(rendered) => rendered
+                    .verify_valid
+                    .get_or_init(|| render(&VerifyResponse::valid(verified)))
+                    .clone(),
+                None => render(&VerifyResponse::valid(verified)),
+            };
+            let body = match admission.quota {
+                None => valid,
+                Some(q) => with_quota(
+                    &valid,
+                    &VerifyQuota {
+                        limit: q.limit,
+                        remaining: q.remaining,
+                        resets_at: q.resets_at,
+                    },
+                ),
+            };
+            return Ok((VerifyCode::Valid, body));
         }
         Err(denied) => denied,
     };
@@ -213,7 +258,7 @@ async fn decide(
         _ => Vec::new(),
     };
     // Past the credential's own checks, the answer says whose it is.
-    Ok(axum::Json(match (code, denied.known) {
+    let answer = match (code, denied.known) {
         (
             VerifyCode::IpNotAllowed
             | VerifyCode::RateLimited
@@ -222,7 +267,31 @@ async fn decide(
             Some(verified),
         ) => VerifyResponse::about(&verified, code, Some(detail), missing),
         _ => VerifyResponse::refused(code, detail),
-    }))
+    };
+    Ok((code, render(&answer)))
+}
+
+/// A verdict's JSON. It holds strings, numbers and timestamps only, which always serialize.
+fn render(answer: &VerifyResponse) -> Bytes {
+    serde_json::to_vec(answer)
+        .map(Bytes::from)
+        .unwrap_or_default()
+}
+
+/// A valid answer rendered without a quota, with one: `quota` is its last field, so it goes
+/// before the closing brace, exactly where serializing the whole answer would put it.
+fn with_quota(valid: &[u8], quota: &VerifyQuota) -> Bytes {
+    let Some(open) = valid.strip_suffix(b"}") else {
+        return Bytes::copy_from_slice(valid);
+    };
+    let mut body = Vec::with_capacity(valid.len() + 96);
+    body.extend_from_slice(open);
+    body.extend_from_slice(b",\"quota\":");
+    if serde_json::to_writer(&mut body, quota).is_err() {
+        return Bytes::copy_from_slice(valid);
+    }
+    body.push(b'}');
+    Bytes::from(body)
 }
 
 /// Unknown permissions and unparsable addresses are the caller's bug: a 400 naming each.
@@ -258,5 +327,35 @@ fn validate(state: &AppState, request: &VerifyRequest) -> Result<Option<IpAddr>,
         Ok(ip)
     } else {
         Err(ApiError::invalid_fields(errors))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quota_is_spliced_where_serializing_the_whole_answer_puts_it() {
+        let mut answer = VerifyResponse::refused(VerifyCode::Valid, "x".into());
+        answer.detail = None;
+        answer.valid = true;
+        answer.permissions = vec!["zones:read".into()];
+        let without = render(&answer);
+        answer.quota = Some(VerifyQuota {
+            limit: 100,
+            remaining: 7,
+            resets_at: None,
+        });
+        let spliced = with_quota(
+            &without,
+            &VerifyQuota {
+                limit: 100,
+                remaining: 7,
+                resets_at: None,
+            },
+        );
+        assert_eq!(spliced, render(&answer));
+        let parsed: serde_json::Value = serde_json::from_slice(&spliced).unwrap();
+        assert_eq!(parsed["quota"]["remaining"], 7);
     }
 }
