@@ -9,9 +9,10 @@
 //! is granting more than today's expansion, and only a holder of the same wildcard, or a wider
 //! one, may do it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
@@ -166,7 +167,17 @@ impl fmt::Debug for Pattern {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     permissions: Vec<Permission>,
+    /// The built-in roles' sets, made once.
+    builtins: [PermissionSet; BuiltinRole::ALL.len()],
+    /// Sets handed out by [`Catalog::share`]: one for each distinct set seen, up to
+    /// [`MAX_SHARED`].
+    shared: Arc<Mutex<HashSet<PermissionSet>>>,
 }
+
+/// How many distinct permission sets [`Catalog::share`] keeps. Roles are few; a credential
+/// narrowed to a list of its own may be unique, and past this many such sets are left unshared
+/// rather than kept for ever.
+pub const MAX_SHARED: usize = 4096;
 
 impl Catalog {
     pub fn new<S: AsRef<str>>(declared: &[S]) -> Result<Self, PermissionError> {
@@ -179,7 +190,26 @@ impl Catalog {
         }
         permissions.sort();
         permissions.dedup();
-        Ok(Self { permissions })
+        let builtins = BuiltinRole::ALL.map(|role| builtin_set(&permissions, role));
+        let shared = builtins.iter().cloned().collect();
+        Ok(Self {
+            permissions,
+            builtins,
+            shared: Arc::new(Mutex::new(shared)),
+        })
+    }
+
+    /// The one set kept for sets equal to `set`: `set` itself the first time (kept, unless
+    /// [`MAX_SHARED`] sets are already).
+    pub fn share(&self, set: PermissionSet) -> PermissionSet {
+        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(kept) = shared.get(&set) {
+            return kept.clone();
+        }
+        if shared.len() < MAX_SHARED {
+            shared.insert(set.clone());
+        }
+        set
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Permission> {
@@ -215,7 +245,7 @@ impl Catalog {
             .iter()
             .filter_map(|p| Pattern::parse(p.as_ref()).ok())
             .collect();
-        PermissionSet(
+        PermissionSet::new(
             self.permissions
                 .iter()
                 .filter(|permission| patterns.iter().any(|pattern| pattern.matches(permission)))
@@ -227,21 +257,25 @@ impl Catalog {
 
     /// What a built-in role grants in this catalog.
     pub fn builtin_role(&self, role: BuiltinRole) -> PermissionSet {
-        let grants = |p: &Permission| match role {
-            BuiltinRole::Owner => true,
-            BuiltinRole::Admin => p.as_str() != "tenants:write",
-            BuiltinRole::Member => p.action() == "read" || p.as_str() == "tokens:write",
-            BuiltinRole::Viewer => p.action() == "read",
-        };
-        PermissionSet(
-            self.permissions
-                .iter()
-                .filter(|p| grants(p))
-                .cloned()
-                .collect(),
-            Wildcards::of_builtin(role),
-        )
+        let index = BuiltinRole::ALL
+            .iter()
+            .position(|r| *r == role)
+            .unwrap_or(0);
+        self.builtins[index].clone()
     }
+}
+
+fn builtin_set(permissions: &[Permission], role: BuiltinRole) -> PermissionSet {
+    let grants = |p: &Permission| match role {
+        BuiltinRole::Owner => true,
+        BuiltinRole::Admin => p.as_str() != "tenants:write",
+        BuiltinRole::Member => p.action() == "read" || p.as_str() == "tokens:write",
+        BuiltinRole::Viewer => p.action() == "read",
+    };
+    PermissionSet::new(
+        permissions.iter().filter(|p| grants(p)).cloned().collect(),
+        Wildcards::of_builtin(role),
+    )
 }
 
 /// The four roles every tenant has.
@@ -287,7 +321,7 @@ impl BuiltinRole {
 
 /// The wildcards a grant holds for good: the resources on which it holds every permission the
 /// catalog declares, today's and any declared later.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Wildcards {
     /// Every resource but these (`*` itself when none is excepted).
     AllBut(BTreeSet<String>),
@@ -365,12 +399,22 @@ impl Wildcards {
 }
 
 /// A concrete, sorted set of permissions, and the wildcards it was granted through.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct PermissionSet(Vec<Permission>, Wildcards);
+///
+/// Shared, not copied: a clone is a reference count, and [`Catalog::share`] hands out one set
+/// for equal ones, so the thousands of cached credentials of one role hold one set between them.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct PermissionSet(Arc<Grant>);
+
+#[derive(Default, PartialEq, Eq, Hash)]
+struct Grant(Vec<Permission>, Wildcards);
 
 impl PermissionSet {
+    fn new(permissions: Vec<Permission>, wildcards: Wildcards) -> Self {
+        Self(Arc::new(Grant(permissions, wildcards)))
+    }
+
     pub fn wildcards(&self) -> &Wildcards {
-        &self.1
+        &self.0.1
     }
 
     /// What of `granted` this set does not hold: permissions, and wildcards it holds only as
@@ -383,17 +427,17 @@ impl PermissionSet {
             .collect();
         beyond.extend(
             granted
-                .1
+                .wildcards()
                 .patterns()
                 .into_iter()
-                .filter(|pattern| !self.1.covers(pattern))
+                .filter(|pattern| !self.0.1.covers(pattern))
                 .map(|pattern| pattern.to_string()),
         );
-        if let Wildcards::AllBut(except) = &granted.1
+        if let Wildcards::AllBut(except) = &granted.0.1
             && !except.is_empty()
         {
             // A wildcard on every resource but some: held only by as wide a grant.
-            let held = match &self.1 {
+            let held = match &self.0.1 {
                 Wildcards::AllBut(mine) => mine.is_subset(except),
                 Wildcards::Only(_) => false,
             };
@@ -415,7 +459,7 @@ impl PermissionSet {
             .map(AsRef::as_ref)
             .filter(|text| match Pattern::parse(text) {
                 Ok(Pattern::Exact(permission)) => !self.contains(permission.as_str()),
-                Ok(wildcard) => !self.1.covers(&wildcard),
+                Ok(wildcard) => !self.0.1.covers(&wildcard),
                 Err(_) => true,
             })
             .map(str::to_owned)
@@ -424,19 +468,21 @@ impl PermissionSet {
 
     pub fn contains(&self, permission: &str) -> bool {
         self.0
+            .0
             .binary_search_by(|p| p.as_str().cmp(permission))
             .is_ok()
     }
 
     /// The permissions both sets hold: a role narrowed by a token's own list.
     pub fn intersect(&self, other: &PermissionSet) -> PermissionSet {
-        PermissionSet(
+        PermissionSet::new(
             self.0
+                .0
                 .iter()
                 .filter(|p| other.contains(p.as_str()))
                 .cloned()
                 .collect(),
-            self.1.intersect(&other.1),
+            self.0.1.intersect(&other.0.1),
         )
     }
 
@@ -451,8 +497,9 @@ impl PermissionSet {
 
     /// Those of this set named in `names` (exact names: no wildcard survives).
     pub fn only<S: AsRef<str>>(&self, names: &[S]) -> PermissionSet {
-        PermissionSet(
+        PermissionSet::new(
             self.0
+                .0
                 .iter()
                 .filter(|p| names.iter().any(|n| n.as_ref() == p.as_str()))
                 .cloned()
@@ -462,25 +509,25 @@ impl PermissionSet {
     }
 
     pub fn is_subset_of(&self, other: &PermissionSet) -> bool {
-        self.0.iter().all(|p| other.contains(p.as_str()))
+        self.0.0.iter().all(|p| other.contains(p.as_str()))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Permission> {
-        self.0.iter()
+        self.0.0.iter()
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.0.is_empty()
     }
 }
 
 impl fmt::Debug for PermissionSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.0.iter()).finish()
+        f.debug_list().entries(self.0.0.iter()).finish()
     }
 }
 
@@ -537,6 +584,27 @@ mod tests {
             Err(PermissionError::Unknown("tokens:destroy".into()))
         );
         assert!(Catalog::new(&["not a permission"]).is_err());
+    }
+
+    #[test]
+    fn equal_sets_are_one_shared_set_and_the_kept_ones_are_bounded() {
+        let catalog = Catalog::new(&["zones:read", "zones:write"]).unwrap();
+        let same = |a: &PermissionSet, b: &PermissionSet| Arc::ptr_eq(&a.0, &b.0);
+        let admin = catalog.builtin_role(BuiltinRole::Admin);
+        assert!(same(&admin, &catalog.builtin_role(BuiltinRole::Admin)));
+        // A custom role equal to a built-in one is the built-in's set.
+        let custom = catalog.expand(&["*"]).intersect(&admin);
+        assert!(!same(&custom, &admin) && custom == admin);
+        assert!(same(&catalog.share(custom), &admin));
+        let zones = catalog.share(catalog.expand(&["zones:*"]));
+        assert!(same(&catalog.share(catalog.expand(&["zones:*"])), &zones));
+        // Distinct sets beyond the bound are handed back as they are, not kept.
+        let names: Vec<String> = (0..MAX_SHARED + 10).map(|i| format!("x{i}:read")).collect();
+        let many = Catalog::new(&names).unwrap();
+        for name in &names {
+            many.share(many.expand(&[name]));
+        }
+        assert_eq!(many.shared.lock().unwrap().len(), MAX_SHARED);
     }
 
     #[test]

@@ -122,13 +122,16 @@ impl Verified {
     /// (role narrowed by the credential's own list) and whether it can be used at all.
     pub(crate) fn resolve(record: &CredentialRecord, catalog: &Catalog) -> Self {
         let credential = &record.credential;
+        // Shared with every other cached credential of the same grant, not copied into each.
         let role_permissions = match (&record.role, credential.kind) {
             (_, CredentialKind::AccountKey) => catalog.builtin_role(BuiltinRole::Admin),
-            (Some(role), _) => role_permissions(role, catalog),
+            (Some(role), _) => catalog.share(role_permissions(role, catalog)),
             (None, _) => PermissionSet::default(),
         };
         let permissions = match &credential.permissions {
-            Some(narrowing) => role_permissions.intersect(&catalog.expand(narrowing)),
+            Some(narrowing) => {
+                catalog.share(role_permissions.intersect(&catalog.expand(narrowing)))
+            }
             None => role_permissions.clone(),
         };
 
@@ -241,7 +244,7 @@ impl Verified {
                 name: client.credential.name.clone(),
                 expires_at: Some(Timestamp::from_unix(claims.exp)),
             },
-            permissions: client.permissions.only(&scope),
+            permissions: catalog.share(client.permissions.only(&scope)),
             standing: if record.revoked {
                 Standing::Revoked
             } else {
@@ -322,7 +325,9 @@ const EMPTY: i64 = 0;
 #[derive(Debug, Default)]
 struct MinuteCounts {
     minute: std::sync::atomic::AtomicI64,
-    counts: [std::sync::atomic::AtomicU64; OUTCOMES],
+    /// 32 bits: four billion requests a minute of one credential is beyond any server, and the
+    /// counters are kept for every cached credential.
+    counts: [std::sync::atomic::AtomicU32; OUTCOMES],
 }
 
 impl MinuteCounts {
@@ -333,7 +338,7 @@ impl MinuteCounts {
         self.minute
             .compare_exchange(tag, MOVING, Ordering::AcqRel, Ordering::Acquire)
             .ok()?;
-        let taken = std::array::from_fn(|i| self.counts[i].swap(0, Ordering::AcqRel));
+        let taken = std::array::from_fn(|i| u64::from(self.counts[i].swap(0, Ordering::AcqRel)));
         self.minute.store(then, Ordering::Release);
         Some(taken)
     }
