@@ -30,6 +30,7 @@ pub mod reserve;
 pub mod roles;
 pub mod routes;
 pub mod rule;
+pub mod share;
 pub mod signin;
 pub mod store;
 pub mod tenants;

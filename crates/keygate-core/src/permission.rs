@@ -9,12 +9,14 @@
 //! is granting more than today's expansion, and only a holder of the same wildcard, or a wider
 //! one, may do it.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use crate::share::Interner;
 
 /// The permissions keygate itself defines.
 pub const BUILTIN: [&str; 20] = [
@@ -169,15 +171,9 @@ pub struct Catalog {
     permissions: Vec<Permission>,
     /// The built-in roles' sets, made once.
     builtins: [PermissionSet; BuiltinRole::ALL.len()],
-    /// Sets handed out by [`Catalog::share`]: one for each distinct set seen, up to
-    /// [`MAX_SHARED`].
-    shared: Arc<Mutex<HashSet<PermissionSet>>>,
+    /// Sets handed out by [`Catalog::share`].
+    shared: Arc<Interner<Grant>>,
 }
-
-/// How many distinct permission sets [`Catalog::share`] keeps. Roles are few; a credential
-/// narrowed to a list of its own may be unique, and past this many such sets are left unshared
-/// rather than kept for ever.
-pub const MAX_SHARED: usize = 4096;
 
 impl Catalog {
     pub fn new<S: AsRef<str>>(declared: &[S]) -> Result<Self, PermissionError> {
@@ -190,26 +186,19 @@ impl Catalog {
         }
         permissions.sort();
         permissions.dedup();
-        let builtins = BuiltinRole::ALL.map(|role| builtin_set(&permissions, role));
-        let shared = builtins.iter().cloned().collect();
+        let shared = Arc::new(Interner::default());
+        let builtins = BuiltinRole::ALL
+            .map(|role| PermissionSet(shared.share(builtin_set(&permissions, role).0)));
         Ok(Self {
             permissions,
             builtins,
-            shared: Arc::new(Mutex::new(shared)),
+            shared,
         })
     }
 
-    /// The one set kept for sets equal to `set`: `set` itself the first time (kept, unless
-    /// [`MAX_SHARED`] sets are already).
+    /// One set for all sets equal to `set` (see [`crate::share`]).
     pub fn share(&self, set: PermissionSet) -> PermissionSet {
-        let mut shared = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(kept) = shared.get(&set) {
-            return kept.clone();
-        }
-        if shared.len() < MAX_SHARED {
-            shared.insert(set.clone());
-        }
-        set
+        PermissionSet(self.shared.share(set.0))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Permission> {
@@ -405,8 +394,8 @@ impl Wildcards {
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct PermissionSet(Arc<Grant>);
 
-#[derive(Default, PartialEq, Eq, Hash)]
-struct Grant(Vec<Permission>, Wildcards);
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
+pub(crate) struct Grant(Vec<Permission>, Wildcards);
 
 impl PermissionSet {
     fn new(permissions: Vec<Permission>, wildcards: Wildcards) -> Self {
@@ -587,7 +576,7 @@ mod tests {
     }
 
     #[test]
-    fn equal_sets_are_one_shared_set_and_the_kept_ones_are_bounded() {
+    fn equal_sets_are_one_shared_set() {
         let catalog = Catalog::new(&["zones:read", "zones:write"]).unwrap();
         let same = |a: &PermissionSet, b: &PermissionSet| Arc::ptr_eq(&a.0, &b.0);
         let admin = catalog.builtin_role(BuiltinRole::Admin);
@@ -598,13 +587,6 @@ mod tests {
         assert!(same(&catalog.share(custom), &admin));
         let zones = catalog.share(catalog.expand(&["zones:*"]));
         assert!(same(&catalog.share(catalog.expand(&["zones:*"])), &zones));
-        // Distinct sets beyond the bound are handed back as they are, not kept.
-        let names: Vec<String> = (0..MAX_SHARED + 10).map(|i| format!("x{i}:read")).collect();
-        let many = Catalog::new(&names).unwrap();
-        for name in &names {
-            many.share(many.expand(&[name]));
-        }
-        assert_eq!(many.shared.lock().unwrap().len(), MAX_SHARED);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::any::Any;
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use serde::Serialize;
 
@@ -19,6 +19,7 @@ use crate::jwt::AccessClaims;
 use crate::model::{RateLimit, Role, Tenant, TenantStatus, UserStatus};
 use crate::permission::{BuiltinRole, Catalog, PermissionSet};
 use crate::reserve::QuotaOn;
+use crate::share::Interner;
 use crate::store::{AccessTokenRecord, CredentialRecord, UsageOutcome};
 
 /// What kind of party a credential acts for.
@@ -50,7 +51,7 @@ pub struct Principal {
     pub email: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TenantSummary {
     pub id: TenantId,
     pub name: String,
@@ -75,6 +76,11 @@ pub struct CredentialSummary {
     pub expires_at: Option<Timestamp>,
 }
 
+/// The tenants and tenant lines of cached verifications, one of each (equal values are the same
+/// value whoever made them, so one set serves the whole process).
+static TENANTS: LazyLock<Interner<TenantSummary>> = LazyLock::new(Interner::default);
+static TENANT_LINES: LazyLock<Interner<Vec<TenantId>>> = LazyLock::new(Interner::default);
+
 /// Why a credential that exists cannot be used, decided when it is read from the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Standing {
@@ -88,7 +94,8 @@ enum Standing {
 #[derive(Debug)]
 pub struct Verified {
     pub credential: CredentialSummary,
-    pub tenant: TenantSummary,
+    /// Shared with the other cached credentials of the tenant (see [`crate::share`]).
+    pub tenant: Arc<TenantSummary>,
     pub principal: Principal,
     /// What the credential may do: its role's permissions, narrowed by its own list.
     pub permissions: PermissionSet,
@@ -110,7 +117,7 @@ pub struct Verified {
     standing: Standing,
     hash: CredentialHash,
     /// The credential's tenant and its ancestors: a change to any of them affects it.
-    pub(crate) tenant_line: Vec<TenantId>,
+    pub(crate) tenant_line: Arc<Vec<TenantId>>,
     pub(crate) user_id: Option<UserId>,
     pub(crate) role_id: Option<RoleId>,
     /// An access token's client: a change to it affects the token.
@@ -190,7 +197,7 @@ impl Verified {
                 name: credential.name.clone(),
                 expires_at: credential.expires_at,
             },
-            tenant: TenantSummary::from(&record.tenant),
+            tenant: TENANTS.share(Arc::new(TenantSummary::from(&record.tenant))),
             principal,
             permissions,
             role_permissions,
@@ -211,7 +218,7 @@ impl Verified {
             rendered: OnceLock::new(),
             standing,
             hash: credential.hash,
-            tenant_line: record.tenant.path.ids().collect(),
+            tenant_line: TENANT_LINES.share(Arc::new(record.tenant.path.ids().collect())),
             user_id: record.user.as_ref().map(|u| u.id.clone()),
             role_id: record.role.as_ref().map(|r| r.id.clone()),
             client_id: None,

@@ -213,7 +213,7 @@ impl Verifier {
     async fn owner_of_refused(&self, text: &str) -> Result<Option<Vec<TenantId>>, Refusal> {
         let hash = CredentialHash::of(text);
         if let Some(known) = self.cache.get_stale(&hash) {
-            return Ok(Some(known.tenant_line.clone()));
+            return Ok(Some(known.tenant_line.to_vec()));
         }
         if !jwt::looks_like_jwt(text) {
             let found = self.store.find_credential(&hash).await?;

@@ -214,11 +214,12 @@ impl<'a> MakeWriter<'a> for LogSink {
 }
 
 /// The installed sink, if the access log is on: a sink installed and level `info` enabled for
-/// this module (so `log.level` and `RUST_LOG` decide, as for any line).
+/// the target its lines name (so `log.level` and `RUST_LOG` decide, as for any line, and
+/// `RUST_LOG=info,keygate_server::front=warn` turns the access log off alone, as it always did).
 pub fn access_log() -> Option<&'static LogSink> {
     INSTALLED
         .get()
-        .filter(|_| tracing::enabled!(tracing::Level::INFO))
+        .filter(|_| tracing::enabled!(target: TARGET, tracing::Level::INFO))
 }
 
 /// One answered request, as the access log records it: never the query or a header, which may

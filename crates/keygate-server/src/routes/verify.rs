@@ -96,7 +96,7 @@ impl VerifyResponse {
             valid: code == VerifyCode::Valid,
             code,
             detail,
-            tenant: Some(OrganizationView::from(&verified.tenant)),
+            tenant: Some(OrganizationView::from(&*verified.tenant)),
             acting_tenant: None,
             principal: Some(PrincipalView::from(&verified.principal)),
             credential_id: Some(verified.credential.id.to_string()),

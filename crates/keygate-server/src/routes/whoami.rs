@@ -44,7 +44,7 @@ pub struct WhoAmI {
 pub async fn whoami(Authenticated(caller): Authenticated) -> Json<WhoAmI> {
     let verified = caller.verified();
     Json(WhoAmI {
-        organization: OrganizationView::from(&verified.tenant),
+        organization: OrganizationView::from(&*verified.tenant),
         principal: PrincipalView::from(&verified.principal),
         credential: CredentialView {
             id: verified.credential.id.to_string(),

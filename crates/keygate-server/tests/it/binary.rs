@@ -94,9 +94,12 @@ impl Serve {
                 "keygate exited:\n{log}"
             );
             log.push_str(&line);
-            if let Some(at) = line.find("address=") {
-                let address = line[at + "address=".len()..]
-                    .split_whitespace()
+            // `address=…` in text, `"address":"…"` in JSON.
+            if let Some(at) = line.find("address=").or_else(|| line.find("\"address\":")) {
+                let address = line[at..]
+                    .trim_start_matches("address=")
+                    .trim_start_matches("\"address\":")
+                    .split([' ', ',', '}'])
                     .next()
                     .unwrap();
                 break format!("http://{}", address.trim_matches('"'));
@@ -335,6 +338,99 @@ fn the_first_serve_bootstraps_on_stderr_and_the_next_does_not() {
         !log.contains("kg_service_live_"),
         "bootstrap happens once:\n{log}"
     );
+}
+
+#[tokio::test]
+async fn every_request_has_its_access_line_in_text_or_json_unless_turned_off() {
+    let dir = Dir::new();
+    let init = dir.keygate().args(["init", "--json"]).output().unwrap();
+    let report: Value = serde_json::from_slice(&init.stdout).unwrap();
+    let token = report["token"].as_str().unwrap().to_owned();
+    for (format, filter) in [
+        ("text", "info"),
+        ("json", "info"),
+        ("text", "info,keygate_server::front=warn"),
+    ] {
+        let serve = Serve::start(
+            &dir,
+            &[("KEYGATE_LOG__FORMAT", format), ("RUST_LOG", filter)],
+        );
+        let http = client();
+        let forward_auth = format!("{}/v1/forward-auth", serve.base);
+        for _ in 0..100 {
+            let allowed = http.get(&forward_auth).bearer_auth(&token).send().await;
+            assert_eq!(allowed.unwrap().status(), 200);
+        }
+        let refused = http.get(&forward_auth).send().await.unwrap();
+        assert_eq!(refused.status(), 401);
+        let verify = http
+            .post(format!("{}/v1/verify", serve.base))
+            .bearer_auth(&token)
+            .json(&json!({"credential": token}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(verify.status(), 200);
+        let whoami = http
+            .get(format!("{}/v1/whoami?key=x", serve.base))
+            .header("x-request-id", "mine-1")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(whoami.status(), 200);
+        let (exit, log) = serve.stop();
+        assert!(exit.success(), "{log}");
+        assert!(!log.contains(&token));
+        let served: Vec<&str> = log.lines().filter(|l| l.contains("served")).collect();
+        if filter.contains("front=warn") {
+            assert!(served.is_empty(), "{log}");
+            continue;
+        }
+        // Every request, in the order answered, all written by the end.
+        assert_eq!(served.len(), 103, "{log}");
+        let fields: Vec<(String, String, u64, String)> = served
+            .iter()
+            .map(|line| match format {
+                "json" => {
+                    let line: Value = serde_json::from_str(line).unwrap();
+                    let span = &line["span"];
+                    (
+                        span["method"].as_str().unwrap().to_owned(),
+                        span["path"].as_str().unwrap().to_owned(),
+                        line["fields"]["status"].as_u64().unwrap(),
+                        span["id"].as_str().unwrap().to_owned(),
+                    )
+                }
+                _ => {
+                    let field = |name: &str| {
+                        let at = line.find(&format!(" {name}=")).unwrap() + name.len() + 2;
+                        line[at..].split([' ', '}']).next().unwrap().to_owned()
+                    };
+                    let status = field("status").parse().unwrap();
+                    let id = line[line.find("{id=").unwrap() + 4..]
+                        .split(' ')
+                        .next()
+                        .unwrap()
+                        .to_owned();
+                    (field("method"), field("path").replace('"', ""), status, id)
+                }
+            })
+            .collect();
+        assert!(fields[..100].iter().all(|(method, path, status, id)| {
+            method == "GET"
+                && path == "/v1/forward-auth"
+                && *status == 200
+                && id.starts_with("req_")
+        }));
+        assert_eq!(fields[100].2, 401);
+        assert_eq!((&*fields[101].0, &*fields[101].1), ("POST", "/v1/verify"));
+        // The path without its query, the caller's request id.
+        assert_eq!(
+            fields[102],
+            ("GET".into(), "/v1/whoami".into(), 200, "mine-1".into())
+        );
+    }
 }
 
 #[tokio::test]
