@@ -99,7 +99,7 @@ impl Serve {
                 let address = line[at..]
                     .trim_start_matches("address=")
                     .trim_start_matches("\"address\":")
-                    .split([' ', ',', '}'])
+                    .split(|c: char| c.is_whitespace() || c == ',' || c == '}')
                     .next()
                     .unwrap();
                 break format!("http://{}", address.trim_matches('"'));
