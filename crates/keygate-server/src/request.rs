@@ -69,6 +69,9 @@ fn not_text(name: &str) -> Option<String> {
         )),
         "since" | "until" => Some("must be a time, such as 2026-11-22T10:00:00Z".into()),
         "unused_for_days" => Some("must be a number of days from 1 to 36500".into()),
+        // Names from a list: an empty one is none of them.
+        "granularity" => Some("must be `minute`, `hour` or `day`".into()),
+        "group_by" => Some("must be `credential`, `outcome` or `tenant`".into()),
         _ => None,
     }
 }

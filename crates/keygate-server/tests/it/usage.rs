@@ -645,6 +645,8 @@ async fn bad_parameters_are_named(backend: Backend) {
         // Empty is not "the default": a time was meant and is missing.
         ("since=".into(), "since"),
         ("until=".into(), "until"),
+        ("granularity=".into(), "granularity"),
+        ("group_by=".into(), "group_by"),
         ("until=2026-13-01T00:00:00Z".into(), "until"),
         (format!("since={}&until={}", day(1), day(0)), "until"),
         (format!("since={}&until={}", day(1), day(1)), "until"),
