@@ -13,8 +13,12 @@
 //! availability over freshness (`cache.serve_stale_on_store_outage`). When the channel is back, the
 //! cache starts again from empty.
 //!
-//! The cache holds credentials that exist in the store, so it is bounded by the store's size. It
-//! also remembers hashes the store did not know (a well-formed credential with a valid checksum is
+//! The cache holds credentials that exist in the store, at most [`CredentialCache::capacity`] of
+//! them (`cache.max_credentials`): an insert that finds it full first drops the least recently used
+//! eighth (by each entry's last admitted request, to the second), so a node whose working set is
+//! larger than its memory keeps the credentials in use and reads the rest from the store again. The
+//! sweep is one pass over the entries under the write lock, once per eighth of the capacity
+//! inserted, so its cost per insert stays constant. It also remembers hashes the store did not know (a well-formed credential with a valid checksum is
 //! easy to forge, so a flood of them must not reach the store once each): a set capped at
 //! [`MAX_UNKNOWN`] entries, emptied when full, so an attacker can neither grow it without bound
 //! nor make it answer wrongly. A remembered unknown hash could only turn stale if that exact
@@ -62,6 +66,8 @@ type Unknown = std::collections::HashSet<[u8; 32], BuildHasherDefault<PrehashedH
 pub const MAX_UNKNOWN: usize = 65_536;
 /// How many access tokens are inserted between two sweeps of the expired ones.
 pub const MAX_ACCESS_TOKENS: usize = 100_000;
+/// How many verified credentials a cache holds unless configured otherwise.
+pub const DEFAULT_CAPACITY: usize = 1_000_000;
 
 pub struct CredentialCache {
     entries: RwLock<Map>,
@@ -71,9 +77,12 @@ pub struct CredentialCache {
     /// Access tokens inserted since the last sweep, and how many make a sweep.
     access_token_inserts: AtomicUsize,
     access_token_limit: usize,
+    capacity: usize,
     /// Lookups answered from memory, and lookups that had to go to the store.
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Entries dropped to make room (not those a change dropped).
+    pub evictions: AtomicU64,
 }
 
 impl Default for CredentialCache {
@@ -85,8 +94,10 @@ impl Default for CredentialCache {
             trusted: AtomicBool::new(true),
             access_token_inserts: AtomicUsize::new(0),
             access_token_limit: MAX_ACCESS_TOKENS,
+            capacity: DEFAULT_CAPACITY,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         }
     }
 }
@@ -94,6 +105,19 @@ impl Default for CredentialCache {
 impl CredentialCache {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A cache holding at most `capacity` verified credentials (at least one).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// How many verified credentials it holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     #[cfg(test)]
@@ -202,6 +226,10 @@ impl CredentialCache {
                 entries.retain(|_, v| !is_access_token(v));
             }
         }
+        if entries.len() >= self.capacity && !entries.contains_key(hash.as_bytes()) {
+            let evicted = evict_least_recently_used(&mut entries, self.capacity.div_ceil(8));
+            self.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
+        }
         entries.insert(*hash.as_bytes(), verified);
     }
 
@@ -231,6 +259,37 @@ impl CredentialCache {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Map> {
         self.entries.write().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Drops the `count` entries least recently used (an entry loaded but never admitted counts as
+/// used longest ago); how many it dropped. Last uses are kept to the second, so the entries of the
+/// cut-off second are dropped only until `count` is reached.
+fn evict_least_recently_used(entries: &mut Map, count: usize) -> usize {
+    let count = count.min(entries.len());
+    if count == 0 {
+        return 0;
+    }
+    let mut uses: Vec<i64> = entries.values().map(|v| v.usage.last_used()).collect();
+    let (_, &mut cut, _) = uses.select_nth_unstable(count - 1);
+    drop(uses);
+    // Strictly older than the cut-off second first, then the cut-off second's own until `count`.
+    let older = entries
+        .values()
+        .filter(|v| v.usage.last_used() < cut)
+        .count();
+    let mut at_cut = count - older;
+    entries.retain(|_, v| {
+        let used = v.usage.last_used();
+        if used < cut {
+            false
+        } else if used == cut && at_cut > 0 {
+            at_cut -= 1;
+            false
+        } else {
+            true
+        }
+    });
+    count
 }
 
 impl ChangeListener for CredentialCache {

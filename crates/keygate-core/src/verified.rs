@@ -367,6 +367,11 @@ impl Usage {
         !self.pending.swap(true, std::sync::atomic::Ordering::AcqRel)
     }
 
+    /// The latest admitted request noted, in unix seconds; 0 if none since it was loaded.
+    pub fn last_used(&self) -> i64 {
+        self.last_used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn set_last_use(&self, now: i64, ip: Option<IpAddr>) {
         self.last_used
             .fetch_max(now, std::sync::atomic::Ordering::Relaxed);

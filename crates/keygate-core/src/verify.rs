@@ -1066,4 +1066,38 @@ mod tests {
         assert!(o.f.cache.len() <= cached_before + 3);
         o.verifier.verify(&long).await.unwrap();
     }
+
+    #[tokio::test]
+    async fn a_full_cache_drops_the_least_recently_used_and_reads_them_again() {
+        let f = fixture_with(CredentialCache::with_capacity(16));
+        let mut texts = Vec::new();
+        for _ in 0..16 {
+            let (text, _) = f.add(CredentialKind::Service, None, None, None);
+            let verified = f.verifier.verify(&text).await.unwrap();
+            texts.push((text, verified));
+        }
+        assert_eq!(f.cache.len(), 16);
+        // The first two are used last, the others in the order they came.
+        for (i, (_, verified)) in texts.iter().enumerate() {
+            let at = if i < 2 { 1_000 } else { i as i64 };
+            verified.usage.note(NOW.unix() + at, None);
+        }
+        // One more is an insert into a full cache: an eighth (two) goes, the two used longest ago.
+        let (extra, _) = f.add(CredentialKind::Service, None, None, None);
+        f.verifier.verify(&extra).await.unwrap();
+        assert_eq!(f.cache.len(), 15);
+        assert_eq!(f.cache.evictions.load(Ordering::Relaxed), 2);
+        let finds = f.finds();
+        for (text, _) in &texts[..2] {
+            f.verifier.verify(text).await.unwrap();
+        }
+        assert_eq!(f.finds(), finds, "the most recently used stayed");
+        f.verifier.verify(&texts[2].0).await.unwrap();
+        assert_eq!(
+            f.finds(),
+            finds + 1,
+            "the least recently used is read again"
+        );
+        assert!(f.cache.len() <= 16);
+    }
 }

@@ -374,12 +374,24 @@ impl StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// While the database is unreachable, keep answering verifications of credentials already
     /// cached. Off by default: a credential revoked during the outage would keep working.
     pub serve_stale_on_store_outage: bool,
+    /// How many verified credentials a node keeps in memory; when full, the least recently used
+    /// eighth makes room and is read from the store again on its next use.
+    pub max_credentials: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            serve_stale_on_store_outage: false,
+            max_credentials: keygate_core::cache::DEFAULT_CAPACITY,
+        }
+    }
 }
 
 /// OAuth 2.0 client credentials (API.md §7).
@@ -629,6 +641,11 @@ impl Config {
                     "rate_limit needs both requests and per_seconds, each positive".into(),
                 ));
             }
+        }
+        if self.cache.max_credentials == 0 {
+            return Err(ConfigError::Invalid(
+                "cache.max_credentials must be positive".into(),
+            ));
         }
         if self.store.max_connections == 0 || self.store.acquire_timeout_ms == 0 {
             return Err(ConfigError::Invalid(

@@ -108,7 +108,7 @@ impl AppState {
     pub async fn open(config: Config, clock: Arc<dyn Clock>) -> Result<Self, StartError> {
         let format = config.credential_format()?;
         let catalog = Arc::new(config.catalog()?);
-        let cache = Arc::new(CredentialCache::new());
+        let cache = Arc::new(CredentialCache::with_capacity(config.cache.max_credentials));
         let sealer = match &config.oauth.key_encryption_secret {
             Some(secret) => Some(KeySealer::new(&secret.0)?),
             None => None,

@@ -40,6 +40,20 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     );
     let _ = writeln!(
         out,
+        "# HELP keygate_cache_credentials Verified credentials this node holds in memory (at \
+         most cache.max_credentials).\n# TYPE keygate_cache_credentials gauge\n\
+         keygate_cache_credentials {}",
+        cache.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP keygate_cache_evictions_total Cached credentials dropped to make room for \
+         others (not those a change dropped).\n# TYPE keygate_cache_evictions_total counter\n\
+         keygate_cache_evictions_total {}",
+        cache.evictions.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
         "# HELP keygate_credential_requests_total Requests of known credentials on every path, by \
          outcome, as usage counts them (updated by each usage batch, every few seconds)."
     );

@@ -13,6 +13,7 @@ on_every_backend!(
     the_openapi_document_lists_every_route_and_the_four_credential_schemes,
     the_explorer_is_served_offline,
     metrics_count_requests_verdicts_and_the_cache,
+    a_full_cache_makes_room_and_still_answers_every_credential_truly,
     shutdown_finishes_requests_in_flight_and_closes_idle_connections,
 );
 
@@ -188,6 +189,69 @@ async fn the_explorer_is_served_offline(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+}
+
+/// The value of the metric line starting with `prefix`.
+async fn metric(server: &TestServer, prefix: &str) -> f64 {
+    let text = server
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn a_full_cache_makes_room_and_still_answers_every_credential_truly(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.cache.max_credentials = 8).await;
+    let mut tokens = Vec::new();
+    for i in 0..20 {
+        let body = server
+            .expect(
+                201,
+                reqwest::Method::POST,
+                "/v1/tokens",
+                &server.token,
+                Some(serde_json::json!({"kind": "service", "name": format!("t{i}"), "role": "viewer"})),
+            )
+            .await;
+        let secret = body["secret"].as_str().unwrap().to_owned();
+        ok_json(server.whoami(&[("apikey", &secret)]).await).await;
+        tokens.push((body["id"].as_str().unwrap().to_owned(), secret));
+    }
+    assert!(metric(&server, "keygate_cache_credentials ").await <= 8.0);
+    assert!(metric(&server, "keygate_cache_evictions_total ").await >= 12.0);
+    // Every one still verifies (the dropped ones read again), and a revocation of one that was
+    // dropped and read again is seen on its next request.
+    for (_, secret) in &tokens {
+        ok_json(server.whoami(&[("apikey", secret)]).await).await;
+    }
+    let (id, secret) = &tokens[0];
+    server
+        .expect(
+            204,
+            reqwest::Method::DELETE,
+            &format!("/v1/tokens/{id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    problem(
+        server.whoami(&[("apikey", secret)]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert!(metric(&server, "keygate_cache_credentials ").await <= 8.0);
 }
 
 async fn metrics_count_requests_verdicts_and_the_cache(backend: Backend) {
