@@ -28,6 +28,8 @@ pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations
 pub const CHANNEL: &str = "keygate_changes";
 /// How often a node checks its own channel.
 pub const HEARTBEAT: Duration = Duration::from_millis(250);
+/// How long a pooled connection may sit idle before it is checked when taken.
+const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 /// How long a silent channel is trusted.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(1);
 const HEARTBEAT_MESSAGE: &str = "heartbeat";
@@ -54,6 +56,19 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            // sqlx pings every connection it takes from the pool: a round trip before each
+            // statement, doubling a cache miss's. A connection in steady use has just answered;
+            // one that sat idle may have been cut (a restart, a middlebox), so only that one is
+            // checked, and dropped if it does not answer.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for < IDLE_BEFORE_PING {
+                        return Ok(true);
+                    }
+                    Ok(sqlx::Connection::ping(conn).await.is_ok())
+                })
+            })
             .connect_with(connect)
             .await
             .map_err(|e| OpenError::Connect(e.to_string()))?;

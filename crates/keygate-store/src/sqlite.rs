@@ -55,6 +55,9 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
+            // sqlx pings every connection it takes from the pool, a trip to the connection's
+            // thread before each statement; a connection to a local file does not go stale.
+            .test_before_acquire(false)
             .connect_with(connect)
             .await
             .map_err(|e| OpenError::Connect(e.to_string()))?;
@@ -65,8 +68,10 @@ impl SqliteStore {
         Ok(Self { pool, listener })
     }
 
-    /// The journal mode and whether foreign keys are enforced, as SQLite reports them.
-    pub async fn pragmas(&self) -> Result<(String, bool), StoreError> {
+    /// The journal mode, whether foreign keys are enforced, and whether query plans are kept
+    /// independent of bound values (the build's `SQLITE_ENABLE_QPSG`, see `.cargo/config.toml`),
+    /// as SQLite reports them.
+    pub async fn pragmas(&self) -> Result<(String, bool, bool), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(store_error)?;
         let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
             .fetch_one(&mut *conn)
@@ -76,7 +81,12 @@ impl SqliteStore {
             .fetch_one(&mut *conn)
             .await
             .map_err(store_error)?;
-        Ok((mode, foreign_keys))
+        let stable_plans: bool =
+            sqlx::query_scalar("SELECT sqlite_compileoption_used('ENABLE_QPSG')")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(store_error)?;
+        Ok((mode, foreign_keys, stable_plans))
     }
 
     async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {

@@ -630,7 +630,7 @@ async fn last_use_only_moves_forward(db: TestDb) {
 }
 
 #[tokio::test]
-async fn sqlite_runs_in_wal_mode_with_foreign_keys() {
+async fn sqlite_runs_in_wal_mode_with_foreign_keys_and_plans_independent_of_bound_values() {
     let db = TestDb::sqlite();
     let store = crate::SqliteStore::open(
         &db.url(),
@@ -639,9 +639,11 @@ async fn sqlite_runs_in_wal_mode_with_foreign_keys() {
     )
     .await
     .unwrap();
-    let (mode, foreign_keys) = store.pragmas().await.unwrap();
+    let (mode, foreign_keys, stable_plans) = store.pragmas().await.unwrap();
     assert_eq!(mode, "wal");
     assert!(foreign_keys);
+    // Else, once the database is analysed, every lookup by a new hash is parsed and planned anew.
+    assert!(stable_plans, "SQLite built without SQLITE_ENABLE_QPSG");
 }
 
 #[tokio::test]

@@ -12,8 +12,8 @@ use keygate_core::store::{Change, CredentialRecord, OAuthStore, Page, Paged, Sto
 use sqlx::{Row, Transaction};
 
 use super::shared::{
-    client_record, corrupt, credential_from_row, delete_credential, insert_credential,
-    insert_event, insert_row, optional_timestamp, scoped_page,
+    RecordOf, corrupt, credential_from_row, credential_record, delete_credential,
+    insert_credential, insert_event, insert_row, optional_timestamp, scoped_page,
 };
 use super::{Db, DbRow, SqlStore, store_error};
 
@@ -183,7 +183,8 @@ impl OAuthStore for SqlStore {
             return Ok(None);
         };
         let token = refresh_from_row(&row)?;
-        let Some(client) = client_record(&mut tx, &token.client_id).await? else {
+        let Some(client) = credential_record(&mut *tx, RecordOf::Client(&token.client_id)).await?
+        else {
             return Ok(None);
         };
         tx.commit().await.map_err(store_error)?;

@@ -13,7 +13,7 @@ use keygate_core::model::{
 use keygate_core::password::PasswordHashString;
 use keygate_core::quota::{Quota, QuotaPeriod, StoredQuota};
 use keygate_core::store::{Change, CredentialRecord, LeakPolicy, Page, Paged, StoreError};
-use sqlx::{QueryBuilder, Row, Transaction};
+use sqlx::{Row, Transaction};
 
 use super::{Db, DbRow, SqlStore, store_error};
 
@@ -49,35 +49,216 @@ pub(super) async fn delete_credential(
     Ok(Some(()))
 }
 
-/// A credential's row (with its tenant's path as `tenant_path`) as verification needs it:
-/// with its tenant line, user and role, read in the transaction `tx`.
-pub(super) async fn credential_record(
-    tx: &mut Transaction<'_, Db>,
-    row: &DbRow,
-) -> Result<CredentialRecord, StoreError> {
-    let credential = credential_from_row(row)?;
-    // The tenant and all its ancestors, in one query whatever the depth: their ids
-    // are on the tenant's path.
-    let path = TenantPath::from_stored(row.try_get("tenant_path").map_err(store_error)?);
-    let ids: Vec<TenantId> = path.ids().collect();
-    let mut query = QueryBuilder::<Db>::new(concat!(
-        "SELECT t.*, qv.* FROM tenants t",
-        with_quota!("t"),
-        "WHERE t.id IN ("
-    ));
-    let mut list = query.separated(", ");
-    for id in &ids {
-        list.push_bind(id.as_str());
+/// Which credential [`credential_record`] reads.
+#[derive(Clone, Copy)]
+pub(super) enum RecordOf<'a> {
+    /// The credential whose secret, or whose previous secret, hashes to this.
+    Hash(&'a CredentialHash),
+    /// The OAuth client with this id.
+    Client(&'a CredentialId),
+}
+
+/// The columns of each part of [`credential_record`]'s statement: what `credential_from_row`,
+/// `tenant_from_row`, `user_from_row` and `role_from_row` read, under their own names.
+const CREDENTIAL_COLUMNS: &[&str] = &[
+    "id",
+    "tenant_id",
+    "kind",
+    "secret_hash",
+    "hint",
+    "name",
+    "description",
+    "user_id",
+    "created_by",
+    "role_id",
+    "permissions",
+    "allowed_ips",
+    "rate_limit_requests",
+    "rate_limit_per_seconds",
+    "created_at",
+    "expires_at",
+    "revoked_at",
+    "revoked_reason",
+    "last_used_at",
+    "last_used_ip",
+    "rolled_from",
+    "rolled_to",
+    "previous_secret_hash",
+    "previous_secret_until",
+];
+const TENANT_COLUMNS: &[&str] = &[
+    "id",
+    "parent_id",
+    "name",
+    "slug",
+    "status",
+    "allowlist_enabled",
+    "allowlist",
+    "path",
+    "created_at",
+    "leak_policy",
+];
+const USER_COLUMNS: &[&str] = &[
+    "id",
+    "tenant_id",
+    "email",
+    "name",
+    "role_id",
+    "status",
+    "created_at",
+    "last_sign_in_at",
+];
+const ROLE_COLUMNS: &[&str] = &["id", "tenant_id", "name", "permissions", "created_at"];
+const QUOTA_COLUMNS: &[&str] = &[
+    "quota_subject",
+    "quota_limit",
+    "quota_period",
+    "quota_anchor",
+    "quota_window",
+    "quota_used",
+];
+
+/// The SQL type of a column of [`record_statement`], for the `NULL`s of the parts without it:
+/// PostgreSQL types a column of untyped `NULL`s as text, which a later part's number or bytes
+/// then cannot join.
+fn column_type(column: &str) -> &'static str {
+    match column {
+        "secret_hash" | "previous_secret_hash" => "BYTEA",
+        "allowlist_enabled" => "BOOLEAN",
+        "rate_limit_requests"
+        | "rate_limit_per_seconds"
+        | "created_at"
+        | "expires_at"
+        | "revoked_at"
+        | "last_used_at"
+        | "previous_secret_until"
+        | "last_sign_in_at"
+        | "quota_limit"
+        | "quota_anchor"
+        | "quota_window"
+        | "quota_used" => "BIGINT",
+        _ => "TEXT",
     }
-    query.push(")");
-    let mut line = query
-        .build()
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(store_error)?
-        .iter()
-        .map(tenant_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
+}
+
+/// The one statement that reads a credential as verification needs it: the credential (part
+/// `c`), every tenant of its line (`t`, found by following `parent_id` up from its tenant), its
+/// user (`u`) and role (`r`), each with its quota, as rows of one `UNION ALL` whose parts share
+/// their column names (`NULL` where a part has no such column). One statement is one snapshot
+/// and, on PostgreSQL, one round trip, with no transaction around it. `CROSS JOIN` keeps SQLite's
+/// planner walking from the credential to the rows it names by their keys (PostgreSQL reads it as
+/// a plain join).
+fn record_statement(credential_filter: &str) -> String {
+    let mut all: Vec<&str> = Vec::new();
+    for column in [
+        CREDENTIAL_COLUMNS,
+        TENANT_COLUMNS,
+        USER_COLUMNS,
+        ROLE_COLUMNS,
+        QUOTA_COLUMNS,
+    ]
+    .concat()
+    {
+        if !all.contains(&column) {
+            all.push(column);
+        }
+    }
+    let part = |name: &str, alias: &str, own: &[&str], quota: bool, from: &str| {
+        let columns: Vec<String> = all
+            .iter()
+            .map(|column| {
+                if own.contains(column) {
+                    format!("{alias}.{column}")
+                } else if quota && QUOTA_COLUMNS.contains(column) {
+                    format!("qv.{column}")
+                } else {
+                    format!("CAST(NULL AS {}) AS {column}", column_type(column))
+                }
+            })
+            .collect();
+        format!(
+            "SELECT '{name}' AS part, {} FROM {from}",
+            columns.join(", ")
+        )
+    };
+    let parts = [
+        part(
+            "c",
+            "c",
+            CREDENTIAL_COLUMNS,
+            true,
+            concat!("c", with_quota!(credential "c")),
+        ),
+        part(
+            "t",
+            "t",
+            TENANT_COLUMNS,
+            true,
+            concat!(
+                "line CROSS JOIN tenants t",
+                with_quota!("t"),
+                "WHERE t.id = line.id"
+            ),
+        ),
+        part("u", "u", USER_COLUMNS, false, "u"),
+        part(
+            "r",
+            "r",
+            ROLE_COLUMNS,
+            false,
+            "roles r WHERE r.id = (SELECT coalesce(c.role_id, u.role_id) FROM c LEFT JOIN u ON true)",
+        ),
+    ];
+    format!(
+        "WITH RECURSIVE c AS (SELECT * FROM credentials WHERE {credential_filter}),
+         line (id) AS (SELECT tenant_id FROM c
+                       UNION ALL SELECT t.parent_id FROM line CROSS JOIN tenants t
+                                 WHERE t.id = line.id AND t.parent_id IS NOT NULL),
+         u AS (SELECT users.* FROM c CROSS JOIN users WHERE users.id = c.user_id)
+         {}",
+        parts.join(" UNION ALL ")
+    )
+}
+
+/// The credential `of` names as verification needs it, with its tenant line, user and role: one
+/// statement, read through `executor` (the pool, or a transaction it belongs to). `None` if there
+/// is no such credential.
+pub(super) async fn credential_record<'e, E>(
+    executor: E,
+    of: RecordOf<'_>,
+) -> Result<Option<CredentialRecord>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Db>,
+{
+    static BY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        // A client's previous secret finds its client too; whether it still works is the
+        // verifier's to decide (`previous_secret_until`).
+        record_statement("secret_hash = $1 OR previous_secret_hash = $1")
+    });
+    static BY_CLIENT: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| record_statement("id = $1 AND kind = 'oauth_secret'"));
+    let query = match of {
+        RecordOf::Hash(hash) => sqlx::query(BY_HASH.as_str()).bind(hash.as_bytes().as_slice()),
+        RecordOf::Client(id) => sqlx::query(BY_CLIENT.as_str()).bind(id.as_str()),
+    };
+    let rows = query.fetch_all(executor).await.map_err(store_error)?;
+    let mut credential = None;
+    let mut line = Vec::new();
+    let mut user = None;
+    let mut role = None;
+    for row in &rows {
+        let part: String = row.try_get("part").map_err(store_error)?;
+        match part.as_str() {
+            "c" => credential = Some(credential_from_row(row)?),
+            "t" => line.push(tenant_from_row(row)?),
+            "u" => user = Some(user_from_row(row)?),
+            "r" => role = Some(role_from_row(row)?),
+            other => return Err(corrupt("part", other)),
+        }
+    }
+    let Some(credential) = credential else {
+        return Ok(None);
+    };
     // Nearest first: the credential's own tenant, then its parent, …
     line.sort_by_key(|t| std::cmp::Reverse(t.path.depth()));
     if line.first().map(|t| &t.id) != Some(&credential.tenant_id) {
@@ -87,61 +268,13 @@ pub(super) async fn credential_record(
         )));
     }
     let tenant = line.remove(0);
-
-    let user = match &credential.user_id {
-        Some(user_id) => sqlx::query("SELECT * FROM users WHERE id = $1")
-            .bind(user_id.as_str())
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(store_error)?
-            .map(|row| user_from_row(&row))
-            .transpose()?,
-        None => None,
-    };
-    let role_id = match (&credential.role_id, &user) {
-        (Some(role_id), _) => Some(role_id.clone()),
-        (None, Some(user)) => Some(user.role_id.clone()),
-        (None, None) => None,
-    };
-    let role = match role_id {
-        Some(role_id) => sqlx::query("SELECT * FROM roles WHERE id = $1")
-            .bind(role_id.as_str())
-            .fetch_optional(&mut **tx)
-            .await
-            .map_err(store_error)?
-            .map(|row| role_from_row(&row))
-            .transpose()?,
-        None => None,
-    };
-    Ok(CredentialRecord {
+    Ok(Some(CredentialRecord {
         credential,
         tenant,
         ancestors: line,
         user,
         role,
-    })
-}
-
-/// The OAuth client `id` as verification reads a credential, in the transaction `tx`; `None` if
-/// there is no such client.
-pub(super) async fn client_record(
-    tx: &mut Transaction<'_, Db>,
-    id: &CredentialId,
-) -> Result<Option<CredentialRecord>, StoreError> {
-    let Some(row) = sqlx::query(concat!(
-        "SELECT c.*, t.path AS tenant_path, qv.* FROM credentials c
-             JOIN tenants t ON t.id = c.tenant_id",
-        with_quota!(credential "c"),
-        "WHERE c.id = $1 AND c.kind = 'oauth_secret'"
-    ))
-    .bind(id.as_str())
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(store_error)?
-    else {
-        return Ok(None);
-    };
-    credential_record(tx, &row).await.map(Some)
+    }))
 }
 
 pub(super) async fn insert_tenant(

@@ -51,25 +51,7 @@ impl UsageStore for SqlStore {
         }
         let mut tx = self.begin_write().await?;
         add_counts(&mut tx, &counts).await?;
-        for LastUse {
-            credential_id,
-            at,
-            ip,
-        } in uses
-        {
-            // Within the same second, the later batch's address wins.
-            sqlx::query(
-                "UPDATE credentials SET last_used_at = $1,
-                     last_used_ip = COALESCE($3, last_used_ip)
-                 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at <= $1)",
-            )
-            .bind(at.unix())
-            .bind(credential_id.as_str())
-            .bind(ip.map(|ip| ip.to_string()))
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
-        }
+        set_last_uses(&mut tx, uses).await?;
         // Not a change verification depends on: nothing to drop from caches.
         self.commit(tx, &[]).await
     }
@@ -126,6 +108,48 @@ impl UsageStore for SqlStore {
         .map(|done| done.rows_affected())
         .map_err(store_error)
     }
+}
+
+/// Writes each credential's latest use, a statement per `ROWS_PER_STATEMENT` credentials rather
+/// than one each: a node that sees thousands of credentials for the first time writes all their
+/// first uses in the next batch. Never moves a use back (another node may have written a later
+/// one); within the same second, this batch's address wins. In id order, so two nodes writing the
+/// same credentials lock them in the same order.
+async fn set_last_uses(
+    tx: &mut Transaction<'static, Db>,
+    uses: &[LastUse],
+) -> Result<(), StoreError> {
+    // One row per credential, its latest use: an UPDATE … FROM takes any one of several.
+    let mut latest: BTreeMap<&str, &LastUse> = BTreeMap::new();
+    for used in uses {
+        let entry = latest.entry(used.credential_id.as_str()).or_insert(used);
+        if used.at >= entry.at {
+            *entry = used;
+        }
+    }
+    let latest: Vec<&LastUse> = latest.into_values().collect();
+    for chunk in latest.chunks(ROWS_PER_STATEMENT) {
+        // VALUES names its columns column1, column2, … in both databases.
+        let mut query = QueryBuilder::<Db>::new(
+            "UPDATE credentials SET last_used_at = v.column2,
+                 last_used_ip = COALESCE(v.column3, credentials.last_used_ip) FROM (",
+        );
+        query.push_values(chunk, |mut row, used| {
+            row.push_bind(used.credential_id.as_str())
+                .push_bind(used.at.unix())
+                .push_bind(used.ip.map(|ip| ip.to_string()));
+        });
+        query.push(
+            ") AS v WHERE credentials.id = v.column1
+                 AND (credentials.last_used_at IS NULL OR credentials.last_used_at <= v.column2)",
+        );
+        query
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(())
 }
 
 /// Adds counts to their minute, hour and day buckets, within the batch's transaction.
