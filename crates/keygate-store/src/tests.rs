@@ -609,6 +609,29 @@ async fn last_use_only_moves_forward(db: TestDb) {
         record.credential.last_used_ip,
         Some("2001:db8::7".parse().unwrap())
     );
+    // Two uses of one credential in a batch: the later one is written, whatever their order.
+    let last = Timestamp::from_unix(NOW.unix() + 90);
+    let between = Timestamp::from_unix(NOW.unix() + 75);
+    store
+        .add_usage(
+            &[],
+            &[
+                used(last, Some("192.0.2.7")),
+                used(between, Some("192.0.2.8")),
+            ],
+        )
+        .await
+        .unwrap();
+    let record = store
+        .find_credential(&secrets.token.hash())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.credential.last_used_at, Some(last));
+    assert_eq!(
+        record.credential.last_used_ip,
+        Some("192.0.2.7".parse().unwrap())
+    );
 
     // A batch is one transaction: counts that cannot be added take its last uses back with them.
     let half = 1_u64 << 62;
@@ -626,7 +649,7 @@ async fn last_use_only_moves_forward(db: TestDb) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(record.credential.last_used_at, Some(later));
+    assert_eq!(record.credential.last_used_at, Some(last));
 }
 
 #[tokio::test]
