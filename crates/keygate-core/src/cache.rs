@@ -270,13 +270,11 @@ fn evict_least_recently_used(entries: &mut Map, count: usize) -> usize {
         return 0;
     }
     let mut uses: Vec<i64> = entries.values().map(|v| v.usage.last_used()).collect();
-    let (_, &mut cut, _) = uses.select_nth_unstable(count - 1);
+    let (before, &mut cut, _) = uses.select_nth_unstable(count - 1);
+    // Strictly older than the cut-off second first, then the cut-off second's own until `count`
+    // (requests may note a use meanwhile: an entry used since is kept).
+    let older = before.iter().filter(|&&used| used < cut).count();
     drop(uses);
-    // Strictly older than the cut-off second first, then the cut-off second's own until `count`.
-    let older = entries
-        .values()
-        .filter(|v| v.usage.last_used() < cut)
-        .count();
     let mut at_cut = count - older;
     entries.retain(|_, v| {
         let used = v.usage.last_used();

@@ -191,16 +191,8 @@ async fn the_explorer_is_served_offline(backend: Backend) {
     assert_eq!(response.status(), 200);
 }
 
-/// The value of the metric line starting with `prefix`.
-async fn metric(server: &TestServer, prefix: &str) -> f64 {
-    let text = server
-        .get("/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+/// The value of the metric line starting with `prefix` in the Prometheus text `text`.
+fn metric_in(text: &str, prefix: &str) -> f64 {
     text.lines()
         .find(|l| l.starts_with(prefix))
         .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
@@ -209,6 +201,12 @@ async fn metric(server: &TestServer, prefix: &str) -> f64 {
         .unwrap()
         .parse()
         .unwrap()
+}
+
+/// The value of the metric line starting with `prefix`, read from the server's `/metrics` now.
+async fn metric(server: &TestServer, prefix: &str) -> f64 {
+    let response = server.get("/metrics").send().await.unwrap();
+    metric_in(&response.text().await.unwrap(), prefix)
 }
 
 async fn a_full_cache_makes_room_and_still_answers_every_credential_truly(backend: Backend) {
@@ -285,16 +283,7 @@ async fn metrics_count_requests_verdicts_and_the_cache(backend: Backend) {
             .starts_with("text/plain")
     );
     let text = response.text().await.unwrap();
-    let line = |prefix: &str| {
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse::<f64>()
-            .unwrap()
-    };
+    let line = |prefix: &str| metric_in(&text, prefix);
     assert_eq!(
         line(r#"keygate_http_requests_total{route="/v1/whoami",status="200"}"#),
         2.0

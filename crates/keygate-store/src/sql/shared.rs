@@ -163,7 +163,8 @@ fn record_statement(credential_filter: &str) -> String {
             all.push(column);
         }
     }
-    let part = |name: &str, alias: &str, own: &[&str], quota: bool, from: &str| {
+    // A part is named by the alias it reads its own columns from.
+    let part = |alias: &str, own: &[&str], quota: bool, from: &str| {
         let columns: Vec<String> = all
             .iter()
             .map(|column| {
@@ -177,20 +178,18 @@ fn record_statement(credential_filter: &str) -> String {
             })
             .collect();
         format!(
-            "SELECT '{name}' AS part, {} FROM {from}",
+            "SELECT '{alias}' AS part, {} FROM {from}",
             columns.join(", ")
         )
     };
     let parts = [
         part(
             "c",
-            "c",
             CREDENTIAL_COLUMNS,
             true,
             concat!("c", with_quota!(credential "c")),
         ),
         part(
-            "t",
             "t",
             TENANT_COLUMNS,
             true,
@@ -200,9 +199,8 @@ fn record_statement(credential_filter: &str) -> String {
                 "WHERE t.id = line.id"
             ),
         ),
-        part("u", "u", USER_COLUMNS, false, "u"),
+        part("u", USER_COLUMNS, false, "u"),
         part(
-            "r",
             "r",
             ROLE_COLUMNS,
             false,
