@@ -4,6 +4,9 @@
 //! request id is only known to the front service ([`crate::front`]), which calls [`render`] with it:
 //! problem with `instance` set, logs 5xx detail with that id, and never sends that detail out.
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -215,12 +218,14 @@ pub struct ApiError(Box<ErrorParts>);
 pub struct ErrorParts {
     pub code: ProblemCode,
     /// Shown to the client; never set for 5xx.
-    pub detail: Option<String>,
+    pub detail: Option<Cow<'static, str>>,
     pub errors: Vec<FieldError>,
     pub missing_permissions: Vec<String>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// Logged with the request id, never shown: what went wrong inside.
     pub internal: Option<String>,
+    /// The body rendered once, for an error that is always the same but for the request id.
+    fixed: Option<&'static FixedProblem>,
 }
 
 impl std::ops::Deref for ApiError {
@@ -231,7 +236,7 @@ impl std::ops::Deref for ApiError {
 }
 
 impl ApiError {
-    pub fn new(code: ProblemCode, detail: impl Into<String>) -> Self {
+    pub fn new(code: ProblemCode, detail: impl Into<Cow<'static, str>>) -> Self {
         Self(Box::new(ErrorParts {
             code,
             detail: Some(detail.into()),
@@ -239,10 +244,11 @@ impl ApiError {
             missing_permissions: Vec::new(),
             headers: Vec::new(),
             internal: None,
+            fixed: None,
         }))
     }
 
-    pub fn invalid(detail: impl Into<String>) -> Self {
+    pub fn invalid(detail: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ProblemCode::InvalidRequest, detail)
     }
 
@@ -258,14 +264,23 @@ impl ApiError {
 
     /// A 401 with the challenge RFC 6750 asks for. Only `Bearer` is offered, not `Basic`: a
     /// `Basic` challenge makes browsers (and the API explorer) pop up a login dialog.
-    pub fn unauthenticated(detail: impl Into<String>) -> Self {
+    pub fn unauthenticated(detail: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ProblemCode::Unauthenticated, detail).with_header(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer realm=\"keygate\""),
         )
     }
 
-    pub fn not_found(detail: impl Into<String>) -> Self {
+    /// [`ApiError::unauthenticated`] for a refusal said in the same words every time (an unknown
+    /// credential, a revoked one): its body is rendered once, and each answer only splices in its
+    /// request id.
+    fn unauthenticated_fixed(fixed: &'static FixedProblem) -> Self {
+        let mut error = Self::unauthenticated(Cow::Borrowed(fixed.detail.as_str()));
+        error.0.fixed = Some(fixed);
+        error
+    }
+
+    pub fn not_found(detail: impl Into<Cow<'static, str>>) -> Self {
         Self::new(ProblemCode::NotFound, detail)
     }
 
@@ -288,6 +303,7 @@ impl ApiError {
 
     pub fn with_code(mut self, code: ProblemCode) -> Self {
         self.0.code = code;
+        self.0.fixed = None;
         self
     }
 
@@ -302,7 +318,7 @@ impl ApiError {
             kind: self.code.type_uri(),
             title: self.code.title(),
             status: self.code.status().as_u16(),
-            detail: self.detail.clone(),
+            detail: self.detail.as_deref().map(str::to_owned),
             instance: request_id.to_owned(),
             code: self.code.as_str(),
             errors: self.errors.clone(),
@@ -313,10 +329,24 @@ impl ApiError {
 
 impl ErrorParts {
     /// [`ApiError::problem`] as JSON, written straight from the error: a refusal on the hot path
-    /// (an unknown credential, say) copies no string into a [`Problem`] to serialize it.
+    /// (an unknown credential, say) copies no string into a [`Problem`] to serialize it, and one
+    /// said the same way every time is not serialized at all (see [`FixedProblem`]).
     fn body(&self, request_id: &str) -> serde_json::Result<Vec<u8>> {
+        if let Some(fixed) = self.fixed {
+            if let Some(body) = fixed.body(request_id) {
+                return Ok(body);
+            }
+        }
+        let mut body = self.head()?;
+        serde_json::to_writer(&mut body, request_id)?;
+        self.write_tail(&mut body)?;
+        Ok(body)
+    }
+
+    /// The body up to `instance`'s value: `…,"instance":`.
+    fn head(&self) -> serde_json::Result<Vec<u8>> {
         let detail = self.detail.as_deref();
-        let mut body = Vec::with_capacity(160 + detail.map_or(0, str::len) + request_id.len());
+        let mut body = Vec::with_capacity(160 + detail.map_or(0, str::len));
         let code = self.code.as_str();
         body.extend_from_slice(b"{\"type\":");
         serde_json::to_writer(&mut body, &format_args!("urn:keygate:problem:{code}"))?;
@@ -329,19 +359,71 @@ impl ErrorParts {
             serde_json::to_writer(&mut body, detail)?;
         }
         body.extend_from_slice(b",\"instance\":");
-        serde_json::to_writer(&mut body, request_id)?;
+        Ok(body)
+    }
+
+    /// The body after `instance`'s value.
+    fn write_tail(&self, body: &mut Vec<u8>) -> serde_json::Result<()> {
         body.extend_from_slice(b",\"code\":");
-        serde_json::to_writer(&mut body, code)?;
+        serde_json::to_writer(&mut *body, self.code.as_str())?;
         if !self.errors.is_empty() {
             body.extend_from_slice(b",\"errors\":");
-            serde_json::to_writer(&mut body, &self.errors)?;
+            serde_json::to_writer(&mut *body, &self.errors)?;
         }
         if !self.missing_permissions.is_empty() {
             body.extend_from_slice(b",\"missing_permissions\":");
-            serde_json::to_writer(&mut body, &self.missing_permissions)?;
+            serde_json::to_writer(&mut *body, &self.missing_permissions)?;
         }
         body.push(b'}');
-        Ok(body)
+        Ok(())
+    }
+}
+
+/// A problem that is the same on every answer but for its `instance` (the request id): its body
+/// is rendered once, in two halves, and an answer is the two with the id between them — one
+/// allocation of the exact size, nothing escaped or formatted per request. The refusals of the
+/// verification hot paths (an unknown, expired or revoked credential) are answered so.
+#[derive(Debug)]
+pub(crate) struct FixedProblem {
+    detail: String,
+    /// Through `"instance":"`.
+    head: Vec<u8>,
+    /// From the id's closing quote to the end.
+    tail: Vec<u8>,
+}
+
+impl FixedProblem {
+    fn new(code: ProblemCode, detail: String) -> serde_json::Result<Self> {
+        let parts = ErrorParts {
+            code,
+            detail: Some(Cow::Owned(detail.clone())),
+            errors: Vec::new(),
+            missing_permissions: Vec::new(),
+            headers: Vec::new(),
+            internal: None,
+            fixed: None,
+        };
+        let mut head = parts.head()?;
+        head.push(b'"');
+        let mut tail = vec![b'"'];
+        parts.write_tail(&mut tail)?;
+        Ok(Self { detail, head, tail })
+    }
+
+    /// The body for `request_id`; `None` if the id would need escaping in JSON (ids keygate
+    /// sends back never do: see `front::request_id`).
+    fn body(&self, request_id: &str) -> Option<Vec<u8>> {
+        let plain = request_id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\');
+        if !plain {
+            return None;
+        }
+        let mut body = Vec::with_capacity(self.head.len() + request_id.len() + self.tail.len());
+        body.extend_from_slice(&self.head);
+        body.extend_from_slice(request_id.as_bytes());
+        body.extend_from_slice(&self.tail);
+        Some(body)
     }
 }
 
@@ -503,9 +585,23 @@ impl From<Denial> for ApiError {
 
 impl From<Refusal> for ApiError {
     fn from(refusal: Refusal) -> Self {
-        match refusal {
-            Refusal::Store(error) => error.into(),
-            other => ApiError::unauthenticated(other.to_string()),
+        // The refusals said the same way every time, each rendered on its first use.
+        static FIXED: [OnceLock<Option<FixedProblem>>; 5] = [const { OnceLock::new() }; 5];
+        let slot = match refusal {
+            Refusal::Store(error) => return error.into(),
+            Refusal::NotFound => 0,
+            Refusal::Expired => 1,
+            Refusal::Revoked => 2,
+            Refusal::TenantSuspended => 3,
+            Refusal::UserDisabled => 4,
+            other => return ApiError::unauthenticated(other.to_string()),
+        };
+        let fixed = FIXED[slot].get_or_init(|| {
+            FixedProblem::new(ProblemCode::Unauthenticated, refusal.to_string()).ok()
+        });
+        match fixed {
+            Some(fixed) => ApiError::unauthenticated_fixed(fixed),
+            None => ApiError::unauthenticated(refusal.to_string()),
         }
     }
 }
@@ -609,13 +705,43 @@ mod tests {
                 message: "is taken \u{e9}".into(),
             }]),
             forbidden,
+            ApiError::from(Refusal::NotFound),
+            ApiError::from(Refusal::Revoked),
+            ApiError::from(Refusal::NotFound).with_code(ProblemCode::Forbidden),
         ] {
-            let expected = serde_json::to_vec(&error.problem("req_1:x")).unwrap();
-            assert_eq!(
-                String::from_utf8(error.body("req_1:x").unwrap()).unwrap(),
-                String::from_utf8(expected).unwrap()
-            );
+            // The second id is not one keygate sends back, but a body must stay JSON whatever
+            // it is given.
+            for id in ["req_1:x", "odd \"id\"\\"] {
+                let expected = serde_json::to_vec(&error.problem(id)).unwrap();
+                assert_eq!(
+                    String::from_utf8(error.body(id).unwrap()).unwrap(),
+                    String::from_utf8(expected).unwrap()
+                );
+            }
         }
+    }
+
+    #[test]
+    fn refusals_said_the_same_way_every_time_are_rendered_once() {
+        let unknown = ApiError::from(Refusal::NotFound);
+        let again = ApiError::from(Refusal::NotFound);
+        let (Some(first), Some(second)) = (unknown.fixed, again.fixed) else {
+            panic!("an unknown credential's refusal has a fixed body");
+        };
+        assert!(std::ptr::eq(first, second));
+        assert_eq!(
+            unknown.detail.as_deref(),
+            Some("the credential is not known")
+        );
+        assert!(
+            unknown
+                .headers
+                .iter()
+                .any(|(name, _)| name == header::WWW_AUTHENTICATE)
+        );
+        assert!(ApiError::from(Refusal::Revoked).fixed.is_some());
+        // Changing the code would make the rendered body wrong: it is dropped.
+        assert!(unknown.with_code(ProblemCode::Forbidden).fixed.is_none());
     }
 
     #[test]
