@@ -252,8 +252,8 @@ impl<P: perm::Required> Grant<P> {
     ) -> Result<AuditEvent, getrandom::Error> {
         let verified = &self.caller.verified;
         let actor = Actor {
-            kind: verified.principal.kind.as_str(),
-            id: verified.principal.id.clone(),
+            kind: verified.principal().kind.as_str(),
+            id: verified.principal().id.to_owned(),
         };
         let event = AuditEvent::new(
             verified.tenant.id.clone(),
@@ -297,7 +297,7 @@ impl Caller {
     /// Who is acting, for `created_by` fields: the user behind a session or personal token, else
     /// the credential itself.
     pub fn actor_id(&self) -> String {
-        self.verified.principal.id.clone()
+        self.verified.principal().id.to_owned()
     }
 }
 

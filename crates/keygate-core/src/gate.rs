@@ -334,7 +334,7 @@ impl Gate {
         let verified = caller.verified();
         let allowed = match request.client {
             Some(ip) => verified.allows_address(ip),
-            None => verified.allowed_ips.is_none() && verified.tenant_allowlist.is_none(),
+            None => verified.allowed_ips().is_none() && verified.tenant_allowlist().is_none(),
         };
         if !allowed {
             return Err(Denied::about(&caller, Denial::IpNotAllowed(request.client)));
@@ -354,7 +354,7 @@ impl Gate {
         }
         // 8. The quotas.
         let quota = match request.cost {
-            Some(_) if caller.verified().quotas.is_empty() => None,
+            Some(_) if caller.verified().quotas().is_empty() => None,
             Some(cost) => match self.spend(caller.verified(), cost, now).await {
                 Ok(status) => status,
                 Err(denial) => {
@@ -383,7 +383,7 @@ impl Gate {
         let mut tightest: Option<QuotaStatus> = None;
         // At most one quota per tenant of the line and the credential's own: fits in the bits.
         let mut paid = 0_u32;
-        for (i, on) in verified.quotas.iter().enumerate() {
+        for (i, on) in verified.quotas().iter().enumerate() {
             // Boxed: the store's half is taken once per reserve, and its future should not make
             // every request's larger.
             let spent = match self.credits.spend_now(on, now, cost) {
@@ -413,7 +413,7 @@ impl Gate {
                 },
                 Err(SpendError::Store(error)) => Denial::Store(error),
             };
-            for (j, prior) in verified.quotas.iter().enumerate().take(i) {
+            for (j, prior) in verified.quotas().iter().enumerate().take(i) {
                 if paid & (1 << j) != 0 {
                     self.credits.refund(prior, now, cost);
                 }
@@ -448,7 +448,7 @@ impl Gate {
     /// together admit what one would, plus at most a reserve each ([`Credits::spend_rate`]);
     /// should the store fail, the node's own limiter decides.
     async fn meter(&self, verified: &Verified, now_millis: i64) -> Option<RateLimitStatus> {
-        let limit = verified.rate_limit.or(self.default_limit)?;
+        let limit = verified.rate_limit().or(self.default_limit)?;
         let status = self.limiter.check(verified.owner_id(), limit, now_millis);
         if !self.shared || !status.allowed() {
             return Some(status);

@@ -138,8 +138,8 @@ impl AuthenticatedClient {
         meta: &RequestMeta,
     ) -> Result<AuditEvent, getrandom::Error> {
         let actor = Actor {
-            kind: self.verified.principal.kind.as_str(),
-            id: self.verified.principal.id.clone(),
+            kind: self.verified.principal().kind.as_str(),
+            id: self.verified.principal().id.to_owned(),
         };
         let event = AuditEvent::new(
             self.tenant_id().clone(),
@@ -295,7 +295,7 @@ pub fn issue(
         format,
         CredentialKind::Refresh,
         client.tenant_id().clone(),
-        client.verified().credential.name.clone(),
+        client.verified().credential.name.to_string(),
         Some(client.id().to_string()),
         now,
     )?;

@@ -190,7 +190,7 @@ impl Sessions<'_> {
         let session = &verified.credential.id;
         let event = session_event(
             &verified.tenant.id,
-            verified.principal.id.clone(),
+            verified.principal().id.to_owned(),
             session,
             "session.delete",
             now,

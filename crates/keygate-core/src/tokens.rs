@@ -115,7 +115,7 @@ pub fn plan(
 
     let (user_id, role_permissions) = match input.kind {
         CredentialKind::Personal => {
-            if verified.principal.kind != PrincipalKind::User {
+            if verified.principal().kind != PrincipalKind::User {
                 return Err(RuleError::forbidden(
                     "only a signed-in user (a session or a personal token) can create personal tokens",
                 ));
@@ -138,7 +138,7 @@ pub fn plan(
                 ),
                 _ => {}
             }
-            let user_id = UserId::parse(&verified.principal.id)
+            let user_id = UserId::parse(verified.principal().id)
                 .ok_or_else(|| RuleError::Internal("a user principal without a user id".into()))?;
             (Some(user_id), verified.role_permissions.clone())
         }
@@ -229,7 +229,7 @@ pub fn check_revoke(
             let own = token
                 .user_id
                 .as_ref()
-                .is_some_and(|user| user.as_str() == caller.verified().principal.id);
+                .is_some_and(|user| user.as_str() == caller.verified().principal().id);
             if !own {
                 caller.require::<perm::UsersWrite>()?;
             }
@@ -376,7 +376,7 @@ mod tests {
         let (token, secret) = plan_as(&user, input(CredentialKind::Personal), None).unwrap();
         assert_eq!(
             token.user_id.as_ref().unwrap().as_str(),
-            user.verified().principal.id
+            user.verified().principal().id
         );
         assert!(token.role_id.is_none());
         assert_eq!(
@@ -517,7 +517,7 @@ mod tests {
         assert!(check_revoke(&grant, &catalog(), &own, None).is_ok());
         let other = caller(CredentialKind::Session, BuiltinRole::Viewer, None);
         let mut theirs = own.clone();
-        theirs.user_id = UserId::parse(&other.verified().principal.id);
+        theirs.user_id = UserId::parse(other.verified().principal().id);
         assert!(matches!(
             check_revoke(&grant, &catalog(), &theirs, None),
             Err(RuleError::Forbidden { .. })

@@ -43,12 +43,22 @@ impl PrincipalKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
+/// Who a credential acts for, as [`Verified::principal`] reads it off the verification: a
+/// user (personal tokens, sessions) or the credential itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal<'a> {
     pub kind: PrincipalKind,
-    pub id: String,
-    pub name: String,
-    pub email: Option<String>,
+    pub id: &'a str,
+    pub name: &'a str,
+    pub email: Option<&'a str>,
+}
+
+/// The user a credential belongs to, kept with its verification.
+#[derive(Debug)]
+struct Person {
+    id: UserId,
+    name: Box<str>,
+    email: Box<str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -72,7 +82,8 @@ impl From<&Tenant> for TenantSummary {
 pub struct CredentialSummary {
     pub id: CredentialId,
     pub kind: CredentialKind,
-    pub name: String,
+    /// Boxed, not a `String`: one word less in every cached credential.
+    pub name: Box<str>,
     pub expires_at: Option<Timestamp>,
 }
 
@@ -80,6 +91,7 @@ pub struct CredentialSummary {
 /// value whoever made them, so one set serves the whole process).
 static TENANTS: LazyLock<Interner<TenantSummary>> = LazyLock::new(Interner::default);
 static TENANT_LINES: LazyLock<Interner<Vec<TenantId>>> = LazyLock::new(Interner::default);
+static ROLE_IDS: LazyLock<Interner<RoleId>> = LazyLock::new(Interner::default);
 
 /// Why a credential that exists cannot be used, decided when it is read from the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,19 +108,15 @@ pub struct Verified {
     pub credential: CredentialSummary,
     /// Shared with the other cached credentials of the tenant (see [`crate::share`]).
     pub tenant: Arc<TenantSummary>,
-    pub principal: Principal,
+    principal: PrincipalKind,
     /// What the credential may do: its role's permissions, narrowed by its own list.
     pub permissions: PermissionSet,
     /// What its role grants before narrowing (for a personal token, the user's role).
     pub role_permissions: PermissionSet,
-    /// The token's own networks, if it is restricted.
-    pub allowed_ips: Option<IpAllowlist>,
-    /// The tenant's allowlist, if enabled.
-    pub tenant_allowlist: Option<IpAllowlist>,
-    pub rate_limit: Option<RateLimit>,
-    /// The quotas each request spends from (API.md §13): the credential's own first, then its
-    /// tenant's pool and each ancestor's, nearest first.
-    pub quotas: Vec<QuotaOn>,
+    /// Allowlists, a rate limit, quotas, an access token's client: what most credentials lack,
+    /// behind one pointer (`None` if it has none of them). A million cached credentials pay for
+    /// every byte kept inline here.
+    extras: Option<Box<Extras>>,
     /// When it was last used, kept here (two atomics per request) until written in a batch.
     pub usage: Usage,
     /// What a front end derives from this verification for its answers (forward-auth's identity
@@ -118,10 +126,37 @@ pub struct Verified {
     hash: CredentialHash,
     /// The credential's tenant and its ancestors: a change to any of them affects it.
     pub(crate) tenant_line: Arc<Vec<TenantId>>,
-    pub(crate) user_id: Option<UserId>,
-    pub(crate) role_id: Option<RoleId>,
+    /// The user it belongs to (personal tokens, sessions).
+    person: Option<Box<Person>>,
+    /// Its role (for a personal token, its user's), shared with the other credentials of the role.
+    role_id: Option<Arc<RoleId>>,
+}
+
+/// The parts of a [`Verified`] few credentials have.
+#[derive(Debug, Default)]
+struct Extras {
+    /// The token's own networks, if it is restricted.
+    allowed_ips: Option<IpAllowlist>,
+    /// The tenant's allowlist, if enabled.
+    tenant_allowlist: Option<IpAllowlist>,
+    rate_limit: Option<RateLimit>,
+    /// The quotas each request spends from (API.md §13): the credential's own first, then its
+    /// tenant's pool and each ancestor's, nearest first.
+    quotas: Box<[QuotaOn]>,
     /// An access token's client: a change to it affects the token.
-    pub(crate) client_id: Option<CredentialId>,
+    client_id: Option<CredentialId>,
+}
+
+impl Extras {
+    /// `None` when there is nothing to keep.
+    fn boxed(self) -> Option<Box<Self>> {
+        let empty = self.allowed_ips.is_none()
+            && self.tenant_allowlist.is_none()
+            && self.rate_limit.is_none()
+            && self.quotas.is_empty()
+            && self.client_id.is_none();
+        (!empty).then(|| Box::new(self))
+    }
 }
 
 impl Verified {
@@ -143,30 +178,10 @@ impl Verified {
         };
 
         let principal = match (credential.kind, &record.user) {
-            (CredentialKind::Personal | CredentialKind::Session, Some(user)) => Principal {
-                kind: PrincipalKind::User,
-                id: user.id.to_string(),
-                name: user.name.clone(),
-                email: Some(user.email.clone()),
-            },
-            (CredentialKind::AccountKey, _) => Principal {
-                kind: PrincipalKind::AccountKey,
-                id: credential.id.to_string(),
-                name: credential.name.clone(),
-                email: None,
-            },
-            (CredentialKind::OauthSecret, _) => Principal {
-                kind: PrincipalKind::OauthClient,
-                id: credential.id.to_string(),
-                name: credential.name.clone(),
-                email: None,
-            },
-            _ => Principal {
-                kind: PrincipalKind::ServiceToken,
-                id: credential.id.to_string(),
-                name: credential.name.clone(),
-                email: None,
-            },
+            (CredentialKind::Personal | CredentialKind::Session, Some(_)) => PrincipalKind::User,
+            (CredentialKind::AccountKey, _) => PrincipalKind::AccountKey,
+            (CredentialKind::OauthSecret, _) => PrincipalKind::OauthClient,
+            _ => PrincipalKind::ServiceToken,
         };
 
         let suspended = std::iter::once(&record.tenant)
@@ -194,34 +209,46 @@ impl Verified {
             credential: CredentialSummary {
                 id: credential.id.clone(),
                 kind: credential.kind,
-                name: credential.name.clone(),
+                name: credential.name.as_str().into(),
                 expires_at: credential.expires_at,
             },
             tenant: TENANTS.share(Arc::new(TenantSummary::from(&record.tenant))),
             principal,
             permissions,
             role_permissions,
-            allowed_ips: credential.allowed_ips.clone().map(IpAllowlist::new),
-            tenant_allowlist: record.tenant.ip_restriction.enforced().cloned(),
-            rate_limit: credential.rate_limit,
-            quotas: credential
-                .quota
-                .iter()
-                .chain(
-                    std::iter::once(&record.tenant)
-                        .chain(&record.ancestors)
-                        .filter_map(|t| t.quota.as_ref()),
-                )
-                .map(QuotaOn::from)
-                .collect(),
+            extras: Extras {
+                allowed_ips: credential.allowed_ips.clone().map(IpAllowlist::new),
+                tenant_allowlist: record.tenant.ip_restriction.enforced().cloned(),
+                rate_limit: credential.rate_limit,
+                quotas: credential
+                    .quota
+                    .iter()
+                    .chain(
+                        std::iter::once(&record.tenant)
+                            .chain(&record.ancestors)
+                            .filter_map(|t| t.quota.as_ref()),
+                    )
+                    .map(QuotaOn::from)
+                    .collect(),
+                client_id: None,
+            }
+            .boxed(),
             usage: Usage::default(),
             rendered: OnceLock::new(),
             standing,
             hash: credential.hash,
             tenant_line: TENANT_LINES.share(Arc::new(record.tenant.path.ids().collect())),
-            user_id: record.user.as_ref().map(|u| u.id.clone()),
-            role_id: record.role.as_ref().map(|r| r.id.clone()),
-            client_id: None,
+            person: record.user.as_ref().map(|user| {
+                Box::new(Person {
+                    id: user.id.clone(),
+                    name: user.name.as_str().into(),
+                    email: user.email.as_str().into(),
+                })
+            }),
+            role_id: record
+                .role
+                .as_ref()
+                .map(|r| ROLE_IDS.share(Arc::new(r.id.clone()))),
         }
     }
 
@@ -258,21 +285,80 @@ impl Verified {
                 client.standing
             },
             hash,
-            client_id: Some(client.credential.id.clone()),
+            extras: Extras {
+                client_id: Some(client.credential.id.clone()),
+                ..client.extras.map(|extras| *extras).unwrap_or_default()
+            }
+            .boxed(),
             usage: Usage::default(),
             ..client
         }
     }
 
+    /// Who the credential acts for: its user, or (service tokens, account keys, OAuth clients
+    /// and their access tokens) the stored credential itself.
+    pub fn principal(&self) -> Principal<'_> {
+        match (self.principal, &self.person) {
+            (PrincipalKind::User, Some(person)) => Principal {
+                kind: PrincipalKind::User,
+                id: person.id.as_str(),
+                name: &person.name,
+                email: Some(&person.email),
+            },
+            (kind, _) => Principal {
+                kind,
+                id: self.owner_id().as_str(),
+                name: &self.credential.name,
+                email: None,
+            },
+        }
+    }
+
+    /// The user the credential belongs to, if it is a user's.
+    pub(crate) fn user_id(&self) -> Option<&UserId> {
+        self.person.as_ref().map(|person| &person.id)
+    }
+
     /// The stored credential this one stands for, which rate limits and `last_used_at` count
     /// against: an access token's client, else the credential itself.
     pub fn owner_id(&self) -> &CredentialId {
-        self.client_id.as_ref().unwrap_or(&self.credential.id)
+        self.client_id().unwrap_or(&self.credential.id)
+    }
+
+    /// An access token's client.
+    fn client_id(&self) -> Option<&CredentialId> {
+        self.extras.as_ref()?.client_id.as_ref()
     }
 
     /// Whether a change to `credential` affects this verification.
     pub(crate) fn depends_on(&self, credential: &CredentialId) -> bool {
-        self.credential.id == *credential || self.client_id.as_ref() == Some(credential)
+        self.credential.id == *credential || self.client_id() == Some(credential)
+    }
+
+    /// Its role's id (for a personal token, its user's role).
+    pub(crate) fn role_id(&self) -> Option<&RoleId> {
+        self.role_id.as_deref()
+    }
+
+    /// The token's own networks, if it is restricted.
+    pub fn allowed_ips(&self) -> Option<&IpAllowlist> {
+        self.extras.as_ref()?.allowed_ips.as_ref()
+    }
+
+    /// The tenant's allowlist, if enabled.
+    pub fn tenant_allowlist(&self) -> Option<&IpAllowlist> {
+        self.extras.as_ref()?.tenant_allowlist.as_ref()
+    }
+
+    /// The credential's own rate limit, if it has one.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.extras.as_ref()?.rate_limit
+    }
+
+    /// The quotas each request spends from (API.md §13): the credential's own first, then its
+    /// tenant's pool and each ancestor's, nearest first.
+    pub fn quotas(&self) -> &[QuotaOn] {
+        self.extras.as_ref().map_or(&[], |extras| &extras.quotas)
     }
 
     /// Why the credential may not be used at `now`, if it may not.
@@ -318,20 +404,29 @@ pub struct Usage {
     last_ip: std::sync::Mutex<Option<IpAddr>>,
     pending: std::sync::atomic::AtomicBool,
     minutes: [MinuteCounts; 2],
-    /// Counts moved out of a slot that was needed for a newer minute: (minute, counts).
-    spilled: std::sync::Mutex<Vec<(i64, [u64; OUTCOMES])>>,
+    /// Counts moved out of a slot that was needed for a newer minute: (minute, counts). Boxed:
+    /// rarely any, and every cached credential has the field.
+    #[expect(
+        clippy::box_collection,
+        reason = "a boxed Vec is one word in every cached credential; a Vec is three"
+    )]
+    spilled: std::sync::Mutex<Option<Box<Vec<Spilled>>>>,
 }
+
+/// A minute's counts moved out of their slot: (minute, counts).
+type Spilled = (u32, [u64; OUTCOMES]);
 
 const OUTCOMES: usize = UsageOutcome::ALL.len();
 /// A slot's tag while its counts are being moved out.
-const MOVING: i64 = i64::MIN;
+const MOVING: u32 = u32::MAX;
 /// A slot's tag before its first request.
-const EMPTY: i64 = 0;
+const EMPTY: u32 = 0;
 
-/// One minute's requests per outcome; `minute` is the minute's number (unix seconds / 60).
+/// One minute's requests per outcome; `minute` is the minute's number (unix seconds / 60: 32 bits
+/// last until the year 10 000).
 #[derive(Debug, Default)]
 struct MinuteCounts {
-    minute: std::sync::atomic::AtomicI64,
+    minute: std::sync::atomic::AtomicU32,
     /// 32 bits: four billion requests a minute of one credential is beyond any server, and the
     /// counters are kept for every cached credential.
     counts: [std::sync::atomic::AtomicU32; OUTCOMES],
@@ -340,7 +435,7 @@ struct MinuteCounts {
 impl MinuteCounts {
     /// Claims the slot (its tag `MOVING`) if it is tagged `tag`, empties it, and tags it
     /// `then`; the counts it held, or `None` if another thread claimed it first.
-    fn empty_if(&self, tag: i64, then: i64) -> Option<[u64; OUTCOMES]> {
+    fn empty_if(&self, tag: u32, then: u32) -> Option<[u64; OUTCOMES]> {
         use std::sync::atomic::Ordering;
         self.minute
             .compare_exchange(tag, MOVING, Ordering::AcqRel, Ordering::Acquire)
@@ -385,8 +480,8 @@ impl Usage {
     /// Counts a request at `now` with `outcome`; `true` if the credential should be queued.
     pub fn count(&self, now: i64, outcome: UsageOutcome) -> bool {
         use std::sync::atomic::Ordering;
-        let minute = now.div_euclid(60);
-        let slot = &self.minutes[minute.rem_euclid(2) as usize];
+        let minute = minute_of(now);
+        let slot = &self.minutes[(minute % 2) as usize];
         let mut spins = 0_u32;
         loop {
             match slot.minute.load(Ordering::Acquire) {
@@ -410,6 +505,7 @@ impl Usage {
                         self.spilled
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
+                            .get_or_insert_default()
                             .push((older, taken));
                     }
                 }
@@ -424,8 +520,12 @@ impl Usage {
         use std::sync::atomic::Ordering;
         self.pending.store(false, Ordering::Release);
         let ip = *self.last_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let mut minutes =
-            std::mem::take(&mut *self.spilled.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut minutes = self
+            .spilled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map_or_else(Vec::new, |spilled| *spilled);
         for slot in &self.minutes {
             loop {
                 match slot.minute.load(Ordering::Acquire) {
@@ -447,7 +547,9 @@ impl Usage {
                     .into_iter()
                     .zip(counts)
                     .filter(|(_, n)| *n > 0)
-                    .map(move |(outcome, n)| (Timestamp::from_unix(minute * 60), outcome, n))
+                    .map(move |(outcome, n)| {
+                        (Timestamp::from_unix(i64::from(minute) * 60), outcome, n)
+                    })
             })
             .collect();
         let last_used = self.last_used.load(Ordering::Relaxed);
@@ -457,6 +559,12 @@ impl Usage {
             counts,
         }
     }
+}
+
+/// The number of the minute `now` (unix seconds) falls in; times before 1970 count as its first
+/// minute.
+fn minute_of(now: i64) -> u32 {
+    u32::try_from(now.div_euclid(60)).unwrap_or(EMPTY)
 }
 
 /// What [`Usage::take`] took.
@@ -482,10 +590,8 @@ impl Verified {
     /// Whether a request from `ip` may use this credential: inside the tenant's allowlist if it
     /// is enabled, and inside the token's own networks if it has any.
     pub fn allows_address(&self, ip: IpAddr) -> bool {
-        self.tenant_allowlist
-            .as_ref()
-            .is_none_or(|list| list.covers(ip))
-            && self.allowed_ips.as_ref().is_none_or(|list| list.covers(ip))
+        self.tenant_allowlist().is_none_or(|list| list.covers(ip))
+            && self.allowed_ips().is_none_or(|list| list.covers(ip))
     }
 
     /// Whether the credential may be used at `now`: not revoked, suspended, disabled or expired.

@@ -626,7 +626,7 @@ mod tests {
             assert!(Arc::ptr_eq(&first, &again));
         }
         assert_eq!(f.finds(), 1);
-        assert_eq!(first.principal.kind, PrincipalKind::ServiceToken);
+        assert_eq!(first.principal().kind, PrincipalKind::ServiceToken);
         assert!(first.permissions.contains("zones:read"));
         assert!(!first.permissions.contains("tokens:write"));
     }
@@ -831,8 +831,8 @@ mod tests {
             r.credential.permissions = Some(vec!["tokens:*".into(), "users:write".into()])
         });
         let verified = f.verifier.verify(&text).await.unwrap();
-        assert_eq!(verified.principal.kind, PrincipalKind::User);
-        assert_eq!(verified.principal.email.as_deref(), Some("ada@example.com"));
+        assert_eq!(verified.principal().kind, PrincipalKind::User);
+        assert_eq!(verified.principal().email, Some("ada@example.com"));
         let granted: Vec<&str> = verified.permissions.iter().map(|p| p.as_str()).collect();
         assert_eq!(
             granted,
@@ -860,7 +860,7 @@ mod tests {
         ));
         let (key, _) = f.add(CredentialKind::AccountKey, None, None, None);
         let verified = f.verifier.verify(&key).await.unwrap();
-        assert_eq!(verified.principal.kind, PrincipalKind::AccountKey);
+        assert_eq!(verified.principal().kind, PrincipalKind::AccountKey);
         assert!(verified.permissions.contains("users:write"));
         assert!(!verified.permissions.contains("tenants:write"));
     }
@@ -936,8 +936,8 @@ mod tests {
         let o = oauth().await;
         let (token, claims) = o.token("zones:read tokens:read", 900);
         let verified = o.verifier.verify(&token).await.unwrap();
-        assert_eq!(verified.principal.kind, PrincipalKind::OauthClient);
-        assert_eq!(verified.principal.id, claims.sub);
+        assert_eq!(verified.principal().kind, PrincipalKind::OauthClient);
+        assert_eq!(verified.principal().id, claims.sub);
         assert_eq!(verified.credential.kind, CredentialKind::AccessToken);
         assert_eq!(verified.credential.id.as_str(), claims.jti);
         assert_eq!(verified.owner_id(), &o.client.credential.id);

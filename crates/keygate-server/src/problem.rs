@@ -332,10 +332,8 @@ impl ErrorParts {
     /// (an unknown credential, say) copies no string into a [`Problem`] to serialize it, and one
     /// said the same way every time is not serialized at all (see [`FixedProblem`]).
     fn body(&self, request_id: &str) -> serde_json::Result<Vec<u8>> {
-        if let Some(fixed) = self.fixed {
-            if let Some(body) = fixed.body(request_id) {
-                return Ok(body);
-            }
+        if let Some(body) = self.fixed.and_then(|fixed| fixed.body(request_id)) {
+            return Ok(body);
         }
         let mut body = self.head()?;
         serde_json::to_writer(&mut body, request_id)?;

@@ -86,8 +86,8 @@ impl Refused<'_> {
     fn event(&self, now: Timestamp) -> Option<AuditEvent> {
         let verified = self.verified;
         let actor = Actor {
-            kind: verified.principal.kind.as_str(),
-            id: verified.principal.id.clone(),
+            kind: verified.principal().kind.as_str(),
+            id: verified.principal().id.to_owned(),
         };
         let target = Target {
             kind: "request",

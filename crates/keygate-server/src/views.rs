@@ -150,13 +150,13 @@ pub struct PrincipalView {
     pub email: Option<String>,
 }
 
-impl From<&Principal> for PrincipalView {
-    fn from(principal: &Principal) -> Self {
+impl From<Principal<'_>> for PrincipalView {
+    fn from(principal: Principal<'_>) -> Self {
         Self {
             kind: principal.kind.as_str(),
-            id: principal.id.clone(),
-            name: principal.name.clone(),
-            email: principal.email.clone(),
+            id: principal.id.to_owned(),
+            name: principal.name.to_owned(),
+            email: principal.email.map(str::to_owned),
         }
     }
 }

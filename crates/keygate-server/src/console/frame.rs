@@ -71,8 +71,12 @@ impl Frame {
         .map(|(path, label, _)| (path, label, path == current))
         .collect();
         Self {
-            name: verified.principal.name.clone(),
-            email: verified.principal.email.clone().unwrap_or_default(),
+            name: verified.principal().name.to_owned(),
+            email: verified
+                .principal()
+                .email
+                .map(str::to_owned)
+                .unwrap_or_default(),
             tenant: caller
                 .acting_as()
                 .map_or(&verified.tenant.name, |t| &t.name)

@@ -137,7 +137,7 @@ impl Identity {
         let mut headers = HeaderMap::with_capacity(8);
         headers.insert(TENANT_ID, tenant.clone());
         headers.insert(ACTING_TENANT_ID, tenant);
-        headers.insert(PRINCIPAL_ID, header_value(&verified.principal.id));
+        headers.insert(PRINCIPAL_ID, header_value(verified.principal().id));
         headers.insert(CREDENTIAL_ID, header_value(verified.credential.id.as_str()));
         headers.insert(PERMISSIONS, header_value(&permissions));
         Self(headers)

@@ -233,11 +233,11 @@ fn target(id: &CredentialId) -> Target {
 
 /// Whose personal tokens this caller may see: all with `users:read`, else only their own.
 pub(crate) fn personal_visibility(caller: &Caller) -> PersonalTokens {
-    let principal = &caller.verified().principal;
+    let principal = caller.verified().principal();
     if caller.require_all(&["users:read"]).is_ok() {
         PersonalTokens::All
     } else if principal.kind == PrincipalKind::User {
-        UserId::parse(&principal.id).map_or(PersonalTokens::Hidden, PersonalTokens::OfUser)
+        UserId::parse(principal.id).map_or(PersonalTokens::Hidden, PersonalTokens::OfUser)
     } else {
         PersonalTokens::Hidden
     }

@@ -98,7 +98,7 @@ impl VerifyResponse {
             detail,
             tenant: Some(OrganizationView::from(&*verified.tenant)),
             acting_tenant: None,
-            principal: Some(PrincipalView::from(&verified.principal)),
+            principal: Some(PrincipalView::from(verified.principal())),
             credential_id: Some(verified.credential.id.to_string()),
             permissions: permission_names(&verified.permissions),
             missing_permissions,

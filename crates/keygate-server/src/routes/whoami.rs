@@ -45,11 +45,11 @@ pub async fn whoami(Authenticated(caller): Authenticated) -> Json<WhoAmI> {
     let verified = caller.verified();
     Json(WhoAmI {
         organization: OrganizationView::from(&*verified.tenant),
-        principal: PrincipalView::from(&verified.principal),
+        principal: PrincipalView::from(verified.principal()),
         credential: CredentialView {
             id: verified.credential.id.to_string(),
             kind: verified.credential.kind.as_str(),
-            name: verified.credential.name.clone(),
+            name: verified.credential.name.to_string(),
             expires_at: verified.credential.expires_at,
         },
         permissions: permission_names(&verified.permissions),
