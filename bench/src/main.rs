@@ -23,6 +23,10 @@ struct Args {
     requests: usize,
     concurrency: usize,
     keygate: String,
+    /// What each request asks: `whoami` (`GET /v1/whoami`, the management API's path) or
+    /// `forward-auth` (`GET /v1/forward-auth`, which also keeps each credential's identity
+    /// headers rendered).
+    path: String,
 }
 
 fn args() -> Args {
@@ -32,6 +36,7 @@ fn args() -> Args {
         requests: 20_000,
         concurrency: 32,
         keygate: "target/release/keygate".into(),
+        path: "whoami".into(),
     };
     let mut it = std::env::args().skip(2);
     while let Some(flag) = it.next() {
@@ -42,6 +47,7 @@ fn args() -> Args {
             "--requests" => args.requests = value.parse().unwrap_or(args.requests),
             "--concurrency" => args.concurrency = value.parse().unwrap_or(args.concurrency),
             "--keygate" => args.keygate = value,
+            "--path" if ["whoami", "forward-auth"].contains(&value.as_str()) => args.path = value,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -142,16 +148,41 @@ async fn main() {
     let resident_before = resident_bytes(server_pid);
     let cold_set: Arc<Vec<String>> = Arc::new(secrets[..args.requests.min(secrets.len())].to_vec());
     let cached = cold_set.len();
-    let cold = run(&client, &base, cold_set, args.requests, args.concurrency).await;
+    let cold = run(
+        &client,
+        &base,
+        &args.path,
+        cold_set,
+        args.requests,
+        args.concurrency,
+    )
+    .await;
     let per_credential = resident_bytes(server_pid).saturating_sub(resident_before) / cached as u64;
     // Warm: the same 100 credentials over and over, all cached after the cold phase.
     let warm_set: Arc<Vec<String>> = Arc::new(secrets[..100].to_vec());
-    let _ = run(&client, &base, warm_set.clone(), 1000, args.concurrency).await;
-    let warm = run(&client, &base, warm_set, args.requests, args.concurrency).await;
+    let _ = run(
+        &client,
+        &base,
+        &args.path,
+        warm_set.clone(),
+        1000,
+        args.concurrency,
+    )
+    .await;
+    let warm = run(
+        &client,
+        &base,
+        &args.path,
+        warm_set,
+        args.requests,
+        args.concurrency,
+    )
+    .await;
 
     println!(
-        "{:<10} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>16}",
+        "{:<10} {:<12} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>16}",
         "store",
+        "path",
         "credentials",
         "cold req/s",
         "cold p50",
@@ -163,8 +194,9 @@ async fn main() {
         "bytes per cached"
     );
     println!(
-        "{:<10} {:>11} {:>10.0} {:>10.2?} {:>10.2?} {:>10.0} {:>10.2?} {:>10.2?} {:>9.2} {:>16}",
+        "{:<10} {:<12} {:>11} {:>10.0} {:>10.2?} {:>10.2?} {:>10.0} {:>10.2?} {:>10.2?} {:>9.2} {:>16}",
         args.store,
+        args.path,
         secrets.len(),
         cold.rps,
         cold.p50,
@@ -195,10 +227,12 @@ fn resident_bytes(pid: u32) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// `requests` GETs of /v1/whoami over `concurrency` connections, credential i of `set` (mod len).
+/// `requests` GETs of /v1/`path` over `concurrency` connections, credential i of `set` (mod
+/// len).
 async fn run(
     client: &reqwest::Client,
     base: &str,
+    path: &str,
     set: Arc<Vec<String>>,
     requests: usize,
     concurrency: usize,
@@ -209,7 +243,7 @@ async fn run(
     for _ in 0..concurrency {
         let (client, url, set, next) = (
             client.clone(),
-            format!("{base}/v1/whoami"),
+            format!("{base}/v1/{path}"),
             set.clone(),
             next.clone(),
         );

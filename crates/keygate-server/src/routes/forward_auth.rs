@@ -14,6 +14,7 @@
 
 use axum::body::Body;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
@@ -122,7 +123,16 @@ pub async fn answer(
 /// The identity headers of a credential, made once per cached verification and cloned (which
 /// copies no bytes and hashes no names) for each answer: the permission list alone can be
 /// hundreds of bytes to join and validate, and hashing the five names costs more than the clone.
-struct Identity(HeaderMap);
+///
+/// Kept for every cached credential that forward-auth or the gateway answered, so kept small: the
+/// tenant's and the permission list's values are shared by every credential of that tenant and
+/// of that permission set (see [`rendered::shared_value`]), a service token's principal id is its
+/// credential id's value, and the map is stored at the size of its five entries.
+pub(crate) struct Identity {
+    headers: HeaderMap,
+    /// Held so the shared values stay shared while a credential uses them.
+    _shared: [Arc<HeaderValue>; 2],
+}
 
 impl Identity {
     fn of(verified: &Verified) -> Self {
@@ -133,14 +143,24 @@ impl Identity {
             }
             permissions.push_str(permission.as_str());
         }
-        let tenant = header_value(verified.tenant.id.as_str());
-        let mut headers = HeaderMap::with_capacity(8);
-        headers.insert(TENANT_ID, tenant.clone());
-        headers.insert(ACTING_TENANT_ID, tenant);
-        headers.insert(PRINCIPAL_ID, header_value(verified.principal().id));
-        headers.insert(CREDENTIAL_ID, header_value(verified.credential.id.as_str()));
-        headers.insert(PERMISSIONS, header_value(&permissions));
-        Self(headers)
+        let tenant = rendered::shared_value(header_value(verified.tenant.id.as_str()));
+        let permissions = rendered::shared_value(header_value(&permissions));
+        let credential = header_value(verified.credential.id.as_str());
+        let principal = match verified.principal().id {
+            id if id == verified.credential.id.as_str() => credential.clone(),
+            id => header_value(id),
+        };
+        let mut headers = HeaderMap::with_capacity(5);
+        headers.insert(TENANT_ID, HeaderValue::clone(&tenant));
+        headers.insert(ACTING_TENANT_ID, HeaderValue::clone(&tenant));
+        headers.insert(PRINCIPAL_ID, principal);
+        headers.insert(CREDENTIAL_ID, credential);
+        headers.insert(PERMISSIONS, HeaderValue::clone(&permissions));
+        Self {
+            // A clone holds exactly its entries; the map it was made in has room for more.
+            headers: headers.clone(),
+            _shared: [tenant, permissions],
+        }
     }
 }
 
@@ -156,9 +176,10 @@ pub(crate) fn identity_headers(caller: &Caller) -> HeaderMap {
     let mut headers = match rendered::of(verified) {
         Some(rendered) => rendered
             .identity
-            .get_or_init(|| Identity::of(verified).0)
+            .get_or_init(|| Identity::of(verified))
+            .headers
             .clone(),
-        None => Identity::of(verified).0,
+        None => Identity::of(verified).headers,
     };
     if let Some(tenant) = caller.acting_as() {
         headers.insert(ACTING_TENANT_ID, header_value(tenant.id.as_str()));
