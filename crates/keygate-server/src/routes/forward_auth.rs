@@ -120,18 +120,21 @@ pub async fn answer(
     Ok(response)
 }
 
-/// The identity headers of a credential, made once per cached verification and cloned (which
-/// copies no bytes and hashes no names) for each answer: the permission list alone can be
-/// hundreds of bytes to join and validate, and hashing the five names costs more than the clone.
+/// The identity header values of a credential, made once per cached verification; each answer
+/// puts them in a map of its own (cloning a value copies no bytes): the permission list alone can
+/// be hundreds of bytes to join and validate.
 ///
 /// Kept for every cached credential that forward-auth or the gateway answered, so kept small: the
 /// tenant's and the permission list's values are shared by every credential of that tenant and
-/// of that permission set (see [`rendered::shared_value`]), a service token's principal id is its
-/// credential id's value, and the map is stored at the size of its five entries.
+/// of that permission set (see [`rendered::shared_value`]), and a service token's principal id is
+/// its credential id's value. (A whole `HeaderMap` kept per credential, to be cloned per answer,
+/// costs some 700 bytes more per credential than these values.)
 pub(crate) struct Identity {
-    headers: HeaderMap,
-    /// Held so the shared values stay shared while a credential uses them.
-    _shared: [Arc<HeaderValue>; 2],
+    tenant: Arc<HeaderValue>,
+    permissions: Arc<HeaderValue>,
+    credential: HeaderValue,
+    /// `None` when it is the credential itself.
+    principal: Option<HeaderValue>,
 }
 
 impl Identity {
@@ -143,24 +146,25 @@ impl Identity {
             }
             permissions.push_str(permission.as_str());
         }
-        let tenant = rendered::shared_value(header_value(verified.tenant.id.as_str()));
-        let permissions = rendered::shared_value(header_value(&permissions));
-        let credential = header_value(verified.credential.id.as_str());
-        let principal = match verified.principal().id {
-            id if id == verified.credential.id.as_str() => credential.clone(),
-            id => header_value(id),
-        };
-        let mut headers = HeaderMap::with_capacity(5);
-        headers.insert(TENANT_ID, HeaderValue::clone(&tenant));
-        headers.insert(ACTING_TENANT_ID, HeaderValue::clone(&tenant));
-        headers.insert(PRINCIPAL_ID, principal);
-        headers.insert(CREDENTIAL_ID, credential);
-        headers.insert(PERMISSIONS, HeaderValue::clone(&permissions));
+        let principal = verified.principal().id;
         Self {
-            // A clone holds exactly its entries; the map it was made in has room for more.
-            headers: headers.clone(),
-            _shared: [tenant, permissions],
+            tenant: rendered::shared_value(header_value(verified.tenant.id.as_str())),
+            permissions: rendered::shared_value(header_value(&permissions)),
+            credential: header_value(verified.credential.id.as_str()),
+            principal: (principal != verified.credential.id.as_str())
+                .then(|| header_value(principal)),
         }
+    }
+
+    fn headers(&self) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(5);
+        headers.insert(TENANT_ID, HeaderValue::clone(&self.tenant));
+        headers.insert(ACTING_TENANT_ID, HeaderValue::clone(&self.tenant));
+        let principal = self.principal.as_ref().unwrap_or(&self.credential);
+        headers.insert(PRINCIPAL_ID, principal.clone());
+        headers.insert(CREDENTIAL_ID, self.credential.clone());
+        headers.insert(PERMISSIONS, HeaderValue::clone(&self.permissions));
+        headers
     }
 }
 
@@ -177,9 +181,8 @@ pub(crate) fn identity_headers(caller: &Caller) -> HeaderMap {
         Some(rendered) => rendered
             .identity
             .get_or_init(|| Identity::of(verified))
-            .headers
-            .clone(),
-        None => Identity::of(verified).headers,
+            .headers(),
+        None => Identity::of(verified).headers(),
     };
     if let Some(tenant) = caller.acting_as() {
         headers.insert(ACTING_TENANT_ID, header_value(tenant.id.as_str()));
