@@ -108,7 +108,8 @@ pub struct Verified {
     pub credential: CredentialSummary,
     /// Shared with the other cached credentials of the tenant (see [`crate::share`]).
     pub tenant: Arc<TenantSummary>,
-    principal: PrincipalKind,
+    /// What it acts as; [`Verified::principal`] says who.
+    principal_kind: PrincipalKind,
     /// What the credential may do: its role's permissions, narrowed by its own list.
     pub permissions: PermissionSet,
     /// What its role grants before narrowing (for a personal token, the user's role).
@@ -177,7 +178,7 @@ impl Verified {
             None => role_permissions.clone(),
         };
 
-        let principal = match (credential.kind, &record.user) {
+        let principal_kind = match (credential.kind, &record.user) {
             (CredentialKind::Personal | CredentialKind::Session, Some(_)) => PrincipalKind::User,
             (CredentialKind::AccountKey, _) => PrincipalKind::AccountKey,
             (CredentialKind::OauthSecret, _) => PrincipalKind::OauthClient,
@@ -213,7 +214,7 @@ impl Verified {
                 expires_at: credential.expires_at,
             },
             tenant: TENANTS.share(Arc::new(TenantSummary::from(&record.tenant))),
-            principal,
+            principal_kind,
             permissions,
             role_permissions,
             extras: Extras {
@@ -298,7 +299,7 @@ impl Verified {
     /// Who the credential acts for: its user, or (service tokens, account keys, OAuth clients
     /// and their access tokens) the stored credential itself.
     pub fn principal(&self) -> Principal<'_> {
-        match (self.principal, &self.person) {
+        match (self.principal_kind, &self.person) {
             (PrincipalKind::User, Some(person)) => Principal {
                 kind: PrincipalKind::User,
                 id: person.id.as_str(),
