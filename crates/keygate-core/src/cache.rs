@@ -226,7 +226,7 @@ impl CredentialCache {
             self.remember_unknown(hash);
             return Ok(None);
         };
-        self.insert_unless_changed_since(generation, *hash, Arc::clone(&verified), now);
+        self.insert_unless_changed_since(generation, Arc::clone(&verified), now);
         Ok(Some(verified))
     }
 
@@ -260,7 +260,6 @@ impl CredentialCache {
     fn insert_unless_changed_since(
         &self,
         generation: u64,
-        hash: CredentialHash,
         verified: Arc<Verified>,
         now: Timestamp,
     ) {
@@ -282,8 +281,7 @@ impl CredentialCache {
                 entries.retain(|v| !is_access_token(v));
             }
         }
-        debug_assert_eq!(&hash, verified.hash());
-        if entries.len() >= self.capacity && !entries.contains(hash.as_bytes()) {
+        if entries.len() >= self.capacity && !entries.contains(verified.hash().as_bytes()) {
             let evicted = evict_least_recently_used(&mut entries, self.capacity.div_ceil(8));
             self.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
         }

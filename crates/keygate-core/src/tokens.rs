@@ -11,7 +11,6 @@ use crate::Timestamp;
 use crate::access::{Escalation, Grant, perm};
 use crate::allowlist::{IpAllowlist, Normalised};
 use crate::credential::{CredentialFormat, CredentialKind, Secret};
-use crate::id::UserId;
 use crate::model::{Credential, RateLimit, Role};
 use crate::permission::{Catalog, PermissionSet};
 use crate::quota::{QuotaRequest, StoredQuota};
@@ -138,9 +137,10 @@ pub fn plan(
                 ),
                 _ => {}
             }
-            let user_id = UserId::parse(verified.principal().id)
+            let user_id = verified
+                .user_id()
                 .ok_or_else(|| RuleError::Internal("a user principal without a user id".into()))?;
-            (Some(user_id), verified.role_permissions.clone())
+            (Some(user_id.clone()), verified.role_permissions.clone())
         }
         CredentialKind::Service => match role {
             Some(role) => (None, role_permissions(role, catalog)),
@@ -517,7 +517,7 @@ mod tests {
         assert!(check_revoke(&grant, &catalog(), &own, None).is_ok());
         let other = caller(CredentialKind::Session, BuiltinRole::Viewer, None);
         let mut theirs = own.clone();
-        theirs.user_id = UserId::parse(other.verified().principal().id);
+        theirs.user_id = other.verified().user_id().cloned();
         assert!(matches!(
             check_revoke(&grant, &catalog(), &theirs, None),
             Err(RuleError::Forbidden { .. })

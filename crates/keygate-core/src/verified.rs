@@ -316,7 +316,7 @@ impl Verified {
     }
 
     /// The user the credential belongs to, if it is a user's.
-    pub(crate) fn user_id(&self) -> Option<&UserId> {
+    pub fn user_id(&self) -> Option<&UserId> {
         self.person.as_ref().map(|person| &person.id)
     }
 

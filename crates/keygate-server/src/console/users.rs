@@ -387,7 +387,7 @@ async fn user_page(state: &AppState, caller: &Caller, session: &str, user: &User
         role: role_value(&user.role_id),
         roles: assignable(state, caller, &custom),
         may_change,
-        is_self: caller.acting_as().is_none() && verified.principal().id == user.id.to_string(),
+        is_self: caller.acting_as().is_none() && verified.principal().id == user.id.as_str(),
         notice: None,
         message: None,
     }

@@ -233,11 +233,13 @@ fn target(id: &CredentialId) -> Target {
 
 /// Whose personal tokens this caller may see: all with `users:read`, else only their own.
 pub(crate) fn personal_visibility(caller: &Caller) -> PersonalTokens {
-    let principal = caller.verified().principal();
+    let verified = caller.verified();
     if caller.require_all(&["users:read"]).is_ok() {
         PersonalTokens::All
-    } else if principal.kind == PrincipalKind::User {
-        UserId::parse(principal.id).map_or(PersonalTokens::Hidden, PersonalTokens::OfUser)
+    } else if verified.principal().kind == PrincipalKind::User {
+        verified.user_id().map_or(PersonalTokens::Hidden, |user| {
+            PersonalTokens::OfUser(user.clone())
+        })
     } else {
         PersonalTokens::Hidden
     }
