@@ -126,14 +126,14 @@ impl Caller {
     pub fn scope(&self) -> &TenantId {
         self.acting_as
             .as_ref()
-            .map_or(&self.verified.tenant.id, |t| &t.id)
+            .map_or(&self.verified.tenant().id, |t| &t.id)
     }
 
     /// The credential's own tenant and below, whatever the request acts in: for the gate's
     /// resolving of `as-tenant`, which must name a descendant of it, before any permission is
     /// asked for. Only core reads with it; acting for what it finds needs `tenants:impersonate`.
     pub(crate) fn home_scope(&self) -> Scope<perm::TenantsRead> {
-        Scope::new(self.verified.tenant.id.clone())
+        Scope::new(self.verified.tenant().id.clone())
     }
 
     /// The same caller acting inside `target`, a strict descendant of its own tenant (the caller
@@ -256,9 +256,9 @@ impl<P: perm::Required> Grant<P> {
             id: verified.principal().id.to_owned(),
         };
         let event = AuditEvent::new(
-            verified.tenant.id.clone(),
+            verified.tenant().id.clone(),
             actor,
-            Some(verified.credential.id.clone()),
+            Some(verified.id().clone()),
             action,
             target,
             time,
@@ -269,7 +269,7 @@ impl<P: perm::Required> Grant<P> {
 
     /// The id of the credential acting.
     pub fn credential_id(&self) -> &CredentialId {
-        &self.caller.verified.credential.id
+        self.caller.verified.id()
     }
 
     /// The scope of a read that holding `P` allows: `P`'s own, if `P` reads; or one a write
@@ -317,7 +317,7 @@ mod tests {
             name: "Child".into(),
             slug: "child".into(),
         };
-        let own_tenant = owner.verified().tenant.id.clone();
+        let own_tenant = owner.verified().tenant().id.clone();
         let acting = owner.clone().acting_for(child.clone()).unwrap();
         assert_eq!(acting.scope(), &child.id);
         let grant = acting.require::<perm::UsersWrite>().unwrap();
@@ -331,10 +331,7 @@ mod tests {
             .unwrap();
         assert_eq!(event.tenant_id, own_tenant);
         assert_eq!(event.acting_tenant_id, Some(child.id.clone()));
-        assert_eq!(
-            event.token_id.as_ref(),
-            Some(&owner.verified().credential.id)
-        );
+        assert_eq!(event.token_id.as_ref(), Some(owner.verified().id()));
 
         let viewer = caller(CredentialKind::Service, BuiltinRole::Viewer, None);
         let refused = viewer.acting_for(child).unwrap_err();

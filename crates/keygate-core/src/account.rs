@@ -102,7 +102,7 @@ mod tests {
     fn the_current_key_cannot_delete_itself() {
         let key = caller(CredentialKind::AccountKey, BuiltinRole::Admin, None);
         let grant = key.require::<perm::KeysWrite>().unwrap();
-        let own = key.verified().credential.id.clone();
+        let own = key.verified().id().clone();
         assert!(matches!(
             check_delete_key(&grant, &own),
             Err(RuleError::Conflict {

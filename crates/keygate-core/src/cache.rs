@@ -263,7 +263,7 @@ impl CredentialCache {
         verified: Arc<Verified>,
         now: Timestamp,
     ) {
-        let is_access_token = |v: &Verified| v.credential.kind == CredentialKind::AccessToken;
+        let is_access_token = |v: &Verified| v.kind() == CredentialKind::AccessToken;
         let mut entries = self.write();
         // Changes bump the generation while holding the write lock, so this check cannot race.
         if self.generation.load(Ordering::Acquire) != generation {
@@ -274,9 +274,7 @@ impl CredentialCache {
                 >= self.access_token_limit
         {
             self.access_token_inserts.store(0, Ordering::Relaxed);
-            entries.retain(|v| {
-                !is_access_token(v) || v.credential.expires_at.is_some_and(|at| at > now)
-            });
+            entries.retain(|v| !is_access_token(v) || v.expires_at().is_some_and(|at| at > now));
             if entries.values().filter(|v| is_access_token(v)).count() >= self.access_token_limit {
                 entries.retain(|v| !is_access_token(v));
             }
@@ -364,7 +362,7 @@ impl ChangeListener for CredentialCache {
             Change::Credential(id) => v.depends_on(id),
             Change::User(id) => v.user_id() == Some(id),
             Change::Role(id) => v.role_id() == Some(id),
-            Change::Tenant(id) => v.tenant_line.contains(id),
+            Change::Tenant(id) => v.is_within(id),
             Change::SigningKeys => false,
         };
         let mut entries = self.write();

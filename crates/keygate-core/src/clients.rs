@@ -164,7 +164,7 @@ mod tests {
         assert_eq!(client.kind, CredentialKind::OauthSecret);
         assert_eq!(client.hash, secret.hash());
         assert_eq!(client.role_id, Some(viewer.id.clone()));
-        assert_eq!(client.tenant_id, admin.verified().tenant.id);
+        assert_eq!(client.tenant_id, admin.verified().tenant().id);
         assert!(client.expires_at.is_none());
     }
 

@@ -313,7 +313,7 @@ impl Gate {
         // 2. Basic's username.
         if presented
             .basic_username
-            .is_some_and(|username| username != caller.verified().tenant.slug)
+            .is_some_and(|username| username != caller.verified().tenant().slug)
         {
             return Err(Denied::about(&caller, Denial::BasicUsername));
         }
@@ -322,7 +322,7 @@ impl Gate {
             caller = self.act_for(caller, target).await?;
         }
         // 4. The realm.
-        let own = caller.verified().tenant.slug.as_str();
+        let own = caller.verified().tenant().slug.as_str();
         let acting = caller.acting_as().map(|t| t.slug.as_str());
         if presented
             .realm
@@ -514,7 +514,7 @@ impl Gate {
             Ok(found) => found,
             Err(error) => return Err(Denied::about(&caller, Denial::Store(error))),
         };
-        let Some(tenant) = found.filter(|t| t.id != caller.verified().tenant.id) else {
+        let Some(tenant) = found.filter(|t| t.id != caller.verified().tenant().id) else {
             return Err(Denied::about(
                 &caller,
                 Denial::ActingAsUnknown(key.to_owned()),

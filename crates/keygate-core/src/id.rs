@@ -59,7 +59,9 @@ macro_rules! define_id {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
-        pub struct $name(String);
+        // A boxed `str`, not a `String`: ids never grow, and a million cached credentials each
+        // hold a few.
+        pub struct $name(Box<str>);
 
         impl $name {
             pub const PREFIX: &'static str = $prefix;
@@ -67,17 +69,17 @@ macro_rules! define_id {
             /// A new, unique id whose order follows `now`.
             pub fn generate(now: crate::Timestamp) -> Result<Self, getrandom::Error> {
                 let millis = u64::try_from(now.unix()).unwrap_or(0).saturating_mul(1000);
-                generate($prefix, millis).map(Self)
+                generate($prefix, millis).map(|id| Self(id.into_boxed_str()))
             }
 
             /// Accepts `text` if it is shaped like an id of this type; says nothing about existence.
             pub fn parse(text: &str) -> Option<Self> {
-                well_formed($prefix, text).then(|| Self(text.to_owned()))
+                well_formed($prefix, text).then(|| Self(text.into()))
             }
 
             /// Wraps a value read back from the store, which only ever holds ids it was given.
             pub fn from_trusted(text: String) -> Self {
-                Self(text)
+                Self(text.into_boxed_str())
             }
 
             pub fn as_str(&self) -> &str {
@@ -149,7 +151,7 @@ impl CredentialId {
         now: crate::Timestamp,
     ) -> Result<Self, getrandom::Error> {
         let millis = u64::try_from(now.unix()).unwrap_or(0).saturating_mul(1000);
-        generate(kind.id_prefix(), millis).map(Self)
+        generate(kind.id_prefix(), millis).map(|id| Self(id.into_boxed_str()))
     }
 
     /// Accepts an id of any credential kind.
@@ -157,7 +159,7 @@ impl CredentialId {
         crate::credential::CredentialKind::ALL
             .iter()
             .any(|kind| well_formed(kind.id_prefix(), text))
-            .then(|| Self(text.to_owned()))
+            .then(|| Self(text.into()))
     }
 }
 

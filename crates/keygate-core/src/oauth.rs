@@ -104,10 +104,10 @@ impl AuthenticatedClient {
     /// The client a verified secret belongs to. `claimed` is the `client_id` the request named,
     /// which must be that client's.
     pub(crate) fn new(verified: Arc<Verified>, claimed: Option<&str>) -> Result<Self, OauthError> {
-        if verified.credential.kind != CredentialKind::OauthSecret {
+        if verified.kind() != CredentialKind::OauthSecret {
             return Err(OauthError::invalid_client("that is not a client secret"));
         }
-        if claimed.is_some_and(|id| id != verified.credential.id.as_str()) {
+        if claimed.is_some_and(|id| id != verified.id().as_str()) {
             return Err(OauthError::invalid_client(
                 "the client secret does not belong to that client_id",
             ));
@@ -116,11 +116,11 @@ impl AuthenticatedClient {
     }
 
     pub fn id(&self) -> &CredentialId {
-        &self.verified.credential.id
+        self.verified.id()
     }
 
     pub fn tenant_id(&self) -> &TenantId {
-        &self.verified.tenant.id
+        &self.verified.tenant().id
     }
 
     pub fn verified(&self) -> &Arc<Verified> {
@@ -295,7 +295,7 @@ pub fn issue(
         format,
         CredentialKind::Refresh,
         client.tenant_id().clone(),
-        client.verified().credential.name.to_string(),
+        client.verified().name().to_string(),
         Some(client.id().to_string()),
         now,
     )?;
@@ -478,7 +478,7 @@ mod tests {
     fn a_client_secret_must_match_the_named_client() {
         let secret = caller(CredentialKind::OauthSecret, BuiltinRole::Viewer, None);
         let verified = secret.verified_shared().clone();
-        let id = verified.credential.id.to_string();
+        let id = verified.id().to_string();
         assert!(AuthenticatedClient::new(verified.clone(), Some(&id)).is_ok());
         let other = AuthenticatedClient::new(verified, Some("cli_other")).unwrap_err();
         assert_eq!(other.code, ErrorCode::InvalidClient);

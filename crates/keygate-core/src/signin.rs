@@ -184,12 +184,12 @@ impl Sessions<'_> {
         now: Timestamp,
     ) -> Result<(), SignOutError> {
         let verified = caller.verified();
-        if verified.credential.kind != CredentialKind::Session {
+        if verified.kind() != CredentialKind::Session {
             return Err(SignOutError::NotASession);
         }
-        let session = &verified.credential.id;
+        let session = verified.id();
         let event = session_event(
-            &verified.tenant.id,
+            &verified.tenant().id,
             verified.principal().id.to_owned(),
             session,
             "session.delete",

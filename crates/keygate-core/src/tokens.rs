@@ -140,7 +140,7 @@ pub fn plan(
             let user_id = verified
                 .user_id()
                 .ok_or_else(|| RuleError::Internal("a user principal without a user id".into()))?;
-            (Some(user_id.clone()), verified.role_permissions.clone())
+            (Some(user_id.clone()), verified.role_permissions().clone())
         }
         CredentialKind::Service => match role {
             Some(role) => (None, role_permissions(role, catalog)),

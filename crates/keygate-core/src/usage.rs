@@ -79,7 +79,7 @@ impl UsageRecorder {
                     .into_iter()
                     .map(|(minute, outcome, count)| UsageCount {
                         credential_id: credential_id.clone(),
-                        tenant_id: verified.tenant.id.clone(),
+                        tenant_id: verified.tenant().id.clone(),
                         minute,
                         outcome,
                         count,

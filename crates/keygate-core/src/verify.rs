@@ -213,7 +213,7 @@ impl Verifier {
     async fn owner_of_refused(&self, text: &str) -> Result<Option<Vec<TenantId>>, Refusal> {
         let hash = CredentialHash::of(text);
         if let Some(known) = self.cache.get_stale(&hash) {
-            return Ok(Some(known.tenant_line.to_vec()));
+            return Ok(Some(known.tenant_line().to_vec()));
         }
         if !jwt::looks_like_jwt(text) {
             let found = self.store.find_credential(&hash).await?;
@@ -938,8 +938,8 @@ mod tests {
         let verified = o.verifier.verify(&token).await.unwrap();
         assert_eq!(verified.principal().kind, PrincipalKind::OauthClient);
         assert_eq!(verified.principal().id, claims.sub);
-        assert_eq!(verified.credential.kind, CredentialKind::AccessToken);
-        assert_eq!(verified.credential.id.as_str(), claims.jti);
+        assert_eq!(verified.kind(), CredentialKind::AccessToken);
+        assert_eq!(verified.id().as_str(), claims.jti);
         assert_eq!(verified.owner_id(), &o.client.credential.id);
         let granted: Vec<&str> = verified.permissions.iter().map(|p| p.as_str()).collect();
         assert_eq!(

@@ -99,9 +99,9 @@ impl Refused<'_> {
             request_id: Some(self.request_id.to_owned()),
         };
         let event = AuditEvent::new(
-            verified.tenant.id.clone(),
+            verified.tenant().id.clone(),
             actor,
-            Some(verified.credential.id.clone()),
+            Some(verified.id().clone()),
             self.action,
             Some(target),
             now,

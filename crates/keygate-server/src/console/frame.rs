@@ -79,12 +79,12 @@ impl Frame {
                 .unwrap_or_default(),
             tenant: caller
                 .acting_as()
-                .map_or(&verified.tenant.name, |t| &t.name)
+                .map_or(&verified.tenant().name, |t| &t.name)
                 .clone(),
             csrf: csrf_token(session),
             nav,
             help,
-            home: verified.tenant.name.clone(),
+            home: verified.tenant().name.clone(),
             acting_for: caller.acting_as().map(|t| t.name.clone()),
         }
     }
@@ -124,7 +124,7 @@ pub(super) async fn signed_in(
         }
     }
     .map_err(|_| to_sign_in())?;
-    if caller.verified().credential.kind != CredentialKind::Session {
+    if caller.verified().kind() != CredentialKind::Session {
         return Err(to_sign_in());
     }
     Ok((caller, session))

@@ -433,7 +433,7 @@ pub(super) async fn act(
         );
     }
     // Acting is relative to the person's own tenant, as `as-tenant` is to the credential's.
-    let home = &caller.verified().tenant.id;
+    let home = &caller.verified().tenant().id;
     let mut asking = headers.clone();
     asking.remove(header::COOKIE);
     let Ok(value) = axum::http::HeaderValue::from_str(&id) else {

@@ -220,7 +220,7 @@ pub(super) async fn usage(
     }
     let tenant = caller
         .acting_as()
-        .map_or(&caller.verified().tenant.name, |t| &t.name)
+        .map_or(&caller.verified().tenant().name, |t| &t.name)
         .clone();
     let mut page = UsagePage {
         frame: Frame::new(&caller, &session, HERE, "usage"),
@@ -435,7 +435,7 @@ impl Names {
             }
         }
         // The person's own session is the one thing of theirs the table cannot look up.
-        let mine = &caller.verified().credential.id;
+        let mine = caller.verified().id();
         if ids.contains(mine) {
             known.insert(
                 mine.to_string(),
@@ -466,7 +466,7 @@ impl TenantNames {
         let here = match caller.acting_as() {
             Some(tenant) => (tenant.id.clone(), tenant.name.clone()),
             None => {
-                let tenant = &caller.verified().tenant;
+                let tenant = caller.verified().tenant();
                 (tenant.id.clone(), tenant.name.clone())
             }
         };

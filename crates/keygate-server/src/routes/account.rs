@@ -75,7 +75,7 @@ pub struct DeleteQuery {
 pub(crate) async fn keys_view(state: &AppState, caller: &Caller) -> Result<AccountKeys, ApiError> {
     let grant = caller.require::<perm::KeysRead>()?;
     let keys = state.store().list_account_keys(&grant.reads()).await?;
-    let current = &caller.verified().credential.id;
+    let current = caller.verified().id();
     Ok(AccountKeys {
         data: keys
             .into_iter()

@@ -148,11 +148,10 @@ impl Identity {
         }
         let principal = verified.principal().id;
         Self {
-            tenant: rendered::shared_value(header_value(verified.tenant.id.as_str())),
+            tenant: rendered::shared_value(header_value(verified.tenant().id.as_str())),
             permissions: rendered::shared_value(header_value(&permissions)),
-            credential: header_value(verified.credential.id.as_str()),
-            principal: (principal != verified.credential.id.as_str())
-                .then(|| header_value(principal)),
+            credential: header_value(verified.id().as_str()),
+            principal: (principal != verified.id().as_str()).then(|| header_value(principal)),
         }
     }
 

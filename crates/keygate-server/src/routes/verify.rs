@@ -96,13 +96,13 @@ impl VerifyResponse {
             valid: code == VerifyCode::Valid,
             code,
             detail,
-            tenant: Some(OrganizationView::from(&*verified.tenant)),
+            tenant: Some(OrganizationView::from(verified.tenant())),
             acting_tenant: None,
             principal: Some(PrincipalView::from(verified.principal())),
-            credential_id: Some(verified.credential.id.to_string()),
+            credential_id: Some(verified.id().to_string()),
             permissions: permission_names(&verified.permissions),
             missing_permissions,
-            expires_at: verified.credential.expires_at,
+            expires_at: verified.expires_at(),
             quota: None,
         }
     }

@@ -44,13 +44,13 @@ pub struct WhoAmI {
 pub async fn whoami(Authenticated(caller): Authenticated) -> Json<WhoAmI> {
     let verified = caller.verified();
     Json(WhoAmI {
-        organization: OrganizationView::from(&*verified.tenant),
+        organization: OrganizationView::from(verified.tenant()),
         principal: PrincipalView::from(verified.principal()),
         credential: CredentialView {
-            id: verified.credential.id.to_string(),
-            kind: verified.credential.kind.as_str(),
-            name: verified.credential.name.to_string(),
-            expires_at: verified.credential.expires_at,
+            id: verified.id().to_string(),
+            kind: verified.kind().as_str(),
+            name: verified.name().to_string(),
+            expires_at: verified.expires_at(),
         },
         permissions: permission_names(&verified.permissions),
         acting_as: caller.acting_as().map(OrganizationView::from),

@@ -283,7 +283,7 @@ pub async fn authenticate_client(
         .get(REALM)
         .map(|v| v.to_str().unwrap_or_default().trim());
     let now = state.clock().now();
-    if realm.is_some_and(|realm| realm != client.verified().tenant.slug) {
+    if realm.is_some_and(|realm| realm != client.verified().tenant().slug) {
         let error = OauthError::invalid_client(
             "the Realm header names a different tenant than the client's",
         );
