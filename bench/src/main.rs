@@ -27,6 +27,8 @@ struct Args {
     /// `forward-auth` (`GET /v1/forward-auth`, which also keeps each credential's identity
     /// headers rendered).
     path: String,
+    /// The server's store pool (`store.max_connections`); its default unless given.
+    store_connections: Option<String>,
 }
 
 fn args() -> Args {
@@ -37,6 +39,7 @@ fn args() -> Args {
         concurrency: 32,
         keygate: "target/release/keygate".into(),
         path: "whoami".into(),
+        store_connections: None,
     };
     let mut it = std::env::args().skip(2);
     while let Some(flag) = it.next() {
@@ -48,6 +51,7 @@ fn args() -> Args {
             "--concurrency" => args.concurrency = value.parse().unwrap_or(args.concurrency),
             "--keygate" => args.keygate = value,
             "--path" if ["whoami", "forward-auth"].contains(&value.as_str()) => args.path = value,
+            "--store-connections" => args.store_connections = Some(value),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -81,6 +85,7 @@ async fn main() {
     let url = if args.store == "postgres" {
         let cluster = keygate_testkit::PgCluster::start();
         let url = cluster.create_database().await;
+        unpin_store(&url);
         _cluster = Some(cluster);
         url
     } else {
@@ -122,10 +127,12 @@ async fn main() {
     } else {
         tokio::process::Command::new(&args.keygate)
     };
+    if let Some(connections) = &args.store_connections {
+        command.env("KEYGATE_STORE__MAX_CONNECTIONS", connections);
+    }
     let mut server = command
         .args(["--database", &url, "--listen", &listen, "serve"])
         .env("KEYGATE_LOG__LEVEL", "warn")
-        .env("KEYGATE_STORE__MAX_CONNECTIONS", "8")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -375,6 +382,33 @@ async fn fill(url: &str, tenant: &str, n: usize) -> Vec<String> {
         sqlx::query("ANALYZE").execute(&pool).await.unwrap();
     }
     secrets
+}
+
+/// Lets the PostgreSQL serving `url` run on every CPU. It inherits this process's affinity, which
+/// the script pins to the load's CPU: left there, the store would share a core with the load and
+/// leave the server's idle. The server under test stays on its own CPU; the store, which in a
+/// deployment runs on a machine of its own, takes whatever either core has free.
+fn unpin_store(url: &str) {
+    let Some(port) = url.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()) else {
+        return;
+    };
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
+    if !which("taskset") || online.trim().is_empty() {
+        return;
+    }
+    let wanted = format!("\0-p\0{port}\0");
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("postgres") && cmdline.contains(&wanted) {
+            // -a: every thread; backends forked from the postmaster later inherit it.
+            let _ = std::process::Command::new("taskset")
+                .args(["-a", "-cp", online.trim()])
+                .arg(entry.file_name())
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
 }
 
 fn which(program: &str) -> bool {
