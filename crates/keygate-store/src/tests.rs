@@ -126,6 +126,26 @@ on_every_backend!(
     a_batch_of_usage_is_added_whole_or_not_at_all,
 );
 
+/// PostgreSQL keeps a fifth of each credentials page free (migration 0017), so that the usage
+/// batch's last-use updates, which touch no indexed column, stay on the row's page (heap-only)
+/// instead of adding an entry to each of the table's indexes.
+#[tokio::test]
+async fn postgres_credentials_pages_leave_room_for_last_uses() {
+    if !keygate_testkit::postgres_or_skip() {
+        return;
+    }
+    let db = TestDb::postgres().await;
+    let _store = db.open(Arc::default()).await;
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let options: Option<Vec<String>> =
+        sqlx::query_scalar("SELECT reloptions FROM pg_class WHERE relname = 'credentials'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(options, Some(vec!["fillfactor=80".to_owned()]));
+    pool.close().await;
+}
+
 fn format() -> CredentialFormat {
     CredentialFormat::new("kg", Environment::Live).unwrap()
 }
