@@ -9,6 +9,7 @@
 //! is granting more than today's expansion, and only a holder of the same wildcard, or a wider
 //! one, may do it.
 
+use std::any::Any;
 use std::collections::BTreeSet;
 
 use std::fmt;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::share::Interner;
+use crate::share::{Derived, Interner};
 
 /// The permissions keygate itself defines.
 pub const BUILTIN: [&str; 20] = [
@@ -394,12 +395,20 @@ impl Wildcards {
 #[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct PermissionSet(Arc<Grant>);
 
+/// The permissions, the wildcards, and what a front end derives from them (forward-auth's
+/// permission list header), made once for every credential holding the set.
 #[derive(Debug, Default, PartialEq, Eq, Hash)]
-pub(crate) struct Grant(Vec<Permission>, Wildcards);
+pub(crate) struct Grant(Vec<Permission>, Wildcards, Derived);
 
 impl PermissionSet {
     fn new(permissions: Vec<Permission>, wildcards: Wildcards) -> Self {
-        Self(Arc::new(Grant(permissions, wildcards)))
+        Self(Arc::new(Grant(permissions, wildcards, Derived::default())))
+    }
+
+    /// What `make` derives from the set, made on the first call and kept with it, so with
+    /// every credential sharing it. One type per program: `None` if another was kept first.
+    pub fn rendered<T: Any + Send + Sync>(&self, make: impl FnOnce(&Self) -> T) -> Option<&T> {
+        self.0.2.get_or_init(|| make(self))
     }
 
     pub fn wildcards(&self) -> &Wildcards {

@@ -6,9 +6,12 @@
 //! since the last sweep, so it stays within about twice the values in use, and a sweep costs each
 //! insert a constant on average.
 
+use std::any::Any;
 use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
+
+use once_cell::race::OnceBox;
 
 /// Below this many kept values, no sweep.
 const FIRST_SWEEP: usize = 1024;
@@ -65,6 +68,45 @@ impl<T: Hash + Eq> Interner<T> {
     }
 }
 
+/// What a front end derives from the value holding it (a header value, a response body), made
+/// on first use and kept as long as that value lives: one word until then. Ignored by equality
+/// and hashing, so a shared value's slot does not make two equal values differ. Two threads
+/// deriving at once may both make it; one result is kept (they are the same).
+#[derive(Default)]
+pub struct Derived(OnceBox<Box<dyn Any + Send + Sync>>);
+
+impl Derived {
+    /// What `make` derives, made on the first call. One type per slot: `None` if a value of
+    /// another type was kept first.
+    pub fn get_or_init<T: Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Option<&T> {
+        self.0
+            .get_or_init(|| Box::new(Box::new(make())))
+            .downcast_ref()
+    }
+}
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Derived {}
+
+impl Hash for Derived {
+    fn hash<H: std::hash::Hasher>(&self, _: &mut H) {}
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Derived(made)"
+        } else {
+            "Derived(not yet)"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,5 +137,21 @@ mod tests {
                 &interner.share(Arc::new(format!("held {i}")))
             ));
         }
+    }
+
+    #[test]
+    fn a_derived_value_is_made_once_and_does_not_count_in_equality() {
+        let interner = Interner::default();
+        let held = interner.share(Arc::new((7u8, Derived::default())));
+        let made = held.1.get_or_init(|| "seven".to_owned());
+        assert_eq!(made.map(String::as_str), Some("seven"));
+        // Made once: a second maker is not called.
+        let again = held.1.get_or_init(|| -> String { unreachable!() });
+        assert_eq!(again.map(String::as_str), Some("seven"));
+        // Another type asked of the same slot gets nothing, not a wrong value.
+        assert_eq!(held.1.get_or_init(|| 7u32), None);
+        // An equal value with nothing derived is still the same shared value.
+        let equal = interner.share(Arc::new((7u8, Derived::default())));
+        assert!(Arc::ptr_eq(&held, &equal));
     }
 }

@@ -26,6 +26,18 @@ pub fn catalog() -> Catalog {
 /// A caller holding `kind` credential with `role` (a user's role for personal tokens and
 /// sessions), optionally narrowed.
 pub fn caller(kind: CredentialKind, role: BuiltinRole, narrowing: Option<&[&str]>) -> Caller {
+    Caller::new(Arc::new(Verified::resolve(
+        &record(kind, role, narrowing),
+        &catalog(),
+    )))
+}
+
+/// What the store would read for such a credential, in a tenant of its own.
+pub fn record(
+    kind: CredentialKind,
+    role: BuiltinRole,
+    narrowing: Option<&[&str]>,
+) -> CredentialRecord {
     let id = TenantId::generate(NOW).unwrap();
     let tenant = Tenant {
         path: crate::model::TenantPath::root(&id),
@@ -55,14 +67,13 @@ pub fn caller(kind: CredentialKind, role: BuiltinRole, narrowing: Option<&[&str]
     credential.user_id = user.as_ref().map(|u| u.id.clone());
     credential.role_id = (!is_user).then(|| role.id());
     credential.permissions = narrowing.map(|n| n.iter().map(|p| p.to_string()).collect());
-    let record = CredentialRecord {
+    CredentialRecord {
         credential,
         tenant,
         ancestors: vec![],
         user,
         role: Some(roles::builtin(role)),
-    };
-    Caller::new(Arc::new(Verified::resolve(&record, &catalog())))
+    }
 }
 
 pub fn custom_role(patterns: &[&str]) -> Role {

@@ -9,8 +9,6 @@ use std::any::Any;
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
-use once_cell::race::OnceBox;
-
 use serde::Serialize;
 
 use crate::Timestamp;
@@ -21,7 +19,7 @@ use crate::jwt::AccessClaims;
 use crate::model::{RateLimit, Role, Tenant, TenantStatus, UserStatus};
 use crate::permission::{BuiltinRole, Catalog, PermissionSet};
 use crate::reserve::QuotaOn;
-use crate::share::Interner;
+use crate::share::{Derived, Interner};
 use crate::store::{AccessTokenRecord, CredentialRecord, UsageOutcome};
 
 /// What kind of party a credential acts for.
@@ -91,6 +89,9 @@ struct Membership {
     role_id: Option<RoleId>,
     /// What the role grants (an account key: the admin role's permissions).
     role_permissions: PermissionSet,
+    /// What a front end derives from the tenant (forward-auth's tenant header), made once for
+    /// every credential of this membership.
+    rendered: Derived,
 }
 
 /// The memberships of cached verifications, one of each (equal values are the same value whoever
@@ -135,10 +136,11 @@ pub struct Verified {
     extras: Option<Box<Extras>>,
     /// When it was last used, kept here (two atomics per request) until written in a batch.
     pub usage: Usage,
-    /// What a front end derives from this verification for its answers (forward-auth's identity
-    /// headers), made on first use and kept as long as the verification is cached. One word
-    /// (a `OnceLock` of the boxed value would be three).
-    rendered: OnceBox<Box<dyn Any + Send + Sync>>,
+    /// What a front end derives from this verification alone for its answers (`POST
+    /// /v1/verify`'s body), made on first use and kept as long as the verification is cached.
+    /// One word until then. What credentials derive alike is kept with what they share instead
+    /// ([`Verified::tenant_rendered`], [`PermissionSet::rendered`]).
+    rendered: Derived,
     standing: Standing,
     hash: CredentialHash,
     /// The user it belongs to (personal tokens, sessions).
@@ -228,6 +230,7 @@ impl Verified {
                 tenant_line: record.tenant.path.ids().collect(),
                 role_id: record.role.as_ref().map(|role| role.id.clone()),
                 role_permissions,
+                rendered: Derived::default(),
             })),
             principal_kind,
             permissions,
@@ -249,7 +252,7 @@ impl Verified {
             }
             .boxed(),
             usage: Usage::default(),
-            rendered: OnceBox::new(),
+            rendered: Derived::default(),
             standing,
             hash: credential.hash,
             person: record.user.as_ref().map(|user| {
@@ -265,9 +268,17 @@ impl Verified {
     /// What `make` derives from this verification, made on the first call and kept with it.
     /// One type per program: `None` if a different type was kept first.
     pub fn rendered<T: Any + Send + Sync>(&self, make: impl FnOnce(&Self) -> T) -> Option<&T> {
-        self.rendered
-            .get_or_init(|| Box::new(Box::new(make(self))))
-            .downcast_ref()
+        self.rendered.get_or_init(|| make(self))
+    }
+
+    /// What `make` derives from the tenant, made once and kept for every cached credential of
+    /// the same tenant and role. One type per program, as [`Verified::rendered`].
+    pub fn tenant_rendered<T: Any + Send + Sync>(
+        &self,
+        make: impl FnOnce(&TenantSummary) -> T,
+    ) -> Option<&T> {
+        let membership = &self.membership;
+        membership.rendered.get_or_init(|| make(&membership.tenant))
     }
 
     /// Resolves an access token whose signature was checked: it acts as its client, with the
@@ -658,6 +669,52 @@ mod tests {
         // With the `Arc`'s two counts: 256 bytes, the allocator's class below 320. Every field
         // added here is paid a million times over.
         assert!(size_of::<Verified>() + 2 * size_of::<usize>() <= 256);
+    }
+
+    #[test]
+    fn what_credentials_derive_alike_is_made_once_for_all_of_them() {
+        let catalog = crate::testing::catalog();
+        let record = crate::testing::record(CredentialKind::Service, BuiltinRole::Viewer, None);
+        let mut sibling = record.clone();
+        (sibling.credential, _) = crate::model::Credential::issue(
+            &crate::testing::format(),
+            CredentialKind::Service,
+            record.tenant.id.clone(),
+            "sibling".into(),
+            None,
+            crate::testing::NOW,
+        )
+        .unwrap();
+        sibling.credential.role_id = record.credential.role_id.clone();
+        let (one, other) = (
+            Verified::resolve(&record, &catalog),
+            Verified::resolve(&sibling, &catalog),
+        );
+        assert_ne!(one.id(), other.id());
+
+        // The tenant's value: made once, for both credentials of the tenant and role.
+        let tenant = |v: &Verified| v.tenant_rendered(|t| t.id.to_string()).unwrap().as_ptr();
+        assert_eq!(tenant(&one), tenant(&other));
+        assert!(
+            other
+                .tenant_rendered(|_| -> String { unreachable!() })
+                .is_some()
+        );
+        // The permission list's: made once, for both holders of the set.
+        let list = |v: &Verified| {
+            let made = v.permissions.rendered(|set| format!("{set:?}"));
+            made.unwrap().as_ptr()
+        };
+        assert_eq!(list(&one), list(&other));
+        // Neither took the credential's own slot, which stays free for what is its alone.
+        assert_eq!(
+            one.rendered(|v| v.id().to_string()),
+            Some(&one.id().to_string())
+        );
+        assert_ne!(
+            one.rendered(|v| v.id().to_string()),
+            other.rendered(|v| v.id().to_string())
+        );
     }
 
     const T: i64 = 1_790_000_040; // a whole minute

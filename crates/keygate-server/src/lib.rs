@@ -22,7 +22,6 @@ pub mod openapi;
 pub mod paths;
 pub mod problem;
 pub mod refusals;
-mod rendered;
 pub mod request;
 pub mod routes;
 pub mod state;

@@ -14,7 +14,6 @@
 
 use axum::body::Body;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
@@ -22,12 +21,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use axum::response::Response;
 use keygate_core::access::Caller;
 use keygate_core::reserve::MAX_COST;
-use keygate_core::verified::Verified;
 
 use crate::auth::admit;
 use crate::paths::ForwardAuthRoute;
 use crate::problem::ApiError;
-use crate::rendered;
 use crate::request::ClientIp;
 use crate::state::AppState;
 
@@ -120,73 +117,55 @@ pub async fn answer(
     Ok(response)
 }
 
-/// The identity header values of a credential, made once per cached verification; each answer
-/// puts them in a map of its own (cloning a value copies no bytes): the permission list alone can
-/// be hundreds of bytes to join and validate.
+/// The identity headers of an admitted request (API.md §9), for forward-auth's answer and for
+/// what the gateway sends upstream.
 ///
-/// Kept for every cached credential that forward-auth or the gateway answered, so kept small: the
-/// tenant's and the permission list's values are shared by every credential of that tenant and
-/// of that permission set (see [`rendered::shared_value`]), and a service token's principal id is
-/// its credential id's value. (A whole `HeaderMap` kept per credential, to be cloned per answer,
-/// costs some 700 bytes more per credential than these values.)
-pub(crate) struct Identity {
-    tenant: Arc<HeaderValue>,
-    permissions: Arc<HeaderValue>,
-    credential: HeaderValue,
-    /// `None` when it is the credential itself.
-    principal: Option<HeaderValue>,
+/// The values credentials have in common are rendered once and kept with what they share, so a
+/// million cached credentials keep no header value of their own: the tenant's id with the
+/// credential's tenant and role (`Verified::tenant_rendered`), and the permission list, which can
+/// be hundreds of bytes to join and validate, with the permission set
+/// (`PermissionSet::rendered`). Cloning a kept value copies no bytes. The credential's and its
+/// principal's ids, a few dozen bytes each, are rendered for each answer: kept per credential,
+/// they cost some 240 bytes of every cached credential that forward-auth answered.
+pub(crate) fn identity_headers(caller: &Caller) -> HeaderMap {
+    let verified = caller.verified();
+    let tenant = verified
+        .tenant_rendered(|tenant| header_value(tenant.id.as_str()))
+        .cloned()
+        .unwrap_or_else(|| header_value(verified.tenant().id.as_str()));
+    let permissions = verified
+        .permissions
+        .rendered(|set| permission_list(set.iter().map(|p| p.as_str())))
+        .cloned()
+        .unwrap_or_else(|| permission_list(verified.permissions.iter().map(|p| p.as_str())));
+    let acting = match caller.acting_as() {
+        Some(tenant) => header_value(tenant.id.as_str()),
+        None => tenant.clone(),
+    };
+    let mut headers = HeaderMap::with_capacity(5);
+    headers.insert(TENANT_ID, tenant);
+    headers.insert(ACTING_TENANT_ID, acting);
+    headers.insert(PRINCIPAL_ID, header_value(verified.principal().id));
+    headers.insert(CREDENTIAL_ID, header_value(verified.id().as_str()));
+    headers.insert(PERMISSIONS, permissions);
+    headers
 }
 
-impl Identity {
-    fn of(verified: &Verified) -> Self {
-        let mut permissions = String::with_capacity(verified.permissions.iter().count() * 24);
-        for permission in verified.permissions.iter() {
-            if !permissions.is_empty() {
-                permissions.push(',');
-            }
-            permissions.push_str(permission.as_str());
+/// The permission names, comma-separated.
+fn permission_list<'a>(names: impl Iterator<Item = &'a str>) -> HeaderValue {
+    let mut list = String::new();
+    for name in names {
+        if !list.is_empty() {
+            list.push(',');
         }
-        let principal = verified.principal().id;
-        Self {
-            tenant: rendered::shared_value(header_value(verified.tenant().id.as_str())),
-            permissions: rendered::shared_value(header_value(&permissions)),
-            credential: header_value(verified.id().as_str()),
-            principal: (principal != verified.id().as_str()).then(|| header_value(principal)),
-        }
+        list.push_str(name);
     }
-
-    fn headers(&self) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(5);
-        headers.insert(TENANT_ID, HeaderValue::clone(&self.tenant));
-        headers.insert(ACTING_TENANT_ID, HeaderValue::clone(&self.tenant));
-        let principal = self.principal.as_ref().unwrap_or(&self.credential);
-        headers.insert(PRINCIPAL_ID, principal.clone());
-        headers.insert(CREDENTIAL_ID, self.credential.clone());
-        headers.insert(PERMISSIONS, HeaderValue::clone(&self.permissions));
-        headers
-    }
+    header_value(&list)
 }
 
 /// Ids and permission names are header-safe by construction; anything else is left empty.
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// The identity headers of an admitted request (API.md §9), for forward-auth's answer and for
-/// what the gateway sends upstream.
-pub(crate) fn identity_headers(caller: &Caller) -> HeaderMap {
-    let verified = caller.verified();
-    let mut headers = match rendered::of(verified) {
-        Some(rendered) => rendered
-            .identity
-            .get_or_init(|| Identity::of(verified))
-            .headers(),
-        None => Identity::of(verified).headers(),
-    };
-    if let Some(tenant) = caller.acting_as() {
-        headers.insert(ACTING_TENANT_ID, header_value(tenant.id.as_str()));
-    }
-    headers
 }
 
 /// 200, an empty body and the identity headers.

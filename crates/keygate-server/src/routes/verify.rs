@@ -25,7 +25,6 @@ use utoipa::ToSchema;
 use crate::auth::{Asker, authenticate_asker};
 use crate::json::{self, Json};
 use crate::problem::{ApiError, FieldError};
-use crate::rendered;
 use crate::state::AppState;
 use crate::views::{OrganizationView, PrincipalView, VerifyCode, permission_names};
 
@@ -199,14 +198,12 @@ async fn decide(
     let denied = match state.gate().admit(presented, asked).await {
         Ok(admission) => {
             let verified = admission.caller.verified();
-            // Rendered once per cached verification: the same for every valid answer about it.
-            let valid = match rendered::of(verified) {
-                Some(rendered) => rendered
-                    .verify_valid
-                    .get_or_init(|| render(&VerifyResponse::valid(verified)))
-                    .clone(),
-                None => render(&VerifyResponse::valid(verified)),
-            };
+            // Rendered once per cached verification, and kept with it (so only for credentials
+            // asked about here): the same for every valid answer about it.
+            let valid = verified
+                .rendered(|verified| render(&VerifyResponse::valid(verified)))
+                .cloned()
+                .unwrap_or_else(|| render(&VerifyResponse::valid(verified)));
             let body = match admission.quota {
                 None => valid,
                 Some(q) => with_quota(
