@@ -86,12 +86,28 @@ impl Browser {
     }
 
     pub async fn find(&self, css: &str) -> fantoccini::elements::Element {
-        self.client
-            .wait()
-            .at_most(PATIENCE)
-            .for_element(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
+        let started = Instant::now();
+        loop {
+            let found = self
+                .client
+                .wait()
+                .at_most(PATIENCE)
+                .for_element(Locator::Css(css))
+                .await;
+            match found {
+                Ok(element) => return element,
+                // Asked while the page was being replaced (a form just submitted, on a slow
+                // machine): Chromium aborts the command rather than wait. The page that comes
+                // next is the one to look in.
+                Err(error)
+                    if error.to_string().contains("aborted by navigation")
+                        && started.elapsed() < PATIENCE =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => panic!("no `{css}` on the page: {error}"),
+            }
+        }
     }
 
     pub async fn click(&self, css: &str) {
