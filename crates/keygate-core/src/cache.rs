@@ -24,6 +24,13 @@
 //! nor make it answer wrongly. A remembered unknown hash could only turn stale if that exact
 //! credential were issued later, which its 178 random bits rule out.
 //!
+//! Beside the verifications it keeps what they were made from that many credentials share: the
+//! tenant line, user and role of a credential ([`CredentialContext`]), keyed by the credential's
+//! tenant, user and role ids, so that a miss for one more credential of a known tenant and role
+//! reads that credential's row alone. The same changes drop them (a tenant, anywhere in the line;
+//! the user; the role), under the same lock and with the same generation, and at most
+//! [`MAX_CONTEXTS`] are kept (all dropped when full: they are one read each to get back).
+//!
 //! OAuth access tokens are the exception to "bounded by the store": they are never stored, and a
 //! client may mint many. Every [`MAX_ACCESS_TOKENS`] inserts of them, the expired ones are swept;
 //! if as many are still alive, they all go (each is verified again on its next use), so they never
@@ -39,7 +46,9 @@ use hashbrown::hash_table::Entry;
 
 use crate::Timestamp;
 use crate::credential::{CredentialHash, CredentialKind};
-use crate::store::{Change, ChangeListener};
+use crate::id::{RoleId, TenantId, UserId};
+use crate::model::Credential;
+use crate::store::{Change, ChangeListener, CredentialContext};
 use crate::verified::Verified;
 
 /// Keys are SHA-256 outputs of credentials that exist: already uniform, and not chosen by an
@@ -124,9 +133,25 @@ pub const MAX_UNKNOWN: usize = 65_536;
 pub const MAX_ACCESS_TOKENS: usize = 100_000;
 /// How many verified credentials a cache holds unless configured otherwise.
 pub const DEFAULT_CAPACITY: usize = 1_000_000;
+/// How many contexts (tenant line, user, role) are kept before they all go.
+pub const MAX_CONTEXTS: usize = 16_384;
+
+/// What a credential's context is found by: its tenant, its user and its own role.
+type ContextKey = (TenantId, Option<UserId>, Option<RoleId>);
+
+fn context_key(credential: &Credential) -> ContextKey {
+    (
+        credential.tenant_id.clone(),
+        credential.user_id.clone(),
+        credential.role_id.clone(),
+    )
+}
 
 pub struct CredentialCache {
     entries: RwLock<Map>,
+    /// Changed only with `entries` write-locked (changes take that lock first), so a change and
+    /// the generation it bumps cover both.
+    contexts: RwLock<std::collections::HashMap<ContextKey, Arc<CredentialContext>>>,
     unknown: RwLock<Unknown>,
     generation: AtomicU64,
     trusted: AtomicBool,
@@ -145,6 +170,7 @@ impl Default for CredentialCache {
     fn default() -> Self {
         Self {
             entries: RwLock::default(),
+            contexts: RwLock::default(),
             unknown: RwLock::default(),
             generation: AtomicU64::new(0),
             trusted: AtomicBool::new(true),
@@ -230,6 +256,45 @@ impl CredentialCache {
         Ok(Some(verified))
     }
 
+    /// Where a read that may race a change starts: pass it to [`Self::keep_context`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The kept context of `credential`'s tenant, user and role, unless the cache is untrusted.
+    pub fn context(&self, credential: &Credential) -> Option<Arc<CredentialContext>> {
+        if !self.trusted.load(Ordering::Acquire) {
+            return None;
+        }
+        self.contexts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&context_key(credential))
+            .cloned()
+    }
+
+    /// Keeps `context`, read for `credential` after [`Self::generation`] said `generation`, unless
+    /// a change happened since; returns it either way.
+    pub fn keep_context(
+        &self,
+        generation: u64,
+        credential: &Credential,
+        context: CredentialContext,
+    ) -> Arc<CredentialContext> {
+        let context = Arc::new(context);
+        // The entries' lock first, as changes take it: no change can run between the check and
+        // the insert.
+        let _entries = self.write();
+        if self.generation.load(Ordering::Acquire) == generation {
+            let mut contexts = self.contexts.write().unwrap_or_else(|p| p.into_inner());
+            if contexts.len() >= MAX_CONTEXTS {
+                contexts.clear();
+            }
+            contexts.insert(context_key(credential), Arc::clone(&context));
+        }
+        context
+    }
+
     /// Whether the store said it does not know this hash (and the cache is trusted).
     fn is_known_unknown(&self, hash: &CredentialHash) -> bool {
         self.trusted.load(Ordering::Acquire)
@@ -299,6 +364,10 @@ impl CredentialCache {
         let mut entries = self.write();
         self.generation.fetch_add(1, Ordering::AcqRel);
         entries.clear();
+        self.contexts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.unknown
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -365,9 +434,21 @@ impl ChangeListener for CredentialCache {
             Change::Tenant(id) => v.is_within(id),
             Change::SigningKeys => false,
         };
+        let touches = |context: &CredentialContext| match change {
+            Change::Credential(_) | Change::SigningKeys => false,
+            Change::User(id) => context.user.as_ref().is_some_and(|u| u.id == *id),
+            Change::Role(id) => context.role.as_ref().is_some_and(|r| r.id == *id),
+            Change::Tenant(id) => std::iter::once(&context.tenant)
+                .chain(&context.ancestors)
+                .any(|t| t.id == *id),
+        };
         let mut entries = self.write();
         self.generation.fetch_add(1, Ordering::AcqRel);
         entries.retain(|v| !affected(v));
+        self.contexts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, context| !touches(context));
     }
 }
 

@@ -20,7 +20,7 @@ use crate::jwt::{self, JwtRefusal};
 use crate::keyring::KeyRing;
 use crate::oauth::{AuthenticatedClient, ClientAuthError, OauthError};
 use crate::permission::Catalog;
-use crate::store::{CredentialSource, StoreError};
+use crate::store::{CredentialRecord, CredentialSource, StoreError};
 use crate::verified::{Unusable, Verified};
 
 /// Why a presented credential was refused. Each variant's message is safe to show the client.
@@ -297,18 +297,22 @@ impl Verifier {
     }
 
     /// The credential with this hash from the store; `None` if the store does not know it.
+    ///
+    /// The credential's row is read alone; its tenant line, user and role come from what the
+    /// cache keeps for credentials of the same tenant, user and role, and from a second read only
+    /// when it keeps none: most misses are one narrow read, not the whole line again.
     async fn load(&self, hash: CredentialHash) -> Result<Option<Arc<Verified>>, Refusal> {
         let started = std::time::Instant::now();
-        let found = self.store.find_credential(&hash).await;
-        self.store_latency.observe(started.elapsed());
-        let Some(mut record) = found? else {
+        let found = self.store.find_credential_alone(&hash).await;
+        let Some(mut credential) = found? else {
+            self.store_latency.observe(started.elapsed());
             return Ok(None);
         };
         // The store looked the hash up through an index; compare the whole hash in constant time
         // all the same, so nothing about a near miss can show in timing. A client's previous
         // secret (API.md §14) is compared as well, whichever matched: `|`, not `||`.
-        let current = record.credential.hash.ct_eq(&hash);
-        let previous = match &record.credential.previous_secret {
+        let current = credential.hash.ct_eq(&hash);
+        let previous = match &credential.previous_secret {
             Some(previous) => previous.hash.ct_eq(&hash),
             None => false,
         };
@@ -319,13 +323,27 @@ impl Verifier {
             // The previous secret works as the client does, until its overlap ends: as this
             // secret's expiry, it is refused from then on, from the cache as from the store.
             // It is cached under its own hash, so it is read as that hash's credential.
-            record.credential.hash = hash;
-            let until = record.credential.previous_secret.as_ref().map(|p| p.until);
-            record.credential.expires_at = match (record.credential.expires_at, until) {
+            credential.hash = hash;
+            let until = credential.previous_secret.as_ref().map(|p| p.until);
+            credential.expires_at = match (credential.expires_at, until) {
                 (Some(at), Some(until)) => Some(at.min(until)),
                 (at, until) => at.or(until),
             };
         }
+        let context = match self.cache.context(&credential) {
+            Some(context) => context,
+            None => {
+                let generation = self.cache.generation();
+                // No tenant: it was deleted since, and the credential with it.
+                let Some(context) = self.store.find_context(&credential).await? else {
+                    self.store_latency.observe(started.elapsed());
+                    return Ok(None);
+                };
+                self.cache.keep_context(generation, &credential, context)
+            }
+        };
+        self.store_latency.observe(started.elapsed());
+        let record = CredentialRecord::in_context(credential, &context);
         Ok(Some(Arc::new(Verified::resolve(&record, &self.catalog))))
     }
 
@@ -434,12 +452,12 @@ mod tests {
 
     use super::*;
     use crate::credential::Environment;
-    use crate::id::RoleId;
+    use crate::id::{RoleId, UserId};
     use crate::jwt::AccessClaims;
     use crate::model::{Credential, Role, Slug, User};
     use crate::model::{Tenant, TenantStatus, UserStatus};
     use crate::permission::BuiltinRole;
-    use crate::store::{AccessTokenRecord, CredentialRecord};
+    use crate::store::{AccessTokenRecord, CredentialContext, CredentialRecord};
     use crate::store::{Change, ChangeListener, SigningKeySource};
     use crate::verified::PrincipalKind;
     use crate::{ManualClock, Timestamp};
@@ -450,7 +468,9 @@ mod tests {
         records: Mutex<HashMap<[u8; 32], CredentialRecord>>,
         revoked: Mutex<Vec<CredentialId>>,
         keys: Mutex<Vec<crate::jwt::StoredSigningKey>>,
+        /// Reads of a credential (with its context or alone), and of a context alone.
         finds: AtomicUsize,
+        context_reads: AtomicUsize,
     }
 
     #[async_trait]
@@ -461,6 +481,28 @@ mod tests {
         ) -> Result<Option<CredentialRecord>, StoreError> {
             self.finds.fetch_add(1, Ordering::SeqCst);
             Ok(self.records.lock().unwrap().get(hash.as_bytes()).cloned())
+        }
+
+        async fn find_credential_alone(
+            &self,
+            hash: &CredentialHash,
+        ) -> Result<Option<Credential>, StoreError> {
+            Ok(self.find_credential(hash).await?.map(|r| r.credential))
+        }
+
+        async fn find_context(
+            &self,
+            credential: &Credential,
+        ) -> Result<Option<CredentialContext>, StoreError> {
+            self.context_reads.fetch_add(1, Ordering::SeqCst);
+            let records = self.records.lock().unwrap();
+            let found = records.values().find(|r| r.credential.id == credential.id);
+            Ok(found.map(|r| CredentialContext {
+                tenant: r.tenant.clone(),
+                ancestors: r.ancestors.clone(),
+                user: r.user.clone(),
+                role: r.role.clone(),
+            }))
         }
 
         async fn find_access_token(
@@ -588,6 +630,41 @@ mod tests {
         fn finds(&self) -> usize {
             self.store.finds.load(Ordering::SeqCst)
         }
+
+        fn context_reads(&self) -> usize {
+            self.store.context_reads.load(Ordering::SeqCst)
+        }
+
+        /// Stores another credential of `beside`'s tenant, user and role, in the state `change`
+        /// leaves them in; returns its text.
+        fn add_beside(
+            &self,
+            beside: &CredentialRecord,
+            change: impl FnOnce(&mut CredentialRecord),
+        ) -> String {
+            let (mut credential, secret) = Credential::issue(
+                &self.format,
+                beside.credential.kind,
+                beside.tenant.id.clone(),
+                "beside".into(),
+                None,
+                NOW,
+            )
+            .unwrap();
+            credential.user_id = beside.credential.user_id.clone();
+            credential.role_id = beside.credential.role_id.clone();
+            let mut record = CredentialRecord {
+                credential,
+                ..beside.clone()
+            };
+            change(&mut record);
+            self.store
+                .records
+                .lock()
+                .unwrap()
+                .insert(*secret.hash().as_bytes(), record);
+            secret.into_exposed()
+        }
     }
 
     fn custom_role(patterns: &[&str]) -> Role {
@@ -629,6 +706,91 @@ mod tests {
         assert_eq!(first.principal().kind, PrincipalKind::ServiceToken);
         assert!(first.permissions.contains("zones:read"));
         assert!(!first.permissions.contains("tokens:write"));
+    }
+
+    #[tokio::test]
+    async fn a_miss_beside_a_known_credential_reads_the_credential_alone() {
+        let f = fixture();
+        let (text, first) = f.add(
+            CredentialKind::Service,
+            Some(builtin(BuiltinRole::Viewer)),
+            None,
+            None,
+        );
+        f.verifier.verify(&text).await.unwrap();
+        assert_eq!((f.finds(), f.context_reads()), (1, 1));
+        let beside = f.add_beside(&first, |_| {});
+        let second = f.verifier.verify(&beside).await.unwrap();
+        assert_eq!(
+            (f.finds(), f.context_reads()),
+            (2, 1),
+            "the tenant line and role were kept from the first"
+        );
+        assert_eq!(second.tenant().id, first.tenant.id);
+        assert!(second.permissions.contains("zones:read"));
+
+        // Untrusted, the cache keeps nothing it would answer from: the context is read again.
+        f.cache.may_have_missed_changes();
+        let third = f.add_beside(&first, |_| {});
+        f.verifier.verify(&third).await.unwrap();
+        assert_eq!((f.finds(), f.context_reads()), (3, 2));
+    }
+
+    #[tokio::test]
+    async fn a_change_to_a_tenant_user_or_role_drops_what_was_kept_of_it() {
+        let user = || User {
+            id: UserId::generate(NOW).unwrap(),
+            tenant_id: TenantId::generate(NOW).unwrap(),
+            email: "ada@example.com".into(),
+            name: "Ada".into(),
+            role_id: BuiltinRole::Viewer.id(),
+            status: UserStatus::Active,
+            created_at: NOW,
+            last_sign_in_at: None,
+        };
+        type Changed = fn(&mut CredentialRecord);
+        type Announced = fn(&CredentialRecord) -> Change;
+        let cases: [(&str, Changed, Announced); 3] = [
+            (
+                "the parent tenant suspended",
+                |r| r.ancestors[0].status = TenantStatus::Suspended,
+                |r| Change::Tenant(r.ancestors[0].id.clone()),
+            ),
+            (
+                "the user disabled",
+                |r| r.user.as_mut().unwrap().status = UserStatus::Disabled,
+                |r| Change::User(r.credential.user_id.clone().unwrap()),
+            ),
+            (
+                "the role's permissions narrowed",
+                |r| r.role.as_mut().unwrap().permissions = vec![],
+                |r| Change::Role(r.role.as_ref().unwrap().id.clone()),
+            ),
+        ];
+        for (what, changed, change) in cases {
+            let f = fixture();
+            let (text, first) = f.add(
+                CredentialKind::Personal,
+                Some(custom_role(&["zones:read"])),
+                Some(user()),
+                None,
+            );
+            f.verifier.verify(&text).await.unwrap();
+            // The store changes, and says so.
+            let beside = f.add_beside(&first, changed);
+            let mut now = first.clone();
+            changed(&mut now);
+            f.cache.changed(&change(&now));
+            let verified = f.verifier.verify(&beside).await;
+            assert_eq!(f.context_reads(), 2, "{what}: read again");
+            match verified {
+                Ok(v) => assert!(!v.permissions.contains("zones:read"), "{what}: {v:?}"),
+                Err(refusal) => assert!(
+                    matches!(refusal, Refusal::TenantSuspended | Refusal::UserDisabled),
+                    "{what}: {refusal:?}"
+                ),
+            }
+        }
     }
 
     #[tokio::test]
@@ -750,6 +912,23 @@ mod tests {
                 return Err(StoreError::Unavailable("down".into()));
             }
             self.inner.find_credential(hash).await
+        }
+
+        async fn find_credential_alone(
+            &self,
+            hash: &CredentialHash,
+        ) -> Result<Option<Credential>, StoreError> {
+            Ok(self.find_credential(hash).await?.map(|r| r.credential))
+        }
+
+        async fn find_context(
+            &self,
+            credential: &Credential,
+        ) -> Result<Option<CredentialContext>, StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("down".into()));
+            }
+            self.inner.find_context(credential).await
         }
 
         async fn find_access_token(

@@ -16,8 +16,8 @@ use keygate_core::model::{AuditEvent, Outcome, Role, Tenant, User, UserStatus};
 use keygate_core::oauth::{AuthenticatedClient, Lifetimes, RefreshToken, Rotation};
 use keygate_core::permission::{BuiltinRole, Catalog};
 use keygate_core::store::{
-    Change, ChangeListener, Deletion, Granularity, LastUse, Page, StoreError, Taken, TokenFilter,
-    UsageBucket, UsageCount, UsageFilter, UsageOutcome,
+    Change, ChangeListener, CredentialRecord, Deletion, Granularity, LastUse, Page, StoreError,
+    Taken, TokenFilter, UsageBucket, UsageCount, UsageFilter, UsageOutcome,
 };
 use keygate_core::verify::Verifier;
 use keygate_core::{ManualClock, Timestamp, access::RequestMeta};
@@ -146,6 +146,25 @@ async fn postgres_credentials_pages_leave_room_for_last_uses() {
     pool.close().await;
 }
 
+/// A credential read alone and its context read apart (what a cache miss reads when the verifier
+/// keeps the context, or does not) are the credential as one whole read gives it.
+async fn read_apart_as_whole(store: &dyn Backend, hash: &CredentialHash) {
+    let whole = store.find_credential(hash).await.unwrap().unwrap();
+    let alone = store.find_credential_alone(hash).await.unwrap().unwrap();
+    let context = store.find_context(&alone).await.unwrap().unwrap();
+    assert_eq!(
+        format!("{:?}", CredentialRecord::in_context(alone, &context)),
+        format!("{whole:?}")
+    );
+    assert!(
+        store
+            .find_credential_alone(&CredentialHash::of("kg_live_nothing"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
 fn format() -> CredentialFormat {
     CredentialFormat::new("kg", Environment::Live).unwrap()
 }
@@ -180,6 +199,7 @@ async fn bootstrap_is_all_or_nothing_and_only_once(db: TestDb) {
     assert!(record.ancestors.is_empty());
     assert_eq!(record.role.unwrap().name, "owner");
     assert!(record.user.is_none());
+    read_apart_as_whole(&*store, &secrets.token.hash()).await;
     assert!(
         store
             .find_credential(&CredentialHash::of("kg_live_nothing"))
@@ -532,6 +552,11 @@ async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they
         .await
         .unwrap();
     assert_eq!(listed.items.len(), 2);
+    // A personal token's role is its user's.
+    read_apart_as_whole(&*o.store, &secret.hash()).await;
+    let context = o.store.find_context(&personal).await.unwrap().unwrap();
+    assert_eq!(context.user.map(|u| u.id), Some(user.id.clone()));
+    assert_eq!(context.role.map(|r| r.id), Some(BuiltinRole::Member.id()));
     let rest = o
         .store
         .list_tokens(
@@ -1018,6 +1043,7 @@ async fn tenants_are_scoped_to_their_subtree(db: TestDb) {
         "nearest first"
     );
     assert_eq!(record.ancestors[9].id, o.plan.tenant.id);
+    read_apart_as_whole(&*o.store, &hash).await;
 
     // A scope sees itself and below, never above or beside.
     let root_scope = o.caller.require::<perm::TenantsRead>().unwrap().reads();

@@ -49,7 +49,7 @@ pub use usage::{
     Granularity, LastUse, UsageBucket, UsageCount, UsageFilter, UsageOutcome, UsageStore,
 };
 pub use users::{Login, UserStore};
-pub use verification::{AccessTokenRecord, CredentialRecord, CredentialSource};
+pub use verification::{AccessTokenRecord, CredentialContext, CredentialRecord, CredentialSource};
 pub use webhooks::{AttemptOutcome, LeakHandled, LeakReport, WebhookStore};
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -27,6 +27,32 @@ pub struct CredentialRecord {
     pub role: Option<Role>,
 }
 
+/// What a credential has in common with the others of its tenant, user and role: its tenant line,
+/// user and role as [`CredentialSource::find_credential`] reads them. Verification keeps these
+/// (dropped by the same changes as the verifications made from them), so that a cache miss for
+/// one more credential of a known tenant and role reads the credential's row alone.
+#[derive(Debug, Clone)]
+pub struct CredentialContext {
+    pub tenant: Tenant,
+    /// Nearest first.
+    pub ancestors: Vec<Tenant>,
+    pub user: Option<User>,
+    pub role: Option<Role>,
+}
+
+impl CredentialRecord {
+    /// The record of `credential` in `context`.
+    pub fn in_context(credential: Credential, context: &CredentialContext) -> Self {
+        Self {
+            credential,
+            tenant: context.tenant.clone(),
+            ancestors: context.ancestors.clone(),
+            user: context.user.clone(),
+            role: context.role.clone(),
+        }
+    }
+}
+
 /// What verifying an access token needs beyond its signature: its client, as
 /// [`CredentialSource::find_credential`] reads a credential, and whether the token was revoked.
 #[derive(Debug, Clone)]
@@ -44,6 +70,35 @@ pub trait CredentialSource: SigningKeySource {
         &self,
         hash: &CredentialHash,
     ) -> Result<Option<CredentialRecord>, StoreError>;
+
+    /// The credential with this hash, with its quota, without its tenant line, user and role:
+    /// what a cache miss reads when those are known already ([`Self::find_context`]).
+    async fn find_credential_alone(
+        &self,
+        hash: &CredentialHash,
+    ) -> Result<Option<Credential>, StoreError> {
+        Ok(self
+            .find_credential(hash)
+            .await?
+            .map(|record| record.credential))
+    }
+
+    /// The tenant line, user and role of `credential`, as [`Self::find_credential`] reads them;
+    /// `None` if its tenant is gone (and so is the credential).
+    async fn find_context(
+        &self,
+        credential: &Credential,
+    ) -> Result<Option<CredentialContext>, StoreError> {
+        Ok(self
+            .find_credential(&credential.hash)
+            .await?
+            .map(|record| CredentialContext {
+                tenant: record.tenant,
+                ancestors: record.ancestors,
+                user: record.user,
+                role: record.role,
+            }))
+    }
 
     /// The OAuth client `client` as [`Self::find_credential`] reads it, and whether the access
     /// token `jti` was revoked; `None` if there is no such client.

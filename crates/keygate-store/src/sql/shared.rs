@@ -12,7 +12,9 @@ use keygate_core::model::{
 };
 use keygate_core::password::PasswordHashString;
 use keygate_core::quota::{Quota, QuotaPeriod, StoredQuota};
-use keygate_core::store::{Change, CredentialRecord, LeakPolicy, Page, Paged, StoreError};
+use keygate_core::store::{
+    Change, CredentialContext, CredentialRecord, LeakPolicy, Page, Paged, StoreError,
+};
 use sqlx::{Row, Transaction};
 
 use super::{Db, DbRow, SqlStore, store_error};
@@ -148,17 +150,23 @@ fn column_type(column: &str) -> &'static str {
 /// and, on PostgreSQL, one round trip, with no transaction around it. `CROSS JOIN` keeps SQLite's
 /// planner walking from the credential to the rows it names by their keys (PostgreSQL reads it as
 /// a plain join).
-fn record_statement(credential_filter: &str) -> String {
+///
+/// `credential` is the statement that gives `c`: a credential's row, or for a context alone
+/// ([`context_statement`]) the three ids it is found by, in which case there is no part `c`.
+fn record_statement(credential: &str, with_credential: bool) -> String {
     let mut all: Vec<&str> = Vec::new();
-    for column in [
-        CREDENTIAL_COLUMNS,
+    let own = [
+        if with_credential {
+            CREDENTIAL_COLUMNS
+        } else {
+            &[]
+        },
         TENANT_COLUMNS,
         USER_COLUMNS,
         ROLE_COLUMNS,
         QUOTA_COLUMNS,
-    ]
-    .concat()
-    {
+    ];
+    for column in own.concat() {
         if !all.contains(&column) {
             all.push(column);
         }
@@ -182,13 +190,16 @@ fn record_statement(credential_filter: &str) -> String {
             columns.join(", ")
         )
     };
-    let parts = [
-        part(
+    let mut parts = Vec::new();
+    if with_credential {
+        parts.push(part(
             "c",
             CREDENTIAL_COLUMNS,
             true,
             concat!("c", with_quota!(credential "c")),
-        ),
+        ));
+    }
+    parts.extend([
         part(
             "t",
             TENANT_COLUMNS,
@@ -206,15 +217,40 @@ fn record_statement(credential_filter: &str) -> String {
             false,
             "roles r WHERE r.id = (SELECT coalesce(c.role_id, u.role_id) FROM c LEFT JOIN u ON true)",
         ),
-    ];
+    ]);
     format!(
-        "WITH RECURSIVE c AS (SELECT * FROM credentials WHERE {credential_filter}),
+        "WITH RECURSIVE c AS ({credential}),
          line (id) AS (SELECT tenant_id FROM c
                        UNION ALL SELECT t.parent_id FROM line CROSS JOIN tenants t
                                  WHERE t.id = line.id AND t.parent_id IS NOT NULL),
          u AS (SELECT users.* FROM c CROSS JOIN users WHERE users.id = c.user_id)
          {}",
         parts.join(" UNION ALL ")
+    )
+}
+
+/// A credential's row alone, with its quota: the columns `credential_from_row` reads. The
+/// credential whose secret, or whose previous secret, hashes to `$1`.
+fn credential_statement() -> String {
+    let columns: Vec<String> = CREDENTIAL_COLUMNS
+        .iter()
+        .map(|column| format!("c.{column}"))
+        .chain(QUOTA_COLUMNS.iter().map(|column| format!("qv.{column}")))
+        .collect();
+    format!(
+        "SELECT {} FROM credentials c{} WHERE c.secret_hash = $1 OR c.previous_secret_hash = $1",
+        columns.join(", "),
+        with_quota!(credential "c"),
+    )
+}
+
+/// A credential's tenant line, user and role, as [`record_statement`] reads them, from the ids
+/// it names them by: its tenant (`$1`), user (`$2`) and own role (`$3`).
+fn context_statement() -> String {
+    record_statement(
+        "SELECT CAST($1 AS TEXT) AS tenant_id, CAST($2 AS TEXT) AS user_id,
+                CAST($3 AS TEXT) AS role_id",
+        false,
     )
 }
 
@@ -231,20 +267,76 @@ where
     static BY_HASH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         // A client's previous secret finds its client too; whether it still works is the
         // verifier's to decide (`previous_secret_until`).
-        record_statement("secret_hash = $1 OR previous_secret_hash = $1")
+        record_statement(
+            "SELECT * FROM credentials WHERE secret_hash = $1 OR previous_secret_hash = $1",
+            true,
+        )
     });
-    static BY_CLIENT: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| record_statement("id = $1 AND kind = 'oauth_secret'"));
+    static BY_CLIENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        record_statement(
+            "SELECT * FROM credentials WHERE id = $1 AND kind = 'oauth_secret'",
+            true,
+        )
+    });
     let query = match of {
         RecordOf::Hash(hash) => sqlx::query(BY_HASH.as_str()).bind(hash.as_bytes().as_slice()),
         RecordOf::Client(id) => sqlx::query(BY_CLIENT.as_str()).bind(id.as_str()),
     };
     let rows = query.fetch_all(executor).await.map_err(store_error)?;
+    let (credential, context) = record_parts(&rows)?;
+    let Some(credential) = credential else {
+        return Ok(None);
+    };
+    let Some(context) = context.filter(|c| c.tenant.id == credential.tenant_id) else {
+        return Err(StoreError::Internal(format!(
+            "credential {} has no tenant",
+            credential.id
+        )));
+    };
+    Ok(Some(CredentialRecord::in_context(credential, &context)))
+}
+
+/// The credential with this hash alone, with its quota: one row.
+pub(super) async fn credential_alone(
+    pool: &sqlx::Pool<Db>,
+    hash: &CredentialHash,
+) -> Result<Option<Credential>, StoreError> {
+    static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(credential_statement);
+    let row = sqlx::query(STATEMENT.as_str())
+        .bind(hash.as_bytes().as_slice())
+        .fetch_optional(pool)
+        .await
+        .map_err(store_error)?;
+    row.as_ref().map(credential_from_row).transpose()
+}
+
+/// `credential`'s tenant line, user and role: one statement. `None` if its tenant is gone.
+pub(super) async fn credential_context(
+    pool: &sqlx::Pool<Db>,
+    credential: &Credential,
+) -> Result<Option<CredentialContext>, StoreError> {
+    static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(context_statement);
+    let rows = sqlx::query(STATEMENT.as_str())
+        .bind(credential.tenant_id.as_str())
+        .bind(credential.user_id.as_ref().map(UserId::as_str))
+        .bind(credential.role_id.as_ref().map(RoleId::as_str))
+        .fetch_all(pool)
+        .await
+        .map_err(store_error)?;
+    let (_, context) = record_parts(&rows)?;
+    Ok(context.filter(|c| c.tenant.id == credential.tenant_id))
+}
+
+/// The parts of [`record_statement`]'s rows: the credential, if there was a part `c`, and the
+/// context, if there was a tenant; the tenant line nearest first.
+fn record_parts(
+    rows: &[DbRow],
+) -> Result<(Option<Credential>, Option<CredentialContext>), StoreError> {
     let mut credential = None;
     let mut line = Vec::new();
     let mut user = None;
     let mut role = None;
-    for row in &rows {
+    for row in rows {
         let part: String = row.try_get("part").map_err(store_error)?;
         match part.as_str() {
             "c" => credential = Some(credential_from_row(row)?),
@@ -254,25 +346,21 @@ where
             other => return Err(corrupt("part", other)),
         }
     }
-    let Some(credential) = credential else {
-        return Ok(None);
-    };
     // Nearest first: the credential's own tenant, then its parent, …
     line.sort_by_key(|t| std::cmp::Reverse(t.path.depth()));
-    if line.first().map(|t| &t.id) != Some(&credential.tenant_id) {
-        return Err(StoreError::Internal(format!(
-            "credential {} has no tenant",
-            credential.id
-        )));
+    if line.is_empty() {
+        return Ok((credential, None));
     }
     let tenant = line.remove(0);
-    Ok(Some(CredentialRecord {
+    Ok((
         credential,
-        tenant,
-        ancestors: line,
-        user,
-        role,
-    }))
+        Some(CredentialContext {
+            tenant,
+            ancestors: line,
+            user,
+            role,
+        }),
+    ))
 }
 
 pub(super) async fn insert_tenant(

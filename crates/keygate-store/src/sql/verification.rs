@@ -1,13 +1,18 @@
 //! What verification reads on a cache miss: a credential by its hash, an access token's client.
 //! A credential with its tenant line, user and role is one statement, so one snapshot (and one
-//! round trip); an access token's client and its revocation are one read transaction.
+//! round trip); so is a credential's row alone, and its tenant line, user and role alone (a miss
+//! reads the row alone when the verifier keeps the rest). An access token's client and its
+//! revocation are one read transaction.
 
 use async_trait::async_trait;
 use keygate_core::credential::CredentialHash;
 use keygate_core::id::CredentialId;
-use keygate_core::store::{AccessTokenRecord, CredentialRecord, CredentialSource, StoreError};
+use keygate_core::model::Credential;
+use keygate_core::store::{
+    AccessTokenRecord, CredentialContext, CredentialRecord, CredentialSource, StoreError,
+};
 
-use super::shared::{RecordOf, credential_record};
+use super::shared::{RecordOf, credential_alone, credential_context, credential_record};
 use super::{SqlStore, store_error};
 
 #[async_trait]
@@ -17,6 +22,20 @@ impl CredentialSource for SqlStore {
         hash: &CredentialHash,
     ) -> Result<Option<CredentialRecord>, StoreError> {
         credential_record(&self.pool, RecordOf::Hash(hash)).await
+    }
+
+    async fn find_credential_alone(
+        &self,
+        hash: &CredentialHash,
+    ) -> Result<Option<Credential>, StoreError> {
+        credential_alone(&self.pool, hash).await
+    }
+
+    async fn find_context(
+        &self,
+        credential: &Credential,
+    ) -> Result<Option<CredentialContext>, StoreError> {
+        credential_context(&self.pool, credential).await
     }
 
     async fn find_access_token(
