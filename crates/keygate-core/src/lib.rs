@@ -20,6 +20,7 @@ pub mod id;
 pub mod jwt;
 pub mod keyring;
 pub mod leaks;
+pub mod misses;
 pub mod model;
 pub mod oauth;
 pub mod password;

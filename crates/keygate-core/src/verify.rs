@@ -18,6 +18,7 @@ use crate::credential::{CredentialFormat, CredentialHash, CredentialKind, Format
 use crate::id::{CredentialId, TenantId};
 use crate::jwt::{self, JwtRefusal};
 use crate::keyring::KeyRing;
+use crate::misses::Misses;
 use crate::oauth::{AuthenticatedClient, ClientAuthError, OauthError};
 use crate::permission::Catalog;
 use crate::store::{CredentialRecord, CredentialSource, StoreError};
@@ -69,6 +70,7 @@ pub struct Verifier {
     serve_stale_on_store_outage: bool,
     store_latency: LatencyHistogram,
     keys: Option<Arc<KeyRing>>,
+    misses: Misses,
 }
 
 /// Upper bounds, in seconds, of the store-latency histogram's buckets.
@@ -133,6 +135,7 @@ impl Verifier {
             serve_stale_on_store_outage: false,
             store_latency: LatencyHistogram::default(),
             keys: None,
+            misses: Misses::default(),
         }
     }
 
@@ -298,12 +301,13 @@ impl Verifier {
 
     /// The credential with this hash from the store; `None` if the store does not know it.
     ///
-    /// The credential's row is read alone; its tenant line, user and role come from what the
-    /// cache keeps for credentials of the same tenant, user and role, and from a second read only
-    /// when it keeps none: most misses are one narrow read, not the whole line again.
+    /// The credential's row is read alone, with the other misses of the moment ([`Misses`]); its
+    /// tenant line, user and role come from what the cache keeps for credentials of the same
+    /// tenant, user and role, and from a second read only when it keeps none: most misses are a
+    /// share of one narrow read, not the whole line again.
     async fn load(&self, hash: CredentialHash) -> Result<Option<Arc<Verified>>, Refusal> {
         let started = std::time::Instant::now();
-        let found = self.store.find_credential_alone(&hash).await;
+        let found = self.misses.find(&*self.store, hash).await;
         let Some(mut credential) = found? else {
             self.store_latency.observe(started.elapsed());
             return Ok(None);
@@ -481,13 +485,6 @@ mod tests {
         ) -> Result<Option<CredentialRecord>, StoreError> {
             self.finds.fetch_add(1, Ordering::SeqCst);
             Ok(self.records.lock().unwrap().get(hash.as_bytes()).cloned())
-        }
-
-        async fn find_credential_alone(
-            &self,
-            hash: &CredentialHash,
-        ) -> Result<Option<Credential>, StoreError> {
-            Ok(self.find_credential(hash).await?.map(|r| r.credential))
         }
 
         async fn find_context(
@@ -912,13 +909,6 @@ mod tests {
                 return Err(StoreError::Unavailable("down".into()));
             }
             self.inner.find_credential(hash).await
-        }
-
-        async fn find_credential_alone(
-            &self,
-            hash: &CredentialHash,
-        ) -> Result<Option<Credential>, StoreError> {
-            Ok(self.find_credential(hash).await?.map(|r| r.credential))
         }
 
         async fn find_context(

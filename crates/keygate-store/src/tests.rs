@@ -97,6 +97,7 @@ macro_rules! on_every_backend {
 
 on_every_backend!(
     bootstrap_is_all_or_nothing_and_only_once,
+    credentials_are_read_together_by_current_or_previous_secret,
     revocation_is_scoped_to_the_grant_and_announced_after_commit,
     roles_in_use_cannot_be_deleted_and_changes_are_announced,
     deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they_made,
@@ -150,7 +151,9 @@ async fn postgres_credentials_pages_leave_room_for_last_uses() {
 /// keeps the context, or does not) are the credential as one whole read gives it.
 async fn read_apart_as_whole(store: &dyn Backend, hash: &CredentialHash) {
     let whole = store.find_credential(hash).await.unwrap().unwrap();
-    let alone = store.find_credential_alone(hash).await.unwrap().unwrap();
+    let mut alone = store.find_credentials_alone(&[*hash]).await.unwrap();
+    assert_eq!(alone.len(), 1);
+    let alone = alone.remove(0);
     let context = store.find_context(&alone).await.unwrap().unwrap();
     assert_eq!(
         format!("{:?}", CredentialRecord::in_context(alone, &context)),
@@ -158,10 +161,10 @@ async fn read_apart_as_whole(store: &dyn Backend, hash: &CredentialHash) {
     );
     assert!(
         store
-            .find_credential_alone(&CredentialHash::of("kg_live_nothing"))
+            .find_credentials_alone(&[CredentialHash::of("kg_live_nothing")])
             .await
             .unwrap()
-            .is_none()
+            .is_empty()
     );
 }
 
@@ -1218,6 +1221,79 @@ fn denied(client: &AuthenticatedClient) -> AuditEvent {
 /// A grant's event: recorded with the refresh token it stores.
 fn granted(client: &AuthenticatedClient) -> AuditEvent {
     client_event(client, "oauth.grant", Outcome::Success)
+}
+
+/// Cache misses of a moment are read in one statement: any number of hashes, current secrets and
+/// previous ones, known and unknown, give each known credential, and nothing else.
+async fn credentials_are_read_together_by_current_or_previous_secret(db: TestDb) {
+    let o = owned(db).await;
+    let mut clients = Vec::new();
+    for n in 0..70 {
+        clients.push(client(&o, &format!("client {n}")).await);
+    }
+    let grant = o.caller.require::<perm::OauthClientsWrite>().unwrap();
+    let (rolled, previous) = clients[3].clone();
+    let current = format()
+        .generate(CredentialKind::OauthSecret)
+        .unwrap()
+        .hash();
+    o.store
+        .roll_client_secret(
+            &grant,
+            &rolled.id,
+            &current,
+            "hint",
+            Timestamp::from_unix(NOW.unix() + 3600),
+            &event(&grant, "oauth_client.roll"),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    clients[3].1 = current;
+    let unknown: Vec<CredentialHash> = (0..5)
+        .map(|n| CredentialHash::of(&format!("kg_live_nothing{n}")))
+        .collect();
+    // More than one statement takes, and a batch that is no power of two.
+    let mut hashes: Vec<CredentialHash> = clients.iter().map(|(_, hash)| *hash).collect();
+    hashes.insert(10, previous);
+    hashes.extend(&unknown);
+    let found = o.store.find_credentials_alone(&hashes).await.unwrap();
+    let found_by = |hash: &CredentialHash| {
+        let ids: std::collections::BTreeSet<_> = found
+            .iter()
+            .filter(|c| {
+                c.hash == *hash || c.previous_secret.as_ref().is_some_and(|p| p.hash == *hash)
+            })
+            .map(|c| c.id.clone())
+            .collect();
+        ids
+    };
+    for (client, hash) in &clients {
+        assert_eq!(
+            found_by(hash),
+            [client.id.clone()].into(),
+            "{}",
+            client.name
+        );
+    }
+    assert_eq!(found_by(&previous), [rolled.id.clone()].into());
+    for hash in &unknown {
+        assert!(found_by(hash).is_empty());
+    }
+    let ids: std::collections::BTreeSet<_> = found.iter().map(|c| c.id.clone()).collect();
+    assert_eq!(
+        ids.len(),
+        clients.len(),
+        "nothing but the credentials asked for"
+    );
+    for few in [1, 2, 3, 5] {
+        let found = o
+            .store
+            .find_credentials_alone(&hashes[..few])
+            .await
+            .unwrap();
+        assert_eq!(found.len(), few, "{few} hashes");
+    }
 }
 
 async fn clients_are_scoped_and_take_their_tokens_with_them(db: TestDb) {

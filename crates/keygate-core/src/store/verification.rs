@@ -71,16 +71,20 @@ pub trait CredentialSource: SigningKeySource {
         hash: &CredentialHash,
     ) -> Result<Option<CredentialRecord>, StoreError>;
 
-    /// The credential with this hash, with its quota, without its tenant line, user and role:
-    /// what a cache miss reads when those are known already ([`Self::find_context`]).
-    async fn find_credential_alone(
+    /// The credentials whose current or previous secret has one of these hashes, with their
+    /// quotas, without their tenant lines, users and roles: what cache misses read when those are
+    /// known already ([`Self::find_context`]). Misses that arrive together are read together.
+    async fn find_credentials_alone(
         &self,
-        hash: &CredentialHash,
-    ) -> Result<Option<Credential>, StoreError> {
-        Ok(self
-            .find_credential(hash)
-            .await?
-            .map(|record| record.credential))
+        hashes: &[CredentialHash],
+    ) -> Result<Vec<Credential>, StoreError> {
+        let mut found = Vec::new();
+        for hash in hashes {
+            if let Some(record) = self.find_credential(hash).await? {
+                found.push(record.credential);
+            }
+        }
+        Ok(found)
     }
 
     /// The tenant line, user and role of `credential`, as [`Self::find_credential`] reads them;

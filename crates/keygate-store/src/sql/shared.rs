@@ -6,6 +6,7 @@ use keygate_core::access::Scope;
 use keygate_core::allowlist::IpAllowlist;
 use keygate_core::credential::{CredentialHash, CredentialKind};
 use keygate_core::id::{CredentialId, DeliveryId, RoleId, TenantId, UserId};
+use keygate_core::misses;
 use keygate_core::model::{
     AuditEvent, Credential, IpRestriction, PreviousSecret, RateLimit, Role, Slug, Tenant,
     TenantPath, TenantStatus, User, UserStatus, email_key,
@@ -229,16 +230,19 @@ fn record_statement(credential: &str, with_credential: bool) -> String {
     )
 }
 
-/// A credential's row alone, with its quota: the columns `credential_from_row` reads. The
-/// credential whose secret, or whose previous secret, hashes to `$1`.
-fn credential_statement() -> String {
+/// Credentials' rows alone, with their quotas: the columns `credential_from_row` reads. The
+/// credentials whose secret, or whose previous secret, hashes to one of `$1` … `$hashes`.
+fn credentials_statement(hashes: usize) -> String {
     let columns: Vec<String> = CREDENTIAL_COLUMNS
         .iter()
         .map(|column| format!("c.{column}"))
         .chain(QUOTA_COLUMNS.iter().map(|column| format!("qv.{column}")))
         .collect();
+    let hashes: Vec<String> = (1..=hashes).map(|n| format!("${n}")).collect();
+    let hashes = hashes.join(", ");
     format!(
-        "SELECT {} FROM credentials c{} WHERE c.secret_hash = $1 OR c.previous_secret_hash = $1",
+        "SELECT {} FROM credentials c{} \
+         WHERE c.secret_hash IN ({hashes}) OR c.previous_secret_hash IN ({hashes})",
         columns.join(", "),
         with_quota!(credential "c"),
     )
@@ -296,18 +300,41 @@ where
     Ok(Some(CredentialRecord::in_context(credential, &context)))
 }
 
-/// The credential with this hash alone, with its quota: one row.
-pub(super) async fn credential_alone(
+/// Hashes read in one statement: as many as verification reads at once ([`misses::MOST`]).
+const MOST_HASHES: usize = misses::MOST;
+
+/// The credentials with these hashes (current or previous secret) alone, with their quotas: one
+/// statement for up to [`MOST_HASHES`].
+pub(super) async fn credentials_alone(
     pool: &sqlx::Pool<Db>,
-    hash: &CredentialHash,
-) -> Result<Option<Credential>, StoreError> {
-    static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(credential_statement);
-    let row = sqlx::query(STATEMENT.as_str())
-        .bind(hash.as_bytes().as_slice())
-        .fetch_optional(pool)
-        .await
-        .map_err(store_error)?;
-    row.as_ref().map(credential_from_row).transpose()
+    hashes: &[CredentialHash],
+) -> Result<Vec<Credential>, StoreError> {
+    // One statement per power of two of hashes, up to the most a statement takes; a batch is
+    // padded with its last hash, so a connection keeps a handful of prepared statements, not one
+    // per batch size.
+    static STATEMENTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+        (0..=MOST_HASHES.trailing_zeros())
+            .map(|power| credentials_statement(1 << power))
+            .collect()
+    });
+    let mut found = Vec::new();
+    for batch in hashes.chunks(MOST_HASHES) {
+        let Some(last) = batch.last() else { break };
+        let size = batch.len().next_power_of_two();
+        let statement = &STATEMENTS[size.trailing_zeros() as usize];
+        let mut query = sqlx::query(statement.as_str());
+        for hash in batch
+            .iter()
+            .chain(std::iter::repeat_n(last, size - batch.len()))
+        {
+            query = query.bind(hash.as_bytes().as_slice());
+        }
+        let rows = query.fetch_all(pool).await.map_err(store_error)?;
+        for row in &rows {
+            found.push(credential_from_row(row)?);
+        }
+    }
+    Ok(found)
 }
 
 /// `credential`'s tenant line, user and role: one statement. `None` if its tenant is gone.

@@ -1,6 +1,6 @@
 //! What verification reads on a cache miss: a credential by its hash, an access token's client.
 //! A credential with its tenant line, user and role is one statement, so one snapshot (and one
-//! round trip); so is a credential's row alone, and its tenant line, user and role alone (a miss
+//! round trip); so are credentials' rows alone (the misses of a moment read together), and its tenant line, user and role alone (a miss
 //! reads the row alone when the verifier keeps the rest). An access token's client and its
 //! revocation are one read transaction.
 
@@ -12,7 +12,7 @@ use keygate_core::store::{
     AccessTokenRecord, CredentialContext, CredentialRecord, CredentialSource, StoreError,
 };
 
-use super::shared::{RecordOf, credential_alone, credential_context, credential_record};
+use super::shared::{RecordOf, credential_context, credential_record, credentials_alone};
 use super::{SqlStore, store_error};
 
 #[async_trait]
@@ -24,11 +24,11 @@ impl CredentialSource for SqlStore {
         credential_record(&self.pool, RecordOf::Hash(hash)).await
     }
 
-    async fn find_credential_alone(
+    async fn find_credentials_alone(
         &self,
-        hash: &CredentialHash,
-    ) -> Result<Option<Credential>, StoreError> {
-        credential_alone(&self.pool, hash).await
+        hashes: &[CredentialHash],
+    ) -> Result<Vec<Credential>, StoreError> {
+        credentials_alone(&self.pool, hashes).await
     }
 
     async fn find_context(
