@@ -24,10 +24,10 @@ use futures_channel::oneshot;
 
 use crate::credential::CredentialHash;
 use crate::model::Credential;
-use crate::store::{CredentialSource, StoreError};
+use crate::store::{CredentialSource, MOST_HASHES_AT_ONCE, StoreError};
 
-/// Misses in one read.
-pub const MOST: usize = 64;
+/// Misses in one read: as many as a store reads in one statement.
+const MOST: usize = MOST_HASHES_AT_ONCE;
 
 type Answer = Result<Option<Credential>, StoreError>;
 

@@ -49,7 +49,9 @@ pub use usage::{
     Granularity, LastUse, UsageBucket, UsageCount, UsageFilter, UsageOutcome, UsageStore,
 };
 pub use users::{Login, UserStore};
-pub use verification::{AccessTokenRecord, CredentialContext, CredentialRecord, CredentialSource};
+pub use verification::{
+    AccessTokenRecord, CredentialContext, CredentialRecord, CredentialSource, MOST_HASHES_AT_ONCE,
+};
 pub use webhooks::{AttemptOutcome, LeakHandled, LeakReport, WebhookStore};
 
 #[derive(Debug, Clone, thiserror::Error)]

@@ -61,6 +61,10 @@ pub struct AccessTokenRecord {
     pub revoked: bool,
 }
 
+/// The most hashes verification passes to [`CredentialSource::find_credentials_alone`] at once:
+/// a store reads that many in one statement.
+pub const MOST_HASHES_AT_ONCE: usize = 64;
+
 /// What verification reads: the operations on the hot path's cold side. The signing keys come
 /// with it ([`SigningKeySource`]), so that verifying an access token can reread them.
 #[async_trait]

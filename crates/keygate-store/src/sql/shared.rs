@@ -6,7 +6,6 @@ use keygate_core::access::Scope;
 use keygate_core::allowlist::IpAllowlist;
 use keygate_core::credential::{CredentialHash, CredentialKind};
 use keygate_core::id::{CredentialId, DeliveryId, RoleId, TenantId, UserId};
-use keygate_core::misses;
 use keygate_core::model::{
     AuditEvent, Credential, IpRestriction, PreviousSecret, RateLimit, Role, Slug, Tenant,
     TenantPath, TenantStatus, User, UserStatus, email_key,
@@ -14,7 +13,8 @@ use keygate_core::model::{
 use keygate_core::password::PasswordHashString;
 use keygate_core::quota::{Quota, QuotaPeriod, StoredQuota};
 use keygate_core::store::{
-    Change, CredentialContext, CredentialRecord, LeakPolicy, Page, Paged, StoreError,
+    Change, CredentialContext, CredentialRecord, LeakPolicy, MOST_HASHES_AT_ONCE, Page, Paged,
+    StoreError,
 };
 use sqlx::{Row, Transaction};
 
@@ -300,11 +300,8 @@ where
     Ok(Some(CredentialRecord::in_context(credential, &context)))
 }
 
-/// Hashes read in one statement: as many as verification reads at once ([`misses::MOST`]).
-const MOST_HASHES: usize = misses::MOST;
-
 /// The credentials with these hashes (current or previous secret) alone, with their quotas: one
-/// statement for up to [`MOST_HASHES`].
+/// statement for up to [`MOST_HASHES_AT_ONCE`].
 pub(super) async fn credentials_alone(
     pool: &sqlx::Pool<Db>,
     hashes: &[CredentialHash],
@@ -313,12 +310,12 @@ pub(super) async fn credentials_alone(
     // padded with its last hash, so a connection keeps a handful of prepared statements, not one
     // per batch size.
     static STATEMENTS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
-        (0..=MOST_HASHES.trailing_zeros())
+        (0..=MOST_HASHES_AT_ONCE.trailing_zeros())
             .map(|power| credentials_statement(1 << power))
             .collect()
     });
     let mut found = Vec::new();
-    for batch in hashes.chunks(MOST_HASHES) {
+    for batch in hashes.chunks(MOST_HASHES_AT_ONCE) {
         let Some(last) = batch.last() else { break };
         let size = batch.len().next_power_of_two();
         let statement = &STATEMENTS[size.trailing_zeros() as usize];
