@@ -4,15 +4,15 @@
 //! At most as many reads run at once as the node has cores. A miss that finds fewer running reads
 //! at once, alone, so a miss among few waits for nothing. One that finds them all running joins the
 //! queue. A reader done with its read hands the queue (up to [`MOST`] misses) to the first miss in
-//! it, which reads them all at once and hands on in turn. So under a storm of misses (a node started
-//! cold, a wave of keys never seen) each read serves many, and what a read costs besides finding
-//! the rows (a trip to the store's thread or a round trip to its server, a statement to run) is
+//! it, which reads them all at once and hands on in turn. So under a storm of misses (a node
+//! started cold, a wave of keys never seen) each read serves many, and what a read costs besides
+//! finding the rows (a trip to the store's thread or a round trip to its server, a statement) is
 //! paid once per batch instead of once per miss.
 //!
 //! More reads at once would not read faster: a read of a batch takes little more than a read of
 //! one, and each read running takes a core (SQLite's thread, or the node's share of a round trip).
 //! On one core, four readers instead of one answered 12 000 cold misses a second instead of 17 700
-//! on SQLite, and 10 900 instead of 14 500 on PostgreSQL (`bench/cold-verify`).
+//! on SQLite, and 10 900 instead of 14 500 on PostgreSQL (`bench/cold-verify`, 200 000 stored).
 //!
 //! A miss that is dropped while it waits (its client went away) is skipped; a reader that is
 //! dropped mid-read hands the queue on all the same, and the misses it had taken read alone.

@@ -1,8 +1,8 @@
 //! What verification reads on a cache miss: a credential by its hash, an access token's client.
 //! A credential with its tenant line, user and role is one statement, so one snapshot (and one
-//! round trip); so are credentials' rows alone (the misses of a moment read together), and its tenant line, user and role alone (a miss
-//! reads the row alone when the verifier keeps the rest). An access token's client and its
-//! revocation are one read transaction.
+//! round trip); so are the rows alone of the credentials missed at the same moment, and a
+//! credential's tenant line, user and role alone (a miss reads the row alone when the verifier
+//! keeps the rest). An access token's client and its revocation are one read transaction.
 
 use async_trait::async_trait;
 use keygate_core::credential::CredentialHash;
