@@ -78,6 +78,17 @@ pub async fn open(
     Err(OpenError::UnsupportedScheme(scheme.to_owned()))
 }
 
+/// What a usage batch adds to one bucket (`sql/usage.rs`), in the order of the bucket tables'
+/// key. Each backend writes a batch of them its own way (`add_to_buckets`).
+struct BucketAddition<'a> {
+    start: i64,
+    credential_id: &'a str,
+    outcome: &'static str,
+    /// The credential's tenant: usage rows go with it.
+    tenant_id: &'a str,
+    count: i64,
+}
+
 /// Which unique value a violated constraint or index protects, from its name or message.
 fn unique_field(name: &str) -> &'static str {
     if name.contains("slug") {

@@ -16,11 +16,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_core::store::{Change, ChangeListener, StoreError};
+use keygate_core::store::{Change, ChangeListener, LastUse, StoreError};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Transaction};
 
-use crate::{OpenError, StoreOptions, unique_field};
+use crate::{BucketAddition, OpenError, StoreOptions, unique_field};
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -33,6 +33,11 @@ const IDLE_BEFORE_PING: Duration = Duration::from_secs(1);
 /// How long a silent channel is trusted.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(1);
 const HEARTBEAT_MESSAGE: &str = "heartbeat";
+/// Rows per statement of a usage batch. Its columns are bound as arrays, five binds whatever the
+/// count, so what bounds a statement is its time: a thousand rows take about ten milliseconds,
+/// far inside the `statement_timeout`, even in the batch of a node that could not write for a
+/// while. Larger statements gained little (5 000: 1.9 s for the batch below, against 2.0 s).
+const USAGE_ROWS_PER_STATEMENT: usize = 1000;
 
 pub struct PgStore {
     pool: PgPool,
@@ -134,6 +139,87 @@ const SHARED_BY_NODES: bool = true;
 #[allow(clippy::duplicate_mod)]
 #[path = "sql/mod.rs"]
 mod sql;
+
+/// Adds a usage batch's rows to one bucket table (`table`), in the rows' order, which is the key's.
+/// The rows go as one array per column, unnested: five parameters for a thousand rows, where a
+/// `VALUES` list has five a row, each bound, parsed and planned. A batch of 50 000 credentials new
+/// to a store of 300 000 (three bucket tables and the last uses) took 2.9 s as 200-row `VALUES`
+/// statements, 2.0 s as arrays.
+async fn add_to_buckets(
+    tx: &mut Transaction<'static, Postgres>,
+    table: &str,
+    rows: &[BucketAddition<'_>],
+) -> Result<(), StoreError> {
+    let statement = format!(
+        "INSERT INTO {table} (start, credential_id, outcome, tenant_id, count)
+         SELECT start, credential_id, outcome, tenant_id, count
+         FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[])
+              WITH ORDINALITY AS added (start, credential_id, outcome, tenant_id, count, n)
+         ORDER BY n
+         ON CONFLICT (start, credential_id, outcome)
+             DO UPDATE SET count = {table}.count + excluded.count"
+    );
+    for chunk in rows.chunks(USAGE_ROWS_PER_STATEMENT) {
+        sqlx::query(&statement)
+            .bind(chunk.iter().map(|added| added.start).collect::<Vec<_>>())
+            .bind(
+                chunk
+                    .iter()
+                    .map(|added| added.credential_id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(chunk.iter().map(|added| added.outcome).collect::<Vec<_>>())
+            .bind(
+                chunk
+                    .iter()
+                    .map(|added| added.tenant_id)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(chunk.iter().map(|added| added.count).collect::<Vec<_>>())
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(())
+}
+
+/// Writes the latest use of each credential (one each, in id order) where it is later than the
+/// stored one, as arrays like [`add_to_buckets`]. Among many credentials, PostgreSQL finds a
+/// thousand ids through the primary key one after the other, in the arrays' order, so two nodes
+/// lock the rows they share in the same order; a small table it may read whole instead, in its
+/// own order, the same for both. Should two nodes still lock in opposite orders, PostgreSQL
+/// fails one batch, which that node writes with its next.
+async fn set_last_used(
+    tx: &mut Transaction<'static, Postgres>,
+    uses: &[&LastUse],
+) -> Result<(), StoreError> {
+    for chunk in uses.chunks(USAGE_ROWS_PER_STATEMENT) {
+        sqlx::query(
+            "UPDATE credentials SET last_used_at = used.at,
+                 last_used_ip = coalesce(used.ip, credentials.last_used_ip)
+             FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[]) AS used (id, at, ip)
+             WHERE credentials.id = used.id
+               AND (credentials.last_used_at IS NULL OR credentials.last_used_at <= used.at)",
+        )
+        .bind(
+            chunk
+                .iter()
+                .map(|used| used.credential_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(chunk.iter().map(|used| used.at.unix()).collect::<Vec<_>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|used| used.ip.map(|ip| ip.to_string()))
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut **tx)
+        .await
+        .map_err(store_error)?;
+    }
+    Ok(())
+}
 
 /// Listens for other nodes' changes for as long as the store lives, reconnecting as needed.
 async fn watch(pool: PgPool, cache: Arc<dyn ChangeListener>, node: Arc<str>) {

@@ -8,19 +8,22 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use keygate_core::store::{Change, ChangeListener, StoreError};
+use keygate_core::store::{Change, ChangeListener, LastUse, StoreError};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::{Sqlite, Transaction};
+use sqlx::{QueryBuilder, Sqlite, Transaction};
 
-use crate::{OpenError, StoreOptions, unique_field};
+use crate::{BucketAddition, OpenError, StoreOptions, unique_field};
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// Rows a query may hand over before the task reading them takes any.
 const ROW_BUFFER: usize = 1024;
+/// Rows per statement of a usage batch: five binds each, far below the 32 766 SQLite allows in
+/// one statement, and few enough statements for a node's batch of a few seconds.
+const USAGE_ROWS_PER_STATEMENT: usize = 200;
 
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -122,6 +125,66 @@ const SHARED_BY_NODES: bool = false;
 #[allow(clippy::duplicate_mod)]
 #[path = "sql/mod.rs"]
 mod sql;
+
+/// Adds a usage batch's rows to one bucket table (`table`), in the rows' order, which is the key's.
+async fn add_to_buckets(
+    tx: &mut Transaction<'static, Sqlite>,
+    table: &str,
+    rows: &[BucketAddition<'_>],
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(USAGE_ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(format!(
+            "INSERT INTO {table} (start, credential_id, outcome, tenant_id, count) "
+        ));
+        query.push_values(chunk, |mut row, added| {
+            row.push_bind(added.start)
+                .push_bind(added.credential_id)
+                .push_bind(added.outcome)
+                .push_bind(added.tenant_id)
+                .push_bind(added.count);
+        });
+        query.push(format_args!(
+            " ON CONFLICT (start, credential_id, outcome)
+                  DO UPDATE SET count = {table}.count + excluded.count"
+        ));
+        query
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(())
+}
+
+/// Writes the latest use of each credential (one each, in id order) where it is later than the
+/// stored one.
+async fn set_last_used(
+    tx: &mut Transaction<'static, Sqlite>,
+    uses: &[&LastUse],
+) -> Result<(), StoreError> {
+    for chunk in uses.chunks(USAGE_ROWS_PER_STATEMENT) {
+        // VALUES names its columns column1, column2, ….
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "UPDATE credentials SET last_used_at = v.column2,
+                 last_used_ip = coalesce(v.column3, credentials.last_used_ip) FROM (",
+        );
+        query.push_values(chunk, |mut row, used| {
+            row.push_bind(used.credential_id.as_str())
+                .push_bind(used.at.unix())
+                .push_bind(used.ip.map(|ip| ip.to_string()));
+        });
+        query.push(
+            ") AS v WHERE credentials.id = v.column1
+                 AND (credentials.last_used_at IS NULL OR credentials.last_used_at <= v.column2)",
+        );
+        query
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(())
+}
 
 /// Maps a driver error: a taken unique value names its column, an unreachable or locked database
 /// is `Unavailable` (the client may retry), anything else is internal.

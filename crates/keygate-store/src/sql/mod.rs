@@ -7,8 +7,9 @@
 //! SQLite and PostgreSQL agree on almost all of keygate's SQL: `$n` parameters (sqlx maps them for
 //! SQLite too), `substr` and `||` on tenant paths, `coalesce`, `EXISTS`, `ON CONFLICT`. What
 //! differs lives in each backend's module: connecting, how a write transaction begins
-//! (`begin_write`), how changes reach other nodes (`commit`), and how driver errors map to
-//! [`StoreError`](keygate_core::store::StoreError) (`store_error`).
+//! (`begin_write`), how changes reach other nodes (`commit`), how driver errors map to
+//! [`StoreError`](keygate_core::store::StoreError) (`store_error`), and how a usage batch's many
+//! rows are written (`add_to_buckets`, `set_last_used`).
 //!
 //! Adding a resource: its file here, and its line in the list below.
 
@@ -77,7 +78,8 @@ macro_rules! and_in {
     }};
 }
 
-use super::{Db, DbRow, SHARED_BY_NODES, SqlStore, store_error};
+use super::{Db, DbRow, SHARED_BY_NODES, SqlStore, add_to_buckets, set_last_used, store_error};
+use crate::BucketAddition;
 
 mod account;
 mod audit;

@@ -21,11 +21,10 @@ use keygate_core::store::{
 use sqlx::{QueryBuilder, Row, Transaction};
 
 use super::shared::{corrupt, timestamp};
-use super::{Db, DbRow, SqlStore, store_error};
+use super::{BucketAddition, Db, DbRow, SqlStore, add_to_buckets, set_last_used, store_error};
 
-/// Rows per statement: five binds each, far below what either database allows in one statement,
-/// and few enough round trips for a node's batch of a few seconds.
-const ROWS_PER_STATEMENT: usize = 200;
+/// Tenants a statement asks after: one bind each, far below what either database allows.
+const TENANTS_PER_STATEMENT: usize = 200;
 
 /// The table holding the buckets of one size.
 fn table(granularity: Granularity) -> &'static str {
@@ -110,11 +109,9 @@ impl UsageStore for SqlStore {
     }
 }
 
-/// Writes each credential's latest use, a statement per `ROWS_PER_STATEMENT` credentials rather
-/// than one each: a node that sees thousands of credentials for the first time writes all their
-/// first uses in the next batch. Never moves a use back (another node may have written a later
-/// one); within the same second, this batch's address wins. In id order, so two nodes writing the
-/// same credentials lock them in the same order.
+/// Writes each credential's latest use. Never moves a use back (another node may have written a
+/// later one); within the same second, this batch's address wins. In id order, so two nodes
+/// writing the same credentials lock them in the same order.
 async fn set_last_uses(
     tx: &mut Transaction<'static, Db>,
     uses: &[LastUse],
@@ -128,28 +125,7 @@ async fn set_last_uses(
         }
     }
     let latest: Vec<&LastUse> = latest.into_values().collect();
-    for chunk in latest.chunks(ROWS_PER_STATEMENT) {
-        // VALUES names its columns column1, column2, … in both databases.
-        let mut query = QueryBuilder::<Db>::new(
-            "UPDATE credentials SET last_used_at = v.column2,
-                 last_used_ip = COALESCE(v.column3, credentials.last_used_ip) FROM (",
-        );
-        query.push_values(chunk, |mut row, used| {
-            row.push_bind(used.credential_id.as_str())
-                .push_bind(used.at.unix())
-                .push_bind(used.ip.map(|ip| ip.to_string()));
-        });
-        query.push(
-            ") AS v WHERE credentials.id = v.column1
-                 AND (credentials.last_used_at IS NULL OR credentials.last_used_at <= v.column2)",
-        );
-        query
-            .build()
-            .execute(&mut **tx)
-            .await
-            .map_err(store_error)?;
-    }
-    Ok(())
+    set_last_used(tx, &latest).await
 }
 
 /// Adds counts to their minute, hour and day buckets, within the batch's transaction.
@@ -165,7 +141,7 @@ async fn add_counts(
     let tenants: BTreeSet<&str> = counts.iter().map(|c| c.tenant_id.as_str()).collect();
     let tenants: Vec<&str> = tenants.into_iter().collect();
     let mut living = HashSet::new();
-    for chunk in tenants.chunks(ROWS_PER_STATEMENT) {
+    for chunk in tenants.chunks(TENANTS_PER_STATEMENT) {
         let mut query = QueryBuilder::<Db>::new("SELECT id FROM tenants WHERE id IN (");
         let mut list = query.separated(", ");
         for id in chunk {
@@ -203,32 +179,19 @@ async fn add_counts(
                 .checked_add(added)
                 .ok_or_else(|| StoreError::Internal("a usage bucket's sum beyond 2^63".into()))?;
         }
-        let rows: Vec<(Key, Addition)> = buckets.into_iter().collect();
-        let table = table(granularity);
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Db>::new(format!(
-                "INSERT INTO {table} (start, credential_id, outcome, tenant_id, count) "
-            ));
-            query.push_values(
-                chunk,
-                |mut row, ((start, credential, outcome), (tenant, count))| {
-                    row.push_bind(*start)
-                        .push_bind(*credential)
-                        .push_bind(*outcome)
-                        .push_bind(*tenant)
-                        .push_bind(*count);
+        let rows: Vec<BucketAddition> = buckets
+            .into_iter()
+            .map(
+                |((start, credential_id, outcome), (tenant_id, count))| BucketAddition {
+                    start,
+                    credential_id,
+                    outcome,
+                    tenant_id,
+                    count,
                 },
-            );
-            query.push(format_args!(
-                " ON CONFLICT (start, credential_id, outcome)
-                      DO UPDATE SET count = {table}.count + excluded.count"
-            ));
-            query
-                .build()
-                .execute(&mut **tx)
-                .await
-                .map_err(store_error)?;
-        }
+            )
+            .collect();
+        add_to_buckets(tx, table(granularity), &rows).await?;
     }
     Ok(())
 }
