@@ -2398,6 +2398,80 @@ async fn deleting_a_tenant_takes_its_usage(db: TestDb) {
     );
 }
 
+/// On PostgreSQL usage rows do not check their tenant by a foreign key (migration 0018); a batch
+/// and a tenant's deletion that meet still leave no usage of a deleted tenant behind. Each side
+/// is held open mid-transaction by a connection of the test's while the other runs.
+#[tokio::test]
+async fn postgres_usage_of_a_tenant_deleted_meanwhile_is_not_left_behind() {
+    if !keygate_testkit::postgres_or_skip() {
+        return;
+    }
+    let o = owned(TestDb::postgres().await).await;
+    let root = o.plan.tenant.clone();
+    let pool = sqlx::PgPool::connect(&o._db.url).await.unwrap();
+    let tenants = o.caller.require::<perm::TenantsWrite>().unwrap();
+    let rows_of = |tenant: &Tenant| {
+        let (pool, id) = (pool.clone(), tenant.id.to_string());
+        async move {
+            let rows: i64 = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM usage_minutes WHERE tenant_id = $1)
+                      + (SELECT count(*) FROM usage_hours WHERE tenant_id = $1)
+                      + (SELECT count(*) FROM usage_days WHERE tenant_id = $1)",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            rows
+        }
+    };
+
+    // A deletion under way when a batch comes: the batch waits for it and drops the counts.
+    let child = tenant_below(&o, &root, "deleted-first").await;
+    let mut deleting = pool.begin().await.unwrap();
+    sqlx::query("DELETE FROM tenants WHERE id = $1")
+        .bind(child.id.as_str())
+        .execute(&mut *deleting)
+        .await
+        .unwrap();
+    let counts = [
+        used_count(&credential(), &child, 0, UsageOutcome::Valid, 1),
+        used_count(&credential(), &root, 0, UsageOutcome::Valid, 1),
+    ];
+    let store = o.store.clone();
+    let batch = tokio::spawn(async move { store.add_usage(&counts, &[]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    deleting.commit().await.unwrap();
+    batch.await.unwrap().unwrap();
+    assert_eq!(rows_of(&child).await, 0, "no usage of the deleted tenant");
+    assert_eq!(rows_of(&root).await, 3, "the rest of the batch is added");
+
+    // A batch under way when a deletion comes: the deletion waits for it and takes its rows.
+    let child = tenant_below(&o, &root, "deleted-second").await;
+    let mut batch = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR KEY SHARE")
+        .bind(child.id.as_str())
+        .execute(&mut *batch)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO usage_minutes (start, credential_id, outcome, tenant_id, count)
+         VALUES (0, 'tok_x', 'valid', $1, 1)",
+    )
+    .bind(child.id.as_str())
+    .execute(&mut *batch)
+    .await
+    .unwrap();
+    let store = o.store.clone();
+    let (id, event) = (child.id.clone(), event(&tenants, "tenant.delete"));
+    let deletion = tokio::spawn(async move { store.delete_tenant(&tenants, &id, &event).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    batch.commit().await.unwrap();
+    assert_eq!(deletion.await.unwrap().unwrap(), Deletion::Deleted);
+    assert_eq!(rows_of(&child).await, 0, "the batch's rows went with it");
+    pool.close().await;
+}
+
 async fn a_batch_of_usage_is_added_whole_or_not_at_all(db: TestDb) {
     let o = owned(db).await;
     let root = o.plan.tenant.clone();

@@ -142,12 +142,18 @@ impl TenantStore for SqlStore {
         if has_children {
             return Ok(Deletion::InUse);
         }
-        // In this order, so no foreign key is left pointing at a deleted row.
+        // In this order, so no foreign key is left pointing at a deleted row. Usage rows last:
+        // on PostgreSQL they have no key (migration 0018), and deleting the tenant's row first
+        // waits for any usage batch that locked it, so the rows that batch added are seen here.
+        // (On SQLite the key already took them.)
         for sql in [
             "DELETE FROM credentials WHERE tenant_id = $1",
             "DELETE FROM users WHERE tenant_id = $1",
             "DELETE FROM roles WHERE tenant_id = $1",
             "DELETE FROM tenants WHERE id = $1",
+            "DELETE FROM usage_minutes WHERE tenant_id = $1",
+            "DELETE FROM usage_hours WHERE tenant_id = $1",
+            "DELETE FROM usage_days WHERE tenant_id = $1",
         ] {
             sqlx::query(sql)
                 .bind(id.as_str())

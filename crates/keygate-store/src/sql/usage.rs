@@ -21,7 +21,10 @@ use keygate_core::store::{
 use sqlx::{QueryBuilder, Row, Transaction};
 
 use super::shared::{corrupt, timestamp};
-use super::{BucketAddition, Db, DbRow, SqlStore, add_to_buckets, set_last_used, store_error};
+use super::{
+    BucketAddition, Db, DbRow, SHARED_BY_NODES, SqlStore, add_to_buckets, set_last_used,
+    store_error,
+};
 
 /// Tenants a statement asks after: one bind each, far below what either database allows.
 const TENANTS_PER_STATEMENT: usize = 200;
@@ -137,9 +140,17 @@ async fn add_counts(
         return Ok(());
     }
     // A tenant deleted since its credentials were counted took its usage with it: its counts
-    // are dropped rather than refused, or the node would keep them and fail again forever.
+    // are dropped rather than refused, or the node would keep them and fail again forever. On
+    // PostgreSQL the tenants found stay locked against deletion until the batch commits (usage
+    // rows have no foreign key there, migration 0018): a deletion waiting for the lock deletes
+    // the rows added here after, and a batch waiting for a deletion's finds its tenant gone.
     let tenants: BTreeSet<&str> = counts.iter().map(|c| c.tenant_id.as_str()).collect();
     let tenants: Vec<&str> = tenants.into_iter().collect();
+    let lock = if SHARED_BY_NODES {
+        " ORDER BY id FOR KEY SHARE"
+    } else {
+        ""
+    };
     let mut living = HashSet::new();
     for chunk in tenants.chunks(TENANTS_PER_STATEMENT) {
         let mut query = QueryBuilder::<Db>::new("SELECT id FROM tenants WHERE id IN (");
@@ -147,7 +158,7 @@ async fn add_counts(
         for id in chunk {
             list.push_bind(*id);
         }
-        query.push(")");
+        query.push(")").push(lock);
         for row in query
             .build()
             .fetch_all(&mut **tx)
