@@ -68,7 +68,10 @@ impl UsageRecorder {
         let queued = std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()));
         let mut counts =
             std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|p| p.into_inner()));
+        // The last uses, and beside them the verifications they were taken from, to note them
+        // again should the batch fail.
         let mut uses = Vec::new();
+        let mut used = Vec::new();
         let retried = counts.len();
         for verified in &queued {
             let taken = verified.usage.take();
@@ -86,27 +89,24 @@ impl UsageRecorder {
                     }),
             );
             if let Some(at) = taken.last_used {
-                uses.push((
-                    Arc::clone(verified),
-                    LastUse {
-                        credential_id,
-                        at,
-                        ip: taken.ip,
-                    },
-                ));
+                uses.push(LastUse {
+                    credential_id,
+                    at,
+                    ip: taken.ip,
+                });
+                used.push(Arc::clone(verified));
             }
         }
         for count in &counts[retried..] {
             self.counted[count.outcome.index()].fetch_add(count.count, Ordering::Relaxed);
         }
-        let batch: Vec<LastUse> = uses.iter().map(|(_, last)| last.clone()).collect();
-        let written = store.add_usage(&counts, &batch).await;
+        let written = store.add_usage(&counts, &uses).await;
         if written.is_err() {
             self.unwritten
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .extend(counts);
-            for (verified, last) in &uses {
+            for (verified, last) in used.iter().zip(&uses) {
                 if verified.usage.remember(last.at.unix(), last.ip) {
                     self.queue(verified);
                 }
