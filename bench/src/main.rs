@@ -8,11 +8,16 @@
 //! already used (warm, the baseline), and prints requests per second, p50 and p99 for both, and
 //! what the server's resident size grew by per credential it verified (and so cached) cold.
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::header::{AUTHORIZATION, HOST, HeaderValue};
+use hyper_util::rt::TokioIo;
 use keygate_core::credential::{CredentialFormat, CredentialKind, Environment};
 use keygate_core::id::CredentialId;
 use keygate_core::{Clock, SystemClock};
@@ -31,6 +36,10 @@ struct Args {
     store_connections: Option<String>,
 }
 
+const USAGE: &str = "usage: keygate-bench cold-verify [--store sqlite|postgres] [--credentials N] \
+[--requests N] [--concurrency N] [--path whoami|forward-auth] [--keygate BINARY] \
+[--store-connections N]";
+
 fn args() -> Args {
     let mut args = Args {
         store: "sqlite".into(),
@@ -43,6 +52,10 @@ fn args() -> Args {
     };
     let mut it = std::env::args().skip(2);
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
         let value = it.next().unwrap_or_default();
         match flag.as_str() {
             "--store" => args.store = value,
@@ -52,7 +65,10 @@ fn args() -> Args {
             "--keygate" => args.keygate = value,
             "--path" if ["whoami", "forward-auth"].contains(&value.as_str()) => args.path = value,
             "--store-connections" => args.store_connections = Some(value),
-            other => panic!("unknown flag {other}"),
+            other => {
+                eprintln!("unknown flag {other}\n{USAGE}");
+                std::process::exit(2);
+            }
         }
     }
     args
@@ -138,13 +154,14 @@ async fn main() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let base = format!("http://{listen}");
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(args.concurrency)
-        .build()
-        .unwrap();
-    while client.get(format!("{base}/readyz")).send().await.is_err() {
+    let address: SocketAddr = listen.parse().unwrap();
+    let client = bench_client();
+    while client
+        .get(format!("http://{listen}/readyz"))
+        .send()
+        .await
+        .is_err()
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -160,21 +177,20 @@ async fn main() {
     let cold_set = &secrets[..args.requests.min(secrets.len())];
     let cached = cold_set.len();
     let (first, second) = cold_set.split_at(cached / 2);
+    let (first_headers, second_headers) = (bearer(first), bearer(second));
     let first_half = run(
-        &client,
-        &base,
+        address,
         &args.path,
-        Arc::new(first.to_vec()),
+        first_headers,
         args.requests / 2,
         args.concurrency,
     )
     .await;
     let resident_midway = settled_resident_bytes(server_pid).await;
     let second_half = run(
-        &client,
-        &base,
+        address,
         &args.path,
-        Arc::new(second.to_vec()),
+        second_headers,
         args.requests - args.requests / 2,
         args.concurrency,
     )
@@ -182,13 +198,11 @@ async fn main() {
     let resident_after = settled_resident_bytes(server_pid).await;
     let cold = Figures::of(&[first_half, second_half]);
     let per_credential = resident_after.saturating_sub(resident_before) / cached.max(1) as u64;
-    let marginal =
-        resident_after.saturating_sub(resident_midway) / second.len().max(1) as u64;
+    let marginal = resident_after.saturating_sub(resident_midway) / second.len().max(1) as u64;
     // Warm: the same 100 credentials over and over, all cached after the cold phase.
-    let warm_set: Arc<Vec<String>> = Arc::new(secrets[..100].to_vec());
+    let warm_set = bearer(&secrets[..100]);
     let _ = run(
-        &client,
-        &base,
+        address,
         &args.path,
         warm_set.clone(),
         1000,
@@ -196,8 +210,7 @@ async fn main() {
     )
     .await;
     let warm = Figures::of(&[run(
-        &client,
-        &base,
+        address,
         &args.path,
         warm_set,
         args.requests,
@@ -286,24 +299,35 @@ fn resident_bytes(pid: u32) -> u64 {
 
 /// `requests` GETs of /v1/`path` over `concurrency` connections, credential i of `set` (mod
 /// len).
+///
+/// The load shares its core with PostgreSQL (the server has the other), so it is kept lean: a
+/// bare HTTP/1.1 connection per worker and each credential's header value made before the clock
+/// starts. Through a general-purpose client (its pool, a URL parsed and a header map built per
+/// request) the load took more CPU than keygate did, and the warm figures were the client's.
 async fn run(
-    client: &reqwest::Client,
-    base: &str,
+    address: SocketAddr,
     path: &str,
-    set: Arc<Vec<String>>,
+    set: Arc<Vec<HeaderValue>>,
     requests: usize,
     concurrency: usize,
 ) -> Run {
     let next = Arc::new(AtomicUsize::new(0));
+    let mut senders = Vec::with_capacity(concurrency);
+    for _ in 0..concurrency {
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        senders.push(sender);
+    }
+    let uri: hyper::Uri = format!("/v1/{path}").parse().unwrap();
+    let host = HeaderValue::from_str(&address.to_string()).unwrap();
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (client, url, set, next) = (
-            client.clone(),
-            format!("{base}/v1/{path}"),
-            set.clone(),
-            next.clone(),
-        );
+    for mut sender in senders {
+        let (uri, host, set, next) = (uri.clone(), host.clone(), set.clone(), next.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
@@ -312,14 +336,15 @@ async fn run(
                     return latencies;
                 }
                 let sent = Instant::now();
-                let response = client
-                    .get(&url)
-                    .bearer_auth(&set[i % set.len()])
-                    .send()
-                    .await
-                    .unwrap();
+                let mut request = hyper::Request::new(Empty::<Bytes>::new());
+                *request.uri_mut() = uri.clone();
+                let headers = request.headers_mut();
+                headers.insert(HOST, host.clone());
+                headers.insert(AUTHORIZATION, set[i % set.len()].clone());
+                sender.ready().await.unwrap();
+                let response = sender.send_request(request).await.unwrap();
                 assert_eq!(response.status(), 200);
-                let _ = response.bytes().await;
+                let _ = response.into_body().collect().await.unwrap();
                 latencies.push(sent.elapsed());
             }
         }));
@@ -332,6 +357,16 @@ async fn run(
         elapsed: started.elapsed(),
         latencies,
     }
+}
+
+/// `Bearer <secret>` for each secret, as a request header's value.
+fn bearer(secrets: &[String]) -> Arc<Vec<HeaderValue>> {
+    Arc::new(
+        secrets
+            .iter()
+            .map(|secret| HeaderValue::from_str(&format!("Bearer {secret}")).unwrap())
+            .collect(),
+    )
 }
 
 /// Inserts `n` viewer service tokens into the root tenant; returns their secrets.
@@ -389,7 +424,10 @@ async fn fill(url: &str, tenant: &str, n: usize) -> Vec<String> {
 /// leave the server's idle. The server under test stays on its own CPU; the store, which in a
 /// deployment runs on a machine of its own, takes whatever either core has free.
 fn unpin_store(url: &str) {
-    let Some(port) = url.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()) else {
+    let Some(port) = url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+    else {
         return;
     };
     let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap_or_default();
