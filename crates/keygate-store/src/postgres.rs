@@ -142,9 +142,8 @@ mod sql;
 
 /// Adds a usage batch's rows to one bucket table (`table`), in the rows' order, which is the key's.
 /// The rows go as one array per column, unnested: five parameters for a thousand rows, where a
-/// `VALUES` list has five a row, each bound, parsed and planned. A batch of 50 000 credentials new
-/// to a store of 300 000 (three bucket tables and the last uses) took 2.9 s as 200-row `VALUES`
-/// statements, 2.0 s as arrays (timed through `add_usage`; `bench/cold-verify` shows the effect).
+/// `VALUES` list has five a row, each bound, parsed and planned (`bench/cold-verify` on
+/// PostgreSQL shows what a batch's writes cost the misses around it).
 async fn add_to_buckets(
     tx: &mut Transaction<'static, Postgres>,
     table: &str,
