@@ -1,11 +1,12 @@
 //! Several keygate nodes on one PostgreSQL: changes made on one are seen on the others at once,
 //! a node whose change channel breaks stops trusting its cache, and a database outage is answered
-//! with 503s and recovered from without a restart. PostgreSQL only: SQLite is one node's file.
+//! with 503s and recovered from without a restart (the usage counted meanwhile written once the
+//! database is back). PostgreSQL only: SQLite is one node's file.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use keygate_core::Clock;
+use keygate_core::{Clock, Timestamp};
 use keygate_testkit::PgCluster;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -408,6 +409,20 @@ async fn outage(serve_stale: bool) {
     .await;
     let (kept_id, cached) = service_token(&server, "viewer").await;
     assert_eq!(status(&server, &cached).await, 200);
+    server.state.flush_usage().await;
+    // The outage's requests in a later minute than the one before it.
+    let before = server.clock.now();
+    server.clock.advance(Duration::from_secs(120));
+    let during = server.clock.now();
+    // Requests the node answered during the outage, from its cache: their usage is counted.
+    let served = std::cell::Cell::new(0u64);
+    let answered = async |token: &str| {
+        let status = status(&server, token).await;
+        if status == 200 {
+            served.set(served.get() + 1);
+        }
+        status
+    };
 
     cluster.stop();
     let started = Instant::now();
@@ -435,9 +450,18 @@ async fn outage(serve_stale: bool) {
     within(
         PROPAGATION_LIMIT * 3,
         "the outage noticed by the cache",
-        || async { status(&server, &cached).await == expected },
+        || async { answered(&cached).await == expected },
     )
     .await;
+    // A batch of usage refused by the store is kept, not lost (a node that served nothing from
+    // its cache has none to write).
+    let flushed = server
+        .state
+        .gate()
+        .usage()
+        .flush(server.state.store())
+        .await;
+    assert_eq!(flushed.is_err(), served.get() > 0, "{flushed:?}");
 
     cluster.start_server();
     within(
@@ -446,6 +470,42 @@ async fn outage(serve_stale: bool) {
         || async { server.get("/readyz").send().await.unwrap().status() == 200 },
     )
     .await;
+    // What the refused batches held is written by the next: the counts of the outage's
+    // requests, and their last use.
+    server.state.flush_usage().await;
+    let minute = |at: Timestamp| Timestamp::from_unix(at.unix() / 60 * 60).to_string();
+    let usage = ok_json(
+        server
+            .call(
+                Method::GET,
+                &format!(
+                    "/v1/usage?granularity=minute&credential_id={kept_id}&since={}&until={}",
+                    minute(before),
+                    minute(during.saturating_add(Duration::from_secs(60))),
+                ),
+                &server.token,
+                None,
+            )
+            .await,
+    )
+    .await;
+    let mut expected_usage = vec![json!({"start": minute(before), "count": 1})];
+    if served.get() > 0 {
+        expected_usage.push(json!({"start": minute(during), "count": served.get()}));
+    }
+    assert_eq!(usage["data"], json!(expected_usage), "{usage}");
+    let token = server
+        .expect(
+            200,
+            Method::GET,
+            &format!("/v1/tokens/{kept_id}"),
+            &server.token,
+            None,
+        )
+        .await;
+    let last_used = if served.get() > 0 { during } else { before };
+    assert_eq!(token["last_used_at"], last_used.to_string(), "{token}");
+
     let (_, after) = service_token(&server, "viewer").await;
     assert_eq!(status(&server, &after).await, 200);
     assert_eq!(status(&server, &cached).await, 200);
