@@ -19,6 +19,12 @@ use crate::verified::Verified;
 
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
 
+/// How long after an hour ends its minutes are rolled up into hours and days: long after every
+/// node's batch brought its counts of the hour's last minute (within [`FLUSH_EVERY`]). A batch
+/// that brings a minute later, as a node back from a store outage does, adds it to its hour and
+/// day itself.
+pub const ROLL_UP_AFTER: Duration = Duration::from_secs(120);
+
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
     queued: Mutex<Vec<Arc<Verified>>>,

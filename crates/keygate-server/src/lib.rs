@@ -174,6 +174,10 @@ const PRUNE_AUDIT_EVERY: Duration = Duration::from_secs(15 * 60);
 /// How long after start the first of those looks waits.
 const PRUNE_AFTER_START: Duration = Duration::from_secs(60);
 
+/// How often the minutes of hours that are over are looked for, to be rolled up into hours and
+/// days.
+const ROLL_UP_EVERY: Duration = Duration::from_secs(60);
+
 /// How often what has expired for good (refresh tokens) is deleted.
 pub const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(3600);
 
@@ -250,6 +254,22 @@ pub async fn run(
             }
         })
     };
+    let roller = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(ROLL_UP_EVERY);
+            loop {
+                every.tick().await;
+                match state.roll_up_usage().await {
+                    Ok(0) => {}
+                    Ok(rolled) => tracing::debug!(rolled, "rolled minutes up into hours and days"),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not roll usage up into hours and days; will retry")
+                    }
+                }
+            }
+        })
+    };
     let housekeeper = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -280,6 +300,7 @@ pub async fn run(
     };
     flusher.abort();
     pruner.abort();
+    roller.abort();
     housekeeper.abort();
     // A delivery cut off mid-attempt keeps its claim until it lapses, then is sent again.
     deliverer.abort();

@@ -20,6 +20,7 @@ use keygate_core::reserve::Credits;
 use keygate_core::signin::Sessions;
 use keygate_core::store::{ChangeListener, DynStore, Granularity, Listeners, Store, StoreError};
 use keygate_core::throttle::LoginThrottle;
+use keygate_core::usage;
 use keygate_core::verify::Verifier;
 use keygate_core::{Clock, Timestamp};
 
@@ -400,11 +401,31 @@ impl AppState {
         }
     }
 
+    /// Rolls the minute buckets of the hours that are over up into their hours and days, a few
+    /// thousand at a time; returns how many. An hour is rolled up once
+    /// [`usage::ROLL_UP_AFTER`] has passed since it ended: a minute that comes later is added to
+    /// its hour and day by the batch that brings it.
+    pub async fn roll_up_usage(&self) -> Result<u64, StoreError> {
+        const CHUNK: u32 = 5_000;
+        let now = self.0.clock.now();
+        let before = Granularity::Hour.bucket(now.saturating_sub(usage::ROLL_UP_AFTER));
+        let mut rolled = 0;
+        loop {
+            let chunk = self.0.store.roll_up_usage(before, CHUNK).await?;
+            if chunk == 0 {
+                return Ok(rolled);
+            }
+            rolled += chunk;
+        }
+    }
+
     /// Deletes the usage buckets past their retention (`usage.*`), minutes, hours and days each
-    /// a small batch at a time with a pause between batches, as [`AppState::prune_audit`] does.
-    /// Returns how many.
+    /// a small batch at a time with a pause between batches, as [`AppState::prune_audit`] does,
+    /// after rolling up what is due ([`AppState::roll_up_usage`]). Returns how many.
     pub async fn prune_usage(&self) -> Result<u64, StoreError> {
         const BATCH: u32 = 1000;
+        // Minutes are pruned only once in their hours and days.
+        self.roll_up_usage().await?;
         let now = self.0.clock.now();
         let mut deleted = 0;
         for granularity in Granularity::ALL {

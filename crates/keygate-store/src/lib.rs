@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_core::store::{ChangeListener, CredentialSource, Store};
+use keygate_core::store::{ChangeListener, CredentialSource, Granularity, Store};
 
 mod postgres;
 mod sqlite;
@@ -78,8 +78,27 @@ pub async fn open(
     Err(OpenError::UnsupportedScheme(scheme.to_owned()))
 }
 
-/// What a usage batch adds to one bucket (`sql/usage.rs`), in the order of the bucket tables'
-/// key. Each backend writes a batch of them its own way (`add_to_buckets`).
+/// The table holding the usage buckets of one size.
+fn usage_table(granularity: Granularity) -> &'static str {
+    match granularity {
+        Granularity::Minute => "usage_minutes",
+        Granularity::Hour => "usage_hours",
+        Granularity::Day => "usage_days",
+    }
+}
+
+/// The key of a usage table, its columns in order. Minutes are keyed by their hour first
+/// (migration `usage_rolled_up`): the roll-up reads an hour credential by credential. Their
+/// `hour` is written with them, the start's hour.
+fn usage_key(granularity: Granularity) -> &'static str {
+    match granularity {
+        Granularity::Minute => "hour, credential_id, start, outcome",
+        Granularity::Hour | Granularity::Day => "start, credential_id, outcome",
+    }
+}
+
+/// What a usage batch or the roll-up adds to one bucket (`sql/usage.rs`), in the order of the
+/// bucket table's key. Each backend writes a batch of them its own way (`add_to_buckets`).
 struct BucketAddition<'a> {
     start: i64,
     credential_id: &'a str,

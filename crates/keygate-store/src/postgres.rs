@@ -16,11 +16,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keygate_core::store::{Change, ChangeListener, LastUse, StoreError};
+use keygate_core::store::{Change, ChangeListener, Granularity, LastUse, StoreError};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, Transaction};
 
-use crate::{BucketAddition, OpenError, StoreOptions, unique_field};
+use crate::{BucketAddition, OpenError, StoreOptions, unique_field, usage_key, usage_table};
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -140,23 +140,27 @@ const SHARED_BY_NODES: bool = true;
 #[path = "sql/mod.rs"]
 mod sql;
 
-/// Adds a usage batch's rows to one bucket table (`table`), in the rows' order, which is the key's.
-/// The rows go as one array per column, unnested: five parameters for a thousand rows, where a
-/// `VALUES` list has five a row, each bound, parsed and planned (`bench/cold-verify` on
+/// Adds a usage batch's rows to the bucket table of `granularity`, in the rows' order, which is
+/// the key's. The rows go as one array per column, unnested: five parameters for a thousand rows,
+/// where a `VALUES` list has five a row, each bound, parsed and planned (`bench/cold-verify` on
 /// PostgreSQL shows what a batch's writes cost the misses around it).
 async fn add_to_buckets(
     tx: &mut Transaction<'static, Postgres>,
-    table: &str,
+    granularity: Granularity,
     rows: &[BucketAddition<'_>],
 ) -> Result<(), StoreError> {
+    let (table, key) = (usage_table(granularity), usage_key(granularity));
+    let (hour, of_start) = match granularity {
+        Granularity::Minute => ("hour, ", "start - start % 3600, "),
+        Granularity::Hour | Granularity::Day => ("", ""),
+    };
     let statement = format!(
-        "INSERT INTO {table} (start, credential_id, outcome, tenant_id, count)
-         SELECT start, credential_id, outcome, tenant_id, count
+        "INSERT INTO {table} ({hour}start, credential_id, outcome, tenant_id, count)
+         SELECT {of_start}start, credential_id, outcome, tenant_id, count
          FROM unnest($1::BIGINT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[])
               WITH ORDINALITY AS added (start, credential_id, outcome, tenant_id, count, n)
          ORDER BY n
-         ON CONFLICT (start, credential_id, outcome)
-             DO UPDATE SET count = {table}.count + excluded.count"
+         ON CONFLICT ({key}) DO UPDATE SET count = {table}.count + excluded.count"
     );
     for chunk in rows.chunks(USAGE_ROWS_PER_STATEMENT) {
         sqlx::query(&statement)

@@ -8,14 +8,14 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use keygate_core::store::{Change, ChangeListener, LastUse, StoreError};
+use keygate_core::store::{Change, ChangeListener, Granularity, LastUse, StoreError};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
-use crate::{BucketAddition, OpenError, StoreOptions, unique_field};
+use crate::{BucketAddition, OpenError, StoreOptions, unique_field, usage_key, usage_table};
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -126,17 +126,24 @@ const SHARED_BY_NODES: bool = false;
 #[path = "sql/mod.rs"]
 mod sql;
 
-/// Adds a usage batch's rows to one bucket table (`table`), in the rows' order, which is the key's.
+/// Adds a usage batch's rows to the bucket table of `granularity`, in the rows' order, which is
+/// the key's.
 async fn add_to_buckets(
     tx: &mut Transaction<'static, Sqlite>,
-    table: &str,
+    granularity: Granularity,
     rows: &[BucketAddition<'_>],
 ) -> Result<(), StoreError> {
+    let (table, key) = (usage_table(granularity), usage_key(granularity));
+    let minutes = granularity == Granularity::Minute;
+    let hour = if minutes { "hour, " } else { "" };
     for chunk in rows.chunks(USAGE_ROWS_PER_STATEMENT) {
         let mut query = QueryBuilder::<Sqlite>::new(format!(
-            "INSERT INTO {table} (start, credential_id, outcome, tenant_id, count) "
+            "INSERT INTO {table} ({hour}start, credential_id, outcome, tenant_id, count) "
         ));
         query.push_values(chunk, |mut row, added| {
+            if minutes {
+                row.push_bind(added.start - added.start.rem_euclid(3_600));
+            }
             row.push_bind(added.start)
                 .push_bind(added.credential_id)
                 .push_bind(added.outcome)
@@ -144,8 +151,7 @@ async fn add_to_buckets(
                 .push_bind(added.count);
         });
         query.push(format_args!(
-            " ON CONFLICT (start, credential_id, outcome)
-                  DO UPDATE SET count = {table}.count + excluded.count"
+            " ON CONFLICT ({key}) DO UPDATE SET count = {table}.count + excluded.count"
         ));
         query
             .build()

@@ -123,6 +123,8 @@ on_every_backend!(
     usage_reads_group_filter_and_bound_buckets,
     usage_is_read_in_the_scope_and_below_only,
     pruning_usage_deletes_the_oldest_buckets_at_most_a_limit_at_a_time,
+    rolling_up_goes_a_credentials_hour_at_a_time_and_reads_stay_exact,
+    usage_stored_before_the_roll_up_is_not_counted_twice,
     deleting_a_tenant_takes_its_usage,
     a_batch_of_usage_is_added_whole_or_not_at_all,
 );
@@ -682,16 +684,22 @@ async fn last_use_only_moves_forward(db: TestDb) {
     );
 
     // A batch is one transaction: counts that cannot be added take its last uses back with them.
-    let half = 1_u64 << 62;
-    let overflowing =
-        [0, 60].map(|minute| used_count(&id, &plan.tenant, minute, UsageOutcome::Valid, half));
+    let full = [used_count(
+        &id,
+        &plan.tenant,
+        0,
+        UsageOutcome::Valid,
+        i64::MAX as u64 - 1,
+    )];
+    store.add_usage(&full, &[]).await.unwrap();
+    let overflowing = [used_count(&id, &plan.tenant, 0, UsageOutcome::Valid, 2)];
     let latest = Timestamp::from_unix(NOW.unix() + 120);
-    assert!(matches!(
+    assert!(
         store
             .add_usage(&overflowing, &[used(latest, Some("192.0.2.1"))])
-            .await,
-        Err(StoreError::Internal(_))
-    ));
+            .await
+            .is_err()
+    );
     let record = store
         .find_credential(&secrets.token.hash())
         .await
@@ -1884,6 +1892,11 @@ fn day_at(seconds: i64) -> Timestamp {
     Timestamp::from_unix(Granularity::Day.bucket(NOW).unix() + seconds)
 }
 
+/// Rolls up every minute of the hours before `day_at(before)`.
+async fn roll_up(o: &Owned, before: i64) {
+    while o.store.roll_up_usage(day_at(before), 1_000).await.unwrap() > 0 {}
+}
+
 fn used_count(
     credential: &CredentialId,
     tenant: &Tenant,
@@ -2267,6 +2280,205 @@ async fn usage_is_read_in_the_scope_and_below_only(db: TestDb) {
     }
 }
 
+async fn rolling_up_goes_a_credentials_hour_at_a_time_and_reads_stay_exact(db: TestDb) {
+    use UsageOutcome::{Forbidden, Valid};
+    let o = owned(db).await;
+    let root = o.plan.tenant.clone();
+    let scope = usage_scope(&o, &root);
+    // 500 credentials once each in hour 0; one credential every minute of hour 1, two outcomes
+    // (120 minute buckets); and once in hour 2.
+    let quiet: Vec<CredentialId> = (0..500).map(|_| credential()).collect();
+    let busy = credential();
+    let mut counts: Vec<UsageCount> = quiet
+        .iter()
+        .enumerate()
+        .map(|(i, c)| used_count(c, &root, (i as i64 % 60) * 60, Valid, 1))
+        .collect();
+    for minute in 0..60 {
+        counts.push(used_count(&busy, &root, 3_600 + minute * 60, Valid, 2));
+        counts.push(used_count(&busy, &root, 3_600 + minute * 60, Forbidden, 1));
+    }
+    counts.push(used_count(&busy, &root, 7_200, Valid, 5));
+    o.store.add_usage(&counts, &[]).await.unwrap();
+    let hours = window(Granularity::Hour, 0, 86_400);
+    let busy_hours = UsageFilter {
+        credential_ids: vec![busy.clone()],
+        by_outcome: true,
+        ..hours.clone()
+    };
+    let check = async |when: &str| {
+        assert_eq!(
+            usage_of(&o, &scope, &hours).await,
+            [
+                row(0, None, None, None, 500),
+                row(3_600, None, None, None, 180),
+                row(7_200, None, None, None, 5),
+            ],
+            "{when}"
+        );
+        assert_eq!(
+            usage_of(&o, &scope, &busy_hours).await,
+            [
+                row(3_600, None, None, Some(Forbidden), 60),
+                row(3_600, None, None, Some(Valid), 120),
+                row(7_200, None, None, Some(Valid), 5),
+            ],
+            "{when}"
+        );
+        assert_eq!(
+            usage_of(&o, &scope, &window(Granularity::Day, 0, 86_400)).await,
+            [row(0, None, None, None, 685)],
+            "{when}"
+        );
+    };
+    check("before").await;
+
+    // A full chunk ends where a credential's hour would be cut: that hour waits for the next.
+    let roll = |limit| o.store.roll_up_usage(day_at(7_200), limit);
+    assert_eq!(
+        roll(1).await.unwrap(),
+        420,
+        "raised to 421, the last one left"
+    );
+    check("between chunks").await;
+    assert_eq!(roll(421).await.unwrap(), 80 + 120);
+    check("after").await;
+    assert_eq!(roll(421).await.unwrap(), 0, "hour 2 is not before the time");
+
+    // The minutes rolled up can go; what they counted stays in hours and days.
+    let far = day_at(10 * 86_400);
+    assert_eq!(
+        o.store
+            .prune_usage(Granularity::Minute, far, 10_000)
+            .await
+            .unwrap(),
+        620
+    );
+    check("minutes pruned").await;
+    assert_eq!(
+        usage_of(&o, &scope, &window(Granularity::Minute, 0, 86_400))
+            .await
+            .len(),
+        1,
+        "hour 2's minute, not rolled up"
+    );
+
+    // A minute of an hour already rolled up is added to its hour and day by its batch.
+    let late = [used_count(&quiet[7], &root, 60, Valid, 3)];
+    o.store.add_usage(&late, &[]).await.unwrap();
+    assert_eq!(
+        usage_of(&o, &scope, &hours).await[0],
+        row(0, None, None, None, 503)
+    );
+    assert_eq!(
+        usage_of(&o, &scope, &window(Granularity::Day, 0, 86_400)).await,
+        [row(0, None, None, None, 688)]
+    );
+    assert_eq!(roll(421).await.unwrap(), 0, "nothing to roll up twice");
+    assert_eq!(
+        usage_of(&o, &scope, &window(Granularity::Day, 0, 86_400)).await,
+        [row(0, None, None, None, 688)]
+    );
+}
+
+/// The migration that has hours and days rolled up from minutes keeps what was stored before it:
+/// those minutes were added to their hours and days when they were written, so none is rolled up
+/// again; and a minute of the same hour written after it is added to that hour by its batch.
+async fn usage_stored_before_the_roll_up_is_not_counted_twice(db: TestDb) {
+    let (credential_id, tenant_id) = (credential(), TenantId::generate(NOW).unwrap());
+    let hour = day_at(0).unix();
+    let rows = [
+        ("usage_minutes", day_at(60).unix()),
+        ("usage_hours", hour),
+        ("usage_days", hour),
+    ];
+    let before = |all: &sqlx::migrate::Migrator, version| sqlx::migrate::Migrator {
+        migrations: all
+            .migrations
+            .iter()
+            .filter(|m| m.version < version)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    // What the rows say once migrated: the position, the minutes' hours, the hours' sum.
+    let state = "SELECT (SELECT hour FROM usage_rolled) AS rolled,
+                        (SELECT credential_id FROM usage_rolled) AS past,
+                        (SELECT min(hour) FROM usage_minutes) AS hour,
+                        (SELECT CAST(sum(count) AS BIGINT) FROM usage_hours) AS total";
+    macro_rules! on {
+        ($pool:expr, $migrator:expr, $version:expr) => {{
+            let pool = $pool;
+            before($migrator, $version).run(&pool).await.unwrap();
+            sqlx::query(
+                "INSERT INTO tenants (id, name, slug, status, created_at, path)
+                 VALUES ($1, 'Before', 'before', 'active', 0, '/' || $1 || '/')",
+            )
+            .bind(tenant_id.as_str())
+            .execute(&pool)
+            .await
+            .unwrap();
+            for (table, start) in rows {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (start, credential_id, outcome, tenant_id, count)
+                     VALUES ($1, $2, 'valid', $3, 5)"
+                ))
+                .bind(start)
+                .bind(credential_id.as_str())
+                .bind(tenant_id.as_str())
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+            let store = db.open(Arc::new(Recorder::default())).await;
+            let far = day_at(10 * 86_400);
+            assert_eq!(store.roll_up_usage(far, 1_000).await.unwrap(), 0);
+            let late = UsageCount {
+                credential_id: credential_id.clone(),
+                tenant_id: tenant_id.clone(),
+                minute: day_at(120),
+                outcome: UsageOutcome::Valid,
+                count: 2,
+            };
+            store.add_usage(&[late], &[]).await.unwrap();
+            assert_eq!(store.roll_up_usage(far, 1_000).await.unwrap(), 0);
+            let row = sqlx::query(state).fetch_one(&pool).await.unwrap();
+            let (rolled, past, minutes_hour, total): (i64, String, i64, i64) = (
+                sqlx::Row::get(&row, "rolled"),
+                sqlx::Row::get(&row, "past"),
+                sqlx::Row::get(&row, "hour"),
+                sqlx::Row::get(&row, "total"),
+            );
+            assert_eq!(
+                (rolled, past.as_str()),
+                (hour + 3_600, ""),
+                "past what was there"
+            );
+            assert_eq!(minutes_hour, hour);
+            assert_eq!(total, 7, "the hour counted once, and the minute after");
+            pool.close().await;
+        }};
+    }
+    if db.url.starts_with("sqlite:") {
+        std::fs::create_dir_all(db.dir().join("nested")).unwrap();
+        let options = <sqlx::sqlite::SqliteConnectOptions as std::str::FromStr>::from_str(&db.url)
+            .unwrap()
+            .create_if_missing(true);
+        on!(
+            sqlx::SqlitePool::connect_with(options).await.unwrap(),
+            &crate::sqlite::MIGRATOR,
+            17
+        );
+    } else {
+        on!(
+            sqlx::PgPool::connect(&db.url).await.unwrap(),
+            &crate::postgres::MIGRATOR,
+            19
+        );
+    }
+}
+
 async fn pruning_usage_deletes_the_oldest_buckets_at_most_a_limit_at_a_time(db: TestDb) {
     use UsageOutcome::{Expired, Valid};
     let o = owned(db).await;
@@ -2281,6 +2493,15 @@ async fn pruning_usage_deletes_the_oldest_buckets_at_most_a_limit_at_a_time(db: 
         by_outcome: true,
         ..window(Granularity::Minute, 0, 3_600)
     };
+    assert_eq!(
+        o.store
+            .prune_usage(Granularity::Minute, day_at(180), 10)
+            .await
+            .unwrap(),
+        0,
+        "minutes not yet rolled up into their hours and days stay"
+    );
+    roll_up(&o, 3_600).await;
 
     assert_eq!(
         o.store
@@ -2288,12 +2509,9 @@ async fn pruning_usage_deletes_the_oldest_buckets_at_most_a_limit_at_a_time(db: 
             .await
             .unwrap(),
         2,
-        "the two buckets of the oldest minute"
+        "at most the limit"
     );
-    assert_eq!(
-        starts(usage_of(&o, &scope, &minutes).await),
-        [60, 120, 180, 240]
-    );
+    assert_eq!(usage_of(&o, &scope, &minutes).await.len(), 4);
     assert_eq!(
         o.store
             .prune_usage(Granularity::Minute, day_at(180), 10)
@@ -2355,7 +2573,13 @@ async fn deleting_a_tenant_takes_its_usage(db: TestDb) {
         )
         .await
         .unwrap();
-    assert_eq!(usage_row_tenants(&o._db).await.len(), 6);
+    assert_eq!(usage_row_tenants(&o._db).await.len(), 2, "minutes");
+    roll_up(&o, 3_600).await;
+    assert_eq!(
+        usage_row_tenants(&o._db).await.len(),
+        6,
+        "minutes, and the hours and days rolled up from them"
+    );
 
     let tenants = o.caller.require::<perm::TenantsWrite>().unwrap();
     assert_eq!(
@@ -2372,7 +2596,8 @@ async fn deleting_a_tenant_takes_its_usage(db: TestDb) {
     );
 
     // A node that counted the deleted tenant's credential before it went is not refused (it would
-    // keep the counts and fail for ever): those counts are dropped, the rest of the batch added.
+    // keep the counts and fail for ever): those counts are dropped, the rest of the batch added
+    // (to its hour and day as well: the hour was rolled up).
     o.store
         .add_usage(
             &[
@@ -2444,7 +2669,7 @@ async fn postgres_usage_of_a_tenant_deleted_meanwhile_is_not_left_behind() {
     deleting.commit().await.unwrap();
     batch.await.unwrap().unwrap();
     assert_eq!(rows_of(&child).await, 0, "no usage of the deleted tenant");
-    assert_eq!(rows_of(&root).await, 3, "the rest of the batch is added");
+    assert_eq!(rows_of(&root).await, 1, "the rest of the batch is added");
 
     // A batch under way when a deletion comes: the deletion waits for it and takes its rows.
     let child = tenant_below(&o, &root, "deleted-second").await;
@@ -2455,8 +2680,8 @@ async fn postgres_usage_of_a_tenant_deleted_meanwhile_is_not_left_behind() {
         .await
         .unwrap();
     sqlx::query(
-        "INSERT INTO usage_minutes (start, credential_id, outcome, tenant_id, count)
-         VALUES (0, 'tok_x', 'valid', $1, 1)",
+        "INSERT INTO usage_minutes (hour, start, credential_id, outcome, tenant_id, count)
+         VALUES (0, 0, 'tok_x', 'valid', $1, 1)",
     )
     .bind(child.id.as_str())
     .execute(&mut *batch)
@@ -2469,6 +2694,82 @@ async fn postgres_usage_of_a_tenant_deleted_meanwhile_is_not_left_behind() {
     batch.commit().await.unwrap();
     assert_eq!(deletion.await.unwrap().unwrap(), Deletion::Deleted);
     assert_eq!(rows_of(&child).await, 0, "the batch's rows went with it");
+    pool.close().await;
+}
+
+/// On PostgreSQL several nodes write batches and roll up at once: a batch holds the roll-up's
+/// position shared, the roll-up holds it alone, so a minute is added to its hour once, by the
+/// roll-up or by its batch, never by neither. Each side is held open mid-transaction by a
+/// connection of the test's while the other runs.
+#[tokio::test]
+async fn postgres_a_roll_up_and_a_batch_wait_for_each_other() {
+    if !keygate_testkit::postgres_or_skip() {
+        return;
+    }
+    let o = owned(TestDb::postgres().await).await;
+    let root = o.plan.tenant.clone();
+    let scope = usage_scope(&o, &root);
+    let pool = sqlx::PgPool::connect(&o._db.url).await.unwrap();
+    let hour_total = async || usage_of(&o, &scope, &window(Granularity::Hour, 0, 3_600)).await;
+    let rolled = async || -> i64 {
+        sqlx::query_scalar("SELECT coalesce(sum(count), 0)::BIGINT FROM usage_hours")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let early = credential();
+    o.store
+        .add_usage(&[used_count(&early, &root, 0, UsageOutcome::Valid, 1)], &[])
+        .await
+        .unwrap();
+
+    // A batch under way when the roll-up comes: the roll-up waits for it and takes its minute.
+    let mut batch = pool.begin().await.unwrap();
+    sqlx::query("SELECT hour FROM usage_rolled FOR SHARE")
+        .execute(&mut *batch)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO usage_minutes (hour, start, credential_id, outcome, tenant_id, count)
+         VALUES ($1, $1, $2, 'valid', $3, 2)",
+    )
+    .bind(day_at(0).unix())
+    .bind(credential().as_str())
+    .bind(root.id.as_str())
+    .execute(&mut *batch)
+    .await
+    .unwrap();
+    let store = o.store.clone();
+    let roll_up = tokio::spawn(async move { store.roll_up_usage(day_at(3_600), 1_000).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!roll_up.is_finished(), "the roll-up waits for the batch");
+    batch.commit().await.unwrap();
+    assert_eq!(roll_up.await.unwrap().unwrap(), 2);
+    assert_eq!(rolled().await, 3, "both minutes in their hour");
+    assert_eq!(hour_total().await, [row(0, None, None, None, 3)]);
+
+    // A roll-up under way when a batch comes: the batch waits, and finds its minute's hour
+    // rolled up past it, so it adds the minute to the hour itself.
+    let mut rolling = pool.begin().await.unwrap();
+    sqlx::query("SELECT hour FROM usage_rolled FOR UPDATE")
+        .execute(&mut *rolling)
+        .await
+        .unwrap();
+    let store = o.store.clone();
+    let late = [used_count(&credential(), &root, 60, UsageOutcome::Valid, 4)];
+    let batch = tokio::spawn(async move { store.add_usage(&late, &[]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!batch.is_finished(), "the batch waits for the roll-up");
+    // As if the roll-up had gone past every credential of the hour.
+    sqlx::query("UPDATE usage_rolled SET hour = $1, credential_id = '~'")
+        .bind(day_at(0).unix())
+        .execute(&mut *rolling)
+        .await
+        .unwrap();
+    rolling.commit().await.unwrap();
+    batch.await.unwrap().unwrap();
+    assert_eq!(rolled().await, 7, "the batch added its minute to its hour");
+    assert_eq!(hour_total().await, [row(0, None, None, None, 7)]);
     pool.close().await;
 }
 
@@ -2514,25 +2815,40 @@ async fn a_batch_of_usage_is_added_whole_or_not_at_all(db: TestDb) {
         Some("198.51.100.4".parse().unwrap())
     );
 
-    // Two minutes whose hour cannot hold their sum: the minutes, already written, are rolled
-    // back with the rest.
-    let other = credential();
-    let half = 1_u64 << 62;
-    let overflowing = [
-        used_count(&other, &root, 0, UsageOutcome::Valid, half),
-        used_count(&other, &root, 60, UsageOutcome::Valid, half),
-    ];
-    assert!(matches!(
-        o.store.add_usage(&overflowing, &[]).await,
-        Err(StoreError::Internal(_))
-    ));
+    // A batch whose last statement fails: a minute that cannot hold what is added to it. The
+    // statements before it, more minutes and the last uses, are rolled back with it.
+    let (other, full) = (credential(), credential());
+    let top = [used_count(
+        &full,
+        &root,
+        86_340,
+        UsageOutcome::Valid,
+        i64::MAX as u64 - 1,
+    )];
+    o.store.add_usage(&top, &[]).await.unwrap();
+    let mut overflowing: Vec<UsageCount> = (0..1_350)
+        .map(|minute| used_count(&other, &root, minute * 60, UsageOutcome::Valid, 1))
+        .collect();
+    overflowing.push(used_count(&full, &root, 86_340, UsageOutcome::Valid, 2));
+    let later = LastUse {
+        credential_id: token.id.clone(),
+        at: Timestamp::from_unix(NOW.unix() + 60),
+        ip: None,
+    };
+    assert!(o.store.add_usage(&overflowing, &[later]).await.is_err());
     let of_other = UsageFilter {
         credential_ids: vec![other],
         ..window(Granularity::Minute, 0, 86_400)
     };
     assert!(usage_of(&o, &scope, &of_other).await.is_empty());
+    let record = o.store.find_credential(&token.hash).await.unwrap().unwrap();
+    assert_eq!(record.credential.last_used_at, Some(token_used));
+    let of_c = UsageFilter {
+        credential_ids: vec![c],
+        ..window(Granularity::Day, 0, 86_400)
+    };
     assert_eq!(
-        usage_of(&o, &scope, &window(Granularity::Day, 0, 86_400)).await,
+        usage_of(&o, &scope, &of_c).await,
         [row(0, None, None, None, 1_350)]
     );
 }

@@ -46,7 +46,8 @@ pub use roles::RoleStore;
 pub use tenants::TenantStore;
 pub use tokens::{PersonalTokens, TokenFilter, TokenStore};
 pub use usage::{
-    Granularity, LastUse, UsageBucket, UsageCount, UsageFilter, UsageOutcome, UsageStore,
+    Granularity, LastUse, MINUTE_BUCKETS_PER_HOUR, UsageBucket, UsageCount, UsageFilter,
+    UsageOutcome, UsageStore,
 };
 pub use users::{Login, UserStore};
 pub use verification::{

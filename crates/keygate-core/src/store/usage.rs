@@ -145,13 +145,25 @@ pub struct LastUse {
     pub ip: Option<std::net::IpAddr>,
 }
 
+/// The most minute buckets one credential has in an hour: one a minute and outcome.
+pub const MINUTE_BUCKETS_PER_HOUR: u32 = 60 * UsageOutcome::ALL.len() as u32;
+
 #[async_trait]
 pub trait UsageStore: Send + Sync + 'static {
     /// Writes a node's batch in one transaction, all of it or none (a node that cannot write
-    /// keeps it for its next try): adds the counts to the stored sums of their minute, hour and
-    /// day buckets, and records when and from where credentials were last used (a timestamp only
-    /// moves forward).
+    /// keeps it for its next try): adds the counts to the stored sums of their minute buckets
+    /// (and of their hour and day buckets too if [`UsageStore::roll_up_usage`] has passed them),
+    /// and records when and from where credentials were last used (a timestamp only moves
+    /// forward).
     async fn add_usage(&self, counts: &[UsageCount], uses: &[LastUse]) -> Result<(), StoreError>;
+
+    /// Adds minute buckets of hours that start before `before` to their hour and day buckets,
+    /// oldest hour first, an hour of one credential at a time and at most `limit` minute buckets
+    /// in all (a credential's hour is at most [`MINUTE_BUCKETS_PER_HOUR`], so `limit` is raised
+    /// to one more). Returns how many minute buckets it rolled up: 0 when none was left. Reads
+    /// are exact before, during and after: a read of hours or days adds the minutes not yet
+    /// rolled up.
+    async fn roll_up_usage(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
 
     /// The scope's usage and its descendants', oldest bucket first, buckets with no requests left
     /// out.

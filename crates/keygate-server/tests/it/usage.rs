@@ -20,6 +20,7 @@ use crate::harness::{Backend, START, TestServer, ok_json, problem};
 on_every_backend!(
     counts_are_exact_by_minute_and_outcome,
     hours_and_days_sum_the_minutes,
+    hours_and_days_read_the_same_once_rolled_up,
     every_grouping_sums_what_it_leaves_out,
     since_and_until_bound_whole_buckets,
     a_tenant_sees_its_subtree_only,
@@ -314,6 +315,72 @@ async fn hours_and_days_sum_the_minutes(backend: Backend) {
         w.data(&format!("credential_id={}&{range}", w.r1)).await,
         hours["data"]
     );
+}
+
+/// Every read of hours and days of the seeded two days, the reseller's with each grouping and a
+/// sub-customer's, against what was added.
+async fn read_hours_and_days(w: &World, when: &str) {
+    let all = [w.root.as_str(), w.child.as_str(), w.sibling.as_str()];
+    let range = (0, 2 * DAY);
+    let window = format!("since={}&until={}", at(range.0), at(range.1));
+    for granularity in [Granularity::Hour, Granularity::Day] {
+        for groups in [
+            &[][..],
+            &["credential"],
+            &["tenant", "outcome"],
+            &["credential", "outcome"],
+        ] {
+            let mut query = format!("granularity={}&{window}", granularity.as_str());
+            for group in groups {
+                query.push_str(&format!("&group_by={group}"));
+            }
+            assert_eq!(
+                w.data(&query).await,
+                w.expected(&all, granularity, range, groups),
+                "{when}: {query}"
+            );
+        }
+        let query = format!("granularity={}&{window}", granularity.as_str());
+        assert_eq!(
+            w.usage(&w.child_owner, &query).await["data"],
+            w.expected(&[w.child.as_str()], granularity, range, &[]),
+            "{when}: the child's {query}"
+        );
+    }
+}
+
+/// Hours and days are rolled up from minutes once the hour is over: every read answers the same
+/// before and after, and a minute that comes after its hour was rolled up (from a node back
+/// from a database outage) is counted once in its hour and day.
+async fn hours_and_days_read_the_same_once_rolled_up(backend: Backend) {
+    let mut w = world(backend).await;
+    read_hours_and_days(&w, "before the roll-up").await;
+    let buckets = w.seeded.len() as u64;
+    assert_eq!(w.server.state.roll_up_usage().await.unwrap(), buckets);
+    assert_eq!(w.server.state.roll_up_usage().await.unwrap(), 0, "done");
+    read_hours_and_days(&w, "after the roll-up").await;
+
+    let late = [
+        (
+            w.r1.clone(),
+            w.root.clone(),
+            10 * HOUR,
+            UsageOutcome::Valid,
+            4,
+        ),
+        (
+            w.c1.clone(),
+            w.child.clone(),
+            11 * HOUR,
+            UsageOutcome::Revoked,
+            1,
+        ),
+    ];
+    add(&w.server, &late).await;
+    w.seeded.extend(late);
+    read_hours_and_days(&w, "with late minutes").await;
+    assert_eq!(w.server.state.roll_up_usage().await.unwrap(), 0);
+    read_hours_and_days(&w, "with late minutes, after another roll-up").await;
 }
 
 async fn every_grouping_sums_what_it_leaves_out(backend: Backend) {
