@@ -260,9 +260,14 @@ pub async fn run(
             let mut every = tokio::time::interval(ROLL_UP_EVERY);
             loop {
                 every.tick().await;
+                let started = std::time::Instant::now();
                 match state.roll_up_usage().await {
                     Ok(0) => {}
-                    Ok(rolled) => tracing::debug!(rolled, "rolled minutes up into hours and days"),
+                    Ok(rolled) => tracing::info!(
+                        rolled,
+                        elapsed_ms = started.elapsed().as_millis(),
+                        "rolled usage minutes up into hours and days"
+                    ),
                     Err(error) => {
                         tracing::warn!(%error, "could not roll usage up into hours and days; will retry")
                     }
