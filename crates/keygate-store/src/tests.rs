@@ -1678,20 +1678,24 @@ async fn access_token_revocations_are_remembered_and_announced(db: TestDb) {
         .unwrap();
 }
 
-/// The migration that widened the algorithms keeps the EdDSA keys already stored (SQLite rebuilds
-/// the table for it).
-async fn eddsa_keys_made_before_0006_are_kept_by_it(db: TestDb) {
-    let old = keygate_core::jwt::generate_key(SigningAlgorithm::EdDsa, 1, NOW, None).unwrap();
-    let before_0006 = |all: &sqlx::migrate::Migrator| sqlx::migrate::Migrator {
+/// The migrations of `all` older than `version`: a database as an earlier keygate left it.
+fn migrations_before(all: &sqlx::migrate::Migrator, version: i64) -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator {
         migrations: all
             .migrations
             .iter()
-            .filter(|m| m.version < 6)
+            .filter(|m| m.version < version)
             .cloned()
             .collect::<Vec<_>>()
             .into(),
         ..sqlx::migrate::Migrator::DEFAULT
-    };
+    }
+}
+
+/// The migration that widened the algorithms keeps the EdDSA keys already stored (SQLite rebuilds
+/// the table for it).
+async fn eddsa_keys_made_before_0006_are_kept_by_it(db: TestDb) {
+    let old = keygate_core::jwt::generate_key(SigningAlgorithm::EdDsa, 1, NOW, None).unwrap();
     let insert = "INSERT INTO signing_keys (kid, generation, algorithm, public_key, private_key, \
                   created_at) VALUES ($1, 1, 'EdDSA', $2, $3, $4)";
     if db.url.starts_with("sqlite:") {
@@ -1700,7 +1704,7 @@ async fn eddsa_keys_made_before_0006_are_kept_by_it(db: TestDb) {
             .unwrap()
             .create_if_missing(true);
         let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
-        before_0006(&crate::sqlite::MIGRATOR)
+        migrations_before(&crate::sqlite::MIGRATOR, 6)
             .run(&pool)
             .await
             .unwrap();
@@ -1715,7 +1719,7 @@ async fn eddsa_keys_made_before_0006_are_kept_by_it(db: TestDb) {
         pool.close().await;
     } else {
         let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-        before_0006(&crate::postgres::MIGRATOR)
+        migrations_before(&crate::postgres::MIGRATOR, 6)
             .run(&pool)
             .await
             .unwrap();
@@ -2392,16 +2396,6 @@ async fn usage_stored_before_the_roll_up_is_not_counted_twice(db: TestDb) {
         ("usage_hours", hour),
         ("usage_days", hour),
     ];
-    let before = |all: &sqlx::migrate::Migrator, version| sqlx::migrate::Migrator {
-        migrations: all
-            .migrations
-            .iter()
-            .filter(|m| m.version < version)
-            .cloned()
-            .collect::<Vec<_>>()
-            .into(),
-        ..sqlx::migrate::Migrator::DEFAULT
-    };
     // What the rows say once migrated: the position, the minutes' hours, the hours' sum.
     let state = "SELECT (SELECT hour FROM usage_rolled) AS rolled,
                         (SELECT credential_id FROM usage_rolled) AS past,
@@ -2410,7 +2404,10 @@ async fn usage_stored_before_the_roll_up_is_not_counted_twice(db: TestDb) {
     macro_rules! on {
         ($pool:expr, $migrator:expr, $version:expr) => {{
             let pool = $pool;
-            before($migrator, $version).run(&pool).await.unwrap();
+            migrations_before($migrator, $version)
+                .run(&pool)
+                .await
+                .unwrap();
             sqlx::query(
                 "INSERT INTO tenants (id, name, slug, status, created_at, path)
                  VALUES ($1, 'Before', 'before', 'active', 0, '/' || $1 || '/')",

@@ -326,8 +326,10 @@ async fn add_counts(
     if counts.is_empty() {
         return Ok(());
     }
-    let living = living_tenants(tx, counts.iter().map(|c| c.tenant_id.as_str())).await?;
+    // The position before the tenants, as the roll-up takes them: a batch waiting for the
+    // roll-up then holds no tenant that a deletion the roll-up waits for would wait on.
     let rolled = Rolled::read(tx, if SHARED_BY_NODES { " FOR SHARE" } else { "" }).await?;
+    let living = living_tenants(tx, counts.iter().map(|c| c.tenant_id.as_str())).await?;
     for granularity in Granularity::ALL {
         let mut sums = Sums::new(granularity);
         for count in counts
