@@ -2770,6 +2770,52 @@ async fn postgres_a_roll_up_and_a_batch_wait_for_each_other() {
     pool.close().await;
 }
 
+/// Every node rolls up: two at once on PostgreSQL take turns, each chunk rolled up by one of them.
+#[tokio::test]
+async fn postgres_two_nodes_rolling_up_at_once_count_each_minute_once() {
+    if !keygate_testkit::postgres_or_skip() {
+        return;
+    }
+    let o = owned(TestDb::postgres().await).await;
+    let root = o.plan.tenant.clone();
+    let counts: Vec<UsageCount> = (0..3_000)
+        .map(|i| used_count(&credential(), &root, (i % 60) * 60, UsageOutcome::Valid, 1))
+        .collect();
+    o.store.add_usage(&counts, &[]).await.unwrap();
+    // Another node on the same database.
+    let other = o._db.open(Arc::new(Recorder::default())).await;
+    let node = |store: Arc<dyn Backend>| {
+        tokio::spawn(async move {
+            let mut rolled = 0;
+            loop {
+                match store.roll_up_usage(day_at(3_600), 421).await.unwrap() {
+                    0 => return rolled,
+                    chunk => rolled += chunk,
+                }
+            }
+        })
+    };
+    let (a, b) = (node(o.store.clone()), node(other));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert_eq!(
+        a + b,
+        3_000,
+        "each minute rolled up by one node ({a} and {b})"
+    );
+    let scope = usage_scope(&o, &root);
+    assert_eq!(
+        usage_of(&o, &scope, &window(Granularity::Hour, 0, 3_600)).await,
+        [row(0, None, None, None, 3_000)]
+    );
+    let pool = sqlx::PgPool::connect(&o._db.url).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT CAST(sum(count) AS BIGINT) FROM usage_hours")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 3_000, "in the hour table once");
+    pool.close().await;
+}
+
 async fn a_batch_of_usage_is_added_whole_or_not_at_all(db: TestDb) {
     let o = owned(db).await;
     let root = o.plan.tenant.clone();
