@@ -97,6 +97,14 @@ fn usage_key(granularity: Granularity) -> &'static str {
     }
 }
 
+/// The start of the hour a usage bucket starting at `start` (unix seconds) falls in: the minute
+/// table's `hour`.
+fn usage_hour(start: i64) -> i64 {
+    Granularity::Hour
+        .bucket(keygate_core::Timestamp::from_unix(start))
+        .unix()
+}
+
 /// What a usage batch or the roll-up adds to one bucket (`sql/usage.rs`), in the order of the
 /// bucket table's key. Each backend writes a batch of them its own way (`add_to_buckets`).
 struct BucketAddition<'a> {

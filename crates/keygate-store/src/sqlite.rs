@@ -15,7 +15,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Sqlite, Transaction};
 
-use crate::{BucketAddition, OpenError, StoreOptions, unique_field, usage_key, usage_table};
+use crate::{
+    BucketAddition, OpenError, StoreOptions, unique_field, usage_hour, usage_key, usage_table,
+};
 
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -142,7 +144,7 @@ async fn add_to_buckets(
         ));
         query.push_values(chunk, |mut row, added| {
             if minutes {
-                row.push_bind(added.start - added.start.rem_euclid(3_600));
+                row.push_bind(usage_hour(added.start));
             }
             row.push_bind(added.start)
                 .push_bind(added.credential_id)

@@ -79,7 +79,7 @@ macro_rules! and_in {
 }
 
 use super::{Db, DbRow, SHARED_BY_NODES, SqlStore, add_to_buckets, set_last_used, store_error};
-use crate::{BucketAddition, usage_key, usage_table};
+use crate::{BucketAddition, usage_hour, usage_key, usage_table};
 
 mod account;
 mod audit;

@@ -30,7 +30,7 @@ use sqlx::{QueryBuilder, Row, Transaction};
 use super::shared::{corrupt, timestamp};
 use super::{
     BucketAddition, Db, DbRow, SHARED_BY_NODES, SqlStore, add_to_buckets, set_last_used,
-    store_error, usage_key, usage_table,
+    store_error, usage_hour, usage_key, usage_table,
 };
 
 /// Tenants a statement asks after: one bind each, far below what either database allows.
@@ -40,8 +40,6 @@ const TENANTS_PER_STATEMENT: usize = 200;
 /// follows from the rest; it is there for the index by credential.
 const NOT_ROLLED_UP: &str = "m.hour >= r.hour AND m.start >= r.hour
      AND (m.hour > r.hour OR m.credential_id > r.credential_id)";
-
-const HOUR: i64 = 3_600;
 
 /// How far the roll-up has come: every minute whose hour and credential are at or before it is in
 /// its hour and day buckets.
@@ -106,7 +104,7 @@ impl<'a> Sums<'a> {
     ) -> Result<(), StoreError> {
         let start = self.granularity.bucket(Timestamp::from_unix(minute)).unix();
         let lead = match self.granularity {
-            Granularity::Minute => start - start.rem_euclid(HOUR),
+            Granularity::Minute => usage_hour(start),
             Granularity::Hour | Granularity::Day => start,
         };
         let key = (lead, start, credential_id, outcome.as_str());
@@ -330,30 +328,22 @@ async fn add_counts(
     // roll-up then holds no tenant that a deletion the roll-up waits for would wait on.
     let rolled = Rolled::read(tx, if SHARED_BY_NODES { " FOR SHARE" } else { "" }).await?;
     let living = living_tenants(tx, counts.iter().map(|c| c.tenant_id.as_str())).await?;
-    for granularity in Granularity::ALL {
-        let mut sums = Sums::new(granularity);
-        for count in counts
-            .iter()
-            .filter(|c| living.contains(c.tenant_id.as_str()))
-        {
-            let minute = count.minute.unix();
-            let late = rolled.passed(
-                minute - minute.rem_euclid(HOUR),
-                count.credential_id.as_str(),
-            );
-            if granularity != Granularity::Minute && !late {
-                continue;
-            }
-            let added = i64::try_from(count.count)
-                .map_err(|_| StoreError::Internal("a usage count beyond 2^63".into()))?;
-            sums.add(
-                minute,
-                count.credential_id.as_str(),
-                count.outcome,
-                count.tenant_id.as_str(),
-                added,
-            )?;
+    let [mut minutes, mut hours, mut days] = Granularity::ALL.map(Sums::new);
+    for count in counts
+        .iter()
+        .filter(|c| living.contains(c.tenant_id.as_str()))
+    {
+        let added = i64::try_from(count.count)
+            .map_err(|_| StoreError::Internal("a usage count beyond 2^63".into()))?;
+        let (credential_id, tenant_id) = (count.credential_id.as_str(), count.tenant_id.as_str());
+        let minute = count.minute.unix();
+        minutes.add(minute, credential_id, count.outcome, tenant_id, added)?;
+        if rolled.passed(usage_hour(minute), credential_id) {
+            hours.add(minute, credential_id, count.outcome, tenant_id, added)?;
+            days.add(minute, credential_id, count.outcome, tenant_id, added)?;
         }
+    }
+    for sums in [minutes, hours, days] {
         sums.write(tx).await?;
     }
     Ok(())
