@@ -16,9 +16,9 @@
 //! The yields fill the first batches where reads are short. Without them a miss read the moment it
 //! found the reader free, before the requests behind it on the same thread had been parsed: a node
 //! started cold on one core, on SQLite, read under three misses a statement and spent its core
-//! switching to SQLite's thread and back (13 000 switches a second). With them it answered 23 700
-//! to 27 900 cold misses a second instead of 18 400 and 19 100 (`bench/cold-verify`, a million
-//! stored), and 18 800 and 21 100 instead of 17 300 and 20 400 on PostgreSQL.
+//! switching to SQLite's thread and back (13 000 switches a second). With them it answered 28 800
+//! and 30 200 cold misses a second instead of 21 400 and 20 900 (`bench/cold-verify`, a million
+//! stored, alternating), and 21 700 instead of 18 000 on PostgreSQL.
 //!
 //! More reads at once would not read faster: a read of a batch takes little more than a read of
 //! one, and each read running takes a core (SQLite's thread, or the node's share of a round trip).
