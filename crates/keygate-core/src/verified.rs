@@ -383,6 +383,17 @@ impl Verified {
         self.id == *credential || self.client_id() == Some(credential)
     }
 
+    /// Every id that a change could name and affect this verification by: its own, its client's,
+    /// its user's, its role's and its tenant line's ([`Self::depends_on`], [`Self::user_id`],
+    /// [`Self::role_id`], [`Self::is_within`]).
+    pub(crate) fn ids_depended_on(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.id.as_str())
+            .chain(self.client_id().map(CredentialId::as_str))
+            .chain(self.user_id().map(UserId::as_str))
+            .chain(self.role_id().map(RoleId::as_str))
+            .chain(self.tenant_line().iter().map(TenantId::as_str))
+    }
+
     /// Its role's id (for a personal token, its user's role).
     pub(crate) fn role_id(&self) -> Option<&RoleId> {
         self.membership.role_id.as_ref()
