@@ -82,6 +82,15 @@ struct Slot {
     depends: Dependencies,
 }
 
+impl Slot {
+    fn new(verified: Arc<Verified>) -> Self {
+        Self {
+            depends: Dependencies::of(&verified),
+            verified,
+        }
+    }
+}
+
 /// The ids a verification depends on ([`Verified::ids_depended_on`]), two bits of a word each: a
 /// change looks through the slots for the bits of the id it names and reads only the
 /// verifications that have them all (those it affects, and a few percent of the others), not
@@ -137,13 +146,9 @@ impl Map {
         self.get(hash).is_some()
     }
 
-    /// Caches `verified` under its credential's hash, in place of what was there.
-    fn insert(&mut self, verified: Arc<Verified>) {
-        let hash = *verified.hash().as_bytes();
-        let slot = Slot {
-            depends: Dependencies::of(&verified),
-            verified,
-        };
+    /// Caches a verification under its credential's hash, in place of what was there.
+    fn insert(&mut self, slot: Slot) {
+        let hash = *slot.verified.hash().as_bytes();
         match self.0.entry(
             slot_of(&hash),
             |s| s.verified.hash().as_bytes() == &hash,
@@ -383,12 +388,15 @@ impl CredentialCache {
         now: Timestamp,
     ) {
         let is_access_token = |v: &Verified| v.kind() == CredentialKind::AccessToken;
+        // Made before the lock is taken, as little as possible being done while it is held.
+        let slot = Slot::new(verified);
+        let verified = &slot.verified;
         let mut entries = self.write();
         // Changes bump the generation while holding the write lock, so this check cannot race.
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
-        if is_access_token(&verified)
+        if is_access_token(verified)
             && self.access_token_inserts.fetch_add(1, Ordering::Relaxed) + 1
                 >= self.access_token_limit
         {
@@ -402,7 +410,7 @@ impl CredentialCache {
             let evicted = evict_least_recently_used(&mut entries, self.capacity.div_ceil(8));
             self.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
         }
-        entries.insert(verified);
+        entries.insert(slot);
     }
 
     pub fn len(&self) -> usize {
