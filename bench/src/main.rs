@@ -6,7 +6,9 @@
 //! `keygate serve` on it (pinned to CPU 0 when `taskset` exists; run this tool pinned to CPU 1),
 //! then sends `GET /v1/whoami` with credentials never used before (cold), and again with a few
 //! already used (warm, the baseline), and prints requests per second, p50 and p99 for both, and
-//! what the server's resident size grew by per credential it verified (and so cached) cold.
+//! what the server's resident size grew by per credential it verified (and so cached) cold. Then,
+//! with the cache full, the warm load once more while tokens of the cold set are revoked through
+//! the API every 100 ms: its figures next to the warm ones, and how long each revocation took.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -123,7 +125,8 @@ async fn main() {
     let tenant = report["tenant"]["id"].as_str().unwrap().to_owned();
 
     let started = Instant::now();
-    let secrets = fill(&url, &tenant, args.credentials).await;
+    let owner = report["token"].as_str().unwrap().to_owned();
+    let (secrets, ids) = fill(&url, &tenant, args.credentials).await;
     eprintln!(
         "stored {} credentials in {:.1?}",
         secrets.len(),
@@ -218,6 +221,47 @@ async fn main() {
     )
     .await]);
 
+    // Revoking: the warm load again, while tokens of the cold set (cached, not in the warm set)
+    // are revoked one at a time through the API, every 100 ms. Each revocation drops its entry
+    // from the cache under the cache's write lock, which every request of the node waits for:
+    // what that costs with the cache full shows in the warm figures next to those above.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let revoker = {
+        let (stop, owner, base) = (stop.clone(), owner.clone(), format!("http://{listen}"));
+        let ids = ids[100..cached.max(100)].to_vec();
+        tokio::spawn(async move {
+            let client = bench_client();
+            let mut latencies = Vec::new();
+            for id in ids {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let sent = Instant::now();
+                let response = client
+                    .delete(format!("{base}/v1/tokens/{id}"))
+                    .bearer_auth(&owner)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 204, "revoking {id}");
+                latencies.push(sent.elapsed());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            latencies
+        })
+    };
+    let revoking = Figures::of(&[run(
+        address,
+        &args.path,
+        bearer(&secrets[..100]),
+        args.requests,
+        args.concurrency,
+    )
+    .await]);
+    stop.store(true, Ordering::Relaxed);
+    let mut revocations = revoker.await.unwrap();
+    revocations.sort();
+
     println!(
         "{:<10} {:<12} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>16} {:>16}",
         "store",
@@ -248,6 +292,22 @@ async fn main() {
         format!("{per_credential} ({cached})"),
         format!("{marginal} ({})", second.len())
     );
+    if let (Some(first), Some(last)) = (revocations.first(), revocations.last()) {
+        println!(
+            "warm while revoking every 100 ms: {:.0} req/s, p50 {:.2?}, p99 {:.2?} (without: {:.0}, \
+             {:.2?}, {:.2?}); {} revocations, each {:.2?} to {:.2?}, p50 {:.2?}",
+            revoking.rps,
+            revoking.p50,
+            revoking.p99,
+            warm.rps,
+            warm.p50,
+            warm.p99,
+            revocations.len(),
+            first,
+            last,
+            revocations[revocations.len() / 2]
+        );
+    }
     let _ = server.kill().await;
 }
 
@@ -369,8 +429,8 @@ fn bearer(secrets: &[String]) -> Arc<Vec<HeaderValue>> {
     )
 }
 
-/// Inserts `n` viewer service tokens into the root tenant; returns their secrets.
-async fn fill(url: &str, tenant: &str, n: usize) -> Vec<String> {
+/// Inserts `n` viewer service tokens into the root tenant; returns their secrets and their ids.
+async fn fill(url: &str, tenant: &str, n: usize) -> (Vec<String>, Vec<String>) {
     let format = CredentialFormat::new("kg", Environment::Live).unwrap();
     let now = SystemClock.now();
     let mut secrets = Vec::with_capacity(n);
@@ -416,7 +476,8 @@ async fn fill(url: &str, tenant: &str, n: usize) -> Vec<String> {
         insert_all!(pool, sqlx::Sqlite);
         sqlx::query("ANALYZE").execute(&pool).await.unwrap();
     }
-    secrets
+    let ids = rows.into_iter().map(|(id, _, _)| id).collect();
+    (secrets, ids)
 }
 
 /// Lets the PostgreSQL serving `url` run on every CPU. It inherits this process's affinity, which
@@ -500,7 +561,7 @@ async fn fill_command() {
     let url = it.next().unwrap();
     let tenant = it.next().unwrap();
     let n: usize = it.next().unwrap().parse().unwrap();
-    let secrets = fill(&url, &tenant, n).await;
+    let (secrets, _) = fill(&url, &tenant, n).await;
     println!("{}", secrets[n / 2]);
 }
 
