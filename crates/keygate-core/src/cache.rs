@@ -117,7 +117,8 @@ impl Dependencies {
         )
     }
 
-    /// Whether the verification may depend on the id of `named`; if it does, certainly.
+    /// Whether the verification may depend on the id that `named` was made of: true for every
+    /// verification that does, and for a few that do not.
     fn may_include(self, named: Self) -> bool {
         self.0 & named.0 == named.0
     }
