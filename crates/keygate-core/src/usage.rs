@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::Timestamp;
 use crate::store::{DynStore, LastUse, StoreError, UsageCount, UsageOutcome};
-use crate::verified::Verified;
+use crate::verified::{Counted, MinuteCount, Verified};
 
 pub const FLUSH_EVERY: Duration = Duration::from_secs(5);
 
@@ -28,7 +28,7 @@ pub const ROLL_UP_AFTER: Duration = Duration::from_secs(120);
 #[derive(Debug, Default)]
 pub struct UsageRecorder {
     queued: Mutex<Vec<Arc<Verified>>>,
-    /// Counts a batch could not write, for the next.
+    /// Counts a batch could not write, and counts spilled by requests, for the next.
     unwritten: Mutex<Vec<UsageCount>>,
     /// Every request counted so far, by outcome, as batches took them: for `/metrics`, which
     /// must not cost the hot path a counter shared by every request.
@@ -42,16 +42,35 @@ pub struct UsageRecorder {
 impl UsageRecorder {
     /// Notes an admitted request of `verified` at `at`, from `ip` when the path knows it.
     pub fn record(&self, verified: &Arc<Verified>, at: Timestamp, ip: Option<IpAddr>) {
-        if verified.usage.note(at.unix(), ip) {
-            self.queue(verified);
-        }
+        self.noted(verified, verified.usage.note(at.unix(), ip));
     }
 
     /// Counts a refused request of a known credential.
     pub fn refused(&self, verified: &Arc<Verified>, at: Timestamp, outcome: UsageOutcome) {
-        if verified.usage.count(at.unix(), outcome) {
+        self.noted(verified, verified.usage.count(at.unix(), outcome));
+    }
+
+    fn noted(&self, verified: &Arc<Verified>, counted: Counted) {
+        if !counted.spilled.is_empty() {
+            self.spill(verified, counted.spilled);
+        }
+        if counted.queue {
             self.queue(verified);
         }
+    }
+
+    /// Keeps counts a request moved out of its credential's counters (a minute no batch took:
+    /// see [`crate::verified::Usage`]) for the next batch, as taken.
+    #[cold]
+    fn spill(&self, verified: &Verified, spilled: Vec<MinuteCount>) {
+        let counts: Vec<_> = usage_counts(verified, spilled).collect();
+        for count in &counts {
+            self.counted[count.outcome.index()].fetch_add(count.count, Ordering::Relaxed);
+        }
+        self.unwritten
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(counts);
     }
 
     fn queue(&self, verified: &Arc<Verified>) {
@@ -81,22 +100,10 @@ impl UsageRecorder {
         let retried = counts.len();
         for verified in &queued {
             let taken = verified.usage.take();
-            let credential_id = verified.owner_id().clone();
-            counts.extend(
-                taken
-                    .counts
-                    .into_iter()
-                    .map(|(minute, outcome, count)| UsageCount {
-                        credential_id: credential_id.clone(),
-                        tenant_id: verified.tenant().id.clone(),
-                        minute,
-                        outcome,
-                        count,
-                    }),
-            );
+            counts.extend(usage_counts(verified, taken.counts));
             if let Some(at) = taken.last_used {
                 uses.push(LastUse {
-                    credential_id,
+                    credential_id: verified.owner_id().clone(),
                     at,
                     ip: taken.ip,
                 });
@@ -119,5 +126,65 @@ impl UsageRecorder {
             }
         }
         written
+    }
+}
+
+/// A credential's minute counts as the store takes them.
+fn usage_counts(
+    verified: &Verified,
+    counts: Vec<MinuteCount>,
+) -> impl Iterator<Item = UsageCount> + '_ {
+    counts
+        .into_iter()
+        .map(move |(minute, outcome, count)| UsageCount {
+            credential_id: verified.owner_id().clone(),
+            tenant_id: verified.tenant().id.clone(),
+            minute,
+            outcome,
+            count,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credential::CredentialKind;
+    use crate::permission::BuiltinRole;
+
+    #[test]
+    fn counts_a_request_moved_out_of_their_credential_are_kept_for_the_next_batch() {
+        let record = crate::testing::record(CredentialKind::Service, BuiltinRole::Viewer, None);
+        let verified = Arc::new(Verified::resolve(&record, &crate::testing::catalog()));
+        let recorder = UsageRecorder::default();
+        let minute = |m: i64| Timestamp::from_unix(1_790_000_040 + 60 * m);
+        recorder.record(&verified, minute(0), None);
+        recorder.refused(&verified, minute(0), UsageOutcome::Forbidden);
+        recorder.record(&verified, minute(1), None);
+        assert_eq!(recorder.queued.lock().unwrap().len(), 1, "queued once");
+        assert!(recorder.unwritten.lock().unwrap().is_empty());
+
+        // No batch ran for two minutes: minute 0's slot is needed again.
+        recorder.record(&verified, minute(2), None);
+        let unwritten = recorder.unwritten.lock().unwrap().clone();
+        let kept = |outcome, count| UsageCount {
+            credential_id: record.credential.id.clone(),
+            tenant_id: record.tenant.id.clone(),
+            minute: minute(0),
+            outcome,
+            count,
+        };
+        assert_eq!(
+            unwritten,
+            [
+                kept(UsageOutcome::Valid, 1),
+                kept(UsageOutcome::Forbidden, 1)
+            ]
+        );
+        assert_eq!(
+            recorder.counted(),
+            [1, 0, 0, 0, 1, 0, 0],
+            "counted as taken, for /metrics"
+        );
+        assert_eq!(recorder.queued.lock().unwrap().len(), 1);
     }
 }

@@ -112,8 +112,8 @@ enum Standing {
 
 /// A credential as verification resolved it; shared by the cache and the requests using it.
 ///
-/// A million cached credentials pay for every byte kept inline here: it is 240 bytes, so that
-/// with its reference counts it takes the allocator's 256-byte size class. What credentials
+/// A million cached credentials pay for every byte kept inline here: it is 208 bytes, so that
+/// with its reference counts it takes the allocator's 224-byte size class. What credentials
 /// share is behind pointers held once, what few have is behind one optional box, and the
 /// credential's own fields are read through accessors ([`Verified::id`], [`Verified::name`],
 /// [`Verified::kind`], [`Verified::expires_at`]).
@@ -447,29 +447,23 @@ pub fn role_permissions(role: &Role, catalog: &Catalog) -> PermissionSet {
 /// Counting costs a request two atomic operations on this credential's own counters (no lock,
 /// no allocation). The counters hold two minutes, by the minute's parity: the one requests are
 /// counting into, and the one before it, which the batch empties within seconds. A slot is reused
-/// two minutes later; the request that finds it holding an older minute moves those counts to
-/// `spilled` (a lock taken once a minute per credential at most) and claims the slot. While a
-/// slot is being emptied (by that request or by the batch) its tag reads [`MOVING`], and the
-/// other requests of the same credential wait the few instructions it takes.
+/// two minutes later; the request that finds it holding an older minute (a batch that could not
+/// run, a store out) empties it, hands those counts to its caller ([`Counted::spilled`]) and
+/// claims the slot. While a slot is being emptied (by that request or by the batch) its tag reads
+/// [`MOVING`], and the other requests of the same credential wait the few instructions it takes.
+///
+/// 88 bytes, kept in every cached credential: what is rare (spilled counts) is the caller's to
+/// keep, times are 32-bit seconds, and the address's lock is one byte.
 #[derive(Debug, Default)]
 pub struct Usage {
-    last_used: std::sync::atomic::AtomicI64,
+    /// Unix seconds (32 bits last until 2106), 0 before the first admitted request.
+    last_used: std::sync::atomic::AtomicU32,
     /// Written with `try_lock`, never waited for: when two requests of one credential note their
     /// address at the same instant, either is the latest.
-    last_ip: std::sync::Mutex<Option<IpAddr>>,
+    last_ip: parking_lot::Mutex<Option<IpAddr>>,
     pending: std::sync::atomic::AtomicBool,
     minutes: [MinuteCounts; 2],
-    /// Counts moved out of a slot that was needed for a newer minute: (minute, counts). Boxed:
-    /// rarely any, and every cached credential has the field.
-    #[expect(
-        clippy::box_collection,
-        reason = "a boxed Vec is one word in every cached credential; a Vec is three"
-    )]
-    spilled: std::sync::Mutex<Option<Box<Vec<Spilled>>>>,
 }
-
-/// A minute's counts moved out of their slot: (minute, counts).
-type Spilled = (u32, [u64; OUTCOMES]);
 
 const OUTCOMES: usize = UsageOutcome::ALL.len();
 /// A slot's tag while its counts are being moved out.
@@ -501,11 +495,25 @@ impl MinuteCounts {
     }
 }
 
+/// A minute's counts as (minute start, outcome, count), none of them zero.
+pub type MinuteCount = (Timestamp, UsageOutcome, u64);
+
+/// What [`Usage::count`] did beside counting.
+#[derive(Debug, Default, PartialEq, Eq)]
+#[must_use]
+pub struct Counted {
+    /// The credential was not waiting to be written yet: the caller should queue it.
+    pub queue: bool,
+    /// The counts of an older minute that no batch took before its slot was needed again, no
+    /// longer kept here: the caller's to write. Empty (no allocation) but when a batch fell
+    /// two minutes behind.
+    pub spilled: Vec<MinuteCount>,
+}
+
 impl Usage {
     /// Notes an admitted request at `now` (unix seconds) from `ip`: counted as `valid`, and the
-    /// credential's last use. `true` if the credential was not yet waiting to be written, so the
-    /// caller should queue it.
-    pub fn note(&self, now: i64, ip: Option<IpAddr>) -> bool {
+    /// credential's last use.
+    pub fn note(&self, now: i64, ip: Option<IpAddr>) -> Counted {
         self.set_last_use(now, ip);
         self.count(now, UsageOutcome::Valid)
     }
@@ -519,24 +527,27 @@ impl Usage {
 
     /// The latest admitted request noted, in unix seconds; 0 if none since it was loaded.
     pub fn last_used(&self) -> i64 {
-        self.last_used.load(std::sync::atomic::Ordering::Relaxed)
+        i64::from(self.last_used.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     fn set_last_use(&self, now: i64, ip: Option<IpAddr>) {
+        // Before 1970 is its first second, after 2106 its last.
+        let seconds = u32::try_from(now.max(0)).unwrap_or(u32::MAX);
         self.last_used
-            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+            .fetch_max(seconds, std::sync::atomic::Ordering::Relaxed);
         if let Some(ip) = ip
-            && let Ok(mut last) = self.last_ip.try_lock()
+            && let Some(mut last) = self.last_ip.try_lock()
         {
             *last = Some(ip);
         }
     }
 
-    /// Counts a request at `now` with `outcome`; `true` if the credential should be queued.
-    pub fn count(&self, now: i64, outcome: UsageOutcome) -> bool {
+    /// Counts a request at `now` with `outcome`.
+    pub fn count(&self, now: i64, outcome: UsageOutcome) -> Counted {
         use std::sync::atomic::Ordering;
         let minute = minute_of(now);
         let slot = &self.minutes[(minute % 2) as usize];
+        let mut spilled = Vec::new();
         let mut spins = 0_u32;
         loop {
             match slot.minute.load(Ordering::Acquire) {
@@ -555,32 +566,25 @@ impl Usage {
                 older => {
                     if let Some(taken) = slot.empty_if(older, minute)
                         && older != EMPTY
-                        && taken.iter().any(|n| *n > 0)
                     {
-                        self.spilled
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_or_insert_default()
-                            .push((older, taken));
+                        spilled.extend(nonzero(older, taken));
                     }
                 }
             }
         }
-        !self.pending.swap(true, Ordering::AcqRel)
+        Counted {
+            queue: !self.pending.swap(true, Ordering::AcqRel),
+            spilled,
+        }
     }
 
     /// Everything noted since the last take, no longer waiting to be written: the latest use and
-    /// its address, and the counts as (minute start, outcome, count), none of them zero.
+    /// its address, and the counts, none of them zero.
     pub fn take(&self) -> Taken {
         use std::sync::atomic::Ordering;
         self.pending.store(false, Ordering::Release);
-        let ip = *self.last_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let mut minutes = self
-            .spilled
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .map_or_else(Vec::new, |spilled| *spilled);
+        let ip = *self.last_ip.lock();
+        let mut counts = Vec::new();
         for slot in &self.minutes {
             loop {
                 match slot.minute.load(Ordering::Acquire) {
@@ -588,26 +592,14 @@ impl Usage {
                     MOVING => std::hint::spin_loop(),
                     tag => {
                         if let Some(taken) = slot.empty_if(tag, tag) {
-                            minutes.push((tag, taken));
+                            counts.extend(nonzero(tag, taken));
                             break;
                         }
                     }
                 }
             }
         }
-        let counts = minutes
-            .into_iter()
-            .flat_map(|(minute, counts)| {
-                UsageOutcome::ALL
-                    .into_iter()
-                    .zip(counts)
-                    .filter(|(_, n)| *n > 0)
-                    .map(move |(outcome, n)| {
-                        (Timestamp::from_unix(i64::from(minute) * 60), outcome, n)
-                    })
-            })
-            .collect();
-        let last_used = self.last_used.load(Ordering::Relaxed);
+        let last_used = self.last_used();
         Taken {
             last_used: (last_used > 0).then(|| Timestamp::from_unix(last_used)),
             ip,
@@ -622,14 +614,23 @@ fn minute_of(now: i64) -> u32 {
     u32::try_from(now.div_euclid(60)).unwrap_or(EMPTY)
 }
 
+/// Minute `minute`'s counts that are not zero.
+fn nonzero(minute: u32, counts: [u64; OUTCOMES]) -> impl Iterator<Item = MinuteCount> {
+    let start = Timestamp::from_unix(i64::from(minute) * 60);
+    UsageOutcome::ALL
+        .into_iter()
+        .zip(counts)
+        .filter(|(_, n)| *n > 0)
+        .map(move |(outcome, n)| (start, outcome, n))
+}
+
 /// What [`Usage::take`] took.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Taken {
     /// The latest admitted request, if there was one since the credential was loaded.
     pub last_used: Option<Timestamp>,
     pub ip: Option<IpAddr>,
-    /// (minute start, outcome, requests), none of them zero.
-    pub counts: Vec<(Timestamp, UsageOutcome, u64)>,
+    pub counts: Vec<MinuteCount>,
 }
 
 /// Why a credential that exists may not be used now.
@@ -676,10 +677,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cached_verification_fits_the_256_byte_size_class() {
-        // With the `Arc`'s two counts: 256 bytes, the allocator's class below 320. Every field
+    fn a_cached_verification_fits_the_224_byte_size_class() {
+        // With the `Arc`'s two counts: 224 bytes, the allocator's class below 256. Every field
         // added here is paid a million times over.
-        assert!(size_of::<Verified>() + 2 * size_of::<usize>() <= 256);
+        assert!(size_of::<Verified>() + 2 * size_of::<usize>() <= 224);
     }
 
     #[test]
@@ -738,12 +739,18 @@ mod tests {
     fn requests_are_counted_per_minute_and_outcome_and_taken_once() {
         let usage = Usage::default();
         assert!(
-            usage.note(T, None),
+            usage.note(T, None).queue,
             "the first request queues the credential"
         );
-        assert!(!usage.note(T + 1, None), "later ones do not");
-        usage.count(T + 2, UsageOutcome::Expired);
-        usage.count(T + 61, UsageOutcome::RateLimited);
+        assert!(!usage.note(T + 1, None).queue, "later ones do not");
+        assert_eq!(
+            usage.count(T + 2, UsageOutcome::Expired),
+            Counted::default()
+        );
+        assert_eq!(
+            usage.count(T + 61, UsageOutcome::RateLimited),
+            Counted::default()
+        );
         let taken = usage.take();
         assert_eq!(taken.last_used, Some(Timestamp::from_unix(T + 1)));
         let mut counts = taken.counts.clone();
@@ -758,7 +765,7 @@ mod tests {
         );
         assert_eq!(total(&usage.take()), 0, "taken once");
         assert!(
-            usage.count(T + 62, UsageOutcome::Valid),
+            usage.count(T + 62, UsageOutcome::Valid).queue,
             "queued again after a take"
         );
     }
@@ -766,18 +773,30 @@ mod tests {
     #[test]
     fn a_minute_not_yet_taken_survives_its_slot_being_reused() {
         let usage = Usage::default();
-        usage.count(T, UsageOutcome::Forbidden);
-        usage.count(T + 60, UsageOutcome::Valid);
-        // Two minutes on, minute T's slot is needed again before any batch ran.
-        usage.count(T + 120, UsageOutcome::Valid);
-        usage.count(T + 180, UsageOutcome::Valid);
+        let _ = usage.count(T, UsageOutcome::Forbidden);
+        let _ = usage.count(T + 1, UsageOutcome::Valid);
+        let _ = usage.count(T + 60, UsageOutcome::Valid);
+        // Two minutes on, minute T's slot is needed again before any batch ran: its counts go
+        // to the request's caller, to be kept until the next batch.
+        let third = usage.count(T + 120, UsageOutcome::Valid);
+        assert_eq!(
+            third.spilled,
+            [
+                (Timestamp::from_unix(T), UsageOutcome::Valid, 1),
+                (Timestamp::from_unix(T), UsageOutcome::Forbidden, 1),
+            ]
+        );
+        assert!(!third.queue, "still waiting from the first request");
+        let fourth = usage.count(T + 180, UsageOutcome::Valid);
+        assert_eq!(
+            fourth.spilled,
+            [(Timestamp::from_unix(T + 60), UsageOutcome::Valid, 1)]
+        );
         let mut counts = usage.take().counts;
         counts.sort();
         assert_eq!(
             counts,
             [
-                (Timestamp::from_unix(T), UsageOutcome::Forbidden, 1),
-                (Timestamp::from_unix(T + 60), UsageOutcome::Valid, 1),
                 (Timestamp::from_unix(T + 120), UsageOutcome::Valid, 1),
                 (Timestamp::from_unix(T + 180), UsageOutcome::Valid, 1),
             ]
@@ -787,7 +806,7 @@ mod tests {
     #[test]
     fn refusals_alone_are_no_last_use() {
         let usage = Usage::default();
-        usage.count(T, UsageOutcome::Revoked);
+        let _ = usage.count(T, UsageOutcome::Revoked);
         assert_eq!(usage.take().last_used, None);
     }
 
@@ -811,19 +830,20 @@ mod tests {
             .map(|t| {
                 let usage = Arc::clone(&usage);
                 std::thread::spawn(move || {
+                    let mut spilled = 0;
                     for i in 0..EACH {
                         // Minutes move on under the batches, through both slots and past them.
                         let now = T + (i * 600 / EACH) + t;
                         let outcome = UsageOutcome::ALL[(i % 7) as usize];
-                        usage.count(now, outcome);
+                        let counted = usage.count(now, outcome);
+                        spilled += counted.spilled.iter().map(|(_, _, n)| n).sum::<u64>();
                     }
+                    spilled
                 })
             })
             .collect();
-        for worker in workers {
-            worker.join().unwrap();
-        }
+        let spilled: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
         stop.store(true, std::sync::atomic::Ordering::Release);
-        assert_eq!(taker.join().unwrap(), (THREADS * EACH) as u64);
+        assert_eq!(taker.join().unwrap() + spilled, (THREADS * EACH) as u64);
     }
 }

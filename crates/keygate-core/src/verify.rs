@@ -1249,7 +1249,7 @@ mod tests {
         // The first two are used last, the others in the order they came.
         for (i, (_, verified)) in texts.iter().enumerate() {
             let at = if i < 2 { 1_000 } else { i as i64 };
-            verified.usage.note(NOW.unix() + at, None);
+            let _ = verified.usage.note(NOW.unix() + at, None);
         }
         // One more is an insert into a full cache: an eighth (two) goes, the two used longest ago.
         let (extra, _) = f.add(CredentialKind::Service, None, None, None);
