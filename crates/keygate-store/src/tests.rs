@@ -1157,6 +1157,50 @@ async fn verification_reads_a_deep_tenant_line_in_as_many_statements_as_a_root_o
     assert_eq!(ten_deep, at_root);
 }
 
+/// A miss on an access token reads its client, with the client's tenant line, user and role, and
+/// whether the token was revoked, in as many statements as a credential: one, so one round trip
+/// on PostgreSQL and one snapshot, with no transaction around it.
+#[tokio::test]
+async fn an_access_token_is_read_in_as_many_statements_as_a_credential() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use tracing_subscriber::layer::SubscriberExt;
+    if !keygate_testkit::postgres_or_skip() {
+        return;
+    }
+    let o = owned(TestDb::postgres().await).await;
+    let (client_record, hash) = client(&o, "reader").await;
+    let revoked = CredentialId::generate_for(CredentialKind::AccessToken, NOW).unwrap();
+    let authenticated = authenticated(&o, &hash).await;
+    let event = client_event(&authenticated, "oauth.revoke", Outcome::Success);
+    let expires = NOW.saturating_add(std::time::Duration::from_secs(900));
+    o.store
+        .revoke_access_token(&authenticated, &revoked, expires, &event)
+        .await
+        .unwrap();
+    let live = CredentialId::generate_for(CredentialKind::AccessToken, NOW).unwrap();
+
+    let statements = Statements::default();
+    let subscriber = tracing_subscriber::registry().with(statements.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let before = statements.0.load(SeqCst);
+    o.store.find_credential(&hash).await.unwrap().unwrap();
+    let credential = statements.0.load(SeqCst) - before;
+    assert!(credential > 0, "statements are counted");
+    for (jti, is_revoked) in [(&live, false), (&revoked, true)] {
+        let before = statements.0.load(SeqCst);
+        let found = o
+            .store
+            .find_access_token(&client_record.id, jti)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(statements.0.load(SeqCst) - before, credential);
+        assert_eq!(found.revoked, is_revoked);
+        assert_eq!(found.client.credential.id, client_record.id);
+        assert_eq!(found.client.role.unwrap().name, "viewer");
+    }
+}
+
 /// An OAuth client of the bootstrap tenant, created by its owner, with its secret's hash.
 async fn client(o: &Owned, name: &str) -> (keygate_core::model::Credential, CredentialHash) {
     let grant = o.caller.require::<perm::OauthClientsWrite>().unwrap();

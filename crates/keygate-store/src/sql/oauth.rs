@@ -183,7 +183,8 @@ impl OAuthStore for SqlStore {
             return Ok(None);
         };
         let token = refresh_from_row(&row)?;
-        let Some(client) = credential_record(&mut *tx, RecordOf::Client(&token.client_id)).await?
+        let Some((client, _)) =
+            credential_record(&mut *tx, RecordOf::Client(&token.client_id)).await?
         else {
             return Ok(None);
         };

@@ -59,6 +59,12 @@ pub(super) enum RecordOf<'a> {
     Hash(&'a CredentialHash),
     /// The OAuth client with this id.
     Client(&'a CredentialId),
+    /// The OAuth client with this id, and whether it revoked the access token `jti` (a part
+    /// `revoked` if it did).
+    AccessToken {
+        client: &'a CredentialId,
+        jti: &'a CredentialId,
+    },
 }
 
 /// The columns of each part of [`credential_record`]'s statement: what `credential_from_row`,
@@ -154,7 +160,9 @@ fn column_type(column: &str) -> &'static str {
 ///
 /// `credential` is the statement that gives `c`: a credential's row, or for a context alone
 /// ([`context_statement`]) the three ids it is found by, in which case there is no part `c`.
-fn record_statement(credential: &str, with_credential: bool) -> String {
+/// `marks` are parts with no columns of their own, (alias, what it reads): a row each that is
+/// found, which says only that it was.
+fn record_statement(credential: &str, with_credential: bool, marks: &[(&str, &str)]) -> String {
     let mut all: Vec<&str> = Vec::new();
     let own = [
         if with_credential {
@@ -219,6 +227,11 @@ fn record_statement(credential: &str, with_credential: bool) -> String {
             "roles r WHERE r.id = (SELECT coalesce(c.role_id, u.role_id) FROM c LEFT JOIN u ON true)",
         ),
     ]);
+    parts.extend(
+        marks
+            .iter()
+            .map(|(alias, from)| part(alias, &[], false, from)),
+    );
     format!(
         "WITH RECURSIVE c AS ({credential}),
          line (id) AS (SELECT tenant_id FROM c
@@ -255,16 +268,18 @@ fn context_statement() -> String {
         "SELECT CAST($1 AS TEXT) AS tenant_id, CAST($2 AS TEXT) AS user_id,
                 CAST($3 AS TEXT) AS role_id",
         false,
+        &[],
     )
 }
 
 /// The credential `of` names as verification needs it, with its tenant line, user and role: one
 /// statement, read through `executor` (the pool, or a transaction it belongs to). `None` if there
-/// is no such credential.
+/// is no such credential; beside it, whether a part `revoked` was found
+/// ([`RecordOf::AccessToken`]).
 pub(super) async fn credential_record<'e, E>(
     executor: E,
     of: RecordOf<'_>,
-) -> Result<Option<CredentialRecord>, StoreError>
+) -> Result<Option<(CredentialRecord, bool)>, StoreError>
 where
     E: sqlx::Executor<'e, Database = Db>,
 {
@@ -274,30 +289,47 @@ where
         record_statement(
             "SELECT * FROM credentials WHERE secret_hash = $1 OR previous_secret_hash = $1",
             true,
+            &[],
         )
     });
-    static BY_CLIENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    const CLIENT: &str = "SELECT * FROM credentials WHERE id = $1 AND kind = 'oauth_secret'";
+    static BY_CLIENT: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| record_statement(CLIENT, true, &[]));
+    static BY_ACCESS_TOKEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         record_statement(
-            "SELECT * FROM credentials WHERE id = $1 AND kind = 'oauth_secret'",
+            CLIENT,
             true,
+            &[(
+                "revoked",
+                "revoked_access_tokens WHERE client_id = $1 AND jti = $2",
+            )],
         )
     });
     let query = match of {
         RecordOf::Hash(hash) => sqlx::query(BY_HASH.as_str()).bind(hash.as_bytes().as_slice()),
         RecordOf::Client(id) => sqlx::query(BY_CLIENT.as_str()).bind(id.as_str()),
+        RecordOf::AccessToken { client, jti } => sqlx::query(BY_ACCESS_TOKEN.as_str())
+            .bind(client.as_str())
+            .bind(jti.as_str()),
     };
     let rows = query.fetch_all(executor).await.map_err(store_error)?;
-    let (credential, context) = record_parts(&rows)?;
-    let Some(credential) = credential else {
+    let parts = record_parts(&rows)?;
+    let Some(credential) = parts.credential else {
         return Ok(None);
     };
-    let Some(context) = context.filter(|c| c.tenant.id == credential.tenant_id) else {
+    let Some(context) = parts
+        .context
+        .filter(|c| c.tenant.id == credential.tenant_id)
+    else {
         return Err(StoreError::Internal(format!(
             "credential {} has no tenant",
             credential.id
         )));
     };
-    Ok(Some(CredentialRecord::in_context(credential, &context)))
+    Ok(Some((
+        CredentialRecord::in_context(credential, &context),
+        parts.revoked,
+    )))
 }
 
 /// The credentials with these hashes (current or previous secret) alone, with their quotas: one
@@ -347,19 +379,26 @@ pub(super) async fn credential_context(
         .fetch_all(pool)
         .await
         .map_err(store_error)?;
-    let (_, context) = record_parts(&rows)?;
+    let context = record_parts(&rows)?.context;
     Ok(context.filter(|c| c.tenant.id == credential.tenant_id))
 }
 
-/// The parts of [`record_statement`]'s rows: the credential, if there was a part `c`, and the
-/// context, if there was a tenant; the tenant line nearest first.
-fn record_parts(
-    rows: &[DbRow],
-) -> Result<(Option<Credential>, Option<CredentialContext>), StoreError> {
+/// What [`record_statement`]'s rows hold.
+struct Parts {
+    /// The credential, if there was a part `c`.
+    credential: Option<Credential>,
+    /// The context, if there was a tenant; the tenant line nearest first.
+    context: Option<CredentialContext>,
+    /// Whether there was a part `revoked`.
+    revoked: bool,
+}
+
+fn record_parts(rows: &[DbRow]) -> Result<Parts, StoreError> {
     let mut credential = None;
     let mut line = Vec::new();
     let mut user = None;
     let mut role = None;
+    let mut revoked = false;
     for row in rows {
         let part: String = row.try_get("part").map_err(store_error)?;
         match part.as_str() {
@@ -367,24 +406,26 @@ fn record_parts(
             "t" => line.push(tenant_from_row(row)?),
             "u" => user = Some(user_from_row(row)?),
             "r" => role = Some(role_from_row(row)?),
+            "revoked" => revoked = true,
             other => return Err(corrupt("part", other)),
         }
     }
     // Nearest first: the credential's own tenant, then its parent, …
     line.sort_by_key(|t| std::cmp::Reverse(t.path.depth()));
-    if line.is_empty() {
-        return Ok((credential, None));
-    }
-    let tenant = line.remove(0);
-    Ok((
-        credential,
-        Some(CredentialContext {
+    let context = (!line.is_empty()).then(|| {
+        let tenant = line.remove(0);
+        CredentialContext {
             tenant,
             ancestors: line,
             user,
             role,
-        }),
-    ))
+        }
+    });
+    Ok(Parts {
+        credential,
+        context,
+        revoked,
+    })
 }
 
 pub(super) async fn insert_tenant(

@@ -2,7 +2,7 @@
 //! A credential with its tenant line, user and role is one statement, so one snapshot (and one
 //! round trip); so are the rows alone of the credentials missed at the same moment, and a
 //! credential's tenant line, user and role alone (a miss reads the row alone when the verifier
-//! keeps the rest). An access token's client and its revocation are one read transaction.
+//! keeps the rest). An access token's client and its revocation are one statement too.
 
 use async_trait::async_trait;
 use keygate_core::credential::CredentialHash;
@@ -12,8 +12,8 @@ use keygate_core::store::{
     AccessTokenRecord, CredentialContext, CredentialRecord, CredentialSource, StoreError,
 };
 
+use super::SqlStore;
 use super::shared::{RecordOf, credential_context, credential_record, credentials_alone};
-use super::{SqlStore, store_error};
 
 #[async_trait]
 impl CredentialSource for SqlStore {
@@ -21,7 +21,8 @@ impl CredentialSource for SqlStore {
         &self,
         hash: &CredentialHash,
     ) -> Result<Option<CredentialRecord>, StoreError> {
-        credential_record(&self.pool, RecordOf::Hash(hash)).await
+        let found = credential_record(&self.pool, RecordOf::Hash(hash)).await?;
+        Ok(found.map(|(record, _)| record))
     }
 
     async fn find_credentials_alone(
@@ -43,23 +44,8 @@ impl CredentialSource for SqlStore {
         client: &CredentialId,
         jti: &CredentialId,
     ) -> Result<Option<AccessTokenRecord>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(store_error)?;
-        let Some(client_record) = credential_record(&mut *tx, RecordOf::Client(client)).await?
-        else {
-            return Ok(None);
-        };
-        let revoked: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM revoked_access_tokens WHERE jti = $1 AND client_id = $2)",
-        )
-        .bind(jti.as_str())
-        .bind(client.as_str())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
-        Ok(Some(AccessTokenRecord {
-            client: client_record,
-            revoked,
-        }))
+        let of = RecordOf::AccessToken { client, jti };
+        let found = credential_record(&self.pool, of).await?;
+        Ok(found.map(|(client, revoked)| AccessTokenRecord { client, revoked }))
     }
 }
