@@ -271,9 +271,11 @@ impl Verifier {
         now: Timestamp,
     ) -> Result<Arc<Verified>, Refusal> {
         let hash = CredentialHash::of(text);
+        // Boxed: a miss's read is a few kilobytes of future, and inline it would make every
+        // request's (each a hit but the first) as large, copied as requests move it.
         let loaded = self
             .cache
-            .get_or_load(&hash, now, || lookup.load(self, text, hash))
+            .get_or_load(&hash, now, || Box::pin(lookup.load(self, text, hash)))
             .await;
         let verified = match loaded {
             Ok(Some(verified)) => verified,
@@ -1234,6 +1236,18 @@ mod tests {
         }
         assert!(o.f.cache.len() <= cached_before + 3);
         o.verifier.verify(&long).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_verification_does_not_carry_a_misses_read_in_its_future() {
+        // Every request's future holds a verification's, and is copied as it moves: the read a
+        // miss makes is boxed when it is made, not carried by every hit.
+        let f = fixture();
+        let (text, _) = f.add(CredentialKind::Service, None, None, None);
+        let hash = CredentialHash::of(&text);
+        let verification = size_of_val(&f.verifier.verify_at(&text, NOW));
+        let read = size_of_val(&Lookup::Stored.load(&f.verifier, &text, hash));
+        assert!(verification < read, "{verification} bytes, a read {read}");
     }
 
     #[tokio::test]

@@ -15,6 +15,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use futures_util::FutureExt;
 use keygate_core::Timestamp;
 use keygate_core::access::Caller;
 use keygate_core::gate;
@@ -206,14 +207,14 @@ pub async fn authenticate_for_handler(
 
 /// Authenticates the service asking `/v1/verify`: checked like any caller, but its request is not
 /// counted in its usage, since the credential it asks about is (API.md §12).
-pub async fn authenticate_asker(
+/// Not an `async fn`, as [`admit`] is not.
+pub fn authenticate_asker(
     state: &AppState,
     headers: &HeaderMap,
     client: Option<IpAddr>,
-) -> Result<Caller, ApiError> {
+) -> impl Future<Output = Result<Caller, ApiError>> {
     decide(state, headers, client, &[], Counting::Never, None)
-        .await
-        .map(|(caller, _)| caller)
+        .map(|decided| decided.map(|(caller, _)| caller))
 }
 
 /// Admits a request whose path requires `required` besides (forward-auth): [`extract`] reads the
@@ -221,14 +222,17 @@ pub async fn authenticate_asker(
 /// status for the `RateLimit-*` headers, the credential behind a refusal for the audit log). The
 /// request spends `cost` from the credential's quotas; with the caller comes the tightest of
 /// them, if any applied.
-pub async fn admit(
+///
+/// Not an `async fn`: one would hold [`decide`]'s future inside its own, copied there on every
+/// request of the hot path.
+pub fn admit(
     state: &AppState,
     headers: &HeaderMap,
     client: Option<IpAddr>,
     required: &[String],
     cost: u64,
-) -> Result<(Caller, Option<QuotaStatus>), ApiError> {
-    decide(state, headers, client, required, Counting::All, Some(cost)).await
+) -> impl Future<Output = Result<(Caller, Option<QuotaStatus>), ApiError>> {
+    decide(state, headers, client, required, Counting::All, Some(cost))
 }
 
 /// Which of a request's outcomes [`decide`] counts in its credential's usage.

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -219,7 +219,10 @@ impl Front {
                                 tls: self.tls,
                                 request_id: &id_value,
                             };
-                            noted(gateway::proxy(state, &route, request, origin)).await
+                            // Boxed: the proxy's future, a client request and all, is
+                            // several kilobytes, which every request's future would otherwise
+                            // carry (and copy) whichever path it takes.
+                            noted(Box::pin(gateway::proxy(state, &route, request, origin))).await
                         }
                         None => {
                             // The management API's and the console's lines about a request say
@@ -319,11 +322,34 @@ fn count_answered(state: &AppState, notes: &Notes, response: &Response, ip: IpAd
 }
 
 /// Runs `future` with fresh [`Notes`] for authentication to leave its findings in, and hands
-/// them back with its output. Pinned where it stands, so the future is never moved once made.
-async fn noted<F: Future>(future: F) -> (F::Output, Notes) {
-    let mut scoped = pin!(NOTES.scope(Notes::default(), future));
-    let output = scoped.as_mut().await;
-    (output, scoped.take_value().unwrap_or_default())
+/// them back with its output.
+fn noted<F: Future>(future: F) -> Noted<F> {
+    Noted {
+        scoped: NOTES.scope(Notes::default(), future),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`noted`]'s future: the scoped future alone. (An `async fn` taking `future` would keep it
+    /// twice, as its argument and inside the scope: the size of each request's future, which
+    /// hyper and the runtime copy as they move it, doubled.)
+    struct Noted<F: Future> {
+        #[pin]
+        scoped: tokio::task::futures::TaskLocalFuture<Notes, F>,
+    }
+}
+
+impl<F: Future> Future for Noted<F> {
+    type Output = (F::Output, Notes);
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let mut scoped = self.project().scoped;
+        let output = std::task::ready!(scoped.as_mut().poll(cx));
+        std::task::Poll::Ready((output, scoped.take_value().unwrap_or_default()))
+    }
 }
 
 impl hyper::service::Service<http::Request<Incoming>> for Front {
@@ -348,6 +374,25 @@ mod tests {
             .headers_mut()
             .insert(REQUEST_ID, HeaderValue::from_bytes(value).unwrap());
         request
+    }
+
+    #[test]
+    fn a_noted_future_holds_the_future_it_runs_once() {
+        // As large as a request's future gets; every byte of it is copied as requests move.
+        let large = std::future::ready([0_u8; 4096]);
+        let noted = noted(large);
+        assert!(size_of_val(&noted) < 4096 + 512, "{}", size_of_val(&noted));
+    }
+
+    #[tokio::test]
+    async fn a_noted_future_hands_back_what_it_left_in_the_notes() {
+        let (output, notes) = noted(async {
+            NOTES.with(|notes| notes.count_on_answer.set(true));
+            7
+        })
+        .await;
+        assert_eq!(output, 7);
+        assert!(notes.count_on_answer.get());
     }
 
     #[test]
