@@ -2,12 +2,12 @@
 //! Bodies are parsed strictly: a body is a JSON object, and request types deny unknown fields, so a
 //! typo is a 400, not ignored.
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
-use http_body_util::LengthLimitError;
+use http_body_util::{BodyExt, Collected, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
 use crate::problem::{ApiError, ProblemCode};
@@ -35,15 +35,18 @@ where
 }
 
 /// The JSON body of a request the front service answers without the router (`POST /v1/verify`):
-/// the same checks as the extractor, the body read up to `limit` bytes.
-pub async fn read<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<T, ApiError> {
+/// the same checks as the extractor, the body read up to `limit` bytes, as hyper hands it over
+/// (not boxed into axum's body first).
+pub async fn read<T, B>(headers: &HeaderMap, body: B, limit: usize) -> Result<T, ApiError>
+where
+    T: DeserializeOwned,
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     require_json(headers)?;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|error| {
-        let mut source: &dyn std::error::Error = &error;
+    let collected = Limited::new(body, limit).collect().await;
+    let bytes = collected.map(Collected::to_bytes).map_err(|error| {
+        let mut source: &dyn std::error::Error = &*error;
         loop {
             if source.is::<LengthLimitError>() {
                 return too_large();
@@ -81,6 +84,11 @@ fn parse<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
         return Err(ApiError::invalid(
             "the body must be a JSON object, not an array",
         ));
+    }
+    // The body read once, as it is; only a body refused is read again, by axum's extractor,
+    // whose tracking of where in the body the error is costs every body.
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
     }
     match axum::Json::<T>::from_bytes(bytes) {
         Ok(axum::Json(value)) => Ok(value),
@@ -122,10 +130,18 @@ fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or_default().trim();
-    let essence = essence.to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .as_bytes();
+    let (Some(head), Some(tail)) = (essence.get(..12), essence.last_chunk::<5>()) else {
+        return false;
+    };
+    head.eq_ignore_ascii_case(b"application/")
+        && (essence.eq_ignore_ascii_case(b"application/json")
+            || tail.eq_ignore_ascii_case(b"+json"))
 }
 
 fn rejection_error(rejection: JsonRejection) -> ApiError {
@@ -145,4 +161,80 @@ fn source_text(error: &dyn std::error::Error) -> String {
         source = inner;
     }
     source.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn json_is_application_json_or_any_json_suffix_in_any_case() {
+        let judged = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            is_json(&headers)
+        };
+        for json in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            " application/json ;charset=utf-8",
+            "application/problem+json",
+            "application/vnd.api+JSON",
+            "APPLICATION/merge-patch+json; x=y",
+        ] {
+            assert!(judged(json), "{json}");
+        }
+        for other in [
+            "",
+            "text/json",
+            "application/jsonx",
+            "application/xml",
+            "application/+jso",
+            "text/plain+json",
+            "json",
+            "application/",
+            "application/json5",
+        ] {
+            assert!(!judged(other), "{other}");
+        }
+        assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_body_refused_is_explained_as_before() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Asked {
+            credential: String,
+            permissions: Option<Vec<String>>,
+        }
+        let parsed = |body: &str| parse::<Asked>(&Bytes::copy_from_slice(body.as_bytes()));
+        assert_eq!(
+            parsed(r#"{"credential": "x", "permissions": ["a"]}"#)
+                .unwrap()
+                .credential,
+            "x"
+        );
+        for (body, says) in [
+            (r#"{"credential": 7}"#, "credential: invalid type"),
+            (
+                r#"{"credential": "x", "permissions": [1]}"#,
+                "permissions[0]: invalid type",
+            ),
+            (
+                r#"{"credential": "x", "extra": 1}"#,
+                "unknown field `extra`",
+            ),
+            (r#"{"credential": "#, "the body is not valid JSON"),
+            ("[\"x\"]", "not an array"),
+        ] {
+            let error = parsed(body).unwrap_err();
+            let detail = error.detail.as_deref().unwrap_or_default();
+            assert!(detail.contains(says), "{body}: {detail}");
+        }
+    }
 }

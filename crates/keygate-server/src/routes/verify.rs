@@ -7,7 +7,7 @@
 
 use std::net::IpAddr;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{self, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -157,7 +157,7 @@ pub async fn answer(
     let (parts, body) = request.into_parts();
     let caller = authenticate_asker(state, &parts.headers, Some(client)).await?;
     let limit = state.config().limits.body_bytes;
-    let request = json::read(&parts.headers, Body::new(body), limit).await?;
+    let request = json::read(&parts.headers, body, limit).await?;
     verdict(state, caller, request).await
 }
 
