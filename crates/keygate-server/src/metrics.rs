@@ -19,7 +19,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
 use tower::{Layer, Service};
 
-use crate::paths::ForwardAuthRoute;
+use crate::paths::{self, ForwardAuthRoute};
 use crate::views::VerifyCode;
 
 /// One counter per status code, 100 to 599.
@@ -53,6 +53,9 @@ pub struct Metrics {
     requests: RwLock<HashMap<Box<str>, Box<StatusCounts>>>,
     /// Forward-auth's routes, by [`ForwardAuthRoute`]: no lookup on the hot path.
     forward_auth: [Box<StatusCounts>; ForwardAuthRoute::ALL.len()],
+    /// `/v1/verify`'s, for the same reason: neither a lookup nor the map's lock, which every
+    /// worker thread would take for every verification.
+    verify: Box<StatusCounts>,
     verifications: [AtomicU64; VerifyCode::ALL.len()],
     /// Webhook attempts: delivered (a 2xx), and not.
     webhook_attempts: [AtomicU64; 2],
@@ -134,6 +137,7 @@ impl Default for Metrics {
         Self {
             requests: RwLock::default(),
             forward_auth: std::array::from_fn(|_| StatusCounts::new()),
+            verify: StatusCounts::new(),
             verifications: std::array::from_fn(|_| AtomicU64::new(0)),
             webhook_attempts: std::array::from_fn(|_| AtomicU64::new(0)),
             gateway: RwLock::default(),
@@ -143,6 +147,9 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn count_request(&self, route: &str, status: u16) {
+        if route == paths::VERIFY {
+            return self.verify.add(status);
+        }
         let requests = self.requests.read().unwrap_or_else(|p| p.into_inner());
         if let Some(counts) = requests.get(route) {
             return counts.add(status);
@@ -253,6 +260,7 @@ impl Metrics {
                 .iter()
                 .map(|(route, counts)| (&**route, &**counts))
                 .chain(forward_auth)
+                .chain([(paths::VERIFY, &*self.verify)])
                 .collect();
             routes.sort_by_key(|&(route, _)| route);
             for (route, counts) in routes {

@@ -273,6 +273,9 @@ async fn metrics_count_requests_verdicts_and_the_cache(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(ok_json(verdict).await["code"], "MALFORMED");
+    // Answered by the router, not the front's own path for a verification: counted alike.
+    let wrong_method = server.get("/v1/verify").header("apikey", &server.token);
+    assert_eq!(wrong_method.send().await.unwrap().status(), 405);
 
     let response = server.get("/metrics").send().await.unwrap();
     assert_eq!(response.status(), 200);
@@ -299,6 +302,19 @@ async fn metrics_count_requests_verdicts_and_the_cache(backend: Backend) {
     assert_eq!(
         line(r#"keygate_http_requests_total{route="/v1/forward-auth/{*path}",status="200"}"#),
         2.0
+    );
+    assert_eq!(
+        line(r#"keygate_http_requests_total{route="/v1/verify",status="200"}"#),
+        1.0
+    );
+    assert_eq!(
+        line(r#"keygate_http_requests_total{route="/v1/verify",status="405"}"#),
+        1.0
+    );
+    assert_eq!(
+        text.matches(r#"route="/v1/verify""#).count(),
+        2,
+        "one series a status"
     );
     assert_eq!(
         line(r#"keygate_verifications_total{code="MALFORMED"}"#),
