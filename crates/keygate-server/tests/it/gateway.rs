@@ -738,8 +738,8 @@ fn serve(dir: &std::path::Path, config: &std::path::Path) -> crate::binary::Serv
 }
 
 #[tokio::test]
-async fn fifty_megabytes_stream_each_way_in_flat_memory() {
-    const SIZE: usize = 50 * 1024 * 1024;
+async fn a_hundred_megabytes_stream_each_way_in_flat_memory() {
+    const SIZE: usize = 100 * 1024 * 1024;
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "", &[("/files", upstream.url(), 30_000)]);
@@ -784,9 +784,11 @@ async fn fifty_megabytes_stream_each_way_in_flat_memory() {
     }
     assert_eq!(received, SIZE);
     let grown = crate::binary::peak_memory(node.pid()).saturating_sub(before);
+    // The peak moves in steps of 2 MiB (huge pages, the allocator's segments): 6 to 16 MiB
+    // here whether 50 or 150 MiB go each way. A body held whole would be 100 MiB.
     assert!(
-        grown < 16 * 1024 * 1024,
-        "keygate's peak memory grew by {} MiB while 50 MiB went each way",
+        grown < 32 * 1024 * 1024,
+        "keygate's peak memory grew by {} MiB while 100 MiB went each way",
         grown / (1024 * 1024)
     );
     let (exit, log) = node.stop();
