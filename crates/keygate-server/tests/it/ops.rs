@@ -287,30 +287,17 @@ async fn metrics_count_requests_verdicts_and_the_cache(backend: Backend) {
     );
     let text = response.text().await.unwrap();
     let line = |prefix: &str| metric_in(&text, prefix);
-    assert_eq!(
-        line(r#"keygate_http_requests_total{route="/v1/whoami",status="200"}"#),
-        2.0
-    );
-    assert_eq!(
-        line(r#"keygate_http_requests_total{route="/v1/whoami",status="401"}"#),
-        1.0
-    );
-    assert_eq!(
-        line(r#"keygate_http_requests_total{route="/v1/forward-auth",status="200"}"#),
-        1.0
-    );
-    assert_eq!(
-        line(r#"keygate_http_requests_total{route="/v1/forward-auth/{*path}",status="200"}"#),
-        2.0
-    );
-    assert_eq!(
-        line(r#"keygate_http_requests_total{route="/v1/verify",status="200"}"#),
-        1.0
-    );
-    assert_eq!(
-        line(r#"keygate_http_requests_total{route="/v1/verify",status="405"}"#),
-        1.0
-    );
+    for (route, status, count) in [
+        ("/v1/whoami", 200, 2.0),
+        ("/v1/whoami", 401, 1.0),
+        ("/v1/forward-auth", 200, 1.0),
+        ("/v1/forward-auth/{*path}", 200, 2.0),
+        ("/v1/verify", 200, 1.0),
+        ("/v1/verify", 405, 1.0),
+    ] {
+        let series = format!(r#"keygate_http_requests_total{{route="{route}",status="{status}"}}"#);
+        assert_eq!(line(&series), count, "{series}");
+    }
     assert_eq!(
         text.matches(r#"route="/v1/verify""#).count(),
         2,
