@@ -64,13 +64,18 @@ impl UsageRecorder {
     #[cold]
     fn spill(&self, verified: &Verified, spilled: Vec<MinuteCount>) {
         let counts: Vec<_> = usage_counts(verified, spilled).collect();
-        for count in &counts {
-            self.counted[count.outcome.index()].fetch_add(count.count, Ordering::Relaxed);
-        }
+        self.count_taken(&counts);
         self.unwritten
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend(counts);
+    }
+
+    /// Adds counts just taken from credentials to what `/metrics` reports.
+    fn count_taken(&self, counts: &[UsageCount]) {
+        for count in counts {
+            self.counted[count.outcome.index()].fetch_add(count.count, Ordering::Relaxed);
+        }
     }
 
     fn queue(&self, verified: &Arc<Verified>) {
@@ -110,9 +115,7 @@ impl UsageRecorder {
                 used.push(Arc::clone(verified));
             }
         }
-        for count in &counts[retried..] {
-            self.counted[count.outcome.index()].fetch_add(count.count, Ordering::Relaxed);
-        }
+        self.count_taken(&counts[retried..]);
         let written = store.add_usage(&counts, &uses).await;
         if written.is_err() {
             self.unwritten

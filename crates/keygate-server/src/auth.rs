@@ -207,6 +207,7 @@ pub async fn authenticate_for_handler(
 
 /// Authenticates the service asking `/v1/verify`: checked like any caller, but its request is not
 /// counted in its usage, since the credential it asks about is (API.md §12).
+///
 /// Not an `async fn`, as [`admit`] is not.
 pub fn authenticate_asker(
     state: &AppState,
