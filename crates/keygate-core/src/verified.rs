@@ -112,9 +112,10 @@ enum Standing {
 
 /// A credential as verification resolved it; shared by the cache and the requests using it.
 ///
-/// A million cached credentials pay for every byte kept inline here: it is 208 bytes, so that
-/// with its reference counts it takes the allocator's 224-byte size class. What credentials
-/// share is behind pointers held once, what few have is behind one optional box, and the
+/// A million cached credentials pay for every byte kept inline here: it is 176 bytes, so that
+/// with its reference counts it takes the allocator's 192-byte size class. What credentials
+/// share is behind pointers held once, what few have (a user, allowlists, limits) is behind one
+/// optional box, and the
 /// credential's own fields are read through accessors ([`Verified::id`], [`Verified::name`],
 /// [`Verified::kind`], [`Verified::expires_at`]).
 #[derive(Debug)]
@@ -143,8 +144,6 @@ pub struct Verified {
     rendered: Derived,
     standing: Standing,
     hash: CredentialHash,
-    /// The user it belongs to (personal tokens, sessions).
-    person: Option<Box<Person>>,
 }
 
 /// The parts of a [`Verified`] few credentials have.
@@ -160,6 +159,8 @@ struct Extras {
     quotas: Box<[QuotaOn]>,
     /// An access token's client: a change to it affects the token.
     client_id: Option<CredentialId>,
+    /// The user it belongs to (personal tokens, sessions).
+    person: Option<Person>,
 }
 
 impl Extras {
@@ -169,7 +170,8 @@ impl Extras {
             && self.tenant_allowlist.is_none()
             && self.rate_limit.is_none()
             && self.quotas.is_empty()
-            && self.client_id.is_none();
+            && self.client_id.is_none()
+            && self.person.is_none();
         (!empty).then(|| Box::new(self))
     }
 }
@@ -249,19 +251,17 @@ impl Verified {
                     .map(QuotaOn::from)
                     .collect(),
                 client_id: None,
+                person: record.user.as_ref().map(|user| Person {
+                    id: user.id.clone(),
+                    name: user.name.as_str().into(),
+                    email: user.email.as_str().into(),
+                }),
             }
             .boxed(),
             usage: Usage::default(),
             rendered: Derived::default(),
             standing,
             hash: credential.hash,
-            person: record.user.as_ref().map(|user| {
-                Box::new(Person {
-                    id: user.id.clone(),
-                    name: user.name.as_str().into(),
-                    email: user.email.as_str().into(),
-                })
-            }),
         }
     }
 
@@ -317,7 +317,7 @@ impl Verified {
     /// Who the credential acts for: its user, or (service tokens, account keys, OAuth clients
     /// and their access tokens) the stored credential itself.
     pub fn principal(&self) -> Principal<'_> {
-        match (self.principal_kind, &self.person) {
+        match (self.principal_kind, self.person()) {
             (PrincipalKind::User, Some(person)) => Principal {
                 kind: PrincipalKind::User,
                 id: person.id.as_str(),
@@ -335,7 +335,11 @@ impl Verified {
 
     /// The user the credential belongs to, if it is a user's.
     pub fn user_id(&self) -> Option<&UserId> {
-        self.person.as_ref().map(|person| &person.id)
+        self.person().map(|person| &person.id)
+    }
+
+    fn person(&self) -> Option<&Person> {
+        self.extras.as_ref()?.person.as_ref()
     }
 
     /// The stored credential this one stands for, which rate limits and `last_used_at` count
@@ -449,11 +453,11 @@ pub fn role_permissions(role: &Role, catalog: &Catalog) -> PermissionSet {
 /// counting into, and the one before it, which the batch empties within seconds. A slot is reused
 /// two minutes later; the request that finds it holding an older minute (a batch that could not
 /// run, a store out) empties it, hands those counts to its caller ([`Counted::spilled`]) and
-/// claims the slot. While a slot is being emptied (by that request or by the batch) its tag reads
+/// claims the slot; so does a request that wraps a 16-bit counter, with the 65 536 it held. While a slot is being emptied (by that request or by the batch) its tag reads
 /// [`MOVING`], and the other requests of the same credential wait the few instructions it takes.
 ///
-/// 88 bytes, kept in every cached credential: what is rare (spilled counts) is the caller's to
-/// keep, times are 32-bit seconds, and the address's lock is one byte.
+/// 64 bytes, kept in every cached credential: what is rare (spilled counts) is the caller's to
+/// keep, times are 32-bit seconds, counters 16 bits, and the address's lock is one byte.
 #[derive(Debug, Default)]
 pub struct Usage {
     /// Unix seconds (32 bits last until 2106), 0 before the first admitted request.
@@ -476,10 +480,14 @@ const EMPTY: u32 = 0;
 #[derive(Debug, Default)]
 struct MinuteCounts {
     minute: std::sync::atomic::AtomicU32,
-    /// 32 bits: four billion requests a minute of one credential is beyond any server, and the
-    /// counters are kept for every cached credential.
-    counts: [std::sync::atomic::AtomicU32; OUTCOMES],
+    /// 16 bits, kept for every cached credential: a batch takes them within seconds, and the
+    /// request that wraps one (the 65 536th since it was taken) hands the 65 536 to its caller
+    /// as spilled counts ([`WRAP`]), so no count is lost however busy the credential.
+    counts: [std::sync::atomic::AtomicU16; OUTCOMES],
 }
+
+/// What a counter held when it wrapped to 0.
+const WRAP: u64 = 1 << 16;
 
 impl MinuteCounts {
     /// Claims the slot (its tag `MOVING`) if it is tagged `tag`, empties it, and tags it
@@ -552,7 +560,9 @@ impl Usage {
         loop {
             match slot.minute.load(Ordering::Acquire) {
                 tag if tag == minute => {
-                    slot.counts[outcome.index()].fetch_add(1, Ordering::Relaxed);
+                    if slot.counts[outcome.index()].fetch_add(1, Ordering::Relaxed) == u16::MAX {
+                        spilled.push((minute_start(minute), outcome, WRAP));
+                    }
                     break;
                 }
                 MOVING => {
@@ -614,9 +624,14 @@ fn minute_of(now: i64) -> u32 {
     u32::try_from(now.div_euclid(60)).unwrap_or(EMPTY)
 }
 
+/// When minute number `minute` starts.
+fn minute_start(minute: u32) -> Timestamp {
+    Timestamp::from_unix(i64::from(minute) * 60)
+}
+
 /// Minute `minute`'s counts that are not zero.
 fn nonzero(minute: u32, counts: [u64; OUTCOMES]) -> impl Iterator<Item = MinuteCount> {
-    let start = Timestamp::from_unix(i64::from(minute) * 60);
+    let start = minute_start(minute);
     UsageOutcome::ALL
         .into_iter()
         .zip(counts)
@@ -677,10 +692,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_cached_verification_fits_the_224_byte_size_class() {
-        // With the `Arc`'s two counts: 224 bytes, the allocator's class below 256. Every field
+    fn a_cached_verification_fits_the_192_byte_size_class() {
+        // With the `Arc`'s two counts: 192 bytes, the allocator's class below 224. Every field
         // added here is paid a million times over.
-        assert!(size_of::<Verified>() + 2 * size_of::<usize>() <= 224);
+        assert!(size_of::<Verified>() + 2 * size_of::<usize>() <= 192);
     }
 
     #[test]
@@ -801,6 +816,44 @@ mod tests {
                 (Timestamp::from_unix(T + 180), UsageOutcome::Valid, 1),
             ]
         );
+    }
+
+    #[test]
+    fn a_counter_that_wraps_hands_its_65_536_to_the_caller() {
+        let usage = Usage::default();
+        let spilled: Vec<_> = (0..65_541)
+            .flat_map(|_| usage.count(T, UsageOutcome::RateLimited).spilled)
+            .collect();
+        assert_eq!(
+            spilled,
+            [(Timestamp::from_unix(T), UsageOutcome::RateLimited, 65_536)],
+            "the request that wrapped the counter"
+        );
+        assert_eq!(
+            usage.take().counts,
+            [(Timestamp::from_unix(T), UsageOutcome::RateLimited, 5)]
+        );
+    }
+
+    #[test]
+    fn counters_wrapped_by_concurrent_requests_lose_and_double_nothing() {
+        let usage = Arc::new(Usage::default());
+        const THREADS: u64 = 4;
+        const EACH: u64 = 100_000;
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let usage = Arc::clone(&usage);
+                std::thread::spawn(move || {
+                    (0..EACH)
+                        .flat_map(|_| usage.count(T, UsageOutcome::Valid).spilled)
+                        .map(|(_, _, n)| n)
+                        .sum::<u64>()
+                })
+            })
+            .collect();
+        let spilled: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert_eq!(spilled, THREADS * EACH / 65_536 * 65_536);
+        assert_eq!(spilled + total(&usage.take()), THREADS * EACH);
     }
 
     #[test]
