@@ -106,18 +106,22 @@ impl PgStore {
         mut tx: Transaction<'static, Postgres>,
         changes: &[Change],
     ) -> Result<(), StoreError> {
-        for change in changes {
-            sqlx::query("SELECT pg_notify($1, $2)")
+        // One statement for all of them: a bulk revocation names up to 500 credentials, and a
+        // statement each was a round trip each inside the transaction.
+        if !changes.is_empty() {
+            let messages: Vec<String> = changes
+                .iter()
+                .map(|change| format!("{} {}", self.node, change.to_message()))
+                .collect();
+            sqlx::query("SELECT pg_notify($1, message) FROM unnest($2::text[]) AS message")
                 .bind(CHANNEL)
-                .bind(format!("{} {}", self.node, change.to_message()))
+                .bind(&messages)
                 .execute(&mut *tx)
                 .await
                 .map_err(store_error)?;
         }
         tx.commit().await.map_err(store_error)?;
-        for change in changes {
-            self.listener.changed(change);
-        }
+        self.listener.changed_all(changes);
         Ok(())
     }
 }
@@ -249,14 +253,28 @@ async fn listen(
             received = listener.try_recv() => match received? {
                 Some(notification) => {
                     last_heard = tokio::time::Instant::now();
-                    match notification.payload().split_once(' ') {
-                        Some((from, _)) if from == node => {}
-                        Some((_, message)) => match Change::from_message(message) {
-                            Some(change) => cache.changed(&change),
-                            // Unknown news: the safe reading is that anything may have changed.
-                            None => cache.resynced(),
-                        },
-                        None => {} // a heartbeat
+                    // With those already received behind it (another node's bulk revocation
+                    // arrives as one notification per credential): applied together, in one
+                    // pass over the cache rather than one each.
+                    let mut changes = Vec::new();
+                    let mut understood = true;
+                    for notification in std::iter::once(notification)
+                        .chain(std::iter::from_fn(|| listener.next_buffered()))
+                    {
+                        match notification.payload().split_once(' ') {
+                            Some((from, _)) if from == node => {}
+                            Some((_, message)) => match Change::from_message(message) {
+                                Some(change) => changes.push(change),
+                                None => understood = false,
+                            },
+                            None => {} // a heartbeat
+                        }
+                    }
+                    if understood {
+                        cache.changed_all(&changes);
+                    } else {
+                        // Unknown news: the safe reading is that anything may have changed.
+                        cache.resynced();
                     }
                 }
                 None => return Err(sqlx::Error::Protocol("the listening connection closed".into())),

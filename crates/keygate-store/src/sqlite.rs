@@ -109,9 +109,7 @@ impl SqliteStore {
         changes: &[Change],
     ) -> Result<(), StoreError> {
         tx.commit().await.map_err(store_error)?;
-        for change in changes {
-            self.listener.changed(change);
-        }
+        self.listener.changed_all(changes);
         Ok(())
     }
 }

@@ -83,6 +83,18 @@ pub enum Change {
 }
 
 impl Change {
+    /// The id the change names; `None` for the signing keys, which no cached verification
+    /// depends on.
+    pub fn id(&self) -> Option<&str> {
+        match self {
+            Change::Credential(id) => Some(id.as_str()),
+            Change::User(id) => Some(id.as_str()),
+            Change::Role(id) => Some(id.as_str()),
+            Change::Tenant(id) => Some(id.as_str()),
+            Change::SigningKeys => None,
+        }
+    }
+
     /// The change as a short message for other nodes (`c:tok_…`, `u:usr_…`, `r:rol_…`, `t:tnt_…`,
     /// `k:keys`).
     pub fn to_message(&self) -> String {
@@ -112,6 +124,12 @@ impl Change {
 pub trait ChangeListener: Send + Sync {
     fn changed(&self, change: &Change);
 
+    /// Changes committed together (a bulk revocation, a batch of notifications from another
+    /// node); by default told one at a time.
+    fn changed_all(&self, changes: &[Change]) {
+        changes.iter().for_each(|change| self.changed(change));
+    }
+
     /// Changes made on other nodes may be going unseen (the channel that carries them is down):
     /// stop trusting what was cached until [`Self::resynced`].
     fn may_have_missed_changes(&self) {}
@@ -126,6 +144,10 @@ pub struct Listeners(pub Vec<Arc<dyn ChangeListener>>);
 impl ChangeListener for Listeners {
     fn changed(&self, change: &Change) {
         self.0.iter().for_each(|l| l.changed(change));
+    }
+
+    fn changed_all(&self, changes: &[Change]) {
+        self.0.iter().for_each(|l| l.changed_all(changes));
     }
 
     fn may_have_missed_changes(&self) {

@@ -97,6 +97,45 @@ async fn every_change_on_one_node_is_seen_on_the_other_at_once() {
         .await,
     ));
 
+    // Three tokens revoked at once on A (one notification each, applied on B together), a
+    // fourth left alone.
+    let mut tokens = Vec::new();
+    for _ in 0..4 {
+        let (id, secret) = service_token(&a, "viewer").await;
+        assert_eq!(status(&b, &secret).await, 200, "B has it cached now");
+        tokens.push((id, secret));
+    }
+    let ids: Vec<String> = tokens[..3]
+        .iter()
+        .map(|(id, _)| format!("id={id}"))
+        .collect();
+    let body = a
+        .expect(
+            200,
+            Method::DELETE,
+            &format!("/v1/tokens?{}", ids.join("&")),
+            &a.token,
+            None,
+        )
+        .await;
+    assert_eq!(body["deleted"].as_array().unwrap().len(), 3);
+    seen.push((
+        "tokens revoked together",
+        within(PROPAGATION_LIMIT, "bulk revocation", || async {
+            let mut revoked = true;
+            for (_, secret) in &tokens[..3] {
+                revoked &= status(&b, secret).await == 401;
+            }
+            revoked
+        })
+        .await,
+    ));
+    assert_eq!(
+        status(&b, &tokens[3].1).await,
+        200,
+        "the fourth still works"
+    );
+
     // A role's permissions changed on A.
     let role = a
         .expect(
