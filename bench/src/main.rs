@@ -8,7 +8,8 @@
 //! already used (warm, the baseline), and prints requests per second, p50 and p99 for both, and
 //! what the server's resident size grew by per credential it verified (and so cached) cold. Then,
 //! with the cache full, the warm load once more while tokens of the cold set are revoked through
-//! the API every 100 ms: its figures next to the warm ones, and how long each revocation took.
+//! the API every 100 ms: its figures next to the warm ones, and how long each revocation took;
+//! and again while 500 of them are revoked in one request, and how long that request took.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -262,6 +263,40 @@ async fn main() {
     let mut revocations = revoker.await.unwrap();
     revocations.sort();
 
+    // Bulk: 500 cached tokens of the cold set revoked in one request (the most `DELETE
+    // /v1/tokens` takes), each a change the cache applies, while the warm load runs again.
+    let bulk_from = 100 + revocations.len();
+    let bulk_ids = &ids[bulk_from.min(cached)..(bulk_from + 500).min(cached)];
+    let bulk = {
+        let base = format!("http://{listen}");
+        let query: Vec<String> = bulk_ids.iter().map(|id| format!("id={id}")).collect();
+        let (owner, expected) = (owner.clone(), bulk_ids.len());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let sent = Instant::now();
+            let response = bench_client()
+                .delete(format!("{base}/v1/tokens?{}", query.join("&")))
+                .bearer_auth(&owner)
+                .send()
+                .await
+                .unwrap();
+            let took = sent.elapsed();
+            assert_eq!(response.status(), 200, "bulk revocation");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["deleted"].as_array().map(Vec::len), Some(expected));
+            took
+        })
+    };
+    let during_bulk = Figures::of(&[run(
+        address,
+        &args.path,
+        bearer(&secrets[..100]),
+        args.requests / 4,
+        args.concurrency,
+    )
+    .await]);
+    let bulk = bulk.await.unwrap();
+
     println!(
         "{:<10} {:<12} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>16} {:>16}",
         "store",
@@ -308,6 +343,14 @@ async fn main() {
             revocations[revocations.len() / 2]
         );
     }
+    println!(
+        "warm while {} cached tokens are revoked in one request: {:.0} req/s, p50 {:.2?}, p99 \
+         {:.2?}; the request took {bulk:.2?}",
+        bulk_ids.len(),
+        during_bulk.rps,
+        during_bulk.p50,
+        during_bulk.p99
+    );
     let _ = server.kill().await;
 }
 
