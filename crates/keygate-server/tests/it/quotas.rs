@@ -172,13 +172,28 @@ async fn requests_cost_what_the_proxy_says_and_refusals_cost_nothing() {
         .await
         .unwrap();
     assert_eq!(remaining(&by_query), Some(6));
+    // A cost given twice is the proxy's mistake: refused, naming it, nothing spent.
+    let twice = forward(
+        &server,
+        &secret,
+        &[
+            ("x-forwarded-for", "192.0.2.7"),
+            ("x-keygate-cost", "1"),
+            ("x-keygate-cost", "1"),
+        ],
+    )
+    .await;
+    let body = problem(twice, 400, "invalid-request").await;
+    assert_eq!(body["detail"], "X-Keygate-Cost is given more than once");
 
-    // Refusals: a permission the token lacks, an address it does not allow.
+    // Refusals: a permission the token lacks (in the second of two headers that name
+    // permissions), an address it does not allow.
     let forbidden = forward(
         &server,
         &secret,
         &[
             ("x-forwarded-for", "192.0.2.7"),
+            ("x-keygate-require", "tokens:read"),
             ("x-keygate-require", "tokens:write"),
         ],
     )
