@@ -115,9 +115,8 @@ enum Standing {
 /// A million cached credentials pay for every byte kept inline here: it is 176 bytes, so that
 /// with its reference counts it takes the allocator's 192-byte size class. What credentials
 /// share is behind pointers held once, what few have (a user, allowlists, limits) is behind one
-/// optional box, and the
-/// credential's own fields are read through accessors ([`Verified::id`], [`Verified::name`],
-/// [`Verified::kind`], [`Verified::expires_at`]).
+/// optional box, and the credential's own fields are read through accessors ([`Verified::id`],
+/// [`Verified::name`], [`Verified::kind`], [`Verified::expires_at`]).
 #[derive(Debug)]
 pub struct Verified {
     id: CredentialId,
