@@ -204,19 +204,24 @@ impl Map {
         self.0.retain(|s| keep(&s.verified));
     }
 
-    /// Drops the verifications that depend on the id `named` is of, as `affected` tells.
-    fn drop_affected(&mut self, named: Dependencies, affected: impl Fn(&Verified) -> bool) {
-        self.0
-            .retain(|s| !(s.depends.may_include(named) && affected(&s.verified)));
-    }
-
-    /// Drops the verifications that depend on any of `ids`, in one pass.
+    /// Drops the verifications that depend on any of `ids`, in one pass: only the slots whose
+    /// bits say they may are read (one mask test a slot for one id, the common case; a step per
+    /// bit of the slot for several).
     fn drop_depending_on_any(&mut self, ids: &std::collections::HashSet<&str>) {
-        let named = AnyOf::of(ids.iter().copied());
-        self.0.retain(|s| {
-            !(named.may_be_included_in(s.depends)
-                && s.verified.ids_depended_on().any(|id| ids.contains(id)))
-        });
+        let depends = |v: &Verified| v.ids_depended_on().any(|id| ids.contains(id));
+        let mut named = ids.iter();
+        match (named.next(), named.next()) {
+            (Some(id), None) => {
+                let named = Dependencies::of_id(id);
+                self.0
+                    .retain(|s| !(s.depends.may_include(named) && depends(&s.verified)));
+            }
+            _ => {
+                let named = AnyOf::of(ids.iter().copied());
+                self.0
+                    .retain(|s| !(named.may_be_included_in(s.depends) && depends(&s.verified)));
+            }
+        }
     }
 
     fn values(&self) -> impl Iterator<Item = &Arc<Verified>> {
@@ -533,42 +538,16 @@ impl ChangeListener for CredentialCache {
     }
 
     fn changed(&self, change: &Change) {
-        // Cached verifications are of tokens whose signature was already checked: none depends
-        // on the signing keys.
-        let Some(named) = change.id().map(Dependencies::of_id) else {
-            return;
-        };
-        let affected = |v: &Verified| match change {
-            Change::Credential(id) => v.depends_on(id),
-            Change::User(id) => v.user_id() == Some(id),
-            Change::Role(id) => v.role_id() == Some(id),
-            Change::Tenant(id) => v.is_within(id),
-            Change::SigningKeys => false,
-        };
-        let touches = |context: &CredentialContext| match change {
-            Change::Credential(_) | Change::SigningKeys => false,
-            Change::User(id) => context.user.as_ref().is_some_and(|u| u.id == *id),
-            Change::Role(id) => context.role.as_ref().is_some_and(|r| r.id == *id),
-            Change::Tenant(id) => std::iter::once(&context.tenant)
-                .chain(&context.ancestors)
-                .any(|t| t.id == *id),
-        };
-        let mut entries = self.write();
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        entries.drop_affected(named, affected);
-        self.contexts
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, context| !touches(context));
+        self.changed_all(std::slice::from_ref(change));
     }
 
-    /// Many changes at once (a bulk revocation of up to 500 tokens): one pass over the entries
-    /// under one write lock, not one pass each. A pass takes milliseconds with a million cached,
-    /// and every request of the node waits for it.
+    /// The changes of one commit (one, or up to 500 tokens of a bulk revocation) in one pass
+    /// over the entries under one write lock: a pass takes milliseconds with a million cached,
+    /// and every request of the node waits for it. A verification, or a context (tenant line,
+    /// user, role), goes if it depends on any id the changes name.
     fn changed_all(&self, changes: &[Change]) {
-        if let [change] = changes {
-            return self.changed(change);
-        }
+        // Cached verifications are of tokens whose signature was already checked: none depends
+        // on the signing keys.
         let ids: std::collections::HashSet<&str> = changes.iter().filter_map(Change::id).collect();
         if ids.is_empty() {
             return;

@@ -381,14 +381,9 @@ impl Verified {
         self.extras.as_ref()?.client_id.as_ref()
     }
 
-    /// Whether a change to `credential` affects this verification.
-    pub(crate) fn depends_on(&self, credential: &CredentialId) -> bool {
-        self.id == *credential || self.client_id() == Some(credential)
-    }
-
     /// Every id that a change could name and affect this verification by: its own, its client's,
-    /// its user's, its role's and its tenant line's ([`Self::depends_on`], [`Self::user_id`],
-    /// [`Self::role_id`], [`Self::is_within`]).
+    /// its user's, its role's and its tenant line's ([`Self::user_id`], [`Self::role_id`],
+    /// [`Self::is_within`]).
     pub(crate) fn ids_depended_on(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.id.as_str())
             .chain(self.client_id().map(CredentialId::as_str))
