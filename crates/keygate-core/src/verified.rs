@@ -377,17 +377,24 @@ impl Verified {
     }
 
     /// An access token's client.
-    fn client_id(&self) -> Option<&CredentialId> {
+    pub(crate) fn client_id(&self) -> Option<&CredentialId> {
         self.extras.as_ref()?.client_id.as_ref()
     }
 
     /// Every id that a change could name and affect this verification by: its own, its client's,
-    /// its user's, its role's and its tenant line's ([`Self::user_id`], [`Self::role_id`],
-    /// [`Self::is_within`]).
+    /// and those of its context.
     pub(crate) fn ids_depended_on(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.id.as_str())
             .chain(self.client_id().map(CredentialId::as_str))
-            .chain(self.user_id().map(UserId::as_str))
+            .chain(self.context_ids())
+    }
+
+    /// The ids of its context that a change could name: its user's, its role's and its tenant
+    /// line's ([`Self::user_id`], [`Self::role_id`], [`Self::is_within`]).
+    pub(crate) fn context_ids(&self) -> impl Iterator<Item = &str> {
+        self.user_id()
+            .map(UserId::as_str)
+            .into_iter()
             .chain(self.role_id().map(RoleId::as_str))
             .chain(self.tenant_line().iter().map(TenantId::as_str))
     }
