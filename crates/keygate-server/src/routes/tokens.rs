@@ -1,7 +1,7 @@
 //! Personal and service tokens (API.md §4). The secret is in the create response and nowhere
 //! else; lists show its `hint`. Revocation applies to the very next request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -629,12 +629,13 @@ pub(crate) async fn revoke(
             .await?
             .items
     };
+    let found: HashMap<&CredentialId, &Credential> = found.iter().map(|t| (&t.id, t)).collect();
     let mut roles: HashMap<RoleId, Option<Role>> = HashMap::new();
     let mut targets = Vec::new();
     let mut missing = Vec::new();
     for id in ids {
         let token = CredentialId::parse_any(id)
-            .and_then(|id| found.iter().find(|t| t.id == id))
+            .and_then(|id| found.get(&id).copied())
             .filter(|t| t.revoked_at.is_none());
         let Some(token) = token else {
             missing.push(id.clone());
@@ -651,10 +652,11 @@ pub(crate) async fn revoke(
             None => None,
         };
         tokens::check_revoke(&grant, state.catalog(), token, role)?;
-        if !targets.contains(&token.id) {
-            targets.push(token.id.clone());
-        }
+        targets.push(token.id.clone());
     }
+    // An id given twice is revoked once.
+    let mut seen = HashSet::with_capacity(targets.len());
+    targets.retain(|id| seen.insert(id.clone()));
     let events = targets
         .iter()
         .map(|id| {
@@ -668,10 +670,11 @@ pub(crate) async fn revoke(
         .revoke_tokens(&grant, &targets, now, &events)
         .await?;
     // Revoked meanwhile by someone else: as good as not found.
+    let done: HashSet<&CredentialId> = revoked.iter().collect();
     missing.extend(
         targets
             .iter()
-            .filter(|id| !revoked.contains(id))
+            .filter(|id| !done.contains(id))
             .map(ToString::to_string),
     );
     Ok((revoked, missing))

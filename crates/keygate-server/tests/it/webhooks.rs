@@ -206,7 +206,77 @@ async fn wait_for_attempts(server: &TestServer, webhook: &str, count: usize) -> 
 on_every_backend!(
     a_delivery_is_signed_and_arrives_on_the_fourth_attempt,
     failed_deliveries_stop_after_a_day_and_can_be_retried,
+    a_bulk_revocation_is_an_event_and_a_delivery_per_token,
 );
+
+/// Tokens revoked in one request are written together, and each is still its own audit event
+/// and its own delivery to every webhook that wants it; one that was already revoked is neither.
+async fn a_bulk_revocation_is_an_event_and_a_delivery_per_token(backend: Backend) {
+    let server = TestServer::start_with(backend, loopback_allowed).await;
+    let receiver = Receiver::start().await;
+    let mut tokens = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        tokens.push(create_token(&server, name).await.0);
+    }
+    server
+        .expect(
+            204,
+            Method::DELETE,
+            &format!("/v1/tokens/{}", tokens[3]),
+            &server.token,
+            None,
+        )
+        .await;
+    let deleted = subscribe(&server, &receiver, &["token.deleted"]).await;
+    let also = subscribe(&server, &receiver, &["token.created", "token.deleted"]).await;
+    let created = subscribe(&server, &receiver, &["token.created"]).await;
+    let path = format!("/v1/tokens?id={}", tokens.join("&id="));
+    let body = server
+        .expect(200, Method::DELETE, &path, &server.token, None)
+        .await;
+    assert_eq!(body["deleted"], json!(tokens[..3]), "{body}");
+    assert_eq!(body["warnings"][0]["detail"], tokens[3].as_str(), "{body}");
+
+    let seen = receiver.wait_for(6, Duration::from_secs(20)).await;
+    let mut announced: Vec<&str> = seen
+        .iter()
+        .map(|r| {
+            assert_eq!(r.body["type"], "token.deleted", "{:?}", r.body);
+            r.body["data"]["id"].as_str().unwrap()
+        })
+        .collect();
+    announced.sort_unstable();
+    let mut twice: Vec<&str> = tokens[..3].iter().flat_map(|t| [t.as_str(); 2]).collect();
+    twice.sort_unstable();
+    assert_eq!(announced, twice);
+    for (webhook, count) in [(&deleted, 3), (&also, 3), (&created, 0)] {
+        assert_eq!(deliveries(&server, webhook).await.len(), count, "{webhook}");
+    }
+    let events = ok_json(
+        server
+            .call(
+                Method::GET,
+                "/v1/audit-events?action=token.delete",
+                &server.token,
+                None,
+            )
+            .await,
+    )
+    .await;
+    let mut targets: Vec<&str> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["target"]["id"].as_str().unwrap())
+        .collect();
+    targets.sort_unstable();
+    let mut revoked: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    revoked.sort_unstable();
+    assert_eq!(
+        targets, revoked,
+        "the single revocation's and the bulk's three"
+    );
+}
 
 /// The receiver fails three times; the test clock moves through the pauses; the fourth attempt
 /// delivers. Every attempt is signed for the same `webhook-id` and recorded.

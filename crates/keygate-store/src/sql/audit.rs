@@ -10,7 +10,7 @@ use keygate_core::model::{AuditEvent, Outcome, StoredEvent};
 use keygate_core::store::{AuditStore, EventFilter, Page, Paged, StoreError};
 use sqlx::{QueryBuilder, Row};
 
-use super::shared::{corrupt, insert_event_counted, paged, timestamp};
+use super::shared::{corrupt, insert_events_counted, paged, timestamp};
 use super::{Db, DbRow, SqlStore, store_error};
 
 #[async_trait]
@@ -52,10 +52,9 @@ impl AuditStore for SqlStore {
         if events.is_empty() {
             return Ok(());
         }
+        let events: Vec<(&AuditEvent, u32)> = events.iter().map(|(e, n)| (e, *n)).collect();
         let mut tx = self.pool.begin().await.map_err(store_error)?;
-        for (event, count) in events {
-            insert_event_counted(&mut *tx, event, *count).await?;
-        }
+        insert_events_counted(&mut tx, &events).await?;
         tx.commit().await.map_err(store_error)
     }
 

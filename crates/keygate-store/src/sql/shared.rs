@@ -1,6 +1,9 @@
 //! What several resources' SQL uses: mapping rows to values, inserting tenants, users,
 //! credentials and audit events, reading a credential as verification needs it, and paging.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use keygate_core::Timestamp;
 use keygate_core::access::Scope;
 use keygate_core::allowlist::IpAllowlist;
@@ -16,7 +19,7 @@ use keygate_core::store::{
     Change, CredentialContext, CredentialRecord, LeakPolicy, MOST_HASHES_AT_ONCE, Page, Paged,
     StoreError,
 };
-use sqlx::{Row, Transaction};
+use sqlx::{QueryBuilder, Row, Transaction};
 
 use super::{Db, DbRow, SqlStore, store_error};
 
@@ -530,17 +533,26 @@ pub(super) async fn insert_row(
     Ok(())
 }
 
-/// A change's event, in the change's transaction. A change that cannot be recorded does
-/// not happen: the failure rolls it back, and is reported as the store being unavailable
-/// (a retry may succeed), whatever the database said.
 /// Writes a change's audit event and, in the same transaction, the webhook deliveries it causes
-/// (API.md §15): a change that could not be recorded did not happen, and one that happened is
-/// never lost to its webhooks.
+/// (API.md §15): a change that could not be recorded did not happen (the failure rolls it back,
+/// and is reported as the store being unavailable: a retry may succeed, whatever the database
+/// said), and one that happened is never lost to its webhooks.
 pub(super) async fn insert_event(
     tx: &mut Transaction<'_, Db>,
     e: &AuditEvent,
 ) -> Result<(), StoreError> {
-    insert_event_counted(&mut **tx, e, 1)
+    insert_events(tx, &[e]).await
+}
+
+/// [`insert_event`] for the events of several changes made together (a bulk revocation's 500):
+/// the events in one statement, and each tenant's webhooks read once, not a statement or two for
+/// each change.
+pub(super) async fn insert_events(
+    tx: &mut Transaction<'_, Db>,
+    events: &[&AuditEvent],
+) -> Result<(), StoreError> {
+    let counted: Vec<(&AuditEvent, u32)> = events.iter().map(|e| (*e, 1)).collect();
+    insert_events_counted(tx, &counted)
         .await
         .map_err(|error| match error {
             StoreError::Unavailable(why) | StoreError::Internal(why) => {
@@ -548,53 +560,72 @@ pub(super) async fn insert_event(
             }
             other => other,
         })?;
-    if e.outcome != keygate_core::model::Outcome::Success {
-        return Ok(());
-    }
-    if let Some((event_type, body)) = keygate_core::webhooks::message_for(e) {
+    let mut webhooks: HashMap<(&TenantId, &str), Vec<String>> = HashMap::new();
+    for e in events {
+        if e.outcome != keygate_core::model::Outcome::Success {
+            continue;
+        }
+        let Some((event_type, body)) = keygate_core::webhooks::message_for(e) else {
+            continue;
+        };
         let tenant = e.acting_tenant_id.as_ref().unwrap_or(&e.tenant_id);
-        insert_deliveries(tx, tenant, event_type, &body, e.time).await?;
+        let wanting = match webhooks.entry((tenant, event_type)) {
+            Entry::Occupied(known) => known.into_mut(),
+            Entry::Vacant(entry) => entry.insert(webhooks_wanting(tx, tenant, event_type).await?),
+        };
+        insert_deliveries_to(tx, wanting, event_type, &body, e.time).await?;
     }
     Ok(())
 }
 
-pub(super) async fn insert_event_counted<'c, E>(
-    executor: E,
-    e: &AuditEvent,
-    count: u32,
-) -> Result<(), StoreError>
-where
-    E: sqlx::Executor<'c, Database = Db>,
-{
-    sqlx::query(
-        "INSERT INTO audit_events (id, time, tenant_id, acting_tenant_id, actor_type, actor_id,
-             token_id, action, target_type, target_id, outcome, status, ip, user_agent, request_id,
-             count, detail, scope_path)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-             COALESCE((SELECT path FROM tenants WHERE id = COALESCE($4, $3)),
-                      '/' || COALESCE($4, $3) || '/'))",
-    )
-    .bind(e.id.as_str())
-    .bind(e.time.unix())
-    .bind(e.tenant_id.as_str())
-    .bind(e.acting_tenant_id.as_ref().map(TenantId::as_str))
-    .bind(e.actor.kind)
-    .bind(&e.actor.id)
-    .bind(e.token_id.as_ref().map(CredentialId::as_str))
-    .bind(e.action)
-    .bind(e.target.as_ref().map(|t| t.kind))
-    .bind(e.target.as_ref().map(|t| t.id.as_str()))
-    .bind(e.outcome.as_str())
-    .bind(i64::from(e.status))
-    .bind(&e.ip)
-    .bind(&e.user_agent)
-    .bind(&e.request_id)
-    .bind(i64::from(count))
-    .bind(detail_json(e))
-    .execute(executor)
-    .await
-    .map(drop)
-    .map_err(store_error)
+/// Events written by one statement at most: 20 values each, well under the most a statement
+/// may bind (32 766 in SQLite).
+const EVENTS_PER_STATEMENT: usize = 500;
+
+/// Writes audit events, each standing for `count` occurrences.
+pub(super) async fn insert_events_counted(
+    tx: &mut Transaction<'_, Db>,
+    events: &[(&AuditEvent, u32)],
+) -> Result<(), StoreError> {
+    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Db>::new(
+            "INSERT INTO audit_events (id, time, tenant_id, acting_tenant_id, actor_type, actor_id,
+                 token_id, action, target_type, target_id, outcome, status, ip, user_agent,
+                 request_id, count, detail, scope_path) ",
+        );
+        query.push_values(chunk, |mut row, (e, count)| {
+            // The path of the tenant whose audit log shows the event.
+            let scope = e.acting_tenant_id.as_ref().unwrap_or(&e.tenant_id).as_str();
+            row.push_bind(e.id.as_str())
+                .push_bind(e.time.unix())
+                .push_bind(e.tenant_id.as_str())
+                .push_bind(e.acting_tenant_id.as_ref().map(TenantId::as_str))
+                .push_bind(e.actor.kind)
+                .push_bind(e.actor.id.as_str())
+                .push_bind(e.token_id.as_ref().map(CredentialId::as_str))
+                .push_bind(e.action)
+                .push_bind(e.target.as_ref().map(|t| t.kind))
+                .push_bind(e.target.as_ref().map(|t| t.id.as_str()))
+                .push_bind(e.outcome.as_str())
+                .push_bind(i64::from(e.status))
+                .push_bind(e.ip.as_deref())
+                .push_bind(e.user_agent.as_deref())
+                .push_bind(e.request_id.as_deref())
+                .push_bind(i64::from(*count))
+                .push_bind(detail_json(e))
+                .push("COALESCE((SELECT path FROM tenants WHERE id = ")
+                .push_bind_unseparated(scope)
+                .push_unseparated("), '/' || ")
+                .push_bind_unseparated(scope)
+                .push_unseparated(" || '/')");
+        });
+        query
+            .build()
+            .execute(&mut **tx)
+            .await
+            .map_err(store_error)?;
+    }
+    Ok(())
 }
 
 /// An event's details as a JSON object, or NULL when it has none.
@@ -618,7 +649,18 @@ pub(super) async fn insert_deliveries(
     body: &str,
     at: Timestamp,
 ) -> Result<u64, StoreError> {
-    let webhooks: Vec<String> = sqlx::query_scalar(
+    let webhooks = webhooks_wanting(tx, tenant, event_type).await?;
+    insert_deliveries_to(tx, &webhooks, event_type, body, at).await?;
+    Ok(webhooks.len() as u64)
+}
+
+/// The enabled webhooks of `tenant` and its ancestors that want `event_type`.
+async fn webhooks_wanting(
+    tx: &mut Transaction<'_, Db>,
+    tenant: &TenantId,
+    event_type: &str,
+) -> Result<Vec<String>, StoreError> {
+    sqlx::query_scalar(
         "SELECT w.id FROM webhooks w, tenants t
          WHERE t.id = $1 AND t.path LIKE '%/' || w.tenant_id || '/%' AND w.enabled = TRUE
            AND (w.events = '*' OR w.events LIKE '%,' || $2 || ',%')",
@@ -627,8 +669,17 @@ pub(super) async fn insert_deliveries(
     .bind(event_type)
     .fetch_all(&mut **tx)
     .await
-    .map_err(store_error)?;
-    for webhook in &webhooks {
+    .map_err(store_error)
+}
+
+async fn insert_deliveries_to(
+    tx: &mut Transaction<'_, Db>,
+    webhooks: &[String],
+    event_type: &str,
+    body: &str,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    for webhook in webhooks {
         let id = DeliveryId::generate(at).map_err(|e| StoreError::Internal(e.to_string()))?;
         sqlx::query(
             "INSERT INTO webhook_deliveries
@@ -644,7 +695,7 @@ pub(super) async fn insert_deliveries(
         .await
         .map_err(store_error)?;
     }
-    Ok(webhooks.len() as u64)
+    Ok(())
 }
 
 /// One page of a list in a scope: `sql` takes the scope's tenant as `$1`, the cursor as `$2`

@@ -1,5 +1,7 @@
 //! Personal and service tokens of a tenant, and sessions.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use keygate_core::Timestamp;
 use keygate_core::access::{Grant, Scope, perm};
@@ -10,7 +12,7 @@ use keygate_core::store::{
 };
 use sqlx::QueryBuilder;
 
-use super::shared::{credential_from_row, insert_credential, insert_event, paged};
+use super::shared::{credential_from_row, insert_credential, insert_event, insert_events, paged};
 use super::{Db, SqlStore, store_error};
 
 #[async_trait]
@@ -143,26 +145,37 @@ impl TokenStore for SqlStore {
         at: Timestamp,
         events: &[AuditEvent],
     ) -> Result<Vec<CredentialId>, StoreError> {
+        // `IN ()` is an error in PostgreSQL.
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.begin_write().await?;
-        let mut revoked = Vec::with_capacity(ids.len());
-        for (id, event) in ids.iter().zip(events) {
-            let changed = sqlx::query(
-                "UPDATE credentials SET revoked_at = $1
-                 WHERE id = $2 AND tenant_id = $3 AND revoked_at IS NULL
-                   AND kind IN ('personal', 'service')",
-            )
-            .bind(at.unix())
-            .bind(id.as_str())
-            .bind(grant.tenant_id().as_str())
-            .execute(&mut *tx)
+        let mut update = QueryBuilder::<Db>::new("UPDATE credentials SET revoked_at = ");
+        update
+            .push_bind(at.unix())
+            .push(" WHERE tenant_id = ")
+            .push_bind(grant.tenant_id().as_str())
+            .push(" AND revoked_at IS NULL AND kind IN ('personal', 'service') AND id IN (");
+        let mut listed = update.separated(", ");
+        for id in ids {
+            listed.push_bind(id.as_str());
+        }
+        update.push(") RETURNING id");
+        let changed: HashSet<String> = update
+            .build_query_scalar()
+            .fetch_all(&mut *tx)
             .await
             .map_err(store_error)?
-            .rows_affected();
-            if changed > 0 {
-                insert_event(&mut tx, event).await?;
-                revoked.push(id.clone());
-            }
-        }
+            .into_iter()
+            .collect();
+        // In the order asked, each with its event.
+        let (revoked, events): (Vec<CredentialId>, Vec<&AuditEvent>) = ids
+            .iter()
+            .zip(events)
+            .filter(|(id, _)| changed.contains(id.as_str()))
+            .map(|(id, event)| (id.clone(), event))
+            .unzip();
+        insert_events(&mut tx, &events).await?;
         let changes: Vec<Change> = revoked.iter().cloned().map(Change::Credential).collect();
         self.commit(tx, &changes).await?;
         Ok(revoked)
