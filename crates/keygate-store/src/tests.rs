@@ -99,6 +99,7 @@ on_every_backend!(
     bootstrap_is_all_or_nothing_and_only_once,
     credentials_are_read_together_by_current_or_previous_secret,
     revocation_is_scoped_to_the_grant_and_announced_after_commit,
+    a_revocation_of_more_ids_than_a_statement_binds_is_split,
     roles_in_use_cannot_be_deleted_and_changes_are_announced,
     deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they_made,
     last_use_only_moves_forward,
@@ -352,6 +353,27 @@ async fn revocation_is_scoped_to_the_grant_and_announced_after_commit(db: TestDb
         .unwrap();
     assert!(again.is_empty());
     assert!(changes(&o.recorder).is_empty());
+}
+
+/// SQLite binds at most 32 766 values in a statement: a revocation names its ids over several.
+async fn a_revocation_of_more_ids_than_a_statement_binds_is_split(db: TestDb) {
+    let o = owned(db).await;
+    let grant = o.caller.require::<perm::TokensWrite>().unwrap();
+    let mut ids: Vec<CredentialId> = (0..40_000)
+        .map(|_| CredentialId::generate_for(CredentialKind::Service, NOW).unwrap())
+        .collect();
+    ids[35_000] = o.plan.token.id.clone();
+    let events = vec![event(&grant, "token.delete"); ids.len()];
+    let revoked = o
+        .store
+        .revoke_tokens(&grant, &ids, NOW, &events)
+        .await
+        .unwrap();
+    assert_eq!(revoked, std::slice::from_ref(&o.plan.token.id));
+    assert_eq!(
+        changes(&o.recorder),
+        [Change::Credential(o.plan.token.id.clone())]
+    );
 }
 
 async fn roles_in_use_cannot_be_deleted_and_changes_are_announced(db: TestDb) {

@@ -150,24 +150,27 @@ impl TokenStore for SqlStore {
             return Ok(Vec::new());
         }
         let mut tx = self.begin_write().await?;
-        let mut update = QueryBuilder::<Db>::new("UPDATE credentials SET revoked_at = ");
-        update
-            .push_bind(at.unix())
-            .push(" WHERE tenant_id = ")
-            .push_bind(grant.tenant_id().as_str())
-            .push(" AND revoked_at IS NULL AND kind IN ('personal', 'service') AND id IN (");
-        let mut listed = update.separated(", ");
-        for id in ids {
-            listed.push_bind(id.as_str());
+        let mut changed = HashSet::with_capacity(ids.len());
+        // Each statement well under the most either database binds (32 766 in SQLite).
+        for chunk in ids.chunks(1_000) {
+            let mut update = QueryBuilder::<Db>::new("UPDATE credentials SET revoked_at = ");
+            update
+                .push_bind(at.unix())
+                .push(" WHERE tenant_id = ")
+                .push_bind(grant.tenant_id().as_str())
+                .push(" AND revoked_at IS NULL AND kind IN ('personal', 'service') AND id IN (");
+            let mut listed = update.separated(", ");
+            for id in chunk {
+                listed.push_bind(id.as_str());
+            }
+            update.push(") RETURNING id");
+            let rows: Vec<String> = update
+                .build_query_scalar()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(store_error)?;
+            changed.extend(rows);
         }
-        update.push(") RETURNING id");
-        let changed: HashSet<String> = update
-            .build_query_scalar()
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(store_error)?
-            .into_iter()
-            .collect();
         // In the order asked, each with its event.
         let (revoked, events): (Vec<CredentialId>, Vec<&AuditEvent>) = ids
             .iter()
