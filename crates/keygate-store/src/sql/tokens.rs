@@ -171,11 +171,11 @@ impl TokenStore for SqlStore {
                 .map_err(store_error)?;
             changed.extend(rows);
         }
-        // In the order asked, each with its event.
+        // In the order asked, each with its event; an id named twice, once.
         let (revoked, events): (Vec<CredentialId>, Vec<&AuditEvent>) = ids
             .iter()
             .zip(events)
-            .filter(|(id, _)| changed.contains(id.as_str()))
+            .filter(|(id, _)| changed.remove(id.as_str()))
             .map(|(id, event)| (id.clone(), event))
             .unzip();
         insert_events(&mut tx, &events).await?;
