@@ -652,11 +652,9 @@ pub(crate) async fn revoke(
             None => None,
         };
         tokens::check_revoke(&grant, state.catalog(), token, role)?;
+        // An id given twice is revoked, and recorded, once: the store takes each once.
         targets.push(token.id.clone());
     }
-    // An id given twice is revoked once.
-    let mut seen = HashSet::with_capacity(targets.len());
-    targets.retain(|id| seen.insert(id.clone()));
     let events = targets
         .iter()
         .map(|id| {
