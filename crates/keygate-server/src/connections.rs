@@ -505,7 +505,6 @@ pub struct Tracked<S> {
 impl<S, B> hyper::service::Service<hyper::Request<Incoming>> for Tracked<S>
 where
     S: hyper::service::Service<hyper::Request<Incoming>, Response = hyper::Response<B>>,
-    S::Future: Unpin,
 {
     type Response = hyper::Response<TrackedBody<B>>;
     type Error = S::Error;
@@ -520,21 +519,25 @@ where
     }
 }
 
-/// The service's response to come; its body carries the watch on.
-pub struct Responding<F> {
-    future: F,
-    watch: Option<Arc<Watch>>,
+pin_project_lite::pin_project! {
+    /// The service's response to come; its body carries the watch on.
+    pub struct Responding<F> {
+        #[pin]
+        future: F,
+        watch: Option<Arc<Watch>>,
+    }
 }
 
 impl<F, B, E> Future for Responding<F>
 where
-    F: Future<Output = Result<hyper::Response<B>, E>> + Unpin,
+    F: Future<Output = Result<hyper::Response<B>, E>>,
 {
     type Output = Result<hyper::Response<TrackedBody<B>>, E>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let response = ready!(Pin::new(&mut self.future).poll(cx))?;
-        let watch = self.watch.take();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.future.poll(cx))?;
+        let watch = this.watch.take();
         Poll::Ready(Ok(response.map(|body| TrackedBody { body, watch })))
     }
 }

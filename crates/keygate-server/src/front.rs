@@ -18,7 +18,6 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{self, HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::FutureExt;
 use hyper::body::Incoming;
 use keygate_core::allowlist::client_address;
 use keygate_core::base62;
@@ -114,8 +113,9 @@ fn header_bytes<B>(request: &http::Request<B>) -> usize {
 /// else a request gets here: request id, header limit, client address, rate-limit headers,
 /// problem rendering, metrics and the access log.
 ///
-/// It is hyper's service for a connection (see [`crate::serve`]), so the request's body reaches
-/// the router as it came, and the hot path never boxes it.
+/// It makes hyper's service for each connection ([`Front::for_connection`], see
+/// [`crate::serve`]), so the request's body reaches the router as it came, and the hot path boxes
+/// neither the body nor the request's future.
 #[derive(Clone)]
 pub struct Front {
     shared: Arc<Shared>,
@@ -147,13 +147,27 @@ impl Front {
         }
     }
 
-    /// The service for one connection from `peer`, over TLS or not.
-    pub fn for_connection(&self, peer: SocketAddr, tls: bool) -> Self {
-        Self {
+    /// hyper's service for one connection from `peer`, over TLS or not. Its future is
+    /// [`Front::serve`]'s own, which hyper keeps in a place it makes once per connection: a
+    /// request's future is neither boxed nor copied into a box of its own (3.3 KB a request).
+    pub fn for_connection(
+        &self,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> impl hyper::service::Service<
+        http::Request<Incoming>,
+        Response = Response,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static {
+        let front = Self {
             shared: Arc::clone(&self.shared),
             peer: peer.ip(),
             tls,
-        }
+        };
+        hyper::service::service_fn(move |request| front.clone().serve(request))
     }
 
     /// The state every connection shares.
@@ -161,7 +175,7 @@ impl Front {
         &self.shared.state
     }
 
-    async fn serve(self, request: http::Request<Incoming>) -> Response {
+    async fn serve(self, request: http::Request<Incoming>) -> Result<Response, Infallible> {
         let Shared {
             state, v1_notice, ..
         } = &*self.shared;
@@ -282,7 +296,7 @@ impl Front {
         }
         // Moved, not cloned: a clone of a fresh value would allocate to share it.
         response.headers_mut().insert(REQUEST_ID, id_value);
-        response
+        Ok(response)
     }
 
     /// Everything but forward-auth: through the router.
@@ -349,16 +363,6 @@ impl<F: Future> Future for Noted<F> {
         let mut scoped = self.project().scoped;
         let output = std::task::ready!(scoped.as_mut().poll(cx));
         std::task::Poll::Ready((output, scoped.take_value().unwrap_or_default()))
-    }
-}
-
-impl hyper::service::Service<http::Request<Incoming>> for Front {
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
-
-    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
-        Box::pin(self.clone().serve(request).map(Ok))
     }
 }
 
