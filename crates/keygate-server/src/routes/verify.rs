@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{self, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use hyper::body::Incoming;
 use keygate_core::Timestamp;
 use keygate_core::access::Caller;
@@ -169,8 +169,14 @@ async fn verdict(
 ) -> Result<Response, ApiError> {
     let (code, body) = decide(state, caller, request).await?;
     state.metrics().count_verification(code);
-    let content_type = HeaderValue::from_static("application/json");
-    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+    // Built as it is sent: `(headers, body).into_response()` set the bytes' own content type
+    // first and then replaced it, two inserts into the map.
+    let mut response = Response::new(axum::body::Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
 }
 
 async fn decide(

@@ -35,7 +35,9 @@ async fn verdicts_for_valid_malformed_unknown_and_forbidden(backend: Backend) {
     let server = TestServer::start(backend).await;
     let token = server.token.clone();
 
-    let valid = ok_json(verify(&server, &token, json!({"credential": token})).await).await;
+    let response = verify(&server, &token, json!({"credential": token})).await;
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let valid = ok_json(response).await;
     assert_eq!(valid["valid"], true);
     assert_eq!(valid["code"], "VALID");
     assert_eq!(valid["tenant"]["slug"], "root");
@@ -55,8 +57,9 @@ async fn verdicts_for_valid_malformed_unknown_and_forbidden(backend: Backend) {
         .unwrap()
         .generate(CredentialKind::Personal)
         .unwrap();
-    let body =
-        ok_json(verify(&server, &token, json!({"credential": unknown.expose()})).await).await;
+    let response = verify(&server, &token, json!({"credential": unknown.expose()})).await;
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let body = ok_json(response).await;
     assert_eq!(body["code"], "NOT_FOUND");
 
     let body = ok_json(
