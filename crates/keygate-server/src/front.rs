@@ -159,8 +159,7 @@ impl Front {
         Response = Response,
         Error = Infallible,
         Future: Send + 'static,
-    > + Clone
-    + Send
+    > + Send
     + 'static {
         let front = Self {
             shared: Arc::clone(&self.shared),
