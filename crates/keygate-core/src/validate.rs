@@ -23,15 +23,17 @@ pub const EMAIL_MAX: usize = 254;
 
 /// A display name: trimmed, 1 to `max` characters, no control characters.
 pub fn text(field: &str, value: &str, max: usize) -> Result<String, Invalid> {
-    let value = value.trim();
-    if value.is_empty() {
-        return Err(Invalid::new(field, "must not be empty"));
-    }
+    // The limit is on what was sent, as the API's schema states it (`maxLength`): surrounding
+    // spaces count, though they are not kept.
     if value.chars().count() > max {
         return Err(Invalid::new(
             field,
             format!("must be at most {max} characters"),
         ));
+    }
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(Invalid::new(field, "must not be empty"));
     }
     if value.chars().any(char::is_control) {
         return Err(Invalid::new(field, "must not contain control characters"));
@@ -128,6 +130,10 @@ mod tests {
         assert!(name("name", "   ").is_err());
         assert!(name("name", "bell\u{7}").is_err());
         assert!(name("name", &"x".repeat(NAME_MAX + 1)).is_err());
+        assert!(
+            name("name", &format!(" {} ", "x".repeat(NAME_MAX - 1))).is_err(),
+            "the limit is on what was sent, spaces and all"
+        );
         assert!(
             name("name", &"é".repeat(NAME_MAX)).is_ok(),
             "characters, not bytes"

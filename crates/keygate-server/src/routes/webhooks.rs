@@ -8,6 +8,7 @@ use keygate_core::Timestamp;
 use keygate_core::access::{Caller, perm};
 use keygate_core::id::{DeliveryId, WebhookId};
 use keygate_core::model::{RequestMeta, Target};
+use keygate_core::validate;
 use keygate_core::webhooks::{Attempt, Delivery, EventSelection, SigningSecret, Webhook};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -230,14 +231,15 @@ fn check_events(events: &[String]) -> Result<EventSelection, FieldError> {
     EventSelection::parse(events).map_err(|message| field("events", message))
 }
 
+/// An optional description, checked as every other (at most its length as sent, no control
+/// characters); empty or blank, there is none.
 fn check_description(description: Option<String>) -> Result<Option<String>, FieldError> {
-    match description.map(|d| d.trim().to_owned()) {
-        Some(d) if d.chars().count() > MAX_DESCRIPTION_LEN => Err(field(
-            "description",
-            format!("at most {MAX_DESCRIPTION_LEN} characters"),
-        )),
-        Some(d) if d.is_empty() => Ok(None),
-        other => Ok(other),
+    match description {
+        None => Ok(None),
+        Some(d) if d.trim().is_empty() && d.chars().count() <= MAX_DESCRIPTION_LEN => Ok(None),
+        Some(d) => validate::text("description", &d, MAX_DESCRIPTION_LEN)
+            .map(Some)
+            .map_err(|invalid| field(&invalid.field, invalid.message)),
     }
 }
 

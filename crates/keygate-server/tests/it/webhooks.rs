@@ -524,6 +524,80 @@ async fn webhook_targets_are_checked_at_creation_and_delivery() {
     assert!(receiver.seen().is_empty());
 }
 
+/// A description is held to the schema's 500 characters as sent (padding counts, though it is not
+/// kept) and to the rule every description follows, no control characters; a refusal changes
+/// nothing, and a blank one clears it.
+#[tokio::test]
+async fn a_webhook_description_is_checked_as_sent_and_a_refusal_changes_nothing() {
+    let server = TestServer::start_with(Backend::Sqlite, loopback_allowed).await;
+    let receiver = Receiver::start().await;
+    let webhook = subscribe(&server, &receiver, &["token.created"]).await;
+    let path = format!("/v1/webhooks/{webhook}");
+    let padded = format!("{}{}", "d".repeat(490), " ".repeat(11));
+    for (description, says) in [
+        (padded.as_str(), "at most 500 characters"),
+        ("bell\u{7}", "control characters"),
+    ] {
+        let created = server
+            .call(
+                Method::POST,
+                "/v1/webhooks",
+                &server.token,
+                Some(json!({"url": receiver.url, "events": ["*"], "description": description})),
+            )
+            .await;
+        let body = problem(created, 400, "invalid-request").await;
+        assert_eq!(body["errors"][0]["field"], "description", "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+        let patched = server
+            .call(
+                Method::PATCH,
+                &path,
+                &server.token,
+                Some(json!({"enabled": false, "description": description})),
+            )
+            .await;
+        problem(patched, 400, "invalid-request").await;
+    }
+    let kept = ok_json(server.call(Method::GET, &path, &server.token, None).await).await;
+    assert_eq!(kept["description"], "ops", "{kept}");
+    assert_eq!(kept["enabled"], true, "nothing of a refused change is kept");
+    let listed = ok_json(
+        server
+            .call(Method::GET, "/v1/webhooks", &server.token, None)
+            .await,
+    )
+    .await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "{listed}");
+
+    let trimmed = format!("  {}  ", "d".repeat(496));
+    let changed = ok_json(
+        server
+            .call(
+                Method::PATCH,
+                &path,
+                &server.token,
+                Some(json!({"description": trimmed})),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(changed["description"], "d".repeat(496));
+    let cleared = ok_json(
+        server
+            .call(
+                Method::PATCH,
+                &path,
+                &server.token,
+                Some(json!({"description": "  "})),
+            )
+            .await,
+    )
+    .await;
+    assert_eq!(cleared["description"], Value::Null, "{cleared}");
+}
+
 /// Webhooks are scoped like the audit log: a customer sees its own and is told of its own events
 /// and its sub-customers'; another tenant's webhook is a 404, never a 403.
 #[tokio::test]
