@@ -21,7 +21,7 @@ pub const NAME_MAX: usize = 100;
 pub const DESCRIPTION_MAX: usize = 1000;
 pub const EMAIL_MAX: usize = 254;
 
-/// A display name: trimmed, 1 to `max` characters, no control characters.
+/// A display name: at most `max` characters as sent, trimmed, not empty, no control characters.
 pub fn text(field: &str, value: &str, max: usize) -> Result<String, Invalid> {
     // The limit is on what was sent, as the API's schema states it (`maxLength`): surrounding
     // spaces count, though they are not kept.
