@@ -327,20 +327,18 @@ impl Map {
         }
     }
 
-    fn retain(&mut self, mut keep: impl FnMut(&Slot) -> bool) {
-        for shard in self.0.iter_mut() {
-            shard.retain(|s| keep(s));
+    fn retain(&mut self, mut keep: impl FnMut(&Verified) -> bool) {
+        for shard in &mut self.0 {
+            shard.retain(|s| keep(&s.verified));
         }
-    }
-
-    fn retain_verified(&mut self, mut keep: impl FnMut(&Verified) -> bool) {
-        self.retain(|s| keep(&s.verified));
     }
 
     /// Drops the verifications that depend on an id `named`, in one pass: only those whose
     /// dependencies say they may are read.
     fn drop_affected(&mut self, named: &Named) {
-        self.retain(|s| !(named.may_affect(s.depends) && named.affects(&s.verified)));
+        for shard in &mut self.0 {
+            shard.retain(|s| !(named.may_affect(s.depends) && named.affects(&s.verified)));
+        }
     }
 
     fn values(&self) -> impl Iterator<Item = &Arc<Verified>> {
@@ -586,11 +584,9 @@ impl CredentialCache {
                 >= self.access_token_limit
         {
             self.access_token_inserts.store(0, Ordering::Relaxed);
-            entries.retain_verified(|v| {
-                !is_access_token(v) || v.expires_at().is_some_and(|at| at > now)
-            });
+            entries.retain(|v| !is_access_token(v) || v.expires_at().is_some_and(|at| at > now));
             if entries.values().filter(|v| is_access_token(v)).count() >= self.access_token_limit {
-                entries.retain_verified(|v| !is_access_token(v));
+                entries.retain(|v| !is_access_token(v));
             }
         }
         if entries.len() >= self.capacity && !entries.contains(verified.hash().as_bytes()) {
@@ -647,7 +643,7 @@ fn evict_least_recently_used(entries: &mut Map, count: usize) -> usize {
     let older = before.iter().filter(|&&used| used < cut).count();
     drop(uses);
     let mut at_cut = count - older;
-    entries.retain_verified(|v| {
+    entries.retain(|v| {
         let used = v.usage.last_used();
         if used < cut {
             false
