@@ -96,6 +96,25 @@ fn parse<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
     }
 }
 
+/// The body of a request that takes none: no body, or an empty JSON object. Anything else is
+/// refused as [`Json`] refuses it (a field is unknown, a body that is not JSON is a 415), so a
+/// client sending fields it believes mean something learns that they do not (API.md §1).
+pub struct NoBody;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoFields {}
+
+impl<S: Send + Sync> FromRequest<S> for NoBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        <Json<NoFields> as axum::extract::OptionalFromRequest<S>>::from_request(request, state)
+            .await
+            .map(|_| NoBody)
+    }
+}
+
 /// A body that may be left out (`Option<Json<T>>`): no body at all is `None`; anything sent is
 /// held to what [`Json`] requires.
 impl<S, T> axum::extract::OptionalFromRequest<S> for Json<T>

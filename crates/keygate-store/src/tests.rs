@@ -16,8 +16,8 @@ use keygate_core::model::{AuditEvent, Outcome, Role, Tenant, User, UserStatus};
 use keygate_core::oauth::{AuthenticatedClient, Lifetimes, RefreshToken, Rotation};
 use keygate_core::permission::{BuiltinRole, Catalog};
 use keygate_core::store::{
-    Change, ChangeListener, CredentialRecord, Deletion, Granularity, LastUse, Page, StoreError,
-    Taken, TokenFilter, UsageBucket, UsageCount, UsageFilter, UsageOutcome,
+    Change, ChangeListener, CredentialRecord, Deletion, Granularity, KeyDeletion, LastUse, Page,
+    StoreError, Taken, TokenFilter, UsageBucket, UsageCount, UsageFilter, UsageOutcome,
 };
 use keygate_core::verify::Verifier;
 use keygate_core::{ManualClock, Timestamp, access::RequestMeta};
@@ -110,6 +110,7 @@ on_every_backend!(
     every_change_writes_its_event_with_the_acting_credential,
     data_survives_reopening,
     two_keys_at_most_even_when_created_at_once,
+    two_keys_deleting_each_other_at_once_leave_one,
     an_account_key_is_found_by_its_secret_in_its_own_tenant_only,
     the_ip_restriction_is_stored_and_announced,
     tenants_are_scoped_to_their_subtree,
@@ -882,7 +883,7 @@ async fn two_keys_at_most_even_when_created_at_once(db: TestDb) {
             .delete_account_key(&keys, &gone, &event(&*keys, "account_key.delete"))
             .await
             .unwrap(),
-        Some(())
+        KeyDeletion::Deleted
     );
     assert_eq!(changes(&o.recorder), [Change::Credential(gone.clone())]);
     assert!(
@@ -898,7 +899,7 @@ async fn two_keys_at_most_even_when_created_at_once(db: TestDb) {
             .delete_account_key(&keys, &gone, &event(&*keys, "account_key.delete"))
             .await
             .unwrap(),
-        None
+        KeyDeletion::NotFound
     );
 }
 
@@ -913,6 +914,75 @@ fn o_key(keys: &Grant<perm::KeysWrite>) -> keygate_core::model::Credential {
     )
     .unwrap();
     key
+}
+
+/// Each key authenticates a request deleting the other, both under way at once: whichever
+/// commits first wins, and the other finds its own key gone and deletes nothing, as if it had
+/// come after (without the check, both deleted, and the tenant had no key left).
+async fn two_keys_deleting_each_other_at_once_leave_one(db: TestDb) {
+    let o = owned(db).await;
+    let owner = o.caller.require::<perm::KeysWrite>().unwrap();
+    let mut callers = Vec::new();
+    for _ in 0..2 {
+        let (key, secret) = keygate_core::model::Credential::issue(
+            &format(),
+            CredentialKind::AccountKey,
+            owner.tenant_id().clone(),
+            "account key".into(),
+            None,
+            NOW,
+        )
+        .unwrap();
+        let event = event(&owner, "account_key.create");
+        assert!(
+            o.store
+                .create_account_key(&owner, &key, 2, &event)
+                .await
+                .unwrap()
+        );
+        let presented = Presented {
+            credential: secret.expose(),
+            basic_username: None,
+            realm: None,
+            as_tenant: None,
+        };
+        let request = GateRequest {
+            client: None,
+            required: &[],
+            within: None,
+            now_millis: NOW.unix() * 1000,
+            counted: false,
+            cost: None,
+        };
+        let caller = o.gate.admit(presented, request).await.unwrap().caller;
+        callers.push((
+            Arc::new(caller.require::<perm::KeysWrite>().unwrap()),
+            key.id,
+        ));
+    }
+    let deleting = |by: usize, of: usize| {
+        let (store, grant) = (o.store.clone(), callers[by].0.clone());
+        let target = callers[of].1.clone();
+        tokio::spawn(async move {
+            let event = event(&grant, "account_key.delete");
+            store
+                .delete_account_key(&grant, &target, &event)
+                .await
+                .unwrap()
+        })
+    };
+    let (first, second) = (deleting(0, 1), deleting(1, 0));
+    let mut outcomes = [first.await.unwrap(), second.await.unwrap()];
+    outcomes.sort_by_key(|outcome| *outcome != KeyDeletion::Deleted);
+    assert_eq!(outcomes, [KeyDeletion::Deleted, KeyDeletion::CallerGone]);
+    let left = o.store.list_account_keys(&owner.reads()).await.unwrap();
+    assert_eq!(left.len(), 1, "one key deleted, the other kept");
+
+    // A caller that is not an account key deletes the last one.
+    let event = event(&owner, "account_key.delete");
+    let last = &left[0].id;
+    let deleted = o.store.delete_account_key(&owner, last, &event).await;
+    assert_eq!(deleted.unwrap(), KeyDeletion::Deleted);
 }
 
 async fn an_account_key_is_found_by_its_secret_in_its_own_tenant_only(db: TestDb) {

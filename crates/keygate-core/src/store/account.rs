@@ -8,9 +8,20 @@ use crate::credential::CredentialHash;
 use crate::id::CredentialId;
 use crate::model::{AuditEvent, Credential, IpRestriction};
 
+/// What [`AccountStore::delete_account_key`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyDeletion {
+    Deleted,
+    /// The tenant has no such key.
+    NotFound,
+    /// The account key that authenticates the request was deleted by another request first:
+    /// nothing was deleted, as if this request had come after that one.
+    CallerGone,
+}
+
 #[async_trait]
 pub trait AccountStore: Send + Sync + 'static {
-    /// The tenant's account keys, oldest first.
+    /// The tenant's account keys, newest first (as every list: API.md §1).
     async fn list_account_keys(
         &self,
         scope: &Scope<perm::KeysRead>,
@@ -34,13 +45,16 @@ pub trait AccountStore: Send + Sync + 'static {
         event: &AuditEvent,
     ) -> Result<bool, StoreError>;
 
-    /// Deletes a key at once and for good; `None` if the tenant has no such key.
+    /// Deletes a key at once and for good. A request authenticated by one of the tenant's
+    /// account keys deletes nothing if that key is gone by the time it commits: two keys deleting
+    /// each other at once would otherwise both succeed, and leave the tenant with none. Safe
+    /// against concurrent deletes: the tenant is locked while checking.
     async fn delete_account_key(
         &self,
         grant: &Grant<perm::KeysWrite>,
         id: &CredentialId,
         event: &AuditEvent,
-    ) -> Result<Option<()>, StoreError>;
+    ) -> Result<KeyDeletion, StoreError>;
 
     async fn get_ip_restriction(
         &self,

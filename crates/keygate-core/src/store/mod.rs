@@ -37,7 +37,7 @@ mod verification;
 mod webhooks;
 
 pub use crate::model::LeakPolicy;
-pub use account::AccountStore;
+pub use account::{AccountStore, KeyDeletion};
 pub use audit::{AuditStore, EventFilter};
 pub use keys::{SigningKeySource, SigningKeyStore};
 pub use oauth::OAuthStore;

@@ -10,11 +10,12 @@ use keygate_core::account::{self, MAX_KEYS};
 use keygate_core::credential::CredentialHash;
 use keygate_core::id::CredentialId;
 use keygate_core::model::{Credential, IpRestriction, Target};
+use keygate_core::store::KeyDeletion;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::Authenticated;
-use crate::json::Json;
+use crate::json::{Json, NoBody};
 use crate::problem::{ApiError, FieldError, ProblemCode};
 use crate::request::ClientIp;
 use crate::request::{Meta, Query};
@@ -109,16 +110,20 @@ pub async fn list(
 
 /// Create an account key
 ///
-/// Create an account key (it acts as `admin`); at most two exist. Needs `keys:write`.
+/// Create an account key (it acts as `admin`); at most two exist. Needs `keys:write`. Takes no
+/// body (or `{}`).
 #[utoipa::path(post, path = "/v1/account/keys", tag = "account", operation_id = "createAccountKey",
     responses(
         (status = 201, description = "Created; `key` is shown only here", body = CreatedKey),
+        (status = 400, description = "A body with fields: this takes none"),
+        (status = 415, description = "A body that is not JSON"),
         (status = 409, description = "key-limit-reached: the account has two keys"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     Meta(meta): Meta,
+    _: NoBody,
 ) -> Result<(StatusCode, axum::Json<CreatedKey>), ApiError> {
     let created = create_key(&state, &caller, &meta).await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
@@ -244,12 +249,19 @@ pub(crate) async fn remove(
         id: key.to_string(),
     };
     let event = grant.event("account_key.delete", Some(target), now, meta)?;
-    state
+    match state
         .store()
         .delete_account_key(&grant, key, &event)
         .await?
-        .ok_or_else(|| no_key(named))?;
-    Ok(axum::Json(keys_view(state, caller).await?))
+    {
+        KeyDeletion::Deleted => Ok(axum::Json(keys_view(state, caller).await?)),
+        KeyDeletion::NotFound => Err(no_key(named)),
+        // Deleted by the very key this request is deleting, a moment before: as if this request
+        // had come after that one.
+        KeyDeletion::CallerGone => Err(ApiError::unauthenticated(
+            "the account key authenticating this request has been deleted",
+        )),
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::auth::{Authenticated, SESSION_COOKIE};
-use crate::json::Json;
+use crate::json::{Json, NoBody};
 use crate::problem::ApiError;
 use crate::request::Meta;
 use crate::request::{ClientIp, over_tls};
@@ -94,12 +94,14 @@ pub async fn login(
     security(("cookie" = []), ("bearer" = [])),
     responses(
         (status = 204, description = "Signed out"),
-        (status = 400, description = "The credential is not a session"),
+        (status = 400, description = "The credential is not a session, or a body with fields (this takes none)"),
+        (status = 415, description = "A body that is not JSON"),
     ))]
 pub async fn logout(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     Meta(meta): Meta,
+    _: NoBody,
 ) -> Result<Response, ApiError> {
     state
         .sessions()

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Authenticated;
 use crate::deliveries::{Guard, TargetError};
-use crate::json::Json;
+use crate::json::{Json, NoBody};
 use crate::problem::{ApiError, FieldError};
 use crate::request::{Meta, PageQuery, Query, page};
 use crate::state::AppState;
@@ -469,12 +469,18 @@ pub async fn deliveries(
         ("id" = String, Path, description = "A webhook id"),
         ("delivery_id" = String, Path, description = "A delivery id"),
     ),
-    responses((status = 202, body = DeliveryView), (status = 404)))]
+    responses(
+        (status = 202, body = DeliveryView),
+        (status = 400, description = "A body with fields: this takes none"),
+        (status = 404),
+        (status = 415, description = "A body that is not JSON"),
+    ))]
 pub async fn retry(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
     Meta(meta): Meta,
     Path((id, delivery_id)): Path<(String, String)>,
+    _: NoBody,
 ) -> Result<(StatusCode, axum::Json<DeliveryView>), ApiError> {
     let grant = caller.require::<perm::WebhooksWrite>()?;
     let webhook = webhook_id(&id)?;

@@ -10,6 +10,8 @@ on_every_backend!(
     rotating_a_key_without_downtime,
     keys_can_be_named_by_query_under_either_spelling,
     two_keys_at_most_under_concurrent_creates,
+    two_keys_deleting_each_other_at_once_leave_one,
+    creating_a_key_takes_no_body_and_refuses_one,
     the_ip_restriction_normalises_warns_and_names_bad_entries,
     enabling_a_list_that_locks_the_caller_out_is_refused,
     the_list_is_enforced_from_the_very_next_request,
@@ -74,9 +76,10 @@ async fn rotating_a_key_without_downtime(backend: Backend) {
         .iter()
         .map(|k| (k["id"].as_str().unwrap(), k["current"].as_bool().unwrap()))
         .collect();
+    // Newest first, as every list.
     assert_eq!(
         current,
-        [(first_id.as_str(), false), (second_id.as_str(), true)]
+        [(second_id.as_str(), true), (first_id.as_str(), false)]
     );
     assert!(
         !listed.to_string().contains(&first),
@@ -206,6 +209,80 @@ async fn two_keys_at_most_under_concurrent_creates(backend: Backend) {
         .expect(200, Method::GET, "/v1/account/keys", &server.token, None)
         .await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+}
+
+/// Each key deletes the other, both requests at once, a few times over: one is answered 200, the
+/// other 401 (its key went first, whichever way the two interleave), and one key is left. Were
+/// each request's own key not checked when it commits, both would often succeed and leave none.
+async fn two_keys_deleting_each_other_at_once_leave_one(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    for round in 0..4 {
+        let (first_id, first) = create_key(&server, &server.token).await;
+        let (second_id, second) = create_key(&server, &server.token).await;
+        let paths = [&second_id, &first_id].map(|other| format!("/v1/account/keys/{other}"));
+        let deletes = [(&first, &paths[0]), (&second, &paths[1])]
+            .map(|(with, path)| server.call(Method::DELETE, path, with, None));
+        let mut statuses = futures_statuses(deletes.into_iter()).await;
+        statuses.sort();
+        assert_eq!(statuses, [200, 401], "round {round}");
+        let listed = server
+            .expect(200, Method::GET, "/v1/account/keys", &server.token, None)
+            .await;
+        let left = listed["data"].as_array().unwrap();
+        assert_eq!(left.len(), 1, "round {round}: {listed}");
+        let survivor = left[0]["id"].as_str().unwrap();
+        let key = if survivor == first_id {
+            &first
+        } else {
+            &second
+        };
+        ok_json(server.whoami(&[("apikey", key)]).await).await;
+        server
+            .expect(
+                200,
+                Method::DELETE,
+                &format!("/v1/account/keys/{survivor}"),
+                &server.token,
+                None,
+            )
+            .await;
+    }
+}
+
+/// A key is made from nothing: no body, or `{}`. A body with fields, or one that is not JSON,
+/// is refused as any body is (API.md §1), and makes no key.
+async fn creating_a_key_takes_no_body_and_refuses_one(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let post = || server.post("/v1/account/keys").bearer_auth(&server.token);
+    let refused = [
+        (post().json(&json!({"name": "ci"})), 400, "invalid-request"),
+        (
+            post()
+                .header("content-type", "application/json")
+                .body("garbage{"),
+            400,
+            "invalid-request",
+        ),
+        (
+            post().header("content-type", "text/plain").body("hello"),
+            415,
+            "unsupported-media-type",
+        ),
+    ];
+    for (request, status, code) in refused {
+        let body = problem(request.send().await.unwrap(), status, code).await;
+        if status == 400 {
+            assert!(body["detail"].is_string(), "{body}");
+        }
+    }
+    let listed = server
+        .expect(200, Method::GET, "/v1/account/keys", &server.token, None)
+        .await;
+    assert_eq!(listed["data"], json!([]), "a refused request makes no key");
+    let with_empty = post().json(&json!({})).send().await.unwrap();
+    assert_eq!(with_empty.status(), 201);
+    let without = post().send().await.unwrap();
+    assert_eq!(without.status(), 201);
 }
 
 async fn futures_statuses(

@@ -1233,7 +1233,8 @@ async fn account_keys_are_created_shown_once_limited_to_two_and_deleted(backend:
             None,
         )
         .await;
-    let first = keys["data"][0]["id"].as_str().unwrap().to_owned();
+    // Newest first: the first key made is the last listed.
+    let first = keys["data"][1]["id"].as_str().unwrap().to_owned();
     let path = format!("/console/account/keys/{first}/delete");
     let asked = post_form(&server, &session, &path, &[("csrf", &csrf)])
         .await

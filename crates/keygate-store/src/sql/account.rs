@@ -5,10 +5,10 @@ use keygate_core::access::{Grant, Scope, perm};
 use keygate_core::credential::{CredentialHash, CredentialKind};
 use keygate_core::id::CredentialId;
 use keygate_core::model::{AuditEvent, Credential, IpRestriction};
-use keygate_core::store::{AccountStore, Change, StoreError};
+use keygate_core::store::{AccountStore, Change, KeyDeletion, StoreError};
 
 use super::shared::{
-    credential_from_row, delete_credential, insert_credential, insert_event, tenant_from_row,
+    credential_from_row, delete_credential_in, insert_credential, insert_event, tenant_from_row,
     to_json,
 };
 use super::{SqlStore, store_error};
@@ -20,7 +20,8 @@ impl AccountStore for SqlStore {
         scope: &Scope<perm::KeysRead>,
     ) -> Result<Vec<Credential>, StoreError> {
         sqlx::query(
-            "SELECT * FROM credentials WHERE tenant_id = $1 AND kind = 'account_key' ORDER BY id",
+            "SELECT * FROM credentials WHERE tenant_id = $1 AND kind = 'account_key'
+             ORDER BY id DESC",
         )
         .bind(scope.tenant_id().as_str())
         .fetch_all(&self.pool)
@@ -58,11 +59,7 @@ impl AccountStore for SqlStore {
     ) -> Result<bool, StoreError> {
         let mut tx = self.begin_write().await?;
         // Lock the tenant row, so two creates cannot both count one key and both add one.
-        sqlx::query("UPDATE tenants SET id = id WHERE id = $1")
-            .bind(grant.tenant_id().as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
+        lock_tenant(&mut tx, grant.tenant_id()).await?;
         let count: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM credentials
              WHERE tenant_id = $1 AND kind = 'account_key' AND revoked_at IS NULL",
@@ -85,15 +82,37 @@ impl AccountStore for SqlStore {
         grant: &Grant<perm::KeysWrite>,
         id: &CredentialId,
         event: &AuditEvent,
-    ) -> Result<Option<()>, StoreError> {
-        delete_credential(
-            self,
-            grant.tenant_id(),
-            id,
-            CredentialKind::AccountKey,
-            event,
+    ) -> Result<KeyDeletion, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // Lock the tenant row, so that of two deletes under way at once the second sees what the
+        // first deleted: its own key, if the two keys were deleting each other.
+        lock_tenant(&mut tx, grant.tenant_id()).await?;
+        let caller = grant.credential_id();
+        if caller
+            .as_str()
+            .starts_with(CredentialKind::AccountKey.id_prefix())
+        {
+            let alive: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM credentials
+                                WHERE id = $1 AND tenant_id = $2 AND kind = 'account_key')",
+            )
+            .bind(caller.as_str())
+            .bind(grant.tenant_id().as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store_error)?;
+            if !alive {
+                return Ok(KeyDeletion::CallerGone);
+            }
+        }
+        let tenant = grant.tenant_id();
+        let kind = CredentialKind::AccountKey;
+        Ok(
+            match delete_credential_in(self, tx, tenant, id, kind, event).await? {
+                Some(()) => KeyDeletion::Deleted,
+                None => KeyDeletion::NotFound,
+            },
         )
-        .await
     }
 
     async fn get_ip_restriction(
@@ -126,4 +145,18 @@ impl AccountStore for SqlStore {
         self.commit(tx, &[Change::Tenant(grant.tenant_id().clone())])
             .await
     }
+}
+
+/// Locks the tenant's row until the transaction ends (PostgreSQL; SQLite's writes take turns
+/// anyway), so that its account keys are counted and deleted one request at a time.
+async fn lock_tenant(
+    tx: &mut sqlx::Transaction<'static, super::Db>,
+    tenant: &keygate_core::id::TenantId,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE tenants SET id = id WHERE id = $1")
+        .bind(tenant.as_str())
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+        .map_err(store_error)
 }

@@ -32,7 +32,20 @@ pub(super) async fn delete_credential(
     kind: CredentialKind,
     event: &AuditEvent,
 ) -> Result<Option<()>, StoreError> {
-    let mut tx = store.begin_write().await?;
+    let tx = store.begin_write().await?;
+    delete_credential_in(store, tx, tenant, id, kind, event).await
+}
+
+/// [`delete_credential`] in a transaction already under way, which it commits (or, with nothing
+/// to delete, drops).
+pub(super) async fn delete_credential_in(
+    store: &SqlStore,
+    mut tx: Transaction<'static, Db>,
+    tenant: &TenantId,
+    id: &CredentialId,
+    kind: CredentialKind,
+    event: &AuditEvent,
+) -> Result<Option<()>, StoreError> {
     let deleted =
         sqlx::query("DELETE FROM credentials WHERE id = $1 AND tenant_id = $2 AND kind = $3")
             .bind(id.as_str())
