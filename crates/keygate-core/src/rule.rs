@@ -38,6 +38,8 @@ pub enum Conflict {
     CannotDeleteCurrentKey,
     /// An allowlist that would not cover the caller's own address.
     WouldLockOutCaller,
+    /// Rolling a token that was already rolled: its successor is the one to roll.
+    AlreadyRolled,
 }
 
 impl RuleError {

@@ -14,7 +14,7 @@ use crate::credential::{CredentialFormat, CredentialKind, Secret};
 use crate::model::{Credential, RateLimit, Role};
 use crate::permission::{Catalog, PermissionSet};
 use crate::quota::{QuotaRequest, StoredQuota};
-use crate::rule::RuleError;
+use crate::rule::{Conflict, RuleError};
 use crate::validate::{self, Errors};
 use crate::verified::{PrincipalKind, role_permissions};
 
@@ -290,6 +290,17 @@ pub fn plan_roll(
         )));
     }
     check_revoke(grant, catalog, previous, role)?;
+    // A second roll would fork the token: two successors, the first left out of the chain, and
+    // the second given the life left in the overlap. A retried roll learns where the first went.
+    if let Some(successor) = &previous.rolled_to {
+        return Err(RuleError::Conflict {
+            conflict: Conflict::AlreadyRolled,
+            detail: format!(
+                "`{}` was already rolled to `{successor}`; roll that one instead",
+                previous.id
+            ),
+        });
+    }
     let (mut successor, secret) = Credential::issue(
         format,
         previous.kind,

@@ -36,6 +36,7 @@ pub enum ProblemCode {
     KeyLimitReached,
     CannotDeleteCurrentKey,
     WouldLockOutCaller,
+    AlreadyRolled,
     AlreadyExists,
     TenantHasChildren,
     RoleInUse,
@@ -65,6 +66,7 @@ impl ProblemCode {
             KeyLimitReached
             | CannotDeleteCurrentKey
             | WouldLockOutCaller
+            | AlreadyRolled
             | AlreadyExists
             | TenantHasChildren
             | RoleInUse
@@ -96,6 +98,7 @@ impl ProblemCode {
             KeyLimitReached => "key-limit-reached",
             CannotDeleteCurrentKey => "cannot-delete-current-key",
             WouldLockOutCaller => "would-lock-out-caller",
+            AlreadyRolled => "already-rolled",
             AlreadyExists => "already-exists",
             TenantHasChildren => "tenant-has-children",
             RoleInUse => "role-in-use",
@@ -128,6 +131,7 @@ impl ProblemCode {
             KeyLimitReached => "The account already has two keys",
             CannotDeleteCurrentKey => "The key authenticating this request cannot be deleted",
             WouldLockOutCaller => "That allowlist would lock the caller out",
+            AlreadyRolled => "The credential was already rolled",
             AlreadyExists => "It already exists",
             TenantHasChildren => "The tenant still has child tenants",
             RoleInUse => "The role is still held by users or tokens",
@@ -503,6 +507,7 @@ impl From<RuleError> for ApiError {
                     Conflict::BuiltinRole => ProblemCode::BuiltinRole,
                     Conflict::CannotDeleteCurrentKey => ProblemCode::CannotDeleteCurrentKey,
                     Conflict::WouldLockOutCaller => ProblemCode::WouldLockOutCaller,
+                    Conflict::AlreadyRolled => ProblemCode::AlreadyRolled,
                 };
                 ApiError::new(code, detail)
             }
@@ -674,6 +679,7 @@ mod tests {
             (ProblemCode::AmbiguousCredentials, 400),
             (ProblemCode::IpNotAllowed, 403),
             (ProblemCode::WouldLockOutCaller, 409),
+            (ProblemCode::AlreadyRolled, 409),
             (ProblemCode::HeadersTooLarge, 431),
             (ProblemCode::NotImplemented, 501),
             (ProblemCode::UpstreamUnavailable, 502),

@@ -78,7 +78,8 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Rolls the grant's active token `previous` (API.md §14): stores `successor` (which names
     /// it in `rolled_from`) and makes `previous` expire at `previous_expires_at`, naming its
     /// successor, in one transaction with `event`. `None` (and nothing changed) if the tenant has
-    /// no such active personal or service token.
+    /// no such active personal or service token, or it was rolled already (by a roll that raced
+    /// this one).
     async fn roll_token(
         &self,
         grant: &Grant<perm::TokensWrite>,

@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Authenticated;
 use crate::json::Json;
-use crate::problem::{ApiError, FieldError};
+use crate::problem::{ApiError, FieldError, ProblemCode};
 use crate::request::{Meta, Query, page};
 use crate::routes::roles;
 use crate::state::AppState;
@@ -355,6 +355,7 @@ pub(crate) async fn create_token(
         (status = 201, description = "Rolled; `secret` is the successor's, shown only here", body = CreatedToken),
         (status = 403, description = "forbidden or privilege-escalation: revoking the token is not the caller's to do"),
         (status = 404, description = "Unknown, not visible, revoked or expired"),
+        (status = 409, description = "already-rolled: the token was rolled before; roll its successor (`rolled_to`)"),
     ))]
 pub async fn roll(
     State(state): State<AppState>,
@@ -408,7 +409,7 @@ pub(crate) async fn roll_token(
             "previous_expires_at",
             planned.previous_expires_at.to_string(),
         );
-    state
+    let rolled = state
         .store()
         .roll_token(
             &grant,
@@ -417,8 +418,18 @@ pub(crate) async fn roll_token(
             &planned.successor,
             &event,
         )
-        .await?
-        .ok_or_else(|| not_found(id))?;
+        .await?;
+    if rolled.is_none() {
+        // Revoked meanwhile, or rolled by a request that raced this one: read again to say which.
+        let now_stored = state.store().get_token(&grant.reads(), &token_id).await?;
+        return Err(match now_stored.and_then(|t| t.rolled_to) {
+            Some(successor) => ApiError::new(
+                ProblemCode::AlreadyRolled,
+                format!("`{id}` was already rolled to `{successor}`; roll that one instead"),
+            ),
+            None => not_found(id),
+        });
+    }
     let created = CreatedToken {
         token: TokenView::new(planned.successor, &state.quota_reader()),
         secret: planned.secret.into_exposed(),

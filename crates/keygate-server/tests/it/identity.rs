@@ -30,6 +30,7 @@ on_every_backend!(
     delete_selected_sees_only_what_a_list_would_show,
     rolling_a_token_overlaps_the_old_secret_then_ends_it,
     a_roll_needs_what_revoking_needs_and_an_active_token,
+    a_rolled_token_is_not_rolled_again,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -1655,6 +1656,99 @@ async fn rolling_a_token_overlaps_the_old_secret_then_ends_it(backend: Backend) 
         day_later(&second["expires_at"]) - day_later(&again["created_at"]),
         time::Duration::hours(1)
     );
+}
+
+/// A second roll of the same token, one after the other (a retry) or both at once, would fork it:
+/// two successors, the first dropped from the chain, the second living only as long as the
+/// overlap. It is refused (409 `already-rolled`, naming the successor), and changes nothing.
+async fn a_rolled_token_is_not_rolled_again(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let create = json!({"kind": "service", "name": "ci", "role": "member", "expires_in": 7200});
+    let roll = |id: &str| format!("/v1/tokens/{id}/roll");
+    let token = |id: String| {
+        let server = &server;
+        async move {
+            server
+                .expect(
+                    200,
+                    Method::GET,
+                    &format!("/v1/tokens/{id}"),
+                    &server.token,
+                    None,
+                )
+                .await
+        }
+    };
+
+    let first = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(create.clone()),
+        )
+        .await;
+    let id = first["id"].as_str().unwrap().to_owned();
+    let overlap = Some(json!({"expire_previous_in": 60}));
+    let successor = server
+        .expect(
+            201,
+            Method::POST,
+            &roll(&id),
+            &server.token,
+            overlap.clone(),
+        )
+        .await;
+    let successor_id = successor["id"].as_str().unwrap();
+    let again = server
+        .call(Method::POST, &roll(&id), &server.token, overlap.clone())
+        .await;
+    let body = problem(again, 409, "already-rolled").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains(successor_id),
+        "{body}"
+    );
+    let rolled = token(id.clone()).await;
+    assert_eq!(rolled["rolled_to"], successor_id, "the chain is unchanged");
+    let listed = server
+        .expect(
+            200,
+            Method::GET,
+            "/v1/tokens?status=active",
+            &server.token,
+            None,
+        )
+        .await;
+    let successors = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["rolled_from"] == id.as_str())
+        .count();
+    assert_eq!(successors, 1, "one successor: {listed}");
+    // The successor rolls, and keeps the whole life it was given.
+    assert_eq!(
+        token(successor_id.to_owned()).await["expires_at"],
+        successor["expires_at"]
+    );
+    server
+        .expect(201, Method::POST, &roll(successor_id), &server.token, None)
+        .await;
+
+    // Two rolls of one token at once: one succeeds, the other is told where the token went.
+    let other = server
+        .expect(201, Method::POST, "/v1/tokens", &server.token, Some(create))
+        .await;
+    let other_id = other["id"].as_str().unwrap();
+    let path = roll(other_id);
+    let (a, b) = tokio::join!(
+        server.call(Method::POST, &path, &server.token, overlap.clone()),
+        server.call(Method::POST, &path, &server.token, overlap.clone()),
+    );
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409]);
 }
 
 async fn a_roll_needs_what_revoking_needs_and_an_active_token(backend: Backend) {

@@ -200,7 +200,7 @@ impl TokenStore for SqlStore {
         let mut tx = self.begin_write().await?;
         let rolled = sqlx::query(
             "UPDATE credentials SET rolled_to = $1, expires_at = $2
-             WHERE id = $3 AND tenant_id = $4 AND revoked_at IS NULL
+             WHERE id = $3 AND tenant_id = $4 AND revoked_at IS NULL AND rolled_to IS NULL
                AND kind IN ('personal', 'service')",
         )
         .bind(successor.id.as_str())
