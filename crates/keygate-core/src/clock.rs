@@ -15,6 +15,10 @@ use time::format_description::well_known::Rfc3339;
 pub struct Timestamp(i64);
 
 impl Timestamp {
+    /// The last second RFC 3339's four-digit year can write, 9999-12-31T23:59:59Z: no time keygate
+    /// keeps or shows is later.
+    pub const MAX: Self = Self(253_402_300_799);
+
     pub const fn from_unix(seconds: i64) -> Self {
         Self(seconds)
     }
@@ -23,9 +27,10 @@ impl Timestamp {
         self.0
     }
 
+    /// Later by `duration`, or [`Timestamp::MAX`] if that is later still.
     pub fn saturating_add(self, duration: Duration) -> Self {
         let secs = i64::try_from(duration.as_secs()).unwrap_or(i64::MAX);
-        Self(self.0.saturating_add(secs))
+        Self(self.0.saturating_add(secs).min(Self::MAX.0))
     }
 
     pub fn saturating_sub(self, duration: Duration) -> Self {
@@ -38,8 +43,11 @@ impl Timestamp {
         OffsetDateTime::parse(text, &Rfc3339).map(|t| Self(t.unix_timestamp()))
     }
 
+    /// A time past [`Timestamp::MAX`] (stored before it was the limit) is written as the limit:
+    /// far in the future either way, never as 1970.
     fn to_datetime(self) -> OffsetDateTime {
-        OffsetDateTime::from_unix_timestamp(self.0).unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        OffsetDateTime::from_unix_timestamp(self.0.min(Self::MAX.0))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
     }
 }
 
@@ -160,6 +168,24 @@ mod tests {
         let back: Timestamp = serde_json::from_str("\"2026-11-22T10:00:00Z\"").unwrap();
         assert_eq!(back, t);
         assert!(serde_json::from_str::<Timestamp>("\"yesterday\"").is_err());
+    }
+
+    #[test]
+    fn no_time_is_later_than_the_last_rfc_3339_can_write() {
+        assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            Timestamp::parse("9999-12-31T23:59:59Z").unwrap(),
+            Timestamp::MAX
+        );
+        let now = Timestamp::parse("2026-12-05T10:00:00Z").unwrap();
+        let far = now.saturating_add(Duration::from_secs(300_000_000_000));
+        assert_eq!(far, Timestamp::MAX);
+        assert_eq!(now.saturating_add(Duration::MAX), Timestamp::MAX);
+        // A later one stored before there was a limit is written as the limit, not as 1970.
+        assert_eq!(
+            Timestamp::from_unix(317_156_474_437).to_string(),
+            "9999-12-31T23:59:59Z"
+        );
     }
 
     #[test]

@@ -76,6 +76,20 @@ pub fn plan(
             errors.push("expires_in", "must be at least 1 second");
             None
         }
+        (None, Some(seconds))
+            if u64::try_from(Timestamp::MAX.unix() - now.unix())
+                .is_ok_and(|left| seconds > left) =>
+        {
+            errors.push(
+                "expires_in",
+                format!(
+                    "must end by {} (at most {} seconds from now); leave it out for a token that does not expire",
+                    Timestamp::MAX,
+                    Timestamp::MAX.unix() - now.unix()
+                ),
+            );
+            None
+        }
         (None, Some(seconds)) => Some(now.saturating_add(Duration::from_secs(seconds))),
         (None, None) => None,
     };

@@ -31,6 +31,7 @@ on_every_backend!(
     rolling_a_token_overlaps_the_old_secret_then_ends_it,
     a_roll_needs_what_revoking_needs_and_an_active_token,
     a_rolled_token_is_not_rolled_again,
+    an_expiry_past_the_year_9999_is_refused,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -290,6 +291,65 @@ async fn tokens_expire_on_the_test_clock(backend: Backend) {
         )
         .await;
     assert_eq!(expired["data"].as_array().unwrap().len(), 1);
+}
+
+/// A service token may live long, but not past 9999-12-31T23:59:59Z, the last time RFC 3339
+/// writes: `expires_in` beyond it is refused, naming the field, and makes no token (it was
+/// accepted, and the expiry shown as 1970, so every client saw a live token as long expired).
+async fn an_expiry_past_the_year_9999_is_refused(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let create = |expires_in: u64| json!({"kind": "service", "name": "long", "role": "viewer", "expires_in": expires_in});
+    for too_far in [300_000_000_000_u64, u64::MAX] {
+        let response = server
+            .call(
+                Method::POST,
+                "/v1/tokens",
+                &server.token,
+                Some(create(too_far)),
+            )
+            .await;
+        let body = problem(response, 400, "invalid-request").await;
+        assert_eq!(body["errors"][0]["field"], "expires_in", "{body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("9999-12-31T23:59:59Z"),
+            "{body}"
+        );
+    }
+    let listed = server
+        .expect(200, Method::GET, "/v1/tokens", &server.token, None)
+        .await;
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        1,
+        "only the owner's"
+    );
+
+    // Two centuries is fine, and shown as such everywhere.
+    let created = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(create(6_311_520_000)),
+        )
+        .await;
+    let expires_at = created["expires_at"].as_str().unwrap();
+    assert!(expires_at.starts_with("22"), "{expires_at}");
+    let secret = created["secret"].as_str().unwrap();
+    let verdict = server
+        .expect(
+            200,
+            Method::POST,
+            "/v1/verify",
+            &server.token,
+            Some(json!({"credential": secret})),
+        )
+        .await;
+    assert_eq!(verdict["expires_at"], expires_at);
 }
 
 async fn personal_tokens_need_a_user_an_expiry_within_the_cap_and_no_role(backend: Backend) {
