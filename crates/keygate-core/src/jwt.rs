@@ -154,6 +154,10 @@ pub struct AccessClaims {
     pub iat: i64,
     pub exp: i64,
     pub jti: String,
+    /// The grant it descends from (its refresh tokens' family, [`crate::oauth`]): revoking the
+    /// grant revokes it too. Absent from tokens issued before it was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 impl AccessClaims {

@@ -421,6 +421,7 @@ mod tests {
             iat: NOW.unix(),
             exp: NOW.unix() + 900,
             jti: "atk_x".into(),
+            grant: None,
         }
     }
 

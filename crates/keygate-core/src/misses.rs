@@ -277,6 +277,7 @@ mod tests {
             &self,
             _: &CredentialId,
             _: &CredentialId,
+            _: Option<&CredentialId>,
         ) -> Result<Option<AccessTokenRecord>, StoreError> {
             unreachable!("misses read credentials alone")
         }

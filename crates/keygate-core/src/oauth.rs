@@ -310,6 +310,9 @@ pub fn issue(
         client_id: client.id().clone(),
         spent_at: None,
     };
+    // The access token names its grant, so that burning the family (a spent refresh token
+    // presented again, or one revoked) ends it too.
+    let grant = Some(refresh.family_id.to_string());
     let claims = AccessClaims {
         iss: parties.issuer.to_owned(),
         aud: parties.audience,
@@ -320,6 +323,7 @@ pub fn issue(
         iat: now.unix(),
         exp: now.saturating_add(lifetimes.access).unix(),
         jti: CredentialId::generate_for(CredentialKind::AccessToken, now)?.to_string(),
+        grant,
     };
     Ok(Issued {
         claims,

@@ -232,7 +232,8 @@ impl Verifier {
         ) else {
             return Ok(None);
         };
-        let found = self.store.find_access_token(&client, &jti).await?;
+        // Whose it is, revoked or not: its grant does not matter here.
+        let found = self.store.find_access_token(&client, &jti, None).await?;
         Ok(found
             .filter(|record| record.client.tenant.id.as_str() == claims.tenant)
             .map(|record| record.client.tenant.path.ids().collect()))
@@ -388,8 +389,12 @@ impl Verifier {
         ) else {
             return Err(Refusal::AccessToken(JwtRefusal::Malformed));
         };
+        let grant = claims.grant.as_deref().and_then(CredentialId::parse_any);
         let started = std::time::Instant::now();
-        let found = self.store.find_access_token(&client, &jti).await;
+        let found = self
+            .store
+            .find_access_token(&client, &jti, grant.as_ref())
+            .await;
         self.store_latency.observe(started.elapsed());
         let record = match found? {
             Some(record) if record.client.tenant.id.as_str() == claims.tenant => record,
@@ -508,6 +513,7 @@ mod tests {
             &self,
             client: &CredentialId,
             jti: &CredentialId,
+            grant: Option<&CredentialId>,
         ) -> Result<Option<AccessTokenRecord>, StoreError> {
             self.finds.fetch_add(1, Ordering::SeqCst);
             let records = self.records.lock().unwrap();
@@ -519,7 +525,10 @@ mod tests {
                 .cloned();
             Ok(client.map(|client| AccessTokenRecord {
                 client,
-                revoked: self.revoked.lock().unwrap().contains(jti),
+                revoked: {
+                    let revoked = self.revoked.lock().unwrap();
+                    revoked.contains(jti) || grant.is_some_and(|grant| revoked.contains(grant))
+                },
             }))
         }
     }
@@ -927,8 +936,9 @@ mod tests {
             &self,
             client: &CredentialId,
             jti: &CredentialId,
+            grant: Option<&CredentialId>,
         ) -> Result<Option<AccessTokenRecord>, StoreError> {
-            self.inner.find_access_token(client, jti).await
+            self.inner.find_access_token(client, jti, grant).await
         }
     }
 
@@ -1045,6 +1055,8 @@ mod tests {
     }
 
     const ISSUER: &str = "https://keygate.example";
+    /// The grant (refresh-token family) the test access tokens descend from, unless told.
+    const GRANT: &str = "rft_0Grant";
 
     async fn oauth() -> Oauth {
         oauth_with(fixture()).await
@@ -1085,6 +1097,10 @@ mod tests {
 
     impl Oauth {
         fn token(&self, scope: &str, lifetime: u64) -> (String, AccessClaims) {
+            self.token_of(GRANT, scope, lifetime)
+        }
+
+        fn token_of(&self, grant: &str, scope: &str, lifetime: u64) -> (String, AccessClaims) {
             let claims = AccessClaims {
                 iss: ISSUER.into(),
                 aud: crate::jwt::Audience::new(vec![ISSUER.into()]).unwrap(),
@@ -1097,6 +1113,7 @@ mod tests {
                 jti: CredentialId::generate_for(CredentialKind::AccessToken, NOW)
                     .unwrap()
                     .to_string(),
+                grant: Some(grant.into()),
             };
             (self.keys.sign(&claims).unwrap(), claims)
         }
@@ -1170,6 +1187,33 @@ mod tests {
             o.verifier.verify(&token).await,
             Err(Refusal::Revoked)
         ));
+        assert!(o.verifier.verify(&other).await.is_ok());
+    }
+
+    /// A grant revoked (its refresh token replayed, or revoked) ends every access token issued
+    /// from it, cached or not, once the change naming its client arrives; another grant's stay.
+    #[tokio::test]
+    async fn a_revoked_grant_ends_its_access_tokens_and_no_others() {
+        let o = oauth().await;
+        let (first, _) = o.token("zones:read", 900);
+        let (second, _) = o.token("zones:read", 900);
+        let (other, _) = o.token_of("rft_0Other", "zones:read", 900);
+        for token in [&first, &other] {
+            o.verifier.verify(token).await.unwrap();
+        }
+        o.f.store
+            .revoked
+            .lock()
+            .unwrap()
+            .push(CredentialId::parse_any(GRANT).unwrap());
+        o.f.cache
+            .changed(&Change::Credential(o.client.credential.id.clone()));
+        for token in [&first, &second] {
+            assert!(matches!(
+                o.verifier.verify(token).await,
+                Err(Refusal::Revoked)
+            ));
+        }
         assert!(o.verifier.verify(&other).await.is_ok());
     }
 

@@ -1263,7 +1263,10 @@ async fn verification_reads_a_deep_tenant_line_in_as_many_statements_as_a_root_o
     assert_eq!(ten_deep, at_root);
     for (jti, is_revoked) in [(&live, false), (&revoked, true)] {
         let before = statements.0.load(std::sync::atomic::Ordering::SeqCst);
-        let found = o.store.find_access_token(&client_record.id, jti).await;
+        let found = o
+            .store
+            .find_access_token(&client_record.id, jti, None)
+            .await;
         let found = found.unwrap().unwrap();
         let read = statements.0.load(std::sync::atomic::Ordering::SeqCst) - before;
         assert_eq!(read, at_root, "an access token's miss");
@@ -1490,7 +1493,7 @@ async fn clients_are_scoped_and_take_their_tokens_with_them(db: TestDb) {
     let jti = CredentialId::generate_for(CredentialKind::AccessToken, NOW).unwrap();
     assert!(
         o.store
-            .find_access_token(&client.id, &jti)
+            .find_access_token(&client.id, &jti, None)
             .await
             .unwrap()
             .is_some()
@@ -1519,7 +1522,7 @@ async fn clients_are_scoped_and_take_their_tokens_with_them(db: TestDb) {
     );
     assert!(
         o.store
-            .find_access_token(&client.id, &jti)
+            .find_access_token(&client.id, &jti, None)
             .await
             .unwrap()
             .is_none()
@@ -1582,7 +1585,18 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
     assert_eq!(live.family_id, first.credential.id, "the same family");
     assert!(live.credential.revoked_at.is_none());
 
-    // The first token again, racing: it cannot be spent twice, and its family burns.
+    // The first token again, racing: it cannot be spent twice, and its family burns, access
+    // tokens of the grant included, which every node hears of through the client.
+    let jti = CredentialId::generate_for(CredentialKind::AccessToken, NOW).unwrap();
+    let access_revoked = |grant: CredentialId| {
+        let (store, client, jti) = (o.store.clone(), client.id().clone(), jti.clone());
+        async move {
+            let found = store.find_access_token(&client, &jti, Some(&grant)).await;
+            found.unwrap().unwrap().revoked
+        }
+    };
+    assert!(!access_revoked(found.family_id.clone()).await);
+    changes(&o.recorder);
     let (third, third_hash) = issue(&client, Some(&found));
     assert_eq!(
         o.store
@@ -1612,6 +1626,11 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
         .unwrap()
         .unwrap();
     assert_eq!(burnt.credential.revoked_at, Some(NOW));
+    assert!(access_revoked(found.family_id.clone()).await);
+    assert_eq!(
+        changes(&o.recorder),
+        [Change::Credential(client.id().clone())]
+    );
 
     // A family revoked explicitly: every token of it, and nothing of another family.
     let (other, other_hash) = issue(&client, None);
@@ -1626,6 +1645,7 @@ async fn a_refresh_token_is_spent_once_and_reuse_burns_its_family(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(revoked, 1);
+    assert!(access_revoked(other.family_id.clone()).await);
     assert!(
         o.store
             .find_refresh_token(&client, &other_hash)
@@ -1769,7 +1789,7 @@ async fn access_token_revocations_are_remembered_and_announced(db: TestDb) {
     assert_eq!(changes(&o.recorder), [Change::Credential(jti.clone())]);
     let record = o
         .store
-        .find_access_token(&client_record.id, &jti)
+        .find_access_token(&client_record.id, &jti, None)
         .await
         .unwrap()
         .unwrap();
@@ -1779,7 +1799,7 @@ async fn access_token_revocations_are_remembered_and_announced(db: TestDb) {
     let other = CredentialId::generate_for(CredentialKind::AccessToken, NOW).unwrap();
     assert!(
         !o.store
-            .find_access_token(&client_record.id, &other)
+            .find_access_token(&client_record.id, &other, None)
             .await
             .unwrap()
             .unwrap()

@@ -109,10 +109,12 @@ pub trait CredentialSource: SigningKeySource {
     }
 
     /// The OAuth client `client` as [`Self::find_credential`] reads it, and whether the access
-    /// token `jti` was revoked; `None` if there is no such client.
+    /// token `jti`, or the grant it descends from, was revoked; `None` if there is no such
+    /// client.
     async fn find_access_token(
         &self,
         client: &CredentialId,
         jti: &CredentialId,
+        grant: Option<&CredentialId>,
     ) -> Result<Option<AccessTokenRecord>, StoreError>;
 }

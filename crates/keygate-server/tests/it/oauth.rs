@@ -501,14 +501,25 @@ async fn a_token_for_another_deployments_audience_is_refused(backend: Backend) {
     );
 }
 
+/// API.md §7: presenting a spent refresh token revokes every token descended from it, access
+/// tokens included (they were left to live out their lives, so a thief holding one kept working
+/// while the error said everything was revoked); and RFC 7009 §2.1: revoking a refresh token
+/// also ends the access tokens of its grant. Another grant of the same client is untouched.
 async fn a_spent_refresh_token_revokes_every_token_of_its_grant(backend: Backend) {
     let server = TestServer::start(backend).await;
     let (id, secret) = create_client(&server, "viewer", None).await;
     let first = tokens(&server, &id, &secret, Some("tokens:read")).await;
+    let first_access = first["access_token"].as_str().unwrap().to_owned();
     let spent = first["refresh_token"].as_str().unwrap().to_owned();
     let second = ok_json(exchange(&server, &id, &secret, &spent).await).await;
     let live = second["refresh_token"].as_str().unwrap().to_owned();
     let live_access = second["access_token"].as_str().unwrap().to_owned();
+    let other = tokens(&server, &id, &secret, None).await;
+    let other_access = other["access_token"].as_str().unwrap().to_owned();
+    // Cached on this node before the family burns: the burning must reach the cache.
+    for access in [&first_access, &live_access, &other_access] {
+        assert_eq!(whoami_status(&server, access).await, 200);
+    }
 
     // The spent token again: refused, and the family burns with it.
     let body = oauth_error(
@@ -535,11 +546,34 @@ async fn a_spent_refresh_token_revokes_every_token_of_its_grant(backend: Backend
         "invalid_grant",
     )
     .await;
-    // Access tokens already issued live out their short lives; only refreshing is over.
-    assert_eq!(whoami_status(&server, &live_access).await, 200);
+    // The access tokens of the grant, the first and the one issued by the refresh, are over too:
+    // on this node, on another, in a verdict and in an introspection.
+    let node = server.join().await;
+    for access in [&first_access, &live_access] {
+        assert_eq!(whoami_status(&server, access).await, 401);
+        assert_eq!(whoami_status(&node, access).await, 401);
+        let verdict = server
+            .expect(
+                200,
+                Method::POST,
+                "/v1/verify",
+                &server.token,
+                Some(json!({"credential": access})),
+            )
+            .await;
+        assert_eq!(verdict["code"], "REVOKED", "{verdict}");
+        let seen = server
+            .post("/v1/oauth/introspect")
+            .basic_auth(&id, Some(&secret))
+            .form(&[("token", access.as_str())])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok_json(seen).await, json!({"active": false}));
+    }
     // Another grant of the same client is untouched.
-    let other = tokens(&server, &id, &secret, None).await;
-    ok_json(
+    assert_eq!(whoami_status(&server, &other_access).await, 200);
+    let renewed = ok_json(
         exchange(
             &server,
             &id,
@@ -549,6 +583,18 @@ async fn a_spent_refresh_token_revokes_every_token_of_its_grant(backend: Backend
         .await,
     )
     .await;
+    // Revoking that grant's refresh token ends its access tokens as well (RFC 7009 §2.1).
+    let revoked = server
+        .post("/v1/oauth/revoke")
+        .basic_auth(&id, Some(&secret))
+        .form(&[("token", renewed["refresh_token"].as_str().unwrap())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    for access in [&other_access, renewed["access_token"].as_str().unwrap()] {
+        assert_eq!(whoami_status(&server, access).await, 401);
+    }
 }
 
 async fn deleting_a_client_stops_its_unexpired_tokens_at_once(backend: Backend) {

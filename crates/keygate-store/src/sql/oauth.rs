@@ -219,7 +219,7 @@ impl OAuthStore for SqlStore {
             // Spent by a request that got here first: two parties hold this token.
             revoke_family(&mut tx, client, &replacement.family_id, at).await?;
             insert_event(&mut tx, refused).await?;
-            self.commit(tx, &[]).await?;
+            self.commit(tx, &family_revoked(client)).await?;
             return Ok(Rotation::Reused);
         }
         insert_refresh_token(&mut tx, replacement).await?;
@@ -238,7 +238,7 @@ impl OAuthStore for SqlStore {
         let mut tx = self.begin_write().await?;
         let revoked = revoke_family(&mut tx, client, family, at).await?;
         insert_event(&mut tx, event).await?;
-        self.commit(tx, &[]).await?;
+        self.commit(tx, &family_revoked(client)).await?;
         Ok(revoked)
     }
 
@@ -298,13 +298,18 @@ fn check_lineage(client: &AuthenticatedClient, token: &RefreshToken) -> Result<(
     Ok(())
 }
 
+/// Revokes a grant: its refresh tokens, and the access tokens issued from it (their `grant`
+/// claim names the family, remembered among the revoked access tokens for as long as any of them
+/// could live: no longer than the family's last refresh token, issued with the last of them).
+/// Returns how many refresh tokens it revoked. The caller's commit must announce the client
+/// ([`family_revoked`]), so that every node drops its cached access tokens.
 async fn revoke_family(
     tx: &mut Transaction<'_, Db>,
     client: &AuthenticatedClient,
     family: &CredentialId,
     at: Timestamp,
 ) -> Result<u64, StoreError> {
-    sqlx::query(
+    let revoked = sqlx::query(
         "UPDATE credentials SET revoked_at = $1
          WHERE family_id = $2 AND client_id = $3 AND kind = 'refresh' AND revoked_at IS NULL",
     )
@@ -314,7 +319,26 @@ async fn revoke_family(
     .execute(&mut **tx)
     .await
     .map(|done| done.rows_affected())
-    .map_err(store_error)
+    .map_err(store_error)?;
+    sqlx::query(
+        "INSERT INTO revoked_access_tokens (jti, client_id, expires_at)
+         SELECT $1, $2, coalesce(max(expires_at), $3) FROM credentials
+         WHERE family_id = $1 AND client_id = $2 AND kind = 'refresh'
+         ON CONFLICT (jti) DO NOTHING",
+    )
+    .bind(family.as_str())
+    .bind(client.id().as_str())
+    .bind(at.unix())
+    .execute(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    Ok(revoked)
+}
+
+/// What a commit that revoked a family of `client` announces: the client, on which its access
+/// tokens' cached verifications depend.
+fn family_revoked(client: &AuthenticatedClient) -> [Change; 1] {
+    [Change::Credential(client.id().clone())]
 }
 
 async fn insert_refresh_token(

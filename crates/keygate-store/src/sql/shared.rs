@@ -75,11 +75,12 @@ pub(super) enum RecordOf<'a> {
     Hash(&'a CredentialHash),
     /// The OAuth client with this id.
     Client(&'a CredentialId),
-    /// The OAuth client with this id, and whether it revoked the access token `jti` (a part
-    /// `revoked` if it did).
+    /// The OAuth client with this id, and whether it revoked the access token `jti`, or the
+    /// grant it descends from (a part `revoked` if it did).
     AccessToken {
         client: &'a CredentialId,
         jti: &'a CredentialId,
+        grant: Option<&'a CredentialId>,
     },
 }
 
@@ -317,16 +318,17 @@ where
             true,
             &[(
                 "revoked",
-                "revoked_access_tokens WHERE client_id = $1 AND jti = $2",
+                "revoked_access_tokens WHERE client_id = $1 AND (jti = $2 OR jti = $3)",
             )],
         )
     });
     let query = match of {
         RecordOf::Hash(hash) => sqlx::query(BY_HASH.as_str()).bind(hash.as_bytes().as_slice()),
         RecordOf::Client(id) => sqlx::query(BY_CLIENT.as_str()).bind(id.as_str()),
-        RecordOf::AccessToken { client, jti } => sqlx::query(BY_ACCESS_TOKEN.as_str())
+        RecordOf::AccessToken { client, jti, grant } => sqlx::query(BY_ACCESS_TOKEN.as_str())
             .bind(client.as_str())
-            .bind(jti.as_str()),
+            .bind(jti.as_str())
+            .bind(grant.map(CredentialId::as_str)),
     };
     let rows = query.fetch_all(executor).await.map_err(store_error)?;
     let parts = record_parts(&rows)?;

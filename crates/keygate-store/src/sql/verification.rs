@@ -43,8 +43,9 @@ impl CredentialSource for SqlStore {
         &self,
         client: &CredentialId,
         jti: &CredentialId,
+        grant: Option<&CredentialId>,
     ) -> Result<Option<AccessTokenRecord>, StoreError> {
-        let of = RecordOf::AccessToken { client, jti };
+        let of = RecordOf::AccessToken { client, jti, grant };
         let found = credential_record(&self.pool, of).await?;
         Ok(found.map(|(client, revoked)| AccessTokenRecord { client, revoked }))
     }
