@@ -306,6 +306,12 @@ impl Front {
             request
                 .headers_mut()
                 .insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        } else if request.headers().contains_key(X_FORWARDED_PROTO)
+            && !self.shared.state.trusted_proxies().covers(self.peer)
+        {
+            // Only a trusted proxy says how its client connected (API.md §11); anyone else's word
+            // would make a cookie `Secure` that a browser on plain HTTP never sends back.
+            request.headers_mut().remove(X_FORWARDED_PROTO);
         }
         request.extensions_mut().insert(RequestId(id.to_owned()));
         request.extensions_mut().insert(ClientIp(ip));

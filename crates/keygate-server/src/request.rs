@@ -28,7 +28,8 @@ pub struct RequestId(pub String);
 pub struct ClientIp(pub IpAddr);
 
 /// Whether the request came over TLS: ended by keygate itself (the front service says so as a
-/// proxy would) or by a proxy in front (`X-Forwarded-Proto`). Cookies are then `Secure`.
+/// proxy would) or by a trusted proxy in front (`X-Forwarded-Proto`; the front service drops the
+/// header from anyone else). Cookies are then `Secure`.
 pub fn over_tls(headers: &axum::http::HeaderMap) -> bool {
     headers
         .get("x-forwarded-proto")

@@ -9,6 +9,7 @@ use crate::harness::{Backend, TestServer};
 
 on_every_backend!(
     a_visitor_is_sent_to_sign_in_and_a_person_signs_in_to_the_tokens_page,
+    only_a_trusted_proxy_makes_the_session_cookie_secure,
     sign_in_failures_read_the_same_for_an_unknown_email_and_a_wrong_password,
     forms_need_the_sessions_csrf_token_and_a_same_site_origin,
     a_person_adds_a_token_sees_its_secret_once_and_uses_it,
@@ -50,6 +51,46 @@ pub(crate) fn csrf_of(html: &str) -> String {
     let marker = "name=\"csrf\" value=\"";
     let start = html.find(marker).expect("a form with a CSRF token") + marker.len();
     html[start..].split('"').next().unwrap().to_owned()
+}
+
+/// Behind a trusted proxy that ended TLS (`X-Forwarded-Proto: https`), the session cookie is
+/// `Secure`, from the console's sign-in and the API's alike; the same header from anyone else
+/// is ignored (API.md §11), and was not: any client could make its cookie `Secure` over plain
+/// HTTP, where a browser never sends it back.
+async fn only_a_trusted_proxy_makes_the_session_cookie_secure(backend: Backend) {
+    for trusted in [false, true] {
+        let server = TestServer::start_with(backend, |c| {
+            if trusted {
+                c.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+            }
+        })
+        .await;
+        let console = server
+            .post("/console/sign-in")
+            .header("x-forwarded-proto", "https")
+            .form(&[("email", OWNER), ("password", server.password.as_str())])
+            .send()
+            .await
+            .unwrap();
+        let api = server
+            .post("/v1/auth/login")
+            .header("x-forwarded-proto", "https")
+            .json(&serde_json::json!({"email": OWNER, "password": server.password}))
+            .send()
+            .await
+            .unwrap();
+        for (response, what) in [(console, "console"), (api, "API")] {
+            let cookie = response.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            assert_eq!(
+                cookie.contains("; Secure"),
+                trusted,
+                "{what}, trusted {trusted}: {cookie}"
+            );
+        }
+    }
 }
 
 async fn a_visitor_is_sent_to_sign_in_and_a_person_signs_in_to_the_tokens_page(backend: Backend) {
@@ -117,20 +158,16 @@ async fn a_visitor_is_sent_to_sign_in_and_a_person_signs_in_to_the_tokens_page(b
     let filtered = page(&server, "/console/tokens?kind=personal", Some(session)).await;
     assert!(filtered.text().await.unwrap().contains("No tokens match."));
 
-    // Behind a proxy that terminated TLS, the cookie is Secure.
-    let over_tls = server
+    // A client saying it came over TLS is not believed: only a trusted proxy says so (below).
+    let claimed = server
         .post("/console/sign-in")
         .header("x-forwarded-proto", "https")
         .form(&[("email", OWNER), ("password", server.password.as_str())])
         .send()
         .await
         .unwrap();
-    assert!(
-        over_tls.headers()["set-cookie"]
-            .to_str()
-            .unwrap()
-            .contains("; Secure")
-    );
+    let cookie = claimed.headers()["set-cookie"].to_str().unwrap();
+    assert!(!cookie.contains("Secure"), "{cookie}");
 
     // Signing out ends the session for the API too.
     let csrf = csrf_of(&html);
