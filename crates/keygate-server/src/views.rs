@@ -1,6 +1,8 @@
 //! JSON shapes shared by several endpoints. Typed structs, never `serde_json::Value`, so the
 //! OpenAPI document is generated from the same types the server writes.
 
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use keygate_core::model::Tenant;
 use keygate_core::permission::PermissionSet;
 use keygate_core::quota::{QuotaRequest, StoredQuota};
@@ -245,5 +247,20 @@ impl VerifyCode {
             VerifyCode::RateLimited => "RATE_LIMITED",
             VerifyCode::QuotaExceeded => "QUOTA_EXCEEDED",
         }
+    }
+}
+
+/// A 201 whose body holds a secret shown this once (a token's, a key's, a client's, a webhook's
+/// signing secret, a first password): `Cache-Control: no-store`, so that no cache on the way or
+/// in the browser keeps it, as the token endpoint's answers are not kept either.
+pub struct CreatedSecret<T>(pub T);
+
+impl<T: Serialize> IntoResponse for CreatedSecret<T> {
+    fn into_response(self) -> Response {
+        let mut response = (StatusCode::CREATED, axum::Json(self.0)).into_response();
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
     }
 }

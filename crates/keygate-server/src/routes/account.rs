@@ -3,7 +3,6 @@
 //! second. Changes apply to the very next request, on every node.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use keygate_core::Timestamp;
 use keygate_core::access::{Caller, RequestMeta, perm};
 use keygate_core::account::{self, MAX_KEYS};
@@ -20,7 +19,7 @@ use crate::problem::{ApiError, FieldError, ProblemCode};
 use crate::request::ClientIp;
 use crate::request::{Meta, Query};
 use crate::state::AppState;
-use crate::views::Warning;
+use crate::views::{CreatedSecret, Warning};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AccountKeyView {
@@ -124,9 +123,9 @@ pub async fn create(
     Authenticated(caller): Authenticated,
     Meta(meta): Meta,
     _: NoBody,
-) -> Result<(StatusCode, axum::Json<CreatedKey>), ApiError> {
+) -> Result<CreatedSecret<CreatedKey>, ApiError> {
     let created = create_key(&state, &caller, &meta).await?;
-    Ok((StatusCode::CREATED, axum::Json(created)))
+    Ok(CreatedSecret(created))
 }
 
 /// Creates an account key as `caller`: the API's create and the console's button.

@@ -19,7 +19,7 @@ use crate::problem::{ApiError, FieldError, ProblemCode};
 use crate::request::{Meta, Query, page};
 use crate::routes::users::UserView;
 use crate::state::AppState;
-use crate::views::{List, TenantView};
+use crate::views::{CreatedSecret, List, TenantView};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -120,9 +120,9 @@ pub async fn create(
     Authenticated(caller): Authenticated,
     Meta(meta): Meta,
     Json(request): Json<CreateTenant>,
-) -> Result<(StatusCode, axum::Json<CreatedTenant>), ApiError> {
+) -> Result<CreatedSecret<CreatedTenant>, ApiError> {
     let created = create_tenant(&state, &caller, &meta, request).await?;
-    Ok((StatusCode::CREATED, axum::Json(created)))
+    Ok(CreatedSecret(created))
 }
 
 /// Creates a child of the tenant `caller` acts in, with its first user if asked: the API's

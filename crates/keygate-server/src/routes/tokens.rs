@@ -23,7 +23,7 @@ use crate::problem::{ApiError, FieldError, ProblemCode};
 use crate::request::{Meta, Query, page};
 use crate::routes::roles;
 use crate::state::AppState;
-use crate::views::{List, QuotaBody, QuotaReader, QuotaView, Warning};
+use crate::views::{CreatedSecret, List, QuotaBody, QuotaReader, QuotaView, Warning};
 
 /// The most ids one bulk delete takes.
 const MAX_BULK: usize = 500;
@@ -270,9 +270,9 @@ pub async fn create(
     Authenticated(caller): Authenticated,
     Meta(meta): Meta,
     Json(request): Json<CreateToken>,
-) -> Result<(StatusCode, axum::Json<CreatedToken>), ApiError> {
+) -> Result<CreatedSecret<CreatedToken>, ApiError> {
     let created = create_token(&state, &caller, &meta, request).await?;
-    Ok((StatusCode::CREATED, axum::Json(created)))
+    Ok(CreatedSecret(created))
 }
 
 /// Creates a token as `caller`: the API's create and the console's "Add token" are this one
@@ -363,10 +363,10 @@ pub async fn roll(
     Meta(meta): Meta,
     Path(id): Path<String>,
     request: Option<Json<RollToken>>,
-) -> Result<(StatusCode, axum::Json<CreatedToken>), ApiError> {
+) -> Result<CreatedSecret<CreatedToken>, ApiError> {
     let request = request.map(|Json(request)| request).unwrap_or_default();
     let (created, _) = roll_token(&state, &caller, &meta, &id, request.expire_previous_in).await?;
-    Ok((StatusCode::CREATED, axum::Json(created)))
+    Ok(CreatedSecret(created))
 }
 
 /// Rolls token `id` as `caller` (API and console alike); returns the successor with its secret,

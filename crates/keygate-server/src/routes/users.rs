@@ -17,7 +17,7 @@ use crate::problem::{ApiError, FieldError};
 use crate::request::{Meta, PageQuery, Query, page};
 use crate::routes::roles;
 use crate::state::AppState;
-use crate::views::List;
+use crate::views::{CreatedSecret, List};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserView {
@@ -142,9 +142,9 @@ pub async fn create(
     Authenticated(caller): Authenticated,
     Meta(meta): Meta,
     Json(request): Json<CreateUser>,
-) -> Result<(StatusCode, axum::Json<CreatedUser>), ApiError> {
+) -> Result<CreatedSecret<CreatedUser>, ApiError> {
     let created = create_user(&state, &caller, &meta, request).await?;
-    Ok((StatusCode::CREATED, axum::Json(created)))
+    Ok(CreatedSecret(created))
 }
 
 /// Creates a user as `caller`: the API's create and the console's "Add user" are this one

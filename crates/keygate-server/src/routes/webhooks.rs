@@ -19,7 +19,7 @@ use crate::json::{Json, NoBody};
 use crate::problem::{ApiError, FieldError};
 use crate::request::{Meta, PageQuery, Query, page};
 use crate::state::AppState;
-use crate::views::{List, Warning};
+use crate::views::{CreatedSecret, List, Warning};
 
 /// The longest URL a webhook may have.
 const MAX_URL_LEN: usize = 2048;
@@ -280,9 +280,9 @@ pub async fn create(
     Authenticated(caller): Authenticated,
     Meta(meta): Meta,
     Json(request): Json<CreateWebhook>,
-) -> Result<(StatusCode, axum::Json<CreatedWebhook>), ApiError> {
+) -> Result<CreatedSecret<CreatedWebhook>, ApiError> {
     let created = create_webhook(&state, &caller, &meta, request).await?;
-    Ok((StatusCode::CREATED, axum::Json(created)))
+    Ok(CreatedSecret(created))
 }
 
 pub(crate) async fn create_webhook(

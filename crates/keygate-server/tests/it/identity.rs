@@ -32,6 +32,7 @@ on_every_backend!(
     a_roll_needs_what_revoking_needs_and_an_active_token,
     a_rolled_token_is_not_rolled_again,
     an_expiry_past_the_year_9999_is_refused,
+    an_answer_showing_a_secret_is_not_to_be_stored,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -350,6 +351,52 @@ async fn an_expiry_past_the_year_9999_is_refused(backend: Backend) {
         )
         .await;
     assert_eq!(verdict["expires_at"], expires_at);
+}
+
+/// Every 201 that shows a secret, the one time it is shown, says `Cache-Control: no-store`, so that
+/// no cache on the way or in a browser keeps it (they said nothing, and could be kept).
+async fn an_answer_showing_a_secret_is_not_to_be_stored(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let post = |path: String, body: Option<Value>| {
+        let server = &server;
+        async move {
+            let response = server.call(Method::POST, &path, &server.token, body).await;
+            assert_eq!(response.status(), 201, "{path}");
+            assert_eq!(
+                response
+                    .headers()
+                    .get("cache-control")
+                    .map(|v| v.to_str().unwrap()),
+                Some("no-store"),
+                "{path}"
+            );
+            response.json::<Value>().await.unwrap()
+        }
+    };
+    let service = json!({"kind": "service", "name": "ci", "role": "viewer"});
+    let token = post("/v1/tokens".into(), Some(service)).await;
+    assert!(token["secret"].is_string());
+    let id = token["id"].as_str().unwrap();
+    assert!(post(format!("/v1/tokens/{id}/roll"), None).await["secret"].is_string());
+    assert!(post("/v1/account/keys".into(), None).await["key"].is_string());
+    let client = post(
+        "/v1/oauth/clients".into(),
+        Some(json!({"name": "sync", "role": "viewer"})),
+    )
+    .await;
+    assert!(client["client_secret"].is_string());
+    let id = client["client_id"]
+        .as_str()
+        .or(client["id"].as_str())
+        .unwrap();
+    let rolled = post(format!("/v1/oauth/clients/{id}/secret/roll"), None).await;
+    assert!(rolled["client_secret"].is_string());
+    let webhook = json!({"url": "https://93.184.216.34/hook", "events": ["*"]});
+    assert!(post("/v1/webhooks".into(), Some(webhook)).await["secret"].is_string());
+    let user = json!({"email": "new@example.com", "name": "New", "role": "viewer"});
+    assert!(post("/v1/users".into(), Some(user)).await["initial_password"].is_string());
+    let tenant = json!({"name": "Sub", "slug": "sub", "first_user": {"email": "o@sub.example", "name": "O"}});
+    assert!(post("/v1/tenants".into(), Some(tenant)).await["initial_password"].is_string());
 }
 
 async fn personal_tokens_need_a_user_an_expiry_within_the_cap_and_no_role(backend: Backend) {

@@ -18,7 +18,7 @@ use crate::problem::{ApiError, Problem};
 use crate::request::{Meta, Query, page};
 use crate::routes::roles;
 use crate::state::AppState;
-use crate::views::{List, QuotaBody, QuotaReader, QuotaView};
+use crate::views::{CreatedSecret, List, QuotaBody, QuotaReader, QuotaView};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -151,9 +151,9 @@ pub async fn create(
     Authenticated(caller): Authenticated,
     Meta(meta): Meta,
     Json(request): Json<CreateClient>,
-) -> Result<(StatusCode, axum::Json<CreatedClient>), ApiError> {
+) -> Result<CreatedSecret<CreatedClient>, ApiError> {
     let created = create_client(&state, &caller, &meta, request).await?;
-    Ok((StatusCode::CREATED, axum::Json(created)))
+    Ok(CreatedSecret(created))
 }
 
 /// Creates a client as `caller` (API and console alike); returns it with its secret.
@@ -330,11 +330,11 @@ pub async fn roll_secret(
     Meta(meta): Meta,
     Path(id): Path<String>,
     request: Option<Json<RollSecret>>,
-) -> Result<(StatusCode, axum::Json<CreatedClient>), ApiError> {
+) -> Result<CreatedSecret<CreatedClient>, ApiError> {
     let request = request.map(|Json(request)| request).unwrap_or_default();
     let rolled =
         roll_client_secret(&state, &caller, &meta, &id, request.expire_previous_in).await?;
-    Ok((StatusCode::CREATED, axum::Json(rolled)))
+    Ok(CreatedSecret(rolled))
 }
 
 /// Rolls the secret of client `id` as `caller` (API and console alike); returns the client with
