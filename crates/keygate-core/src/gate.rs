@@ -244,6 +244,15 @@ impl Gate {
         &self.credits
     }
 
+    /// Gives back what an admitted request spent from its quotas (`cost`, in the windows of `now`,
+    /// when it was admitted) because it was not served after all: the gateway's upstream refused
+    /// it or did not answer. Like a refused request, it costs nothing (API.md §1, §13).
+    pub fn refund(&self, verified: &Verified, cost: u64, now: Timestamp) {
+        for on in verified.quotas() {
+            self.credits.refund(on, now, cost);
+        }
+    }
+
     /// Gives back the credits of reserves left idle since the last call (the flush loop's).
     pub async fn give_back_idle_credits(&self) -> u64 {
         self.credits.give_back_idle(&*self.store).await

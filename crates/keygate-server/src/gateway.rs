@@ -60,6 +60,13 @@ pub async fn proxy(
     response
 }
 
+/// Who an admitted request's quotas were spent for, and when: to give it back should the
+/// request not be served.
+struct Paid {
+    caller: keygate_core::access::Caller,
+    admitted_at: keygate_core::Timestamp,
+}
+
 async fn admit_and_send(
     state: &AppState,
     gateway_route: &GatewayRoute,
@@ -77,6 +84,7 @@ async fn admit_and_send(
     let identity = match route.needs(request.method().as_str()) {
         Needs::Nothing => None,
         Needs::Credential(required) => {
+            let admitted_at = state.clock().now();
             let (caller, quota) = admit(
                 state,
                 request.headers(),
@@ -85,7 +93,15 @@ async fn admit_and_send(
                 route.cost,
             )
             .await?;
-            Some((forward_auth::identity_headers(&caller), quota))
+            let identity = forward_auth::identity_headers(&caller);
+            Some((
+                identity,
+                quota,
+                Paid {
+                    caller,
+                    admitted_at,
+                },
+            ))
         }
         Needs::MethodNotAllowed(allowed) => {
             let allow = allowed.join(", ");
@@ -132,10 +148,24 @@ async fn admit_and_send(
     headers.insert(header::HOST, gateway_route.host.clone());
     headers.insert(crate::request::REQUEST_ID, origin.request_id.clone());
     let mut quota_left = None;
-    if let Some((identity, quota)) = identity {
+    let mut paid = None;
+    if let Some((identity, quota, payer)) = identity {
         headers.extend(identity);
         quota_left = quota.map(|q| q.remaining);
+        paid = Some(payer);
     }
+    // Not served after all (the upstream refused it, or did not answer): what it spent comes back.
+    let refund = || {
+        if let Some(Paid {
+            caller,
+            admitted_at,
+        }) = &paid
+        {
+            state
+                .gate()
+                .refund(caller.verified(), route.cost, *admitted_at);
+        }
+    };
     let upstream_request = Request::from_parts(parts, body);
 
     let started = Instant::now();
@@ -143,6 +173,7 @@ async fn admit_and_send(
     let answered = match sent {
         Err(_) => {
             gateway_route.counts.observe(started.elapsed());
+            refund();
             tracing::warn!(
                 request_id = ?origin.request_id,
                 route = %route.prefix,
@@ -159,6 +190,7 @@ async fn admit_and_send(
             ));
         }
         Ok(Err(error)) => {
+            refund();
             tracing::warn!(
                 request_id = ?origin.request_id,
                 route = %route.prefix,

@@ -479,10 +479,45 @@ async fn an_upstream_down_is_502_and_a_slow_one_504() {
     let server = TestServer::start_with(Backend::Sqlite, |c| {
         let mut slow = route("/slow", &upstream.url());
         slow.timeout_ms = 300;
-        c.gateway.routes = vec![route("/down", &format!("http://{closed}")), slow];
+        c.gateway.routes = vec![
+            route("/down", &format!("http://{closed}")),
+            slow,
+            route("/zones", &upstream.url()),
+        ];
     })
     .await;
     let token = service_token(&server, "viewer", None).await;
+    // A request the upstream never served costs nothing: a quota of two outlasts three failures.
+    let made = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(
+                json!({"kind": "service", "name": "metered", "role": "viewer",
+                        "quota": {"limit": 2, "period": "day"}}),
+            ),
+        )
+        .await;
+    let metered = made["secret"].as_str().unwrap();
+    for _ in 0..3 {
+        let down = client()
+            .get(format!("{}/down/zones", server.base))
+            .bearer_auth(metered)
+            .send()
+            .await
+            .unwrap();
+        problem(down, 502, "upstream-unavailable").await;
+    }
+    let served = client()
+        .get(format!("{}/zones", server.base))
+        .bearer_auth(metered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served.status(), 200);
+    assert_eq!(served.headers()["x-keygate-quota-remaining"], "1");
     let down = client()
         .get(format!("{}/down/zones", server.base))
         .bearer_auth(&token)
