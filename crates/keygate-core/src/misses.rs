@@ -273,6 +273,13 @@ mod tests {
                 .collect())
         }
 
+        async fn find_client(
+            &self,
+            _: &CredentialId,
+        ) -> Result<Option<CredentialRecord>, StoreError> {
+            unreachable!("misses read credentials alone")
+        }
+
         async fn find_access_token(
             &self,
             _: &CredentialId,

@@ -14,7 +14,7 @@ use crate::Timestamp;
 use crate::access::Caller;
 use crate::credential::{CredentialFormat, CredentialKind, Secret};
 use crate::id::{CredentialId, TenantId};
-use crate::model::{Actor, AuditEvent, Credential, RequestMeta, Target, User, UserStatus};
+use crate::model::{Actor, AuditEvent, Credential, Outcome, RequestMeta, Target, User, UserStatus};
 use crate::password::Hasher;
 use crate::store::{Store, StoreError};
 use crate::throttle::LoginThrottle;
@@ -76,14 +76,22 @@ pub enum SignOutError {
     Random(#[from] getrandom::Error),
 }
 
+/// Where refused sign-ins are noted for the audit log (API.md §8: every refused authentication
+/// is recorded), in the tenant of each account whose password was tried. The server batches them,
+/// as it does every refusal, so that guessing does not make a write per guess.
+pub trait RefusalSink: Send + Sync {
+    fn refused(&self, event: AuditEvent);
+}
+
 /// What signing in and out needs: the store, the throttle, where argon2 runs, the credential
-/// format sessions are made in, and how long they last.
+/// format sessions are made in, how long they last, and where refusals are noted.
 pub struct Sessions<'a> {
     pub store: &'a dyn Store,
     pub throttle: &'a LoginThrottle,
     pub hasher: &'a dyn Hasher,
     pub format: &'a CredentialFormat,
     pub lifetime: Duration,
+    pub refusals: &'a dyn RefusalSink,
 }
 
 impl Sessions<'_> {
@@ -107,7 +115,7 @@ impl Sessions<'_> {
             .map(str::trim)
             .filter(|o| !o.is_empty())
             .map(str::to_lowercase);
-        let logins = self
+        let mut logins = self
             .store
             .find_logins(&request.email, organization.as_deref(), ACCOUNTS_TRIED + 1)
             .await?;
@@ -119,14 +127,21 @@ impl Sessions<'_> {
             .collect();
         let matches = self.hasher.verify_each(request.password, stored).await;
         // `zip` stops at the accounts tried.
-        let mut matched: Vec<_> = logins
+        let mut matched: Vec<usize> = matches
             .into_iter()
-            .zip(matches)
-            .filter_map(|(login, matches)| matches.then_some(login))
+            .enumerate()
+            .filter_map(|(at, matches)| matches.then_some(at))
             .collect();
         let login = match (matched.len(), more_than_tried) {
-            (0, _) => return Err(SignInError::WrongCredentials),
-            (1, false) => matched.swap_remove(0),
+            (0, _) => {
+                // An unknown email tells no tenant anything; a known one tells each tenant whose
+                // account it names that someone tried a password for it.
+                for login in logins.iter().take(ACCOUNTS_TRIED as usize) {
+                    self.note_refused(&login.user, "wrong password", 401, now, meta);
+                }
+                return Err(SignInError::WrongCredentials);
+            }
+            (1, false) => logins.swap_remove(matched.swap_remove(0)),
             // Right for several accounts, or for one of more than were tried: the caller knows
             // the password, so saying so tells them nothing new.
             _ => {
@@ -135,14 +150,17 @@ impl Sessions<'_> {
             }
         };
         if login.user.status != UserStatus::Active {
+            self.note_refused(&login.user, "user disabled", 401, now, meta);
             return Err(SignInError::UserDisabled);
         }
         if !login.tenant_active {
+            self.note_refused(&login.user, "tenant suspended", 401, now, meta);
             return Err(SignInError::TenantSuspended);
         }
         if let (Some(list), Some(ip)) = (&login.tenant_allowlist, request.client)
             && !list.covers(ip)
         {
+            self.note_refused(&login.user, "address not allowed", 403, now, meta);
             return Err(SignInError::AddressNotAllowed(ip));
         }
         self.throttle.succeeded(&request.email, address);
@@ -174,6 +192,41 @@ impl Sessions<'_> {
             secret,
             expires_at,
         })
+    }
+
+    /// Notes a refused sign-in to `user`'s account, in its tenant's audit log.
+    fn note_refused(
+        &self,
+        user: &User,
+        reason: &'static str,
+        status: u16,
+        now: Timestamp,
+        meta: &RequestMeta,
+    ) {
+        let actor = Actor {
+            kind: "user",
+            id: user.id.to_string(),
+        };
+        let target = Target {
+            kind: "user",
+            id: user.id.to_string(),
+        };
+        let event = AuditEvent::new(
+            user.tenant_id.clone(),
+            actor,
+            None,
+            "auth.denied",
+            Some(target),
+            now,
+            meta,
+        );
+        if let Ok(event) = event {
+            let event = event
+                .with_outcome(Outcome::Denied)
+                .with_status(status)
+                .with_detail("reason", format!("sign-in refused: {reason}"));
+            self.refusals.refused(event);
+        }
     }
 
     /// Ends the session `caller` signed in with.

@@ -241,6 +241,19 @@ impl Verifier {
 
     /// Authenticates an OAuth client by its secret, for the token endpoint: the secret must be a
     /// usable client secret and, if the request named a `client_id` (`claimed`), that client's.
+    /// The OAuth client with this id, whatever its tenant and whatever its state: whose a refused
+    /// client authentication was, for its tenant's audit log.
+    pub async fn find_client(
+        &self,
+        id: &CredentialId,
+    ) -> Result<Option<crate::model::Credential>, StoreError> {
+        Ok(self
+            .store
+            .find_client(id)
+            .await?
+            .map(|record| record.credential))
+    }
+
     pub async fn authenticate_client(
         &self,
         secret: &str,
@@ -507,6 +520,17 @@ mod tests {
                 user: r.user.clone(),
                 role: r.role.clone(),
             }))
+        }
+
+        async fn find_client(
+            &self,
+            id: &CredentialId,
+        ) -> Result<Option<CredentialRecord>, StoreError> {
+            let records = self.records.lock().unwrap();
+            let found = records.values().find(|r| {
+                r.credential.id == *id && r.credential.kind == CredentialKind::OauthSecret
+            });
+            Ok(found.cloned())
         }
 
         async fn find_access_token(
@@ -930,6 +954,13 @@ mod tests {
                 return Err(StoreError::Unavailable("down".into()));
             }
             self.inner.find_context(credential).await
+        }
+
+        async fn find_client(
+            &self,
+            id: &CredentialId,
+        ) -> Result<Option<CredentialRecord>, StoreError> {
+            self.inner.find_client(id).await
         }
 
         async fn find_access_token(

@@ -208,6 +208,7 @@ impl RefusalLog {
     }
 
     /// Counts a refusal: the first of its kind since the last write is the event written.
+    /// (Also how sign-in notes its refusals: [`keygate_core::signin::RefusalSink`].)
     pub fn note(&self, event: AuditEvent) {
         self.pending
             .lock()
@@ -230,6 +231,12 @@ impl RefusalLog {
             return Err(error);
         }
         Ok(())
+    }
+}
+
+impl keygate_core::signin::RefusalSink for RefusalLog {
+    fn refused(&self, event: AuditEvent) {
+        self.note(event);
     }
 }
 

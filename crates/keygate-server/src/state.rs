@@ -337,6 +337,7 @@ impl AppState {
             hasher: self.hasher(),
             format: self.verifier().format(),
             lifetime: Duration::from_secs(u64::from(self.config().session.lifetime_hours) * 3600),
+            refusals: self.refusals(),
         }
     }
 

@@ -108,6 +108,10 @@ pub trait CredentialSource: SigningKeySource {
             }))
     }
 
+    /// The OAuth client with this id, as [`Self::find_credential`] reads it, whatever its tenant:
+    /// whose a refused client authentication was, for that tenant's audit log.
+    async fn find_client(&self, id: &CredentialId) -> Result<Option<CredentialRecord>, StoreError>;
+
     /// The OAuth client `client` as [`Self::find_credential`] reads it, and whether the access
     /// token `jti`, or the grant it descends from, was revoked; `None` if there is no such
     /// client.

@@ -18,6 +18,7 @@ on_every_backend!(
     a_change_whose_event_cannot_be_written_does_not_happen,
     events_past_retention_are_pruned,
     a_flood_of_refusals_cannot_blind_the_log_to_another_credentials,
+    a_wrong_password_or_client_secret_is_recorded_in_its_accounts_tenant,
 );
 
 /// Every operation that is not a change, by operation id. Anything else in the document that
@@ -750,6 +751,81 @@ async fn a_tenant_sees_its_subtree_and_never_its_parents_own_events(backend: Bac
         let response = server.get(path).bearer_auth(viewer).send().await.unwrap();
         problem(response, 403, "forbidden").await;
     }
+}
+
+/// A refused authentication names no credential when the secret is wrong, but a sign-in names
+/// its account and a client authentication its client: those are the tenant's to see (API.md §8,
+/// every refused authentication), once per kind with a count, as other refusals. A guess at an
+/// unknown email or client id is nobody's, and recorded nowhere.
+async fn a_wrong_password_or_client_secret_is_recorded_in_its_accounts_tenant(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let root = server.token.clone();
+    let client = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/oauth/clients",
+            &root,
+            Some(json!({"name": "sync", "role": "viewer"})),
+        )
+        .await;
+    let client_id = client["client_id"]
+        .as_str()
+        .or(client["id"].as_str())
+        .unwrap();
+    let sign_in = |email: &'static str| {
+        server
+            .post("/v1/auth/login")
+            .header("x-request-id", "guess-password")
+            .json(&json!({"email": email, "password": "not the password at all"}))
+            .send()
+    };
+    for email in [
+        "owner@example.com",
+        "owner@example.com",
+        "nobody@example.com",
+    ] {
+        assert_eq!(sign_in(email).await.unwrap().status(), 401);
+    }
+    let token_endpoint = |id: &str| {
+        server
+            .post("/v1/oauth/token")
+            .basic_auth(
+                id,
+                Some("kg_oauth_live_000000000000000000000000000000AAAAAA"),
+            )
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+    };
+    let unknown = "cli_0000000000000000000000";
+    for id in [client_id, unknown] {
+        assert_eq!(token_endpoint(id).await.unwrap().status(), 401);
+    }
+
+    server.state.flush_refusals().await;
+    let denied = events(&server, &root, "?outcome=denied").await;
+    let denied = denied["data"].as_array().unwrap();
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    let password = denied
+        .iter()
+        .find(|e| e["actor"]["type"] == "user")
+        .unwrap_or_else(|| panic!("{denied:?}"));
+    assert_eq!(password["action"], "auth.denied");
+    assert_eq!(password["status"], 401);
+    assert_eq!(password["count"], 2, "{password}");
+    assert_eq!(password["request_id"], "guess-password");
+    assert!(
+        password["detail"].to_string().contains("wrong password"),
+        "{password}"
+    );
+    let secret = denied
+        .iter()
+        .find(|e| e["actor"]["type"] == "oauth_client")
+        .unwrap_or_else(|| panic!("{denied:?}"));
+    assert_eq!(secret["action"], "auth.denied");
+    assert_eq!(secret["actor"]["id"], client_id);
+    assert_eq!(secret["status"], 401);
+    assert!(!format!("{denied:?}").contains(unknown), "{denied:?}");
 }
 
 async fn refusals_of_known_credentials_are_recorded_once_with_a_count(backend: Backend) {

@@ -39,6 +39,11 @@ impl CredentialSource for SqlStore {
         credential_context(&self.pool, credential).await
     }
 
+    async fn find_client(&self, id: &CredentialId) -> Result<Option<CredentialRecord>, StoreError> {
+        let found = credential_record(&self.pool, RecordOf::Client(id)).await?;
+        Ok(found.map(|(client, _)| client))
+    }
+
     async fn find_access_token(
         &self,
         client: &CredentialId,

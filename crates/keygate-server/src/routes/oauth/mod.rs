@@ -19,7 +19,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use keygate_core::access::RequestMeta;
-use keygate_core::model::Outcome;
+use keygate_core::id::CredentialId;
+use keygate_core::model::{Actor, AuditEvent, Outcome};
 use keygate_core::oauth::{
     AuthenticatedClient, ClientAuthError, ErrorCode, OauthError, client_target,
 };
@@ -271,14 +272,18 @@ pub async fn authenticate_client(
             "no client authentication: send HTTP Basic, or client_id and client_secret in the body",
         )
     })?;
-    let client = state
+    let client = match state
         .verifier()
         .authenticate_client(&credentials.secret, Some(&credentials.id))
         .await
-        .map_err(|error| match error {
-            ClientAuthError::Store(error) => Failure::from(error),
-            ClientAuthError::Refused(error) => Failure::Oauth(error),
-        })?;
+    {
+        Ok(client) => client,
+        Err(ClientAuthError::Store(error)) => return Err(Failure::from(error)),
+        Err(ClientAuthError::Refused(error)) => {
+            note_refused_client(state, &credentials.id, meta).await;
+            return Err(Failure::Oauth(error));
+        }
+    };
     let realm = headers
         .get(REALM)
         .map(|v| v.to_str().unwrap_or_default().trim());
@@ -327,6 +332,44 @@ pub async fn authenticate_client(
 
 /// Records that `client` was refused (counted with identical refusals, written within seconds),
 /// then answers `error`.
+/// A client authentication refused (a wrong or revoked secret) for a client id that exists is
+/// recorded in that client's tenant (API.md §8: every refused authentication), so that someone
+/// guessing a client's secret shows in its owner's audit log. An unknown id is nobody's to tell.
+async fn note_refused_client(state: &AppState, claimed: &str, meta: &RequestMeta) {
+    let Some(id) = CredentialId::parse_any(claimed).filter(|id| id.as_str().starts_with("cli_"))
+    else {
+        return;
+    };
+    let client = match state.verifier().find_client(&id).await {
+        Ok(Some(client)) => client,
+        Ok(None) => return,
+        Err(error) => {
+            tracing::warn!(%error, "could not read the client of a refused authentication");
+            return;
+        }
+    };
+    let actor = Actor {
+        kind: "oauth_client",
+        id: client.id.to_string(),
+    };
+    let event = AuditEvent::new(
+        client.tenant_id.clone(),
+        actor,
+        Some(client.id.clone()),
+        "auth.denied",
+        Some(client_target(&client.id)),
+        state.clock().now(),
+        meta,
+    );
+    if let Ok(event) = event {
+        let event = event
+            .with_outcome(Outcome::Denied)
+            .with_status(ErrorCode::InvalidClient.status())
+            .with_detail("reason", "client authentication refused: wrong secret");
+        state.refusals().note(event);
+    }
+}
+
 pub async fn refuse(
     state: &AppState,
     client: &AuthenticatedClient,
