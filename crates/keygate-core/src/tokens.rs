@@ -8,14 +8,14 @@
 use std::time::Duration;
 
 use crate::Timestamp;
-use crate::access::{Escalation, Grant, perm};
+use crate::access::{Grant, perm};
 use crate::allowlist::{IpAllowlist, Normalised};
 use crate::credential::{CredentialFormat, CredentialKind, Secret};
 use crate::model::{Credential, RateLimit, Role};
 use crate::permission::{Catalog, PermissionSet};
 use crate::quota::{QuotaRequest, StoredQuota};
 use crate::rule::{Conflict, RuleError};
-use crate::validate::{self, Errors};
+use crate::validate::{self, Errors, Invalid};
 use crate::verified::{PrincipalKind, role_permissions};
 
 /// A token as a client asks for it.
@@ -203,18 +203,32 @@ pub fn plan(
 
 /// A role narrowed by a credential's own list, which may only name what the role grants: a name
 /// beyond it is refused rather than silently dropped, so the creator learns that the credential
-/// will not do what they asked.
+/// will not do what they asked. The refusal is the request's mistake, a 400 naming each entry
+/// (`permissions[i]`), not a privilege escalation: whoever asks may well hold the permission
+/// the role does not grant.
 pub fn narrow(
     role: &PermissionSet,
     patterns: &[String],
     catalog: &Catalog,
-) -> Result<PermissionSet, Escalation> {
+) -> Result<PermissionSet, RuleError> {
     let beyond = role.lacks_patterns(patterns);
     if beyond.is_empty() {
-        Ok(role.intersect(&catalog.expand(patterns)))
-    } else {
-        Err(Escalation { beyond })
+        return Ok(role.intersect(&catalog.expand(patterns)));
     }
+    let errors: Vec<Invalid> = patterns
+        .iter()
+        .enumerate()
+        .filter(|(_, pattern)| beyond.contains(pattern))
+        .map(|(i, pattern)| {
+            Invalid::new(
+                format!("permissions[{i}]"),
+                format!(
+                    "`{pattern}` is beyond what the role grants: a credential's permissions only narrow its role"
+                ),
+            )
+        })
+        .collect();
+    Err(RuleError::Invalid(errors))
 }
 
 /// A token's status, computed from its dates.
