@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Collected, LengthLimitError, Limited};
 use serde::de::DeserializeOwned;
 
-use crate::problem::{ApiError, ProblemCode};
+use crate::problem::{ApiError, FieldError, ProblemCode};
 
 pub struct Json<T>(pub T);
 
@@ -168,9 +168,40 @@ fn rejection_error(rejection: JsonRejection) -> ApiError {
         JsonRejection::JsonSyntaxError(e) => {
             ApiError::invalid(format!("the body is not valid JSON: {}", source_text(&e)))
         }
-        JsonRejection::JsonDataError(e) => ApiError::invalid(source_text(&e)),
+        JsonRejection::JsonDataError(e) => match field_error(&e) {
+            // A value of the wrong type, out of range, or a field unknown: named like every
+            // other failed validation (API.md §1, `errors`), so a client can point at it.
+            Some(field) => ApiError::invalid_fields(vec![field]),
+            None => ApiError::invalid(source_text(&e)),
+        },
         other => ApiError::invalid(other.body_text()),
     }
+}
+
+/// The field a data error is about, from the path serde followed to it (`permissions[0]`,
+/// `quota.limit`), with serde's message less its position in the text; `None` for an error
+/// about the body as a whole (a missing field is reported by its parent).
+fn field_error(error: &(dyn std::error::Error + 'static)) -> Option<FieldError> {
+    let mut source = Some(error);
+    while let Some(error) = source {
+        if let Some(found) = error.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>() {
+            let path = found.path().to_string();
+            if path == "." || path.is_empty() {
+                return None;
+            }
+            let message = found.inner().to_string();
+            let message = match message.rfind(" at line ") {
+                Some(at) => message[..at].to_owned(),
+                None => message,
+            };
+            return Some(FieldError {
+                field: path,
+                message,
+            });
+        }
+        source = error.source();
+    }
+    None
 }
 
 /// The serde message (with its JSON path) without axum's generic preamble.
@@ -238,6 +269,26 @@ mod tests {
                 .credential,
             "x"
         );
+        for (body, field) in [
+            (r#"{"credential": 7}"#, Some("credential")),
+            (
+                r#"{"credential": "x", "permissions": [1]}"#,
+                Some("permissions[0]"),
+            ),
+            (r#"{"credential": "x", "extra": 1}"#, Some("extra")),
+            (r#"{"permissions": []}"#, None),
+        ] {
+            let error = parsed(body).unwrap_err();
+            let named: Vec<&str> = error.errors.iter().map(|e| e.field.as_str()).collect();
+            assert_eq!(named, field.into_iter().collect::<Vec<_>>(), "{body}");
+            for named in &error.errors {
+                assert!(
+                    !named.message.contains("at line"),
+                    "{body}: {}",
+                    named.message
+                );
+            }
+        }
         for (body, says) in [
             (r#"{"credential": 7}"#, "credential: invalid type"),
             (
