@@ -289,8 +289,22 @@ async fn owned(db: TestDb) -> Owned {
         Arc::new(ManualClock::new(NOW)),
     );
     let gate = Gate::new(verifier, store.clone(), None);
+    let caller = admitted(&gate, secrets.token.expose()).await;
+    Owned {
+        store,
+        recorder,
+        caller,
+        plan,
+        gate,
+        client_secrets: Mutex::default(),
+        _db: db,
+    }
+}
+
+/// The caller `secret` makes, admitted by the gate as a request would be.
+async fn admitted(gate: &Gate, secret: &str) -> Caller {
     let presented = Presented {
-        credential: secrets.token.expose(),
+        credential: secret,
         basic_username: None,
         realm: None,
         as_tenant: None,
@@ -303,16 +317,7 @@ async fn owned(db: TestDb) -> Owned {
         counted: true,
         cost: None,
     };
-    let caller = gate.admit(presented, request).await.unwrap().caller;
-    Owned {
-        store,
-        recorder,
-        caller,
-        plan,
-        gate,
-        client_secrets: Mutex::default(),
-        _db: db,
-    }
+    gate.admit(presented, request).await.unwrap().caller
 }
 
 fn event<P: perm::Required>(grant: &Grant<P>, action: &'static str) -> AuditEvent {
@@ -940,21 +945,7 @@ async fn two_keys_deleting_each_other_at_once_leave_one(db: TestDb) {
                 .await
                 .unwrap()
         );
-        let presented = Presented {
-            credential: secret.expose(),
-            basic_username: None,
-            realm: None,
-            as_tenant: None,
-        };
-        let request = GateRequest {
-            client: None,
-            required: &[],
-            within: None,
-            now_millis: NOW.unix() * 1000,
-            counted: false,
-            cost: None,
-        };
-        let caller = o.gate.admit(presented, request).await.unwrap().caller;
+        let caller = admitted(&o.gate, secret.expose()).await;
         callers.push((
             Arc::new(caller.require::<perm::KeysWrite>().unwrap()),
             key.id,
