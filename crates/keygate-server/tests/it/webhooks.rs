@@ -1148,7 +1148,9 @@ async fn a_delivery_cut_off_by_sigkill_is_sent_after_the_restart() {
     assert!(log.contains("webhook attempt"), "{log}");
 }
 
-/// `quota.threshold` is sent when a quota's period reaches 80 % and 100 %, once each.
+/// `quota.threshold` is sent when a quota's period reaches 80 % and 100 %, once each; a quota
+/// replaced (a plan changed) is told of afresh, as it reaches its own 80 % and 100 % (its notices
+/// were kept from the old one, and never came again).
 #[tokio::test]
 async fn quota_thresholds_are_told_at_eighty_and_a_hundred_percent() {
     let server = TestServer::start_with(Backend::Sqlite, loopback_allowed).await;
@@ -1190,6 +1192,33 @@ async fn quota_thresholds_are_told_at_eighty_and_a_hundred_percent() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(receiver.seen().len(), 2, "once each");
     assert!(receiver.seen().iter().all(|r| r.verified));
+
+    // An upgrade: a new quota of 5 an hour, counted afresh.
+    let id = made["id"].as_str().unwrap();
+    server
+        .expect(
+            200,
+            Method::PUT,
+            &format!("/v1/tokens/{id}/quota"),
+            &server.token,
+            Some(json!({"limit": 5, "period": "hour"})),
+        )
+        .await;
+    for _ in 0..5 {
+        assert_eq!(check().await.unwrap().status(), 200);
+    }
+    assert_eq!(check().await.unwrap().status(), 429);
+    let seen = receiver.wait_for(4, Duration::from_secs(20)).await;
+    let told: Vec<(Value, Value)> = seen[2..]
+        .iter()
+        .map(|r| {
+            (
+                r.body["data"]["percent"].clone(),
+                r.body["data"]["limit"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(told, [(json!(80), json!(5)), (json!(100), json!(5))]);
 }
 
 /// The pattern the README gives for registering with a secret-scanning programme matches every

@@ -929,6 +929,9 @@ pub(super) async fn upsert_quota(
            window_start = CASE WHEN quotas.period = excluded.period
                                 AND quotas.anchor = excluded.anchor
                                THEN quotas.window_start ELSE excluded.window_start END,
+           notified = CASE WHEN quotas.period = excluded.period AND quotas.anchor = excluded.anchor
+                            AND quotas.lim = excluded.lim
+                           THEN quotas.notified ELSE 0 END,
            lim = excluded.lim, period = excluded.period, anchor = excluded.anchor",
     )
     .bind(&quota.subject)
