@@ -45,7 +45,11 @@ pub struct SignedIn {
 #[derive(Debug, thiserror::Error)]
 pub enum SignInError {
     #[error("too many failed sign-ins; wait before trying again")]
-    Throttled { retry_after_seconds: u64 },
+    Throttled {
+        retry_after_seconds: u64,
+        /// The failures its window allows (per email, or per address).
+        limit: u32,
+    },
     #[error("wrong email or password")]
     WrongCredentials,
     #[error(
@@ -106,8 +110,9 @@ impl Sessions<'_> {
         let address = meta.ip.as_deref();
         self.throttle
             .reserve(&request.email, address, now)
-            .map_err(|wait| SignInError::Throttled {
-                retry_after_seconds: wait,
+            .map_err(|held| SignInError::Throttled {
+                retry_after_seconds: held.wait_seconds,
+                limit: held.limit,
             })?;
         let organization = request
             .organization

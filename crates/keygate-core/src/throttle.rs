@@ -26,6 +26,13 @@ struct Window {
     failures: u32,
 }
 
+/// A sign-in held back: how long until the window that held it ends, and that window's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Throttled {
+    pub wait_seconds: u64,
+    pub limit: u32,
+}
+
 #[derive(Debug, Default)]
 pub struct LoginThrottle {
     windows: Mutex<HashMap<String, Window>>,
@@ -46,26 +53,37 @@ impl LoginThrottle {
     }
 
     /// Takes one attempt for `email` from `address`, *before* the password is checked, so that
-    /// attempts sent at once cannot all pass a check made before any of them failed: `Err(seconds)`
-    /// to wait if either key is at its limit, changing nothing. The attempt counts as a failure
-    /// until [`Self::succeeded`] gives it back.
-    pub fn reserve(&self, email: &str, address: Option<&str>, now: Timestamp) -> Result<(), u64> {
+    /// attempts sent at once cannot all pass a check made before any of them failed: `Err` with
+    /// the seconds to wait and the limit reached, if either key is at its limit, changing
+    /// nothing. The attempt counts as a failure until [`Self::succeeded`] gives it back.
+    pub fn reserve(
+        &self,
+        email: &str,
+        address: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(), Throttled> {
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         if windows.len() > SWEEP_ABOVE {
             windows.retain(|_, w| w.started.saturating_add(WINDOW) > now);
         }
         let keys = Self::keys(email, address);
-        let mut wait = 0;
+        let mut reached: Option<Throttled> = None;
         for (key, limit) in &keys {
             if let Some(window) = windows.get(key) {
                 let ends = window.started.saturating_add(WINDOW);
                 if window.failures >= *limit && ends > now {
-                    wait = wait.max(ends.unix() - now.unix());
+                    let wait = u64::try_from(ends.unix() - now.unix()).unwrap_or(1);
+                    if reached.is_none_or(|r| wait > r.wait_seconds) {
+                        reached = Some(Throttled {
+                            wait_seconds: wait,
+                            limit: *limit,
+                        });
+                    }
                 }
             }
         }
-        if wait > 0 {
-            return Err(u64::try_from(wait).unwrap_or(1));
+        if let Some(reached) = reached {
+            return Err(reached);
         }
         for (key, _) in keys {
             let window = windows.entry(key).or_insert(Window {
@@ -111,10 +129,11 @@ mod tests {
                     .is_ok()
             );
         }
-        let wait = throttle
+        let held = throttle
             .reserve("ADA@example.com", Some("10.0.0.2"), now)
             .unwrap_err();
-        assert_eq!(wait, WINDOW.as_secs());
+        assert_eq!(held.wait_seconds, WINDOW.as_secs());
+        assert_eq!(held.limit, PER_EMAIL);
         assert!(
             throttle
                 .reserve("bob@example.com", Some("10.0.0.1"), now)

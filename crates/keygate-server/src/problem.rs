@@ -517,6 +517,24 @@ impl From<RuleError> for ApiError {
 }
 
 impl ApiError {
+    /// A 429's headers (API.md §1): `Retry-After`, and the `RateLimit-*` fields of the limit
+    /// reached.
+    pub fn with_rate_limit(self, limit: u64, remaining: u64, reset_seconds: u64) -> Self {
+        self.with_header(header::RETRY_AFTER, HeaderValue::from(reset_seconds))
+            .with_header(
+                HeaderName::from_static("ratelimit-limit"),
+                HeaderValue::from(limit),
+            )
+            .with_header(
+                HeaderName::from_static("ratelimit-remaining"),
+                HeaderValue::from(remaining),
+            )
+            .with_header(
+                HeaderName::from_static("ratelimit-reset"),
+                HeaderValue::from(reset_seconds),
+            )
+    }
+
     /// 429 `rate-limited` with `Retry-After`.
     pub fn rate_limited(status: RateLimitStatus) -> Self {
         let wait = status.retry_after_seconds.unwrap_or(1);
@@ -537,8 +555,12 @@ impl From<SignInError> for ApiError {
         match error {
             SignInError::Throttled {
                 retry_after_seconds,
-            } => ApiError::new(ProblemCode::RateLimited, message)
-                .with_header(header::RETRY_AFTER, HeaderValue::from(retry_after_seconds)),
+                limit,
+            } => ApiError::new(ProblemCode::RateLimited, message).with_rate_limit(
+                u64::from(limit),
+                0,
+                retry_after_seconds,
+            ),
             SignInError::WrongCredentials
             | SignInError::UserDisabled
             | SignInError::TenantSuspended => ApiError::unauthenticated(message),

@@ -89,6 +89,7 @@ pub(super) async fn sign_in(
             let message = match &error {
                 SignInError::Throttled {
                     retry_after_seconds,
+                    ..
                 } => format!(
                     "Too many failed sign-ins. Wait {} before trying again.",
                     wait_text(*retry_after_seconds)

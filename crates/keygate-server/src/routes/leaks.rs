@@ -6,7 +6,7 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use keygate_core::credential::CredentialHash;
 use keygate_core::model::RequestMeta;
 use keygate_core::store::{LeakHandled, LeakReport};
@@ -186,17 +186,15 @@ pub async fn revoke(
     ip: Option<axum::Extension<ClientIp>>,
     Json(request): Json<RevokeRequest>,
 ) -> Result<(StatusCode, axum::Json<RevokeAccepted>), ApiError> {
-    if let Some(axum::Extension(ClientIp(ip))) = ip
-        && let Some(wait) = state
-            .revoke_limiter()
-            .check(ip, state.clock().now_millis())
-            .retry_after_seconds
-    {
-        return Err(ApiError::new(
-            ProblemCode::RateLimited,
-            format!("an address may make 60 revocation requests an hour; retry in {wait} s"),
-        )
-        .with_header(header::RETRY_AFTER, HeaderValue::from(wait)));
+    if let Some(axum::Extension(ClientIp(ip))) = ip {
+        let status = state.revoke_limiter().check(ip, state.clock().now_millis());
+        if let Some(wait) = status.retry_after_seconds {
+            return Err(ApiError::new(
+                ProblemCode::RateLimited,
+                format!("an address may make 60 revocation requests an hour; retry in {wait} s"),
+            )
+            .with_rate_limit(u64::from(status.limit), 0, wait));
+        }
     }
     if request.credentials.len() > MAX_REVOKED_PER_CALL {
         return Err(ApiError::invalid_fields(vec![FieldError {

@@ -840,6 +840,12 @@ async fn sign_in_failures_are_uniform_and_throttled(backend: Backend) {
         .parse()
         .unwrap();
     assert!(retry_after > 0 && retry_after <= 900, "{retry_after}");
+    // As every 429 (API.md §1): the limit reached (five failures per email), none left, and
+    // when it resets.
+    let header = |name: &str| throttled.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(header("ratelimit-limit"), "5");
+    assert_eq!(header("ratelimit-remaining"), "0");
+    assert_eq!(header("ratelimit-reset"), retry_after.to_string());
     problem(throttled, 429, "rate-limited").await;
     server.clock.advance(Duration::from_secs(15 * 60));
     server.login("dee@example.com", PASSWORD).await;

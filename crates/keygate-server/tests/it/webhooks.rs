@@ -1003,6 +1003,10 @@ async fn notify_policy_and_the_public_revocation_endpoint() {
     }
     let limited = revoke(json!([])).await.unwrap();
     assert!(limited.headers().contains_key("retry-after"));
+    let header = |name: &str| limited.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(header("ratelimit-limit"), "60");
+    assert_eq!(header("ratelimit-remaining"), "0");
+    assert_eq!(header("ratelimit-reset"), header("retry-after"));
     problem(limited, 429, "rate-limited").await;
     server.clock.advance(Duration::from_secs(60));
     assert_eq!(
