@@ -734,6 +734,23 @@ async fn expiring_tokens_are_told_of_seven_days_and_one_day_before() {
     assert_eq!(seen[1].body["data"]["id"], made["id"]);
     assert_eq!(seen[1].body["data"]["expires_at"], json!(expires));
     assert!(seen.iter().all(|r| r.verified));
+
+    // A token made two days from its end is told once, of the two days it has (it said 7).
+    let soon = keygate_core::Timestamp::from_unix(server.clock.now().unix() + 2 * 86_400 - 60);
+    let short = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(json!({"kind": "service", "name": "short", "role": "viewer", "expires_at": soon})),
+        )
+        .await;
+    // The next look for expiring tokens, an hour on.
+    server.clock.advance(Duration::from_secs(3600));
+    let seen = receiver.wait_for(3, Duration::from_secs(20)).await;
+    assert_eq!(seen[2].body["data"]["id"], short["id"]);
+    assert_eq!(seen[2].body["data"]["days_left"], 2);
 }
 
 /// A P-256 key pair and GitHub's key document for it, written where keygate reads it.

@@ -500,16 +500,17 @@ impl WebhookStore for SqlStore {
                 let tenant = TenantId::from_trusted(row.try_get("tenant_id").map_err(store_error)?);
                 let id: String = row.try_get("id").map_err(store_error)?;
                 let name: String = row.try_get("name").map_err(store_error)?;
+                let expires_at = timestamp(row, "expires_at")?;
+                // The days it has left, a part counted whole: a token made two days from its
+                // end is told of two days at the seven-day notice, not of seven.
+                let left = (expires_at.unix() - now.unix() + 86_399) / 86_400;
                 let mut data = Map::new();
                 data.insert("tenant_id".into(), tenant.as_str().into());
                 data.insert("object".into(), "token".into());
                 data.insert("id".into(), id.into());
                 data.insert("name".into(), name.into());
-                data.insert(
-                    "expires_at".into(),
-                    timestamp(row, "expires_at")?.to_string().into(),
-                );
-                data.insert("days_left".into(), Value::from(days));
+                data.insert("expires_at".into(), expires_at.to_string().into());
+                data.insert("days_left".into(), Value::from(left.clamp(1, days)));
                 let body = message_body("token.expiring", now, data);
                 insert_deliveries(&mut tx, &tenant, "token.expiring", &body, now).await?;
                 noticed += 1;
