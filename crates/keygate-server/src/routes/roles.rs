@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Authenticated;
 use crate::json::Json;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, FieldError};
 use crate::request::{Meta, PageQuery, Query, page};
 use crate::state::AppState;
 use crate::views::{List, permission_names};
@@ -293,24 +293,46 @@ pub struct PermissionView {
 
 /// List the permission catalog
 ///
-/// The permission catalog: keygate's own permissions and the operator's. Any valid credential.
+/// The permission catalog: keygate's own permissions and the operator's, in the catalog's order,
+/// paged like every list (`limit`, `cursor`). Any valid credential.
 #[utoipa::path(get, path = "/v1/permissions", tag = "roles", operation_id = "listPermissions",
+    params(PageQuery),
     responses(
         (status = 200, body = List<PermissionView>),
     ))]
 pub async fn permissions(
     State(state): State<AppState>,
     Authenticated(_caller): Authenticated,
-) -> axum::Json<List<PermissionView>> {
-    axum::Json(List {
-        data: state
-            .catalog()
-            .iter()
-            .map(|p| PermissionView {
-                name: p.as_str().to_owned(),
-                builtin: BUILTIN.contains(&p.as_str()),
-            })
-            .collect(),
-        next_cursor: None,
-    })
+    Query(query): Query<PageQuery>,
+) -> Result<axum::Json<List<PermissionView>>, ApiError> {
+    let page = page(query.limit, query.cursor)?;
+    let catalog = state.catalog();
+    // The cursor is where the next page starts in the catalog (which only a restart with
+    // another configuration reorders).
+    let start = match page.cursor.as_deref() {
+        None => 0,
+        Some(cursor) => cursor
+            .strip_prefix('p')
+            .and_then(|at| at.parse::<usize>().ok())
+            .ok_or_else(|| {
+                ApiError::invalid_fields(vec![FieldError {
+                    field: "cursor".into(),
+                    message: "is not a cursor this API returned".into(),
+                }])
+            })?,
+    };
+    let limit = page.limit as usize;
+    let data: Vec<PermissionView> = catalog
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|p| PermissionView {
+            name: p.as_str().to_owned(),
+            builtin: BUILTIN.contains(&p.as_str()),
+        })
+        .collect();
+    let next = start + data.len();
+    let next_cursor =
+        (data.len() == limit && catalog.iter().nth(next).is_some()).then(|| format!("p{next}"));
+    Ok(axum::Json(List { data, next_cursor }))
 }

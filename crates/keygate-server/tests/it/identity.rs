@@ -896,6 +896,39 @@ async fn roles_define_permissions_and_changes_apply_at_once(backend: Backend) {
             .unwrap()
             .contains(&json!({"name": "zones:write", "builtin": false}))
     );
+    // Paged as every list (it answered everything whatever it was asked): pages of five make the
+    // same catalog, and a bad limit, cursor or key is refused by name.
+    let mut paged = Vec::new();
+    let mut path = "/v1/permissions?limit=5".to_owned();
+    loop {
+        let page = server
+            .expect(200, Method::GET, &path, &server.token, None)
+            .await;
+        let items = page["data"].as_array().unwrap();
+        assert!(items.len() <= 5, "{page}");
+        paged.extend(items.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/permissions?limit=5&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(json!(paged), catalog["data"]);
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("cursor=zzz", "cursor"),
+        ("bogus=1", "bogus"),
+    ] {
+        let response = server
+            .call(
+                Method::GET,
+                &format!("/v1/permissions?{query}"),
+                &server.token,
+                None,
+            )
+            .await;
+        let body = problem(response, 400, "invalid-request").await;
+        assert!(body.to_string().contains(field), "{query}: {body}");
+    }
 
     let role = server
         .expect(
