@@ -20,6 +20,7 @@ on_every_backend!(
     sign_in_failures_are_uniform_and_throttled,
     logout_ends_the_session,
     roles_define_permissions_and_changes_apply_at_once,
+    roles_are_listed_newest_first_the_built_in_ones_last,
     bad_input_changes_nothing,
     users_without_a_password_get_one_generated_once_and_lists_page,
     a_wildcard_is_granted_only_by_a_holder_of_it_across_a_catalog_change,
@@ -880,6 +881,53 @@ async fn logout_ends_the_session(backend: Backend) {
         .call(Method::POST, "/v1/auth/logout", &server.token, None)
         .await;
     problem(response, 400, "invalid-request").await;
+}
+
+/// API.md §1: lists are newest first. The tenant's own roles come first, newest first, then the
+/// built-in ones (made with the store); they came first before, their ids sorting after
+/// generated ones. Pages of one make the same list, each role once.
+async fn roles_are_listed_newest_first_the_built_in_ones_last(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mut made = Vec::new();
+    for name in ["older", "newer"] {
+        let role = server
+            .expect(
+                201,
+                Method::POST,
+                "/v1/roles",
+                &server.token,
+                Some(json!({"name": name, "permissions": ["tokens:read"]})),
+            )
+            .await;
+        made.push(role["id"].as_str().unwrap().to_owned());
+    }
+    let ids = |page: &Value| -> Vec<String> {
+        page["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = ids(&server
+        .expect(200, Method::GET, "/v1/roles", &server.token, None)
+        .await);
+    assert_eq!(all[..2], [made[1].clone(), made[0].clone()], "{all:?}");
+    assert!(all[2..].iter().all(|id| !made.contains(id)), "{all:?}");
+    assert!(all.contains(&"rol_owner".to_owned()), "{all:?}");
+    let mut paged = Vec::new();
+    let mut path = "/v1/roles?limit=1".to_owned();
+    loop {
+        let page = server
+            .expect(200, Method::GET, &path, &server.token, None)
+            .await;
+        paged.extend(ids(&page));
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/roles?limit=1&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, all);
 }
 
 async fn roles_define_permissions_and_changes_apply_at_once(backend: Backend) {

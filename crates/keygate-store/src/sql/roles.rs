@@ -16,11 +16,21 @@ impl RoleStore for SqlStore {
         scope: &Scope<perm::RolesRead>,
         page: &Page,
     ) -> Result<Paged<Role>, StoreError> {
+        // Newest first (API.md §1): the tenant's own roles by id, then the built-in ones, which
+        // are older than any (their ids, `rol_owner` and the like, would sort before them). A
+        // cursor names the last role of its page; the next starts after it in that order.
         scoped_page(
             &self.pool,
             "SELECT * FROM roles WHERE (tenant_id IS NULL OR tenant_id = $1)
-               AND ($2 IS NULL OR id < $2)
-             ORDER BY id DESC LIMIT $3",
+               AND ($2 IS NULL
+                    OR (CASE WHEN tenant_id IS NULL THEN 1 ELSE 0 END)
+                       > coalesce((SELECT CASE WHEN c.tenant_id IS NULL THEN 1 ELSE 0 END
+                                   FROM roles c WHERE c.id = $2), 0)
+                    OR ((CASE WHEN tenant_id IS NULL THEN 1 ELSE 0 END)
+                        = coalesce((SELECT CASE WHEN c.tenant_id IS NULL THEN 1 ELSE 0 END
+                                    FROM roles c WHERE c.id = $2), 0)
+                        AND id < $2))
+             ORDER BY CASE WHEN tenant_id IS NULL THEN 1 ELSE 0 END, id DESC LIMIT $3",
             scope,
             page,
             role_from_row,
