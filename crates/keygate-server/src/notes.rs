@@ -38,18 +38,31 @@ tokio::task_local! {
 
 /// The `RateLimit-*` headers (IETF draft `ratelimit-headers`) for a status.
 pub fn rate_limit_headers(status: &RateLimitStatus) -> [(HeaderName, HeaderValue); 3] {
+    rate_limit_fields(
+        u64::from(status.limit),
+        u64::from(status.remaining),
+        status.reset_seconds,
+    )
+}
+
+/// The `RateLimit-*` headers of any limit: what it allows, what is left, seconds until it resets.
+pub fn rate_limit_fields(
+    limit: u64,
+    remaining: u64,
+    reset_seconds: u64,
+) -> [(HeaderName, HeaderValue); 3] {
     [
         (
             HeaderName::from_static("ratelimit-limit"),
-            HeaderValue::from(status.limit),
+            HeaderValue::from(limit),
         ),
         (
             HeaderName::from_static("ratelimit-remaining"),
-            HeaderValue::from(status.remaining),
+            HeaderValue::from(remaining),
         ),
         (
             HeaderName::from_static("ratelimit-reset"),
-            HeaderValue::from(status.reset_seconds),
+            HeaderValue::from(reset_seconds),
         ),
     ]
 }

@@ -520,19 +520,11 @@ impl ApiError {
     /// A 429's headers (API.md §1): `Retry-After`, and the `RateLimit-*` fields of the limit
     /// reached.
     pub fn with_rate_limit(self, limit: u64, remaining: u64, reset_seconds: u64) -> Self {
-        self.with_header(header::RETRY_AFTER, HeaderValue::from(reset_seconds))
-            .with_header(
-                HeaderName::from_static("ratelimit-limit"),
-                HeaderValue::from(limit),
-            )
-            .with_header(
-                HeaderName::from_static("ratelimit-remaining"),
-                HeaderValue::from(remaining),
-            )
-            .with_header(
-                HeaderName::from_static("ratelimit-reset"),
-                HeaderValue::from(reset_seconds),
-            )
+        let fields = crate::notes::rate_limit_fields(limit, remaining, reset_seconds);
+        fields.into_iter().fold(
+            self.with_header(header::RETRY_AFTER, HeaderValue::from(reset_seconds)),
+            |error, (name, value)| error.with_header(name, value),
+        )
     }
 
     /// 429 `rate-limited` with `Retry-After`.

@@ -139,10 +139,15 @@ pub fn page(limit: Option<u32>, cursor: Option<String>) -> Result<Page, ApiError
     let cursor = cursor.filter(|c| !c.is_empty());
     let sane = |c: &str| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if cursor.as_deref().is_some_and(|c| !sane(c)) {
-        return Err(ApiError::invalid_fields(vec![FieldError {
-            field: "cursor".into(),
-            message: "is not a cursor this API returned".into(),
-        }]));
+        return Err(not_a_cursor());
     }
     Ok(Page { limit, cursor })
+}
+
+/// A `cursor` that no page of this list returned.
+pub fn not_a_cursor() -> ApiError {
+    ApiError::invalid_fields(vec![FieldError {
+        field: "cursor".into(),
+        message: "is not a cursor this API returned".into(),
+    }])
 }

@@ -15,8 +15,8 @@ use utoipa::ToSchema;
 
 use crate::auth::Authenticated;
 use crate::json::Json;
-use crate::problem::{ApiError, FieldError};
-use crate::request::{Meta, PageQuery, Query, page};
+use crate::problem::ApiError;
+use crate::request::{Meta, PageQuery, Query, not_a_cursor, page};
 use crate::state::AppState;
 use crate::views::{List, permission_names};
 
@@ -314,12 +314,7 @@ pub async fn permissions(
         Some(cursor) => cursor
             .strip_prefix('p')
             .and_then(|at| at.parse::<usize>().ok())
-            .ok_or_else(|| {
-                ApiError::invalid_fields(vec![FieldError {
-                    field: "cursor".into(),
-                    message: "is not a cursor this API returned".into(),
-                }])
-            })?,
+            .ok_or_else(not_a_cursor)?,
     };
     let limit = page.limit as usize;
     let data: Vec<PermissionView> = catalog
