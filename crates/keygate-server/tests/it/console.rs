@@ -1248,6 +1248,13 @@ async fn account_keys_are_created_shown_once_limited_to_two_and_deleted(backend:
     for secret in &secrets {
         assert!(!full.contains(secret.as_str()), "never shown again");
     }
+    // Newest first, as the API lists them, and the table says so (it said oldest first).
+    assert!(full.contains("Account keys, newest first"), "{full}");
+    let hint_at = |secret: &str| {
+        let shown = format!("{}</code>", &secret[secret.len() - 4..]);
+        full.find(&shown).unwrap()
+    };
+    assert!(hint_at(&secrets[1]) < hint_at(&secrets[0]), "{full}");
     // A third is refused with the limit's message, even posted by hand.
     let third = post_form(
         &server,
