@@ -119,6 +119,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// Only the items with these ids; repeat the key (`?id=a&id=b`).
+    #[serde(default)]
+    pub id: Vec<String>,
     /// How many items, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
@@ -127,8 +130,19 @@ pub struct PageQuery {
     pub cursor: Option<String>,
 }
 
-/// The page a list asks for with `limit` (default 50, at most 500) and `cursor`.
-pub fn page(limit: Option<u32>, cursor: Option<String>) -> Result<Page, ApiError> {
+impl PageQuery {
+    pub fn page(self) -> Result<Page, ApiError> {
+        page(self.limit, self.cursor, self.id)
+    }
+}
+
+/// The page a list asks for with `limit` (default 50, at most 500) and `cursor`, among `ids`
+/// (`?id=a&id=b`, at most 500) when any are given.
+pub fn page(
+    limit: Option<u32>,
+    cursor: Option<String>,
+    ids: Vec<String>,
+) -> Result<Page, ApiError> {
     let limit = limit.unwrap_or(Page::DEFAULT_LIMIT);
     if !(1..=Page::MAX_LIMIT).contains(&limit) {
         return Err(ApiError::invalid_fields(vec![FieldError {
@@ -136,12 +150,18 @@ pub fn page(limit: Option<u32>, cursor: Option<String>) -> Result<Page, ApiError
             message: format!("must be between 1 and {}", Page::MAX_LIMIT),
         }]));
     }
+    if ids.len() > Page::MAX_LIMIT as usize {
+        return Err(ApiError::invalid_fields(vec![FieldError {
+            field: "id".into(),
+            message: format!("at most {} ids at once", Page::MAX_LIMIT),
+        }]));
+    }
     let cursor = cursor.filter(|c| !c.is_empty());
     let sane = |c: &str| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if cursor.as_deref().is_some_and(|c| !sane(c)) {
         return Err(not_a_cursor());
     }
-    Ok(Page { limit, cursor })
+    Ok(Page { limit, cursor, ids })
 }
 
 /// A `cursor` that no page of this list returned.

@@ -598,8 +598,8 @@ async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they
             &tokens.reads(),
             &TokenFilter::default(),
             &Page {
-                limit: 2,
                 cursor: listed.next_cursor.clone(),
+                ..Page::first(2)
             },
             NOW,
         )
@@ -642,10 +642,7 @@ async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they
 }
 
 fn page(limit: u32) -> Page {
-    Page {
-        limit,
-        cursor: None,
-    }
+    Page::first(limit)
 }
 
 async fn last_use_only_moves_forward(db: TestDb) {

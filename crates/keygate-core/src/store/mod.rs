@@ -169,16 +169,27 @@ pub struct Bootstrap {
     pub event: AuditEvent,
 }
 
-/// A page request: at most `limit` items older than `cursor` (an id), newest first.
+/// A page request: at most `limit` items older than `cursor` (an id), newest first, only those
+/// among `ids` when any are given (API.md §1: `?id=a&id=b`).
 #[derive(Debug, Clone)]
 pub struct Page {
     pub limit: u32,
     pub cursor: Option<String>,
+    pub ids: Vec<String>,
 }
 
 impl Page {
     pub const DEFAULT_LIMIT: u32 = 50;
     pub const MAX_LIMIT: u32 = 500;
+
+    /// The first `limit` items of the whole list.
+    pub fn first(limit: u32) -> Self {
+        Page {
+            limit,
+            cursor: None,
+            ids: Vec::new(),
+        }
+    }
 }
 
 /// One page of a list, and the cursor of the next page if there is one.

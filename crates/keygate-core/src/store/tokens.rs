@@ -16,7 +16,6 @@ pub struct TokenFilter {
     /// `active`, `expired`, `revoked`.
     pub statuses: Vec<String>,
     pub user_ids: Vec<UserId>,
-    pub ids: Vec<CredentialId>,
     /// Which users' personal tokens the caller may see.
     pub personal: PersonalTokens,
     /// Only tokens not used since then, or never: the stale-credential report.

@@ -9,10 +9,11 @@ use keygate_core::access::{Caller, Scope, perm};
 use keygate_core::clients;
 use keygate_core::model::{Credential, Role};
 use keygate_core::permission::BuiltinRole;
-use keygate_core::store::Page;
 use serde::Deserialize;
 
-use super::frame::{ConfirmForm, Frame, Posted, SignedIn, capitalised, day, origin, render};
+use super::frame::{
+    ConfirmForm, Frame, Posted, SignedIn, capitalised, day, origin, render, table_page,
+};
 use super::tokens::{assignable_roles, permission_groups};
 use super::{html, refusal};
 use crate::request::Meta;
@@ -134,14 +135,7 @@ pub(super) async fn clients(
             "Your role does not let you see OAuth clients (it needs oauth_clients:read).",
         );
     };
-    let page = Page {
-        limit: 50,
-        cursor: query.cursor.filter(|c| {
-            !c.is_empty()
-                && c.len() <= 64
-                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        }),
-    };
+    let page = table_page(query.cursor);
     let (rows, next, message) = match state.store().list_clients(&grant.reads(), &page).await {
         Ok(listed) => {
             let mut rows = Vec::with_capacity(listed.items.len());

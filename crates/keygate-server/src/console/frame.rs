@@ -283,5 +283,6 @@ pub(super) fn table_page(cursor: Option<String>) -> Page {
                 && c.len() <= 64
                 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         }),
+        ids: Vec::new(),
     }
 }

@@ -9,10 +9,10 @@ use axum::response::Response;
 use keygate_core::Timestamp;
 use keygate_core::access::perm;
 use keygate_core::model::{Outcome, StoredEvent};
-use keygate_core::store::{EventFilter, Page};
+use keygate_core::store::EventFilter;
 use serde::Deserialize;
 
-use super::frame::{Frame, SignedIn, render};
+use super::frame::{Frame, SignedIn, render, table_page};
 use super::{html, refusal};
 use crate::state::AppState;
 
@@ -248,12 +248,13 @@ pub(super) async fn log(
         since,
         until,
     };
-    let cursor = page.query.cursor.clone().filter(|c| {
-        !c.is_empty() && c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    });
-    let read =
-        crate::routes::audit::list_events(&state, &caller, &filter, &Page { limit: 50, cursor })
-            .await;
+    let read = crate::routes::audit::list_events(
+        &state,
+        &caller,
+        &filter,
+        &table_page(page.query.cursor.clone()),
+    )
+    .await;
     match read {
         Ok(events) => {
             let here = caller.scope().to_string();

@@ -19,13 +19,10 @@ use crate::request::Meta;
 use crate::routes::roles::RoleRequest;
 use crate::state::AppState;
 
-/// Every custom role of the tenant, read page by page through `scope`.
+/// Every custom role of the tenant, read page by page through `scope`, by name.
 pub(super) async fn custom_roles(state: &AppState, scope: &Scope<perm::RolesRead>) -> Vec<Role> {
     let mut found = Vec::new();
-    let mut page = Page {
-        limit: Page::MAX_LIMIT,
-        cursor: None,
-    };
+    let mut page = Page::first(Page::MAX_LIMIT);
     loop {
         match state.store().list_roles(scope, &page).await {
             Ok(listed) => {

@@ -289,31 +289,6 @@ impl NewTokenPage {
     }
 }
 
-/// The tenant's own roles, read through `scope`.
-async fn custom_roles(state: &AppState, scope: &Scope<perm::RolesRead>) -> Vec<Role> {
-    let mut found = Vec::new();
-    let mut page = Page {
-        limit: Page::MAX_LIMIT,
-        cursor: None,
-    };
-    loop {
-        match state.store().list_roles(scope, &page).await {
-            Ok(listed) => {
-                found.extend(listed.items.into_iter().filter(|r| r.tenant_id.is_some()));
-                match listed.next_cursor {
-                    Some(next) => page.cursor = Some(next),
-                    None => break,
-                }
-            }
-            Err(error) => {
-                tracing::error!(error = %error, "the console could not list roles");
-                break;
-            }
-        }
-    }
-    found
-}
-
 /// The permissions the person holds, by resource, for a form's checkboxes.
 pub(super) fn permission_groups(caller: &Caller) -> Vec<(String, Vec<String>)> {
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
@@ -347,7 +322,7 @@ pub(super) async fn assignable_roles(
         .map(|role| (role.name().to_owned(), role.name().to_owned()))
         .collect();
     let mut custom = match &scope {
-        Some(scope) => custom_roles(state, scope).await,
+        Some(scope) => super::roles::custom_roles(state, scope).await,
         None => Vec::new(),
     };
     custom.retain(|role| {
@@ -358,7 +333,6 @@ pub(super) async fn assignable_roles(
             ))
             .is_ok()
     });
-    custom.sort_by(|a, b| a.name.cmp(&b.name));
     roles.extend(
         custom
             .into_iter()
@@ -636,13 +610,12 @@ async fn token_names(state: &AppState, caller: &Caller, ids: &[String]) -> Vec<(
         return Vec::new();
     }
     let filter = TokenFilter {
-        ids: wanted,
         personal: crate::routes::tokens::personal_visibility(caller),
         ..TokenFilter::default()
     };
     let page = Page {
-        limit: 500,
-        cursor: None,
+        ids: wanted.iter().map(|id| id.as_str().to_owned()).collect(),
+        ..Page::first(Page::MAX_LIMIT)
     };
     state
         .store()

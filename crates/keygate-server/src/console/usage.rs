@@ -368,13 +368,12 @@ impl Names {
         let tokens = of_kind("tok_");
         if let (Ok(grant), false) = (caller.require::<perm::TokensRead>(), tokens.is_empty()) {
             let filter = TokenFilter {
-                ids: tokens,
                 personal: crate::routes::tokens::personal_visibility(caller),
                 ..TokenFilter::default()
             };
             let page = Page {
-                limit: Page::MAX_LIMIT,
-                cursor: None,
+                ids: tokens.iter().map(|id| id.as_str().to_owned()).collect(),
+                ..Page::first(Page::MAX_LIMIT)
             };
             let now = state.clock().now();
             match state

@@ -9,10 +9,11 @@ use keygate_core::access::{Caller, perm};
 use keygate_core::id::UserId;
 use keygate_core::model::{Role, User, UserStatus};
 use keygate_core::permission::BuiltinRole;
-use keygate_core::store::Page;
 use serde::Deserialize;
 
-use super::frame::{ConfirmForm, Frame, Posted, SignedIn, capitalised, day, origin, render};
+use super::frame::{
+    ConfirmForm, Frame, Posted, SignedIn, capitalised, day, origin, render, table_page,
+};
 use super::{html, refusal};
 use crate::problem::{ApiError, ProblemCode};
 use crate::request::Meta;
@@ -144,14 +145,7 @@ pub(super) async fn users(
     let Ok(grant) = caller.require::<perm::UsersRead>() else {
         return no_read();
     };
-    let page = Page {
-        limit: 50,
-        cursor: query.cursor.filter(|c| {
-            !c.is_empty()
-                && c.len() <= 64
-                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        }),
-    };
+    let page = table_page(query.cursor);
     let (rows, next, message) = match state.store().list_users(&grant.reads(), &page).await {
         Ok(listed) => {
             let custom = known_roles(&state, &caller).await;

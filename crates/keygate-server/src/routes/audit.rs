@@ -164,6 +164,9 @@ impl Selection {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only the items with these ids; repeat the key (`?id=a&id=b`).
+    #[serde(default)]
+    id: Vec<String>,
     #[serde(default)]
     token_id: Vec<String>,
     #[serde(default)]
@@ -197,7 +200,7 @@ pub async fn list(
     Authenticated(caller): Authenticated,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<List<EventView>>, ApiError> {
-    let page = page(query.limit, query.cursor)?;
+    let page = page(query.limit, query.cursor, query.id)?;
     let filter = Selection {
         token_id: query.token_id,
         action: query.action,

@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 use crate::auth::Authenticated;
 use crate::json::Json;
 use crate::problem::ApiError;
-use crate::request::{Meta, PageQuery, Query, not_a_cursor, page};
+use crate::request::{Meta, PageQuery, Query, not_a_cursor};
 use crate::state::AppState;
 use crate::views::{List, permission_names};
 
@@ -99,7 +99,7 @@ pub async fn list(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<List<RoleView>>, ApiError> {
     let grant = caller.require::<perm::RolesRead>()?;
-    let page = page(query.limit, query.cursor)?;
+    let page = query.page()?;
     let roles = state.store().list_roles(&grant.reads(), &page).await?;
     Ok(axum::Json(List::from_paged(roles, |r| {
         RoleView::new(r, state.catalog())
@@ -294,7 +294,8 @@ pub struct PermissionView {
 /// List the permission catalog
 ///
 /// The permission catalog: keygate's own permissions and the operator's, in the catalog's order,
-/// paged like every list (`limit`, `cursor`). Any valid credential.
+/// paged like every list (`limit`, `cursor`); a permission's name is its `id`. Any valid
+/// credential.
 #[utoipa::path(get, path = "/v1/permissions", tag = "roles", operation_id = "listPermissions",
     params(PageQuery),
     responses(
@@ -305,7 +306,7 @@ pub async fn permissions(
     Authenticated(_caller): Authenticated,
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<List<PermissionView>>, ApiError> {
-    let page = page(query.limit, query.cursor)?;
+    let page = query.page()?;
     let catalog = state.catalog();
     // The cursor is where the next page starts in the catalog (which only a restart with
     // another configuration reorders).
@@ -317,17 +318,22 @@ pub async fn permissions(
             .ok_or_else(not_a_cursor)?,
     };
     let limit = page.limit as usize;
-    let data: Vec<PermissionView> = catalog
+    // A permission's name is its id: `?id=tokens:read` asks for that one.
+    let mut listed = catalog
         .iter()
-        .skip(start)
+        .filter(|p| page.ids.is_empty() || page.ids.iter().any(|id| id == p.as_str()))
+        .skip(start);
+    let data: Vec<PermissionView> = listed
+        .by_ref()
         .take(limit)
         .map(|p| PermissionView {
             name: p.as_str().to_owned(),
             builtin: BUILTIN.contains(&p.as_str()),
         })
         .collect();
-    let next = start + data.len();
-    let next_cursor =
-        (data.len() == limit && catalog.iter().nth(next).is_some()).then(|| format!("p{next}"));
+    let next_cursor = listed
+        .next()
+        .is_some()
+        .then(|| format!("p{}", start + data.len()));
     Ok(axum::Json(List { data, next_cursor }))
 }

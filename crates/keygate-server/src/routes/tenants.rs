@@ -72,6 +72,9 @@ pub struct UpdateTenant {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only the items with these ids; repeat the key (`?id=a&id=b`).
+    #[serde(default)]
+    id: Vec<String>,
     /// A tenant at or below yours (id or slug); yours when left out.
     parent_id: Option<String>,
     /// How many items, 1 to 500 (default 50).
@@ -226,7 +229,11 @@ pub async fn list(
     };
     let tenants = state
         .store()
-        .list_tenants(&grant.reads(), &parent, &page(query.limit, query.cursor)?)
+        .list_tenants(
+            &grant.reads(),
+            &parent,
+            &page(query.limit, query.cursor, query.id)?,
+        )
         .await?;
     let quotas = state.quota_reader();
     Ok(axum::Json(List::from_paged(tenants, |t| {

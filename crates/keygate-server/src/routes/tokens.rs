@@ -487,14 +487,9 @@ pub async fn list(
             .iter()
             .map(|u| UserId::parse(u).unwrap_or_else(|| UserId::from_trusted(u.clone())))
             .collect(),
-        ids: query
-            .id
-            .iter()
-            .map(|i| CredentialId::from_trusted(i.clone()))
-            .collect(),
         personal: personal_visibility(grant.caller()),
     };
-    let page = page(query.limit, query.cursor)?;
+    let page = page(query.limit, query.cursor, query.id)?;
     let tokens = state
         .store()
         .list_tokens(&grant.reads(), &filter, &page, now)
@@ -627,12 +622,12 @@ pub(crate) async fn revoke(
     } else {
         let filter = TokenFilter {
             personal: personal_visibility(caller),
-            ids: wanted.clone(),
             ..TokenFilter::default()
         };
         let page = Page {
             limit: u32::try_from(wanted.len()).unwrap_or(u32::MAX),
             cursor: None,
+            ids: wanted.iter().map(|id| id.as_str().to_owned()).collect(),
         };
         state
             .store()

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use crate::auth::Authenticated;
 use crate::json::Json;
 use crate::problem::{ApiError, FieldError};
-use crate::request::{Meta, PageQuery, Query, page};
+use crate::request::{Meta, PageQuery, Query};
 use crate::routes::roles;
 use crate::state::AppState;
 use crate::views::{CreatedSecret, List};
@@ -121,7 +121,7 @@ pub async fn list(
     let grant = caller.require::<perm::UsersRead>()?;
     let users = state
         .store()
-        .list_users(&grant.reads(), &page(query.limit, query.cursor)?)
+        .list_users(&grant.reads(), &query.page()?)
         .await?;
     Ok(axum::Json(List::from_paged(users, UserView::from)))
 }

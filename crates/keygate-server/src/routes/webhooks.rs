@@ -17,7 +17,7 @@ use crate::auth::Authenticated;
 use crate::deliveries::{Guard, TargetError};
 use crate::json::{Json, NoBody};
 use crate::problem::{ApiError, FieldError};
-use crate::request::{Meta, PageQuery, Query, page};
+use crate::request::{Meta, PageQuery, Query};
 use crate::state::AppState;
 use crate::views::{CreatedSecret, List, Warning};
 
@@ -260,7 +260,7 @@ pub async fn list(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<List<WebhookView>>, ApiError> {
     let grant = caller.require::<perm::WebhooksRead>()?;
-    let page = page(query.limit, query.cursor)?;
+    let page = query.page()?;
     let webhooks = state.store().list_webhooks(&grant.reads(), &page).await?;
     Ok(axum::Json(List::from_paged(webhooks, WebhookView::from)))
 }
@@ -450,7 +450,7 @@ pub async fn deliveries(
     Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<List<DeliveryView>>, ApiError> {
     let grant = caller.require::<perm::WebhooksRead>()?;
-    let page = page(query.limit, query.cursor)?;
+    let page = query.page()?;
     let deliveries = state
         .store()
         .list_deliveries(&grant.reads(), &webhook_id(&id)?, &page)

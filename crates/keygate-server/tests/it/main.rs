@@ -48,6 +48,7 @@ mod explorer;
 mod gateway;
 mod identity;
 mod limits;
+mod lists;
 mod nodes;
 mod oauth;
 mod oauth_interop;

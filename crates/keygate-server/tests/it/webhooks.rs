@@ -254,6 +254,31 @@ async fn a_bulk_revocation_is_an_event_and_a_delivery_per_token(backend: Backend
     for (webhook, count) in [(&deleted, 3), (&also, 3), (&created, 0)] {
         assert_eq!(deliveries(&server, webhook).await.len(), count, "{webhook}");
     }
+    // Deliveries are a list like any (API.md §1): `?id=` picks some, newest first.
+    let all: Vec<String> = deliveries(&server, &deleted)
+        .await
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    let picked = server
+        .expect(
+            200,
+            Method::GET,
+            &format!(
+                "/v1/webhooks/{deleted}/deliveries?id={}&id={}",
+                all[2], all[0]
+            ),
+            &server.token,
+            None,
+        )
+        .await;
+    let picked: Vec<&str> = picked["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(picked, [all[0].as_str(), all[2].as_str()]);
     let events = ok_json(
         server
             .call(

@@ -21,7 +21,7 @@ impl AuditStore for SqlStore {
         filter: &EventFilter,
         page: &Page,
     ) -> Result<Paged<StoredEvent>, StoreError> {
-        let mut query = select_events(scope, filter, page.cursor.as_deref());
+        let mut query = select_events(scope, filter, page.cursor.as_deref(), &page.ids);
         query.push(" LIMIT ").push_bind(i64::from(page.limit) + 1);
         let rows = query
             .build()
@@ -40,7 +40,7 @@ impl AuditStore for SqlStore {
         let scope = scope.clone();
         let filter = filter.clone();
         Box::pin(async_stream::try_stream! {
-            let mut query = select_events(&scope, &filter, None);
+            let mut query = select_events(&scope, &filter, None, &[]);
             let mut rows = query.build().fetch(&pool);
             while let Some(row) = rows.try_next().await.map_err(store_error)? {
                 yield event_from_row(&row)?;
@@ -77,6 +77,7 @@ fn select_events<'q>(
     scope: &'q Scope<perm::AuditRead>,
     filter: &'q EventFilter,
     cursor: Option<&'q str>,
+    ids: &'q [String],
 ) -> QueryBuilder<'q, Db> {
     let mut query =
         QueryBuilder::<Db>::new("SELECT e.* FROM audit_events e, tenants s WHERE s.id = ");
@@ -92,6 +93,7 @@ fn select_events<'q>(
         and_in!(query, column, values);
     }
     and_in!(query, "e.outcome", &filter.outcomes);
+    and_in!(query, "e.id", ids);
     if let Some(since) = filter.since {
         query.push(" AND e.time >= ").push_bind(since.unix());
     }

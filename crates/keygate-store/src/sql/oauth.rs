@@ -46,7 +46,7 @@ impl OAuthStore for SqlStore {
             concat!(
                 "SELECT c.*, qv.* FROM credentials c",
                 with_quota!(credential "c"),
-                "WHERE tenant_id = $1 AND kind = 'oauth_secret' AND ($2 IS NULL OR id < $2)
+                "WHERE tenant_id = $1 AND kind = 'oauth_secret' AND ($2 IS NULL OR id < $2){ids}
                  ORDER BY id DESC LIMIT $3"
             ),
             scope,

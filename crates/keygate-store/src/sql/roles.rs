@@ -29,7 +29,7 @@ impl RoleStore for SqlStore {
                     OR ((CASE WHEN tenant_id IS NULL THEN 1 ELSE 0 END)
                         = coalesce((SELECT CASE WHEN c.tenant_id IS NULL THEN 1 ELSE 0 END
                                     FROM roles c WHERE c.id = $2), 0)
-                        AND id < $2))
+                        AND id < $2)){ids}
              ORDER BY CASE WHEN tenant_id IS NULL THEN 1 ELSE 0 END, id DESC LIMIT $3",
             scope,
             page,

@@ -716,7 +716,8 @@ async fn insert_deliveries_to(
 }
 
 /// One page of a list in a scope: `sql` takes the scope's tenant as `$1`, the cursor as `$2`
-/// (`$2 IS NULL OR id < $2`) and the limit as `$3`.
+/// (`$2 IS NULL OR id < $2`) and the limit as `$3`, and has `{ids}` where [`among_ids`] puts the
+/// page's ids.
 pub(super) async fn scoped_page<T, P>(
     pool: &sqlx::Pool<Db>,
     sql: &'static str,
@@ -725,14 +726,42 @@ pub(super) async fn scoped_page<T, P>(
     map: fn(&DbRow) -> Result<T, StoreError>,
     id: fn(&T) -> String,
 ) -> Result<Paged<T>, StoreError> {
-    let rows = sqlx::query(sql)
+    let sql = among_ids(sql, "id", 3, page);
+    let query = sqlx::query(&sql)
         .bind(scope.tenant_id().as_str())
         .bind(page.cursor.as_deref())
-        .bind(i64::from(page.limit) + 1)
+        .bind(i64::from(page.limit) + 1);
+    let rows = bind_ids(query, page)
         .fetch_all(pool)
         .await
         .map_err(store_error)?;
     paged(&rows, page, map, id)
+}
+
+/// `sql` with its `{ids}` replaced by ` AND <column> IN ($n, …)`, one parameter per id of the page
+/// numbered after the query's `fixed` ones (the caller binds the ids last, in order); by nothing
+/// when the page is not among given ids.
+pub(super) fn among_ids(sql: &str, column: &str, fixed: usize, page: &Page) -> String {
+    let clause = if page.ids.is_empty() {
+        String::new()
+    } else {
+        let parameters: Vec<String> = (1..=page.ids.len())
+            .map(|n| format!("${}", fixed + n))
+            .collect();
+        format!(" AND {column} IN ({})", parameters.join(", "))
+    };
+    sql.replace("{ids}", &clause)
+}
+
+/// Binds the page's ids, last, for the parameters [`among_ids`] numbered.
+pub(super) fn bind_ids<'q>(
+    mut query: sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>>,
+    page: &'q Page,
+) -> sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>> {
+    for id in &page.ids {
+        query = query.bind(id.as_str());
+    }
+    query
 }
 
 /// Maps the rows of a `LIMIT page.limit + 1` query: the extra row only says there is a next page.

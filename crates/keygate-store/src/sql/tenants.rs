@@ -8,7 +8,9 @@ use keygate_core::model::{AuditEvent, Tenant, User};
 use keygate_core::password::PasswordHashString;
 use keygate_core::store::{Change, Deletion, Page, Paged, StoreError, TenantStore};
 
-use super::shared::{insert_event, insert_tenant, insert_user, paged, tenant_from_row};
+use super::shared::{
+    among_ids, bind_ids, insert_event, insert_tenant, insert_user, paged, tenant_from_row,
+};
 use super::{SqlStore, store_error};
 
 #[async_trait]
@@ -40,21 +42,28 @@ impl TenantStore for SqlStore {
         parent: &TenantId,
         page: &Page,
     ) -> Result<Paged<Tenant>, StoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT t.*, qv.* FROM tenants t",
-            with_quota!("t"),
-            "JOIN tenants s ON s.id = $1
-             WHERE t.parent_id = $2 AND ($3 IS NULL OR t.id < $3) AND ",
-            in_subtree!("t", "s"),
-            " ORDER BY t.id DESC LIMIT $4"
-        ))
-        .bind(scope.tenant_id().as_str())
-        .bind(parent.as_str())
-        .bind(page.cursor.as_deref())
-        .bind(i64::from(page.limit) + 1)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let sql = among_ids(
+            concat!(
+                "SELECT t.*, qv.* FROM tenants t",
+                with_quota!("t"),
+                "JOIN tenants s ON s.id = $1
+                 WHERE t.parent_id = $2 AND ($3 IS NULL OR t.id < $3){ids} AND ",
+                in_subtree!("t", "s"),
+                " ORDER BY t.id DESC LIMIT $4"
+            ),
+            "t.id",
+            4,
+            page,
+        );
+        let query = sqlx::query(&sql)
+            .bind(scope.tenant_id().as_str())
+            .bind(parent.as_str())
+            .bind(page.cursor.as_deref())
+            .bind(i64::from(page.limit) + 1);
+        let rows = bind_ids(query, page)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         paged(&rows, page, tenant_from_row, |t| t.id.to_string())
     }
 

@@ -86,7 +86,7 @@ impl TokenStore for SqlStore {
             query.push(")");
         }
         and_in!(query, "user_id", &filter.user_ids);
-        and_in!(query, "id", &filter.ids);
+        and_in!(query, "id", &page.ids);
         if let Some(since) = filter.unused_since {
             query
                 .push(" AND (last_used_at IS NULL OR last_used_at < ")

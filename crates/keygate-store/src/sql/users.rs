@@ -20,7 +20,7 @@ impl UserStore for SqlStore {
     ) -> Result<Paged<User>, StoreError> {
         scoped_page(
             &self.pool,
-            "SELECT * FROM users WHERE tenant_id = $1 AND ($2 IS NULL OR id < $2)
+            "SELECT * FROM users WHERE tenant_id = $1 AND ($2 IS NULL OR id < $2){ids}
              ORDER BY id DESC LIMIT $3",
             scope,
             page,

@@ -20,7 +20,8 @@ use serde_json::{Map, Value};
 use sqlx::{QueryBuilder, Row};
 
 use super::shared::{
-    corrupt, insert_deliveries, insert_event, optional_timestamp, paged, timestamp,
+    among_ids, bind_ids, corrupt, insert_deliveries, insert_event, optional_timestamp, paged,
+    timestamp,
 };
 use super::{Db, DbRow, SHARED_BY_NODES, SqlStore, store_error};
 
@@ -181,15 +182,20 @@ impl WebhookStore for SqlStore {
         scope: &Scope<perm::WebhooksRead>,
         page: &Page,
     ) -> Result<Paged<Webhook>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "{IN_SCOPE} AND ($2 IS NULL OR w.id < $2) ORDER BY w.id DESC LIMIT $3"
-        ))
-        .bind(scope.tenant_id().as_str())
-        .bind(page.cursor.as_deref())
-        .bind(i64::from(page.limit) + 1)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+        let sql = among_ids(
+            &format!("{IN_SCOPE} AND ($2 IS NULL OR w.id < $2){{ids}} ORDER BY w.id DESC LIMIT $3"),
+            "w.id",
+            3,
+            page,
+        );
+        let query = sqlx::query(&sql)
+            .bind(scope.tenant_id().as_str())
+            .bind(page.cursor.as_deref())
+            .bind(i64::from(page.limit) + 1);
+        let rows = bind_ids(query, page)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         paged(&rows, page, webhook_from_row, |w| w.id.to_string())
     }
 
@@ -272,16 +278,21 @@ impl WebhookStore for SqlStore {
         if self.get_webhook(scope, webhook).await?.is_none() {
             return Ok(None);
         }
-        let rows = sqlx::query(
-            "SELECT * FROM webhook_deliveries WHERE webhook_id = $1 AND ($2 IS NULL OR id < $2)
+        let sql = among_ids(
+            "SELECT * FROM webhook_deliveries WHERE webhook_id = $1 AND ($2 IS NULL OR id < $2){ids}
              ORDER BY id DESC LIMIT $3",
-        )
-        .bind(webhook.as_str())
-        .bind(page.cursor.as_deref())
-        .bind(i64::from(page.limit) + 1)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+            "id",
+            3,
+            page,
+        );
+        let query = sqlx::query(&sql)
+            .bind(webhook.as_str())
+            .bind(page.cursor.as_deref())
+            .bind(i64::from(page.limit) + 1);
+        let rows = bind_ids(query, page)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         let more = rows.len() > page.limit as usize;
         let shown = &rows[..rows.len().min(page.limit as usize)];
         let items = deliveries_with_attempts(&self.pool, shown).await?;

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use crate::auth::Authenticated;
 use crate::json::Json;
 use crate::problem::{ApiError, Problem};
-use crate::request::{Meta, Query, page};
+use crate::request::{Meta, PageQuery, Query};
 use crate::routes::roles;
 use crate::state::AppState;
 use crate::views::{CreatedSecret, List, QuotaBody, QuotaReader, QuotaView};
@@ -115,13 +115,6 @@ pub struct RollSecret {
     pub expire_previous_in: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    limit: Option<u32>,
-    cursor: Option<String>,
-}
-
 fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("there is no OAuth client `{id}`"))
 }
@@ -200,7 +193,7 @@ pub(crate) async fn create_client(
 ///
 /// List the tenant's clients, newest first (never their secrets). Needs `oauth_clients:read`.
 #[utoipa::path(get, path = "/v1/oauth/clients", tag = "oauth", operation_id = "listOauthClients",
-    params(("limit" = Option<u32>, Query), ("cursor" = Option<String>, Query)),
+    params(PageQuery),
     responses(
         (status = 200, body = List<ClientView>),
         (status = 400, body = Problem, content_type = "application/problem+json"),
@@ -210,10 +203,10 @@ pub(crate) async fn create_client(
 pub async fn list(
     State(state): State<AppState>,
     Authenticated(caller): Authenticated,
-    Query(query): Query<ListQuery>,
+    Query(query): Query<PageQuery>,
 ) -> Result<axum::Json<List<ClientView>>, ApiError> {
     let grant = caller.require::<perm::OauthClientsRead>()?;
-    let page = page(query.limit, query.cursor)?;
+    let page = query.page()?;
     let clients = state.store().list_clients(&grant.reads(), &page).await?;
     let quotas = state.quota_reader();
     Ok(axum::Json(List::from_paged(clients, |c| {
