@@ -128,6 +128,8 @@ pub enum Denial {
         /// Whether it is a tenant's pool rather than the credential's own quota.
         pool: bool,
         limit: u64,
+        /// What is left of it (less than the request's cost).
+        left: u64,
         /// Seconds until it refills; `None` for a `total` quota.
         retry_after: Option<u64>,
     },
@@ -415,9 +417,10 @@ impl Gate {
                 }
                 // Removed since this verification was cached: nothing to spend.
                 Ok(None) => continue,
-                Err(SpendError::Exhausted { retry_after }) => Denial::QuotaExceeded {
+                Err(SpendError::Exhausted { retry_after, left }) => Denial::QuotaExceeded {
                     pool: on.subject != verified.owner_id().as_str(),
                     limit: on.quota.limit,
+                    left: left.min(on.quota.limit),
                     retry_after,
                 },
                 Err(SpendError::Store(error)) => Denial::Store(error),
@@ -478,7 +481,7 @@ impl Gate {
                     .min(u32::try_from(left).unwrap_or(u32::MAX)),
                 ..status
             },
-            Err(SpendError::Exhausted { retry_after }) => {
+            Err(SpendError::Exhausted { retry_after, .. }) => {
                 let wait = retry_after.unwrap_or(1);
                 RateLimitStatus {
                     remaining: 0,

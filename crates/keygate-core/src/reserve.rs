@@ -224,6 +224,8 @@ pub enum SpendError {
     Exhausted {
         /// Seconds until the refill; `None` for a `total` quota.
         retry_after: Option<u64>,
+        /// What is left, as this node last knew it (less than the cost; 0 for a rate limit).
+        left: u64,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -392,6 +394,7 @@ impl Credits {
                     .unwrap_or(0)
                     .max(1),
             ),
+            left: 0,
         };
         // For a rate limit, in milliseconds.
         let until = slot.spent_until.load(Ordering::Acquire);
@@ -435,12 +438,13 @@ impl Credits {
         Fut: std::future::Future<Output = Result<Option<Taken>, StoreError>>,
     {
         let window = period.start;
-        let exhausted = || SpendError::Exhausted {
+        let exhausted = |left: u64| SpendError::Exhausted {
             retry_after: period.resets_at.map(|at| {
                 u64::try_from(at.unix().saturating_sub(now.unix()))
                     .unwrap_or(0)
                     .max(1)
             }),
+            left,
         };
         if slot.reserve.spend(window, cost) == Spend::Paid {
             return Ok(Some(self.left(slot, window)));
@@ -451,7 +455,7 @@ impl Credits {
             return Ok(Some(self.left(slot, window)));
         }
         if now.unix() < slot.spent_until.load(Ordering::Acquire) && cost > 0 {
-            return Err(exhausted());
+            return Err(exhausted(self.left(slot, window)));
         }
         // Before its first take a node sizes it as if the whole limit were left.
         let remaining = match slot.remaining.load(Ordering::Acquire) {
@@ -471,7 +475,7 @@ impl Credits {
             slot.spent_until.store(until, Ordering::Release);
         }
         if taken.taken < cost {
-            return Err(exhausted());
+            return Err(exhausted(self.left(slot, window)));
         }
         // The request keeps its cost; the rest waits in the reserve for the next ones.
         slot.window.store(window.unix(), Ordering::Release);
@@ -935,7 +939,7 @@ mod tests {
                 loop {
                     match spend(&node, &*store, "tok_q", &quota, W0, 1).await {
                         Ok(Some(_)) => admitted += 1,
-                        Err(SpendError::Exhausted { retry_after }) => {
+                        Err(SpendError::Exhausted { retry_after, .. }) => {
                             assert_eq!(retry_after, Some(3600));
                             return admitted;
                         }
@@ -1022,7 +1026,7 @@ mod tests {
         }
         assert_eq!(more, 10, "ten intervals, ten more");
         match nodes[0].spend_rate(&*store, "tok_r", cell, later).await {
-            Err(SpendError::Exhausted { retry_after }) => assert_eq!(retry_after, Some(1)),
+            Err(SpendError::Exhausted { retry_after, .. }) => assert_eq!(retry_after, Some(1)),
             other => panic!("{other:?}"),
         }
     }

@@ -6,6 +6,7 @@
 //! `NOT_FOUND`, exactly as if it did not exist.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -78,7 +79,8 @@ pub struct VerifyResponse {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
     /// With `VALID`, where a quota applies: the tightest of the credential's and its
-    /// organization's, after this request.
+    /// organization's, after this request. With `QUOTA_EXCEEDED`: the quota that refused it, what
+    /// is left of it (less than the cost), and when it refills.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quota: Option<VerifyQuota>,
 }
@@ -193,11 +195,12 @@ async fn decide(
         credential: &request.credential,
         ..Default::default()
     };
+    let now_millis = state.clock().now_millis();
     let asked = gate::Request {
         client: ip,
         required: &request.permissions,
         within: Some(grant.tenant_id()),
-        now_millis: state.clock().now_millis(),
+        now_millis,
         counted: true,
         cost: Some(request.cost.unwrap_or(1)),
     };
@@ -256,6 +259,22 @@ async fn decide(
         Denial::RateLimited(_) => "the credential is over its rate limit".to_owned(),
         other => other.to_string(),
     };
+    let spent = match &denied.denial {
+        Denial::QuotaExceeded {
+            limit,
+            left,
+            retry_after,
+            ..
+        } => Some(VerifyQuota {
+            limit: *limit,
+            remaining: *left,
+            resets_at: retry_after.map(|seconds| {
+                Timestamp::from_unix(now_millis.div_euclid(1000))
+                    .saturating_add(Duration::from_secs(seconds))
+            }),
+        }),
+        _ => None,
+    };
     let missing = match denied.denial {
         Denial::Forbidden(forbidden) => forbidden.missing,
         _ => Vec::new(),
@@ -268,7 +287,10 @@ async fn decide(
             | VerifyCode::QuotaExceeded
             | VerifyCode::Forbidden,
             Some(verified),
-        ) => VerifyResponse::about(&verified, code, Some(detail), missing),
+        ) => VerifyResponse {
+            quota: spent,
+            ..VerifyResponse::about(&verified, code, Some(detail), missing)
+        },
         _ => VerifyResponse::refused(code, detail),
     };
     Ok((code, render(&answer)))

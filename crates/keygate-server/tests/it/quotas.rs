@@ -100,6 +100,21 @@ async fn a_quota_admits_its_limit_then_refuses_until_the_period_refills() {
         body["detail"].as_str().unwrap().contains("quota of 3"),
         "{body}"
     );
+    // Verify says the same, with when the quota refills.
+    let verdict = server
+        .expect(
+            200,
+            Method::POST,
+            "/v1/verify",
+            &server.token,
+            Some(json!({"credential": secret})),
+        )
+        .await;
+    assert_eq!(verdict["code"], "QUOTA_EXCEEDED", "{verdict}");
+    assert_eq!(
+        verdict["quota"],
+        json!({"limit": 3, "remaining": 0, "resets_at": resets_at.to_string()})
+    );
 
     // A second before the refill, still spent; at it, full again.
     server.clock.set(Timestamp::from_unix(resets_at.unix() - 1));
@@ -135,7 +150,8 @@ async fn a_quota_admits_its_limit_then_refuses_until_the_period_refills() {
             .sum()
     };
     assert_eq!(count("valid"), 4, "{usage}");
-    assert_eq!(count("quota_exceeded"), 2, "{usage}");
+    // Two at forward-auth, one at verify.
+    assert_eq!(count("quota_exceeded"), 3, "{usage}");
 }
 
 /// What a request costs: `X-Keygate-Cost` on forward-auth, `cost` in verify; a cost of 0 passes
@@ -224,6 +240,11 @@ async fn requests_cost_what_the_proxy_says_and_refusals_cost_nothing() {
     assert_eq!(verdict["code"], "QUOTA_EXCEEDED");
     assert_eq!(verdict["valid"], false);
     assert_eq!(verdict["credential_id"], id.as_str());
+    // The refusal says which quota and what is left of it (one, less than the cost).
+    assert_eq!(
+        verdict["quota"],
+        json!({"limit": 10, "remaining": 1, "resets_at": null})
+    );
     let refused = forward(&server, &secret, &cost("2")).await;
     assert!(
         refused.headers().get("retry-after").is_none(),
