@@ -121,6 +121,7 @@ on_every_backend!(
     signing_keys_rotate_one_generation_at_a_time,
     signing_keys_of_every_algorithm_are_kept_as_given,
     eddsa_keys_made_before_0006_are_kept_by_it,
+    built_in_roles_are_as_old_as_the_first_tenant,
     usage_from_several_nodes_sums_into_minutes_hours_and_days,
     usage_reads_group_filter_and_bound_buckets,
     usage_is_read_in_the_scope_and_below_only,
@@ -1879,6 +1880,44 @@ async fn eddsa_keys_made_before_0006_are_kept_by_it(db: TestDb) {
             (new.kid.as_str(), SigningAlgorithm::Es256, None)
         ]
     );
+}
+
+/// The built-in roles are dated by bootstrap, and a store bootstrapped when they were dated 0
+/// (1970) is dated by its migration (run again here, as on a store that never had it).
+async fn built_in_roles_are_as_old_as_the_first_tenant(db: TestDb) {
+    let o = owned(db).await;
+    let roles = o.caller.require::<perm::RolesRead>().unwrap().reads();
+    let dates = || async {
+        let owner = RoleId::parse("rol_owner").unwrap();
+        o.store
+            .get_role(&roles, &owner)
+            .await
+            .unwrap()
+            .unwrap()
+            .created_at
+    };
+    assert_eq!(dates().await, NOW);
+
+    let (undate, forget) = (
+        "UPDATE roles SET created_at = 0 WHERE tenant_id IS NULL",
+        "DELETE FROM _sqlx_migrations WHERE description = 'built in roles dated'",
+    );
+    if o._db.url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&o._db.url).await.unwrap();
+        for sql in [undate, forget] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        crate::sqlite::MIGRATOR.run(&pool).await.unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(&o._db.url).await.unwrap();
+        for sql in [undate, forget] {
+            sqlx::query(sql).execute(&pool).await.unwrap();
+        }
+        crate::postgres::MIGRATOR.run(&pool).await.unwrap();
+        pool.close().await;
+    }
+    assert_eq!(dates().await, NOW);
 }
 
 async fn signing_keys_of_every_algorithm_are_kept_as_given(db: TestDb) {

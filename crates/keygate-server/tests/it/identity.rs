@@ -928,6 +928,15 @@ async fn roles_are_listed_newest_first_the_built_in_ones_last(backend: Backend) 
         }
     }
     assert_eq!(paged, all);
+    // The built-in ones are as old as the deployment (they showed 1970-01-01).
+    let owner = server
+        .expect(200, Method::GET, "/v1/roles/rol_owner", &server.token, None)
+        .await;
+    assert_eq!(
+        owner["created_at"],
+        crate::harness::START.to_string(),
+        "{owner}"
+    );
 }
 
 async fn roles_define_permissions_and_changes_apply_at_once(backend: Backend) {

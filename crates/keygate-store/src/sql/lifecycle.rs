@@ -37,6 +37,12 @@ impl Store for SqlStore {
             return Err(StoreError::AlreadyInitialized);
         }
         insert_tenant(&mut tx, &b.tenant).await?;
+        // The built-in roles are as old as the deployment's first tenant.
+        sqlx::query("UPDATE roles SET created_at = $1 WHERE tenant_id IS NULL")
+            .bind(b.tenant.created_at.unix())
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
         insert_user(&mut tx, &b.user, &b.password_hash).await?;
         insert_credential(&mut tx, &b.token).await?;
         insert_event(&mut tx, &b.event).await?;
