@@ -105,11 +105,23 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
                 let (username, credential) = decode_basic(rest)?;
                 basic_username = Some(username);
                 found.push(Cow::Owned(credential))?;
-            } else {
+            } else if rest.is_empty() {
+                // One word: most likely a credential sent without its scheme, which is never
+                // repeated back (answers end up in logs).
+                return Err(ApiError::unauthenticated(
+                    "the Authorization header needs a scheme before the credential: \
+                     `Bearer <credential>`, `Token <credential>` or Basic"
+                        .to_owned(),
+                ));
+            } else if is_scheme_name(scheme) {
                 return Err(ApiError::unauthenticated(format!(
-                    "the Authorization scheme `{}` is not supported; use Bearer, Token or Basic",
-                    scheme.chars().take(32).collect::<String>()
+                    "the Authorization scheme `{scheme}` is not supported; use Bearer, Token or Basic"
                 )));
+            } else {
+                return Err(ApiError::unauthenticated(
+                    "the Authorization scheme is not supported; use Bearer, Token or Basic"
+                        .to_owned(),
+                ));
             }
         } else if name == APIKEY || name == X_API_KEY {
             let value = value
@@ -159,6 +171,16 @@ pub fn extract(headers: &HeaderMap) -> Result<Option<Presented<'_>>, ApiError> {
         as_tenant,
         user_agent,
     }))
+}
+
+/// Whether `scheme` reads as the name of an HTTP authentication scheme (`Digest`, `Negotiate`,
+/// `AWS4-HMAC-SHA256`) rather than a credential: short, letters, digits and dashes, no `_`
+/// (which every keygate credential has).
+fn is_scheme_name(scheme: &str) -> bool {
+    scheme.len() <= 20
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 fn decode_basic(encoded: &str) -> Result<(String, String), ApiError> {

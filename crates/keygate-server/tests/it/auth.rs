@@ -126,6 +126,42 @@ async fn missing_malformed_unknown_and_foreign_credentials_are_401_with_reasons(
     let foreign = lynk.generate(CredentialKind::Service).unwrap();
     let response = server.whoami(&[("apikey", foreign.expose())]).await;
     problem(response, 401, "unauthenticated").await;
+
+    // A credential without its scheme: told what is missing, and never repeated back, not a
+    // character of it (an answer may be logged). An unknown scheme is named.
+    let body = problem(
+        server.whoami(&[("authorization", &server.token)]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let detail = body["detail"].as_str().unwrap();
+    assert!(detail.contains("needs a scheme"), "{detail}");
+    assert!(!detail.contains(&server.token[..12]), "{detail}");
+    let pasted = format!("{} {}", server.token, server.token);
+    let body = problem(
+        server.whoami(&[("authorization", &pasted)]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let detail = body["detail"].as_str().unwrap();
+    assert!(!detail.contains(&server.token[..12]), "{detail}");
+    let body = problem(
+        server
+            .whoami(&[("authorization", "Digest username=\"a\"")])
+            .await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("`Digest` is not supported"),
+        "{body}"
+    );
 }
 
 async fn a_test_server_accepts_only_test_credentials(backend: Backend) {
