@@ -274,8 +274,27 @@ async fn init(
                 path.display()
             );
         }
-        None if json => println!("{}", report.to_json()),
-        None => print!("{}", report.to_text(&base)),
+        None => {
+            let printed = if json {
+                format!("{}\n", report.to_json())
+            } else {
+                report.to_text(&base)
+            };
+            let mut stdout = std::io::stdout().lock();
+            if let Err(error) = stdout
+                .write_all(printed.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                // As with a file: the store cannot be initialised again, so the credentials
+                // must not be lost with standard output.
+                eprintln!(
+                    "keygate init: the store IS initialised, but printing the credentials \
+                     failed: {error}. They are below, and only here; keep them.\n"
+                );
+                eprintln!("{}", report.to_text(&base));
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -301,12 +320,14 @@ async fn serve(config: Config, email: &str, reload: Reload) -> anyhow::Result<Ex
     let listen = config.listen;
     raise_open_files_limit();
     let state = AppState::open(config, Arc::new(SystemClock)).await?;
+    // Bound before an empty store is bootstrapped: a start that cannot listen (the address in
+    // use) changes nothing, rather than making credentials it never prints.
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}; nothing was changed"))?;
     let report = state.bootstrap_if_empty(email).await?;
     let shutdown = shutdown_signal()?;
     let _reloader = reload_on_hangup(state.clone(), reload)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     if let Some(report) = report {
         // Printed straight to stderr, not logged: log pipelines keep what they receive. After
         // binding, so it names the address that answers.

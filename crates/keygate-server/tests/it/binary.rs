@@ -340,6 +340,59 @@ fn the_first_serve_bootstraps_on_stderr_and_the_next_does_not() {
     );
 }
 
+/// A first start that cannot listen (the address taken) bootstraps nothing: credentials that
+/// were never printed would leave a store nobody can sign in to. The next start, on a free
+/// address, bootstraps and prints them.
+#[test]
+fn a_first_serve_that_cannot_listen_changes_nothing() {
+    let dir = Dir::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let output = dir
+        .keygate()
+        .env("KEYGATE_LISTEN", &address)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("cannot listen"), "{message}");
+    assert!(message.contains("nothing was changed"), "{message}");
+    assert!(!message.contains("kg_service_live_"), "{message}");
+    drop(taken);
+
+    let serve = Serve::start(&dir, &[]);
+    let (status, log) = serve.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("  token:    kg_service_live_"), "{log}");
+}
+
+/// `init` whose standard output cannot be written (a full disk, a closed pipe) has still
+/// initialised the store: the credentials go to standard error, never lost, and it fails.
+#[cfg(target_os = "linux")]
+#[test]
+fn init_whose_output_fails_keeps_the_credentials_on_stderr() {
+    let dir = Dir::new();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let output = dir
+        .keygate()
+        .args(["init", "--json"])
+        .stdout(full)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "a failure, not a panic");
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains("IS initialised"), "{message}");
+    assert!(
+        message.contains("  token:    kg_service_live_"),
+        "{message}"
+    );
+    assert!(!message.contains("panicked"), "{message}");
+}
+
 #[tokio::test]
 async fn every_request_has_its_access_line_in_text_or_json_unless_turned_off() {
     let dir = Dir::new();
