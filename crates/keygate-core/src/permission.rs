@@ -440,10 +440,20 @@ impl PermissionSet {
                 Wildcards::Only(_) => false,
             };
             if !held {
-                beyond.push(format!(
-                    "every permission but on {}",
-                    except.iter().cloned().collect::<Vec<_>>().join(", ")
-                ));
+                // Named as the patterns it is made of: a wildcard on each resource it covers
+                // that this set does not hold as one, or `*` when this set holds each of today's
+                // (what it lacks is then the resources declared later).
+                let wanting: BTreeSet<&str> = granted
+                    .iter()
+                    .map(Permission::resource)
+                    .filter(|resource| !except.contains(*resource))
+                    .filter(|resource| !self.0.1.covers(&Pattern::Resource((*resource).to_owned())))
+                    .collect();
+                if wanting.is_empty() {
+                    beyond.push(Pattern::All.to_string());
+                } else {
+                    beyond.extend(wanting.into_iter().map(|resource| format!("{resource}:*")));
+                }
             }
         }
         beyond
@@ -677,12 +687,23 @@ mod tests {
             "tenants:read",
             "tenants:impersonate",
         ]);
+        // What is lacking is named as patterns a client can read (it was a phrase): the
+        // wildcards of the resources not listed, and `*` once every resource of today is.
+        let lacking = everything_listed.lacks(&admin);
+        assert!(lacking.contains(&"webhooks:*".to_owned()), "{lacking:?}");
         assert!(
-            everything_listed
-                .lacks(&admin)
-                .iter()
-                .any(|b| b.starts_with("every permission"))
+            lacking.iter().all(|b| Pattern::parse(b).is_ok()),
+            "{lacking:?}"
         );
+        let mut every_resource: Vec<String> = names(&admin)
+            .iter()
+            .map(|p| p.split_once(':').unwrap().0)
+            .filter(|resource| *resource != "tenants")
+            .map(|resource| format!("{resource}:*"))
+            .collect();
+        every_resource.dedup();
+        every_resource.extend(["tenants:read".to_owned(), "tenants:impersonate".to_owned()]);
+        assert_eq!(today.expand(&every_resource).lacks(&admin), ["*"]);
 
         // Narrowing keeps the wildcards both sides hold.
         let narrowed = admin.intersect(&today.expand(&["zones:*", "tokens:read"]));

@@ -479,11 +479,16 @@ async fn privilege_escalation_is_refused_everywhere(backend: Backend) {
         )
         .await;
     let body = problem(response, 403, "privilege-escalation").await;
+    let missing = body["missing_permissions"].as_array().unwrap();
+    assert!(missing.contains(&json!("users:write")), "{body}");
+    // The admin role's wildcard is named as patterns, each a permission or `resource:*`.
+    assert!(missing.contains(&json!("users:*")), "{body}");
     assert!(
-        body["missing_permissions"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("users:write"))
+        missing.iter().all(|p| {
+            let p = p.as_str().unwrap();
+            !p.contains(' ') && (p == "*" || p.split_once(':').is_some())
+        }),
+        "{body}"
     );
 
     // An admin cannot make an owner, nor a role with tenants:write.
