@@ -123,7 +123,7 @@ pub enum Denial {
     #[error(transparent)]
     Forbidden(Forbidden),
     /// Step 8: a quota that cannot pay for the request.
-    #[error("{}", quota_spent(.pool, .limit, .retry_after))]
+    #[error("{}", quota_spent(.pool, .limit, .left, .retry_after))]
     QuotaExceeded {
         /// Whether it is a tenant's pool rather than the credential's own quota.
         pool: bool,
@@ -156,15 +156,20 @@ impl Denial {
     }
 }
 
-fn quota_spent(pool: &bool, limit: &u64, retry_after: &Option<u64>) -> String {
+fn quota_spent(pool: &bool, limit: &u64, left: &u64, retry_after: &Option<u64>) -> String {
     let whose = if *pool {
         "the organization's pool"
     } else {
         "this credential's quota"
     };
+    // With something left, the request cost more than that: a cheaper one would still pass.
+    let state = match left {
+        0 => "is spent".to_owned(),
+        left => format!("has {left} left, less than this request costs"),
+    };
     match retry_after {
-        Some(seconds) => format!("{whose} of {limit} requests is spent; it refills in {seconds} s"),
-        None => format!("{whose} of {limit} requests is spent, and it does not refill"),
+        Some(seconds) => format!("{whose} of {limit} requests {state}; it refills in {seconds} s"),
+        None => format!("{whose} of {limit} requests {state}, and it does not refill"),
     }
 }
 

@@ -250,7 +250,12 @@ async fn requests_cost_what_the_proxy_says_and_refusals_cost_nothing() {
         refused.headers().get("retry-after").is_none(),
         "total never refills"
     );
-    problem(refused, 429, "quota-exceeded").await;
+    let body = problem(refused, 429, "quota-exceeded").await;
+    assert_eq!(
+        body["detail"],
+        "this credential's quota of 10 requests has 1 left, less than this request costs, \
+         and it does not refill"
+    );
     assert_eq!(quota_of(&server, &path).await["remaining"], 1);
 
     let last = forward(&server, &secret, &from).await;
