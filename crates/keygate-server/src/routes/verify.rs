@@ -253,6 +253,11 @@ async fn decide(
         | Denial::ActingAsUnknown(_) => VerifyCode::Malformed,
     };
     let detail = match &denied.denial {
+        Denial::IpNotAllowed(_) if request.ip.is_none() => {
+            "the credential may be used from some networks only: give the client's address as \
+             `ip`"
+                .to_owned()
+        }
         Denial::IpNotAllowed(_) => {
             "the client address is outside the credential's allowed networks".to_owned()
         }

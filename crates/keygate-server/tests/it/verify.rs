@@ -617,6 +617,13 @@ async fn every_path_checks_address_then_rate_limit_then_permissions(backend: Bac
     // Nor is a restricted credential verified without an address: refused, not guessed.
     let body = ok_json(verify(&server, &server.token, json!({"credential": pinned})).await).await;
     assert_eq!(body["code"], "IP_NOT_ALLOWED");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("give the client's address as `ip`"),
+        "the detail says what is missing: {body}"
+    );
     let body = ok_json(
         verify(
             &server,
