@@ -67,23 +67,40 @@ pub enum EventSelection {
 impl EventSelection {
     /// Checks a request's list: `["*"]`, or known types, at least one. The error is the message
     /// for the field.
-    pub fn parse(types: &[String]) -> Result<Self, String> {
+    /// The selection `types` name; refused with the index of the entry at fault, if one is,
+    /// and why.
+    pub fn parse(types: &[String]) -> Result<Self, (Option<usize>, String)> {
         if types.is_empty() {
-            return Err("name at least one event type, or `*` for all of them".into());
+            return Err((
+                None,
+                "name at least one event type, or `*` for all of them".into(),
+            ));
         }
-        if types.iter().any(|t| t == "*") {
+        if let Some(at) = types.iter().position(|t| t == "*") {
             return if types.len() == 1 {
                 Ok(Self::All)
             } else {
-                Err("`*` already means every event type: give it alone".into())
+                Err((
+                    Some(at),
+                    "`*` already means every event type: give it alone".into(),
+                ))
             };
         }
         let mut only: Vec<String> = Vec::with_capacity(types.len());
-        for name in types {
+        for (at, name) in types.iter().enumerate() {
             if !EVENT_TYPES.contains(&name.as_str()) {
-                return Err(format!(
-                    "`{name}` is not an event type; known: {}",
-                    EVENT_TYPES.join(", ")
+                // An audit action (`token.create`) for the event it announces (`token.created`).
+                let meant = EVENT_TYPES
+                    .iter()
+                    .find(|known| !name.is_empty() && known.starts_with(name.as_str()))
+                    .map(|known| format!(" (did you mean `{known}`?)"))
+                    .unwrap_or_default();
+                return Err((
+                    Some(at),
+                    format!(
+                        "`{name}` is not an event type{meant}; known: {}",
+                        EVENT_TYPES.join(", ")
+                    ),
                 ));
             }
             if !only.contains(name) {

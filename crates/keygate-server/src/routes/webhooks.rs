@@ -228,7 +228,10 @@ pub async fn check_url(guard: &Guard, text: &str) -> Result<(String, Vec<Warning
 }
 
 fn check_events(events: &[String]) -> Result<EventSelection, FieldError> {
-    EventSelection::parse(events).map_err(|message| field("events", message))
+    EventSelection::parse(events).map_err(|(at, message)| match at {
+        Some(at) => field(&format!("events[{at}]"), message),
+        None => field("events", message),
+    })
 }
 
 /// An optional description, checked as every other (at most its length as sent, no control

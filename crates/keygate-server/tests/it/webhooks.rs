@@ -497,6 +497,24 @@ async fn webhook_targets_are_checked_at_creation_and_delivery() {
         2,
         "both fields named: {body}"
     );
+    // The entry at fault is named, and an audit action is told the event it announces.
+    let audit_action = server
+        .call(
+            Method::POST,
+            "/v1/webhooks",
+            &server.token,
+            Some(json!({"url": "https://hooks.example.com/a", "events": ["user.created", "token.create"]})),
+        )
+        .await;
+    let body = problem(audit_action, 400, "invalid-request").await;
+    assert_eq!(body["errors"][0]["field"], "events[1]", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did you mean `token.created`?"),
+        "{body}"
+    );
     let listed = ok_json(
         server
             .call(Method::GET, "/v1/webhooks", &server.token, None)
