@@ -193,7 +193,11 @@ impl Sessions<'_> {
         )?;
         self.store.create_session(&session, &event).await?;
         Ok(SignedIn {
-            user,
+            // As the store now has it: this sign-in is the last.
+            user: User {
+                last_sign_in_at: Some(now),
+                ..user
+            },
             secret,
             expires_at,
         })

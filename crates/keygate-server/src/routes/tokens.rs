@@ -543,9 +543,28 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let (deleted, _) = revoke(&state, &caller, &meta, std::slice::from_ref(&id), 204).await?;
     if deleted.is_empty() {
-        return Err(not_found(&id));
+        return Err(not_revoked(&state, &caller, &id).await);
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Why `id` was not revoked: a token the caller can read that was revoked before is said to be
+/// (reads still show it); anything else does not exist, as far as the caller may know.
+async fn not_revoked(state: &AppState, caller: &Caller, id: &str) -> ApiError {
+    let (Ok(grant), Some(token_id)) = (
+        caller.require::<perm::TokensRead>(),
+        CredentialId::parse_any(id),
+    ) else {
+        return not_found(id);
+    };
+    match state.store().get_token(&grant.reads(), &token_id).await {
+        Ok(Some(token))
+            if token.revoked_at.is_some() && visible(&token, &personal_visibility(caller)) =>
+        {
+            ApiError::not_found(format!("token `{id}` is already revoked"))
+        }
+        _ => not_found(id),
+    }
 }
 
 /// Revoke several tokens

@@ -5,7 +5,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{Backend, TestServer, ok_json, problem};
+use crate::harness::{Backend, START, TestServer, ok_json, problem};
 
 on_every_backend!(
     the_personal_token_story,
@@ -81,6 +81,21 @@ async fn the_personal_token_story(backend: Backend) {
     assert_eq!(me["principal"]["id"], user_id.as_str());
     assert_eq!(me["principal"]["email"], "ada@example.com");
     assert_eq!(me["credential"]["kind"], "session");
+    // The sign-in's answer shows the user as they are now: signed in last just then.
+    let answer = ok_json(
+        server
+            .post("/v1/auth/login")
+            .json(&json!({"email": "ada@example.com", "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        answer["user"]["last_sign_in_at"],
+        START.to_string(),
+        "{answer}"
+    );
 
     // The session creates a personal token for its user.
     let created = server
@@ -573,7 +588,8 @@ async fn revocation_single_and_bulk_with_warnings(backend: Backend) {
         "unauthenticated",
     )
     .await;
-    server
+    // Revoked before: still a 404, saying so (reads still show the token).
+    let again = server
         .expect(
             404,
             Method::DELETE,
@@ -582,6 +598,11 @@ async fn revocation_single_and_bulk_with_warnings(backend: Backend) {
             None,
         )
         .await;
+    assert_eq!(
+        again["detail"],
+        format!("token `{}` is already revoked", ids[0]),
+        "{again}"
+    );
 
     let path = format!("/v1/tokens?id={}&id=tok_doesnotexist&id={}", ids[1], ids[2]);
     let body = server
