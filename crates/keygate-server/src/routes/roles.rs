@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Authenticated;
 use crate::json::Json;
-use crate::problem::ApiError;
+use crate::problem::{ApiError, FieldError};
 use crate::request::{Meta, PageQuery, Query, not_a_cursor};
 use crate::state::AppState;
 use crate::views::{List, permission_names};
@@ -70,14 +70,39 @@ pub async fn resolve(
     scope: &Scope<perm::RolesRead>,
     text: &str,
 ) -> Result<Role, ApiError> {
-    let missing = || ApiError::not_found(format!("there is no role `{text}` in this tenant"));
-    match RoleRef::parse(text).ok_or_else(missing)? {
-        RoleRef::Builtin(builtin) => Ok(roles::builtin(builtin)),
-        RoleRef::Id(id) => state
-            .store()
-            .get_role(scope, &id)
-            .await?
-            .ok_or_else(missing),
+    find(state, scope, text)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("there is no role `{text}` in this tenant")))
+}
+
+/// The role a request body's `role` names (an id or a built-in name) in the caller's scope. One
+/// it cannot see is a value like any invalid one: a 400 naming the field (a 404 would read as a
+/// wrong URL), the same whether it exists in another tenant or nowhere.
+pub async fn named(
+    state: &AppState,
+    scope: &Scope<perm::RolesRead>,
+    text: &str,
+) -> Result<Role, ApiError> {
+    find(state, scope, text).await?.ok_or_else(|| {
+        ApiError::invalid_fields(vec![FieldError {
+            field: "role".into(),
+            message: format!(
+                "there is no role `{text}` in this tenant: give a role id (rol_…) or owner, \
+                 admin, member or viewer"
+            ),
+        }])
+    })
+}
+
+async fn find(
+    state: &AppState,
+    scope: &Scope<perm::RolesRead>,
+    text: &str,
+) -> Result<Option<Role>, ApiError> {
+    match RoleRef::parse(text) {
+        None => Ok(None),
+        Some(RoleRef::Builtin(builtin)) => Ok(Some(roles::builtin(builtin))),
+        Some(RoleRef::Id(id)) => Ok(state.store().get_role(scope, &id).await?),
     }
 }
 

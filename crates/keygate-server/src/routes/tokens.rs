@@ -263,7 +263,6 @@ pub(crate) fn visible(token: &Credential, visibility: &PersonalTokens) -> bool {
     responses(
         (status = 201, description = "Created; `secret` is shown only here", body = CreatedToken),
         (status = 403, description = "forbidden (e.g. a service token creating a personal one) or privilege-escalation"),
-        (status = 404, description = "No such role in this tenant"),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -294,9 +293,7 @@ pub(crate) async fn create_token(
                         .into(),
             }]));
         }
-        (TokenKind::Service, Some(role)) => {
-            Some(roles::resolve(state, &grant.reads(), role).await?)
-        }
+        (TokenKind::Service, Some(role)) => Some(roles::named(state, &grant.reads(), role).await?),
         _ => None,
     };
     let input = NewToken {

@@ -134,7 +134,6 @@ pub async fn list(
     responses(
         (status = 201, body = CreatedUser),
         (status = 403, description = "Missing users:write, or privilege-escalation"),
-        (status = 404, description = "No such role in this tenant"),
         (status = 409, description = "The email is taken"),
     ))]
 pub async fn create(
@@ -157,7 +156,7 @@ pub(crate) async fn create_user(
 ) -> Result<CreatedUser, ApiError> {
     let grant = caller.require::<perm::UsersWrite>()?;
     let now = state.clock().now();
-    let role = roles::resolve(state, &grant.reads(), &request.role).await?;
+    let role = roles::named(state, &grant.reads(), &request.role).await?;
     let input = NewUser {
         email: request.email,
         name: request.name,
@@ -251,7 +250,7 @@ pub(crate) async fn update_user(
         .ok_or_else(|| not_found(id))?;
     let current_role = roles::resolve(state, &grant.reads(), user.role_id.as_str()).await?;
     let new_role = match &request.role {
-        Some(role) => Some(roles::resolve(state, &grant.reads(), role).await?),
+        Some(role) => Some(roles::named(state, &grant.reads(), role).await?),
         None => None,
     };
     let change = UserChange {

@@ -430,14 +430,10 @@ async fn a_users_role_changes_and_a_disabled_user_cannot_sign_in_until_enabled(b
         &[("csrf", &csrf), ("role", "rol_0000000000000000000000")],
     )
     .await;
-    assert_eq!(unknown.status(), 404);
-    assert!(
-        unknown
-            .text()
-            .await
-            .unwrap()
-            .contains("Nothing was changed")
-    );
+    assert_eq!(unknown.status(), 400);
+    let page = unknown.text().await.unwrap();
+    assert!(page.contains("Nothing was changed"), "{page}");
+    assert!(page.contains("there is no role"), "{page}");
     assert_eq!(get_user(&server, &mia).await["role"], "rol_viewer");
 }
 

@@ -1142,7 +1142,49 @@ async fn roles_define_permissions_and_changes_apply_at_once(backend: Backend) {
             Some(json!({"kind": "service", "name": "x", "role": "rol_0VbgSomeoneElses"})),
         )
         .await;
-    problem(response, 404, "not-found").await;
+    // A role the body names that is not here is a bad value of that field (it was a 404, which
+    // reads as a wrong URL), for a token, a user, an OAuth client and a user's new role alike.
+    let body = problem(response, 400, "invalid-request").await;
+    assert_eq!(body["errors"][0]["field"], "role", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("there is no role `rol_0VbgSomeoneElses`"),
+        "{body}"
+    );
+    let user = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/users",
+            &server.token,
+            Some(json!({"email": "role@example.com", "name": "R", "role": "viewer"})),
+        )
+        .await;
+    let user_path = format!("/v1/users/{}", user["id"].as_str().unwrap());
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/v1/users",
+            json!({"email": "r2@example.com", "name": "R", "role": "viewr"}),
+        ),
+        (
+            Method::POST,
+            "/v1/oauth/clients",
+            json!({"name": "c", "role": "rol_nope"}),
+        ),
+        (Method::PATCH, user_path.as_str(), json!({"role": "viewr"})),
+    ] {
+        let response = server
+            .call(method.clone(), path, &server.token, Some(body))
+            .await;
+        let refused = problem(response, 400, "invalid-request").await;
+        assert_eq!(
+            refused["errors"][0]["field"], "role",
+            "{method} {path}: {refused}"
+        );
+    }
 }
 
 async fn bad_input_changes_nothing(backend: Backend) {

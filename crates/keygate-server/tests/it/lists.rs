@@ -51,7 +51,6 @@ async fn three(server: &TestServer, path: &str, body: impl Fn(usize) -> Value) -
         let id = ["id", "client_id"]
             .iter()
             .find_map(|key| created[key].as_str())
-            .or_else(|| created["user"]["id"].as_str())
             .or_else(|| created["tenant"]["id"].as_str())
             .unwrap_or_else(|| panic!("no id in {created}"));
         made.push(id.to_owned());

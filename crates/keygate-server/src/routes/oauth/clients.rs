@@ -135,7 +135,6 @@ pub(crate) fn client_id(id: &str) -> Result<CredentialId, ApiError> {
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 401, body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "forbidden or privilege-escalation", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such role in this tenant", body = Problem, content_type = "application/problem+json"),
         (status = 413, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
     ))]
@@ -158,7 +157,7 @@ pub(crate) async fn create_client(
 ) -> Result<CreatedClient, ApiError> {
     let grant = caller.require::<perm::OauthClientsWrite>()?;
     let now = state.clock().now();
-    let role = roles::resolve(state, &grant.reads(), &request.role).await?;
+    let role = roles::named(state, &grant.reads(), &request.role).await?;
     let input = NewClient {
         name: request.name,
         description: request.description,
