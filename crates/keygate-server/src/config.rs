@@ -553,7 +553,7 @@ pub struct Overrides {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0}")]
+    #[error("{}", described(.0))]
     Load(Box<figment::Error>),
     #[error("cannot read {var} ({path}): {source}")]
     SecretFile {
@@ -563,6 +563,44 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+}
+
+/// Each of a load's errors on a line, the key as its source spells it (`tls.cert_path` in a file,
+/// `KEYGATE_TLS__CERT_PATH` in the environment) and where it came from; an unknown key with the
+/// keys known at its place.
+fn described(error: &figment::Error) -> String {
+    use figment::error::Kind;
+    error
+        .clone()
+        .into_iter()
+        .map(|error| {
+            let dotted = error.path.join(".");
+            let (key, from) = match &error.metadata {
+                Some(metadata) => match &metadata.source {
+                    // The layers made in code: the flags, and the `KEYGATE_…_FILE` secrets.
+                    Some(figment::Source::Code(_)) => (
+                        dotted,
+                        " (from a command-line flag or a KEYGATE_…_FILE)".to_owned(),
+                    ),
+                    Some(source) => (dotted, format!(" in {source}")),
+                    None if metadata.name.contains("environment") => (
+                        format!("{ENV_PREFIX}{}", error.path.join("__").to_ascii_uppercase()),
+                        " in the environment".to_owned(),
+                    ),
+                    None => (dotted, format!(" from {}", metadata.name)),
+                },
+                None => (dotted, String::new()),
+            };
+            match &error.kind {
+                Kind::UnknownField(_, known) => format!(
+                    "unknown key `{key}`{from}; the keys there are: {}",
+                    known.join(", ")
+                ),
+                kind => format!("`{key}`{from}: {kind}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl Config {
@@ -887,7 +925,10 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("KEYGATE_LISTN", "x");
             let error = load(jail, None, &Overrides::default()).unwrap_err();
-            assert!(error.contains("listn"), "{error}");
+            assert!(
+                error.contains("`KEYGATE_LISTN` in the environment"),
+                "{error}"
+            );
             Ok(())
         });
         Jail::expect_with(|jail| {
@@ -1058,7 +1099,7 @@ mod tests {
         for (vars, needle) in [
             (
                 &[("KEYGATE_API__V1__DEPRECATED_AT", "next year")][..],
-                "api.v1.deprecated_at",
+                "keygate_api__v1__deprecated_at",
             ),
             (
                 &[("KEYGATE_API__V1__SUNSETAT", "2027-01-01T00:00:00Z")],
@@ -1087,7 +1128,7 @@ mod tests {
                 for (var, value) in vars {
                     jail.set_env(var, value);
                 }
-                // figment names an environment variable's key in its own case.
+                // A variable's key is named as the variable (the checks after loading, as the key).
                 let error = load(jail, None, &Overrides::default()).unwrap_err();
                 assert!(error.to_lowercase().contains(needle), "{vars:?}: {error}");
                 Ok(())

@@ -629,7 +629,25 @@ fn config_check_names_unknown_keys_and_masks_secrets() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     let message = String::from_utf8_lossy(&bad.stderr);
-    assert!(message.contains("listn"), "{message}");
+    assert!(
+        message.contains("unknown key `KEYGATE_LISTN` in the environment"),
+        "{message}"
+    );
+    // In a file: the key as the file spells it (no profile), the file, and the keys known there.
+    std::fs::write(dir.0.path().join("bad.toml"), "[limits]\nbody_byte = 1\n").unwrap();
+    let bad = dir
+        .keygate()
+        .args(["--config", "bad.toml", "config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        message.contains("unknown key `limits.body_byte` in bad.toml; the keys there are: "),
+        "{message}"
+    );
+    assert!(message.contains("body_bytes"), "{message}");
+    assert!(!message.contains("default."), "{message}");
 
     let good = dir
         .keygate()
