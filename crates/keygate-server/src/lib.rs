@@ -161,10 +161,20 @@ pub fn router(state: AppState) -> Router {
     api.route_layer(metrics::CountLayer::new(state.metrics_shared()))
         .merge(explorer::router(document))
         .merge(console::router())
-        .fallback(|| async { ApiError::not_found("there is no such route; see /openapi.json") })
+        .fallback(|uri: axum::http::Uri| async move { no_route(uri.path()) })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .with_state(state)
+}
+
+/// The 404 of a path no route takes; one with a trailing slash is told the routes take none.
+fn no_route(path: &str) -> ApiError {
+    match path.strip_suffix('/') {
+        Some(trimmed) if !trimmed.is_empty() => ApiError::not_found(format!(
+            "there is no such route; paths end without a slash: `{trimmed}`? (see /openapi.json)"
+        )),
+        _ => ApiError::not_found("there is no such route; see /openapi.json"),
+    }
 }
 
 /// How often audit events past `audit.retention_days` and usage buckets past `usage.*` are

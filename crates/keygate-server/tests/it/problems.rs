@@ -19,6 +19,13 @@ async fn unknown_routes_are_404_problems(backend: Backend) {
         let response = server.get(path).send().await.unwrap();
         problem(response, 404, "not-found").await;
     }
+    // A trailing slash is told the path without it.
+    let response = server.get("/v1/whoami/").send().await.unwrap();
+    let body = problem(response, 404, "not-found").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("`/v1/whoami`?"),
+        "{body}"
+    );
 }
 
 async fn wrong_methods_are_405_with_allow(backend: Backend) {
