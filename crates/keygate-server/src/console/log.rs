@@ -54,10 +54,13 @@ struct EventRow {
 impl EventRow {
     /// `here`: the tenant the page shows the log of.
     fn new(event: StoredEvent, here: &str) -> Self {
-        let token_link = event
-            .token_id
-            .as_deref()
-            .is_some_and(|id| id.starts_with("tok_"));
+        // Only this organization's own tokens have a page here: one of the organization acting
+        // for it (an ancestor), or of one below it, is shown without a link that would 404.
+        let token_link = event.tenant_id == here
+            && event
+                .token_id
+                .as_deref()
+                .is_some_and(|id| id.starts_with("tok_"));
         Self {
             time: when(event.time),
             // The credential that acted is in its own column: the actor repeats only its kind.

@@ -16,6 +16,7 @@ on_every_backend!(
     the_log_pages_with_its_filters_and_exports_the_same_selection,
     a_bad_filter_is_a_message_beside_its_field,
     a_token_page_links_to_what_the_token_did,
+    only_the_organizations_own_tokens_are_linked,
 );
 
 /// The credential cell of each event row on a log page, in order.
@@ -387,4 +388,73 @@ async fn in_a_browser_the_log_reached_from_a_token_page_shows_exactly_its_action
     browser.click("form.filters button[type=submit]").await;
     browser.find("#from-error").await;
     audit(&browser, axe, &shots, "log-bad-date").await;
+}
+
+/// A token of the organization acting for a sub-customer is named in the sub-customer's log, but
+/// not linked: its page is not the sub-customer's to see (the link was a 404). The same for a
+/// sub-customer's token in the parent's log. The organization's own tokens stay linked.
+async fn only_the_organizations_own_tokens_are_linked(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let created = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/tenants",
+            &server.token,
+            Some(json!({"name": "Acme", "slug": "acme",
+                "first_user": {"email": "ops@acme.example", "name": "Ops"}})),
+        )
+        .await;
+    let password = created["initial_password"].as_str().unwrap().to_owned();
+    let acting = server
+        .request(Method::POST, "/v1/tokens")
+        .bearer_auth(&server.token)
+        .header("as-tenant", "acme")
+        .json(&json!({"kind": "service", "name": "made for acme", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(acting.status(), 201);
+    let made: Value = acting.json().await.unwrap();
+    let (theirs, their_secret) = (
+        made["id"].as_str().unwrap().to_owned(),
+        made["secret"].as_str().unwrap().to_owned(),
+    );
+    // Acme's own token does something logged: a write its viewer role may not make.
+    let refused = server
+        .call(
+            Method::POST,
+            "/v1/tokens",
+            &their_secret,
+            Some(json!({"kind": "service", "name": "x", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(refused.status(), 403);
+    server.state.flush_refusals().await;
+    let root_token = server
+        .expect(200, Method::GET, "/v1/whoami", &server.token, None)
+        .await["credential"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let session = server.login("ops@acme.example", &password).await;
+    let html = log(&server, &session, "").await;
+    assert!(token_cells(&html).contains(&root_token), "named: {html}");
+    assert!(
+        !html.contains(&format!("href=\"/console/tokens/{root_token}\"")),
+        "not linked: {html}"
+    );
+    assert!(
+        html.contains(&format!("href=\"/console/tokens/{theirs}\"")),
+        "its own linked: {html}"
+    );
+    // From above: the sub-customer's token is named in the parent's log, not linked.
+    let owner = server.login(OWNER, &server.password).await;
+    let html = log(&server, &owner, "").await;
+    assert!(token_cells(&html).contains(&theirs), "named: {html}");
+    assert!(
+        !html.contains(&format!("href=\"/console/tokens/{theirs}\"")),
+        "not linked: {html}"
+    );
 }
