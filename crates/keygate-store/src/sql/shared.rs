@@ -731,10 +731,7 @@ pub(super) async fn scoped_page<T, P>(
         .bind(scope.tenant_id().as_str())
         .bind(page.cursor.as_deref())
         .bind(i64::from(page.limit) + 1);
-    let rows = bind_ids(query, page)
-        .fetch_all(pool)
-        .await
-        .map_err(store_error)?;
+    let rows = fetch_among_ids(query, page, pool).await?;
     paged(&rows, page, map, id)
 }
 
@@ -753,15 +750,17 @@ pub(super) fn among_ids(sql: &str, column: &str, fixed: usize, page: &Page) -> S
     sql.replace("{ids}", &clause)
 }
 
-/// Binds the page's ids, last, for the parameters [`among_ids`] numbered.
-pub(super) fn bind_ids<'q>(
+/// The rows of `query` with the page's ids bound last, for the parameters [`among_ids`]
+/// numbered.
+pub(super) async fn fetch_among_ids<'q>(
     mut query: sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>>,
     page: &'q Page,
-) -> sqlx::query::Query<'q, Db, <Db as sqlx::Database>::Arguments<'q>> {
+    pool: &sqlx::Pool<Db>,
+) -> Result<Vec<DbRow>, StoreError> {
     for id in &page.ids {
         query = query.bind(id.as_str());
     }
-    query
+    query.fetch_all(pool).await.map_err(store_error)
 }
 
 /// Maps the rows of a `LIMIT page.limit + 1` query: the extra row only says there is a next page.

@@ -9,7 +9,7 @@ use keygate_core::password::PasswordHashString;
 use keygate_core::store::{Change, Deletion, Page, Paged, StoreError, TenantStore};
 
 use super::shared::{
-    among_ids, bind_ids, insert_event, insert_tenant, insert_user, paged, tenant_from_row,
+    among_ids, fetch_among_ids, insert_event, insert_tenant, insert_user, paged, tenant_from_row,
 };
 use super::{SqlStore, store_error};
 
@@ -60,10 +60,7 @@ impl TenantStore for SqlStore {
             .bind(parent.as_str())
             .bind(page.cursor.as_deref())
             .bind(i64::from(page.limit) + 1);
-        let rows = bind_ids(query, page)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let rows = fetch_among_ids(query, page, &self.pool).await?;
         paged(&rows, page, tenant_from_row, |t| t.id.to_string())
     }
 

@@ -20,8 +20,8 @@ use serde_json::{Map, Value};
 use sqlx::{QueryBuilder, Row};
 
 use super::shared::{
-    among_ids, bind_ids, corrupt, insert_deliveries, insert_event, optional_timestamp, paged,
-    timestamp,
+    among_ids, corrupt, fetch_among_ids, insert_deliveries, insert_event, optional_timestamp,
+    paged, timestamp,
 };
 use super::{Db, DbRow, SHARED_BY_NODES, SqlStore, store_error};
 
@@ -192,10 +192,7 @@ impl WebhookStore for SqlStore {
             .bind(scope.tenant_id().as_str())
             .bind(page.cursor.as_deref())
             .bind(i64::from(page.limit) + 1);
-        let rows = bind_ids(query, page)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let rows = fetch_among_ids(query, page, &self.pool).await?;
         paged(&rows, page, webhook_from_row, |w| w.id.to_string())
     }
 
@@ -289,10 +286,7 @@ impl WebhookStore for SqlStore {
             .bind(webhook.as_str())
             .bind(page.cursor.as_deref())
             .bind(i64::from(page.limit) + 1);
-        let rows = bind_ids(query, page)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(store_error)?;
+        let rows = fetch_among_ids(query, page, &self.pool).await?;
         let more = rows.len() > page.limit as usize;
         let shown = &rows[..rows.len().min(page.limit as usize)];
         let items = deliveries_with_attempts(&self.pool, shown).await?;
