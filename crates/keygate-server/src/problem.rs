@@ -316,6 +316,13 @@ impl ApiError {
         self
     }
 
+    /// The same problem, said otherwise.
+    pub fn with_detail(mut self, detail: impl Into<Cow<'static, str>>) -> Self {
+        self.0.detail = Some(detail.into());
+        self.0.fixed = None;
+        self
+    }
+
     /// The problem body, for a request with this id.
     pub fn problem(&self, request_id: &str) -> Problem {
         Problem {

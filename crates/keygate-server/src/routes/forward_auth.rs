@@ -131,7 +131,9 @@ pub async fn answer(
     let proxy = ProxyHeaders::of(headers);
     let required = required(&proxy, query)?;
     let cost = cost(&proxy, query)?;
-    let (caller, quota) = admit(state, headers, Some(client), &required, cost).await?;
+    let (caller, quota) = admit(state, headers, Some(client), &required, cost)
+        .await
+        .map_err(|error| unknown_to_keygate(state, error))?;
     let mut response = allowed(&caller);
     if let Some(quota) = quota {
         response
@@ -139,6 +141,31 @@ pub async fn answer(
             .insert(QUOTA_REMAINING, HeaderValue::from(quota.remaining));
     }
     Ok(response)
+}
+
+/// A refusal for a permission the catalog does not know is the proxy's configuration at fault,
+/// not the credential: the detail says so, for the operator reading it (the answer is the same
+/// 403 naming it, which no credential could have passed).
+fn unknown_to_keygate(state: &AppState, error: ApiError) -> ApiError {
+    let unknown: Vec<&str> = error
+        .missing_permissions
+        .iter()
+        .map(String::as_str)
+        .filter(|permission| !state.catalog().contains(permission))
+        .collect();
+    if unknown.is_empty() {
+        return error;
+    }
+    let detail = format!(
+        "the check asks for {}, which keygate does not know: see X-Keygate-Require or `require` \
+         in the proxy's configuration, and the permissions in keygate's",
+        unknown
+            .iter()
+            .map(|p| format!("`{p}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    error.with_detail(detail)
 }
 
 /// The identity headers of an admitted request (API.md §9), for forward-auth's answer and for

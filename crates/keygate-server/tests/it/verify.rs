@@ -229,6 +229,14 @@ async fn forward_auth_refuses_with_problems(backend: Backend) {
     )
     .await;
     assert_eq!(body["missing_permissions"], json!(["zones:typo"]));
+    // The operator reading it is told the proxy asks for what keygate does not know.
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("asks for `zones:typo`, which keygate does not know"),
+        "{body}"
+    );
     problem(
         forward(&server, reqwest::Method::GET, &[("apikey", viewer)]).await,
         429,
