@@ -40,6 +40,8 @@ pub enum Conflict {
     WouldLockOutCaller,
     /// Rolling a token that was already rolled: its successor is the one to roll.
     AlreadyRolled,
+    /// Demoting, disabling or deleting the tenant's last active owner.
+    LastOwner,
 }
 
 impl RuleError {

@@ -37,6 +37,7 @@ pub enum ProblemCode {
     CannotDeleteCurrentKey,
     WouldLockOutCaller,
     AlreadyRolled,
+    LastOwner,
     AlreadyExists,
     TenantHasChildren,
     RoleInUse,
@@ -67,6 +68,7 @@ impl ProblemCode {
             | CannotDeleteCurrentKey
             | WouldLockOutCaller
             | AlreadyRolled
+            | LastOwner
             | AlreadyExists
             | TenantHasChildren
             | RoleInUse
@@ -99,6 +101,7 @@ impl ProblemCode {
             CannotDeleteCurrentKey => "cannot-delete-current-key",
             WouldLockOutCaller => "would-lock-out-caller",
             AlreadyRolled => "already-rolled",
+            LastOwner => "last-owner",
             AlreadyExists => "already-exists",
             TenantHasChildren => "tenant-has-children",
             RoleInUse => "role-in-use",
@@ -132,6 +135,7 @@ impl ProblemCode {
             CannotDeleteCurrentKey => "The key authenticating this request cannot be deleted",
             WouldLockOutCaller => "That allowlist would lock the caller out",
             AlreadyRolled => "The credential was already rolled",
+            LastOwner => "The organization's last owner stays",
             AlreadyExists => "It already exists",
             TenantHasChildren => "The tenant still has child tenants",
             RoleInUse => "The role is still held by users or tokens",
@@ -515,6 +519,7 @@ impl From<RuleError> for ApiError {
                     Conflict::CannotDeleteCurrentKey => ProblemCode::CannotDeleteCurrentKey,
                     Conflict::WouldLockOutCaller => ProblemCode::WouldLockOutCaller,
                     Conflict::AlreadyRolled => ProblemCode::AlreadyRolled,
+                    Conflict::LastOwner => ProblemCode::LastOwner,
                 };
                 ApiError::new(code, detail)
             }
@@ -701,6 +706,7 @@ mod tests {
             (ProblemCode::IpNotAllowed, 403),
             (ProblemCode::WouldLockOutCaller, 409),
             (ProblemCode::AlreadyRolled, 409),
+            (ProblemCode::LastOwner, 409),
             (ProblemCode::HeadersTooLarge, 431),
             (ProblemCode::NotImplemented, 501),
             (ProblemCode::UpstreamUnavailable, 502),

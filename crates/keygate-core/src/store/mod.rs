@@ -49,7 +49,7 @@ pub use usage::{
     Granularity, LastUse, MINUTE_BUCKETS_PER_HOUR, UsageBucket, UsageCount, UsageFilter,
     UsageOutcome, UsageStore,
 };
-pub use users::{Login, UserStore};
+pub use users::{Login, UserStore, UserWrite};
 pub use verification::{
     AccessTokenRecord, CredentialContext, CredentialRecord, CredentialSource, MOST_HASHES_AT_ONCE,
 };

@@ -23,6 +23,15 @@ pub struct Login {
     pub tenant_allowlist: Option<IpAllowlist>,
 }
 
+/// What a change to a user or their deletion came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserWrite {
+    Done,
+    NotFound,
+    /// It would leave the tenant with no active user holding the owner role: nothing changed.
+    LastOwner,
+}
+
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
     async fn list_users(
@@ -54,7 +63,7 @@ pub trait UserStore: Send + Sync + 'static {
         user: &User,
         password_hash: Option<&PasswordHashString>,
         event: &AuditEvent,
-    ) -> Result<Option<()>, StoreError>;
+    ) -> Result<UserWrite, StoreError>;
 
     /// Deletes a user with their personal tokens and sessions; service tokens they created stay.
     async fn delete_user(
@@ -62,7 +71,7 @@ pub trait UserStore: Send + Sync + 'static {
         grant: &Grant<perm::UsersWrite>,
         id: &UserId,
         event: &AuditEvent,
-    ) -> Result<Option<()>, StoreError>;
+    ) -> Result<UserWrite, StoreError>;
 
     /// The accounts that may be signing in with this email (compared case-insensitively), in
     /// every tenant, or only in the tenant whose slug is `organization`; oldest first, at most

@@ -7,6 +7,8 @@ use keygate_core::Timestamp;
 use keygate_core::access::{Caller, RequestMeta, perm};
 use keygate_core::id::UserId;
 use keygate_core::model::{Target, User, UserStatus};
+use keygate_core::rule::{Conflict, RuleError};
+use keygate_core::store::UserWrite;
 use keygate_core::users::{self, NewUser, UserChange};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -204,13 +206,14 @@ pub async fn get(
 /// Change a user
 ///
 /// Change a user's name, role, status or password. Needs `users:write`, and every permission of
-/// the user's current and new role.
+/// the user's current and new role. The organization's last active owner stays one.
 #[utoipa::path(patch, path = "/v1/users/{id}", tag = "users", operation_id = "updateUser",
     params(("id" = String, Path, description = "A user id")),
     request_body = UpdateUser,
     responses(
         (status = 200, body = UserView),
         (status = 404),
+        (status = 409, description = "last-owner: the organization's last active owner would no longer be one"),
     ))]
 pub async fn update(
     State(state): State<AppState>,
@@ -269,23 +272,25 @@ pub(crate) async fn update_user(
     )
     .await?;
     let event = grant.event("user.update", Some(target(&user.id)), now, meta)?;
-    state
+    let written = state
         .store()
         .update_user(&grant, &changed, password_hash.as_ref(), &event)
-        .await?
-        .ok_or_else(|| not_found(id))?;
+        .await?;
+    written_or_refused(written, id)?;
     Ok(changed.into())
 }
 
 /// Delete a user
 ///
 /// Delete a user with their sessions and personal tokens; service tokens they created keep
-/// working. Needs `users:write`, and every permission of the user's role.
+/// working. Needs `users:write`, and every permission of the user's role. The organization's
+/// last active owner is not deleted.
 #[utoipa::path(delete, path = "/v1/users/{id}", tag = "users", operation_id = "deleteUser",
     params(("id" = String, Path, description = "A user id")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 404),
+        (status = 409, description = "last-owner: the organization's last active owner"),
     ))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -317,10 +322,21 @@ pub(crate) async fn delete_user(
         .event("user.delete", Some(target(&user.id)), now, meta)?
         .with_status(204)
         .with_detail("name", user.name.clone());
-    state
-        .store()
-        .delete_user(&grant, &user.id, &event)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    Ok(())
+    let written = state.store().delete_user(&grant, &user.id, &event).await?;
+    written_or_refused(written, id)
+}
+
+/// The answer to a user's change or deletion as the store came to it.
+fn written_or_refused(written: UserWrite, id: &str) -> Result<(), ApiError> {
+    match written {
+        UserWrite::Done => Ok(()),
+        UserWrite::NotFound => Err(not_found(id)),
+        UserWrite::LastOwner => Err(RuleError::Conflict {
+            conflict: Conflict::LastOwner,
+            detail: format!(
+                "`{id}` is the organization's last active owner: make another user owner first"
+            ),
+        }
+        .into()),
+    }
 }

@@ -34,6 +34,7 @@ on_every_backend!(
     a_rolled_token_is_not_rolled_again,
     an_expiry_past_the_year_9999_is_refused,
     an_answer_showing_a_secret_is_not_to_be_stored,
+    the_last_active_owner_is_not_demoted_disabled_or_deleted,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -2105,4 +2106,112 @@ async fn a_roll_needs_what_revoking_needs_and_an_active_token(backend: Backend) 
         )
         .await;
     problem(unknown, 404, "not-found").await;
+}
+
+/// An organization keeps an active owner: its last one is not demoted, disabled or deleted
+/// (409 `last-owner`, nothing changed), by anyone, the owner themselves included; with a second
+/// owner, either may go. Two owners demoting each other at once leave one.
+async fn the_last_active_owner_is_not_demoted_disabled_or_deleted(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let first = owners(&server).await;
+    assert_eq!(first.len(), 1, "the bootstrap owner");
+    let first = &first[0];
+    let path = format!("/v1/users/{first}");
+    for (method, body) in [
+        (Method::PATCH, Some(json!({"role": "admin"}))),
+        (Method::PATCH, Some(json!({"status": "disabled"}))),
+        (Method::DELETE, None),
+    ] {
+        let response = server
+            .call(method.clone(), &path, &server.token, body)
+            .await;
+        let refused = problem(response, 409, "last-owner").await;
+        assert!(
+            refused["detail"]
+                .as_str()
+                .unwrap()
+                .contains("last active owner"),
+            "{method}: {refused}"
+        );
+    }
+    assert_eq!(
+        owners(&server).await,
+        std::slice::from_ref(first),
+        "nothing changed"
+    );
+    // A rename is not a demotion.
+    server
+        .expect(
+            200,
+            Method::PATCH,
+            &path,
+            &server.token,
+            Some(json!({"name": "Still owner"})),
+        )
+        .await;
+
+    // With a second owner, the first may step down; then the second is the last.
+    let second = create_user(&server, "second@example.com", "owner").await;
+    server
+        .expect(
+            200,
+            Method::PATCH,
+            &path,
+            &server.token,
+            Some(json!({"role": "admin"})),
+        )
+        .await;
+    let response = server
+        .call(
+            Method::DELETE,
+            &format!("/v1/users/{second}"),
+            &server.token,
+            None,
+        )
+        .await;
+    problem(response, 409, "last-owner").await;
+
+    // Two owners demoting each other at once: one goes, one stays.
+    server
+        .expect(
+            200,
+            Method::PATCH,
+            &path,
+            &server.token,
+            Some(json!({"role": "owner"})),
+        )
+        .await;
+    let (a, b) = tokio::join!(demote(&server, first), demote(&server, &second));
+    let mut statuses = [a, b];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409]);
+    assert_eq!(owners(&server).await.len(), 1);
+}
+
+/// The ids of the tenant's active owners.
+async fn owners(server: &TestServer) -> Vec<String> {
+    let users = server
+        .expect(200, Method::GET, "/v1/users", &server.token, None)
+        .await;
+    users["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["role"] == "rol_owner" && u["status"] == "active")
+        .map(|u| u["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Makes `id` a viewer; the status of the answer.
+async fn demote(server: &TestServer, id: &str) -> u16 {
+    server
+        .call(
+            Method::PATCH,
+            &format!("/v1/users/{id}"),
+            &server.token,
+            Some(json!({"role": "viewer"})),
+        )
+        .await
+        .status()
+        .as_u16()
 }

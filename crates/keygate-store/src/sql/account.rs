@@ -8,8 +8,8 @@ use keygate_core::model::{AuditEvent, Credential, IpRestriction};
 use keygate_core::store::{AccountStore, Change, KeyDeletion, StoreError};
 
 use super::shared::{
-    credential_from_row, delete_credential_in, insert_credential, insert_event, tenant_from_row,
-    to_json,
+    credential_from_row, delete_credential_in, insert_credential, insert_event, lock_tenant,
+    tenant_from_row, to_json,
 };
 use super::{SqlStore, store_error};
 
@@ -145,18 +145,4 @@ impl AccountStore for SqlStore {
         self.commit(tx, &[Change::Tenant(grant.tenant_id().clone())])
             .await
     }
-}
-
-/// Locks the tenant's row until the transaction ends (PostgreSQL; SQLite's writes take turns
-/// anyway), so that its account keys are counted and deleted one request at a time.
-async fn lock_tenant(
-    tx: &mut sqlx::Transaction<'static, super::Db>,
-    tenant: &keygate_core::id::TenantId,
-) -> Result<(), StoreError> {
-    sqlx::query("UPDATE tenants SET id = id WHERE id = $1")
-        .bind(tenant.as_str())
-        .execute(&mut **tx)
-        .await
-        .map(drop)
-        .map_err(store_error)
 }

@@ -1015,3 +1015,18 @@ pub(super) fn optional_timestamp(
         .map(|t| t.map(Timestamp::from_unix))
         .map_err(store_error)
 }
+
+/// Locks the tenant's row until the transaction ends (PostgreSQL; SQLite's writes take turns
+/// anyway), so that what is counted in it (its account keys, its owners) is counted and changed
+/// one request at a time.
+pub(super) async fn lock_tenant(
+    tx: &mut sqlx::Transaction<'static, Db>,
+    tenant: &keygate_core::id::TenantId,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE tenants SET id = id WHERE id = $1")
+        .bind(tenant.as_str())
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+        .map_err(store_error)
+}

@@ -2,13 +2,16 @@
 
 use async_trait::async_trait;
 use keygate_core::access::{Grant, Scope, perm};
-use keygate_core::id::UserId;
-use keygate_core::model::{AuditEvent, User, email_key};
+use keygate_core::id::{TenantId, UserId};
+use keygate_core::model::{AuditEvent, User, UserStatus, email_key};
 use keygate_core::password::PasswordHashString;
-use keygate_core::store::{Change, Login, Page, Paged, StoreError, UserStore};
+use keygate_core::permission::BuiltinRole;
+use keygate_core::store::{Change, Login, Page, Paged, StoreError, UserStore, UserWrite};
 use sqlx::{QueryBuilder, Row};
 
-use super::shared::{insert_event, insert_user, scoped_page, tenant_from_row, user_from_row};
+use super::shared::{
+    insert_event, insert_user, lock_tenant, scoped_page, tenant_from_row, user_from_row,
+};
 use super::{Db, SqlStore, store_error};
 
 #[async_trait]
@@ -69,8 +72,15 @@ impl UserStore for SqlStore {
         user: &User,
         password_hash: Option<&PasswordHashString>,
         event: &AuditEvent,
-    ) -> Result<Option<()>, StoreError> {
+    ) -> Result<UserWrite, StoreError> {
         let mut tx = self.begin_write().await?;
+        let stays_owner =
+            user.role_id == BuiltinRole::Owner.id() && user.status == UserStatus::Active;
+        if let Some(refused) =
+            owners_kept(&mut tx, grant.tenant_id(), &user.id, stays_owner).await?
+        {
+            return Ok(refused);
+        }
         let updated = sqlx::query(
             "UPDATE users SET name = $1, role_id = $2, status = $3,
                               password_hash = coalesce($4, password_hash)
@@ -87,7 +97,7 @@ impl UserStore for SqlStore {
         .map_err(store_error)?
         .rows_affected();
         if updated == 0 {
-            return Ok(None);
+            return Ok(UserWrite::NotFound);
         }
         if password_hash.is_some() {
             // A new password ends the user's sessions, whoever set it: whoever knew the
@@ -107,7 +117,7 @@ impl UserStore for SqlStore {
         }
         insert_event(&mut tx, event).await?;
         self.commit(tx, &[Change::User(user.id.clone())]).await?;
-        Ok(Some(()))
+        Ok(UserWrite::Done)
     }
 
     async fn delete_user(
@@ -115,8 +125,11 @@ impl UserStore for SqlStore {
         grant: &Grant<perm::UsersWrite>,
         id: &UserId,
         event: &AuditEvent,
-    ) -> Result<Option<()>, StoreError> {
+    ) -> Result<UserWrite, StoreError> {
         let mut tx = self.begin_write().await?;
+        if let Some(refused) = owners_kept(&mut tx, grant.tenant_id(), id, false).await? {
+            return Ok(refused);
+        }
         // Personal tokens and sessions go with the user (ON DELETE CASCADE).
         let deleted = sqlx::query("DELETE FROM users WHERE id = $1 AND tenant_id = $2")
             .bind(id.as_str())
@@ -126,11 +139,11 @@ impl UserStore for SqlStore {
             .map_err(store_error)?
             .rows_affected();
         if deleted == 0 {
-            return Ok(None);
+            return Ok(UserWrite::NotFound);
         }
         insert_event(&mut tx, event).await?;
         self.commit(tx, &[Change::User(id.clone())]).await?;
-        Ok(Some(()))
+        Ok(UserWrite::Done)
     }
 
     async fn find_logins(
@@ -191,4 +204,37 @@ impl UserStore for SqlStore {
         }
         Ok(logins)
     }
+}
+
+/// Whether a change leaves `tenant` an active owner, read with the tenant locked so that two
+/// owners demoting each other at once cannot both succeed: `Some` with the refusal when `user`
+/// is the tenant's last active owner and will not be one after (`stays_owner`), or `NotFound`
+/// when there is no such user; `None` when the change may go ahead. A tenant that has no active
+/// owner already (one made without a first user) is not held to one.
+async fn owners_kept(
+    tx: &mut sqlx::Transaction<'static, Db>,
+    tenant: &TenantId,
+    user: &UserId,
+    stays_owner: bool,
+) -> Result<Option<UserWrite>, StoreError> {
+    lock_tenant(tx, tenant).await?;
+    let row = sqlx::query(
+        "SELECT role_id = $3 AND status = 'active' AS owner,
+                (SELECT count(*) FROM users o
+                 WHERE o.tenant_id = $2 AND o.role_id = $3 AND o.status = 'active'
+                   AND o.id <> $1) AS others
+         FROM users WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(user.as_str())
+    .bind(tenant.as_str())
+    .bind(BuiltinRole::Owner.id().as_str())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(store_error)?;
+    let Some(row) = row else {
+        return Ok(Some(UserWrite::NotFound));
+    };
+    let owner: bool = row.try_get("owner").map_err(store_error)?;
+    let others: i64 = row.try_get("others").map_err(store_error)?;
+    Ok((owner && !stays_owner && others == 0).then_some(UserWrite::LastOwner))
 }
