@@ -161,7 +161,13 @@ pub fn router(state: AppState) -> Router {
     api.route_layer(metrics::CountLayer::new(state.metrics_shared()))
         .merge(explorer::router(document))
         .merge(console::router())
-        .fallback(|uri: axum::http::Uri| async move { no_route(uri.path()) })
+        .fallback(|uri: axum::http::Uri| async move {
+            if uri.path().starts_with("/console/") {
+                console::no_such_page()
+            } else {
+                axum::response::IntoResponse::into_response(no_route(uri.path()))
+            }
+        })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(RequestBodyLimitLayer::new(body_limit))
         .with_state(state)

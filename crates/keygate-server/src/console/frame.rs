@@ -205,6 +205,8 @@ pub(super) struct Empty {}
 #[derive(Template)]
 #[template(path = "console/refused.html")]
 pub(super) struct Refused {
+    /// "Not found" for a page or object that is not there, "Not done" for a refused action.
+    pub title: &'static str,
     pub message: String,
 }
 

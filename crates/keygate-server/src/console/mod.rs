@@ -170,7 +170,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// sends. A form post from another origin is what CSRF is made of; browsers say where a request
 /// comes from in `Sec-Fetch-Site` (all current ones) and `Origin` (on every POST).
 async fn guard(request: Request, next: Next) -> Response {
-    let mut response = if request.method() != Method::GET
+    let response = if request.method() != Method::GET
         && request.method() != Method::HEAD
         && is_cross_site(request.headers())
     {
@@ -182,7 +182,12 @@ async fn guard(request: Request, next: Next) -> Response {
     } else {
         next.run(request).await
     };
-    // A console refusal is a page of its own, not a problem document.
+    as_page(response)
+}
+
+/// What every console answer carries: it is a page of its own (a refusal too, not a problem
+/// document), with the headers of [`guard`].
+fn as_page(mut response: Response) -> Response {
     response.extensions_mut().insert(OwnErrorBody);
     let headers = response.headers_mut();
     for (name, value) in [
@@ -217,9 +222,23 @@ fn is_cross_site(headers: &HeaderMap) -> bool {
 /// A page that says why a request was refused.
 fn refusal(status: StatusCode, message: &str) -> Response {
     let page = frame::Refused {
+        title: if status == StatusCode::NOT_FOUND {
+            "Not found"
+        } else {
+            "Not done"
+        },
         message: message.to_owned(),
     };
     (status, Html(frame::render(&page))).into_response()
+}
+
+/// The answer to a console address that is no page: a page, as the rest of the console's
+/// answers are (the API's problem document is for programs).
+pub(crate) fn no_such_page() -> Response {
+    as_page(refusal(
+        StatusCode::NOT_FOUND,
+        "There is no such page in the console: it may have moved, or the address was mistyped.",
+    ))
 }
 
 /// The console's own cookie: the sub-customer the person acts for (a tenant id), sent back as

@@ -636,6 +636,10 @@ async fn token_names(state: &AppState, caller: &Caller, ids: &[String]) -> Vec<(
 struct TokenPage {
     frame: Frame,
     row: TokenRow,
+    /// The networks the token may be used from, in words ("any network" when not limited).
+    networks: String,
+    /// "100 requests per 60 seconds", or that the deployment's default applies.
+    rate_limit: String,
     rolled_from: Option<String>,
     rolled_to: Option<String>,
     /// Whether the person may read the request log, which the page links to.
@@ -733,6 +737,21 @@ pub(super) async fn token(
         quota,
         frame: Frame::new(&caller, &session, "/console/tokens", "tokens"),
         row,
+        networks: match &token.allowed_ips {
+            Some(networks) if !networks.is_empty() => networks
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            _ => "any (the organization's IP restriction still applies)".to_owned(),
+        },
+        rate_limit: match &token.rate_limit {
+            Some(limit) => format!(
+                "{} requests per {} seconds",
+                limit.requests, limit.per_seconds
+            ),
+            None => "the deployment's default".to_owned(),
+        },
         rolled_from: token.rolled_from.map(|id| id.to_string()),
         rolled_to: token.rolled_to.map(|id| id.to_string()),
         may_read_log: caller.require_all(&["audit:read"]).is_ok(),

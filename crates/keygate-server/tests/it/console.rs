@@ -386,7 +386,12 @@ async fn a_person_adds_a_token_sees_its_secret_once_and_uses_it(backend: Backend
     ])
     .await;
     assert!(created.contains("you will not see it again"), "{created}");
-    assert!(created.contains("data-copy=\"secret\""), "a Copy button");
+    // A Copy button, hidden in the page itself: only the console's script makes it work, and
+    // shows it.
+    assert!(
+        created.contains("<button type=\"button\" hidden data-copy=\"secret\">Copy</button>"),
+        "a Copy button, hidden without the script"
+    );
     let secret = secret_of(&created);
     let whoami = server
         .whoami(&[("authorization", &format!("Bearer {secret}"))])
@@ -717,6 +722,18 @@ async fn a_token_page_rolls_the_secret_with_an_overlap(backend: Backend) {
     assert!(rolled.contains("keeps working until"), "{rolled}");
     let new = secret_of(&rolled);
     assert_ne!(new, old);
+    // In its overlap, the rolled token offers no second roll (it would be refused): it points
+    // to its successor.
+    let overlapping = page(&server, &format!("/console/tokens/{id}"), Some(&session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!overlapping.contains("<h2>Roll</h2>"), "{overlapping}");
+    assert!(
+        overlapping.contains("the token that replaced it"),
+        "{overlapping}"
+    );
     for secret in [&old, &new] {
         assert_eq!(
             server.whoami(&[("apikey", secret.as_str())]).await.status(),
@@ -738,6 +755,58 @@ async fn a_token_page_rolls_the_secret_with_an_overlap(backend: Backend) {
         .await
         .unwrap();
     assert!(after.contains("Replaced by"));
+    // Its networks and rate limit are shown, as set (here: none, so what applies).
+    assert!(
+        after.contains("<dd id=\"networks\">any (the organization"),
+        "{after}"
+    );
+    assert!(
+        after.contains("<dd id=\"rate-limit\">the deployment"),
+        "{after}"
+    );
+    let limited = server
+        .expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            &server.token,
+            Some(
+                serde_json::json!({"kind": "service", "name": "pinned", "role": "viewer",
+                "allowed_ips": ["203.0.113.0/24", "2001:db8::/32"],
+                "rate_limit": {"requests": 100, "per_seconds": 60}}),
+            ),
+        )
+        .await;
+    let shown = page(
+        &server,
+        &format!("/console/tokens/{}", limited["id"].as_str().unwrap()),
+        Some(&session),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        shown.contains("<dd id=\"networks\">203.0.113.0/24, 2001:db8::/32</dd>"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("<dd id=\"rate-limit\">100 requests per 60 seconds</dd>"),
+        "{shown}"
+    );
+    // A console address that is no page is a page saying so, not the API's JSON.
+    let nowhere = page(&server, "/console/nope", Some(&session)).await;
+    assert_eq!(nowhere.status(), 404);
+    assert_console_headers(nowhere.headers(), "no such page");
+    assert!(
+        nowhere.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let nowhere = nowhere.text().await.unwrap();
+    assert!(nowhere.contains("<h1>Not found</h1>"), "{nowhere}");
+    assert!(nowhere.contains("href=\"/console/\""), "{nowhere}");
 }
 
 /// Checks the page with axe-core, failing on serious or critical violations, and saves its
@@ -818,6 +887,15 @@ async fn in_a_browser_a_person_signs_in_adds_a_token_and_uses_it() {
     browser.click("main form button[type=submit]").await;
 
     let secret = browser.find("#secret").await.text().await.unwrap();
+    assert!(
+        browser
+            .find("button[data-copy=secret]")
+            .await
+            .is_displayed()
+            .await
+            .unwrap(),
+        "the script shows the Copy button"
+    );
     audit(&browser, axe, &shots, "token-created").await;
     let whoami = server
         .whoami(&[("authorization", &format!("Bearer {}", secret.trim()))])

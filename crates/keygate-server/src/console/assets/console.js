@@ -1,13 +1,24 @@
 // keygate's console script: comfort only. Every page works without it.
 "use strict";
+// The controls that only work with this script are hidden in the page until it runs.
+document.querySelectorAll("[data-copy], [data-select-all]").forEach((control) => {
+  control.hidden = false;
+});
 document.addEventListener("click", (event) => {
   const button = event.target.closest("[data-copy]");
   if (!button) return;
   const source = document.getElementById(button.dataset.copy);
-  if (!source || !navigator.clipboard) return;
+  if (!source) return;
+  // Without the clipboard (a page not served over HTTPS or from localhost), the text is
+  // selected for the person to copy.
+  const select = () => {
+    window.getSelection().selectAllChildren(source);
+    button.textContent = "Selected: press Ctrl+C";
+  };
+  if (!navigator.clipboard) return select();
   navigator.clipboard.writeText(source.textContent.trim()).then(() => {
     button.textContent = "Copied";
-  });
+  }, select);
 });
 document.addEventListener("change", (event) => {
   const all = event.target.closest("[data-select-all]");
