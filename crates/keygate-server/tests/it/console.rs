@@ -512,6 +512,25 @@ async fn delete_selected_asks_then_stops_the_tokens_at_once(backend: Backend) {
     assert!(
         asked.contains("Delete 2 tokens?") && asked.contains("first") && asked.contains("second")
     );
+    // Each named with its id: two tokens may share a name.
+    assert!(
+        asked.contains(&format!("first <code>{a}</code>")),
+        "{asked}"
+    );
+    let none = post_form(
+        &server,
+        &session,
+        "/console/tokens/delete",
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert!(
+        none.text()
+            .await
+            .unwrap()
+            .contains("<h1>No token selected</h1>"),
+        "not \"Delete 0 tokens?\""
+    );
     assert_eq!(
         server
             .whoami(&[("apikey", a_secret.as_str())])
@@ -528,7 +547,13 @@ async fn delete_selected_asks_then_stops_the_tokens_at_once(backend: Backend) {
     )
     .await;
     assert_eq!(done.status(), 200);
-    assert!(done.text().await.unwrap().contains("no longer work"));
+    let done = done.text().await.unwrap();
+    assert!(done.contains("<h1>Tokens revoked</h1>"), "{done}");
+    assert!(done.contains("no longer work"), "{done}");
+    assert!(
+        done.contains("marked Revoked"),
+        "as the list shows them: {done}"
+    );
     for secret in [&a_secret, &b_secret] {
         assert_eq!(
             server.whoami(&[("apikey", secret.as_str())]).await.status(),
