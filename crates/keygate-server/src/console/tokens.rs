@@ -396,9 +396,9 @@ pub(super) async fn create_token(
 ) -> Response {
     let request = match token_request(&form, state.clock().now()) {
         Ok(request) => request,
-        Err((field, message)) => {
+        Err(errors) => {
             let mut page = new_token_page(&state, &caller, &session, form).await;
-            page.errors.push((field.to_owned(), message));
+            page.errors = errors;
             return html(render(&page));
         }
     };
@@ -436,65 +436,83 @@ pub(super) async fn create_token(
     }
 }
 
-/// The API request the form stands for, or the field it cannot be read from.
+/// The API request the form stands for, or every field it cannot be read from (each at once,
+/// rather than one per try); the API checks the rest.
 fn token_request(
     form: &TokenForm,
     now: Timestamp,
-) -> Result<crate::routes::tokens::CreateToken, (&'static str, String)> {
+) -> Result<crate::routes::tokens::CreateToken, Vec<(String, String)>> {
     use crate::routes::tokens::{CreateToken, RateLimitBody, TokenKind};
+    let mut errors: Vec<(String, String)> = Vec::new();
+    let mut refuse = |field: &str, message: String| errors.push((field.to_owned(), message));
     let kind = match form.kind.as_str() {
         "service" => TokenKind::Service,
         _ => TokenKind::Personal,
     };
+    if let Err(invalid) = keygate_core::validate::name("name", &form.name) {
+        refuse("name", invalid.message);
+    }
     let (expires_in, expires_at) = match form.expiry.as_str() {
         "never" if matches!(kind, TokenKind::Personal) => {
-            return Err((
+            refuse(
                 "expires_at",
                 "a personal token must expire: pick a number of days or a date".to_owned(),
-            ));
+            );
+            (None, None)
         }
         "never" => (None, None),
         "date" => {
             let format = time::macros::format_description!("[year]-[month]-[day]");
-            let date = time::Date::parse(form.expiry_date.trim(), &format)
-                .map_err(|_| ("expires_at", "pick the day the token expires".to_owned()))?;
-            let at = date.midnight().assume_utc().unix_timestamp();
-            if at <= now.unix() {
-                return Err(("expires_at", "pick a day after today".to_owned()));
+            match time::Date::parse(form.expiry_date.trim(), &format) {
+                Err(_) => {
+                    refuse("expires_at", "pick the day the token expires".to_owned());
+                    (None, None)
+                }
+                Ok(date) => {
+                    let at = date.midnight().assume_utc().unix_timestamp();
+                    if at <= now.unix() {
+                        refuse("expires_at", "pick a day after today".to_owned());
+                    }
+                    (None, Some(Timestamp::from_unix(at)))
+                }
             }
-            (None, Some(Timestamp::from_unix(at)))
         }
         days @ ("7" | "30" | "90") => {
             let days: u64 = days.parse().unwrap_or(30);
             (Some(days * 86_400), None)
         }
-        _ => return Err(("expires_at", "pick when the token expires".to_owned())),
+        _ => {
+            refuse("expires_at", "pick when the token expires".to_owned());
+            (None, None)
+        }
     };
-    let number = |text: &str, field: &'static str| -> Result<Option<u32>, (&'static str, String)> {
+    let mut number = |text: &str, what: &str| -> Option<u32> {
         let text = text.trim();
         if text.is_empty() {
-            return Ok(None);
+            return None;
         }
-        text.parse::<u32>()
-            .ok()
-            .filter(|n| *n > 0)
-            .map(Some)
-            .ok_or((field, "give a whole number above 0".to_owned()))
+        let parsed = text.parse::<u32>().ok().filter(|n| *n > 0);
+        if parsed.is_none() {
+            refuse("rate_limit", format!("{what}: give a whole number above 0"));
+        }
+        parsed
     };
-    let rate_limit = match (
-        number(&form.rate_requests, "rate_limit")?,
-        number(&form.rate_seconds, "rate_limit")?,
-    ) {
+    let requests = number(&form.rate_requests, "requests");
+    let per_seconds = number(&form.rate_seconds, "per seconds");
+    let rate_limit = match (requests, per_seconds) {
         (Some(requests), Some(per_seconds)) => Some(RateLimitBody {
             requests,
             per_seconds,
         }),
         (None, None) => None,
         _ => {
-            return Err((
-                "rate_limit",
-                "give both the number of requests and the seconds they are counted over".into(),
-            ));
+            if form.rate_requests.trim().is_empty() != form.rate_seconds.trim().is_empty() {
+                refuse(
+                    "rate_limit",
+                    "give both the number of requests and the seconds they are counted over".into(),
+                );
+            }
+            None
         }
     };
     let allowed_ips: Vec<String> = form
@@ -504,6 +522,14 @@ fn token_request(
         .filter(|line| !line.is_empty())
         .map(str::to_owned)
         .collect();
+    if let Err(invalid) = keygate_core::allowlist::IpAllowlist::parse(&allowed_ips, "allowed_ips") {
+        for invalid in invalid {
+            refuse(&invalid.field, invalid.message);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
     let description = form.description.trim();
     Ok(CreateToken {
         kind,

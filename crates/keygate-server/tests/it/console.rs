@@ -367,6 +367,25 @@ async fn a_person_adds_a_token_sees_its_secret_once_and_uses_it(backend: Backend
     ])
     .await;
     assert!(odd.contains("pick when the token expires"), "{odd}");
+    // Several mistakes at once are all told at once, each beside its field.
+    let many = add(vec![
+        ("kind", "service"),
+        ("name", " "),
+        ("role", "viewer"),
+        ("expiry", "date"),
+        ("expiry_date", "2020-01-01"),
+        ("allowed_ips", "10.0.0.0/8\nnot-a-network"),
+        ("rate_requests", "5"),
+    ])
+    .await;
+    for said in [
+        "pick a day after today",
+        "not-a-network",
+        "give both the number of requests",
+        "id=\"name-error\"",
+    ] {
+        assert!(many.contains(said), "{said}: {many}");
+    }
     let after = server
         .expect(200, reqwest::Method::GET, "/v1/tokens", &server.token, None)
         .await["data"]
