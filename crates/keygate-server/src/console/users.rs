@@ -257,6 +257,8 @@ fn sentence(error: &ApiError, failed: &str) -> String {
 #[template(path = "console/user_created.html")]
 struct CreatedPage {
     frame: Frame,
+    /// A new password for an existing user, rather than a new user.
+    reset: bool,
     id: String,
     email: String,
     name: String,
@@ -285,6 +287,7 @@ pub(super) async fn create_user(
     match crate::routes::users::create_user(&state, &caller, &meta, request).await {
         Ok(created) => html(render(&CreatedPage {
             frame: Frame::new(&caller, &session, "/console/users", "users"),
+            reset: false,
             id: created.user.id,
             email: created.user.email,
             name: created.user.name,
@@ -404,13 +407,17 @@ pub(super) struct ChangeForm {
     role: String,
     #[serde(default)]
     status: String,
+    /// `new`: make a new password, shown once.
+    #[serde(default)]
+    password: String,
 }
 
-/// Changes a user's role (`role` set) or status (`status` set), then shows their page with what
-/// happened.
+/// Changes a user's role (`role` set) or status (`status` set), or makes them a new password
+/// (`password=new`), then shows their page with what happened (or the password, once).
 pub(super) async fn change_user(
     State(state): State<AppState>,
     Meta(meta): Meta,
+    headers: HeaderMap,
     SignedIn { caller, session }: SignedIn,
     Path(id): Path<String>,
     Posted(form): Posted<ChangeForm>,
@@ -422,14 +429,35 @@ pub(super) async fn change_user(
         Ok(user) => user,
         Err(page) => return page,
     };
+    let new_password = match form.password.as_str() {
+        "new" => match keygate_core::password::generate() {
+            Ok(password) => Some(password),
+            Err(_) => {
+                return refusal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "keygate could not make a password just now; try again in a moment.",
+                );
+            }
+        },
+        _ => None,
+    };
     let request = UpdateUser {
         name: None,
         role: (!form.role.is_empty()).then(|| form.role.clone()),
         status: (!form.status.is_empty()).then(|| form.status.clone()),
-        password: None,
+        password: new_password.clone(),
     };
     let id = user.id.to_string();
     match crate::routes::users::update_user(&state, &caller, &meta, &id, request).await {
+        Ok(_) if new_password.is_some() => html(render(&CreatedPage {
+            frame: Frame::new(&caller, &session, "/console/users", "users"),
+            reset: true,
+            id: user.id.to_string(),
+            email: user.email.clone(),
+            name: user.name.clone(),
+            secret: new_password,
+            origin: origin(&headers),
+        })),
         Ok(_) => {
             let user = find(&state, &caller, &id).await.unwrap_or(user);
             let mut page = user_page(&state, &caller, &session, &user).await;

@@ -20,6 +20,7 @@ on_every_backend!(
     a_role_in_use_is_not_deleted_and_the_page_says_why,
     escalations_are_refused_with_a_message_and_change_nothing,
     a_member_sees_no_write_actions_and_crafted_posts_are_refused,
+    a_user_who_lost_their_password_is_given_a_new_one_shown_once,
 );
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -1121,4 +1122,45 @@ async fn in_a_browser_a_role_ticked_in_the_matrix_is_at_once_a_tokens_role() {
     assert!(why.contains("still in use"), "{why}");
     audit(&browser, axe, &shots, "role-in-use").await;
     assert_eq!(whoami_status(&server, &secret).await, 200);
+}
+
+/// Someone who lost their password gets a new one from whoever manages users: made by keygate,
+/// shown once; the old one stops working and the user's sessions end.
+async fn a_user_who_lost_their_password_is_given_a_new_one_shown_once(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let mia = user(&server, "mia@example.com", "Mia", "member").await;
+    let mias = server.login("mia@example.com", PASSWORD).await;
+    let session = server.login(OWNER, &server.password).await;
+    let path = format!("/console/users/{mia}");
+    let before = text(&server, &path, &session).await;
+    assert!(before.contains("Make a new password"), "{before}");
+    let made = post_form(
+        &server,
+        &session,
+        &path,
+        &[("csrf", &csrf_of(&before)), ("password", "new")],
+    )
+    .await;
+    assert_eq!(made.status(), 200);
+    let made = made.text().await.unwrap();
+    assert!(
+        made.contains("A new password for mia@example.com"),
+        "{made}"
+    );
+    let password = secret_of(&made);
+    assert_eq!(
+        login_status(&server, "mia@example.com", PASSWORD).await,
+        401
+    );
+    assert_eq!(
+        login_status(&server, "mia@example.com", &password).await,
+        200
+    );
+    assert_eq!(
+        whoami_status(&server, &mias).await,
+        401,
+        "her old session ended"
+    );
+    // Shown once: her page does not show it again.
+    assert!(!text(&server, &path, &session).await.contains(&password));
 }
