@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use keygate_core::access::{Caller, perm};
 use serde::Deserialize;
 
+use super::filters;
 use super::frame::{
     ConfirmForm, Empty, Frame, Posted, SecretPage, SignedIn, day, origin, problem_text, render,
 };

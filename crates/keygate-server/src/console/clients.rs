@@ -11,6 +11,7 @@ use keygate_core::model::{Credential, Role};
 use keygate_core::permission::BuiltinRole;
 use serde::Deserialize;
 
+use super::filters;
 use super::frame::{
     ConfirmForm, Frame, Posted, SignedIn, capitalised, day, origin, render, table_page,
 };

@@ -9,6 +9,7 @@ use keygate_core::access::Caller;
 use keygate_core::credential::CredentialKind;
 use serde::Deserialize;
 
+use super::filters;
 use super::{
     ACTING_COOKIE, acting_cookie, cookie, csrf_matches, csrf_token, refusal, session_secret,
 };

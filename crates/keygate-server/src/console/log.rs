@@ -12,6 +12,7 @@ use keygate_core::model::{Outcome, StoredEvent};
 use keygate_core::store::EventFilter;
 use serde::Deserialize;
 
+use super::filters;
 use super::frame::{Frame, SignedIn, render, table_page};
 use super::{html, refusal};
 use crate::state::AppState;

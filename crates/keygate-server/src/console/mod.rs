@@ -11,6 +11,7 @@
 mod account;
 mod chart;
 mod clients;
+mod filters;
 mod frame;
 mod log;
 mod roles;

@@ -12,6 +12,7 @@ use keygate_core::permission::BuiltinRole;
 use keygate_core::store::Page;
 use serde::Deserialize;
 
+use super::filters;
 use super::frame::{ConfirmForm, Frame, Posted, SignedIn, capitalised, day, render};
 use super::{html, refusal};
 use crate::problem::{ApiError, ProblemCode};

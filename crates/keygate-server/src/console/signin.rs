@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use keygate_core::signin::{SignIn, SignInError};
 use serde::Deserialize;
 
+use super::filters;
 use super::frame::{Empty, Posted, SignedIn, capitalised, render, signed_in};
 use super::{acting_cookie, html};
 use crate::auth::SESSION_COOKIE;

@@ -10,6 +10,7 @@ use keygate_core::access::{Caller, perm};
 use keygate_core::model::Tenant;
 use serde::Deserialize;
 
+use super::filters;
 use super::frame::{
     ConfirmForm, Empty, Frame, Posted, SignedIn, capitalised, day, origin, problem_text, render,
     table_page,

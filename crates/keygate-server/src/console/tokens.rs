@@ -14,6 +14,7 @@ use keygate_core::tokens;
 use serde::Deserialize;
 
 use super::chart::Sparkline;
+use super::filters;
 use super::frame::{
     Frame, Posted, SecretPage, SignedIn, day, origin, problem_text, render, table_page,
 };

@@ -15,6 +15,7 @@ use keygate_core::id::{CredentialId, TenantId};
 use keygate_core::store::{Page, TokenFilter, UsageBucket, UsageFilter, UsageOutcome};
 
 use super::chart::{Chart, Period, Range, Sparkline, Split, Tally, grouped};
+use super::filters;
 use super::frame::{Frame, SignedIn, render};
 use super::{html, refusal};
 use crate::problem::ApiError;

@@ -380,7 +380,8 @@ async fn a_person_adds_a_token_sees_its_secret_once_and_uses_it(backend: Backend
     .await;
     for said in [
         "pick a day after today",
-        "not-a-network",
+        // What the person typed is quoted as code, not between backticks.
+        "<code>not-a-network</code> is not an IPv4",
         "give both the number of requests",
         "id=\"name-error\"",
     ] {
@@ -392,6 +393,19 @@ async fn a_person_adds_a_token_sees_its_secret_once_and_uses_it(backend: Backend
         .as_array()
         .unwrap()
         .len();
+    // Quoted or not, what was typed is text, never markup.
+    let hostile = add(vec![
+        ("kind", "personal"),
+        ("name", "hostile"),
+        ("expiry", "7"),
+        ("allowed_ips", "<b>x</b>"),
+    ])
+    .await;
+    assert!(
+        hostile.contains("<code>&lt;b&gt;x&lt;/b&gt;</code> is not an IPv4"),
+        "{hostile}"
+    );
+    assert!(!hostile.contains("<b>x"), "{hostile}");
     assert_eq!(before, after, "refused forms create nothing");
 
     // A personal token narrowed to two permissions, for a week.
