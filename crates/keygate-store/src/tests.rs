@@ -102,6 +102,7 @@ on_every_backend!(
     a_revocation_of_more_ids_than_a_statement_binds_is_split,
     roles_in_use_cannot_be_deleted_and_changes_are_announced,
     deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they_made,
+    a_console_form_is_noted_once_per_session_and_goes_with_it,
     last_use_only_moves_forward,
     quota_takes_shrink_to_what_is_left_and_a_new_window_starts_at_zero,
     quota_takes_from_two_nodes_at_once_never_pass_the_limit,
@@ -640,6 +641,56 @@ async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they
         .await
         .unwrap();
     assert!(personal_left.items.is_empty());
+}
+
+async fn a_console_form_is_noted_once_per_session_and_goes_with_it(db: TestDb) {
+    let o = owned(db).await;
+    let users = o.caller.require::<perm::UsersWrite>().unwrap();
+    let user = User {
+        id: UserId::generate(NOW).unwrap(),
+        tenant_id: users.tenant_id().clone(),
+        email: "carol@example.com".into(),
+        name: "Carol".into(),
+        role_id: BuiltinRole::Member.id(),
+        status: UserStatus::Active,
+        created_at: NOW,
+        last_sign_in_at: None,
+    };
+    let hash = keygate_core::password::hash("correct horse battery").unwrap();
+    o.store
+        .create_user(&users, &user, &hash, &event(&users, "user.create"))
+        .await
+        .unwrap();
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        let mut session = o.plan.token.clone();
+        session.id = CredentialId::generate_for(CredentialKind::Session, NOW).unwrap();
+        session.kind = CredentialKind::Session;
+        session.hash = format().generate(CredentialKind::Session).unwrap().hash();
+        session.user_id = Some(user.id.clone());
+        session.role_id = None;
+        o.store
+            .create_session(&session, &event(&users, "session.create"))
+            .await
+            .unwrap();
+        sessions.push(session.id);
+    }
+    let note = |session: usize, form: &'static str| {
+        let store = o.store.clone();
+        let id = sessions[session].clone();
+        async move { store.note_form(&id, form).await.unwrap() }
+    };
+    assert!(note(0, "form-a").await, "a form is new the first time");
+    assert!(!note(0, "form-a").await, "and not the second");
+    assert!(note(1, "form-a").await, "each session notes its own");
+    assert!(note(0, "form-b").await);
+    assert!(!note(0, "form-b").await);
+    assert!(note(0, "form-a").await, "only the last form is remembered");
+    // The user's sessions go with the user, and their notes with them.
+    o.store
+        .delete_user(&users, &user.id, &event(&users, "user.delete"))
+        .await
+        .unwrap();
 }
 
 fn page(limit: u32) -> Page {

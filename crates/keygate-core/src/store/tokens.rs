@@ -88,6 +88,12 @@ pub trait TokenStore: Send + Sync + 'static {
         event: &AuditEvent,
     ) -> Result<Option<()>, StoreError>;
 
+    /// Takes note that `session` sent the console form `form` (the one-time value each page
+    /// with a creating form gives it). `false` if that was the session's last form already: a
+    /// reload of the page the post answered, or a second click, is then not acted on again.
+    /// Only a session's last form is remembered, and it goes with the session.
+    async fn note_form(&self, session: &CredentialId, form: &str) -> Result<bool, StoreError>;
+
     /// Ends a session (signing out). `None` if it was not an active session.
     async fn end_session(
         &self,

@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use super::filters;
 use super::frame::{
-    ConfirmForm, Empty, Frame, Posted, SecretPage, SignedIn, day, origin, problem_text, render,
+    ConfirmForm, Frame, OnceForm, Posted, SecretPage, SignedIn, day, origin, problem_text, render,
+    sent_first,
 };
 use super::{html, refusal};
 use crate::request::{ClientIp, Meta};
@@ -78,8 +79,18 @@ pub(super) async fn create_key(
     Meta(meta): Meta,
     headers: HeaderMap,
     SignedIn { caller, session }: SignedIn,
-    _: Posted<Empty>,
+    Posted(form): Posted<OnceForm>,
 ) -> Response {
+    if let Err(page) = sent_first(
+        &state,
+        &caller,
+        &form.once,
+        ("/console/account/keys".to_owned(), "See your account keys"),
+    )
+    .await
+    {
+        return page;
+    }
     match crate::routes::account::create_key(&state, &caller, &meta).await {
         Ok(created) => html(render(&SecretPage {
             frame: Frame::new(&caller, &session, "/console/account/keys", "account"),

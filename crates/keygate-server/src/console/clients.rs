@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::filters;
 use super::frame::{
-    ConfirmForm, Frame, Posted, SignedIn, capitalised, day, origin, render, table_page,
+    ConfirmForm, Frame, Posted, SignedIn, capitalised, day, origin, render, sent_first, table_page,
 };
 use super::tokens::{assignable_roles, permission_groups};
 use super::{html, refusal};
@@ -167,6 +167,9 @@ pub(super) async fn clients(
 /// The "Add OAuth client" form as sent, and as it is shown again with its messages.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct ClientForm {
+    /// The page's one-time value (`frame::sent_first`).
+    #[serde(default)]
+    once: String,
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -315,6 +318,19 @@ pub(super) async fn create(
         permissions: (!form.permission.is_empty()).then(|| form.permission.clone()),
         quota: None,
     };
+    if let Err(page) = sent_first(
+        &state,
+        &caller,
+        &form.once,
+        (
+            "/console/oauth/clients".to_owned(),
+            "See your OAuth clients",
+        ),
+    )
+    .await
+    {
+        return page;
+    }
     match create_client(&state, &caller, &meta, request).await {
         Ok(created) => {
             let role = find(&state, &caller, &created.client.client_id)
@@ -408,6 +424,9 @@ pub(super) async fn client(
 pub(super) struct RollForm {
     #[serde(default)]
     overlap: String,
+    /// The page's one-time value (`frame::sent_first`).
+    #[serde(default)]
+    once: String,
 }
 
 pub(super) async fn roll(
@@ -418,6 +437,16 @@ pub(super) async fn roll(
     Path(id): Path<String>,
     Posted(form): Posted<RollForm>,
 ) -> Response {
+    if let Err(page) = sent_first(
+        &state,
+        &caller,
+        &form.once,
+        (format!("/console/oauth/clients/{id}"), "See the client"),
+    )
+    .await
+    {
+        return page;
+    }
     let overlap = form.overlap.parse::<u64>().ok();
     match roll_client_secret(&state, &caller, &meta, &id, overlap).await {
         Ok(rolled) => {

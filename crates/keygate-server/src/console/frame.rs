@@ -42,6 +42,8 @@ pub(super) struct Frame {
     /// The person's own tenant, and the sub-customer they act for, if they do.
     pub home: String,
     pub acting_for: Option<String>,
+    /// The one-time value of the page's creating form (see `sent_first`): new with every page.
+    pub once: String,
 }
 
 impl Frame {
@@ -87,8 +89,67 @@ impl Frame {
             help,
             home: verified.tenant().name.clone(),
             acting_for: caller.acting_as().map(|t| t.name.clone()),
+            once: one_time_value(),
         }
     }
+}
+
+/// 22 random base62 characters; empty if the system has no randomness to give, and the form
+/// is then acted on as one without the value.
+fn one_time_value() -> String {
+    let mut value = String::with_capacity(22);
+    match keygate_core::base62::push_random(&mut value, 22) {
+        Ok(()) => value,
+        Err(_) => String::new(),
+    }
+}
+
+/// Whether a creating form (one carrying `frame.once`) is sent for the first time by this
+/// session. Sent again (a reload of the page its post answered, which browsers send again, or
+/// a second click), the answer is a page saying it was done, pointing to where what it made is:
+/// nothing is made twice, and a secret shown once is not replaced by another. A form without
+/// the value (not from a console page, yet with the session's CSRF token) is acted on.
+pub(super) async fn sent_first(
+    state: &AppState,
+    caller: &Caller,
+    once: &str,
+    made: (String, &'static str),
+) -> Result<(), Response> {
+    if once.is_empty() {
+        return Ok(());
+    }
+    if once.len() > 64 {
+        return Err(csrf_refusal());
+    }
+    match state.store().note_form(caller.verified().id(), once).await {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            let page = Refused {
+                title: "Already done",
+                message:
+                    "This form was sent before, and keygate did what it asked then. It is not \
+                          done twice: nothing new was made, and a secret shown then is not shown \
+                          again."
+                        .to_owned(),
+                back: Some(made),
+            };
+            Err((StatusCode::CONFLICT, axum::response::Html(render(&page))).into_response())
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "the console could not note a form");
+            Err(refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "keygate could not act on this form just now; try again in a moment.",
+            ))
+        }
+    }
+}
+
+/// A form that carries nothing but its CSRF token and the page's one-time value.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct OnceForm {
+    #[serde(default)]
+    pub(super) once: String,
 }
 
 /// The signed-in person, or the way to the sign-in page.
@@ -209,6 +270,8 @@ pub(super) struct Refused {
     /// "Not found" for a page or object that is not there, "Not done" for a refused action.
     pub title: &'static str,
     pub message: String,
+    /// A way to what the refused request was about, besides the console's start: (path, label).
+    pub back: Option<(String, &'static str)>,
 }
 
 /// Where the person reaches keygate, for the example beside a new secret.

@@ -229,6 +229,7 @@ fn refusal(status: StatusCode, message: &str) -> Response {
             "Not done"
         },
         message: message.to_owned(),
+        back: None,
     };
     (status, Html(frame::render(&page))).into_response()
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::filters;
 use super::frame::{
     ConfirmForm, Empty, Frame, Posted, SignedIn, capitalised, day, origin, problem_text, render,
-    table_page,
+    sent_first, table_page,
 };
 use super::{acting_cookie, html, refusal};
 use crate::auth::{AS_TENANT, authenticate};
@@ -149,6 +149,9 @@ pub(super) async fn tenants(
 /// The "Add sub-customer" form as sent, and as it is shown again with its messages.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct TenantForm {
+    /// The page's one-time value (`frame::sent_first`).
+    #[serde(default)]
+    once: String,
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -244,6 +247,17 @@ pub(super) async fn create_tenant(
             password: Some(form.password.clone()).filter(|p| !p.is_empty()),
         }),
     };
+    if errors.is_empty()
+        && let Err(page) = sent_first(
+            &state,
+            &caller,
+            &form.once,
+            ("/console/tenants".to_owned(), "See your sub-customers"),
+        )
+        .await
+    {
+        return page;
+    }
     let outcome = if errors.is_empty() {
         crate::routes::tenants::create_tenant(&state, &caller, &meta, request).await
     } else {

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use super::chart::Sparkline;
 use super::filters;
 use super::frame::{
-    Frame, Posted, SecretPage, SignedIn, day, origin, problem_text, render, table_page,
+    Frame, Posted, SecretPage, SignedIn, day, origin, problem_text, render, sent_first, table_page,
 };
 use super::usage::{self, UsageSection};
 use super::{html, refusal};
@@ -244,6 +244,9 @@ pub(super) async fn tokens(
 /// The "Add token" form as sent, and as it is shown again with its messages.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct TokenForm {
+    /// The page's one-time value (`frame::sent_first`).
+    #[serde(default)]
+    once: String,
     #[serde(default)]
     kind: String,
     #[serde(default)]
@@ -403,6 +406,16 @@ pub(super) async fn create_token(
             return html(render(&page));
         }
     };
+    if let Err(page) = sent_first(
+        &state,
+        &caller,
+        &form.once,
+        ("/console/tokens".to_owned(), "See your API tokens"),
+    )
+    .await
+    {
+        return page;
+    }
     match crate::routes::tokens::create_token(&state, &caller, &meta, request).await {
         Ok(created) => {
             let page = SecretPage {

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use super::filters;
 use super::frame::{
-    ConfirmForm, Frame, Posted, SignedIn, capitalised, day, origin, render, table_page,
+    ConfirmForm, Frame, Posted, SignedIn, capitalised, day, origin, render, sent_first, table_page,
 };
 use super::{html, refusal};
 use crate::problem::{ApiError, ProblemCode};
@@ -178,6 +178,9 @@ pub(super) async fn users(
 /// The "Add user" form as sent, and as it is shown again with its messages.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct UserForm {
+    /// The page's one-time value (`frame::sent_first`).
+    #[serde(default)]
+    once: String,
     #[serde(default)]
     email: String,
     #[serde(default)]
@@ -285,6 +288,16 @@ pub(super) async fn create_user(
         // Nothing typed: keygate generates one, as the API does, and it shows once.
         password: (!form.password.is_empty()).then(|| form.password.clone()),
     };
+    if let Err(page) = sent_first(
+        &state,
+        &caller,
+        &form.once,
+        ("/console/users".to_owned(), "See your users"),
+    )
+    .await
+    {
+        return page;
+    }
     match crate::routes::users::create_user(&state, &caller, &meta, request).await {
         Ok(created) => html(render(&CreatedPage {
             frame: Frame::new(&caller, &session, "/console/users", "users"),
@@ -411,6 +424,9 @@ pub(super) struct ChangeForm {
     /// `new`: make a new password, shown once.
     #[serde(default)]
     password: String,
+    /// The page's one-time value (`frame::sent_first`).
+    #[serde(default)]
+    once: String,
 }
 
 /// Changes a user's role (`role` set) or status (`status` set), or makes them a new password
@@ -430,6 +446,17 @@ pub(super) async fn change_user(
         Ok(user) => user,
         Err(page) => return page,
     };
+    if form.password == "new"
+        && let Err(page) = sent_first(
+            &state,
+            &caller,
+            &form.once,
+            (format!("/console/users/{id}"), "See the user"),
+        )
+        .await
+    {
+        return page;
+    }
     let new_password = match form.password.as_str() {
         "new" => match keygate_core::password::generate() {
             Ok(password) => Some(password),

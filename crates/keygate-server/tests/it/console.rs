@@ -19,6 +19,7 @@ on_every_backend!(
     custom_roles_are_offered_to_who_holds_them_and_named_in_the_table,
     account_keys_are_created_shown_once_limited_to_two_and_deleted,
     the_ip_restriction_form_shows_the_address_and_refuses_a_lock_out,
+    a_creating_form_sent_again_is_not_acted_on_twice,
 );
 
 pub(crate) const OWNER: &str = "owner@example.com";
@@ -1535,4 +1536,196 @@ async fn the_ip_restriction_form_shows_the_address_and_refuses_a_lock_out(backen
         )
         .await;
     assert_eq!(stored["enabled"], true);
+}
+
+/// The one-time value of the page's creating form.
+fn once_of(html: &str) -> String {
+    let marker = "name=\"once\" value=\"";
+    let start = html.find(marker).expect("a form with a one-time value") + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+/// A reload of the page that answered a creating form makes the browser send the form again, as
+/// does a second click. keygate acts on it once: the second answer says so, points to what was
+/// made, and makes nothing (a token, a key, a user, a password, a sub-customer, a client or its
+/// secret) a second time, so the secret shown the first time stays the one that works. A new page
+/// of the form is a new form.
+async fn a_creating_form_sent_again_is_not_acted_on_twice(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let session = server.login(OWNER, &server.password).await;
+    let count = |path: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .expect(200, reqwest::Method::GET, path, &server.token, None)
+                .await["data"]
+                .as_array()
+                .unwrap()
+                .len()
+        }
+    };
+    // Opens the form's page, sends its form twice and returns both answers (status, page).
+    let twice = |form_page: String, action: String, fields: Vec<(&'static str, String)>| {
+        let server = &server;
+        let session = &session;
+        async move {
+            let html = page(server, &form_page, Some(session))
+                .await
+                .text()
+                .await
+                .unwrap();
+            let mut form = vec![("csrf", csrf_of(&html)), ("once", once_of(&html))];
+            form.extend(fields);
+            let form: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let mut answers = Vec::new();
+            for _ in 0..2 {
+                let response = post_form(server, session, &action, &form).await;
+                let status = response.status().as_u16();
+                assert_console_headers(response.headers(), &action);
+                answers.push((status, response.text().await.unwrap()));
+            }
+            (html, answers.remove(0), answers.remove(0))
+        }
+    };
+    let already = |(status, html): &(u16, String), back: &str| {
+        assert_eq!(*status, 409, "{html}");
+        assert!(html.contains("Already done"), "{html}");
+        assert!(html.contains(&format!("href=\"{back}\"")), "{back}: {html}");
+        assert!(!html.contains("id=\"secret\""), "no secret the second time");
+    };
+
+    // A token: one made, and its secret works.
+    let tokens = count("/v1/tokens").await;
+    let fields = vec![
+        ("kind", "personal".to_owned()),
+        ("name", "Once".to_owned()),
+        ("expiry", "7".to_owned()),
+    ];
+    let (form_html, first, second) = twice(
+        "/console/tokens/new".into(),
+        "/console/tokens/new".into(),
+        fields.clone(),
+    )
+    .await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    already(&second, "/console/tokens");
+    assert_eq!(count("/v1/tokens").await, tokens + 1);
+    assert_eq!(whoami_status(&server, &secret_of(&first.1)).await, 200);
+    // Another page of the form is another form, acted on.
+    let (again_html, third, _) = twice(
+        "/console/tokens/new".into(),
+        "/console/tokens/new".into(),
+        fields,
+    )
+    .await;
+    assert_ne!(once_of(&form_html), once_of(&again_html));
+    assert_eq!(third.0, 200);
+    assert_eq!(count("/v1/tokens").await, tokens + 2);
+
+    // An account key.
+    let (_, first, second) = twice(
+        "/console/account/keys".into(),
+        "/console/account/keys".into(),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    already(&second, "/console/account/keys");
+    assert_eq!(count("/v1/account/keys").await, 1);
+
+    // A user, then a new password for them: the one shown first is the one that works.
+    let users = count("/v1/users").await;
+    let (_, first, second) = twice(
+        "/console/users/new".into(),
+        "/console/users/new".into(),
+        vec![
+            ("email", "nia@example.com".to_owned()),
+            ("name", "Nia".to_owned()),
+            ("role", "member".to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    already(&second, "/console/users");
+    assert_eq!(count("/v1/users").await, users + 1);
+    let listed = server
+        .expect(200, reqwest::Method::GET, "/v1/users", &server.token, None)
+        .await;
+    let nia = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == "nia@example.com")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/console/users/{nia}");
+    let (_, first, second) = twice(
+        path.clone(),
+        path.clone(),
+        vec![("password", "new".to_owned())],
+    )
+    .await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    already(&second, &path);
+    server.login("nia@example.com", &secret_of(&first.1)).await;
+
+    // A sub-customer.
+    let tenants = count("/v1/tenants").await;
+    let (_, first, second) = twice(
+        "/console/tenants/new".into(),
+        "/console/tenants/new".into(),
+        vec![
+            ("name", "Once Ltd".to_owned()),
+            ("email", "ops@once.example".to_owned()),
+            ("user_name", "Ops".to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    already(&second, "/console/tenants");
+    assert_eq!(count("/v1/tenants").await, tenants + 1);
+
+    // An OAuth client, then a new secret for it.
+    let (_, first, second) = twice(
+        "/console/oauth/clients/new".into(),
+        "/console/oauth/clients/new".into(),
+        vec![
+            ("name", "Billing sync".to_owned()),
+            ("role", "viewer".to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    already(&second, "/console/oauth/clients");
+    let clients = server
+        .expect(
+            200,
+            reqwest::Method::GET,
+            "/v1/oauth/clients",
+            &server.token,
+            None,
+        )
+        .await;
+    let clients = clients["data"].as_array().unwrap();
+    assert_eq!(clients.len(), 1);
+    let client = clients[0]["client_id"].as_str().unwrap();
+    let path = format!("/console/oauth/clients/{client}");
+    let (_, first, second) = twice(
+        path.clone(),
+        format!("{path}/roll"),
+        vec![("overlap", "0".to_owned())],
+    )
+    .await;
+    assert_eq!(first.0, 200, "{}", first.1);
+    already(&second, &path);
+    let issued = server
+        .post("/v1/oauth/token")
+        .basic_auth(client, Some(secret_of(&first.1)))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(issued.status(), 200, "the secret shown first works");
 }

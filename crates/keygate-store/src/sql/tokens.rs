@@ -228,6 +228,25 @@ impl TokenStore for SqlStore {
         Ok(Some(()))
     }
 
+    async fn note_form(&self, session: &CredentialId, form: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin_write().await?;
+        // An upsert that changes nothing when the form is the one already noted: no row
+        // affected then, on both databases.
+        let noted = sqlx::query(
+            "INSERT INTO console_forms (session_id, form) VALUES ($1, $2)
+             ON CONFLICT (session_id) DO UPDATE SET form = excluded.form
+             WHERE console_forms.form <> excluded.form",
+        )
+        .bind(session.as_str())
+        .bind(form)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        self.commit(tx, &[]).await?;
+        Ok(noted == 1)
+    }
+
     async fn end_session(
         &self,
         id: &CredentialId,
