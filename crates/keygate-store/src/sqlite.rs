@@ -32,6 +32,46 @@ pub struct SqliteStore {
     listener: Arc<dyn ChangeListener>,
 }
 
+/// Opens the pool and applies the migrations the store lacks. Processes opening one file at
+/// once (nodes started together, a restart overlapping the process it replaces) each do both,
+/// and SQLite takes their writes in turn: a new file's switch to WAL can find it busy, and the
+/// later migration fails on what the earlier made ("table … already exists"; sqlx locks
+/// migrations on PostgreSQL only). Each migration is its own transaction, so a failed one left
+/// nothing behind: tried again, the migrator reads what is applied now and goes on. What fails
+/// for another reason fails every time, and is reported.
+async fn open_pool(
+    pool: SqlitePoolOptions,
+    connect: SqliteConnectOptions,
+) -> Result<SqlitePool, OpenError> {
+    use sqlx::migrate::MigrateError;
+    const TRIES: u32 = 5;
+    let busy = |e: &sqlx::Error| {
+        e.as_database_error()
+            .and_then(|e| e.code())
+            .and_then(|code| code.parse::<i32>().ok())
+            // SQLITE_BUSY and SQLITE_LOCKED, with their extended codes.
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6))
+    };
+    let mut tried = 1;
+    loop {
+        match pool.clone().connect_with(connect.clone()).await {
+            Ok(opened) => match MIGRATOR.run(&opened).await {
+                Ok(()) => return Ok(opened),
+                Err(MigrateError::Execute(_) | MigrateError::ExecuteMigration(..))
+                    if tried < TRIES =>
+                {
+                    opened.close().await;
+                }
+                Err(e) => return Err(OpenError::Migrate(e.to_string())),
+            },
+            Err(e) if busy(&e) && tried < TRIES => {}
+            Err(e) => return Err(OpenError::Connect(e.to_string())),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(tried))).await;
+        tried += 1;
+    }
+}
+
 impl SqliteStore {
     pub async fn open(
         url: &str,
@@ -62,14 +102,8 @@ impl SqliteStore {
             .acquire_timeout(options.acquire_timeout)
             // sqlx pings every connection it takes from the pool, a trip to the connection's
             // thread before each statement; a connection to a local file does not go stale.
-            .test_before_acquire(false)
-            .connect_with(connect)
-            .await
-            .map_err(|e| OpenError::Connect(e.to_string()))?;
-        MIGRATOR
-            .run(&pool)
-            .await
-            .map_err(|e| OpenError::Migrate(e.to_string()))?;
+            .test_before_acquire(false);
+        let pool = open_pool(pool, connect).await?;
         Ok(Self { pool, listener })
     }
 

@@ -96,6 +96,7 @@ macro_rules! on_every_backend {
 }
 
 on_every_backend!(
+    nodes_opening_a_new_store_at_once_all_open_it,
     bootstrap_is_all_or_nothing_and_only_once,
     credentials_are_read_together_by_current_or_previous_secret,
     revocation_is_scoped_to_the_grant_and_announced_after_commit,
@@ -785,6 +786,27 @@ async fn last_use_only_moves_forward(db: TestDb) {
         .unwrap()
         .unwrap();
     assert_eq!(record.credential.last_used_at, Some(last));
+}
+
+/// Several nodes (or a restarted process and the one it replaces) opening a store at once each
+/// run its migrations: on SQLite they used to race, the later one failing on a table the earlier
+/// had just made ("table ... already exists"), and that node did not start.
+async fn nodes_opening_a_new_store_at_once_all_open_it(db: TestDb) {
+    let url = db.url();
+    let opened = futures_util::future::join_all((0..6).map(|_| {
+        let url = url.clone();
+        async move {
+            let listener: Arc<dyn ChangeListener> = Arc::new(Recorder::default());
+            open(&url, &StoreOptions::default(), listener)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }))
+    .await;
+    for result in opened {
+        result.unwrap();
+    }
 }
 
 #[tokio::test]
