@@ -547,15 +547,13 @@ async fn roles_in_use_cannot_be_deleted_and_changes_are_announced(db: TestDb) {
     );
 }
 
-async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they_made(db: TestDb) {
-    let o = owned(db).await;
-    let users = o.caller.require::<perm::UsersWrite>().unwrap();
-    let tokens = o.caller.require::<perm::TokensWrite>().unwrap();
+/// A member of the grant's tenant, stored.
+async fn member(o: &Owned, users: &Grant<perm::UsersWrite>, email: &str, name: &str) -> User {
     let user = User {
         id: UserId::generate(NOW).unwrap(),
         tenant_id: users.tenant_id().clone(),
-        email: "bob@example.com".into(),
-        name: "Bob".into(),
+        email: email.into(),
+        name: name.into(),
         role_id: BuiltinRole::Member.id(),
         status: UserStatus::Active,
         created_at: NOW,
@@ -563,9 +561,17 @@ async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they
     };
     let hash = keygate_core::password::hash("correct horse battery").unwrap();
     o.store
-        .create_user(&users, &user, &hash, &event(&users, "user.create"))
+        .create_user(users, &user, &hash, &event(users, "user.create"))
         .await
         .unwrap();
+    user
+}
+
+async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they_made(db: TestDb) {
+    let o = owned(db).await;
+    let users = o.caller.require::<perm::UsersWrite>().unwrap();
+    let tokens = o.caller.require::<perm::TokensWrite>().unwrap();
+    let user = member(&o, &users, "bob@example.com", "Bob").await;
     let mut personal = o.plan.token.clone();
     let secret = format().generate(CredentialKind::Personal).unwrap();
     personal.id = CredentialId::generate_for(CredentialKind::Personal, NOW).unwrap();
@@ -647,21 +653,7 @@ async fn deleting_a_user_takes_their_personal_tokens_but_not_service_tokens_they
 async fn a_console_form_is_noted_once_per_session_and_goes_with_it(db: TestDb) {
     let o = owned(db).await;
     let users = o.caller.require::<perm::UsersWrite>().unwrap();
-    let user = User {
-        id: UserId::generate(NOW).unwrap(),
-        tenant_id: users.tenant_id().clone(),
-        email: "carol@example.com".into(),
-        name: "Carol".into(),
-        role_id: BuiltinRole::Member.id(),
-        status: UserStatus::Active,
-        created_at: NOW,
-        last_sign_in_at: None,
-    };
-    let hash = keygate_core::password::hash("correct horse battery").unwrap();
-    o.store
-        .create_user(&users, &user, &hash, &event(&users, "user.create"))
-        .await
-        .unwrap();
+    let user = member(&o, &users, "carol@example.com", "Carol").await;
     let mut sessions = Vec::new();
     for _ in 0..2 {
         let mut session = o.plan.token.clone();
