@@ -1539,7 +1539,7 @@ async fn the_ip_restriction_form_shows_the_address_and_refuses_a_lock_out(backen
 }
 
 /// The one-time value of the page's creating form.
-fn once_of(html: &str) -> String {
+pub(crate) fn once_of(html: &str) -> String {
     let marker = "name=\"once\" value=\"";
     let start = html.find(marker).expect("a form with a one-time value") + marker.len();
     html[start..].split('"').next().unwrap().to_owned()

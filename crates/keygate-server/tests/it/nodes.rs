@@ -671,3 +671,43 @@ async fn usage_counted_on_two_nodes_sums_exactly() {
         assert_eq!(total, 23 + 19, "{read}");
     }
 }
+
+/// A console form sent again is not acted on twice, whichever node the second sending reaches
+/// (behind a load balancer, a reload may well reach another): what a session sent is noted in
+/// the store, not in a node.
+#[tokio::test]
+async fn a_console_form_sent_again_to_another_node_is_not_acted_on_twice() {
+    if !keygate_testkit::postgres_or_skip() {
+        return;
+    }
+    use crate::console::{OWNER, csrf_of, once_of, page, post_form};
+    let a = TestServer::start(Backend::Postgres).await;
+    let b = a.join().await;
+    let session = a.login(OWNER, &a.password).await;
+    let count = || async {
+        a.expect(200, Method::GET, "/v1/tokens", &a.token, None)
+            .await["data"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = count().await;
+    let html = page(&a, "/console/tokens/new", Some(&session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let (csrf, once) = (csrf_of(&html), once_of(&html));
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("once", once.as_str()),
+        ("kind", "personal"),
+        ("name", "Twice"),
+        ("expiry", "7"),
+    ];
+    let first = post_form(&a, &session, "/console/tokens/new", &form).await;
+    assert_eq!(first.status(), 200);
+    let again = post_form(&b, &session, "/console/tokens/new", &form).await;
+    assert_eq!(again.status(), 409, "{}", again.text().await.unwrap());
+    assert_eq!(count().await, before + 1);
+}
