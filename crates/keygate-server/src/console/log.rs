@@ -8,12 +8,14 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use keygate_core::Timestamp;
 use keygate_core::access::perm;
+use keygate_core::id::CredentialId;
 use keygate_core::model::{Outcome, StoredEvent};
 use keygate_core::store::EventFilter;
 use serde::Deserialize;
 
 use super::filters;
 use super::frame::{Frame, SignedIn, render, table_page};
+use super::usage::Names;
 use super::{html, refusal};
 use crate::state::AppState;
 
@@ -41,8 +43,9 @@ struct EventRow {
     time: String,
     actor: String,
     token: Option<String>,
-    /// Whether the credential is a token with a page of its own.
-    token_link: bool,
+    /// The credential's name and page, for one of this organization's the person may look up.
+    token_name: Option<String>,
+    token_link: Option<String>,
     action: String,
     target: String,
     outcome: &'static str,
@@ -53,15 +56,20 @@ struct EventRow {
 }
 
 impl EventRow {
-    /// `here`: the tenant the page shows the log of.
-    fn new(event: StoredEvent, here: &str) -> Self {
-        // Only this organization's own tokens have a page here: one of the organization acting
-        // for it (an ancestor), or of one below it, is shown without a link that would 404.
-        let token_link = event.tenant_id == here
-            && event
-                .token_id
-                .as_deref()
-                .is_some_and(|id| id.starts_with("tok_"));
+    /// `here`: the tenant the page shows the log of; `names`: its credentials' names.
+    fn new(event: StoredEvent, here: &str, names: &Names) -> Self {
+        // Only this organization's own credentials are named and linked: one of the organization
+        // acting for it (an ancestor), or of one below it, shows by id, without a link that
+        // would 404.
+        let known = event
+            .token_id
+            .as_deref()
+            .filter(|_| event.tenant_id == here)
+            .and_then(|id| names.get(id));
+        let (token_name, token_link) = match known {
+            Some(known) => (Some(known.name.clone()), known.link.clone()),
+            None => (None, None),
+        };
         Self {
             time: when(event.time),
             // The credential that acted is in its own column: the actor repeats only its kind.
@@ -84,6 +92,7 @@ impl EventRow {
                 }
             },
             token: event.token_id,
+            token_name,
             token_link,
             action: event.action,
             target: event
@@ -262,10 +271,20 @@ pub(super) async fn log(
     match read {
         Ok(events) => {
             let here = caller.scope().to_string();
+            let mut credentials: Vec<CredentialId> = events
+                .items
+                .iter()
+                .filter(|event| event.tenant_id == here)
+                .filter_map(|event| event.token_id.as_deref())
+                .filter_map(CredentialId::parse_any)
+                .collect();
+            credentials.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+            credentials.dedup();
+            let names = Names::read(&state, &caller, &credentials).await;
             page.rows = events
                 .items
                 .into_iter()
-                .map(|event| EventRow::new(event, &here))
+                .map(|event| EventRow::new(event, &here, &names))
                 .collect();
             let outcome_text = page.query.outcome.clone();
             let (from, to) = (page.query.from.clone(), page.query.to.clone());

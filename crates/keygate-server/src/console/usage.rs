@@ -290,7 +290,7 @@ pub(super) async fn usage(
     page.rows = ranked
         .into_iter()
         .map(|(id, sum)| {
-            let known = names.0.get(id);
+            let known = names.get(id);
             CredentialRow {
                 id: id.to_owned(),
                 name: known.map_or_else(|| id.to_owned(), |k| k.name.clone()),
@@ -345,20 +345,24 @@ fn kind_of(id: &str) -> &'static str {
     }
 }
 
-/// What the table says of a credential the person may look up in this tenant.
-struct Known {
-    name: String,
+/// What a table says of a credential the person may look up in this tenant.
+pub(super) struct Known {
+    pub(super) name: String,
     kind: &'static str,
-    link: Option<String>,
+    pub(super) link: Option<String>,
 }
 
 /// The names of the credentials of the tenant acted for that the person may see, each kind in
 /// one read (a client each: the table lists at most [`TOP`]). The sub-customers' credentials are
 /// not here: they show by id.
-struct Names(HashMap<String, Known>);
+pub(super) struct Names(HashMap<String, Known>);
 
 impl Names {
-    async fn read(state: &AppState, caller: &Caller, ids: &[CredentialId]) -> Self {
+    pub(super) fn get(&self, id: &str) -> Option<&Known> {
+        self.0.get(id)
+    }
+
+    pub(super) async fn read(state: &AppState, caller: &Caller, ids: &[CredentialId]) -> Self {
         let mut known = HashMap::new();
         let of_kind = |prefix: &str| -> Vec<CredentialId> {
             ids.iter()

@@ -122,9 +122,12 @@ async fn the_log_filters_by_credential_outcome_action_and_time(backend: Backend)
         cells.len(),
         api_events(&server, &format!("token_id={a}")).await.len()
     );
+    // Named, linked to its page, and its id beside the name.
     assert!(
-        only_a.contains(&format!("href=\"/console/tokens/{a}\"")),
-        "linked"
+        only_a.contains(&format!(
+            "<a href=\"/console/tokens/{a}\">deployer</a><br><code>{a}</code>"
+        )),
+        "named and linked: {only_a}"
     );
     assert!(only_a.contains("token.create"));
     assert!(!only_a.contains(&b) && !only_a.contains(&c));
@@ -375,7 +378,11 @@ async fn in_a_browser_the_log_reached_from_a_token_page_shows_exactly_its_action
         .len();
     assert_eq!(shown.len(), 4);
     assert_eq!(shown.len(), expected);
-    assert!(shown.iter().all(|cell| *cell == a), "{shown:?}");
+    // Each the token's name over its id.
+    assert!(
+        shown.iter().all(|cell| *cell == format!("deployer\n{a}")),
+        "{shown:?}"
+    );
     audit(&browser, axe, &shots, "log-by-token").await;
 
     // A bad date: a message beside the field, on the page.
@@ -444,6 +451,13 @@ async fn only_the_organizations_own_tokens_are_linked(backend: Backend) {
     assert!(
         !html.contains(&format!("href=\"/console/tokens/{root_token}\"")),
         "not linked: {html}"
+    );
+    // An ancestor's token is shown by its id alone: its name is not the sub-customer's to read.
+    assert!(
+        html.contains(&format!(
+            "<td class=\"token\"><code>{root_token}</code></td>"
+        )),
+        "by id alone: {html}"
     );
     assert!(
         html.contains(&format!("href=\"/console/tokens/{theirs}\"")),
