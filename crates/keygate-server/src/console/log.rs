@@ -2,15 +2,17 @@
 //! action, outcome and time, a page at a time, with a link to the NDJSON export of the same
 //! selection. The same read as `GET /v1/audit-events`.
 
+use std::collections::HashMap;
+
 use askama::Template;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use keygate_core::Timestamp;
-use keygate_core::access::perm;
+use keygate_core::access::{Caller, perm};
 use keygate_core::id::CredentialId;
 use keygate_core::model::{Outcome, StoredEvent};
-use keygate_core::store::EventFilter;
+use keygate_core::store::{EventFilter, Page};
 use serde::Deserialize;
 
 use super::filters;
@@ -56,8 +58,14 @@ struct EventRow {
 }
 
 impl EventRow {
-    /// `here`: the tenant the page shows the log of; `names`: its credentials' names.
-    fn new(event: StoredEvent, here: &str, names: &Names) -> Self {
+    /// `here`: the tenant the page shows the log of; `names`: its credentials' names, `people`
+    /// its users' (by id).
+    fn new(
+        event: StoredEvent,
+        here: &str,
+        names: &Names,
+        people: &HashMap<String, String>,
+    ) -> Self {
         // Only this organization's own credentials are named and linked: one of the organization
         // acting for it (an ancestor), or of one below it, shows by id, without a link that
         // would 404.
@@ -77,7 +85,11 @@ impl EventRow {
                 let who = if event.token_id.as_deref() == Some(event.actor_id.as_str()) {
                     event.actor_type.replace('_', " ")
                 } else {
-                    format!("{} {}", event.actor_type.replace('_', " "), event.actor_id)
+                    let actor = people
+                        .get(&event.actor_id)
+                        .filter(|_| event.tenant_id == here)
+                        .unwrap_or(&event.actor_id);
+                    format!("{} {actor}", event.actor_type.replace('_', " "))
                 };
                 // A reseller acting for a sub-customer: both tenants, as the API records them.
                 match &event.acting_tenant_id {
@@ -108,6 +120,44 @@ impl EventRow {
             status: event.status,
             request_id: event.request_id.unwrap_or_default(),
             count: event.count,
+        }
+    }
+}
+
+/// The names of the organization's users who acted in `events`, by id, if the person may read
+/// users (else they show by id).
+async fn people(
+    state: &AppState,
+    caller: &Caller,
+    events: &[StoredEvent],
+    here: &str,
+) -> HashMap<String, String> {
+    let Ok(grant) = caller.require::<perm::UsersRead>() else {
+        return HashMap::new();
+    };
+    let mut ids: Vec<String> = events
+        .iter()
+        .filter(|event| event.tenant_id == here && event.actor_type == "user")
+        .map(|event| event.actor_id.clone())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    if ids.is_empty() {
+        return HashMap::new();
+    }
+    let page = Page {
+        ids,
+        ..Page::first(Page::MAX_LIMIT)
+    };
+    match state.store().list_users(&grant.reads(), &page).await {
+        Ok(users) => users
+            .items
+            .into_iter()
+            .map(|user| (user.id.to_string(), user.name))
+            .collect(),
+        Err(error) => {
+            tracing::error!(%error, "the console could not name the log's users");
+            HashMap::new()
         }
     }
 }
@@ -281,10 +331,11 @@ pub(super) async fn log(
             credentials.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
             credentials.dedup();
             let names = Names::read(&state, &caller, &credentials).await;
+            let people = people(&state, &caller, &events.items, &here).await;
             page.rows = events
                 .items
                 .into_iter()
-                .map(|event| EventRow::new(event, &here, &names))
+                .map(|event| EventRow::new(event, &here, &names, &people))
                 .collect();
             let outcome_text = page.query.outcome.clone();
             let (from, to) = (page.query.from.clone(), page.query.to.clone());

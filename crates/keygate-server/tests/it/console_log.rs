@@ -112,6 +112,9 @@ async fn the_log_filters_by_credential_outcome_action_and_time(backend: Backend)
     assert!(all.contains("href=\"/console/log\" aria-current=\"page\">Request log</a>"));
     let everything = token_cells(&all);
     assert!(everything.contains(&a) && everything.contains(&b) && everything.contains(&c));
+    // A person who acted is named: the owner signing in.
+    assert!(all.contains("<td>user Owner</td>"), "{all}");
+    assert!(!all.contains("<td>user usr_"), "{all}");
 
     // By credential: exactly that token's events, every one of them, and nothing else.
     let only_a = log(&server, &session, &format!("?token_id={a}")).await;
