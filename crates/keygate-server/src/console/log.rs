@@ -107,9 +107,22 @@ impl EventRow {
             token_name,
             token_link,
             action: event.action,
+            // A token, key, client or person of this organization is named, as in the columns
+            // before it.
             target: event
                 .target
-                .map(|(kind, id)| format!("{} {id}", kind.replace('_', " ")))
+                .map(|(kind, id)| {
+                    let named = (event.tenant_id == here)
+                        .then(|| match kind.as_str() {
+                            "user" => people.get(&id).cloned(),
+                            "token" | "account_key" | "oauth_client" => {
+                                names.get(&id).map(|known| format!("“{}”", known.name))
+                            }
+                            _ => None,
+                        })
+                        .flatten();
+                    format!("{} {}", kind.replace('_', " "), named.unwrap_or(id))
+                })
                 .unwrap_or_default(),
             outcome: match event.outcome {
                 Outcome::Success => "Success",
@@ -135,10 +148,19 @@ async fn people(
     let Ok(grant) = caller.require::<perm::UsersRead>() else {
         return HashMap::new();
     };
+    // Who acted, and who was acted on.
     let mut ids: Vec<String> = events
         .iter()
-        .filter(|event| event.tenant_id == here && event.actor_type == "user")
-        .map(|event| event.actor_id.clone())
+        .filter(|event| event.tenant_id == here)
+        .flat_map(|event| {
+            let actor = (event.actor_type == "user").then_some(&event.actor_id);
+            let target = event
+                .target
+                .as_ref()
+                .filter(|(kind, _)| kind == "user")
+                .map(|(_, id)| id);
+            actor.into_iter().chain(target).cloned()
+        })
         .collect();
     ids.sort_unstable();
     ids.dedup();
@@ -321,11 +343,15 @@ pub(super) async fn log(
     match read {
         Ok(events) => {
             let here = caller.scope().to_string();
+            // The credentials that acted and those acted on.
             let mut credentials: Vec<CredentialId> = events
                 .items
                 .iter()
                 .filter(|event| event.tenant_id == here)
-                .filter_map(|event| event.token_id.as_deref())
+                .flat_map(|event| {
+                    let target = event.target.as_ref().map(|(_, id)| id.as_str());
+                    event.token_id.as_deref().into_iter().chain(target)
+                })
                 .filter_map(CredentialId::parse_any)
                 .collect();
             credentials.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));

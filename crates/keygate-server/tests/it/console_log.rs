@@ -115,6 +115,9 @@ async fn the_log_filters_by_credential_outcome_action_and_time(backend: Backend)
     // A person who acted is named: the owner signing in.
     assert!(all.contains("<td>user Owner</td>"), "{all}");
     assert!(!all.contains("<td>user usr_"), "{all}");
+    // And so is what was acted on: the tokens made.
+    assert!(all.contains("<td>token “made 0”</td>"), "{all}");
+    assert!(!all.contains("<td>token tok_"), "{all}");
 
     // By credential: exactly that token's events, every one of them, and nothing else.
     let only_a = log(&server, &session, &format!("?token_id={a}")).await;
