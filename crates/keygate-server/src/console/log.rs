@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::filters;
 use super::frame::{Frame, SignedIn, render, table_page};
-use super::usage::Names;
+use super::usage::{Names, TenantNames};
 use super::{html, refusal};
 use crate::state::AppState;
 
@@ -57,15 +57,24 @@ struct EventRow {
     count: u32,
 }
 
+/// The names a page of events shows instead of ids, each kind read once for the page.
+struct Named {
+    /// The organization's credentials the person may look up.
+    credentials: Names,
+    /// The organization's people, by id, if the person may read users.
+    people: HashMap<String, String>,
+    /// This organization and the sub-customers the person may see.
+    tenants: TenantNames,
+}
+
 impl EventRow {
-    /// `here`: the tenant the page shows the log of; `names`: its credentials' names, `people`
-    /// its users' (by id).
-    fn new(
-        event: StoredEvent,
-        here: &str,
-        names: &Names,
-        people: &HashMap<String, String>,
-    ) -> Self {
+    /// `here`: the tenant the page shows the log of.
+    fn new(event: StoredEvent, here: &str, named: &Named) -> Self {
+        let Named {
+            credentials: names,
+            people,
+            tenants,
+        } = named;
         // Only this organization's own credentials are named and linked: one of the organization
         // acting for it (an ancestor), or of one below it, shows by id, without a link that
         // would 404.
@@ -92,14 +101,19 @@ impl EventRow {
                     format!("{} {actor}", event.actor_type.replace('_', " "))
                 };
                 // A reseller acting for a sub-customer: both tenants, as the API records them.
+                let home = tenants.name(&event.tenant_id);
                 match &event.acting_tenant_id {
                     Some(acting) if acting == here => {
-                        format!("{who} of {}, acting for this organization", event.tenant_id)
+                        format!("{who} of {home}, acting for this organization")
                     }
                     Some(acting) if event.tenant_id == here => {
-                        format!("{who}, acting for {acting}")
+                        format!("{who}, acting for {}", tenants.name(acting))
                     }
-                    Some(acting) => format!("{who} of {}, acting for {acting}", event.tenant_id),
+                    Some(acting) => {
+                        format!("{who} of {home}, acting for {}", tenants.name(acting))
+                    }
+                    // A sub-customer's own event, in the log of an organization above it.
+                    None if event.tenant_id != here => format!("{who} of {home}"),
                     None => who,
                 }
             },
@@ -112,15 +126,15 @@ impl EventRow {
             target: event
                 .target
                 .map(|(kind, id)| {
-                    let named = (event.tenant_id == here)
-                        .then(|| match kind.as_str() {
-                            "user" => people.get(&id).cloned(),
-                            "token" | "account_key" | "oauth_client" => {
-                                names.get(&id).map(|known| format!("“{}”", known.name))
-                            }
-                            _ => None,
-                        })
-                        .flatten();
+                    let named = match kind.as_str() {
+                        "tenant" => Some(format!("“{}”", tenants.name(&id))),
+                        _ if event.tenant_id != here => None,
+                        "user" => people.get(&id).cloned(),
+                        "token" | "account_key" | "oauth_client" => {
+                            names.get(&id).map(|known| format!("“{}”", known.name))
+                        }
+                        _ => None,
+                    };
                     format!("{} {}", kind.replace('_', " "), named.unwrap_or(id))
                 })
                 .unwrap_or_default(),
@@ -356,12 +370,28 @@ pub(super) async fn log(
                 .collect();
             credentials.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
             credentials.dedup();
-            let names = Names::read(&state, &caller, &credentials).await;
-            let people = people(&state, &caller, &events.items, &here).await;
+            let mut tenants: Vec<String> = Vec::new();
+            for event in &events.items {
+                tenants.push(event.tenant_id.clone());
+                tenants.extend(event.acting_tenant_id.clone());
+                if let Some((kind, id)) = &event.target
+                    && kind == "tenant"
+                {
+                    tenants.push(id.clone());
+                }
+            }
+            tenants.sort_unstable();
+            tenants.dedup();
+            let named = Named {
+                credentials: Names::read(&state, &caller, &credentials).await,
+                people: people(&state, &caller, &events.items, &here).await,
+                tenants: TenantNames::read(&state, &caller, tenants.iter().map(String::as_str))
+                    .await,
+            };
             page.rows = events
                 .items
                 .into_iter()
-                .map(|event| EventRow::new(event, &here, &names, &people))
+                .map(|event| EventRow::new(event, &here, &named))
                 .collect();
             let outcome_text = page.query.outcome.clone();
             let (from, to) = (page.query.from.clone(), page.query.to.clone());

@@ -454,15 +454,15 @@ impl Names {
     }
 }
 
-/// The names of the tenants the table's credentials belong to: the one acted for, and the
-/// sub-customers the person may see (else by id).
-struct TenantNames {
+/// The names of the tenants a table shows: the one acted for, and the sub-customers the person
+/// may see (else by id).
+pub(super) struct TenantNames {
     here: (TenantId, String),
     names: HashMap<String, String>,
 }
 
 impl TenantNames {
-    async fn read<'a>(
+    pub(super) async fn read<'a>(
         state: &AppState,
         caller: &Caller,
         tenants: impl Iterator<Item = &'a str>,
@@ -489,7 +489,7 @@ impl TenantNames {
         Self { here, names }
     }
 
-    fn name(&self, id: &str) -> String {
+    pub(super) fn name(&self, id: &str) -> String {
         if id == self.here.0.as_str() {
             return self.here.1.clone();
         }

@@ -118,6 +118,7 @@ async fn the_log_filters_by_credential_outcome_action_and_time(backend: Backend)
     // And so is what was acted on: the tokens made.
     assert!(all.contains("<td>token “made 0”</td>"), "{all}");
     assert!(!all.contains("<td>token tok_"), "{all}");
+    assert!(all.contains("<td>tenant “Root”</td>"), "{all}");
 
     // By credential: exactly that token's events, every one of them, and nothing else.
     let only_a = log(&server, &session, &format!("?token_id={a}")).await;
@@ -477,4 +478,7 @@ async fn only_the_organizations_own_tokens_are_linked(backend: Backend) {
         !html.contains(&format!("href=\"/console/tokens/{theirs}\"")),
         "not linked: {html}"
     );
+    // The sub-customer made, and the one its events happened in, by name.
+    assert!(html.contains("<td>tenant “Acme”</td>"), "{html}");
+    assert!(html.contains(" of Acme</td>"), "{html}");
 }

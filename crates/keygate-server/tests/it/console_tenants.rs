@@ -347,7 +347,7 @@ async fn acting_for_a_sub_customer_lands_actions_there_and_the_log_names_both(ba
         .text()
         .await
         .unwrap();
-    assert!(log.contains(&format!(", acting for {acme}")), "{log}");
+    assert!(log.contains(", acting for Acme</td>"), "by its name: {log}");
 
     let back = post(
         &server,
