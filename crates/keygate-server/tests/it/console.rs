@@ -47,11 +47,19 @@ pub(crate) async fn page(
     request.send().await.unwrap()
 }
 
+/// The value of the page's first hidden field `name`.
+fn hidden_of(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("a form with {name}"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
 /// The CSRF token of the page's forms.
 pub(crate) fn csrf_of(html: &str) -> String {
-    let marker = "name=\"csrf\" value=\"";
-    let start = html.find(marker).expect("a form with a CSRF token") + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
+    hidden_of(html, "csrf")
 }
 
 /// Behind a trusted proxy that ended TLS (`X-Forwarded-Proto: https`), the session cookie is
@@ -1540,9 +1548,7 @@ async fn the_ip_restriction_form_shows_the_address_and_refuses_a_lock_out(backen
 
 /// The one-time value of the page's creating form.
 pub(crate) fn once_of(html: &str) -> String {
-    let marker = "name=\"once\" value=\"";
-    let start = html.find(marker).expect("a form with a one-time value") + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
+    hidden_of(html, "once")
 }
 
 /// A reload of the page that answered a creating form makes the browser send the form again, as
