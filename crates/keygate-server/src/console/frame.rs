@@ -65,6 +65,7 @@ impl Frame {
                 "OAuth clients",
                 "oauth_clients:read",
             ),
+            ("/console/webhooks", "Webhooks", "webhooks:read"),
             ("/console/log", "Request log", "audit:read"),
             ("/console/usage", "Usage", "usage:read"),
             ("/console/tenants", "Sub-customers", "tenants:read"),

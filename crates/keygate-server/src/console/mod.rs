@@ -20,6 +20,7 @@ mod tenants;
 mod tokens;
 mod usage;
 mod users;
+mod webhooks;
 
 use axum::Router;
 use axum::extract::Request;
@@ -140,6 +141,23 @@ pub fn router() -> Router<AppState> {
         .route(
             "/console/oauth/clients/{id}/delete",
             axum::routing::post(clients::delete),
+        )
+        .route("/console/webhooks", get(webhooks::webhooks))
+        .route(
+            "/console/webhooks/new",
+            get(webhooks::new_webhook).post(webhooks::create),
+        )
+        .route(
+            "/console/webhooks/{id}",
+            get(webhooks::webhook).post(webhooks::change),
+        )
+        .route(
+            "/console/webhooks/{id}/delete",
+            axum::routing::post(webhooks::delete),
+        )
+        .route(
+            "/console/webhooks/{id}/deliveries/{delivery}/retry",
+            axum::routing::post(webhooks::retry),
         )
         .route_layer(middleware::from_fn(guard));
     Router::new()

@@ -367,12 +367,24 @@ pub async fn update(
     Path(id): Path<String>,
     Json(request): Json<UpdateWebhook>,
 ) -> Result<axum::Json<UpdatedWebhook>, ApiError> {
+    update_webhook(&state, &caller, &meta, &id, request)
+        .await
+        .map(axum::Json)
+}
+
+pub(crate) async fn update_webhook(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+    request: UpdateWebhook,
+) -> Result<UpdatedWebhook, ApiError> {
     let grant = caller.require::<perm::WebhooksWrite>()?;
     let mut webhook = state
         .store()
-        .get_webhook(&grant.reads(), &webhook_id(&id)?)
+        .get_webhook(&grant.reads(), &webhook_id(id)?)
         .await?
-        .ok_or_else(|| not_found(&id))?;
+        .ok_or_else(|| not_found(id))?;
     let guard = Guard::new(&state.config().webhooks);
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
@@ -400,16 +412,16 @@ pub async fn update(
         webhook.enabled = enabled;
     }
     let now = state.clock().now();
-    let event = grant.event("webhook.update", Some(target(&webhook.id)), now, &meta)?;
+    let event = grant.event("webhook.update", Some(target(&webhook.id)), now, meta)?;
     state
         .store()
         .update_webhook(&grant, &webhook, &event)
         .await?
-        .ok_or_else(|| not_found(&id))?;
-    Ok(axum::Json(UpdatedWebhook {
+        .ok_or_else(|| not_found(id))?;
+    Ok(UpdatedWebhook {
         webhook: webhook.into(),
         warnings,
-    }))
+    })
 }
 
 /// Delete a webhook
@@ -424,18 +436,27 @@ pub async fn delete(
     Meta(meta): Meta,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    delete_webhook(&state, &caller, &meta, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(crate) async fn delete_webhook(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+) -> Result<(), ApiError> {
     let grant = caller.require::<perm::WebhooksWrite>()?;
-    let webhook = webhook_id(&id)?;
+    let webhook = webhook_id(id)?;
     let now = state.clock().now();
     let event = grant
-        .event("webhook.delete", Some(target(&webhook)), now, &meta)?
+        .event("webhook.delete", Some(target(&webhook)), now, meta)?
         .with_status(204);
     state
         .store()
         .delete_webhook(&grant, &webhook, &event)
         .await?
-        .ok_or_else(|| not_found(&id))?;
-    Ok(StatusCode::NO_CONTENT)
+        .ok_or_else(|| not_found(id))
 }
 
 /// List a webhook's deliveries
@@ -485,10 +506,21 @@ pub async fn retry(
     Path((id, delivery_id)): Path<(String, String)>,
     _: NoBody,
 ) -> Result<(StatusCode, axum::Json<DeliveryView>), ApiError> {
+    let retried = retry_delivery(&state, &caller, &meta, &id, &delivery_id).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(retried.into())))
+}
+
+pub(crate) async fn retry_delivery(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+    delivery_id: &str,
+) -> Result<Delivery, ApiError> {
     let grant = caller.require::<perm::WebhooksWrite>()?;
-    let webhook = webhook_id(&id)?;
+    let webhook = webhook_id(id)?;
     let missing = || ApiError::not_found(format!("there is no delivery `{delivery_id}`"));
-    let delivery = DeliveryId::parse(&delivery_id).ok_or_else(missing)?;
+    let delivery = DeliveryId::parse(delivery_id).ok_or_else(missing)?;
     let now = state.clock().now();
     let event = grant
         .event(
@@ -498,13 +530,12 @@ pub async fn retry(
                 id: delivery.to_string(),
             }),
             now,
-            &meta,
+            meta,
         )?
         .with_status(202);
-    let retried = state
+    state
         .store()
         .retry_delivery(&grant, &webhook, &delivery, &event)
         .await?
-        .ok_or_else(missing)?;
-    Ok((StatusCode::ACCEPTED, axum::Json(retried.into())))
+        .ok_or_else(missing)
 }

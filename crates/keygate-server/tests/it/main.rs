@@ -43,6 +43,7 @@ mod console_log;
 mod console_people;
 mod console_tenants;
 mod console_usage;
+mod console_webhooks;
 mod document;
 mod explorer;
 mod gateway;

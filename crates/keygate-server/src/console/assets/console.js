@@ -27,3 +27,10 @@ document.addEventListener("change", (event) => {
     .querySelectorAll(`input[type=checkbox][name="${all.dataset.selectAll}"]`)
     .forEach((box) => { box.checked = all.checked; });
 });
+// Ticking an event on a webhook's form means "only the events ticked here".
+document.addEventListener("change", (event) => {
+  const box = event.target;
+  if (!box.matches("input[type=checkbox][name=event]") || !box.checked) return;
+  const only = box.form && box.form.querySelector("input[data-only]");
+  if (only) only.checked = true;
+});
