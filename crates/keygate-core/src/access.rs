@@ -316,6 +316,7 @@ mod tests {
             id: TenantId::generate(NOW).unwrap(),
             name: "Child".into(),
             slug: "child".into(),
+            suspended: false,
         };
         let own_tenant = owner.verified().tenant().id.clone();
         let acting = owner.clone().acting_for(child.clone()).unwrap();

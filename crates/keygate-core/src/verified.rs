@@ -66,6 +66,9 @@ pub struct TenantSummary {
     pub id: TenantId,
     pub name: String,
     pub slug: String,
+    /// Whether it was suspended when read: its own credentials are refused, while an ancestor
+    /// may still act for it.
+    pub suspended: bool,
 }
 
 impl From<&Tenant> for TenantSummary {
@@ -74,6 +77,7 @@ impl From<&Tenant> for TenantSummary {
             id: tenant.id.clone(),
             name: tenant.name.clone(),
             slug: tenant.slug.as_str().to_owned(),
+            suspended: tenant.status == crate::model::TenantStatus::Suspended,
         }
     }
 }

@@ -42,6 +42,8 @@ pub(super) struct Frame {
     /// The person's own tenant, and the sub-customer they act for, if they do.
     pub home: String,
     pub acting_for: Option<String>,
+    /// Whether the sub-customer acted for is suspended.
+    pub acting_suspended: bool,
     /// The one-time value of the page's creating form (see `sent_first`): new with every page.
     pub once: String,
 }
@@ -90,6 +92,7 @@ impl Frame {
             help,
             home: verified.tenant().name.clone(),
             acting_for: caller.acting_as().map(|t| t.name.clone()),
+            acting_suspended: caller.acting_as().is_some_and(|t| t.suspended),
             once: one_time_value(),
         }
     }

@@ -279,6 +279,10 @@ async fn acting_for_a_sub_customer_lands_actions_there_and_the_log_names_both(ba
         html.contains("You are acting for <strong>Acme</strong>") && html.contains("Back to Root"),
         "a banner names the tenant acted for: {html}"
     );
+    assert!(
+        !html.contains("acting-suspended"),
+        "an active one is not said suspended"
+    );
     let made = post(
         &server,
         "/console/tokens/new",
@@ -377,7 +381,13 @@ async fn acting_for_a_sub_customer_lands_actions_there_and_the_log_names_both(ba
         .await;
     let suspended = get(&server, "/console/tokens", &session, Some(&acme)).await;
     assert_eq!(suspended.status(), 200);
-    assert!(suspended.text().await.unwrap().contains("acme deploy"));
+    let suspended = suspended.text().await.unwrap();
+    assert!(suspended.contains("acme deploy"));
+    // The banner says so, on every page.
+    assert!(
+        suspended.contains("id=\"acting-suspended\">Acme is suspended:"),
+        "{suspended}"
+    );
     assert_eq!(whoami_status(&server, &secret).await, 401);
 }
 
