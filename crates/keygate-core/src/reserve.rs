@@ -356,7 +356,15 @@ impl Credits {
                 period,
                 now,
                 cost,
-                |window, need, want| store.take_credits(&on.subject, window, need, want, now),
+                |window, need, want| async move {
+                    // What was drained here when the quota changed is still counted as used in
+                    // the store: given back first, it is not counted against the quota as it is
+                    // now (a lowered limit would refuse requests until the next give-back).
+                    self.give_back_owed(store, &on.subject).await;
+                    store
+                        .take_credits(&on.subject, window, need, want, now)
+                        .await
+                },
             )
             .await?;
         Ok(left.map(|left| Spent {
@@ -507,11 +515,23 @@ impl Credits {
     }
 
     /// What this node holds of the quota on `subject` in the window of `now`: counted as used
-    /// in the store, not spent yet.
+    /// in the store, not spent yet. That includes what it drained when the quota changed and
+    /// has not given back yet: a read right after a change would otherwise count it as used.
     pub fn held(&self, subject: &str, quota: &Quota, now: Timestamp) -> u64 {
-        self.read()
+        let window = quota.window(now).start;
+        let reserved = self
+            .read()
             .get(subject)
-            .map_or(0, |slot| slot.reserve.held(quota.window(now).start))
+            .map_or(0, |slot| slot.reserve.held(window));
+        let returning: u64 = self
+            .returns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(owed, at, _)| owed == subject && *at == window)
+            .map(|(_, _, credits)| credits)
+            .sum();
+        reserved.saturating_add(returning)
     }
 
     /// Drops what this node holds of the quota on `subject`, which changed (or went): the
@@ -568,6 +588,23 @@ impl Credits {
             }
         }
         self.give_back(store, due).await
+    }
+
+    /// Gives back what this node drained of `subject`'s reserve when its quota changed and has
+    /// not given back yet.
+    async fn give_back_owed(&self, store: &dyn QuotaStore, subject: &str) {
+        let owed: Vec<(String, Timestamp, u64)> = {
+            let mut returns = self.returns.lock().unwrap_or_else(|p| p.into_inner());
+            if !returns.iter().any(|(owed, _, _)| owed == subject) {
+                return;
+            }
+            let (owed, rest) = std::mem::take(&mut *returns)
+                .into_iter()
+                .partition(|(owed, _, _)| owed == subject);
+            *returns = rest;
+            owed
+        };
+        self.give_back(store, owed).await;
     }
 
     async fn give_back(&self, store: &dyn QuotaStore, due: Vec<(String, Timestamp, u64)>) -> u64 {
@@ -983,12 +1020,29 @@ mod tests {
         node.forget("tok_q");
         assert_eq!(
             node.held("tok_q", &quota, W0),
-            0,
-            "nothing held once forgotten"
+            RESERVE - 1,
+            "what a forgotten reserve held is still held until it is given back"
         );
         assert_eq!(node.give_back_idle(&*store).await, RESERVE - 1);
+        assert_eq!(node.held("tok_q", &quota, W0), 0, "given back");
         assert_eq!(store.used("tok_q"), 3);
         assert_eq!(node.store_takes(), 2, "one take per empty reserve");
+    }
+
+    #[tokio::test]
+    async fn what_a_changed_quota_drained_goes_back_before_the_next_take() {
+        let store = FakeStore::with("tok_q", 1_000);
+        let quota = hourly(1_000);
+        let node = Credits::default();
+        spend(&node, &*store, "tok_q", &quota, W0, 1).await.unwrap();
+        node.forget("tok_q");
+        assert_eq!(store.used("tok_q"), RESERVE, "drained, not given back yet");
+        // Lowered below what the store counts: the drained credits must not count as spent.
+        let lowered = hourly(RESERVE - 1);
+        store.rows.lock().unwrap().get_mut("tok_q").unwrap().0 = RESERVE - 1;
+        spend(&node, &*store, "tok_q", &lowered, W0, 1).await.unwrap();
+        node.give_back_all(&*store).await;
+        assert_eq!(store.used("tok_q"), 2, "two spent, the rest given back");
     }
 
     /// Two nodes share a limit of 100 a minute: between them, a burst of 100 and then one more
