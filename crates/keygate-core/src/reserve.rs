@@ -1040,7 +1040,9 @@ mod tests {
         // Lowered below what the store counts: the drained credits must not count as spent.
         let lowered = hourly(RESERVE - 1);
         store.rows.lock().unwrap().get_mut("tok_q").unwrap().0 = RESERVE - 1;
-        spend(&node, &*store, "tok_q", &lowered, W0, 1).await.unwrap();
+        spend(&node, &*store, "tok_q", &lowered, W0, 1)
+            .await
+            .unwrap();
         node.give_back_all(&*store).await;
         assert_eq!(store.used("tok_q"), 2, "two spent, the rest given back");
     }

@@ -14,6 +14,7 @@ mod clients;
 mod filters;
 mod frame;
 mod log;
+mod quotas;
 mod roles;
 mod signin;
 mod tenants;
@@ -63,6 +64,10 @@ pub fn router() -> Router<AppState> {
         )
         .route("/console/tokens/{id}", get(tokens::token))
         .route(
+            "/console/tokens/{id}/quota",
+            axum::routing::post(tokens::set_quota),
+        )
+        .route(
             "/console/account/keys",
             get(account::keys).post(account::create_key),
         )
@@ -87,6 +92,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/console/tenants/{id}/change",
             axum::routing::post(tenants::change_tenant),
+        )
+        .route(
+            "/console/tenants/{id}/quota",
+            axum::routing::post(tenants::set_quota),
         )
         .route(
             "/console/tenants/{id}/delete",

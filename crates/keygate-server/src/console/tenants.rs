@@ -15,10 +15,12 @@ use super::frame::{
     ConfirmForm, Empty, Frame, Posted, SignedIn, capitalised, day, origin, problem_text, render,
     sent_first, table_page,
 };
+use super::quotas::{QuotaForm, QuotaSection, quota_answer};
 use super::{acting_cookie, html, refusal};
 use crate::auth::{AS_TENANT, authenticate};
 use crate::problem::ApiError;
 use crate::request::{ClientIp, Meta};
+use crate::routes::quotas::set_tenant_quota;
 use crate::routes::tenants::{CreateTenant, FirstUser, UpdateTenant};
 use crate::state::AppState;
 
@@ -318,6 +320,8 @@ struct TenantPage {
     confirm_delete: bool,
     saved: Option<String>,
     message: Option<String>,
+    /// Its pool (API.md §13), set by a tenant above it.
+    quota: QuotaSection,
 }
 
 async fn tenant_page(
@@ -327,9 +331,23 @@ async fn tenant_page(
     id: &str,
 ) -> Result<TenantPage, Response> {
     let tenant = find(state, caller, id).await?;
+    let own = &tenant.id == caller.scope();
+    let mut quota = QuotaSection::new(
+        state.quota_reader().view(tenant.quota.as_ref()).as_ref(),
+        !own && caller.require::<perm::TenantsWrite>().is_ok(),
+        format!("/console/tenants/{}/quota", tenant.id),
+    );
+    quota.about = if own {
+        "The pool this organization's credentials, and its sub-customers', share, set by the \
+         organization above it. A request spends from it and from its credential's own quota."
+    } else {
+        "The pool its credentials, and its sub-customers', share: what you sell it. A request \
+         spends from it and from its credential's own quota, if it has one."
+    };
     Ok(TenantPage {
+        quota,
         frame: Frame::new(caller, session, "/console/tenants", "tenants/getTenant"),
-        own: &tenant.id == caller.scope(),
+        own,
         tenant: TenantRow::new(&tenant),
         may: Abilities::of(caller),
         confirm_delete: false,
@@ -396,6 +414,29 @@ pub(super) async fn change_tenant(
         }
     }
     html(render(&page))
+}
+
+/// Sets, changes or removes its pool, as `PUT /v1/tenants/{id}/quota` does; the page shows what
+/// it came to, or the form again with its message beside the field.
+pub(super) async fn set_quota(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    SignedIn { caller, session }: SignedIn,
+    Path(id): Path<String>,
+    Posted(form): Posted<QuotaForm>,
+) -> Response {
+    let page = match tenant_page(&state, &caller, &session, &id).await {
+        Ok(page) => page,
+        Err(refused) => return refused,
+    };
+    // By its id: the address may name it by its slug, which a rename does not change.
+    let tenant = page.tenant.id.clone();
+    let outcome = match page.quota.body_of(&form) {
+        Ok(body) => set_tenant_quota(&state, &caller, &meta, &tenant, body).await,
+        Err(error) => Err(error),
+    };
+    let reread = tenant_page(&state, &caller, &session, &id);
+    quota_answer(outcome, form, page, reread, |page| &mut page.quota).await
 }
 
 /// Delete: the first post asks, the second (with `confirm=yes`) deletes, as `DELETE

@@ -18,9 +18,11 @@ use super::filters;
 use super::frame::{
     Frame, Posted, SecretPage, SignedIn, day, origin, problem_text, render, sent_first, table_page,
 };
+use super::quotas::{QuotaForm, QuotaSection, quota_answer};
 use super::usage::{self, UsageSection};
 use super::{html, refusal};
 use crate::request::Meta;
+use crate::routes::quotas::set_token_quota;
 use crate::state::AppState;
 
 /// One row of the tokens table.
@@ -686,41 +688,7 @@ struct TokenPage {
     may_read_log: bool,
     /// The token's usage, for a person who may read it.
     usage: Option<UsageSection>,
-    quota: Option<QuotaBar>,
-}
-
-/// A quota as the token page shows it: a bar of what is used, and when it refills, in words.
-pub(super) struct QuotaBar {
-    pub(super) limit: u64,
-    pub(super) used: u64,
-    pub(super) remaining: u64,
-    /// "this hour", "today", "this month", "in all".
-    pub(super) period: &'static str,
-    /// "Refills on 2027-01-01 00:00 UTC", or that it never does.
-    pub(super) refill: String,
-    /// Nine tenths or more used: shown as a warning.
-    pub(super) nearly_spent: bool,
-}
-
-impl QuotaBar {
-    pub(super) fn new(quota: &crate::views::QuotaView) -> Self {
-        Self {
-            limit: quota.limit,
-            used: quota.used,
-            remaining: quota.remaining,
-            period: match quota.period {
-                "hour" => "this hour",
-                "day" => "today",
-                "month" => "this month",
-                _ => "in all",
-            },
-            refill: match quota.resets_at {
-                Some(at) => format!("Refills on {}", day(at)),
-                None => "One-off credits: it never refills".to_owned(),
-            },
-            nearly_spent: quota.used.saturating_mul(10) >= quota.limit.saturating_mul(9),
-        }
-    }
+    quota: QuotaSection,
 }
 
 /// The period of a token page's usage, as the address carries it.
@@ -737,45 +705,57 @@ pub(super) async fn token(
 ) -> Response {
     let query: TokenQuery =
         serde_html_form::from_str(uri.query().unwrap_or_default()).unwrap_or_default();
+    match token_page(&state, &caller, &session, &id, query.usage.as_deref()).await {
+        Ok(page) => html(render(&page)),
+        Err(refused) => refused,
+    }
+}
+
+/// The token's page, with its usage over `period` (the page's default when `None`); the
+/// "not found" page for a token the person may not see.
+async fn token_page(
+    state: &AppState,
+    caller: &Caller,
+    session: &str,
+    id: &str,
+    period: Option<&str>,
+) -> Result<TokenPage, Response> {
     let not_found = || {
         refusal(
             axum::http::StatusCode::NOT_FOUND,
             "There is no such token, or it is not yours to see.",
         )
     };
-    let Ok(grant) = caller.require::<perm::TokensRead>() else {
-        return not_found();
-    };
-    let Some(token_id) = keygate_core::id::CredentialId::parse_any(&id) else {
-        return not_found();
-    };
-    let found = state
+    let grant = caller
+        .require::<perm::TokensRead>()
+        .map_err(|_| not_found())?;
+    let token_id = keygate_core::id::CredentialId::parse_any(id).ok_or_else(not_found)?;
+    let token = state
         .store()
         .get_token(&grant.reads(), &token_id)
         .await
         .ok()
         .flatten()
         .filter(|t| {
-            crate::routes::tokens::visible(t, &crate::routes::tokens::personal_visibility(&caller))
-        });
-    let Some(token) = found else {
-        return not_found();
-    };
+            crate::routes::tokens::visible(t, &crate::routes::tokens::personal_visibility(caller))
+        })
+        .ok_or_else(not_found)?;
     let now = state.clock().now();
     let tokens = std::slice::from_ref(&token);
-    let roles = RoleNames::read(&state, &caller, tokens).await;
+    let roles = RoleNames::read(state, caller, tokens).await;
     let mut rows = [TokenRow::new(&token, now, &roles)];
-    mark_deletable(&state, &caller, tokens, &roles, &mut rows);
+    mark_deletable(state, caller, tokens, &roles, &mut rows);
     let [row] = rows;
-    let usage = usage::token_section(&state, &caller, &token.id, query.usage.as_deref()).await;
-    let quota = state
-        .quota_reader()
-        .view(token.quota.as_ref())
-        .map(|quota| QuotaBar::new(&quota));
-    html(render(&TokenPage {
+    let usage = usage::token_section(state, caller, &token.id, period).await;
+    let quota = QuotaSection::new(
+        state.quota_reader().view(token.quota.as_ref()).as_ref(),
+        caller.require::<perm::TokensWrite>().is_ok() && row.status == "Active",
+        format!("/console/tokens/{}/quota", token.id),
+    );
+    Ok(TokenPage {
         usage,
         quota,
-        frame: Frame::new(&caller, &session, "/console/tokens", "tokens"),
+        frame: Frame::new(caller, session, "/console/tokens", "tokens"),
         row,
         networks: match &token.allowed_ips {
             Some(networks) if !networks.is_empty() => networks
@@ -795,7 +775,28 @@ pub(super) async fn token(
         rolled_from: token.rolled_from.map(|id| id.to_string()),
         rolled_to: token.rolled_to.map(|id| id.to_string()),
         may_read_log: caller.require_all(&["audit:read"]).is_ok(),
-    }))
+    })
+}
+
+/// Set, change or remove the token's quota, as `PUT /v1/tokens/{id}/quota` does; the page shows
+/// what it came to, or the form again with its message beside the field.
+pub(super) async fn set_quota(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    SignedIn { caller, session }: SignedIn,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    Posted(form): Posted<QuotaForm>,
+) -> Response {
+    let page = match token_page(&state, &caller, &session, &id, None).await {
+        Ok(page) => page,
+        Err(refused) => return refused,
+    };
+    let outcome = match page.quota.body_of(&form) {
+        Ok(body) => set_token_quota(&state, &caller, &meta, &id, body).await,
+        Err(error) => Err(error),
+    };
+    let reread = token_page(&state, &caller, &session, &id, None);
+    quota_answer(outcome, form, page, reread, |page| &mut page.quota).await
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,9 +10,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keygate_core::Timestamp;
-use keygate_core::access::perm;
+use keygate_core::access::{Caller, perm};
 use keygate_core::id::CredentialId;
-use keygate_core::model::{AuditEvent, Target};
+use keygate_core::model::{AuditEvent, RequestMeta, Target};
 use keygate_core::quota::{Quota, QuotaRequest, StoredQuota};
 use keygate_core::rule::RuleError;
 use keygate_core::store::QuotaTarget;
@@ -43,15 +43,26 @@ fn action(body: &Option<QuotaBody>) -> &'static str {
     }
 }
 
-/// Stores `body` (or its removal) on `subject`, recording `event`; the answer as the module says.
-/// `None` when the store found no such subject where the grant reaches.
+/// What a `PUT` came to: the quota as reads now show it, or `None` once it is removed.
+pub(crate) type Set = Option<QuotaView>;
+
+/// The answer to a `PUT`: the quota, or 204 once removed.
+fn answer(set: Set) -> Response {
+    match set {
+        Some(view) => axum::Json(view).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+/// Stores `body` (or its removal) on `subject`, recording `event`. `None` when the store found no
+/// such subject where the grant reaches.
 async fn put(
     state: &AppState,
     target: QuotaTarget<'_>,
     subject: &str,
     body: Option<QuotaBody>,
     event: AuditEvent,
-) -> Result<Option<Response>, ApiError> {
+) -> Result<Option<Set>, ApiError> {
     let now = event.time;
     let quota = body
         .map(|body| check(body, now))
@@ -66,14 +77,14 @@ async fn put(
         return Ok(None);
     }
     let Some(quota) = quota else {
-        return Ok(Some(StatusCode::NO_CONTENT.into_response()));
+        return Ok(Some(None));
     };
     // Read back: a replaced quota whose period is unchanged goes on counting.
     let stored = state.store().stored_quota(subject).await?;
     let view = state
         .quota_reader()
         .view_of(stored.as_ref().unwrap_or(&quota));
-    Ok(Some(axum::Json(view).into_response()))
+    Ok(Some(Some(view)))
 }
 
 /// Set a token's quota
@@ -95,9 +106,21 @@ pub async fn put_token_quota(
     Path(id): Path<String>,
     Json(body): Json<Option<QuotaBody>>,
 ) -> Result<Response, ApiError> {
+    set_token_quota(&state, &caller, &meta, &id, body)
+        .await
+        .map(answer)
+}
+
+pub(crate) async fn set_token_quota(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+    body: Option<QuotaBody>,
+) -> Result<Set, ApiError> {
     let grant = caller.require::<perm::TokensWrite>()?;
     let not_found = || ApiError::not_found(format!("there is no token `{id}`"));
-    let token_id = CredentialId::parse_any(&id).ok_or_else(not_found)?;
+    let token_id = CredentialId::parse_any(id).ok_or_else(not_found)?;
     // A personal token the caller may not see is as good as absent.
     state
         .store()
@@ -109,9 +132,9 @@ pub async fn put_token_quota(
         kind: "token",
         id: token_id.to_string(),
     };
-    let event = grant.event(action(&body), Some(subject), state.clock().now(), &meta)?;
+    let event = grant.event(action(&body), Some(subject), state.clock().now(), meta)?;
     let target = QuotaTarget::Token(&grant, &token_id);
-    put(&state, target, token_id.as_str(), body, event)
+    put(state, target, token_id.as_str(), body, event)
         .await?
         .ok_or_else(not_found)
 }
@@ -145,6 +168,7 @@ pub async fn put_client_quota(
     let target = QuotaTarget::Client(&grant, &client);
     put(&state, target, client.as_str(), body, event)
         .await?
+        .map(answer)
         .ok_or_else(|| ApiError::not_found(format!("there is no OAuth client `{id}`")))
 }
 
@@ -169,11 +193,23 @@ pub async fn put_tenant_quota(
     Path(id): Path<String>,
     Json(body): Json<Option<QuotaBody>>,
 ) -> Result<Response, ApiError> {
+    set_tenant_quota(&state, &caller, &meta, &id, body)
+        .await
+        .map(answer)
+}
+
+pub(crate) async fn set_tenant_quota(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+    body: Option<QuotaBody>,
+) -> Result<Set, ApiError> {
     let grant = caller.require::<perm::TenantsWrite>()?;
     let not_found = || ApiError::not_found(format!("there is no tenant `{id}` here"));
     let tenant = state
         .store()
-        .get_tenant(&grant.reads(), &id)
+        .get_tenant(&grant.reads(), id)
         .await?
         .ok_or_else(not_found)?;
     if tenant.id == *grant.tenant_id() {
@@ -185,9 +221,9 @@ pub async fn put_tenant_quota(
         kind: "tenant",
         id: tenant.id.to_string(),
     };
-    let event = grant.event(action(&body), Some(subject), state.clock().now(), &meta)?;
+    let event = grant.event(action(&body), Some(subject), state.clock().now(), meta)?;
     let target = QuotaTarget::Tenant(&grant, &tenant.id);
-    put(&state, target, tenant.id.as_str(), body, event)
+    put(state, target, tenant.id.as_str(), body, event)
         .await?
         .ok_or_else(not_found)
 }

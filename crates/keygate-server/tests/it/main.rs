@@ -41,6 +41,7 @@ mod console;
 mod console_clients;
 mod console_log;
 mod console_people;
+mod console_quotas;
 mod console_tenants;
 mod console_usage;
 mod console_webhooks;

@@ -924,4 +924,20 @@ async fn in_a_browser_a_tokens_page_shows_its_quota() {
         "spent"
     );
     audit(browser, axe.as_deref(), &shots, "token-quota-spent").await;
+
+    // Raised from the page: the month goes on counting what it used.
+    let limit = browser.find("#quota-limit").await;
+    limit.clear().await.unwrap();
+    limit.send_keys("100").await.unwrap();
+    browser.click(".quota-form button:not([name=remove])").await;
+    assert_eq!(
+        text("#quota-notice").await,
+        "Quota set: 100 requests a month. 40 used so far."
+    );
+    assert_eq!(
+        text("#quota-left").await,
+        "60 left. Refills on 2027-01-01 00:00 UTC."
+    );
+    assert_eq!(forward(&server, &secret, &[]).await.status(), 200);
+    audit(browser, axe.as_deref(), &shots, "token-quota-raised").await;
 }
