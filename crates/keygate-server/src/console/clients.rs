@@ -15,12 +15,14 @@ use super::filters;
 use super::frame::{
     ConfirmForm, Frame, Posted, SignedIn, capitalised, day, origin, render, sent_first, table_page,
 };
+use super::quotas::{QuotaForm, QuotaSection, quota_answer};
 use super::tokens::{assignable_roles, permission_groups};
 use super::{html, refusal};
 use crate::request::Meta;
 use crate::routes::oauth::clients::{
     CreateClient, CreatedClient, client_id, create_client, delete_client, roll_client_secret,
 };
+use crate::routes::quotas::set_client_quota;
 use crate::state::AppState;
 
 const HERE: &str = "/console/oauth/clients";
@@ -369,6 +371,7 @@ struct ClientPage {
     endpoints: Endpoints,
     /// Whether the person may roll and delete it (what deleting it needs).
     may_manage: bool,
+    quota: QuotaSection,
 }
 
 /// The client with this id, with its role, if the person may see it.
@@ -403,21 +406,57 @@ pub(super) async fn client(
     SignedIn { caller, session }: SignedIn,
     Path(id): Path<String>,
 ) -> Response {
-    let (client, role) = match find(&state, &caller, &id).await {
-        Ok(found) => found,
+    match client_page(&state, &caller, &session, &id).await {
+        Ok(page) => html(render(&page)),
+        Err(refused) => refused,
+    }
+}
+
+async fn client_page(
+    state: &AppState,
+    caller: &Caller,
+    session: &str,
+    id: &str,
+) -> Result<ClientPage, Response> {
+    let (client, role) = find(state, caller, id).await?;
+    let may_write = caller.require::<perm::OauthClientsWrite>();
+    let may_manage = may_write.as_ref().is_ok_and(|grant| {
+        clients::check_delete(grant, state.catalog(), &client, role.as_ref()).is_ok()
+    });
+    let mut quota = QuotaSection::new(
+        state.quota_reader().view(client.quota.as_ref()).as_ref(),
+        may_write.is_ok(),
+        format!("{HERE}/{}/quota", client.id),
+    );
+    quota.about = "What the client's access tokens may spend between them.";
+    Ok(ClientPage {
+        frame: Frame::new(caller, session, HERE, "oauth/getOauthClient"),
+        row: ClientRow::new(&client, role.as_ref(), state),
+        endpoints: Endpoints::new(state),
+        may_manage,
+        quota,
+    })
+}
+
+/// Set, change or remove the client's quota, as `PUT /v1/oauth/clients/{id}/quota` does; the
+/// page shows what it came to, or the form again with its message beside the field.
+pub(super) async fn set_quota(
+    State(state): State<AppState>,
+    Meta(meta): Meta,
+    SignedIn { caller, session }: SignedIn,
+    Path(id): Path<String>,
+    Posted(form): Posted<QuotaForm>,
+) -> Response {
+    let page = match client_page(&state, &caller, &session, &id).await {
+        Ok(page) => page,
         Err(refused) => return refused,
     };
-    let may_manage = caller
-        .require::<perm::OauthClientsWrite>()
-        .is_ok_and(|grant| {
-            clients::check_delete(&grant, state.catalog(), &client, role.as_ref()).is_ok()
-        });
-    html(render(&ClientPage {
-        frame: Frame::new(&caller, &session, HERE, "oauth/getOauthClient"),
-        row: ClientRow::new(&client, role.as_ref(), &state),
-        endpoints: Endpoints::new(&state),
-        may_manage,
-    }))
+    let outcome = match page.quota.body_of(&form) {
+        Ok(body) => set_client_quota(&state, &caller, &meta, &id, body).await,
+        Err(error) => Err(error),
+    };
+    let reread = client_page(&state, &caller, &session, &id);
+    quota_answer(outcome, form, page, reread, |page| &mut page.quota).await
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -148,6 +148,10 @@ pub fn router() -> Router<AppState> {
             axum::routing::post(clients::roll),
         )
         .route(
+            "/console/oauth/clients/{id}/quota",
+            axum::routing::post(clients::set_quota),
+        )
+        .route(
             "/console/oauth/clients/{id}/delete",
             axum::routing::post(clients::delete),
         )

@@ -144,8 +144,13 @@ impl QuotaSection {
         match outcome {
             Ok(Some(set)) => {
                 self.notice = Some(format!(
-                    "Quota set: {} requests {}. {} used so far.",
+                    "Quota set: {} {} {}. {} used so far.",
                     set.limit,
+                    if set.limit == 1 {
+                        "request"
+                    } else {
+                        "requests"
+                    },
                     match set.period {
                         "hour" => "an hour",
                         "day" => "a day",

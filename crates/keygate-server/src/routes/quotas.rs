@@ -158,17 +158,28 @@ pub async fn put_client_quota(
     Path(id): Path<String>,
     Json(body): Json<Option<QuotaBody>>,
 ) -> Result<Response, ApiError> {
+    set_client_quota(&state, &caller, &meta, &id, body)
+        .await
+        .map(answer)
+}
+
+pub(crate) async fn set_client_quota(
+    state: &AppState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: &str,
+    body: Option<QuotaBody>,
+) -> Result<Set, ApiError> {
     let grant = caller.require::<perm::OauthClientsWrite>()?;
-    let client = client_id(&id)?;
+    let client = client_id(id)?;
     let subject = Target {
         kind: "oauth_client",
         id: client.to_string(),
     };
-    let event = grant.event(action(&body), Some(subject), state.clock().now(), &meta)?;
+    let event = grant.event(action(&body), Some(subject), state.clock().now(), meta)?;
     let target = QuotaTarget::Client(&grant, &client);
-    put(&state, target, client.as_str(), body, event)
+    put(state, target, client.as_str(), body, event)
         .await?
-        .map(answer)
         .ok_or_else(|| ApiError::not_found(format!("there is no OAuth client `{id}`")))
 }
 

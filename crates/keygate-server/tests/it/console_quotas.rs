@@ -12,6 +12,7 @@ on_every_backend!(
     a_token_page_sets_changes_and_removes_its_quota,
     a_viewer_sees_a_tokens_quota_but_cannot_set_it,
     a_sub_customers_pool_is_set_from_its_page_and_never_by_itself,
+    an_oauth_clients_page_sets_the_quota_its_access_tokens_spend,
 );
 
 async fn text(server: &TestServer, session: &str, path: &str) -> String {
@@ -258,4 +259,47 @@ async fn a_sub_customers_pool_is_set_from_its_page_and_never_by_itself(backend: 
         )
         .await;
     assert_eq!(stored["quota"]["limit"], 5_000_000, "untouched");
+}
+
+async fn an_oauth_clients_page_sets_the_quota_its_access_tokens_spend(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let client = server
+        .expect(
+            201,
+            Method::POST,
+            "/v1/oauth/clients",
+            &server.token,
+            Some(json!({"name": "sync", "role": "viewer"})),
+        )
+        .await;
+    let id = client["client_id"].as_str().unwrap();
+    let session = server.login(OWNER, &server.password).await;
+    let path = format!("/console/oauth/clients/{id}");
+    let (status, set) = send(
+        &server,
+        &session,
+        &path,
+        &[("limit", "1"), ("period", "total")],
+    )
+    .await;
+    assert_eq!(status, 200, "{set}");
+    assert!(set.contains("Quota set: 1 request in all."), "{set}");
+    assert!(set.contains("it never refills"), "{set}");
+    // Its access tokens spend it: one request, then 429.
+    let issued: Value = server
+        .post("/v1/oauth/token")
+        .basic_auth(id, Some(client["client_secret"].as_str().unwrap()))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = issued["access_token"].as_str().unwrap();
+    let check = || server.get("/v1/forward-auth").bearer_auth(access).send();
+    assert_eq!(check().await.unwrap().status(), 200);
+    assert_eq!(check().await.unwrap().status(), 429);
+    let shown = text(&server, &session, &path).await;
+    assert!(shown.contains("None left"), "{shown}");
 }
