@@ -52,7 +52,7 @@ impl QuotaBar {
 }
 
 /// The periods the form offers: (value, label).
-const PERIODS: [(&str, &str); 4] = [
+pub(super) const PERIODS: [(&str, &str); 4] = [
     ("hour", "an hour"),
     ("day", "a day"),
     ("month", "a month (calendar months)"),

@@ -269,6 +269,11 @@ pub(super) struct TokenForm {
     rate_requests: String,
     #[serde(default)]
     rate_seconds: String,
+    /// Requests per `quota_period`; none when left empty.
+    #[serde(default)]
+    quota_limit: String,
+    #[serde(default)]
+    quota_period: String,
 }
 
 #[derive(Template)]
@@ -282,6 +287,7 @@ struct NewTokenPage {
     /// The permissions the person holds, by resource.
     groups: Vec<(String, Vec<String>)>,
     expiries: Vec<(&'static str, &'static str)>,
+    periods: [(&'static str, &'static str); 4],
     errors: Vec<(String, String)>,
     message: Option<String>,
 }
@@ -290,7 +296,11 @@ impl NewTokenPage {
     fn error_for(&self, field: &str) -> Option<&str> {
         self.errors
             .iter()
-            .find(|(name, _)| name == field || name.starts_with(&format!("{field}[")))
+            .find(|(name, _)| {
+                name == field
+                    || name.starts_with(&format!("{field}["))
+                    || name.starts_with(&format!("{field}."))
+            })
             .map(|(_, message)| message.as_str())
     }
 }
@@ -366,6 +376,7 @@ async fn new_token_page(
         may_service: !roles.is_empty(),
         roles,
         groups,
+        periods: super::quotas::PERIODS,
         expiries: vec![
             ("7", "In 7 days"),
             ("30", "In 30 days"),
@@ -386,6 +397,7 @@ pub(super) async fn new_token(
         kind: "personal".into(),
         expiry: "30".into(),
         role: "viewer".into(),
+        quota_period: "month".into(),
         ..TokenForm::default()
     };
     html(render(
@@ -531,6 +543,23 @@ fn token_request(
             None
         }
     };
+    let quota = match form.quota_limit.trim().replace([',', '_', ' '], "") {
+        limit if limit.is_empty() => None,
+        limit => match limit.parse::<u64>() {
+            Ok(limit) => Some(crate::views::QuotaBody {
+                limit,
+                period: form.quota_period.clone(),
+                anchor: None,
+            }),
+            Err(_) => {
+                refuse(
+                    "quota",
+                    "requests: a whole number, 1 or more (or leave it empty for no quota)".into(),
+                );
+                None
+            }
+        },
+    };
     let allowed_ips: Vec<String> = form
         .allowed_ips
         .lines()
@@ -557,7 +586,7 @@ fn token_request(
         expires_in,
         allowed_ips: (!allowed_ips.is_empty()).then_some(allowed_ips),
         rate_limit,
-        quota: None,
+        quota,
     })
 }
 

@@ -13,6 +13,7 @@ on_every_backend!(
     a_viewer_sees_a_tokens_quota_but_cannot_set_it,
     a_sub_customers_pool_is_set_from_its_page_and_never_by_itself,
     an_oauth_clients_page_sets_the_quota_its_access_tokens_spend,
+    a_token_added_with_a_quota_has_it_and_a_bad_one_adds_nothing,
 );
 
 async fn text(server: &TestServer, session: &str, path: &str) -> String {
@@ -302,4 +303,61 @@ async fn an_oauth_clients_page_sets_the_quota_its_access_tokens_spend(backend: B
     assert_eq!(check().await.unwrap().status(), 429);
     let shown = text(&server, &session, &path).await;
     assert!(shown.contains("None left"), "{shown}");
+}
+
+async fn a_token_added_with_a_quota_has_it_and_a_bad_one_adds_nothing(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let session = server.login(OWNER, &server.password).await;
+    let tokens = || async {
+        server
+            .expect(200, Method::GET, "/v1/tokens", &server.token, None)
+            .await["data"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let before = tokens().await.len();
+    let add = |limit: &'static str, period: &'static str| {
+        let server = &server;
+        let session = &session;
+        async move {
+            let form = text(server, session, "/console/tokens/new").await;
+            assert!(form.contains("id=\"quota_limit\""), "{form}");
+            let csrf = csrf_of(&form);
+            let answer = post_form(
+                server,
+                session,
+                "/console/tokens/new",
+                &[
+                    ("csrf", csrf.as_str()),
+                    ("kind", "service"),
+                    ("name", "metered"),
+                    ("role", "viewer"),
+                    ("expiry", "never"),
+                    ("quota_limit", limit),
+                    ("quota_period", period),
+                ],
+            )
+            .await;
+            answer.text().await.unwrap()
+        }
+    };
+    for (limit, period) in [("many", "day"), ("0", "day"), ("10", "fortnight")] {
+        let refused = add(limit, period).await;
+        assert!(
+            refused.contains("id=\"quota-error\""),
+            "{limit} {period}: {refused}"
+        );
+        assert!(
+            refused.contains(&format!("value=\"{limit}\"")),
+            "kept: {refused}"
+        );
+        assert_eq!(tokens().await.len(), before, "nothing added");
+    }
+    let made = add("2,500", "day").await;
+    assert!(made.contains("id=\"secret\""), "{made}");
+    let listed = tokens().await;
+    let token = listed.iter().find(|t| t["name"] == "metered").unwrap();
+    assert_eq!(token["quota"]["limit"], 2500, "{token}");
+    assert_eq!(token["quota"]["period"], "day");
 }
