@@ -180,6 +180,11 @@ pub(super) struct ClientForm {
     role: String,
     #[serde(default)]
     permission: Vec<String>,
+    /// Requests per `quota_period` its access tokens may spend; none when left empty.
+    #[serde(default)]
+    quota_limit: String,
+    #[serde(default)]
+    quota_period: String,
 }
 
 #[derive(Template)]
@@ -187,6 +192,7 @@ pub(super) struct ClientForm {
 struct NewClientPage {
     frame: Frame,
     form: ClientForm,
+    periods: [(&'static str, &'static str); 4],
     roles: Vec<(String, String)>,
     groups: Vec<(String, Vec<String>)>,
     errors: Vec<(String, String)>,
@@ -197,7 +203,11 @@ impl NewClientPage {
     fn error_for(&self, field: &str) -> Option<&str> {
         self.errors
             .iter()
-            .find(|(name, _)| name == field || name.starts_with(&format!("{field}[")))
+            .find(|(name, _)| {
+                name == field
+                    || name.starts_with(&format!("{field}["))
+                    || name.starts_with(&format!("{field}."))
+            })
             .map(|(_, message)| message.as_str())
     }
 }
@@ -217,6 +227,7 @@ async fn new_client_page(
         frame: Frame::new(caller, session, HERE, "oauth/createOauthClient"),
         roles: assignable_roles(state, caller, scope).await,
         groups: permission_groups(caller),
+        periods: super::quotas::PERIODS,
         form,
         errors: Vec::new(),
         message: None,
@@ -235,6 +246,7 @@ pub(super) async fn new_client(
     }
     let form = ClientForm {
         role: "viewer".into(),
+        quota_period: "month".into(),
         ..ClientForm::default()
     };
     html(render(
@@ -312,13 +324,21 @@ pub(super) async fn create(
     SignedIn { caller, session }: SignedIn,
     Posted(form): Posted<ClientForm>,
 ) -> Response {
+    let quota = match super::quotas::quota_at_creation(&form.quota_limit, &form.quota_period) {
+        Ok(quota) => quota,
+        Err(message) => {
+            let mut page = new_client_page(&state, &caller, &session, form).await;
+            page.errors = vec![("quota".to_owned(), message)];
+            return html(render(&page));
+        }
+    };
     let description = form.description.trim();
     let request = CreateClient {
         name: form.name.trim().to_owned(),
         description: (!description.is_empty()).then(|| description.to_owned()),
         role: form.role.clone(),
         permissions: (!form.permission.is_empty()).then(|| form.permission.clone()),
-        quota: None,
+        quota,
     };
     if let Err(page) = sent_first(
         &state,

@@ -59,6 +59,27 @@ pub(super) const PERIODS: [(&str, &str); 4] = [
     ("total", "in all (one-off credits, never refilled)"),
 ];
 
+/// The quota fields of a form that makes a credential (`quota_limit`, `quota_period`) as the
+/// API's body: none when the limit is left empty; the message for the quota's fields when the
+/// limit is not a whole number (the API checks the rest, naming `quota.limit` or `quota.period`).
+pub(super) fn quota_at_creation(limit: &str, period: &str) -> Result<Option<QuotaBody>, String> {
+    match limit.trim().replace([',', '_', ' '], "") {
+        limit if limit.is_empty() => Ok(None),
+        limit => limit
+            .parse::<u64>()
+            .map(|limit| {
+                Some(QuotaBody {
+                    limit,
+                    period: period.to_owned(),
+                    anchor: None,
+                })
+            })
+            .map_err(|_| {
+                "requests: a whole number, 1 or more (or leave it empty for no quota)".to_owned()
+            }),
+    }
+}
+
 /// The quota form as sent: `remove=yes` is its Remove button.
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct QuotaForm {

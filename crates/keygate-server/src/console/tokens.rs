@@ -543,23 +543,11 @@ fn token_request(
             None
         }
     };
-    let quota = match form.quota_limit.trim().replace([',', '_', ' '], "") {
-        limit if limit.is_empty() => None,
-        limit => match limit.parse::<u64>() {
-            Ok(limit) => Some(crate::views::QuotaBody {
-                limit,
-                period: form.quota_period.clone(),
-                anchor: None,
-            }),
-            Err(_) => {
-                refuse(
-                    "quota",
-                    "requests: a whole number, 1 or more (or leave it empty for no quota)".into(),
-                );
-                None
-            }
-        },
-    };
+    let quota = super::quotas::quota_at_creation(&form.quota_limit, &form.quota_period)
+        .unwrap_or_else(|message| {
+            refuse("quota", message);
+            None
+        });
     let allowed_ips: Vec<String> = form
         .allowed_ips
         .lines()

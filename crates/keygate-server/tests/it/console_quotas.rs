@@ -14,6 +14,7 @@ on_every_backend!(
     a_sub_customers_pool_is_set_from_its_page_and_never_by_itself,
     an_oauth_clients_page_sets_the_quota_its_access_tokens_spend,
     a_token_added_with_a_quota_has_it_and_a_bad_one_adds_nothing,
+    an_oauth_client_added_with_a_quota_has_it,
 );
 
 async fn text(server: &TestServer, session: &str, path: &str) -> String {
@@ -360,4 +361,50 @@ async fn a_token_added_with_a_quota_has_it_and_a_bad_one_adds_nothing(backend: B
     let token = listed.iter().find(|t| t["name"] == "metered").unwrap();
     assert_eq!(token["quota"]["limit"], 2500, "{token}");
     assert_eq!(token["quota"]["period"], "day");
+}
+
+async fn an_oauth_client_added_with_a_quota_has_it(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let session = server.login(OWNER, &server.password).await;
+    let clients = || async {
+        server
+            .expect(200, Method::GET, "/v1/oauth/clients", &server.token, None)
+            .await["data"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    for (limit, period, made) in [
+        ("lots", "hour", false),
+        ("0", "hour", false),
+        ("300", "hour", true),
+    ] {
+        let form = text(&server, &session, "/console/oauth/clients/new").await;
+        let csrf = csrf_of(&form);
+        let answer = post_form(
+            &server,
+            &session,
+            "/console/oauth/clients/new",
+            &[
+                ("csrf", csrf.as_str()),
+                ("name", "metered sync"),
+                ("role", "viewer"),
+                ("quota_limit", limit),
+                ("quota_period", period),
+            ],
+        )
+        .await
+        .text()
+        .await
+        .unwrap();
+        assert_eq!(
+            answer.contains("id=\"quota-error\""),
+            !made,
+            "{limit}: {answer}"
+        );
+        assert_eq!(clients().await.len(), usize::from(made), "{limit}");
+    }
+    let client = &clients().await[0];
+    assert_eq!(client["quota"]["limit"], 300, "{client}");
+    assert_eq!(client["quota"]["period"], "hour");
 }
