@@ -509,6 +509,23 @@ pub(crate) async fn service_token(server: &TestServer, name: &str, role: &str) -
     )
 }
 
+/// A person with `role` in the root tenant, made through the API and signed in: their session.
+pub(crate) async fn person(server: &TestServer, email: &str, role: &str) -> String {
+    const PASSWORD: &str = "correct horse battery staple";
+    server
+        .expect(
+            201,
+            reqwest::Method::POST,
+            "/v1/users",
+            &server.token,
+            Some(serde_json::json!({
+                "email": email, "name": role, "role": role, "password": PASSWORD
+            })),
+        )
+        .await;
+    server.login(email, PASSWORD).await
+}
+
 /// Posts a console form as the session's browser would.
 pub(crate) async fn post_form(
     server: &TestServer,

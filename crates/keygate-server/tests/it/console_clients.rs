@@ -8,8 +8,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::console::{
-    OWNER, assert_console_headers, audit, browser_session, csrf_of, page, post_form, secret_of,
-    secret_on_page, sign_in, whoami_status,
+    OWNER, assert_console_headers, audit, browser_session, csrf_of, page, person, post_form,
+    secret_of, secret_on_page, sign_in, whoami_status,
 };
 use crate::harness::{Backend, TestServer};
 
@@ -333,21 +333,7 @@ async fn a_member_sees_the_clients_but_cannot_roll_or_delete_them(backend: Backe
     let created = add(&server, &owner, &[("name", "owner's"), ("role", "admin")]).await;
     let id = text_of(&created, "client-id");
     let secret = secret_of(&created);
-    server
-        .expect(
-            201,
-            Method::POST,
-            "/v1/users",
-            &server.token,
-            Some(json!({
-                "email": "member@example.com", "name": "Mia", "role": "member",
-                "password": "correct horse battery staple"
-            })),
-        )
-        .await;
-    let member = server
-        .login("member@example.com", "correct horse battery staple")
-        .await;
+    let member = person(&server, "member@example.com", "member").await;
     let list = page(&server, "/console/oauth/clients", Some(&member))
         .await
         .text()

@@ -5,7 +5,9 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::console::{OWNER, assert_console_headers, csrf_of, page, post_form, service_token};
+use crate::console::{
+    OWNER, assert_console_headers, csrf_of, page, person, post_form, service_token,
+};
 use crate::harness::{Backend, TestServer};
 
 on_every_backend!(
@@ -146,21 +148,7 @@ async fn a_viewer_sees_a_tokens_quota_but_cannot_set_it(backend: Backend) {
             Some(json!({"limit": 500, "period": "month"})),
         )
         .await;
-    server
-        .expect(
-            201,
-            Method::POST,
-            "/v1/users",
-            &server.token,
-            Some(json!({
-                "email": "viewer@example.com", "name": "Vic", "role": "viewer",
-                "password": "correct horse battery staple"
-            })),
-        )
-        .await;
-    let viewer = server
-        .login("viewer@example.com", "correct horse battery staple")
-        .await;
+    let viewer = person(&server, "viewer@example.com", "viewer").await;
     let path = format!("/console/tokens/{id}");
     let shown = text(&server, &viewer, &path).await;
     assert!(

@@ -10,8 +10,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::console::{
-    OWNER, assert_console_headers, audit, browser_session, csrf_of, once_of, page, post_form,
-    secret_of, secret_on_page, sign_in,
+    OWNER, assert_console_headers, audit, browser_session, csrf_of, once_of, page, person,
+    post_form, secret_of, secret_on_page, sign_in,
 };
 use crate::console_clients::text_of;
 use crate::harness::{Backend, TestServer};
@@ -448,22 +448,8 @@ async fn a_member_sees_webhooks_and_deliveries_but_cannot_change_them(backend: B
         .as_str()
         .unwrap()
         .to_owned();
-    server
-        .expect(
-            201,
-            Method::POST,
-            "/v1/users",
-            &server.token,
-            Some(json!({
-                "email": "member@example.com", "name": "Mia", "role": "member",
-                "password": "correct horse battery staple"
-            })),
-        )
-        .await;
+    let member = person(&server, "member@example.com", "member").await;
     receiver.wait_for(1, Duration::from_secs(30)).await;
-    let member = server
-        .login("member@example.com", "correct horse battery staple")
-        .await;
     let list = text(&server, &member, "/console/webhooks").await;
     assert!(list.contains(&format!("/console/webhooks/{id}")), "{list}");
     assert!(
