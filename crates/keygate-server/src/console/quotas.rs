@@ -1,17 +1,18 @@
-//! The quota section of a token's page and a sub-customer's (API.md §13): what is used of the
-//! quota as a bar, and for a person who may set it, a form to set, change or remove it. The form
-//! is the API's `PUT …/quota`, with its checks and its audit event.
+//! Quotas in the console (API.md §13). The Quota section of a token's, an OAuth client's and a
+//! sub-customer's page: what is used of the quota as a bar and, for a person who may set it, a
+//! form to set, change or remove it, which is the API's `PUT …/quota` with its checks and its
+//! audit event. And the quota fields of the forms that make a token or a client.
 
 use std::future::Future;
 
 use askama::Template;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use keygate_core::Timestamp;
 use serde::Deserialize;
 
 use super::frame::{capitalised, day, problem_text, render};
 use super::{html, refusal};
-use keygate_core::Timestamp;
 
 use crate::problem::{ApiError, FieldError};
 use crate::routes::quotas::Set;
