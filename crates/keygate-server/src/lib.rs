@@ -160,7 +160,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config().limits.body_bytes;
     api.route_layer(metrics::CountLayer::new(state.metrics_shared()))
         .merge(explorer::router(document))
-        .merge(console::router())
+        .merge(console::router(state.clone()))
         .fallback(|uri: axum::http::Uri| async move {
             if uri.path().starts_with("/console/") {
                 console::no_such_page()

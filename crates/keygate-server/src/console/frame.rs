@@ -137,7 +137,7 @@ pub(super) async fn sent_first(
                         .to_owned(),
                 back: Some(made),
             };
-            Err((StatusCode::CONFLICT, axum::response::Html(render(&page))).into_response())
+            Err(super::refused(StatusCode::CONFLICT, page))
         }
         Err(error) => {
             tracing::error!(error = %error, "the console could not note a form");
@@ -268,7 +268,7 @@ impl<T: serde::de::DeserializeOwned + Default> axum::extract::FromRequest<AppSta
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct Empty {}
 
-#[derive(Template)]
+#[derive(Clone, Template)]
 #[template(path = "console/refused.html")]
 pub(super) struct Refused {
     /// "Not found" for a page or object that is not there, "Not done" for a refused action.
@@ -276,6 +276,15 @@ pub(super) struct Refused {
     pub message: String,
     /// A way to what the refused request was about, besides the console's start: (path, label).
     pub back: Option<(String, &'static str)>,
+}
+
+/// A refusal shown to a signed-in person: [`Refused`] inside the console's frame, so its
+/// navigation is there to go on from (see `guard`).
+#[derive(Template)]
+#[template(path = "console/refused_framed.html")]
+pub(super) struct RefusedFramed {
+    pub frame: Frame,
+    pub refused: Refused,
 }
 
 /// Where the person reaches keygate, for the example beside a new secret.

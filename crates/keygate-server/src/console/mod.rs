@@ -24,7 +24,7 @@ mod users;
 mod webhooks;
 
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -34,6 +34,7 @@ use subtle::ConstantTimeEq;
 
 use crate::auth::SESSION_COOKIE;
 use crate::problem::OwnErrorBody;
+use crate::request::ClientIp;
 use crate::state::AppState;
 
 const STYLE: &str = include_str!("assets/console.css");
@@ -44,7 +45,7 @@ const POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; i
      connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// The console's pages and assets, and `/` sending a visitor to it.
-pub fn router() -> Router<AppState> {
+pub fn router(state: AppState) -> Router<AppState> {
     let pages = Router::new()
         .route("/console", get(|| async { Redirect::to("/console/") }))
         .route("/console/", get(signin::home))
@@ -172,7 +173,7 @@ pub fn router() -> Router<AppState> {
             "/console/webhooks/{id}/deliveries/{delivery}/retry",
             axum::routing::post(webhooks::retry),
         )
-        .route_layer(middleware::from_fn(guard));
+        .route_layer(middleware::from_fn_with_state(state, guard));
     Router::new()
         .route("/", get(|| async { Redirect::to("/console/") }))
         .route(
@@ -201,7 +202,11 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// Refuses a state-changing request sent from another site, then adds the headers every page
 /// sends. A form post from another origin is what CSRF is made of; browsers say where a request
 /// comes from in `Sec-Fetch-Site` (all current ones) and `Origin` (on every POST).
-async fn guard(request: Request, next: Next) -> Response {
+async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let asked = (
+        request.headers().clone(),
+        request.extensions().get::<ClientIp>().copied(),
+    );
     let response = if request.method() != Method::GET
         && request.method() != Method::HEAD
         && is_cross_site(request.headers())
@@ -214,7 +219,7 @@ async fn guard(request: Request, next: Next) -> Response {
     } else {
         next.run(request).await
     };
-    as_page(response)
+    as_page(framed(&state, asked, response).await)
 }
 
 /// What every console answer carries: it is a page of its own (a refusal too, not a problem
@@ -262,7 +267,43 @@ fn refusal(status: StatusCode, message: &str) -> Response {
         message: message.to_owned(),
         back: None,
     };
-    (status, Html(frame::render(&page))).into_response()
+    refused(status, page)
+}
+
+/// The page of a refusal, keeping what it says for `guard` to show it in the console's frame.
+fn refused(status: StatusCode, page: frame::Refused) -> Response {
+    let mut response = (status, Html(frame::render(&page))).into_response();
+    response.extensions_mut().insert(page);
+    response
+}
+
+/// A refusal to a signed-in person, shown in the console's frame (their navigation, who is
+/// signed in) rather than on a bare page; as it was for anyone else, and when the answer changes
+/// a cookie (it ends acting for a sub-customer, so the frame would name the wrong one).
+async fn framed(
+    state: &AppState,
+    request: (HeaderMap, Option<ClientIp>),
+    response: Response,
+) -> Response {
+    let (headers, client) = request;
+    if response.headers().contains_key(header::SET_COOKIE)
+        || session_secret(&headers).is_none()
+        || response.extensions().get::<frame::Refused>().is_none()
+    {
+        return response;
+    }
+    let Ok((caller, session)) = frame::signed_in(state, &headers, client).await else {
+        return response;
+    };
+    let (mut parts, _) = response.into_parts();
+    let Some(refused) = parts.extensions.remove::<frame::Refused>() else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let page = frame::RefusedFramed {
+        frame: frame::Frame::new(&caller, &session, "", ""),
+        refused,
+    };
+    Response::from_parts(parts, axum::body::Body::from(frame::render(&page)))
 }
 
 /// The answer to a console address that is no page: a page, as the rest of the console's

@@ -8,6 +8,7 @@ use crate::browser::Browser;
 use crate::harness::{Backend, TestServer};
 
 on_every_backend!(
+    a_refusal_to_a_signed_in_person_keeps_the_console_around_it,
     a_visitor_is_sent_to_sign_in_and_a_person_signs_in_to_the_tokens_page,
     only_a_trusted_proxy_makes_the_session_cookie_secure,
     sign_in_failures_read_the_same_for_an_unknown_email_and_a_wrong_password,
@@ -1751,4 +1752,73 @@ async fn a_creating_form_sent_again_is_not_acted_on_twice(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(issued.status(), 200, "the secret shown first works");
+}
+
+/// A refusal (a page or object not there, a form refused, a form sent twice) shown to a signed-in
+/// person keeps the console's navigation and who is signed in, so they go on from there; its
+/// status is the refusal's. A visitor without a session is still sent to sign in.
+async fn a_refusal_to_a_signed_in_person_keeps_the_console_around_it(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let session = server.login(OWNER, &server.password).await;
+    let framed =
+        |html: &str| html.contains("<nav aria-label=\"Console\">") && html.contains("Signed in as");
+    let missing = page(
+        &server,
+        "/console/tokens/tok_0MqX1z8a9bCdEfGhIjKlMn",
+        Some(&session),
+    )
+    .await;
+    assert_eq!(missing.status(), 404);
+    assert_console_headers(missing.headers(), "a missing token");
+    let missing = missing.text().await.unwrap();
+    assert!(framed(&missing), "{missing}");
+    assert!(missing.contains("There is no such token"), "{missing}");
+
+    let forged = post_form(
+        &server,
+        &session,
+        "/console/tokens/new",
+        &[("csrf", "forged")],
+    )
+    .await;
+    assert_eq!(forged.status(), 403);
+    assert!(framed(&forged.text().await.unwrap()));
+
+    let form = page(&server, "/console/tokens/new", Some(&session))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let (csrf, once) = (csrf_of(&form), once_of(&form));
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("once", once.as_str()),
+        ("kind", "personal"),
+        ("name", "twice"),
+        ("expiry", "7"),
+    ];
+    assert_eq!(
+        post_form(&server, &session, "/console/tokens/new", &fields)
+            .await
+            .status(),
+        200
+    );
+    let again = post_form(&server, &session, "/console/tokens/new", &fields).await;
+    assert_eq!(again.status(), 409);
+    let again = again.text().await.unwrap();
+    assert!(framed(&again) && again.contains("Already done"), "{again}");
+
+    let visitor = page(&server, "/console/tokens/tok_0MqX1z8a9bCdEfGhIjKlMn", None).await;
+    assert_eq!(visitor.status(), 303);
+    let stale = page(
+        &server,
+        "/console/tokens/tok_0MqX1z8a9bCdEfGhIjKlMn",
+        Some("not-a-session"),
+    )
+    .await;
+    assert_eq!(
+        stale.status(),
+        303,
+        "a session that is not one is sent to sign in"
+    );
 }

@@ -595,4 +595,17 @@ async fn in_a_browser_a_person_adds_a_webhook_and_sends_a_delivery_again() {
     let seen = receiver.wait_for(2, Duration::from_secs(30)).await;
     assert_eq!(seen[1].id, first.id);
     audit(&browser, axe, &shots, "webhook-sent-again").await;
+
+    // A webhook that is not there: said in the console's frame, its navigation there to go on.
+    client
+        .goto(&format!(
+            "{}/console/webhooks/whk_0MqX1z8a9bCdEfGhIjKlMn",
+            server.base
+        ))
+        .await
+        .unwrap();
+    let said = browser.find("main p.error").await.text().await.unwrap();
+    assert!(said.contains("There is no such webhook"), "{said}");
+    browser.find("nav a[href='/console/webhooks']").await;
+    audit(&browser, axe, &shots, "webhook-missing").await;
 }
