@@ -71,15 +71,20 @@ impl WebhookRow {
         Self {
             id: webhook.id.to_string(),
             url: webhook.url.clone(),
-            events: match &webhook.events {
-                EventSelection::All => "every event".to_owned(),
-                EventSelection::Only(types) => types.join(", "),
-            },
+            events: events_text(&webhook.events.names()),
             description: webhook.description.clone().unwrap_or_default(),
             enabled: webhook.enabled,
             created: day(webhook.created_at),
             organization,
         }
+    }
+}
+
+/// A webhook's events as its API view names them (`*` for all), in words.
+fn events_text(names: &[String]) -> String {
+    match names {
+        [all] if all == "*" => "every event".to_owned(),
+        names => names.join(", "),
     }
 }
 
@@ -329,11 +334,7 @@ pub(super) async fn create(
     match create_webhook(&state, &caller, &meta, request).await {
         Ok(created) => {
             let row = WebhookRow {
-                events: if created.webhook.events == ["*"] {
-                    "every event".to_owned()
-                } else {
-                    created.webhook.events.join(", ")
-                },
+                events: events_text(&created.webhook.events),
                 description: created.webhook.description.unwrap_or_default(),
                 enabled: created.webhook.enabled,
                 created: day(created.webhook.created_at),
@@ -544,8 +545,7 @@ pub(super) async fn change(
         description: Some(form.description.trim().to_owned()),
     };
     match update_webhook(&state, &caller, &meta, &id, request).await {
-        Ok(updated) => {
-            let changed = find(&state, &caller, &id).await.unwrap_or(webhook);
+        Ok((changed, warnings)) => {
             let mut page = webhook_page(&state, &caller, &session, &changed, None).await;
             let mut notice = if changed.enabled {
                 "Saved.".to_owned()
@@ -554,7 +554,7 @@ pub(super) async fn change(
                  are not kept for it."
                     .to_owned()
             };
-            for warning in updated.warnings {
+            for warning in warnings {
                 notice.push(' ');
                 notice.push_str(&warning.detail);
                 notice.push('.');

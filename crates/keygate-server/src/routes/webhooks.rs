@@ -367,18 +367,21 @@ pub async fn update(
     Path(id): Path<String>,
     Json(request): Json<UpdateWebhook>,
 ) -> Result<axum::Json<UpdatedWebhook>, ApiError> {
-    update_webhook(&state, &caller, &meta, &id, request)
-        .await
-        .map(axum::Json)
+    let (webhook, warnings) = update_webhook(&state, &caller, &meta, &id, request).await?;
+    Ok(axum::Json(UpdatedWebhook {
+        webhook: webhook.into(),
+        warnings,
+    }))
 }
 
+/// The webhook as changed, with what its new URL warns of.
 pub(crate) async fn update_webhook(
     state: &AppState,
     caller: &Caller,
     meta: &RequestMeta,
     id: &str,
     request: UpdateWebhook,
-) -> Result<UpdatedWebhook, ApiError> {
+) -> Result<(Webhook, Vec<Warning>), ApiError> {
     let grant = caller.require::<perm::WebhooksWrite>()?;
     let mut webhook = state
         .store()
@@ -418,10 +421,7 @@ pub(crate) async fn update_webhook(
         .update_webhook(&grant, &webhook, &event)
         .await?
         .ok_or_else(|| not_found(id))?;
-    Ok(UpdatedWebhook {
-        webhook: webhook.into(),
-        warnings,
-    })
+    Ok((webhook, warnings))
 }
 
 /// Delete a webhook
